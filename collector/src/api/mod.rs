@@ -1,0 +1,252 @@
+//! The JSON query API, health endpoints and `/metrics`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::get;
+use http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use serde_json::json;
+
+use crate::auth::TokenCheck;
+use crate::storage::{Agg, LogQuery, MetricQuery, QueryError, Selector, Store, parse_label_list};
+use crate::telemetry::{EndpointLabel, Metrics};
+use crate::timeutil::{now_ns, parse_duration, parse_time};
+
+/// Shared state of the API handlers.
+#[derive(Clone)]
+pub struct ApiState {
+    pub store: Arc<Store>,
+    pub metrics: Arc<Metrics>,
+    pub ready: Arc<AtomicBool>,
+    pub token: TokenCheck,
+    pub max_results: usize,
+    pub retention_hours: u64,
+}
+
+/// An API error: a status and a message saying what was wrong.
+#[derive(Debug)]
+pub struct ApiError(StatusCode, String);
+
+impl ApiError {
+    fn bad(message: impl Into<String>) -> ApiError {
+        ApiError(StatusCode::BAD_REQUEST, message.into())
+    }
+}
+
+impl From<QueryError> for ApiError {
+    fn from(e: QueryError) -> ApiError {
+        match e {
+            QueryError::BadRequest(m) => ApiError(StatusCode::BAD_REQUEST, m),
+            QueryError::Internal(e) => {
+                tracing::error!(error = %e, "query failed");
+                ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("search failed: {e}"))
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "error": self.1 }))).into_response()
+    }
+}
+
+type Params = Query<HashMap<String, String>>;
+
+/// The API router; `/api/*` and `/metrics` require the API token when one is set.
+pub fn router(state: ApiState) -> Router {
+    let protected = Router::new()
+        .route("/api/v1/logs/search", get(logs_search))
+        .route("/api/v1/logs/histogram", get(logs_histogram))
+        .route("/api/v1/traces/{trace_id}", get(trace))
+        .route("/api/v1/services", get(services))
+        .route("/api/v1/metrics/series", get(metric_series))
+        .route("/api/v1/metrics/query", get(metric_query))
+        .route("/metrics", get(prometheus))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .merge(protected)
+        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".into()) })
+        .with_state(state)
+}
+
+async fn require_token(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    if state.token.check(request.headers().get(AUTHORIZATION).map(|v| v.as_bytes())) {
+        next.run(request).await
+    } else {
+        let mut r = ApiError(StatusCode::UNAUTHORIZED, "missing or invalid bearer token".into()).into_response();
+        r.headers_mut().insert(WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
+        r
+    }
+}
+
+async fn readyz(State(state): State<ApiState>) -> Response {
+    if state.ready.load(Ordering::Acquire) {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready").into_response()
+    }
+}
+
+async fn prometheus(State(state): State<ApiState>) -> Response {
+    (
+        [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        state.metrics.encode(),
+    )
+        .into_response()
+}
+
+/// Runs a blocking store query off the reactor and records its latency.
+async fn timed<T, F>(state: &ApiState, endpoint: &'static str, f: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce(&Store) -> Result<T, QueryError> + Send + 'static,
+{
+    let started = Instant::now();
+    let store = Arc::clone(&state.store);
+    let result = tokio::task::spawn_blocking(move || f(&store))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("query task failed: {e}")))?;
+    state
+        .metrics
+        .query_seconds
+        .get_or_create(&EndpointLabel { endpoint })
+        .observe(started.elapsed().as_secs_f64());
+    Ok(result?)
+}
+
+fn time_param(params: &HashMap<String, String>, key: &str, default: i64) -> Result<i64, ApiError> {
+    match params.get(key).filter(|v| !v.is_empty()) {
+        Some(v) => parse_time(v).map_err(|e| ApiError::bad(format!("{key}: {e}"))),
+        None => Ok(default),
+    }
+}
+
+/// `start`/`end` with defaults: end = now, start = the retention horizon.
+fn range(state: &ApiState, params: &HashMap<String, String>) -> Result<(i64, i64), ApiError> {
+    let now = i64::try_from(now_ns()).unwrap_or(i64::MAX);
+    let horizon = now.saturating_sub(i64::try_from(state.retention_hours).unwrap_or(0).saturating_mul(3_600_000_000_000));
+    // A little slack past now so records stamped by a fast clock are still found.
+    let end = time_param(params, "end", now.saturating_add(3_600_000_000_000))?;
+    let start = time_param(params, "start", horizon)?;
+    if start > end {
+        return Err(ApiError::bad("start is after end"));
+    }
+    Ok((start, end))
+}
+
+fn log_query(state: &ApiState, params: &HashMap<String, String>) -> Result<LogQuery, ApiError> {
+    let (start_ns, end_ns) = range(state, params)?;
+    Ok(LogQuery {
+        query: params.get("q").cloned().unwrap_or_default(),
+        start_ns,
+        end_ns,
+        service: params.get("service").cloned(),
+    })
+}
+
+fn limit_param(state: &ApiState, params: &HashMap<String, String>, default: usize) -> Result<usize, ApiError> {
+    match params.get("limit") {
+        None => Ok(default),
+        Some(v) => {
+            let n: usize = v.parse().map_err(|_| ApiError::bad(format!("limit: {v:?} is not a number")))?;
+            if n == 0 || n > state.max_results {
+                return Err(ApiError::bad(format!("limit must be between 1 and {}", state.max_results)));
+            }
+            Ok(n)
+        }
+    }
+}
+
+async fn logs_search(State(state): State<ApiState>, Query(params): Params) -> Result<Response, ApiError> {
+    let q = log_query(&state, &params)?;
+    let limit = limit_param(&state, &params, 100)?;
+    let started = Instant::now();
+    let hits = timed(&state, "logs_search", move |s| s.search_logs(&q, limit)).await?;
+    Ok(Json(json!({
+        "total": hits.total,
+        "hits": hits.hits,
+        "took_ms": started.elapsed().as_secs_f64() * 1000.0,
+    }))
+    .into_response())
+}
+
+async fn logs_histogram(State(state): State<ApiState>, Query(params): Params) -> Result<Response, ApiError> {
+    let q = log_query(&state, &params)?;
+    let interval = match params.get("interval") {
+        Some(v) => parse_duration(v).map_err(|e| ApiError::bad(format!("interval: {e}")))?,
+        // About 100 buckets, rounded up to a whole second.
+        None => (((q.end_ns - q.start_ns) / 100).max(1) as u64).div_ceil(1_000_000_000) as i64 * 1_000_000_000,
+    };
+    let buckets = timed(&state, "logs_histogram", move |s| s.log_histogram(&q, interval)).await?;
+    Ok(Json(json!({ "interval_ms": interval / 1_000_000, "buckets": buckets })).into_response())
+}
+
+async fn trace(State(state): State<ApiState>, Path(trace_id): Path<String>) -> Result<Response, ApiError> {
+    let id = trace_id.clone();
+    let spans = timed(&state, "trace", move |s| s.trace(&id)).await?;
+    if spans.is_empty() {
+        return Err(ApiError(StatusCode::NOT_FOUND, format!("trace {trace_id} not found")));
+    }
+    Ok(Json(json!({ "trace_id": trace_id.to_ascii_lowercase(), "spans": spans })).into_response())
+}
+
+async fn services(State(state): State<ApiState>, Query(params): Params) -> Result<Response, ApiError> {
+    let (start, end) = range(&state, &params)?;
+    let services = timed(&state, "services", move |s| s.services(start, end)).await?;
+    Ok(Json(json!({ "services": services })).into_response())
+}
+
+async fn metric_series(State(state): State<ApiState>, Query(params): Params) -> Result<Response, ApiError> {
+    let selector = match params.get("match") {
+        Some(m) => Selector::parse(m).map_err(|e| ApiError::bad(format!("match: {e}")))?,
+        None => return Err(ApiError::bad("match is required, e.g. match=http.server.duration{service.name=\"cart\"}")),
+    };
+    let (start, end) = range(&state, &params)?;
+    let limit = limit_param(&state, &params, 1000)?;
+    let series = timed(&state, "metrics_series", move |s| s.metric_series(&selector, start, end, limit)).await?;
+    Ok(Json(json!({ "series": series })).into_response())
+}
+
+async fn metric_query(State(state): State<ApiState>, Query(params): Params) -> Result<Response, ApiError> {
+    let name = params
+        .get("name")
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| ApiError::bad("name is required"))?;
+    let labels = match params.get("labels") {
+        Some(l) => parse_label_list(l).map_err(|e| ApiError::bad(format!("labels: {e}")))?,
+        None => Default::default(),
+    };
+    let now = i64::try_from(now_ns()).unwrap_or(i64::MAX);
+    let end = time_param(&params, "end", now)?;
+    let start = time_param(&params, "start", end.saturating_sub(3_600_000_000_000))?;
+    if start > end {
+        return Err(ApiError::bad("start is after end"));
+    }
+    let step_ns = match params.get("step") {
+        Some(v) => parse_duration(v).map_err(|e| ApiError::bad(format!("step: {e}")))?,
+        None => (((end - start) / 300).max(1) as u64).div_ceil(1_000_000_000) as i64 * 1_000_000_000,
+    };
+    let agg = Agg::parse(params.get("agg").map(String::as_str).unwrap_or("avg")).map_err(|e| ApiError::bad(format!("agg: {e}")))?;
+    let q = MetricQuery {
+        selector: Selector {
+            name: Some(name.clone()),
+            labels,
+        },
+        start_ns: start,
+        end_ns: end,
+        step_ns,
+        agg,
+    };
+    let result = timed(&state, "metrics_query", move |s| s.metric_query(&q)).await?;
+    Ok(Json(json!({ "name": name, "result": result })).into_response())
+}

@@ -1,0 +1,191 @@
+//! Wiring and lifecycle: open storage, replay the WAL, start the threads and
+//! listeners, and shut down in order (stop accepting, drain, flush WAL, commit).
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, ApiState};
+use crate::auth::TokenCheck;
+use crate::config::Config;
+use crate::ingest::{self, BatchDedup, Ingest};
+use crate::server::{serve, tls_acceptor};
+use crate::storage::{Indexer, IndexerOptions, Store};
+use crate::telemetry::Metrics;
+use crate::wal::{Wal, WalOptions};
+
+/// The addresses actually bound (port 0 resolved).
+#[derive(Debug, Clone, Copy)]
+pub struct BoundAddrs {
+    pub otlp_grpc: SocketAddr,
+    pub otlp_http: SocketAddr,
+    pub api: SocketAddr,
+}
+
+impl BoundAddrs {
+    /// The stable, parseable start-up line printed on stdout.
+    pub fn announcement(&self) -> String {
+        format!(
+            "vigil-collector listening otlp_grpc={} otlp_http={} api={}",
+            self.otlp_grpc, self.otlp_http, self.api
+        )
+    }
+}
+
+/// Runs the collector until `shutdown` is cancelled. `on_bound` is called once the
+/// listeners are bound and the collector is ready.
+pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnOnce(BoundAddrs)) -> anyhow::Result<()> {
+    config.validate()?;
+    let data_dir = config.data_dir.clone();
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create data_dir {}", data_dir.display()))?;
+    let lock = File::create(data_dir.join("LOCK")).with_context(|| format!("cannot write in data_dir {}", data_dir.display()))?;
+    lock.try_lock()
+        .map_err(|_| anyhow::anyhow!("data_dir {} is in use by another vigil-collector", data_dir.display()))?;
+
+    let metrics = Arc::new(Metrics::default());
+    let store = Arc::new(Store::open(&data_dir.join("index"), Arc::clone(&metrics))?);
+    let dedup = BatchDedup::new(config.wal.dedup_window_secs, config.wal.dedup_max_ids);
+    let dedup_path = data_dir.join("batch-ids");
+    let loaded = dedup
+        .load(&dedup_path)
+        .with_context(|| format!("cannot read {}", dedup_path.display()))?;
+    let mut indexer = Indexer::new(
+        Arc::clone(&store),
+        IndexerOptions {
+            commit_interval: Duration::from_millis(config.storage.commit_interval_ms),
+            writer_memory_bytes: config.storage.writer_memory_mb * 1024 * 1024,
+            retention_ns: i64::try_from(config.storage.retention_hours)
+                .unwrap_or(i64::MAX / 4)
+                .saturating_mul(3_600_000_000_000),
+            max_disk_bytes: config.storage.max_disk_bytes,
+            dedup_path,
+        },
+        Arc::clone(&dedup),
+    );
+
+    // Replay: everything in the WAL above each partition's checkpoint is re-added.
+    let started = std::time::Instant::now();
+    let mut replayed = 0u64;
+    let wal = Wal::open(
+        &data_dir.join("wal"),
+        WalOptions {
+            segment_bytes: config.wal.segment_bytes,
+            queue_len: config.wal.queue_len,
+            ..WalOptions::default()
+        },
+        store.partitions.max_committed_lsn() + 1,
+        |record| {
+            replayed += 1;
+            indexer.apply(record.lsn, &Bytes::from(record.payload));
+        },
+    )?;
+    tracing::info!(
+        replayed,
+        batch_ids = loaded,
+        next_lsn = wal.next_lsn(),
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "write-ahead log replayed"
+    );
+
+    let (index_tx, index_rx) = std::sync::mpsc::sync_channel(256);
+    let (appender, truncator, wal_thread) = wal.start(Arc::clone(&metrics), move |entry| {
+        // Only fails once the indexer is gone, i.e. during a failed shutdown; the
+        // entry is durable in the WAL and will be replayed.
+        let _ = index_tx.send(entry);
+    })?;
+    indexer.set_truncator(truncator);
+    indexer.commit();
+    indexer.enforce_retention();
+    let indexer_thread = std::thread::Builder::new()
+        .name("vigil-indexer".into())
+        .spawn(move || indexer.run(index_rx))?;
+
+    let ingest = Arc::new(Ingest::new(
+        config.otlp.clone(),
+        config.storage.retention_hours,
+        appender.clone(),
+        dedup,
+        Arc::clone(&metrics),
+        TokenCheck::new(config.auth.ingest_token.as_ref()),
+    ));
+    let ready = Arc::new(AtomicBool::new(false));
+    let api_state = ApiState {
+        store: Arc::clone(&store),
+        metrics: Arc::clone(&metrics),
+        ready: Arc::clone(&ready),
+        token: TokenCheck::new(config.auth.api_token.as_ref()),
+        max_results: config.api.max_results,
+        retention_hours: config.storage.retention_hours,
+    };
+
+    let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
+    let bind = |addr: SocketAddr, key: &'static str| async move {
+        TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} ({key})"))
+    };
+    let grpc_listener = bind(config.otlp.grpc_addr, "otlp.grpc_addr").await?;
+    let http_listener = bind(config.otlp.http_addr, "otlp.http_addr").await?;
+    let api_listener = bind(config.api.addr, "api.addr").await?;
+    let bound = BoundAddrs {
+        otlp_grpc: grpc_listener.local_addr()?,
+        otlp_http: http_listener.local_addr()?,
+        api: api_listener.local_addr()?,
+    };
+
+    let stop_accepting = CancellationToken::new();
+    let servers = [
+        tokio::spawn(serve(
+            "otlp_grpc",
+            grpc_listener,
+            ingest::grpc::routes(Arc::clone(&ingest)).into_axum_router(),
+            tls.clone(),
+            stop_accepting.clone(),
+        )),
+        tokio::spawn(serve(
+            "otlp_http",
+            http_listener,
+            ingest::http::router(Arc::clone(&ingest)),
+            tls.clone(),
+            stop_accepting.clone(),
+        )),
+        tokio::spawn(serve("api", api_listener, api::router(api_state), tls, stop_accepting.clone())),
+    ];
+    drop(ingest);
+    ready.store(true, Ordering::Release);
+    tracing::info!(
+        otlp_grpc = %bound.otlp_grpc,
+        otlp_http = %bound.otlp_http,
+        api = %bound.api,
+        tls = config.tls.is_some(),
+        "collector ready"
+    );
+    on_bound(bound);
+
+    shutdown.cancelled().await;
+    tracing::info!("shutting down: draining requests");
+    ready.store(false, Ordering::Release);
+    stop_accepting.cancel();
+    for server in servers {
+        let _ = server.await;
+    }
+    // Everything acknowledged is in the WAL; flush what is queued, then let the
+    // indexer commit and exit.
+    appender.close().await;
+    drop(appender);
+    tokio::task::spawn_blocking(move || {
+        let _ = wal_thread.join();
+        let _ = indexer_thread.join();
+    })
+    .await?;
+    drop(lock);
+    tracing::info!("shutdown complete");
+    Ok(())
+}

@@ -1,0 +1,357 @@
+//! Collector configuration: a TOML file with documented defaults, overridden by
+//! environment variables and command-line flags (flags > env > file > defaults),
+//! validated once at start-up.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// A value that must never appear in logs or `Debug` output.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"<redacted>\"")
+    }
+}
+
+/// The whole collector configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Directory holding the write-ahead log and the indexes.
+    pub data_dir: PathBuf,
+    pub otlp: OtlpConfig,
+    pub api: ApiConfig,
+    pub auth: AuthConfig,
+    pub tls: Option<TlsConfig>,
+    pub storage: StorageConfig,
+    pub wal: WalConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("vigil-data"),
+            otlp: OtlpConfig::default(),
+            api: ApiConfig::default(),
+            auth: AuthConfig::default(),
+            tls: None,
+            storage: StorageConfig::default(),
+            wal: WalConfig::default(),
+        }
+    }
+}
+
+/// OTLP receivers and the limits applied to what they accept.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OtlpConfig {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    /// Largest request body accepted, as sent (compressed). Larger gets 413.
+    pub max_request_bytes: usize,
+    /// Largest request after decompression; protects against compression bombs.
+    pub max_decompressed_bytes: usize,
+    /// Attributes kept per record; the rest are dropped and counted in
+    /// `dropped_attributes_count` and in `vigil_ingest_values_truncated_total`.
+    pub max_attributes_per_record: usize,
+    /// String attribute values are cut to this many bytes (at a UTF-8 boundary).
+    pub max_attribute_value_bytes: usize,
+    /// Log bodies are cut to this many bytes.
+    pub max_body_bytes: usize,
+    /// Bytes of decoded requests being processed at once; beyond it ingest answers
+    /// 429 / RESOURCE_EXHAUSTED so clients back off.
+    pub max_in_flight_bytes: usize,
+    /// Records stamped further than this in the future are rejected.
+    pub max_future_skew_secs: u64,
+}
+
+impl Default for OtlpConfig {
+    fn default() -> Self {
+        OtlpConfig {
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 4317)),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 4318)),
+            max_request_bytes: 4 * 1024 * 1024,
+            max_decompressed_bytes: 32 * 1024 * 1024,
+            max_attributes_per_record: 128,
+            max_attribute_value_bytes: 4096,
+            max_body_bytes: 64 * 1024,
+            max_in_flight_bytes: 256 * 1024 * 1024,
+            max_future_skew_secs: 3600,
+        }
+    }
+}
+
+/// The JSON query API (and, later, the UI).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    pub addr: SocketAddr,
+    /// Upper bound on `limit` in search requests.
+    pub max_results: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_results: 10_000,
+        }
+    }
+}
+
+/// Bearer tokens. Prefer the environment (`VIGIL_INGEST_TOKEN`, `VIGIL_API_TOKEN`)
+/// over writing them into the file.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Required on OTLP requests (`authorization: Bearer ...`) when set.
+    pub ingest_token: Option<Secret>,
+    /// Required on API requests when set.
+    pub api_token: Option<Secret>,
+}
+
+/// TLS for every listener (OTLP gRPC, OTLP HTTP, API).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file with the certificate chain.
+    pub cert_file: PathBuf,
+    /// PEM file with the private key.
+    pub key_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// How often new data is committed to the indexes; bounds search freshness.
+    pub commit_interval_ms: u64,
+    /// Partitions (one per signal per UTC day) older than this are deleted.
+    pub retention_hours: u64,
+    /// When the indexes exceed this many bytes the oldest partitions are deleted;
+    /// 0 means no size limit.
+    pub max_disk_bytes: u64,
+    /// Indexing memory budget per open partition writer, in MiB (tantivy needs >= 15).
+    pub writer_memory_mb: usize,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            commit_interval_ms: 1000,
+            retention_hours: 7 * 24,
+            max_disk_bytes: 0,
+            writer_memory_mb: 64,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WalConfig {
+    pub segment_bytes: u64,
+    /// Appends waiting for the WAL writer before ingest answers 503.
+    pub queue_len: usize,
+    /// How long an `x-vigil-batch-id` is remembered for deduplication.
+    pub dedup_window_secs: u64,
+    /// Upper bound on remembered batch ids (oldest forgotten first).
+    pub dedup_max_ids: usize,
+}
+
+impl Default for WalConfig {
+    fn default() -> Self {
+        WalConfig {
+            segment_bytes: 64 * 1024 * 1024,
+            queue_len: 1024,
+            dedup_window_secs: 24 * 3600,
+            dedup_max_ids: 1_000_000,
+        }
+    }
+}
+
+/// A configuration problem, naming the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid value for `{key}`: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+impl Config {
+    /// Reads a TOML file; unknown keys are errors that name the key.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())
+    }
+
+    /// Checks the cross-field rules. Run once at start-up and by `check-config`.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, message: String| Err(ConfigError::Invalid { key, message });
+        let o = &self.otlp;
+        if o.max_request_bytes == 0 {
+            return invalid("otlp.max_request_bytes", "must be greater than 0".into());
+        }
+        if o.max_decompressed_bytes < o.max_request_bytes {
+            return invalid(
+                "otlp.max_decompressed_bytes",
+                format!(
+                    "{} is smaller than otlp.max_request_bytes ({})",
+                    o.max_decompressed_bytes, o.max_request_bytes
+                ),
+            );
+        }
+        if o.max_in_flight_bytes < o.max_decompressed_bytes {
+            return invalid(
+                "otlp.max_in_flight_bytes",
+                format!(
+                    "{} is smaller than otlp.max_decompressed_bytes ({}); no request could ever be admitted",
+                    o.max_in_flight_bytes, o.max_decompressed_bytes
+                ),
+            );
+        }
+        if o.max_attribute_value_bytes < 16 {
+            return invalid("otlp.max_attribute_value_bytes", "must be at least 16".into());
+        }
+        if o.max_body_bytes < 16 {
+            return invalid("otlp.max_body_bytes", "must be at least 16".into());
+        }
+        if self.storage.commit_interval_ms == 0 || self.storage.commit_interval_ms > 60_000 {
+            return invalid(
+                "storage.commit_interval_ms",
+                format!("{} is outside 1..=60000", self.storage.commit_interval_ms),
+            );
+        }
+        if self.storage.retention_hours == 0 {
+            return invalid("storage.retention_hours", "must be at least 1".into());
+        }
+        if self.storage.writer_memory_mb < 15 {
+            return invalid(
+                "storage.writer_memory_mb",
+                format!("{} is below tantivy's minimum of 15", self.storage.writer_memory_mb),
+            );
+        }
+        if self.wal.queue_len == 0 {
+            return invalid("wal.queue_len", "must be greater than 0".into());
+        }
+        if self.wal.segment_bytes < 4096 {
+            return invalid("wal.segment_bytes", "must be at least 4096".into());
+        }
+        for (key, token) in [
+            ("auth.ingest_token", &self.auth.ingest_token),
+            ("auth.api_token", &self.auth.api_token),
+        ] {
+            if let Some(t) = token {
+                if t.expose().len() < 16 {
+                    return invalid(key, "must be at least 16 characters".into());
+                }
+            }
+        }
+        // Secure by default: nothing listens beyond loopback without a token.
+        let ingest_token = self.auth.ingest_token.is_some();
+        for (key, addr, has_token, token_key) in [
+            ("otlp.grpc_addr", self.otlp.grpc_addr, ingest_token, "auth.ingest_token / VIGIL_INGEST_TOKEN"),
+            ("otlp.http_addr", self.otlp.http_addr, ingest_token, "auth.ingest_token / VIGIL_INGEST_TOKEN"),
+            ("api.addr", self.api.addr, self.auth.api_token.is_some(), "auth.api_token / VIGIL_API_TOKEN"),
+        ] {
+            if !addr.ip().is_loopback() && !has_token {
+                return invalid(
+                    key,
+                    format!(
+                        "{addr} is not a loopback address; refusing to expose it without a token (set {token_key})"
+                    ),
+                );
+            }
+        }
+        if let Some(tls) = &self.tls {
+            for (key, path) in [("tls.cert_file", &tls.cert_file), ("tls.key_file", &tls.key_file)] {
+                if !path.is_file() {
+                    return invalid(key, format!("{} is not a readable file", path.display()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The documented default configuration, as TOML.
+    pub fn default_toml() -> String {
+        toml::to_string_pretty(&Config::default()).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_round_trip() {
+        let config = Config::default();
+        config.validate().expect("defaults must be valid");
+        let text = Config::default_toml();
+        let back = Config::from_toml(&text).expect("default toml parses");
+        assert_eq!(back.otlp.grpc_addr, config.otlp.grpc_addr);
+        assert_eq!(back.storage.retention_hours, config.storage.retention_hours);
+    }
+
+    #[test]
+    fn shipped_example_config_parses_and_validates() {
+        let text = include_str!("../collector.example.toml");
+        let config = Config::from_toml(text).expect("example parses");
+        config.validate().expect("example is valid");
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = Config::from_toml("[otlp]\nmax_request_byte = 5\n").expect_err("unknown key");
+        assert!(err.contains("max_request_byte"), "{err}");
+    }
+
+    #[test]
+    fn public_bind_without_token_is_refused_with_the_key() {
+        let mut config = Config::default();
+        config.otlp.http_addr = "0.0.0.0:4318".parse().expect("addr");
+        let err = config.validate().expect_err("must refuse").to_string();
+        assert!(err.contains("otlp.http_addr"), "{err}");
+        assert!(err.contains("VIGIL_INGEST_TOKEN"), "{err}");
+        config.auth.ingest_token = Some(Secret::new("0123456789abcdef0123"));
+        config.validate().expect("allowed with a token");
+    }
+
+    #[test]
+    fn secrets_do_not_leak_through_debug() {
+        let mut config = Config::default();
+        config.auth.api_token = Some(Secret::new("super-secret-token-value"));
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("super-secret-token-value"));
+        assert!(debug.contains("redacted"));
+    }
+}

@@ -1,0 +1,236 @@
+//! The transport-independent ingest path.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
+use tokio::sync::Semaphore;
+
+use super::batch::{Signal, WalBatch};
+use super::dedup::{BatchDedup, Claim};
+use super::sanitize::{self, Limits, Report};
+use super::IngestError;
+use crate::auth::TokenCheck;
+use crate::config::OtlpConfig;
+use crate::telemetry::{KindLabel, Metrics, RejectLabel, RequestLabel, SignalLabel};
+use crate::wal::{WalAppender, WalError};
+
+/// A decoded OTLP export request of any signal.
+#[derive(Debug, Clone)]
+pub enum ExportRequest {
+    Logs(ExportLogsServiceRequest),
+    Traces(ExportTraceServiceRequest),
+    Metrics(ExportMetricsServiceRequest),
+}
+
+impl ExportRequest {
+    pub fn signal(&self) -> Signal {
+        match self {
+            ExportRequest::Logs(_) => Signal::Logs,
+            ExportRequest::Traces(_) => Signal::Traces,
+            ExportRequest::Metrics(_) => Signal::Metrics,
+        }
+    }
+
+    fn sanitize(&mut self, limits: &Limits) -> Report {
+        match self {
+            ExportRequest::Logs(r) => sanitize::sanitize_logs(r, limits),
+            ExportRequest::Traces(r) => sanitize::sanitize_traces(r, limits),
+            ExportRequest::Metrics(r) => sanitize::sanitize_metrics(r, limits),
+        }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        match self {
+            ExportRequest::Logs(r) => r.encode_to_vec(),
+            ExportRequest::Traces(r) => r.encode_to_vec(),
+            ExportRequest::Metrics(r) => r.encode_to_vec(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub enum Transport {
+    Grpc,
+    Http,
+}
+
+impl Transport {
+    fn as_str(self) -> &'static str {
+        match self {
+            Transport::Grpc => "grpc",
+            Transport::Http => "http",
+        }
+    }
+}
+
+/// What the client is told on success: the OTLP partial-success fields.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Accepted {
+    pub rejected: u64,
+    pub message: String,
+}
+
+/// Largest accepted `x-vigil-batch-id`.
+const MAX_BATCH_ID_LEN: usize = 128;
+
+/// Shared by both transports.
+pub struct Ingest {
+    otlp: OtlpConfig,
+    retention_hours: u64,
+    wal: WalAppender,
+    dedup: Arc<BatchDedup>,
+    metrics: Arc<Metrics>,
+    /// Admission control over decoded bytes being processed, in KiB permits.
+    in_flight: Arc<Semaphore>,
+    token: TokenCheck,
+}
+
+impl Ingest {
+    pub fn new(
+        otlp: OtlpConfig,
+        retention_hours: u64,
+        wal: WalAppender,
+        dedup: Arc<BatchDedup>,
+        metrics: Arc<Metrics>,
+        token: TokenCheck,
+    ) -> Ingest {
+        let permits = (otlp.max_in_flight_bytes / 1024).clamp(1, Semaphore::MAX_PERMITS);
+        Ingest {
+            otlp,
+            retention_hours,
+            wal,
+            dedup,
+            metrics,
+            in_flight: Arc::new(Semaphore::new(permits)),
+            token,
+        }
+    }
+
+    pub fn config(&self) -> &OtlpConfig {
+        &self.otlp
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Checks the `authorization` header / metadata value.
+    pub fn authenticate(&self, authorization: Option<&[u8]>) -> Result<(), IngestError> {
+        if self.token.check(authorization) {
+            Ok(())
+        } else {
+            Err(IngestError::Unauthenticated)
+        }
+    }
+
+    pub fn count_request(&self, transport: Transport, signal: Signal, outcome: &'static str) {
+        self.metrics
+            .requests
+            .get_or_create(&RequestLabel {
+                transport: transport.as_str(),
+                signal: signal.as_str(),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// Validates, stores durably and acknowledges one export request.
+    /// `decoded_len` is the request's decoded size, for admission control.
+    pub async fn export(
+        &self,
+        mut request: ExportRequest,
+        batch_id: Option<&str>,
+        decoded_len: usize,
+    ) -> Result<Accepted, IngestError> {
+        let signal = request.signal();
+        if let Some(id) = batch_id {
+            validate_batch_id(id)?;
+        }
+        let kib = u32::try_from(decoded_len.div_ceil(1024).max(1)).unwrap_or(u32::MAX);
+        let _permit = self
+            .in_flight
+            .clone()
+            .try_acquire_many_owned(kib)
+            .map_err(|_| IngestError::Overloaded)?;
+
+        let limits = Limits::from_config(&self.otlp, self.retention_hours, crate::timeutil::now_ns());
+        let message_limits = limits.clone();
+        // Sanitizing and re-encoding a big batch is CPU work: keep it off the reactor.
+        let (report, encoded) = tokio::task::spawn_blocking(move || {
+            let report = request.sanitize(&limits);
+            let encoded = if report.accepted() > 0 { request.encode() } else { Vec::new() };
+            (report, encoded)
+        })
+        .await
+        .map_err(|e| IngestError::Internal(format!("sanitize task failed: {e}")))?;
+
+        self.record_report(signal, &report);
+        let accepted = Accepted {
+            rejected: report.rejected_total(),
+            message: report.rejection_message(signal.record_noun(), &message_limits),
+        };
+        if report.accepted() == 0 {
+            return Ok(accepted);
+        }
+
+        let guard = match batch_id {
+            Some(id) => match self.dedup.claim(id).await {
+                Claim::Duplicate => {
+                    self.metrics.duplicate_batches.inc();
+                    return Ok(accepted);
+                }
+                Claim::New(guard) => Some(guard),
+            },
+            None => None,
+        };
+        let payload = WalBatch {
+            signal,
+            batch_id: batch_id.map(str::to_string),
+            otlp: Bytes::from(encoded),
+        }
+        .encode();
+        self.wal.append(payload).await.map_err(|e| match e {
+            WalError::QueueFull => IngestError::Unavailable("write-ahead log queue is full".into()),
+            WalError::Closed => IngestError::Unavailable("collector is shutting down".into()),
+            other => IngestError::Unavailable(format!("could not make the batch durable: {other}")),
+        })?;
+        if let Some(guard) = guard {
+            guard.stored(crate::timeutil::now_ns() / 1_000_000_000);
+        }
+        self.metrics
+            .records_accepted
+            .get_or_create(&SignalLabel { signal: signal.as_str() })
+            .inc_by(report.accepted());
+        Ok(accepted)
+    }
+
+    fn record_report(&self, signal: Signal, report: &Report) {
+        let s = signal.as_str();
+        self.metrics
+            .records_received
+            .get_or_create(&SignalLabel { signal: s })
+            .inc_by(report.received);
+        for (reason, n) in &report.rejected {
+            self.metrics
+                .records_rejected
+                .get_or_create(&RejectLabel { signal: s, reason })
+                .inc_by(*n);
+        }
+        for (kind, n) in &report.truncated {
+            self.metrics.values_truncated.get_or_create(&KindLabel { kind }).inc_by(*n);
+        }
+    }
+}
+
+fn validate_batch_id(id: &str) -> Result<(), IngestError> {
+    if id.is_empty() || id.len() > MAX_BATCH_ID_LEN || !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(IngestError::Invalid(format!(
+            "x-vigil-batch-id must be 1 to {MAX_BATCH_ID_LEN} visible ASCII characters"
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,310 @@
+//! The indexer thread: durable WAL entries in, committed index documents out.
+//!
+//! It adds documents as entries arrive and commits every dirty partition on a fixed
+//! interval (the freshness bound), stamping each commit with the last applied LSN.
+//! After a successful commit cycle it persists the dedup table and lets the WAL drop
+//! segments the indexes now hold. It also enforces retention.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use prost::Message;
+use tantivy::TantivyDocument;
+
+use super::Store;
+use super::convert::{log_docs, metric_docs, span_docs};
+use super::partition::{NANOS_PER_DAY, Partition, day_of, payload_for};
+use crate::ingest::{BatchDedup, Signal, WalBatch};
+use crate::telemetry::{KindLabel, SignalLabel};
+use crate::wal::{WalEntry, WalTruncator};
+
+/// Writers idle this long are closed to give their memory back.
+const IDLE_WRITER: Duration = Duration::from_secs(120);
+/// How often retention runs.
+const RETENTION_EVERY: Duration = Duration::from_secs(60);
+
+pub struct IndexerOptions {
+    pub commit_interval: Duration,
+    pub writer_memory_bytes: usize,
+    pub retention_ns: i64,
+    pub max_disk_bytes: u64,
+    pub dedup_path: PathBuf,
+}
+
+pub struct Indexer {
+    store: Arc<Store>,
+    options: IndexerOptions,
+    dedup: Arc<BatchDedup>,
+    truncator: Option<WalTruncator>,
+    /// Partitions with documents added since their last commit.
+    dirty: BTreeMap<(Signal, i64), Arc<Partition>>,
+    last_write: HashMap<(Signal, i64), Instant>,
+    last_applied_lsn: u64,
+    last_checkpoint: u64,
+}
+
+fn now_ns() -> i64 {
+    i64::try_from(crate::timeutil::now_ns()).unwrap_or(i64::MAX)
+}
+
+impl Indexer {
+    pub fn new(store: Arc<Store>, options: IndexerOptions, dedup: Arc<BatchDedup>) -> Indexer {
+        Indexer {
+            store,
+            options,
+            dedup,
+            truncator: None,
+            dirty: BTreeMap::new(),
+            last_write: HashMap::new(),
+            last_applied_lsn: 0,
+            last_checkpoint: 0,
+        }
+    }
+
+    pub fn set_truncator(&mut self, truncator: WalTruncator) {
+        self.truncator = Some(truncator);
+    }
+
+    /// Adds the documents of one WAL entry to their partitions, skipping partitions
+    /// that already committed this LSN (replay after a crash).
+    pub fn apply(&mut self, lsn: u64, payload: &bytes::Bytes) {
+        self.last_applied_lsn = self.last_applied_lsn.max(lsn);
+        let batch = match WalBatch::decode(payload) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(lsn, error = %e, "skipping undecodable write-ahead log entry");
+                return;
+            }
+        };
+        if let Some(id) = &batch.batch_id {
+            self.dedup.remember(id.clone(), crate::timeutil::now_ns() / 1_000_000_000);
+        }
+        let schemas = &self.store.schemas;
+        let docs = match batch.signal {
+            Signal::Logs => ExportLogsServiceRequest::decode(batch.otlp.clone()).map(|r| log_docs(&schemas.logs, &r)),
+            Signal::Traces => {
+                ExportTraceServiceRequest::decode(batch.otlp.clone()).map(|r| span_docs(&schemas.spans, &r))
+            }
+            Signal::Metrics => {
+                ExportMetricsServiceRequest::decode(batch.otlp.clone()).map(|r| metric_docs(&schemas.metrics, &r))
+            }
+        };
+        let docs = match docs {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(lsn, error = %e, "skipping write-ahead log entry with an undecodable OTLP body");
+                return;
+            }
+        };
+        let oldest_kept = now_ns().saturating_sub(self.options.retention_ns);
+        let mut added = 0u64;
+        for (ts, doc) in docs {
+            if ts < oldest_kept {
+                // Replaying data retention has already deleted would resurrect it.
+                continue;
+            }
+            if let Err(e) = self.add(batch.signal, day_of(ts), lsn, doc) {
+                tracing::error!(lsn, error = %e, "could not index document");
+                continue;
+            }
+            added += 1;
+        }
+        self.store
+            .metrics
+            .docs_indexed
+            .get_or_create(&SignalLabel { signal: batch.signal.as_str() })
+            .inc_by(added);
+    }
+
+    fn add(&mut self, signal: Signal, day: i64, lsn: u64, doc: TantivyDocument) -> Result<(), String> {
+        let key = (signal, day);
+        let partition = match self.dirty.get(&key) {
+            Some(p) => Arc::clone(p),
+            None => self.store.partitions.get_or_open(signal, day).map_err(|e| e.to_string())?,
+        };
+        if partition.committed_lsn() >= lsn {
+            return Ok(());
+        }
+        let mut writer = partition.writer.lock().unwrap_or_else(|e| e.into_inner());
+        if writer.is_none() {
+            let w = partition
+                .index
+                .writer_with_num_threads(1, self.options.writer_memory_bytes)
+                .map_err(|e| e.to_string())?;
+            *writer = Some(w);
+        }
+        if let Some(w) = writer.as_ref() {
+            w.add_document(doc).map_err(|e| e.to_string())?;
+        }
+        drop(writer);
+        self.dirty.entry(key).or_insert(partition);
+        self.last_write.insert(key, Instant::now());
+        Ok(())
+    }
+
+    /// Commits every dirty partition. On full success the WAL may drop what is now
+    /// held by the indexes.
+    pub fn commit(&mut self) {
+        if self.dirty.is_empty() {
+            self.advance_checkpoint();
+            return;
+        }
+        let started = Instant::now();
+        let payload = payload_for(self.last_applied_lsn);
+        let mut failed = BTreeMap::new();
+        for (key, partition) in std::mem::take(&mut self.dirty) {
+            match commit_partition(&partition, &payload, self.last_applied_lsn) {
+                Ok(()) => {}
+                Err(e) => {
+                    self.store.metrics.index_commit_errors.inc();
+                    tracing::error!(partition = %partition.dir.display(), error = %e, "index commit failed; will retry");
+                    failed.insert(key, partition);
+                }
+            }
+        }
+        self.store.metrics.index_commit_seconds.observe(started.elapsed().as_secs_f64());
+        if failed.is_empty() {
+            self.advance_checkpoint();
+        } else {
+            self.dirty = failed;
+        }
+    }
+
+    fn advance_checkpoint(&mut self) {
+        let checkpoint = self.last_applied_lsn;
+        if checkpoint == self.last_checkpoint {
+            return;
+        }
+        self.last_checkpoint = checkpoint;
+        self.store.metrics.indexed_lsn.set(i64::try_from(checkpoint).unwrap_or(i64::MAX));
+        let Some(truncator) = &self.truncator else {
+            return;
+        };
+        if !truncator.can_truncate(checkpoint) {
+            return;
+        }
+        // Batch ids in the segments about to go must survive in the snapshot first.
+        if let Err(e) = self.dedup.save(&self.options.dedup_path, crate::timeutil::now_ns() / 1_000_000_000) {
+            tracing::error!(path = %self.options.dedup_path.display(), error = %e, "could not save the batch id table; keeping WAL segments");
+            return;
+        }
+        if let Err(e) = truncator.truncate(checkpoint) {
+            tracing::error!(error = %e, "could not delete checkpointed WAL segments");
+        }
+    }
+
+    fn close_idle_writers(&mut self) {
+        let now = Instant::now();
+        let idle: Vec<(Signal, i64)> = self
+            .last_write
+            .iter()
+            .filter(|(key, at)| !self.dirty.contains_key(key) && now.duration_since(**at) > IDLE_WRITER)
+            .map(|(key, _)| *key)
+            .collect();
+        for key in idle {
+            self.last_write.remove(&key);
+            if let Ok(p) = self.store.partitions.get_or_open(key.0, key.1) {
+                let writer = p.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+                if let Some(w) = writer {
+                    let _ = w.wait_merging_threads();
+                }
+            }
+        }
+    }
+
+    /// Deletes partitions past the retention age, then the oldest ones while the
+    /// indexes exceed the disk budget (never today's).
+    pub fn enforce_retention(&mut self) {
+        let now = now_ns();
+        let cutoff = now.saturating_sub(self.options.retention_ns);
+        let store = Arc::clone(&self.store);
+        let partitions = &store.partitions;
+        let metrics = &store.metrics;
+        for p in partitions.all() {
+            if (p.day + 1).saturating_mul(NANOS_PER_DAY) <= cutoff {
+                self.drop(p.signal, p.day, "age");
+            }
+        }
+        if self.options.max_disk_bytes > 0 {
+            let today = day_of(now);
+            let mut all = partitions.all();
+            all.sort_by_key(|p| p.day);
+            let mut total: u64 = all.iter().map(|p| p.disk_bytes()).sum();
+            for p in all {
+                if total <= self.options.max_disk_bytes || p.day >= today {
+                    break;
+                }
+                total = total.saturating_sub(p.disk_bytes());
+                self.drop(p.signal, p.day, "disk");
+            }
+        }
+        metrics.partitions.set(partitions.len() as i64);
+    }
+
+    fn drop(&mut self, signal: Signal, day: i64, cause: &'static str) {
+        self.dirty.remove(&(signal, day));
+        self.last_write.remove(&(signal, day));
+        match self.store.partitions.drop_partition(signal, day) {
+            Ok(()) => {
+                tracing::info!(signal = signal.as_str(), day, cause, "retention deleted a partition");
+                self.store.metrics.partitions_dropped.get_or_create(&KindLabel { kind: cause }).inc();
+            }
+            Err(e) => tracing::error!(error = %e, "retention could not delete a partition"),
+        }
+    }
+
+    /// The thread body: runs until the WAL writer hangs up, then commits and returns.
+    pub fn run(mut self, rx: Receiver<WalEntry>) {
+        let interval = self.options.commit_interval;
+        let mut next_commit = Instant::now() + interval;
+        let mut next_retention = Instant::now();
+        loop {
+            let timeout = next_commit.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(timeout) {
+                Ok(entry) => self.apply(entry.lsn, &entry.payload),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            let now = Instant::now();
+            if now >= next_commit {
+                self.commit();
+                self.close_idle_writers();
+                next_commit = now + interval;
+            }
+            if now >= next_retention {
+                self.enforce_retention();
+                next_retention = now + RETENTION_EVERY;
+            }
+        }
+        self.commit();
+        if let Err(e) = self.dedup.save(&self.options.dedup_path, crate::timeutil::now_ns() / 1_000_000_000) {
+            tracing::error!(error = %e, "could not save the batch id table at shutdown");
+        }
+        for p in self.store.partitions.all() {
+            let writer = p.writer.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(w) = writer {
+                let _ = w.wait_merging_threads();
+            }
+        }
+        tracing::info!(checkpoint = self.last_checkpoint, "indexer stopped");
+    }
+}
+
+fn commit_partition(partition: &Partition, payload: &str, lsn: u64) -> Result<(), tantivy::TantivyError> {
+    let mut guard = partition.writer.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(writer) = guard.as_mut() {
+        let mut prepared = writer.prepare_commit()?;
+        prepared.set_payload(payload);
+        prepared.commit()?;
+    }
+    drop(guard);
+    partition.set_committed_lsn(lsn);
+    partition.reader.reload()?;
+    Ok(())
+}

@@ -1,0 +1,283 @@
+//! Log search, log histograms, traces and the service list.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use serde::Serialize;
+use serde_json::{Map, Value as Json};
+use tantivy::collector::{Count, TopDocs};
+use tantivy::query::{AllQuery, BooleanQuery, Query, QueryParser, RangeQuery, TermQuery};
+use tantivy::schema::{Field, IndexRecordOption, OwnedValue, Value};
+use tantivy::tokenizer::TokenizerManager;
+use tantivy::{DocAddress, Order, Searcher, TantivyDocument, Term};
+
+use super::Store;
+use super::collectors::{CountByStr, TimeHistogram};
+use crate::ingest::Signal;
+use crate::timeutil::format_ns;
+
+/// Errors of the query side; `BadRequest` becomes HTTP 400 with the message.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("search failed: {0}")]
+    Internal(#[from] tantivy::TantivyError),
+}
+
+/// Filters shared by log search and the log histogram.
+#[derive(Debug, Clone)]
+pub struct LogQuery {
+    /// tantivy query syntax; empty or `*` matches everything.
+    pub query: String,
+    pub start_ns: i64,
+    pub end_ns: i64,
+    pub service: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LogHits {
+    /// Matching records in the time range (not only the returned ones).
+    pub total: u64,
+    pub hits: Vec<Json>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct HistogramBucket {
+    /// Bucket start, unix ms.
+    pub start_ms: i64,
+    pub count: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ServiceSummary {
+    pub name: String,
+    pub spans: u64,
+    pub logs: u64,
+}
+
+pub(crate) fn term_query(field: Field, text: &str) -> Box<dyn Query> {
+    Box::new(TermQuery::new(
+        Term::from_field_text(field, text),
+        IndexRecordOption::Basic,
+    ))
+}
+
+pub(crate) fn time_range(field: Field, start_ns: i64, end_ns: i64) -> Box<dyn Query> {
+    Box::new(RangeQuery::new(
+        Bound::Included(Term::from_field_i64(field, start_ns)),
+        Bound::Included(Term::from_field_i64(field, end_ns)),
+    ))
+}
+
+pub(crate) fn and(queries: Vec<Box<dyn Query>>) -> Box<dyn Query> {
+    Box::new(BooleanQuery::intersection(queries))
+}
+
+fn first_str(doc: &TantivyDocument, field: Field) -> Option<&str> {
+    doc.get_first(field).and_then(|v| v.as_str())
+}
+
+fn first_i64(doc: &TantivyDocument, field: Field) -> Option<i64> {
+    doc.get_first(field).and_then(|v| v.as_i64())
+}
+
+fn first_u64(doc: &TantivyDocument, field: Field) -> Option<u64> {
+    doc.get_first(field).and_then(|v| v.as_u64())
+}
+
+/// A stored JSON field as a JSON value (an empty object when absent).
+pub(crate) fn first_json(doc: &TantivyDocument, field: Field) -> Json {
+    match doc.get_first(field).map(OwnedValue::from) {
+        Some(v @ OwnedValue::Object(_)) => serde_json::to_value(&v).unwrap_or(Json::Null),
+        _ => Json::Object(Map::new()),
+    }
+}
+
+impl Store {
+    fn parse_log_query(&self, text: &str) -> Result<Box<dyn Query>, QueryError> {
+        let text = text.trim();
+        if text.is_empty() || text == "*" {
+            return Ok(Box::new(AllQuery));
+        }
+        let f = &self.schemas.logs;
+        let mut parser = QueryParser::new(f.schema.clone(), vec![f.body], TokenizerManager::default());
+        parser.set_conjunction_by_default();
+        parser
+            .parse_query(text)
+            .map_err(|e| QueryError::BadRequest(format!("invalid query {text:?}: {e}")))
+    }
+
+    fn log_filter(&self, q: &LogQuery) -> Result<Box<dyn Query>, QueryError> {
+        if q.start_ns > q.end_ns {
+            return Err(QueryError::BadRequest("start is after end".into()));
+        }
+        let f = &self.schemas.logs;
+        let mut parts = vec![self.parse_log_query(&q.query)?, time_range(f.ts, q.start_ns, q.end_ns)];
+        if let Some(service) = q.service.as_deref().filter(|s| !s.is_empty()) {
+            parts.push(term_query(f.service, service));
+        }
+        Ok(and(parts))
+    }
+
+    /// Newest first, with the total number of matches.
+    pub fn search_logs(&self, q: &LogQuery, limit: usize) -> Result<LogHits, QueryError> {
+        let query = self.log_filter(q)?;
+        let mut total = 0u64;
+        // (ts, partition index, address) over all partitions, then the newest `limit`.
+        let mut candidates: Vec<(i64, usize, DocAddress)> = Vec::new();
+        let mut searchers: Vec<Searcher> = Vec::new();
+        for partition in self.partitions.covering(Signal::Logs, q.start_ns, q.end_ns) {
+            let searcher = partition.reader.searcher();
+            let top = TopDocs::with_limit(limit.max(1)).order_by_fast_field::<i64>("ts", Order::Desc);
+            let (top, count) = searcher.search(&query, &(top, Count))?;
+            total += count as u64;
+            let i = searchers.len();
+            candidates.extend(top.into_iter().map(|(ts, addr)| (ts.unwrap_or(0), i, addr)));
+            searchers.push(searcher);
+        }
+        candidates.sort_by(|a, b| b.0.cmp(&a.0));
+        candidates.truncate(limit);
+        let mut hits = Vec::with_capacity(candidates.len());
+        for (_, i, addr) in candidates {
+            let doc: TantivyDocument = searchers[i].doc(addr)?;
+            hits.push(self.log_to_json(&doc));
+        }
+        Ok(LogHits { total, hits })
+    }
+
+    /// Counts per bucket of `bucket_ns` over `[start, end]`.
+    pub fn log_histogram(&self, q: &LogQuery, bucket_ns: i64) -> Result<Vec<HistogramBucket>, QueryError> {
+        let query = self.log_filter(q)?;
+        if bucket_ns <= 0 {
+            return Err(QueryError::BadRequest("interval must be positive".into()));
+        }
+        let span = q.end_ns.saturating_sub(q.start_ns).saturating_add(1);
+        let buckets = usize::try_from(span.div_euclid(bucket_ns) + 1).unwrap_or(usize::MAX);
+        if buckets > 10_000 {
+            return Err(QueryError::BadRequest(format!(
+                "{buckets} buckets requested; at most 10000 (widen the interval or narrow the range)"
+            )));
+        }
+        let collector = TimeHistogram {
+            field: "ts",
+            start_ns: q.start_ns,
+            bucket_ns,
+            buckets,
+        };
+        let mut counts = vec![0u64; buckets];
+        for partition in self.partitions.covering(Signal::Logs, q.start_ns, q.end_ns) {
+            let part = partition.reader.searcher().search(&query, &collector)?;
+            for (c, p) in counts.iter_mut().zip(part) {
+                *c += p;
+            }
+        }
+        Ok(counts
+            .into_iter()
+            .enumerate()
+            .map(|(i, count)| HistogramBucket {
+                start_ms: (q.start_ns + i as i64 * bucket_ns).div_euclid(1_000_000),
+                count,
+            })
+            .collect())
+    }
+
+    fn log_to_json(&self, doc: &TantivyDocument) -> Json {
+        let f = &self.schemas.logs;
+        let ts = first_i64(doc, f.ts).unwrap_or(0);
+        let observed = first_i64(doc, f.observed_ts).unwrap_or(0);
+        let body = match first_json(doc, f.body_structured) {
+            Json::Object(mut m) if m.contains_key("value") => m.remove("value").unwrap_or(Json::Null),
+            _ => first_str(doc, f.body).map_or(Json::Null, |s| Json::String(s.to_string())),
+        };
+        serde_json::json!({
+            "timestamp": format_ns(ts),
+            "time_unix_nano": ts.to_string(),
+            "observed_time_unix_nano": observed.to_string(),
+            "severity_number": first_i64(doc, f.severity_number).unwrap_or(0),
+            "severity_text": first_str(doc, f.severity_text).unwrap_or(""),
+            "service": first_str(doc, f.service).unwrap_or(""),
+            "host": first_str(doc, f.host),
+            "body": body,
+            "attributes": first_json(doc, f.attributes),
+            "resource": first_json(doc, f.resource),
+            "trace_id": first_str(doc, f.trace_id),
+            "span_id": first_str(doc, f.span_id),
+            "scope": first_str(doc, f.scope).unwrap_or(""),
+            "event_name": first_str(doc, f.event_name),
+            "flags": first_u64(doc, f.flags).unwrap_or(0),
+            "dropped_attributes_count": first_u64(doc, f.dropped_attributes).unwrap_or(0),
+        })
+    }
+
+    /// All spans of a trace, by start time. `trace_id` is 32 hex digits.
+    pub fn trace(&self, trace_id: &str) -> Result<Vec<Json>, QueryError> {
+        let trace_id = trace_id.to_ascii_lowercase();
+        if trace_id.len() != 32 || !trace_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(QueryError::BadRequest(format!("trace id {trace_id:?} is not 32 hex digits")));
+        }
+        let f = &self.schemas.spans;
+        let query = term_query(f.trace_id, &trace_id);
+        let mut spans: Vec<(i64, Json)> = Vec::new();
+        for partition in self.partitions.covering(Signal::Traces, i64::MIN, i64::MAX) {
+            let searcher = partition.reader.searcher();
+            let top = searcher.search(&query, &TopDocs::with_limit(100_000).order_by_fast_field::<i64>("ts", Order::Asc))?;
+            for (ts, addr) in top {
+                let doc: TantivyDocument = searcher.doc(addr)?;
+                spans.push((ts.unwrap_or(0), self.span_to_json(&doc)));
+            }
+        }
+        spans.sort_by_key(|(ts, _)| *ts);
+        Ok(spans.into_iter().map(|(_, j)| j).collect())
+    }
+
+    fn span_to_json(&self, doc: &TantivyDocument) -> Json {
+        let f = &self.schemas.spans;
+        let start = first_i64(doc, f.start_ts).unwrap_or(0);
+        let end = first_i64(doc, f.end_ts).unwrap_or(start);
+        let extra = first_json(doc, f.extra);
+        serde_json::json!({
+            "trace_id": first_str(doc, f.trace_id).unwrap_or(""),
+            "span_id": first_str(doc, f.span_id).unwrap_or(""),
+            "parent_span_id": first_str(doc, f.parent_span_id),
+            "trace_state": first_str(doc, f.trace_state),
+            "service": first_str(doc, f.service).unwrap_or(""),
+            "name": first_str(doc, f.name).unwrap_or(""),
+            "kind": first_i64(doc, f.kind).unwrap_or(0),
+            "start": format_ns(start),
+            "start_time_unix_nano": start.to_string(),
+            "end_time_unix_nano": end.to_string(),
+            "duration_ns": first_i64(doc, f.duration_ns).unwrap_or(0),
+            "status": {
+                "code": first_i64(doc, f.status_code).unwrap_or(0),
+                "message": first_str(doc, f.status_message).unwrap_or(""),
+            },
+            "attributes": first_json(doc, f.attributes),
+            "resource": first_json(doc, f.resource),
+            "scope": first_str(doc, f.scope).unwrap_or(""),
+            "events": extra.get("events").cloned().unwrap_or(Json::Array(vec![])),
+            "links": extra.get("links").cloned().unwrap_or(Json::Array(vec![])),
+            "dropped_attributes_count": extra.get("dropped_attributes_count").cloned().unwrap_or(Json::from(0)),
+            "flags": first_u64(doc, f.flags).unwrap_or(0),
+        })
+    }
+
+    /// Services seen in spans and logs over `[start, end]`, with their counts.
+    pub fn services(&self, start_ns: i64, end_ns: i64) -> Result<Vec<ServiceSummary>, QueryError> {
+        let mut by_name: BTreeMap<String, ServiceSummary> = BTreeMap::new();
+        for (signal, field) in [(Signal::Traces, self.schemas.spans.start_ts), (Signal::Logs, self.schemas.logs.ts)] {
+            let query = time_range(field, start_ns, end_ns);
+            for partition in self.partitions.covering(signal, start_ns, end_ns) {
+                let counts = partition.reader.searcher().search(&query, &CountByStr("service"))?;
+                for (name, n) in counts {
+                    let entry = by_name.entry(name.clone()).or_insert(ServiceSummary { name, spans: 0, logs: 0 });
+                    match signal {
+                        Signal::Traces => entry.spans += n,
+                        _ => entry.logs += n,
+                    }
+                }
+            }
+        }
+        Ok(by_name.into_values().collect())
+    }
+}

@@ -1,0 +1,163 @@
+//! The collector observes itself: counters and histograms exposed at `/metrics` in the
+//! Prometheus text format, and structured logs through `tracing`.
+//!
+//! Label values are always from small fixed sets (signal, transport, reason), never
+//! from user data, so the self-metrics cannot explode in cardinality.
+
+use std::sync::Mutex;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SignalLabel {
+    pub signal: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectLabel {
+    pub signal: &'static str,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabel {
+    pub transport: &'static str,
+    pub signal: &'static str,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabel {
+    pub endpoint: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.25 ms .. ~8 s
+    Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
+}
+
+/// All self-metrics of the collector.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    pub records_received: Family<SignalLabel, Counter>,
+    pub records_accepted: Family<SignalLabel, Counter>,
+    pub records_rejected: Family<RejectLabel, Counter>,
+    pub values_truncated: Family<KindLabel, Counter>,
+    pub requests: Family<RequestLabel, Counter>,
+    pub duplicate_batches: Counter,
+    pub wal_appends: Counter,
+    pub wal_fsyncs: Counter,
+    pub wal_bytes: Gauge,
+    pub docs_indexed: Family<SignalLabel, Counter>,
+    pub index_commit_seconds: Histogram,
+    pub index_commit_errors: Counter,
+    pub indexed_lsn: Gauge,
+    pub partitions: Gauge,
+    pub partitions_dropped: Family<KindLabel, Counter>,
+    pub query_seconds: Family<EndpointLabel, Histogram, fn() -> Histogram>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let m = Metrics {
+            registry: Mutex::new(Registry::with_prefix("vigil")),
+            records_received: Family::default(),
+            records_accepted: Family::default(),
+            records_rejected: Family::default(),
+            values_truncated: Family::default(),
+            requests: Family::default(),
+            duplicate_batches: Counter::default(),
+            wal_appends: Counter::default(),
+            wal_fsyncs: Counter::default(),
+            wal_bytes: Gauge::default(),
+            docs_indexed: Family::default(),
+            index_commit_seconds: latency_histogram(),
+            index_commit_errors: Counter::default(),
+            indexed_lsn: Gauge::default(),
+            partitions: Gauge::default(),
+            partitions_dropped: Family::default(),
+            query_seconds: Family::new_with_constructor(latency_histogram),
+        };
+        if let Ok(mut r) = m.registry.lock() {
+            r.register(
+                "ingest_records_received",
+                "Records (log records, spans, metric data points) received over OTLP",
+                m.records_received.clone(),
+            );
+            r.register(
+                "ingest_records_accepted",
+                "Records acknowledged after being made durable in the write-ahead log",
+                m.records_accepted.clone(),
+            );
+            r.register(
+                "ingest_records_rejected",
+                "Records refused, by reason (reported to the client as partial success or an error)",
+                m.records_rejected.clone(),
+            );
+            r.register(
+                "ingest_values_truncated",
+                "Attribute values, bodies and attribute lists cut to the configured limits",
+                m.values_truncated.clone(),
+            );
+            r.register(
+                "ingest_requests",
+                "OTLP export requests by transport, signal and outcome",
+                m.requests.clone(),
+            );
+            r.register(
+                "ingest_duplicate_batches",
+                "Batches whose x-vigil-batch-id was already stored and were not stored again",
+                m.duplicate_batches.clone(),
+            );
+            r.register("wal_appends", "Records appended to the write-ahead log", m.wal_appends.clone());
+            r.register(
+                "wal_fsyncs",
+                "fdatasync calls on the write-ahead log (one per commit group)",
+                m.wal_fsyncs.clone(),
+            );
+            r.register("wal_bytes", "Bytes held in write-ahead log segments", m.wal_bytes.clone());
+            r.register("index_docs", "Documents added to the indexes", m.docs_indexed.clone());
+            r.register(
+                "index_commit_seconds",
+                "Latency of one index commit cycle (all dirty partitions)",
+                m.index_commit_seconds.clone(),
+            );
+            r.register("index_commit_errors", "Failed index commits", m.index_commit_errors.clone());
+            r.register(
+                "index_checkpoint_lsn",
+                "Highest write-ahead log sequence number committed to the indexes",
+                m.indexed_lsn.clone(),
+            );
+            r.register("index_partitions", "Open time partitions over all signals", m.partitions.clone());
+            r.register(
+                "retention_partitions_dropped",
+                "Partitions deleted by retention, by cause (age, disk)",
+                m.partitions_dropped.clone(),
+            );
+            r.register("query_seconds", "Query API latency by endpoint", m.query_seconds.clone());
+        }
+        m
+    }
+}
+
+impl Metrics {
+    /// Renders every metric in the Prometheus text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Ok(registry) = self.registry.lock() {
+            // Writing into a String cannot fail.
+            let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        }
+        out
+    }
+}
