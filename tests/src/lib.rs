@@ -1,1 +1,243 @@
+//! Harness for end-to-end tests: starts the real `vigil-collector` binary as a child
+//! process on port-0 listeners and a private data directory, and talks to it over
+//! real sockets.
 
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+
+pub mod otlp;
+
+/// Builds the collector binary once per test process and returns its path.
+///
+/// Cargo only builds binaries of the package under test, so the e2e crate asks
+/// cargo for the collector itself; when it is already fresh this is a no-op.
+pub fn collector_binary() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default();
+        let status = Command::new(cargo)
+            .args(["build", "-p", "vigil-collector", "--bin", "vigil-collector"])
+            .current_dir(&workspace)
+            .stdout(Stdio::null())
+            .status()
+            .expect("run cargo build for the collector");
+        assert!(status.success(), "building vigil-collector failed");
+        // target/debug/deps/<test exe> -> target/debug/vigil-collector
+        let exe = std::env::current_exe().expect("current exe");
+        let dir = exe.parent().and_then(Path::parent).expect("target dir");
+        let bin = dir.join("vigil-collector");
+        assert!(bin.exists(), "{} missing after build", bin.display());
+        bin
+    })
+    .clone()
+}
+
+/// A running collector child process.
+pub struct Collector {
+    child: Child,
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    pub api: SocketAddr,
+    pub data_dir: PathBuf,
+    stderr_path: PathBuf,
+    /// Kept alive so the directory outlives the process when the test owns it.
+    _temp: Option<tempfile::TempDir>,
+}
+
+/// How to start a collector.
+#[derive(Default, Clone)]
+pub struct Options {
+    /// Reuse a data directory (restart tests); a fresh temp dir otherwise.
+    pub data_dir: Option<PathBuf>,
+    pub env: Vec<(String, String)>,
+    pub args: Vec<String>,
+}
+
+impl Collector {
+    pub fn start() -> Result<Collector> {
+        Collector::start_with(Options::default())
+    }
+
+    pub fn start_with(options: Options) -> Result<Collector> {
+        let (temp, data_dir) = match &options.data_dir {
+            Some(d) => (None, d.clone()),
+            None => {
+                let t = tempfile::tempdir()?;
+                let d = t.path().join("data");
+                (Some(t), d)
+            }
+        };
+        std::fs::create_dir_all(&data_dir)?;
+        let stderr_path = data_dir.with_extension(format!("stderr-{}.log", unique()));
+        let stderr = std::fs::File::create(&stderr_path)?;
+        let mut command = Command::new(collector_binary());
+        command
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(["--otlp-grpc-addr", "127.0.0.1:0", "--otlp-http-addr", "127.0.0.1:0", "--api-addr", "127.0.0.1:0"])
+            .args(&options.args)
+            .env("VIGIL_LOG", "info")
+            .env_remove("VIGIL_INGEST_TOKEN")
+            .env_remove("VIGIL_API_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr);
+        for (k, v) in &options.env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().context("spawn vigil-collector")?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        // Read the announcement line on a thread so a silent child cannot hang us.
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.starts_with("vigil-collector listening") {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                bail!("collector did not start: {}", std::fs::read_to_string(&stderr_path).unwrap_or_default());
+            }
+        };
+        let addr = |key: &str| -> Result<SocketAddr> {
+            line.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(key))
+                .ok_or_else(|| anyhow!("{key} missing in {line:?}"))?
+                .parse()
+                .context("parse address")
+        };
+        Ok(Collector {
+            grpc: addr("otlp_grpc=")?,
+            http: addr("otlp_http=")?,
+            api: addr("api=")?,
+            child,
+            data_dir,
+            stderr_path,
+            _temp: temp,
+        })
+    }
+
+    pub fn http_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.http, path)
+    }
+
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.grpc)
+    }
+
+    pub fn api_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.api, path)
+    }
+
+    /// The collector's log so far (for failure messages).
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill(mut self) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit status success.
+    pub fn terminate(mut self) -> Result<bool> {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status()?;
+        if !status.success() {
+            bail!("kill -TERM failed");
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status.success());
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                bail!("collector did not exit within 60 s of SIGTERM:\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn unique() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+/// Polls `check` until it returns `Some`, or fails after `timeout`. This waits for a
+/// condition (data becoming searchable), it is not a fixed sleep.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Option<T>>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut last_err = None;
+    loop {
+        match check().await {
+            Ok(Some(v)) => return Ok(v),
+            Ok(None) => {}
+            Err(e) => last_err = Some(e),
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}; last error: {last_err:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// GET a JSON API path; returns the status and the parsed body.
+pub async fn get_json(client: &reqwest::Client, url: &str) -> Result<(u16, serde_json::Value)> {
+    let response = client.get(url).send().await?;
+    let status = response.status().as_u16();
+    let body = response.json().await.unwrap_or(serde_json::Value::Null);
+    Ok((status, body))
+}
+
+/// Searches logs; returns (total, hits).
+pub async fn search_logs(client: &reqwest::Client, c: &Collector, params: &[(&str, &str)]) -> Result<(u64, Vec<serde_json::Value>)> {
+    let url = reqwest::Url::parse_with_params(&c.api_url("/api/v1/logs/search"), params)?;
+    let (status, body) = get_json(client, url.as_str()).await?;
+    if status != 200 {
+        bail!("search returned {status}: {body}");
+    }
+    let total = body["total"].as_u64().unwrap_or(0);
+    let hits = body["hits"].as_array().cloned().unwrap_or_default();
+    Ok((total, hits))
+}
+
+/// Nanoseconds since the epoch, now.
+pub fn now_ns() -> u64 {
+    u64::try_from(unique()).unwrap_or(u64::MAX)
+}

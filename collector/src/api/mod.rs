@@ -237,6 +237,11 @@ async fn metric_query(State(state): State<ApiState>, Query(params): Params) -> R
         None => (((end - start) / 300).max(1) as u64).div_ceil(1_000_000_000) as i64 * 1_000_000_000,
     };
     let agg = Agg::parse(params.get("agg").map(String::as_str).unwrap_or("avg")).map_err(|e| ApiError::bad(format!("agg: {e}")))?;
+    let rate = match params.get("rate").map(String::as_str) {
+        None | Some("true") => true,
+        Some("false") => false,
+        Some(other) => return Err(ApiError::bad(format!("rate: {other:?} is not true or false"))),
+    };
     let q = MetricQuery {
         selector: Selector {
             name: Some(name.clone()),
@@ -246,6 +251,7 @@ async fn metric_query(State(state): State<ApiState>, Query(params): Params) -> R
         end_ns: end,
         step_ns,
         agg,
+        rate,
     };
     let result = timed(&state, "metrics_query", move |s| s.metric_query(&q)).await?;
     Ok(Json(json!({ "name": name, "result": result })).into_response())

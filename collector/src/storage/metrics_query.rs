@@ -163,6 +163,9 @@ pub struct MetricQuery {
     pub end_ns: i64,
     pub step_ns: i64,
     pub agg: Agg,
+    /// Turn monotonic sums into per-second rates (the default); `false` returns
+    /// the raw counter values.
+    pub rate: bool,
 }
 
 struct Scan {
@@ -259,7 +262,7 @@ impl Store {
         for (series_id, mut points) in by_series {
             let Some(info) = scan.info.get(&series_id) else { continue };
             points.sort_by_key(|p| p.ts);
-            let rate = info.kind == "sum" && info.monotonic;
+            let rate = q.rate && info.kind == "sum" && info.monotonic;
             let samples: Vec<(i64, f64)> = if rate && info.temporality == "cumulative" {
                 points
                     .windows(2)
