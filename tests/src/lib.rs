@@ -23,7 +23,19 @@ pub fn collector_binary() -> PathBuf {
     PATH.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default();
-        let status = Command::new(cargo)
+        let mut command = Command::new(cargo);
+        // Cargo sets these for the test process; passed on, they would look like a
+        // changed environment to build scripts (ring's) and force rebuilds.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            if key.starts_with("CARGO_PKG_")
+                || ["CARGO_MANIFEST_DIR", "CARGO_MANIFEST_PATH", "CARGO_CRATE_NAME", "CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "OUT_DIR"]
+                    .contains(&key.as_ref())
+            {
+                command.env_remove(key.as_ref());
+            }
+        }
+        let status = command
             .args(["build", "-p", "vigil-collector", "--bin", "vigil-collector"])
             .current_dir(&workspace)
             .stdout(Stdio::null())
