@@ -45,7 +45,8 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnO
     config.validate()?;
     let data_dir = config.data_dir.clone();
     std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create data_dir {}", data_dir.display()))?;
-    let lock = File::create(data_dir.join("LOCK")).with_context(|| format!("cannot write in data_dir {}", data_dir.display()))?;
+    let lock = File::create(data_dir.join("LOCK"))
+        .with_context(|| format!("cannot write in data_dir {}", data_dir.display()))?;
     lock.try_lock()
         .map_err(|_| anyhow::anyhow!("data_dir {} is in use by another vigil-collector", data_dir.display()))?;
 
@@ -156,7 +157,13 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnO
             tls.clone(),
             stop_accepting.clone(),
         )),
-        tokio::spawn(serve("api", api_listener, api::router(api_state), tls, stop_accepting.clone())),
+        tokio::spawn(serve(
+            "api",
+            api_listener,
+            api::router(api_state),
+            tls,
+            stop_accepting.clone(),
+        )),
     ];
     drop(ingest);
     ready.store(true, Ordering::Release);

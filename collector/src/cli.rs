@@ -9,7 +9,11 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, Secret};
 
 #[derive(Debug, Parser)]
-#[command(name = "vigil-collector", version, about = "Vigil collector: OTLP ingest, storage, search")]
+#[command(
+    name = "vigil-collector",
+    version,
+    about = "Vigil collector: OTLP ingest, storage, search"
+)]
 pub struct Cli {
     /// TOML config file (see collector.example.toml).
     #[arg(long, env = "VIGIL_CONFIG", global = true)]
@@ -67,10 +71,10 @@ impl Cli {
             ("VIGIL_INGEST_TOKEN", &mut config.auth.ingest_token),
             ("VIGIL_API_TOKEN", &mut config.auth.api_token),
         ] {
-            if let Ok(value) = std::env::var(var) {
-                if !value.is_empty() {
-                    *slot = Some(Secret::new(value));
-                }
+            if let Ok(value) = std::env::var(var)
+                && !value.is_empty()
+            {
+                *slot = Some(Secret::new(value));
             }
         }
         config.validate()?;
@@ -81,7 +85,9 @@ impl Cli {
 fn init_logging(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("VIGIL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tantivy=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr)
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if format == "json" {
         builder.json().init();

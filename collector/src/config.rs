@@ -187,10 +187,7 @@ impl Default for WalConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("invalid config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("invalid value for `{key}`: {message}")]
@@ -270,18 +267,33 @@ impl Config {
             ("auth.ingest_token", &self.auth.ingest_token),
             ("auth.api_token", &self.auth.api_token),
         ] {
-            if let Some(t) = token {
-                if t.expose().len() < 16 {
-                    return invalid(key, "must be at least 16 characters".into());
-                }
+            if let Some(t) = token
+                && t.expose().len() < 16
+            {
+                return invalid(key, "must be at least 16 characters".into());
             }
         }
         // Secure by default: nothing listens beyond loopback without a token.
         let ingest_token = self.auth.ingest_token.is_some();
         for (key, addr, has_token, token_key) in [
-            ("otlp.grpc_addr", self.otlp.grpc_addr, ingest_token, "auth.ingest_token / VIGIL_INGEST_TOKEN"),
-            ("otlp.http_addr", self.otlp.http_addr, ingest_token, "auth.ingest_token / VIGIL_INGEST_TOKEN"),
-            ("api.addr", self.api.addr, self.auth.api_token.is_some(), "auth.api_token / VIGIL_API_TOKEN"),
+            (
+                "otlp.grpc_addr",
+                self.otlp.grpc_addr,
+                ingest_token,
+                "auth.ingest_token / VIGIL_INGEST_TOKEN",
+            ),
+            (
+                "otlp.http_addr",
+                self.otlp.http_addr,
+                ingest_token,
+                "auth.ingest_token / VIGIL_INGEST_TOKEN",
+            ),
+            (
+                "api.addr",
+                self.api.addr,
+                self.auth.api_token.is_some(),
+                "auth.api_token / VIGIL_API_TOKEN",
+            ),
         ] {
             if !addr.ip().is_loopback() && !has_token {
                 return invalid(

@@ -70,7 +70,9 @@ pub async fn serve(
         let watcher = graceful.watcher();
         match tls.clone() {
             None => {
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+                let conn = builder
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .into_owned();
                 tokio::spawn(async move {
                     if let Err(e) = watcher.watch(conn).await {
                         tracing::debug!(listener = name, %peer, error = %e, "connection ended with an error");
@@ -87,7 +89,9 @@ pub async fn serve(
                         }
                         Err(_) => return,
                     };
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
+                    let conn = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .into_owned();
                     if let Err(e) = watcher.watch(conn).await {
                         tracing::debug!(listener = name, %peer, error = %e, "connection ended with an error");
                     }
@@ -97,6 +101,9 @@ pub async fn serve(
     }
     drop(listener);
     if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown()).await.is_err() {
-        tracing::warn!(listener = name, "connections still open after the drain timeout; closing them");
+        tracing::warn!(
+            listener = name,
+            "connections still open after the drain timeout; closing them"
+        );
     }
 }

@@ -119,32 +119,52 @@ impl Default for Metrics {
                 "Batches whose x-vigil-batch-id was already stored and were not stored again",
                 m.duplicate_batches.clone(),
             );
-            r.register("wal_appends", "Records appended to the write-ahead log", m.wal_appends.clone());
+            r.register(
+                "wal_appends",
+                "Records appended to the write-ahead log",
+                m.wal_appends.clone(),
+            );
             r.register(
                 "wal_fsyncs",
                 "fdatasync calls on the write-ahead log (one per commit group)",
                 m.wal_fsyncs.clone(),
             );
-            r.register("wal_bytes", "Bytes held in write-ahead log segments", m.wal_bytes.clone());
+            r.register(
+                "wal_bytes",
+                "Bytes held in write-ahead log segments",
+                m.wal_bytes.clone(),
+            );
             r.register("index_docs", "Documents added to the indexes", m.docs_indexed.clone());
             r.register(
                 "index_commit_seconds",
                 "Latency of one index commit cycle (all dirty partitions)",
                 m.index_commit_seconds.clone(),
             );
-            r.register("index_commit_errors", "Failed index commits", m.index_commit_errors.clone());
+            r.register(
+                "index_commit_errors",
+                "Failed index commits",
+                m.index_commit_errors.clone(),
+            );
             r.register(
                 "index_checkpoint_lsn",
                 "Highest write-ahead log sequence number committed to the indexes",
                 m.indexed_lsn.clone(),
             );
-            r.register("index_partitions", "Open time partitions over all signals", m.partitions.clone());
+            r.register(
+                "index_partitions",
+                "Open time partitions over all signals",
+                m.partitions.clone(),
+            );
             r.register(
                 "retention_partitions_dropped",
                 "Partitions deleted by retention, by cause (age, disk)",
                 m.partitions_dropped.clone(),
             );
-            r.register("query_seconds", "Query API latency by endpoint", m.query_seconds.clone());
+            r.register(
+                "query_seconds",
+                "Query API latency by endpoint",
+                m.query_seconds.clone(),
+            );
         }
         m
     }

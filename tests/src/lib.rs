@@ -22,30 +22,44 @@ pub fn collector_binary() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default();
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
         let mut command = Command::new(cargo);
         // Cargo sets these for the test process; passed on, they would look like a
         // changed environment to build scripts (ring's) and force rebuilds.
         for (key, _) in std::env::vars_os() {
             let key = key.to_string_lossy();
             if key.starts_with("CARGO_PKG_")
-                || ["CARGO_MANIFEST_DIR", "CARGO_MANIFEST_PATH", "CARGO_CRATE_NAME", "CARGO_PRIMARY_PACKAGE", "CARGO_TARGET_TMPDIR", "OUT_DIR"]
-                    .contains(&key.as_ref())
+                || [
+                    "CARGO_MANIFEST_DIR",
+                    "CARGO_MANIFEST_PATH",
+                    "CARGO_CRATE_NAME",
+                    "CARGO_PRIMARY_PACKAGE",
+                    "CARGO_TARGET_TMPDIR",
+                    "OUT_DIR",
+                ]
+                .contains(&key.as_ref())
             {
                 command.env_remove(key.as_ref());
             }
         }
+        // target/<profile>/deps/<test exe>: build the collector in the same profile,
+        // so benchmarks (release) measure a release collector.
+        let exe = std::env::current_exe().expect("current exe");
+        let profile_dir = exe.parent().and_then(Path::parent).expect("target dir").to_path_buf();
+        command.args(["build", "-p", "vigil-collector", "--bin", "vigil-collector"]);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            command.arg("--release");
+        }
         let status = command
-            .args(["build", "-p", "vigil-collector", "--bin", "vigil-collector"])
             .current_dir(&workspace)
             .stdout(Stdio::null())
             .status()
             .expect("run cargo build for the collector");
         assert!(status.success(), "building vigil-collector failed");
-        // target/debug/deps/<test exe> -> target/debug/vigil-collector
-        let exe = std::env::current_exe().expect("current exe");
-        let dir = exe.parent().and_then(Path::parent).expect("target dir");
-        let bin = dir.join("vigil-collector");
+        let bin = profile_dir.join("vigil-collector");
         assert!(bin.exists(), "{} missing after build", bin.display());
         bin
     })
@@ -94,7 +108,14 @@ impl Collector {
         command
             .arg("--data-dir")
             .arg(&data_dir)
-            .args(["--otlp-grpc-addr", "127.0.0.1:0", "--otlp-http-addr", "127.0.0.1:0", "--api-addr", "127.0.0.1:0"])
+            .args([
+                "--otlp-grpc-addr",
+                "127.0.0.1:0",
+                "--otlp-http-addr",
+                "127.0.0.1:0",
+                "--api-addr",
+                "127.0.0.1:0",
+            ])
             .args(&options.args)
             .env("VIGIL_LOG", "info")
             .env_remove("VIGIL_INGEST_TOKEN")
@@ -122,7 +143,10 @@ impl Collector {
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                bail!("collector did not start: {}", std::fs::read_to_string(&stderr_path).unwrap_or_default());
+                bail!(
+                    "collector did not start: {}",
+                    std::fs::read_to_string(&stderr_path).unwrap_or_default()
+                );
             }
         };
         let addr = |key: &str| -> Result<SocketAddr> {
@@ -173,7 +197,9 @@ impl Collector {
 
     /// SIGTERM and wait for a clean exit; returns the exit status success.
     pub fn terminate(mut self) -> Result<bool> {
-        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status()?;
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()?;
         if !status.success() {
             bail!("kill -TERM failed");
         }
@@ -238,7 +264,11 @@ pub async fn get_json(client: &reqwest::Client, url: &str) -> Result<(u16, serde
 }
 
 /// Searches logs; returns (total, hits).
-pub async fn search_logs(client: &reqwest::Client, c: &Collector, params: &[(&str, &str)]) -> Result<(u64, Vec<serde_json::Value>)> {
+pub async fn search_logs(
+    client: &reqwest::Client,
+    c: &Collector,
+    params: &[(&str, &str)],
+) -> Result<(u64, Vec<serde_json::Value>)> {
     let url = reqwest::Url::parse_with_params(&c.api_url("/api/v1/logs/search"), params)?;
     let (status, body) = get_json(client, url.as_str()).await?;
     if status != 200 {

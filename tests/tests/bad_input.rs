@@ -34,7 +34,11 @@ struct Poster {
 
 impl Poster {
     async fn post(&self, content_type: &str, encoding: Option<&str>, body: Vec<u8>) -> Result<(StatusCode, Vec<u8>)> {
-        let mut request = self.client.post(&self.url).header("content-type", content_type).body(body);
+        let mut request = self
+            .client
+            .post(&self.url)
+            .header("content-type", content_type)
+            .body(body);
         if let Some(e) = encoding {
             request = request.header("content-encoding", e);
         }
@@ -58,7 +62,13 @@ async fn http_bad_input_gets_documented_statuses_and_harms_nothing() -> Result<(
     };
 
     // Something good is stored first; it must survive everything below.
-    let (status, _) = p.post("application/x-protobuf", None, valid_logs("baseline", "the baseline record")).await?;
+    let (status, _) = p
+        .post(
+            "application/x-protobuf",
+            None,
+            valid_logs("baseline", "the baseline record"),
+        )
+        .await?;
     assert_eq!(status, 200);
 
     // Truncated protobuf: 400 with a google.rpc.Status body that says why.
@@ -75,38 +85,64 @@ async fn http_bad_input_gets_documented_statuses_and_harms_nothing() -> Result<(
     assert_eq!(status, 415);
 
     // Invalid JSON: 400 with a JSON error.
-    let (status, body) = p.post("application/json", None, b"{\"resourceLogs\": [".to_vec()).await?;
+    let (status, body) = p
+        .post("application/json", None, b"{\"resourceLogs\": [".to_vec())
+        .await?;
     assert_eq!(status, 400);
     let err: Value = serde_json::from_slice(&body)?;
-    assert!(err["message"].as_str().unwrap_or("").contains("malformed OTLP/JSON"), "{err}");
+    assert!(
+        err["message"].as_str().unwrap_or("").contains("malformed OTLP/JSON"),
+        "{err}"
+    );
 
     // Gzip bomb: 64 MiB of zeros in a few dozen KiB; refused as too large.
     let bomb = gzip(&vec![0u8; 64 * 1024 * 1024]);
     assert!(bomb.len() < 200 * 1024);
     let (status, body) = p.post("application/x-protobuf", Some("gzip"), bomb).await?;
     assert_eq!(status, 413);
-    assert!(RpcStatus::decode(body.as_slice())?.message.contains("max_decompressed_bytes"));
+    assert!(
+        RpcStatus::decode(body.as_slice())?
+            .message
+            .contains("max_decompressed_bytes")
+    );
 
     // Oversized body (over the 4 MiB default): 413, naming the setting.
-    let big: Vec<u8> = (0..5 * 1024 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let big: Vec<u8> = (0..5 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
     let (status, body) = p.post("application/x-protobuf", None, big).await?;
     assert_eq!(status, 413);
-    assert!(RpcStatus::decode(body.as_slice())?.message.contains("max_request_bytes"));
+    assert!(
+        RpcStatus::decode(body.as_slice())?
+            .message
+            .contains("max_request_bytes")
+    );
 
     // Unsupported compression: 415.
-    let (status, _) = p.post("application/x-protobuf", Some("br"), valid_logs("bad", "x")).await?;
+    let (status, _) = p
+        .post("application/x-protobuf", Some("br"), valid_logs("bad", "x"))
+        .await?;
     assert_eq!(status, 415);
 
     // Invalid UTF-8 inside a protobuf string field: 400.
     let marker = "UTF8MARKER";
     let mut bytes = valid_logs("bad", marker);
-    let at = bytes.windows(marker.len()).position(|w| w == marker.as_bytes()).expect("marker");
+    let at = bytes
+        .windows(marker.len())
+        .position(|w| w == marker.as_bytes())
+        .expect("marker");
     bytes[at] = 0xff;
     let (status, _) = p.post("application/x-protobuf", None, bytes).await?;
     assert_eq!(status, 400);
 
     // Invalid UTF-8 in JSON: 400.
-    let (status, _) = p.post("application/json", None, b"{\"resourceLogs\":[{\"x\":\"\xff\"}]}".to_vec()).await?;
+    let (status, _) = p
+        .post(
+            "application/json",
+            None,
+            b"{\"resourceLogs\":[{\"x\":\"\xff\"}]}".to_vec(),
+        )
+        .await?;
     assert_eq!(status, 400);
 
     // Absurd timestamps: 200 with partial success; the sane record is stored.
@@ -123,7 +159,10 @@ async fn http_bad_input_gets_documented_statuses_and_harms_nothing() -> Result<(
     let reply: Value = serde_json::from_slice(&body)?;
     assert_eq!(reply["partialSuccess"]["rejectedLogRecords"], "2", "{reply}");
     let message = reply["partialSuccess"]["errorMessage"].as_str().unwrap_or("");
-    assert!(message.contains("in the future") && message.contains("older than the retention"), "{message}");
+    assert!(
+        message.contains("in the future") && message.contains("older than the retention"),
+        "{message}"
+    );
 
     // Unknown fields, in JSON and in protobuf: ignored, the data is stored.
     let json = format!(
@@ -156,7 +195,10 @@ async fn http_bad_input_gets_documented_statuses_and_harms_nothing() -> Result<(
 
     // The refusals are counted by reason.
     let metrics = client.get(c.api_url("/metrics")).send().await?.text().await?;
-    assert!(metrics.contains(r#"vigil_ingest_records_rejected_total{signal="logs",reason="timestamp_in_future"} 1"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"vigil_ingest_records_rejected_total{signal="logs",reason="timestamp_in_future"} 1"#),
+        "{metrics}"
+    );
     assert!(metrics.contains(r#"outcome="too_large""#));
     Ok(())
 }
@@ -174,7 +216,10 @@ async fn grpc_bad_input_gets_grpc_codes_and_the_server_stays_up() -> Result<()> 
     let bomb = logs_request("grpc-bad", vec![log_record(now_ns(), &huge, &[])]);
     let status = client.export(bomb).await.expect_err("must be refused");
     assert!(
-        matches!(status.code(), tonic::Code::ResourceExhausted | tonic::Code::InvalidArgument | tonic::Code::OutOfRange),
+        matches!(
+            status.code(),
+            tonic::Code::ResourceExhausted | tonic::Code::InvalidArgument | tonic::Code::OutOfRange
+        ),
         "{status:?}"
     );
 
@@ -182,7 +227,10 @@ async fn grpc_bad_input_gets_grpc_codes_and_the_server_stays_up() -> Result<()> 
     let mut bad_trace = log_record(now_ns() - 1_000, "bad trace id", &[]);
     bad_trace.trace_id = vec![1, 2, 3];
     let good = log_record(now_ns() - 1_000, "good grpc record", &[]);
-    let reply = client.export(logs_request("grpc-bad", vec![bad_trace, good])).await?.into_inner();
+    let reply = client
+        .export(logs_request("grpc-bad", vec![bad_trace, good]))
+        .await?
+        .into_inner();
     let partial = reply.partial_success.expect("partial success");
     assert_eq!(partial.rejected_log_records, 1);
     assert!(partial.error_message.contains("trace id"), "{}", partial.error_message);

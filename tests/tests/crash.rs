@@ -25,7 +25,11 @@ fn batch_body(key: i64, base_ns: u64) -> Vec<u8> {
     let records = (0..RECORDS_PER_BATCH)
         .map(|r| {
             let t = base_ns + u64::try_from(key * 100 + r).unwrap_or(0);
-            log_record(t, &format!("crash test record {r} of batch {key}"), &[("batch", key), ("record", r)])
+            log_record(
+                t,
+                &format!("crash test record {r} of batch {key}"),
+                &[("batch", key), ("record", r)],
+            )
         })
         .collect();
     logs_request("crash-test", records).encode_to_vec()
@@ -44,7 +48,12 @@ async fn send(client: &reqwest::Client, url: &str, key: i64, base_ns: u64) -> Re
 
 async fn count_batch(client: &reqwest::Client, c: &Collector, key: i64) -> Result<u64> {
     let q = format!("attributes.batch:{key}");
-    let (total, _) = search_logs(client, c, &[("service", "crash-test"), ("q", q.as_str()), ("limit", "1")]).await?;
+    let (total, _) = search_logs(
+        client,
+        c,
+        &[("service", "crash-test"), ("q", q.as_str()), ("limit", "1")],
+    )
+    .await?;
     Ok(total)
 }
 
@@ -66,8 +75,13 @@ async fn sigkill_mid_stream_loses_no_acknowledged_record_and_duplicates_none() -
     let ack_count = Arc::new(AtomicUsize::new(0));
     let mut writers = Vec::new();
     for w in 0..WRITERS {
-        let (client, url, acked, attempted, ack_count) =
-            (client.clone(), url.clone(), acked.clone(), attempted.clone(), ack_count.clone());
+        let (client, url, acked, attempted, ack_count) = (
+            client.clone(),
+            url.clone(),
+            acked.clone(),
+            attempted.clone(),
+            ack_count.clone(),
+        );
         writers.push(tokio::spawn(async move {
             for b in 0..BATCHES_PER_WRITER {
                 let key = batch_key(w, b);
@@ -110,10 +124,16 @@ async fn sigkill_mid_stream_loses_no_acknowledged_record_and_duplicates_none() -
     for key in &attempted {
         let n = count_batch(&client, &collector, *key).await?;
         if acked.contains(key) {
-            assert_eq!(n, RECORDS_PER_BATCH as u64, "acknowledged batch {key} has {n} records after the crash");
+            assert_eq!(
+                n, RECORDS_PER_BATCH as u64,
+                "acknowledged batch {key} has {n} records after the crash"
+            );
         } else {
             // Never acknowledged: it may or may not have reached the WAL, but never twice.
-            assert!(n == 0 || n == RECORDS_PER_BATCH as u64, "unacknowledged batch {key} has {n} records");
+            assert!(
+                n == 0 || n == RECORDS_PER_BATCH as u64,
+                "unacknowledged batch {key} has {n} records"
+            );
         }
     }
 
@@ -134,7 +154,11 @@ async fn sigkill_mid_stream_loses_no_acknowledged_record_and_duplicates_none() -
     })
     .await?;
     for key in &attempted {
-        assert_eq!(count_batch(&client, &collector, *key).await?, RECORDS_PER_BATCH as u64, "batch {key}");
+        assert_eq!(
+            count_batch(&client, &collector, *key).await?,
+            RECORDS_PER_BATCH as u64,
+            "batch {key}"
+        );
     }
     let (total, _) = search_logs(&client, &collector, &[("service", "crash-test"), ("limit", "1")]).await?;
     assert_eq!(total, expected, "no duplicates overall");

@@ -29,7 +29,11 @@ fn run_python(protocol: &str, endpoint: &str, service: &str) -> Result<Value> {
 async fn python_round_trip(protocol: &str) -> Result<()> {
     let c = Collector::start()?;
     let service = format!("python-{protocol}");
-    let endpoint = if protocol == "grpc" { c.grpc_url() } else { c.http_url("") };
+    let endpoint = if protocol == "grpc" {
+        c.grpc_url()
+    } else {
+        c.http_url("")
+    };
     let sent = run_python(protocol, &endpoint, &service)?;
     let client = reqwest::Client::new();
 
@@ -72,7 +76,14 @@ async fn python_round_trip(protocol: &str) -> Result<()> {
     let labels = format!("service.name={service},region=eu");
     let url = reqwest::Url::parse_with_params(
         &c.api_url("/api/v1/metrics/query"),
-        &[("name", "py.orders"), ("labels", labels.as_str()), ("start", hour_ago.as_str()), ("step", "1h"), ("agg", "last"), ("rate", "false")],
+        &[
+            ("name", "py.orders"),
+            ("labels", labels.as_str()),
+            ("start", hour_ago.as_str()),
+            ("step", "1h"),
+            ("agg", "last"),
+            ("rate", "false"),
+        ],
     )?;
     let series = eventually(Duration::from_secs(10), "python counter", || async {
         let (status, body) = get_json(&client, url.as_str()).await?;

@@ -55,12 +55,25 @@ fn send_with_sdk(c: &Collector, transport: Transport) -> Result<Sent> {
             .build();
         let (log_exporter, span_exporter, metric_exporter) = match transport {
             Transport::Grpc => (
-                opentelemetry_otlp::LogExporter::builder().with_tonic().with_endpoint(&grpc).build()?,
-                opentelemetry_otlp::SpanExporter::builder().with_tonic().with_endpoint(&grpc).build()?,
-                opentelemetry_otlp::MetricExporter::builder().with_tonic().with_endpoint(&grpc).build()?,
+                opentelemetry_otlp::LogExporter::builder()
+                    .with_tonic()
+                    .with_endpoint(&grpc)
+                    .build()?,
+                opentelemetry_otlp::SpanExporter::builder()
+                    .with_tonic()
+                    .with_endpoint(&grpc)
+                    .build()?,
+                opentelemetry_otlp::MetricExporter::builder()
+                    .with_tonic()
+                    .with_endpoint(&grpc)
+                    .build()?,
             ),
             Transport::HttpProtobuf | Transport::HttpJson => {
-                let protocol = if matches!(transport, Transport::HttpJson) { Protocol::HttpJson } else { Protocol::HttpBinary };
+                let protocol = if matches!(transport, Transport::HttpJson) {
+                    Protocol::HttpJson
+                } else {
+                    Protocol::HttpBinary
+                };
                 (
                     opentelemetry_otlp::LogExporter::builder()
                         .with_http()
@@ -93,7 +106,10 @@ fn send_with_sdk(c: &Collector, transport: Transport) -> Result<Sent> {
             .span_builder("POST /checkout")
             .with_kind(SpanKind::Server)
             .with_start_time(span_start)
-            .with_attributes([KeyValue::new("http.request.method", "POST"), KeyValue::new("http.response.status_code", 500)])
+            .with_attributes([
+                KeyValue::new("http.request.method", "POST"),
+                KeyValue::new("http.response.status_code", 500),
+            ])
             .start(&tracer);
         let parent_cx = Context::current_with_span(parent);
         let mut child = tracer
@@ -145,7 +161,11 @@ fn send_with_sdk(c: &Collector, transport: Transport) -> Result<Sent> {
         let counter = meter.u64_counter("e2e.requests").build();
         counter.add(3, &[KeyValue::new("route", "/pay")]);
         counter.add(4, &[KeyValue::new("route", "/pay")]);
-        meter.f64_gauge("e2e.temperature").with_unit("Cel").build().record(21.5, &[]);
+        meter
+            .f64_gauge("e2e.temperature")
+            .with_unit("Cel")
+            .build()
+            .record(21.5, &[]);
         let histogram = meter.f64_histogram("e2e.latency").with_unit("s").build();
         for v in [0.1, 0.2, 0.3] {
             histogram.record(v, &[KeyValue::new("route", "/pay")]);
@@ -208,12 +228,23 @@ async fn check_round_trip(c: &Collector, sent: &Sent) -> Result<()> {
     })
     .await
     .map_err(|e| {
-        let metrics = std::process::Command::new("curl").arg("-s").arg(c.api_url("/metrics")).output();
-        anyhow::anyhow!("{e}: {}", metrics.map(|o| String::from_utf8_lossy(&o.stdout).to_string()).unwrap_or_default())
+        let metrics = std::process::Command::new("curl")
+            .arg("-s")
+            .arg(c.api_url("/metrics"))
+            .output();
+        anyhow::anyhow!(
+            "{e}: {}",
+            metrics
+                .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+                .unwrap_or_default()
+        )
     })?;
     let spans = trace["spans"].as_array().cloned().unwrap_or_default();
     assert_eq!(spans.len(), 2, "{trace}");
-    let parent = spans.iter().find(|s| s["name"] == "POST /checkout").expect("parent span");
+    let parent = spans
+        .iter()
+        .find(|s| s["name"] == "POST /checkout")
+        .expect("parent span");
     let child = spans.iter().find(|s| s["name"] == "charge card").expect("child span");
     assert_eq!(parent["span_id"], sent.parent_span_id.as_str());
     assert_eq!(parent["kind"], 2);
@@ -254,14 +285,24 @@ async fn check_round_trip(c: &Collector, sent: &Sent) -> Result<()> {
     let counter = eventually(Duration::from_secs(10), "the counter", || async {
         let body = metric("e2e.requests", false).await?;
         let series = &body["result"]["series"][0];
-        Ok(series["values"].as_array().and_then(|v| v.last()).is_some().then(|| series.clone()))
+        Ok(series["values"]
+            .as_array()
+            .and_then(|v| v.last())
+            .is_some()
+            .then(|| series.clone()))
     })
     .await?;
     assert_eq!(counter["kind"], "sum");
     assert_eq!(counter["monotonic"], true);
     assert_eq!(counter["temporality"], "cumulative");
     assert_eq!(counter["labels"]["route"], "/pay");
-    assert_eq!(counter["values"].as_array().and_then(|v| v.last()).map(|p| p[1].clone()), Some(Value::from(7.0)));
+    assert_eq!(
+        counter["values"]
+            .as_array()
+            .and_then(|v| v.last())
+            .map(|p| p[1].clone()),
+        Some(Value::from(7.0))
+    );
     let gauge = metric("e2e.temperature", false).await?;
     let gauge = &gauge["result"]["series"][0];
     assert_eq!(gauge["kind"], "gauge");
@@ -278,7 +319,9 @@ async fn check_round_trip(c: &Collector, sent: &Sent) -> Result<()> {
 async fn round_trip(transport: Transport) -> Result<()> {
     let c = Collector::start()?;
     let sent = send_with_sdk(&c, transport)?;
-    check_round_trip(&c, &sent).await.map_err(|e| anyhow::anyhow!("{e:#}\ncollector log:\n{}", c.logs()))
+    check_round_trip(&c, &sent)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:#}\ncollector log:\n{}", c.logs()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -47,7 +47,10 @@ async fn tokens_are_required_when_configured() -> Result<()> {
         .await
         .expect_err("no token");
     assert_eq!(status.code(), tonic::Code::Unauthenticated);
-    let mut request = tonic::Request::new(logs_request("secured", vec![log_record(now_ns() - 1000, "via grpc", &[])]));
+    let mut request = tonic::Request::new(logs_request(
+        "secured",
+        vec![log_record(now_ns() - 1000, "via grpc", &[])],
+    ));
     request
         .metadata_mut()
         .insert("authorization", format!("Bearer {INGEST_TOKEN}").parse()?);
@@ -77,13 +80,23 @@ fn public_bind_without_token_is_refused_at_startup() -> Result<()> {
     let output = Command::new(collector_binary())
         .args(["--data-dir"])
         .arg(dir.path())
-        .args(["--otlp-http-addr", "0.0.0.0:0", "--otlp-grpc-addr", "127.0.0.1:0", "--api-addr", "127.0.0.1:0"])
+        .args([
+            "--otlp-http-addr",
+            "0.0.0.0:0",
+            "--otlp-grpc-addr",
+            "127.0.0.1:0",
+            "--api-addr",
+            "127.0.0.1:0",
+        ])
         .env_remove("VIGIL_INGEST_TOKEN")
         .stdin(Stdio::null())
         .output()?;
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("otlp.http_addr") && stderr.contains("refusing"), "{stderr}");
+    assert!(
+        stderr.contains("otlp.http_addr") && stderr.contains("refusing"),
+        "{stderr}"
+    );
     Ok(())
 }
 
@@ -92,13 +105,21 @@ fn check_config_names_the_bad_key() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, "[storage]\nretention_hour = 5\n")?;
-    let output = Command::new(collector_binary()).arg("check-config").arg("--config").arg(&path).output()?;
+    let output = Command::new(collector_binary())
+        .arg("check-config")
+        .arg("--config")
+        .arg(&path)
+        .output()?;
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("retention_hour"), "{stderr}");
 
     let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../collector/collector.example.toml");
-    let output = Command::new(collector_binary()).arg("check-config").arg("--config").arg(example).output()?;
+    let output = Command::new(collector_binary())
+        .arg("check-config")
+        .arg("--config")
+        .arg(example)
+        .output()?;
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     Ok(())
 }
@@ -107,7 +128,17 @@ fn check_config_names_the_bad_key() -> Result<()> {
 fn make_cert(dir: &std::path::Path) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     let status = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+        ])
         .args(["-subj", "/CN=vigil-test", "-addext", "subjectAltName=IP:127.0.0.1"])
         .args(["-addext", "basicConstraints=critical,CA:FALSE"])
         .arg("-keyout")
@@ -126,7 +157,10 @@ async fn tls_serves_otlp_and_api() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let (cert, key) = make_cert(dir.path())?;
     let config = dir.path().join("tls.toml");
-    std::fs::write(&config, format!("[tls]\ncert_file = {:?}\nkey_file = {:?}\n", cert, key))?;
+    std::fs::write(
+        &config,
+        format!("[tls]\ncert_file = {:?}\nkey_file = {:?}\n", cert, key),
+    )?;
     let c = Collector::start_with(Options {
         args: vec!["--config".into(), config.display().to_string()],
         ..Options::default()
@@ -165,7 +199,8 @@ async fn tls_serves_otlp_and_api() -> Result<()> {
     let reply = request(c.http, head, body).await?;
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     let found = eventually(Duration::from_secs(10), "the log over the TLS API", || async {
-        let head = "GET /api/v1/logs/search?service=tls HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n".to_string();
+        let head =
+            "GET /api/v1/logs/search?service=tls HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n".to_string();
         let reply = request(c.api, head, Vec::new()).await?;
         Ok(reply.contains("over tls").then_some(reply))
     })

@@ -80,11 +80,15 @@ pub fn router(state: ApiState) -> Router {
 }
 
 async fn require_token(State(state): State<ApiState>, request: Request, next: Next) -> Response {
-    if state.token.check(request.headers().get(AUTHORIZATION).map(|v| v.as_bytes())) {
+    if state
+        .token
+        .check(request.headers().get(AUTHORIZATION).map(|v| v.as_bytes()))
+    {
         next.run(request).await
     } else {
         let mut r = ApiError(StatusCode::UNAUTHORIZED, "missing or invalid bearer token".into()).into_response();
-        r.headers_mut().insert(WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
+        r.headers_mut()
+            .insert(WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
         r
     }
 }
@@ -134,7 +138,11 @@ fn time_param(params: &HashMap<String, String>, key: &str, default: i64) -> Resu
 /// `start`/`end` with defaults: end = now, start = the retention horizon.
 fn range(state: &ApiState, params: &HashMap<String, String>) -> Result<(i64, i64), ApiError> {
     let now = i64::try_from(now_ns()).unwrap_or(i64::MAX);
-    let horizon = now.saturating_sub(i64::try_from(state.retention_hours).unwrap_or(0).saturating_mul(3_600_000_000_000));
+    let horizon = now.saturating_sub(
+        i64::try_from(state.retention_hours)
+            .unwrap_or(0)
+            .saturating_mul(3_600_000_000_000),
+    );
     // A little slack past now so records stamped by a fast clock are still found.
     let end = time_param(params, "end", now.saturating_add(3_600_000_000_000))?;
     let start = time_param(params, "start", horizon)?;
@@ -158,9 +166,14 @@ fn limit_param(state: &ApiState, params: &HashMap<String, String>, default: usiz
     match params.get("limit") {
         None => Ok(default),
         Some(v) => {
-            let n: usize = v.parse().map_err(|_| ApiError::bad(format!("limit: {v:?} is not a number")))?;
+            let n: usize = v
+                .parse()
+                .map_err(|_| ApiError::bad(format!("limit: {v:?} is not a number")))?;
             if n == 0 || n > state.max_results {
-                return Err(ApiError::bad(format!("limit must be between 1 and {}", state.max_results)));
+                return Err(ApiError::bad(format!(
+                    "limit must be between 1 and {}",
+                    state.max_results
+                )));
             }
             Ok(n)
         }
@@ -209,11 +222,18 @@ async fn services(State(state): State<ApiState>, Query(params): Params) -> Resul
 async fn metric_series(State(state): State<ApiState>, Query(params): Params) -> Result<Response, ApiError> {
     let selector = match params.get("match") {
         Some(m) => Selector::parse(m).map_err(|e| ApiError::bad(format!("match: {e}")))?,
-        None => return Err(ApiError::bad("match is required, e.g. match=http.server.duration{service.name=\"cart\"}")),
+        None => {
+            return Err(ApiError::bad(
+                "match is required, e.g. match=http.server.duration{service.name=\"cart\"}",
+            ));
+        }
     };
     let (start, end) = range(&state, &params)?;
     let limit = limit_param(&state, &params, 1000)?;
-    let series = timed(&state, "metrics_series", move |s| s.metric_series(&selector, start, end, limit)).await?;
+    let series = timed(&state, "metrics_series", move |s| {
+        s.metric_series(&selector, start, end, limit)
+    })
+    .await?;
     Ok(Json(json!({ "series": series })).into_response())
 }
 
@@ -236,7 +256,8 @@ async fn metric_query(State(state): State<ApiState>, Query(params): Params) -> R
         Some(v) => parse_duration(v).map_err(|e| ApiError::bad(format!("step: {e}")))?,
         None => (((end - start) / 300).max(1) as u64).div_ceil(1_000_000_000) as i64 * 1_000_000_000,
     };
-    let agg = Agg::parse(params.get("agg").map(String::as_str).unwrap_or("avg")).map_err(|e| ApiError::bad(format!("agg: {e}")))?;
+    let agg = Agg::parse(params.get("agg").map(String::as_str).unwrap_or("avg"))
+        .map_err(|e| ApiError::bad(format!("agg: {e}")))?;
     let rate = match params.get("rate").map(String::as_str) {
         None | Some("true") => true,
         Some("false") => false,

@@ -118,8 +118,14 @@ mod tests {
     fn gzip_bomb_is_refused_as_too_large() {
         let bomb = gzip(&vec![0u8; 10 * 1024 * 1024]);
         assert!(bomb.len() < 64 * 1024);
-        let err = decode_body(Signal::Logs, ContentKind::Protobuf, Some("gzip"), bomb.into(), 1024 * 1024)
-            .expect_err("bomb");
+        let err = decode_body(
+            Signal::Logs,
+            ContentKind::Protobuf,
+            Some("gzip"),
+            bomb.into(),
+            1024 * 1024,
+        )
+        .expect_err("bomb");
         assert!(matches!(err, IngestError::TooLarge(_)), "{err:?}");
     }
 
@@ -156,8 +162,14 @@ mod tests {
 
     #[test]
     fn invalid_utf8_in_json_is_a_400() {
-        let err = decode_body(Signal::Logs, ContentKind::Json, None, Bytes::from_static(b"{\"a\":\"\xff\"}"), 1 << 20)
-            .expect_err("invalid");
+        let err = decode_body(
+            Signal::Logs,
+            ContentKind::Json,
+            None,
+            Bytes::from_static(b"{\"a\":\"\xff\"}"),
+            1 << 20,
+        )
+        .expect_err("invalid");
         assert!(matches!(err, IngestError::Invalid(_)));
     }
 }

@@ -94,10 +94,10 @@ impl BatchDedup {
             if !too_old && state.order.len() <= self.max_ids {
                 break;
             }
-            if let Some((at, id)) = state.order.pop_front() {
-                if state.done.get(&id) == Some(&at) {
-                    state.done.remove(&id);
-                }
+            if let Some((at, id)) = state.order.pop_front()
+                && state.done.get(&id) == Some(&at)
+            {
+                state.done.remove(&id);
             }
         }
     }
@@ -180,11 +180,11 @@ impl BatchDedup {
         let mut n = 0;
         for line in io::BufReader::new(file).lines() {
             let line = line?;
-            if let Some((at, id)) = line.split_once('\t') {
-                if let Ok(at) = at.parse() {
-                    self.remember(id.to_string(), at);
-                    n += 1;
-                }
+            if let Some((at, id)) = line.split_once('\t')
+                && let Ok(at) = at.parse()
+            {
+                self.remember(id.to_string(), at);
+                n += 1;
             }
         }
         Ok(n)

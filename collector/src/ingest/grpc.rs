@@ -40,7 +40,9 @@ pub fn routes(ingest: Arc<Ingest>) -> tonic::service::Routes {
         .accept_compressed(CompressionEncoding::Gzip)
         .send_compressed(CompressionEncoding::Gzip)
         .max_decoding_message_size(max);
-    tonic::service::Routes::new(logs).add_service(traces).add_service(metrics)
+    tonic::service::Routes::new(logs)
+        .add_service(traces)
+        .add_service(metrics)
 }
 
 #[derive(Clone)]

@@ -12,9 +12,7 @@ use http::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE
 use http::{HeaderMap, HeaderValue, StatusCode};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsPartialSuccess, ExportLogsServiceResponse};
-use opentelemetry_proto::tonic::collector::metrics::v1::{
-    ExportMetricsPartialSuccess, ExportMetricsServiceResponse,
-};
+use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsPartialSuccess, ExportMetricsServiceResponse};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceResponse};
 use prost::Message;
 
@@ -74,15 +72,18 @@ async fn handle(
 ) -> Result<Accepted, IngestError> {
     ingest.authenticate(headers.get(AUTHORIZATION).map(HeaderValue::as_bytes))?;
     let max = ingest.config().max_request_bytes;
-    let too_large = || IngestError::TooLarge(format!("request body exceeds the limit of {max} bytes (otlp.max_request_bytes)"));
+    let too_large = || {
+        IngestError::TooLarge(format!(
+            "request body exceeds the limit of {max} bytes (otlp.max_request_bytes)"
+        ))
+    };
     if let Some(len) = headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok())
+        && len > max
     {
-        if len > max {
-            return Err(too_large());
-        }
+        return Err(too_large());
     }
     let bytes = match Limited::new(body, max).collect().await {
         Ok(collected) => collected.to_bytes(),

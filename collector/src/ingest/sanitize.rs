@@ -278,7 +278,10 @@ pub(super) fn sanitize_traces(req: &mut ExportTraceServiceRequest, limits: &Limi
                     link.dropped_attributes_count = link.dropped_attributes_count.saturating_add(d);
                 }
                 if let Some(status) = span.status.as_mut() {
-                    report.truncate("attribute_value", u64::from(truncate_utf8(&mut status.message, limits.max_value_bytes)));
+                    report.truncate(
+                        "attribute_value",
+                        u64::from(truncate_utf8(&mut status.message, limits.max_value_bytes)),
+                    );
                 }
                 true
             });
@@ -295,7 +298,11 @@ macro_rules! filter_points {
     ($points:expr, $limits:expr, $report:expr, $name_ok:expr) => {{
         $report.received += $points.len() as u64;
         $points.retain_mut(|p| {
-            let verdict = if $name_ok { check_time(p.time_unix_nano, $limits) } else { Err("missing_metric_name") };
+            let verdict = if $name_ok {
+                check_time(p.time_unix_nano, $limits)
+            } else {
+                Err("missing_metric_name")
+            };
             if let Err(reason) = verdict {
                 $report.reject(reason);
                 return false;
@@ -429,7 +436,10 @@ mod tests {
         let mut req = logs(vec![LogRecord::default()]);
         let report = sanitize_logs(&mut req, &limits());
         assert_eq!(report.accepted(), 1);
-        assert_eq!(req.resource_logs[0].scope_logs[0].log_records[0].observed_time_unix_nano, NOW);
+        assert_eq!(
+            req.resource_logs[0].scope_logs[0].log_records[0].observed_time_unix_nano,
+            NOW
+        );
     }
 
     #[test]

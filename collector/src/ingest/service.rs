@@ -9,10 +9,10 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use prost::Message;
 use tokio::sync::Semaphore;
 
+use super::IngestError;
 use super::batch::{Signal, WalBatch};
 use super::dedup::{BatchDedup, Claim};
 use super::sanitize::{self, Limits, Report};
-use super::IngestError;
 use crate::auth::TokenCheck;
 use crate::config::OtlpConfig;
 use crate::telemetry::{KindLabel, Metrics, RejectLabel, RequestLabel, SignalLabel};
@@ -162,7 +162,11 @@ impl Ingest {
         // Sanitizing and re-encoding a big batch is CPU work: keep it off the reactor.
         let (report, encoded) = tokio::task::spawn_blocking(move || {
             let report = request.sanitize(&limits);
-            let encoded = if report.accepted() > 0 { request.encode() } else { Vec::new() };
+            let encoded = if report.accepted() > 0 {
+                request.encode()
+            } else {
+                Vec::new()
+            };
             (report, encoded)
         })
         .await
@@ -203,7 +207,9 @@ impl Ingest {
         }
         self.metrics
             .records_accepted
-            .get_or_create(&SignalLabel { signal: signal.as_str() })
+            .get_or_create(&SignalLabel {
+                signal: signal.as_str(),
+            })
             .inc_by(report.accepted());
         Ok(accepted)
     }
@@ -221,7 +227,10 @@ impl Ingest {
                 .inc_by(*n);
         }
         for (kind, n) in &report.truncated {
-            self.metrics.values_truncated.get_or_create(&KindLabel { kind }).inc_by(*n);
+            self.metrics
+                .values_truncated
+                .get_or_create(&KindLabel { kind })
+                .inc_by(*n);
         }
     }
 }

@@ -39,10 +39,13 @@ pub(super) fn attributes_to_json(attributes: &[KeyValue]) -> Map<String, Json> {
 }
 
 fn string_attr<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a str> {
-    attributes.iter().find(|kv| kv.key == key).and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
-        any_value::Value::StringValue(s) => Some(s.as_str()),
-        _ => None,
-    })
+    attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+            any_value::Value::StringValue(s) => Some(s.as_str()),
+            _ => None,
+        })
 }
 
 fn resource_attrs(resource: &Option<Resource>) -> &[KeyValue] {
@@ -58,9 +61,9 @@ fn object(map: Map<String, Json>) -> OwnedValue {
 }
 
 /// Documents of one signal with their event time (unix ns).
-pub(super) type TimedDocs = Vec<(i64, TantivyDocument)>;
+pub type TimedDocs = Vec<(i64, TantivyDocument)>;
 
-pub(super) fn log_docs(f: &LogFields, req: &ExportLogsServiceRequest) -> TimedDocs {
+pub fn log_docs(f: &LogFields, req: &ExportLogsServiceRequest) -> TimedDocs {
     let mut out = Vec::new();
     for rl in &req.resource_logs {
         let rattrs = resource_attrs(&rl.resource);
@@ -70,7 +73,11 @@ pub(super) fn log_docs(f: &LogFields, req: &ExportLogsServiceRequest) -> TimedDo
         for sl in &rl.scope_logs {
             let scope = sl.scope.as_ref().map(|s| s.name.as_str()).unwrap_or("");
             for rec in &sl.log_records {
-                let ts = if rec.time_unix_nano != 0 { rec.time_unix_nano } else { rec.observed_time_unix_nano };
+                let ts = if rec.time_unix_nano != 0 {
+                    rec.time_unix_nano
+                } else {
+                    rec.observed_time_unix_nano
+                };
                 let ts = to_i64(ts);
                 let mut doc = TantivyDocument::default();
                 doc.add_i64(f.ts, ts);
@@ -86,7 +93,10 @@ pub(super) fn log_docs(f: &LogFields, req: &ExportLogsServiceRequest) -> TimedDo
                     Some((b, Some(_))) => {
                         let structured = any_value_to_json(b);
                         doc.add_text(f.body, structured.to_string());
-                        doc.add_field_value(f.body_structured, &object(Map::from_iter([("value".to_string(), structured)])));
+                        doc.add_field_value(
+                            f.body_structured,
+                            &object(Map::from_iter([("value".to_string(), structured)])),
+                        );
                     }
                     _ => {}
                 }
@@ -111,7 +121,7 @@ pub(super) fn log_docs(f: &LogFields, req: &ExportLogsServiceRequest) -> TimedDo
     out
 }
 
-pub(super) fn span_docs(f: &SpanFields, req: &ExportTraceServiceRequest) -> TimedDocs {
+pub fn span_docs(f: &SpanFields, req: &ExportTraceServiceRequest) -> TimedDocs {
     let mut out = Vec::new();
     for rs in &req.resource_spans {
         let rattrs = resource_attrs(&rs.resource);
@@ -160,7 +170,10 @@ pub(super) fn span_docs(f: &SpanFields, req: &ExportTraceServiceRequest) -> Time
                     &object(Map::from_iter([
                         ("events".to_string(), Json::Array(events)),
                         ("links".to_string(), Json::Array(links)),
-                        ("dropped_attributes_count".to_string(), Json::from(span.dropped_attributes_count)),
+                        (
+                            "dropped_attributes_count".to_string(),
+                            Json::from(span.dropped_attributes_count),
+                        ),
                     ])),
                 );
                 doc.add_u64(f.flags, u64::from(span.flags));
@@ -232,6 +245,9 @@ fn temporality_name(t: i32) -> &'static str {
     }
 }
 
+// The arguments are the parts of one OTLP data point; a struct for them would only
+// be unpacked again here.
+#[allow(clippy::too_many_arguments)]
 fn point_doc(
     f: &MetricFields,
     c: &PointCommon<'_>,
@@ -293,7 +309,7 @@ fn f64_json(v: f64) -> Json {
     serde_json::Number::from_f64(v).map_or(Json::Null, Json::Number)
 }
 
-pub(super) fn metric_docs(f: &MetricFields, req: &ExportMetricsServiceRequest) -> TimedDocs {
+pub fn metric_docs(f: &MetricFields, req: &ExportMetricsServiceRequest) -> TimedDocs {
     let mut out = Vec::new();
     for rm in &req.resource_metrics {
         let rattrs = resource_attrs(&rm.resource);
@@ -316,7 +332,16 @@ pub(super) fn metric_docs(f: &MetricFields, req: &ExportMetricsServiceRequest) -
                 match &m.data {
                     Some(Data::Gauge(g)) => {
                         for p in &g.data_points {
-                            out.push(point_doc(f, &c, &p.attributes, p.start_time_unix_nano, p.time_unix_nano, number_value(p), None, None));
+                            out.push(point_doc(
+                                f,
+                                &c,
+                                &p.attributes,
+                                p.start_time_unix_nano,
+                                p.time_unix_nano,
+                                number_value(p),
+                                None,
+                                None,
+                            ));
                         }
                     }
                     Some(Data::Sum(s)) => {
@@ -324,7 +349,16 @@ pub(super) fn metric_docs(f: &MetricFields, req: &ExportMetricsServiceRequest) -
                         c.temporality = temporality_name(s.aggregation_temporality);
                         c.monotonic = s.is_monotonic;
                         for p in &s.data_points {
-                            out.push(point_doc(f, &c, &p.attributes, p.start_time_unix_nano, p.time_unix_nano, number_value(p), None, None));
+                            out.push(point_doc(
+                                f,
+                                &c,
+                                &p.attributes,
+                                p.start_time_unix_nano,
+                                p.time_unix_nano,
+                                number_value(p),
+                                None,
+                                None,
+                            ));
                         }
                     }
                     Some(Data::Histogram(h)) => {
@@ -334,14 +368,26 @@ pub(super) fn metric_docs(f: &MetricFields, req: &ExportMetricsServiceRequest) -
                             let sum = p.sum.unwrap_or(0.0);
                             let mut detail = Map::new();
                             detail.insert("bucket_counts".into(), Json::from(p.bucket_counts.clone()));
-                            detail.insert("explicit_bounds".into(), Json::Array(p.explicit_bounds.iter().map(|b| f64_json(*b)).collect()));
+                            detail.insert(
+                                "explicit_bounds".into(),
+                                Json::Array(p.explicit_bounds.iter().map(|b| f64_json(*b)).collect()),
+                            );
                             if let Some(min) = p.min {
                                 detail.insert("min".into(), f64_json(min));
                             }
                             if let Some(max) = p.max {
                                 detail.insert("max".into(), f64_json(max));
                             }
-                            out.push(point_doc(f, &c, &p.attributes, p.start_time_unix_nano, p.time_unix_nano, mean(p.count, sum), Some((p.count, sum)), Some(detail)));
+                            out.push(point_doc(
+                                f,
+                                &c,
+                                &p.attributes,
+                                p.start_time_unix_nano,
+                                p.time_unix_nano,
+                                mean(p.count, sum),
+                                Some((p.count, sum)),
+                                Some(detail),
+                            ));
                         }
                     }
                     Some(Data::ExponentialHistogram(h)) => {
@@ -349,8 +395,13 @@ pub(super) fn metric_docs(f: &MetricFields, req: &ExportMetricsServiceRequest) -
                         c.temporality = temporality_name(h.aggregation_temporality);
                         for p in &h.data_points {
                             let sum = p.sum.unwrap_or(0.0);
-                            let buckets = |b: &Option<opentelemetry_proto::tonic::metrics::v1::exponential_histogram_data_point::Buckets>| {
-                                b.as_ref().map_or(Json::Null, |b| json!({"offset": b.offset, "bucket_counts": b.bucket_counts}))
+                            let buckets = |b: &Option<
+                                opentelemetry_proto::tonic::metrics::v1::exponential_histogram_data_point::Buckets,
+                            >| {
+                                b.as_ref().map_or(
+                                    Json::Null,
+                                    |b| json!({"offset": b.offset, "bucket_counts": b.bucket_counts}),
+                                )
                             };
                             let detail = Map::from_iter([
                                 ("scale".to_string(), Json::from(p.scale)),
@@ -358,7 +409,16 @@ pub(super) fn metric_docs(f: &MetricFields, req: &ExportMetricsServiceRequest) -
                                 ("positive".to_string(), buckets(&p.positive)),
                                 ("negative".to_string(), buckets(&p.negative)),
                             ]);
-                            out.push(point_doc(f, &c, &p.attributes, p.start_time_unix_nano, p.time_unix_nano, mean(p.count, sum), Some((p.count, sum)), Some(detail)));
+                            out.push(point_doc(
+                                f,
+                                &c,
+                                &p.attributes,
+                                p.start_time_unix_nano,
+                                p.time_unix_nano,
+                                mean(p.count, sum),
+                                Some((p.count, sum)),
+                                Some(detail),
+                            ));
                         }
                     }
                     Some(Data::Summary(s)) => {
@@ -370,7 +430,16 @@ pub(super) fn metric_docs(f: &MetricFields, req: &ExportMetricsServiceRequest) -
                                 .map(|q| json!({"quantile": f64_json(q.quantile), "value": f64_json(q.value)}))
                                 .collect();
                             let detail = Map::from_iter([("quantiles".to_string(), Json::Array(quantiles))]);
-                            out.push(point_doc(f, &c, &p.attributes, p.start_time_unix_nano, p.time_unix_nano, mean(p.count, p.sum), Some((p.count, p.sum)), Some(detail)));
+                            out.push(point_doc(
+                                f,
+                                &c,
+                                &p.attributes,
+                                p.start_time_unix_nano,
+                                p.time_unix_nano,
+                                mean(p.count, p.sum),
+                                Some((p.count, p.sum)),
+                                Some(detail),
+                            ));
                         }
                     }
                     None => {}

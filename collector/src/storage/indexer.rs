@@ -83,7 +83,8 @@ impl Indexer {
             }
         };
         if let Some(id) = &batch.batch_id {
-            self.dedup.remember(id.clone(), crate::timeutil::now_ns() / 1_000_000_000);
+            self.dedup
+                .remember(id.clone(), crate::timeutil::now_ns() / 1_000_000_000);
         }
         let schemas = &self.store.schemas;
         let docs = match batch.signal {
@@ -118,7 +119,9 @@ impl Indexer {
         self.store
             .metrics
             .docs_indexed
-            .get_or_create(&SignalLabel { signal: batch.signal.as_str() })
+            .get_or_create(&SignalLabel {
+                signal: batch.signal.as_str(),
+            })
             .inc_by(added);
     }
 
@@ -126,7 +129,11 @@ impl Indexer {
         let key = (signal, day);
         let partition = match self.dirty.get(&key) {
             Some(p) => Arc::clone(p),
-            None => self.store.partitions.get_or_open(signal, day).map_err(|e| e.to_string())?,
+            None => self
+                .store
+                .partitions
+                .get_or_open(signal, day)
+                .map_err(|e| e.to_string())?,
         };
         if partition.committed_lsn() >= lsn {
             return Ok(());
@@ -168,7 +175,10 @@ impl Indexer {
                 }
             }
         }
-        self.store.metrics.index_commit_seconds.observe(started.elapsed().as_secs_f64());
+        self.store
+            .metrics
+            .index_commit_seconds
+            .observe(started.elapsed().as_secs_f64());
         if failed.is_empty() {
             self.advance_checkpoint();
         } else {
@@ -182,7 +192,10 @@ impl Indexer {
             return;
         }
         self.last_checkpoint = checkpoint;
-        self.store.metrics.indexed_lsn.set(i64::try_from(checkpoint).unwrap_or(i64::MAX));
+        self.store
+            .metrics
+            .indexed_lsn
+            .set(i64::try_from(checkpoint).unwrap_or(i64::MAX));
         let Some(truncator) = &self.truncator else {
             return;
         };
@@ -190,7 +203,10 @@ impl Indexer {
             return;
         }
         // Batch ids in the segments about to go must survive in the snapshot first.
-        if let Err(e) = self.dedup.save(&self.options.dedup_path, crate::timeutil::now_ns() / 1_000_000_000) {
+        if let Err(e) = self
+            .dedup
+            .save(&self.options.dedup_path, crate::timeutil::now_ns() / 1_000_000_000)
+        {
             tracing::error!(path = %self.options.dedup_path.display(), error = %e, "could not save the batch id table; keeping WAL segments");
             return;
         }
@@ -253,7 +269,11 @@ impl Indexer {
         match self.store.partitions.drop_partition(signal, day) {
             Ok(()) => {
                 tracing::info!(signal = signal.as_str(), day, cause, "retention deleted a partition");
-                self.store.metrics.partitions_dropped.get_or_create(&KindLabel { kind: cause }).inc();
+                self.store
+                    .metrics
+                    .partitions_dropped
+                    .get_or_create(&KindLabel { kind: cause })
+                    .inc();
             }
             Err(e) => tracing::error!(error = %e, "retention could not delete a partition"),
         }
@@ -283,7 +303,10 @@ impl Indexer {
             }
         }
         self.commit();
-        if let Err(e) = self.dedup.save(&self.options.dedup_path, crate::timeutil::now_ns() / 1_000_000_000) {
+        if let Err(e) = self
+            .dedup
+            .save(&self.options.dedup_path, crate::timeutil::now_ns() / 1_000_000_000)
+        {
             tracing::error!(error = %e, "could not save the batch id table at shutdown");
         }
         for p in self.store.partitions.all() {

@@ -87,7 +87,12 @@ pub fn parse_label_list(text: &str) -> Result<BTreeMap<String, String>, String> 
                 return Err(format!("unterminated quote in the value of {key}"));
             }
         } else {
-            value = chars.by_ref().take_while(|c| *c != ',').collect::<String>().trim().to_string();
+            value = chars
+                .by_ref()
+                .take_while(|c| *c != ',')
+                .collect::<String>()
+                .trim()
+                .to_string();
         }
         labels.insert(key, value);
     }
@@ -234,7 +239,13 @@ impl Store {
     }
 
     /// Series matching a selector that have points in `[start, end]`.
-    pub fn metric_series(&self, selector: &Selector, start_ns: i64, end_ns: i64, limit: usize) -> Result<Vec<SeriesInfo>, QueryError> {
+    pub fn metric_series(
+        &self,
+        selector: &Selector,
+        start_ns: i64,
+        end_ns: i64,
+        limit: usize,
+    ) -> Result<Vec<SeriesInfo>, QueryError> {
         let scan = self.scan(selector, start_ns, end_ns)?;
         let mut series: Vec<SeriesInfo> = scan.info.into_values().collect();
         series.sort_by(|a, b| (&a.name, a.labels.to_string()).cmp(&(&b.name, b.labels.to_string())));
@@ -251,7 +262,9 @@ impl Store {
         }
         let steps = (q.end_ns - q.start_ns) / q.step_ns + 1;
         if steps > MAX_STEPS {
-            return Err(QueryError::BadRequest(format!("{steps} steps requested; at most {MAX_STEPS} (raise step)")));
+            return Err(QueryError::BadRequest(format!(
+                "{steps} steps requested; at most {MAX_STEPS} (raise step)"
+            )));
         }
         let scan = self.scan(&q.selector, q.start_ns, q.end_ns)?;
         let mut by_series: HashMap<u64, Vec<RawPoint>> = HashMap::new();
@@ -260,7 +273,9 @@ impl Store {
         }
         let mut series = Vec::new();
         for (series_id, mut points) in by_series {
-            let Some(info) = scan.info.get(&series_id) else { continue };
+            let Some(info) = scan.info.get(&series_id) else {
+                continue;
+            };
             points.sort_by_key(|p| p.ts);
             let rate = q.rate && info.kind == "sum" && info.monotonic;
             let samples: Vec<(i64, f64)> = if rate && info.temporality == "cumulative" {
@@ -268,14 +283,21 @@ impl Store {
                     .windows(2)
                     .filter(|w| w[1].ts > w[0].ts)
                     .map(|w| {
-                        let delta = if w[1].value >= w[0].value { w[1].value - w[0].value } else { w[1].value };
+                        let delta = if w[1].value >= w[0].value {
+                            w[1].value - w[0].value
+                        } else {
+                            w[1].value
+                        };
                         (w[1].ts, delta / ((w[1].ts - w[0].ts) as f64 / 1e9))
                     })
                     .collect()
             } else if rate {
                 // Delta sums: the value covers one export interval; without its start
                 // time here, spread it over the step.
-                points.iter().map(|p| (p.ts, p.value / (q.step_ns as f64 / 1e9))).collect()
+                points
+                    .iter()
+                    .map(|p| (p.ts, p.value / (q.step_ns as f64 / 1e9)))
+                    .collect()
             } else {
                 points.iter().map(|p| (p.ts, p.value)).collect()
             };
@@ -285,7 +307,11 @@ impl Store {
                     buckets.entry((ts - q.start_ns) / q.step_ns).or_default().push(v);
                 }
             }
-            let agg = if rate && info.temporality == "delta" { Agg::Sum } else { q.agg };
+            let agg = if rate && info.temporality == "delta" {
+                Agg::Sum
+            } else {
+                q.agg
+            };
             let values = buckets
                 .into_iter()
                 .map(|(i, vs)| ((q.start_ns + i * q.step_ns) / 1_000_000, agg.apply(&vs)))
@@ -296,7 +322,7 @@ impl Store {
                 values,
             });
         }
-        series.sort_by(|a, b| a.info.labels.to_string().cmp(&b.info.labels.to_string()));
+        series.sort_by_key(|a| a.info.labels.to_string());
         Ok(MetricQueryResult {
             step_ms: q.step_ns / 1_000_000,
             series,

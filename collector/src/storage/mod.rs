@@ -12,7 +12,7 @@ mod search;
 use std::path::Path;
 use std::sync::Arc;
 
-pub use convert::{any_value_to_json, series_id};
+pub use convert::{TimedDocs, any_value_to_json, log_docs, metric_docs, series_id, span_docs};
 pub use indexer::{Indexer, IndexerOptions};
 pub use metrics_query::{Agg, MetricQuery, MetricQueryResult, Selector, SeriesInfo, parse_label_list};
 pub use partition::{Partition, Partitions, StoreError, day_of};

@@ -71,8 +71,14 @@ impl Partition {
     }
 
     fn open(signal: Signal, day: i64, dir: PathBuf, schema: &Schema) -> Result<Partition, StoreError> {
-        let tantivy_err = |source| StoreError::Tantivy { path: dir.clone(), source };
-        std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io { path: dir.clone(), source })?;
+        let tantivy_err = |source| StoreError::Tantivy {
+            path: dir.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
+            path: dir.clone(),
+            source,
+        })?;
         let mmap = MmapDirectory::open(&dir).map_err(|e| tantivy_err(e.into()))?;
         let index = Index::open_or_create(mmap, schema.clone()).map_err(tantivy_err)?;
         let committed = index
@@ -119,7 +125,10 @@ pub(super) fn payload_for(lsn: u64) -> String {
 }
 
 fn parse_payload(payload: &str) -> Option<u64> {
-    serde_json::from_str::<serde_json::Value>(payload).ok()?.get("lsn")?.as_u64()
+    serde_json::from_str::<serde_json::Value>(payload)
+        .ok()?
+        .get("lsn")?
+        .as_u64()
 }
 
 /// The set of open partitions, shared by the indexer (writes) and queries (reads).
@@ -150,13 +159,22 @@ impl Partitions {
     pub fn open(root: &Path, schemas: [(Signal, Schema); 3]) -> Result<Partitions, StoreError> {
         let partitions = Partitions {
             root: root.to_path_buf(),
-            schemas: schemas.iter().map(|(s, schema)| (signal_dir(*s), schema.clone())).collect(),
+            schemas: schemas
+                .iter()
+                .map(|(s, schema)| (signal_dir(*s), schema.clone()))
+                .collect(),
             open: RwLock::new(BTreeMap::new()),
         };
         for (signal, _) in &schemas {
             let dir = root.join(signal_dir(*signal));
-            std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io { path: dir.clone(), source })?;
-            let entries = std::fs::read_dir(&dir).map_err(|source| StoreError::Io { path: dir.clone(), source })?;
+            std::fs::create_dir_all(&dir).map_err(|source| StoreError::Io {
+                path: dir.clone(),
+                source,
+            })?;
+            let entries = std::fs::read_dir(&dir).map_err(|source| StoreError::Io {
+                path: dir.clone(),
+                source,
+            })?;
             for entry in entries.filter_map(Result::ok) {
                 let Some(day) = entry.file_name().to_str().and_then(parse_day_name) else {
                     continue;
@@ -231,7 +249,10 @@ impl Partitions {
                 // Merges in flight would keep writing files into the directory.
                 let _ = writer.wait_merging_threads();
             }
-            std::fs::remove_dir_all(&p.dir).map_err(|source| StoreError::Io { path: p.dir.clone(), source })?;
+            std::fs::remove_dir_all(&p.dir).map_err(|source| StoreError::Io {
+                path: p.dir.clone(),
+                source,
+            })?;
         }
         Ok(())
     }

@@ -47,6 +47,12 @@ pub struct LogFields {
     pub dropped_attributes: Field,
 }
 
+impl Default for LogFields {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl LogFields {
     pub fn new() -> LogFields {
         let mut b = Schema::builder();
@@ -95,6 +101,12 @@ pub struct SpanFields {
     /// Events and links, stored for display: `{"events": [...], "links": [...]}`.
     pub extra: Field,
     pub flags: Field,
+}
+
+impl Default for SpanFields {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl SpanFields {
@@ -148,6 +160,12 @@ pub struct MetricFields {
     pub detail: Field,
     pub unit: Field,
     pub resource: Field,
+}
+
+impl Default for MetricFields {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl MetricFields {

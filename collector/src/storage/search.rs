@@ -136,7 +136,7 @@ impl Store {
             candidates.extend(top.into_iter().map(|(ts, addr)| (ts.unwrap_or(0), i, addr)));
             searchers.push(searcher);
         }
-        candidates.sort_by(|a, b| b.0.cmp(&a.0));
+        candidates.sort_by_key(|c| std::cmp::Reverse(c.0));
         candidates.truncate(limit);
         let mut hits = Vec::with_capacity(candidates.len());
         for (_, i, addr) in candidates {
@@ -214,14 +214,19 @@ impl Store {
     pub fn trace(&self, trace_id: &str) -> Result<Vec<Json>, QueryError> {
         let trace_id = trace_id.to_ascii_lowercase();
         if trace_id.len() != 32 || !trace_id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(QueryError::BadRequest(format!("trace id {trace_id:?} is not 32 hex digits")));
+            return Err(QueryError::BadRequest(format!(
+                "trace id {trace_id:?} is not 32 hex digits"
+            )));
         }
         let f = &self.schemas.spans;
         let query = term_query(f.trace_id, &trace_id);
         let mut spans: Vec<(i64, Json)> = Vec::new();
         for partition in self.partitions.covering(Signal::Traces, i64::MIN, i64::MAX) {
             let searcher = partition.reader.searcher();
-            let top = searcher.search(&query, &TopDocs::with_limit(100_000).order_by_fast_field::<i64>("ts", Order::Asc))?;
+            let top = searcher.search(
+                &query,
+                &TopDocs::with_limit(100_000).order_by_fast_field::<i64>("ts", Order::Asc),
+            )?;
             for (ts, addr) in top {
                 let doc: TantivyDocument = searcher.doc(addr)?;
                 spans.push((ts.unwrap_or(0), self.span_to_json(&doc)));
@@ -265,12 +270,19 @@ impl Store {
     /// Services seen in spans and logs over `[start, end]`, with their counts.
     pub fn services(&self, start_ns: i64, end_ns: i64) -> Result<Vec<ServiceSummary>, QueryError> {
         let mut by_name: BTreeMap<String, ServiceSummary> = BTreeMap::new();
-        for (signal, field) in [(Signal::Traces, self.schemas.spans.start_ts), (Signal::Logs, self.schemas.logs.ts)] {
+        for (signal, field) in [
+            (Signal::Traces, self.schemas.spans.start_ts),
+            (Signal::Logs, self.schemas.logs.ts),
+        ] {
             let query = time_range(field, start_ns, end_ns);
             for partition in self.partitions.covering(signal, start_ns, end_ns) {
                 let counts = partition.reader.searcher().search(&query, &CountByStr("service"))?;
                 for (name, n) in counts {
-                    let entry = by_name.entry(name.clone()).or_insert(ServiceSummary { name, spans: 0, logs: 0 });
+                    let entry = by_name.entry(name.clone()).or_insert(ServiceSummary {
+                        name,
+                        spans: 0,
+                        logs: 0,
+                    });
                     match signal {
                         Signal::Traces => entry.spans += n,
                         _ => entry.logs += n,

@@ -165,11 +165,7 @@ impl Wal {
                     // Only the segment being written when the process died may have a
                     // torn tail; damage anywhere else is real corruption, and guessing
                     // past it could drop acknowledged data silently.
-                    return Err(WalError::Corrupt {
-                        path,
-                        offset,
-                        reason,
-                    });
+                    return Err(WalError::Corrupt { path, offset, reason });
                 }
                 Stop::Invalid { offset, reason } => {
                     tracing::warn!(
@@ -238,11 +234,7 @@ impl Wal {
             metrics: Arc::clone(&metrics),
         };
         metrics.wal_bytes.set(self.disk_bytes() as i64);
-        let writer = Writer {
-            wal: self,
-            rx,
-            metrics,
-        };
+        let writer = Writer { wal: self, rx, metrics };
         let handle = std::thread::Builder::new()
             .name("vigil-wal".into())
             .spawn(move || writer.run(sink))?;
@@ -265,9 +257,7 @@ impl Wal {
         segment::sync_dir(&self.dir)?;
         let old = std::mem::replace(&mut self.active, next);
         if let Ok(mut closed) = self.closed.lock() {
-            closed
-                .segments
-                .push_back((old.first_lsn, self.next_lsn - 1, old.path));
+            closed.segments.push_back((old.first_lsn, self.next_lsn - 1, old.path));
         }
         Ok(())
     }
@@ -337,10 +327,10 @@ impl Writer {
                     }
                 }
             }
-            if self.wal.active.len >= self.wal.options.segment_bytes {
-                if let Err(err) = self.wal.roll() {
-                    tracing::error!(error = %err, "could not roll write-ahead log segment");
-                }
+            if self.wal.active.len >= self.wal.options.segment_bytes
+                && let Err(err) = self.wal.roll()
+            {
+                tracing::error!(error = %err, "could not roll write-ahead log segment");
             }
         }
         tracing::debug!(next_lsn = self.wal.next_lsn, "write-ahead log writer stopped");

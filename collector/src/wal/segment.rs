@@ -155,10 +155,7 @@ impl ActiveSegment {
     /// On failure the file is cut back to its previous length, so a half-written
     /// group never sits in front of later frames.
     pub(crate) fn append_durably(&mut self, frames: &[u8]) -> io::Result<()> {
-        let result = self
-            .file
-            .write_all(frames)
-            .and_then(|()| self.file.sync_data());
+        let result = self.file.write_all(frames).and_then(|()| self.file.sync_data());
         match result {
             Ok(()) => {
                 self.len += frames.len() as u64;
@@ -213,7 +210,13 @@ mod tests {
         })?;
         assert_eq!(seen, vec![1, 2]);
         assert_eq!(valid, good_len);
-        assert!(matches!(stop, Stop::Invalid { reason: "truncated frame payload", .. }));
+        assert!(matches!(
+            stop,
+            Stop::Invalid {
+                reason: "truncated frame payload",
+                ..
+            }
+        ));
         Ok(())
     }
 
@@ -228,7 +231,13 @@ mod tests {
         std::fs::write(&path, &bytes)?;
         let (valid, stop) = read_segment(&path, |_| Ok(()))?;
         assert_eq!(valid, 0);
-        assert_eq!(stop, Stop::Invalid { offset: 0, reason: "checksum mismatch" });
+        assert_eq!(
+            stop,
+            Stop::Invalid {
+                offset: 0,
+                reason: "checksum mismatch"
+            }
+        );
         Ok(())
     }
 }
