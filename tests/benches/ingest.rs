@@ -44,7 +44,16 @@ impl Rng {
     }
 }
 
-const SERVICES: [&str; 8] = ["frontend", "checkout", "payment", "inventory", "cart", "shipping", "auth", "search"];
+const SERVICES: [&str; 8] = [
+    "frontend",
+    "checkout",
+    "payment",
+    "inventory",
+    "cart",
+    "shipping",
+    "auth",
+    "search",
+];
 const TEMPLATES: [&str; 8] = [
     "GET /api/v1/products/{} returned 200 in {} ms",
     "user {} logged in from 10.0.{}.17",
@@ -69,13 +78,19 @@ fn make_batches(records: usize, start_ns: u64, span_ns: u64) -> Vec<ExportLogsSe
         let mut logs = Vec::with_capacity(n);
         for _ in 0..n {
             let t = TEMPLATES[rng.below(TEMPLATES.len() as u64) as usize];
-            let body = t.replacen("{}", &rng.below(100_000).to_string(), 1).replacen("{}", &rng.below(5000).to_string(), 1);
+            let body =
+                t.replacen("{}", &rng.below(100_000).to_string(), 1)
+                    .replacen("{}", &rng.below(5000).to_string(), 1);
             let severity = match rng.below(100) {
                 0..=69 => 9,
                 70..=89 => 13,
                 _ => 17,
             };
-            let trace_id = if rng.below(2) == 0 { rng.next().to_le_bytes().repeat(2) } else { Vec::new() };
+            let trace_id = if rng.below(2) == 0 {
+                rng.next().to_le_bytes().repeat(2)
+            } else {
+                Vec::new()
+            };
             logs.push(LogRecord {
                 time_unix_nano: start_ns + i as u64 * step,
                 observed_time_unix_nano: start_ns + i as u64 * step + 1_000,
@@ -88,14 +103,27 @@ fn make_batches(records: usize, start_ns: u64, span_ns: u64) -> Vec<ExportLogsSe
                 .into(),
                 body: string_value(&body),
                 attributes: vec![
-                    kv("http.method", string_value(["GET", "POST", "PUT"][rng.below(3) as usize])),
-                    kv("http.status_code", int_value([200, 200, 200, 404, 500][rng.below(5) as usize])),
+                    kv(
+                        "http.method",
+                        string_value(["GET", "POST", "PUT"][rng.below(3) as usize]),
+                    ),
+                    kv(
+                        "http.status_code",
+                        int_value([200, 200, 200, 404, 500][rng.below(5) as usize]),
+                    ),
                     kv("user.id", string_value(&format!("u{}", rng.below(50_000)))),
                     kv("thread", int_value(rng.below(64) as i64)),
-                    kv("region", string_value(["eu-west-1", "us-east-1", "ap-south-1"][rng.below(3) as usize])),
+                    kv(
+                        "region",
+                        string_value(["eu-west-1", "us-east-1", "ap-south-1"][rng.below(3) as usize]),
+                    ),
                 ],
                 trace_id: trace_id.clone(),
-                span_id: if trace_id.is_empty() { Vec::new() } else { rng.next().to_le_bytes().to_vec() },
+                span_id: if trace_id.is_empty() {
+                    Vec::new()
+                } else {
+                    rng.next().to_le_bytes().to_vec()
+                },
                 ..Default::default()
             });
             i += 1;
@@ -197,7 +225,11 @@ async fn through_collector(
             .collect();
         tasks.push(tokio::spawn(async move {
             let mut grpc_client = match transport {
-                Transport::Grpc => Some(LogsServiceClient::connect(grpc).await?.max_encoding_message_size(64 << 20)),
+                Transport::Grpc => Some(
+                    LogsServiceClient::connect(grpc)
+                        .await?
+                        .max_encoding_message_size(64 << 20),
+                ),
                 Transport::Http => None,
             };
             for (bytes, request) in mine {
@@ -278,13 +310,20 @@ async fn search_bench(records: usize, concurrency: usize) -> Result<()> {
         sent += n;
     }
     wait_searchable(&client, &c, records as u64).await?;
-    println!("    loaded in {:.1} s; collector peak RSS {:.0} MiB", load_started.elapsed().as_secs_f64(), peak_rss_mib(c.pid()));
+    println!(
+        "    loaded in {:.1} s; collector peak RSS {:.0} MiB",
+        load_started.elapsed().as_secs_f64(),
+        peak_rss_mib(c.pid())
+    );
 
     let queries = [
         ("term in body", "timeout"),
         ("phrase in body", "\"card declined\""),
-        ("attribute filter", "attributes.http.status_code:500 AND attributes.region:eu"),
-        ("boolean", "payment AND NOT attributes.http.method:GET"),
+        (
+            "attribute filter",
+            "attributes.http.status_code:500 AND attributes.region:eu",
+        ),
+        ("boolean with exclusion", "payment -attributes.http.method:GET"),
         ("match all, newest 100", "*"),
     ];
     // The same index, opened directly: the baseline for API overhead.
@@ -293,9 +332,15 @@ async fn search_bench(records: usize, concurrency: usize) -> Result<()> {
         .map(|e| e.path())
         .collect::<Vec<_>>();
     let fields = LogFields::new();
-    println!("    {:<24} {:>10} {:>10} {:>14} {:>8}", "query", "api p50", "api p95", "tantivy p50", "hits");
+    println!(
+        "    {:<24} {:>10} {:>10} {:>14} {:>8}",
+        "query", "api p50", "api p95", "tantivy p50", "hits"
+    );
     for (name, q) in queries {
-        let url = reqwest::Url::parse_with_params(&c.api_url("/api/v1/logs/search"), &[("q", q), ("limit", "100"), ("start", "0")])?;
+        let url = reqwest::Url::parse_with_params(
+            &c.api_url("/api/v1/logs/search"),
+            &[("q", q), ("limit", "100"), ("start", "0")],
+        )?;
         let mut api = Vec::new();
         let mut hits = 0;
         for _ in 0..25 {
@@ -311,10 +356,15 @@ async fn search_bench(records: usize, concurrency: usize) -> Result<()> {
             let searcher = reader.searcher();
             let mut parser = tantivy::query::QueryParser::for_index(&index, vec![fields.body]);
             parser.set_conjunction_by_default();
-            let query: Box<dyn tantivy::query::Query> = if q == "*" { Box::new(tantivy::query::AllQuery) } else { parser.parse_query(q)? };
+            let query: Box<dyn tantivy::query::Query> = if q == "*" {
+                Box::new(tantivy::query::AllQuery)
+            } else {
+                parser.parse_query(q)?
+            };
             for _ in 0..25 {
                 let t = Instant::now();
-                let top = tantivy::collector::TopDocs::with_limit(100).order_by_fast_field::<i64>("ts", tantivy::Order::Desc);
+                let top =
+                    tantivy::collector::TopDocs::with_limit(100).order_by_fast_field::<i64>("ts", tantivy::Order::Desc);
                 let (docs, _count) = searcher.search(&query, &(top, tantivy::collector::Count))?;
                 for (_, addr) in docs {
                     let _doc: tantivy::TantivyDocument = searcher.doc(addr)?;
@@ -342,7 +392,10 @@ async fn main() -> Result<()> {
     let batches = make_batches(records, now_ns() - 3_600_000_000_000, 3_000_000_000_000);
     let encoded: Vec<Vec<u8>> = batches.iter().map(|b| b.encode_to_vec()).collect();
     let mb = encoded.iter().map(Vec::len).sum::<usize>() as f64 / 1e6;
-    println!("ingest benchmark: {records} log records in {} batches, {mb:.1} MB of OTLP protobuf", encoded.len());
+    println!(
+        "ingest benchmark: {records} log records in {} batches, {mb:.1} MB of OTLP protobuf",
+        encoded.len()
+    );
 
     let (ceiling, ceiling_rss) = tokio::task::block_in_place(|| bare_tantivy(&encoded)).context("bare tantivy")?;
     let rate = |d: Duration| records as f64 / d.as_secs_f64();

@@ -172,4 +172,59 @@ mod tests {
         .expect_err("invalid");
         assert!(matches!(err, IngestError::Invalid(_)));
     }
+
+    use proptest::prelude::*;
+
+    fn valid_logs_bytes() -> Vec<u8> {
+        use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+        use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+        ExportLogsServiceRequest {
+            resource_logs: vec![ResourceLogs {
+                scope_logs: vec![ScopeLogs {
+                    log_records: vec![LogRecord {
+                        time_unix_nano: 1,
+                        severity_text: "INFO".into(),
+                        trace_id: vec![1; 16],
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        }
+        .encode_to_vec()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, .. ProptestConfig::default() })]
+
+        /// The decode path is total: any bytes, in any encoding, give a request or a
+        /// 4xx error, never a panic.
+        #[test]
+        fn decode_never_panics_on_arbitrary_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..2048), json in any::<bool>(), gz in any::<bool>()) {
+            let kind = if json { ContentKind::Json } else { ContentKind::Protobuf };
+            let body = if gz { gzip(&bytes) } else { bytes };
+            for signal in [Signal::Logs, Signal::Traces, Signal::Metrics] {
+                match decode_body(signal, kind, gz.then_some("gzip"), Bytes::from(body.clone()), 1 << 16) {
+                    Ok(_) => {}
+                    Err(e) => prop_assert!(e.http_status().is_client_error(), "{e:?}"),
+                }
+            }
+        }
+
+        /// Mutations of a valid message (bit flips, truncation) are caught the same way.
+        #[test]
+        fn decode_never_panics_on_mutated_messages(flips in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..8), cut in any::<prop::sample::Index>()) {
+            let mut bytes = valid_logs_bytes();
+            for (at, x) in flips {
+                let i = at.index(bytes.len());
+                bytes[i] ^= x;
+            }
+            let keep = cut.index(bytes.len() + 1);
+            bytes.truncate(keep);
+            if let Err(e) = decode_body(Signal::Logs, ContentKind::Protobuf, None, Bytes::from(bytes), 1 << 16) {
+                prop_assert!(e.http_status().is_client_error(), "{e:?}");
+            }
+        }
+    }
 }

@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use http::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, HeaderValue, StatusCode};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsPartialSuccess, ExportLogsServiceResponse};
 use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsPartialSuccess, ExportMetricsServiceResponse};
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceResponse};
@@ -77,19 +77,35 @@ async fn handle(
             "request body exceeds the limit of {max} bytes (otlp.max_request_bytes)"
         ))
     };
-    if let Some(len) = headers
+    // A body somewhat over the limit is read and discarded so the client gets the
+    // 413 (which tells an exporter to drop the batch) instead of a reset connection
+    // (which it would retry forever). Far over the limit, we do not spend the bandwidth.
+    let drain_limit = max.saturating_mul(4);
+    let declared = headers
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-        && len > max
-    {
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > drain_limit) {
         return Err(too_large());
     }
-    let bytes = match Limited::new(body, max).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large()),
-        Err(e) => return Err(IngestError::Invalid(format!("could not read request body: {e}"))),
-    };
+    let mut body = body;
+    let mut buf = bytes::BytesMut::with_capacity(declared.unwrap_or(0).min(max));
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| IngestError::Invalid(format!("could not read request body: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            seen = seen.saturating_add(data.len());
+            if seen <= max {
+                buf.extend_from_slice(&data);
+            } else if seen > drain_limit {
+                return Err(too_large());
+            }
+        }
+    }
+    if seen > max {
+        return Err(too_large());
+    }
+    let bytes = buf.freeze();
     let encoding = headers
         .get(CONTENT_ENCODING)
         .map(|v| v.to_str().map(str::to_string))

@@ -165,14 +165,23 @@ impl Indexer {
         let started = Instant::now();
         let payload = payload_for(self.last_applied_lsn);
         let mut failed = BTreeMap::new();
+        let mut committed = Vec::new();
         for (key, partition) in std::mem::take(&mut self.dirty) {
-            match commit_partition(&partition, &payload, self.last_applied_lsn) {
-                Ok(()) => {}
+            match commit_partition(&partition, &payload) {
+                Ok(()) => committed.push(partition),
                 Err(e) => {
                     self.store.metrics.index_commit_errors.inc();
                     tracing::error!(partition = %partition.dir.display(), error = %e, "index commit failed; will retry");
                     failed.insert(key, partition);
                 }
+            }
+        }
+        // Readers reload only after every commit of the cycle, so searches see the
+        // cycle's data in all partitions at (nearly) the same moment.
+        for partition in committed {
+            partition.set_committed_lsn(self.last_applied_lsn);
+            if let Err(e) = partition.reader.reload() {
+                tracing::error!(partition = %partition.dir.display(), error = %e, "index reader reload failed");
             }
         }
         self.store
@@ -319,15 +328,112 @@ impl Indexer {
     }
 }
 
-fn commit_partition(partition: &Partition, payload: &str, lsn: u64) -> Result<(), tantivy::TantivyError> {
+fn commit_partition(partition: &Partition, payload: &str) -> Result<(), tantivy::TantivyError> {
     let mut guard = partition.writer.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(writer) = guard.as_mut() {
         let mut prepared = writer.prepare_commit()?;
         prepared.set_payload(payload);
         prepared.commit()?;
     }
-    drop(guard);
-    partition.set_committed_lsn(lsn);
-    partition.reader.reload()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::telemetry::Metrics;
+    use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+
+    fn setup(dir: &std::path::Path, max_disk_bytes: u64) -> Indexer {
+        let store = Arc::new(Store::open(&dir.join("index"), Arc::new(Metrics::default())).expect("store"));
+        Indexer::new(
+            store,
+            IndexerOptions {
+                commit_interval: Duration::from_secs(1),
+                writer_memory_bytes: 15_000_000,
+                retention_ns: 7 * NANOS_PER_DAY,
+                max_disk_bytes,
+                dedup_path: dir.join("batch-ids"),
+            },
+            BatchDedup::new(60, 100),
+        )
+    }
+
+    fn logs_payload(ts: u64, n: usize) -> bytes::Bytes {
+        let request = ExportLogsServiceRequest {
+            resource_logs: vec![ResourceLogs {
+                scope_logs: vec![ScopeLogs {
+                    log_records: (0..n)
+                        .map(|i| LogRecord {
+                            time_unix_nano: ts + i as u64,
+                            observed_time_unix_nano: ts,
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        WalBatch {
+            signal: Signal::Logs,
+            batch_id: None,
+            otlp: request.encode_to_vec().into(),
+        }
+        .encode()
+    }
+
+    fn doc_count(indexer: &Indexer) -> u64 {
+        indexer
+            .store
+            .partitions
+            .all()
+            .iter()
+            .map(|p| p.reader.searcher().num_docs())
+            .sum()
+    }
+
+    #[test]
+    fn replay_skips_what_a_partition_already_committed() {
+        let dir = tempfile::tempdir().expect("dir");
+        let now = now_ns() as u64;
+        let yesterday = now - NANOS_PER_DAY as u64;
+        {
+            let mut indexer = setup(dir.path(), 0);
+            indexer.apply(1, &logs_payload(now, 3));
+            indexer.apply(2, &logs_payload(yesterday, 2));
+            indexer.commit();
+            assert_eq!(doc_count(&indexer), 5);
+        }
+        // A restart replays the same WAL entries plus one new one.
+        let mut indexer = setup(dir.path(), 0);
+        indexer.apply(1, &logs_payload(now, 3));
+        indexer.apply(2, &logs_payload(yesterday, 2));
+        indexer.apply(3, &logs_payload(now, 4));
+        indexer.commit();
+        assert_eq!(doc_count(&indexer), 9, "entries 1 and 2 must not be indexed twice");
+        assert_eq!(indexer.store.partitions.max_committed_lsn(), 3);
+    }
+
+    #[test]
+    fn retention_drops_partitions_by_age_then_by_disk_budget() {
+        let dir = tempfile::tempdir().expect("dir");
+        let today = day_of(now_ns());
+        let mut indexer = setup(dir.path(), 0);
+        let partitions = &indexer.store.partitions;
+        let old = partitions.get_or_open(Signal::Logs, today - 10).expect("old");
+        let old_dir = old.dir.clone();
+        drop(old);
+        for day in [today - 2, today - 1, today] {
+            partitions.get_or_open(Signal::Traces, day).expect("partition");
+        }
+        indexer.enforce_retention();
+        assert!(!old_dir.exists(), "a partition past retention must be deleted");
+        assert_eq!(indexer.store.partitions.len(), 3);
+
+        indexer.options.max_disk_bytes = 1;
+        indexer.enforce_retention();
+        let left: Vec<i64> = indexer.store.partitions.all().iter().map(|p| p.day).collect();
+        assert_eq!(left, vec![today], "over the disk budget everything but today goes");
+    }
 }

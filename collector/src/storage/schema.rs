@@ -16,6 +16,8 @@ fn json_searchable() -> JsonObjectOptions {
         )
         // `attributes.http.method:GET` finds the key "http.method".
         .set_expand_dots_enabled()
+        // Columnar values make range queries work (`attributes.status:[500 TO 599]`).
+        .set_fast("raw")
 }
 
 fn json_stored_only() -> JsonObjectOptions {

@@ -22,7 +22,17 @@ pub enum QueryError {
     #[error("{0}")]
     BadRequest(String),
     #[error("search failed: {0}")]
-    Internal(#[from] tantivy::TantivyError),
+    Internal(tantivy::TantivyError),
+}
+
+impl From<tantivy::TantivyError> for QueryError {
+    fn from(e: tantivy::TantivyError) -> QueryError {
+        match e {
+            // Raised for queries the index cannot run as asked: the user's to fix.
+            tantivy::TantivyError::InvalidArgument(m) => QueryError::BadRequest(format!("unsupported query: {m}")),
+            other => QueryError::Internal(other),
+        }
+    }
 }
 
 /// Filters shared by log search and the log histogram.
