@@ -12,6 +12,8 @@ pub mod grpc;
 pub mod http;
 mod sanitize;
 mod service;
+#[cfg(test)]
+mod tests;
 
 pub use batch::{Signal, WalBatch};
 pub use decode::{ContentKind, decode_body};
