@@ -301,6 +301,22 @@ fn number_value(p: &NumberDataPoint) -> f64 {
     }
 }
 
+/// Gauge and sum points: one document each, the value as is.
+fn number_docs(f: &MetricFields, c: &PointCommon<'_>, points: &[NumberDataPoint], out: &mut TimedDocs) {
+    for p in points {
+        out.push(point_doc(
+            f,
+            c,
+            &p.attributes,
+            p.start_time_unix_nano,
+            p.time_unix_nano,
+            number_value(p),
+            None,
+            None,
+        ));
+    }
+}
+
 fn mean(count: u64, sum: f64) -> f64 {
     if count == 0 { 0.0 } else { sum / count as f64 }
 }
@@ -330,36 +346,12 @@ pub fn metric_docs(f: &MetricFields, req: &ExportMetricsServiceRequest) -> Timed
                     resource: &resource,
                 };
                 match &m.data {
-                    Some(Data::Gauge(g)) => {
-                        for p in &g.data_points {
-                            out.push(point_doc(
-                                f,
-                                &c,
-                                &p.attributes,
-                                p.start_time_unix_nano,
-                                p.time_unix_nano,
-                                number_value(p),
-                                None,
-                                None,
-                            ));
-                        }
-                    }
+                    Some(Data::Gauge(g)) => number_docs(f, &c, &g.data_points, &mut out),
                     Some(Data::Sum(s)) => {
                         c.kind = "sum";
                         c.temporality = temporality_name(s.aggregation_temporality);
                         c.monotonic = s.is_monotonic;
-                        for p in &s.data_points {
-                            out.push(point_doc(
-                                f,
-                                &c,
-                                &p.attributes,
-                                p.start_time_unix_nano,
-                                p.time_unix_nano,
-                                number_value(p),
-                                None,
-                                None,
-                            ));
-                        }
+                        number_docs(f, &c, &s.data_points, &mut out);
                     }
                     Some(Data::Histogram(h)) => {
                         c.kind = "histogram";
