@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
@@ -19,6 +19,11 @@ use crate::config::TlsConfig;
 
 /// How long in-flight requests get to finish after shutdown begins.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Open connections per listener; beyond it, accepting waits (the kernel backlog
+/// then pushes back on clients) instead of spending a task and buffers on each.
+const MAX_CONNECTIONS: usize = 4096;
+/// A client must finish sending request headers within this time (slowloris guard).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Builds a TLS acceptor from PEM files; advertises h2 (for gRPC) and http/1.1.
 pub fn tls_acceptor(tls: &TlsConfig) -> anyhow::Result<TlsAcceptor> {
@@ -50,8 +55,21 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) {
     let graceful = GracefulShutdown::new();
-    let builder = Builder::new(TokioExecutor::new());
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    builder.http2().timer(TokioTimer::new());
+    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let permit = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            permit = Arc::clone(&connections).acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
@@ -74,6 +92,7 @@ pub async fn serve(
                     .serve_connection_with_upgrades(TokioIo::new(stream), service)
                     .into_owned();
                 tokio::spawn(async move {
+                    let _permit = permit;
                     if let Err(e) = watcher.watch(conn).await {
                         tracing::debug!(listener = name, %peer, error = %e, "connection ended with an error");
                     }
@@ -81,6 +100,7 @@ pub async fn serve(
             }
             Some(acceptor) => {
                 tokio::spawn(async move {
+                    let _permit = permit;
                     let stream = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
                         Ok(Ok(s)) => s,
                         Ok(Err(e)) => {
