@@ -22,6 +22,7 @@ use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
 use vigil_collector::storage::{LogFields, log_docs};
+use vigil_detectors::patterns::PatternMiner;
 use vigil_e2e::otlp::{int_value, kv, string_value};
 use vigil_e2e::{Collector, now_ns};
 
@@ -170,9 +171,11 @@ fn bare_tantivy(encoded: &[Vec<u8>]) -> Result<(Duration, f64)> {
     let fields = LogFields::new();
     let index = tantivy::Index::create_in_dir(dir.path(), fields.schema.clone())?;
     let mut docs = Vec::new();
+    let mut miner = PatternMiner::default();
     for bytes in encoded {
         let request = ExportLogsServiceRequest::decode(bytes.as_slice())?;
-        docs.extend(log_docs(&fields, &request).into_iter().map(|(_, d)| d));
+        let mut pattern_of = |body: &str, ts: i64| miner.add(body, ts).pattern_id;
+        docs.extend(log_docs(&fields, &request, &mut pattern_of).into_iter().map(|(_, d)| d));
     }
     let started = Instant::now();
     let mut writer: tantivy::IndexWriter = index.writer_with_num_threads(1, 64 * 1024 * 1024)?;

@@ -207,6 +207,38 @@ async fn query_api_end_to_end() -> Result<()> {
     assert_eq!((total, hits.len()), (10, 3));
     assert_eq!(hits[0]["attributes"]["step"], 19, "newest first");
 
+    // Log patterns: the 60 checkout lines are one pattern, found and filterable.
+    let url = reqwest::Url::parse_with_params(
+        &c.api_url("/api/v1/logs/patterns"),
+        &[("service", "checkout"), ("start", start.as_str())],
+    )?;
+    let (status, patterns) = get_json(&client, url.as_str()).await?;
+    assert_eq!(status, 200, "{patterns}");
+    let list = patterns["patterns"].as_array().cloned().unwrap_or_default();
+    assert_eq!(list.len(), 1, "{patterns}");
+    assert_eq!(list[0]["template"], "checkout step <*> done");
+    assert_eq!(list[0]["count"], 60);
+    assert_eq!(list[0]["is_new"], true);
+    assert_eq!(list[0]["sample"], "checkout step 59 done");
+    let pattern_id = list[0]["pattern_id"].as_u64().expect("id").to_string();
+    let (total, hits) = search_logs(&client, &c, &[("pattern", pattern_id.as_str()), ("start", &start)]).await?;
+    assert_eq!(total, 60);
+    assert_eq!(
+        hits[0]["pattern_id"].as_u64().map(|p| p.to_string()),
+        Some(pattern_id.clone())
+    );
+    let (total, _) = search_logs(
+        &client,
+        &c,
+        &[
+            ("service", "payment"),
+            ("pattern", pattern_id.as_str()),
+            ("start", &start),
+        ],
+    )
+    .await?;
+    assert_eq!(total, 0, "payment lines are another pattern");
+
     // Services with their counts.
     let (_, services) = get_json(&client, &c.api_url(&format!("/api/v1/services?start={start}"))).await?;
     let find = |name: &str| {
@@ -276,6 +308,7 @@ async fn query_api_end_to_end() -> Result<()> {
     for (path, needle) in [
         ("/api/v1/logs/search?q=body:(", "invalid query"),
         ("/api/v1/logs/search?limit=0", "limit"),
+        ("/api/v1/logs/search?pattern=abc", "pattern"),
         ("/api/v1/logs/search?limit=100000", "limit"),
         ("/api/v1/logs/search?start=yesterday", "RFC 3339"),
         ("/api/v1/logs/search?start=2000&end=1000", "start is after end"),

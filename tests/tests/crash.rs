@@ -163,6 +163,10 @@ async fn sigkill_mid_stream_loses_no_acknowledged_record_and_duplicates_none() -
     let (total, _) = search_logs(&client, &collector, &[("service", "crash-test"), ("limit", "1")]).await?;
     assert_eq!(total, expected, "no duplicates overall");
 
+    // Log pattern ids survive restarts: note the one of this test's lines.
+    let (_, hits) = search_logs(&client, &collector, &[("service", "crash-test"), ("limit", "1")]).await?;
+    let pattern_before = hits[0]["pattern_id"].as_u64().expect("pattern id");
+
     // A clean shutdown exits 0 and keeps everything.
     assert!(collector.terminate()?, "SIGTERM must exit cleanly");
     let collector = Collector::start_with(Options {
@@ -171,5 +175,28 @@ async fn sigkill_mid_stream_loses_no_acknowledged_record_and_duplicates_none() -
     })?;
     let (total, _) = search_logs(&client, &collector, &[("service", "crash-test"), ("limit", "1")]).await?;
     assert_eq!(total, expected, "data survives a graceful restart, searchable at once");
+    assert!(send(&client, &collector.http_url("/v1/logs"), 999_999, base_ns).await?);
+    let hits = eventually(Duration::from_secs(10), "the batch sent after the restart", || {
+        let (client, c) = (&client, &collector);
+        async move {
+            let (n, hits) = search_logs(
+                client,
+                c,
+                &[
+                    ("service", "crash-test"),
+                    ("q", "attributes.batch:999999"),
+                    ("limit", "1"),
+                ],
+            )
+            .await?;
+            Ok((n > 0).then_some(hits))
+        }
+    })
+    .await?;
+    assert_eq!(
+        hits[0]["pattern_id"].as_u64(),
+        Some(pattern_before),
+        "same pattern id after a restart"
+    );
     Ok(())
 }

@@ -65,6 +65,7 @@ pub fn router(state: ApiState) -> Router {
     let protected = Router::new()
         .route("/api/v1/logs/search", get(logs_search))
         .route("/api/v1/logs/histogram", get(logs_histogram))
+        .route("/api/v1/logs/patterns", get(logs_patterns))
         .route("/api/v1/traces/{trace_id}", get(trace))
         .route("/api/v1/services", get(services))
         .route("/api/v1/metrics/series", get(metric_series))
@@ -159,6 +160,13 @@ fn log_query(state: &ApiState, params: &HashMap<String, String>) -> Result<LogQu
         start_ns,
         end_ns,
         service: params.get("service").cloned(),
+        pattern: match params.get("pattern").filter(|p| !p.is_empty()) {
+            Some(p) => Some(
+                p.parse()
+                    .map_err(|_| ApiError::bad(format!("pattern: {p:?} is not a pattern id")))?,
+            ),
+            None => None,
+        },
     })
 }
 
@@ -191,6 +199,13 @@ async fn logs_search(State(state): State<ApiState>, Query(params): Params) -> Re
         "took_ms": started.elapsed().as_secs_f64() * 1000.0,
     }))
     .into_response())
+}
+
+async fn logs_patterns(State(state): State<ApiState>, Query(params): Params) -> Result<Response, ApiError> {
+    let q = log_query(&state, &params)?;
+    let limit = limit_param(&state, &params, 100)?;
+    let patterns = timed(&state, "logs_patterns", move |s| s.log_patterns(&q, limit)).await?;
+    Ok(Json(json!({ "patterns": patterns })).into_response())
 }
 
 async fn logs_histogram(State(state): State<ApiState>, Query(params): Params) -> Result<Response, ApiError> {

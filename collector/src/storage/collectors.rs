@@ -66,6 +66,54 @@ impl SegmentCollector for CountByStrSegment {
     }
 }
 
+/// Counts matching documents per value of a u64 fast field.
+pub(crate) struct CountByU64(pub(crate) &'static str);
+
+pub(crate) struct CountByU64Segment {
+    column: Column<u64>,
+    counts: HashMap<u64, u64>,
+}
+
+impl Collector for CountByU64 {
+    type Fruit = HashMap<u64, u64>;
+    type Child = CountByU64Segment;
+
+    fn for_segment(&self, _: SegmentOrdinal, segment: &SegmentReader) -> tantivy::Result<CountByU64Segment> {
+        Ok(CountByU64Segment {
+            column: segment.fast_fields().u64(self.0)?,
+            counts: HashMap::new(),
+        })
+    }
+
+    fn requires_scoring(&self) -> bool {
+        false
+    }
+
+    fn merge_fruits(&self, fruits: Vec<HashMap<u64, u64>>) -> tantivy::Result<HashMap<u64, u64>> {
+        let mut out: HashMap<u64, u64> = HashMap::new();
+        for fruit in fruits {
+            for (k, v) in fruit {
+                *out.entry(k).or_default() += v;
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl SegmentCollector for CountByU64Segment {
+    type Fruit = HashMap<u64, u64>;
+
+    fn collect(&mut self, doc: DocId, _: Score) {
+        if let Some(v) = self.column.first(doc) {
+            *self.counts.entry(v).or_default() += 1;
+        }
+    }
+
+    fn harvest(self) -> HashMap<u64, u64> {
+        self.counts
+    }
+}
+
 /// Counts matching documents per time bucket of an i64 nanosecond fast field.
 pub(super) struct TimeHistogram {
     pub field: &'static str,

@@ -1,6 +1,7 @@
 //! OTLP records to index documents. Each document comes with its event time, which
 //! picks its day partition.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
@@ -63,7 +64,13 @@ fn object(map: Map<String, Json>) -> OwnedValue {
 /// Documents of one signal with their event time (unix ns).
 pub type TimedDocs = Vec<(i64, TantivyDocument)>;
 
-pub fn log_docs(f: &LogFields, req: &ExportLogsServiceRequest) -> TimedDocs {
+/// `pattern_of(body, ts)` gives each record's log pattern id (the miner lives with the
+/// caller, so this conversion stays a pure function of its inputs).
+pub fn log_docs(
+    f: &LogFields,
+    req: &ExportLogsServiceRequest,
+    pattern_of: &mut dyn FnMut(&str, i64) -> u64,
+) -> TimedDocs {
     let mut out = Vec::new();
     for rl in &req.resource_logs {
         let rattrs = resource_attrs(&rl.resource);
@@ -88,18 +95,24 @@ pub fn log_docs(f: &LogFields, req: &ExportLogsServiceRequest) -> TimedDocs {
                 if let Some(h) = host {
                     doc.add_text(f.host, h);
                 }
-                match rec.body.as_ref().map(|b| (b, &b.value)) {
-                    Some((_, Some(any_value::Value::StringValue(s)))) => doc.add_text(f.body, s),
+                let body_text = match rec.body.as_ref().map(|b| (b, &b.value)) {
+                    Some((_, Some(any_value::Value::StringValue(s)))) => {
+                        doc.add_text(f.body, s);
+                        Cow::Borrowed(s.as_str())
+                    }
                     Some((b, Some(_))) => {
                         let structured = any_value_to_json(b);
-                        doc.add_text(f.body, structured.to_string());
+                        let text = structured.to_string();
+                        doc.add_text(f.body, &text);
                         doc.add_field_value(
                             f.body_structured,
                             &object(Map::from_iter([("value".to_string(), structured)])),
                         );
+                        Cow::Owned(text)
                     }
-                    _ => {}
-                }
+                    _ => Cow::Borrowed(""),
+                };
+                doc.add_u64(f.pattern_id, pattern_of(&body_text, ts));
                 doc.add_field_value(f.attributes, &object(attributes_to_json(&rec.attributes)));
                 doc.add_field_value(f.resource, &object(resource.clone()));
                 if !rec.trace_id.is_empty() {

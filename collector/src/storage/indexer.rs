@@ -47,6 +47,8 @@ pub struct Indexer {
     last_write: HashMap<(Signal, i64), Instant>,
     last_applied_lsn: u64,
     last_checkpoint: u64,
+    /// Patterns learned since the last snapshot.
+    patterns_dirty: bool,
 }
 
 fn now_ns() -> i64 {
@@ -64,6 +66,7 @@ impl Indexer {
             last_write: HashMap::new(),
             last_applied_lsn: 0,
             last_checkpoint: 0,
+            patterns_dirty: false,
         }
     }
 
@@ -86,9 +89,15 @@ impl Indexer {
             self.dedup
                 .remember(id.clone(), crate::timeutil::now_ns() / 1_000_000_000);
         }
+        if batch.signal == Signal::Logs {
+            self.patterns_dirty = true;
+        }
         let schemas = &self.store.schemas;
         let docs = match batch.signal {
-            Signal::Logs => ExportLogsServiceRequest::decode(batch.otlp.clone()).map(|r| log_docs(&schemas.logs, &r)),
+            Signal::Logs => ExportLogsServiceRequest::decode(batch.otlp.clone()).map(|r| {
+                let mut miner = self.store.lock_patterns();
+                log_docs(&schemas.logs, &r, &mut |body, ts| miner.add(body, ts).pattern_id)
+            }),
             Signal::Traces => {
                 ExportTraceServiceRequest::decode(batch.otlp.clone()).map(|r| span_docs(&schemas.spans, &r))
             }
@@ -188,6 +197,12 @@ impl Indexer {
             .metrics
             .index_commit_seconds
             .observe(started.elapsed().as_secs_f64());
+        if self.patterns_dirty {
+            match self.store.save_patterns() {
+                Ok(()) => self.patterns_dirty = false,
+                Err(e) => tracing::error!(error = %e, "could not save the log pattern snapshot"),
+            }
+        }
         if failed.is_empty() {
             self.advance_checkpoint();
         } else {

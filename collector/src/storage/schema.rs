@@ -47,6 +47,8 @@ pub struct LogFields {
     pub event_name: Field,
     pub flags: Field,
     pub dropped_attributes: Field,
+    /// The log pattern (template group) the body belongs to.
+    pub pattern_id: Field,
 }
 
 impl Default for LogFields {
@@ -75,6 +77,7 @@ impl LogFields {
             event_name: b.add_text_field("event_name", STRING | STORED),
             flags: b.add_u64_field("flags", STORED),
             dropped_attributes: b.add_u64_field("dropped_attributes_count", STORED),
+            pattern_id: b.add_u64_field("pattern_id", INDEXED | FAST | STORED),
             schema: b.build(),
         }
     }

@@ -1,6 +1,6 @@
 //! Log search, log histograms, traces and the service list.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 
 use serde::Serialize;
@@ -12,7 +12,7 @@ use tantivy::tokenizer::TokenizerManager;
 use tantivy::{DocAddress, Order, Searcher, TantivyDocument, Term};
 
 use super::Store;
-use super::collectors::{CountByStr, TimeHistogram};
+use super::collectors::{CountByStr, CountByU64, TimeHistogram};
 use crate::ingest::Signal;
 use crate::timeutil::format_ns;
 
@@ -43,6 +43,8 @@ pub struct LogQuery {
     pub start_ns: i64,
     pub end_ns: i64,
     pub service: Option<String>,
+    /// Only records of this log pattern.
+    pub pattern: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -57,6 +59,20 @@ pub struct HistogramBucket {
     /// Bucket start, unix ms.
     pub start_ms: i64,
     pub count: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PatternSummary {
+    pub pattern_id: u64,
+    /// `None` when the pattern has been evicted from the miner since.
+    pub template: Option<String>,
+    /// Records in the queried range.
+    pub count: u64,
+    pub first_seen: Option<String>,
+    /// First seen inside the queried range.
+    pub is_new: bool,
+    /// The newest matching body.
+    pub sample: Option<Json>,
 }
 
 #[derive(Debug, Serialize)]
@@ -126,6 +142,12 @@ impl Store {
         let mut parts = vec![self.parse_log_query(&q.query)?, time_range(f.ts, q.start_ns, q.end_ns)];
         if let Some(service) = q.service.as_deref().filter(|s| !s.is_empty()) {
             parts.push(term_query(f.service, service));
+        }
+        if let Some(pattern) = q.pattern {
+            parts.push(Box::new(TermQuery::new(
+                Term::from_field_u64(f.pattern_id, pattern),
+                IndexRecordOption::Basic,
+            )));
         }
         Ok(and(parts))
     }
@@ -254,7 +276,54 @@ impl Store {
             "event_name": first_str(doc, f.event_name),
             "flags": first_u64(doc, f.flags).unwrap_or(0),
             "dropped_attributes_count": first_u64(doc, f.dropped_attributes).unwrap_or(0),
+            "pattern_id": first_u64(doc, f.pattern_id),
         })
+    }
+
+    /// Log patterns of the records matching `q`, most frequent first: counts in the
+    /// range, the template as it stands now, when the pattern was first seen, whether
+    /// that was inside the range ("new"), and the newest sample line.
+    pub fn log_patterns(&self, q: &LogQuery, limit: usize) -> Result<Vec<PatternSummary>, QueryError> {
+        let query = self.log_filter(q)?;
+        let mut counts: HashMap<u64, u64> = HashMap::new();
+        for partition in self.partitions.covering(Signal::Logs, q.start_ns, q.end_ns) {
+            for (id, n) in partition.reader.searcher().search(&query, &CountByU64("pattern_id"))? {
+                *counts.entry(id).or_default() += n;
+            }
+        }
+        let mut ranked: Vec<(u64, u64)> = counts.into_iter().collect();
+        ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        ranked.truncate(limit);
+        let mut out = Vec::with_capacity(ranked.len());
+        for (id, count) in ranked {
+            let (template, first_seen_ns) = {
+                let miner = self.lock_patterns();
+                miner
+                    .get(id)
+                    .map_or((None, None), |p| (Some(p.template()), Some(p.first_seen_ns)))
+            };
+            let sample = self
+                .search_logs(
+                    &LogQuery {
+                        pattern: Some(id),
+                        ..q.clone()
+                    },
+                    1,
+                )?
+                .hits
+                .into_iter()
+                .next()
+                .and_then(|h| h.get("body").cloned());
+            out.push(PatternSummary {
+                pattern_id: id,
+                template,
+                count,
+                first_seen: first_seen_ns.map(format_ns),
+                is_new: first_seen_ns.is_some_and(|t| t >= q.start_ns),
+                sample,
+            });
+        }
+        Ok(out)
     }
 
     /// All spans of a trace, by start time. `trace_id` is 32 hex digits.
