@@ -26,6 +26,9 @@ use crate::wal::{WalEntry, WalTruncator};
 
 /// Writers idle this long are closed to give their memory back.
 const IDLE_WRITER: Duration = Duration::from_secs(120);
+/// How often the log pattern snapshot is rewritten while patterns change (and at
+/// shutdown). A crash loses at most this much pattern learning, never log records.
+const PATTERN_SAVE_EVERY: Duration = Duration::from_secs(30);
 /// How often retention runs.
 const RETENTION_EVERY: Duration = Duration::from_secs(60);
 
@@ -49,6 +52,7 @@ pub struct Indexer {
     last_checkpoint: u64,
     /// Patterns learned since the last snapshot.
     patterns_dirty: bool,
+    last_pattern_save: Instant,
 }
 
 fn now_ns() -> i64 {
@@ -67,6 +71,7 @@ impl Indexer {
             last_applied_lsn: 0,
             last_checkpoint: 0,
             patterns_dirty: false,
+            last_pattern_save: Instant::now(),
         }
     }
 
@@ -197,16 +202,21 @@ impl Indexer {
             .metrics
             .index_commit_seconds
             .observe(started.elapsed().as_secs_f64());
-        if self.patterns_dirty {
-            match self.store.save_patterns() {
-                Ok(()) => self.patterns_dirty = false,
-                Err(e) => tracing::error!(error = %e, "could not save the log pattern snapshot"),
-            }
+        if self.patterns_dirty && self.last_pattern_save.elapsed() >= PATTERN_SAVE_EVERY {
+            self.save_patterns();
         }
         if failed.is_empty() {
             self.advance_checkpoint();
         } else {
             self.dirty = failed;
+        }
+    }
+
+    fn save_patterns(&mut self) {
+        self.last_pattern_save = Instant::now();
+        match self.store.save_patterns() {
+            Ok(()) => self.patterns_dirty = false,
+            Err(e) => tracing::error!(error = %e, "could not save the log pattern snapshot"),
         }
     }
 
