@@ -226,9 +226,8 @@ impl PatternMiner {
                 p.count += 1;
                 p.first_seen_ns = p.first_seen_ns.min(ts_ns);
                 p.last_seen_ns = p.last_seen_ns.max(ts_ns);
-                self.recency.remove(&p.last_used);
+                // The recency index is corrected lazily, at eviction time.
                 p.last_used = tick;
-                self.recency.insert(tick, id);
             }
             return Assignment {
                 pattern_id: id,
@@ -261,9 +260,21 @@ impl PatternMiner {
         }
     }
 
+    /// Evicts the least recently seen pattern. A hit only bumps the pattern's own
+    /// stamp, so an index entry may be stale: it is re-filed under the true stamp and
+    /// the search goes on. Exact LRU, with the hot path kept to one store.
     fn evict_oldest(&mut self) {
-        let Some((_, id)) = self.recency.pop_first() else {
-            return;
+        let id = loop {
+            let Some((stamp, id)) = self.recency.pop_first() else {
+                return;
+            };
+            match self.patterns.get(&id) {
+                Some(p) if p.last_used > stamp => {
+                    self.recency.insert(p.last_used, id);
+                }
+                Some(_) => break id,
+                None => {}
+            }
         };
         if let Some(p) = self.patterns.remove(&id) {
             if let Some(ids) = self.buckets.get_mut(&p.bucket) {
@@ -387,6 +398,23 @@ mod tests {
         }
         assert!(m.len() <= 100);
         assert!(m.evicted() > 0);
+    }
+
+    #[test]
+    fn eviction_drops_the_least_recently_seen_pattern() {
+        let mut m = PatternMiner::new(MinerConfig {
+            max_patterns: 2,
+            ..MinerConfig::default()
+        });
+        let a = m.add("alpha happened here", 1);
+        let b = m.add("beta happened there now", 2);
+        // `a` is seen again, so `b` is now the least recently seen.
+        assert_eq!(m.add("alpha happened here", 3).pattern_id, a.pattern_id);
+        let c = m.add("gamma is brand new and long", 4);
+        assert!(m.get(a.pattern_id).is_some(), "recently seen pattern kept");
+        assert!(m.get(b.pattern_id).is_none(), "least recently seen pattern evicted");
+        assert!(m.get(c.pattern_id).is_some());
+        assert_eq!(m.evicted(), 1);
     }
 
     #[test]
