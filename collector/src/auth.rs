@@ -16,10 +16,6 @@ impl TokenCheck {
         }
     }
 
-    pub fn is_required(&self) -> bool {
-        self.expected.is_some()
-    }
-
     /// `header` is the raw `authorization` value, if any.
     pub fn check(&self, header: Option<&[u8]>) -> bool {
         match (&self.expected, header) {

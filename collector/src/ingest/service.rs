@@ -114,10 +114,6 @@ impl Ingest {
         &self.otlp
     }
 
-    pub fn metrics(&self) -> &Metrics {
-        &self.metrics
-    }
-
     /// Checks the `authorization` header / metadata value.
     pub fn authenticate(&self, authorization: Option<&[u8]>) -> Result<(), IngestError> {
         if self.token.check(authorization) {

@@ -283,15 +283,20 @@ impl Indexer {
         }
         if self.options.max_disk_bytes > 0 {
             let today = day_of(now);
-            let mut all = partitions.all();
-            all.sort_by_key(|p| p.day);
-            let mut total: u64 = all.iter().map(|p| p.disk_bytes()).sum();
-            for p in all {
-                if total <= self.options.max_disk_bytes || p.day >= today {
+            // Sizes are read once: each is a directory listing.
+            let mut sized: Vec<(i64, Signal, u64)> = partitions
+                .all()
+                .iter()
+                .map(|p| (p.day, p.signal, p.disk_bytes()))
+                .collect();
+            sized.sort_by_key(|(day, _, _)| *day);
+            let mut total: u64 = sized.iter().map(|(_, _, bytes)| bytes).sum();
+            for (day, signal, bytes) in sized {
+                if total <= self.options.max_disk_bytes || day >= today {
                     break;
                 }
-                total = total.saturating_sub(p.disk_bytes());
-                self.drop(p.signal, p.day, "disk");
+                total = total.saturating_sub(bytes);
+                self.drop(signal, day, "disk");
             }
         }
         metrics.partitions.set(partitions.len() as i64);

@@ -89,6 +89,13 @@ pub(crate) fn term_query(field: Field, text: &str) -> Box<dyn Query> {
     ))
 }
 
+fn pattern_query(field: Field, pattern: u64) -> Box<dyn Query> {
+    Box::new(TermQuery::new(
+        Term::from_field_u64(field, pattern),
+        IndexRecordOption::Basic,
+    ))
+}
+
 pub(crate) fn time_range(field: Field, start_ns: i64, end_ns: i64) -> Box<dyn Query> {
     Box::new(RangeQuery::new(
         Bound::Included(Term::from_field_i64(field, start_ns)),
@@ -134,47 +141,71 @@ impl Store {
             .map_err(|e| QueryError::BadRequest(format!("invalid query {text:?}: {e}")))
     }
 
-    fn log_filter(&self, q: &LogQuery) -> Result<Box<dyn Query>, QueryError> {
+    /// The conditions of a log query other than its time range (the windowed search
+    /// varies the range and reuses these), validated once.
+    fn log_conditions(&self, q: &LogQuery) -> Result<Vec<Box<dyn Query>>, QueryError> {
         if q.start_ns > q.end_ns {
             return Err(QueryError::BadRequest("start is after end".into()));
         }
         let f = &self.schemas.logs;
-        let mut parts = vec![self.parse_log_query(&q.query)?, time_range(f.ts, q.start_ns, q.end_ns)];
+        let mut parts = vec![self.parse_log_query(&q.query)?];
         if let Some(service) = q.service.as_deref().filter(|s| !s.is_empty()) {
             parts.push(term_query(f.service, service));
         }
         if let Some(pattern) = q.pattern {
-            parts.push(Box::new(TermQuery::new(
-                Term::from_field_u64(f.pattern_id, pattern),
-                IndexRecordOption::Basic,
-            )));
+            parts.push(pattern_query(f.pattern_id, pattern));
         }
-        Ok(and(parts))
+        Ok(parts)
     }
 
-    /// Newest first, with the total number of matches.
-    ///
-    /// Sorting every match by time is what makes a broad query slow on a big index,
-    /// so the newest `limit` are looked for in a time window ending at the newest
-    /// document, widened eightfold until it holds enough hits or the whole range.
-    /// The total comes from a separate counting pass, which is cheap.
-    pub fn search_logs(&self, q: &LogQuery, limit: usize) -> Result<LogHits, QueryError> {
-        let query = self.log_filter(q)?;
-        let searchers: Vec<Searcher> = self
-            .partitions
+    /// `conditions` restricted to `[start_ns, end_ns]`.
+    fn in_range(&self, conditions: &[Box<dyn Query>], start_ns: i64, end_ns: i64) -> Box<dyn Query> {
+        let mut parts: Vec<Box<dyn Query>> = conditions.iter().map(|c| c.box_clone()).collect();
+        parts.push(time_range(self.schemas.logs.ts, start_ns, end_ns));
+        and(parts)
+    }
+
+    fn log_filter(&self, q: &LogQuery) -> Result<Box<dyn Query>, QueryError> {
+        Ok(self.in_range(&self.log_conditions(q)?, q.start_ns, q.end_ns))
+    }
+
+    fn log_searchers(&self, q: &LogQuery) -> Vec<Searcher> {
+        self.partitions
             .covering(Signal::Logs, q.start_ns, q.end_ns)
             .iter()
             .map(|p| p.reader.searcher())
-            .collect();
+            .collect()
+    }
+
+    /// Newest first, with the total number of matches.
+    pub fn search_logs(&self, q: &LogQuery, limit: usize) -> Result<LogHits, QueryError> {
+        let conditions = self.log_conditions(q)?;
+        let query = self.in_range(&conditions, q.start_ns, q.end_ns);
+        let searchers = self.log_searchers(q);
         let mut total = 0u64;
         for searcher in &searchers {
             total += searcher.search(&query, &Count)? as u64;
         }
+        let hits = self.newest_logs(&searchers, &conditions, q, total, limit)?;
+        Ok(LogHits { total, hits })
+    }
+
+    /// The newest `limit` of the `total` records matching `conditions` in `q`'s range.
+    ///
+    /// Sorting every match by time is what makes a broad query slow on a big index,
+    /// so they are looked for in a time window ending at the newest document, widened
+    /// eightfold until it holds enough hits or the whole range. `total` (counted by
+    /// the caller, cheaply) tells when enough is all there is.
+    fn newest_logs(
+        &self,
+        searchers: &[Searcher],
+        conditions: &[Box<dyn Query>],
+        q: &LogQuery,
+        total: u64,
+        limit: usize,
+    ) -> Result<Vec<Json>, QueryError> {
         if total == 0 || limit == 0 {
-            return Ok(LogHits {
-                total,
-                hits: Vec::new(),
-            });
+            return Ok(Vec::new());
         }
         // Column maxima are O(1): the newest timestamp present, without a scan.
         let newest = searchers
@@ -190,10 +221,7 @@ impl Store {
         let mut candidates: Vec<(i64, usize, DocAddress)> = Vec::new();
         loop {
             let low = newest.saturating_sub(window).max(q.start_ns);
-            let windowed = self.log_filter(&LogQuery {
-                start_ns: low,
-                ..q.clone()
-            })?;
+            let windowed = self.in_range(conditions, low, q.end_ns);
             candidates.clear();
             for (i, searcher) in searchers.iter().enumerate() {
                 let top = TopDocs::with_limit(limit).order_by_fast_field::<i64>("ts", Order::Desc);
@@ -212,7 +240,7 @@ impl Store {
             let doc: TantivyDocument = searchers[i].doc(addr)?;
             hits.push(self.log_to_json(&doc));
         }
-        Ok(LogHits { total, hits })
+        Ok(hits)
     }
 
     /// Counts per bucket of `bucket_ns` over `[start, end]`.
@@ -284,10 +312,12 @@ impl Store {
     /// range, the template as it stands now, when the pattern was first seen, whether
     /// that was inside the range ("new"), and the newest sample line.
     pub fn log_patterns(&self, q: &LogQuery, limit: usize) -> Result<Vec<PatternSummary>, QueryError> {
-        let query = self.log_filter(q)?;
+        let conditions = self.log_conditions(q)?;
+        let query = self.in_range(&conditions, q.start_ns, q.end_ns);
+        let searchers = self.log_searchers(q);
         let mut counts: HashMap<u64, u64> = HashMap::new();
-        for partition in self.partitions.covering(Signal::Logs, q.start_ns, q.end_ns) {
-            for (id, n) in partition.reader.searcher().search(&query, &CountByU64("pattern_id"))? {
+        for searcher in &searchers {
+            for (id, n) in searcher.search(&query, &CountByU64("pattern_id"))? {
                 *counts.entry(id).or_default() += n;
             }
         }
@@ -302,15 +332,11 @@ impl Store {
                     .get(id)
                     .map_or((None, None), |p| (Some(p.template()), Some(p.first_seen_ns)))
             };
+            // The pattern's count is known: no second counting pass for its sample.
+            let mut with_pattern: Vec<Box<dyn Query>> = conditions.iter().map(|c| c.box_clone()).collect();
+            with_pattern.push(pattern_query(self.schemas.logs.pattern_id, id));
             let sample = self
-                .search_logs(
-                    &LogQuery {
-                        pattern: Some(id),
-                        ..q.clone()
-                    },
-                    1,
-                )?
-                .hits
+                .newest_logs(&searchers, &with_pattern, q, count, 1)?
                 .into_iter()
                 .next()
                 .and_then(|h| h.get("body").cloned());
