@@ -8,3 +8,4 @@
 //! feedback are planned (see ARCHITECTURE.md).
 
 pub mod patterns;
+pub mod timeseries;

@@ -1,0 +1,379 @@
+//! Online anomaly detection on one numeric series, point by point, in event time.
+//!
+//! Per point (cheap): expected = seasonal profile + smoothed level; residual scaled by a
+//! robust running scale gives a raw surprise; a CUSUM on the scaled residuals catches level
+//! shifts that no single point reveals; a break out of the range seen so far adds evidence;
+//! [`normalize`] turns the surprise into a comparable score in [0, 1].
+//! On a schedule (expensive, [`model`]): seasons, MSTL decomposition and the smoothing
+//! constant are refitted on the bounded history ring.
+//! Before the first refit the expected value and scale come from the median and MAD of the
+//! recent points, so a new series is useful after a few dozen points.
+//!
+//! Nothing here looks ahead: a point's score depends only on the points before it.
+
+mod model;
+mod normalize;
+pub mod peers;
+
+use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
+
+/// Tunables of the per-series detector. The defaults are the product's defaults and the
+/// ones `vigil-eval nab` is scored with.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SeriesConfig {
+    /// Points kept per series for refits (memory: 4 bytes each).
+    pub history: usize,
+    /// Points between refits of the seasonal model.
+    pub refit_every: usize,
+    /// Points before the first refit.
+    pub first_fit: usize,
+    /// Points before any score is emitted.
+    pub warmup: usize,
+    /// Effective memory, in points, of the score normaliser.
+    pub normalizer_memory: f64,
+    /// CUSUM slack and decision threshold, in residual sigmas.
+    pub cusum_slack: f64,
+    pub cusum_threshold: f64,
+    /// A value beyond the range the series has ever shown, by this share of that range,
+    /// counts as a breakout (the range is all-time: a refit does not forget a past peak).
+    pub breakout_margin: f64,
+    /// Robust z a breakout must also reach.
+    pub breakout_min_z: f64,
+    /// Score given to a breakout.
+    pub breakout_score: f64,
+    /// After a score at or above `fire_score`, scores are damped for `cooldown` points so one
+    /// incident reads as one finding.
+    pub fire_score: f64,
+    pub cooldown: usize,
+    pub cooldown_damping: f64,
+    /// Consecutive identical values that make a flat-line, on a series whose history
+    /// rarely repeats a value.
+    pub flatline_points: usize,
+    pub flatline_score: f64,
+}
+
+impl Default for SeriesConfig {
+    fn default() -> Self {
+        SeriesConfig {
+            history: 1024,
+            refit_every: 256,
+            first_fit: 96,
+            warmup: 32,
+            normalizer_memory: 1000.0,
+            cusum_slack: 1.0,
+            cusum_threshold: 12.0,
+            breakout_margin: 0.02,
+            breakout_score: 1.0,
+            breakout_min_z: 4.0,
+            fire_score: 0.5,
+            cooldown: 70,
+            cooldown_damping: 0.5,
+            flatline_points: 30,
+            flatline_score: 0.8,
+        }
+    }
+}
+
+/// Why a point scored what it did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Signal {
+    /// Nothing unusual.
+    Normal,
+    /// The point is far outside its expected band.
+    Spike,
+    /// The residuals have drifted to one side for long enough to be a new level.
+    LevelShift,
+    /// The value left the range the series has shown over its whole history.
+    Breakout,
+    /// A series that normally varies has repeated one value for too long (stuck sensor,
+    /// frozen exporter).
+    FlatLine,
+}
+
+/// The detector's verdict on one point.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PointScore {
+    pub timestamp_ms: i64,
+    pub value: f64,
+    pub expected: f64,
+    /// Expected band (about 99.7 % of normal points fall inside).
+    pub lower: f64,
+    pub upper: f64,
+    /// Residual in robust sigmas.
+    pub z: f64,
+    /// Comparable anomaly score in [0, 1].
+    pub score: f64,
+    pub signal: Signal,
+    /// Whether a seasonal profile shaped the expected value.
+    pub seasonal: bool,
+}
+
+/// Why a point was not scored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejected {
+    /// NaN or infinite.
+    NotFinite,
+    /// Older than or equal to the last accepted timestamp (late or duplicate).
+    NotNewer,
+}
+
+/// Online state of one series. Memory is bounded by `history` plus the largest season.
+#[derive(Debug, Clone, Default)]
+pub struct SeriesDetector {
+    history: VecDeque<f32>,
+    next_idx: u64,
+    last_ts: Option<i64>,
+    step_ms: Option<i64>,
+    fit: Option<model::Fit>,
+    since_refit: usize,
+    level: f64,
+    abs_resid: f64,
+    cusum_pos: f64,
+    cusum_neg: f64,
+    normalizer: normalize::Normalizer,
+    cooldown_left: usize,
+    seen_min: f64,
+    seen_max: f64,
+    last_value: Option<f64>,
+    flat_run: usize,
+}
+
+impl SeriesDetector {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of points accepted so far.
+    pub fn points(&self) -> u64 {
+        self.next_idx
+    }
+
+    /// The estimated sampling step, once known.
+    pub fn step_ms(&self) -> Option<i64> {
+        self.step_ms
+    }
+
+    /// Feeds one point. Late, duplicate and non-finite points are rejected and leave the
+    /// state untouched. Gaps are filled with the expected value (not scored) so seasonal
+    /// phase stays aligned.
+    pub fn observe(&mut self, cfg: &SeriesConfig, timestamp_ms: i64, value: f64) -> Result<PointScore, Rejected> {
+        if !value.is_finite() {
+            return Err(Rejected::NotFinite);
+        }
+        if let Some(last) = self.last_ts {
+            if timestamp_ms <= last {
+                return Err(Rejected::NotNewer);
+            }
+            let dt = timestamp_ms - last;
+            // The step is the smallest spacing seen: irregular scrapes only ever look slower.
+            self.step_ms = Some(self.step_ms.map_or(dt, |s| s.min(dt)));
+            if let Some(step) = self.step_ms {
+                let missing = (dt / step).saturating_sub(1) as usize;
+                if missing > 0 {
+                    self.fill_gap(cfg, missing.min(cfg.history));
+                }
+            }
+        }
+        self.last_ts = Some(timestamp_ms);
+        Ok(self.score_point(cfg, timestamp_ms, value))
+    }
+
+    fn step_secs(&self) -> f64 {
+        self.step_ms.map_or(0.0, |s| s as f64 / 1000.0)
+    }
+
+    fn seasonal(&self, idx: u64) -> f64 {
+        self.fit.as_ref().map_or(0.0, |f| model::seasonal_at(&f.seasons, idx))
+    }
+
+    fn fill_gap(&mut self, cfg: &SeriesConfig, missing: usize) {
+        for _ in 0..missing {
+            let expected = self.expected_now();
+            self.push_history(cfg, expected);
+            self.next_idx += 1;
+            self.since_refit += 1;
+        }
+    }
+
+    /// Expected value of the next point and the sigma to judge it with.
+    fn expected_now(&self) -> f64 {
+        match &self.fit {
+            Some(_) => self.level + self.seasonal(self.next_idx),
+            None => self.recent_median(),
+        }
+    }
+
+    fn recent_median(&self) -> f64 {
+        let n = self.history.len().min(16);
+        let recent: Vec<f64> = self.history.iter().rev().take(n).map(|&v| f64::from(v)).collect();
+        model::median(&recent)
+    }
+
+    fn cold_scale(&self) -> f64 {
+        let n = self.history.len().min(64);
+        let recent: Vec<f64> = self.history.iter().rev().take(n).map(|&v| f64::from(v)).collect();
+        let mad = model::mad_sigma(&recent);
+        let m = model::median(&recent);
+        let mean_abs = recent.iter().map(|v| (v - m).abs()).sum::<f64>() / n.max(1) as f64;
+        mad.max(mean_abs)
+    }
+
+    fn push_history(&mut self, cfg: &SeriesConfig, value: f64) {
+        if self.history.len() == cfg.history {
+            self.history.pop_front();
+        }
+        self.history.push_back(value as f32);
+    }
+
+    fn scale(&self, expected: f64) -> f64 {
+        // A noise-free series has no residual scale at all; judge it against a small share of
+        // its range instead, so that rounding in the seasonal profile is not an incident.
+        let range_floor = self.fit.as_ref().map_or(0.0, |f| f.range_floor);
+        let floor = 1e-9_f64.max(1e-6 * expected.abs()).max(range_floor);
+        let s = if self.fit.is_some() {
+            1.2533 * self.abs_resid
+        } else {
+            self.cold_scale()
+        };
+        s.max(floor)
+    }
+
+    fn score_point(&mut self, cfg: &SeriesConfig, timestamp_ms: i64, value: f64) -> PointScore {
+        let idx = self.next_idx;
+        let seasonal = self.seasonal(idx);
+        let expected = self.expected_now();
+        let scale = self.scale(expected);
+        let resid = value - expected;
+        let z = resid.abs() / scale;
+        let warm = self.next_idx as usize >= cfg.warmup;
+
+        // CUSUM on the scaled residual finds a sustained shift that no single point shows.
+        let u = (resid / scale).clamp(-50.0, 50.0);
+        self.cusum_pos = (self.cusum_pos + u - cfg.cusum_slack).max(0.0);
+        self.cusum_neg = (self.cusum_neg - u - cfg.cusum_slack).max(0.0);
+        let cusum = self.cusum_pos.max(self.cusum_neg);
+        let mut signal = if z >= 3.0 { Signal::Spike } else { Signal::Normal };
+        let mut raw = z.min(50.0);
+        if cusum >= cfg.cusum_threshold {
+            raw = raw.max(4.0 * cusum / cfg.cusum_threshold);
+            signal = Signal::LevelShift;
+        }
+        let range = self.seen_max - self.seen_min;
+        // Leaving the all-time range only counts when the point is also surprising against
+        // its expected value: a noisy stationary series sets small new records now and then.
+        let breakout = warm
+            && z >= cfg.breakout_min_z
+            && self.history.len() >= cfg.warmup
+            && (value > self.seen_max + cfg.breakout_margin * range
+                || value < self.seen_min - cfg.breakout_margin * range);
+
+        // A stuck series: the same value again and again where the history rarely repeats.
+        self.flat_run = if self.last_value == Some(value) {
+            self.flat_run + 1
+        } else {
+            0
+        };
+        self.last_value = Some(value);
+        let varies = self
+            .fit
+            .as_ref()
+            .is_some_and(|f| f.repeat_share < 0.05 && f.scale > f.range_floor);
+        let flatline = varies && self.flat_run == cfg.flatline_points;
+        let mut score = self.normalizer.score(raw, cfg.normalizer_memory);
+        if flatline {
+            // A rule, not a measure of distance: it gets a fixed, confident score.
+            score = score.max(cfg.flatline_score);
+            signal = Signal::FlatLine;
+        }
+        if breakout && cfg.breakout_score > 0.0 {
+            score = score.max(cfg.breakout_score);
+            signal = Signal::Breakout;
+        }
+        if !warm {
+            score = 0.0;
+        }
+        if self.cooldown_left > 0 {
+            self.cooldown_left -= 1;
+            score *= cfg.cooldown_damping;
+        } else if score >= cfg.fire_score && cfg.cooldown > 0 {
+            self.cooldown_left = cfg.cooldown;
+        }
+        if score < 0.05 {
+            signal = Signal::Normal;
+        }
+
+        // Learn from the point.
+        if self.history.is_empty() {
+            self.seen_min = value;
+            self.seen_max = value;
+        } else {
+            self.seen_min = self.seen_min.min(value);
+            self.seen_max = self.seen_max.max(value);
+        }
+        if self.fit.is_some() {
+            let clipped = resid.clamp(-4.0 * scale, 4.0 * scale);
+            let alpha = self.fit.as_ref().map_or(0.5, |f| f.alpha);
+            self.level += alpha * clipped;
+            self.abs_resid += (clipped.abs() - self.abs_resid) / 128.0;
+            if cusum >= cfg.cusum_threshold {
+                // Accept the new level: restart from the recent deseasonalised median.
+                let recent: Vec<f64> = self
+                    .history
+                    .iter()
+                    .rev()
+                    .take(4)
+                    .enumerate()
+                    .map(|(k, &v)| f64::from(v) - self.seasonal(idx - 1 - k as u64))
+                    .chain(std::iter::once(value - seasonal))
+                    .collect();
+                self.level = model::median(&recent);
+                self.cusum_pos = 0.0;
+                self.cusum_neg = 0.0;
+            }
+        } else if cusum >= cfg.cusum_threshold {
+            self.cusum_pos = 0.0;
+            self.cusum_neg = 0.0;
+        }
+        self.push_history(cfg, value);
+        self.next_idx += 1;
+        self.since_refit += 1;
+        let due = if self.fit.is_none() {
+            self.history.len() >= cfg.first_fit
+        } else {
+            self.since_refit >= cfg.refit_every
+        };
+        if due {
+            self.refit();
+        }
+
+        let band = 3.0 * scale;
+        PointScore {
+            timestamp_ms,
+            value,
+            expected,
+            lower: expected - band,
+            upper: expected + band,
+            z,
+            score,
+            signal,
+            seasonal: seasonal != 0.0,
+        }
+    }
+
+    fn refit(&mut self) {
+        let y: Vec<f64> = self.history.iter().map(|&v| f64::from(v)).collect();
+        let first_idx = self.next_idx - y.len() as u64;
+        let fit = model::refit(&y, first_idx, self.step_secs());
+        self.level = fit.level;
+        self.abs_resid = fit.scale / 1.2533;
+        self.fit = Some(fit);
+        self.since_refit = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,209 @@
+//! Synthetic series with known anomalies: each case asserts the anomaly is found near its
+//! onset and that the normal stretch before it stays quiet.
+
+use super::*;
+
+const STEP: i64 = 60_000;
+
+/// Deterministic Gaussian noise (LCG + Box–Muller), so failures reproduce.
+struct Noise(u64);
+
+impl Noise {
+    fn uniform(&mut self) -> f64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((self.0 >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    }
+    fn gauss(&mut self) -> f64 {
+        let (u, v) = (self.uniform(), self.uniform());
+        (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+    }
+}
+
+fn run(values: &[f64]) -> Vec<PointScore> {
+    let cfg = SeriesConfig::default();
+    let mut det = SeriesDetector::new();
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| det.observe(&cfg, i as i64 * STEP, v).expect("accepted"))
+        .collect()
+}
+
+fn max_score(scores: &[PointScore], range: std::ops::Range<usize>) -> f64 {
+    scores[range].iter().map(|p| p.score).fold(0.0, f64::max)
+}
+
+fn first_fire(scores: &[PointScore], from: usize) -> Option<usize> {
+    (from..scores.len()).find(|&i| scores[i].score >= 0.5)
+}
+
+fn noisy(n: usize, seed: u64, f: impl Fn(usize) -> f64) -> Vec<f64> {
+    let mut noise = Noise(seed);
+    (0..n).map(|i| f(i) + noise.gauss()).collect()
+}
+
+#[test]
+fn spike_is_found_at_its_point_and_noise_stays_quiet() {
+    let mut y = noisy(700, 1, |_| 100.0);
+    y[500] += 15.0;
+    let s = run(&y);
+    assert!(
+        max_score(&s, 100..500) < 0.5,
+        "false alarm before the spike: {}",
+        max_score(&s, 100..500)
+    );
+    assert_eq!(first_fire(&s, 100), Some(500));
+    assert!(matches!(s[500].signal, Signal::Spike | Signal::Breakout));
+    assert!(s[500].value > s[500].upper, "the band must exclude the spike");
+}
+
+#[test]
+fn level_shift_is_found_within_a_few_points() {
+    let y = noisy(800, 2, |i| if i < 500 { 50.0 } else { 56.0 });
+    let s = run(&y);
+    assert!(max_score(&s, 100..500) < 0.5);
+    let at = first_fire(&s, 100).expect("shift found");
+    assert!((500..510).contains(&at), "found at {at}");
+}
+
+#[test]
+fn trend_change_is_found() {
+    let y = noisy(900, 3, |i| if i < 500 { 20.0 } else { 20.0 + 0.4 * (i - 500) as f64 });
+    let s = run(&y);
+    assert!(max_score(&s, 100..500) < 0.5);
+    let at = first_fire(&s, 100).expect("trend change found");
+    assert!((500..540).contains(&at), "found at {at}");
+}
+
+#[test]
+fn seasonal_break_is_found_and_the_season_itself_is_learned() {
+    // Daily cycle at 5-minute resolution: 288 points a day. Day 6 loses its afternoon peak.
+    let day = 288;
+    let shape = |i: usize| {
+        let phase = (i % day) as f64 / day as f64;
+        100.0 + 40.0 * (phase * std::f64::consts::TAU).sin()
+    };
+    let mut noise = Noise(4);
+    let y: Vec<f64> = (0..7 * day)
+        .map(|i| {
+            let base = if (6 * day..6 * day + 100).contains(&i) {
+                100.0
+            } else {
+                shape(i)
+            };
+            base + noise.gauss()
+        })
+        .collect();
+    let cfg = SeriesConfig::default();
+    let mut det = SeriesDetector::new();
+    let s: Vec<PointScore> = y
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| det.observe(&cfg, i as i64 * 300_000, v).expect("accepted"))
+        .collect();
+    assert!(s[5 * day].seasonal, "the daily season must be modelled by day 5");
+    assert!(max_score(&s, 3 * day..6 * day) < 0.5, "learned season must not alarm");
+    let at = first_fire(&s, 6 * day).expect("seasonal break found");
+    assert!(at < 6 * day + 60, "found at {}", at - 6 * day);
+}
+
+#[test]
+fn flat_line_of_a_varying_series_is_found() {
+    let mut y = noisy(800, 5, |_| 30.0);
+    for v in &mut y[500..] {
+        *v = 30.0;
+    }
+    let s = run(&y);
+    assert!(max_score(&s, 100..500) < 0.5);
+    let at = first_fire(&s, 100).expect("flat-line found");
+    assert_eq!(s[at].signal, Signal::FlatLine);
+    assert!((500..540).contains(&at), "found at {at}");
+}
+
+#[test]
+fn missing_data_does_not_alarm_and_keeps_the_phase() {
+    let y = noisy(900, 6, |_| 70.0);
+    let cfg = SeriesConfig::default();
+    let mut det = SeriesDetector::new();
+    let mut worst: f64 = 0.0;
+    for (i, &v) in y.iter().enumerate() {
+        if (400..460).contains(&i) {
+            continue; // an hour of missing scrapes
+        }
+        let p = det.observe(&cfg, i as i64 * STEP, v).expect("accepted");
+        if i > 100 {
+            worst = worst.max(p.score);
+        }
+    }
+    assert!(worst < 0.5, "gap caused an alarm: {worst}");
+    // The gap was filled, so the point index matches the clock.
+    assert_eq!(det.points(), 900);
+}
+
+#[test]
+fn bad_points_are_rejected_without_touching_state() {
+    let cfg = SeriesConfig::default();
+    let mut det = SeriesDetector::new();
+    for i in 0..50 {
+        det.observe(&cfg, i * STEP, 10.0 + (i % 3) as f64).expect("accepted");
+    }
+    let before = det.points();
+    assert_eq!(det.observe(&cfg, 50 * STEP, f64::NAN), Err(Rejected::NotFinite));
+    assert_eq!(det.observe(&cfg, 50 * STEP, f64::INFINITY), Err(Rejected::NotFinite));
+    assert_eq!(det.observe(&cfg, 49 * STEP, 10.0), Err(Rejected::NotNewer), "duplicate");
+    assert_eq!(
+        det.observe(&cfg, 10 * STEP, 10.0),
+        Err(Rejected::NotNewer),
+        "out of order"
+    );
+    assert_eq!(det.points(), before);
+    assert!(det.observe(&cfg, 50 * STEP, 11.0).is_ok());
+}
+
+#[test]
+fn extreme_values_never_panic_or_leave_the_unit_interval() {
+    let cfg = SeriesConfig::default();
+    let mut det = SeriesDetector::new();
+    let values = [0.0, 1e300, -1e300, 1e-300, 0.0, f64::MAX, f64::MIN, 5.0];
+    for i in 0..2000i64 {
+        let v = values[(i as usize * 7) % values.len()];
+        if let Ok(p) = det.observe(&cfg, i * STEP, v) {
+            assert!((0.0..=1.0).contains(&p.score), "score {} at {i}", p.score);
+        }
+    }
+}
+
+#[test]
+fn constant_series_is_quiet_until_it_moves() {
+    let mut y = vec![5.0; 600];
+    y[450] = 6.0;
+    let s = run(&y);
+    assert!(max_score(&s, 0..450) < 0.05);
+    assert!(s[450].score >= 0.5);
+}
+
+#[test]
+fn scores_do_not_look_ahead() {
+    let mut y = noisy(1200, 7, |i| 10.0 + (i as f64 / 40.0).sin() * 3.0);
+    y[900] += 20.0;
+    let full = run(&y);
+    let prefix = run(&y[..700]);
+    assert_eq!(
+        &full[..700],
+        &prefix[..],
+        "a point's score changed when later points were removed"
+    );
+}
+
+#[test]
+fn memory_is_bounded_by_the_history_ring() {
+    let cfg = SeriesConfig::default();
+    let mut det = SeriesDetector::new();
+    for i in 0..5000i64 {
+        det.observe(&cfg, i * STEP, (i % 17) as f64).expect("accepted");
+    }
+    assert_eq!(det.history.len(), cfg.history);
+}
