@@ -71,6 +71,11 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnO
         Arc::clone(&dedup),
     );
 
+    let (pipeline, anomalies, detect_thread) = crate::pipeline::start(&data_dir.join("detect"))
+        .with_context(|| format!("cannot open anomaly store in {}", data_dir.join("detect").display()))?;
+    indexer.set_pipeline(pipeline.clone());
+    let pipeline_stop = pipeline.clone();
+
     // Replay: everything in the WAL above each partition's checkpoint is re-added.
     let started = std::time::Instant::now();
     let mut replayed = 0u64;
@@ -124,6 +129,8 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnO
         token: TokenCheck::new(config.auth.api_token.as_ref()),
         max_results: config.api.max_results,
         retention_hours: config.storage.retention_hours,
+        anomalies,
+        pipeline,
     };
 
     let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
@@ -190,6 +197,8 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnO
     tokio::task::spawn_blocking(move || {
         let _ = wal_thread.join();
         let _ = indexer_thread.join();
+        pipeline_stop.stop();
+        let _ = detect_thread.join();
     })
     .await?;
     drop(lock);

@@ -15,6 +15,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod ingest;
+pub mod pipeline;
 pub mod server;
 pub mod storage;
 pub mod telemetry;

@@ -10,11 +10,12 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Json, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use serde_json::json;
 
 use crate::auth::TokenCheck;
+use crate::pipeline::{AnomalyStore, FeedbackError, PipelineSender};
 use crate::storage::{Agg, LogQuery, MetricQuery, QueryError, Selector, Store, parse_label_list};
 use crate::telemetry::{EndpointLabel, Metrics};
 use crate::timeutil::{now_ns, parse_duration, parse_time};
@@ -28,6 +29,8 @@ pub struct ApiState {
     pub token: TokenCheck,
     pub max_results: usize,
     pub retention_hours: u64,
+    pub anomalies: Arc<AnomalyStore>,
+    pub pipeline: PipelineSender,
 }
 
 /// An API error: a status and a message saying what was wrong.
@@ -66,6 +69,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/logs/search", get(logs_search))
         .route("/api/v1/logs/histogram", get(logs_histogram))
         .route("/api/v1/logs/patterns", get(logs_patterns))
+        .route("/api/v1/anomalies", get(anomalies))
+        .route("/api/v1/anomalies/{id}", get(anomaly))
+        .route("/api/v1/anomalies/{id}/feedback", post(anomaly_feedback))
         .route("/api/v1/traces/{trace_id}", get(trace))
         .route("/api/v1/services", get(services))
         .route("/api/v1/metrics/series", get(metric_series))
@@ -206,6 +212,62 @@ async fn logs_patterns(State(state): State<ApiState>, Query(params): Params) -> 
     let limit = limit_param(&state, &params, 100)?;
     let patterns = timed(&state, "logs_patterns", move |s| s.log_patterns(&q, limit)).await?;
     Ok(Json(json!({ "patterns": patterns })).into_response())
+}
+
+async fn anomalies(State(state): State<ApiState>, Query(params): Params) -> Result<Response, ApiError> {
+    let (start, end) = range(&state, &params)?;
+    let limit = limit_param(&state, &params, 100)?;
+    let service = params.get("service").cloned();
+    let store = Arc::clone(&state.anomalies);
+    let found = store.query(start / 1_000_000, end / 1_000_000, service.as_deref(), limit);
+    Ok(Json(json!({ "anomalies": found })).into_response())
+}
+
+async fn anomaly(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    match state.anomalies.get(&id) {
+        Some(a) => Ok(Json(a).into_response()),
+        None => Err(ApiError(StatusCode::NOT_FOUND, format!("no anomaly with id {id:?}"))),
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FeedbackBody {
+    verdict: vigil_detectors::engine::Verdict,
+}
+
+/// A human's verdict on a finding: "noise" makes that signal less sensitive, "real" keeps
+/// or restores its sensitivity. Durable before the answer.
+async fn anomaly_feedback(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let body: FeedbackBody = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad(format!("expected {{\"verdict\": \"noise\" | \"real\"}}: {e}")))?;
+    let store = Arc::clone(&state.anomalies);
+    let id2 = id.clone();
+    let recorded = tokio::task::spawn_blocking(move || store.record_feedback(&id2, body.verdict))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("feedback task failed: {e}")))?;
+    match recorded {
+        Ok((key, counts)) => {
+            state.pipeline.feedback(key.clone(), body.verdict);
+            let threshold = counts.threshold(vigil_detectors::engine::EngineConfig::default().threshold);
+            Ok(Json(json!({
+                "anomaly_id": id,
+                "signal": key,
+                "noise": counts.noise,
+                "real": counts.real,
+                "threshold": threshold,
+            }))
+            .into_response())
+        }
+        Err(FeedbackError::UnknownAnomaly(_)) => {
+            Err(ApiError(StatusCode::NOT_FOUND, format!("no anomaly with id {id:?}")))
+        }
+        Err(e) => Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+    }
 }
 
 async fn logs_histogram(State(state): State<ApiState>, Query(params): Params) -> Result<Response, ApiError> {

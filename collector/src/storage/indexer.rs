@@ -18,9 +18,10 @@ use prost::Message;
 use tantivy::TantivyDocument;
 
 use super::Store;
-use super::convert::{log_docs, metric_docs, span_docs};
+use super::convert::{log_docs, log_inputs, metric_docs, metric_inputs, span_docs, span_inputs};
 use super::partition::{NANOS_PER_DAY, Partition, day_of, payload_for};
 use crate::ingest::{BatchDedup, Signal, WalBatch};
+use crate::pipeline::PipelineSender;
 use crate::telemetry::{KindLabel, SignalLabel};
 use crate::wal::{WalEntry, WalTruncator};
 
@@ -53,6 +54,8 @@ pub struct Indexer {
     /// Patterns learned since the last snapshot.
     patterns_dirty: bool,
     last_pattern_save: Instant,
+    /// Where extracted signals go for anomaly detection.
+    pipeline: Option<PipelineSender>,
 }
 
 fn now_ns() -> i64 {
@@ -72,7 +75,13 @@ impl Indexer {
             last_checkpoint: 0,
             patterns_dirty: false,
             last_pattern_save: Instant::now(),
+            pipeline: None,
         }
+    }
+
+    /// Feeds every applied entry (replayed ones too) to the detection pipeline.
+    pub fn set_pipeline(&mut self, pipeline: PipelineSender) {
+        self.pipeline = Some(pipeline);
     }
 
     pub fn set_truncator(&mut self, truncator: WalTruncator) {
@@ -98,18 +107,46 @@ impl Indexer {
             self.patterns_dirty = true;
         }
         let schemas = &self.store.schemas;
+        let detect = self.pipeline.is_some();
+        let mut inputs = Vec::new();
         let docs = match batch.signal {
             Signal::Logs => ExportLogsServiceRequest::decode(batch.otlp.clone()).map(|r| {
                 let mut miner = self.store.lock_patterns();
-                log_docs(&schemas.logs, &r, &mut |body, ts| miner.add(body, ts).pattern_id)
+                let mut assignments = Vec::new();
+                let docs = log_docs(&schemas.logs, &r, &mut |body, ts| {
+                    let a = miner.add(body, ts);
+                    if detect {
+                        // The template only travels with a pattern's first line.
+                        let template = if a.is_new {
+                            miner.get(a.pattern_id).map(|p| p.template()).unwrap_or_default()
+                        } else {
+                            String::new()
+                        };
+                        assignments.push((a.pattern_id, a.is_new, template));
+                    }
+                    a.pattern_id
+                });
+                if detect {
+                    inputs = log_inputs(&r, &assignments);
+                }
+                docs
             }),
-            Signal::Traces => {
-                ExportTraceServiceRequest::decode(batch.otlp.clone()).map(|r| span_docs(&schemas.spans, &r))
-            }
-            Signal::Metrics => {
-                ExportMetricsServiceRequest::decode(batch.otlp.clone()).map(|r| metric_docs(&schemas.metrics, &r))
-            }
+            Signal::Traces => ExportTraceServiceRequest::decode(batch.otlp.clone()).map(|r| {
+                if detect {
+                    inputs = span_inputs(&r);
+                }
+                span_docs(&schemas.spans, &r)
+            }),
+            Signal::Metrics => ExportMetricsServiceRequest::decode(batch.otlp.clone()).map(|r| {
+                if detect {
+                    inputs = metric_inputs(&r);
+                }
+                metric_docs(&schemas.metrics, &r)
+            }),
         };
+        if let Some(p) = &self.pipeline {
+            p.send(inputs);
+        }
         let docs = match docs {
             Ok(d) => d,
             Err(e) => {

@@ -1,0 +1,218 @@
+//! Detection end to end: spans and logs sent over OTLP/HTTP to the real collector produce
+//! the expected anomalies on the API, with explanations a human can check; verdicts are
+//! recorded, change sensitivity, and survive a restart.
+
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use prost::Message;
+use serde_json::Value;
+use vigil_e2e::otlp::{kv, log_record, logs_request, string_value};
+use vigil_e2e::{Collector, Options, eventually, get_json, now_ns};
+
+const MIN_NS: u64 = 60_000_000_000;
+
+fn jitter(i: u64) -> f64 {
+    let x = i
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        .rotate_left(17)
+        .wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    (x >> 11) as f64 / (1u64 << 53) as f64
+}
+
+fn spans_request(spans: Vec<Span>) -> ExportTraceServiceRequest {
+    ExportTraceServiceRequest {
+        resource_spans: vec![ResourceSpans {
+            resource: Some(Resource {
+                attributes: vec![kv("service.name", string_value("checkout"))],
+                ..Default::default()
+            }),
+            scope_spans: vec![ScopeSpans {
+                spans,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+    }
+}
+
+async fn post(client: &reqwest::Client, url: String, body: Vec<u8>) -> Result<()> {
+    let status = client
+        .post(url)
+        .header("content-type", "application/x-protobuf")
+        .body(body)
+        .send()
+        .await?
+        .status();
+    if !status.is_success() {
+        bail!("export failed: {status}");
+    }
+    Ok(())
+}
+
+async fn post_feedback(client: &reqwest::Client, c: &Collector, id: &str, body: &str) -> Result<(u16, Value)> {
+    let response = client
+        .post(c.api_url(&format!("/api/v1/anomalies/{id}/feedback")))
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await?;
+    let status = response.status().as_u16();
+    Ok((status, response.json().await.unwrap_or(Value::Null)))
+}
+
+#[tokio::test]
+async fn latency_regression_and_new_error_pattern_become_anomalies_and_take_feedback() -> Result<()> {
+    let data = tempfile::tempdir()?;
+    let c = Collector::start_with(Options {
+        data_dir: Some(data.path().to_path_buf()),
+        ..Options::default()
+    })?;
+    let client = reqwest::Client::new();
+    let minutes = 200u64;
+    let base = (now_ns() / MIN_NS - minutes) * MIN_NS;
+
+    // Three hours of steady POST /pay traffic (20 a minute, 200–300 ms), then twenty minutes
+    // where one request in four takes over two seconds.
+    let mut spans = Vec::new();
+    for m in 0..minutes {
+        for k in 0..20u64 {
+            let i = m * 20 + k;
+            let slow = m >= minutes - 20 && k % 4 == 0;
+            let secs = 0.2 + 0.1 * jitter(i) + if slow { 2.2 } else { 0.0 };
+            let start = base + m * MIN_NS + k * 3_000_000_000;
+            spans.push(Span {
+                trace_id: (i as u128 + 1).to_be_bytes().to_vec(),
+                span_id: (i + 1).to_be_bytes().to_vec(),
+                name: "POST /pay".into(),
+                kind: 2,
+                start_time_unix_nano: start,
+                end_time_unix_nano: start + (secs * 1e9) as u64,
+                ..Default::default()
+            });
+        }
+    }
+    spans.sort_by_key(|s| s.end_time_unix_nano);
+    for chunk in spans.chunks(1000) {
+        post(
+            &client,
+            c.http_url("/v1/traces"),
+            spans_request(chunk.to_vec()).encode_to_vec(),
+        )
+        .await?;
+    }
+    // Routine INFO logs all along, and one ERROR line never seen before near the end.
+    let mut records: Vec<_> = (0..minutes)
+        .map(|m| log_record(base + m * MIN_NS + 1, &format!("payment accepted for order {m}"), &[]))
+        .collect();
+    let mut error = log_record(
+        base + (minutes - 5) * MIN_NS + 7,
+        "card processor unreachable at 10.0.0.7:443",
+        &[],
+    );
+    error.severity_number = 17;
+    error.severity_text = "ERROR".into();
+    records.push(error);
+    records.sort_by_key(|r| r.time_unix_nano);
+    post(
+        &client,
+        c.http_url("/v1/logs"),
+        logs_request("checkout", records).encode_to_vec(),
+    )
+    .await?;
+
+    let url = c.api_url("/api/v1/anomalies?service=checkout");
+    let found = eventually(Duration::from_secs(60), "p99 and new-pattern anomalies", || {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let (status, body) = get_json(&client, &url).await?;
+            if status != 200 {
+                bail!("anomalies API answered {status}: {body}");
+            }
+            let list = body["anomalies"].as_array().cloned().unwrap_or_default();
+            let p99 = list
+                .iter()
+                .find(|a| a["signal"]["key"] == "red:checkout:POST /pay:p99")
+                .cloned();
+            let new = list.iter().find(|a| a["detector"] == "log_new_pattern").cloned();
+            Ok(p99.zip(new).map(|(p, n)| (p, n, list)))
+        }
+    })
+    .await?;
+    let (p99, new_pattern, all) = found;
+
+    // Nothing during the steady three hours.
+    let slow_from_ms = ((base + (minutes - 20) * MIN_NS) / 1_000_000) as i64;
+    let early: Vec<_> = all
+        .iter()
+        .filter(|a| a["start_ms"].as_i64().unwrap_or(0) < slow_from_ms)
+        .collect();
+    assert!(early.is_empty(), "false alarms before the regression: {early:#?}");
+
+    assert_eq!(p99["detector"], "trace_red");
+    assert_eq!(
+        p99["start_ms"].as_i64(),
+        Some(slow_from_ms + 60_000),
+        "first slow interval closes a minute in"
+    );
+    assert!(p99["observed"].as_f64().unwrap_or(0.0) > 2.0, "{p99}");
+    assert!(p99["upper"].as_f64().unwrap_or(9.0) < 1.0, "{p99}");
+    assert!((0.0..=1.0).contains(&p99["score"].as_f64().unwrap_or(-1.0)));
+    let text = p99["explanation"].as_str().unwrap_or_default();
+    assert!(text.starts_with("p99 latency of checkout POST /pay was 2."), "{text}");
+    assert!(text.contains("expected ") && text.contains(" since "), "{text}");
+
+    let text = new_pattern["explanation"].as_str().unwrap_or_default();
+    assert!(text.contains("card processor unreachable at"), "{text}");
+    assert_eq!(new_pattern["severity"], "critical");
+
+    // Feedback: bad input is refused with a reason; a verdict is recorded.
+    let id = p99["id"].as_str().unwrap_or_default().to_string();
+    let (status, body) = post_feedback(&client, &c, &id, r#"{"verdict":"maybe"}"#).await?;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["error"].as_str().unwrap_or_default().contains("verdict"), "{body}");
+    let (status, _) = post_feedback(&client, &c, "no-such-id", r#"{"verdict":"noise"}"#).await?;
+    assert_eq!(status, 404);
+    let (status, body) = post_feedback(&client, &c, &id, r#"{"verdict":"noise"}"#).await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["noise"], 1);
+    assert!(
+        body["threshold"].as_f64().unwrap_or(0.0) > 0.5,
+        "noise must raise the threshold: {body}"
+    );
+
+    // Anomalies and verdicts survive a restart.
+    assert!(c.terminate()?, "collector did not shut down cleanly");
+    let c = Collector::start_with(Options {
+        data_dir: Some(data.path().to_path_buf()),
+        ..Options::default()
+    })?;
+    let (status, again) = get_json(&client, &c.api_url(&format!("/api/v1/anomalies/{id}"))).await?;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["explanation"], p99["explanation"]);
+    let (status, body) = post_feedback(&client, &c, &id, r#"{"verdict":"real"}"#).await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (body["noise"].as_u64(), body["real"].as_u64()),
+        (Some(1), Some(1)),
+        "{body}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn anomalies_api_rejects_bad_ranges() -> Result<()> {
+    let c = Collector::start()?;
+    let client = reqwest::Client::new();
+    let (status, body) = get_json(&client, &c.api_url("/api/v1/anomalies?start=20&end=10")).await?;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = get_json(&client, &c.api_url("/api/v1/anomalies?limit=zero")).await?;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = get_json(&client, &c.api_url("/api/v1/anomalies")).await?;
+    assert_eq!(status, 200);
+    assert_eq!(body["anomalies"], Value::Array(vec![]));
+    Ok(())
+}
