@@ -127,10 +127,10 @@ impl AnomalyStore {
                 inner.anomalies.remove(&id);
             }
         }
-        if inner.log_lines > 4 * inner.anomalies.len().max(1000) {
-            if let Err(e) = self.compact(&mut inner) {
-                tracing::error!(error = %e, "could not compact anomalies.jsonl");
-            }
+        if inner.log_lines > 4 * inner.anomalies.len().max(1000)
+            && let Err(e) = self.compact(&mut inner)
+        {
+            tracing::error!(error = %e, "could not compact anomalies.jsonl");
         }
     }
 

@@ -69,7 +69,7 @@ fn error_log_spike_and_pattern_collapse_are_found() {
             if m < 180 {
                 e.observe_log("cart", 1, m == 0 && k == 0, "heartbeat ok", 9, ts);
             }
-            let erroring = m >= 150 && m < 160;
+            let erroring = (150..160).contains(&m);
             let sev = if erroring || (m * 30 + k) % 97 == 0 { 17 } else { 9 };
             e.observe_log("cart", 2, m == 0 && k == 0, "request <*> done", sev, ts + 500);
         }
