@@ -86,8 +86,14 @@ fn main() {
     let rate = total / secs;
     println!("series={n_series} points/series={points} total points={total:.0} (sink {sink:.0}, findings {fired})");
     println!("baseline ewma z-score: {:.0} points/s", total / base_secs);
-    println!("vigil series detector: {rate:.0} points/s ({:.1} µs/point)", secs * 1e6 / total);
-    println!("ratio detector/baseline throughput: {:.4}", (total / secs) / (total / base_secs));
+    println!(
+        "vigil series detector: {rate:.0} points/s ({:.1} µs/point)",
+        secs * 1e6 / total
+    );
+    println!(
+        "ratio detector/baseline throughput: {:.4}",
+        (total / secs) / (total / base_secs)
+    );
     println!(
         "real-time factor for 50,000 series at 10 s (5,000 points/s): {:.1}x on one core",
         rate / 5_000.0
