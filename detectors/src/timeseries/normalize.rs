@@ -9,7 +9,7 @@
 
 /// Number of recent raw values averaged.
 pub(crate) const SHORT: usize = 2;
-const CAP_SIGMAS: f64 = 6.0;
+const CAP_SIGMAS: f64 = 10.0;
 const MIN_SD: f64 = 0.1;
 
 #[derive(Debug, Clone, Default)]
