@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 pub enum DetectorKind {
     /// A metric series left its expected band.
     Metric,
+    /// One member (host, pod, instance) of a metric's peer group behaves unlike the others.
+    MetricPeer,
     /// A log pattern never seen before, weighted by severity.
     LogNewPattern,
     /// A log pattern's rate spiked or collapsed against its own baseline.

@@ -16,7 +16,11 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 
 use crate::anomaly::{Anomaly, DetectorKind, Severity, SignalRef, format_time, format_value};
+use crate::timeseries::peers::{PeerVerdict, peer_outliers};
 use crate::timeseries::{PointScore, SeriesConfig, SeriesDetector, Signal};
+
+/// Score of a peer-group outlier: a clear finding, below a confident single-series breakout.
+const PEER_SCORE: f64 = 0.8;
 
 /// Tunables of the engine; defaults are the product's.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -189,6 +193,34 @@ struct IntervalBucket {
     errors: HashMap<String, u64>,
     /// (service, operation) -> RED aggregates.
     red: HashMap<(String, String), Red>,
+    /// peer group key -> member -> last value in the interval.
+    peers: HashMap<String, HashMap<String, f64>>,
+}
+
+/// Labels that name one member of a group of like things: the same metric on another host,
+/// pod or instance is a peer.
+const MEMBER_LABELS: [&str; 5] = [
+    "host.name",
+    "k8s.pod.name",
+    "service.instance.id",
+    "container.id",
+    "host.id",
+];
+/// Intervals compared across peers.
+const PEER_WINDOW: usize = 10;
+/// Members tracked per group.
+const MAX_MEMBERS: usize = 1000;
+
+#[derive(Debug)]
+struct PeerGroup {
+    name: String,
+    service: Option<String>,
+    unit: String,
+    labels: BTreeMap<String, String>,
+    member_label: String,
+    /// member -> values of the last intervals it reported in, newest last.
+    members: BTreeMap<String, std::collections::VecDeque<f64>>,
+    last_seen_ms: i64,
 }
 
 /// The detection engine. See the module docs.
@@ -200,6 +232,7 @@ pub struct Engine {
     watermark_ms: i64,
     service_first_ms: HashMap<String, i64>,
     pattern_templates: HashMap<u64, String>,
+    peer_groups: HashMap<String, PeerGroup>,
     feedback: BTreeMap<String, SignalFeedback>,
     updates: Vec<Anomaly>,
     stats: EngineStats,
@@ -227,6 +260,7 @@ impl Engine {
             watermark_ms: i64::MIN,
             service_first_ms: HashMap::new(),
             pattern_templates: HashMap::new(),
+            peer_groups: HashMap::new(),
             feedback: BTreeMap::new(),
             updates: Vec::new(),
             stats: EngineStats::default(),
@@ -310,7 +344,158 @@ impl Engine {
             labels: m.labels.clone(),
         };
         self.score(&key, DetectorKind::Metric, signal, m.unit, m.ts_ms, m.value, false);
+        self.note_peer(m);
         self.advance(m.ts_ms);
+    }
+
+    /// Files the point under its peer group (same metric and labels but for the member label).
+    fn note_peer(&mut self, m: &MetricPoint<'_>) {
+        if !m.value.is_finite() {
+            return;
+        }
+        let Some((member_label, member)) = MEMBER_LABELS
+            .iter()
+            .find_map(|l| m.labels.get(*l).map(|v| (l.to_string(), v.clone())))
+        else {
+            return;
+        };
+        let mut labels = m.labels.clone();
+        labels.remove(&member_label);
+        let group_key = {
+            let parts: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            format!("{}{{{}}}/{member_label}", m.name, parts.join(","))
+        };
+        if !self.peer_groups.contains_key(&group_key) {
+            if self.peer_groups.len() >= self.cfg.max_series / 10 {
+                return;
+            }
+            self.peer_groups.insert(
+                group_key.clone(),
+                PeerGroup {
+                    name: m.name.to_string(),
+                    service: m.service.map(str::to_string),
+                    unit: m.unit.to_string(),
+                    labels,
+                    member_label,
+                    members: BTreeMap::new(),
+                    last_seen_ms: m.ts_ms,
+                },
+            );
+        }
+        if let Some(b) = self.bucket_for(m.ts_ms) {
+            b.peers.entry(group_key).or_default().insert(member, m.value);
+        }
+    }
+
+    /// Compares the members of each group that reported in the closed interval.
+    fn close_peers(&mut self, end: i64, peers: HashMap<String, HashMap<String, f64>>) {
+        for (group_key, values) in peers {
+            let Some(g) = self.peer_groups.get_mut(&group_key) else {
+                continue;
+            };
+            g.last_seen_ms = end;
+            // A member that skipped an interval starts its window again: windows must align.
+            g.members.retain(|m, _| values.contains_key(m));
+            for (member, v) in values {
+                if !g.members.contains_key(&member) && g.members.len() >= MAX_MEMBERS {
+                    continue;
+                }
+                let w = g.members.entry(member).or_default();
+                if w.len() == PEER_WINDOW {
+                    w.pop_front();
+                }
+                w.push_back(v);
+            }
+            let full: Vec<(&String, Vec<f64>)> = g
+                .members
+                .iter()
+                .filter(|(_, w)| w.len() == PEER_WINDOW)
+                .map(|(m, w)| (m, w.iter().copied().collect()))
+                .collect();
+            if full.len() < 3 {
+                continue;
+            }
+            let windows: Vec<&[f64]> = full.iter().map(|(_, w)| w.as_slice()).collect();
+            let outliers = match peer_outliers(&windows) {
+                PeerVerdict::Outliers(o) => o,
+                PeerVerdict::AllIdentical | PeerVerdict::TooFewMembers => Vec::new(),
+            };
+            let means: Vec<f64> = full
+                .iter()
+                .map(|(_, w)| w.iter().sum::<f64>() / w.len() as f64)
+                .collect();
+            let mut points = Vec::new();
+            for (i, (member, _)) in full.iter().enumerate() {
+                let key = format!("peer:{group_key}:{member}");
+                let is_outlier = outliers.contains(&i);
+                let tracked = self.tracked.get(&key).is_some_and(|t| t.open.is_some());
+                if !is_outlier && !tracked {
+                    continue;
+                }
+                let others: Vec<f64> = means
+                    .iter()
+                    .enumerate()
+                    .filter(|&(j, _)| j != i)
+                    .map(|(_, &v)| v)
+                    .collect();
+                let lower = others.iter().copied().fold(f64::INFINITY, f64::min);
+                let upper = others.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                let mut sorted = others.clone();
+                sorted.sort_by(f64::total_cmp);
+                let mut labels = g.labels.clone();
+                labels.insert(g.member_label.clone(), (*member).clone());
+                labels.insert("peers".into(), others.len().to_string());
+                let signal = SignalRef {
+                    key: key.clone(),
+                    service: g.service.clone(),
+                    name: g.name.clone(),
+                    labels,
+                };
+                let point = PointScore {
+                    timestamp_ms: end,
+                    value: means[i],
+                    expected: sorted[sorted.len() / 2],
+                    lower,
+                    upper,
+                    z: 0.0,
+                    score: if is_outlier { PEER_SCORE } else { 0.0 },
+                    signal: if is_outlier { Signal::Spike } else { Signal::Normal },
+                    seasonal: false,
+                };
+                points.push((key, signal, g.unit.clone(), point));
+            }
+            for (key, signal, unit, point) in points {
+                if !self.tracked.contains_key(&key) {
+                    if self.tracked.len() >= self.cfg.max_series {
+                        self.evict_oldest();
+                    }
+                    self.tracked.insert(
+                        key.clone(),
+                        Tracked {
+                            detector: SeriesDetector::new(),
+                            kind: DetectorKind::MetricPeer,
+                            signal: signal.clone(),
+                            unit,
+                            last_seen_ms: end,
+                            open: None,
+                            peak_signal: Signal::Normal,
+                            quiet: 0,
+                            interval_series: false,
+                        },
+                    );
+                }
+                if let Some(t) = self.tracked.get_mut(&key) {
+                    t.signal = signal;
+                    t.last_seen_ms = end;
+                }
+                let threshold = self.threshold(&key);
+                let sentence = self.feedback.get(&key).and_then(SignalFeedback::sentence);
+                self.apply_point(&key, point, threshold, sentence);
+            }
+        }
+        // Groups that stopped reporting go away after the zero-fill horizon.
+        let horizon = self.cfg.zero_fill_intervals * self.cfg.interval_ms;
+        self.peer_groups.retain(|_, g| end - g.last_seen_ms <= horizon);
     }
 
     /// One log record with its pattern assignment.
@@ -444,6 +629,7 @@ impl Engine {
 
     fn close_interval(&mut self, start: i64, bucket: IntervalBucket) {
         let end = start + self.cfg.interval_ms;
+        self.close_peers(end, bucket.peers);
         let per_min = 60_000.0 / self.cfg.interval_ms as f64;
         let per_sec = 1000.0 / self.cfg.interval_ms as f64;
         let mut seen: Vec<String> = Vec::new();
@@ -590,6 +776,13 @@ impl Engine {
             }
         };
         self.stats.points_scored += 1;
+        self.apply_point(key, point, threshold, sentence);
+    }
+
+    /// Opens, extends or closes the anomaly of `key` with one scored point.
+    fn apply_point(&mut self, key: &str, point: PointScore, threshold: f64, sentence: Option<String>) {
+        let ts_ms = point.timestamp_ms;
+        let Some(t) = self.tracked.get_mut(key) else { return };
         let non_negative = matches!(t.unit.as_str(), "/s" | "/min" | "s" | "ratio");
         if point.score >= threshold {
             t.quiet = 0;
@@ -702,11 +895,28 @@ fn explain(a: &Anomaly, signal: Signal, feedback: Option<&str>) -> String {
             }
         }
         DetectorKind::LogNewPattern => a.signal.name.clone(),
+        DetectorKind::MetricPeer => {
+            let labels: Vec<String> = a
+                .signal
+                .labels
+                .iter()
+                .filter(|(k, _)| *k != "peers")
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            format!("{}{{{}}}", a.signal.name, labels.join(","))
+        }
     };
     let observed = format_value(a.observed, &a.unit);
     let band = format_band(a.lower, a.upper, &a.unit);
     let since = format_time(a.start_ms, a.end_ms);
     let mut s = match signal {
+        _ if a.detector == DetectorKind::MetricPeer => {
+            let peers = a.signal.labels.get("peers").map_or("its", String::as_str);
+            format!(
+                "{subject} averaged {observed} over the last {PEER_WINDOW} intervals while its {peers} peers \
+                 averaged {band}, since {since}"
+            )
+        }
         Signal::FlatLine => format!("{subject} has been stuck at {observed} since {since}"),
         Signal::LevelShift => format!("{subject} shifted to {observed}, expected {band}, since {since}"),
         Signal::Breakout => {

@@ -215,3 +215,89 @@ fn metric_points_with_bad_values_are_rejected_without_panic() {
     assert_eq!(e.stats().points_rejected, 3);
     assert_eq!(e.stats().points_scored, 2);
 }
+
+#[test]
+fn the_one_hot_host_among_its_peers_is_found_and_closed_when_it_cools() {
+    let mut e = engine();
+    for m in 0..80i64 {
+        for h in 0..5u64 {
+            let host = format!("web-{h}");
+            let labels = BTreeMap::from([
+                ("host.name".to_string(), host.clone()),
+                ("mode".to_string(), "user".into()),
+            ]);
+            // web-3 runs hot from minute 40 to 60; everyone else, and web-3 before and after,
+            // wobbles around 20 %.
+            let hot = h == 3 && (40..60).contains(&m);
+            let value = if hot {
+                92.0
+            } else {
+                20.0 + 4.0 * jitter(m as u64 * 5 + h)
+            };
+            let key = format!("cpu|{host}");
+            e.observe_metric(&MetricPoint {
+                key: &key,
+                name: "system.cpu.utilization",
+                service: None,
+                labels: &labels,
+                unit: "%",
+                ts_ms: T0 + m * MIN + 1000,
+                value,
+            });
+        }
+    }
+    e.advance(T0 + 81 * MIN);
+    let all = findings(&mut e);
+    let peer: Vec<_> = all
+        .values()
+        .filter(|a| a.detector == DetectorKind::MetricPeer)
+        .collect();
+    assert_eq!(peer.len(), 1, "{peer:#?}");
+    let a = peer[0];
+    assert_eq!(a.signal.labels.get("host.name").map(String::as_str), Some("web-3"));
+    assert!(!a.open, "closed once web-3 cooled down");
+    assert!(
+        a.start_ms > T0 + 40 * MIN && a.start_ms <= T0 + 51 * MIN,
+        "start {}",
+        (a.start_ms - T0) / MIN
+    );
+    assert!(a.lower >= 20.0 && a.upper <= 24.0, "{a:?}");
+    assert!(
+        a.explanation
+            .starts_with("system.cpu.utilization{host.name=web-3,mode=user} averaged"),
+        "{}",
+        a.explanation
+    );
+    assert!(
+        a.explanation.contains("while its 4 peers averaged"),
+        "{}",
+        a.explanation
+    );
+}
+
+#[test]
+fn identical_peers_are_not_outliers() {
+    let mut e = engine();
+    for m in 0..30i64 {
+        for h in 0..4 {
+            let host = format!("q-{h}");
+            let labels = BTreeMap::from([("host.name".to_string(), host.clone())]);
+            let key = format!("queue|{host}");
+            e.observe_metric(&MetricPoint {
+                key: &key,
+                name: "queue.depth",
+                service: None,
+                labels: &labels,
+                unit: "",
+                ts_ms: T0 + m * MIN,
+                value: 0.0,
+            });
+        }
+    }
+    e.advance(T0 + 31 * MIN);
+    assert!(
+        findings(&mut e)
+            .values()
+            .all(|a| a.detector != DetectorKind::MetricPeer)
+    );
+}
