@@ -71,8 +71,9 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnO
         Arc::clone(&dedup),
     );
 
-    let (pipeline, anomalies, detect_thread) = crate::pipeline::start(&data_dir.join("detect"))
-        .with_context(|| format!("cannot open anomaly store in {}", data_dir.join("detect").display()))?;
+    let (pipeline, anomalies, detect_thread) =
+        crate::pipeline::start(&data_dir.join("detect"), Arc::clone(&metrics))
+            .with_context(|| format!("cannot open anomaly store in {}", data_dir.join("detect").display()))?;
     indexer.set_pipeline(pipeline.clone());
     let pipeline_stop = pipeline.clone();
 

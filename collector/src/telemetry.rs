@@ -65,6 +65,17 @@ pub struct Metrics {
     pub partitions: Gauge,
     pub partitions_dropped: Family<KindLabel, Counter>,
     pub query_seconds: Family<EndpointLabel, Histogram, fn() -> Histogram>,
+    pub detect_series: Gauge,
+    pub detect_points: Counter,
+    pub detect_points_rejected: Counter,
+    pub detect_late_events: Counter,
+    pub detect_series_evicted: Counter,
+    pub anomaly_updates: Family<DetectorLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DetectorLabel {
+    pub detector: &'static str,
 }
 
 impl Default for Metrics {
@@ -87,6 +98,12 @@ impl Default for Metrics {
             partitions: Gauge::default(),
             partitions_dropped: Family::default(),
             query_seconds: Family::new_with_constructor(latency_histogram),
+            detect_series: Gauge::default(),
+            detect_points: Counter::default(),
+            detect_points_rejected: Counter::default(),
+            detect_late_events: Counter::default(),
+            detect_series_evicted: Counter::default(),
+            anomaly_updates: Family::default(),
         };
         if let Ok(mut r) = m.registry.lock() {
             r.register(
@@ -164,6 +181,36 @@ impl Default for Metrics {
                 "query_seconds",
                 "Query API latency by endpoint",
                 m.query_seconds.clone(),
+            );
+            r.register(
+                "detect_series",
+                "Series tracked by the detectors",
+                m.detect_series.clone(),
+            );
+            r.register(
+                "detect_points",
+                "Points scored by the detectors",
+                m.detect_points.clone(),
+            );
+            r.register(
+                "detect_points_rejected",
+                "Points the detectors refused (NaN/inf, late or duplicate timestamps)",
+                m.detect_points_rejected.clone(),
+            );
+            r.register(
+                "detect_late_events",
+                "Log records and spans that arrived after their interval was closed",
+                m.detect_late_events.clone(),
+            );
+            r.register(
+                "detect_series_evicted",
+                "Series dropped at the tracked-series cap (least recently seen first)",
+                m.detect_series_evicted.clone(),
+            );
+            r.register(
+                "anomaly_updates",
+                "Anomalies opened, extended or closed, by detector",
+                m.anomaly_updates.clone(),
             );
         }
         m

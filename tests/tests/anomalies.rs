@@ -169,6 +169,22 @@ async fn latency_regression_and_new_error_pattern_become_anomalies_and_take_feed
     assert!(text.contains("card processor unreachable at"), "{text}");
     assert_eq!(new_pattern["severity"], "critical");
 
+    // The detection thread reports itself on /metrics.
+    let text = client.get(c.api_url("/metrics")).send().await?.text().await?;
+    let value_of = |prefix: &str| {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(
+        value_of("vigil_anomaly_updates_total{detector=\"trace_red\"}") >= 1.0,
+        "{text}"
+    );
+    assert!(value_of("vigil_detect_points_total") >= 200.0, "{text}");
+    assert!(value_of("vigil_detect_series") >= 5.0, "{text}");
+
     // Feedback: bad input is refused with a reason; a verdict is recorded.
     let id = p99["id"].as_str().unwrap_or_default().to_string();
     let (status, body) = post_feedback(&client, &c, &id, r#"{"verdict":"maybe"}"#).await?;

@@ -15,7 +15,10 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::time::Duration;
 
-use vigil_detectors::engine::{Engine, EngineConfig, MetricPoint, Verdict};
+use vigil_detectors::anomaly::DetectorKind;
+use vigil_detectors::engine::{Engine, EngineConfig, EngineStats, MetricPoint, Verdict};
+
+use crate::telemetry::{DetectorLabel, Metrics};
 
 pub use store::{AnomalyStore, FeedbackError};
 
@@ -90,7 +93,10 @@ const QUEUE: usize = 64;
 const IDLE_TICK: Duration = Duration::from_secs(1);
 
 /// Starts the detection thread. It stops when every sender is dropped, after saving.
-pub fn start(data_dir: &Path) -> std::io::Result<(PipelineSender, Arc<AnomalyStore>, std::thread::JoinHandle<()>)> {
+pub fn start(
+    data_dir: &Path,
+    metrics: Arc<Metrics>,
+) -> std::io::Result<(PipelineSender, Arc<AnomalyStore>, std::thread::JoinHandle<()>)> {
     let store = Arc::new(AnomalyStore::open(data_dir)?);
     let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
     let mut engine = Engine::new(EngineConfig::default());
@@ -98,12 +104,13 @@ pub fn start(data_dir: &Path) -> std::io::Result<(PipelineSender, Arc<AnomalySto
     let thread_store = Arc::clone(&store);
     let handle = std::thread::Builder::new()
         .name("vigil-detect".into())
-        .spawn(move || run(engine, rx, &thread_store))?;
+        .spawn(move || run(engine, rx, &thread_store, &metrics))?;
     Ok((PipelineSender(tx), store, handle))
 }
 
-fn run(mut engine: Engine, rx: Receiver<Msg>, store: &AnomalyStore) {
+fn run(mut engine: Engine, rx: Receiver<Msg>, store: &AnomalyStore, metrics: &Metrics) {
     let mut counters: HashMap<u64, (i64, f64)> = HashMap::new();
+    let mut reported = EngineStats::default();
     loop {
         match rx.recv_timeout(IDLE_TICK) {
             Ok(Msg::Inputs(inputs)) => {
@@ -121,13 +128,49 @@ fn run(mut engine: Engine, rx: Receiver<Msg>, store: &AnomalyStore) {
         }
         let updates = engine.drain();
         if !updates.is_empty() {
+            for a in &updates {
+                metrics
+                    .anomaly_updates
+                    .get_or_create(&DetectorLabel {
+                        detector: detector_name(a.detector),
+                    })
+                    .inc();
+            }
             store.upsert(updates);
         }
+        let stats = engine.stats();
+        metrics
+            .detect_series
+            .set(i64::try_from(stats.series).unwrap_or(i64::MAX));
+        metrics
+            .detect_points
+            .inc_by(stats.points_scored - reported.points_scored);
+        metrics
+            .detect_points_rejected
+            .inc_by(stats.points_rejected - reported.points_rejected);
+        metrics
+            .detect_late_events
+            .inc_by(stats.late_events - reported.late_events);
+        metrics
+            .detect_series_evicted
+            .inc_by(stats.series_evicted - reported.series_evicted);
+        reported = stats;
     }
     if let Err(e) = store.flush() {
         tracing::error!(error = %e, "could not save anomalies at shutdown");
     }
     tracing::info!(series = engine.stats().series, "detection stopped");
+}
+
+fn detector_name(kind: DetectorKind) -> &'static str {
+    match kind {
+        DetectorKind::Metric => "metric",
+        DetectorKind::MetricPeer => "metric_peer",
+        DetectorKind::LogNewPattern => "log_new_pattern",
+        DetectorKind::LogPatternRate => "log_pattern_rate",
+        DetectorKind::LogErrorRate => "log_error_rate",
+        DetectorKind::TraceRed => "trace_red",
+    }
 }
 
 fn feed(engine: &mut Engine, counters: &mut HashMap<u64, (i64, f64)>, input: DetectorInput) {
