@@ -1,0 +1,179 @@
+//! Alerting configuration: the routing tree, receivers, inhibition rules and escalation
+//! policies, Alertmanager-shaped so an existing configuration translates line by line.
+//! Durations are in seconds. Every error names the key that is wrong.
+
+use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+use crate::matcher::{Matcher, parse_matchers};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertingConfig {
+    pub route: RouteConfig,
+    pub receivers: Vec<ReceiverConfig>,
+    pub inhibit_rules: Vec<InhibitRuleConfig>,
+    pub escalation_policies: Vec<EscalationPolicyConfig>,
+    /// An alert that stops being re-sent is resolved after this long (Alertmanager's
+    /// `resolve_timeout`).
+    pub resolve_timeout_secs: u64,
+}
+
+impl Default for AlertingConfig {
+    fn default() -> Self {
+        AlertingConfig {
+            route: RouteConfig { receiver: Some("default".into()), ..RouteConfig::default() },
+            receivers: vec![ReceiverConfig { name: "default".into(), ..ReceiverConfig::default() }],
+            inhibit_rules: Vec::new(),
+            escalation_policies: Vec::new(),
+            resolve_timeout_secs: 300,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Inherited from the parent when absent.
+    pub receiver: Option<String>,
+    /// `name="value"`, `name=~"regex"`, … all must match.
+    pub matchers: Vec<String>,
+    pub group_by: Option<Vec<String>>,
+    pub group_wait_secs: Option<u64>,
+    pub group_interval_secs: Option<u64>,
+    pub repeat_interval_secs: Option<u64>,
+    /// Keep looking at later siblings after this route matched.
+    #[serde(rename = "continue")]
+    pub continue_matching: bool,
+    /// Name of an escalation policy for groups of this route.
+    pub escalation: Option<String>,
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReceiverKind {
+    /// Alertmanager v4 webhook payload, extended with Vigil fields.
+    #[default]
+    Webhook,
+    /// Slack-compatible incoming webhook message.
+    Slack,
+    /// PagerDuty Events API v2.
+    Pagerduty,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ReceiverConfig {
+    pub name: String,
+    pub kind: ReceiverKind,
+    /// Where to POST; a receiver without a URL records notifications but sends nothing.
+    pub url: Option<String>,
+    /// PagerDuty integration (routing) key.
+    pub routing_key: Option<String>,
+    /// Per-request timeout.
+    pub timeout_secs: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InhibitRuleConfig {
+    pub source_matchers: Vec<String>,
+    pub target_matchers: Vec<String>,
+    /// Labels that must be equal in source and target.
+    pub equal: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EscalationPolicyConfig {
+    pub name: String,
+    pub steps: Vec<EscalationStepConfig>,
+    /// Times the whole list of steps is run again while nobody acknowledges (0 = once).
+    pub repeat: u32,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EscalationStepConfig {
+    /// Seconds after the previous step (after the first notification for step one).
+    pub wait_secs: u64,
+    pub receivers: Vec<String>,
+}
+
+/// A configuration error, naming the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+fn err(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError { key: key.into(), message: message.into() }
+}
+
+pub(crate) fn parse_matcher_list(list: &[String], key: &str) -> Result<Vec<Matcher>, ConfigError> {
+    let mut out = Vec::new();
+    for (i, m) in list.iter().enumerate() {
+        out.extend(parse_matchers(m).map_err(|e| err(format!("{key}[{i}]"), e.to_string()))?);
+    }
+    Ok(out)
+}
+
+impl AlertingConfig {
+    /// Checks references and syntax; the error names the offending key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut names = BTreeSet::new();
+        for (i, r) in self.receivers.iter().enumerate() {
+            if r.name.is_empty() {
+                return Err(err(format!("receivers[{i}].name"), "must not be empty"));
+            }
+            if !names.insert(r.name.as_str()) {
+                return Err(err(format!("receivers[{i}].name"), format!("duplicate receiver {:?}", r.name)));
+            }
+            if r.kind == ReceiverKind::Pagerduty && r.url.is_some() && r.routing_key.is_none() {
+                return Err(err(format!("receivers[{i}].routing_key"), "required for a pagerduty receiver"));
+            }
+        }
+        let policies: BTreeSet<&str> = self.escalation_policies.iter().map(|p| p.name.as_str()).collect();
+        for (i, p) in self.escalation_policies.iter().enumerate() {
+            for (j, s) in p.steps.iter().enumerate() {
+                for r in &s.receivers {
+                    if !names.contains(r.as_str()) {
+                        return Err(err(
+                            format!("escalation_policies[{i}].steps[{j}].receivers"),
+                            format!("unknown receiver {r:?}"),
+                        ));
+                    }
+                }
+            }
+        }
+        for (i, rule) in self.inhibit_rules.iter().enumerate() {
+            parse_matcher_list(&rule.source_matchers, &format!("inhibit_rules[{i}].source_matchers"))?;
+            parse_matcher_list(&rule.target_matchers, &format!("inhibit_rules[{i}].target_matchers"))?;
+        }
+        if self.route.receiver.is_none() {
+            return Err(err("route.receiver", "the root route needs a receiver"));
+        }
+        fn walk(r: &RouteConfig, key: &str, names: &BTreeSet<&str>, policies: &BTreeSet<&str>) -> Result<(), ConfigError> {
+            if let Some(rc) = &r.receiver
+                && !names.contains(rc.as_str())
+            {
+                return Err(err(format!("{key}.receiver"), format!("unknown receiver {rc:?}")));
+            }
+            if let Some(p) = &r.escalation
+                && !policies.contains(p.as_str())
+            {
+                return Err(err(format!("{key}.escalation"), format!("unknown escalation policy {p:?}")));
+            }
+            parse_matcher_list(&r.matchers, &format!("{key}.matchers"))?;
+            for (i, c) in r.routes.iter().enumerate() {
+                walk(c, &format!("{key}.routes[{i}]"), names, policies)?;
+            }
+            Ok(())
+        }
+        walk(&self.route, "route", &names, &policies)
+    }
+}

@@ -1,0 +1,13 @@
+//! # vigil-alerting
+//!
+//! Where Vigil meets the people on call: alert lifecycle (firing → acknowledged → resolved,
+//! silenced, inhibited), dedup by label fingerprint, Alertmanager-style grouping and routing,
+//! silences, inhibition, escalation policies, signed one-click links, receiver payloads, and
+//! the durable state in redb.
+
+pub mod alert;
+pub mod config;
+pub mod engine;
+pub mod labels;
+pub mod matcher;
+pub mod route;
