@@ -11,3 +11,6 @@ pub mod engine;
 pub mod labels;
 pub mod matcher;
 pub mod route;
+pub mod payload;
+pub mod sign;
+pub mod store;

@@ -1,0 +1,217 @@
+//! Durable alerting state in redb.
+//!
+//! Why redb rather than SQLite: the state is a handful of keyed collections written together
+//! (an alert, its groups, the outbox entries they produced, audit lines), which is exactly a
+//! multi-table ACID transaction in a key-value store; redb is pure Rust (no C toolchain, no
+//! bundled SQLite build in CI), commits with fsync by default, and recovers from a crash to
+//! the last committed transaction. We need no ad-hoc queries: the API reads from memory.
+//!
+//! Values are JSON: readable with any redb tool, and tolerant of added fields.
+
+use std::path::Path;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::alert::AuditEntry;
+use crate::engine::{Changes, Snapshot};
+
+const ALERTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("alerts");
+const GROUPS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("groups");
+const SILENCES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("silences");
+const OUTBOX: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("outbox");
+const NONCES: TableDefinition<'_, &str, i64> = TableDefinition::new("nonces");
+const AUDIT: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("audit");
+const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("alerting database: {0}")]
+    Db(#[from] redb::Error),
+    #[error("alerting database holds an unreadable {table} entry {key:?}: {reason}")]
+    Corrupt { table: &'static str, key: String, reason: String },
+    #[error("could not encode {0}")]
+    Encode(String),
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Db(e.into())
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+pub struct AlertStore {
+    db: Database,
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(v).map_err(|e| StoreError::Encode(e.to_string()))
+}
+
+fn decode<T: DeserializeOwned>(table: &'static str, key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt { table, key: key.to_string(), reason: e.to_string() })
+}
+
+impl AlertStore {
+    pub fn open(path: &Path) -> Result<AlertStore, StoreError> {
+        let db = Database::create(path)?;
+        let tx = db.begin_write()?;
+        {
+            tx.open_table(ALERTS)?;
+            tx.open_table(GROUPS)?;
+            tx.open_table(SILENCES)?;
+            tx.open_table(OUTBOX)?;
+            tx.open_table(NONCES)?;
+            tx.open_table(AUDIT)?;
+            tx.open_table(META)?;
+        }
+        tx.commit()?;
+        Ok(AlertStore { db })
+    }
+
+    /// Everything needed to resume.
+    pub fn load(&self) -> Result<Snapshot, StoreError> {
+        let tx = self.db.begin_read()?;
+        fn all<T: DeserializeOwned>(
+            tx: &redb::ReadTransaction,
+            def: TableDefinition<'_, &str, &[u8]>,
+            name: &'static str,
+        ) -> Result<Vec<T>, StoreError> {
+            let t = tx.open_table(def)?;
+            let mut out = Vec::new();
+            for row in t.iter()? {
+                let (k, v) = row?;
+                out.push(decode(name, k.value(), v.value())?);
+            }
+            Ok(out)
+        }
+        let nonces = {
+            let t = tx.open_table(NONCES)?;
+            let mut out = Vec::new();
+            for row in t.iter()? {
+                let (k, v) = row?;
+                out.push((k.value().to_string(), v.value()));
+            }
+            out
+        };
+        let next_seq = tx.open_table(META)?.get("seq")?.map_or(0, |v| v.value());
+        Ok(Snapshot {
+            alerts: all(&tx, ALERTS, "alerts")?,
+            groups: all(&tx, GROUPS, "groups")?,
+            silences: all(&tx, SILENCES, "silences")?,
+            outbox: all(&tx, OUTBOX, "outbox")?,
+            nonces,
+            next_seq,
+        })
+    }
+
+    /// Writes one batch of changes in one transaction (all or nothing, fsynced).
+    pub fn apply(&self, ch: &Changes) -> Result<(), StoreError> {
+        if ch.is_empty() {
+            return Ok(());
+        }
+        let tx = self.db.begin_write()?;
+        {
+            let mut t = tx.open_table(ALERTS)?;
+            for a in &ch.alerts {
+                t.insert(a.id.as_str(), encode(a)?.as_slice())?;
+            }
+            for id in &ch.alerts_deleted {
+                t.remove(id.as_str())?;
+            }
+            let mut t = tx.open_table(GROUPS)?;
+            for g in &ch.groups {
+                t.insert(g.key.as_str(), encode(g)?.as_slice())?;
+            }
+            for k in &ch.groups_deleted {
+                t.remove(k.as_str())?;
+            }
+            let mut t = tx.open_table(SILENCES)?;
+            for s in &ch.silences {
+                t.insert(s.id.as_str(), encode(s)?.as_slice())?;
+            }
+            let mut t = tx.open_table(OUTBOX)?;
+            for n in &ch.outbox {
+                t.insert(n.id.as_str(), encode(n)?.as_slice())?;
+            }
+            for id in &ch.outbox_deleted {
+                t.remove(id.as_str())?;
+            }
+            let mut t = tx.open_table(NONCES)?;
+            for (n, exp) in &ch.nonces {
+                t.insert(n.as_str(), *exp)?;
+            }
+            let mut t = tx.open_table(AUDIT)?;
+            for e in &ch.audit {
+                t.insert(e.seq, encode(e)?.as_slice())?;
+            }
+            tx.open_table(META)?.insert("seq", ch.next_seq)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Audit entries with `seq > after`, oldest first, at most `limit`.
+    pub fn audit(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(AUDIT)?;
+        let mut out = Vec::new();
+        for row in t.range(after.saturating_add(1)..)? {
+            let (k, v) = row?;
+            out.push(decode("audit", &k.value().to_string(), v.value())?);
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alert::AlertInput;
+    use crate::config::AlertingConfig;
+    use crate::engine::Alerting;
+
+    #[test]
+    fn state_survives_reopening_the_database() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("alerting.redb");
+        let t0 = 1_795_392_000_000;
+        let id = {
+            let store = AlertStore::open(&path).expect("open");
+            let mut a = Alerting::new(AlertingConfig::default()).expect("config");
+            let id = a.upsert(
+                AlertInput { labels: [("alertname".to_string(), "X".to_string())].into(), ..AlertInput::default() },
+                t0,
+            );
+            a.tick(t0 + 30_000);
+            a.ack(&id, "ana", t0 + 31_000).expect("ack");
+            store.apply(&a.take_changes()).expect("apply");
+            id
+        };
+        let store = AlertStore::open(&path).expect("reopen");
+        let snap = store.load().expect("load");
+        assert_eq!(snap.alerts.len(), 1);
+        assert_eq!(snap.alerts[0].acknowledged_by.as_deref(), Some("ana"));
+        assert_eq!(snap.outbox.len(), 1, "the undelivered notification is still queued");
+        assert_eq!(snap.groups.len(), 1);
+        let audit = store.audit(0, 10).expect("audit");
+        assert_eq!(audit.len(), 1);
+        assert_eq!((audit[0].action.as_str(), audit[0].target.as_str()), ("ack", id.as_str()));
+        assert!(snap.next_seq >= audit[0].seq);
+    }
+}
