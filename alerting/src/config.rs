@@ -23,8 +23,14 @@ pub struct AlertingConfig {
 impl Default for AlertingConfig {
     fn default() -> Self {
         AlertingConfig {
-            route: RouteConfig { receiver: Some("default".into()), ..RouteConfig::default() },
-            receivers: vec![ReceiverConfig { name: "default".into(), ..ReceiverConfig::default() }],
+            route: RouteConfig {
+                receiver: Some("default".into()),
+                ..RouteConfig::default()
+            },
+            receivers: vec![ReceiverConfig {
+                name: "default".into(),
+                ..ReceiverConfig::default()
+            }],
             inhibit_rules: Vec::new(),
             escalation_policies: Vec::new(),
             resolve_timeout_secs: 300,
@@ -111,7 +117,10 @@ pub struct ConfigError {
 }
 
 fn err(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError { key: key.into(), message: message.into() }
+    ConfigError {
+        key: key.into(),
+        message: message.into(),
+    }
 }
 
 pub(crate) fn parse_matcher_list(list: &[String], key: &str) -> Result<Vec<Matcher>, ConfigError> {
@@ -131,10 +140,16 @@ impl AlertingConfig {
                 return Err(err(format!("receivers[{i}].name"), "must not be empty"));
             }
             if !names.insert(r.name.as_str()) {
-                return Err(err(format!("receivers[{i}].name"), format!("duplicate receiver {:?}", r.name)));
+                return Err(err(
+                    format!("receivers[{i}].name"),
+                    format!("duplicate receiver {:?}", r.name),
+                ));
             }
             if r.kind == ReceiverKind::Pagerduty && r.url.is_some() && r.routing_key.is_none() {
-                return Err(err(format!("receivers[{i}].routing_key"), "required for a pagerduty receiver"));
+                return Err(err(
+                    format!("receivers[{i}].routing_key"),
+                    "required for a pagerduty receiver",
+                ));
             }
         }
         let policies: BTreeSet<&str> = self.escalation_policies.iter().map(|p| p.name.as_str()).collect();
@@ -157,7 +172,12 @@ impl AlertingConfig {
         if self.route.receiver.is_none() {
             return Err(err("route.receiver", "the root route needs a receiver"));
         }
-        fn walk(r: &RouteConfig, key: &str, names: &BTreeSet<&str>, policies: &BTreeSet<&str>) -> Result<(), ConfigError> {
+        fn walk(
+            r: &RouteConfig,
+            key: &str,
+            names: &BTreeSet<&str>,
+            policies: &BTreeSet<&str>,
+        ) -> Result<(), ConfigError> {
             if let Some(rc) = &r.receiver
                 && !names.contains(rc.as_str())
             {
@@ -166,7 +186,10 @@ impl AlertingConfig {
             if let Some(p) = &r.escalation
                 && !policies.contains(p.as_str())
             {
-                return Err(err(format!("{key}.escalation"), format!("unknown escalation policy {p:?}")));
+                return Err(err(
+                    format!("{key}.escalation"),
+                    format!("unknown escalation policy {p:?}"),
+                ));
             }
             parse_matcher_list(&r.matchers, &format!("{key}.matchers"))?;
             for (i, c) in r.routes.iter().enumerate() {

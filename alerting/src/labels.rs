@@ -10,7 +10,13 @@ pub type LabelSet = BTreeMap<String, String>;
 pub fn fingerprint(labels: &LabelSet) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for (k, v) in labels {
-        for b in k.as_bytes().iter().chain([0xffu8].iter()).chain(v.as_bytes()).chain([0xfeu8].iter()) {
+        for b in k
+            .as_bytes()
+            .iter()
+            .chain([0xffu8].iter())
+            .chain(v.as_bytes())
+            .chain([0xfeu8].iter())
+        {
             h ^= u64::from(*b);
             h = h.wrapping_mul(0x0100_0000_01b3);
         }
@@ -23,7 +29,9 @@ pub fn project(labels: &LabelSet, keys: &[String]) -> LabelSet {
     if keys.iter().any(|k| k == "...") {
         return labels.clone();
     }
-    keys.iter().filter_map(|k| labels.get(k).map(|v| (k.clone(), v.clone()))).collect()
+    keys.iter()
+        .filter_map(|k| labels.get(k).map(|v| (k.clone(), v.clone())))
+        .collect()
 }
 
 #[cfg(test)]
@@ -36,7 +44,10 @@ mod tests {
 
     #[test]
     fn fingerprint_is_order_independent_and_unambiguous() {
-        assert_eq!(fingerprint(&set(&[("a", "1"), ("b", "2")])), fingerprint(&set(&[("b", "2"), ("a", "1")])));
+        assert_eq!(
+            fingerprint(&set(&[("a", "1"), ("b", "2")])),
+            fingerprint(&set(&[("b", "2"), ("a", "1")]))
+        );
         // Separators keep "ab=c" and "a=bc" apart.
         assert_ne!(fingerprint(&set(&[("ab", "c")])), fingerprint(&set(&[("a", "bc")])));
         assert_eq!(fingerprint(&set(&[])).len(), 16);
@@ -45,7 +56,10 @@ mod tests {
     #[test]
     fn projection_keeps_named_labels_or_all() {
         let l = set(&[("alertname", "HighCPU"), ("host", "a"), ("env", "prod")]);
-        assert_eq!(project(&l, &["alertname".into(), "missing".into()]), set(&[("alertname", "HighCPU")]));
+        assert_eq!(
+            project(&l, &["alertname".into(), "missing".into()]),
+            set(&[("alertname", "HighCPU")])
+        );
         assert_eq!(project(&l, &["...".into()]), l);
     }
 }

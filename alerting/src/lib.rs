@@ -10,7 +10,7 @@ pub mod config;
 pub mod engine;
 pub mod labels;
 pub mod matcher;
-pub mod route;
 pub mod payload;
+pub mod route;
 pub mod sign;
 pub mod store;

@@ -47,7 +47,11 @@ fn yes() -> bool {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MatcherError {
     #[error("bad regular expression {regex:?} for label {name:?}: {reason}")]
-    BadRegex { name: String, regex: String, reason: String },
+    BadRegex {
+        name: String,
+        regex: String,
+        reason: String,
+    },
     #[error("bad matcher {0:?}: expected name=\"value\", name!=\"value\", name=~\"regex\" or name!~\"regex\"")]
     Syntax(String),
     #[error("bad label name {0:?}: use letters, digits and underscores (dots allowed), not starting with a digit")]
@@ -90,12 +94,23 @@ impl Matcher {
             return Err(MatcherError::BadName(name.to_string()));
         }
         let regex = match op {
-            MatchOp::Regex | MatchOp::NotRegex => Some(Regex::new(&format!("^(?:{value})$")).map_err(|e| {
-                MatcherError::BadRegex { name: name.to_string(), regex: value.to_string(), reason: e.to_string() }
-            })?),
+            MatchOp::Regex | MatchOp::NotRegex => {
+                Some(
+                    Regex::new(&format!("^(?:{value})$")).map_err(|e| MatcherError::BadRegex {
+                        name: name.to_string(),
+                        regex: value.to_string(),
+                        reason: e.to_string(),
+                    })?,
+                )
+            }
             _ => None,
         };
-        Ok(Matcher { name: name.to_string(), op, value: value.to_string(), regex })
+        Ok(Matcher {
+            name: name.to_string(),
+            op,
+            value: value.to_string(),
+            regex,
+        })
     }
 
     pub fn matches(&self, labels: &LabelSet) -> bool {
@@ -181,7 +196,11 @@ pub fn parse_matchers(text: &str) -> Result<Vec<Matcher>, MatcherError> {
         }
     }
     parts.push(cur);
-    parts.into_iter().filter(|p| !p.trim().is_empty()).map(|p| Matcher::parse(&p)).collect()
+    parts
+        .into_iter()
+        .filter(|p| !p.trim().is_empty())
+        .map(|p| Matcher::parse(&p))
+        .collect()
 }
 
 /// All matchers match.
@@ -221,7 +240,11 @@ mod tests {
     #[test]
     fn bad_input_says_what_was_wrong() {
         let e = Matcher::parse(r#"host=~"web-(""#).expect_err("bad regex");
-        assert!(e.to_string().contains("bad regular expression \"web-(\" for label \"host\""), "{e}");
+        assert!(
+            e.to_string()
+                .contains("bad regular expression \"web-(\" for label \"host\""),
+            "{e}"
+        );
         assert!(matches!(Matcher::parse("justtext"), Err(MatcherError::Syntax(_))));
         assert!(matches!(Matcher::parse(r#"1abc="x""#), Err(MatcherError::BadName(_))));
     }
@@ -230,10 +253,17 @@ mod tests {
     fn json_form_round_trips() {
         let m = Matcher::parse(r#"host!~"web-.*""#).expect("valid");
         let json = serde_json::to_string(&m).expect("serializes");
-        assert_eq!(json, r#"{"name":"host","value":"web-.*","isRegex":true,"isEqual":false}"#);
+        assert_eq!(
+            json,
+            r#"{"name":"host","value":"web-.*","isRegex":true,"isEqual":false}"#
+        );
         let back: Matcher = serde_json::from_str(&json).expect("parses");
         assert_eq!(back.op, MatchOp::NotRegex);
         let bad: Result<Matcher, _> = serde_json::from_str(r#"{"name":"h","value":"(","isRegex":true}"#);
-        assert!(bad.expect_err("bad regex").to_string().contains("bad regular expression"));
+        assert!(
+            bad.expect_err("bad regex")
+                .to_string()
+                .contains("bad regular expression")
+        );
     }
 }

@@ -34,7 +34,9 @@ fn rfc3339(ms: i64) -> String {
 
 /// Labels every alert of the notification shares.
 fn common(alerts: &[Alert], get: impl Fn(&Alert) -> &LabelSet) -> LabelSet {
-    let Some(first) = alerts.first() else { return LabelSet::new() };
+    let Some(first) = alerts.first() else {
+        return LabelSet::new();
+    };
     get(first)
         .iter()
         .filter(|(k, v)| alerts.iter().all(|a| get(a).get(*k) == Some(*v)))
@@ -43,7 +45,11 @@ fn common(alerts: &[Alert], get: impl Fn(&Alert) -> &LabelSet) -> LabelSet {
 }
 
 fn alert_status(a: &Alert) -> &'static str {
-    if a.state == AlertState::Resolved { "resolved" } else { "firing" }
+    if a.state == AlertState::Resolved {
+        "resolved"
+    } else {
+        "firing"
+    }
 }
 
 pub fn body(receiver: &ReceiverConfig, n: &Notification, ctx: &Context<'_>) -> Value {
@@ -114,7 +120,11 @@ fn webhook(receiver: &ReceiverConfig, n: &Notification, ctx: &Context<'_>) -> Va
 }
 
 fn title(n: &Notification) -> String {
-    let name = n.group_labels.get("alertname").cloned().unwrap_or_else(|| "alert".into());
+    let name = n
+        .group_labels
+        .get("alertname")
+        .cloned()
+        .unwrap_or_else(|| "alert".into());
     let firing = n.alerts.iter().filter(|a| a.state != AlertState::Resolved).count();
     let escalation = n.step.map(|s| format!(" (escalation step {s})")).unwrap_or_default();
     if n.status == "resolved" {
@@ -127,9 +137,17 @@ fn title(n: &Notification) -> String {
 fn slack(n: &Notification, ctx: &Context<'_>) -> Value {
     let mut lines = vec![format!("*{}*", title(n))];
     for a in &n.alerts {
-        let summary = a.annotations.get("summary").or_else(|| a.annotations.get("description")).cloned().unwrap_or_default();
+        let summary = a
+            .annotations
+            .get("summary")
+            .or_else(|| a.annotations.get("description"))
+            .cloned()
+            .unwrap_or_default();
         let mut line = format!("• {} {}", alert_status(a), summary);
-        if let Some(url) = (a.state == AlertState::Firing).then(|| (ctx.link)(n, a, LinkAction::Ack)).flatten() {
+        if let Some(url) = (a.state == AlertState::Firing)
+            .then(|| (ctx.link)(n, a, LinkAction::Ack))
+            .flatten()
+        {
             line.push_str(&format!(" <{url}|Acknowledge>"));
         }
         lines.push(line);
@@ -189,10 +207,14 @@ mod tests {
         let mut a = Alerting::new(AlertingConfig::default()).expect("config");
         let id = a.upsert(
             AlertInput {
-                labels: [("alertname", "HighLatency"), ("service", "checkout"), ("severity", "critical")]
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect(),
+                labels: [
+                    ("alertname", "HighLatency"),
+                    ("service", "checkout"),
+                    ("severity", "critical"),
+                ]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
                 annotations: [("summary".to_string(), "p99 over 2 s".to_string())].into(),
                 ..AlertInput::default()
             },
@@ -215,8 +237,14 @@ mod tests {
     #[test]
     fn webhook_is_alertmanager_v4_plus_vigil_fields() {
         let n = notification(false);
-        let ctx = Context { external_url: "http://vigil", link: &ctx_link };
-        let r = ReceiverConfig { name: "hook".into(), ..ReceiverConfig::default() };
+        let ctx = Context {
+            external_url: "http://vigil",
+            link: &ctx_link,
+        };
+        let r = ReceiverConfig {
+            name: "hook".into(),
+            ..ReceiverConfig::default()
+        };
         let v = body(&r, &n, &ctx);
         assert_eq!(v["version"], "4");
         assert_eq!(v["status"], "firing");
@@ -232,7 +260,10 @@ mod tests {
 
     #[test]
     fn pagerduty_uses_the_group_key_and_the_right_action() {
-        let ctx = Context { external_url: "http://vigil", link: &ctx_link };
+        let ctx = Context {
+            external_url: "http://vigil",
+            link: &ctx_link,
+        };
         let r = ReceiverConfig {
             name: "pd".into(),
             kind: ReceiverKind::Pagerduty,
@@ -241,10 +272,23 @@ mod tests {
         };
         let n = notification(false);
         let v = body(&r, &n, &ctx);
-        assert_eq!((v["event_action"].as_str(), v["dedup_key"].as_str()), (Some("trigger"), Some(n.group_key.as_str())));
+        assert_eq!(
+            (v["event_action"].as_str(), v["dedup_key"].as_str()),
+            (Some("trigger"), Some(n.group_key.as_str()))
+        );
         assert_eq!(v["payload"]["severity"], "critical");
         assert_eq!(v["payload"]["summary"], "[FIRING:1] HighLatency");
-        let slack = body(&ReceiverConfig { kind: ReceiverKind::Slack, ..r }, &n, &ctx);
-        assert!(slack["text"].as_str().unwrap_or_default().contains("|Acknowledge>"), "{slack}");
+        let slack = body(
+            &ReceiverConfig {
+                kind: ReceiverKind::Slack,
+                ..r
+            },
+            &n,
+            &ctx,
+        );
+        assert!(
+            slack["text"].as_str().unwrap_or_default().contains("|Acknowledge>"),
+            "{slack}"
+        );
     }
 }

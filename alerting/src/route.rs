@@ -134,8 +134,14 @@ mod tests {
     #[test]
     fn first_match_wins_unless_continue_and_leaves_win_over_parents() {
         let t = tree();
-        assert_eq!(receivers(&t, &labels(&[("team", "db"), ("severity", "critical")])), ["db-pager"]);
-        assert_eq!(receivers(&t, &labels(&[("severity", "critical")])), ["oncall", "audit-log"]);
+        assert_eq!(
+            receivers(&t, &labels(&[("team", "db"), ("severity", "critical")])),
+            ["db-pager"]
+        );
+        assert_eq!(
+            receivers(&t, &labels(&[("severity", "critical")])),
+            ["oncall", "audit-log"]
+        );
         assert_eq!(
             receivers(&t, &labels(&[("severity", "page"), ("service", "checkout")])),
             ["payments"],

@@ -27,16 +27,30 @@ fn mac(secret: &[u8], parts: &[&[u8]]) -> Vec<u8> {
 
 /// The signature header value for a request body sent at `timestamp_secs`.
 pub fn sign_body(secret: &[u8], timestamp_secs: i64, body: &[u8]) -> String {
-    format!("v1={}", hex::encode(mac(secret, &[timestamp_secs.to_string().as_bytes(), b".", body])))
+    format!(
+        "v1={}",
+        hex::encode(mac(secret, &[timestamp_secs.to_string().as_bytes(), b".", body]))
+    )
 }
 
 /// What a receiver does: recompute and compare in constant time; reject old timestamps.
-pub fn verify_body(secret: &[u8], timestamp_secs: i64, body: &[u8], header: &str, now_secs: i64, tolerance_secs: i64) -> bool {
+pub fn verify_body(
+    secret: &[u8],
+    timestamp_secs: i64,
+    body: &[u8],
+    header: &str,
+    now_secs: i64,
+    tolerance_secs: i64,
+) -> bool {
     if (now_secs - timestamp_secs).abs() > tolerance_secs {
         return false;
     }
-    let Some(sig) = header.strip_prefix("v1=").and_then(|h| hex::decode(h).ok()) else { return false };
-    let Ok(mut m) = HmacSha256::new_from_slice(secret) else { return false };
+    let Some(sig) = header.strip_prefix("v1=").and_then(|h| hex::decode(h).ok()) else {
+        return false;
+    };
+    let Ok(mut m) = HmacSha256::new_from_slice(secret) else {
+        return false;
+    };
     m.update(timestamp_secs.to_string().as_bytes());
     m.update(b".");
     m.update(body);
@@ -86,7 +100,10 @@ pub enum LinkError {
     #[error("link was already used")]
     Replayed,
     #[error("link is for {actual}, not {expected}")]
-    WrongPurpose { expected: &'static str, actual: &'static str },
+    WrongPurpose {
+        expected: &'static str,
+        actual: &'static str,
+    },
 }
 
 /// A unique nonce for one link: derived from what the link is for, so the same notification
@@ -98,7 +115,13 @@ pub fn nonce_for(notification_id: &str, alert_id: &str, action: LinkAction) -> S
 
 /// `<alert id>.<action>.<expires ms>.<nonce>.<hex signature>` — URL-safe as is.
 pub fn sign_link(secret: &[u8], link: &ActionLink) -> String {
-    let payload = format!("{}.{}.{}.{}", link.alert_id, link.action.as_str(), link.expires_ms, link.nonce);
+    let payload = format!(
+        "{}.{}.{}.{}",
+        link.alert_id,
+        link.action.as_str(),
+        link.expires_ms,
+        link.nonce
+    );
     format!("{payload}.{}", hex::encode(mac(secret, &[payload.as_bytes()])))
 }
 
@@ -106,7 +129,9 @@ pub fn sign_link(secret: &[u8], link: &ActionLink) -> String {
 pub fn verify_link(secret: &[u8], token: &str, now_ms: i64) -> Result<ActionLink, LinkError> {
     let (payload, sig) = token.rsplit_once('.').ok_or(LinkError::Malformed)?;
     let sig = hex::decode(sig).map_err(|_| LinkError::Malformed)?;
-    let Ok(mut m) = HmacSha256::new_from_slice(secret) else { return Err(LinkError::Malformed) };
+    let Ok(mut m) = HmacSha256::new_from_slice(secret) else {
+        return Err(LinkError::Malformed);
+    };
     m.update(payload.as_bytes());
     m.verify_slice(&sig).map_err(|_| LinkError::BadSignature)?;
     let mut parts = payload.split('.');
@@ -120,7 +145,12 @@ pub fn verify_link(secret: &[u8], token: &str, now_ms: i64) -> Result<ActionLink
     if now_ms >= expires_ms {
         return Err(LinkError::Expired);
     }
-    Ok(ActionLink { alert_id: alert_id.to_string(), action, expires_ms, nonce: nonce.to_string() })
+    Ok(ActionLink {
+        alert_id: alert_id.to_string(),
+        action,
+        expires_ms,
+        nonce: nonce.to_string(),
+    })
 }
 
 #[cfg(test)]
@@ -131,10 +161,38 @@ mod tests {
     fn body_signatures_verify_and_reject_tampering_and_old_timestamps() {
         let sig = sign_body(b"s3cret", 1_700_000_000, b"{\"a\":1}");
         assert!(sig.starts_with("v1=") && sig.len() == 3 + 64);
-        assert!(verify_body(b"s3cret", 1_700_000_000, b"{\"a\":1}", &sig, 1_700_000_010, 300));
-        assert!(!verify_body(b"s3cret", 1_700_000_000, b"{\"a\":2}", &sig, 1_700_000_010, 300));
-        assert!(!verify_body(b"other", 1_700_000_000, b"{\"a\":1}", &sig, 1_700_000_010, 300));
-        assert!(!verify_body(b"s3cret", 1_700_000_000, b"{\"a\":1}", &sig, 1_700_001_000, 300));
+        assert!(verify_body(
+            b"s3cret",
+            1_700_000_000,
+            b"{\"a\":1}",
+            &sig,
+            1_700_000_010,
+            300
+        ));
+        assert!(!verify_body(
+            b"s3cret",
+            1_700_000_000,
+            b"{\"a\":2}",
+            &sig,
+            1_700_000_010,
+            300
+        ));
+        assert!(!verify_body(
+            b"other",
+            1_700_000_000,
+            b"{\"a\":1}",
+            &sig,
+            1_700_000_010,
+            300
+        ));
+        assert!(!verify_body(
+            b"s3cret",
+            1_700_000_000,
+            b"{\"a\":1}",
+            &sig,
+            1_700_001_000,
+            300
+        ));
     }
 
     #[test]
@@ -152,7 +210,13 @@ mod tests {
         assert_eq!(verify_link(b"k", &tampered, 1_000), Err(LinkError::BadSignature));
         assert_eq!(verify_link(b"k2", &token, 1_000), Err(LinkError::BadSignature));
         assert_eq!(verify_link(b"k", "nonsense", 1_000), Err(LinkError::Malformed));
-        assert_eq!(nonce_for("n1", "a", LinkAction::Ack), nonce_for("n1", "a", LinkAction::Ack));
-        assert_ne!(nonce_for("n1", "a", LinkAction::Ack), nonce_for("n2", "a", LinkAction::Ack));
+        assert_eq!(
+            nonce_for("n1", "a", LinkAction::Ack),
+            nonce_for("n1", "a", LinkAction::Ack)
+        );
+        assert_ne!(
+            nonce_for("n1", "a", LinkAction::Ack),
+            nonce_for("n2", "a", LinkAction::Ack)
+        );
     }
 }

@@ -30,7 +30,11 @@ pub enum StoreError {
     #[error("alerting database: {0}")]
     Db(#[from] redb::Error),
     #[error("alerting database holds an unreadable {table} entry {key:?}: {reason}")]
-    Corrupt { table: &'static str, key: String, reason: String },
+    Corrupt {
+        table: &'static str,
+        key: String,
+        reason: String,
+    },
     #[error("could not encode {0}")]
     Encode(String),
 }
@@ -61,7 +65,11 @@ fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
 }
 
 fn decode<T: DeserializeOwned>(table: &'static str, key: &str, bytes: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt { table, key: key.to_string(), reason: e.to_string() })
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+        table,
+        key: key.to_string(),
+        reason: e.to_string(),
+    })
 }
 
 impl AlertStore {
@@ -195,7 +203,10 @@ mod tests {
             let store = AlertStore::open(&path).expect("open");
             let mut a = Alerting::new(AlertingConfig::default()).expect("config");
             let id = a.upsert(
-                AlertInput { labels: [("alertname".to_string(), "X".to_string())].into(), ..AlertInput::default() },
+                AlertInput {
+                    labels: [("alertname".to_string(), "X".to_string())].into(),
+                    ..AlertInput::default()
+                },
                 t0,
             );
             a.tick(t0 + 30_000);
@@ -211,7 +222,10 @@ mod tests {
         assert_eq!(snap.groups.len(), 1);
         let audit = store.audit(0, 10).expect("audit");
         assert_eq!(audit.len(), 1);
-        assert_eq!((audit[0].action.as_str(), audit[0].target.as_str()), ("ack", id.as_str()));
+        assert_eq!(
+            (audit[0].action.as_str(), audit[0].target.as_str()),
+            ("ack", id.as_str())
+        );
         assert!(snap.next_seq >= audit[0].seq);
     }
 }

@@ -71,9 +71,27 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnO
         Arc::clone(&dedup),
     );
 
-    let (pipeline, anomalies, detect_thread) =
-        crate::pipeline::start(&data_dir.join("detect"), Arc::clone(&metrics))
-            .with_context(|| format!("cannot open anomaly store in {}", data_dir.join("detect").display()))?;
+    // rustls needs one process-wide provider for outgoing requests (receivers).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let external_url = config
+        .api
+        .external_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{}", config.api.addr));
+    let alerts = crate::alerts::AlertService::open(
+        config.alerting.clone(),
+        &data_dir.join("alerting"),
+        external_url,
+        config.api.link_ttl_secs,
+    )
+    .with_context(|| format!("cannot open alerting state in {}", data_dir.join("alerting").display()))?;
+    let bridge = Arc::clone(&alerts);
+    let (pipeline, anomalies, detect_thread) = crate::pipeline::start(
+        &data_dir.join("detect"),
+        Arc::clone(&metrics),
+        Box::new(move |updates| bridge.on_anomalies(updates)),
+    )
+    .with_context(|| format!("cannot open anomaly store in {}", data_dir.join("detect").display()))?;
     indexer.set_pipeline(pipeline.clone());
     let pipeline_stop = pipeline.clone();
 
@@ -132,7 +150,11 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnO
         retention_hours: config.storage.retention_hours,
         anomalies,
         pipeline,
+        alerts: Arc::clone(&alerts),
+        responder: TokenCheck::new(config.auth.responder_token.as_ref()),
     };
+    let alerting_stop = CancellationToken::new();
+    let alerting_task = tokio::spawn(Arc::clone(&alerts).run(alerting_stop.clone()));
 
     let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
     let bind = |addr: SocketAddr, key: &'static str| async move {
@@ -148,6 +170,9 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnO
         otlp_http: http_listener.local_addr()?,
         api: api_listener.local_addr()?,
     };
+    if config.api.external_url.is_none() {
+        alerts.set_external_url(&format!("http://{}", bound.api));
+    }
 
     let stop_accepting = CancellationToken::new();
     let servers = [
@@ -195,6 +220,8 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnO
     // indexer commit and exit.
     appender.close().await;
     drop(appender);
+    alerting_stop.cancel();
+    let _ = alerting_task.await;
     tokio::task::spawn_blocking(move || {
         let _ = wal_thread.join();
         let _ = indexer_thread.join();

@@ -16,6 +16,10 @@ impl TokenCheck {
         }
     }
 
+    pub fn is_configured(&self) -> bool {
+        self.expected.is_some()
+    }
+
     /// `header` is the raw `authorization` value, if any.
     pub fn check(&self, header: Option<&[u8]>) -> bool {
         match (&self.expected, header) {

@@ -70,6 +70,7 @@ impl Cli {
         for (var, slot) in [
             ("VIGIL_INGEST_TOKEN", &mut config.auth.ingest_token),
             ("VIGIL_API_TOKEN", &mut config.auth.api_token),
+            ("VIGIL_RESPONDER_TOKEN", &mut config.auth.responder_token),
         ] {
             if let Ok(value) = std::env::var(var)
                 && !value.is_empty()

@@ -40,6 +40,8 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     pub storage: StorageConfig,
     pub wal: WalConfig,
+    /// Routing tree, receivers, inhibition rules and escalation policies.
+    pub alerting: vigil_alerting::config::AlertingConfig,
 }
 
 impl Default for Config {
@@ -52,6 +54,7 @@ impl Default for Config {
             tls: None,
             storage: StorageConfig::default(),
             wal: WalConfig::default(),
+            alerting: vigil_alerting::config::AlertingConfig::default(),
         }
     }
 }
@@ -103,6 +106,11 @@ pub struct ApiConfig {
     pub addr: SocketAddr,
     /// Upper bound on `limit` in search requests.
     pub max_results: usize,
+    /// Base URL under which people reach the API (for links in notifications); defaults to
+    /// `http://<api.addr>`.
+    pub external_url: Option<String>,
+    /// Lifetime of the one-click acknowledge/resolve links in notifications.
+    pub link_ttl_secs: u64,
 }
 
 impl Default for ApiConfig {
@@ -110,6 +118,8 @@ impl Default for ApiConfig {
         ApiConfig {
             addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_results: 10_000,
+            external_url: None,
+            link_ttl_secs: 86_400,
         }
     }
 }
@@ -123,6 +133,9 @@ pub struct AuthConfig {
     pub ingest_token: Option<Secret>,
     /// Required on API requests when set.
     pub api_token: Option<Secret>,
+    /// Lets on-call responders acknowledge, resolve, comment and give feedback (and nothing
+    /// else) when set; the API token can do all of it too.
+    pub responder_token: Option<Secret>,
 }
 
 /// TLS for every listener (OTLP gRPC, OTLP HTTP, API).
@@ -192,6 +205,8 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("invalid value for `{key}`: {message}")]
     Invalid { key: &'static str, message: String },
+    #[error("invalid value for `alerting.{key}`: {message}")]
+    Alerting { key: String, message: String },
 }
 
 impl Config {
@@ -257,6 +272,13 @@ impl Config {
                 format!("{} is below tantivy's minimum of 15", self.storage.writer_memory_mb),
             );
         }
+        self.alerting.validate().map_err(|e| ConfigError::Alerting {
+            key: e.key,
+            message: e.message,
+        })?;
+        if self.api.link_ttl_secs == 0 {
+            return invalid("api.link_ttl_secs", "must be greater than 0".into());
+        }
         if self.wal.queue_len == 0 {
             return invalid("wal.queue_len", "must be greater than 0".into());
         }
@@ -266,6 +288,7 @@ impl Config {
         for (key, token) in [
             ("auth.ingest_token", &self.auth.ingest_token),
             ("auth.api_token", &self.auth.api_token),
+            ("auth.responder_token", &self.auth.responder_token),
         ] {
             if let Some(t) = token
                 && t.expose().len() < 16

@@ -9,6 +9,7 @@
 //! (group-committed, fsynced) → [`storage`] indexer thread (commit every interval,
 //! checkpoint LSN in each commit) → [`api`] queries.
 
+pub mod alerts;
 pub mod api;
 pub mod app;
 pub mod auth;

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 
 pub mod otlp;
+pub mod receiver;
 
 /// Builds the collector binary once per test process and returns its path.
 ///
@@ -93,6 +94,9 @@ impl Collector {
     }
 
     pub fn start_with(options: Options) -> Result<Collector> {
+        // The workspace builds reqwest with rustls and no default crypto provider (the
+        // collector picks ring explicitly); clients made in tests need one installed.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let (temp, data_dir) = match &options.data_dir {
             Some(d) => (None, d.clone()),
             None => {
@@ -120,6 +124,9 @@ impl Collector {
             .env("VIGIL_LOG", "info")
             .env_remove("VIGIL_INGEST_TOKEN")
             .env_remove("VIGIL_API_TOKEN")
+            .env_remove("VIGIL_RESPONDER_TOKEN")
+            .env_remove("VIGIL_LINK_SECRET")
+            .env_remove("VIGIL_WEBHOOK_SECRET")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(stderr);

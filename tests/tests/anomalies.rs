@@ -223,6 +223,36 @@ async fn latency_regression_and_new_error_pattern_become_anomalies_and_take_feed
         (Some(1), Some(1)),
         "{body}"
     );
+
+    // Warning and critical anomalies become alerts; feedback on the alert reaches the
+    // detectors through the anomaly it came from.
+    let (_, alerts) = get_json(&client, &c.api_url("/api/v1/alerts")).await?;
+    let alert = alerts["alerts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|a| a["annotations"]["vigil_anomaly_id"] == id.as_str())
+        .cloned()
+        .unwrap_or(Value::Null);
+    assert_eq!(alert["labels"]["alertname"], "VigilAnomaly", "{alerts}");
+    assert_eq!(alert["labels"]["service"], "checkout");
+    assert_eq!(alert["labels"]["signal"], "red:checkout:POST /pay:p99");
+    let alert_id = alert["id"].as_str().unwrap_or_default();
+    let response = client
+        .post(c.api_url(&format!("/api/v1/alerts/{alert_id}/feedback")))
+        .json(&serde_json::json!({"verdict": "noise", "by": "ana"}))
+        .send()
+        .await?;
+    assert_eq!(response.status().as_u16(), 200);
+    let body: Value = response.json().await?;
+    assert_eq!(body["forwarded_to_detectors"], true, "{body}");
+    let (status, body) = post_feedback(&client, &c, &id, r#"{"verdict":"real"}"#).await?;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (body["noise"].as_u64(), body["real"].as_u64()),
+        (Some(2), Some(2)),
+        "{body}"
+    );
     Ok(())
 }
 

@@ -198,7 +198,11 @@ impl Alerting {
                 equal: r.equal.clone(),
             });
         }
-        let policies = cfg.escalation_policies.iter().map(|p| (p.name.clone(), p.clone())).collect();
+        let policies = cfg
+            .escalation_policies
+            .iter()
+            .map(|p| (p.name.clone(), p.clone()))
+            .collect();
         Ok(Alerting {
             cfg,
             routes,
@@ -290,7 +294,11 @@ impl Alerting {
                     id: id.clone(),
                     labels: input.labels,
                     annotations: input.annotations,
-                    state: if resolved_now { AlertState::Resolved } else { AlertState::Firing },
+                    state: if resolved_now {
+                        AlertState::Resolved
+                    } else {
+                        AlertState::Firing
+                    },
                     starts_at_ms: input.starts_at_ms.unwrap_or(now_ms),
                     ends_at_ms: ends.unwrap_or(now_ms.saturating_add(timeout)),
                     explicit_end: ends.is_some(),
@@ -349,7 +357,11 @@ impl Alerting {
 
     /// Silences that mute these labels now.
     fn silenced_by(&self, labels: &LabelSet, now_ms: i64) -> Vec<String> {
-        self.silences.values().filter(|s| s.mutes(labels, now_ms)).map(|s| s.id.clone()).collect()
+        self.silences
+            .values()
+            .filter(|s| s.mutes(labels, now_ms))
+            .map(|s| s.id.clone())
+            .collect()
     }
 
     /// Active alerts that inhibit `target`.
@@ -406,7 +418,10 @@ impl Alerting {
 
     /// Acknowledges: stops repeats and escalation for the alert. Idempotent.
     pub fn ack(&mut self, id: &str, by: &str, now_ms: i64) -> Result<ActionOutcome, ActionError> {
-        let a = self.alerts.get_mut(id).ok_or_else(|| ActionError::UnknownAlert(id.to_string()))?;
+        let a = self
+            .alerts
+            .get_mut(id)
+            .ok_or_else(|| ActionError::UnknownAlert(id.to_string()))?;
         let outcome = match a.state {
             AlertState::Acknowledged => ActionOutcome {
                 changed: false,
@@ -416,14 +431,20 @@ impl Alerting {
                     a.acknowledged_by.clone().unwrap_or_else(|| "someone".into())
                 ),
             },
-            AlertState::Resolved => {
-                ActionOutcome { changed: false, state: a.state, message: "already resolved".into() }
-            }
+            AlertState::Resolved => ActionOutcome {
+                changed: false,
+                state: a.state,
+                message: "already resolved".into(),
+            },
             AlertState::Firing => {
                 a.state = AlertState::Acknowledged;
                 a.acknowledged_by = Some(by.to_string());
                 a.acknowledged_at_ms = Some(now_ms);
-                ActionOutcome { changed: true, state: a.state, message: format!("acknowledged by {by}") }
+                ActionOutcome {
+                    changed: true,
+                    state: a.state,
+                    message: format!("acknowledged by {by}"),
+                }
             }
         };
         if outcome.changed {
@@ -435,9 +456,16 @@ impl Alerting {
     }
 
     pub fn unack(&mut self, id: &str, by: &str, now_ms: i64) -> Result<ActionOutcome, ActionError> {
-        let a = self.alerts.get_mut(id).ok_or_else(|| ActionError::UnknownAlert(id.to_string()))?;
+        let a = self
+            .alerts
+            .get_mut(id)
+            .ok_or_else(|| ActionError::UnknownAlert(id.to_string()))?;
         if a.state != AlertState::Acknowledged {
-            return Ok(ActionOutcome { changed: false, state: a.state, message: "not acknowledged".into() });
+            return Ok(ActionOutcome {
+                changed: false,
+                state: a.state,
+                message: "not acknowledged".into(),
+            });
         }
         a.state = AlertState::Firing;
         a.acknowledged_by = None;
@@ -445,37 +473,67 @@ impl Alerting {
         let state = a.state;
         self.dirty_alerts.insert(id.to_string());
         self.audit(now_ms, by, "unack", id, String::new());
-        Ok(ActionOutcome { changed: true, state, message: format!("acknowledgement withdrawn by {by}") })
+        Ok(ActionOutcome {
+            changed: true,
+            state,
+            message: format!("acknowledgement withdrawn by {by}"),
+        })
     }
 
     pub fn resolve(&mut self, id: &str, by: &str, now_ms: i64) -> Result<ActionOutcome, ActionError> {
-        let a = self.alerts.get_mut(id).ok_or_else(|| ActionError::UnknownAlert(id.to_string()))?;
+        let a = self
+            .alerts
+            .get_mut(id)
+            .ok_or_else(|| ActionError::UnknownAlert(id.to_string()))?;
         if a.state == AlertState::Resolved {
-            return Ok(ActionOutcome { changed: false, state: a.state, message: "already resolved".into() });
+            return Ok(ActionOutcome {
+                changed: false,
+                state: a.state,
+                message: "already resolved".into(),
+            });
         }
         a.state = AlertState::Resolved;
         a.ends_at_ms = now_ms;
         self.dirty_alerts.insert(id.to_string());
         self.audit(now_ms, by, "resolve", id, String::new());
         self.stop_settled_escalations(id);
-        Ok(ActionOutcome { changed: true, state: AlertState::Resolved, message: format!("resolved by {by}") })
+        Ok(ActionOutcome {
+            changed: true,
+            state: AlertState::Resolved,
+            message: format!("resolved by {by}"),
+        })
     }
 
     pub fn comment(&mut self, id: &str, by: &str, text: &str, now_ms: i64) -> Result<ActionOutcome, ActionError> {
         if text.trim().is_empty() {
             return Err(ActionError::Invalid("comment text must not be empty".into()));
         }
-        let a = self.alerts.get_mut(id).ok_or_else(|| ActionError::UnknownAlert(id.to_string()))?;
-        a.comments.push(Comment { at_ms: now_ms, by: by.to_string(), text: text.to_string() });
+        let a = self
+            .alerts
+            .get_mut(id)
+            .ok_or_else(|| ActionError::UnknownAlert(id.to_string()))?;
+        a.comments.push(Comment {
+            at_ms: now_ms,
+            by: by.to_string(),
+            text: text.to_string(),
+        });
         let state = a.state;
         self.dirty_alerts.insert(id.to_string());
         self.audit(now_ms, by, "comment", id, text.to_string());
-        Ok(ActionOutcome { changed: true, state, message: "comment added".into() })
+        Ok(ActionOutcome {
+            changed: true,
+            state,
+            message: "comment added".into(),
+        })
     }
 
     /// Records a usefulness verdict in the audit log (the caller forwards it to detectors).
     pub fn record_feedback(&mut self, id: &str, by: &str, verdict: &str, now_ms: i64) -> Result<Alert, ActionError> {
-        let a = self.alerts.get(id).cloned().ok_or_else(|| ActionError::UnknownAlert(id.to_string()))?;
+        let a = self
+            .alerts
+            .get(id)
+            .cloned()
+            .ok_or_else(|| ActionError::UnknownAlert(id.to_string()))?;
         self.audit(now_ms, by, "feedback", id, verdict.to_string());
         Ok(a)
     }
@@ -491,10 +549,17 @@ impl Alerting {
     }
 
     fn stop_settled_escalations(&mut self, id: &str) {
-        let keys: Vec<String> = self.groups.values().filter(|g| g.alerts.contains(id)).map(|g| g.key.clone()).collect();
+        let keys: Vec<String> = self
+            .groups
+            .values()
+            .filter(|g| g.alerts.contains(id))
+            .map(|g| g.key.clone())
+            .collect();
         for key in keys {
             let unacked = self.groups.get(&key).is_some_and(|g| {
-                g.alerts.iter().any(|a| self.alerts.get(a).is_some_and(|a| a.state == AlertState::Firing))
+                g.alerts
+                    .iter()
+                    .any(|a| self.alerts.get(a).is_some_and(|a| a.state == AlertState::Firing))
             });
             if let Some(g) = self.groups.get_mut(&key)
                 && !unacked
@@ -522,7 +587,11 @@ impl Alerting {
         s.created_at_ms = now_ms;
         let detail = format!(
             "{} until {} ({})",
-            s.matchers.iter().map(|m| format!("{}{}{:?}", m.name, op_str(m), m.value)).collect::<Vec<_>>().join(","),
+            s.matchers
+                .iter()
+                .map(|m| format!("{}{}{:?}", m.name, op_str(m), m.value))
+                .collect::<Vec<_>>()
+                .join(","),
             s.ends_at_ms,
             s.comment
         );
@@ -535,7 +604,10 @@ impl Alerting {
 
     /// Ends a silence now (kept for the record, inactive).
     pub fn expire_silence(&mut self, id: &str, by: &str, now_ms: i64) -> Result<(), ActionError> {
-        let s = self.silences.get_mut(id).ok_or_else(|| ActionError::UnknownSilence(id.to_string()))?;
+        let s = self
+            .silences
+            .get_mut(id)
+            .ok_or_else(|| ActionError::UnknownSilence(id.to_string()))?;
         if s.ends_at_ms > now_ms {
             s.ends_at_ms = now_ms;
             if s.starts_at_ms > now_ms {
@@ -572,7 +644,12 @@ impl Alerting {
             self.dirty_alerts.remove(&id);
             self.deleted_alerts.insert(id);
         }
-        let due: Vec<String> = self.groups.values().filter(|g| g.next_flush_ms <= now_ms).map(|g| g.key.clone()).collect();
+        let due: Vec<String> = self
+            .groups
+            .values()
+            .filter(|g| g.next_flush_ms <= now_ms)
+            .map(|g| g.key.clone())
+            .collect();
         for key in due {
             self.flush(&key, now_ms);
         }
@@ -590,7 +667,10 @@ impl Alerting {
     /// The earliest time anything is due (for the caller's timer).
     pub fn next_due_ms(&self) -> Option<i64> {
         let groups = self.groups.values().map(|g| g.next_flush_ms);
-        let esc = self.groups.values().filter_map(|g| g.escalation.as_ref().map(|e| e.next_at_ms));
+        let esc = self
+            .groups
+            .values()
+            .filter_map(|g| g.escalation.as_ref().map(|e| e.next_at_ms));
         let outbox = self.outbox.values().map(|n| n.next_attempt_ms);
         let ends = self.alerts.values().filter(|a| a.is_active()).map(|a| a.ends_at_ms);
         groups.chain(esc).chain(outbox).chain(ends).min()
@@ -632,7 +712,11 @@ impl Alerting {
         let changed = g.last_sent_hash.as_deref() != Some(hash.as_str());
         let repeat_due = unacked > 0 && g.last_sent_ms.is_some_and(|t| now_ms - t >= route.repeat_interval_ms);
         let reason = if !firing.is_empty() && changed {
-            Some(if g.last_sent_ms.is_none() || !g.announced_firing { NotifyReason::Initial } else { NotifyReason::Update })
+            Some(if g.last_sent_ms.is_none() || !g.announced_firing {
+                NotifyReason::Initial
+            } else {
+                NotifyReason::Update
+            })
         } else if firing.is_empty() && !resolved.is_empty() && g.announced_firing && changed {
             Some(NotifyReason::Resolved)
         } else if repeat_due {
@@ -679,7 +763,11 @@ impl Alerting {
             self.dirty_groups.remove(key);
         } else {
             gm.next_flush_ms = now_ms.saturating_add(route.group_interval_ms);
-            if gm.alerts.iter().all(|a| self.alerts.get(a).is_none_or(|a| a.state != AlertState::Firing)) {
+            if gm
+                .alerts
+                .iter()
+                .all(|a| self.alerts.get(a).is_none_or(|a| a.state != AlertState::Firing))
+            {
                 gm.escalation = None;
             }
             self.dirty_groups.insert(key.to_string());
@@ -689,7 +777,9 @@ impl Alerting {
     fn escalate(&mut self, key: &str, now_ms: i64) {
         let Some(g) = self.groups.get(key).cloned() else { return };
         let Some(esc) = g.escalation.clone() else { return };
-        let Some(policy) = self.policies.get(&esc.policy).cloned() else { return };
+        let Some(policy) = self.policies.get(&esc.policy).cloned() else {
+            return;
+        };
         let firing: Vec<Alert> = g
             .alerts
             .iter()
@@ -707,7 +797,15 @@ impl Alerting {
         }
         let Some(step) = policy.steps.get(esc.step) else { return };
         for r in &step.receivers {
-            self.enqueue(&g, r.clone(), NotifyReason::Escalation, Some(esc.step + 1), "firing", firing.clone(), now_ms);
+            self.enqueue(
+                &g,
+                r.clone(),
+                NotifyReason::Escalation,
+                Some(esc.step + 1),
+                "firing",
+                firing.clone(),
+                now_ms,
+            );
         }
         let (mut next, mut round) = (esc.step + 1, esc.round);
         if next >= policy.steps.len() {
@@ -759,7 +857,11 @@ impl Alerting {
 
     /// Notifications due for a delivery attempt.
     pub fn due(&self, now_ms: i64) -> Vec<Notification> {
-        self.outbox.values().filter(|n| n.next_attempt_ms <= now_ms).cloned().collect()
+        self.outbox
+            .values()
+            .filter(|n| n.next_attempt_ms <= now_ms)
+            .cloned()
+            .collect()
     }
 
     /// Every notification waiting for delivery.
@@ -784,7 +886,13 @@ impl Alerting {
             self.outbox.remove(id);
             self.dirty_outbox.remove(id);
             self.deleted_outbox.insert(id.to_string());
-            self.audit(now_ms, "vigil", "delivery_abandoned", id, format!("{receiver}: {error}"));
+            self.audit(
+                now_ms,
+                "vigil",
+                "delivery_abandoned",
+                id,
+                format!("{receiver}: {error}"),
+            );
             return;
         }
         let backoff = (1000i64 << n.attempts.min(20)).min(MAX_BACKOFF_MS);
@@ -794,11 +902,22 @@ impl Alerting {
 
     /// Everything changed since the last call, for the caller to persist atomically.
     pub fn take_changes(&mut self) -> Changes {
-        let alerts = std::mem::take(&mut self.dirty_alerts).into_iter().filter_map(|k| self.alerts.get(&k).cloned()).collect();
-        let groups = std::mem::take(&mut self.dirty_groups).into_iter().filter_map(|k| self.groups.get(&k).cloned()).collect();
-        let silences =
-            std::mem::take(&mut self.dirty_silences).into_iter().filter_map(|k| self.silences.get(&k).cloned()).collect();
-        let outbox = std::mem::take(&mut self.dirty_outbox).into_iter().filter_map(|k| self.outbox.get(&k).cloned()).collect();
+        let alerts = std::mem::take(&mut self.dirty_alerts)
+            .into_iter()
+            .filter_map(|k| self.alerts.get(&k).cloned())
+            .collect();
+        let groups = std::mem::take(&mut self.dirty_groups)
+            .into_iter()
+            .filter_map(|k| self.groups.get(&k).cloned())
+            .collect();
+        let silences = std::mem::take(&mut self.dirty_silences)
+            .into_iter()
+            .filter_map(|k| self.silences.get(&k).cloned())
+            .collect();
+        let outbox = std::mem::take(&mut self.dirty_outbox)
+            .into_iter()
+            .filter_map(|k| self.outbox.get(&k).cloned())
+            .collect();
         Changes {
             alerts,
             alerts_deleted: std::mem::take(&mut self.deleted_alerts).into_iter().collect(),

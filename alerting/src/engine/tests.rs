@@ -7,7 +7,13 @@ const S: i64 = 1000;
 const T0: i64 = 1_795_392_000_000;
 
 fn receivers(names: &[&str]) -> Vec<ReceiverConfig> {
-    names.iter().map(|n| ReceiverConfig { name: n.to_string(), ..ReceiverConfig::default() }).collect()
+    names
+        .iter()
+        .map(|n| ReceiverConfig {
+            name: n.to_string(),
+            ..ReceiverConfig::default()
+        })
+        .collect()
 }
 
 fn config() -> AlertingConfig {
@@ -35,8 +41,14 @@ fn config() -> AlertingConfig {
         escalation_policies: vec![EscalationPolicyConfig {
             name: "page".into(),
             steps: vec![
-                EscalationStepConfig { wait_secs: 300, receivers: vec!["secondary".into()] },
-                EscalationStepConfig { wait_secs: 600, receivers: vec!["manager".into()] },
+                EscalationStepConfig {
+                    wait_secs: 300,
+                    receivers: vec!["secondary".into()],
+                },
+                EscalationStepConfig {
+                    wait_secs: 600,
+                    receivers: vec!["manager".into()],
+                },
             ],
             repeat: 0,
         }],
@@ -58,7 +70,9 @@ fn deliver(a: &mut Alerting, now: i64) -> Vec<(String, NotifyReason, usize)> {
     for n in &due {
         a.delivered(&n.id);
     }
-    due.into_iter().map(|n| (n.receiver, n.reason, n.alerts.len())).collect()
+    due.into_iter()
+        .map(|n| (n.receiver, n.reason, n.alerts.len()))
+        .collect()
 }
 
 fn run(a: &mut Alerting, now: i64) -> Vec<(String, NotifyReason, usize)> {
@@ -88,20 +102,37 @@ fn repeats_of_one_alert_notify_once() {
 #[test]
 fn group_wait_batches_then_group_interval_then_repeat() {
     // Long resolve timeout: the alerts stay firing without being re-sent in between.
-    let mut a = Alerting::new(AlertingConfig { resolve_timeout_secs: 86_400, ..config() }).expect("config");
+    let mut a = Alerting::new(AlertingConfig {
+        resolve_timeout_secs: 86_400,
+        ..config()
+    })
+    .expect("config");
     a.upsert(alert(&[("alertname", "Err"), ("service", "cart"), ("pod", "a")]), T0);
     assert!(run(&mut a, T0 + 29 * S).is_empty(), "group_wait not over");
-    a.upsert(alert(&[("alertname", "Err"), ("service", "cart"), ("pod", "b")]), T0 + 10 * S);
-    assert_eq!(run(&mut a, T0 + 30 * S), [("team".into(), NotifyReason::Initial, 2)], "one message, two alerts");
+    a.upsert(
+        alert(&[("alertname", "Err"), ("service", "cart"), ("pod", "b")]),
+        T0 + 10 * S,
+    );
+    assert_eq!(
+        run(&mut a, T0 + 30 * S),
+        [("team".into(), NotifyReason::Initial, 2)],
+        "one message, two alerts"
+    );
     // A third alert joins; it waits for group_interval, not group_wait.
-    a.upsert(alert(&[("alertname", "Err"), ("service", "cart"), ("pod", "c")]), T0 + 40 * S);
+    a.upsert(
+        alert(&[("alertname", "Err"), ("service", "cart"), ("pod", "c")]),
+        T0 + 40 * S,
+    );
     assert!(run(&mut a, T0 + 100 * S).is_empty());
     assert_eq!(run(&mut a, T0 + 330 * S), [("team".into(), NotifyReason::Update, 3)]);
     // Unchanged: nothing until repeat_interval (keep the alerts alive meanwhile).
     let mut sent = Vec::new();
     for t in (340..=3930).step_by(10) {
         for pod in ["a", "b", "c"] {
-            a.upsert(alert(&[("alertname", "Err"), ("service", "cart"), ("pod", pod)]), T0 + t * S);
+            a.upsert(
+                alert(&[("alertname", "Err"), ("service", "cart"), ("pod", pod)]),
+                T0 + t * S,
+            );
         }
         sent.extend(run(&mut a, T0 + t * S));
     }
@@ -164,9 +195,28 @@ fn silences_mute_and_expiring_one_lets_the_alert_through() {
 #[test]
 fn node_down_inhibits_warnings_on_the_same_host_only() {
     let mut a = Alerting::new(config()).expect("config");
-    a.upsert(alert(&[("alertname", "NodeDown"), ("host", "h1"), ("service", "infra")]), T0);
-    let same = a.upsert(alert(&[("alertname", "Latency"), ("host", "h1"), ("service", "api"), ("severity", "warning")]), T0);
-    let other = a.upsert(alert(&[("alertname", "Latency"), ("host", "h2"), ("service", "api"), ("severity", "warning")]), T0);
+    a.upsert(
+        alert(&[("alertname", "NodeDown"), ("host", "h1"), ("service", "infra")]),
+        T0,
+    );
+    let same = a.upsert(
+        alert(&[
+            ("alertname", "Latency"),
+            ("host", "h1"),
+            ("service", "api"),
+            ("severity", "warning"),
+        ]),
+        T0,
+    );
+    let other = a.upsert(
+        alert(&[
+            ("alertname", "Latency"),
+            ("host", "h2"),
+            ("service", "api"),
+            ("severity", "warning"),
+        ]),
+        T0,
+    );
     let sent = run(&mut a, T0 + 30 * S);
     assert_eq!(sent.len(), 2, "NodeDown and the h2 latency group: {sent:?}");
     assert_eq!(a.alert(&same, T0).expect("alert").inhibited_by.len(), 1);
@@ -186,13 +236,20 @@ fn invalid_config_names_the_key() {
     let mut c = config();
     c.inhibit_rules[0].source_matchers = vec![r#"host=~"(""#.into()];
     let e = Alerting::new(c).err().map(|e| e.to_string()).unwrap_or_default();
-    assert!(e.starts_with("inhibit_rules[0].source_matchers[0]: bad regular expression"), "{e}");
+    assert!(
+        e.starts_with("inhibit_rules[0].source_matchers[0]: bad regular expression"),
+        "{e}"
+    );
 }
 
 #[test]
 fn escalation_runs_its_steps_until_acknowledged() {
     let mut a = Alerting::new(config()).expect("config");
-    let page = alert(&[("alertname", "CheckoutDown"), ("service", "checkout"), ("severity", "page")]);
+    let page = alert(&[
+        ("alertname", "CheckoutDown"),
+        ("service", "checkout"),
+        ("severity", "page"),
+    ]);
     let id = a.upsert(page.clone(), T0);
     let mut log = Vec::new();
     for t in (0..1200).step_by(10) {
@@ -231,7 +288,11 @@ fn escalation_runs_its_steps_until_acknowledged() {
 #[test]
 fn a_restart_mid_escalation_resumes_without_resending() {
     let mut a = Alerting::new(config()).expect("config");
-    let page = alert(&[("alertname", "CheckoutDown"), ("service", "checkout"), ("severity", "page")]);
+    let page = alert(&[
+        ("alertname", "CheckoutDown"),
+        ("service", "checkout"),
+        ("severity", "page"),
+    ]);
     a.upsert(page.clone(), T0);
     assert_eq!(run(&mut a, T0 + 30 * S).len(), 1);
     // Persist everything, as the collector does after each step, then "restart".
@@ -278,7 +339,13 @@ fn routing_sends_pages_to_oncall_and_the_rest_to_the_team() {
     a.upsert(alert(&[("alertname", "B"), ("service", "s"), ("severity", "info")]), T0);
     let mut sent = run(&mut a, T0 + 30 * S);
     sent.sort();
-    assert_eq!(sent, [("oncall".into(), NotifyReason::Initial, 1), ("team".into(), NotifyReason::Initial, 1)]);
+    assert_eq!(
+        sent,
+        [
+            ("oncall".into(), NotifyReason::Initial, 1),
+            ("team".into(), NotifyReason::Initial, 1)
+        ]
+    );
 }
 
 #[test]

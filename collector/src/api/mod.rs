@@ -1,5 +1,7 @@
 //! The JSON query API, health endpoints and `/metrics`.
 
+mod alerts;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,6 +33,9 @@ pub struct ApiState {
     pub retention_hours: u64,
     pub anomalies: Arc<AnomalyStore>,
     pub pipeline: PipelineSender,
+    pub alerts: Arc<crate::alerts::AlertService>,
+    /// Accepted (besides the API token) on the responder actions: ack, resolve, comment…
+    pub responder: TokenCheck,
 }
 
 /// An API error: a status and a message saying what was wrong.
@@ -77,11 +82,29 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/metrics/series", get(metric_series))
         .route("/api/v1/metrics/query", get(metric_query))
         .route("/metrics", get(prometheus))
+        .route("/api/v2/alerts", post(alerts::post_alerts))
+        .route("/api/v1/alerts", get(alerts::list_alerts))
+        .route("/api/v1/alerts/{id}", get(alerts::get_alert))
+        .route(
+            "/api/v1/silences",
+            get(alerts::list_silences).post(alerts::post_silence),
+        )
+        .route("/api/v1/silences/{id}", axum::routing::delete(alerts::delete_silence))
+        .route("/api/v1/audit", get(alerts::audit))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    let responder = Router::new()
+        .route("/api/v1/alerts/{id}/{action}", post(alerts::alert_action))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_responder));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        // The signed token is the authorization: single purpose, expiring, single use.
+        .route(
+            "/api/v1/actions/{token}",
+            get(alerts::link_page).post(alerts::follow_link),
+        )
         .merge(protected)
+        .merge(responder)
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".into()) })
         .with_state(state)
 }
@@ -91,6 +114,21 @@ async fn require_token(State(state): State<ApiState>, request: Request, next: Ne
         .token
         .check(request.headers().get(AUTHORIZATION).map(|v| v.as_bytes()))
     {
+        next.run(request).await
+    } else {
+        let mut r = ApiError(StatusCode::UNAUTHORIZED, "missing or invalid bearer token".into()).into_response();
+        r.headers_mut()
+            .insert(WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
+        r
+    }
+}
+
+/// The API token, or the responder token, which can do nothing but act on alerts.
+async fn require_responder(State(state): State<ApiState>, request: Request, next: Next) -> Response {
+    let header = request.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
+    let api_ok = state.token.check(header);
+    let responder_ok = state.responder.is_configured() && state.responder.check(header);
+    if api_ok || responder_ok {
         next.run(request).await
     } else {
         let mut r = ApiError(StatusCode::UNAUTHORIZED, "missing or invalid bearer token".into()).into_response();

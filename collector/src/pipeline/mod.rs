@@ -93,9 +93,13 @@ const QUEUE: usize = 64;
 const IDLE_TICK: Duration = Duration::from_secs(1);
 
 /// Starts the detection thread. It stops when every sender is dropped, after saving.
+/// Called with every batch of anomaly updates, on the detection thread.
+pub type OnAnomalies = Box<dyn Fn(&[vigil_detectors::anomaly::Anomaly]) + Send>;
+
 pub fn start(
     data_dir: &Path,
     metrics: Arc<Metrics>,
+    on_anomalies: OnAnomalies,
 ) -> std::io::Result<(PipelineSender, Arc<AnomalyStore>, std::thread::JoinHandle<()>)> {
     let store = Arc::new(AnomalyStore::open(data_dir)?);
     let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
@@ -104,11 +108,11 @@ pub fn start(
     let thread_store = Arc::clone(&store);
     let handle = std::thread::Builder::new()
         .name("vigil-detect".into())
-        .spawn(move || run(engine, rx, &thread_store, &metrics))?;
+        .spawn(move || run(engine, rx, &thread_store, &metrics, &on_anomalies))?;
     Ok((PipelineSender(tx), store, handle))
 }
 
-fn run(mut engine: Engine, rx: Receiver<Msg>, store: &AnomalyStore, metrics: &Metrics) {
+fn run(mut engine: Engine, rx: Receiver<Msg>, store: &AnomalyStore, metrics: &Metrics, on_anomalies: &OnAnomalies) {
     let mut counters: HashMap<u64, (i64, f64)> = HashMap::new();
     let mut reported = EngineStats::default();
     loop {
@@ -136,6 +140,7 @@ fn run(mut engine: Engine, rx: Receiver<Msg>, store: &AnomalyStore, metrics: &Me
                     })
                     .inc();
             }
+            on_anomalies(&updates);
             store.upsert(updates);
         }
         let stats = engine.stats();

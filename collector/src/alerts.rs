@@ -1,0 +1,383 @@
+//! The collector's side of alerting: the [`Alerting`] state machine behind a mutex, its
+//! redb store, the delivery loop that sends notifications to receivers, and the bridge that
+//! turns anomalies into alerts.
+//!
+//! Every change is persisted (one redb transaction) before it is acknowledged to an API
+//! caller and before the notification it produced is sent; a notification leaves the outbox
+//! only once a receiver answered 2xx. Deliveries run concurrently, each with its receiver's
+//! timeout, so one slow or dead receiver delays nobody else.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use vigil_alerting::alert::{Alert, AlertInput, AuditEntry, Silence};
+use vigil_alerting::config::{AlertingConfig, ReceiverConfig};
+use vigil_alerting::engine::{ActionError, ActionOutcome, Alerting, Notification};
+use vigil_alerting::payload::{self, Context};
+use vigil_alerting::sign::{self, ActionLink, LinkAction, LinkError};
+use vigil_alerting::store::{AlertStore, StoreError};
+use vigil_detectors::anomaly::{Anomaly, Severity};
+
+use crate::config::Secret;
+
+/// Header carrying the notification id, the same on every retry: receivers dedup on it.
+pub const IDEMPOTENCY_HEADER: &str = "x-vigil-idempotency-key";
+const DEFAULT_RECEIVER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest sleep of the delivery loop when nothing is due (it also wakes on changes).
+const IDLE_WAKE: Duration = Duration::from_secs(1);
+/// Anomaly alerts stay firing this long past the anomaly's last evidence unless extended.
+const ANOMALY_ALERT_GRACE_MS: i64 = 10 * 60_000;
+
+pub struct AlertService {
+    engine: Mutex<Alerting>,
+    store: AlertStore,
+    receivers: BTreeMap<String, ReceiverConfig>,
+    client: reqwest::Client,
+    link_secret: Secret,
+    signing_secret: Secret,
+    /// Set once the API address is bound, unless configured.
+    external_url: std::sync::RwLock<String>,
+    link_ttl_ms: i64,
+    wake: Notify,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AlertServiceError {
+    #[error(transparent)]
+    Action(#[from] ActionError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Link(#[from] LinkError),
+}
+
+fn now_ms() -> i64 {
+    i64::try_from(crate::timeutil::now_ns() / 1_000_000).unwrap_or(i64::MAX)
+}
+
+/// A secret from the environment, or one generated once and kept in `path` (0600).
+pub fn load_or_create_secret(env: &str, path: &Path) -> std::io::Result<Secret> {
+    if let Ok(v) = std::env::var(env)
+        && !v.is_empty()
+    {
+        return Ok(Secret::new(v));
+    }
+    if let Ok(v) = std::fs::read_to_string(path) {
+        let v = v.trim().to_string();
+        if !v.is_empty() {
+            return Ok(Secret::new(v));
+        }
+    }
+    let mut bytes = [0u8; 32];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
+    let secret = hex::encode(bytes);
+    let tmp = path.with_extension("tmp");
+    {
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut f = options.open(&tmp)?;
+        std::io::Write::write_all(&mut f, secret.as_bytes())?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    tracing::info!(path = %path.display(), env, "generated a new secret and stored it (set the variable to choose your own)");
+    Ok(Secret::new(secret))
+}
+
+impl AlertService {
+    pub fn open(
+        cfg: AlertingConfig,
+        dir: &Path,
+        external_url: String,
+        link_ttl_secs: u64,
+    ) -> anyhow::Result<Arc<AlertService>> {
+        std::fs::create_dir_all(dir)?;
+        let store = AlertStore::open(&dir.join("alerting.redb"))?;
+        let receivers = cfg.receivers.iter().map(|r| (r.name.clone(), r.clone())).collect();
+        let mut engine = Alerting::new(cfg).map_err(|e| anyhow::anyhow!("alerting.{e}"))?;
+        engine.restore(store.load()?);
+        let link_secret = load_or_create_secret("VIGIL_LINK_SECRET", &dir.join("link-secret"))?;
+        let signing_secret = load_or_create_secret("VIGIL_WEBHOOK_SECRET", &dir.join("webhook-secret"))?;
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .user_agent(concat!("vigil/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(Arc::new(AlertService {
+            engine: Mutex::new(engine),
+            store,
+            receivers,
+            client,
+            link_secret,
+            signing_secret,
+            external_url: std::sync::RwLock::new(external_url.trim_end_matches('/').to_string()),
+            link_ttl_ms: i64::try_from(link_ttl_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
+            wake: Notify::new(),
+        }))
+    }
+
+    /// Where links in notifications point (the API as users reach it).
+    pub fn set_external_url(&self, url: &str) {
+        *self.external_url.write().unwrap_or_else(|e| e.into_inner()) = url.trim_end_matches('/').to_string();
+    }
+
+    fn external_url(&self) -> String {
+        self.external_url.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Alerting> {
+        self.engine.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` on the engine and persists what it changed before returning.
+    fn mutate<T>(&self, f: impl FnOnce(&mut Alerting, i64) -> T) -> Result<T, AlertServiceError> {
+        let mut engine = self.lock();
+        let out = f(&mut engine, now_ms());
+        let changes = engine.take_changes();
+        self.store.apply(&changes)?;
+        drop(engine);
+        if !changes.is_empty() {
+            self.wake.notify_one();
+        }
+        Ok(out)
+    }
+
+    pub fn upsert(&self, alerts: Vec<AlertInput>) -> Result<Vec<String>, AlertServiceError> {
+        self.mutate(|e, now| alerts.into_iter().map(|a| e.upsert(a, now)).collect())
+    }
+
+    pub fn alerts(&self, state: Option<&str>) -> Result<Vec<Alert>, AlertServiceError> {
+        Ok(self.lock().alerts(state, now_ms())?)
+    }
+
+    pub fn alert(&self, id: &str) -> Option<Alert> {
+        self.lock().alert(id, now_ms())
+    }
+
+    pub fn ack(&self, id: &str, by: &str) -> Result<ActionOutcome, AlertServiceError> {
+        self.mutate(|e, now| e.ack(id, by, now))?.map_err(Into::into)
+    }
+
+    pub fn unack(&self, id: &str, by: &str) -> Result<ActionOutcome, AlertServiceError> {
+        self.mutate(|e, now| e.unack(id, by, now))?.map_err(Into::into)
+    }
+
+    pub fn resolve(&self, id: &str, by: &str) -> Result<ActionOutcome, AlertServiceError> {
+        self.mutate(|e, now| e.resolve(id, by, now))?.map_err(Into::into)
+    }
+
+    pub fn comment(&self, id: &str, by: &str, text: &str) -> Result<ActionOutcome, AlertServiceError> {
+        self.mutate(|e, now| e.comment(id, by, text, now))?.map_err(Into::into)
+    }
+
+    pub fn feedback(&self, id: &str, by: &str, verdict: &str) -> Result<Alert, AlertServiceError> {
+        self.mutate(|e, now| e.record_feedback(id, by, verdict, now))?
+            .map_err(Into::into)
+    }
+
+    pub fn add_silence(&self, s: Silence) -> Result<String, AlertServiceError> {
+        self.mutate(|e, now| e.add_silence(s, now))?.map_err(Into::into)
+    }
+
+    pub fn expire_silence(&self, id: &str, by: &str) -> Result<(), AlertServiceError> {
+        self.mutate(|e, now| e.expire_silence(id, by, now))?.map_err(Into::into)
+    }
+
+    pub fn silences(&self) -> Vec<Silence> {
+        self.lock().silences()
+    }
+
+    pub fn audit(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, AlertServiceError> {
+        Ok(self.store.audit(after, limit)?)
+    }
+
+    /// Carries out a signed one-click link: checks signature, expiry, single use.
+    pub fn follow_link(&self, token: &str) -> Result<(ActionLink, ActionOutcome), AlertServiceError> {
+        let link = sign::verify_link(self.link_secret.expose().as_bytes(), token, now_ms())?;
+        let by = "one-click link";
+        let outcome = self.mutate(|e, now| {
+            if !e.use_nonce(&link.nonce, link.expires_ms) {
+                return Err(AlertServiceError::Link(LinkError::Replayed));
+            }
+            let r = match link.action {
+                LinkAction::Ack => e.ack(&link.alert_id, by, now),
+                LinkAction::Resolve => e.resolve(&link.alert_id, by, now),
+            };
+            r.map_err(AlertServiceError::from)
+        })??;
+        Ok((link, outcome))
+    }
+
+    fn link_url(&self, n: &Notification, a: &Alert, action: LinkAction) -> Option<String> {
+        let link = ActionLink {
+            alert_id: a.id.clone(),
+            action,
+            expires_ms: n.created_ms.saturating_add(self.link_ttl_ms),
+            nonce: sign::nonce_for(&n.id, &a.id, action),
+        };
+        Some(format!(
+            "{}/api/v1/actions/{}",
+            self.external_url(),
+            sign::sign_link(self.link_secret.expose().as_bytes(), &link)
+        ))
+    }
+
+    /// Turns anomaly updates into alerts (warning and critical only: info findings are for
+    /// browsing, not for waking someone up).
+    pub fn on_anomalies(&self, anomalies: &[Anomaly]) {
+        let inputs: Vec<AlertInput> = anomalies
+            .iter()
+            .filter(|a| a.severity >= Severity::Warning)
+            .map(|a| {
+                let mut labels = BTreeMap::from([
+                    ("alertname".to_string(), "VigilAnomaly".to_string()),
+                    ("detector".to_string(), format!("{:?}", a.detector).to_lowercase()),
+                    ("signal".to_string(), a.signal.key.clone()),
+                    ("severity".to_string(), format!("{:?}", a.severity).to_lowercase()),
+                ]);
+                if let Some(s) = &a.signal.service {
+                    labels.insert("service".into(), s.clone());
+                }
+                let annotations = BTreeMap::from([
+                    ("summary".to_string(), a.explanation.clone()),
+                    ("vigil_anomaly_id".to_string(), a.id.clone()),
+                    ("score".to_string(), format!("{:.2}", a.score)),
+                ]);
+                let ends = if a.open {
+                    a.end_ms.saturating_add(ANOMALY_ALERT_GRACE_MS)
+                } else {
+                    a.end_ms
+                };
+                AlertInput {
+                    labels,
+                    annotations,
+                    starts_at_ms: Some(a.start_ms),
+                    // A closed anomaly resolves its alert; an open one keeps it firing.
+                    ends_at_ms: Some(if a.open {
+                        ends.max(now_ms() + 60_000)
+                    } else {
+                        ends.min(now_ms())
+                    }),
+                    generator_url: format!("{}/api/v1/anomalies/{}", self.external_url(), a.id),
+                }
+            })
+            .collect();
+        if inputs.is_empty() {
+            return;
+        }
+        if let Err(e) = self.upsert(inputs) {
+            tracing::error!(error = %e, "could not record anomaly alerts");
+        }
+    }
+
+    /// The delivery loop: advance timers, send what is due, record outcomes.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        loop {
+            // Store writes fsync: keep them off the async workers.
+            let this = Arc::clone(&self);
+            let ticked = tokio::task::spawn_blocking(move || {
+                this.mutate(|e, now| {
+                    e.tick(now);
+                    e.due(now)
+                })
+            })
+            .await;
+            let due =
+                match ticked.unwrap_or_else(|e| Err(AlertServiceError::Action(ActionError::Invalid(e.to_string())))) {
+                    Ok(d) => d,
+                    Err(e) => {
+                        tracing::error!(error = %e, "alerting state could not be saved; retrying");
+                        Vec::new()
+                    }
+                };
+            if !due.is_empty() {
+                let sends = due.into_iter().map(|n| {
+                    let this = Arc::clone(&self);
+                    async move {
+                        let result = this.send(&n).await;
+                        (n, result)
+                    }
+                });
+                let results = futures::future::join_all(sends).await;
+                let this = Arc::clone(&self);
+                let saved = tokio::task::spawn_blocking(move || {
+                    this.mutate(|e, now| {
+                    for (n, r) in &results {
+                        match r {
+                            Ok(()) => e.delivered(&n.id),
+                            Err(err) => {
+                                tracing::warn!(receiver = %n.receiver, notification = %n.id, error = %err, "delivery failed; will retry");
+                                e.failed(&n.id, err, now);
+                            }
+                        }
+                    }
+                    })
+                })
+                .await
+                .unwrap_or_else(|e| Err(AlertServiceError::Action(ActionError::Invalid(e.to_string()))));
+                if let Err(e) = saved {
+                    tracing::error!(error = %e, "could not record delivery outcomes");
+                }
+                continue;
+            }
+            let wait = self
+                .lock()
+                .next_due_ms()
+                .map_or(IDLE_WAKE, |t| {
+                    Duration::from_millis(u64::try_from(t - now_ms()).unwrap_or(0))
+                })
+                .min(IDLE_WAKE);
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    async fn send(&self, n: &Notification) -> Result<(), String> {
+        let Some(receiver) = self.receivers.get(&n.receiver) else {
+            return Err(format!("receiver {:?} is not configured", n.receiver));
+        };
+        let Some(url) = &receiver.url else {
+            // A receiver without a URL only records (useful while setting up routing).
+            return Ok(());
+        };
+        let body = {
+            let external_url = self.external_url();
+            let link = |n: &Notification, a: &Alert, action: LinkAction| self.link_url(n, a, action);
+            let ctx = Context {
+                external_url: &external_url,
+                link: &link,
+            };
+            serde_json::to_vec(&payload::body(receiver, n, &ctx)).map_err(|e| e.to_string())?
+        };
+        let ts = now_ms() / 1000;
+        let signature = sign::sign_body(self.signing_secret.expose().as_bytes(), ts, &body);
+        let timeout = receiver
+            .timeout_secs
+            .map_or(DEFAULT_RECEIVER_TIMEOUT, Duration::from_secs);
+        let response = self
+            .client
+            .post(url)
+            .timeout(timeout)
+            .header("content-type", "application/json")
+            .header(sign::TIMESTAMP_HEADER, ts.to_string())
+            .header(sign::SIGNATURE_HEADER, signature)
+            .header(IDEMPOTENCY_HEADER, &n.id)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| format!("{e}"))?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(format!("receiver answered {}", response.status()))
+        }
+    }
+}

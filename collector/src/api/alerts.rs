@@ -1,0 +1,310 @@
+//! Alerting endpoints: the Alertmanager-compatible intake, alert state and human actions,
+//! silences, the audit log, and signed one-click links.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use vigil_alerting::alert::{AlertInput, Silence};
+use vigil_alerting::engine::ActionError;
+use vigil_alerting::labels::LabelSet;
+use vigil_alerting::matcher::{Matcher, MatcherSpec, parse_matchers};
+use vigil_alerting::sign::LinkError;
+use vigil_detectors::engine::Verdict;
+
+use super::{ApiError, ApiState};
+use crate::alerts::{AlertService, AlertServiceError};
+
+impl From<AlertServiceError> for ApiError {
+    fn from(e: AlertServiceError) -> ApiError {
+        let status = match &e {
+            AlertServiceError::Action(ActionError::UnknownAlert(_) | ActionError::UnknownSilence(_)) => {
+                StatusCode::NOT_FOUND
+            }
+            AlertServiceError::Action(ActionError::Invalid(_)) => StatusCode::BAD_REQUEST,
+            AlertServiceError::Link(LinkError::Expired) => StatusCode::GONE,
+            AlertServiceError::Link(LinkError::Replayed) => StatusCode::CONFLICT,
+            AlertServiceError::Link(LinkError::Malformed) => StatusCode::BAD_REQUEST,
+            AlertServiceError::Link(LinkError::BadSignature | LinkError::WrongPurpose { .. }) => StatusCode::FORBIDDEN,
+            AlertServiceError::Store(_) => {
+                tracing::error!(error = %e, "alerting store failed");
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
+/// Runs a store-writing call off the async workers.
+async fn blocking<T: Send + 'static>(
+    svc: &Arc<AlertService>,
+    f: impl FnOnce(&AlertService) -> Result<T, AlertServiceError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let svc = Arc::clone(svc);
+    tokio::task::spawn_blocking(move || f(&svc))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("alerting task failed: {e}")))?
+        .map_err(ApiError::from)
+}
+
+/// One element of Alertmanager's `POST /api/v2/alerts` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct PostableAlert {
+    labels: LabelSet,
+    #[serde(default)]
+    annotations: LabelSet,
+    starts_at: Option<String>,
+    ends_at: Option<String>,
+    #[serde(default, rename = "generatorURL")]
+    generator_url: String,
+}
+
+fn parse_ts(value: &Option<String>, key: &str) -> Result<Option<i64>, ApiError> {
+    match value.as_deref() {
+        None | Some("") | Some("0001-01-01T00:00:00Z") => Ok(None),
+        Some(v) => OffsetDateTime::parse(v, &Rfc3339)
+            .map(|t| Some(i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)))
+            .map_err(|e| ApiError::bad(format!("{key}: {v:?} is not an RFC 3339 time ({e})"))),
+    }
+}
+
+/// Alertmanager-compatible intake, so Prometheus rules can route to Vigil unchanged.
+pub(super) async fn post_alerts(State(state): State<ApiState>, body: Bytes) -> Result<Response, ApiError> {
+    let posted: Vec<PostableAlert> =
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad(format!("expected a JSON array of alerts: {e}")))?;
+    let mut inputs = Vec::with_capacity(posted.len());
+    for (i, a) in posted.into_iter().enumerate() {
+        if a.labels.is_empty() {
+            return Err(ApiError::bad(format!("alerts[{i}].labels: must not be empty")));
+        }
+        if let Some((k, _)) = a.labels.iter().find(|(k, v)| k.is_empty() || v.is_empty()) {
+            return Err(ApiError::bad(format!(
+                "alerts[{i}].labels: label {k:?} has an empty name or value"
+            )));
+        }
+        inputs.push(AlertInput {
+            labels: a.labels,
+            annotations: a.annotations,
+            starts_at_ms: parse_ts(&a.starts_at, &format!("alerts[{i}].startsAt"))?,
+            ends_at_ms: parse_ts(&a.ends_at, &format!("alerts[{i}].endsAt"))?,
+            generator_url: a.generator_url,
+        });
+    }
+    let ids = blocking(&state.alerts, move |s| s.upsert(inputs)).await?;
+    Ok(Json(json!({ "received": ids.len(), "ids": ids })).into_response())
+}
+
+pub(super) async fn list_alerts(
+    State(state): State<ApiState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let alerts = state.alerts.alerts(params.get("state").map(String::as_str))?;
+    Ok(Json(json!({ "alerts": alerts })).into_response())
+}
+
+pub(super) async fn get_alert(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    match state.alerts.alert(&id) {
+        Some(a) => Ok(Json(a).into_response()),
+        None => Err(ApiError(StatusCode::NOT_FOUND, format!("no alert with id {id:?}"))),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ActionBody {
+    #[serde(default)]
+    by: Option<String>,
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    verdict: Option<String>,
+}
+
+fn action_body(body: &Bytes) -> Result<ActionBody, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(ActionBody::default());
+    }
+    serde_json::from_slice(body).map_err(|e| ApiError::bad(format!("invalid JSON body: {e}")))
+}
+
+/// ack, unack, resolve, comment, feedback on one alert. Idempotent: repeating an action
+/// answers 200 with `changed: false` and says why.
+pub(super) async fn alert_action(
+    State(state): State<ApiState>,
+    Path((id, action)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let b = action_body(&body)?;
+    let by = b.by.clone().unwrap_or_else(|| "api".into());
+    let svc = Arc::clone(&state.alerts);
+    let outcome = match action.as_str() {
+        "ack" => blocking(&svc, move |s| s.ack(&id, &by)).await?,
+        "unack" => blocking(&svc, move |s| s.unack(&id, &by)).await?,
+        "resolve" => blocking(&svc, move |s| s.resolve(&id, &by)).await?,
+        "comment" => {
+            let text = b
+                .text
+                .ok_or_else(|| ApiError::bad("comment needs {\"text\": \"...\"}"))?;
+            blocking(&svc, move |s| s.comment(&id, &by, &text)).await?
+        }
+        "feedback" => {
+            let verdict = match b.verdict.as_deref() {
+                Some("useful") => Verdict::Real,
+                Some("noise") => Verdict::Noise,
+                other => {
+                    return Err(ApiError::bad(format!(
+                        "verdict must be \"useful\" or \"noise\", got {other:?}"
+                    )));
+                }
+            };
+            let word = if verdict == Verdict::Real { "useful" } else { "noise" };
+            let alert = blocking(&svc, move |s| s.feedback(&id, &by, word)).await?;
+            // An alert made from an anomaly passes the verdict on to the detectors.
+            let forwarded = match alert.annotations.get("vigil_anomaly_id") {
+                Some(anomaly_id) => match state.anomalies.record_feedback(anomaly_id, verdict) {
+                    Ok((key, _)) => {
+                        state.pipeline.feedback(key, verdict);
+                        true
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "alert feedback could not reach its anomaly");
+                        false
+                    }
+                },
+                None => false,
+            };
+            return Ok(
+                Json(json!({ "alert": alert.id, "verdict": word, "forwarded_to_detectors": forwarded }))
+                    .into_response(),
+            );
+        }
+        other => return Err(ApiError(StatusCode::NOT_FOUND, format!("no alert action {other:?}"))),
+    };
+    Ok(Json(outcome).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct PostableSilence {
+    /// Either Alertmanager's list of matcher objects or one `{a="b", c=~"x"}` string.
+    matchers: MatchersField,
+    starts_at: Option<String>,
+    ends_at: String,
+    created_by: String,
+    #[serde(default)]
+    comment: String,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum MatchersField {
+    Text(String),
+    List(Vec<serde_json::Value>),
+}
+
+pub(super) async fn post_silence(State(state): State<ApiState>, body: Bytes) -> Result<Response, ApiError> {
+    let p: PostableSilence =
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad(format!("invalid silence: {e}")))?;
+    let matchers: Vec<Matcher> = match p.matchers {
+        MatchersField::Text(t) => parse_matchers(&t).map_err(|e| ApiError::bad(format!("matchers: {e}")))?,
+        MatchersField::List(list) => {
+            let mut out = Vec::new();
+            for (i, v) in list.into_iter().enumerate() {
+                let spec: MatcherSpec =
+                    serde_json::from_value(v).map_err(|e| ApiError::bad(format!("matchers[{i}]: {e}")))?;
+                out.push(Matcher::try_from(spec).map_err(|e| ApiError::bad(format!("matchers[{i}]: {e}")))?);
+            }
+            out
+        }
+    };
+    let now = i64::try_from(crate::timeutil::now_ns() / 1_000_000).unwrap_or(i64::MAX);
+    let silence = Silence {
+        id: String::new(),
+        matchers,
+        starts_at_ms: parse_ts(&p.starts_at, "startsAt")?.unwrap_or(now),
+        ends_at_ms: parse_ts(&Some(p.ends_at), "endsAt")?.ok_or_else(|| ApiError::bad("endsAt is required"))?,
+        created_by: p.created_by,
+        comment: p.comment,
+        created_at_ms: 0,
+    };
+    let id = blocking(&state.alerts, move |s| s.add_silence(silence)).await?;
+    Ok(Json(json!({ "silenceID": id })).into_response())
+}
+
+pub(super) async fn list_silences(State(state): State<ApiState>) -> Response {
+    Json(json!({ "silences": state.alerts.silences() })).into_response()
+}
+
+pub(super) async fn delete_silence(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    blocking(&state.alerts, move |s| s.expire_silence(&id, "api")).await?;
+    Ok(Json(json!({ "expired": true })).into_response())
+}
+
+pub(super) async fn audit(
+    State(state): State<ApiState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let after = match params.get("after") {
+        Some(v) => v
+            .parse()
+            .map_err(|_| ApiError::bad(format!("after: {v:?} is not a sequence number")))?,
+        None => 0,
+    };
+    let limit = match params.get("limit") {
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=10_000).contains(n))
+            .ok_or_else(|| ApiError::bad("limit must be between 1 and 10000"))?,
+        None => 1000,
+    };
+    let entries = blocking(&state.alerts, move |s| s.audit(after, limit)).await?;
+    Ok(Json(json!({ "entries": entries })).into_response())
+}
+
+/// GET shows what the link will do and asks for a click (link scanners and previews fetch
+/// with GET; they must not acknowledge pages on someone's behalf).
+pub(super) async fn link_page(Path(token): Path<String>) -> Response {
+    let action = if token.contains(".resolve.") {
+        "Resolve"
+    } else {
+        "Acknowledge"
+    };
+    let escaped: String = token
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '.')
+        .collect();
+    Html(format!(
+        "<!doctype html><meta name=viewport content='width=device-width'><title>Vigil</title>\
+         <form method=post action='/api/v1/actions/{escaped}'><button style='font-size:2em'>{action}</button></form>"
+    ))
+    .into_response()
+}
+
+/// POST carries out the signed action.
+pub(super) async fn follow_link(
+    State(state): State<ApiState>,
+    Path(token): Path<String>,
+) -> Result<Response, ApiError> {
+    let (link, outcome) = blocking(&state.alerts, move |s| s.follow_link(&token)).await?;
+    Ok(Json(json!({
+        "alert": link.alert_id,
+        "action": link.action.as_str(),
+        "changed": outcome.changed,
+        "state": outcome.state,
+        "message": outcome.message,
+    }))
+    .into_response())
+}
