@@ -228,4 +228,58 @@ mod tests {
         );
         assert!(snap.next_seq >= audit[0].seq);
     }
+
+    #[test]
+    fn an_escalation_resumes_after_reopening_the_database_and_nothing_is_resent() {
+        use crate::config::{EscalationPolicyConfig, EscalationStepConfig, ReceiverConfig};
+        let cfg = || {
+            let mut c = AlertingConfig::default();
+            c.route.escalation = Some("page".into());
+            c.route.group_wait_secs = Some(10);
+            c.receivers.push(ReceiverConfig {
+                name: "boss".into(),
+                ..ReceiverConfig::default()
+            });
+            c.escalation_policies = vec![EscalationPolicyConfig {
+                name: "page".into(),
+                steps: vec![EscalationStepConfig {
+                    wait_secs: 60,
+                    receivers: vec!["boss".into()],
+                }],
+                repeat: 0,
+            }];
+            c
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("alerting.redb");
+        let t0 = 1_795_392_000_000;
+        let input = AlertInput {
+            labels: [("alertname".to_string(), "Down".to_string())].into(),
+            ..AlertInput::default()
+        };
+        {
+            let store = AlertStore::open(&path).expect("open");
+            let mut a = Alerting::new(cfg()).expect("config");
+            a.upsert(input.clone(), t0);
+            a.tick(t0 + 10_000);
+            let first = a.due(t0 + 10_000);
+            assert_eq!(first.len(), 1);
+            a.delivered(&first[0].id);
+            store.apply(&a.take_changes()).expect("apply");
+            // The process dies here, 20 s into a 60 s escalation wait.
+        }
+        let store = AlertStore::open(&path).expect("reopen");
+        let mut b = Alerting::new(cfg()).expect("config");
+        b.restore(store.load().expect("load"));
+        b.upsert(input.clone(), t0 + 30_000);
+        b.tick(t0 + 30_000);
+        assert!(
+            b.due(t0 + 30_000).is_empty(),
+            "the delivered first notification is not sent again"
+        );
+        b.upsert(input, t0 + 70_000);
+        b.tick(t0 + 70_000);
+        let due = b.due(t0 + 70_000);
+        assert_eq!(due.iter().map(|n| n.receiver.as_str()).collect::<Vec<_>>(), ["boss"]);
+    }
 }

@@ -368,13 +368,19 @@ mod tests {
     fn alerting_errors_name_the_key() {
         let config = Config::from_toml("[alerting.route]\nreceiver = \"nobody\"\n").expect("parses");
         let err = config.validate().expect_err("unknown receiver").to_string();
-        assert_eq!(err, "invalid value for `alerting.route.receiver`: unknown receiver \"nobody\"");
+        assert_eq!(
+            err,
+            "invalid value for `alerting.route.receiver`: unknown receiver \"nobody\""
+        );
         let config = Config::from_toml(
             "[alerting.route]\nreceiver = \"default\"\n[[alerting.route.routes]]\nmatchers = ['x=~\"(\"']\n",
         )
         .expect("parses");
         let err = config.validate().expect_err("bad regex").to_string();
-        assert!(err.starts_with("invalid value for `alerting.route.routes[0].matchers[0]`: bad regular expression"), "{err}");
+        assert!(
+            err.starts_with("invalid value for `alerting.route.routes[0].matchers[0]`: bad regular expression"),
+            "{err}"
+        );
     }
 
     #[test]

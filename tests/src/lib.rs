@@ -94,9 +94,7 @@ impl Collector {
     }
 
     pub fn start_with(options: Options) -> Result<Collector> {
-        // The workspace builds reqwest with rustls and no default crypto provider (the
-        // collector picks ring explicitly); clients made in tests need one installed.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        init_tls();
         let (temp, data_dir) = match &options.data_dir {
             Some(d) => (None, d.clone()),
             None => {
@@ -287,6 +285,12 @@ pub async fn search_logs(
 }
 
 /// Nanoseconds since the epoch, now.
+/// The workspace builds reqwest with rustls and no default crypto provider (the collector
+/// picks ring explicitly); HTTP clients made in tests need one installed first.
+pub fn init_tls() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 pub fn now_ns() -> u64 {
     u64::try_from(unique()).unwrap_or(u64::MAX)
 }

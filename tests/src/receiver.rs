@@ -20,6 +20,7 @@ pub struct Captured {
     pub json: serde_json::Value,
     /// The status this receiver answered.
     pub status: u16,
+    pub received_at: std::time::Instant,
 }
 
 #[derive(Default)]
@@ -59,6 +60,7 @@ async fn handle(State(inner): State<Arc<Inner>>, uri: axum::http::Uri, headers: 
         body: body.to_vec(),
         json,
         status: status.as_u16(),
+        received_at: std::time::Instant::now(),
     });
     status
 }
