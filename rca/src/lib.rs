@@ -2,8 +2,12 @@
 //!
 //! Root-cause ranking, as a pure library driven by the data's own timestamps.
 //!
-//! Built so far: [`baro`], onset detection plus BARO-style robust ranking of services over
-//! aligned metric signals (what `vigil-eval rca` runs on the Sock Shop benchmark). Topology
-//! from spans, incident grouping and reports are planned (see ARCHITECTURE.md).
+//! - [`baro`]: onset detection plus BARO-style robust ranking of services over aligned
+//!   metric signals (what `vigil-eval rca` runs on the Sock Shop benchmark).
+//! - [`topology`]: the service dependency graph from spans.
+//! - [`incident`]: anomalies correlated into incidents by time and topology, with ranked
+//!   root-cause candidates and a summary.
 
 pub mod baro;
+pub mod incident;
+pub mod topology;

@@ -1,0 +1,344 @@
+//! Incidents: anomalies correlated by time and topology, with ranked root-cause candidates.
+//!
+//! An anomaly joins the open incident it is close to — starting within the join window of
+//! the incident's latest activity, on a service that is the same as, or within two calls
+//! of, a service already in it — and otherwise opens a new incident. An incident resolves
+//! when all its anomalies have closed and stayed closed for the resolve delay.
+//!
+//! Candidates are the incident's services, ranked by a weighted sum of four checkable facts:
+//! time precedence (who went wrong first), strength (the highest anomaly score), agreement
+//! of signal kinds (metric, logs and traces on the same service), and topology (others that
+//! call it degraded too: the most downstream anomalous service is the likelier cause).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Serialize;
+use vigil_detectors::anomaly::{Anomaly, DetectorKind, format_time};
+
+use crate::topology::Topology;
+
+#[derive(Debug, Clone)]
+pub struct IncidentConfig {
+    /// An anomaly starting this long after an incident's last activity starts a new one.
+    pub join_window_ms: i64,
+    /// All anomalies closed for this long resolves the incident.
+    pub resolve_after_ms: i64,
+    /// Calls apart two services may be and still share an incident.
+    pub max_hops: usize,
+}
+
+impl Default for IncidentConfig {
+    fn default() -> Self {
+        IncidentConfig { join_window_ms: 10 * 60_000, resolve_after_ms: 5 * 60_000, max_hops: 2 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IncidentStatus {
+    Open,
+    Resolved,
+}
+
+/// An anomaly as the incident keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Member {
+    pub anomaly_id: String,
+    pub service: String,
+    pub detector: DetectorKind,
+    pub signal: String,
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub score: f64,
+    pub open: bool,
+    pub explanation: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RankedService {
+    pub service: String,
+    pub score: f64,
+    /// The facts behind the rank, each checkable.
+    pub reasons: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Incident {
+    pub id: String,
+    pub status: IncidentStatus,
+    pub start_ms: i64,
+    /// Latest activity (anomaly end) so far.
+    pub end_ms: i64,
+    pub services: Vec<String>,
+    /// Ranked root-cause candidates, most likely first.
+    pub candidates: Vec<RankedService>,
+    /// The anomalies, in order of onset (the timeline).
+    pub timeline: Vec<Member>,
+    /// Plain words a human can check.
+    pub summary: String,
+}
+
+#[derive(Debug, Default)]
+pub struct Correlator {
+    cfg: IncidentConfig,
+    incidents: BTreeMap<String, Incident>,
+    of_anomaly: BTreeMap<String, String>,
+    updated: BTreeSet<String>,
+}
+
+fn incident_id(first_anomaly: &str, start_ms: i64) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in first_anomaly.as_bytes().iter().chain(start_ms.to_le_bytes().iter()) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("inc-{h:016x}")
+}
+
+fn kind_family(d: DetectorKind) -> &'static str {
+    match d {
+        DetectorKind::Metric | DetectorKind::MetricPeer => "metrics",
+        DetectorKind::LogNewPattern | DetectorKind::LogPatternRate | DetectorKind::LogErrorRate => "logs",
+        DetectorKind::TraceRed => "traces",
+    }
+}
+
+impl Correlator {
+    pub fn new(cfg: IncidentConfig) -> Correlator {
+        Correlator { cfg, ..Correlator::default() }
+    }
+
+    /// Files one anomaly update (new or changed) into its incident.
+    pub fn observe(&mut self, a: &Anomaly, topo: &Topology) {
+        let service = a.signal.service.clone().unwrap_or_else(|| "unknown".into());
+        let member = Member {
+            anomaly_id: a.id.clone(),
+            service: service.clone(),
+            detector: a.detector,
+            signal: a.signal.name.clone(),
+            start_ms: a.start_ms,
+            end_ms: a.end_ms,
+            score: a.score,
+            open: a.open,
+            explanation: a.explanation.clone(),
+        };
+        let id = match self.of_anomaly.get(&a.id) {
+            Some(id) => id.clone(),
+            None => {
+                let joinable = self
+                    .incidents
+                    .values()
+                    .filter(|i| i.status == IncidentStatus::Open)
+                    .filter(|i| a.start_ms <= i.end_ms + self.cfg.join_window_ms && a.start_ms + self.cfg.join_window_ms >= i.start_ms)
+                    .filter(|i| service == "unknown" || i.services.iter().any(|s| topo.near(s, &service, self.cfg.max_hops)))
+                    .max_by_key(|i| i.end_ms)
+                    .map(|i| i.id.clone());
+                let id = joinable.unwrap_or_else(|| {
+                    let id = incident_id(&a.id, a.start_ms);
+                    self.incidents.insert(
+                        id.clone(),
+                        Incident {
+                            id: id.clone(),
+                            status: IncidentStatus::Open,
+                            start_ms: a.start_ms,
+                            end_ms: a.end_ms,
+                            services: Vec::new(),
+                            candidates: Vec::new(),
+                            timeline: Vec::new(),
+                            summary: String::new(),
+                        },
+                    );
+                    id
+                });
+                self.of_anomaly.insert(a.id.clone(), id.clone());
+                id
+            }
+        };
+        if let Some(inc) = self.incidents.get_mut(&id) {
+            match inc.timeline.iter_mut().find(|m| m.anomaly_id == member.anomaly_id) {
+                Some(m) => *m = member,
+                None => inc.timeline.push(member),
+            }
+            inc.timeline.sort_by(|x, y| x.start_ms.cmp(&y.start_ms).then_with(|| x.anomaly_id.cmp(&y.anomaly_id)));
+            inc.start_ms = inc.start_ms.min(a.start_ms);
+            inc.end_ms = inc.end_ms.max(a.end_ms);
+            inc.status = IncidentStatus::Open;
+            let services: BTreeSet<String> = inc.timeline.iter().map(|m| m.service.clone()).collect();
+            inc.services = services.into_iter().collect();
+            rank(inc, topo);
+            self.updated.insert(id);
+        }
+    }
+
+    /// Resolves incidents whose anomalies have all been closed long enough (event time).
+    pub fn advance(&mut self, now_ms: i64) {
+        for inc in self.incidents.values_mut() {
+            if inc.status == IncidentStatus::Open
+                && inc.timeline.iter().all(|m| !m.open)
+                && inc.end_ms + self.cfg.resolve_after_ms <= now_ms
+            {
+                inc.status = IncidentStatus::Resolved;
+                self.updated.insert(inc.id.clone());
+            }
+        }
+    }
+
+    /// Incidents opened, changed or resolved since the last call.
+    pub fn drain(&mut self) -> Vec<Incident> {
+        std::mem::take(&mut self.updated).into_iter().filter_map(|id| self.incidents.get(&id).cloned()).collect()
+    }
+
+    pub fn incident(&self, id: &str) -> Option<&Incident> {
+        self.incidents.get(id)
+    }
+}
+
+/// Scores every service of the incident and writes the summary.
+fn rank(inc: &mut Incident, topo: &Topology) {
+    let mut by_service: BTreeMap<&str, Vec<&Member>> = BTreeMap::new();
+    for m in &inc.timeline {
+        by_service.entry(m.service.as_str()).or_default().push(m);
+    }
+    let first_ms = inc.timeline.iter().map(|m| m.start_ms).min().unwrap_or(inc.start_ms);
+    let last_onset = by_service.values().map(|ms| ms.iter().map(|m| m.start_ms).min().unwrap_or(first_ms)).max().unwrap_or(first_ms);
+    let spread = (last_onset - first_ms).max(1) as f64;
+    let services: Vec<&str> = by_service.keys().copied().collect();
+    let mut ranked: Vec<RankedService> = by_service
+        .iter()
+        .map(|(svc, members)| {
+            let onset = members.iter().map(|m| m.start_ms).min().unwrap_or(first_ms);
+            let strength = members.iter().map(|m| m.score).fold(0.0, f64::max);
+            let families: BTreeSet<&str> = members.iter().map(|m| kind_family(m.detector)).collect();
+            let precedence = 1.0 - (onset - first_ms) as f64 / spread;
+            // Others in the incident that (transitively) call this service: it is downstream
+            // of them, so their trouble may be its trouble.
+            let callers: Vec<&str> = services.iter().copied().filter(|o| o != svc && topo.depends_on(o, svc)).collect();
+            let calls_anomalous: Vec<&str> = services.iter().copied().filter(|o| o != svc && topo.depends_on(svc, o)).collect();
+            let downstream = if services.len() <= 1 {
+                1.0
+            } else {
+                (callers.len() as f64 - calls_anomalous.len() as f64 * 0.5).max(0.0) / (services.len() - 1) as f64
+            };
+            let agreement = families.len() as f64 / 3.0;
+            let score = 0.35 * precedence + 0.25 * strength + 0.2 * agreement + 0.2 * downstream;
+            let mut reasons = vec![if onset == first_ms {
+                format!("first to go wrong, at {}", format_time(onset, onset))
+            } else {
+                format!("went wrong {} s after the first service", (onset - first_ms) / 1000)
+            }];
+            reasons.push(format!("strongest anomaly score {strength:.2}"));
+            reasons.push(format!("evidence from {}", families.into_iter().collect::<Vec<_>>().join(", ")));
+            if !callers.is_empty() {
+                reasons.push(format!("called by anomalous {}", callers.join(", ")));
+            }
+            if !calls_anomalous.is_empty() {
+                reasons.push(format!("itself calls anomalous {}", calls_anomalous.join(", ")));
+            }
+            RankedService { service: svc.to_string(), score, reasons }
+        })
+        .collect();
+    ranked.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.service.cmp(&b.service)));
+    inc.candidates = ranked;
+    let Some(top) = inc.candidates.first() else { return };
+    let first = inc.timeline.iter().find(|m| m.service == top.service);
+    let mut summary = first.map_or_else(String::new, |m| m.explanation.clone());
+    if let Some(next) = inc.timeline.iter().find(|m| m.service != top.service)
+        && let Some(f) = first
+    {
+        let dt = (next.start_ms - f.start_ms) / 1000;
+        let when = if dt >= 0 { format!("{dt} s later") } else { format!("{} s earlier", -dt) };
+        summary = format!("{summary}; {when}: {}", next.explanation);
+    }
+    inc.summary = format!(
+        "{} likely root cause: {summary} ({} anomalies across {} services)",
+        top.service,
+        inc.timeline.len(),
+        inc.services.len()
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topology::SpanRef;
+    use vigil_detectors::anomaly::{Severity, SignalRef};
+
+    const T0: i64 = 1_795_392_000_000;
+
+    fn anomaly(id: &str, service: &str, detector: DetectorKind, start_s: i64, score: f64, open: bool) -> Anomaly {
+        Anomaly {
+            id: id.into(),
+            detector,
+            signal: SignalRef {
+                key: format!("k:{id}"),
+                service: Some(service.into()),
+                name: format!("{service} signal"),
+                labels: BTreeMap::new(),
+            },
+            start_ms: T0 + start_s * 1000,
+            end_ms: T0 + start_s * 1000 + 60_000,
+            score,
+            severity: Severity::from_score(score),
+            observed: 1.0,
+            expected: 0.0,
+            lower: 0.0,
+            upper: 0.5,
+            unit: String::new(),
+            open,
+            explanation: format!("{service} {id} went bad"),
+        }
+    }
+
+    /// frontend → checkout → payment; inventory is unrelated.
+    fn topology() -> Topology {
+        let mut t = Topology::new();
+        for i in 0..10u64 {
+            let b = i * 10;
+            t.observe(&SpanRef { service: "frontend", span_id: b + 1, parent_span_id: None, end_ms: T0, duration_s: 0.2, error: false });
+            t.observe(&SpanRef { service: "checkout", span_id: b + 2, parent_span_id: Some(b + 1), end_ms: T0, duration_s: 0.1, error: false });
+            t.observe(&SpanRef { service: "payment", span_id: b + 3, parent_span_id: Some(b + 2), end_ms: T0, duration_s: 0.05, error: false });
+            t.observe(&SpanRef { service: "inventory", span_id: b + 4, parent_span_id: None, end_ms: T0, duration_s: 0.05, error: false });
+        }
+        t
+    }
+
+    #[test]
+    fn a_cascade_is_one_incident_led_by_the_downstream_service_that_broke_first() {
+        let topo = topology();
+        let mut c = Correlator::new(IncidentConfig::default());
+        c.observe(&anomaly("a1", "payment", DetectorKind::Metric, 0, 0.95, true), &topo);
+        c.observe(&anomaly("a2", "payment", DetectorKind::LogNewPattern, 5, 0.9, true), &topo);
+        c.observe(&anomaly("a3", "checkout", DetectorKind::TraceRed, 40, 0.99, true), &topo);
+        c.observe(&anomaly("a4", "frontend", DetectorKind::TraceRed, 45, 0.99, true), &topo);
+        let all = c.drain();
+        assert_eq!(all.len(), 1, "one incident for the cascade");
+        let inc = &all[0];
+        assert_eq!(inc.services, ["checkout", "frontend", "payment"]);
+        assert_eq!(inc.candidates[0].service, "payment");
+        assert!(inc.candidates[0].reasons[0].starts_with("first to go wrong"), "{:?}", inc.candidates[0].reasons);
+        assert!(inc.candidates[0].reasons.iter().any(|r| r == "evidence from logs, metrics"));
+        assert!(inc.candidates[0].reasons.iter().any(|r| r == "called by anomalous checkout, frontend"));
+        assert!(inc.summary.starts_with("payment likely root cause: payment a1 went bad; 40 s later: checkout a3 went bad"), "{}", inc.summary);
+        assert_eq!(inc.timeline.iter().map(|m| m.anomaly_id.as_str()).collect::<Vec<_>>(), ["a1", "a2", "a3", "a4"]);
+    }
+
+    #[test]
+    fn unrelated_faults_make_two_incidents_and_incidents_resolve() {
+        let topo = topology();
+        let mut c = Correlator::new(IncidentConfig::default());
+        c.observe(&anomaly("p", "payment", DetectorKind::Metric, 0, 0.9, true), &topo);
+        c.observe(&anomaly("i", "inventory", DetectorKind::Metric, 10, 0.9, true), &topo);
+        // Long after: a new payment problem is a new incident.
+        c.observe(&anomaly("p2", "payment", DetectorKind::Metric, 3600, 0.9, true), &topo);
+        assert_eq!(c.drain().len(), 3);
+        let mut closed = anomaly("p", "payment", DetectorKind::Metric, 0, 0.9, false);
+        closed.end_ms = T0 + 120_000;
+        c.observe(&closed, &topo);
+        c.drain();
+        c.advance(T0 + 120_000 + 5 * 60_000);
+        let resolved = c.drain();
+        assert_eq!(resolved.len(), 1);
+        assert_eq!(resolved[0].status, IncidentStatus::Resolved);
+        assert_eq!(resolved[0].services, ["payment"]);
+    }
+}

@@ -1,0 +1,298 @@
+//! The service dependency graph, built from spans as they arrive.
+//!
+//! A span whose parent belongs to another service is a call from the parent's service to
+//! the span's. Parents are found through a bounded map of recent span ids; a child that
+//! arrives before its parent waits (bounded) until the parent shows up. Each edge keeps its
+//! call count, errors and a log-scale latency histogram over a sliding window of one-minute
+//! buckets, so the graph reflects current traffic.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+use serde::Serialize;
+
+/// Recent spans remembered for parent lookups.
+const MAX_SPANS: usize = 200_000;
+/// Children waiting for their parent span.
+const MAX_PENDING: usize = 50_000;
+/// Minutes of traffic an edge's figures cover.
+const WINDOW_MINUTES: usize = 15;
+const LAT_BUCKETS: usize = 96;
+
+/// What the topology needs from one span.
+#[derive(Debug, Clone)]
+pub struct SpanRef<'a> {
+    pub service: &'a str,
+    pub span_id: u64,
+    pub parent_span_id: Option<u64>,
+    pub end_ms: i64,
+    pub duration_s: f64,
+    pub error: bool,
+}
+
+#[derive(Debug, Clone)]
+struct Minute {
+    start_ms: i64,
+    calls: u64,
+    errors: u64,
+    latency: [u32; LAT_BUCKETS],
+}
+
+#[derive(Debug, Clone, Default)]
+struct EdgeStats {
+    minutes: VecDeque<Minute>,
+    last_seen_ms: i64,
+}
+
+fn lat_bucket(seconds: f64) -> usize {
+    // 1.25^i microseconds: 96 buckets reach past an hour.
+    let us = (seconds * 1e6).max(1.0);
+    ((us.ln() / 1.25f64.ln()).floor().max(0.0) as usize).min(LAT_BUCKETS - 1)
+}
+
+impl EdgeStats {
+    fn add(&mut self, end_ms: i64, duration_s: f64, error: bool) {
+        let start = end_ms - end_ms.rem_euclid(60_000);
+        if self.minutes.back().is_none_or(|m| m.start_ms < start) {
+            self.minutes.push_back(Minute { start_ms: start, calls: 0, errors: 0, latency: [0; LAT_BUCKETS] });
+            while self.minutes.len() > WINDOW_MINUTES {
+                self.minutes.pop_front();
+            }
+        }
+        // Late spans land in their own minute when it is still in the window.
+        if let Some(m) = self.minutes.iter_mut().rev().find(|m| m.start_ms == start) {
+            m.calls += 1;
+            m.errors += u64::from(error);
+            m.latency[lat_bucket(duration_s)] += 1;
+        }
+        self.last_seen_ms = self.last_seen_ms.max(end_ms);
+    }
+}
+
+/// One edge of the graph as served.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Edge {
+    pub from: String,
+    pub to: String,
+    /// Calls in the window.
+    pub calls: u64,
+    pub calls_per_s: f64,
+    pub error_ratio: f64,
+    pub p50_s: f64,
+    pub p99_s: f64,
+    pub last_seen_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Graph {
+    pub services: Vec<String>,
+    pub edges: Vec<Edge>,
+}
+
+#[derive(Debug, Default)]
+pub struct Topology {
+    span_service: HashMap<u64, u32>,
+    span_order: VecDeque<u64>,
+    services: Vec<String>,
+    service_idx: HashMap<String, u32>,
+    pending: HashMap<u64, Vec<(u32, i64, f64, bool)>>,
+    pending_count: usize,
+    edges: BTreeMap<(u32, u32), EdgeStats>,
+}
+
+impl Topology {
+    pub fn new() -> Topology {
+        Topology::default()
+    }
+
+    fn intern(&mut self, service: &str) -> u32 {
+        if let Some(&i) = self.service_idx.get(service) {
+            return i;
+        }
+        let i = self.services.len() as u32;
+        self.services.push(service.to_string());
+        self.service_idx.insert(service.to_string(), i);
+        i
+    }
+
+    pub fn observe(&mut self, span: &SpanRef<'_>) {
+        let svc = self.intern(span.service);
+        if self.span_service.insert(span.span_id, svc).is_none() {
+            self.span_order.push_back(span.span_id);
+            if self.span_order.len() > MAX_SPANS
+                && let Some(old) = self.span_order.pop_front()
+            {
+                self.span_service.remove(&old);
+            }
+        }
+        // Children that were waiting for this span.
+        if let Some(children) = self.pending.remove(&span.span_id) {
+            self.pending_count -= children.len();
+            for (child, end, dur, err) in children {
+                if child != svc {
+                    self.edges.entry((svc, child)).or_default().add(end, dur, err);
+                }
+            }
+        }
+        if let Some(parent) = span.parent_span_id {
+            match self.span_service.get(&parent) {
+                Some(&p) if p != svc => self.edges.entry((p, svc)).or_default().add(span.end_ms, span.duration_s, span.error),
+                Some(_) => {}
+                None if self.pending_count < MAX_PENDING => {
+                    self.pending.entry(parent).or_default().push((svc, span.end_ms, span.duration_s, span.error));
+                    self.pending_count += 1;
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// The graph as of `now_ms` (edges silent for longer than the window are left out).
+    pub fn graph(&self, now_ms: i64) -> Graph {
+        let horizon = now_ms - (WINDOW_MINUTES as i64) * 60_000;
+        let edges: Vec<Edge> = self
+            .edges
+            .iter()
+            .filter(|(_, e)| e.last_seen_ms >= horizon)
+            .map(|(&(f, t), e)| {
+                let minutes: Vec<&Minute> = e.minutes.iter().filter(|m| m.start_ms >= horizon).collect();
+                let calls: u64 = minutes.iter().map(|m| m.calls).sum();
+                let errors: u64 = minutes.iter().map(|m| m.errors).sum();
+                let mut hist = [0u64; LAT_BUCKETS];
+                for m in &minutes {
+                    for (h, &c) in hist.iter_mut().zip(m.latency.iter()) {
+                        *h += u64::from(c);
+                    }
+                }
+                let q = |p: f64| {
+                    let target = ((p * calls as f64).ceil() as u64).max(1);
+                    let mut seen = 0;
+                    for (i, &c) in hist.iter().enumerate() {
+                        seen += c;
+                        if seen >= target {
+                            return 1.25f64.powf(i as f64 + 0.5) / 1e6;
+                        }
+                    }
+                    0.0
+                };
+                let span_s = (minutes.len().max(1) * 60) as f64;
+                Edge {
+                    from: self.services[f as usize].clone(),
+                    to: self.services[t as usize].clone(),
+                    calls,
+                    calls_per_s: calls as f64 / span_s,
+                    error_ratio: if calls == 0 { 0.0 } else { errors as f64 / calls as f64 },
+                    p50_s: if calls == 0 { 0.0 } else { q(0.5) },
+                    p99_s: if calls == 0 { 0.0 } else { q(0.99) },
+                    last_seen_ms: e.last_seen_ms,
+                }
+            })
+            .collect();
+        let mut services: BTreeSet<String> = self.services.iter().cloned().collect();
+        for e in &edges {
+            services.insert(e.from.clone());
+            services.insert(e.to.clone());
+        }
+        Graph { services: services.into_iter().collect(), edges }
+    }
+
+    /// Services `service` calls (directly).
+    pub fn callees(&self, service: &str) -> Vec<String> {
+        let Some(&s) = self.service_idx.get(service) else { return Vec::new() };
+        self.edges.keys().filter(|(f, _)| *f == s).map(|(_, t)| self.services[*t as usize].clone()).collect()
+    }
+
+    /// Whether `to` can be reached from `from` by following calls (callee direction).
+    pub fn depends_on(&self, from: &str, to: &str) -> bool {
+        let mut seen = BTreeSet::new();
+        let mut stack = vec![from.to_string()];
+        while let Some(s) = stack.pop() {
+            for c in self.callees(&s) {
+                if c == to {
+                    return true;
+                }
+                if seen.insert(c.clone()) {
+                    stack.push(c);
+                }
+            }
+        }
+        false
+    }
+
+    /// Whether the two services are within `hops` calls of each other, either direction.
+    pub fn near(&self, a: &str, b: &str, hops: usize) -> bool {
+        if a == b {
+            return true;
+        }
+        let neighbours = |s: &str| -> Vec<String> {
+            let Some(&i) = self.service_idx.get(s) else { return Vec::new() };
+            self.edges
+                .keys()
+                .filter_map(|&(f, t)| {
+                    if f == i {
+                        Some(self.services[t as usize].clone())
+                    } else if t == i {
+                        Some(self.services[f as usize].clone())
+                    } else {
+                        None
+                    }
+                })
+                .collect()
+        };
+        let mut frontier = vec![a.to_string()];
+        let mut seen: BTreeSet<String> = frontier.iter().cloned().collect();
+        for _ in 0..hops {
+            let mut next = Vec::new();
+            for s in &frontier {
+                for n in neighbours(s) {
+                    if n == b {
+                        return true;
+                    }
+                    if seen.insert(n.clone()) {
+                        next.push(n);
+                    }
+                }
+            }
+            frontier = next;
+        }
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn span<'a>(service: &'a str, id: u64, parent: Option<u64>, end_ms: i64, dur: f64, error: bool) -> SpanRef<'a> {
+        SpanRef { service, span_id: id, parent_span_id: parent, end_ms, duration_s: dur, error }
+    }
+
+    #[test]
+    fn calls_across_services_become_edges_with_figures() {
+        let mut t = Topology::new();
+        let t0 = 1_795_392_000_000;
+        for i in 0..100u64 {
+            let base = i * 10;
+            let end = t0 + i as i64 * 1000;
+            t.observe(&span("frontend", base + 1, None, end, 0.3, false));
+            // checkout's server span is a child of frontend's span; in-service child spans
+            // make no edge.
+            t.observe(&span("checkout", base + 2, Some(base + 1), end, 0.2, i % 10 == 0));
+            t.observe(&span("checkout", base + 3, Some(base + 2), end, 0.01, false));
+            // payment's span arrives before its parent (out of order across batches).
+            t.observe(&span("payment", base + 5, Some(base + 4), end, 0.1, false));
+            t.observe(&span("checkout", base + 4, Some(base + 2), end, 0.12, false));
+        }
+        let g = t.graph(t0 + 100_000);
+        let pairs: Vec<(&str, &str, u64)> = g.edges.iter().map(|e| (e.from.as_str(), e.to.as_str(), e.calls)).collect();
+        assert_eq!(pairs, [("frontend", "checkout", 100), ("checkout", "payment", 100)]);
+        let fc = &g.edges[0];
+        assert!((fc.error_ratio - 0.1).abs() < 1e-9);
+        assert!((0.18..0.23).contains(&fc.p50_s), "{}", fc.p50_s);
+        assert!(t.depends_on("frontend", "payment"));
+        assert!(!t.depends_on("payment", "frontend"));
+        assert!(t.near("payment", "frontend", 2));
+        assert!(!t.near("payment", "frontend", 1));
+        // The window moves on: an hour later the edges are gone from the graph.
+        assert!(t.graph(t0 + 3_600_000).edges.is_empty());
+    }
+}
