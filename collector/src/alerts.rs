@@ -20,7 +20,8 @@ use vigil_alerting::engine::{ActionError, ActionOutcome, Alerting, Notification}
 use vigil_alerting::payload::{self, Context};
 use vigil_alerting::sign::{self, ActionLink, LinkAction, LinkError};
 use vigil_alerting::store::{AlertStore, StoreError};
-use vigil_detectors::anomaly::{Anomaly, Severity};
+use vigil_detectors::anomaly::Severity;
+use vigil_rca::incident::{Incident, IncidentStatus};
 
 use crate::config::Secret;
 
@@ -29,8 +30,8 @@ pub const IDEMPOTENCY_HEADER: &str = "x-vigil-idempotency-key";
 const DEFAULT_RECEIVER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest sleep of the delivery loop when nothing is due (it also wakes on changes).
 const IDLE_WAKE: Duration = Duration::from_secs(1);
-/// Anomaly alerts stay firing this long past the anomaly's last evidence unless extended.
-const ANOMALY_ALERT_GRACE_MS: i64 = 10 * 60_000;
+/// An open incident's alert stays firing this long past its latest update.
+const INCIDENT_ALERT_TTL_MS: i64 = 60 * 60_000;
 
 pub struct AlertService {
     engine: Mutex<Alerting>,
@@ -227,51 +228,67 @@ impl AlertService {
         ))
     }
 
-    /// Turns anomaly updates into alerts (warning and critical only: info findings are for
-    /// browsing, not for waking someone up).
-    pub fn on_anomalies(&self, anomalies: &[Anomaly]) {
-        let inputs: Vec<AlertInput> = anomalies
+    /// Turns incident updates into alerts: one alert per incident (never one per anomaly),
+    /// only once it holds a warning or critical anomaly. The labels are the incident id
+    /// alone, so the alert keeps its identity while ranking and severity evolve.
+    pub fn on_incidents(&self, incidents: &[Incident]) {
+        let now = now_ms();
+        let external = self.external_url();
+        let inputs: Vec<AlertInput> = incidents
             .iter()
-            .filter(|a| a.severity >= Severity::Warning)
-            .map(|a| {
-                let mut labels = BTreeMap::from([
-                    ("alertname".to_string(), "VigilAnomaly".to_string()),
-                    ("detector".to_string(), format!("{:?}", a.detector).to_lowercase()),
-                    ("signal".to_string(), a.signal.key.clone()),
-                    ("severity".to_string(), format!("{:?}", a.severity).to_lowercase()),
-                ]);
-                if let Some(s) = &a.signal.service {
-                    labels.insert("service".into(), s.clone());
+            .filter_map(|inc| {
+                let peak = inc.timeline.iter().map(|m| m.score).fold(0.0, f64::max);
+                let severity = Severity::from_score(peak);
+                if severity < Severity::Warning {
+                    return None;
                 }
-                let annotations = BTreeMap::from([
-                    ("summary".to_string(), a.explanation.clone()),
-                    ("vigil_anomaly_id".to_string(), a.id.clone()),
-                    ("score".to_string(), format!("{:.2}", a.score)),
+                let top = inc.candidates.first();
+                let labels = BTreeMap::from([
+                    ("alertname".to_string(), "VigilIncident".to_string()),
+                    ("incident".to_string(), inc.id.clone()),
                 ]);
-                let ends = if a.open {
-                    a.end_ms.saturating_add(ANOMALY_ALERT_GRACE_MS)
-                } else {
-                    a.end_ms
-                };
-                AlertInput {
+                let mut annotations = BTreeMap::from([
+                    ("summary".to_string(), inc.summary.clone()),
+                    ("severity".to_string(), format!("{severity:?}").to_lowercase()),
+                    ("vigil_incident_id".to_string(), inc.id.clone()),
+                    (
+                        "vigil_report_url".to_string(),
+                        format!("{external}/api/v1/incidents/{}", inc.id),
+                    ),
+                    (
+                        "vigil_anomaly_ids".to_string(),
+                        inc.timeline
+                            .iter()
+                            .map(|m| m.anomaly_id.as_str())
+                            .collect::<Vec<_>>()
+                            .join(","),
+                    ),
+                    ("services".to_string(), inc.services.join(",")),
+                ]);
+                if let Some(t) = top {
+                    annotations.insert("service".into(), t.service.clone());
+                    annotations.insert(
+                        "vigil_root_cause".into(),
+                        format!("{}: {}", t.service, t.reasons.join("; ")),
+                    );
+                }
+                let open = inc.status == IncidentStatus::Open;
+                Some(AlertInput {
                     labels,
                     annotations,
-                    starts_at_ms: Some(a.start_ms),
-                    // A closed anomaly resolves its alert; an open one keeps it firing.
-                    ends_at_ms: Some(if a.open {
-                        ends.max(now_ms() + 60_000)
-                    } else {
-                        ends.min(now_ms())
-                    }),
-                    generator_url: format!("{}/api/v1/anomalies/{}", self.external_url(), a.id),
-                }
+                    starts_at_ms: Some(inc.start_ms),
+                    // Open: firing until the incident resolves (refreshed with every update);
+                    // resolved: resolves the alert now.
+                    ends_at_ms: Some(if open { now + INCIDENT_ALERT_TTL_MS } else { now }),
+                    generator_url: format!("{external}/api/v1/incidents/{}", inc.id),
+                })
             })
             .collect();
         if inputs.is_empty() {
             return;
         }
         if let Err(e) = self.upsert(inputs) {
-            tracing::error!(error = %e, "could not record anomaly alerts");
+            tracing::error!(error = %e, "could not record incident alerts");
         }
     }
 

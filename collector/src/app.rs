@@ -86,10 +86,10 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnO
     )
     .with_context(|| format!("cannot open alerting state in {}", data_dir.join("alerting").display()))?;
     let bridge = Arc::clone(&alerts);
-    let (pipeline, anomalies, detect_thread) = crate::pipeline::start(
+    let (pipeline, detection, detect_thread) = crate::pipeline::start(
         &data_dir.join("detect"),
         Arc::clone(&metrics),
-        Box::new(move |updates| bridge.on_anomalies(updates)),
+        Box::new(move |updates| bridge.on_incidents(updates)),
     )
     .with_context(|| format!("cannot open anomaly store in {}", data_dir.join("detect").display()))?;
     indexer.set_pipeline(pipeline.clone());
@@ -148,7 +148,9 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnO
         token: TokenCheck::new(config.auth.api_token.as_ref()),
         max_results: config.api.max_results,
         retention_hours: config.storage.retention_hours,
-        anomalies,
+        anomalies: Arc::clone(&detection.anomalies),
+        incidents: Arc::clone(&detection.incidents),
+        topology: Arc::clone(&detection.topology),
         pipeline,
         alerts: Arc::clone(&alerts),
         responder: TokenCheck::new(config.auth.responder_token.as_ref()),

@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use vigil_detectors::anomaly::{Anomaly, DetectorKind, format_time};
 
 use crate::topology::Topology;
@@ -29,11 +29,15 @@ pub struct IncidentConfig {
 
 impl Default for IncidentConfig {
     fn default() -> Self {
-        IncidentConfig { join_window_ms: 10 * 60_000, resolve_after_ms: 5 * 60_000, max_hops: 2 }
+        IncidentConfig {
+            join_window_ms: 10 * 60_000,
+            resolve_after_ms: 5 * 60_000,
+            max_hops: 2,
+        }
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum IncidentStatus {
     Open,
@@ -41,7 +45,7 @@ pub enum IncidentStatus {
 }
 
 /// An anomaly as the incident keeps it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Member {
     pub anomaly_id: String,
     pub service: String,
@@ -54,7 +58,7 @@ pub struct Member {
     pub explanation: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RankedService {
     pub service: String,
     pub score: f64,
@@ -62,7 +66,7 @@ pub struct RankedService {
     pub reasons: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Incident {
     pub id: String,
     pub status: IncidentStatus,
@@ -105,7 +109,10 @@ fn kind_family(d: DetectorKind) -> &'static str {
 
 impl Correlator {
     pub fn new(cfg: IncidentConfig) -> Correlator {
-        Correlator { cfg, ..Correlator::default() }
+        Correlator {
+            cfg,
+            ..Correlator::default()
+        }
     }
 
     /// Files one anomaly update (new or changed) into its incident.
@@ -129,8 +136,13 @@ impl Correlator {
                     .incidents
                     .values()
                     .filter(|i| i.status == IncidentStatus::Open)
-                    .filter(|i| a.start_ms <= i.end_ms + self.cfg.join_window_ms && a.start_ms + self.cfg.join_window_ms >= i.start_ms)
-                    .filter(|i| service == "unknown" || i.services.iter().any(|s| topo.near(s, &service, self.cfg.max_hops)))
+                    .filter(|i| {
+                        a.start_ms <= i.end_ms + self.cfg.join_window_ms
+                            && a.start_ms + self.cfg.join_window_ms >= i.start_ms
+                    })
+                    .filter(|i| {
+                        service == "unknown" || i.services.iter().any(|s| topo.near(s, &service, self.cfg.max_hops))
+                    })
                     .max_by_key(|i| i.end_ms)
                     .map(|i| i.id.clone());
                 let id = joinable.unwrap_or_else(|| {
@@ -159,7 +171,11 @@ impl Correlator {
                 Some(m) => *m = member,
                 None => inc.timeline.push(member),
             }
-            inc.timeline.sort_by(|x, y| x.start_ms.cmp(&y.start_ms).then_with(|| x.anomaly_id.cmp(&y.anomaly_id)));
+            inc.timeline.sort_by(|x, y| {
+                x.start_ms
+                    .cmp(&y.start_ms)
+                    .then_with(|| x.anomaly_id.cmp(&y.anomaly_id))
+            });
             inc.start_ms = inc.start_ms.min(a.start_ms);
             inc.end_ms = inc.end_ms.max(a.end_ms);
             inc.status = IncidentStatus::Open;
@@ -185,11 +201,24 @@ impl Correlator {
 
     /// Incidents opened, changed or resolved since the last call.
     pub fn drain(&mut self) -> Vec<Incident> {
-        std::mem::take(&mut self.updated).into_iter().filter_map(|id| self.incidents.get(&id).cloned()).collect()
+        std::mem::take(&mut self.updated)
+            .into_iter()
+            .filter_map(|id| self.incidents.get(&id).cloned())
+            .collect()
     }
 
     pub fn incident(&self, id: &str) -> Option<&Incident> {
         self.incidents.get(id)
+    }
+
+    /// Resumes from stored incidents (open ones keep collecting their anomalies).
+    pub fn restore(&mut self, incidents: Vec<Incident>) {
+        for inc in incidents {
+            for m in &inc.timeline {
+                self.of_anomaly.insert(m.anomaly_id.clone(), inc.id.clone());
+            }
+            self.incidents.insert(inc.id.clone(), inc);
+        }
     }
 }
 
@@ -200,7 +229,11 @@ fn rank(inc: &mut Incident, topo: &Topology) {
         by_service.entry(m.service.as_str()).or_default().push(m);
     }
     let first_ms = inc.timeline.iter().map(|m| m.start_ms).min().unwrap_or(inc.start_ms);
-    let last_onset = by_service.values().map(|ms| ms.iter().map(|m| m.start_ms).min().unwrap_or(first_ms)).max().unwrap_or(first_ms);
+    let last_onset = by_service
+        .values()
+        .map(|ms| ms.iter().map(|m| m.start_ms).min().unwrap_or(first_ms))
+        .max()
+        .unwrap_or(first_ms);
     let spread = (last_onset - first_ms).max(1) as f64;
     let services: Vec<&str> = by_service.keys().copied().collect();
     let mut ranked: Vec<RankedService> = by_service
@@ -212,8 +245,16 @@ fn rank(inc: &mut Incident, topo: &Topology) {
             let precedence = 1.0 - (onset - first_ms) as f64 / spread;
             // Others in the incident that (transitively) call this service: it is downstream
             // of them, so their trouble may be its trouble.
-            let callers: Vec<&str> = services.iter().copied().filter(|o| o != svc && topo.depends_on(o, svc)).collect();
-            let calls_anomalous: Vec<&str> = services.iter().copied().filter(|o| o != svc && topo.depends_on(svc, o)).collect();
+            let callers: Vec<&str> = services
+                .iter()
+                .copied()
+                .filter(|o| o != svc && topo.depends_on(o, svc))
+                .collect();
+            let calls_anomalous: Vec<&str> = services
+                .iter()
+                .copied()
+                .filter(|o| o != svc && topo.depends_on(svc, o))
+                .collect();
             let downstream = if services.len() <= 1 {
                 1.0
             } else {
@@ -227,14 +268,21 @@ fn rank(inc: &mut Incident, topo: &Topology) {
                 format!("went wrong {} s after the first service", (onset - first_ms) / 1000)
             }];
             reasons.push(format!("strongest anomaly score {strength:.2}"));
-            reasons.push(format!("evidence from {}", families.into_iter().collect::<Vec<_>>().join(", ")));
+            reasons.push(format!(
+                "evidence from {}",
+                families.into_iter().collect::<Vec<_>>().join(", ")
+            ));
             if !callers.is_empty() {
                 reasons.push(format!("called by anomalous {}", callers.join(", ")));
             }
             if !calls_anomalous.is_empty() {
                 reasons.push(format!("itself calls anomalous {}", calls_anomalous.join(", ")));
             }
-            RankedService { service: svc.to_string(), score, reasons }
+            RankedService {
+                service: svc.to_string(),
+                score,
+                reasons,
+            }
         })
         .collect();
     ranked.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.service.cmp(&b.service)));
@@ -246,7 +294,11 @@ fn rank(inc: &mut Incident, topo: &Topology) {
         && let Some(f) = first
     {
         let dt = (next.start_ms - f.start_ms) / 1000;
-        let when = if dt >= 0 { format!("{dt} s later") } else { format!("{} s earlier", -dt) };
+        let when = if dt >= 0 {
+            format!("{dt} s later")
+        } else {
+            format!("{} s earlier", -dt)
+        };
         summary = format!("{summary}; {when}: {}", next.explanation);
     }
     inc.summary = format!(
@@ -294,10 +346,38 @@ mod tests {
         let mut t = Topology::new();
         for i in 0..10u64 {
             let b = i * 10;
-            t.observe(&SpanRef { service: "frontend", span_id: b + 1, parent_span_id: None, end_ms: T0, duration_s: 0.2, error: false });
-            t.observe(&SpanRef { service: "checkout", span_id: b + 2, parent_span_id: Some(b + 1), end_ms: T0, duration_s: 0.1, error: false });
-            t.observe(&SpanRef { service: "payment", span_id: b + 3, parent_span_id: Some(b + 2), end_ms: T0, duration_s: 0.05, error: false });
-            t.observe(&SpanRef { service: "inventory", span_id: b + 4, parent_span_id: None, end_ms: T0, duration_s: 0.05, error: false });
+            t.observe(&SpanRef {
+                service: "frontend",
+                span_id: b + 1,
+                parent_span_id: None,
+                end_ms: T0,
+                duration_s: 0.2,
+                error: false,
+            });
+            t.observe(&SpanRef {
+                service: "checkout",
+                span_id: b + 2,
+                parent_span_id: Some(b + 1),
+                end_ms: T0,
+                duration_s: 0.1,
+                error: false,
+            });
+            t.observe(&SpanRef {
+                service: "payment",
+                span_id: b + 3,
+                parent_span_id: Some(b + 2),
+                end_ms: T0,
+                duration_s: 0.05,
+                error: false,
+            });
+            t.observe(&SpanRef {
+                service: "inventory",
+                span_id: b + 4,
+                parent_span_id: None,
+                end_ms: T0,
+                duration_s: 0.05,
+                error: false,
+            });
         }
         t
     }
@@ -307,19 +387,50 @@ mod tests {
         let topo = topology();
         let mut c = Correlator::new(IncidentConfig::default());
         c.observe(&anomaly("a1", "payment", DetectorKind::Metric, 0, 0.95, true), &topo);
-        c.observe(&anomaly("a2", "payment", DetectorKind::LogNewPattern, 5, 0.9, true), &topo);
-        c.observe(&anomaly("a3", "checkout", DetectorKind::TraceRed, 40, 0.99, true), &topo);
-        c.observe(&anomaly("a4", "frontend", DetectorKind::TraceRed, 45, 0.99, true), &topo);
+        c.observe(
+            &anomaly("a2", "payment", DetectorKind::LogNewPattern, 5, 0.9, true),
+            &topo,
+        );
+        c.observe(
+            &anomaly("a3", "checkout", DetectorKind::TraceRed, 40, 0.99, true),
+            &topo,
+        );
+        c.observe(
+            &anomaly("a4", "frontend", DetectorKind::TraceRed, 45, 0.99, true),
+            &topo,
+        );
         let all = c.drain();
         assert_eq!(all.len(), 1, "one incident for the cascade");
         let inc = &all[0];
         assert_eq!(inc.services, ["checkout", "frontend", "payment"]);
         assert_eq!(inc.candidates[0].service, "payment");
-        assert!(inc.candidates[0].reasons[0].starts_with("first to go wrong"), "{:?}", inc.candidates[0].reasons);
-        assert!(inc.candidates[0].reasons.iter().any(|r| r == "evidence from logs, metrics"));
-        assert!(inc.candidates[0].reasons.iter().any(|r| r == "called by anomalous checkout, frontend"));
-        assert!(inc.summary.starts_with("payment likely root cause: payment a1 went bad; 40 s later: checkout a3 went bad"), "{}", inc.summary);
-        assert_eq!(inc.timeline.iter().map(|m| m.anomaly_id.as_str()).collect::<Vec<_>>(), ["a1", "a2", "a3", "a4"]);
+        assert!(
+            inc.candidates[0].reasons[0].starts_with("first to go wrong"),
+            "{:?}",
+            inc.candidates[0].reasons
+        );
+        assert!(
+            inc.candidates[0]
+                .reasons
+                .iter()
+                .any(|r| r == "evidence from logs, metrics")
+        );
+        assert!(
+            inc.candidates[0]
+                .reasons
+                .iter()
+                .any(|r| r == "called by anomalous checkout, frontend")
+        );
+        assert!(
+            inc.summary
+                .starts_with("payment likely root cause: payment a1 went bad; 40 s later: checkout a3 went bad"),
+            "{}",
+            inc.summary
+        );
+        assert_eq!(
+            inc.timeline.iter().map(|m| m.anomaly_id.as_str()).collect::<Vec<_>>(),
+            ["a1", "a2", "a3", "a4"]
+        );
     }
 
     #[test]

@@ -53,7 +53,12 @@ impl EdgeStats {
     fn add(&mut self, end_ms: i64, duration_s: f64, error: bool) {
         let start = end_ms - end_ms.rem_euclid(60_000);
         if self.minutes.back().is_none_or(|m| m.start_ms < start) {
-            self.minutes.push_back(Minute { start_ms: start, calls: 0, errors: 0, latency: [0; LAT_BUCKETS] });
+            self.minutes.push_back(Minute {
+                start_ms: start,
+                calls: 0,
+                errors: 0,
+                latency: [0; LAT_BUCKETS],
+            });
             while self.minutes.len() > WINDOW_MINUTES {
                 self.minutes.pop_front();
             }
@@ -135,10 +140,18 @@ impl Topology {
         }
         if let Some(parent) = span.parent_span_id {
             match self.span_service.get(&parent) {
-                Some(&p) if p != svc => self.edges.entry((p, svc)).or_default().add(span.end_ms, span.duration_s, span.error),
+                Some(&p) if p != svc => {
+                    self.edges
+                        .entry((p, svc))
+                        .or_default()
+                        .add(span.end_ms, span.duration_s, span.error)
+                }
                 Some(_) => {}
                 None if self.pending_count < MAX_PENDING => {
-                    self.pending.entry(parent).or_default().push((svc, span.end_ms, span.duration_s, span.error));
+                    self.pending
+                        .entry(parent)
+                        .or_default()
+                        .push((svc, span.end_ms, span.duration_s, span.error));
                     self.pending_count += 1;
                 }
                 None => {}
@@ -192,13 +205,22 @@ impl Topology {
             services.insert(e.from.clone());
             services.insert(e.to.clone());
         }
-        Graph { services: services.into_iter().collect(), edges }
+        Graph {
+            services: services.into_iter().collect(),
+            edges,
+        }
     }
 
     /// Services `service` calls (directly).
     pub fn callees(&self, service: &str) -> Vec<String> {
-        let Some(&s) = self.service_idx.get(service) else { return Vec::new() };
-        self.edges.keys().filter(|(f, _)| *f == s).map(|(_, t)| self.services[*t as usize].clone()).collect()
+        let Some(&s) = self.service_idx.get(service) else {
+            return Vec::new();
+        };
+        self.edges
+            .keys()
+            .filter(|(f, _)| *f == s)
+            .map(|(_, t)| self.services[*t as usize].clone())
+            .collect()
     }
 
     /// Whether `to` can be reached from `from` by following calls (callee direction).
@@ -224,7 +246,9 @@ impl Topology {
             return true;
         }
         let neighbours = |s: &str| -> Vec<String> {
-            let Some(&i) = self.service_idx.get(s) else { return Vec::new() };
+            let Some(&i) = self.service_idx.get(s) else {
+                return Vec::new();
+            };
             self.edges
                 .keys()
                 .filter_map(|&(f, t)| {
@@ -263,7 +287,14 @@ mod tests {
     use super::*;
 
     fn span<'a>(service: &'a str, id: u64, parent: Option<u64>, end_ms: i64, dur: f64, error: bool) -> SpanRef<'a> {
-        SpanRef { service, span_id: id, parent_span_id: parent, end_ms, duration_s: dur, error }
+        SpanRef {
+            service,
+            span_id: id,
+            parent_span_id: parent,
+            end_ms,
+            duration_s: dur,
+            error,
+        }
     }
 
     #[test]
@@ -283,7 +314,11 @@ mod tests {
             t.observe(&span("checkout", base + 4, Some(base + 2), end, 0.12, false));
         }
         let g = t.graph(t0 + 100_000);
-        let pairs: Vec<(&str, &str, u64)> = g.edges.iter().map(|e| (e.from.as_str(), e.to.as_str(), e.calls)).collect();
+        let pairs: Vec<(&str, &str, u64)> = g
+            .edges
+            .iter()
+            .map(|e| (e.from.as_str(), e.to.as_str(), e.calls))
+            .collect();
         assert_eq!(pairs, [("frontend", "checkout", 100), ("checkout", "payment", 100)]);
         let fc = &g.edges[0];
         assert!((fc.error_ratio - 0.1).abs() < 1e-9);

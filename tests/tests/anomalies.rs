@@ -224,19 +224,52 @@ async fn latency_regression_and_new_error_pattern_become_anomalies_and_take_feed
         "{body}"
     );
 
-    // Warning and critical anomalies become alerts; feedback on the alert reaches the
-    // detectors through the anomaly it came from.
-    let (_, alerts) = get_json(&client, &c.api_url("/api/v1/alerts")).await?;
-    let alert = alerts["alerts"]
+    // The two findings on checkout are one incident, checkout ranked first, with evidence.
+    let (status, incidents) = get_json(&client, &c.api_url("/api/v1/incidents")).await?;
+    assert_eq!(status, 200);
+    let list = incidents["incidents"].as_array().cloned().unwrap_or_default();
+    assert_eq!(list.len(), 1, "{incidents}");
+    let inc = &list[0];
+    assert_eq!(inc["candidates"][0]["service"], "checkout");
+    let timeline: Vec<String> = inc["timeline"]
         .as_array()
         .into_iter()
         .flatten()
-        .find(|a| a["annotations"]["vigil_anomaly_id"] == id.as_str())
-        .cloned()
-        .unwrap_or(Value::Null);
-    assert_eq!(alert["labels"]["alertname"], "VigilAnomaly", "{alerts}");
-    assert_eq!(alert["labels"]["service"], "checkout");
-    assert_eq!(alert["labels"]["signal"], "red:checkout:POST /pay:p99");
+        .filter_map(|m| m["anomaly_id"].as_str().map(str::to_string))
+        .collect();
+    assert!(timeline.contains(&id), "{inc}");
+    assert!(timeline.len() >= 2, "p99 and the new pattern: {inc}");
+    assert!(
+        inc["summary"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("checkout likely root cause: "),
+        "{inc}"
+    );
+    let inc_id = inc["id"].as_str().unwrap_or_default();
+    let (status, report) = get_json(&client, &c.api_url(&format!("/api/v1/incidents/{inc_id}"))).await?;
+    assert_eq!(status, 200);
+    assert_eq!(report["evidence"].as_array().map(Vec::len), Some(timeline.len()));
+    assert_eq!(get_json(&client, &c.api_url("/api/v1/incidents/nope")).await?.0, 404);
+    let (_, graph) = get_json(&client, &c.api_url("/api/v1/services/graph")).await?;
+    assert!(
+        graph["services"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|s| s == "checkout"),
+        "{graph}"
+    );
+
+    // The incident raised one alert (not one per anomaly); feedback on it reaches the
+    // detectors through every anomaly it holds.
+    let (_, alerts) = get_json(&client, &c.api_url("/api/v1/alerts")).await?;
+    let all_alerts = alerts["alerts"].as_array().cloned().unwrap_or_default();
+    assert_eq!(all_alerts.len(), 1, "{alerts}");
+    let alert = &all_alerts[0];
+    assert_eq!(alert["labels"]["alertname"], "VigilIncident", "{alerts}");
+    assert_eq!(alert["labels"]["incident"], inc_id);
+    assert_eq!(alert["annotations"]["service"], "checkout");
     let alert_id = alert["id"].as_str().unwrap_or_default();
     let response = client
         .post(c.api_url(&format!("/api/v1/alerts/{alert_id}/feedback")))
@@ -245,7 +278,11 @@ async fn latency_regression_and_new_error_pattern_become_anomalies_and_take_feed
         .await?;
     assert_eq!(response.status().as_u16(), 200);
     let body: Value = response.json().await?;
-    assert_eq!(body["forwarded_to_detectors"], true, "{body}");
+    assert_eq!(
+        body["forwarded_to_detectors"].as_u64(),
+        Some(timeline.len() as u64),
+        "{body}"
+    );
     let (status, body) = post_feedback(&client, &c, &id, r#"{"verdict":"real"}"#).await?;
     assert_eq!(status, 200, "{body}");
     assert_eq!(

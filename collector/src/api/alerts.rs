@@ -168,20 +168,23 @@ pub(super) async fn alert_action(
             };
             let word = if verdict == Verdict::Real { "useful" } else { "noise" };
             let alert = blocking(&svc, move |s| s.feedback(&id, &by, word)).await?;
-            // An alert made from an anomaly passes the verdict on to the detectors.
-            let forwarded = match alert.annotations.get("vigil_anomaly_id") {
-                Some(anomaly_id) => match state.anomalies.record_feedback(anomaly_id, verdict) {
+            // An alert made from an incident passes the verdict on to the detectors, for
+            // every anomaly the incident holds.
+            let ids: Vec<String> = alert
+                .annotations
+                .get("vigil_anomaly_ids")
+                .map(|v| v.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect())
+                .unwrap_or_default();
+            let mut forwarded = 0usize;
+            for anomaly_id in ids {
+                match state.anomalies.record_feedback(&anomaly_id, verdict) {
                     Ok((key, _)) => {
                         state.pipeline.feedback(key, verdict);
-                        true
+                        forwarded += 1;
                     }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "alert feedback could not reach its anomaly");
-                        false
-                    }
-                },
-                None => false,
-            };
+                    Err(e) => tracing::warn!(error = %e, "alert feedback could not reach an anomaly"),
+                }
+            }
             return Ok(
                 Json(json!({ "alert": alert.id, "verdict": word, "forwarded_to_detectors": forwarded }))
                     .into_response(),

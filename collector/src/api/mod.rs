@@ -32,6 +32,8 @@ pub struct ApiState {
     pub max_results: usize,
     pub retention_hours: u64,
     pub anomalies: Arc<AnomalyStore>,
+    pub incidents: Arc<crate::pipeline::IncidentStore>,
+    pub topology: Arc<std::sync::Mutex<vigil_rca::topology::Topology>>,
     pub pipeline: PipelineSender,
     pub alerts: Arc<crate::alerts::AlertService>,
     /// Accepted (besides the API token) on the responder actions: ack, resolve, comment…
@@ -77,6 +79,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/anomalies", get(anomalies))
         .route("/api/v1/anomalies/{id}", get(anomaly))
         .route("/api/v1/anomalies/{id}/feedback", post(anomaly_feedback))
+        .route("/api/v1/incidents", get(incidents))
+        .route("/api/v1/incidents/{id}", get(incident))
+        .route("/api/v1/services/graph", get(services_graph))
         .route("/api/v1/traces/{trace_id}", get(trace))
         .route("/api/v1/services", get(services))
         .route("/api/v1/metrics/series", get(metric_series))
@@ -259,6 +264,54 @@ async fn anomalies(State(state): State<ApiState>, Query(params): Params) -> Resu
     let store = Arc::clone(&state.anomalies);
     let found = store.query(start / 1_000_000, end / 1_000_000, service.as_deref(), limit);
     Ok(Json(json!({ "anomalies": found })).into_response())
+}
+
+async fn incidents(State(state): State<ApiState>, Query(params): Params) -> Result<Response, ApiError> {
+    let (start, end) = range(&state, &params)?;
+    let limit = limit_param(&state, &params, 100)?;
+    let status = match params.get("status").map(String::as_str) {
+        None => None,
+        Some("open") => Some(vigil_rca::incident::IncidentStatus::Open),
+        Some("resolved") => Some(vigil_rca::incident::IncidentStatus::Resolved),
+        Some(other) => return Err(ApiError::bad(format!("status: {other:?} is not open or resolved"))),
+    };
+    let found = state.incidents.query(start / 1_000_000, end / 1_000_000, status, limit);
+    Ok(Json(json!({ "incidents": found })).into_response())
+}
+
+/// One incident: ranked candidates with reasons, the anomaly timeline, the summary, and
+/// for each anomaly the query that reproduces its evidence.
+async fn incident(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let Some(inc) = state.incidents.get(&id) else {
+        return Err(ApiError(StatusCode::NOT_FOUND, format!("no incident with id {id:?}")));
+    };
+    let evidence: Vec<serde_json::Value> = inc
+        .timeline
+        .iter()
+        .map(|m| {
+            let anomaly = state.anomalies.get(&m.anomaly_id);
+            json!({
+                "anomaly": anomaly,
+                "query": format!("/api/v1/anomalies/{}", m.anomaly_id),
+                "logs": format!(
+                    "/api/v1/logs/search?service={}&start={}&end={}",
+                    m.service,
+                    m.start_ms - 300_000,
+                    m.end_ms + 60_000
+                ),
+            })
+        })
+        .collect();
+    let mut body =
+        serde_json::to_value(&inc).map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    body["evidence"] = serde_json::Value::Array(evidence);
+    Ok(Json(body).into_response())
+}
+
+async fn services_graph(State(state): State<ApiState>) -> Response {
+    let now = i64::try_from(now_ns() / 1_000_000).unwrap_or(i64::MAX);
+    let graph = state.topology.lock().unwrap_or_else(|e| e.into_inner()).graph(now);
+    Json(graph).into_response()
 }
 
 async fn anomaly(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {

@@ -7,6 +7,7 @@
 //! indexer feeds replayed WAL entries too, detection after a restart sees what the indexes
 //! had not yet committed (detector state itself is not persisted yet; see ARCHITECTURE.md).
 
+mod incidents;
 mod store;
 
 use std::collections::{BTreeMap, HashMap};
@@ -20,7 +21,10 @@ use vigil_detectors::engine::{Engine, EngineConfig, EngineStats, MetricPoint, Ve
 
 use crate::telemetry::{DetectorLabel, Metrics};
 
+pub use incidents::IncidentStore;
 pub use store::{AnomalyStore, FeedbackError};
+use vigil_rca::incident::{Correlator, Incident, IncidentConfig};
+use vigil_rca::topology::{SpanRef, Topology};
 
 /// One signal for the detectors, as extracted from an OTLP request.
 #[derive(Debug, Clone)]
@@ -39,6 +43,10 @@ pub enum DetectorInput {
         end_ms: i64,
         duration_s: f64,
         error: bool,
+        /// A server, consumer or root span: counts for RED.
+        entry: bool,
+        span_id: u64,
+        parent_span_id: Option<u64>,
     },
     Metric {
         series_id: u64,
@@ -92,41 +100,70 @@ const QUEUE: usize = 64;
 /// interval of a quiet system still closes.
 const IDLE_TICK: Duration = Duration::from_secs(1);
 
-/// Starts the detection thread. It stops when every sender is dropped, after saving.
-/// Called with every batch of anomaly updates, on the detection thread.
-pub type OnAnomalies = Box<dyn Fn(&[vigil_detectors::anomaly::Anomaly]) + Send>;
+/// Called with every batch of incident updates, on the detection thread.
+pub type OnIncidents = Box<dyn Fn(&[Incident]) + Send>;
 
+/// What the detection thread shares with the API.
+#[derive(Clone)]
+pub struct Detection {
+    pub anomalies: Arc<AnomalyStore>,
+    pub incidents: Arc<IncidentStore>,
+    pub topology: Arc<std::sync::Mutex<Topology>>,
+}
+
+/// Starts the detection thread (detectors, topology, incident correlation). It stops on
+/// [`PipelineSender::stop`] or when every sender is dropped, after saving.
 pub fn start(
     data_dir: &Path,
     metrics: Arc<Metrics>,
-    on_anomalies: OnAnomalies,
-) -> std::io::Result<(PipelineSender, Arc<AnomalyStore>, std::thread::JoinHandle<()>)> {
+    on_incidents: OnIncidents,
+) -> std::io::Result<(PipelineSender, Detection, std::thread::JoinHandle<()>)> {
     let store = Arc::new(AnomalyStore::open(data_dir)?);
+    let incidents = Arc::new(IncidentStore::open(data_dir)?);
     let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
     let mut engine = Engine::new(EngineConfig::default());
     engine.restore_feedback(store.feedback_state());
-    let thread_store = Arc::clone(&store);
+    let mut correlator = Correlator::new(IncidentConfig::default());
+    correlator.restore(incidents.all());
+    let shared = Detection {
+        anomalies: Arc::clone(&store),
+        incidents: Arc::clone(&incidents),
+        topology: Arc::new(std::sync::Mutex::new(Topology::new())),
+    };
+    let thread_shared = shared.clone();
     let handle = std::thread::Builder::new()
         .name("vigil-detect".into())
-        .spawn(move || run(engine, rx, &thread_store, &metrics, &on_anomalies))?;
-    Ok((PipelineSender(tx), store, handle))
+        .spawn(move || run(engine, correlator, rx, &thread_shared, &metrics, &on_incidents))?;
+    Ok((PipelineSender(tx), shared, handle))
 }
 
-fn run(mut engine: Engine, rx: Receiver<Msg>, store: &AnomalyStore, metrics: &Metrics, on_anomalies: &OnAnomalies) {
+fn run(
+    mut engine: Engine,
+    mut correlator: Correlator,
+    rx: Receiver<Msg>,
+    shared: &Detection,
+    metrics: &Metrics,
+    on_incidents: &OnIncidents,
+) {
+    let store = &shared.anomalies;
     let mut counters: HashMap<u64, (i64, f64)> = HashMap::new();
     let mut reported = EngineStats::default();
+    let mut latest_event_ms = i64::MIN;
     loop {
         match rx.recv_timeout(IDLE_TICK) {
             Ok(Msg::Inputs(inputs)) => {
+                let mut topo = shared.topology.lock().unwrap_or_else(|e| e.into_inner());
                 for input in inputs {
-                    feed(&mut engine, &mut counters, input);
+                    feed(&mut engine, &mut topo, &mut counters, &mut latest_event_ms, input);
                 }
             }
             Ok(Msg::Feedback { signal_key, verdict }) => {
                 engine.feedback(&signal_key, verdict);
             }
             Err(RecvTimeoutError::Timeout) => {
-                engine.advance(i64::try_from(crate::timeutil::now_ns() / 1_000_000).unwrap_or(i64::MAX));
+                let now = i64::try_from(crate::timeutil::now_ns() / 1_000_000).unwrap_or(i64::MAX);
+                engine.advance(now);
+                latest_event_ms = latest_event_ms.max(now.saturating_sub(engine.config().lateness_ms));
             }
             Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => break,
         }
@@ -140,8 +177,19 @@ fn run(mut engine: Engine, rx: Receiver<Msg>, store: &AnomalyStore, metrics: &Me
                     })
                     .inc();
             }
-            on_anomalies(&updates);
+            {
+                let topo = shared.topology.lock().unwrap_or_else(|e| e.into_inner());
+                for a in &updates {
+                    correlator.observe(a, &topo);
+                }
+            }
             store.upsert(updates);
+        }
+        correlator.advance(latest_event_ms);
+        let incidents = correlator.drain();
+        if !incidents.is_empty() {
+            shared.incidents.upsert(&incidents);
+            on_incidents(&incidents);
         }
         let stats = engine.stats();
         metrics
@@ -161,8 +209,8 @@ fn run(mut engine: Engine, rx: Receiver<Msg>, store: &AnomalyStore, metrics: &Me
             .inc_by(stats.series_evicted - reported.series_evicted);
         reported = stats;
     }
-    if let Err(e) = store.flush() {
-        tracing::error!(error = %e, "could not save anomalies at shutdown");
+    if let Err(e) = store.flush().and_then(|()| shared.incidents.flush()) {
+        tracing::error!(error = %e, "could not save anomalies and incidents at shutdown");
     }
     tracing::info!(series = engine.stats().series, "detection stopped");
 }
@@ -178,7 +226,13 @@ fn detector_name(kind: DetectorKind) -> &'static str {
     }
 }
 
-fn feed(engine: &mut Engine, counters: &mut HashMap<u64, (i64, f64)>, input: DetectorInput) {
+fn feed(
+    engine: &mut Engine,
+    topo: &mut Topology,
+    counters: &mut HashMap<u64, (i64, f64)>,
+    latest_event_ms: &mut i64,
+    input: DetectorInput,
+) {
     match input {
         DetectorInput::Log {
             service,
@@ -188,6 +242,7 @@ fn feed(engine: &mut Engine, counters: &mut HashMap<u64, (i64, f64)>, input: Det
             severity,
             ts_ms,
         } => {
+            *latest_event_ms = (*latest_event_ms).max(ts_ms);
             engine.observe_log(&service, pattern_id, is_new, &template, severity, ts_ms);
         }
         DetectorInput::Span {
@@ -196,8 +251,22 @@ fn feed(engine: &mut Engine, counters: &mut HashMap<u64, (i64, f64)>, input: Det
             end_ms,
             duration_s,
             error,
+            entry,
+            span_id,
+            parent_span_id,
         } => {
-            engine.observe_span(&service, &operation, end_ms, duration_s, error);
+            *latest_event_ms = (*latest_event_ms).max(end_ms);
+            topo.observe(&SpanRef {
+                service: &service,
+                span_id,
+                parent_span_id,
+                end_ms,
+                duration_s,
+                error,
+            });
+            if entry {
+                engine.observe_span(&service, &operation, end_ms, duration_s, error);
+            }
         }
         DetectorInput::Metric {
             series_id,
@@ -209,6 +278,7 @@ fn feed(engine: &mut Engine, counters: &mut HashMap<u64, (i64, f64)>, input: Det
             value,
             cumulative,
         } => {
+            *latest_event_ms = (*latest_event_ms).max(ts_ms);
             let (value, unit) = if cumulative {
                 // Counters: the rate since the previous point; a reset (drop) starts over.
                 let prev = counters.insert(series_id, (ts_ms, value));

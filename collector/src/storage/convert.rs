@@ -494,13 +494,15 @@ pub(crate) fn span_inputs(req: &ExportTraceServiceRequest) -> Vec<DetectorInput>
         let service = string_attr(resource_attrs(&rs.resource), "service.name").unwrap_or("unknown_service");
         for ss in &rs.scope_spans {
             for span in &ss.spans {
-                // Only entry points measure what callers see: server and consumer spans, or
-                // roots of unknown kind.
+                // Only entry points measure what callers see (RED): server and consumer spans,
+                // or roots of unknown kind. Every span feeds the topology.
                 let entry =
                     matches!(span.kind, 2 | 5) || (span.kind == 0 || span.kind == 1) && span.parent_span_id.is_empty();
-                if !entry || span.end_time_unix_nano < span.start_time_unix_nano {
+                if span.end_time_unix_nano < span.start_time_unix_nano {
                     continue;
                 }
+                let id8 = |b: &[u8]| <[u8; 8]>::try_from(b).ok().map(u64::from_be_bytes);
+                let Some(span_id) = id8(&span.span_id) else { continue };
                 let error = span.status.as_ref().is_some_and(|s| s.code == 2);
                 out.push(DetectorInput::Span {
                     service: service.to_string(),
@@ -508,6 +510,9 @@ pub(crate) fn span_inputs(req: &ExportTraceServiceRequest) -> Vec<DetectorInput>
                     end_ms: to_i64(span.end_time_unix_nano) / 1_000_000,
                     duration_s: (span.end_time_unix_nano - span.start_time_unix_nano) as f64 / 1e9,
                     error,
+                    entry,
+                    span_id,
+                    parent_span_id: id8(&span.parent_span_id),
                 });
             }
         }

@@ -19,6 +19,10 @@ use crate::anomaly::{Anomaly, DetectorKind, Severity, SignalRef, format_time, fo
 use crate::timeseries::peers::{PeerVerdict, peer_outliers};
 use crate::timeseries::{PointScore, SeriesConfig, SeriesDetector, Signal};
 
+/// An anomaly kept open only because its signal is still outside its onset band closes
+/// after this long without a strong score: by then the new level is the normal one.
+const MAX_UNCONFIRMED_MS: i64 = 2 * 3_600_000;
+
 /// Score of a peer-group outlier: a clear finding, below a confident single-series breakout.
 const PEER_SCORE: f64 = 0.8;
 
@@ -137,6 +141,10 @@ struct Tracked {
     open: Option<Anomaly>,
     /// What the open anomaly's peak point looked like (spike, shift, breakout…).
     peak_signal: Signal,
+    /// The expected band when the open anomaly began.
+    onset_band: Option<(f64, f64)>,
+    /// Event time of the last point at or above the threshold.
+    last_strong_ms: i64,
     quiet: u32,
     /// Interval series only: zero-filled while recently active.
     interval_series: bool,
@@ -479,6 +487,8 @@ impl Engine {
                             last_seen_ms: end,
                             open: None,
                             peak_signal: Signal::Normal,
+                            onset_band: None,
+                            last_strong_ms: i64::MIN,
                             quiet: 0,
                             interval_series: false,
                         },
@@ -567,6 +577,8 @@ impl Engine {
             last_seen_ms: ts_ms,
             open: None,
             peak_signal: Signal::Normal,
+            onset_band: None,
+            last_strong_ms: i64::MIN,
             quiet: 0,
             interval_series: false,
         });
@@ -757,6 +769,8 @@ impl Engine {
                     last_seen_ms: ts_ms,
                     open: None,
                     peak_signal: Signal::Normal,
+                    onset_band: None,
+                    last_strong_ms: i64::MIN,
                     quiet: 0,
                     interval_series,
                 },
@@ -784,8 +798,20 @@ impl Engine {
         let ts_ms = point.timestamp_ms;
         let Some(t) = self.tracked.get_mut(key) else { return };
         let non_negative = matches!(t.unit.as_str(), "/s" | "/min" | "s" | "ratio");
-        if point.score >= threshold {
+        let strong = point.score >= threshold;
+        // An open anomaly lasts while the signal stays outside the band it was expected in
+        // when the anomaly began — the detector adapts to a new level within minutes, but a
+        // p99 that stays at 2 s is still the same incident — up to MAX_UNCONFIRMED_MS
+        // without a strong score.
+        let still_outside = t
+            .onset_band
+            .is_some_and(|(lo, hi)| point.value < lo || point.value > hi)
+            && ts_ms - t.last_strong_ms <= MAX_UNCONFIRMED_MS;
+        if strong || (t.open.is_some() && still_outside) {
             t.quiet = 0;
+            if strong {
+                t.last_strong_ms = ts_ms;
+            }
             let a = match t.open.take() {
                 Some(mut a) => {
                     a.end_ms = ts_ms;
@@ -816,6 +842,7 @@ impl Engine {
                     };
                     set_observation(&mut a, &point, non_negative);
                     t.peak_signal = point.signal;
+                    t.onset_band = Some((point.lower, point.upper));
                     a
                 }
             };
@@ -827,6 +854,7 @@ impl Engine {
             t.quiet += 1;
             if t.quiet >= self.cfg.close_after {
                 a.open = false;
+                t.onset_band = None;
                 self.updates.push(a);
             } else {
                 t.open = Some(a);

@@ -301,3 +301,27 @@ fn identical_peers_are_not_outliers() {
             .all(|a| a.detector != DetectorKind::MetricPeer)
     );
 }
+
+#[test]
+fn a_sustained_regression_is_one_anomaly_open_until_it_ends() {
+    let mut e = engine();
+    pay_traffic(&mut e, 0, 240, |_, k| 0.2 + 0.1 * jitter(k));
+    pay_traffic(&mut e, 240, 40, |m, k| {
+        0.2 + 0.1 * jitter(k + m as u64) + if k % 4 == 0 { 2.2 } else { 0.0 }
+    });
+    e.advance(T0 + 281 * MIN);
+    let during = findings(&mut e);
+    let p99: Vec<_> = during
+        .values()
+        .filter(|a| a.signal.key == "red:checkout:POST /pay:p99")
+        .collect();
+    assert_eq!(p99.len(), 1, "{p99:#?}");
+    assert!(p99[0].open, "still slow, still open (the detector has adapted by now)");
+    assert_eq!(p99[0].end_ms, T0 + 280 * MIN);
+    pay_traffic(&mut e, 280, 20, |_, k| 0.2 + 0.1 * jitter(k));
+    e.advance(T0 + 301 * MIN);
+    let after = findings(&mut e);
+    let closed = after.get(&p99[0].id).expect("the same anomaly closes");
+    assert!(!closed.open);
+    assert_eq!(closed.start_ms, T0 + 241 * MIN);
+}
