@@ -45,6 +45,26 @@ pub enum Command {
     CheckConfig,
     /// Print the default configuration as TOML.
     DefaultConfig,
+    /// Run the collector with a simulated fleet of seven services sending it real OTLP, and
+    /// inject a fault after a warm-up; prints where to watch the incident appear.
+    Demo {
+        /// Simulated time runs this many times faster than the wall clock (until it
+        /// catches up with now).
+        #[arg(long, default_value_t = 60.0)]
+        speed: f64,
+        /// Fault to inject (random when absent).
+        #[arg(long, value_enum)]
+        fault: Option<crate::demo::FaultKind>,
+        /// Service to break (random when absent).
+        #[arg(long)]
+        service: Option<String>,
+        /// Simulated minutes of normal traffic before the fault.
+        #[arg(long, default_value_t = 120)]
+        warmup_minutes: u64,
+        /// Seed of the simulation (and of the random choices).
+        #[arg(long)]
+        seed: Option<u64>,
+    },
 }
 
 impl Cli {
@@ -111,18 +131,95 @@ pub fn main() -> anyhow::Result<()> {
             return Ok(());
         }
         Some(Command::Run) | None => {}
+        Some(Command::Demo { .. }) => {}
     }
     init_logging(&cli.log_format);
-    let config = cli.resolve_config()?;
+    let mut config = cli.resolve_config()?;
+    let demo = match &cli.command {
+        Some(Command::Demo {
+            speed,
+            fault,
+            service,
+            warmup_minutes,
+            seed,
+        }) => {
+            if cli.data_dir.is_none() && std::env::var_os("VIGIL_DATA_DIR").is_none() && cli.config.is_none() {
+                config.data_dir = std::path::PathBuf::from("vigil-demo-data");
+            }
+            Some(demo_options(*speed, *fault, service.clone(), *warmup_minutes, *seed)?)
+        }
+        _ => None,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async move {
         let shutdown = CancellationToken::new();
         tokio::spawn(wait_for_signal(shutdown.clone()));
-        crate::app::run(config, shutdown, |bound| {
+        let fleet_stop = shutdown.clone();
+        crate::app::run(config, shutdown, move |bound| {
             // Tests and scripts read this line to learn the ports actually bound.
             println!("{}", bound.announcement());
+            if let Some(opts) = demo {
+                println!(
+                    "demo: 7 services sending to {}; {:?} fault on {} after {} simulated minutes at {}x \
+                     (about {} s from now); incidents: http://{}/api/v1/incidents  graph: http://{}/api/v1/services/graph",
+                    bound.otlp_http,
+                    opts.fault,
+                    opts.service,
+                    opts.warmup_minutes,
+                    opts.speed,
+                    (opts.warmup_minutes as f64 * 60.0 / opts.speed.max(1.0)).round(),
+                    bound.api,
+                    bound.api
+                );
+                let addr = bound.otlp_http;
+                tokio::spawn(async move {
+                    if let Err(e) = crate::demo::run_fleet(addr, opts, fleet_stop).await {
+                        tracing::error!(error = %e, "demo fleet stopped");
+                    }
+                });
+            }
         })
         .await
+    })
+}
+
+fn demo_options(
+    speed: f64,
+    fault: Option<crate::demo::FaultKind>,
+    service: Option<String>,
+    warmup_minutes: u64,
+    seed: Option<u64>,
+) -> anyhow::Result<crate::demo::DemoOptions> {
+    use crate::demo::{FaultKind, SERVICES};
+    if !(speed.is_finite() && speed >= 1.0) {
+        anyhow::bail!("--speed must be at least 1, got {speed}");
+    }
+    let seed = seed.unwrap_or_else(crate::timeutil::now_ns);
+    let fault = fault.unwrap_or(
+        [
+            FaultKind::Cpu,
+            FaultKind::Latency,
+            FaultKind::Errors,
+            FaultKind::Memory,
+            FaultKind::Down,
+        ][(seed % 5) as usize],
+    );
+    // The entry point and the shared stores are breakable too, but a random pick goes for a
+    // service in the middle of the graph, where root-causing is interesting.
+    let service = match service {
+        Some(s) if SERVICES.contains(&s.as_str()) => s,
+        Some(s) => anyhow::bail!("--service must be one of {}, got {s:?}", SERVICES.join(", ")),
+        None => ["catalogue", "checkout", "payment", "inventory"][((seed / 5) % 4) as usize].to_string(),
+    };
+    if warmup_minutes < 100 {
+        anyhow::bail!("--warmup-minutes must be at least 100: the detectors learn each series first");
+    }
+    Ok(crate::demo::DemoOptions {
+        speed,
+        fault,
+        service,
+        warmup_minutes,
+        seed,
     })
 }
 
@@ -149,4 +246,31 @@ async fn wait_for_signal(shutdown: CancellationToken) {
     }
     tracing::info!("termination signal received");
     shutdown.cancel();
+}
+
+#[cfg(test)]
+mod demo_option_tests {
+    use super::demo_options;
+    use crate::demo::FaultKind;
+
+    #[test]
+    fn demo_options_are_checked_and_random_choices_are_seeded() {
+        let e = demo_options(0.5, None, None, 120, Some(1)).expect_err("speed");
+        assert_eq!(e.to_string(), "--speed must be at least 1, got 0.5");
+        let e = demo_options(60.0, None, Some("billing".into()), 120, Some(1)).expect_err("service");
+        assert!(
+            e.to_string()
+                .starts_with("--service must be one of frontend, catalogue"),
+            "{e}"
+        );
+        assert!(
+            demo_options(60.0, None, None, 10, Some(1)).is_err(),
+            "warm-up too short"
+        );
+        let a = demo_options(60.0, None, None, 120, Some(42)).expect("valid");
+        let b = demo_options(60.0, None, None, 120, Some(42)).expect("valid");
+        assert_eq!((a.fault, a.service.clone()), (b.fault, b.service));
+        let c = demo_options(60.0, Some(FaultKind::Down), Some("cache".into()), 120, Some(42)).expect("valid");
+        assert_eq!((c.fault, c.service.as_str()), (FaultKind::Down, "cache"));
+    }
 }

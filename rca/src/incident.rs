@@ -6,9 +6,10 @@
 //! when all its anomalies have closed and stayed closed for the resolve delay.
 //!
 //! Candidates are the incident's services, ranked by a weighted sum of four checkable facts:
-//! time precedence (who went wrong first), strength (the highest anomaly score), agreement
-//! of signal kinds (metric, logs and traces on the same service), and topology (others that
-//! call it degraded too: the most downstream anomalous service is the likelier cause).
+//! topology (0.35: others that call it degraded too — the most downstream anomalous service
+//! is the likelier cause), time precedence (0.3: who went wrong first; within a minute of the
+//! first counts as first), strength (0.2: the highest anomaly score), and agreement of signal
+//! kinds (0.15: metrics, logs and traces on the same service).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -16,6 +17,9 @@ use serde::{Deserialize, Serialize};
 use vigil_detectors::anomaly::{Anomaly, DetectorKind, format_time};
 
 use crate::topology::Topology;
+
+/// Onsets this close to the incident's first count as simultaneous.
+const SIMULTANEOUS_MS: i64 = 60_000;
 
 #[derive(Debug, Clone)]
 pub struct IncidentConfig {
@@ -56,6 +60,11 @@ pub struct Member {
     pub score: f64,
     pub open: bool,
     pub explanation: String,
+    /// Below what was expected but not zero — less traffic, less CPU, faster responses: what
+    /// a service shows when its callers are in trouble, not what a cause looks like (a
+    /// service that stopped shows zeros, which do count).
+    #[serde(default)]
+    pub traffic_drop: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -128,6 +137,7 @@ impl Correlator {
             score: a.score,
             open: a.open,
             explanation: a.explanation.clone(),
+            traffic_drop: a.observed < a.expected && a.observed > 0.0,
         };
         let id = match self.of_anomaly.get(&a.id) {
             Some(id) => id.clone(),
@@ -236,13 +246,27 @@ fn rank(inc: &mut Incident, topo: &Topology) {
         .unwrap_or(first_ms);
     let spread = (last_onset - first_ms).max(1) as f64;
     let services: Vec<&str> = by_service.keys().copied().collect();
+    // Services whose only findings are drops below the expected band are affected, not
+    // suspects: they neither earn the downstream bonus nor count against their callers.
+    let only_drops: BTreeSet<&str> = by_service
+        .iter()
+        .filter(|(_, ms)| ms.iter().all(|m| m.traffic_drop))
+        .map(|(s, _)| *s)
+        .collect();
     let mut ranked: Vec<RankedService> = by_service
         .iter()
         .map(|(svc, members)| {
             let onset = members.iter().map(|m| m.start_ms).min().unwrap_or(first_ms);
-            let strength = members.iter().map(|m| m.score).fold(0.0, f64::max);
+            let mut strength = members.iter().map(|m| m.score).fold(0.0, f64::max);
             let families: BTreeSet<&str> = members.iter().map(|m| kind_family(m.detector)).collect();
-            let precedence = 1.0 - (onset - first_ms) as f64 / spread;
+            // Findings within one aggregation interval of the first are simultaneous: a
+            // service that goes silent shows it a minute later than the callers that wait
+            // on it, and that minute must not decide the rank.
+            let precedence = if onset - first_ms <= SIMULTANEOUS_MS {
+                1.0
+            } else {
+                1.0 - (onset - first_ms) as f64 / spread
+            };
             // Others in the incident that (transitively) call this service: it is downstream
             // of them, so their trouble may be its trouble.
             let callers: Vec<&str> = services
@@ -253,16 +277,20 @@ fn rank(inc: &mut Incident, topo: &Topology) {
             let calls_anomalous: Vec<&str> = services
                 .iter()
                 .copied()
-                .filter(|o| o != svc && topo.depends_on(svc, o))
+                .filter(|o| o != svc && !only_drops.contains(o) && topo.depends_on(svc, o))
                 .collect();
-            let downstream = if services.len() <= 1 {
+            let mut downstream = if services.len() <= 1 {
                 1.0
             } else {
                 (callers.len() as f64 - calls_anomalous.len() as f64 * 0.5).max(0.0) / (services.len() - 1) as f64
             };
+            if only_drops.contains(svc) {
+                downstream = 0.0;
+                strength *= 0.3;
+            }
             let agreement = families.len() as f64 / 3.0;
-            let score = 0.35 * precedence + 0.25 * strength + 0.2 * agreement + 0.2 * downstream;
-            let mut reasons = vec![if onset == first_ms {
+            let score = 0.3 * precedence + 0.2 * strength + 0.15 * agreement + 0.35 * downstream;
+            let mut reasons = vec![if onset - first_ms <= SIMULTANEOUS_MS {
                 format!("first to go wrong, at {}", format_time(onset, onset))
             } else {
                 format!("went wrong {} s after the first service", (onset - first_ms) / 1000)
@@ -277,6 +305,9 @@ fn rank(inc: &mut Incident, topo: &Topology) {
             }
             if !calls_anomalous.is_empty() {
                 reasons.push(format!("itself calls anomalous {}", calls_anomalous.join(", ")));
+            }
+            if only_drops.contains(svc) {
+                reasons.push("only runs below its usual levels: affected, not a suspect".into());
             }
             RankedService {
                 service: svc.to_string(),
@@ -430,6 +461,47 @@ mod tests {
         assert_eq!(
             inc.timeline.iter().map(|m| m.anomaly_id.as_str()).collect::<Vec<_>>(),
             ["a1", "a2", "a3", "a4"]
+        );
+    }
+
+    #[test]
+    fn a_service_that_only_drops_below_its_levels_is_affected_not_the_cause() {
+        // checkout → payment → database (topology from `topology()`: add the database edge).
+        let mut topo = topology();
+        for i in 0..10u64 {
+            topo.observe(&SpanRef {
+                service: "database",
+                span_id: 1000 + i,
+                parent_span_id: Some(i * 10 + 3),
+                end_ms: T0,
+                duration_s: 0.01,
+                error: false,
+            });
+        }
+        let mut c = Correlator::new(IncidentConfig::default());
+        // checkout's callers-side errors show first; payment (down) reports zeros a minute
+        // later; database simply gets less traffic.
+        let mut errors = anomaly("e", "checkout", DetectorKind::TraceRed, 0, 1.0, true);
+        errors.observed = 1.0;
+        c.observe(&errors, &topo);
+        let mut zero = anomaly("z", "payment", DetectorKind::Metric, 60, 1.0, true);
+        (zero.observed, zero.expected) = (0.0, 10.0);
+        c.observe(&zero, &topo);
+        let mut drop = anomaly("d", "database", DetectorKind::TraceRed, 60, 1.0, true);
+        (drop.observed, drop.expected) = (4.0, 10.0);
+        c.observe(&drop, &topo);
+        let inc = c.drain().pop().expect("incident");
+        let order: Vec<&str> = inc.candidates.iter().map(|c| c.service.as_str()).collect();
+        assert_eq!(order[0], "payment", "{:#?}", inc.candidates);
+        let db = inc
+            .candidates
+            .iter()
+            .find(|c| c.service == "database")
+            .expect("database ranked");
+        assert!(
+            db.reasons.iter().any(|r| r.contains("affected, not a suspect")),
+            "{:?}",
+            db.reasons
         );
     }
 

@@ -235,6 +235,12 @@ struct PeerGroup {
 #[derive(Debug)]
 pub struct Engine {
     cfg: EngineConfig,
+    /// Per-kind variants of `cfg.series`: latency quantiles are quantised by histogram
+    /// buckets (10 % relative floor); counts have Poisson noise; ratios get a 1-point floor.
+    cfg_latency: SeriesConfig,
+    cfg_per_minute: SeriesConfig,
+    cfg_per_second: SeriesConfig,
+    cfg_ratio: SeriesConfig,
     tracked: HashMap<String, Tracked>,
     buckets: BTreeMap<i64, IntervalBucket>,
     watermark_ms: i64,
@@ -247,6 +253,8 @@ pub struct Engine {
 }
 
 const ERROR_SEVERITY: i32 = 17;
+/// Errors an interval needs before its error rate or ratio may start a finding.
+const MIN_ERRORS: u64 = 5;
 const WARN_SEVERITY: i32 = 13;
 
 fn anomaly_id(key: &str, start_ms: i64) -> String {
@@ -261,7 +269,24 @@ fn anomaly_id(key: &str, start_ms: i64) -> String {
 
 impl Engine {
     pub fn new(cfg: EngineConfig) -> Engine {
+        let interval_s = cfg.interval_ms as f64 / 1000.0;
         Engine {
+            cfg_latency: SeriesConfig {
+                relative_floor: 0.1,
+                ..cfg.series.clone()
+            },
+            cfg_per_minute: SeriesConfig {
+                count_scale: interval_s / 60.0,
+                ..cfg.series.clone()
+            },
+            cfg_per_second: SeriesConfig {
+                count_scale: interval_s,
+                ..cfg.series.clone()
+            },
+            cfg_ratio: SeriesConfig {
+                absolute_floor: 0.01,
+                ..cfg.series.clone()
+            },
             cfg,
             tracked: HashMap::new(),
             buckets: BTreeMap::new(),
@@ -500,7 +525,7 @@ impl Engine {
                 }
                 let threshold = self.threshold(&key);
                 let sentence = self.feedback.get(&key).and_then(SignalFeedback::sentence);
-                self.apply_point(&key, point, threshold, sentence);
+                self.apply_point(&key, point, threshold, sentence, true);
             }
         }
         // Groups that stopped reporting go away after the zero-fill horizon.
@@ -640,7 +665,9 @@ impl Engine {
     }
 
     fn close_interval(&mut self, start: i64, bucket: IntervalBucket) {
-        let end = start + self.cfg.interval_ms;
+        // An interval's aggregates are stamped with its start, so "since 10:02:00" is when the
+        // behaviour began, comparable with per-event findings (new log patterns) inside it.
+        let end = start;
         self.close_peers(end, bucket.peers);
         let per_min = 60_000.0 / self.cfg.interval_ms as f64;
         let per_sec = 1000.0 / self.cfg.interval_ms as f64;
@@ -673,7 +700,8 @@ impl Engine {
                 name: "error logs".into(),
                 labels: BTreeMap::new(),
             };
-            self.score(
+            let enough = n >= MIN_ERRORS;
+            self.score_inner(
                 &key,
                 DetectorKind::LogErrorRate,
                 signal,
@@ -681,6 +709,8 @@ impl Engine {
                 end,
                 n as f64 * per_min,
                 true,
+                true,
+                enough,
             );
             seen.push(key);
         }
@@ -705,7 +735,18 @@ impl Engine {
                     name: format!("{what} of {service} {op}"),
                     labels: BTreeMap::from([("operation".to_string(), op.clone())]),
                 };
-                self.score(&key, DetectorKind::TraceRed, signal, unit, end, value, suffix == "rate");
+                let may_open = suffix != "errors" || red.errors >= MIN_ERRORS;
+                self.score_inner(
+                    &key,
+                    DetectorKind::TraceRed,
+                    signal,
+                    unit,
+                    end,
+                    value,
+                    suffix == "rate",
+                    true,
+                    may_open,
+                );
                 seen.push(key);
             }
         }
@@ -724,7 +765,7 @@ impl Engine {
         for key in silent {
             if let Some(t) = self.tracked.get(&key) {
                 let (kind, signal, unit) = (t.kind, t.signal.clone(), t.unit.clone());
-                self.score_inner(&key, kind, signal, &unit, end, 0.0, true, false);
+                self.score_inner(&key, kind, signal, &unit, end, 0.0, true, false, true);
             }
         }
     }
@@ -740,7 +781,7 @@ impl Engine {
         value: f64,
         interval_series: bool,
     ) {
-        self.score_inner(key, kind, signal, unit, ts_ms, value, interval_series, true);
+        self.score_inner(key, kind, signal, unit, ts_ms, value, interval_series, true, true);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -754,6 +795,7 @@ impl Engine {
         value: f64,
         interval_series: bool,
         seen: bool,
+        may_open: bool,
     ) {
         if !self.tracked.contains_key(key) {
             if self.tracked.len() >= self.cfg.max_series {
@@ -782,7 +824,15 @@ impl Engine {
         if seen {
             t.last_seen_ms = ts_ms;
         }
-        let point = match t.detector.observe(&self.cfg.series, ts_ms, value) {
+        let cfg = match (t.kind, t.unit.as_str()) {
+            (DetectorKind::Metric | DetectorKind::MetricPeer, _) => &self.cfg.series,
+            (_, "s") => &self.cfg_latency,
+            (_, "/min") => &self.cfg_per_minute,
+            (_, "/s") => &self.cfg_per_second,
+            (_, "ratio") => &self.cfg_ratio,
+            _ => &self.cfg.series,
+        };
+        let point = match t.detector.observe(cfg, ts_ms, value) {
             Ok(p) => p,
             Err(_) => {
                 self.stats.points_rejected += 1;
@@ -790,15 +840,17 @@ impl Engine {
             }
         };
         self.stats.points_scored += 1;
-        self.apply_point(key, point, threshold, sentence);
+        self.apply_point(key, point, threshold, sentence, may_open);
     }
 
     /// Opens, extends or closes the anomaly of `key` with one scored point.
-    fn apply_point(&mut self, key: &str, point: PointScore, threshold: f64, sentence: Option<String>) {
+    fn apply_point(&mut self, key: &str, point: PointScore, threshold: f64, sentence: Option<String>, may_open: bool) {
         let ts_ms = point.timestamp_ms;
         let Some(t) = self.tracked.get_mut(key) else { return };
         let non_negative = matches!(t.unit.as_str(), "/s" | "/min" | "s" | "ratio");
-        let strong = point.score >= threshold;
+        // `may_open` is false when the evidence is too thin to start a finding (one error
+        // in an interval), though it may still extend one.
+        let strong = point.score >= threshold && (may_open || t.open.is_some());
         // An open anomaly lasts while the signal stays outside the band it was expected in
         // when the anomaly began — the detector adapts to a new level within minutes, but a
         // p99 that stays at 2 s is still the same incident — up to MAX_UNCONFIRMED_MS

@@ -49,14 +49,18 @@ fn latency_regression_is_found_with_a_checkable_explanation() {
         .find(|a| a.signal.key == "red:checkout:POST /pay:p99")
         .expect("p99 regression found");
     assert_eq!(p99.detector, DetectorKind::TraceRed);
-    assert_eq!(p99.start_ms, T0 + 241 * MIN, "interval [240, 241) closes at 241");
+    assert_eq!(
+        p99.start_ms,
+        T0 + 240 * MIN,
+        "stamped with the start of the first slow interval"
+    );
     assert!(p99.observed > 2.0 && p99.upper < 1.0, "{p99:?}");
     assert!(
         p99.explanation.starts_with("p99 latency of checkout POST /pay was 2."),
         "{}",
         p99.explanation
     );
-    assert!(p99.explanation.contains("since 04:01:00"), "{}", p99.explanation);
+    assert!(p99.explanation.contains("since 04:00:00"), "{}", p99.explanation);
 }
 
 #[test]
@@ -82,7 +86,7 @@ fn error_log_spike_and_pattern_collapse_are_found() {
         .filter(|a| a.signal.key == "logerr:cart")
         .min_by_key(|a| a.start_ms)
         .expect("error-rate spike");
-    assert_eq!(err.start_ms, T0 + 151 * MIN);
+    assert_eq!(err.start_ms, T0 + 150 * MIN);
     assert!(
         err.explanation.starts_with("error-log rate of cart was 30/min"),
         "{}",
@@ -92,7 +96,7 @@ fn error_log_spike_and_pattern_collapse_are_found() {
         .values()
         .find(|a| a.signal.key == "lograte:cart:1")
         .expect("heartbeat collapse");
-    assert_eq!(collapse.start_ms, T0 + 181 * MIN);
+    assert_eq!(collapse.start_ms, T0 + 180 * MIN);
     assert_eq!(collapse.observed, 0.0);
     assert!(
         collapse.explanation.contains("heartbeat ok"),
@@ -317,11 +321,11 @@ fn a_sustained_regression_is_one_anomaly_open_until_it_ends() {
         .collect();
     assert_eq!(p99.len(), 1, "{p99:#?}");
     assert!(p99[0].open, "still slow, still open (the detector has adapted by now)");
-    assert_eq!(p99[0].end_ms, T0 + 280 * MIN);
+    assert_eq!(p99[0].end_ms, T0 + 279 * MIN);
     pay_traffic(&mut e, 280, 20, |_, k| 0.2 + 0.1 * jitter(k));
     e.advance(T0 + 301 * MIN);
     let after = findings(&mut e);
     let closed = after.get(&p99[0].id).expect("the same anomaly closes");
     assert!(!closed.open);
-    assert_eq!(closed.start_ms, T0 + 241 * MIN);
+    assert_eq!(closed.start_ms, T0 + 240 * MIN);
 }

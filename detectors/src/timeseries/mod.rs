@@ -53,6 +53,14 @@ pub struct SeriesConfig {
     /// rarely repeats a value.
     pub flatline_points: usize,
     pub flatline_score: f64,
+    /// Smallest residual scale as a share of the expected value (0 = none). Set for signals
+    /// quantised by histogram buckets, such as latency quantiles.
+    pub relative_floor: f64,
+    /// Smallest residual scale in the signal's units (0 = none), e.g. one point of a ratio.
+    pub absolute_floor: f64,
+    /// For counts: value × count_scale is an event count, and its Poisson noise
+    /// (√count + 1) is the smallest scale (0 = not a count).
+    pub count_scale: f64,
 }
 
 impl Default for SeriesConfig {
@@ -73,6 +81,9 @@ impl Default for SeriesConfig {
             cooldown_damping: 0.5,
             flatline_points: 30,
             flatline_score: 0.8,
+            relative_floor: 0.0,
+            absolute_floor: 0.0,
+            count_scale: 0.0,
         }
     }
 }
@@ -229,11 +240,18 @@ impl SeriesDetector {
         self.history.push_back(value as f32);
     }
 
-    fn scale(&self, expected: f64) -> f64 {
+    fn scale(&self, cfg: &SeriesConfig, expected: f64) -> f64 {
         // A noise-free series has no residual scale at all; judge it against a small share of
         // its range instead, so that rounding in the seasonal profile is not an incident.
         let range_floor = self.fit.as_ref().map_or(0.0, |f| f.range_floor);
-        let floor = 1e-9_f64.max(1e-6 * expected.abs()).max(range_floor);
+        let mut floor = 1e-9_f64.max(1e-6 * expected.abs()).max(range_floor);
+        // Quantised signals (latency quantiles from histogram buckets) and counts (Poisson
+        // noise: a few more lines in a quiet minute) need floors of their own.
+        floor = floor.max(cfg.relative_floor * expected.abs()).max(cfg.absolute_floor);
+        if cfg.count_scale > 0.0 {
+            // √λ + 1: at small counts the Poisson tail is heavier than a normal one.
+            floor = floor.max(((expected.abs() * cfg.count_scale).max(1.0).sqrt() + 1.0) / cfg.count_scale);
+        }
         let s = if self.fit.is_some() {
             1.2533 * self.abs_resid
         } else {
@@ -246,7 +264,7 @@ impl SeriesDetector {
         let idx = self.next_idx;
         let seasonal = self.seasonal(idx);
         let expected = self.expected_now();
-        let scale = self.scale(expected);
+        let scale = self.scale(cfg, expected);
         let resid = value - expected;
         let z = resid.abs() / scale;
         let warm = self.next_idx as usize >= cfg.warmup;
