@@ -79,6 +79,9 @@ pub struct Anomaly {
     pub open: bool,
     /// One sentence a human can check against the data.
     pub explanation: String,
+    /// Trace ids of slow or failing requests behind a trace finding (at most five).
+    #[serde(default)]
+    pub exemplars: Vec<String>,
 }
 
 /// Formats a value with its unit for explanations ("2.4 s", "180 ms", "12.5 %", "3.2/s").

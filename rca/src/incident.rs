@@ -71,6 +71,9 @@ pub struct Member {
 pub struct RankedService {
     pub service: String,
     pub score: f64,
+    /// The service's strongest finding: which signal inside it to look at first.
+    #[serde(default)]
+    pub signal: String,
     /// The facts behind the rank, each checkable.
     pub reasons: Vec<String>,
 }
@@ -309,9 +312,15 @@ fn rank(inc: &mut Incident, topo: &Topology) {
             if only_drops.contains(svc) {
                 reasons.push("only runs below its usual levels: affected, not a suspect".into());
             }
+            let signal = members
+                .iter()
+                .max_by(|a, b| a.score.total_cmp(&b.score).then_with(|| b.start_ms.cmp(&a.start_ms)))
+                .map(|m| m.signal.clone())
+                .unwrap_or_default();
             RankedService {
                 service: svc.to_string(),
                 score,
+                signal,
                 reasons,
             }
         })
@@ -369,6 +378,7 @@ mod tests {
             unit: String::new(),
             open,
             explanation: format!("{service} {id} went bad"),
+            exemplars: Vec::new(),
         }
     }
 

@@ -250,6 +250,34 @@ async fn latency_regression_and_new_error_pattern_become_anomalies_and_take_feed
     let (status, report) = get_json(&client, &c.api_url(&format!("/api/v1/incidents/{inc_id}"))).await?;
     assert_eq!(status, 200);
     assert_eq!(report["evidence"].as_array().map(Vec::len), Some(timeline.len()));
+    let evidence = report["evidence"].as_array().cloned().unwrap_or_default();
+    // The p99 finding links exemplar slow traces that really are in the store …
+    let p99_evidence = evidence
+        .iter()
+        .find(|e| e["anomaly"]["id"] == id.as_str())
+        .cloned()
+        .unwrap_or(Value::Null);
+    let trace_url = p99_evidence["traces"][0].as_str().unwrap_or_default().to_string();
+    assert!(trace_url.starts_with("/api/v1/traces/"), "{p99_evidence}");
+    let (status, trace) = get_json(&client, &c.api_url(&trace_url)).await?;
+    assert_eq!(status, 200, "{trace}");
+    let dur = |s: &Value| s["duration_ns"].as_i64().unwrap_or(0);
+    assert!(
+        trace["spans"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|s| dur(s) > 2_000_000_000),
+        "{trace}"
+    );
+    // … and the new log pattern comes with its sample line.
+    let log_evidence = evidence
+        .iter()
+        .find(|e| e["anomaly"]["detector"] == "log_new_pattern")
+        .cloned()
+        .unwrap_or(Value::Null);
+    let sample = log_evidence["sample_lines"][0]["body"].as_str().unwrap_or_default();
+    assert!(sample.starts_with("card processor unreachable"), "{log_evidence}");
     assert_eq!(get_json(&client, &c.api_url("/api/v1/incidents/nope")).await?.0, 404);
     let (_, graph) = get_json(&client, &c.api_url("/api/v1/services/graph")).await?;
     assert!(

@@ -285,23 +285,46 @@ async fn incident(State(state): State<ApiState>, Path(id): Path<String>) -> Resu
     let Some(inc) = state.incidents.get(&id) else {
         return Err(ApiError(StatusCode::NOT_FOUND, format!("no incident with id {id:?}")));
     };
-    let evidence: Vec<serde_json::Value> = inc
-        .timeline
-        .iter()
-        .map(|m| {
-            let anomaly = state.anomalies.get(&m.anomaly_id);
-            json!({
-                "anomaly": anomaly,
-                "query": format!("/api/v1/anomalies/{}", m.anomaly_id),
-                "logs": format!(
-                    "/api/v1/logs/search?service={}&start={}&end={}",
-                    m.service,
-                    m.start_ms - 300_000,
-                    m.end_ms + 60_000
-                ),
-            })
-        })
-        .collect();
+    // Evidence per anomaly: the anomaly (band, exemplar trace ids), the queries that
+    // reproduce it, and for log findings a few sample lines of the pattern.
+    let mut evidence = Vec::new();
+    for m in &inc.timeline {
+        let anomaly = state.anomalies.get(&m.anomaly_id);
+        let pattern = anomaly
+            .as_ref()
+            .and_then(|a| a.signal.labels.get("pattern"))
+            .and_then(|p| p.parse::<u64>().ok());
+        let window = (m.start_ms - 300_000, m.end_ms + 60_000);
+        let mut logs_query = format!(
+            "/api/v1/logs/search?service={}&start={}&end={}",
+            m.service, window.0, window.1
+        );
+        let mut samples = Vec::new();
+        if let Some(p) = pattern {
+            logs_query.push_str(&format!("&pattern={p}"));
+            let q = LogQuery {
+                query: String::new(),
+                start_ns: window.0.saturating_mul(1_000_000),
+                end_ns: window.1.saturating_mul(1_000_000),
+                service: Some(m.service.clone()),
+                pattern: Some(p),
+            };
+            if let Ok(hits) = timed(&state, "incident_samples", move |s| s.search_logs(&q, 3)).await {
+                samples = hits.hits;
+            }
+        }
+        let traces: Vec<String> = anomaly
+            .as_ref()
+            .map(|a| a.exemplars.iter().map(|t| format!("/api/v1/traces/{t}")).collect())
+            .unwrap_or_default();
+        evidence.push(json!({
+            "anomaly": anomaly,
+            "query": format!("/api/v1/anomalies/{}", m.anomaly_id),
+            "logs": logs_query,
+            "sample_lines": samples,
+            "traces": traces,
+        }));
+    }
     let mut body =
         serde_json::to_value(&inc).map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     body["evidence"] = serde_json::Value::Array(evidence);

@@ -47,6 +47,8 @@ pub enum DetectorInput {
         entry: bool,
         span_id: u64,
         parent_span_id: Option<u64>,
+        /// Hex trace id, kept as an exemplar for slow or failing requests.
+        trace_id: String,
     },
     Metric {
         series_id: u64,
@@ -254,6 +256,7 @@ fn feed(
             entry,
             span_id,
             parent_span_id,
+            trace_id,
         } => {
             *latest_event_ms = (*latest_event_ms).max(end_ms);
             topo.observe(&SpanRef {
@@ -265,7 +268,7 @@ fn feed(
                 error,
             });
             if entry {
-                engine.observe_span(&service, &operation, end_ms, duration_s, error);
+                engine.observe_traced_span(&service, &operation, end_ms, duration_s, error, &trace_id);
             }
         }
         DetectorInput::Metric {

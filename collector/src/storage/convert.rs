@@ -513,6 +513,7 @@ pub(crate) fn span_inputs(req: &ExportTraceServiceRequest) -> Vec<DetectorInput>
                     entry,
                     span_id,
                     parent_span_id: id8(&span.parent_span_id),
+                    trace_id: hex::encode(&span.trace_id),
                 });
             }
         }

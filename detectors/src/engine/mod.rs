@@ -158,6 +158,10 @@ struct Red {
     requests: u64,
     errors: u64,
     latency: Box<[u32; LAT_BUCKETS]>,
+    /// The slowest requests' (duration, trace id), at most three.
+    slowest: Vec<(f64, String)>,
+    /// Trace ids of the first failing requests, at most three.
+    failing: Vec<String>,
 }
 
 impl Default for Red {
@@ -166,6 +170,8 @@ impl Default for Red {
             requests: 0,
             errors: 0,
             latency: Box::new([0; LAT_BUCKETS]),
+            slowest: Vec::new(),
+            failing: Vec::new(),
         }
     }
 }
@@ -250,6 +256,8 @@ pub struct Engine {
     feedback: BTreeMap<String, SignalFeedback>,
     updates: Vec<Anomaly>,
     stats: EngineStats,
+    /// Exemplar trace ids for the point being scored (set around RED scoring).
+    exemplars: Vec<String>,
 }
 
 const ERROR_SEVERITY: i32 = 17;
@@ -297,6 +305,7 @@ impl Engine {
             feedback: BTreeMap::new(),
             updates: Vec::new(),
             stats: EngineStats::default(),
+            exemplars: Vec::new(),
         }
     }
 
@@ -566,11 +575,33 @@ impl Engine {
 
     /// One finished span: its service, operation (span name), end time and duration.
     pub fn observe_span(&mut self, service: &str, operation: &str, end_ms: i64, duration_s: f64, error: bool) {
+        self.observe_traced_span(service, operation, end_ms, duration_s, error, "");
+    }
+
+    /// As [`Engine::observe_span`], keeping the trace id as an exemplar when the request is
+    /// among the interval's slowest or failing ones.
+    pub fn observe_traced_span(
+        &mut self,
+        service: &str,
+        operation: &str,
+        end_ms: i64,
+        duration_s: f64,
+        error: bool,
+        trace_id: &str,
+    ) {
         if let Some(b) = self.bucket_for(end_ms) {
-            b.red
-                .entry((service.to_string(), operation.to_string()))
-                .or_default()
-                .add(duration_s, error);
+            let red = b.red.entry((service.to_string(), operation.to_string())).or_default();
+            red.add(duration_s, error);
+            if !trace_id.is_empty() {
+                if error && red.failing.len() < 3 {
+                    red.failing.push(trace_id.to_string());
+                }
+                if red.slowest.len() < 3 || red.slowest.iter().any(|(d, _)| *d < duration_s) {
+                    red.slowest.push((duration_s, trace_id.to_string()));
+                    red.slowest.sort_by(|a, b| b.0.total_cmp(&a.0));
+                    red.slowest.truncate(3);
+                }
+            }
         }
         self.advance(end_ms);
     }
@@ -635,6 +666,7 @@ impl Engine {
                 unit: "patterns".into(),
                 open: true,
                 explanation: String::new(),
+                exemplars: Vec::new(),
             },
         };
         let mut a = a;
@@ -736,6 +768,11 @@ impl Engine {
                     labels: BTreeMap::from([("operation".to_string(), op.clone())]),
                 };
                 let may_open = suffix != "errors" || red.errors >= MIN_ERRORS;
+                self.exemplars = match suffix {
+                    "errors" => red.failing.clone(),
+                    "p50" | "p95" | "p99" => red.slowest.iter().map(|(_, t)| t.clone()).collect(),
+                    _ => Vec::new(),
+                };
                 self.score_inner(
                     &key,
                     DetectorKind::TraceRed,
@@ -891,6 +928,7 @@ impl Engine {
                         unit: t.unit.clone(),
                         open: true,
                         explanation: String::new(),
+                        exemplars: Vec::new(),
                     };
                     set_observation(&mut a, &point, non_negative);
                     t.peak_signal = point.signal;
@@ -899,6 +937,13 @@ impl Engine {
                 }
             };
             let mut a = a;
+            if strong {
+                for x in &self.exemplars {
+                    if a.exemplars.len() < 5 && !a.exemplars.contains(x) {
+                        a.exemplars.push(x.clone());
+                    }
+                }
+            }
             a.explanation = explain(&a, t.peak_signal, sentence.as_deref());
             self.updates.push(a.clone());
             t.open = Some(a);
