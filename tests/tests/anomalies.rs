@@ -115,7 +115,9 @@ async fn latency_regression_and_new_error_pattern_become_anomalies_and_take_feed
     );
     error.severity_number = 17;
     error.severity_text = "ERROR".into();
-    records.push(error);
+    // This line comes from a process that sets no service.name (say, a sidecar): it carries
+    // the trace id of one of checkout's requests, which is how it is joined to checkout.
+    error.trace_id = spans[spans.len() - 1].trace_id.clone();
     records.sort_by_key(|r| r.time_unix_nano);
     post(
         &client,
@@ -123,6 +125,9 @@ async fn latency_regression_and_new_error_pattern_become_anomalies_and_take_feed
         logs_request("checkout", records).encode_to_vec(),
     )
     .await?;
+    let mut anonymous = logs_request("ignored", vec![error]);
+    anonymous.resource_logs[0].resource = None;
+    post(&client, c.http_url("/v1/logs"), anonymous.encode_to_vec()).await?;
 
     let url = c.api_url("/api/v1/anomalies?service=checkout");
     let found = eventually(Duration::from_secs(60), "p99 and new-pattern anomalies", || {
@@ -276,6 +281,10 @@ async fn latency_regression_and_new_error_pattern_become_anomalies_and_take_feed
         .find(|e| e["anomaly"]["detector"] == "log_new_pattern")
         .cloned()
         .unwrap_or(Value::Null);
+    assert_eq!(
+        log_evidence["anomaly"]["signal"]["service"], "checkout",
+        "joined by trace id"
+    );
     let sample = log_evidence["sample_lines"][0]["body"].as_str().unwrap_or_default();
     assert!(sample.starts_with("card processor unreachable"), "{log_evidence}");
     assert_eq!(get_json(&client, &c.api_url("/api/v1/incidents/nope")).await?.0, 404);

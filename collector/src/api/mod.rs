@@ -301,12 +301,14 @@ async fn incident(State(state): State<ApiState>, Path(id): Path<String>) -> Resu
         );
         let mut samples = Vec::new();
         if let Some(p) = pattern {
-            logs_query.push_str(&format!("&pattern={p}"));
+            // Pattern ids are global, and a line may have been joined to its service (by trace
+            // id or host) without carrying the name: search by pattern alone.
+            logs_query = format!("/api/v1/logs/search?pattern={p}&start={}&end={}", window.0, window.1);
             let q = LogQuery {
                 query: String::new(),
                 start_ns: window.0.saturating_mul(1_000_000),
                 end_ns: window.1.saturating_mul(1_000_000),
-                service: Some(m.service.clone()),
+                service: None,
                 pattern: Some(p),
             };
             if let Ok(hits) = timed(&state, "incident_samples", move |s| s.search_logs(&q, 3)).await {

@@ -8,6 +8,7 @@
 //! had not yet committed (detector state itself is not persisted yet; see ARCHITECTURE.md).
 
 mod incidents;
+mod join;
 mod store;
 
 use std::collections::{BTreeMap, HashMap};
@@ -36,6 +37,10 @@ pub enum DetectorInput {
         template: String,
         severity: i32,
         ts_ms: i64,
+        /// For joining a line without `service.name`.
+        host: Option<String>,
+        pod: Option<String>,
+        trace_id: Option<String>,
     },
     Span {
         service: String,
@@ -49,6 +54,8 @@ pub enum DetectorInput {
         parent_span_id: Option<u64>,
         /// Hex trace id, kept as an exemplar for slow or failing requests.
         trace_id: String,
+        host: Option<String>,
+        pod: Option<String>,
     },
     Metric {
         series_id: u64,
@@ -151,12 +158,20 @@ fn run(
     let mut counters: HashMap<u64, (i64, f64)> = HashMap::new();
     let mut reported = EngineStats::default();
     let mut latest_event_ms = i64::MIN;
+    let mut joiner = join::Joiner::default();
     loop {
         match rx.recv_timeout(IDLE_TICK) {
             Ok(Msg::Inputs(inputs)) => {
                 let mut topo = shared.topology.lock().unwrap_or_else(|e| e.into_inner());
                 for input in inputs {
-                    feed(&mut engine, &mut topo, &mut counters, &mut latest_event_ms, input);
+                    feed(
+                        &mut engine,
+                        &mut topo,
+                        &mut joiner,
+                        &mut counters,
+                        &mut latest_event_ms,
+                        input,
+                    );
                 }
             }
             Ok(Msg::Feedback { signal_key, verdict }) => {
@@ -231,6 +246,7 @@ fn detector_name(kind: DetectorKind) -> &'static str {
 fn feed(
     engine: &mut Engine,
     topo: &mut Topology,
+    joiner: &mut join::Joiner,
     counters: &mut HashMap<u64, (i64, f64)>,
     latest_event_ms: &mut i64,
     input: DetectorInput,
@@ -243,8 +259,19 @@ fn feed(
             template,
             severity,
             ts_ms,
+            host,
+            pod,
+            trace_id,
         } => {
             *latest_event_ms = (*latest_event_ms).max(ts_ms);
+            let service = if service == "unknown_service" {
+                joiner
+                    .resolve(host.as_deref(), pod.as_deref(), trace_id.as_deref())
+                    .unwrap_or(service)
+            } else {
+                joiner.learn(&service, host.as_deref(), pod.as_deref(), None);
+                service
+            };
             engine.observe_log(&service, pattern_id, is_new, &template, severity, ts_ms);
         }
         DetectorInput::Span {
@@ -257,8 +284,11 @@ fn feed(
             span_id,
             parent_span_id,
             trace_id,
+            host,
+            pod,
         } => {
             *latest_event_ms = (*latest_event_ms).max(end_ms);
+            joiner.learn(&service, host.as_deref(), pod.as_deref(), Some(&trace_id));
             topo.observe(&SpanRef {
                 service: &service,
                 span_id,
@@ -282,6 +312,15 @@ fn feed(
             cumulative,
         } => {
             *latest_event_ms = (*latest_event_ms).max(ts_ms);
+            let host = labels.get("host.name").map(String::as_str);
+            let pod = labels.get("k8s.pod.name").map(String::as_str);
+            let service = match service {
+                Some(s) => {
+                    joiner.learn(&s, host, pod, None);
+                    Some(s)
+                }
+                None => joiner.resolve(host, pod, None),
+            };
             let (value, unit) = if cumulative {
                 // Counters: the rate since the previous point; a reset (drop) starts over.
                 let prev = counters.insert(series_id, (ts_ms, value));

@@ -462,7 +462,10 @@ pub(crate) fn log_inputs(req: &ExportLogsServiceRequest, assignments: &[(u64, bo
     let mut out = Vec::with_capacity(assignments.len());
     let mut next = assignments.iter();
     for rl in &req.resource_logs {
-        let service = string_attr(resource_attrs(&rl.resource), "service.name").unwrap_or("unknown_service");
+        let rattrs = resource_attrs(&rl.resource);
+        let service = string_attr(rattrs, "service.name").unwrap_or("unknown_service");
+        let host = string_attr(rattrs, "host.name").map(str::to_string);
+        let pod = string_attr(rattrs, "k8s.pod.name").map(str::to_string);
         for sl in &rl.scope_logs {
             for rec in &sl.log_records {
                 let Some((pattern_id, is_new, template)) = next.next() else {
@@ -480,6 +483,9 @@ pub(crate) fn log_inputs(req: &ExportLogsServiceRequest, assignments: &[(u64, bo
                     template: template.clone(),
                     severity: rec.severity_number,
                     ts_ms: to_i64(ts) / 1_000_000,
+                    host: host.clone(),
+                    pod: pod.clone(),
+                    trace_id: (!rec.trace_id.is_empty()).then(|| hex::encode(&rec.trace_id)),
                 });
             }
         }
@@ -491,7 +497,10 @@ pub(crate) fn log_inputs(req: &ExportLogsServiceRequest, assignments: &[(u64, bo
 pub(crate) fn span_inputs(req: &ExportTraceServiceRequest) -> Vec<DetectorInput> {
     let mut out = Vec::new();
     for rs in &req.resource_spans {
-        let service = string_attr(resource_attrs(&rs.resource), "service.name").unwrap_or("unknown_service");
+        let rattrs = resource_attrs(&rs.resource);
+        let service = string_attr(rattrs, "service.name").unwrap_or("unknown_service");
+        let host = string_attr(rattrs, "host.name").map(str::to_string);
+        let pod = string_attr(rattrs, "k8s.pod.name").map(str::to_string);
         for ss in &rs.scope_spans {
             for span in &ss.spans {
                 // Only entry points measure what callers see (RED): server and consumer spans,
@@ -514,6 +523,8 @@ pub(crate) fn span_inputs(req: &ExportTraceServiceRequest) -> Vec<DetectorInput>
                     span_id,
                     parent_span_id: id8(&span.parent_span_id),
                     trace_id: hex::encode(&span.trace_id),
+                    host: host.clone(),
+                    pod: pod.clone(),
                 });
             }
         }
