@@ -127,6 +127,7 @@ async fn main() -> Result<()> {
         data_dir: Some(dir.path().join("data")),
         env: Vec::new(),
         args: vec!["--config".into(), cfg.display().to_string()],
+        ..Options::default()
     })?;
     let url = c.api_url("/api/v2/alerts");
 

@@ -12,16 +12,27 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
 
+pub mod agent;
 pub mod otlp;
 pub mod receiver;
 
 /// Builds the collector binary once per test process and returns its path.
-///
-/// Cargo only builds binaries of the package under test, so the e2e crate asks
-/// cargo for the collector itself; when it is already fresh this is a no-op.
 pub fn collector_binary() -> PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
+    PATH.get_or_init(|| workspace_binary("vigil-collector")).clone()
+}
+
+/// Builds the agent binary once per test process and returns its path.
+pub fn agent_binary() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| workspace_binary("vigil-agent")).clone()
+}
+
+/// Cargo only builds binaries of the package under test, so the e2e crate asks
+/// cargo for the binary (package and binary share the name) itself; when it is
+/// already fresh this is a no-op.
+fn workspace_binary(name: &str) -> PathBuf {
+    {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
             .parent()
@@ -50,7 +61,7 @@ pub fn collector_binary() -> PathBuf {
         // so benchmarks (release) measure a release collector.
         let exe = std::env::current_exe().expect("current exe");
         let profile_dir = exe.parent().and_then(Path::parent).expect("target dir").to_path_buf();
-        command.args(["build", "-p", "vigil-collector", "--bin", "vigil-collector"]);
+        command.args(["build", "-p", name, "--bin", name]);
         if profile_dir.file_name().is_some_and(|n| n == "release") {
             command.arg("--release");
         }
@@ -58,13 +69,12 @@ pub fn collector_binary() -> PathBuf {
             .current_dir(&workspace)
             .stdout(Stdio::null())
             .status()
-            .expect("run cargo build for the collector");
-        assert!(status.success(), "building vigil-collector failed");
-        let bin = profile_dir.join("vigil-collector");
+            .expect("run cargo build");
+        assert!(status.success(), "building {name} failed");
+        let bin = profile_dir.join(name);
         assert!(bin.exists(), "{} missing after build", bin.display());
         bin
-    })
-    .clone()
+    }
 }
 
 /// A running collector child process.
@@ -86,6 +96,9 @@ pub struct Options {
     pub data_dir: Option<PathBuf>,
     pub env: Vec<(String, String)>,
     pub args: Vec<String>,
+    /// Fixed OTLP addresses (an outage test restarts on the same port); port 0 otherwise.
+    pub grpc_addr: Option<SocketAddr>,
+    pub http_addr: Option<SocketAddr>,
 }
 
 impl Collector {
@@ -110,14 +123,11 @@ impl Collector {
         command
             .arg("--data-dir")
             .arg(&data_dir)
-            .args([
-                "--otlp-grpc-addr",
-                "127.0.0.1:0",
-                "--otlp-http-addr",
-                "127.0.0.1:0",
-                "--api-addr",
-                "127.0.0.1:0",
-            ])
+            .arg("--otlp-grpc-addr")
+            .arg(options.grpc_addr.map_or("127.0.0.1:0".to_string(), |a| a.to_string()))
+            .arg("--otlp-http-addr")
+            .arg(options.http_addr.map_or("127.0.0.1:0".to_string(), |a| a.to_string()))
+            .args(["--api-addr", "127.0.0.1:0"])
             .args(&options.args)
             .env("VIGIL_LOG", "info")
             .env_remove("VIGIL_INGEST_TOKEN")

@@ -49,6 +49,7 @@ fn start(data: &std::path::Path, cfg: &str, tokens: bool) -> Result<Collector> {
         data_dir: Some(data.to_path_buf()),
         env,
         args: vec!["--config".into(), path.display().to_string()],
+        ..Options::default()
     })
 }
 

@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    vigil_agent::cli::main()
+}

@@ -1,0 +1,546 @@
+//! File tailing: discovery by glob, reading, rotation, and checkpoints that survive
+//! any kind of stop.
+//!
+//! * **Identity.** A file is its device and inode, with a CRC of its first KiB to
+//!   notice an inode reused by a new file. Two files with the same first KiB are still
+//!   two files (the OpenTelemetry filelog receiver skips one of them).
+//! * **Exactly once.** Lines become OTLP batches; a batch is appended to the disk
+//!   buffer together with the offsets just past its lines, in one fsynced record. On
+//!   restart reading resumes at those offsets: lines in the buffer are not read again,
+//!   lines not in it are.
+//! * **Rotation by rename.** A file whose path now leads elsewhere stays open and is
+//!   read to its end, so lines written just before the rename are not lost; the new
+//!   file at the path is read from its start. After a restart, a checkpointed file
+//!   that was renamed is found again by inode in its directory and drained.
+//! * **Copytruncate.** A file that shrank (or whose first KiB changed) was truncated;
+//!   the lines between our offset and the truncation are read from the copy (the file
+//!   in the same directory whose first KiB matches), then the file is read from 0.
+
+pub mod file;
+pub mod parse;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
+use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+use prost::Message;
+use regex::Regex;
+
+use crate::buffer::{BufferError, DiskBuffer, Entry, Kind};
+use crate::config::{BatchConfig, LogSource, StartAt};
+use crate::otlp::{HostResource, kv, kv_bool, scope};
+use crate::telemetry::AgentMetrics;
+use file::{Checkpoint, FileId, FingerprintCheck, Line, LineRules, TailedFile};
+
+const READ_CHUNK: usize = 256 * 1024;
+/// Files checked for new data this often when nothing was read.
+const IDLE_POLL: Duration = Duration::from_millis(100);
+const DISCOVER_EVERY: Duration = Duration::from_millis(500);
+/// A rotated-away file with no new data for this long is closed.
+const ROTATED_GRACE: Duration = Duration::from_secs(2);
+
+/// A source's compiled settings.
+struct Source {
+    include: Vec<String>,
+    exclude: Vec<glob::Pattern>,
+    rules: LineRules,
+    parse: crate::config::ParseMode,
+    start_at: StartAt,
+    /// Marks the source as seen, so `start_at = end` applies only to its first scan.
+    marker: String,
+    resource: opentelemetry_proto::tonic::resource::v1::Resource,
+    batch: Batch,
+}
+
+#[derive(Default)]
+struct Batch {
+    records: Vec<LogRecord>,
+    bytes: usize,
+    started: Option<Instant>,
+    /// Checkpoint entries for the files whose lines are in the batch.
+    offsets: BTreeMap<String, Checkpoint>,
+}
+
+pub struct Tailer {
+    sources: Vec<Source>,
+    files: HashMap<FileId, (usize, TailedFile)>,
+    /// Checkpoints recovered from the buffer, consumed as files are found again.
+    checkpoints: BTreeMap<String, Vec<u8>>,
+    buffer: Arc<DiskBuffer>,
+    batch: BatchConfig,
+    metrics: Arc<AgentMetrics>,
+    warned: HashSet<PathBuf>,
+    buf: Vec<u8>,
+    last_discover: Option<Instant>,
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+impl Tailer {
+    pub fn new(
+        sources: &[LogSource],
+        host: &HostResource,
+        checkpoints: BTreeMap<String, Vec<u8>>,
+        buffer: Arc<DiskBuffer>,
+        batch: BatchConfig,
+        metrics: Arc<AgentMetrics>,
+    ) -> anyhow::Result<Tailer> {
+        let mut compiled = Vec::new();
+        for (i, s) in sources.iter().enumerate() {
+            let mut more: Vec<KeyValue> = s.attributes.iter().map(|(k, v)| kv(k, v.clone())).collect();
+            if let Some(name) = &s.service_name {
+                more.push(kv("service.name", name.clone()));
+            }
+            let multiline = match &s.multiline {
+                Some(m) => Some((Regex::new(&m.start_pattern)?, Duration::from_millis(m.timeout_ms))),
+                None => None,
+            };
+            compiled.push(Source {
+                include: s.include.clone(),
+                exclude: s
+                    .exclude
+                    .iter()
+                    .map(|g| glob::Pattern::new(g))
+                    .collect::<Result<_, _>>()?,
+                rules: LineRules {
+                    max_line_bytes: s.max_line_bytes,
+                    multiline,
+                },
+                parse: s.parse,
+                start_at: s.start_at,
+                marker: format!("source:{i}:{}", s.include.join(",")),
+                resource: host.resource(&more),
+                batch: Batch::default(),
+            });
+        }
+        Ok(Tailer {
+            sources: compiled,
+            files: HashMap::new(),
+            checkpoints,
+            buffer,
+            batch,
+            metrics,
+            warned: HashSet::new(),
+            buf: vec![0u8; READ_CHUNK],
+            last_discover: None,
+        })
+    }
+
+    /// Runs until `stop` is set; then flushes every batch (and held multiline record)
+    /// into the buffer, so a graceful stop leaves nothing half-read.
+    pub fn run(mut self, stop: &AtomicBool) -> Result<(), BufferError> {
+        self.resume_renamed()?;
+        while !stop.load(Ordering::Acquire) {
+            if self.last_discover.is_none_or(|t| t.elapsed() >= DISCOVER_EVERY) {
+                self.discover()?;
+                self.last_discover = Some(Instant::now());
+            }
+            let read = self.poll_files()?;
+            self.flush_due()?;
+            if read == 0 {
+                std::thread::park_timeout(IDLE_POLL);
+            }
+        }
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<(), BufferError> {
+        // Held multiline records and unterminated last lines stay unread: their offsets
+        // are not checkpointed, so they are read again, complete, after the restart.
+        for i in 0..self.sources.len() {
+            self.flush_source(i)?;
+        }
+        Ok(())
+    }
+
+    /// Files recorded in checkpoints whose path no longer leads to them were renamed
+    /// while the agent was down: find them by inode next to their old path and read
+    /// their rest before anything else.
+    fn resume_renamed(&mut self) -> Result<(), BufferError> {
+        let entries: Vec<(String, Checkpoint)> = self
+            .checkpoints
+            .iter()
+            .filter(|(k, _)| k.starts_with("file:"))
+            .filter_map(|(k, v)| Some((k.clone(), serde_json::from_slice(v).ok()?)))
+            .collect();
+        for (key, cp) in entries {
+            let old = PathBuf::from(&cp.path);
+            let still_there = std::fs::metadata(&old).is_ok_and(|m| FileId::of(&m).key() == key);
+            if still_there {
+                continue;
+            }
+            let Some(source) = self.source_of(&old) else { continue };
+            let Some(dir) = old.parent() else { continue };
+            let Ok(listing) = std::fs::read_dir(dir) else { continue };
+            for entry in listing.flatten() {
+                let path = entry.path();
+                let Ok(meta) = std::fs::metadata(&path) else { continue };
+                let id = FileId::of(&meta);
+                if id.key() != key || !meta.is_file() {
+                    continue;
+                }
+                if let Ok(f) = File::open(&path)
+                    && let Ok(mut t) = TailedFile::open(&path, f, id, cp.offset)
+                    && t.fp_matches(&cp) == FingerprintCheck::Same
+                {
+                    t.rotated = true;
+                    tracing::info!(path = %path.display(), was = %old.display(), offset = cp.offset, "resuming a file renamed while the agent was stopped");
+                    self.files.insert(id, (source, t));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn source_of(&self, path: &Path) -> Option<usize> {
+        self.sources.iter().position(|s| {
+            s.include
+                .iter()
+                .any(|g| glob::Pattern::new(g).is_ok_and(|p| p.matches_path(path)))
+                && !s.exclude.iter().any(|p| p.matches_path(path))
+        })
+    }
+
+    fn discover(&mut self) -> Result<(), BufferError> {
+        let mut seen: HashMap<PathBuf, FileId> = HashMap::new();
+        for si in 0..self.sources.len() {
+            let first_scan = !self.checkpoints.contains_key(&self.sources[si].marker);
+            let mut found = Vec::new();
+            for pattern in self.sources[si].include.clone() {
+                let Ok(paths) = glob::glob(&pattern) else { continue };
+                for path in paths.flatten() {
+                    if self.sources[si].exclude.iter().any(|p| p.matches_path(&path)) || seen.contains_key(&path) {
+                        continue;
+                    }
+                    found.push(path);
+                }
+            }
+            for path in found {
+                let meta = match std::fs::metadata(&path) {
+                    Ok(m) if m.is_file() => m,
+                    _ => continue,
+                };
+                let id = FileId::of(&meta);
+                seen.insert(path.clone(), id);
+                if self.files.contains_key(&id) {
+                    continue;
+                }
+                let file = match File::open(&path) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        if self.warned.insert(path.clone()) {
+                            self.metrics.files_unreadable.inc();
+                            tracing::warn!(path = %path.display(), error = %e, "cannot read log file; skipping it");
+                        }
+                        continue;
+                    }
+                };
+                let checkpoint: Option<Checkpoint> = self
+                    .checkpoints
+                    .get(&id.key())
+                    .and_then(|v| serde_json::from_slice(v).ok());
+                let Ok(mut tailed) = TailedFile::open(&path, file, id, 0) else {
+                    continue;
+                };
+                let offset = match &checkpoint {
+                    Some(cp) if tailed.fp_matches(cp) == FingerprintCheck::Same => cp.offset,
+                    Some(cp) if tailed.fp_matches(cp) == FingerprintCheck::Truncated => {
+                        // Truncated while we were stopped: its copy has the rest.
+                        self.files.insert(id, (si, tailed));
+                        self.handle_truncation(id, cp.offset, cp.fp, cp.fp_len)?;
+                        continue;
+                    }
+                    _ if first_scan && self.sources[si].start_at == StartAt::End => meta.len(),
+                    _ => 0,
+                };
+                tailed.read_pos = offset;
+                if offset > 0 && checkpoint.is_none() {
+                    // Remember "start at end" durably, so a restart does not read the file whole.
+                    let entry = (
+                        id.key(),
+                        serde_json::to_vec(&tailed.checkpoint(offset)).unwrap_or_default(),
+                    );
+                    self.buffer.append(Kind::Logs, vec![entry], Bytes::new())?;
+                }
+                tracing::info!(path = %path.display(), offset, "tailing");
+                self.metrics.files_tailed.inc();
+                self.files.insert(id, (si, tailed));
+            }
+            if first_scan {
+                self.buffer.append(
+                    Kind::Logs,
+                    vec![(self.sources[si].marker.clone(), b"1".to_vec())],
+                    Bytes::new(),
+                )?;
+                self.checkpoints.insert(self.sources[si].marker.clone(), b"1".to_vec());
+            }
+        }
+        // Rename rotation: the path leads to another file, or nowhere.
+        for (id, (_, t)) in self.files.iter_mut() {
+            if !t.rotated && seen.get(&t.path) != Some(id) {
+                t.rotated = true;
+                tracing::info!(path = %t.path.display(), "file rotated away; reading it to its end");
+            }
+        }
+        Ok(())
+    }
+
+    fn poll_files(&mut self) -> Result<usize, BufferError> {
+        let ids: Vec<FileId> = self.files.keys().copied().collect();
+        let mut total = 0;
+        let mut lines = Vec::new();
+        for id in ids {
+            let Some((si, t)) = self.files.get_mut(&id) else {
+                continue;
+            };
+            let si = *si;
+            if t.binary {
+                continue;
+            }
+            let len = match t.file.metadata() {
+                Ok(m) => m.len(),
+                Err(_) => continue,
+            };
+            if !t.rotated && t.was_truncated(len).unwrap_or(false) {
+                let (pos, fp, fp_len) = (t.read_pos, t.fp, t.fp_len);
+                self.handle_truncation(id, pos, fp, fp_len)?;
+                continue;
+            }
+            let Some((_, t)) = self.files.get_mut(&id) else {
+                continue;
+            };
+            let _ = t.refresh_fingerprint(len);
+            let rules = self.sources[si].rules.clone();
+            let file = match t.file.try_clone() {
+                Ok(f) => f,
+                Err(_) => continue,
+            };
+            let mut read_here = 0;
+            // Bounded per file per round, so one busy file cannot starve the others.
+            for _ in 0..16 {
+                match t.read_from(&file, &mut self.buf, &rules, &mut lines) {
+                    Ok(0) => break,
+                    Ok(n) => read_here += n,
+                    Err(e) => {
+                        tracing::warn!(path = %t.path.display(), error = %e, "read failed");
+                        break;
+                    }
+                }
+                if lines.len() >= self.batch.max_records {
+                    break;
+                }
+            }
+            if t.binary {
+                self.metrics.files_binary.inc();
+                tracing::warn!(path = %t.path.display(), "file looks binary (NUL bytes); skipping it");
+            }
+            t.flush_pending(&rules, false, &mut lines);
+            if read_here > 0 {
+                t.idle_since = None;
+            } else if t.idle_since.is_none() {
+                t.idle_since = Some(Instant::now());
+            }
+            let done = t.rotated && t.idle_since.is_some_and(|s| s.elapsed() >= ROTATED_GRACE);
+            if done {
+                t.flush_partial(&rules, &mut lines);
+            }
+            total += read_here;
+            self.push_lines(si, id, &mut lines)?;
+            if done {
+                tracing::info!(path = %self.files[&id].1.path.display(), "rotated file drained; closing it");
+                self.files.remove(&id);
+            }
+        }
+        Ok(total)
+    }
+
+    /// The file was truncated: read what the copy has past `offset`, then start over.
+    fn handle_truncation(&mut self, id: FileId, offset: u64, fp: u32, fp_len: u64) -> Result<(), BufferError> {
+        let Some((si, t)) = self.files.get_mut(&id) else {
+            return Ok(());
+        };
+        let si = *si;
+        let rules = self.sources[si].rules.clone();
+        let mut lines = Vec::new();
+        if let Some(copy) = find_copy(&t.path, id, fp, fp_len, offset) {
+            tracing::info!(path = %t.path.display(), copy = %copy.display(), offset, "copytruncate: reading the rest from the copy");
+            if let Ok(f) = File::open(&copy) {
+                t.read_pos = offset;
+                let mut buf = std::mem::take(&mut self.buf);
+                let mut pushed = Ok(());
+                while pushed.is_ok() {
+                    let Some((_, t)) = self.files.get_mut(&id) else { break };
+                    match t.read_from(&f, &mut buf, &rules, &mut lines) {
+                        Ok(0) | Err(_) => {
+                            t.flush_partial(&rules, &mut lines);
+                            break;
+                        }
+                        Ok(_) => {}
+                    }
+                    if lines.len() >= 4096 {
+                        pushed = self.push_lines(si, id, &mut lines);
+                    }
+                }
+                self.buf = buf;
+                pushed?;
+            }
+        } else {
+            tracing::warn!(path = %t.path.display(), offset, "file truncated and no copy found; reading it from the start");
+        }
+        self.push_lines(si, id, &mut lines)?;
+        self.flush_source(si)?;
+        if let Some((_, t)) = self.files.get_mut(&id) {
+            let _ = t.restart();
+            // Checkpoint the restart, so a crash now does not take the new content for old.
+            let entry = (id.key(), serde_json::to_vec(&t.checkpoint(0)).unwrap_or_default());
+            self.buffer.append(Kind::Logs, vec![entry], Bytes::new())?;
+        }
+        Ok(())
+    }
+
+    fn push_lines(&mut self, si: usize, id: FileId, lines: &mut Vec<Line>) -> Result<(), BufferError> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let Some((_, t)) = self.files.get(&id) else {
+            return Ok(());
+        };
+        let path_attr = kv("log.file.path", t.path.to_string_lossy().into_owned());
+        let name_attr = kv(
+            "log.file.name",
+            t.path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        );
+        let key = id.key();
+        let mode = self.sources[si].parse;
+        let observed = now_ns();
+        for line in lines.drain(..) {
+            let text = String::from_utf8_lossy(&line.bytes);
+            let parsed = parse::parse(&text, mode);
+            let mut attributes = Vec::with_capacity(parsed.attributes.len() + 3);
+            attributes.push(path_attr.clone());
+            attributes.push(name_attr.clone());
+            if line.truncated {
+                attributes.push(kv_bool("log.record.truncated", true));
+                self.metrics.lines_truncated.inc();
+            }
+            attributes.extend(parsed.attributes);
+            let (severity_number, severity_text) = parsed.severity.unwrap_or((0, String::new()));
+            let body = parsed.body.unwrap_or_else(|| text.into_owned());
+            let record = LogRecord {
+                time_unix_nano: parsed.time_unix_nano.unwrap_or(observed),
+                observed_time_unix_nano: observed,
+                severity_number,
+                severity_text,
+                body: Some(AnyValue {
+                    value: Some(Value::StringValue(body)),
+                }),
+                attributes,
+                ..LogRecord::default()
+            };
+            let batch = &mut self.sources[si].batch;
+            batch.bytes += record.encoded_len() + 4;
+            batch.records.push(record);
+            batch.started.get_or_insert_with(Instant::now);
+            if let Some((_, t)) = self.files.get(&id) {
+                batch.offsets.insert(key.clone(), t.checkpoint(line.end));
+            }
+            self.metrics.lines_read.inc();
+            if batch.records.len() >= self.batch.max_records || batch.bytes >= self.batch.max_bytes {
+                self.flush_source(si)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush_due(&mut self) -> Result<(), BufferError> {
+        let timeout = Duration::from_millis(self.batch.timeout_ms);
+        for si in 0..self.sources.len() {
+            if self.sources[si].batch.started.is_some_and(|s| s.elapsed() >= timeout) {
+                self.flush_source(si)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends the source's batch, with its files' offsets, to the buffer (blocking
+    /// while the buffer is full under the block policy).
+    fn flush_source(&mut self, si: usize) -> Result<(), BufferError> {
+        let source = &mut self.sources[si];
+        if source.batch.records.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut source.batch);
+        let request = ExportLogsServiceRequest {
+            resource_logs: vec![ResourceLogs {
+                resource: Some(source.resource.clone()),
+                scope_logs: vec![ScopeLogs {
+                    scope: Some(scope()),
+                    log_records: batch.records,
+                    schema_url: String::new(),
+                }],
+                schema_url: String::new(),
+            }],
+        };
+        let entries: Vec<Entry> = batch
+            .offsets
+            .iter()
+            .map(|(k, cp)| (k.clone(), serde_json::to_vec(cp).unwrap_or_default()))
+            .collect();
+        self.buffer
+            .append(Kind::Logs, entries, Bytes::from(request.encode_to_vec()))?;
+        self.metrics.batches_buffered.inc();
+        Ok(())
+    }
+}
+
+/// The copy logrotate's copytruncate made: a regular file beside `path`, not the same
+/// inode, at least `offset` long, whose first bytes match the fingerprint.
+fn find_copy(path: &Path, id: FileId, fp: u32, fp_len: u64, offset: u64) -> Option<PathBuf> {
+    let dir = path.parent()?;
+    let mut best: Option<(SystemTime, PathBuf)> = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let p = entry.path();
+        let Ok(meta) = std::fs::metadata(&p) else { continue };
+        if !meta.is_file() || FileId::of(&meta) == id || meta.len() < offset || meta.len() < fp_len {
+            continue;
+        }
+        let Ok(f) = File::open(&p) else { continue };
+        if fp_len > 0 && file::fingerprint(&f, fp_len).ok().flatten() != Some(fp) {
+            continue;
+        }
+        let modified = meta.modified().unwrap_or(UNIX_EPOCH);
+        if best.as_ref().is_none_or(|(m, _)| modified > *m) {
+            best = Some((modified, p));
+        }
+    }
+    best.map(|(_, p)| p)
+}
+
+impl TailedFile {
+    /// Compares the file now with a checkpoint taken of it.
+    fn fp_matches(&self, cp: &Checkpoint) -> FingerprintCheck {
+        let len = self.file.metadata().map(|m| m.len()).unwrap_or(0);
+        match file::fingerprint(&self.file, cp.fp_len) {
+            Ok(Some(fp)) if fp == cp.fp && len >= cp.offset => FingerprintCheck::Same,
+            Ok(Some(fp)) if fp == cp.fp => FingerprintCheck::Truncated,
+            // Shorter than the old fingerprint: truncated (or a new file on the inode;
+            // the copy search tells them apart).
+            Ok(None) if len < cp.offset => FingerprintCheck::Truncated,
+            _ => FingerprintCheck::Different,
+        }
+    }
+}

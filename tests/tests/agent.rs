@@ -1,0 +1,449 @@
+//! The real agent binary tailing real files and shipping to the real collector:
+//! exactly-once delivery through rotation, kill -9, and collector outages.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Result, bail, ensure};
+use prost::Message;
+use vigil_e2e::agent::{Agent, config};
+use vigil_e2e::{Collector, Options, eventually, search_logs};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+fn client() -> reqwest::Client {
+    vigil_e2e::init_tls();
+    reqwest::Client::new()
+}
+
+/// Every stored body containing `marker`, with how often each was stored.
+async fn stored(client: &reqwest::Client, c: &Collector, marker: &str) -> Result<HashMap<String, usize>> {
+    let (total, hits) = search_logs(client, c, &[("q", marker), ("limit", "10000")]).await?;
+    ensure!(total as usize == hits.len(), "more hits than one page: {total}");
+    let mut counts = HashMap::new();
+    for h in hits {
+        *counts
+            .entry(h["body"].as_str().unwrap_or_default().to_string())
+            .or_insert(0) += 1;
+    }
+    Ok(counts)
+}
+
+/// Waits until `expected` bodies are stored, then checks each exactly once.
+async fn assert_exactly_once(client: &reqwest::Client, c: &Collector, marker: &str, expected: &[String]) -> Result<()> {
+    let waited = eventually(WAIT, &format!("{} records with {marker}", expected.len()), || async {
+        let counts = stored(client, c, marker).await?;
+        let n: usize = counts.values().sum();
+        Ok((n >= expected.len()).then_some(counts))
+    })
+    .await;
+    let counts = match waited {
+        Ok(c) => c,
+        Err(e) => {
+            let counts = stored(client, c, marker).await?;
+            let missing: Vec<_> = expected.iter().filter(|b| !counts.contains_key(*b)).take(10).collect();
+            bail!("{e}: {} stored, missing e.g. {missing:?}", counts.len());
+        }
+    };
+    let duplicated: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).map(|(b, _)| b.clone()).collect();
+    ensure!(
+        duplicated.is_empty(),
+        "stored more than once: {:?}",
+        &duplicated[..duplicated.len().min(5)]
+    );
+    let missing: Vec<_> = expected.iter().filter(|b| !counts.contains_key(*b)).collect();
+    ensure!(
+        missing.is_empty(),
+        "never stored: {:?}",
+        &missing[..missing.len().min(5)]
+    );
+    ensure!(
+        counts.len() == expected.len(),
+        "unexpected extra records: {} vs {}",
+        counts.len(),
+        expected.len()
+    );
+    Ok(())
+}
+
+fn append(path: &Path, lines: &[String]) -> Result<()> {
+    let mut f = OpenOptions::new().create(true).append(true).open(path)?;
+    let mut text = String::new();
+    for l in lines {
+        text.push_str(l);
+        text.push('\n');
+    }
+    f.write_all(text.as_bytes())?;
+    Ok(())
+}
+
+fn free_port() -> Result<SocketAddr> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?)
+}
+
+fn source(dir: &Path, glob: &str, extra: &str) -> String {
+    format!(
+        "[[logs]]\ninclude = [{:?}]\nstart_at = \"beginning\"\n{extra}\n",
+        dir.join(glob).display().to_string()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tailed_lines_arrive_exactly_once_with_their_attributes() -> Result<()> {
+    let collector = Collector::start()?;
+    let tmp = tempfile::tempdir()?;
+    let logs = tmp.path().join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let marker = "mkattr";
+    // Lines already there before the agent starts, on several files.
+    let mut expected = Vec::new();
+    for f in 0..3 {
+        let lines: Vec<String> = (0..150).map(|i| format!("{marker} file{f} early{i:05}")).collect();
+        append(&logs.join(format!("app{f}.log")), &lines)?;
+        expected.extend(lines);
+    }
+    let extra = "service_name = \"shop\"\n[logs.attributes]\nteam = \"payments\"\n";
+    let agent = Agent::start(
+        tmp.path(),
+        &config(
+            &tmp.path().join("state"),
+            &collector.http_url(""),
+            &source(&logs, "*.log", extra),
+        ),
+    )?;
+    // Lines appended while it runs, and a file created while it runs.
+    for f in 0..4 {
+        let lines: Vec<String> = (0..150).map(|i| format!("{marker} file{f} late{i:05}")).collect();
+        append(&logs.join(format!("app{f}.log")), &lines)?;
+        expected.extend(lines);
+    }
+    let json = format!(r#"{{"level":"error","msg":"{marker} structured failure","order":42}}"#);
+    append(&logs.join("app0.log"), std::slice::from_ref(&json))?;
+    expected.push(format!("{marker} structured failure"));
+    let client = client();
+    assert_exactly_once(&client, &collector, marker, &expected).await?;
+
+    let (_, hits) = search_logs(&client, &collector, &[("q", "structured"), ("limit", "5")]).await?;
+    let hit = &hits[0];
+    assert_eq!(hit["service"], "shop", "{hit}");
+    assert_eq!(hit["attributes"]["order"], 42, "{hit}");
+    assert_eq!(hit["attributes"]["log.file.name"], "app0.log", "{hit}");
+    assert_eq!(hit["resource"]["team"], "payments", "{hit}");
+    assert!(
+        hit["resource"]["host.name"].as_str().is_some_and(|h| !h.is_empty()),
+        "{hit}"
+    );
+    assert!(
+        format!("{hit}").to_lowercase().contains("error"),
+        "severity kept: {hit}"
+    );
+    assert!(agent.metric(&client, "vigil_agent_lines_read").await? >= expected.len() as f64);
+    assert!(agent.terminate()?, "clean exit on SIGTERM");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_by_rename_and_by_copytruncate_loses_and_repeats_nothing() -> Result<()> {
+    let collector = Collector::start()?;
+    let tmp = tempfile::tempdir()?;
+    let logs = tmp.path().join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let path = logs.join("app.log");
+    File::create(&path)?;
+    let agent = Agent::start(
+        tmp.path(),
+        &config(
+            &tmp.path().join("state"),
+            &collector.http_url(""),
+            &source(&logs, "app.log", ""),
+        ),
+    )?;
+    let marker = "mkrot";
+    let total = 3000;
+    let expected: Vec<String> = (0..total).map(|i| format!("{marker} line{i:06}")).collect();
+    let client = client();
+    // A writer appending continuously; rotations happen between its writes, as
+    // logrotate's do, with the writer keeping its handle across the rename.
+    let mut f = OpenOptions::new().append(true).open(&path)?;
+    for (i, line) in expected.iter().enumerate() {
+        writeln!(f, "{line}")?;
+        if i == 1000 {
+            // Rename rotation; the application writes a few more lines to the old
+            // file before it reopens.
+            std::fs::rename(&path, logs.join("app.log.1"))?;
+            File::create(&path)?;
+        }
+        if i == 1010 {
+            f = OpenOptions::new().append(true).open(&path)?;
+            // logrotate runs hours apart, the agent looks twice a second: let it find
+            // the new file before the next rotation.
+            eventually(WAIT, "the agent to open the new file", || async {
+                Ok((agent.metric(&client, "vigil_agent_files_tailed").await? >= 2.0).then_some(()))
+            })
+            .await?;
+        }
+        if i == 2000 {
+            // copytruncate: copy, then truncate the file the writer still holds.
+            std::fs::copy(&path, logs.join("app.log.2"))?;
+            OpenOptions::new().write(true).open(&path)?.set_len(0)?;
+        }
+        if i % 20 == 0 {
+            // Pace the writes so the agent reads between them (load shape, not sync).
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    assert_exactly_once(&client, &collector, marker, &expected)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\nagent log:\n{}", agent.logs()))?;
+    let log = agent.logs();
+    assert!(
+        log.contains("rotated away") && log.contains("copytruncate"),
+        "both rotations seen:\n{log}"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_stream_then_restart_delivers_every_line_exactly_once() -> Result<()> {
+    let collector = Collector::start()?;
+    let tmp = tempfile::tempdir()?;
+    let logs = tmp.path().join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let marker = "mkkill";
+    let cfg = config(
+        &tmp.path().join("state"),
+        &collector.http_url(""),
+        &source(&logs, "*.log", ""),
+    );
+    let client = client();
+    let mut expected = Vec::new();
+    let agent = Agent::start(tmp.path(), &cfg)?;
+    for f in 0..2 {
+        let lines: Vec<String> = (0..4_000).map(|i| format!("{marker} f{f} first{i:06}")).collect();
+        append(&logs.join(format!("s{f}.log")), &lines)?;
+        expected.extend(lines);
+    }
+    // Kill it while it is reading and shipping.
+    eventually(WAIT, "the agent to be mid-stream", || async {
+        Ok((agent.metric(&client, "vigil_agent_lines_read").await? >= 2_000.0).then_some(()))
+    })
+    .await?;
+    agent.kill()?;
+    for f in 0..2 {
+        let lines: Vec<String> = (0..500).map(|i| format!("{marker} f{f} while_down{i:06}")).collect();
+        append(&logs.join(format!("s{f}.log")), &lines)?;
+        expected.extend(lines);
+    }
+    let agent = Agent::start(tmp.path(), &cfg)?;
+    assert_exactly_once(&client, &collector, marker, &expected)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\nagent log:\n{}", agent.logs()))?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_outage_with_a_tiny_blocking_buffer_loses_nothing() -> Result<()> {
+    let http = free_port()?;
+    let tmp = tempfile::tempdir()?;
+    let logs = tmp.path().join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let marker = "mkout";
+    let extra = format!(
+        "{}\n[buffer]\nmax_bytes = 16384\nwhen_full = \"block\"\n",
+        source(&logs, "*.log", "")
+    );
+    let cfg = config(&tmp.path().join("state"), &format!("http://{http}"), &extra)
+        .replace("max_records = 500", "max_records = 20\nmax_bytes = 2048");
+    let agent = Agent::start(tmp.path(), &cfg)?;
+    let expected: Vec<String> = (0..2_000)
+        .map(|i| format!("{marker} while_down{i:06} padding-padding-padding"))
+        .collect();
+    append(&logs.join("a.log"), &expected)?;
+    let client = client();
+    // The collector is away: the agent retries and its buffer fills up to the cap.
+    eventually(WAIT, "retries and a full buffer", || async {
+        let retries = agent.metric(&client, "vigil_agent_send_retries").await?;
+        let bytes = agent.metric(&client, "vigil_agent_buffer_bytes").await?;
+        Ok((retries > 0.0 && bytes > 8192.0).then_some(()))
+    })
+    .await?;
+    let buffered = agent.metric(&client, "vigil_agent_buffer_bytes").await?;
+    assert!(buffered <= 16384.0, "the buffer stays within its cap: {buffered}");
+    let collector = Collector::start_with(Options {
+        http_addr: Some(http),
+        ..Options::default()
+    })?;
+    assert_exactly_once(&client, &collector, marker, &expected)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\nagent log:\n{}", agent.logs()))?;
+    assert_eq!(agent.metric(&client, "vigil_agent_buffer_dropped_records").await?, 0.0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_drop_oldest_a_full_buffer_keeps_the_newest_and_counts_the_loss() -> Result<()> {
+    let http = free_port()?;
+    let tmp = tempfile::tempdir()?;
+    let logs = tmp.path().join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let marker = "mkdrop";
+    let extra = format!(
+        "{}\n[buffer]\nmax_bytes = 16384\nwhen_full = \"drop_oldest\"\n",
+        source(&logs, "*.log", "")
+    );
+    let cfg = config(&tmp.path().join("state"), &format!("http://{http}"), &extra)
+        .replace("max_records = 500", "max_records = 20\nmax_bytes = 2048");
+    let agent = Agent::start(tmp.path(), &cfg)?;
+    let lines: Vec<String> = (0..2_000)
+        .map(|i| format!("{marker} n{i:06} padding-padding-padding"))
+        .collect();
+    append(&logs.join("a.log"), &lines)?;
+    let client = client();
+    eventually(WAIT, "everything read, with drops", || async {
+        let read = agent.metric(&client, "vigil_agent_lines_read").await?;
+        let dropped = agent.metric(&client, "vigil_agent_buffer_dropped_records").await?;
+        Ok((read >= 2_000.0 && dropped > 0.0).then_some(()))
+    })
+    .await?;
+    let collector = Collector::start_with(Options {
+        http_addr: Some(http),
+        ..Options::default()
+    })?;
+    let newest = lines.last().cloned().unwrap_or_default();
+    let counts = eventually(WAIT, "the newest line", || async {
+        let counts = stored(&client, &collector, marker).await?;
+        Ok(counts.contains_key(&newest).then_some(counts))
+    })
+    .await?;
+    assert!(counts.values().all(|n| *n == 1), "no duplicates");
+    // Every batch (at most 20 lines) lost is counted; the batch in flight when the
+    // outage began is kept, so the loss is a gap between it and the newest.
+    let dropped = agent.metric(&client, "vigil_agent_buffer_dropped_records").await?;
+    let missing = lines.len() - counts.len();
+    assert!(missing > 0, "some were dropped");
+    assert!(
+        missing as f64 <= dropped * 20.0,
+        "{missing} lines missing but only {dropped} batches counted"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_reported_and_the_rest_keeps_flowing() -> Result<()> {
+    let collector = Collector::start()?;
+    let tmp = tempfile::tempdir()?;
+    let logs = tmp.path().join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let marker = "mkbad";
+    std::fs::write(logs.join("core.log"), b"\x7fELF\x02\x01\x01\x00\x00\x00binary junk\n")?;
+    let mut huge = format!("{marker} huge ").into_bytes();
+    huge.extend(std::iter::repeat_n(b'x', 10 * 1024 * 1024));
+    huge.push(b'\n');
+    std::fs::write(logs.join("huge.log"), &huge)?;
+    let expected: Vec<String> = (0..100).map(|i| format!("{marker} fine{i:04}")).collect();
+    append(&logs.join("fine.log"), &expected)?;
+    let cfg = config(
+        &tmp.path().join("state"),
+        &collector.http_url(""),
+        &source(&logs, "*.log", "max_line_bytes = 4096"),
+    );
+    let agent = Agent::start(tmp.path(), &cfg)?;
+    let client = client();
+    let mut with_huge = expected.clone();
+    let cut = String::from_utf8_lossy(&huge[..4096]).into_owned();
+    with_huge.push(cut);
+    assert_exactly_once(&client, &collector, marker, &with_huge).await?;
+    let (_, hits) = search_logs(&client, &collector, &[("q", "huge"), ("limit", "5")]).await?;
+    assert_eq!(hits[0]["attributes"]["log.record.truncated"], true, "{}", hits[0]);
+    assert_eq!(agent.metric(&client, "vigil_agent_files_binary").await?, 1.0);
+    assert!(agent.logs().contains("binary"), "the skip is logged");
+
+    // A config with a typo: a clear message naming the key, non-zero exit.
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(&bad, cfg.replace("max_line_bytes", "max_line_byte"))?;
+    let out = std::process::Command::new(vigil_e2e::agent_binary())
+        .args(["check-config", "--config"])
+        .arg(&bad)
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("max_line_byte"), "{stderr}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_local_receiver_forwards_application_otlp_with_host_attributes() -> Result<()> {
+    let collector = Collector::start()?;
+    let tmp = tempfile::tempdir()?;
+    let cfg = config(&tmp.path().join("state"), &collector.http_url(""), "")
+        .replace("[receiver]\nenabled = false", "[receiver]\nenabled = true");
+    let agent = Agent::start(tmp.path(), &cfg)?;
+    let Some(http) = agent.otlp_http else {
+        bail!("no receiver address")
+    };
+    let record = vigil_e2e::otlp::log_record(vigil_e2e::now_ns(), "mkrecv forwarded through the agent", &[]);
+    let request = vigil_e2e::otlp::logs_request("checkout", vec![record]);
+    let client = client();
+    let response = client
+        .post(format!("http://{http}/v1/logs"))
+        .header("content-type", "application/x-protobuf")
+        .body(request.encode_to_vec())
+        .send()
+        .await?;
+    assert_eq!(response.status(), 200);
+    // Garbage is refused with a reason, not forwarded.
+    let response = client
+        .post(format!("http://{http}/v1/logs"))
+        .header("content-type", "application/x-protobuf")
+        .body(vec![0xff, 0xff, 0xff])
+        .send()
+        .await?;
+    assert_eq!(response.status(), 400);
+    assert!(response.text().await?.contains("protobuf"));
+    let hit = eventually(WAIT, "the forwarded record", || async {
+        let (_, hits) = search_logs(&client, &collector, &[("q", "mkrecv"), ("limit", "5")]).await?;
+        Ok(hits.into_iter().next())
+    })
+    .await?;
+    assert_eq!(hit["service"], "checkout", "{hit}");
+    assert!(
+        hit["resource"]["host.name"].as_str().is_some_and(|h| !h.is_empty()),
+        "{hit}"
+    );
+    Ok(())
+}
+
+#[test]
+fn the_installed_systemd_unit_passes_systemd_analyze_verify() -> Result<()> {
+    let root = tempfile::tempdir()?;
+    let out = std::process::Command::new(vigil_e2e::agent_binary())
+        .args(["install", "--collector", "http://10.0.0.5:4317", "--root"])
+        .arg(root.path())
+        .output()?;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let unit = root.path().join("etc/systemd/system/vigil-agent.service");
+    let config = root.path().join("etc/vigil/agent.toml");
+    let check = std::process::Command::new(vigil_e2e::agent_binary())
+        .args(["check-config", "--config"])
+        .arg(&config)
+        .output()?;
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    let verify = std::process::Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(&unit)
+        .output()
+        .map_err(|e| anyhow::anyhow!("systemd-analyze is needed (.ci/run installs systemd): {e}"))?;
+    let stderr = String::from_utf8_lossy(&verify.stderr);
+    // Lines about other units on this machine are not ours to judge.
+    let ours: Vec<&str> = stderr.lines().filter(|l| l.contains("vigil-agent")).collect();
+    assert!(
+        verify.status.success() && ours.is_empty(),
+        "systemd-analyze verify: {stderr}"
+    );
+    Ok(())
+}
