@@ -1,5 +1,5 @@
-//! Shipping the buffer to the collector: in order, one batch at a time, each with its
-//! idempotency key, retried with exponential backoff and jitter until the collector
+//! Shipping the buffer to the collector: in order, one batch at a time (the next one
+//! compressed while this one is in flight), each with its idempotency key, retried with exponential backoff and jitter until the collector
 //! takes it (honouring `Retry-After` and RESOURCE_EXHAUSTED), acknowledged in the
 //! buffer only after the collector said yes.
 
@@ -8,22 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use bytes::Bytes;
-use opentelemetry_proto::tonic::collector::logs::v1::{
-    ExportLogsServiceRequest, logs_service_client::LogsServiceClient,
-};
-use opentelemetry_proto::tonic::collector::metrics::v1::{
-    ExportMetricsServiceRequest, metrics_service_client::MetricsServiceClient,
-};
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, trace_service_client::TraceServiceClient,
-};
+use bytes::{Buf, BufMut, Bytes};
 use prost::Message;
 use tokio_util::sync::CancellationToken;
-use tonic::codec::CompressionEncoding;
+use tonic::codec::{CompressionEncoding, DecodeBuf, EncodeBuf};
 use tonic::transport::Channel;
 
-use crate::buffer::{DiskBuffer, Kind, Record};
+use crate::buffer::{DiskBuffer, Kind};
 use crate::config::{CollectorConfig, Protocol};
 use crate::telemetry::AgentMetrics;
 
@@ -31,13 +22,70 @@ pub const BATCH_ID_HEADER: &str = "x-vigil-batch-id";
 
 enum Transport {
     Http { client: reqwest::Client, base: String },
-    Grpc(Box<GrpcClients>),
+    Grpc(Box<tonic::client::Grpc<Channel>>),
 }
 
-struct GrpcClients {
-    logs: LogsServiceClient<Channel>,
-    metrics: MetricsServiceClient<Channel>,
-    traces: TraceServiceClient<Channel>,
+/// The buffer holds encoded export requests; gRPC sends them as they are instead of
+/// decoding them into prost structs only to encode them again.
+#[derive(Clone, Copy, Default)]
+struct RawCodec;
+
+struct RawEncoder;
+struct ResponseDecoder;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Bytes;
+    type Decode = ExportResponse;
+    type Encoder = RawEncoder;
+    type Decoder = ResponseDecoder;
+    fn encoder(&mut self) -> RawEncoder {
+        RawEncoder
+    }
+    fn decoder(&mut self) -> ResponseDecoder {
+        ResponseDecoder
+    }
+}
+
+impl tonic::codec::Encoder for RawEncoder {
+    type Item = Bytes;
+    type Error = tonic::Status;
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        dst.put_slice(&item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for ResponseDecoder {
+    type Item = ExportResponse;
+    type Error = tonic::Status;
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<ExportResponse>, tonic::Status> {
+        let bytes = src.copy_to_bytes(src.remaining());
+        Ok(Some(ExportResponse::decode(bytes).unwrap_or_default()))
+    }
+}
+
+/// The shape the three OTLP export responses share: a partial success with a count of
+/// rejected items (field 1, whatever it is called) and a message.
+#[derive(Clone, PartialEq, prost::Message)]
+struct ExportResponse {
+    #[prost(message, optional, tag = "1")]
+    partial_success: Option<PartialSuccess>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct PartialSuccess {
+    #[prost(int64, tag = "1")]
+    rejected: i64,
+    #[prost(string, tag = "2")]
+    error_message: String,
+}
+
+/// A record ready to go: its wire body prepared (compressed) ahead of sending.
+struct Prepared {
+    seq: u64,
+    kind: Kind,
+    /// Empty for checkpoint-only records, which are acknowledged without sending.
+    body: Bytes,
 }
 
 /// How one attempt ended.
@@ -96,17 +144,12 @@ impl Shipper {
                     }
                     endpoint = endpoint.tls_config(tls).context("collector TLS")?;
                 }
-                let channel = endpoint.connect_lazy();
-                let limit = 64 * 1024 * 1024;
-                let mut logs = LogsServiceClient::new(channel.clone()).max_encoding_message_size(limit);
-                let mut metrics = MetricsServiceClient::new(channel.clone()).max_encoding_message_size(limit);
-                let mut traces = TraceServiceClient::new(channel).max_encoding_message_size(limit);
+                let mut grpc =
+                    tonic::client::Grpc::new(endpoint.connect_lazy()).max_encoding_message_size(64 * 1024 * 1024);
                 if config.gzip {
-                    logs = logs.send_compressed(CompressionEncoding::Gzip);
-                    metrics = metrics.send_compressed(CompressionEncoding::Gzip);
-                    traces = traces.send_compressed(CompressionEncoding::Gzip);
+                    grpc = grpc.send_compressed(CompressionEncoding::Gzip);
                 }
-                Transport::Grpc(Box::new(GrpcClients { logs, metrics, traces }))
+                Transport::Grpc(Box::new(grpc))
             }
         };
         let seed = std::time::SystemTime::now()
@@ -125,58 +168,47 @@ impl Shipper {
 
     /// Ships until cancelled. After cancellation it keeps going until the buffer is
     /// empty or `drain` has passed; whatever is left stays in the buffer for next time.
+    ///
+    /// Two stages: one reads records in order and compresses them, the other sends and
+    /// acknowledges; compressing the next batch overlaps sending this one.
     pub async fn run(mut self, cancel: CancellationToken, drain: Duration) {
-        let mut after = self.buffer.acked();
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Prepared>(2);
+        let gzip_body = self.config.gzip && matches!(self.transport, Transport::Http { .. });
+        let preparer = tokio::spawn(prepare(Arc::clone(&self.buffer), gzip_body, tx, cancel.clone()));
         let mut deadline: Option<tokio::time::Instant> = None;
         loop {
-            if deadline.is_none() && cancel.is_cancelled() {
+            let next = tokio::select! {
+                next = rx.recv() => next,
+                () = cancel.cancelled(), if deadline.is_none() => {
+                    deadline = Some(tokio::time::Instant::now() + drain);
+                    continue;
+                }
+            };
+            let Some(prepared) = next else { break };
+            if cancel.is_cancelled() && deadline.is_none() {
                 deadline = Some(tokio::time::Instant::now() + drain);
             }
-            if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
-                return;
+            if !prepared.body.is_empty() && !self.deliver(&prepared, &cancel, deadline).await {
+                // Out of time while draining; the record stays in the buffer.
+                break;
             }
             let buffer = Arc::clone(&self.buffer);
-            let next = tokio::task::spawn_blocking(move || buffer.next_after(after)).await;
-            let record = match next {
-                Ok(Ok(Some(r))) => r,
-                Ok(Ok(None)) => {
-                    if deadline.is_some() {
-                        return;
-                    }
-                    tokio::select! {
-                        () = self.buffer.wait_after(after) => {}
-                        () = cancel.cancelled() => {}
-                    }
-                    continue;
-                }
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "reading the disk buffer failed; retrying");
-                    self.pause(Duration::from_secs(1), &cancel, deadline).await;
-                    continue;
-                }
-                Err(_) => return,
-            };
-            if !record.payload.is_empty() && !self.deliver(&record, &cancel, deadline).await {
-                // Cancelled and out of time; the record stays in the buffer.
-                return;
-            }
-            after = record.seq;
-            let buffer = Arc::clone(&self.buffer);
-            let seq = record.seq;
+            let seq = prepared.seq;
             match tokio::task::spawn_blocking(move || buffer.ack(seq)).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::error!(error = %e, "recording an acknowledgement failed"),
-                Err(_) => return,
+                Err(_) => break,
             }
-            self.metrics.update_buffer(self.buffer.stats());
         }
+        preparer.abort();
+        let _ = preparer.await;
     }
 
     /// Sends one record until it is taken or rejected. False if it gave up because the
     /// drain deadline passed.
     async fn deliver(
         &mut self,
-        record: &Record,
+        record: &Prepared,
         cancel: &CancellationToken,
         deadline: Option<tokio::time::Instant>,
     ) -> bool {
@@ -253,29 +285,32 @@ impl Shipper {
         (self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 11) as f64 / (1u64 << 53) as f64
     }
 
-    async fn send(&mut self, record: &Record, batch_id: &str) -> Outcome {
+    async fn send(&mut self, record: &Prepared, batch_id: &str) -> Outcome {
         let token = self.config.token.as_ref().map(|t| format!("Bearer {}", t.expose()));
-        match &mut self.transport {
+        let (http_path, grpc_path) = match record.kind {
+            Kind::Logs => ("/v1/logs", "/opentelemetry.proto.collector.logs.v1.LogsService/Export"),
+            Kind::Metrics => (
+                "/v1/metrics",
+                "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
+            ),
+            Kind::Traces => (
+                "/v1/traces",
+                "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+            ),
+        };
+        let outcome = match &mut self.transport {
             Transport::Http { client, base } => {
-                let path = match record.kind {
-                    Kind::Logs => "/v1/logs",
-                    Kind::Metrics => "/v1/metrics",
-                    Kind::Traces => "/v1/traces",
-                };
                 let mut request = client
-                    .post(format!("{base}{path}"))
+                    .post(format!("{base}{http_path}"))
                     .header("content-type", "application/x-protobuf")
                     .header(BATCH_ID_HEADER, batch_id);
                 if let Some(t) = &token {
                     request = request.header("authorization", t);
                 }
-                let body = if self.config.gzip {
+                if self.config.gzip {
                     request = request.header("content-encoding", "gzip");
-                    gzip(&record.payload)
-                } else {
-                    record.payload.clone()
-                };
-                match request.body(body).send().await {
+                }
+                match request.body(record.body.clone()).send().await {
                     Ok(resp) => {
                         let status = resp.status();
                         let retry_after = resp
@@ -284,55 +319,103 @@ impl Shipper {
                             .and_then(|v| v.to_str().ok())
                             .and_then(|v| v.trim().parse::<u64>().ok())
                             .map(Duration::from_secs);
+                        let body = resp.bytes().await.unwrap_or_default();
                         if status.is_success() {
-                            return Outcome::Sent;
-                        }
-                        let text = resp.text().await.unwrap_or_default();
-                        let why = format!("HTTP {status}: {}", text.chars().take(300).collect::<String>());
-                        match status.as_u16() {
-                            400 | 413 | 415 | 422 => Outcome::Rejected(why),
-                            _ => Outcome::Retry(why, retry_after),
+                            Ok(ExportResponse::decode(body).unwrap_or_default())
+                        } else {
+                            let text = String::from_utf8_lossy(&body).chars().take(300).collect::<String>();
+                            let why = format!("HTTP {status}: {text}");
+                            Err(match status.as_u16() {
+                                400 | 413 | 415 | 422 => Outcome::Rejected(why),
+                                _ => Outcome::Retry(why, retry_after),
+                            })
                         }
                     }
-                    Err(e) => Outcome::Retry(format!("{e}"), None),
+                    Err(e) => Err(Outcome::Retry(format!("{e}"), None)),
                 }
             }
-            Transport::Grpc(clients) => {
-                let GrpcClients { logs, metrics, traces } = &mut **clients;
-                let result = match record.kind {
-                    Kind::Logs => match ExportLogsServiceRequest::decode(record.payload.clone()) {
-                        Ok(m) => logs
-                            .export(grpc_request(m, batch_id, token.as_deref()))
-                            .await
-                            .map(|_| ()),
-                        Err(e) => return Outcome::Rejected(format!("undecodable buffered batch: {e}")),
-                    },
-                    Kind::Metrics => match ExportMetricsServiceRequest::decode(record.payload.clone()) {
-                        Ok(m) => metrics
-                            .export(grpc_request(m, batch_id, token.as_deref()))
-                            .await
-                            .map(|_| ()),
-                        Err(e) => return Outcome::Rejected(format!("undecodable buffered batch: {e}")),
-                    },
-                    Kind::Traces => match ExportTraceServiceRequest::decode(record.payload.clone()) {
-                        Ok(m) => traces
-                            .export(grpc_request(m, batch_id, token.as_deref()))
-                            .await
-                            .map(|_| ()),
-                        Err(e) => return Outcome::Rejected(format!("undecodable buffered batch: {e}")),
-                    },
-                };
-                match result {
-                    Ok(()) => Outcome::Sent,
+            Transport::Grpc(grpc) => {
+                if let Err(e) = grpc.ready().await {
+                    return Outcome::Retry(format!("gRPC connection: {e}"), None);
+                }
+                let request = grpc_request(record.body.clone(), batch_id, token.as_deref());
+                let path = http::uri::PathAndQuery::from_static(grpc_path);
+                match grpc.unary(request, path, RawCodec).await {
+                    Ok(response) => Ok(response.into_inner()),
                     Err(status) => {
                         let why = format!("gRPC {:?}: {}", status.code(), status.message());
-                        match status.code() {
+                        Err(match status.code() {
                             tonic::Code::InvalidArgument => Outcome::Rejected(why),
                             _ => Outcome::Retry(why, None),
-                        }
+                        })
                     }
                 }
             }
+        };
+        match outcome {
+            Ok(response) => {
+                if let Some(p) = response.partial_success.filter(|p| p.rejected > 0) {
+                    tracing::warn!(seq = record.seq, rejected = p.rejected, message = %p.error_message, "collector accepted the batch but rejected part of it");
+                }
+                Outcome::Sent
+            }
+            Err(outcome) => outcome,
+        }
+    }
+}
+
+/// Reads records in order and prepares their wire bodies, a couple ahead of the sender.
+async fn prepare(
+    buffer: Arc<DiskBuffer>,
+    gzip_body: bool,
+    tx: tokio::sync::mpsc::Sender<Prepared>,
+    cancel: CancellationToken,
+) {
+    let mut after = buffer.acked();
+    loop {
+        let b = Arc::clone(&buffer);
+        let next = tokio::task::spawn_blocking(move || -> Result<Option<Prepared>, crate::buffer::BufferError> {
+            let Some(record) = b.next_after(after)? else {
+                return Ok(None);
+            };
+            let body = if record.payload.is_empty() {
+                Bytes::new()
+            } else if gzip_body {
+                gzip(&record.payload)
+            } else {
+                record.payload.clone()
+            };
+            Ok(Some(Prepared {
+                seq: record.seq,
+                kind: record.kind,
+                body,
+            }))
+        })
+        .await;
+        match next {
+            Ok(Ok(Some(p))) => {
+                after = p.seq;
+                if tx.send(p).await.is_err() {
+                    return;
+                }
+            }
+            Ok(Ok(None)) => {
+                if cancel.is_cancelled() {
+                    return;
+                }
+                tokio::select! {
+                    () = buffer.wait_after(after) => {}
+                    () = cancel.cancelled() => {}
+                }
+            }
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "reading the disk buffer failed; retrying");
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    () = cancel.cancelled() => return,
+                }
+            }
+            Err(_) => return,
         }
     }
 }

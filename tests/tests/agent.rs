@@ -108,14 +108,18 @@ async fn tailed_lines_arrive_exactly_once_with_their_attributes() -> Result<()> 
         expected.extend(lines);
     }
     let extra = "service_name = \"shop\"\n[logs.attributes]\nteam = \"payments\"\n";
-    let agent = Agent::start(
-        tmp.path(),
-        &config(
-            &tmp.path().join("state"),
-            &collector.http_url(""),
-            &source(&logs, "*.log", extra),
-        ),
-    )?;
+    // Shipping over gRPC here (the other tests use OTLP/HTTP), with host metrics on.
+    let cfg = config(
+        &tmp.path().join("state"),
+        &collector.grpc_url(),
+        &source(&logs, "*.log", extra),
+    )
+    .replace("protocol = \"http\"", "protocol = \"grpc\"")
+    .replace(
+        "[host_metrics]\nenabled = false",
+        "[host_metrics]\nenabled = true\ninterval_secs = 1",
+    );
+    let agent = Agent::start(tmp.path(), &cfg)?;
     // Lines appended while it runs, and a file created while it runs.
     for f in 0..4 {
         let lines: Vec<String> = (0..150).map(|i| format!("{marker} file{f} late{i:05}")).collect();
@@ -143,6 +147,16 @@ async fn tailed_lines_arrive_exactly_once_with_their_attributes() -> Result<()> 
         "severity kept: {hit}"
     );
     assert!(agent.metric(&client, "vigil_agent_lines_read").await? >= expected.len() as f64);
+    // Host metrics arrive under their hostmetrics names, with the agent's own beside them.
+    for name in ["system.memory.usage", "vigil.agent.lines_read"] {
+        let url = reqwest::Url::parse_with_params(&collector.api_url("/api/v1/metrics/query"), [("name", name)])?;
+        eventually(WAIT, name, || async {
+            let (status, body) = vigil_e2e::get_json(&client, url.as_str()).await?;
+            let series = body["result"]["series"].as_array().map_or(0, Vec::len);
+            Ok((status == 200 && series > 0).then_some(()))
+        })
+        .await?;
+    }
     assert!(agent.terminate()?, "clean exit on SIGTERM");
     Ok(())
 }

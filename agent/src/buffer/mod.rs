@@ -122,6 +122,8 @@ struct Inner {
     segments: VecDeque<SegmentInfo>,
     active: File,
     next_seq: u64,
+    /// Highest sequence fsynced: the sender sees nothing beyond it.
+    durable: u64,
     acked: u64,
     /// Checkpoint entries merged over every record appended so far.
     checkpoints: BTreeMap<String, Vec<u8>>,
@@ -264,6 +266,7 @@ impl DiskBuffer {
                 segments,
                 active,
                 next_seq,
+                durable: next_seq - 1,
                 acked: acked.min(next_seq - 1),
                 checkpoints,
                 recent: VecDeque::new(),
@@ -287,43 +290,80 @@ impl DiskBuffer {
     /// Appends a record, durable when this returns. With the block policy it waits for
     /// space; returns `Closed` if the buffer is closed while waiting.
     pub fn append(&self, kind: Kind, entries: Vec<Entry>, payload: Bytes) -> Result<u64, BufferError> {
-        self.append_inner(kind, entries, payload, true)
+        self.append_inner(vec![(kind, entries, payload)], true)
     }
 
     /// Like `append`, but answers `Full` instead of waiting.
     pub fn try_append(&self, kind: Kind, entries: Vec<Entry>, payload: Bytes) -> Result<u64, BufferError> {
-        self.append_inner(kind, entries, payload, false)
+        self.append_inner(vec![(kind, entries, payload)], false)
     }
 
-    fn append_inner(&self, kind: Kind, entries: Vec<Entry>, payload: Bytes, wait: bool) -> Result<u64, BufferError> {
-        let size = encoded_len(&entries, payload.len()) as u64;
+    /// Appends several records in order under one fsync (group commit); returns the
+    /// last sequence number. None of them is visible to the sender before the fsync.
+    pub fn append_many(&self, records: Vec<(Kind, Vec<Entry>, Bytes)>) -> Result<u64, BufferError> {
+        self.append_inner(records, true)
+    }
+
+    fn append_inner(&self, records: Vec<(Kind, Vec<Entry>, Bytes)>, wait: bool) -> Result<u64, BufferError> {
         let mut inner = self.lock();
-        if size > inner.opts.max_bytes / 2 {
-            return Err(BufferError::TooLarge(size as usize));
-        }
-        loop {
-            if self.closed.load(Ordering::Acquire) {
-                return Err(BufferError::Closed);
-            }
-            if inner.stats.pending_bytes + size <= inner.opts.max_bytes {
+        let mut last = inner.next_seq - 1;
+        let mut result = Ok(());
+        for (kind, entries, payload) in records {
+            let size = encoded_len(&entries, payload.len()) as u64;
+            if size > inner.opts.max_bytes / 2 {
+                result = Err(BufferError::TooLarge(size as usize));
                 break;
             }
-            match inner.opts.when_full {
-                WhenFull::DropOldest => inner.drop_oldest()?,
-                WhenFull::Block if wait => {
-                    inner = self
-                        .space
-                        .wait_timeout(inner, Duration::from_millis(200))
-                        .unwrap_or_else(|p| p.into_inner())
-                        .0;
+            loop {
+                if self.closed.load(Ordering::Acquire) {
+                    result = Err(BufferError::Closed);
+                    break;
                 }
-                WhenFull::Block => return Err(BufferError::Full),
+                if inner.stats.pending_bytes + size <= inner.opts.max_bytes {
+                    break;
+                }
+                match inner.opts.when_full {
+                    WhenFull::DropOldest => {
+                        if let Err(e) = inner.drop_oldest() {
+                            result = Err(e);
+                            break;
+                        }
+                    }
+                    WhenFull::Block if wait => {
+                        // Whatever this group wrote so far becomes durable before we
+                        // wait, so the sender can ship it and make room.
+                        if let Err(e) = inner.sync() {
+                            result = Err(e);
+                            break;
+                        }
+                        self.data.notify_one();
+                        inner = self
+                            .space
+                            .wait_timeout(inner, Duration::from_millis(200))
+                            .unwrap_or_else(|p| p.into_inner())
+                            .0;
+                    }
+                    WhenFull::Block => {
+                        result = Err(BufferError::Full);
+                        break;
+                    }
+                }
+            }
+            if result.is_err() {
+                break;
+            }
+            match inner.write(kind, entries, payload) {
+                Ok(seq) => last = seq,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
             }
         }
-        let seq = inner.write(kind, entries, payload)?;
+        let synced = inner.sync();
         drop(inner);
         self.data.notify_one();
-        Ok(seq)
+        result.and(synced).map(|()| last)
     }
 
     /// The next record after `after`, if one is waiting (a dropped range is skipped).
@@ -335,7 +375,7 @@ impl DiskBuffer {
     pub async fn wait_after(&self, after: u64) {
         loop {
             let notified = self.data.notified();
-            if self.closed.load(Ordering::Acquire) || self.lock().next_seq > after + 1 {
+            if self.closed.load(Ordering::Acquire) || self.lock().durable > after {
                 return;
             }
             notified.await;
@@ -436,14 +476,7 @@ impl Inner {
         };
         let bytes = segment::encode(&record);
         let path = self.segments.back().map(|s| s.path.clone()).unwrap_or_default();
-        let result = self.active.write_all(&bytes).and_then(|()| {
-            if self.opts.fsync {
-                self.active.sync_data()
-            } else {
-                Ok(())
-            }
-        });
-        if let Err(e) = result {
+        if let Err(e) = self.active.write_all(&bytes) {
             // Whatever reached the file is a torn record: cut it so later appends stay
             // readable, and let the producer retry.
             let good = self.segments.back().map_or(0, |s| s.bytes);
@@ -471,7 +504,21 @@ impl Inner {
         Ok(seq)
     }
 
+    /// Makes everything written so far durable and visible to the sender.
+    fn sync(&mut self) -> Result<(), BufferError> {
+        if self.durable + 1 == self.next_seq {
+            return Ok(());
+        }
+        if self.opts.fsync {
+            let path = self.segments.back().map(|s| s.path.clone()).unwrap_or_default();
+            self.active.sync_data().map_err(io_err(&path))?;
+        }
+        self.durable = self.next_seq - 1;
+        Ok(())
+    }
+
     fn roll(&mut self) -> Result<(), BufferError> {
+        self.sync()?;
         let path = segment_path(&self.dir, self.next_seq);
         self.active = create_segment(&self.dir, &path)?;
         self.segments.push_back(SegmentInfo {
@@ -547,7 +594,7 @@ impl Inner {
 
     fn read_after(&mut self, after: u64) -> Result<Option<Arc<Record>>, BufferError> {
         let want = after.max(self.acked) + 1;
-        if want >= self.next_seq {
+        if want > self.durable {
             return Ok(None);
         }
         if let Some(first) = self.recent.front()

@@ -126,6 +126,31 @@ fn a_torn_tail_is_cut_and_appends_continue_after_it() {
 }
 
 #[test]
+fn a_group_append_is_contiguous_and_survives_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (b, _) = DiskBuffer::open(dir.path(), opts(100_000, WhenFull::Block)).expect("open");
+    b.append(Kind::Logs, vec![], payload(0, 10)).expect("append");
+    let group = (1..=5)
+        .map(|i| {
+            (
+                Kind::Logs,
+                vec![("f".to_string(), format!("{i}").into_bytes())],
+                payload(i, 90),
+            )
+        })
+        .collect();
+    assert_eq!(b.append_many(group).expect("group"), 6);
+    assert_eq!(drain(&b).len(), 6);
+    drop(b);
+    let (b, rec) = DiskBuffer::open(dir.path(), opts(100_000, WhenFull::Block)).expect("reopen");
+    assert_eq!(rec.checkpoints.get("f").map(Vec::as_slice), Some(&b"5"[..]));
+    assert_eq!(
+        drain(&b).iter().map(|r| r.seq).collect::<Vec<_>>(),
+        (1..=6).collect::<Vec<_>>()
+    );
+}
+
+#[test]
 fn a_full_buffer_blocks_or_drops_the_oldest_as_configured() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (b, _) = DiskBuffer::open(dir.path(), opts(1_000, WhenFull::Block)).expect("open");

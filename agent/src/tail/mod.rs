@@ -16,6 +16,7 @@
 //!   the lines between our offset and the truncation are read from the copy (the file
 //!   in the same directory whose first KiB matches), then the file is read from 0.
 
+pub mod encode;
 pub mod file;
 pub mod parse;
 
@@ -27,10 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
-use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value::Value};
-use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
-use prost::Message;
+use opentelemetry_proto::tonic::common::v1::KeyValue;
 use regex::Regex;
 
 use crate::buffer::{BufferError, DiskBuffer, Entry, Kind};
@@ -61,8 +59,7 @@ struct Source {
 
 #[derive(Default)]
 struct Batch {
-    records: Vec<LogRecord>,
-    bytes: usize,
+    logs: encode::LogBatch,
     started: Option<Instant>,
     /// Checkpoint entries for the files whose lines are in the batch.
     offsets: BTreeMap<String, Checkpoint>,
@@ -73,12 +70,13 @@ pub struct Tailer {
     files: HashMap<FileId, (usize, TailedFile)>,
     /// Checkpoints recovered from the buffer, consumed as files are found again.
     checkpoints: BTreeMap<String, Vec<u8>>,
-    buffer: Arc<DiskBuffer>,
+    committer: Committer,
     batch: BatchConfig,
     metrics: Arc<AgentMetrics>,
     warned: HashSet<PathBuf>,
     buf: Vec<u8>,
     last_discover: Option<Instant>,
+    scope: opentelemetry_proto::tonic::common::v1::InstrumentationScope,
 }
 
 fn now_ns() -> u64 {
@@ -128,12 +126,13 @@ impl Tailer {
             sources: compiled,
             files: HashMap::new(),
             checkpoints,
-            buffer,
+            committer: Committer::start(buffer),
             batch,
             metrics,
             warned: HashSet::new(),
             buf: vec![0u8; READ_CHUNK],
             last_discover: None,
+            scope: scope(),
         })
     }
 
@@ -155,13 +154,18 @@ impl Tailer {
         self.shutdown()
     }
 
-    fn shutdown(&mut self) -> Result<(), BufferError> {
+    fn shutdown(mut self) -> Result<(), BufferError> {
         // Held multiline records and unterminated last lines stay unread: their offsets
         // are not checkpointed, so they are read again, complete, after the restart.
+        let mut result = Ok(());
         for i in 0..self.sources.len() {
-            self.flush_source(i)?;
+            if let Err(e) = self.flush_source(i) {
+                result = Err(e);
+                break;
+            }
         }
-        Ok(())
+        let finished = self.committer.finish();
+        result.and(finished)
     }
 
     /// Files recorded in checkpoints whose path no longer leads to them were renamed
@@ -271,18 +275,15 @@ impl Tailer {
                         id.key(),
                         serde_json::to_vec(&tailed.checkpoint(offset)).unwrap_or_default(),
                     );
-                    self.buffer.append(Kind::Logs, vec![entry], Bytes::new())?;
+                    self.committer.append(vec![entry], Payload::Empty)?;
                 }
                 tracing::info!(path = %path.display(), offset, "tailing");
                 self.metrics.files_tailed.inc();
                 self.files.insert(id, (si, tailed));
             }
             if first_scan {
-                self.buffer.append(
-                    Kind::Logs,
-                    vec![(self.sources[si].marker.clone(), b"1".to_vec())],
-                    Bytes::new(),
-                )?;
+                self.committer
+                    .append(vec![(self.sources[si].marker.clone(), b"1".to_vec())], Payload::Empty)?;
                 self.checkpoints.insert(self.sources[si].marker.clone(), b"1".to_vec());
             }
         }
@@ -404,7 +405,7 @@ impl Tailer {
             let _ = t.restart();
             // Checkpoint the restart, so a crash now does not take the new content for old.
             let entry = (id.key(), serde_json::to_vec(&t.checkpoint(0)).unwrap_or_default());
-            self.buffer.append(Kind::Logs, vec![entry], Bytes::new())?;
+            self.committer.append(vec![entry], Payload::Empty)?;
         }
         Ok(())
     }
@@ -416,53 +417,53 @@ impl Tailer {
         let Some((_, t)) = self.files.get(&id) else {
             return Ok(());
         };
-        let path_attr = kv("log.file.path", t.path.to_string_lossy().into_owned());
-        let name_attr = kv(
-            "log.file.name",
-            t.path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-        );
+        let path = t.path.to_string_lossy().into_owned();
+        let name = t
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let file_attributes = encode::encode_string_attributes(&[("log.file.path", &path), ("log.file.name", &name)]);
+        let truncated_attribute = [kv_bool("log.record.truncated", true)];
         let key = id.key();
         let mode = self.sources[si].parse;
         let observed = now_ns();
+        let mut last_end = None;
+        let mut read = 0;
         for line in lines.drain(..) {
             let text = String::from_utf8_lossy(&line.bytes);
             let parsed = parse::parse(&text, mode);
-            let mut attributes = Vec::with_capacity(parsed.attributes.len() + 3);
-            attributes.push(path_attr.clone());
-            attributes.push(name_attr.clone());
+            let mut extra = parsed.attributes;
             if line.truncated {
-                attributes.push(kv_bool("log.record.truncated", true));
+                extra.extend_from_slice(&truncated_attribute);
                 self.metrics.lines_truncated.inc();
             }
-            attributes.extend(parsed.attributes);
             let (severity_number, severity_text) = parsed.severity.unwrap_or((0, String::new()));
-            let body = parsed.body.unwrap_or_else(|| text.into_owned());
-            let record = LogRecord {
+            let batch = &mut self.sources[si].batch;
+            batch.logs.push(&encode::Fields {
                 time_unix_nano: parsed.time_unix_nano.unwrap_or(observed),
                 observed_time_unix_nano: observed,
                 severity_number,
-                severity_text,
-                body: Some(AnyValue {
-                    value: Some(Value::StringValue(body)),
-                }),
-                attributes,
-                ..LogRecord::default()
-            };
-            let batch = &mut self.sources[si].batch;
-            batch.bytes += record.encoded_len() + 4;
-            batch.records.push(record);
+                severity_text: &severity_text,
+                body: parsed.body.as_deref().unwrap_or(&text),
+                encoded_attributes: &file_attributes,
+                attributes: &extra,
+            });
             batch.started.get_or_insert_with(Instant::now);
-            if let Some((_, t)) = self.files.get(&id) {
-                batch.offsets.insert(key.clone(), t.checkpoint(line.end));
-            }
-            self.metrics.lines_read.inc();
-            if batch.records.len() >= self.batch.max_records || batch.bytes >= self.batch.max_bytes {
+            last_end = Some(line.end);
+            read += 1;
+            if batch.logs.len() >= self.batch.max_records || batch.logs.bytes() >= self.batch.max_bytes {
+                // The batch carries the offset just past its last line.
+                if let (Some(end), Some((_, t))) = (last_end.take(), self.files.get(&id)) {
+                    self.sources[si].batch.offsets.insert(key.clone(), t.checkpoint(end));
+                }
                 self.flush_source(si)?;
             }
         }
+        if let (Some(end), Some((_, t))) = (last_end, self.files.get(&id)) {
+            self.sources[si].batch.offsets.insert(key, t.checkpoint(end));
+        }
+        self.metrics.lines_read.inc_by(read);
         Ok(())
     }
 
@@ -480,30 +481,81 @@ impl Tailer {
     /// while the buffer is full under the block policy).
     fn flush_source(&mut self, si: usize) -> Result<(), BufferError> {
         let source = &mut self.sources[si];
-        if source.batch.records.is_empty() {
+        if source.batch.logs.is_empty() {
             return Ok(());
         }
-        let batch = std::mem::take(&mut source.batch);
-        let request = ExportLogsServiceRequest {
-            resource_logs: vec![ResourceLogs {
-                resource: Some(source.resource.clone()),
-                scope_logs: vec![ScopeLogs {
-                    scope: Some(scope()),
-                    log_records: batch.records,
-                    schema_url: String::new(),
-                }],
-                schema_url: String::new(),
-            }],
-        };
-        let entries: Vec<Entry> = batch
-            .offsets
+        let request = source.batch.logs.finish(&source.resource, &self.scope);
+        source.batch.started = None;
+        let offsets = std::mem::take(&mut source.batch.offsets);
+        let entries: Vec<Entry> = offsets
             .iter()
             .map(|(k, cp)| (k.clone(), serde_json::to_vec(cp).unwrap_or_default()))
             .collect();
-        self.buffer
-            .append(Kind::Logs, entries, Bytes::from(request.encode_to_vec()))?;
+        self.committer.append(entries, Payload::Logs(request))?;
         self.metrics.batches_buffered.inc();
         Ok(())
+    }
+}
+
+/// What the committer writes: an encoded OTLP logs request, or only checkpoints.
+enum Payload {
+    Logs(Vec<u8>),
+    Empty,
+}
+
+/// Appends the tailer's records to the buffer on a thread of its own, in order, so
+/// reading and building the next batch overlap encoding and fsyncing this one. Order
+/// is what keeps checkpoints right (a restart-at-0 after a truncation must land after
+/// the batch before it), so every append of the tailer goes through here. The channel
+/// is short: when the buffer blocks, the committer blocks, and so does the tailer.
+struct Committer {
+    tx: Option<std::sync::mpsc::SyncSender<(Vec<Entry>, Payload)>>,
+    thread: Option<std::thread::JoinHandle<Result<(), BufferError>>>,
+}
+
+impl Committer {
+    fn start(buffer: Arc<DiskBuffer>) -> Committer {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<(Vec<Entry>, Payload)>(4);
+        let thread = std::thread::Builder::new()
+            .name("vigil-commit".into())
+            .spawn(move || {
+                let to_record = |(entries, payload): (Vec<Entry>, Payload)| {
+                    let bytes = match payload {
+                        Payload::Logs(request) => Bytes::from(request),
+                        Payload::Empty => Bytes::new(),
+                    };
+                    (Kind::Logs, entries, bytes)
+                };
+                while let Ok(first) = rx.recv() {
+                    // Group commit: whatever queued up during the last fsync shares the next.
+                    let mut group = vec![to_record(first)];
+                    while let Ok(more) = rx.try_recv() {
+                        group.push(to_record(more));
+                    }
+                    buffer.append_many(group)?;
+                }
+                Ok(())
+            })
+            .ok();
+        Committer { tx: Some(tx), thread }
+    }
+
+    fn append(&mut self, entries: Vec<Entry>, payload: Payload) -> Result<(), BufferError> {
+        let sent = self.tx.as_ref().is_some_and(|tx| tx.send((entries, payload)).is_ok());
+        if sent {
+            return Ok(());
+        }
+        // The committer stopped: report why.
+        Err(self.finish().err().unwrap_or(BufferError::Closed))
+    }
+
+    /// Waits until everything handed over is in the buffer.
+    fn finish(&mut self) -> Result<(), BufferError> {
+        self.tx = None;
+        match self.thread.take() {
+            Some(t) => t.join().unwrap_or(Err(BufferError::Closed)),
+            None => Err(BufferError::Closed),
+        }
     }
 }
 

@@ -297,22 +297,38 @@ fn severity_number(n: i64) -> Option<(i32, String)> {
     severity_word(word)
 }
 
-/// A level word near the start of a plain line: `2026-… ERROR …`, `[warn] …`, `E1123 …`
-/// (glog) is not attempted; only whole words in the first 80 bytes count.
+/// A level word near the start of a plain line: `2026-… ERROR …`, `[warn] …`. Only
+/// whole words in the first 80 bytes count, written in capitals or bracketed: "error"
+/// inside a sentence is not a level.
 pub fn severity_in_text(line: &str) -> Option<(i32, String)> {
-    let head = match line.char_indices().nth(80) {
-        Some((i, _)) => &line[..i],
-        None => line,
-    };
-    head.split(|c: char| !c.is_ascii_alphabetic())
-        .filter(|w| w.len() >= 3)
-        .find_map(|w| {
-            // Level words are written in capitals or bracketed; "error" inside a sentence
-            // is not a level.
-            let is_upper = w.bytes().all(|b| b.is_ascii_uppercase());
-            let bracketed = head.contains(&format!("[{w}]")) || head.contains(&format!("<{w}>"));
-            if is_upper || bracketed { severity_word(w) } else { None }
-        })
+    let bytes = line.as_bytes();
+    let head = &bytes[..bytes.len().min(80)];
+    let mut i = 0;
+    while i < head.len() {
+        if !head[i].is_ascii_alphabetic() {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < head.len() && head[i].is_ascii_alphabetic() {
+            i += 1;
+        }
+        let word = &head[start..i];
+        if !(3..=11).contains(&word.len()) {
+            continue;
+        }
+        let upper = word.iter().all(u8::is_ascii_uppercase);
+        let before = start.checked_sub(1).map(|b| head[b]);
+        let after = head.get(i).copied();
+        let bracketed = matches!((before, after), (Some(b'['), Some(b']')) | (Some(b'<'), Some(b'>')));
+        if (upper || bracketed)
+            && let Ok(w) = std::str::from_utf8(word)
+            && let Some(s) = severity_word(w)
+        {
+            return Some(s);
+        }
+    }
+    None
 }
 
 #[cfg(test)]
