@@ -380,10 +380,17 @@ async fn prepare(
             };
             let body = if record.payload.is_empty() {
                 Bytes::new()
-            } else if gzip_body {
-                gzip(&record.payload)
             } else {
-                record.payload.clone()
+                match record.otlp() {
+                    Ok(otlp) if gzip_body => gzip(&otlp),
+                    Ok(otlp) => otlp,
+                    Err(e) => {
+                        // Its CRC checked out, so this is a bug, not disk damage: say so
+                        // and skip the record rather than wedge the queue behind it.
+                        tracing::error!(seq = record.seq, error = %e, "undecodable buffered record; skipping it");
+                        Bytes::new()
+                    }
+                }
             };
             Ok(Some(Prepared {
                 seq: record.seq,

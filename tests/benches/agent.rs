@@ -114,6 +114,9 @@ async fn main() -> Result<()> {
 
     // Floor: the same bytes through cat (page cache warm for both).
     let lines = write_files(&data, mib * 1024 * 1024)?;
+    // Flush the generated files to disk first, so the kernel's writeback of them does
+    // not compete with the agent's buffer fsyncs during the measurement.
+    std::process::Command::new("sync").status()?;
     let bytes: u64 = (0..FILES)
         .map(|f| {
             std::fs::metadata(data.join(format!("bench{f}.log")))

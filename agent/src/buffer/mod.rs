@@ -53,6 +53,37 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> BufferError + '_ {
     }
 }
 
+/// A record to append.
+#[derive(Debug, Clone)]
+pub struct NewRecord {
+    pub kind: Kind,
+    pub lz4: bool,
+    pub entries: Vec<Entry>,
+    pub payload: Bytes,
+}
+
+impl NewRecord {
+    pub fn new(kind: Kind, entries: Vec<Entry>, payload: Bytes) -> NewRecord {
+        NewRecord {
+            kind,
+            lz4: false,
+            entries,
+            payload,
+        }
+    }
+
+    /// Stores the payload LZ4-compressed: OTLP logs shrink several times, so the
+    /// buffer holds that much more and the disk writes that much less.
+    pub fn compressed(kind: Kind, entries: Vec<Entry>, payload: &[u8]) -> NewRecord {
+        NewRecord {
+            kind,
+            lz4: true,
+            entries,
+            payload: Bytes::from(lz4_flex::block::compress_prepend_size(payload)),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct BufferOptions {
     pub max_bytes: u64,
@@ -71,7 +102,7 @@ impl BufferOptions {
             max_bytes,
             when_full,
             segment_bytes: (max_bytes / 8).clamp(4096, 32 * 1024 * 1024),
-            memory_bytes: ((max_bytes / 4) as usize).min(16 * 1024 * 1024),
+            memory_bytes: ((max_bytes / 4) as usize).min(4 * 1024 * 1024),
             fsync: true,
         }
     }
@@ -290,26 +321,26 @@ impl DiskBuffer {
     /// Appends a record, durable when this returns. With the block policy it waits for
     /// space; returns `Closed` if the buffer is closed while waiting.
     pub fn append(&self, kind: Kind, entries: Vec<Entry>, payload: Bytes) -> Result<u64, BufferError> {
-        self.append_inner(vec![(kind, entries, payload)], true)
+        self.append_inner(vec![NewRecord::new(kind, entries, payload)], true)
     }
 
     /// Like `append`, but answers `Full` instead of waiting.
     pub fn try_append(&self, kind: Kind, entries: Vec<Entry>, payload: Bytes) -> Result<u64, BufferError> {
-        self.append_inner(vec![(kind, entries, payload)], false)
+        self.append_inner(vec![NewRecord::new(kind, entries, payload)], false)
     }
 
     /// Appends several records in order under one fsync (group commit); returns the
     /// last sequence number. None of them is visible to the sender before the fsync.
-    pub fn append_many(&self, records: Vec<(Kind, Vec<Entry>, Bytes)>) -> Result<u64, BufferError> {
+    pub fn append_many(&self, records: Vec<NewRecord>) -> Result<u64, BufferError> {
         self.append_inner(records, true)
     }
 
-    fn append_inner(&self, records: Vec<(Kind, Vec<Entry>, Bytes)>, wait: bool) -> Result<u64, BufferError> {
+    fn append_inner(&self, records: Vec<NewRecord>, wait: bool) -> Result<u64, BufferError> {
         let mut inner = self.lock();
         let mut last = inner.next_seq - 1;
         let mut result = Ok(());
-        for (kind, entries, payload) in records {
-            let size = encoded_len(&entries, payload.len()) as u64;
+        for record in records {
+            let size = encoded_len(&record.entries, record.payload.len()) as u64;
             if size > inner.opts.max_bytes / 2 {
                 result = Err(BufferError::TooLarge(size as usize));
                 break;
@@ -352,7 +383,7 @@ impl DiskBuffer {
             if result.is_err() {
                 break;
             }
-            match inner.write(kind, entries, payload) {
+            match inner.write(record) {
                 Ok(seq) => last = seq,
                 Err(e) => {
                     result = Err(e);
@@ -462,7 +493,7 @@ fn write_atomic(path: &Path, bytes: &[u8], durable: bool) -> Result<(), BufferEr
 }
 
 impl Inner {
-    fn write(&mut self, kind: Kind, entries: Vec<Entry>, payload: Bytes) -> Result<u64, BufferError> {
+    fn write(&mut self, new: NewRecord) -> Result<u64, BufferError> {
         let active_bytes = self.segments.back().map_or(0, |s| s.bytes);
         if active_bytes >= self.opts.segment_bytes {
             self.roll()?;
@@ -470,9 +501,10 @@ impl Inner {
         let seq = self.next_seq;
         let record = Record {
             seq,
-            kind,
-            entries,
-            payload,
+            kind: new.kind,
+            lz4: new.lz4,
+            entries: new.entries,
+            payload: new.payload,
         };
         let bytes = segment::encode(&record);
         let path = self.segments.back().map(|s| s.path.clone()).unwrap_or_default();

@@ -4,7 +4,7 @@
 //! covering the body. The body is:
 //!
 //! ```text
-//! seq u64 | kind u8 | entries u32 | (key_len u16, key, value_len u32, value)* | payload
+//! seq u64 | kind u8 (bit 7: payload is LZ4) | entries u32 | (key_len u16, key, value_len u32, value)* | payload
 //! ```
 //!
 //! A crash can leave the last record of the last segment half-written; reading stops
@@ -44,8 +44,22 @@ pub type Entry = (String, Vec<u8>);
 pub struct Record {
     pub seq: u64,
     pub kind: Kind,
+    /// The payload is LZ4-compressed (size-prepended block); see `Record::otlp`.
+    pub lz4: bool,
     pub entries: Vec<Entry>,
     pub payload: Bytes,
+}
+
+impl Record {
+    /// The OTLP export request bytes, decompressed if stored compressed.
+    pub fn otlp(&self) -> std::io::Result<Bytes> {
+        if !self.lz4 {
+            return Ok(self.payload.clone());
+        }
+        lz4_flex::block::decompress_size_prepended(&self.payload)
+            .map(Bytes::from)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    }
 }
 
 const HEADER: usize = 8;
@@ -63,7 +77,7 @@ pub(crate) fn encode(record: &Record) -> Bytes {
     body.put_u32_le(0);
     body.put_u32_le(0);
     body.put_u64_le(record.seq);
-    body.put_u8(record.kind as u8);
+    body.put_u8(record.kind as u8 | if record.lz4 { 0x80 } else { 0 });
     body.put_u32_le(record.entries.len() as u32);
     for (k, v) in &record.entries {
         body.put_u16_le(k.len() as u16);
@@ -124,7 +138,9 @@ fn decode_body(body: Bytes) -> Result<Record, Torn> {
         Ok(r)
     };
     let seq = u64::from_le_bytes(body[take(&mut pos, 8)?].try_into().map_err(|_| Torn::Corrupt("seq"))?);
-    let kind = Kind::from_u8(body[take(&mut pos, 1)?][0]).ok_or(Torn::Corrupt("unknown record kind"))?;
+    let kind_byte = body[take(&mut pos, 1)?][0];
+    let lz4 = kind_byte & 0x80 != 0;
+    let kind = Kind::from_u8(kind_byte & 0x7f).ok_or(Torn::Corrupt("unknown record kind"))?;
     let n = u32::from_le_bytes(
         body[take(&mut pos, 4)?]
             .try_into()
@@ -150,6 +166,7 @@ fn decode_body(body: Bytes) -> Result<Record, Torn> {
     Ok(Record {
         seq,
         kind,
+        lz4,
         entries,
         payload,
     })
@@ -176,6 +193,7 @@ mod tests {
         Record {
             seq: 42,
             kind: Kind::Logs,
+            lz4: true,
             entries: vec![("file:1:2".into(), b"offset".to_vec()), ("gone".into(), Vec::new())],
             payload: Bytes::from_static(b"otlp bytes"),
         }

@@ -105,6 +105,7 @@ fn a_torn_tail_is_cut_and_appends_continue_after_it() {
     let half = segment::encode(&Record {
         seq: 4,
         kind: Kind::Logs,
+        lz4: false,
         entries: vec![("f".into(), b"3".to_vec())],
         payload: payload(3, 20),
     });
@@ -132,10 +133,10 @@ fn a_group_append_is_contiguous_and_survives_reopen() {
     b.append(Kind::Logs, vec![], payload(0, 10)).expect("append");
     let group = (1..=5)
         .map(|i| {
-            (
+            NewRecord::compressed(
                 Kind::Logs,
                 vec![("f".to_string(), format!("{i}").into_bytes())],
-                payload(i, 90),
+                &payload(i, 90),
             )
         })
         .collect();
@@ -144,10 +145,13 @@ fn a_group_append_is_contiguous_and_survives_reopen() {
     drop(b);
     let (b, rec) = DiskBuffer::open(dir.path(), opts(100_000, WhenFull::Block)).expect("reopen");
     assert_eq!(rec.checkpoints.get("f").map(Vec::as_slice), Some(&b"5"[..]));
+    let all = drain(&b);
     assert_eq!(
-        drain(&b).iter().map(|r| r.seq).collect::<Vec<_>>(),
+        all.iter().map(|r| r.seq).collect::<Vec<_>>(),
         (1..=6).collect::<Vec<_>>()
     );
+    assert!(all[1].lz4 && !all[0].lz4);
+    assert_eq!(all[1].otlp().expect("decompresses"), payload(1, 90));
 }
 
 #[test]
@@ -283,6 +287,7 @@ proptest! {
                         let torn = segment::encode(&Record {
                             seq: next,
                             kind: Kind::Logs,
+                            lz4: false,
                             entries: vec![("k0".into(), b"torn".to_vec())],
                             payload: payload(next, 100),
                         });
@@ -299,5 +304,39 @@ proptest! {
         }
         let all: Vec<u64> = drain(&b).iter().map(|r| r.seq).collect();
         prop_assert_eq!(all, pending.iter().map(|(s, _)| *s).collect::<Vec<_>>());
+    }
+}
+
+#[test]
+fn compressed_otlp_round_trips_through_memory_and_disk() {
+    use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+    use prost::Message;
+    let mut batch = crate::tail::encode::LogBatch::default();
+    for i in 0..200 {
+        let body = format!("line {i} with some text");
+        batch.push(&crate::tail::encode::Fields {
+            time_unix_nano: 1,
+            observed_time_unix_nano: 2,
+            severity_number: 9,
+            severity_text: "INFO",
+            body: &body,
+            encoded_attributes: &[],
+            attributes: &[],
+        });
+    }
+    let bytes = batch.finish(&Default::default(), &crate::otlp::scope());
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Memory cache too small for the record: the second read comes from disk.
+    let (b, _) = DiskBuffer::open(dir.path(), opts(1_000_000, WhenFull::Block)).expect("open");
+    b.append_many(vec![
+        NewRecord::compressed(Kind::Logs, vec![], &bytes),
+        NewRecord::compressed(Kind::Logs, vec![], &bytes),
+    ])
+    .expect("append");
+    for r in drain(&b) {
+        let otlp = r.otlp().expect("decompress");
+        assert_eq!(otlp, bytes);
+        let req = ExportLogsServiceRequest::decode(otlp).expect("decode");
+        assert_eq!(req.resource_logs[0].scope_logs[0].log_records.len(), 200);
     }
 }

@@ -68,10 +68,43 @@ pub enum FingerprintCheck {
 
 /// A complete line or multiline record, with the file offset just past it.
 #[derive(Debug, PartialEq)]
-pub struct Line {
-    pub bytes: Vec<u8>,
+pub struct Line<'a> {
+    pub bytes: &'a [u8],
     pub end: u64,
     pub truncated: bool,
+}
+
+/// Lines cut from reads, stored back to back in one reused buffer: no allocation per
+/// line on the hot path.
+#[derive(Debug, Default)]
+pub struct Lines {
+    data: Vec<u8>,
+    /// (start, len, end offset in the file, truncated)
+    items: Vec<(usize, usize, u64, bool)>,
+}
+
+impl Lines {
+    pub fn push(&mut self, bytes: &[u8], end: u64, truncated: bool) {
+        self.items.push((self.data.len(), bytes.len(), end, truncated));
+        self.data.extend_from_slice(bytes);
+    }
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+    pub fn iter(&self) -> impl Iterator<Item = Line<'_>> {
+        self.items.iter().map(|&(start, len, end, truncated)| Line {
+            bytes: &self.data[start..start + len],
+            end,
+            truncated,
+        })
+    }
+    pub fn clear(&mut self) {
+        self.data.clear();
+        self.items.clear();
+    }
 }
 
 /// How lines are cut.
@@ -182,7 +215,7 @@ impl TailedFile {
         source: &File,
         buf: &mut [u8],
         rules: &LineRules,
-        out: &mut Vec<Line>,
+        out: &mut Lines,
     ) -> io::Result<usize> {
         let n = loop {
             match source.read_at(buf, self.read_pos) {
@@ -199,27 +232,38 @@ impl TailedFile {
             self.binary = true;
             return Ok(0);
         }
+        let max = rules.max_line_bytes;
         let mut start = 0;
-        while start < chunk.len() {
-            match chunk[start..].iter().position(|&b| b == b'\n') {
-                Some(i) => {
-                    let piece = &chunk[start..start + i];
-                    let end = self.read_pos + (start + i + 1) as u64;
-                    self.append_partial(piece, rules.max_line_bytes);
-                    let mut bytes = std::mem::take(&mut self.partial);
-                    if bytes.last() == Some(&b'\r') {
-                        bytes.pop();
-                    }
-                    let truncated = std::mem::take(&mut self.partial_truncated);
-                    self.discarding = false;
-                    self.emit(Line { bytes, end, truncated }, rules, out);
-                    start += i + 1;
+        for i in memchr::memchr_iter(b'\n', chunk) {
+            let piece = &chunk[start..i];
+            let end = self.read_pos + (i + 1) as u64;
+            if self.partial.is_empty() && !self.discarding {
+                // The whole line is in this chunk: no copy until it lands in `out`.
+                let (mut line, truncated) = if piece.len() > max {
+                    (&piece[..max], true)
+                } else {
+                    (piece, false)
+                };
+                if !truncated && line.last() == Some(&b'\r') {
+                    line = &line[..line.len() - 1];
                 }
-                None => {
-                    self.append_partial(&chunk[start..], rules.max_line_bytes);
-                    break;
+                self.emit(line, end, truncated, rules, out);
+            } else {
+                self.append_partial(piece, max);
+                let mut bytes = std::mem::take(&mut self.partial);
+                if bytes.last() == Some(&b'\r') && !self.partial_truncated {
+                    bytes.pop();
                 }
+                let truncated = std::mem::take(&mut self.partial_truncated);
+                self.discarding = false;
+                self.emit(&bytes, end, truncated, rules, out);
+                bytes.clear();
+                self.partial = bytes;
             }
+            start = i + 1;
+        }
+        if start < chunk.len() {
+            self.append_partial(&chunk[start..], max);
         }
         self.read_pos += n as u64;
         Ok(n)
@@ -239,37 +283,33 @@ impl TailedFile {
         }
     }
 
-    fn emit(&mut self, line: Line, rules: &LineRules, out: &mut Vec<Line>) {
+    fn emit(&mut self, bytes: &[u8], end: u64, truncated: bool, rules: &LineRules, out: &mut Lines) {
         let Some((start, _)) = &rules.multiline else {
-            out.push(line);
+            out.push(bytes, end, truncated);
             return;
         };
-        let starts = start.is_match(&String::from_utf8_lossy(&line.bytes));
+        let starts = start.is_match(&String::from_utf8_lossy(bytes));
         match self.pending.as_mut() {
             Some(p) if !starts => {
                 let room = rules.max_line_bytes.saturating_sub(p.bytes.len() + 1);
-                if line.bytes.len() > room {
+                if bytes.len() > room {
                     p.truncated = true;
                 }
                 if room > 0 {
                     p.bytes.push(b'\n');
-                    p.bytes.extend_from_slice(&line.bytes[..line.bytes.len().min(room)]);
+                    p.bytes.extend_from_slice(&bytes[..bytes.len().min(room)]);
                 }
-                p.truncated |= line.truncated;
-                p.end = line.end;
+                p.truncated |= truncated;
+                p.end = end;
             }
             _ => {
                 if let Some(done) = self.pending.take() {
-                    out.push(Line {
-                        bytes: done.bytes,
-                        end: done.end,
-                        truncated: done.truncated,
-                    });
+                    out.push(&done.bytes, done.end, done.truncated);
                 }
                 self.pending = Some(Pending {
-                    bytes: line.bytes,
-                    end: line.end,
-                    truncated: line.truncated,
+                    bytes: bytes.to_vec(),
+                    end,
+                    truncated,
                     since: Instant::now(),
                 });
             }
@@ -277,35 +317,24 @@ impl TailedFile {
     }
 
     /// Emits a multiline record that has waited its timeout (or any, when `force`).
-    pub fn flush_pending(&mut self, rules: &LineRules, force: bool, out: &mut Vec<Line>) {
+    pub fn flush_pending(&mut self, rules: &LineRules, force: bool, out: &mut Lines) {
         let timeout = rules.multiline.as_ref().map_or(Duration::ZERO, |(_, t)| *t);
         if let Some(p) = &self.pending
             && (force || p.since.elapsed() >= timeout)
             && let Some(done) = self.pending.take()
         {
-            out.push(Line {
-                bytes: done.bytes,
-                end: done.end,
-                truncated: done.truncated,
-            });
+            out.push(&done.bytes, done.end, done.truncated);
         }
     }
 
     /// At the end of a file that will not grow again: the last line had no newline.
-    pub fn flush_partial(&mut self, rules: &LineRules, out: &mut Vec<Line>) {
+    pub fn flush_partial(&mut self, rules: &LineRules, out: &mut Lines) {
         if !self.partial.is_empty() {
             let bytes = std::mem::take(&mut self.partial);
             let truncated = std::mem::take(&mut self.partial_truncated);
             self.discarding = false;
-            self.emit(
-                Line {
-                    bytes,
-                    end: self.read_pos,
-                    truncated,
-                },
-                rules,
-                out,
-            );
+            let end = self.read_pos;
+            self.emit(&bytes, end, truncated, rules, out);
         }
         self.flush_pending(rules, true, out);
     }
@@ -331,19 +360,25 @@ mod tests {
         (f, t)
     }
 
-    fn read_all(t: &mut TailedFile, rules: &LineRules, chunk: usize) -> Vec<Line> {
-        let mut out = Vec::new();
+    fn read_all(t: &mut TailedFile, rules: &LineRules, chunk: usize) -> Lines {
+        let mut out = Lines::default();
         let mut buf = vec![0u8; chunk];
         let file = t.file.try_clone().expect("clone");
         while t.read_from(&file, &mut buf, rules, &mut out).expect("read") > 0 {}
         out
     }
 
-    fn text(lines: &[Line]) -> Vec<String> {
+    fn text(lines: &Lines) -> Vec<String> {
         lines
             .iter()
-            .map(|l| String::from_utf8_lossy(&l.bytes).into_owned())
+            .map(|l| String::from_utf8_lossy(l.bytes).into_owned())
             .collect()
+    }
+    fn ends(lines: &Lines) -> Vec<u64> {
+        lines.iter().map(|l| l.end).collect()
+    }
+    fn flags(lines: &Lines) -> Vec<(usize, bool)> {
+        lines.iter().map(|l| (l.bytes.len(), l.truncated)).collect()
     }
 
     #[test]
@@ -355,9 +390,9 @@ mod tests {
         };
         let lines = read_all(&mut t, &rules, 3);
         assert_eq!(text(&lines), ["alpha", "beta"]);
-        assert_eq!(lines.iter().map(|l| l.end).collect::<Vec<_>>(), [7, 12]);
+        assert_eq!(ends(&lines), [7, 12]);
         assert_eq!(t.read_pos, 15, "the partial line is consumed but not emitted");
-        let mut out = Vec::new();
+        let mut out = Lines::default();
         t.flush_partial(&rules, &mut out);
         assert_eq!(text(&out), ["gam"]);
     }
@@ -372,11 +407,8 @@ mod tests {
             multiline: None,
         };
         let lines = read_all(&mut t, &rules, 1000);
-        assert_eq!(lines.len(), 2);
-        assert_eq!(lines[0].bytes.len(), 64);
-        assert!(lines[0].truncated);
-        assert_eq!(text(&lines[1..]), ["next"]);
-        assert!(!lines[1].truncated);
+        assert_eq!(flags(&lines), [(64, true), (4, false)]);
+        assert_eq!(text(&lines)[1], "next");
     }
 
     #[test]
@@ -388,9 +420,9 @@ mod tests {
         };
         let lines = read_all(&mut t, &rules, 7);
         assert_eq!(text(&lines), ["2026 ERROR boom\n  at a()\n  at b()"]);
-        assert_eq!(lines[0].end, 34);
+        assert_eq!(ends(&lines), [34]);
         assert!(t.has_pending(), "the second record waits for its end");
-        let mut out = Vec::new();
+        let mut out = Lines::default();
         t.flush_partial(&rules, &mut out);
         assert_eq!(text(&out), ["2026 INFO ok\n  more"]);
     }

@@ -31,11 +31,11 @@ use bytes::Bytes;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use regex::Regex;
 
-use crate::buffer::{BufferError, DiskBuffer, Entry, Kind};
+use crate::buffer::{BufferError, DiskBuffer, Entry, Kind, NewRecord};
 use crate::config::{BatchConfig, LogSource, StartAt};
 use crate::otlp::{HostResource, kv, kv_bool, scope};
 use crate::telemetry::AgentMetrics;
-use file::{Checkpoint, FileId, FingerprintCheck, Line, LineRules, TailedFile};
+use file::{Checkpoint, FileId, FingerprintCheck, LineRules, Lines, TailedFile};
 
 const READ_CHUNK: usize = 256 * 1024;
 /// Files checked for new data this often when nothing was read.
@@ -300,7 +300,7 @@ impl Tailer {
     fn poll_files(&mut self) -> Result<usize, BufferError> {
         let ids: Vec<FileId> = self.files.keys().copied().collect();
         let mut total = 0;
-        let mut lines = Vec::new();
+        let mut lines = Lines::default();
         for id in ids {
             let Some((si, t)) = self.files.get_mut(&id) else {
                 continue;
@@ -373,7 +373,7 @@ impl Tailer {
         };
         let si = *si;
         let rules = self.sources[si].rules.clone();
-        let mut lines = Vec::new();
+        let mut lines = Lines::default();
         if let Some(copy) = find_copy(&t.path, id, fp, fp_len, offset) {
             tracing::info!(path = %t.path.display(), copy = %copy.display(), offset, "copytruncate: reading the rest from the copy");
             if let Ok(f) = File::open(&copy) {
@@ -410,7 +410,7 @@ impl Tailer {
         Ok(())
     }
 
-    fn push_lines(&mut self, si: usize, id: FileId, lines: &mut Vec<Line>) -> Result<(), BufferError> {
+    fn push_lines(&mut self, si: usize, id: FileId, lines: &mut Lines) -> Result<(), BufferError> {
         if lines.is_empty() {
             return Ok(());
         }
@@ -430,8 +430,12 @@ impl Tailer {
         let observed = now_ns();
         let mut last_end = None;
         let mut read = 0;
-        for line in lines.drain(..) {
-            let text = String::from_utf8_lossy(&line.bytes);
+        for line in lines.iter() {
+            // Valid UTF-8 (the common case) is borrowed; anything else is repaired.
+            let text = match std::str::from_utf8(line.bytes) {
+                Ok(t) => std::borrow::Cow::Borrowed(t),
+                Err(_) => String::from_utf8_lossy(line.bytes),
+            };
             let parsed = parse::parse(&text, mode);
             let mut extra = parsed.attributes;
             if line.truncated {
@@ -460,6 +464,7 @@ impl Tailer {
                 self.flush_source(si)?;
             }
         }
+        lines.clear();
         if let (Some(end), Some((_, t))) = (last_end, self.files.get(&id)) {
             self.sources[si].batch.offsets.insert(key, t.checkpoint(end));
         }
@@ -519,12 +524,9 @@ impl Committer {
         let thread = std::thread::Builder::new()
             .name("vigil-commit".into())
             .spawn(move || {
-                let to_record = |(entries, payload): (Vec<Entry>, Payload)| {
-                    let bytes = match payload {
-                        Payload::Logs(request) => Bytes::from(request),
-                        Payload::Empty => Bytes::new(),
-                    };
-                    (Kind::Logs, entries, bytes)
+                let to_record = |(entries, payload): (Vec<Entry>, Payload)| match payload {
+                    Payload::Logs(request) => NewRecord::compressed(Kind::Logs, entries, &request),
+                    Payload::Empty => NewRecord::new(Kind::Logs, entries, Bytes::new()),
                 };
                 while let Ok(first) = rx.recv() {
                     // Group commit: whatever queued up during the last fsync shares the next.
