@@ -193,6 +193,20 @@ mod tests {
     }
 
     #[test]
+    fn the_packaged_unit_is_the_one_install_writes() {
+        // `cargo deb` ships packaging/vigil-agent.service; keep it identical to what
+        // `vigil-agent install` writes for /usr/bin. Regenerate it with:
+        // VIGIL_WRITE_UNIT=1 cargo test -p vigil-agent the_packaged_unit
+        let layout = Layout::system(PathBuf::from("/usr/bin/vigil-agent"));
+        let unit = unit_file(&layout, &layout.config);
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/vigil-agent.service");
+        if std::env::var("VIGIL_WRITE_UNIT").is_ok() {
+            std::fs::write(&path, &unit).expect("write unit");
+        }
+        assert_eq!(std::fs::read_to_string(&path).expect("packaged unit"), unit);
+    }
+
+    #[test]
     fn a_bad_collector_url_is_refused() {
         let err = config_text(Some("collector:4317"), Path::new("/x"))
             .expect_err("must be refused")

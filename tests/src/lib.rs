@@ -304,3 +304,31 @@ pub fn init_tls() {
 pub fn now_ns() -> u64 {
     u64::try_from(unique()).unwrap_or(u64::MAX)
 }
+
+/// A self-signed certificate for 127.0.0.1 made with the openssl CLI: (cert, key).
+pub fn make_cert(dir: &Path) -> Result<(PathBuf, PathBuf)> {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let status = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+        ])
+        .args(["-subj", "/CN=vigil-test", "-addext", "subjectAltName=IP:127.0.0.1"])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stderr(Stdio::null())
+        .status()
+        .context("openssl")?;
+    anyhow::ensure!(status.success(), "openssl failed");
+    Ok((cert, key))
+}

@@ -461,3 +461,111 @@ fn the_installed_systemd_unit_passes_systemd_analyze_verify() -> Result<()> {
     );
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ships_over_tls_with_a_token_on_grpc_and_http() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let (cert, key) = vigil_e2e::make_cert(tmp.path())?;
+    let collector_config = tmp.path().join("collector.toml");
+    std::fs::write(
+        &collector_config,
+        format!("[tls]\ncert_file = {:?}\nkey_file = {:?}\n", cert, key),
+    )?;
+    let collector = Collector::start_with(Options {
+        args: vec!["--config".into(), collector_config.display().to_string()],
+        env: vec![("VIGIL_INGEST_TOKEN".into(), "agent-secret-token-0123".into())],
+        ..Options::default()
+    })?;
+    let tls_client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&cert)?)?)
+        .build()?;
+    for (protocol, addr) in [("grpc", collector.grpc), ("http", collector.http)] {
+        let dir = tmp.path().join(protocol);
+        let logs = dir.join("logs");
+        std::fs::create_dir_all(&logs)?;
+        let marker = format!("mktls{protocol}");
+        let cfg = config(
+            &dir.join("state"),
+            &format!("https://127.0.0.1:{}", addr.port()),
+            &source(&logs, "*.log", ""),
+        )
+        .replace(
+            "protocol = \"http\"",
+            &format!(
+                "protocol = {protocol:?}\nca_file = {:?}\ntoken = \"agent-secret-token-0123\"",
+                cert.display().to_string()
+            ),
+        );
+        let agent = Agent::start(&dir, &cfg)?;
+        let expected: Vec<String> = (0..50).map(|i| format!("{marker} n{i:03}")).collect();
+        append(&logs.join("a.log"), &expected)?;
+        // The API is under TLS too: search it with a client trusting the same CA.
+        let url = reqwest::Url::parse_with_params(
+            &format!("https://127.0.0.1:{}/api/v1/logs/search", collector.api.port()),
+            [("q", marker.as_str()), ("limit", "1000")],
+        )?;
+        let hits = eventually(WAIT, &marker, || async {
+            let body: serde_json::Value = tls_client.get(url.clone()).send().await?.json().await?;
+            let n = body["total"].as_u64().unwrap_or(0);
+            Ok((n >= expected.len() as u64).then_some(body))
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("{protocol}: {e}\nagent log:\n{}", agent.logs()))?;
+        let mut bodies: Vec<String> = hits["hits"]
+            .as_array()
+            .map(|h| {
+                h.iter()
+                    .map(|x| x["body"].as_str().unwrap_or_default().to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        bodies.sort();
+        assert_eq!(bodies, expected, "{protocol}: exactly once");
+        assert!(
+            !agent.logs().contains("agent-secret-token-0123"),
+            "the token is never logged"
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_sources_and_keeps_the_checkpoints() -> Result<()> {
+    let collector = Collector::start()?;
+    let tmp = tempfile::tempdir()?;
+    let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+    std::fs::create_dir_all(&a)?;
+    std::fs::create_dir_all(&b)?;
+    let state = tmp.path().join("state");
+    let agent = Agent::start(
+        tmp.path(),
+        &config(&state, &collector.http_url(""), &source(&a, "*.log", "")),
+    )?;
+    let first: Vec<String> = (0..50).map(|i| format!("mkhup a{i:03}")).collect();
+    append(&a.join("x.log"), &first)?;
+    let client = client();
+    assert_exactly_once(&client, &collector, "mkhup", &first).await?;
+    // Add a second source and reload.
+    let both = format!("{}{}", source(&a, "*.log", ""), source(&b, "*.log", ""));
+    std::fs::write(
+        tmp.path().join("agent.toml"),
+        config(&state, &collector.http_url(""), &both),
+    )?;
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &agent.pid().to_string()])
+        .status()?;
+    assert!(status.success());
+    let mut expected = first.clone();
+    let more_a: Vec<String> = (0..50).map(|i| format!("mkhup a_after{i:03}")).collect();
+    let new_b: Vec<String> = (0..50).map(|i| format!("mkhup b{i:03}")).collect();
+    append(&a.join("x.log"), &more_a)?;
+    append(&b.join("y.log"), &new_b)?;
+    expected.extend(more_a);
+    expected.extend(new_b);
+    // Nothing of a.log read twice across the reload, b.log picked up.
+    assert_exactly_once(&client, &collector, "mkhup", &expected)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}\nagent log:\n{}", agent.logs()))?;
+    assert!(agent.logs().contains("reloading"));
+    Ok(())
+}

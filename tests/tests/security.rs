@@ -124,32 +124,8 @@ fn check_config_names_the_bad_key() -> Result<()> {
     Ok(())
 }
 
-/// A self-signed certificate for 127.0.0.1 made with the openssl CLI.
 fn make_cert(dir: &std::path::Path) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let status = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-days",
-            "1",
-        ])
-        .args(["-subj", "/CN=vigil-test", "-addext", "subjectAltName=IP:127.0.0.1"])
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .stderr(Stdio::null())
-        .status()
-        .context("openssl")?;
-    anyhow::ensure!(status.success(), "openssl failed");
-    Ok((cert, key))
+    vigil_e2e::make_cert(dir)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
