@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 
@@ -130,23 +130,7 @@ impl Agent {
 
     /// SIGTERM; waits for the exit and returns whether it was clean.
     pub fn terminate(mut self) -> Result<bool> {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()?;
-        if !status.success() {
-            bail!("kill -TERM failed");
-        }
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status.success());
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                bail!("agent did not exit within 60 s of SIGTERM:\n{}", self.logs());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        crate::terminate_child(&mut self.child, "agent", &self.stderr_path)
     }
 
     pub fn pid(&self) -> u32 {

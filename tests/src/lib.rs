@@ -212,23 +212,27 @@ impl Collector {
 
     /// SIGTERM and wait for a clean exit; returns the exit status success.
     pub fn terminate(mut self) -> Result<bool> {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()?;
-        if !status.success() {
-            bail!("kill -TERM failed");
+        terminate_child(&mut self.child, "collector", &self.stderr_path)
+    }
+}
+
+/// Sends SIGTERM and waits up to 60 s for the exit; returns whether it was clean.
+pub(crate) fn terminate_child(child: &mut Child, what: &str, stderr: &Path) -> Result<bool> {
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status()?;
+    if !status.success() {
+        bail!("kill -TERM failed");
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status.success());
         }
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status.success());
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                bail!("collector did not exit within 60 s of SIGTERM:\n{}", self.logs());
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let logs = std::fs::read_to_string(stderr).unwrap_or_default();
+            bail!("{what} did not exit within 60 s of SIGTERM:\n{logs}");
         }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

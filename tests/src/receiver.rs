@@ -30,6 +30,8 @@ struct Inner {
     fail_first: AtomicUsize,
     stall_first: AtomicUsize,
     stall: Mutex<Duration>,
+    /// Sent as `retry-after` (seconds) with the 503s of `fail_next`.
+    retry_after: Mutex<Option<u64>>,
 }
 
 #[derive(Clone)]
@@ -38,7 +40,12 @@ pub struct Receiver {
     inner: Arc<Inner>,
 }
 
-async fn handle(State(inner): State<Arc<Inner>>, uri: axum::http::Uri, headers: HeaderMap, body: Bytes) -> StatusCode {
+async fn handle(
+    State(inner): State<Arc<Inner>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> (StatusCode, HeaderMap) {
     // Counted on arrival: a stalled request whose client gave up is dropped by the server
     // before it is recorded below.
     inner.arrivals.fetch_add(1, Ordering::SeqCst);
@@ -47,8 +54,12 @@ async fn handle(State(inner): State<Arc<Inner>>, uri: axum::http::Uri, headers: 
         let d = *inner.stall.lock().unwrap_or_else(|e| e.into_inner());
         tokio::time::sleep(d).await;
     }
+    let mut reply = HeaderMap::new();
     let status = if inner.fail_first.load(Ordering::SeqCst) > 0 {
         inner.fail_first.fetch_sub(1, Ordering::SeqCst);
+        if let Some(secs) = *inner.retry_after.lock().unwrap_or_else(|e| e.into_inner()) {
+            reply.insert("retry-after", secs.into());
+        }
         StatusCode::SERVICE_UNAVAILABLE
     } else {
         StatusCode::OK
@@ -62,7 +73,7 @@ async fn handle(State(inner): State<Arc<Inner>>, uri: axum::http::Uri, headers: 
         status: status.as_u16(),
         received_at: std::time::Instant::now(),
     });
-    status
+    (status, reply)
 }
 
 impl Receiver {
@@ -85,6 +96,12 @@ impl Receiver {
 
     /// Answer 503 to the next `n` requests.
     pub fn fail_next(&self, n: usize) {
+        self.inner.fail_first.store(n, Ordering::SeqCst);
+    }
+
+    /// Answer 503 with `retry-after: secs` to the next `n` requests.
+    pub fn fail_next_with_retry_after(&self, n: usize, secs: u64) {
+        *self.inner.retry_after.lock().unwrap_or_else(|e| e.into_inner()) = Some(secs);
         self.inner.fail_first.store(n, Ordering::SeqCst);
     }
 

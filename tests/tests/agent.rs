@@ -260,24 +260,48 @@ async fn kill_9_mid_stream_then_restart_delivers_every_line_exactly_once() -> Re
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_collector_outage_with_a_tiny_blocking_buffer_loses_nothing() -> Result<()> {
-    let http = free_port()?;
+/// An agent with a 16 KiB buffer under `policy`, shipping to a port where no collector
+/// listens yet, with 2,000 lines of `marker` written for it.
+struct Outage {
+    agent: Agent,
+    collector_http: SocketAddr,
+    lines: Vec<String>,
+    _tmp: tempfile::TempDir,
+}
+
+fn outage(marker: &str, policy: &str) -> Result<Outage> {
+    let collector_http = free_port()?;
     let tmp = tempfile::tempdir()?;
     let logs = tmp.path().join("logs");
     std::fs::create_dir_all(&logs)?;
-    let marker = "mkout";
     let extra = format!(
-        "{}\n[buffer]\nmax_bytes = 16384\nwhen_full = \"block\"\n",
+        "{}\n[buffer]\nmax_bytes = 16384\nwhen_full = {policy:?}\n",
         source(&logs, "*.log", "")
     );
-    let cfg = config(&tmp.path().join("state"), &format!("http://{http}"), &extra)
+    let cfg = config(&tmp.path().join("state"), &format!("http://{collector_http}"), &extra)
         .replace("max_records = 500", "max_records = 20\nmax_bytes = 2048");
     let agent = Agent::start(tmp.path(), &cfg)?;
-    let expected: Vec<String> = (0..2_000)
-        .map(|i| format!("{marker} while_down{i:06} padding-padding-padding"))
+    let lines: Vec<String> = (0..2_000)
+        .map(|i| format!("{marker} n{i:06} padding-padding-padding"))
         .collect();
-    append(&logs.join("a.log"), &expected)?;
+    append(&logs.join("a.log"), &lines)?;
+    Ok(Outage {
+        agent,
+        collector_http,
+        lines,
+        _tmp: tmp,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_outage_with_a_tiny_blocking_buffer_loses_nothing() -> Result<()> {
+    let marker = "mkout";
+    let Outage {
+        agent,
+        collector_http,
+        lines: expected,
+        _tmp,
+    } = outage(marker, "block")?;
     let client = client();
     // The collector is away: the agent retries and its buffer fills up to the cap.
     eventually(WAIT, "retries and a full buffer", || async {
@@ -289,7 +313,7 @@ async fn a_collector_outage_with_a_tiny_blocking_buffer_loses_nothing() -> Resul
     let buffered = agent.metric(&client, "vigil_agent_buffer_bytes").await?;
     assert!(buffered <= 16384.0, "the buffer stays within its cap: {buffered}");
     let collector = Collector::start_with(Options {
-        http_addr: Some(http),
+        http_addr: Some(collector_http),
         ..Options::default()
     })?;
     assert_exactly_once(&client, &collector, marker, &expected)
@@ -301,22 +325,13 @@ async fn a_collector_outage_with_a_tiny_blocking_buffer_loses_nothing() -> Resul
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_drop_oldest_a_full_buffer_keeps_the_newest_and_counts_the_loss() -> Result<()> {
-    let http = free_port()?;
-    let tmp = tempfile::tempdir()?;
-    let logs = tmp.path().join("logs");
-    std::fs::create_dir_all(&logs)?;
     let marker = "mkdrop";
-    let extra = format!(
-        "{}\n[buffer]\nmax_bytes = 16384\nwhen_full = \"drop_oldest\"\n",
-        source(&logs, "*.log", "")
-    );
-    let cfg = config(&tmp.path().join("state"), &format!("http://{http}"), &extra)
-        .replace("max_records = 500", "max_records = 20\nmax_bytes = 2048");
-    let agent = Agent::start(tmp.path(), &cfg)?;
-    let lines: Vec<String> = (0..2_000)
-        .map(|i| format!("{marker} n{i:06} padding-padding-padding"))
-        .collect();
-    append(&logs.join("a.log"), &lines)?;
+    let Outage {
+        agent,
+        collector_http,
+        lines,
+        _tmp,
+    } = outage(marker, "drop_oldest")?;
     let client = client();
     eventually(WAIT, "everything read, with drops", || async {
         let read = agent.metric(&client, "vigil_agent_lines_read").await?;
@@ -325,7 +340,7 @@ async fn with_drop_oldest_a_full_buffer_keeps_the_newest_and_counts_the_loss() -
     })
     .await?;
     let collector = Collector::start_with(Options {
-        http_addr: Some(http),
+        http_addr: Some(collector_http),
         ..Options::default()
     })?;
     let newest = lines.last().cloned().unwrap_or_default();
@@ -429,6 +444,26 @@ async fn the_local_receiver_forwards_application_otlp_with_host_attributes() -> 
         hit["resource"]["host.name"].as_str().is_some_and(|h| !h.is_empty()),
         "{hit}"
     );
+
+    // The same over the local gRPC receiver.
+    let Some(grpc) = agent.otlp_grpc else {
+        bail!("no gRPC receiver address")
+    };
+    let mut logs_client =
+        opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient::connect(format!(
+            "http://{grpc}"
+        ))
+        .await?;
+    let record = vigil_e2e::otlp::log_record(vigil_e2e::now_ns(), "mkrecvgrpc forwarded over grpc", &[]);
+    logs_client
+        .export(vigil_e2e::otlp::logs_request("cart", vec![record]))
+        .await?;
+    let hit = eventually(WAIT, "the gRPC-forwarded record", || async {
+        let (_, hits) = search_logs(&client, &collector, &[("q", "mkrecvgrpc"), ("limit", "5")]).await?;
+        Ok(hits.into_iter().next())
+    })
+    .await?;
+    assert_eq!(hit["service"], "cart", "{hit}");
     Ok(())
 }
 
@@ -567,5 +602,52 @@ async fn sighup_reloads_the_sources_and_keeps_the_checkpoints() -> Result<()> {
         .await
         .map_err(|e| anyhow::anyhow!("{e}\nagent log:\n{}", agent.logs()))?;
     assert!(agent.logs().contains("reloading"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_honour_retry_after_and_keep_the_batch_id() -> Result<()> {
+    use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
+    let sink = vigil_e2e::receiver::Receiver::start().await?;
+    sink.fail_next_with_retry_after(2, 1);
+    let tmp = tempfile::tempdir()?;
+    let logs = tmp.path().join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let cfg = config(&tmp.path().join("state"), &sink.url(""), &source(&logs, "*.log", ""))
+        .replace("max_backoff_secs = 1", "max_backoff_secs = 1\ngzip = false");
+    let agent = Agent::start(tmp.path(), &cfg)?;
+    let lines: Vec<String> = (0..10).map(|i| format!("retry me {i}")).collect();
+    append(&logs.join("a.log"), &lines)?;
+    let captured = eventually(WAIT, "a delivery after two 503s", || async {
+        let c = sink.captured();
+        Ok(c.iter().any(|r| r.status == 200).then_some(c))
+    })
+    .await?;
+    let attempts: Vec<_> = captured.iter().filter(|c| c.path == "/v1/logs").collect();
+    assert_eq!(attempts.len(), 3, "two refusals, then the delivery");
+    let ids: Vec<_> = attempts.iter().map(|c| c.headers["x-vigil-batch-id"].clone()).collect();
+    assert!(
+        ids.iter().all(|id| *id == ids[0]),
+        "a retry carries the same idempotency key: {ids:?}"
+    );
+    for pair in attempts.windows(2) {
+        let gap = pair[1].received_at - pair[0].received_at;
+        // Backoff alone is 50-100 ms here; the server asked for 1 s.
+        assert!(
+            gap >= Duration::from_millis(950),
+            "retried after {gap:?} despite retry-after: 1"
+        );
+    }
+    let request = ExportLogsServiceRequest::decode(&attempts[2].body[..])?;
+    let bodies: Vec<String> = request.resource_logs[0].scope_logs[0]
+        .log_records
+        .iter()
+        .filter_map(|r| match r.body.as_ref()?.value.as_ref()? {
+            opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(s) => Some(s.clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(bodies, lines);
+    assert!(agent.metric(&client(), "vigil_agent_send_retries").await? >= 2.0);
     Ok(())
 }
