@@ -176,6 +176,9 @@ pub struct ReceiverConfig {
     pub enabled: bool,
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// Required from applications (`authorization: Bearer …`) when set; mandatory when a
+    /// receiver listens beyond loopback. Prefer `VIGIL_AGENT_RECEIVER_TOKEN`.
+    pub token: Option<Secret>,
 }
 
 impl Default for ReceiverConfig {
@@ -184,6 +187,7 @@ impl Default for ReceiverConfig {
             enabled: true,
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 14317)),
             http_addr: SocketAddr::from(([127, 0, 0, 1], 14318)),
+            token: None,
         }
     }
 }
@@ -278,6 +282,12 @@ impl Config {
         {
             config.collector.token = Some(Secret::new(token));
         }
+        if config.receiver.token.is_none()
+            && let Ok(token) = std::env::var("VIGIL_AGENT_RECEIVER_TOKEN")
+            && !token.is_empty()
+        {
+            config.receiver.token = Some(Secret::new(token));
+        }
         config.validate()?;
         Ok(config)
     }
@@ -317,6 +327,21 @@ impl Config {
                     4 * self.batch.max_bytes
                 ),
             );
+        }
+        if self.receiver.enabled && self.receiver.token.is_none() {
+            for (key, addr) in [
+                ("receiver.grpc_addr", self.receiver.grpc_addr),
+                ("receiver.http_addr", self.receiver.http_addr),
+            ] {
+                if !addr.ip().is_loopback() {
+                    return invalid(
+                        key.into(),
+                        format!(
+                            "{addr} is not loopback: set receiver.token (or VIGIL_AGENT_RECEIVER_TOKEN) before exposing the receiver"
+                        ),
+                    );
+                }
+            }
         }
         if self.host_metrics.interval_secs == 0 {
             return invalid("host_metrics.interval_secs".into(), "must be at least 1".into());
@@ -385,6 +410,19 @@ mod tests {
         c.buffer.max_bytes = 1000;
         let err = c.validate().expect_err("must be refused").to_string();
         assert!(err.contains("buffer.max_bytes"), "{err}");
+    }
+
+    #[test]
+    fn the_receiver_stays_on_loopback_unless_a_token_guards_it() {
+        let mut c = Config::default();
+        c.receiver.http_addr = "0.0.0.0:14318".parse().expect("addr");
+        let err = c.validate().expect_err("must be refused").to_string();
+        assert!(
+            err.contains("receiver.http_addr") && err.contains("receiver.token"),
+            "{err}"
+        );
+        c.receiver.token = Some(Secret::new("a-long-enough-token"));
+        c.validate().expect("a token makes it acceptable");
     }
 
     #[test]

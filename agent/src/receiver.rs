@@ -35,6 +35,8 @@ const MAX_REQUEST: usize = 16 * 1024 * 1024;
 
 #[derive(Clone)]
 struct Receiver {
+    /// `Bearer <token>` expected from applications, when configured.
+    expected_auth: Option<Arc<str>>,
     host: HostResource,
     buffer: Arc<DiskBuffer>,
     metrics: Arc<AgentMetrics>,
@@ -42,12 +44,21 @@ struct Receiver {
 
 #[derive(Debug)]
 enum ReceiveError {
+    Unauthenticated,
     Invalid(String),
     Busy,
     Failed(String),
 }
 
 impl Receiver {
+    fn authorize(&self, presented: Option<&str>) -> Result<(), ReceiveError> {
+        match &self.expected_auth {
+            None => Ok(()),
+            Some(expected) if presented.is_some_and(|p| constant_time_eq(p.as_bytes(), expected.as_bytes())) => Ok(()),
+            Some(_) => Err(ReceiveError::Unauthenticated),
+        }
+    }
+
     /// Enriches, encodes and durably buffers one request.
     async fn accept<M: Message + Send + 'static>(
         &self,
@@ -90,8 +101,19 @@ fn enrich_traces(host: &HostResource, m: &mut ExportTraceServiceRequest) {
     }
 }
 
+/// Comparison whose time does not depend on where the inputs first differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn grpc_auth<T>(r: &Receiver, request: &tonic::Request<T>) -> Result<(), tonic::Status> {
+    let presented = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
+    r.authorize(presented).map_err(status)
+}
+
 fn status(e: ReceiveError) -> tonic::Status {
     match e {
+        ReceiveError::Unauthenticated => tonic::Status::unauthenticated("missing or wrong bearer token"),
         ReceiveError::Invalid(m) => tonic::Status::invalid_argument(m),
         ReceiveError::Busy => tonic::Status::unavailable("agent buffer full; retry later"),
         ReceiveError::Failed(m) => tonic::Status::internal(m),
@@ -104,6 +126,7 @@ impl LogsService for Receiver {
         &self,
         request: tonic::Request<ExportLogsServiceRequest>,
     ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
+        grpc_auth(self, &request)?;
         self.accept(request.into_inner(), Kind::Logs, enrich_logs)
             .await
             .map_err(status)?;
@@ -117,6 +140,7 @@ impl MetricsService for Receiver {
         &self,
         request: tonic::Request<ExportMetricsServiceRequest>,
     ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        grpc_auth(self, &request)?;
         self.accept(request.into_inner(), Kind::Metrics, enrich_metrics)
             .await
             .map_err(status)?;
@@ -130,6 +154,7 @@ impl TraceService for Receiver {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        grpc_auth(self, &request)?;
         self.accept(request.into_inner(), Kind::Traces, enrich_traces)
             .await
             .map_err(status)?;
@@ -137,7 +162,8 @@ impl TraceService for Receiver {
     }
 }
 
-fn decode_body<M: Message + Default>(headers: &HeaderMap, body: &[u8]) -> Result<M, ReceiveError> {
+fn decode_body<M: Message + Default>(r: &Receiver, headers: &HeaderMap, body: &[u8]) -> Result<M, ReceiveError> {
+    r.authorize(headers.get("authorization").and_then(|v| v.to_str().ok()))?;
     let content_type = headers.get("content-type").and_then(|v| v.to_str().ok()).unwrap_or("");
     if !content_type.starts_with("application/x-protobuf") {
         return Err(ReceiveError::Invalid(format!(
@@ -176,6 +202,9 @@ fn http_response(result: Result<(), ReceiveError>) -> Response {
             Vec::<u8>::new(),
         )
             .into_response(),
+        Err(ReceiveError::Unauthenticated) => {
+            (StatusCode::UNAUTHORIZED, "missing or wrong bearer token").into_response()
+        }
         Err(ReceiveError::Invalid(m)) => (StatusCode::BAD_REQUEST, m).into_response(),
         Err(ReceiveError::Busy) => (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -188,7 +217,7 @@ fn http_response(result: Result<(), ReceiveError>) -> Response {
 }
 
 async fn http_logs(State(r): State<Receiver>, headers: HeaderMap, body: AxumBytes) -> Response {
-    let result = match decode_body::<ExportLogsServiceRequest>(&headers, &body) {
+    let result = match decode_body::<ExportLogsServiceRequest>(&r, &headers, &body) {
         Ok(m) => r.accept(m, Kind::Logs, enrich_logs).await,
         Err(e) => Err(e),
     };
@@ -196,7 +225,7 @@ async fn http_logs(State(r): State<Receiver>, headers: HeaderMap, body: AxumByte
 }
 
 async fn http_metrics(State(r): State<Receiver>, headers: HeaderMap, body: AxumBytes) -> Response {
-    let result = match decode_body::<ExportMetricsServiceRequest>(&headers, &body) {
+    let result = match decode_body::<ExportMetricsServiceRequest>(&r, &headers, &body) {
         Ok(m) => r.accept(m, Kind::Metrics, enrich_metrics).await,
         Err(e) => Err(e),
     };
@@ -204,7 +233,7 @@ async fn http_metrics(State(r): State<Receiver>, headers: HeaderMap, body: AxumB
 }
 
 async fn http_traces(State(r): State<Receiver>, headers: HeaderMap, body: AxumBytes) -> Response {
-    let result = match decode_body::<ExportTraceServiceRequest>(&headers, &body) {
+    let result = match decode_body::<ExportTraceServiceRequest>(&r, &headers, &body) {
         Ok(m) => r.accept(m, Kind::Traces, enrich_traces).await,
         Err(e) => Err(e),
     };
@@ -225,7 +254,15 @@ pub async fn start(
     std::net::SocketAddr,
 )> {
     use anyhow::Context;
-    let receiver = Receiver { host, buffer, metrics };
+    let receiver = Receiver {
+        expected_auth: config
+            .token
+            .as_ref()
+            .map(|t| Arc::from(format!("Bearer {}", t.expose()))),
+        host,
+        buffer,
+        metrics,
+    };
     let http_listener = tokio::net::TcpListener::bind(config.http_addr)
         .await
         .with_context(|| format!("receiver.http_addr {}", config.http_addr))?;

@@ -409,18 +409,30 @@ async fn bad_input_is_reported_and_the_rest_keeps_flowing() -> Result<()> {
 async fn the_local_receiver_forwards_application_otlp_with_host_attributes() -> Result<()> {
     let collector = Collector::start()?;
     let tmp = tempfile::tempdir()?;
-    let cfg = config(&tmp.path().join("state"), &collector.http_url(""), "")
-        .replace("[receiver]\nenabled = false", "[receiver]\nenabled = true");
+    let cfg = config(&tmp.path().join("state"), &collector.http_url(""), "").replace(
+        "[receiver]\nenabled = false",
+        "[receiver]\nenabled = true\ntoken = \"receiver-token-0123456789\"",
+    );
     let agent = Agent::start(tmp.path(), &cfg)?;
+    let bearer = "Bearer receiver-token-0123456789";
     let Some(http) = agent.otlp_http else {
         bail!("no receiver address")
     };
     let record = vigil_e2e::otlp::log_record(vigil_e2e::now_ns(), "mkrecv forwarded through the agent", &[]);
     let request = vigil_e2e::otlp::logs_request("checkout", vec![record]);
     let client = client();
+    // Without the token: refused.
     let response = client
         .post(format!("http://{http}/v1/logs"))
         .header("content-type", "application/x-protobuf")
+        .body(request.encode_to_vec())
+        .send()
+        .await?;
+    assert_eq!(response.status(), 401);
+    let response = client
+        .post(format!("http://{http}/v1/logs"))
+        .header("content-type", "application/x-protobuf")
+        .header("authorization", bearer)
         .body(request.encode_to_vec())
         .send()
         .await?;
@@ -429,6 +441,7 @@ async fn the_local_receiver_forwards_application_otlp_with_host_attributes() -> 
     let response = client
         .post(format!("http://{http}/v1/logs"))
         .header("content-type", "application/x-protobuf")
+        .header("authorization", bearer)
         .body(vec![0xff, 0xff, 0xff])
         .send()
         .await?;
@@ -455,9 +468,12 @@ async fn the_local_receiver_forwards_application_otlp_with_host_attributes() -> 
         ))
         .await?;
     let record = vigil_e2e::otlp::log_record(vigil_e2e::now_ns(), "mkrecvgrpc forwarded over grpc", &[]);
-    logs_client
-        .export(vigil_e2e::otlp::logs_request("cart", vec![record]))
-        .await?;
+    let request = vigil_e2e::otlp::logs_request("cart", vec![record]);
+    let refused = logs_client.export(request.clone()).await.expect_err("no token");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+    let mut authed = tonic::Request::new(request);
+    authed.metadata_mut().insert("authorization", bearer.parse()?);
+    logs_client.export(authed).await?;
     let hit = eventually(WAIT, "the gRPC-forwarded record", || async {
         let (_, hits) = search_logs(&client, &collector, &[("q", "mkrecvgrpc"), ("limit", "5")]).await?;
         Ok(hits.into_iter().next())
