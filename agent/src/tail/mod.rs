@@ -142,8 +142,12 @@ impl Tailer {
         self.resume_renamed()?;
         while !stop.load(Ordering::Acquire) {
             if self.last_discover.is_none_or(|t| t.elapsed() >= DISCOVER_EVERY) {
+                let first = self.last_discover.is_none();
                 self.discover()?;
                 self.last_discover = Some(Instant::now());
+                if first {
+                    self.forget_vanished()?;
+                }
             }
             let read = self.poll_files()?;
             self.flush_due()?;
@@ -205,6 +209,28 @@ impl Tailer {
             }
         }
         Ok(())
+    }
+
+    /// After the first scan every file we may still read is open: checkpoints of the
+    /// others (deleted, or rotated out of every glob) are dropped, so the checkpoint
+    /// map does not grow with every file ever rotated.
+    fn forget_vanished(&mut self) -> Result<(), BufferError> {
+        let open: HashSet<String> = self.files.keys().map(FileId::key).collect();
+        let vanished: Vec<String> = self
+            .checkpoints
+            .keys()
+            .filter(|k| k.starts_with("file:") && !open.contains(*k))
+            .cloned()
+            .collect();
+        if vanished.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(files = vanished.len(), "forgetting checkpoints of files that are gone");
+        for k in &vanished {
+            self.checkpoints.remove(k);
+        }
+        self.committer
+            .append(vanished.into_iter().map(|k| (k, Vec::new())).collect(), Payload::Empty)
     }
 
     fn source_of(&self, path: &Path) -> Option<usize> {
@@ -596,5 +622,76 @@ impl TailedFile {
             Ok(None) if len < cp.offset => FingerprintCheck::Truncated,
             _ => FingerprintCheck::Different,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+    use crate::buffer::BufferOptions;
+    use crate::config::WhenFull;
+
+    #[test]
+    fn checkpoints_of_vanished_files_are_forgotten_and_live_ones_kept() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let logs = dir.path().join("logs");
+        std::fs::create_dir_all(&logs).expect("mkdir");
+        let live = logs.join("live.log");
+        std::fs::File::create(&live)
+            .and_then(|mut f| f.write_all(b"one\n"))
+            .expect("write");
+        let live_key = FileId::of(&std::fs::metadata(&live).expect("meta")).key();
+        let cp = |path: &Path, offset| {
+            serde_json::to_vec(&Checkpoint {
+                path: path.display().to_string(),
+                offset,
+                fp: 0,
+                fp_len: 0,
+            })
+            .expect("json")
+        };
+        let buffer_dir = dir.path().join("buffer");
+        let opts = || BufferOptions::new(1 << 20, WhenFull::Block);
+        let (buffer, _) = DiskBuffer::open(&buffer_dir, opts()).expect("open");
+        buffer
+            .append(
+                Kind::Logs,
+                vec![
+                    ("file:1:999999999".into(), cp(&logs.join("deleted.log"), 10)),
+                    (live_key.clone(), cp(&live, 0)),
+                ],
+                Bytes::new(),
+            )
+            .expect("append");
+        drop(buffer);
+        let (buffer, recovered) = DiskBuffer::open(&buffer_dir, opts()).expect("reopen");
+        let source: LogSource =
+            toml::from_str(&format!("include = [{:?}]", logs.join("*.log").display().to_string())).expect("source");
+        let host = HostResource::detect(&Default::default());
+        let mut tailer = Tailer::new(
+            &[source],
+            &host,
+            recovered.checkpoints,
+            Arc::clone(&buffer),
+            BatchConfig::default(),
+            Arc::new(AgentMetrics::new()),
+        )
+        .expect("tailer");
+        tailer.discover().expect("discover");
+        tailer.forget_vanished().expect("gc");
+        tailer.committer.finish().expect("committed");
+        drop(tailer);
+        drop(buffer);
+        let (_, recovered) = DiskBuffer::open(&buffer_dir, opts()).expect("reopen");
+        assert!(
+            !recovered.checkpoints.contains_key("file:1:999999999"),
+            "the deleted file is forgotten"
+        );
+        assert!(
+            recovered.checkpoints.contains_key(&live_key),
+            "the live file keeps its offset"
+        );
     }
 }
