@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use bytes::{Buf, BufMut, Bytes};
+use bytes::{BufMut, Bytes};
+use http_body_util::BodyExt;
 use prost::Message;
 use tokio_util::sync::CancellationToken;
-use tonic::codec::{CompressionEncoding, DecodeBuf, EncodeBuf};
 use tonic::transport::Channel;
 
 use crate::buffer::{DiskBuffer, Kind};
@@ -22,46 +22,7 @@ pub const BATCH_ID_HEADER: &str = "x-vigil-batch-id";
 
 enum Transport {
     Http { client: reqwest::Client, base: String },
-    Grpc(Box<tonic::client::Grpc<Channel>>),
-}
-
-/// The buffer holds encoded export requests; gRPC sends them as they are instead of
-/// decoding them into prost structs only to encode them again.
-#[derive(Clone, Copy, Default)]
-struct RawCodec;
-
-struct RawEncoder;
-struct ResponseDecoder;
-
-impl tonic::codec::Codec for RawCodec {
-    type Encode = Bytes;
-    type Decode = ExportResponse;
-    type Encoder = RawEncoder;
-    type Decoder = ResponseDecoder;
-    fn encoder(&mut self) -> RawEncoder {
-        RawEncoder
-    }
-    fn decoder(&mut self) -> ResponseDecoder {
-        ResponseDecoder
-    }
-}
-
-impl tonic::codec::Encoder for RawEncoder {
-    type Item = Bytes;
-    type Error = tonic::Status;
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl tonic::codec::Decoder for ResponseDecoder {
-    type Item = ExportResponse;
-    type Error = tonic::Status;
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<ExportResponse>, tonic::Status> {
-        let bytes = src.copy_to_bytes(src.remaining());
-        Ok(Some(ExportResponse::decode(bytes).unwrap_or_default()))
-    }
+    Grpc(Channel),
 }
 
 /// The shape the three OTLP export responses share: a partial success with a count of
@@ -144,12 +105,7 @@ impl Shipper {
                     }
                     endpoint = endpoint.tls_config(tls).context("collector TLS")?;
                 }
-                let mut grpc =
-                    tonic::client::Grpc::new(endpoint.connect_lazy()).max_encoding_message_size(64 * 1024 * 1024);
-                if config.gzip {
-                    grpc = grpc.send_compressed(CompressionEncoding::Gzip);
-                }
-                Transport::Grpc(Box::new(grpc))
+                Transport::Grpc(endpoint.connect_lazy())
             }
         };
         let seed = std::time::SystemTime::now()
@@ -173,7 +129,7 @@ impl Shipper {
     /// acknowledges; compressing the next batch overlaps sending this one.
     pub async fn run(mut self, cancel: CancellationToken, drain: Duration) {
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Prepared>(2);
-        let gzip_body = self.config.gzip && matches!(self.transport, Transport::Http { .. });
+        let gzip_body = self.config.gzip;
         let preparer = tokio::spawn(prepare(Arc::clone(&self.buffer), gzip_body, tx, cancel.clone()));
         let mut deadline: Option<tokio::time::Instant> = None;
         loop {
@@ -334,14 +290,10 @@ impl Shipper {
                     Err(e) => Err(Outcome::Retry(format!("{e}"), None)),
                 }
             }
-            Transport::Grpc(grpc) => {
-                if let Err(e) = grpc.ready().await {
-                    return Outcome::Retry(format!("gRPC connection: {e}"), None);
-                }
-                let request = grpc_request(record.body.clone(), batch_id, token.as_deref());
-                let path = http::uri::PathAndQuery::from_static(grpc_path);
-                match grpc.unary(request, path, RawCodec).await {
-                    Ok(response) => Ok(response.into_inner()),
+            Transport::Grpc(channel) => {
+                let request = grpc_request(grpc_path, &record.body, self.config.gzip, batch_id, token.as_deref());
+                match grpc_call(channel, request).await {
+                    Ok(response) => Ok(response),
                     Err(status) => {
                         let why = format!("gRPC {:?}: {}", status.code(), status.message());
                         Err(match status.code() {
@@ -427,17 +379,92 @@ async fn prepare(
     }
 }
 
-fn grpc_request<T>(message: T, batch_id: &str, token: Option<&str>) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    if let Ok(v) = batch_id.parse() {
-        request.metadata_mut().insert(BATCH_ID_HEADER, v);
+/// A unary gRPC request by hand, so the body can be compressed ahead (tonic compresses
+/// inside the call, at a fixed slow level) and sent as the buffer holds it: the 5-byte
+/// message frame (compressed flag, length) and the OTLP bytes.
+fn grpc_request(
+    path: &'static str,
+    body: &Bytes,
+    gzip: bool,
+    batch_id: &str,
+    token: Option<&str>,
+) -> http::Request<tonic::body::Body> {
+    let mut framed = bytes::BytesMut::with_capacity(5 + body.len());
+    framed.put_u8(u8::from(gzip));
+    framed.put_u32(body.len() as u32);
+    framed.put_slice(body);
+    let mut request = http::Request::builder()
+        .method(http::Method::POST)
+        .uri(path)
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-accept-encoding", "gzip")
+        .header(BATCH_ID_HEADER, batch_id);
+    if gzip {
+        request = request.header("grpc-encoding", "gzip");
     }
-    if let Some(t) = token
-        && let Ok(v) = t.parse()
-    {
-        request.metadata_mut().insert("authorization", v);
+    if let Some(t) = token {
+        request = request.header("authorization", t);
     }
+    let full = http_body_util::Full::new(framed.freeze());
     request
+        .body(tonic::body::Body::new(full.map_err(|never| match never {})))
+        .unwrap_or_default()
+}
+
+/// Sends it and reads the answer: the status from the trailers (or, for a trailers-only
+/// answer, the headers), the partial-success message from the body.
+async fn grpc_call(
+    channel: &mut Channel,
+    request: http::Request<tonic::body::Body>,
+) -> Result<ExportResponse, tonic::Status> {
+    use tower::{Service, ServiceExt};
+    let response = channel
+        .ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("connecting: {e}")))?
+        .call(request)
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("{e}")))?;
+    if response.status() != http::StatusCode::OK {
+        return Err(tonic::Status::unavailable(format!(
+            "HTTP {} from a gRPC endpoint",
+            response.status()
+        )));
+    }
+    if let Some(status) = tonic::Status::from_header_map(response.headers())
+        && status.code() != tonic::Code::Ok
+    {
+        return Err(status);
+    }
+    let collected = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| tonic::Status::unavailable(format!("reading the answer: {e}")))?;
+    let trailers = collected.trailers().cloned();
+    let data = collected.to_bytes();
+    match trailers.as_ref().and_then(tonic::Status::from_header_map) {
+        Some(status) if status.code() != tonic::Code::Ok => return Err(status),
+        Some(_) => {}
+        None if trailers.is_none() => return Err(tonic::Status::unavailable("answer without grpc-status")),
+        None => {}
+    }
+    // One frame: compressed flag, length, message.
+    if data.len() >= 5 {
+        let compressed = data[0] == 1;
+        let message = data.slice(5..);
+        let message = if compressed { gunzip(&message) } else { message };
+        return Ok(ExportResponse::decode(message).unwrap_or_default());
+    }
+    Ok(ExportResponse::default())
+}
+
+fn gunzip(data: &[u8]) -> Bytes {
+    use std::io::Read;
+    let mut out = Vec::new();
+    let _ = flate2::read::GzDecoder::new(data).take(1 << 20).read_to_end(&mut out);
+    Bytes::from(out)
 }
 
 fn gzip(data: &[u8]) -> Bytes {

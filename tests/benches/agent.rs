@@ -5,7 +5,8 @@
 //! million lines, RSS idle and peak, and CPU at 1,000 lines/s with host metrics.
 //!
 //! `cargo bench -p vigil-e2e --bench agent` (AGENT_BENCH_MIB=N for the data size,
-//! default 256; AGENT_BENCH_GZIP=false to ship uncompressed).
+//! default 256; AGENT_BENCH_GZIP=false to ship uncompressed; AGENT_BENCH_PROTOCOL=grpc
+//! to ship over OTLP/gRPC, the agent's default, instead of OTLP/HTTP).
 
 use std::io::Write;
 use std::path::Path;
@@ -14,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+
 use vigil_e2e::agent::{Agent, config};
 
 const FILES: usize = 4;
@@ -100,6 +102,39 @@ async fn sink() -> Result<(std::net::SocketAddr, Arc<AtomicU64>)> {
     Ok((addr, received))
 }
 
+/// The gRPC sink: like the HTTP one, it reads each request whole and answers OK without
+/// decoding it (a decoding server would spend more CPU than the agent under test). The
+/// answer is a gRPC response by hand: an empty message frame and `grpc-status: 0`.
+async fn grpc_sink() -> Result<(std::net::SocketAddr, Arc<AtomicU64>)> {
+    use axum::body::Body;
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    let received = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&received);
+    let app = axum::Router::new().fallback(move |body: axum::body::Bytes| {
+        let counter = Arc::clone(&counter);
+        async move {
+            counter.fetch_add(body.len() as u64, Ordering::Relaxed);
+            let mut trailers = axum::http::HeaderMap::new();
+            trailers.insert("grpc-status", axum::http::HeaderValue::from_static("0"));
+            let frames: Vec<Result<Frame<axum::body::Bytes>, std::convert::Infallible>> = vec![
+                Ok(Frame::data(axum::body::Bytes::from_static(&[0, 0, 0, 0, 0]))),
+                Ok(Frame::trailers(trailers)),
+            ];
+            axum::response::Response::builder()
+                .header("content-type", "application/grpc")
+                .body(Body::new(StreamBody::new(futures::stream::iter(frames))))
+                .unwrap_or_default()
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((addr, received))
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() -> Result<()> {
     vigil_e2e::init_tls();
@@ -135,7 +170,8 @@ async fn main() -> Result<()> {
     let cat_secs = started.elapsed().as_secs_f64();
     let mb = bytes as f64 / (1024.0 * 1024.0);
 
-    let (addr, received) = sink().await?;
+    let grpc = std::env::var("AGENT_BENCH_PROTOCOL").is_ok_and(|p| p == "grpc");
+    let (addr, received) = if grpc { grpc_sink().await? } else { sink().await? };
     let client = reqwest::Client::new();
     let logs = tmp.path().join("logs");
     std::fs::create_dir_all(&logs)?;
@@ -146,6 +182,14 @@ async fn main() -> Result<()> {
     let cfg = config(&tmp.path().join("state"), &format!("http://{addr}"), &source)
         .replace("max_records = 500", "max_records = 8192\nmax_bytes = 1048576")
         .replace("max_backoff_secs = 1", &format!("max_backoff_secs = 1\ngzip = {gzip}"))
+        .replace(
+            "protocol = \"http\"",
+            if grpc {
+                "protocol = \"grpc\""
+            } else {
+                "protocol = \"http\""
+            },
+        )
         .replace("[host_metrics]\nenabled = false", "[host_metrics]\nenabled = true");
     let agent = Agent::start(tmp.path(), &cfg)?;
     let pid = agent.pid();
@@ -198,7 +242,10 @@ async fn main() -> Result<()> {
 
     let agent_mib_s = mb / secs;
     let cat_mib_s = mb / cat_secs;
-    println!("agent bench: {mb:.0} MiB, {lines} lines of {LINE_BYTES} bytes in {FILES} files, gzip={gzip}");
+    let protocol = if grpc { "grpc" } else { "http" };
+    println!(
+        "agent bench: {mb:.0} MiB, {lines} lines of {LINE_BYTES} bytes in {FILES} files, OTLP/{protocol}, gzip={gzip}"
+    );
     println!("  cat floor:       {cat_mib_s:>8.1} MiB/s  ({cat_secs:.2} s)");
     println!(
         "  vigil-agent:     {agent_mib_s:>8.1} MiB/s  {:.0} lines/s  ({secs:.2} s) = {:.3} of cat",

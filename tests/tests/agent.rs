@@ -530,6 +530,42 @@ async fn ships_over_tls_with_a_token_on_grpc_and_http() -> Result<()> {
     let tls_client = reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&cert)?)?)
         .build()?;
+    // A wrong token over gRPC: refused with UNAUTHENTICATED, kept and retried, not dropped.
+    {
+        let dir = tmp.path().join("wrong");
+        let logs = dir.join("logs");
+        std::fs::create_dir_all(&logs)?;
+        let cfg = config(
+            &dir.join("state"),
+            &format!("https://127.0.0.1:{}", collector.grpc.port()),
+            &source(&logs, "*.log", ""),
+        )
+        .replace(
+            "protocol = \"http\"",
+            &format!(
+                "protocol = \"grpc\"\nca_file = {:?}\ntoken = \"wrong-token-0123456789\"",
+                cert.display().to_string()
+            ),
+        );
+        let agent = Agent::start(&dir, &cfg)?;
+        append(&logs.join("a.log"), &["mkwrongtoken never stored".to_string()])?;
+        let c = client();
+        eventually(WAIT, "retries after UNAUTHENTICATED", || async {
+            let retries = agent.metric(&c, "vigil_agent_send_retries").await?;
+            Ok((retries >= 2.0 && agent.logs().contains("Unauthenticated")).then_some(()))
+        })
+        .await?;
+        assert_eq!(
+            agent.metric(&c, "vigil_agent_batches_rejected").await?,
+            0.0,
+            "kept, not dropped"
+        );
+        assert_eq!(
+            agent.metric(&c, "vigil_agent_buffer_records").await?,
+            1.0,
+            "still buffered"
+        );
+    }
     for (protocol, addr) in [("grpc", collector.grpc), ("http", collector.http)] {
         let dir = tmp.path().join(protocol);
         let logs = dir.join("logs");
