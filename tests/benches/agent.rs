@@ -79,34 +79,12 @@ fn write_files(dir: &Path, total_bytes: u64) -> Result<u64> {
     Ok(lines)
 }
 
-/// The sink: answers 200 to every export, counting bytes received.
-async fn sink() -> Result<(std::net::SocketAddr, Arc<AtomicU64>)> {
-    let received = Arc::new(AtomicU64::new(0));
-    let counter = Arc::clone(&received);
-    let app = axum::Router::new().fallback(move |body: axum::body::Bytes| {
-        let counter = Arc::clone(&counter);
-        async move {
-            counter.fetch_add(body.len() as u64, Ordering::Relaxed);
-            (
-                axum::http::StatusCode::OK,
-                [("content-type", "application/x-protobuf")],
-                Vec::<u8>::new(),
-            )
-        }
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    Ok((addr, received))
-}
-
-/// The gRPC sink: like the HTTP one, it reads each request whole and answers OK without
-/// decoding it (a decoding server would spend more CPU than the agent under test). The
-/// answer is a gRPC response by hand: an empty message frame and `grpc-status: 0`.
-async fn grpc_sink() -> Result<(std::net::SocketAddr, Arc<AtomicU64>)> {
+/// The sink: reads each request whole, counts its bytes and acknowledges it without
+/// decoding (a decoding server would spend more CPU than the agent under test). For gRPC
+/// the answer is a gRPC response by hand: an empty message frame and `grpc-status: 0`.
+async fn sink(grpc: bool) -> Result<(std::net::SocketAddr, Arc<AtomicU64>)> {
     use axum::body::Body;
+    use axum::response::Response;
     use http_body_util::StreamBody;
     use hyper::body::Frame;
     let received = Arc::new(AtomicU64::new(0));
@@ -117,12 +95,21 @@ async fn grpc_sink() -> Result<(std::net::SocketAddr, Arc<AtomicU64>)> {
             counter.fetch_add(body.len() as u64, Ordering::Relaxed);
             let mut trailers = axum::http::HeaderMap::new();
             trailers.insert("grpc-status", axum::http::HeaderValue::from_static("0"));
-            let frames: Vec<Result<Frame<axum::body::Bytes>, std::convert::Infallible>> = vec![
-                Ok(Frame::data(axum::body::Bytes::from_static(&[0, 0, 0, 0, 0]))),
-                Ok(Frame::trailers(trailers)),
-            ];
-            axum::response::Response::builder()
-                .header("content-type", "application/grpc")
+            let frames: Vec<Result<Frame<axum::body::Bytes>, std::convert::Infallible>> = if grpc {
+                vec![
+                    Ok(Frame::data(axum::body::Bytes::from_static(&[0, 0, 0, 0, 0]))),
+                    Ok(Frame::trailers(trailers)),
+                ]
+            } else {
+                Vec::new()
+            };
+            let content_type = if grpc {
+                "application/grpc"
+            } else {
+                "application/x-protobuf"
+            };
+            Response::builder()
+                .header("content-type", content_type)
                 .body(Body::new(StreamBody::new(futures::stream::iter(frames))))
                 .unwrap_or_default()
         }
@@ -171,7 +158,7 @@ async fn main() -> Result<()> {
     let mb = bytes as f64 / (1024.0 * 1024.0);
 
     let grpc = std::env::var("AGENT_BENCH_PROTOCOL").is_ok_and(|p| p == "grpc");
-    let (addr, received) = if grpc { grpc_sink().await? } else { sink().await? };
+    let (addr, received) = sink(grpc).await?;
     let client = reqwest::Client::new();
     let logs = tmp.path().join("logs");
     std::fs::create_dir_all(&logs)?;
