@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -367,10 +366,6 @@ impl Config {
             }
         }
         Ok(())
-    }
-
-    pub fn batch_timeout(&self) -> Duration {
-        Duration::from_millis(self.batch.timeout_ms)
     }
 }
 

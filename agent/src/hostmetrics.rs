@@ -80,23 +80,27 @@ impl Builder {
     }
 
     fn sum(&mut self, name: &str, unit: &str, monotonic: bool, points: Vec<(Vec<KeyValue>, Value)>) {
-        if points.is_empty() {
-            return;
-        }
-        let data_points = points.into_iter().map(|(a, v)| self.point(a, v)).collect();
-        self.metrics.push(Metric {
-            name: name.into(),
-            unit: unit.into(),
-            data: Some(Data::Sum(Sum {
+        self.push(name, unit, points, |data_points| {
+            Data::Sum(Sum {
                 data_points,
                 aggregation_temporality: AggregationTemporality::Cumulative as i32,
                 is_monotonic: monotonic,
-            })),
-            ..Metric::default()
+            })
         });
     }
 
     fn gauge(&mut self, name: &str, unit: &str, points: Vec<(Vec<KeyValue>, Value)>) {
+        self.push(name, unit, points, |data_points| Data::Gauge(Gauge { data_points }));
+    }
+
+    /// A metric of `points` (none: no metric), shaped by `data`.
+    fn push(
+        &mut self,
+        name: &str,
+        unit: &str,
+        points: Vec<(Vec<KeyValue>, Value)>,
+        data: impl FnOnce(Vec<NumberDataPoint>) -> Data,
+    ) {
         if points.is_empty() {
             return;
         }
@@ -104,7 +108,7 @@ impl Builder {
         self.metrics.push(Metric {
             name: name.into(),
             unit: unit.into(),
-            data: Some(Data::Gauge(Gauge { data_points })),
+            data: Some(data(data_points)),
             ..Metric::default()
         });
     }

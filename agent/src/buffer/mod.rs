@@ -128,7 +128,6 @@ pub struct BufferStats {
     pub pending_bytes: u64,
     pub dropped_records: u64,
     pub dropped_bytes: u64,
-    pub appended_records: u64,
 }
 
 #[derive(Debug)]
@@ -448,10 +447,6 @@ impl DiskBuffer {
         self.data.notify_waiters();
         self.data.notify_one();
     }
-
-    pub fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
-    }
 }
 
 fn merge(checkpoints: &mut BTreeMap<String, Vec<u8>>, entries: &[Entry]) {
@@ -523,7 +518,6 @@ impl Inner {
         self.next_seq += 1;
         self.stats.pending_records += 1;
         self.stats.pending_bytes += len;
-        self.stats.appended_records += 1;
         self.sizes.push_back(len as u32);
         merge(&mut self.checkpoints, &record.entries);
         self.recent_bytes += bytes.len();

@@ -66,6 +66,16 @@ pub enum FingerprintCheck {
     Different,
 }
 
+/// `pread` at `pos`, retried when interrupted.
+fn read_at(file: &File, buf: &mut [u8], pos: u64) -> io::Result<usize> {
+    loop {
+        match file.read_at(buf, pos) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            other => return other,
+        }
+    }
+}
+
 /// A complete line or multiline record, with the file offset just past it.
 #[derive(Debug, PartialEq)]
 pub struct Line<'a> {
@@ -185,12 +195,14 @@ impl TailedFile {
         Ok(())
     }
 
-    /// Whether the file was truncated (or truncated and rewritten) under us.
+    /// Whether the file was truncated (or truncated and rewritten) under us. The first
+    /// KiB is compared only when there is something new to read: an idle file costs one
+    /// `fstat` per poll, and a rewritten one is caught before any of it is read.
     pub fn was_truncated(&self, len: u64) -> io::Result<bool> {
         if len < self.read_pos {
             return Ok(true);
         }
-        if self.fp_len == 0 {
+        if self.fp_len == 0 || len == self.read_pos {
             return Ok(false);
         }
         Ok(fingerprint(&self.file, self.fp_len)? != Some(self.fp))
@@ -208,8 +220,14 @@ impl TailedFile {
         Ok(())
     }
 
-    /// Reads up to `buf.len()` bytes from `source` at `read_pos`, cutting lines into
+    /// Reads up to `buf.len()` bytes of this file at `read_pos`, cutting lines into
     /// `out`. Returns the bytes read (0 at end of file).
+    pub fn read(&mut self, buf: &mut [u8], rules: &LineRules, out: &mut Lines) -> io::Result<usize> {
+        let n = read_at(&self.file, buf, self.read_pos)?;
+        Ok(self.consume(&buf[..n], rules, out))
+    }
+
+    /// Like `read`, but from another file holding this one's bytes (a copytruncate copy).
     pub fn read_from(
         &mut self,
         source: &File,
@@ -217,20 +235,19 @@ impl TailedFile {
         rules: &LineRules,
         out: &mut Lines,
     ) -> io::Result<usize> {
-        let n = loop {
-            match source.read_at(buf, self.read_pos) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        };
+        let n = read_at(source, buf, self.read_pos)?;
+        Ok(self.consume(&buf[..n], rules, out))
+    }
+
+    /// Cuts the bytes just read at `read_pos` into lines; returns how many were consumed.
+    fn consume(&mut self, chunk: &[u8], rules: &LineRules, out: &mut Lines) -> usize {
+        let n = chunk.len();
         if n == 0 {
-            return Ok(0);
+            return 0;
         }
-        let chunk = &buf[..n];
         if self.read_pos == 0 && chunk[..chunk.len().min(1024)].contains(&0) {
             self.binary = true;
-            return Ok(0);
+            return 0;
         }
         let max = rules.max_line_bytes;
         let mut start = 0;
@@ -266,7 +283,7 @@ impl TailedFile {
             self.append_partial(&chunk[start..], max);
         }
         self.read_pos += n as u64;
-        Ok(n)
+        n
     }
 
     fn append_partial(&mut self, piece: &[u8], max: usize) {
@@ -363,8 +380,7 @@ mod tests {
     fn read_all(t: &mut TailedFile, rules: &LineRules, chunk: usize) -> Lines {
         let mut out = Lines::default();
         let mut buf = vec![0u8; chunk];
-        let file = t.file.try_clone().expect("clone");
-        while t.read_from(&file, &mut buf, rules, &mut out).expect("read") > 0 {}
+        while t.read(&mut buf, rules, &mut out).expect("read") > 0 {}
         out
     }
 

@@ -349,14 +349,10 @@ impl Tailer {
             };
             let _ = t.refresh_fingerprint(len);
             let rules = self.sources[si].rules.clone();
-            let file = match t.file.try_clone() {
-                Ok(f) => f,
-                Err(_) => continue,
-            };
             let mut read_here = 0;
             // Bounded per file per round, so one busy file cannot starve the others.
             for _ in 0..16 {
-                match t.read_from(&file, &mut self.buf, &rules, &mut lines) {
+                match t.read(&mut self.buf, &rules, &mut lines) {
                     Ok(0) => break,
                     Ok(n) => read_here += n,
                     Err(e) => {
