@@ -253,7 +253,7 @@ impl AlertService {
                     ("vigil_incident_id".to_string(), inc.id.clone()),
                     (
                         "vigil_report_url".to_string(),
-                        format!("{external}/api/v1/incidents/{}", inc.id),
+                        format!("{external}/ui/incidents/{}", inc.id),
                     ),
                     (
                         "vigil_anomaly_ids".to_string(),
@@ -280,7 +280,7 @@ impl AlertService {
                     // Open: firing until the incident resolves (refreshed with every update);
                     // resolved: resolves the alert now.
                     ends_at_ms: Some(if open { now + INCIDENT_ALERT_TTL_MS } else { now }),
-                    generator_url: format!("{external}/api/v1/incidents/{}", inc.id),
+                    generator_url: format!("{external}/ui/incidents/{}", inc.id),
                 })
             })
             .collect();

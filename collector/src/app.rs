@@ -195,7 +195,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnO
         tokio::spawn(serve(
             "api",
             api_listener,
-            api::router(api_state),
+            api::router(api_state.clone()).merge(vigil_dashboards::router(api::router(api_state), ui_config(&config))),
             tls,
             stop_accepting.clone(),
         )),
@@ -234,4 +234,28 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnO
     drop(lock);
     tracing::info!("shutdown complete");
     Ok(())
+}
+
+/// The web UI's sign-in: the API token is admin, the responder token responder, the viewer
+/// token viewer. No API token (loopback only, see `Config::validate`) means no sign-in.
+fn ui_config(config: &Config) -> vigil_dashboards::UiConfig {
+    use vigil_dashboards::Role;
+    let auth = &config.auth;
+    let logins = match &auth.api_token {
+        None => Vec::new(),
+        Some(api) => [
+            (Some(api), Role::Admin),
+            (auth.responder_token.as_ref(), Role::Responder),
+            (auth.viewer_token.as_ref(), Role::Viewer),
+        ]
+        .into_iter()
+        .filter_map(|(t, role)| Some((t?.expose().to_string(), role)))
+        .collect(),
+    };
+    vigil_dashboards::UiConfig {
+        api_token: auth.api_token.as_ref().map(|t| t.expose().to_string()),
+        logins,
+        secure_cookie: config.tls.is_some(),
+        ..vigil_dashboards::UiConfig::default()
+    }
 }

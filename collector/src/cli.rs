@@ -91,6 +91,7 @@ impl Cli {
             ("VIGIL_INGEST_TOKEN", &mut config.auth.ingest_token),
             ("VIGIL_API_TOKEN", &mut config.auth.api_token),
             ("VIGIL_RESPONDER_TOKEN", &mut config.auth.responder_token),
+            ("VIGIL_VIEWER_TOKEN", &mut config.auth.viewer_token),
         ] {
             if let Ok(value) = std::env::var(var)
                 && !value.is_empty()

@@ -136,6 +136,10 @@ pub struct AuthConfig {
     /// Lets on-call responders acknowledge, resolve, comment and give feedback (and nothing
     /// else) when set; the API token can do all of it too.
     pub responder_token: Option<Secret>,
+    /// Signs into the web UI read-only (role viewer). In the UI the API token is admin and
+    /// the responder token is responder; without an API token the UI needs no sign-in
+    /// (loopback only).
+    pub viewer_token: Option<Secret>,
 }
 
 /// TLS for every listener (OTLP gRPC, OTLP HTTP, API).
@@ -289,6 +293,7 @@ impl Config {
             ("auth.ingest_token", &self.auth.ingest_token),
             ("auth.api_token", &self.auth.api_token),
             ("auth.responder_token", &self.auth.responder_token),
+            ("auth.viewer_token", &self.auth.viewer_token),
         ] {
             if let Some(t) = token
                 && t.expose().len() < 16

@@ -82,6 +82,32 @@ pub struct Anomaly {
     /// Trace ids of slow or failing requests behind a trace finding (at most five).
     #[serde(default)]
     pub exemplars: Vec<String>,
+    /// The series around the finding, for charts: up to [`EVIDENCE_BEFORE`] points before the
+    /// onset (observed values only) and [`EVIDENCE_DURING`] points since (the first and the
+    /// newest half of a long finding), each with the band the detector expected it in.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub evidence: Vec<EvidencePoint>,
+}
+
+/// Points of context kept before an anomaly's onset.
+pub const EVIDENCE_BEFORE: usize = 30;
+/// Points kept while an anomaly lasts: its first half and its newest half.
+pub const EVIDENCE_DURING: usize = 90;
+
+/// One point of a finding's series as the detector saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct EvidencePoint {
+    pub t_ms: i64,
+    pub value: f64,
+    /// The expected band; absent for context points from before the onset, whose band the
+    /// detector no longer holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lower: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upper: Option<f64>,
+    /// Scored at or above the threshold.
+    #[serde(default)]
+    pub anomalous: bool,
 }
 
 /// Formats a value with its unit for explanations ("2.4 s", "180 ms", "12.5 %", "3.2/s").

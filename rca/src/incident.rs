@@ -379,6 +379,7 @@ mod tests {
             open,
             explanation: format!("{service} {id} went bad"),
             exemplars: Vec::new(),
+            evidence: Vec::new(),
         }
     }
 

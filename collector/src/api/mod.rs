@@ -84,6 +84,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/services/graph", get(services_graph))
         .route("/api/v1/traces/{trace_id}", get(trace))
         .route("/api/v1/services", get(services))
+        .route("/api/v1/metrics/names", get(metric_names))
         .route("/api/v1/metrics/series", get(metric_series))
         .route("/api/v1/metrics/query", get(metric_query))
         .route("/metrics", get(prometheus))
@@ -410,6 +411,13 @@ async fn services(State(state): State<ApiState>, Query(params): Params) -> Resul
     let (start, end) = range(&state, &params)?;
     let services = timed(&state, "services", move |s| s.services(start, end)).await?;
     Ok(Json(json!({ "services": services })).into_response())
+}
+
+async fn metric_names(State(state): State<ApiState>, Query(params): Params) -> Result<Response, ApiError> {
+    let (start, end) = range(&state, &params)?;
+    let limit = limit_param(&state, &params, 1000)?;
+    let names = timed(&state, "metrics_names", move |s| s.metric_names(start, end, limit)).await?;
+    Ok(Json(json!({ "names": names })).into_response())
 }
 
 async fn metric_series(State(state): State<ApiState>, Query(params): Params) -> Result<Response, ApiError> {

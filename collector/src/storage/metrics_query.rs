@@ -238,6 +238,23 @@ impl Store {
         })
     }
 
+    /// Metric names stored in the partitions covering `[start, end]`, sorted, at most
+    /// `limit`. Read from the term dictionaries, so it costs nothing per point.
+    pub fn metric_names(&self, start_ns: i64, end_ns: i64, limit: usize) -> Result<Vec<String>, QueryError> {
+        let mut names = std::collections::BTreeSet::new();
+        for partition in self.partitions.covering(Signal::Metrics, start_ns, end_ns) {
+            let searcher = partition.reader.searcher();
+            for segment in searcher.segment_readers() {
+                let index = segment.inverted_index(self.schemas.metrics.name)?;
+                let mut terms = index.terms().stream().map_err(tantivy::TantivyError::from)?;
+                while let Some((term, _)) = terms.next() {
+                    names.insert(String::from_utf8_lossy(term).into_owned());
+                }
+            }
+        }
+        Ok(names.into_iter().take(limit).collect())
+    }
+
     /// Series matching a selector that have points in `[start, end]`.
     pub fn metric_series(
         &self,

@@ -15,7 +15,10 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use crate::anomaly::{Anomaly, DetectorKind, Severity, SignalRef, format_time, format_value};
+use crate::anomaly::{
+    Anomaly, DetectorKind, EVIDENCE_BEFORE, EVIDENCE_DURING, EvidencePoint, Severity, SignalRef, format_time,
+    format_value,
+};
 use crate::timeseries::peers::{PeerVerdict, peer_outliers};
 use crate::timeseries::{PointScore, SeriesConfig, SeriesDetector, Signal};
 
@@ -667,6 +670,7 @@ impl Engine {
                 open: true,
                 explanation: String::new(),
                 exemplars: Vec::new(),
+                evidence: Vec::new(),
             },
         };
         let mut a = a;
@@ -929,14 +933,17 @@ impl Engine {
                         open: true,
                         explanation: String::new(),
                         exemplars: Vec::new(),
+                        evidence: Vec::new(),
                     };
                     set_observation(&mut a, &point, non_negative);
                     t.peak_signal = point.signal;
                     t.onset_band = Some((point.lower, point.upper));
+                    a.evidence = context_before(&t.detector, ts_ms);
                     a
                 }
             };
             let mut a = a;
+            push_evidence(&mut a.evidence, &point, strong, non_negative);
             if strong {
                 for x in &self.exemplars {
                     if a.exemplars.len() < 5 && !a.exemplars.contains(x) {
@@ -948,6 +955,7 @@ impl Engine {
             self.updates.push(a.clone());
             t.open = Some(a);
         } else if let Some(mut a) = t.open.take() {
+            push_evidence(&mut a.evidence, &point, false, non_negative);
             t.quiet += 1;
             if t.quiet >= self.cfg.close_after {
                 a.open = false;
@@ -971,6 +979,48 @@ impl Engine {
             self.stats.series_evicted += 1;
         }
     }
+}
+
+/// The points the series showed before `onset_ms` (the onset point itself is the newest
+/// value in the ring, so it is skipped), spaced by the series' step.
+fn context_before(detector: &SeriesDetector, onset_ms: i64) -> Vec<EvidencePoint> {
+    let Some(step) = detector.step_ms().filter(|s| *s > 0) else {
+        return Vec::new();
+    };
+    let values: Vec<f64> = detector.recent(EVIDENCE_BEFORE + 1).collect();
+    let before = values.len().saturating_sub(1);
+    values[..before]
+        .iter()
+        .enumerate()
+        .map(|(i, &value)| EvidencePoint {
+            t_ms: onset_ms - step * (before - i) as i64,
+            value,
+            lower: None,
+            upper: None,
+            anomalous: false,
+        })
+        .collect()
+}
+
+/// Appends a scored point, keeping the pre-onset context and [`EVIDENCE_DURING`] points
+/// since the onset: the first half (how it began, what a root cause is judged by) and the
+/// newest half (how it is now); the middle of a long finding gives way.
+fn push_evidence(evidence: &mut Vec<EvidencePoint>, p: &PointScore, anomalous: bool, non_negative: bool) {
+    let clamp = |v: f64| if non_negative { v.max(0.0) } else { v };
+    if evidence.last().is_some_and(|last| last.t_ms >= p.timestamp_ms) {
+        return;
+    }
+    let context = evidence.iter().take_while(|e| e.lower.is_none()).count();
+    if evidence.len() - context >= EVIDENCE_DURING {
+        evidence.remove(context + EVIDENCE_DURING / 2);
+    }
+    evidence.push(EvidencePoint {
+        t_ms: p.timestamp_ms,
+        value: p.value,
+        lower: Some(clamp(p.lower)),
+        upper: Some(clamp(p.upper)),
+        anomalous,
+    });
 }
 
 fn set_observation(a: &mut Anomaly, p: &PointScore, non_negative: bool) {

@@ -64,6 +64,45 @@ fn latency_regression_is_found_with_a_checkable_explanation() {
 }
 
 #[test]
+fn findings_carry_the_series_around_them_for_charts() {
+    let mut e = engine();
+    pay_traffic(&mut e, 0, 240, |_, k| 0.2 + 0.1 * jitter(k));
+    // 150 slow minutes: longer than the evidence window, which must stay bounded.
+    pay_traffic(&mut e, 240, 150, |m, k| {
+        0.2 + 0.1 * jitter(k + m as u64) + if k % 4 == 0 { 2.2 } else { 0.0 }
+    });
+    e.advance(T0 + 392 * MIN);
+    let all = findings(&mut e);
+    let p99 = all
+        .values()
+        .find(|a| a.signal.key == "red:checkout:POST /pay:p99")
+        .expect("p99 regression found");
+    let ev = &p99.evidence;
+    let context: Vec<_> = ev.iter().take_while(|p| p.lower.is_none()).collect();
+    assert_eq!(context.len(), EVIDENCE_BEFORE, "{ev:?}");
+    assert!(
+        context
+            .iter()
+            .all(|p| p.t_ms < p99.start_ms && p.value < 1.0 && !p.anomalous)
+    );
+    assert_eq!(
+        context.last().map(|p| p.t_ms),
+        Some(p99.start_ms - MIN),
+        "spaced by the step"
+    );
+    let during = &ev[context.len()..];
+    assert_eq!(during.len(), EVIDENCE_DURING, "bounded");
+    assert!(during.windows(2).all(|w| w[0].t_ms < w[1].t_ms), "in time order");
+    assert!(during.iter().all(|p| p.lower.is_some() && p.upper.is_some()));
+    assert_eq!(during[0].t_ms, p99.start_ms, "the onset is kept");
+    assert!(during[0].anomalous && during[0].value > during[0].upper.unwrap_or(f64::MAX));
+    assert!(
+        during.last().is_some_and(|p| p.t_ms >= p99.end_ms),
+        "the newest are kept"
+    );
+}
+
+#[test]
 fn error_log_spike_and_pattern_collapse_are_found() {
     let mut e = engine();
     for m in 0..200i64 {

@@ -163,6 +163,15 @@ impl SeriesDetector {
         self.next_idx
     }
 
+    /// The last `n` values of the history ring, oldest first (gaps hold the value that was
+    /// expected there).
+    pub fn recent(&self, n: usize) -> impl Iterator<Item = f64> + '_ {
+        self.history
+            .iter()
+            .skip(self.history.len().saturating_sub(n))
+            .map(|&v| f64::from(v))
+    }
+
     /// The estimated sampling step, once known.
     pub fn step_ms(&self) -> Option<i64> {
         self.step_ms
