@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 
 pub mod agent;
+pub mod browser;
 pub mod otlp;
 pub mod receiver;
 

@@ -171,6 +171,15 @@ async fn query_api_end_to_end() -> Result<()> {
     })
     .await?;
 
+    // The names the UI's metric picker offers, from the term dictionary.
+    let (status, names) = get_json(&client, &c.api_url("/api/v1/metrics/names")).await?;
+    assert_eq!(status, 200, "{names}");
+    assert_eq!(
+        names["names"],
+        serde_json::json!(["orders.processed", "queue.depth"]),
+        "{names}"
+    );
+
     // Histogram: 60 records over one minute in 10 s buckets.
     let url = reqwest::Url::parse_with_params(
         &c.api_url("/api/v1/logs/histogram"),

@@ -184,7 +184,7 @@ pub(crate) async fn report(
     });
     let mut charts: Vec<Markup> = Vec::new();
     for ev in ranked.iter().take(MAX_CHARTS) {
-        charts.push(evidence_card(&ui, ev).await);
+        charts.push(evidence_card(&ui, ev, &session, &format!("/ui/incidents/{}", segment(&inc.id))).await);
     }
     let rest: Vec<&&Evidence> = ranked.iter().skip(MAX_CHARTS).collect();
     let back_to = format!("/ui/incidents/{}", segment(&inc.id));
@@ -300,7 +300,7 @@ fn timeline(members: &[Member], start_ms: i64, end_ms: i64) -> Markup {
 }
 
 /// A finding with its chart, its explanation, sample lines and exemplar traces.
-async fn evidence_card(ui: &UiState, ev: &Evidence) -> Markup {
+async fn evidence_card(ui: &UiState, ev: &Evidence, session: &Session, back_to: &str) -> Markup {
     let Some(a) = &ev.anomaly else { return html! {} };
     let chart = if a.evidence.len() >= 2 {
         let first = a.evidence.first().map_or(a.start_ms, |p| p.t_ms);
@@ -388,6 +388,19 @@ async fn evidence_card(ui: &UiState, ev: &Evidence) -> Markup {
             }
             p.explanation { (a.explanation) }
             (chart)
+            @if session.can(crate::auth::Role::Responder) {
+                div.verdict {
+                    span.muted { "Was this finding right? " }
+                    @for (verdict, label, class) in [("real", "Real problem", "good"), ("noise", "Noise", "bad")] {
+                        form.inline method="post" action={"/ui/anomalies/" (segment(&a.id)) "/feedback"} {
+                            (super::csrf_field(session))
+                            input type="hidden" name="back" value=(back_to);
+                            input type="hidden" name="verdict" value=(verdict);
+                            button type="submit" class=(class) data-verdict=(verdict) { (label) }
+                        }
+                    }
+                }
+            }
             @if !ev.sample_lines.is_empty() {
                 h4 { "Sample lines" }
                 ul.samples {
