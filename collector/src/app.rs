@@ -176,6 +176,8 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnO
         alerts.set_external_url(&format!("http://{}", bound.api));
     }
 
+    // The UI calls the same API router in-process for its data.
+    let api = api::router(api_state);
     let stop_accepting = CancellationToken::new();
     let servers = [
         tokio::spawn(serve(
@@ -195,7 +197,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnO
         tokio::spawn(serve(
             "api",
             api_listener,
-            api::router(api_state.clone()).merge(vigil_dashboards::router(api::router(api_state), ui_config(&config))),
+            api.clone().merge(vigil_dashboards::router(api, ui_config(&config))),
             tls,
             stop_accepting.clone(),
         )),

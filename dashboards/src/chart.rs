@@ -108,6 +108,17 @@ fn y_range(c: &TimeChart<'_>) -> (f64, f64) {
     (if lo == 0.0 { 0.0 } else { lo - pad }, hi + pad)
 }
 
+/// A horizontal grid line at `yy` across the plot, labelled on the y axis.
+fn grid_line(svg: &mut String, yy: f64, plot_width: f64, label: &str) {
+    svg.push_str(&format!(
+        r#"<line class="grid" x1="{LEFT}" x2="{:.1}" y1="{yy:.1}" y2="{yy:.1}"/><text class="ylabel" x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
+        LEFT + plot_width,
+        LEFT - 6.0,
+        yy + 4.0,
+        escape_attr(label)
+    ));
+}
+
 fn escape_attr(s: &str) -> String {
     maud::html! { (s) }.into_string().replace('"', "&quot;")
 }
@@ -141,14 +152,8 @@ pub(crate) fn time_chart(c: &TimeChart<'_>) -> Markup {
     let ystep = nice_step(yhi - ylo, 4.0);
     let mut v = (ylo / ystep).ceil() * ystep;
     while v <= yhi + ystep * 1e-9 {
-        let yy = y(v);
-        svg.push_str(&format!(
-            r#"<line class="grid" x1="{LEFT}" x2="{:.1}" y1="{yy:.1}" y2="{yy:.1}"/><text class="ylabel" x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
-            LEFT + pw,
-            LEFT - 6.0,
-            yy + 4.0,
-            escape_attr(&fmt::value(if v.abs() < ystep * 1e-6 { 0.0 } else { v }, c.unit))
-        ));
+        let label = fmt::value(if v.abs() < ystep * 1e-6 { 0.0 } else { v }, c.unit);
+        grid_line(&mut svg, y(v), pw, &label);
         v += ystep;
     }
     // Time axis.
@@ -282,14 +287,7 @@ pub(crate) fn bar_chart(label: &str, buckets: &[(i64, u64)], bucket_ms: i64, sta
     );
     let mut v = 0.0;
     while v <= top + 1e-9 {
-        let yy = y(v);
-        svg.push_str(&format!(
-            r#"<line class="grid" x1="{LEFT}" x2="{:.1}" y1="{yy:.1}" y2="{yy:.1}"/><text class="ylabel" x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
-            LEFT + pw,
-            LEFT - 6.0,
-            yy + 4.0,
-            fmt::count(v as u64)
-        ));
+        grid_line(&mut svg, y(v), pw, &fmt::count(v as u64));
         v += ystep;
     }
     let bw = (bucket_ms as f64 / span * pw - 1.0).max(1.0);

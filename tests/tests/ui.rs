@@ -41,11 +41,15 @@ async fn demo_with_incident() -> Result<(Collector, String)> {
         let (client, url) = (client.clone(), url.clone());
         async move {
             let (_, body) = get_json(&client, &url).await?;
+            // The fault's incident, not a small side incident that also ranks inventory
+            // first (a couple of log findings nearby): the one with the most findings.
             Ok(body["incidents"]
                 .as_array()
                 .into_iter()
                 .flatten()
-                .find(|i| i["candidates"][0]["service"] == "inventory")
+                .filter(|i| i["candidates"][0]["service"] == "inventory")
+                .filter(|i| i["timeline"].as_array().is_some_and(|t| t.len() >= 5))
+                .max_by_key(|i| i["timeline"].as_array().map_or(0, Vec::len))
                 .and_then(|i| i["id"].as_str().map(str::to_string)))
         }
     })

@@ -256,19 +256,10 @@ pub(crate) async fn act(
     };
     let api_url = format!("/api/v1/alerts/{}/{api_action}", segment(&id));
     match ui.api.post(&api_url, &payload).await {
-        Ok(answer) => {
-            let code = if answer["changed"] == json!(false) {
-                "unchanged"
-            } else {
-                action.as_str()
-            };
-            let code = if action == "comment" { "" } else { code };
-            if code.is_empty() {
-                axum::response::IntoResponse::into_response(axum::response::Redirect::to(&to))
-            } else {
-                back(&to, code)
-            }
-        }
+        // A comment shows on the page it returns to; no notice needed.
+        Ok(_) if action == "comment" => axum::response::IntoResponse::into_response(axum::response::Redirect::to(&to)),
+        Ok(answer) if answer["changed"] == json!(false) => back(&to, "unchanged"),
+        Ok(_) => back(&to, &action),
         Err(e) => error_page(&session, Nav::Alerts, "The action failed", &e),
     }
 }

@@ -52,10 +52,11 @@ struct AlertList {
     alerts: Vec<Alert>,
 }
 
+/// `GET /api/v1/logs/histogram`.
 #[derive(Deserialize)]
-struct Histogram {
-    interval_ms: i64,
-    buckets: Vec<Bucket>,
+pub(crate) struct Histogram {
+    pub(crate) interval_ms: i64,
+    pub(crate) buckets: Vec<Bucket>,
 }
 
 #[derive(Deserialize)]
@@ -182,12 +183,12 @@ pub(crate) async fn report(
         let s = |e: &Evidence| e.anomaly.as_ref().map_or(0.0, |a| a.score);
         s(b).total_cmp(&s(a))
     });
+    let back_to = format!("/ui/incidents/{}", segment(&inc.id));
     let mut charts: Vec<Markup> = Vec::new();
     for ev in ranked.iter().take(MAX_CHARTS) {
-        charts.push(evidence_card(&ui, ev, &session, &format!("/ui/incidents/{}", segment(&inc.id))).await);
+        charts.push(evidence_card(&ui, ev, &session, &back_to).await);
     }
     let rest: Vec<&&Evidence> = ranked.iter().skip(MAX_CHARTS).collect();
-    let back_to = format!("/ui/incidents/{}", segment(&inc.id));
 
     let content = html! {
         (notice(params.get("done").map(String::as_str)))

@@ -9,7 +9,7 @@ use maud::{Markup, html};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::incidents::{Bucket, body_text};
+use super::incidents::{Histogram, body_text};
 use super::{Nav, error_page, layout, query_link};
 use crate::UiState;
 use crate::api::{ApiFailure, segment, url};
@@ -27,12 +27,6 @@ struct Hits {
     hits: Vec<Value>,
     #[serde(default)]
     took_ms: f64,
-}
-
-#[derive(Deserialize)]
-struct Histogram {
-    interval_ms: i64,
-    buckets: Vec<Bucket>,
 }
 
 #[derive(Deserialize)]

@@ -208,7 +208,8 @@ pub(crate) async fn page(
                     thead { tr { th { "Series" } th { "Points" } th { "Last" } } }
                     tbody {
                         @for s in series {
-                            @let filter: Vec<String> = s.labels.iter().map(|(k, v)| format!("{k}={}", match v { Value::String(x) => Value::String(x.clone()).to_string(), o => o.to_string() })).collect();
+                            // JSON text of a string value is the quoted form the label list reads.
+                            @let filter: Vec<String> = s.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
                             tr {
                                 td.mono { a href=(url("/ui/metrics", &[("name", name), ("labels", &filter.join(", ")), ("range", &range)])) { (label_text(&s.labels)) } }
                                 td.num { (s.values.len()) }
