@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow};
+use fantoccini::elements::Element;
 use fantoccini::wd::WebDriverCompatibleCommand;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
@@ -91,7 +92,7 @@ impl Browser {
         self.client.goto(url).await.map_err(|e| anyhow!("goto {url}: {e}"))
     }
 
-    pub async fn find(&self, css: &str) -> Result<fantoccini::elements::Element> {
+    pub async fn find(&self, css: &str) -> Result<Element> {
         let found = self
             .client
             .wait()
@@ -104,11 +105,40 @@ impl Browser {
         }
     }
 
-    pub async fn find_all(&self, css: &str) -> Result<Vec<fantoccini::elements::Element>> {
+    pub async fn find_all(&self, css: &str) -> Result<Vec<Element>> {
         self.client
             .find_all(Locator::Css(css))
             .await
             .map_err(|e| anyhow!("find_all {css:?}: {e}"))
+    }
+
+    /// Clicks something that loads a new page (a link, a form's button) and returns once the
+    /// old page is gone, so the next `find` sees the new page and not a stale copy of an
+    /// element both pages have (a notice, a table row).
+    pub async fn click_and_load(&self, element: Element) -> Result<()> {
+        let old_root = self
+            .client
+            .find(Locator::Css("html"))
+            .await
+            .map_err(|e| anyhow!("the page's root: {e}"))?;
+        element.click().await.map_err(|e| anyhow!("click: {e}"))?;
+        crate::eventually(Duration::from_secs(20), "the next page to load", || {
+            let old_root = old_root.clone();
+            async move {
+                match old_root.tag_name().await {
+                    Err(e) if e.is_stale_element_reference() => Ok(Some(())),
+                    Err(e) => Err(anyhow!("{e}")),
+                    Ok(_) => Ok(None),
+                }
+            }
+        })
+        .await
+    }
+
+    /// Finds `css` and clicks it; see [`Browser::click_and_load`].
+    pub async fn click_css_and_load(&self, css: &str) -> Result<()> {
+        let element = self.find(css).await?;
+        self.click_and_load(element).await
     }
 
     pub async fn text(&self, css: &str) -> Result<String> {

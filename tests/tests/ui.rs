@@ -111,9 +111,7 @@ async fn the_on_call_walkthrough_in_a_real_browser() -> Result<()> {
     b.assert_no_js_errors("incident list").await?;
 
     // The report: root cause first, charts drawn, graph highlighting it.
-    row.find(fantoccini::Locator::Css("td.summary a"))
-        .await?
-        .click()
+    b.click_and_load(row.find(fantoccini::Locator::Css("td.summary a")).await?)
         .await?;
     let first = b.find("#root-causes li.candidate.first").await?;
     ensure!(first.attr("data-service").await?.as_deref() == Some("inventory"));
@@ -147,9 +145,7 @@ async fn the_on_call_walkthrough_in_a_real_browser() -> Result<()> {
     b.assert_no_js_errors("incident report").await?;
 
     // Acknowledge from the report; the page and the API agree.
-    b.find("#incident-alert button[data-action='ack']")
-        .await?
-        .click()
+    b.click_css_and_load("#incident-alert button[data-action='ack']")
         .await?;
     b.find("p.notice").await?;
     let state = b.text("#incident-alert .state").await?;
@@ -161,9 +157,7 @@ async fn the_on_call_walkthrough_in_a_real_browser() -> Result<()> {
     b.assert_no_js_errors("acknowledged report").await?;
 
     // A verdict on one finding reaches the detectors (the API accepted it, or no notice).
-    b.find("#evidence article.evidence button[data-verdict='noise']")
-        .await?
-        .click()
+    b.click_css_and_load("#evidence article.evidence button[data-verdict='noise']")
         .await?;
     let notice = b.text("p.notice").await?;
     ensure!(notice.contains("marked noise"), "{notice:?}");
@@ -171,8 +165,8 @@ async fn the_on_call_walkthrough_in_a_real_browser() -> Result<()> {
 
     // An exemplar trace from the report opens as a waterfall.
     if let Some(link) = b.find_all("#evidence p.traces a.mono").await?.into_iter().next() {
-        link.click().await?;
-        ensure!(!b.find_all("#waterfall tr.span").await?.is_empty() || b.find("#waterfall tr.span").await.is_ok());
+        b.click_and_load(link).await?;
+        b.find("#waterfall tr.span").await?;
         b.screenshot("04-trace").await?;
         b.assert_no_js_errors("trace").await?;
     }
@@ -181,7 +175,7 @@ async fn the_on_call_walkthrough_in_a_real_browser() -> Result<()> {
     b.goto(&format!("{base}/ui/logs")).await?;
     let q = b.find("#q").await?;
     q.send_keys("body:injected").await?;
-    b.find("#log-query button[type='submit']").await?.click().await?;
+    b.click_css_and_load("#log-query button[type='submit']").await?;
     let body = b.text("#log-results tr.log td.body summary").await?;
     ensure!(
         body.contains("<script>window.__vigil_xss=1</script>"),
@@ -199,7 +193,7 @@ async fn the_on_call_walkthrough_in_a_real_browser() -> Result<()> {
     let q = b.find("#q").await?;
     q.clear().await?;
     q.send_keys("body:(").await?;
-    b.find("#log-query button[type='submit']").await?.click().await?;
+    b.click_css_and_load("#log-query button[type='submit']").await?;
     let err = b.text("#query-error").await?;
     ensure!(err.starts_with("Query error: "), "{err:?}");
     ensure!(
@@ -211,21 +205,14 @@ async fn the_on_call_walkthrough_in_a_real_browser() -> Result<()> {
 
     // The patterns tab, then one pattern's records.
     b.goto(&format!("{base}/ui/logs")).await?;
-    b.find("#tab-patterns").await?.click().await?;
+    b.click_css_and_load("#tab-patterns").await?;
+    b.find("#patterns tr.pattern").await?;
     let patterns = b.find_all("#patterns tr.pattern").await?;
-    let patterns = if patterns.is_empty() {
-        vec![b.find("#patterns tr.pattern").await?]
-    } else {
-        patterns
-    };
     ensure!(!b.find_all("#patterns svg.spark").await?.is_empty(), "sparklines drawn");
     b.screenshot("07-patterns").await?;
     b.assert_no_js_errors("patterns").await?;
     let pattern_id = patterns[0].attr("data-pattern").await?.unwrap_or_default();
-    patterns[0]
-        .find(fantoccini::Locator::Css("td a.mono"))
-        .await?
-        .click()
+    b.click_and_load(patterns[0].find(fantoccini::Locator::Css("td a.mono")).await?)
         .await?;
     b.find("#log-results tr.log").await?;
     ensure!(b.text(".filter-note").await?.contains(&pattern_id));
@@ -236,7 +223,7 @@ async fn the_on_call_walkthrough_in_a_real_browser() -> Result<()> {
     b.find("#alerts tr.alert").await?;
     b.screenshot("08-alerts").await?;
     b.assert_no_js_errors("alerts").await?;
-    b.find("#alerts tr.alert a.button").await?.click().await?;
+    b.click_css_and_load("#alerts tr.alert a.button").await?;
     let matchers = b
         .find("input[name='matchers']")
         .await?
@@ -247,7 +234,7 @@ async fn the_on_call_walkthrough_in_a_real_browser() -> Result<()> {
         matchers.contains(&format!("incident=\"{incident}\"")),
         "prefilled: {matchers}"
     );
-    b.find("form.stack button[type='submit']").await?.click().await?;
+    b.click_css_and_load("form.stack button[type='submit']").await?;
     b.find("p.notice").await?;
     b.goto(&format!("{base}/ui/silences")).await?;
     b.find("#silences tr.silence").await?;
@@ -256,7 +243,7 @@ async fn the_on_call_walkthrough_in_a_real_browser() -> Result<()> {
 
     // Metrics: pick the first metric, a chart with axes.
     b.goto(&format!("{base}/ui/metrics")).await?;
-    b.find("#metric-list a").await?.click().await?;
+    b.click_css_and_load("#metric-list a").await?;
     b.find("svg.chart").await?;
     ensure!(!b.find_all("svg.chart text.xlabel").await?.is_empty(), "time labels");
     b.screenshot("10-metrics").await?;
