@@ -330,6 +330,76 @@ async fn latency_regression_and_new_error_pattern_become_anomalies_and_take_feed
     Ok(())
 }
 
+/// Regression: a pause in a stream of old data (a backfill, an agent draining its disk
+/// buffer, the demo's fast-forward on a busy CI machine) used to move event time straight to
+/// the wall clock, so every later point of that stream arrived "late" and was dropped from
+/// detection. The 3 s pause below is the scenario itself, not a wait for something.
+#[tokio::test]
+async fn a_pause_in_a_backfill_does_not_make_the_rest_of_it_late() -> Result<()> {
+    let c = Collector::start()?;
+    let client = reqwest::Client::new();
+    let minutes = 200u64;
+    let base = (now_ns() / MIN_NS - minutes - 60) * MIN_NS;
+    let span = |m: u64, k: u64| {
+        let i = m * 20 + k;
+        let slow = m >= minutes - 20 && k.is_multiple_of(4);
+        let secs = 0.2 + 0.1 * jitter(i) + if slow { 2.2 } else { 0.0 };
+        let start = base + m * MIN_NS + k * 3_000_000_000;
+        Span {
+            trace_id: (i as u128 + 1).to_be_bytes().to_vec(),
+            span_id: (i + 1).to_be_bytes().to_vec(),
+            name: "GET /stock".into(),
+            kind: 2,
+            start_time_unix_nano: start,
+            end_time_unix_nano: start + (secs * 1e9) as u64,
+            ..Default::default()
+        }
+    };
+    let send = |from: u64, to: u64| {
+        let client = client.clone();
+        let url = c.http_url("/v1/traces");
+        async move {
+            let mut spans: Vec<Span> = (from..to)
+                .flat_map(|m| (0..20).map(move |k| (m, k)))
+                .map(|(m, k)| span(m, k))
+                .collect();
+            spans.sort_by_key(|s| s.end_time_unix_nano);
+            for chunk in spans.chunks(1000) {
+                post(&client, url.clone(), spans_request(chunk.to_vec()).encode_to_vec()).await?;
+            }
+            anyhow::Ok(())
+        }
+    };
+    send(0, 150).await?;
+    // The detection thread's idle tick is 1 s: pause for longer than that.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    send(150, minutes).await?;
+
+    let url = c.api_url("/api/v1/anomalies?service=checkout");
+    let p99 = eventually(Duration::from_secs(60), "the p99 anomaly after the pause", || {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let (_, body) = get_json(&client, &url).await?;
+            Ok(body["anomalies"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|a| a["signal"]["key"] == "red:checkout:GET /stock:p99")
+                .cloned())
+        }
+    })
+    .await?;
+    let slow_from_ms = ((base + (minutes - 20) * MIN_NS) / 1_000_000) as i64;
+    assert_eq!(p99["start_ms"].as_i64(), Some(slow_from_ms), "{p99}");
+    let metrics = client.get(c.api_url("/metrics")).send().await?.text().await?;
+    let late = metrics
+        .lines()
+        .find(|l| l.starts_with("vigil_detect_late_events_total "))
+        .unwrap_or_default();
+    assert_eq!(late, "vigil_detect_late_events_total 0", "{metrics}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn anomalies_api_rejects_bad_ranges() -> Result<()> {
     let c = Collector::start()?;

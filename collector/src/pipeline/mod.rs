@@ -7,6 +7,7 @@
 //! indexer feeds replayed WAL entries too, detection after a restart sees what the indexes
 //! had not yet committed (detector state itself is not persisted yet; see ARCHITECTURE.md).
 
+mod clock;
 mod incidents;
 mod join;
 mod store;
@@ -105,7 +106,7 @@ impl PipelineSender {
 
 /// Queue length between the indexer and the detection thread, in WAL entries.
 const QUEUE: usize = 64;
-/// How often event time is advanced from the wall clock when no data arrives, so the last
+/// How often event time is advanced when no data arrives (see [`clock`]), so the last
 /// interval of a quiet system still closes.
 const IDLE_TICK: Duration = Duration::from_secs(1);
 
@@ -158,6 +159,7 @@ fn run(
     let mut counters: HashMap<u64, (i64, f64)> = HashMap::new();
     let mut reported = EngineStats::default();
     let mut latest_event_ms = i64::MIN;
+    let mut clock = clock::EventClock::new();
     let mut joiner = join::Joiner::default();
     loop {
         match rx.recv_timeout(IDLE_TICK) {
@@ -173,14 +175,16 @@ fn run(
                         input,
                     );
                 }
+                clock.saw(latest_event_ms, wall_ms());
             }
             Ok(Msg::Feedback { signal_key, verdict }) => {
                 engine.feedback(&signal_key, verdict);
             }
             Err(RecvTimeoutError::Timeout) => {
-                let now = i64::try_from(crate::timeutil::now_ns() / 1_000_000).unwrap_or(i64::MAX);
-                engine.advance(now);
-                latest_event_ms = latest_event_ms.max(now.saturating_sub(engine.config().lateness_ms));
+                if let Some(event_now) = clock.idle(wall_ms()) {
+                    engine.advance(event_now);
+                    latest_event_ms = latest_event_ms.max(event_now.saturating_sub(engine.config().lateness_ms));
+                }
             }
             Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => break,
         }
@@ -230,6 +234,10 @@ fn run(
         tracing::error!(error = %e, "could not save anomalies and incidents at shutdown");
     }
     tracing::info!(series = engine.stats().series, "detection stopped");
+}
+
+fn wall_ms() -> i64 {
+    i64::try_from(crate::timeutil::now_ns() / 1_000_000).unwrap_or(i64::MAX)
 }
 
 fn detector_name(kind: DetectorKind) -> &'static str {
