@@ -299,13 +299,13 @@ pub async fn search_logs(
     Ok((total, hits))
 }
 
-/// Nanoseconds since the epoch, now.
 /// The workspace builds reqwest with rustls and no default crypto provider (the collector
 /// picks ring explicitly); HTTP clients made in tests need one installed first.
 pub fn init_tls() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// Nanoseconds since the epoch, now.
 pub fn now_ns() -> u64 {
     u64::try_from(unique()).unwrap_or(u64::MAX)
 }
