@@ -39,6 +39,45 @@ fn spans_request(spans: Vec<Span>) -> ExportTraceServiceRequest {
     }
 }
 
+/// Requests to `name` on checkout for minutes `range` of a `minutes`-long run starting at
+/// `base`: 20 a minute, 200–300 ms, except that in the last twenty minutes one request in
+/// four takes over two seconds. Sorted by end time, as a live stream would send them.
+fn regression_spans(base: u64, minutes: u64, range: std::ops::Range<u64>, name: &str) -> Vec<Span> {
+    let mut spans: Vec<Span> = range
+        .flat_map(|m| (0..20u64).map(move |k| (m, k)))
+        .map(|(m, k)| {
+            let i = m * 20 + k;
+            let slow = m >= minutes - 20 && k.is_multiple_of(4);
+            let secs = 0.2 + 0.1 * jitter(i) + if slow { 2.2 } else { 0.0 };
+            let start = base + m * MIN_NS + k * 3_000_000_000;
+            Span {
+                trace_id: (i as u128 + 1).to_be_bytes().to_vec(),
+                span_id: (i + 1).to_be_bytes().to_vec(),
+                name: name.into(),
+                kind: 2,
+                start_time_unix_nano: start,
+                end_time_unix_nano: start + (secs * 1e9) as u64,
+                ..Default::default()
+            }
+        })
+        .collect();
+    spans.sort_by_key(|s| s.end_time_unix_nano);
+    spans
+}
+
+/// Sends spans over OTLP/HTTP in requests of a thousand.
+async fn post_spans(client: &reqwest::Client, c: &Collector, spans: &[Span]) -> Result<()> {
+    for chunk in spans.chunks(1000) {
+        post(
+            client,
+            c.http_url("/v1/traces"),
+            spans_request(chunk.to_vec()).encode_to_vec(),
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 async fn post(client: &reqwest::Client, url: String, body: Vec<u8>) -> Result<()> {
     let status = client
         .post(url)
@@ -75,35 +114,10 @@ async fn latency_regression_and_new_error_pattern_become_anomalies_and_take_feed
     let minutes = 200u64;
     let base = (now_ns() / MIN_NS - minutes) * MIN_NS;
 
-    // Three hours of steady POST /pay traffic (20 a minute, 200–300 ms), then twenty minutes
-    // where one request in four takes over two seconds.
-    let mut spans = Vec::new();
-    for m in 0..minutes {
-        for k in 0..20u64 {
-            let i = m * 20 + k;
-            let slow = m >= minutes - 20 && k % 4 == 0;
-            let secs = 0.2 + 0.1 * jitter(i) + if slow { 2.2 } else { 0.0 };
-            let start = base + m * MIN_NS + k * 3_000_000_000;
-            spans.push(Span {
-                trace_id: (i as u128 + 1).to_be_bytes().to_vec(),
-                span_id: (i + 1).to_be_bytes().to_vec(),
-                name: "POST /pay".into(),
-                kind: 2,
-                start_time_unix_nano: start,
-                end_time_unix_nano: start + (secs * 1e9) as u64,
-                ..Default::default()
-            });
-        }
-    }
-    spans.sort_by_key(|s| s.end_time_unix_nano);
-    for chunk in spans.chunks(1000) {
-        post(
-            &client,
-            c.http_url("/v1/traces"),
-            spans_request(chunk.to_vec()).encode_to_vec(),
-        )
-        .await?;
-    }
+    // Three hours of steady POST /pay traffic, then twenty minutes where one request in four
+    // takes over two seconds.
+    let spans = regression_spans(base, minutes, 0..minutes, "POST /pay");
+    post_spans(&client, &c, &spans).await?;
     // Routine INFO logs all along, and one ERROR line never seen before near the end.
     let mut records: Vec<_> = (0..minutes)
         .map(|m| log_record(base + m * MIN_NS + 1, &format!("payment accepted for order {m}"), &[]))
@@ -340,40 +354,15 @@ async fn a_pause_in_a_backfill_does_not_make_the_rest_of_it_late() -> Result<()>
     let client = reqwest::Client::new();
     let minutes = 200u64;
     let base = (now_ns() / MIN_NS - minutes - 60) * MIN_NS;
-    let span = |m: u64, k: u64| {
-        let i = m * 20 + k;
-        let slow = m >= minutes - 20 && k.is_multiple_of(4);
-        let secs = 0.2 + 0.1 * jitter(i) + if slow { 2.2 } else { 0.0 };
-        let start = base + m * MIN_NS + k * 3_000_000_000;
-        Span {
-            trace_id: (i as u128 + 1).to_be_bytes().to_vec(),
-            span_id: (i + 1).to_be_bytes().to_vec(),
-            name: "GET /stock".into(),
-            kind: 2,
-            start_time_unix_nano: start,
-            end_time_unix_nano: start + (secs * 1e9) as u64,
-            ..Default::default()
-        }
-    };
-    let send = |from: u64, to: u64| {
-        let client = client.clone();
-        let url = c.http_url("/v1/traces");
-        async move {
-            let mut spans: Vec<Span> = (from..to)
-                .flat_map(|m| (0..20).map(move |k| (m, k)))
-                .map(|(m, k)| span(m, k))
-                .collect();
-            spans.sort_by_key(|s| s.end_time_unix_nano);
-            for chunk in spans.chunks(1000) {
-                post(&client, url.clone(), spans_request(chunk.to_vec()).encode_to_vec()).await?;
-            }
-            anyhow::Ok(())
-        }
-    };
-    send(0, 150).await?;
+    post_spans(&client, &c, &regression_spans(base, minutes, 0..150, "GET /stock")).await?;
     // The detection thread's idle tick is 1 s: pause for longer than that.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    send(150, minutes).await?;
+    post_spans(
+        &client,
+        &c,
+        &regression_spans(base, minutes, 150..minutes, "GET /stock"),
+    )
+    .await?;
 
     let url = c.api_url("/api/v1/anomalies?service=checkout");
     let p99 = eventually(Duration::from_secs(60), "the p99 anomaly after the pause", || {
