@@ -107,6 +107,28 @@ impl Collector {
         Collector::start_with(Options::default())
     }
 
+    /// The collector running its demo fleet at 600x simulated speed with one injected
+    /// fault (`cpu`, `latency`, `errors`, `memory`, `down`) on `service`.
+    pub fn start_demo(fault: &str, service: &str, seed: u64) -> Result<Collector> {
+        let seed = seed.to_string();
+        Collector::start_with(Options {
+            args: [
+                "demo",
+                "--speed",
+                "600",
+                "--fault",
+                fault,
+                "--service",
+                service,
+                "--seed",
+                &seed,
+            ]
+            .map(String::from)
+            .to_vec(),
+            ..Options::default()
+        })
+    }
+
     pub fn start_with(options: Options) -> Result<Collector> {
         init_tls();
         let (temp, data_dir) = match &options.data_dir {

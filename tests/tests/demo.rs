@@ -6,23 +6,10 @@ use std::time::Duration;
 
 use anyhow::Result;
 use serde_json::Value;
-use vigil_e2e::{Collector, Options, eventually, get_json};
+use vigil_e2e::{Collector, eventually, get_json};
 
 async fn fault_is_found(fault: &str, service: &str, seed: u64) -> Result<()> {
-    let c = Collector::start_with(Options {
-        args: vec![
-            "demo".into(),
-            "--speed".into(),
-            "600".into(),
-            "--fault".into(),
-            fault.into(),
-            "--service".into(),
-            service.into(),
-            "--seed".into(),
-            seed.to_string(),
-        ],
-        ..Options::default()
-    })?;
+    let c = Collector::start_demo(fault, service, seed)?;
     let client = reqwest::Client::new();
     let url = c.api_url("/api/v1/incidents?status=open");
     let wanted = service.to_string();

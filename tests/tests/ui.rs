@@ -19,22 +19,7 @@ use vigil_e2e::{Collector, Options, eventually, get_json, now_ns};
 const PROBE: &str = "<script>window.__vigil_xss=1</script> injected by the ui test";
 
 async fn demo_with_incident() -> Result<(Collector, String)> {
-    let c = Collector::start_with(Options {
-        args: [
-            "demo",
-            "--speed",
-            "600",
-            "--fault",
-            "latency",
-            "--service",
-            "inventory",
-            "--seed",
-            "12",
-        ]
-        .map(String::from)
-        .to_vec(),
-        ..Options::default()
-    })?;
+    let c = Collector::start_demo("latency", "inventory", 12)?;
     let client = reqwest::Client::new();
     let url = c.api_url("/api/v1/incidents?status=open");
     let id: String = eventually(Duration::from_secs(240), "an incident ranking inventory first", || {
