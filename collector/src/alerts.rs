@@ -24,6 +24,7 @@ use vigil_detectors::anomaly::Severity;
 use vigil_rca::incident::{Incident, IncidentStatus};
 
 use crate::config::Secret;
+use crate::timeutil::now_ms;
 
 /// Header carrying the notification id, the same on every retry: receivers dedup on it.
 pub const IDEMPOTENCY_HEADER: &str = "x-vigil-idempotency-key";
@@ -54,10 +55,6 @@ pub enum AlertServiceError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Link(#[from] LinkError),
-}
-
-fn now_ms() -> i64 {
-    i64::try_from(crate::timeutil::now_ns() / 1_000_000).unwrap_or(i64::MAX)
 }
 
 /// A secret from the environment, or one generated once and kept in `path` (0600).

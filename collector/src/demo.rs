@@ -376,14 +376,10 @@ impl Fleet {
     }
 }
 
-fn wall_ms() -> i64 {
-    i64::try_from(crate::timeutil::now_ns() / 1_000_000).unwrap_or(i64::MAX)
-}
-
 /// Runs the fleet until `shutdown`; sends to the collector's OTLP/HTTP listener.
 pub async fn run_fleet(otlp_http: SocketAddr, opts: DemoOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
     let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
-    let now = wall_ms();
+    let now = crate::timeutil::now_ms();
     // Simulated time starts far enough back that warm-up plus 30 minutes of fault fit
     // before it meets the wall clock.
     let history = i64::try_from(opts.warmup_minutes).unwrap_or(120) * MIN_MS + 30 * MIN_MS;
@@ -407,7 +403,7 @@ pub async fn run_fleet(otlp_http: SocketAddr, opts: DemoOptions, shutdown: Cance
         // Pace: simulated time runs `speed` times the wall clock, never past it.
         let due = Duration::from_secs_f64(((t - sim_start) as f64 / speed / 1000.0).max(0.0));
         let wait = due.saturating_sub(real_start.elapsed()).max(Duration::from_millis(
-            u64::try_from((t + STEP_MS) - wall_ms()).unwrap_or(0),
+            u64::try_from((t + STEP_MS) - crate::timeutil::now_ms()).unwrap_or(0),
         ));
         tokio::select! {
             () = shutdown.cancelled() => return Ok(()),

@@ -13,6 +13,11 @@ pub fn now_ns() -> u64 {
         .unwrap_or(0)
 }
 
+/// Now, in unix milliseconds (the unit of event time in detection and alerting).
+pub fn now_ms() -> i64 {
+    i64::try_from(now_ns() / 1_000_000).unwrap_or(i64::MAX)
+}
+
 /// Parses an API time parameter: RFC 3339 (`2026-11-23T10:02:10Z`) or integer unix
 /// milliseconds. Returns unix nanoseconds.
 pub fn parse_time(value: &str) -> Result<i64, String> {

@@ -229,7 +229,7 @@ pub(super) async fn post_silence(State(state): State<ApiState>, body: Bytes) -> 
             out
         }
     };
-    let now = i64::try_from(crate::timeutil::now_ns() / 1_000_000).unwrap_or(i64::MAX);
+    let now = crate::timeutil::now_ms();
     let silence = Silence {
         id: String::new(),
         matchers,

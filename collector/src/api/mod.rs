@@ -335,7 +335,7 @@ async fn incident(State(state): State<ApiState>, Path(id): Path<String>) -> Resu
 }
 
 async fn services_graph(State(state): State<ApiState>) -> Response {
-    let now = i64::try_from(now_ns() / 1_000_000).unwrap_or(i64::MAX);
+    let now = crate::timeutil::now_ms();
     let graph = state.topology.lock().unwrap_or_else(|e| e.into_inner()).graph(now);
     Json(graph).into_response()
 }

@@ -175,13 +175,13 @@ fn run(
                         input,
                     );
                 }
-                clock.saw(latest_event_ms, wall_ms());
+                clock.saw(latest_event_ms, crate::timeutil::now_ms());
             }
             Ok(Msg::Feedback { signal_key, verdict }) => {
                 engine.feedback(&signal_key, verdict);
             }
             Err(RecvTimeoutError::Timeout) => {
-                if let Some(event_now) = clock.idle(wall_ms()) {
+                if let Some(event_now) = clock.idle(crate::timeutil::now_ms()) {
                     engine.advance(event_now);
                     latest_event_ms = latest_event_ms.max(event_now.saturating_sub(engine.config().lateness_ms));
                 }
@@ -234,10 +234,6 @@ fn run(
         tracing::error!(error = %e, "could not save anomalies and incidents at shutdown");
     }
     tracing::info!(series = engine.stats().series, "detection stopped");
-}
-
-fn wall_ms() -> i64 {
-    i64::try_from(crate::timeutil::now_ns() / 1_000_000).unwrap_or(i64::MAX)
 }
 
 fn detector_name(kind: DetectorKind) -> &'static str {
