@@ -14,10 +14,15 @@
 mod model;
 mod normalize;
 pub mod peers;
+mod routine;
 
 use std::collections::VecDeque;
 
 use serde::{Deserialize, Serialize};
+
+/// Raw surprise a routine excursion is capped at: below the level that fires, above noise,
+/// so the point still reads as unusual in the evidence chart.
+const ROUTINE_MAX_RAW: f64 = 3.0;
 
 /// Tunables of the per-series detector. The defaults are the product's defaults and the
 /// ones `vigil-eval nab` is scored with.
@@ -61,6 +66,12 @@ pub struct SeriesConfig {
     /// For counts: value × count_scale is an event count, and its Poisson noise
     /// (√count + 1) is the smallest scale (0 = not a count).
     pub count_scale: f64,
+    /// An excursion like one that started a whole number of these periods earlier (up to
+    /// `routine_lookback` of them), within `routine_tolerance_secs`, is routine — the
+    /// nightly backup — and scores low (0 = off). See `routine`.
+    pub routine_period_secs: u64,
+    pub routine_tolerance_secs: u64,
+    pub routine_lookback: u32,
 }
 
 impl Default for SeriesConfig {
@@ -84,6 +95,9 @@ impl Default for SeriesConfig {
             relative_floor: 0.0,
             absolute_floor: 0.0,
             count_scale: 0.0,
+            routine_period_secs: 86_400,
+            routine_tolerance_secs: 3_600,
+            routine_lookback: 2,
         }
     }
 }
@@ -151,6 +165,7 @@ pub struct SeriesDetector {
     seen_max: f64,
     last_value: Option<f64>,
     flat_run: usize,
+    routine: routine::Routine,
 }
 
 impl SeriesDetector {
@@ -289,10 +304,24 @@ impl SeriesDetector {
             raw = raw.max(4.0 * cusum / cfg.cusum_threshold);
             signal = Signal::LevelShift;
         }
+        // The same excursion at the same time yesterday is a scheduled job, not an incident.
+        let recurrence = routine::Recurrence {
+            period_ms: cfg.routine_period_secs as i64 * 1000,
+            tolerance_ms: cfg.routine_tolerance_secs as i64 * 1000,
+            lookback: i64::from(cfg.routine_lookback),
+        };
+        let step_ms = self.step_ms.unwrap_or(0);
+        let routine = self
+            .routine
+            .observe(&recurrence, timestamp_ms, resid, z >= 3.0, step_ms);
+        if routine {
+            raw = raw.min(ROUTINE_MAX_RAW);
+        }
         let range = self.seen_max - self.seen_min;
         // Leaving the all-time range only counts when the point is also surprising against
         // its expected value: a noisy stationary series sets small new records now and then.
         let breakout = warm
+            && !routine
             && z >= cfg.breakout_min_z
             && self.history.len() >= cfg.warmup
             && (value > self.seen_max + cfg.breakout_margin * range

@@ -207,3 +207,51 @@ fn memory_is_bounded_by_the_history_ring() {
     }
     assert_eq!(det.history.len(), cfg.history);
 }
+
+#[test]
+fn a_nightly_job_spike_is_news_once_and_routine_after_but_a_bigger_one_is_news_again() {
+    const FIVE_MIN: i64 = 300_000;
+    const PER_DAY: usize = 288;
+    let spike_at = |day: usize, jitter: usize| day * PER_DAY + 36 + jitter; // ~03:00
+    let mut y = noisy(6 * PER_DAY, 7, |_| 10.0);
+    let nights: Vec<usize> = (1..5).map(|d| spike_at(d, [0, 4, 1, 7][d - 1])).collect();
+    for &i in &nights {
+        y[i] += 20.0;
+    }
+    let bigger = spike_at(5, 2);
+    y[bigger] += 60.0;
+    let cfg = SeriesConfig::default();
+    let mut det = SeriesDetector::new();
+    let s: Vec<PointScore> = y
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| det.observe(&cfg, i as i64 * FIVE_MIN, v).expect("accepted"))
+        .collect();
+    assert!(s[nights[0]].score >= 0.5, "the first night is news: {:?}", s[nights[0]]);
+    for &i in &nights[1..] {
+        assert!(s[i].score < 0.5, "night at {i} should be routine: {:?}", s[i]);
+        assert!(s[i].z > 10.0, "routine is a verdict, not a changed model: {:?}", s[i]);
+    }
+    assert!(
+        s[bigger].score >= 0.5,
+        "three times the usual spike is news: {:?}",
+        s[bigger]
+    );
+
+    let off = SeriesConfig {
+        routine_period_secs: 0,
+        ..SeriesConfig::default()
+    };
+    let mut det = SeriesDetector::new();
+    let fired = y
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| det.observe(&off, i as i64 * FIVE_MIN, v).expect("accepted"))
+        .enumerate()
+        .filter(|(i, p)| nights.contains(i) && p.score >= 0.5)
+        .count();
+    assert!(
+        fired >= 3,
+        "without the rule every night fires ({fired} of 4): the test must be able to fail"
+    );
+}
