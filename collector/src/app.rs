@@ -86,7 +86,12 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnO
     )
     .with_context(|| format!("cannot open alerting state in {}", data_dir.join("alerting").display()))?;
     let bridge = Arc::clone(&alerts);
-    let (pipeline, detection, detect_thread) = crate::pipeline::start(
+    let crate::pipeline::Started {
+        sender: pipeline,
+        detection,
+        thread: detect_thread,
+        applied_lsn: detected_lsn,
+    } = crate::pipeline::start(
         &data_dir.join("detect"),
         Arc::clone(&metrics),
         Box::new(move |updates| bridge.on_incidents(updates)),
@@ -105,7 +110,9 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnO
             queue_len: config.wal.queue_len,
             ..WalOptions::default()
         },
-        store.partitions.max_committed_lsn() + 1,
+        // New LSNs must stay above everything the indexes and the detector state hold, or
+        // fresh entries would be taken for ones already seen.
+        store.partitions.max_committed_lsn().max(detected_lsn) + 1,
         |record| {
             replayed += 1;
             indexer.apply(record.lsn, &Bytes::from(record.payload));

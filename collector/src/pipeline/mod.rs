@@ -5,18 +5,22 @@
 //! The channel is bounded and sends block: if detection falls behind, the indexer waits,
 //! the WAL queue fills and ingest answers 503 — backpressure, never silent loss. Because the
 //! indexer feeds replayed WAL entries too, detection after a restart sees what the indexes
-//! had not yet committed (detector state itself is not persisted yet; see ARCHITECTURE.md).
+//! had not yet committed. What the detectors have learned is saved at shutdown and every few
+//! minutes with the last WAL entry it includes ([`state_file`]); at start it is restored, and
+//! of the replayed entries the detectors take only those after that one (the service graph
+//! and the joiner, which are not saved, take them all).
 
 mod clock;
 mod incidents;
 mod join;
+mod state_file;
 mod store;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use vigil_detectors::anomaly::DetectorKind;
 use vigil_detectors::engine::{Engine, EngineConfig, EngineStats, MetricPoint, Verdict};
@@ -72,7 +76,11 @@ pub enum DetectorInput {
 }
 
 pub(crate) enum Msg {
-    Inputs(Vec<DetectorInput>),
+    /// The signals of the WAL entry `lsn`.
+    Inputs {
+        lsn: u64,
+        inputs: Vec<DetectorInput>,
+    },
     Feedback {
         signal_key: String,
         verdict: Verdict,
@@ -86,11 +94,12 @@ pub(crate) enum Msg {
 pub struct PipelineSender(SyncSender<Msg>);
 
 impl PipelineSender {
-    /// Blocks while the detection thread is behind (bounded queue).
-    pub fn send(&self, inputs: Vec<DetectorInput>) {
+    /// Sends the signals of WAL entry `lsn`. Blocks while the detection thread is behind
+    /// (bounded queue).
+    pub fn send(&self, lsn: u64, inputs: Vec<DetectorInput>) {
         if !inputs.is_empty() {
             // Fails only when the detection thread has stopped (shutdown).
-            let _ = self.0.send(Msg::Inputs(inputs));
+            let _ = self.0.send(Msg::Inputs { lsn, inputs });
         }
     }
 
@@ -109,6 +118,9 @@ const QUEUE: usize = 64;
 /// How often event time is advanced when no data arrives (see [`clock`]), so the last
 /// interval of a quiet system still closes.
 const IDLE_TICK: Duration = Duration::from_secs(1);
+/// How often the detector state is saved while running (it is also saved at shutdown). A
+/// crash loses at most this much learning, never data: that is in the WAL and the indexes.
+const STATE_EVERY: Duration = Duration::from_secs(300);
 
 /// Called with every batch of incident updates, on the detection thread.
 pub type OnIncidents = Box<dyn Fn(&[Incident]) + Send>;
@@ -121,18 +133,28 @@ pub struct Detection {
     pub topology: Arc<std::sync::Mutex<Topology>>,
 }
 
-/// Starts the detection thread (detectors, topology, incident correlation). It stops on
-/// [`PipelineSender::stop`] or when every sender is dropped, after saving.
-pub fn start(
-    data_dir: &Path,
-    metrics: Arc<Metrics>,
-    on_incidents: OnIncidents,
-) -> std::io::Result<(PipelineSender, Detection, std::thread::JoinHandle<()>)> {
+/// A running detection thread.
+pub struct Started {
+    pub sender: PipelineSender,
+    pub detection: Detection,
+    pub thread: std::thread::JoinHandle<()>,
+    /// The last WAL entry the restored detector state has consumed (0 when cold): replay
+    /// must feed the detectors only entries above it.
+    pub applied_lsn: u64,
+}
+
+/// Starts the detection thread (detectors, topology, incident correlation), restoring what
+/// the detectors had learned before a restart. It stops on [`PipelineSender::stop`] or when
+/// every sender is dropped, after saving.
+pub fn start(data_dir: &Path, metrics: Arc<Metrics>, on_incidents: OnIncidents) -> std::io::Result<Started> {
     let store = Arc::new(AnomalyStore::open(data_dir)?);
     let incidents = Arc::new(IncidentStore::open(data_dir)?);
     let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
     let mut engine = Engine::new(EngineConfig::default());
+    let state_path = data_dir.join(state_file::FILE);
+    let progress = restore_state(&mut engine, &state_path);
     engine.restore_feedback(store.feedback_state());
+    let applied_lsn = progress.applied_lsn;
     let mut correlator = Correlator::new(IncidentConfig::default());
     correlator.restore(incidents.all());
     let shared = Detection {
@@ -141,14 +163,91 @@ pub fn start(
         topology: Arc::new(std::sync::Mutex::new(Topology::new())),
     };
     let thread_shared = shared.clone();
-    let handle = std::thread::Builder::new()
-        .name("vigil-detect".into())
-        .spawn(move || run(engine, correlator, rx, &thread_shared, &metrics, &on_incidents))?;
-    Ok((PipelineSender(tx), shared, handle))
+    let thread = std::thread::Builder::new().name("vigil-detect".into()).spawn(move || {
+        let state = State {
+            engine,
+            progress,
+            path: state_path,
+        };
+        run(state, correlator, rx, &thread_shared, &metrics, &on_incidents);
+    })?;
+    Ok(Started {
+        sender: PipelineSender(tx),
+        detection: shared,
+        thread,
+        applied_lsn,
+    })
+}
+
+/// The detectors and how far into the WAL they have read.
+struct State {
+    engine: Engine,
+    progress: Restored,
+    path: std::path::PathBuf,
+}
+
+/// Progress kept next to the engine in the state file.
+#[derive(Default)]
+struct Restored {
+    applied_lsn: u64,
+    latest_event_ms: i64,
+    counters: state_file::Counters,
+}
+
+fn restore_state(engine: &mut Engine, path: &Path) -> Restored {
+    let cold = Restored {
+        latest_event_ms: i64::MIN,
+        ..Restored::default()
+    };
+    match state_file::load(path) {
+        Ok(Some(saved)) => {
+            let series = saved.engine.series();
+            match engine.restore_state(saved.engine) {
+                Ok(()) => {
+                    tracing::info!(series, applied_lsn = saved.applied_lsn, "detector state restored");
+                    Restored {
+                        applied_lsn: saved.applied_lsn,
+                        latest_event_ms: saved.latest_event_ms,
+                        counters: saved.counters,
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "detector state not restored; detectors start cold");
+                    cold
+                }
+            }
+        }
+        Ok(None) => cold,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "unreadable detector state; detectors start cold");
+            cold
+        }
+    }
+}
+
+fn save_state(state: &State, at_shutdown: bool) {
+    let started = Instant::now();
+    let progress = state_file::Progress {
+        applied_lsn: state.progress.applied_lsn,
+        latest_event_ms: state.progress.latest_event_ms,
+        counters: &state.progress.counters,
+    };
+    match state_file::save(&state.engine, &progress, &state.path) {
+        Ok(bytes) => {
+            let series = state.engine.stats().series;
+            let elapsed_ms = started.elapsed().as_millis() as u64;
+            if at_shutdown {
+                tracing::info!(series, bytes, elapsed_ms, "detector state saved");
+            } else {
+                tracing::debug!(series, bytes, elapsed_ms, "detector state saved");
+            }
+        }
+        Err(e) => tracing::error!(path = %state.path.display(), error = %e, "could not save detector state"),
+    }
 }
 
 fn run(
-    mut engine: Engine,
+    mut state: State,
     mut correlator: Correlator,
     rx: Receiver<Msg>,
     shared: &Detection,
@@ -156,39 +255,50 @@ fn run(
     on_incidents: &OnIncidents,
 ) {
     let store = &shared.anomalies;
-    let mut counters: HashMap<u64, (i64, f64)> = HashMap::new();
     let mut reported = EngineStats::default();
-    let mut latest_event_ms = i64::MIN;
+    let mut saved_at = Instant::now();
     let mut clock = clock::EventClock::new();
+    if state.progress.latest_event_ms > i64::MIN {
+        // Restored: event time carries on from where it was, so intervals left open at
+        // shutdown still close if no new data comes.
+        clock.saw(state.progress.latest_event_ms, crate::timeutil::now_ms());
+    }
     let mut joiner = join::Joiner::default();
+    // Entries up to here are in the restored state already (replay sends them again).
+    let restored_lsn = state.progress.applied_lsn;
     loop {
         match rx.recv_timeout(IDLE_TICK) {
-            Ok(Msg::Inputs(inputs)) => {
+            Ok(Msg::Inputs { lsn, inputs }) => {
                 let mut topo = shared.topology.lock().unwrap_or_else(|e| e.into_inner());
+                let p = &mut state.progress;
+                let context_only = lsn <= restored_lsn;
                 for input in inputs {
                     feed(
-                        &mut engine,
+                        &mut state.engine,
                         &mut topo,
                         &mut joiner,
-                        &mut counters,
-                        &mut latest_event_ms,
+                        &mut p.counters,
+                        &mut p.latest_event_ms,
                         input,
+                        context_only,
                     );
                 }
-                clock.saw(latest_event_ms, crate::timeutil::now_ms());
+                p.applied_lsn = p.applied_lsn.max(lsn);
+                clock.saw(p.latest_event_ms, crate::timeutil::now_ms());
             }
             Ok(Msg::Feedback { signal_key, verdict }) => {
-                engine.feedback(&signal_key, verdict);
+                state.engine.feedback(&signal_key, verdict);
             }
             Err(RecvTimeoutError::Timeout) => {
                 if let Some(event_now) = clock.idle(crate::timeutil::now_ms()) {
-                    engine.advance(event_now);
-                    latest_event_ms = latest_event_ms.max(event_now.saturating_sub(engine.config().lateness_ms));
+                    state.engine.advance(event_now);
+                    let settled = event_now.saturating_sub(state.engine.config().lateness_ms);
+                    state.progress.latest_event_ms = state.progress.latest_event_ms.max(settled);
                 }
             }
             Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => break,
         }
-        let updates = engine.drain();
+        let updates = state.engine.drain();
         if !updates.is_empty() {
             for a in &updates {
                 metrics
@@ -206,13 +316,13 @@ fn run(
             }
             store.upsert(updates);
         }
-        correlator.advance(latest_event_ms);
+        correlator.advance(state.progress.latest_event_ms);
         let incidents = correlator.drain();
         if !incidents.is_empty() {
             shared.incidents.upsert(&incidents);
             on_incidents(&incidents);
         }
-        let stats = engine.stats();
+        let stats = state.engine.stats();
         metrics
             .detect_series
             .set(i64::try_from(stats.series).unwrap_or(i64::MAX));
@@ -229,11 +339,17 @@ fn run(
             .detect_series_evicted
             .inc_by(stats.series_evicted - reported.series_evicted);
         reported = stats;
+        if saved_at.elapsed() >= STATE_EVERY {
+            save_state(&state, false);
+            saved_at = Instant::now();
+        }
     }
+    // The indexer has sent everything it applied before Stop: the state is complete.
+    save_state(&state, true);
     if let Err(e) = store.flush().and_then(|()| shared.incidents.flush()) {
         tracing::error!(error = %e, "could not save anomalies and incidents at shutdown");
     }
-    tracing::info!(series = engine.stats().series, "detection stopped");
+    tracing::info!(series = state.engine.stats().series, "detection stopped");
 }
 
 fn detector_name(kind: DetectorKind) -> &'static str {
@@ -247,6 +363,9 @@ fn detector_name(kind: DetectorKind) -> &'static str {
     }
 }
 
+/// Feeds one input to the service graph and the service joiner and, unless `context_only`,
+/// to the detectors. Replayed entries the restored detector state already holds are
+/// context only: the graph and the joiner are not saved and are rebuilt from the replay.
 fn feed(
     engine: &mut Engine,
     topo: &mut Topology,
@@ -254,6 +373,7 @@ fn feed(
     counters: &mut HashMap<u64, (i64, f64)>,
     latest_event_ms: &mut i64,
     input: DetectorInput,
+    context_only: bool,
 ) {
     match input {
         DetectorInput::Log {
@@ -267,7 +387,6 @@ fn feed(
             pod,
             trace_id,
         } => {
-            *latest_event_ms = (*latest_event_ms).max(ts_ms);
             let service = if service == "unknown_service" {
                 joiner
                     .resolve(host.as_deref(), pod.as_deref(), trace_id.as_deref())
@@ -276,6 +395,10 @@ fn feed(
                 joiner.learn(&service, host.as_deref(), pod.as_deref(), None);
                 service
             };
+            if context_only {
+                return;
+            }
+            *latest_event_ms = (*latest_event_ms).max(ts_ms);
             engine.observe_log(&service, pattern_id, is_new, &template, severity, ts_ms);
         }
         DetectorInput::Span {
@@ -291,7 +414,6 @@ fn feed(
             host,
             pod,
         } => {
-            *latest_event_ms = (*latest_event_ms).max(end_ms);
             joiner.learn(&service, host.as_deref(), pod.as_deref(), Some(&trace_id));
             topo.observe(&SpanRef {
                 service: &service,
@@ -301,6 +423,10 @@ fn feed(
                 duration_s,
                 error,
             });
+            if context_only {
+                return;
+            }
+            *latest_event_ms = (*latest_event_ms).max(end_ms);
             if entry {
                 engine.observe_traced_span(&service, &operation, end_ms, duration_s, error, &trace_id);
             }
@@ -315,7 +441,6 @@ fn feed(
             value,
             cumulative,
         } => {
-            *latest_event_ms = (*latest_event_ms).max(ts_ms);
             let host = labels.get("host.name").map(String::as_str);
             let pod = labels.get("k8s.pod.name").map(String::as_str);
             let service = match service {
@@ -325,6 +450,10 @@ fn feed(
                 }
                 None => joiner.resolve(host, pod, None),
             };
+            if context_only {
+                return;
+            }
+            *latest_event_ms = (*latest_event_ms).max(ts_ms);
             let (value, unit) = if cumulative {
                 // Counters: the rate since the previous point; a reset (drop) starts over.
                 let prev = counters.insert(series_id, (ts_ms, value));

@@ -79,7 +79,8 @@ impl Indexer {
         }
     }
 
-    /// Feeds every applied entry (replayed ones too) to the detection pipeline.
+    /// Feeds every applied entry (replayed ones too) to the detection pipeline, which knows
+    /// which of them its restored state already holds.
     pub fn set_pipeline(&mut self, pipeline: PipelineSender) {
         self.pipeline = Some(pipeline);
     }
@@ -145,7 +146,7 @@ impl Indexer {
             }),
         };
         if let Some(p) = &self.pipeline {
-            p.send(inputs);
+            p.send(lsn, inputs);
         }
         let docs = match docs {
             Ok(d) => d,

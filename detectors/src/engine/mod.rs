@@ -22,6 +22,9 @@ use crate::anomaly::{
 use crate::timeseries::peers::{PeerVerdict, peer_outliers};
 use crate::timeseries::{PointScore, SeriesConfig, SeriesDetector, Signal};
 
+mod state;
+pub use state::{EngineState, EngineStateRef, STATE_VERSION, VersionMismatch};
+
 /// An anomaly kept open only because its signal is still outside its onset band closes
 /// after this long without a strong score: by then the new level is the normal one.
 const MAX_UNCONFIRMED_MS: i64 = 2 * 3_600_000;
@@ -134,7 +137,7 @@ pub struct EngineStats {
     pub series_evicted: u64,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 struct Tracked {
     detector: SeriesDetector,
     kind: DetectorKind,
@@ -156,10 +159,11 @@ struct Tracked {
 /// Log-scale latency histogram: bucket i holds [1.2^i, 1.2^(i+1)) microseconds.
 const LAT_BUCKETS: usize = 128;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Red {
     requests: u64,
     errors: u64,
+    #[serde(with = "state::latency_histogram")]
     latency: Box<[u32; LAT_BUCKETS]>,
     /// The slowest requests' (duration, trace id), at most three.
     slowest: Vec<(f64, String)>,
@@ -202,13 +206,15 @@ impl Red {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 struct IntervalBucket {
     /// (service, pattern id) -> lines.
+    #[serde(with = "state::as_pairs")]
     patterns: HashMap<(String, u64), u64>,
     /// service -> error lines (severity ERROR and above).
     errors: HashMap<String, u64>,
     /// (service, operation) -> RED aggregates.
+    #[serde(with = "state::as_pairs")]
     red: HashMap<(String, String), Red>,
     /// peer group key -> member -> last value in the interval.
     peers: HashMap<String, HashMap<String, f64>>,
@@ -228,7 +234,7 @@ const PEER_WINDOW: usize = 10;
 /// Members tracked per group.
 const MAX_MEMBERS: usize = 1000;
 
-#[derive(Debug)]
+#[derive(Debug, Serialize, Deserialize)]
 struct PeerGroup {
     name: String,
     service: Option<String>,

@@ -147,7 +147,8 @@ pub enum Rejected {
 }
 
 /// Online state of one series. Memory is bounded by `history` plus the largest season.
-#[derive(Debug, Clone, Default)]
+/// Serialisable, so the collector can keep what a series has learned across a restart.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SeriesDetector {
     history: VecDeque<f32>,
     next_idx: u64,
@@ -185,6 +186,14 @@ impl SeriesDetector {
             .iter()
             .skip(self.history.len().saturating_sub(n))
             .map(|&v| f64::from(v))
+    }
+
+    /// Drops the oldest history beyond `len` points (a restored state under a smaller
+    /// configured `history`).
+    pub(crate) fn trim_history(&mut self, len: usize) {
+        while self.history.len() > len {
+            self.history.pop_front();
+        }
     }
 
     /// The estimated sampling step, once known.

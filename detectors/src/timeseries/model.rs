@@ -11,6 +11,7 @@
 
 use augurs_mstl::stlrs;
 use augurs_seasons::{Detector as _, PeriodogramDetector};
+use serde::{Deserialize, Serialize};
 
 /// Periods, in seconds, that operational metrics actually repeat at. A detected period is
 /// kept only when it lies within [`SNAP_TOLERANCE`] of one of these; the periodogram finds
@@ -26,14 +27,14 @@ const RANGE_FLOOR: f64 = 0.01;
 const ALPHAS: [f64; 9] = [0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.85, 1.0];
 
 /// One seasonal component, indexed by absolute point index modulo its period.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Season {
     pub(crate) period: usize,
     pub(crate) profile: Vec<f32>,
 }
 
 /// The outcome of a refit.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Fit {
     pub(crate) seasons: Vec<Season>,
     pub(crate) alpha: f64,

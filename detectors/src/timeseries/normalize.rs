@@ -12,7 +12,7 @@ pub(crate) const SHORT: usize = 2;
 const CAP_SIGMAS: f64 = 10.0;
 const MIN_SD: f64 = 0.1;
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Normalizer {
     recent: [f32; SHORT],
     n: u64,

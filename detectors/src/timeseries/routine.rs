@@ -22,6 +22,8 @@
 
 use std::collections::VecDeque;
 
+use serde::{Deserialize, Serialize};
+
 /// A past excursion counts as alike when its peak reaches this share of the current one:
 /// a spike three times yesterday's is news.
 const SIMILAR: f64 = 0.5;
@@ -29,7 +31,7 @@ const IN_PHASE_SHARE: f64 = 0.5;
 const CAPACITY: usize = 32;
 
 /// One excursion, finished or in progress.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 struct Excursion {
     start_ms: i64,
     last_ms: i64,
@@ -46,7 +48,7 @@ pub(crate) struct Recurrence {
     pub(crate) lookback: i64,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(crate) struct Routine {
     past: VecDeque<Excursion>,
     /// Whether the newest excursion is still running (the previous point was outside).

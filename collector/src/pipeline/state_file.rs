@@ -1,0 +1,136 @@
+//! The detector state file, `detect/engine-state.json.gz`: what every series has learned,
+//! written at shutdown and every few minutes, read at start so a restart does not put every
+//! signal through a cold warm-up at once.
+//!
+//! With the engine's state it records the last WAL entry the detectors had consumed
+//! (`applied_lsn`): replay after a restart feeds the detectors only entries above it, so an
+//! entry is never counted twice (an interval's request count doubled by the replay would be
+//! a rate spike), and entries the state has not seen yet are not skipped.
+//!
+//! JSON (the engine's own serde view) compressed with gzip: a series' history ring is the
+//! bulk of it and compresses well. Written to a temporary file, fsynced and renamed, so a
+//! crash leaves the previous state whole. A missing, unreadable or other-version file only
+//! means starting cold; it never stops the collector.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter};
+use std::path::Path;
+
+use flate2::Compression;
+use flate2::read::GzDecoder;
+use flate2::write::GzEncoder;
+use serde::{Deserialize, Serialize};
+use vigil_detectors::engine::{Engine, EngineState, EngineStateRef};
+
+pub(crate) const FILE: &str = "engine-state.json.gz";
+
+/// Cumulative counters' last (timestamp ms, value), by series hash: rates continue across
+/// the restart instead of losing a point.
+pub(crate) type Counters = HashMap<u64, (i64, f64)>;
+
+#[derive(Serialize)]
+struct SavedRef<'a> {
+    applied_lsn: u64,
+    latest_event_ms: i64,
+    counters: &'a Counters,
+    engine: EngineStateRef<'a>,
+}
+
+/// A state file, read back.
+#[derive(Debug, Deserialize)]
+pub(crate) struct Saved {
+    /// The last WAL entry whose signals the saved detectors had consumed.
+    pub applied_lsn: u64,
+    pub latest_event_ms: i64,
+    pub counters: Counters,
+    pub engine: EngineState,
+}
+
+/// What the detection thread saves besides the engine.
+pub(crate) struct Progress<'a> {
+    pub applied_lsn: u64,
+    pub latest_event_ms: i64,
+    pub counters: &'a Counters,
+}
+
+/// Writes the state atomically; returns the file's size in bytes.
+pub(crate) fn save(engine: &Engine, progress: &Progress<'_>, path: &Path) -> io::Result<u64> {
+    let tmp = path.with_extension("tmp");
+    let file = {
+        let mut gz = GzEncoder::new(BufWriter::new(File::create(&tmp)?), Compression::fast());
+        let saved = SavedRef {
+            applied_lsn: progress.applied_lsn,
+            latest_event_ms: progress.latest_event_ms,
+            counters: progress.counters,
+            engine: engine.state(),
+        };
+        serde_json::to_writer(&mut gz, &saved).map_err(io::Error::other)?;
+        gz.finish()?.into_inner().map_err(io::IntoInnerError::into_error)?
+    };
+    file.sync_all()?;
+    let bytes = file.metadata()?.len();
+    drop(file);
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        File::open(dir)?.sync_all()?;
+    }
+    Ok(bytes)
+}
+
+/// Reads a saved state; `None` when there is none yet.
+pub(crate) fn load(path: &Path) -> io::Result<Option<Saved>> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    serde_json::from_reader(GzDecoder::new(BufReader::new(file)))
+        .map(Some)
+        .map_err(io::Error::other)
+}
+
+#[cfg(test)]
+mod tests {
+    use vigil_detectors::engine::EngineConfig;
+
+    use super::*;
+
+    #[test]
+    fn a_saved_state_reads_back_and_a_missing_one_is_none() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(FILE);
+        assert!(load(&path).expect("no file is fine").is_none());
+        let mut engine = Engine::new(EngineConfig::default());
+        for m in 0..50 {
+            engine.observe_span("web", "GET /", 1_700_000_000_000 + m * 60_000, 0.2, false);
+        }
+        assert!(engine.stats().series > 0, "RED series learned");
+        let counters = Counters::from([(7, (1_700_000_000_000, 42.0))]);
+        let progress = Progress {
+            applied_lsn: 1234,
+            latest_event_ms: 1_700_000_100_000,
+            counters: &counters,
+        };
+        let bytes = save(&engine, &progress, &path).expect("save");
+        assert!(bytes > 0);
+        let saved = load(&path).expect("read").expect("present");
+        assert_eq!(saved.engine.series(), engine.stats().series);
+        assert_eq!(saved.applied_lsn, 1234);
+        assert_eq!(saved.latest_event_ms, 1_700_000_100_000);
+        assert_eq!(saved.counters, counters);
+        assert!(
+            !dir.path().join("engine-state.json.tmp").exists(),
+            "temporary file renamed"
+        );
+    }
+
+    #[test]
+    fn a_corrupt_file_is_an_error_not_a_panic() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(FILE);
+        std::fs::write(&path, b"not gzip at all").expect("write");
+        let err = load(&path).expect_err("corrupt");
+        assert!(!err.to_string().is_empty());
+    }
+}
