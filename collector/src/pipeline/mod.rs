@@ -16,7 +16,7 @@ mod join;
 mod state_file;
 mod store;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
@@ -370,7 +370,7 @@ fn feed(
     engine: &mut Engine,
     topo: &mut Topology,
     joiner: &mut join::Joiner,
-    counters: &mut HashMap<u64, (i64, f64)>,
+    counters: &mut state_file::Counters,
     latest_event_ms: &mut i64,
     input: DetectorInput,
     context_only: bool,
