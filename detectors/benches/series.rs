@@ -8,7 +8,8 @@
 //! (5,000 points/s), resident memory per series, and the size and cost of the state the
 //! collector saves at shutdown.
 //!
-//! Run: `cargo bench -p vigil-detectors --bench series`
+//! Run: `cargo bench -p vigil-detectors --bench series`. `SERIES=5000 POINTS=20000` (2.3 days
+//! per series) shows the steady state, with every ring and the daily view full.
 
 use std::time::Instant;
 

@@ -15,6 +15,7 @@ mod model;
 mod normalize;
 pub mod peers;
 mod routine;
+mod shadow;
 
 use std::collections::VecDeque;
 
@@ -167,6 +168,9 @@ pub struct SeriesDetector {
     last_value: Option<f64>,
     flat_run: usize,
     routine: routine::Routine,
+    /// The five-minute view that learns the day, for finely sampled series.
+    #[serde(default)]
+    shadow: Option<Box<shadow::Shadow>>,
 }
 
 impl SeriesDetector {
@@ -223,7 +227,24 @@ impl SeriesDetector {
             }
         }
         self.last_ts = Some(timestamp_ms);
-        Ok(self.score_point(cfg, timestamp_ms, value))
+        let mut verdict = self.score_point(cfg, timestamp_ms, value);
+        if let Some(step) = self.step_ms
+            && shadow::Shadow::needed(step, cfg.history)
+        {
+            let shadow = self.shadow.get_or_insert_with(Box::default);
+            // A time-of-day problem the fine view cannot see: report the five-minute mean
+            // against its daily band.
+            if let Some(daily) = shadow.add(cfg, timestamp_ms, value)
+                && daily.score > verdict.score
+            {
+                verdict = PointScore {
+                    timestamp_ms,
+                    seasonal: true,
+                    ..daily
+                };
+            }
+        }
+        Ok(verdict)
     }
 
     fn step_secs(&self) -> f64 {
@@ -267,8 +288,12 @@ impl SeriesDetector {
     }
 
     fn push_history(&mut self, cfg: &SeriesConfig, value: f64) {
-        if self.history.len() == cfg.history {
+        if self.history.len() >= cfg.history {
             self.history.pop_front();
+        } else if self.history.len() == self.history.capacity() {
+            // Grow straight to the configured size: doubling would leave a 640-point ring
+            // in a 1,024-point allocation.
+            self.history.reserve_exact(cfg.history - self.history.len());
         }
         self.history.push_back(value as f32);
     }

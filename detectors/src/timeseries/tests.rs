@@ -255,3 +255,49 @@ fn a_nightly_job_spike_is_news_once_and_routine_after_but_a_bigger_one_is_news_a
         "without the rule every night fires ({fired} of 4): the test must be able to fail"
     );
 }
+
+#[test]
+fn traffic_stuck_at_its_night_level_is_found_on_ten_second_points_once_the_day_is_learned() {
+    const TEN_S: i64 = 10_000;
+    const DAY: i64 = 86_400_000;
+    const HOUR: i64 = 3_600_000;
+    let daily = |t: i64| 60.0 - 40.0 * (t.rem_euclid(DAY) as f64 * std::f64::consts::TAU / DAY as f64).cos();
+    let stuck_from = 3 * DAY + 4 * HOUR;
+    let mut noise = Noise(11);
+    let cfg = SeriesConfig::default();
+    let mut det = SeriesDetector::new();
+    let mut quiet_until_stuck = 0.0_f64;
+    let mut first_fire = None;
+    let mut t = 0;
+    while t < 3 * DAY + 10 * HOUR {
+        // From 04:00 on day 4 the morning ramp does not come: the value stays where it was.
+        let base = if t >= stuck_from { daily(stuck_from) } else { daily(t) };
+        let p = det.observe(&cfg, t, base + 2.0 * noise.gauss()).expect("accepted");
+        if (2 * DAY + 12 * HOUR..stuck_from).contains(&t) {
+            quiet_until_stuck = quiet_until_stuck.max(p.score);
+        }
+        if t >= stuck_from && first_fire.is_none() && p.score >= 0.5 {
+            first_fire = Some(p);
+        }
+        t += TEN_S;
+    }
+    assert!(
+        quiet_until_stuck < 0.5,
+        "false alarm on a normal day: {quiet_until_stuck}"
+    );
+    let p = first_fire.expect("the missing morning ramp is a finding");
+    assert!(
+        p.timestamp_ms < stuck_from + HOUR,
+        "found at +{} min",
+        (p.timestamp_ms - stuck_from) / 60_000
+    );
+    assert!(
+        p.seasonal && p.value < p.lower,
+        "the five-minute mean below its daily band: {p:?}"
+    );
+    assert_eq!(
+        p.timestamp_ms % 300_000,
+        0,
+        "reported by the daily view, when its bucket closes: {p:?}"
+    );
+}
