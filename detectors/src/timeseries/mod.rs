@@ -13,6 +13,7 @@
 
 mod model;
 mod normalize;
+mod packed;
 pub mod peers;
 mod routine;
 mod shadow;
@@ -151,6 +152,7 @@ pub enum Rejected {
 /// Serialisable, so the collector can keep what a series has learned across a restart.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SeriesDetector {
+    #[serde(with = "packed::deque")]
     history: VecDeque<f32>,
     next_idx: u64,
     last_ts: Option<i64>,

@@ -30,6 +30,7 @@ const ALPHAS: [f64; 9] = [0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.85, 1.0];
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct Season {
     pub(crate) period: usize,
+    #[serde(with = "super::packed::vec")]
     pub(crate) profile: Vec<f32>,
 }
 
