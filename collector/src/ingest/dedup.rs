@@ -2,7 +2,9 @@
 //! it is retried (e.g. after a response lost to a timeout).
 //!
 //! Ids are claimed before the WAL append. A concurrent retry of a batch still being
-//! appended waits for that append's outcome instead of racing it. Completed ids are
+//! appended waits for that append's outcome instead of racing it. The append and the
+//! claim's outcome run in a task of their own, so a client that goes away mid-request
+//! cannot leave a batch written but its id forgotten. Completed ids are
 //! remembered for a window (and up to a count), rebuilt after a restart from the WAL
 //! replay plus a snapshot file written before WAL segments are deleted.
 

@@ -193,14 +193,27 @@ impl Ingest {
             otlp: Bytes::from(encoded),
         }
         .encode();
-        self.wal.append(payload).await.map_err(|e| match e {
+        // The append and the claim's outcome run in a task of their own: when the client
+        // goes away mid-request its future is dropped, but once the WAL has taken the batch
+        // it is written all the same, so the id must still be marked stored — released
+        // instead, the client's retry would store the batch a second time.
+        let wal = self.wal.clone();
+        let appended = tokio::spawn(async move {
+            let result = wal.append(payload).await;
+            if result.is_ok()
+                && let Some(guard) = guard
+            {
+                guard.stored(crate::timeutil::now_ns() / 1_000_000_000);
+            }
+            result
+        })
+        .await
+        .map_err(|e| IngestError::Internal(format!("append task failed: {e}")))?;
+        appended.map_err(|e| match e {
             WalError::QueueFull => IngestError::Unavailable("write-ahead log queue is full".into()),
             WalError::Closed => IngestError::Unavailable("collector is shutting down".into()),
             other => IngestError::Unavailable(format!("could not make the batch durable: {other}")),
         })?;
-        if let Some(guard) = guard {
-            guard.stored(crate::timeutil::now_ns() / 1_000_000_000);
-        }
         self.metrics
             .records_accepted
             .get_or_create(&SignalLabel {
@@ -208,6 +221,12 @@ impl Ingest {
             })
             .inc_by(report.accepted());
         Ok(accepted)
+    }
+
+    /// Appends waiting for the WAL writer.
+    #[cfg(test)]
+    pub(crate) fn wal_queued(&self) -> usize {
+        self.wal.queued()
     }
 
     fn record_report(&self, signal: Signal, report: &Report) {

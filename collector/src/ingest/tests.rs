@@ -160,3 +160,58 @@ async fn a_retried_batch_id_is_written_once() {
     assert_eq!(written, vec![Some("batch-7".to_string()), Some("batch-8".to_string())]);
     assert!(metrics.encode().contains("vigil_ingest_duplicate_batches_total 2"));
 }
+
+/// A client that goes away after the WAL has taken its batch (the agent killed, a proxy
+/// timing out) must not get the batch stored twice when it retries: the batch is written
+/// anyway, so its id has to be remembered even though nobody awaits the answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_whose_client_went_away_after_the_wal_took_it_is_not_stored_again_on_retry() {
+    let (release_tx, release_rx) = std_mpsc::channel::<()>();
+    let (entered_tx, entered_rx) = std_mpsc::channel::<()>();
+    let (ids_tx, ids_rx) = std_mpsc::channel();
+    let mut first = true;
+    let (ingest, _, _dir) = ingest(OtlpConfig::default(), 4, move |e| {
+        let _ = ids_tx.send(super::WalBatch::decode(&e.payload).ok().and_then(|b| b.batch_id));
+        if std::mem::take(&mut first) {
+            // The writer is stuck here until released, so what follows waits in its queue.
+            let _ = entered_tx.send(());
+            let _ = release_rx.recv();
+        }
+    });
+    let router = super::http::router(Arc::clone(&ingest));
+    let r = router.clone().oneshot(post(body(1), None)).await.expect("response");
+    assert_eq!(r.status(), StatusCode::OK);
+    entered_rx.recv().expect("writer stuck in the sink");
+
+    // The request for b1 reaches the WAL queue, then its client disappears.
+    let gone = tokio::spawn(router.clone().oneshot(post(body(1), Some("b1"))));
+    tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while ingest.wal_queued() == 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("b1 queued in the WAL");
+    gone.abort();
+    assert!(gone.await.expect_err("aborted").is_cancelled());
+    drop(release_tx);
+
+    // The retry, then a marker: everything before the marker has reached the sink.
+    for id in ["b1", "b2"] {
+        let r = router.clone().oneshot(post(body(1), Some(id))).await.expect("response");
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    let mut written = Vec::new();
+    while let Ok(id) = ids_rx.recv_timeout(std::time::Duration::from_secs(10)) {
+        let last = id.as_deref() == Some("b2");
+        written.push(id);
+        if last {
+            break;
+        }
+    }
+    assert_eq!(
+        written,
+        vec![None, Some("b1".to_string()), Some("b2".to_string())],
+        "b1 stored exactly once"
+    );
+}

@@ -344,6 +344,12 @@ pub struct WalAppender {
 }
 
 impl WalAppender {
+    /// Appends waiting for the writer.
+    #[cfg(test)]
+    pub(crate) fn queued(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
     /// Appends one payload and resolves to its LSN once it is on stable storage.
     /// Fails fast with [`WalError::QueueFull`] instead of queueing without bound.
     pub async fn append(&self, payload: Bytes) -> Result<u64, WalError> {
