@@ -182,22 +182,22 @@ pub fn start(data_dir: &Path, metrics: Arc<Metrics>, on_incidents: OnIncidents) 
 /// The detectors and how far into the WAL they have read.
 struct State {
     engine: Engine,
-    progress: Restored,
+    progress: Progress,
     path: std::path::PathBuf,
 }
 
-/// Progress kept next to the engine in the state file.
+/// How far the detectors have read: kept next to the engine in the state file.
 #[derive(Default)]
-struct Restored {
+struct Progress {
     applied_lsn: u64,
     latest_event_ms: i64,
     counters: state_file::Counters,
 }
 
-fn restore_state(engine: &mut Engine, path: &Path) -> Restored {
-    let cold = Restored {
+fn restore_state(engine: &mut Engine, path: &Path) -> Progress {
+    let cold = Progress {
         latest_event_ms: i64::MIN,
-        ..Restored::default()
+        ..Progress::default()
     };
     match state_file::load(path) {
         Ok(Some(saved)) => {
@@ -205,7 +205,7 @@ fn restore_state(engine: &mut Engine, path: &Path) -> Restored {
             match engine.restore_state(saved.engine) {
                 Ok(()) => {
                     tracing::info!(series, applied_lsn = saved.applied_lsn, "detector state restored");
-                    Restored {
+                    Progress {
                         applied_lsn: saved.applied_lsn,
                         latest_event_ms: saved.latest_event_ms,
                         counters: saved.counters,
@@ -227,7 +227,7 @@ fn restore_state(engine: &mut Engine, path: &Path) -> Restored {
 
 fn save_state(state: &State, at_shutdown: bool) {
     let started = Instant::now();
-    let progress = state_file::Progress {
+    let progress = state_file::ProgressRef {
         applied_lsn: state.progress.applied_lsn,
         latest_event_ms: state.progress.latest_event_ms,
         counters: &state.progress.counters,

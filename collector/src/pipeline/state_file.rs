@@ -48,14 +48,14 @@ pub(crate) struct Saved {
 }
 
 /// What the detection thread saves besides the engine.
-pub(crate) struct Progress<'a> {
+pub(crate) struct ProgressRef<'a> {
     pub applied_lsn: u64,
     pub latest_event_ms: i64,
     pub counters: &'a Counters,
 }
 
 /// Writes the state atomically; returns the file's size in bytes.
-pub(crate) fn save(engine: &Engine, progress: &Progress<'_>, path: &Path) -> io::Result<u64> {
+pub(crate) fn save(engine: &Engine, progress: &ProgressRef<'_>, path: &Path) -> io::Result<u64> {
     let tmp = path.with_extension("tmp");
     let file = {
         let mut gz = GzEncoder::new(BufWriter::new(File::create(&tmp)?), Compression::fast());
@@ -107,7 +107,7 @@ mod tests {
         }
         assert!(engine.stats().series > 0, "RED series learned");
         let counters = Counters::from([(7, (1_700_000_000_000, 42.0))]);
-        let progress = Progress {
+        let progress = ProgressRef {
             applied_lsn: 1234,
             latest_event_ms: 1_700_000_100_000,
             counters: &counters,
