@@ -1099,6 +1099,9 @@ fn explain(a: &Anomaly, signal: Signal, feedback: Option<&str>) -> String {
             )
         }
         Signal::FlatLine => format!("{subject} has been stuck at {observed} since {since}"),
+        Signal::TimeOfDay => format!(
+            "{subject} averaged {observed} over five minutes, expected {band} at this time of day, since {since}"
+        ),
         Signal::LevelShift => format!("{subject} shifted to {observed}, expected {band}, since {since}"),
         Signal::Breakout => {
             format!("{subject} was {observed}, beyond anything seen before (expected {band}), since {since}")

@@ -368,3 +368,44 @@ fn a_sustained_regression_is_one_anomaly_open_until_it_ends() {
     assert!(!closed.open);
     assert_eq!(closed.start_ms, T0 + 240 * MIN);
 }
+
+#[test]
+fn a_missing_morning_ramp_on_ten_second_data_is_a_time_of_day_finding() {
+    // Three days of requests per second with a daily cycle, every 10 s; on the fourth day
+    // the morning ramp does not come.
+    let mut e = engine();
+    let labels = BTreeMap::from([("service.name".to_string(), "web".to_string())]);
+    let day = 24 * 60 * MIN;
+    let daily = |t: i64| 60.0 - 40.0 * ((t - T0) as f64 * std::f64::consts::TAU / day as f64).cos();
+    let stuck_from = T0 + 3 * day + 4 * 60 * MIN;
+    let mut t = T0;
+    let mut k = 0u64;
+    while t < stuck_from + 3 * 60 * MIN {
+        let base = daily(t.min(stuck_from));
+        e.observe_metric(&MetricPoint {
+            key: "rps|web",
+            name: "http.server.request.rate",
+            service: Some("web"),
+            labels: &labels,
+            unit: "/s",
+            ts_ms: t,
+            value: base + 4.0 * (jitter(k) - 0.5),
+        });
+        t += 10_000;
+        k += 1;
+    }
+    e.advance(t);
+    let all = findings(&mut e);
+    let before: Vec<&Anomaly> = all.values().filter(|a| a.start_ms < stuck_from).collect();
+    assert!(before.is_empty(), "nothing before the ramp failed: {before:#?}");
+    let found = all
+        .values()
+        .find(|a| a.explanation.contains("at this time of day"))
+        .unwrap_or_else(|| panic!("a time-of-day finding: {all:#?}"));
+    assert!(found.start_ms < stuck_from + 60 * MIN, "{found:#?}");
+    assert!(
+        found.explanation.starts_with("http.server.request.rate") && found.explanation.contains("over five minutes"),
+        "{}",
+        found.explanation
+    );
+}

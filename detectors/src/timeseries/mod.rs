@@ -119,6 +119,9 @@ pub enum Signal {
     /// A series that normally varies has repeated one value for too long (stuck sensor,
     /// frozen exporter).
     FlatLine,
+    /// The five-minute mean of a finely sampled series left its band for this time of day
+    /// (found by the daily view, [`shadow`]).
+    TimeOfDay,
 }
 
 /// The detector's verdict on one point.
@@ -242,6 +245,7 @@ impl SeriesDetector {
                 verdict = PointScore {
                     timestamp_ms,
                     seasonal: true,
+                    signal: Signal::TimeOfDay,
                     ..daily
                 };
             }

@@ -295,6 +295,7 @@ fn traffic_stuck_at_its_night_level_is_found_on_ten_second_points_once_the_day_i
         p.seasonal && p.value < p.lower,
         "the five-minute mean below its daily band: {p:?}"
     );
+    assert_eq!(p.signal, Signal::TimeOfDay);
     assert_eq!(
         p.timestamp_ms % 300_000,
         0,
