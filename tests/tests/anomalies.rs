@@ -421,7 +421,7 @@ async fn restart_midway(config: &str) -> Result<Restarted> {
     post_spans_by(&client, &c, &before, 100).await?;
     assert!(c.terminate()?, "SIGTERM must exit cleanly");
     assert!(
-        dir.path().join("data/detect/engine-state.json.gz").exists(),
+        dir.path().join("data/detect/engine-state.json").exists(),
         "detector state saved at shutdown"
     );
 
