@@ -151,7 +151,8 @@ pub enum Rejected {
     NotNewer,
 }
 
-/// Online state of one series. Memory is bounded by `history` plus the largest season.
+/// Online state of one series. Memory is bounded by `history` plus the largest season, 32
+/// remembered excursions and, for finely sampled series, the daily view (a 640-point ring).
 /// Serialisable, so the collector can keep what a series has learned across a restart.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SeriesDetector {
@@ -345,9 +346,10 @@ impl SeriesDetector {
             signal = Signal::LevelShift;
         }
         // The same excursion at the same time yesterday is a scheduled job, not an incident.
+        let ms = |secs: u64| i64::try_from(secs.saturating_mul(1000)).unwrap_or(i64::MAX);
         let recurrence = routine::Recurrence {
-            period_ms: cfg.routine_period_secs as i64 * 1000,
-            tolerance_ms: cfg.routine_tolerance_secs as i64 * 1000,
+            period_ms: ms(cfg.routine_period_secs),
+            tolerance_ms: ms(cfg.routine_tolerance_secs),
             lookback: i64::from(cfg.routine_lookback),
         };
         let step_ms = self.step_ms.unwrap_or(0);

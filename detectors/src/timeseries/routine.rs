@@ -85,7 +85,7 @@ impl Routine {
             }
         }
         let Some(&now) = self.past.back() else { return false };
-        let horizon = r.period_ms * r.lookback + r.tolerance_ms;
+        let horizon = r.period_ms.saturating_mul(r.lookback).saturating_add(r.tolerance_ms);
         let (mut alike, mut in_phase) = (0usize, 0usize);
         for e in self.past.iter().rev().skip(1) {
             let age = now.start_ms - e.start_ms;
@@ -96,10 +96,11 @@ impl Routine {
                 continue;
             }
             alike += 1;
-            let periods = (age + r.period_ms / 2) / r.period_ms;
+            let periods = age.saturating_add(r.period_ms / 2) / r.period_ms;
+            let off = age.saturating_sub(periods.saturating_mul(r.period_ms)).saturating_abs();
             let lasted = now.last_ms - now.start_ms;
-            let allowed = 2 * (e.last_ms - e.start_ms) + 2 * step_ms;
-            if periods >= 1 && (age - periods * r.period_ms).abs() <= r.tolerance_ms && lasted <= allowed {
+            let allowed = (e.last_ms - e.start_ms).saturating_add(step_ms).saturating_mul(2);
+            if periods >= 1 && off <= r.tolerance_ms && lasted <= allowed {
                 in_phase += 1;
             }
         }
@@ -182,6 +183,22 @@ mod tests {
             t += 90 * MIN;
         }
         assert_eq!(excursion(&mut r, 2 * DAY + 5 * MIN, 1, 1.0), [false]);
+    }
+
+    #[test]
+    fn absurd_periods_do_not_overflow() {
+        let mut r = Routine::default();
+        let huge = Recurrence {
+            period_ms: i64::MAX,
+            tolerance_ms: i64::MAX,
+            lookback: i64::MAX,
+        };
+        // Tests run with overflow checks: getting through is the assertion.
+        for k in 0..3 {
+            r.observe(&huge, k * DAY, 1.0, true, i64::MAX);
+            r.observe(&huge, k * DAY + 1, 0.0, false, i64::MAX);
+        }
+        assert_eq!(r.past.len(), 3);
     }
 
     #[test]
