@@ -530,23 +530,27 @@ async fn ships_over_tls_with_a_token_on_grpc_and_http() -> Result<()> {
     let tls_client = reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&cert)?)?)
         .build()?;
+    // An agent in `dir` tailing `dir/logs/*.log` to `addr` over TLS, trusting the test CA.
+    let tls_config = |dir: &std::path::Path, addr: std::net::SocketAddr, protocol: &str, token: &str| {
+        config(
+            &dir.join("state"),
+            &format!("https://127.0.0.1:{}", addr.port()),
+            &source(&dir.join("logs"), "*.log", ""),
+        )
+        .replace(
+            "protocol = \"http\"",
+            &format!(
+                "protocol = {protocol:?}\nca_file = {:?}\ntoken = {token:?}",
+                cert.display().to_string()
+            ),
+        )
+    };
     // A wrong token over gRPC: refused with UNAUTHENTICATED, kept and retried, not dropped.
     {
         let dir = tmp.path().join("wrong");
         let logs = dir.join("logs");
         std::fs::create_dir_all(&logs)?;
-        let cfg = config(
-            &dir.join("state"),
-            &format!("https://127.0.0.1:{}", collector.grpc.port()),
-            &source(&logs, "*.log", ""),
-        )
-        .replace(
-            "protocol = \"http\"",
-            &format!(
-                "protocol = \"grpc\"\nca_file = {:?}\ntoken = \"wrong-token-0123456789\"",
-                cert.display().to_string()
-            ),
-        );
+        let cfg = tls_config(&dir, collector.grpc, "grpc", "wrong-token-0123456789");
         let agent = Agent::start(&dir, &cfg)?;
         append(&logs.join("a.log"), &["mkwrongtoken never stored".to_string()])?;
         let c = client();
@@ -571,18 +575,7 @@ async fn ships_over_tls_with_a_token_on_grpc_and_http() -> Result<()> {
         let logs = dir.join("logs");
         std::fs::create_dir_all(&logs)?;
         let marker = format!("mktls{protocol}");
-        let cfg = config(
-            &dir.join("state"),
-            &format!("https://127.0.0.1:{}", addr.port()),
-            &source(&logs, "*.log", ""),
-        )
-        .replace(
-            "protocol = \"http\"",
-            &format!(
-                "protocol = {protocol:?}\nca_file = {:?}\ntoken = \"agent-secret-token-0123\"",
-                cert.display().to_string()
-            ),
-        );
+        let cfg = tls_config(&dir, addr, protocol, "agent-secret-token-0123");
         let agent = Agent::start(&dir, &cfg)?;
         let expected: Vec<String> = (0..50).map(|i| format!("{marker} n{i:03}")).collect();
         append(&logs.join("a.log"), &expected)?;

@@ -369,8 +369,17 @@ async fn a_pause_in_a_backfill_does_not_make_the_rest_of_it_late() -> Result<()>
     )
     .await?;
 
+    let p99 = stock_p99(&client, &c, "the p99 anomaly after the pause").await?;
+    let slow_from_ms = ((base + (minutes - 20) * MIN_NS) / 1_000_000) as i64;
+    assert_eq!(p99["start_ms"].as_i64(), Some(slow_from_ms), "{p99}");
+    assert_eq!(late_events(&client, &c).await?, "vigil_detect_late_events_total 0");
+    Ok(())
+}
+
+/// Waits for checkout's `GET /stock` p99 anomaly (the regression of [`regression_spans`]).
+async fn stock_p99(client: &reqwest::Client, c: &Collector, what: &str) -> Result<Value> {
     let url = c.api_url("/api/v1/anomalies?service=checkout");
-    let p99 = eventually(Duration::from_secs(60), "the p99 anomaly after the pause", || {
+    eventually(Duration::from_secs(60), what, || {
         let (client, url) = (client.clone(), url.clone());
         async move {
             let (_, body) = get_json(&client, &url).await?;
@@ -382,11 +391,7 @@ async fn a_pause_in_a_backfill_does_not_make_the_rest_of_it_late() -> Result<()>
                 .cloned())
         }
     })
-    .await?;
-    let slow_from_ms = ((base + (minutes - 20) * MIN_NS) / 1_000_000) as i64;
-    assert_eq!(p99["start_ms"].as_i64(), Some(slow_from_ms), "{p99}");
-    assert_eq!(late_events(&client, &c).await?, "vigil_detect_late_events_total 0");
-    Ok(())
+    .await
 }
 
 /// The vigil_detect_late_events_total line of the collector's /metrics.
@@ -428,20 +433,7 @@ async fn restart_midway(config: &str) -> Result<Restarted> {
     let c = Collector::start_with(options)?;
     let after = regression_spans(base, minutes, minutes - 20..minutes, "GET /stock");
     post_spans_by(&client, &c, &after, 100).await?;
-    let url = c.api_url("/api/v1/anomalies?service=checkout");
-    let p99 = eventually(Duration::from_secs(60), "the p99 anomaly after the restart", || {
-        let (client, url) = (client.clone(), url.clone());
-        async move {
-            let (_, body) = get_json(&client, &url).await?;
-            Ok(body["anomalies"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|a| a["signal"]["key"] == "red:checkout:GET /stock:p99")
-                .cloned())
-        }
-    })
-    .await?;
+    let p99 = stock_p99(&client, &c, "the p99 anomaly after the restart").await?;
     assert!(c.logs().contains("detector state restored"), "{}", c.logs());
     Ok(Restarted {
         slow_from_ms: (base + (minutes - 20) * MIN_NS) / 1_000_000,

@@ -43,6 +43,20 @@ fn post(bytes: Vec<u8>, batch_id: Option<&str>) -> Request<Body> {
     r.body(Body::from(bytes)).expect("request")
 }
 
+/// The batch ids the WAL sink reported, up to and including `marker`. Entries reach the
+/// sink in order, so once the marker arrives everything sent before it has.
+fn ids_until(rx: &std_mpsc::Receiver<Option<String>>, marker: &str) -> Vec<Option<String>> {
+    let mut written = Vec::new();
+    while let Ok(id) = rx.recv_timeout(std::time::Duration::from_secs(10)) {
+        let last = id.as_deref() == Some(marker);
+        written.push(id);
+        if last {
+            break;
+        }
+    }
+    written
+}
+
 /// An ingest path whose WAL sink hands entries to `sink`; the returned guard keeps
 /// the directory alive.
 fn ingest(
@@ -148,15 +162,7 @@ async fn a_retried_batch_id_is_written_once() {
     }
     let r = router.oneshot(post(body(2), Some("batch-8"))).await.expect("response");
     assert_eq!(r.status(), StatusCode::OK);
-    // Entries reach the sink in order, so once batch-8 arrives everything before it has.
-    let mut written = Vec::new();
-    while let Ok(id) = rx.recv_timeout(std::time::Duration::from_secs(10)) {
-        let last = id.as_deref() == Some("batch-8");
-        written.push(id);
-        if last {
-            break;
-        }
-    }
+    let written = ids_until(&rx, "batch-8");
     assert_eq!(written, vec![Some("batch-7".to_string()), Some("batch-8".to_string())]);
     assert!(metrics.encode().contains("vigil_ingest_duplicate_batches_total 2"));
 }
@@ -201,14 +207,7 @@ async fn a_batch_whose_client_went_away_after_the_wal_took_it_is_not_stored_agai
         let r = router.clone().oneshot(post(body(1), Some(id))).await.expect("response");
         assert_eq!(r.status(), StatusCode::OK);
     }
-    let mut written = Vec::new();
-    while let Ok(id) = ids_rx.recv_timeout(std::time::Duration::from_secs(10)) {
-        let last = id.as_deref() == Some("b2");
-        written.push(id);
-        if last {
-            break;
-        }
-    }
+    let written = ids_until(&ids_rx, "b2");
     assert_eq!(
         written,
         vec![None, Some("b1".to_string()), Some("b2".to_string())],
