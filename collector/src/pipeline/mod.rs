@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 use vigil_detectors::anomaly::DetectorKind;
 use vigil_detectors::engine::{Engine, EngineConfig, EngineStats, MetricPoint, Verdict};
 
+use state_file::Progress;
+
 use crate::telemetry::{DetectorLabel, Metrics};
 
 pub use incidents::IncidentStore;
@@ -186,14 +188,6 @@ struct State {
     path: std::path::PathBuf,
 }
 
-/// How far the detectors have read: kept next to the engine in the state file.
-#[derive(Default)]
-struct Progress {
-    applied_lsn: u64,
-    latest_event_ms: i64,
-    counters: state_file::Counters,
-}
-
 fn restore_state(engine: &mut Engine, path: &Path) -> Progress {
     let cold = Progress {
         latest_event_ms: i64::MIN,
@@ -204,12 +198,9 @@ fn restore_state(engine: &mut Engine, path: &Path) -> Progress {
             let series = saved.engine.series();
             match engine.restore_state(saved.engine) {
                 Ok(()) => {
-                    tracing::info!(series, applied_lsn = saved.applied_lsn, "detector state restored");
-                    Progress {
-                        applied_lsn: saved.applied_lsn,
-                        latest_event_ms: saved.latest_event_ms,
-                        counters: saved.counters,
-                    }
+                    let applied_lsn = saved.progress.applied_lsn;
+                    tracing::info!(series, applied_lsn, "detector state restored");
+                    saved.progress
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "detector state not restored; detectors start cold");
@@ -227,12 +218,7 @@ fn restore_state(engine: &mut Engine, path: &Path) -> Progress {
 
 fn save_state(state: &State, at_shutdown: bool) {
     let started = Instant::now();
-    let progress = state_file::ProgressRef {
-        applied_lsn: state.progress.applied_lsn,
-        latest_event_ms: state.progress.latest_event_ms,
-        counters: &state.progress.counters,
-    };
-    match state_file::save(&state.engine, &progress, &state.path) {
+    match state_file::save(&state.engine, &state.progress, &state.path) {
         Ok(bytes) => {
             let series = state.engine.stats().series;
             let elapsed_ms = started.elapsed().as_millis() as u64;

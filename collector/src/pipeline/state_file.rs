@@ -28,40 +28,36 @@ pub(crate) const FILE: &str = "engine-state.json";
 /// the restart instead of losing a point.
 pub(crate) type Counters = HashMap<u64, (i64, f64)>;
 
+/// How far the detectors have read, kept next to the engine.
+#[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct Progress {
+    /// The last WAL entry whose signals the detectors have consumed.
+    pub applied_lsn: u64,
+    /// Newest event time seen (`i64::MIN` before any).
+    pub latest_event_ms: i64,
+    pub counters: Counters,
+}
+
 #[derive(Serialize)]
 struct SavedRef<'a> {
-    applied_lsn: u64,
-    latest_event_ms: i64,
-    counters: &'a Counters,
+    progress: &'a Progress,
     engine: EngineStateRef<'a>,
 }
 
 /// A state file, read back.
 #[derive(Debug, Deserialize)]
 pub(crate) struct Saved {
-    /// The last WAL entry whose signals the saved detectors had consumed.
-    pub applied_lsn: u64,
-    pub latest_event_ms: i64,
-    pub counters: Counters,
+    pub progress: Progress,
     pub engine: EngineState,
 }
 
-/// What the detection thread saves besides the engine.
-pub(crate) struct ProgressRef<'a> {
-    pub applied_lsn: u64,
-    pub latest_event_ms: i64,
-    pub counters: &'a Counters,
-}
-
 /// Writes the state atomically; returns the file's size in bytes.
-pub(crate) fn save(engine: &Engine, progress: &ProgressRef<'_>, path: &Path) -> io::Result<u64> {
+pub(crate) fn save(engine: &Engine, progress: &Progress, path: &Path) -> io::Result<u64> {
     let tmp = path.with_extension("tmp");
     let file = {
         let mut out = BufWriter::new(File::create(&tmp)?);
         let saved = SavedRef {
-            applied_lsn: progress.applied_lsn,
-            latest_event_ms: progress.latest_event_ms,
-            counters: progress.counters,
+            progress,
             engine: engine.state(),
         };
         serde_json::to_writer(&mut out, &saved).map_err(io::Error::other)?;
@@ -105,19 +101,16 @@ mod tests {
             engine.observe_span("web", "GET /", 1_700_000_000_000 + m * 60_000, 0.2, false);
         }
         assert!(engine.stats().series > 0, "RED series learned");
-        let counters = Counters::from([(7, (1_700_000_000_000, 42.0))]);
-        let progress = ProgressRef {
+        let progress = Progress {
             applied_lsn: 1234,
             latest_event_ms: 1_700_000_100_000,
-            counters: &counters,
+            counters: Counters::from([(7, (1_700_000_000_000, 42.0))]),
         };
         let bytes = save(&engine, &progress, &path).expect("save");
         assert!(bytes > 0);
         let saved = load(&path).expect("read").expect("present");
         assert_eq!(saved.engine.series(), engine.stats().series);
-        assert_eq!(saved.applied_lsn, 1234);
-        assert_eq!(saved.latest_event_ms, 1_700_000_100_000);
-        assert_eq!(saved.counters, counters);
+        assert_eq!(saved.progress, progress);
         assert!(
             !dir.path().join("engine-state.json.tmp").exists(),
             "temporary file renamed"
