@@ -17,6 +17,7 @@ mod packed;
 pub mod peers;
 mod routine;
 mod shadow;
+mod step;
 
 use std::collections::VecDeque;
 
@@ -151,8 +152,8 @@ pub enum Rejected {
     NotNewer,
 }
 
-/// Online state of one series. Memory is bounded by `history` plus the largest season, 32
-/// remembered excursions and, for finely sampled series, the daily view (a 640-point ring).
+/// Online state of one series. Memory is bounded by `history` plus the largest season, nine
+/// spacings, 32 remembered excursions and, for finely sampled series, the daily view (a 640-point ring).
 /// Serialisable, so the collector can keep what a series has learned across a restart.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SeriesDetector {
@@ -161,6 +162,8 @@ pub struct SeriesDetector {
     next_idx: u64,
     last_ts: Option<i64>,
     step_ms: Option<i64>,
+    #[serde(default)]
+    spacing: step::StepEstimate,
     fit: Option<model::Fit>,
     since_refit: usize,
     level: f64,
@@ -223,13 +226,11 @@ impl SeriesDetector {
                 return Err(Rejected::NotNewer);
             }
             let dt = timestamp_ms - last;
-            // The step is the smallest spacing seen: irregular scrapes only ever look slower.
-            self.step_ms = Some(self.step_ms.map_or(dt, |s| s.min(dt)));
-            if let Some(step) = self.step_ms {
-                let missing = (dt / step).saturating_sub(1) as usize;
-                if missing > 0 {
-                    self.fill_gap(cfg, missing.min(cfg.history));
-                }
+            let step = self.spacing.observe(dt);
+            self.step_ms = Some(step);
+            let missing = step::missing_points(dt, step);
+            if missing > 0 {
+                self.fill_gap(cfg, missing.min(cfg.history));
             }
         }
         self.last_ts = Some(timestamp_ms);

@@ -144,6 +144,39 @@ fn missing_data_does_not_alarm_and_keeps_the_phase() {
 }
 
 #[test]
+fn one_early_scrape_does_not_turn_every_later_spacing_into_a_gap() {
+    // Real CloudWatch exports have it: five-minute points with, once, one a minute after
+    // the last. Taking that minute as the step filled every later spacing with four
+    // invented points, so the ring held a fifth of real data and the day was never learned.
+    let day = 288;
+    let mut noise = Noise(12);
+    let cfg = SeriesConfig::default();
+    let mut det = SeriesDetector::new();
+    let mut fed = Vec::new();
+    let mut scores = Vec::new();
+    for i in 0..6 * day {
+        let t = i as i64 * 300_000;
+        let v = 100.0 + 40.0 * ((i % day) as f64 / day as f64 * std::f64::consts::TAU).sin() + noise.gauss();
+        scores.push(det.observe(&cfg, t, v).expect("accepted"));
+        fed.push(v);
+        if i == 50 {
+            let extra = v + noise.gauss();
+            det.observe(&cfg, t + 60_000, extra).expect("accepted");
+        }
+    }
+    assert_eq!(det.step_ms(), Some(300_000));
+    assert_eq!(det.points(), fed.len() as u64 + 1, "no invented points");
+    let ring: Vec<f64> = det.recent(200).collect();
+    let expected: Vec<f64> = fed[fed.len() - 200..].iter().map(|&v| f64::from(v as f32)).collect();
+    assert_eq!(ring, expected, "the ring holds what was fed");
+    assert!(scores[5 * day].seasonal, "the daily season must be modelled by day 5");
+    assert!(
+        max_score(&scores, 3 * day..6 * day) < 0.5,
+        "learned season must not alarm"
+    );
+}
+
+#[test]
 fn bad_points_are_rejected_without_touching_state() {
     let cfg = SeriesConfig::default();
     let mut det = SeriesDetector::new();

@@ -1,0 +1,109 @@
+//! The sampling step of a series, estimated from the spacing of its recent points.
+//!
+//! The step decides how many points a gap is missing (filled with expected values so the
+//! seasonal phase stays aligned), how long a season is in points, and whether a series needs
+//! the daily view. It must not be taken from one odd spacing: a scrape retried two seconds
+//! after the last one, or an SDK's forced flush at shutdown, would otherwise make a
+//! one-minute series look like a two-second one, and every later one-minute gap would fill
+//! the ring with 29 invented points. So the step is the median of the last [`SPACINGS`]
+//! spacings: one or a few odd ones never move it, and a real change of the scrape interval
+//! takes over after half of them.
+
+use serde::{Deserialize, Serialize};
+
+/// Spacings remembered (odd, so the median is one of them).
+const SPACINGS: usize = 9;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct StepEstimate {
+    /// The last spacings in milliseconds, a ring (no allocation: this is per series).
+    recent: [i64; SPACINGS],
+    /// Spacings recorded so far, up to [`SPACINGS`].
+    len: u8,
+    /// Slot the next spacing goes to.
+    next: u8,
+}
+
+impl StepEstimate {
+    /// Records the spacing `dt_ms` (> 0) between two accepted points and returns the step.
+    pub(crate) fn observe(&mut self, dt_ms: i64) -> i64 {
+        let slot = usize::from(self.next) % SPACINGS;
+        self.recent[slot] = dt_ms;
+        self.next = ((slot + 1) % SPACINGS) as u8;
+        self.len = self.len.saturating_add(1).min(SPACINGS as u8);
+        self.step().unwrap_or(dt_ms)
+    }
+
+    /// The current estimate: the median recent spacing (the lower one of an even count, so
+    /// that two spacings of which one is a gap give the true step).
+    pub(crate) fn step(&self) -> Option<i64> {
+        let len = usize::from(self.len).min(SPACINGS);
+        if len == 0 {
+            return None;
+        }
+        // Until the ring is full its filled slots are the first `len`.
+        let mut sorted = self.recent;
+        let sorted = &mut sorted[..len];
+        sorted.sort_unstable();
+        Some(sorted[(len - 1) / 2])
+    }
+}
+
+/// Points missing in a spacing of `dt_ms` at `step_ms`: the spacing rounded to whole
+/// steps, less the one that arrived (scrape jitter of under half a step is not a gap).
+pub(crate) fn missing_points(dt_ms: i64, step_ms: i64) -> usize {
+    if step_ms <= 0 {
+        return 0;
+    }
+    let steps = dt_ms.saturating_add(step_ms / 2) / step_ms;
+    usize::try_from(steps.saturating_sub(1)).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_odd_spacing_does_not_move_the_step() {
+        let mut est = StepEstimate::default();
+        for _ in 0..20 {
+            est.observe(60_000);
+        }
+        // A retried scrape two seconds later, then the regular rhythm again.
+        assert_eq!(est.observe(2_000), 60_000);
+        assert_eq!(est.observe(58_000), 60_000);
+        for _ in 0..20 {
+            assert_eq!(est.observe(60_000), 60_000);
+        }
+    }
+
+    #[test]
+    fn a_new_scrape_interval_takes_over_after_half_the_window() {
+        let mut est = StepEstimate::default();
+        for _ in 0..20 {
+            est.observe(60_000);
+        }
+        let steps: Vec<i64> = (0..SPACINGS).map(|_| est.observe(10_000)).collect();
+        assert_eq!(steps[SPACINGS / 2 - 1], 60_000, "{steps:?}");
+        assert_eq!(steps[SPACINGS / 2], 10_000, "{steps:?}");
+    }
+
+    #[test]
+    fn the_first_spacings_give_a_step_even_with_a_gap_among_them() {
+        let mut est = StepEstimate::default();
+        assert_eq!(est.step(), None);
+        assert_eq!(est.observe(300_000), 300_000);
+        assert_eq!(est.observe(900_000), 300_000);
+    }
+
+    #[test]
+    fn jitter_is_not_a_gap_and_whole_missing_steps_are() {
+        assert_eq!(missing_points(10_400, 10_000), 0);
+        assert_eq!(missing_points(14_000, 10_000), 0);
+        assert_eq!(missing_points(15_000, 10_000), 1);
+        assert_eq!(missing_points(30_000, 10_000), 2);
+        assert_eq!(missing_points(2_000, 60_000), 0);
+        assert!(missing_points(i64::MAX, 1) > 1_000_000);
+        assert_eq!(missing_points(5_000, 0), 0);
+    }
+}
