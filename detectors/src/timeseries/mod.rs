@@ -27,6 +27,9 @@ use serde::{Deserialize, Serialize};
 /// so the point still reads as unusual in the evidence chart.
 const ROUTINE_MAX_RAW: f64 = 3.0;
 
+/// Gap-filled runs remembered per series (16 bytes each).
+const MAX_FILLED_RUNS: usize = 16;
+
 /// Tunables of the per-series detector. The defaults are the product's defaults and the
 /// ones `vigil-eval nab` is scored with.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -153,7 +156,7 @@ pub enum Rejected {
 }
 
 /// Online state of one series. Memory is bounded by `history` plus the largest season, nine
-/// spacings, 32 remembered excursions and, for finely sampled series, the daily view (a 640-point ring).
+/// spacings, 16 gap-filled runs, 32 remembered excursions and, for finely sampled series, the daily view (a 640-point ring).
 /// Serialisable, so the collector can keep what a series has learned across a restart.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SeriesDetector {
@@ -177,6 +180,11 @@ pub struct SeriesDetector {
     last_value: Option<f64>,
     flat_run: usize,
     routine: routine::Routine,
+    /// Runs of gap-filled points that may still be in the ring: (index of the first, count),
+    /// oldest first, at most [`MAX_FILLED_RUNS`] (an older run then counts as real). The
+    /// refit measures the residual scale without them.
+    #[serde(default)]
+    filled: VecDeque<(u64, u64)>,
     /// The five-minute view that learns the day, for finely sampled series.
     #[serde(default)]
     shadow: Option<Box<shadow::Shadow>>,
@@ -230,7 +238,7 @@ impl SeriesDetector {
             self.step_ms = Some(step);
             let missing = step::missing_points(dt, step);
             if missing > 0 {
-                self.fill_gap(cfg, missing.min(cfg.history));
+                self.fill_gap(cfg, missing as u64);
             }
         }
         self.last_ts = Some(timestamp_ms);
@@ -263,8 +271,27 @@ impl SeriesDetector {
         self.fit.as_ref().map_or(0.0, |f| model::seasonal_at(&f.seasons, idx))
     }
 
-    fn fill_gap(&mut self, cfg: &SeriesConfig, missing: usize) {
-        for _ in 0..missing {
+    /// Fills `missing` points with the value expected there. Beyond a whole ring they would
+    /// only overwrite each other: those are skipped, but the index still advances by all of
+    /// them, so the seasonal phase stays true to the clock after a long outage.
+    fn fill_gap(&mut self, cfg: &SeriesConfig, missing: u64) {
+        let fill = missing.min(cfg.history as u64);
+        let skipped = missing - fill;
+        self.next_idx = self.next_idx.saturating_add(skipped);
+        self.since_refit = self
+            .since_refit
+            .saturating_add(usize::try_from(skipped).unwrap_or(usize::MAX));
+        if fill == 0 {
+            return;
+        }
+        match self.filled.back_mut() {
+            Some((start, len)) if *start + *len == self.next_idx => *len += fill,
+            _ => self.filled.push_back((self.next_idx, fill)),
+        }
+        if self.filled.len() > MAX_FILLED_RUNS {
+            self.filled.pop_front();
+        }
+        for _ in 0..fill {
             let expected = self.expected_now();
             self.push_history(cfg, expected);
             self.next_idx += 1;
@@ -466,7 +493,19 @@ impl SeriesDetector {
     fn refit(&mut self) {
         let y: Vec<f64> = self.history.iter().map(|&v| f64::from(v)).collect();
         let first_idx = self.next_idx - y.len() as u64;
-        let fit = model::refit(&y, first_idx, self.step_secs());
+        self.filled.retain(|&(start, len)| start + len > first_idx);
+        let mut real = vec![true; y.len()];
+        for &(start, len) in &self.filled {
+            let from = start.saturating_sub(first_idx) as usize;
+            let to = ((start + len - first_idx) as usize).min(y.len());
+            real[from..to].fill(false);
+        }
+        let previous = self.fit.as_ref().map(|f| model::Measures {
+            scale: f.scale,
+            range_floor: f.range_floor,
+            repeat_share: f.repeat_share,
+        });
+        let fit = model::refit(&y, first_idx, self.step_secs(), &real, previous);
         self.level = fit.level;
         self.abs_resid = fit.scale / 1.2533;
         self.fit = Some(fit);

@@ -151,9 +151,23 @@ pub(crate) fn mad_sigma(values: &[f64]) -> f64 {
     1.4826 * median(&dev)
 }
 
+/// Real points a refit needs to measure the residual scale, range and repeats itself.
+const MIN_REAL: usize = 32;
+
+/// What a refit keeps from the previous fit when the ring holds too few real points.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Measures {
+    pub(crate) scale: f64,
+    pub(crate) range_floor: f64,
+    pub(crate) repeat_share: f64,
+}
+
 /// Fits seasons, smoothing constant, level and residual scale on `y`, whose first value sits
-/// at absolute index `first_idx`.
-pub(crate) fn refit(y: &[f64], first_idx: u64, step_secs: f64) -> Fit {
+/// at absolute index `first_idx`. `real[k]` says whether `y[k]` was observed or filled into
+/// a gap with the value expected there: filled points have no noise, so the scale, range and
+/// repeats are measured on the real ones only — and taken from `previous` when fewer than
+/// [`MIN_REAL`] are left (a ring that is mostly one long outage).
+pub(crate) fn refit(y: &[f64], first_idx: u64, step_secs: f64, real: &[bool], previous: Option<Measures>) -> Fit {
     let mut seasons = Vec::new();
     let periods = detect_periods(y, step_secs);
     let mut deseasonalised: Vec<f64> = y.to_vec();
@@ -178,23 +192,58 @@ pub(crate) fn refit(y: &[f64], first_idx: u64, step_secs: f64) -> Fit {
         }
     }
     let (alpha, level, residuals) = fit_level(&deseasonalised);
-    // MAD alone is zero on a series that idles at a constant between bursts; the mean
-    // absolute residual keeps such a series' bursts from reading as infinitely surprising.
-    let mean_abs = residuals.iter().map(|r| r.abs()).sum::<f64>() / residuals.len().max(1) as f64;
-    let scale = mad_sigma(&residuals).max(0.6 * mean_abs);
-    let mut sorted = y.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let q = |f: f64| sorted[((sorted.len() - 1) as f64 * f) as usize];
-    let range_floor = RANGE_FLOOR * (q(0.95) - q(0.05));
-    let repeats = y.windows(2).filter(|w| w[0] == w[1]).count();
-    let repeat_share = repeats as f64 / (y.len().max(2) - 1) as f64;
+    let is_real = |k: usize| real.get(k).copied().unwrap_or(true);
+    let real_count = (0..y.len()).filter(|&k| is_real(k)).count();
+    let measures = match previous {
+        Some(previous) if real_count < MIN_REAL => previous,
+        _ => {
+            // residuals[k] is the one-step error of y[k + 1].
+            let real_residuals: Vec<f64> = residuals
+                .iter()
+                .enumerate()
+                .filter(|&(k, _)| is_real(k + 1))
+                .map(|(_, &r)| r)
+                .collect();
+            let real_values: Vec<f64> = (0..y.len()).filter(|&k| is_real(k)).map(|k| y[k]).collect();
+            let (residuals, values) = if real_values.len() >= 2 && !real_residuals.is_empty() {
+                (real_residuals, real_values)
+            } else {
+                (residuals, y.to_vec())
+            };
+            measure(&residuals, values, y, real)
+        }
+    };
     Fit {
         seasons,
         alpha,
         level,
+        scale: measures.scale,
+        range_floor: measures.range_floor,
+        repeat_share: measures.repeat_share,
+    }
+}
+
+/// Residual scale, range floor and repeat share from the residuals and values of real points
+/// (`y` and `real` for the repeats: only two neighbouring real points count as a repeat).
+fn measure(residuals: &[f64], mut values: Vec<f64>, y: &[f64], real: &[bool]) -> Measures {
+    // MAD alone is zero on a series that idles at a constant between bursts; the mean
+    // absolute residual keeps such a series' bursts from reading as infinitely surprising.
+    let mean_abs = residuals.iter().map(|r| r.abs()).sum::<f64>() / residuals.len().max(1) as f64;
+    let scale = mad_sigma(residuals).max(0.6 * mean_abs);
+    values.sort_by(f64::total_cmp);
+    let q = |f: f64| values[((values.len() - 1) as f64 * f) as usize];
+    let range_floor = RANGE_FLOOR * (q(0.95) - q(0.05));
+    let is_real = |k: usize| real.get(k).copied().unwrap_or(true);
+    let pairs = (1..y.len()).filter(|&k| is_real(k) && is_real(k - 1));
+    let (mut repeats, mut total) = (0usize, 0usize);
+    for k in pairs {
+        total += 1;
+        repeats += usize::from(y[k] == y[k - 1]);
+    }
+    Measures {
         scale,
         range_floor,
-        repeat_share,
+        repeat_share: repeats as f64 / total.max(1) as f64,
     }
 }
 
@@ -237,7 +286,7 @@ mod tests {
         let y: Vec<f64> = (0..1152)
             .map(|i| 10.0 * (i as f64 * std::f64::consts::TAU / 288.0).sin() + ((i * 7919) % 13) as f64 * 0.05)
             .collect();
-        let fit = refit(&y, 0, 300.0);
+        let fit = refit(&y, 0, 300.0, &[], None);
         assert_eq!(fit.seasons.iter().map(|s| s.period).collect::<Vec<_>>(), vec![288]);
         // The profile reproduces the sine at the next point within a fraction of amplitude.
         let expected = 10.0 * (1152.0 * std::f64::consts::TAU / 288.0).sin();
@@ -254,6 +303,6 @@ mod tests {
                 (x >> 33) as f64 / (1u64 << 31) as f64
             })
             .collect();
-        assert!(refit(&y, 0, 300.0).seasons.is_empty());
+        assert!(refit(&y, 0, 300.0, &[], None).seasons.is_empty());
     }
 }

@@ -335,3 +335,59 @@ fn traffic_stuck_at_its_night_level_is_found_on_ten_second_points_once_the_day_i
         "reported by the daily view, when its bucket closes: {p:?}"
     );
 }
+
+#[test]
+fn a_series_back_from_an_outage_longer_than_its_ring_is_judged_as_before() {
+    // A host down for a day: 1,440 one-minute points missing, more than the 1,024-point ring.
+    // The ring then held nothing but gap-filled points, which have no noise; a refit on them
+    // measured a residual scale of almost zero, and the normal noise after the outage fired
+    // two dozen times.
+    let outage = 1_500..2_940;
+    let y = noisy(4_500, 21, |_| 50.0);
+    let cfg = SeriesConfig::default();
+    let mut det = SeriesDetector::new();
+    let mut after = Vec::new();
+    for (i, &v) in y.iter().enumerate() {
+        if outage.contains(&i) {
+            continue;
+        }
+        let p = det.observe(&cfg, i as i64 * STEP, v).expect("accepted");
+        if i >= outage.end {
+            after.push(p);
+        }
+    }
+    assert_eq!(det.points(), y.len() as u64, "the index follows the clock");
+    let worst = after.iter().map(|p| p.score).fold(0.0, f64::max);
+    assert!(worst < 0.5, "normal noise after the outage scored {worst}");
+    // And the detector still sees: a real spike afterwards fires.
+    let p = det.observe(&cfg, y.len() as i64 * STEP, 50.0 + 12.0).expect("accepted");
+    assert!(p.score >= 0.5, "spike after the outage scored {}", p.score);
+}
+
+#[test]
+fn the_daily_phase_survives_an_outage_of_several_days() {
+    // Five-minute points with a daily cycle; four days (1,152 points, more than the ring)
+    // missing. Only 1,024 filled points fit the ring, but the index must still advance by all
+    // 1,152, or the learned day is applied hours out of phase.
+    let day = 288;
+    let shape = |i: usize| 100.0 + 40.0 * ((i % day) as f64 / day as f64 * std::f64::consts::TAU).sin();
+    let outage = 5 * day..9 * day;
+    let y = noisy(12 * day, 22, shape);
+    let cfg = SeriesConfig::default();
+    let mut det = SeriesDetector::new();
+    let mut after = Vec::new();
+    for (i, &v) in y.iter().enumerate() {
+        if outage.contains(&i) {
+            continue;
+        }
+        let p = det.observe(&cfg, i as i64 * 300_000, v).expect("accepted");
+        if i >= outage.end {
+            after.push(p);
+        }
+    }
+    assert!(after.iter().all(|p| p.seasonal), "the season is kept");
+    let worst = after.iter().map(|p| p.score).fold(0.0, f64::max);
+    assert!(worst < 0.5, "the normal day after the outage scored {worst}");
+    let off = after.iter().map(|p| (p.value - p.expected).abs()).fold(0.0, f64::max);
+    assert!(off < 8.0, "expected values out of phase by up to {off}");
+}
