@@ -233,12 +233,10 @@ impl SeriesDetector {
             if timestamp_ms <= last {
                 return Err(Rejected::NotNewer);
             }
-            let dt = timestamp_ms - last;
-            let step = self.spacing.observe(dt);
+            let (step, missing) = self.spacing.advance(last, timestamp_ms);
             self.step_ms = Some(step);
-            let missing = step::missing_points(dt, step);
             if missing > 0 {
-                self.fill_gap(cfg, missing as u64);
+                self.fill_gap(cfg, missing);
             }
         }
         self.last_ts = Some(timestamp_ms);
@@ -263,8 +261,13 @@ impl SeriesDetector {
         Ok(verdict)
     }
 
+    /// Seconds per point, for converting natural periods to points (see
+    /// [`step::StepEstimate::mean_ms`]).
     fn step_secs(&self) -> f64 {
-        self.step_ms.map_or(0.0, |s| s as f64 / 1000.0)
+        match self.spacing.mean_ms() {
+            Some(mean) => mean / 1000.0,
+            None => self.step_ms.map_or(0.0, |s| s as f64 / 1000.0),
+        }
     }
 
     fn seasonal(&self, idx: u64) -> f64 {

@@ -177,6 +177,33 @@ fn one_early_scrape_does_not_turn_every_later_spacing_into_a_gap() {
 }
 
 #[test]
+fn scrape_jitter_does_not_put_the_learned_day_out_of_phase() {
+    // Five-minute points, each up to half a minute off its slot. The median of a few
+    // spacings then reads anywhere from about 290 to 310 s from one refit to the next, and a
+    // day converted to points with it (298 instead of 288) applied the season hours off.
+    let day = 288;
+    let mut noise = Noise(31);
+    let cfg = SeriesConfig::default();
+    let mut det = SeriesDetector::new();
+    let mut scores = Vec::new();
+    for i in 0..7 * day {
+        let jitter = ((noise.uniform() * 2.0 - 1.0) * 30_000.0) as i64;
+        let v = 100.0 + 40.0 * ((i % day) as f64 / day as f64 * std::f64::consts::TAU).sin() + noise.gauss();
+        scores.push(det.observe(&cfg, i as i64 * 300_000 + jitter, v).expect("accepted"));
+    }
+    assert!(scores[5 * day].seasonal, "the daily season must be modelled by day 5");
+    assert!(
+        max_score(&scores, 3 * day..7 * day) < 0.5,
+        "learned season must not alarm"
+    );
+    let off = scores[5 * day..]
+        .iter()
+        .map(|p| (p.value - p.expected).abs())
+        .fold(0.0, f64::max);
+    assert!(off < 8.0, "expected values out of phase by up to {off}");
+}
+
+#[test]
 fn bad_points_are_rejected_without_touching_state() {
     let cfg = SeriesConfig::default();
     let mut det = SeriesDetector::new();
