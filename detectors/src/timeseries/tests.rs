@@ -45,6 +45,27 @@ fn noisy(n: usize, seed: u64, f: impl Fn(usize) -> f64) -> Vec<f64> {
     (0..n).map(|i| f(i) + noise.gauss()).collect()
 }
 
+/// Five-minute points in a day.
+const DAY: usize = 288;
+
+/// A daily cycle at five-minute resolution: 100 ± 40.
+fn daily_cycle(i: usize) -> f64 {
+    100.0 + 40.0 * ((i % DAY) as f64 / DAY as f64 * std::f64::consts::TAU).sin()
+}
+
+/// Five-minute scores of a daily cycle: the day is modelled by day 5, nothing fires from
+/// day 3 on, and the expected values stay in phase with the data.
+fn assert_day_learned(scores: &[PointScore]) {
+    assert!(scores[5 * DAY].seasonal, "the daily season must be modelled by day 5");
+    let worst = max_score(scores, 3 * DAY..scores.len());
+    assert!(worst < 0.5, "the learned day scored {worst}");
+    let off = scores[5 * DAY..]
+        .iter()
+        .map(|p| (p.value - p.expected).abs())
+        .fold(0.0, f64::max);
+    assert!(off < 8.0, "expected values out of phase by up to {off}");
+}
+
 #[test]
 fn spike_is_found_at_its_point_and_noise_stays_quiet() {
     let mut y = noisy(700, 1, |_| 100.0);
@@ -148,15 +169,14 @@ fn one_early_scrape_does_not_turn_every_later_spacing_into_a_gap() {
     // Real CloudWatch exports have it: five-minute points with, once, one a minute after
     // the last. Taking that minute as the step filled every later spacing with four
     // invented points, so the ring held a fifth of real data and the day was never learned.
-    let day = 288;
     let mut noise = Noise(12);
     let cfg = SeriesConfig::default();
     let mut det = SeriesDetector::new();
     let mut fed = Vec::new();
     let mut scores = Vec::new();
-    for i in 0..6 * day {
+    for i in 0..6 * DAY {
         let t = i as i64 * 300_000;
-        let v = 100.0 + 40.0 * ((i % day) as f64 / day as f64 * std::f64::consts::TAU).sin() + noise.gauss();
+        let v = daily_cycle(i) + noise.gauss();
         scores.push(det.observe(&cfg, t, v).expect("accepted"));
         fed.push(v);
         if i == 50 {
@@ -169,11 +189,7 @@ fn one_early_scrape_does_not_turn_every_later_spacing_into_a_gap() {
     let ring: Vec<f64> = det.recent(200).collect();
     let expected: Vec<f64> = fed[fed.len() - 200..].iter().map(|&v| f64::from(v as f32)).collect();
     assert_eq!(ring, expected, "the ring holds what was fed");
-    assert!(scores[5 * day].seasonal, "the daily season must be modelled by day 5");
-    assert!(
-        max_score(&scores, 3 * day..6 * day) < 0.5,
-        "learned season must not alarm"
-    );
+    assert_day_learned(&scores);
 }
 
 #[test]
@@ -181,26 +197,17 @@ fn scrape_jitter_does_not_put_the_learned_day_out_of_phase() {
     // Five-minute points, each up to half a minute off its slot. The median of a few
     // spacings then reads anywhere from about 290 to 310 s from one refit to the next, and a
     // day converted to points with it (298 instead of 288) applied the season hours off.
-    let day = 288;
     let mut noise = Noise(31);
     let cfg = SeriesConfig::default();
     let mut det = SeriesDetector::new();
-    let mut scores = Vec::new();
-    for i in 0..7 * day {
-        let jitter = ((noise.uniform() * 2.0 - 1.0) * 30_000.0) as i64;
-        let v = 100.0 + 40.0 * ((i % day) as f64 / day as f64 * std::f64::consts::TAU).sin() + noise.gauss();
-        scores.push(det.observe(&cfg, i as i64 * 300_000 + jitter, v).expect("accepted"));
-    }
-    assert!(scores[5 * day].seasonal, "the daily season must be modelled by day 5");
-    assert!(
-        max_score(&scores, 3 * day..7 * day) < 0.5,
-        "learned season must not alarm"
-    );
-    let off = scores[5 * day..]
-        .iter()
-        .map(|p| (p.value - p.expected).abs())
-        .fold(0.0, f64::max);
-    assert!(off < 8.0, "expected values out of phase by up to {off}");
+    let scores: Vec<PointScore> = (0..7 * DAY)
+        .map(|i| {
+            let jitter = ((noise.uniform() * 2.0 - 1.0) * 30_000.0) as i64;
+            let v = daily_cycle(i) + noise.gauss();
+            det.observe(&cfg, i as i64 * 300_000 + jitter, v).expect("accepted")
+        })
+        .collect();
+    assert_day_learned(&scores);
 }
 
 #[test]
@@ -396,25 +403,17 @@ fn the_daily_phase_survives_an_outage_of_several_days() {
     // Five-minute points with a daily cycle; four days (1,152 points, more than the ring)
     // missing. Only 1,024 filled points fit the ring, but the index must still advance by all
     // 1,152, or the learned day is applied hours out of phase.
-    let day = 288;
-    let shape = |i: usize| 100.0 + 40.0 * ((i % day) as f64 / day as f64 * std::f64::consts::TAU).sin();
-    let outage = 5 * day..9 * day;
-    let y = noisy(12 * day, 22, shape);
+    let outage = 5 * DAY..9 * DAY;
+    let y = noisy(12 * DAY, 22, daily_cycle);
     let cfg = SeriesConfig::default();
     let mut det = SeriesDetector::new();
-    let mut after = Vec::new();
+    let mut scores = Vec::new();
     for (i, &v) in y.iter().enumerate() {
         if outage.contains(&i) {
             continue;
         }
-        let p = det.observe(&cfg, i as i64 * 300_000, v).expect("accepted");
-        if i >= outage.end {
-            after.push(p);
-        }
+        scores.push(det.observe(&cfg, i as i64 * 300_000, v).expect("accepted"));
     }
-    assert!(after.iter().all(|p| p.seasonal), "the season is kept");
-    let worst = after.iter().map(|p| p.score).fold(0.0, f64::max);
-    assert!(worst < 0.5, "the normal day after the outage scored {worst}");
-    let off = after.iter().map(|p| (p.value - p.expected).abs()).fold(0.0, f64::max);
-    assert!(off < 8.0, "expected values out of phase by up to {off}");
+    assert!(scores[5 * DAY..].iter().all(|p| p.seasonal), "the season is kept");
+    assert_day_learned(&scores);
 }
