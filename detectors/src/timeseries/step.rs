@@ -30,6 +30,9 @@ pub(crate) struct StepEstimate {
 
 /// Weight of one spacing in the running mean.
 const MEAN_WEIGHT: f64 = 1.0 / 64.0;
+/// How far (as a factor) the mean may be from the median before it starts over from it:
+/// wide enough that jitter does not reset it.
+const MEAN_TRUST: f64 = 1.5;
 
 impl StepEstimate {
     /// Records the spacing `dt_ms` (> 0) between two accepted points and returns the step.
@@ -49,11 +52,14 @@ impl StepEstimate {
         let missing = missing_points(dt, step);
         // The mean only converts periods to points; it never decides what is a gap, so it
         // cannot talk itself into a multiple of the true step.
+        // Far from the median it starts over from it: the first spacing was an odd one, or
+        // the scrape interval changed.
         let per_point = dt as f64 / (missing as f64 + 1.0);
-        self.mean_ms = if self.mean_ms > 0.0 {
+        let ratio = self.mean_ms / step as f64;
+        self.mean_ms = if (1.0 / MEAN_TRUST..=MEAN_TRUST).contains(&ratio) {
             self.mean_ms + MEAN_WEIGHT * (per_point - self.mean_ms)
         } else {
-            per_point
+            step as f64
         };
         (step, missing)
     }
@@ -95,37 +101,53 @@ fn missing_points(dt_ms: i64, step_ms: i64) -> u64 {
 mod tests {
     use super::*;
 
+    /// Feeds points `dt_ms` apart; returns the step after each.
+    fn feed(est: &mut StepEstimate, clock: &mut i64, dts: &[i64]) -> Vec<i64> {
+        dts.iter()
+            .map(|&dt| {
+                let (step, _) = est.advance(*clock, *clock + dt);
+                *clock += dt;
+                step
+            })
+            .collect()
+    }
+
     #[test]
-    fn one_odd_spacing_does_not_move_the_step() {
-        let mut est = StepEstimate::default();
-        for _ in 0..20 {
-            est.observe(60_000);
-        }
+    fn one_odd_spacing_moves_neither_the_step_nor_the_mean() {
+        let (mut est, mut clock) = (StepEstimate::default(), 0);
+        feed(&mut est, &mut clock, &[60_000; 20]);
         // A retried scrape two seconds later, then the regular rhythm again.
-        assert_eq!(est.observe(2_000), 60_000);
-        assert_eq!(est.observe(58_000), 60_000);
-        for _ in 0..20 {
-            assert_eq!(est.observe(60_000), 60_000);
-        }
+        let steps = feed(&mut est, &mut clock, &[2_000, 58_000, 60_000, 60_000]);
+        assert_eq!(steps, vec![60_000; 4]);
+        let mean = est.mean_ms().expect("estimated");
+        assert!((mean - 60_000.0).abs() < 1_000.0, "mean {mean}");
     }
 
     #[test]
     fn a_new_scrape_interval_takes_over_after_half_the_window() {
-        let mut est = StepEstimate::default();
-        for _ in 0..20 {
-            est.observe(60_000);
-        }
-        let steps: Vec<i64> = (0..SPACINGS).map(|_| est.observe(10_000)).collect();
+        let (mut est, mut clock) = (StepEstimate::default(), 0);
+        feed(&mut est, &mut clock, &[60_000; 20]);
+        let steps = feed(&mut est, &mut clock, &[10_000; SPACINGS]);
         assert_eq!(steps[SPACINGS / 2 - 1], 60_000, "{steps:?}");
         assert_eq!(steps[SPACINGS / 2], 10_000, "{steps:?}");
+        assert_eq!(est.mean_ms(), Some(10_000.0), "the mean starts over");
+    }
+
+    #[test]
+    fn an_odd_first_spacing_does_not_linger_in_the_mean() {
+        // The first spacing is the odd one: the mean must not start from it and creep back
+        // over hundreds of points (the first refit would convert the day with it).
+        let (mut est, mut clock) = (StepEstimate::default(), 0);
+        feed(&mut est, &mut clock, &[60_000]);
+        feed(&mut est, &mut clock, &[300_000; 5]);
+        assert_eq!(est.mean_ms(), Some(300_000.0));
     }
 
     #[test]
     fn the_first_spacings_give_a_step_even_with_a_gap_among_them() {
-        let mut est = StepEstimate::default();
+        let (mut est, mut clock) = (StepEstimate::default(), 0);
         assert_eq!(est.step(), None);
-        assert_eq!(est.observe(300_000), 300_000);
-        assert_eq!(est.observe(900_000), 300_000);
+        assert_eq!(feed(&mut est, &mut clock, &[300_000, 900_000]), vec![300_000, 300_000]);
     }
 
     #[test]
