@@ -25,17 +25,21 @@ fn jitter(i: u64) -> f64 {
 
 fn spans_request(spans: Vec<Span>) -> ExportTraceServiceRequest {
     ExportTraceServiceRequest {
-        resource_spans: vec![ResourceSpans {
-            resource: Some(Resource {
-                attributes: vec![kv("service.name", string_value("checkout"))],
-                ..Default::default()
-            }),
-            scope_spans: vec![ScopeSpans {
-                spans,
-                ..Default::default()
-            }],
+        resource_spans: vec![resource_spans("checkout", spans)],
+    }
+}
+
+fn resource_spans(service: &str, spans: Vec<Span>) -> ResourceSpans {
+    ResourceSpans {
+        resource: Some(Resource {
+            attributes: vec![kv("service.name", string_value(service))],
+            ..Default::default()
+        }),
+        scope_spans: vec![ScopeSpans {
+            spans,
             ..Default::default()
         }],
+        ..Default::default()
     }
 }
 
@@ -377,6 +381,43 @@ async fn a_pause_in_a_backfill_does_not_make_the_rest_of_it_late() -> Result<()>
 }
 
 /// Waits for checkout's `GET /stock` p99 anomaly (the regression of [`regression_spans`]).
+#[tokio::test]
+async fn a_host_whose_clock_runs_fast_does_not_make_the_others_late() -> Result<()> {
+    // checkout's regression stream, and in every request after it a span from a batch host
+    // whose clock is ten minutes ahead. Event time used to be the newest timestamp seen: the
+    // batch host closed every interval ten minutes early and checkout's spans were all
+    // dropped as late, so its regression was never found.
+    let c = Collector::start()?;
+    let client = reqwest::Client::new();
+    let minutes = 200u64;
+    let base = (now_ns() / MIN_NS - minutes - 60) * MIN_NS;
+    let checkout = regression_spans(base, minutes, 0..minutes, "GET /stock");
+    for chunk in checkout.chunks(1000) {
+        let ahead = chunk.last().map_or(0, |s| s.end_time_unix_nano) + 10 * MIN_NS;
+        let batch = Span {
+            trace_id: ahead.to_be_bytes().repeat(2),
+            span_id: ahead.to_be_bytes().to_vec(),
+            name: "run".into(),
+            kind: 2,
+            start_time_unix_nano: ahead - 1_000_000_000,
+            end_time_unix_nano: ahead,
+            ..Default::default()
+        };
+        let request = ExportTraceServiceRequest {
+            resource_spans: vec![
+                resource_spans("checkout", chunk.to_vec()),
+                resource_spans("batch", vec![batch]),
+            ],
+        };
+        post(&client, c.http_url("/v1/traces"), request.encode_to_vec()).await?;
+    }
+    let p99 = stock_p99(&client, &c, "the p99 anomaly next to a fast clock").await?;
+    let slow_from_ms = ((base + (minutes - 20) * MIN_NS) / 1_000_000) as i64;
+    assert_eq!(p99["start_ms"].as_i64(), Some(slow_from_ms), "{p99}");
+    assert_eq!(late_events(&client, &c).await?, "vigil_detect_late_events_total 0");
+    Ok(())
+}
+
 async fn stock_p99(client: &reqwest::Client, c: &Collector, what: &str) -> Result<Value> {
     let url = c.api_url("/api/v1/anomalies?service=checkout");
     eventually(Duration::from_secs(60), what, || {

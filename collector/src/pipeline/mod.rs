@@ -264,12 +264,14 @@ fn run(
                         &mut topo,
                         &mut joiner,
                         &mut p.counters,
-                        &mut p.latest_event_ms,
                         input,
                         context_only,
                     );
                 }
                 p.applied_lsn = p.applied_lsn.max(lsn);
+                // Event time as the sources agree on it: one host's fast clock must not
+                // carry the quiet-spell clock (and the correlator) ahead of everyone else.
+                p.latest_event_ms = p.latest_event_ms.max(state.engine.event_time());
                 clock.saw(p.latest_event_ms, crate::timeutil::now_ms());
             }
             Ok(Msg::Feedback { signal_key, verdict }) => {
@@ -357,7 +359,6 @@ fn feed(
     topo: &mut Topology,
     joiner: &mut join::Joiner,
     counters: &mut state_file::Counters,
-    latest_event_ms: &mut i64,
     input: DetectorInput,
     context_only: bool,
 ) {
@@ -384,7 +385,6 @@ fn feed(
             if context_only {
                 return;
             }
-            *latest_event_ms = (*latest_event_ms).max(ts_ms);
             engine.observe_log(&service, pattern_id, is_new, &template, severity, ts_ms);
         }
         DetectorInput::Span {
@@ -412,7 +412,6 @@ fn feed(
             if context_only {
                 return;
             }
-            *latest_event_ms = (*latest_event_ms).max(end_ms);
             if entry {
                 engine.observe_traced_span(&service, &operation, end_ms, duration_s, error, &trace_id);
             }
@@ -439,7 +438,6 @@ fn feed(
             if context_only {
                 return;
             }
-            *latest_event_ms = (*latest_event_ms).max(ts_ms);
             let (value, unit) = if cumulative {
                 // Counters: the rate since the previous point; a reset (drop) starts over.
                 let prev = counters.insert(series_id, (ts_ms, value));

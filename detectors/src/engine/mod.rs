@@ -1,8 +1,8 @@
 //! The engine: every signal the collector sees, in event time, in; anomalies out.
 //!
 //! Metric points go straight to one [`SeriesDetector`] per series. Logs and spans are
-//! counted into fixed event-time intervals; when the watermark (latest event time seen,
-//! minus the allowed lateness) passes an interval's end, the interval is closed and its
+//! counted into fixed event-time intervals; when the watermark (event time as the sources
+//! agree on it, minus the allowed lateness) passes an interval's end, the interval is closed and its
 //! aggregates (per-pattern and error-log rates, per-operation request rate, error ratio and
 //! latency quantiles) are scored by the same per-series machinery. Scores at or above the
 //! signal's threshold open an [`Anomaly`] or extend the open one; a few quiet points close
@@ -22,6 +22,7 @@ use crate::anomaly::{
 use crate::timeseries::peers::{PeerVerdict, peer_outliers};
 use crate::timeseries::{PointScore, SeriesConfig, SeriesDetector, Signal};
 
+mod sources;
 mod state;
 pub use state::{EngineState, EngineStateRef, STATE_VERSION, VersionMismatch};
 
@@ -259,6 +260,8 @@ pub struct Engine {
     tracked: HashMap<String, Tracked>,
     buckets: BTreeMap<i64, IntervalBucket>,
     watermark_ms: i64,
+    /// Event time as the sources agree on it (see [`sources`]).
+    sources: sources::SourceClock,
     service_first_ms: HashMap<String, i64>,
     pattern_templates: HashMap<u64, String>,
     peer_groups: HashMap<String, PeerGroup>,
@@ -308,6 +311,7 @@ impl Engine {
             tracked: HashMap::new(),
             buckets: BTreeMap::new(),
             watermark_ms: i64::MIN,
+            sources: sources::SourceClock::default(),
             service_first_ms: HashMap::new(),
             pattern_templates: HashMap::new(),
             peer_groups: HashMap::new(),
@@ -359,6 +363,20 @@ impl Engine {
         std::mem::take(&mut self.updates)
     }
 
+    /// Event time as the sources agree on it: the newest time at least two of them have
+    /// reached (see [`sources`]); `i64::MIN` before any event. The caller's clock for quiet
+    /// spells should start from it, not from the newest timestamp seen.
+    pub fn event_time(&self) -> i64 {
+        self.sources.event_time()
+    }
+
+    /// Notes an event of `source` and closes what the agreed event time allows.
+    fn saw(&mut self, source: &str, ts_ms: i64) {
+        self.sources.saw(source, ts_ms);
+        let now = self.sources.event_time();
+        self.advance(now);
+    }
+
     /// Moves event time forward to `ts_ms` (the latest event time known to the caller);
     /// intervals that ended more than the lateness before it are closed and scored.
     pub fn advance(&mut self, ts_ms: i64) {
@@ -396,7 +414,11 @@ impl Engine {
         };
         self.score(&key, DetectorKind::Metric, signal, m.unit, m.ts_ms, m.value, false);
         self.note_peer(m);
-        self.advance(m.ts_ms);
+        let source = m
+            .service
+            .or_else(|| m.labels.get("host.name").map(String::as_str))
+            .unwrap_or("");
+        self.saw(source, m.ts_ms);
     }
 
     /// Files the point under its peer group (same metric and labels but for the member label).
@@ -579,7 +601,7 @@ impl Engine {
                 b.errors.entry(service.to_string()).or_default();
             }
         }
-        self.advance(ts_ms);
+        self.saw(service, ts_ms);
     }
 
     /// One finished span: its service, operation (span name), end time and duration.
@@ -612,7 +634,7 @@ impl Engine {
                 }
             }
         }
-        self.advance(end_ms);
+        self.saw(service, end_ms);
     }
 
     fn new_pattern(&mut self, service: &str, pattern_id: u64, template: &str, severity_number: i32, ts_ms: i64) {

@@ -10,6 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
+use super::sources::SourceClock;
 use super::{Engine, IntervalBucket, PeerGroup, Tracked};
 
 /// Bumped when the layout changes incompatibly: a state of another version is refused
@@ -21,6 +22,7 @@ pub const STATE_VERSION: u32 = 1;
 pub struct EngineStateRef<'a> {
     version: u32,
     watermark_ms: i64,
+    sources: &'a SourceClock,
     tracked: &'a HashMap<String, Tracked>,
     buckets: &'a BTreeMap<i64, IntervalBucket>,
     service_first_ms: &'a HashMap<String, i64>,
@@ -33,6 +35,9 @@ pub struct EngineStateRef<'a> {
 pub struct EngineState {
     version: u32,
     watermark_ms: i64,
+    /// Absent in states saved before sources had clocks of their own.
+    #[serde(default)]
+    sources: SourceClock,
     tracked: HashMap<String, Tracked>,
     buckets: BTreeMap<i64, IntervalBucket>,
     service_first_ms: HashMap<String, i64>,
@@ -72,6 +77,7 @@ impl Engine {
         EngineStateRef {
             version: STATE_VERSION,
             watermark_ms: self.watermark_ms,
+            sources: &self.sources,
             tracked: &self.tracked,
             buckets: &self.buckets,
             service_first_ms: &self.service_first_ms,
@@ -88,6 +94,7 @@ impl Engine {
             return Err(VersionMismatch { found: state.version });
         }
         self.watermark_ms = state.watermark_ms;
+        self.sources = state.sources;
         self.tracked = state.tracked;
         while self.tracked.len() > self.cfg.max_series {
             self.evict_oldest();

@@ -409,3 +409,21 @@ fn a_missing_morning_ramp_on_ten_second_data_is_a_time_of_day_finding() {
         found.explanation
     );
 }
+
+#[test]
+fn one_host_with_a_fast_clock_does_not_make_everyone_else_late() {
+    let mut e = engine();
+    // checkout and payment report on time; the batch host's clock runs ten minutes fast.
+    for m in 0..30i64 {
+        for k in 0..20i64 {
+            let ts = T0 + m * MIN + k * 3000;
+            e.observe_span("checkout", "POST /pay", ts, 0.2, false);
+            e.observe_span("payment", "charge", ts + 100, 0.1, false);
+            e.observe_span("batch", "run", ts + 10 * MIN, 0.5, false);
+        }
+    }
+    assert_eq!(e.stats().late_events, 0, "on-time spans dropped as late");
+    // Intervals still close as the on-time sources move on.
+    assert!(e.event_time() >= T0 + 29 * MIN, "{}", e.event_time());
+    assert!(e.stats().points_scored > 0);
+}
