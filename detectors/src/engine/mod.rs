@@ -264,6 +264,8 @@ pub struct Engine {
     sources: sources::SourceClock,
     service_first_ms: HashMap<String, i64>,
     pattern_templates: HashMap<u64, String>,
+    /// The highest severity each pattern's lines have had (bounded with the templates).
+    pattern_severity: HashMap<u64, i32>,
     peer_groups: HashMap<String, PeerGroup>,
     feedback: BTreeMap<String, SignalFeedback>,
     updates: Vec<Anomaly>,
@@ -273,6 +275,16 @@ pub struct Engine {
 }
 
 const ERROR_SEVERITY: i32 = 17;
+
+/// Which points of a signal may open a finding (any may extend an open one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Opens {
+    Any,
+    /// Only a value above the expected one: fewer errors than usual is good news.
+    Rise,
+    /// None: the evidence is too thin (a single error in an interval).
+    No,
+}
 /// Errors an interval needs before its error rate or ratio may start a finding.
 const MIN_ERRORS: u64 = 5;
 const WARN_SEVERITY: i32 = 13;
@@ -314,6 +326,7 @@ impl Engine {
             sources: sources::SourceClock::default(),
             service_first_ms: HashMap::new(),
             pattern_templates: HashMap::new(),
+            pattern_severity: HashMap::new(),
             peer_groups: HashMap::new(),
             feedback: BTreeMap::new(),
             updates: Vec::new(),
@@ -565,7 +578,7 @@ impl Engine {
                 }
                 let threshold = self.threshold(&key);
                 let sentence = self.feedback.get(&key).and_then(SignalFeedback::sentence);
-                self.apply_point(&key, point, threshold, sentence, true);
+                self.apply_point(&key, point, threshold, sentence, Opens::Any);
             }
         }
         // Groups that stopped reporting go away after the zero-fill horizon.
@@ -587,9 +600,12 @@ impl Engine {
         if is_new_pattern || !self.pattern_templates.contains_key(&pattern_id) {
             if self.pattern_templates.len() >= self.cfg.max_series {
                 self.pattern_templates.clear();
+                self.pattern_severity.clear();
             }
             self.pattern_templates.insert(pattern_id, truncate(template, 160));
         }
+        let severity = self.pattern_severity.entry(pattern_id).or_insert(severity_number);
+        *severity = (*severity).max(severity_number);
         if is_new_pattern && ts_ms - first >= self.cfg.new_pattern_warmup_ms && severity_number >= WARN_SEVERITY {
             self.new_pattern(service, pattern_id, template, severity_number, ts_ms);
         }
@@ -745,7 +761,8 @@ impl Engine {
                 name: format!("log pattern {pattern} \"{template}\""),
                 labels: BTreeMap::from([("pattern".to_string(), pattern.to_string())]),
             };
-            self.score(
+            let opens = self.pattern_opens(pattern);
+            self.score_inner(
                 &key,
                 DetectorKind::LogPatternRate,
                 signal,
@@ -753,6 +770,8 @@ impl Engine {
                 end,
                 n as f64 * per_min,
                 true,
+                true,
+                opens,
             );
             seen.push(key);
         }
@@ -764,7 +783,8 @@ impl Engine {
                 name: "error logs".into(),
                 labels: BTreeMap::new(),
             };
-            let enough = n >= MIN_ERRORS;
+            // Thin evidence (one error) opens nothing; fewer errors than expected is good news.
+            let opens = if n >= MIN_ERRORS { Opens::Rise } else { Opens::No };
             self.score_inner(
                 &key,
                 DetectorKind::LogErrorRate,
@@ -774,7 +794,7 @@ impl Engine {
                 n as f64 * per_min,
                 true,
                 true,
-                enough,
+                opens,
             );
             seen.push(key);
         }
@@ -799,7 +819,11 @@ impl Engine {
                     name: format!("{what} of {service} {op}"),
                     labels: BTreeMap::from([("operation".to_string(), op.clone())]),
                 };
-                let may_open = suffix != "errors" || red.errors >= MIN_ERRORS;
+                let opens = match suffix {
+                    "errors" if red.errors < MIN_ERRORS => Opens::No,
+                    "errors" => Opens::Rise,
+                    _ => Opens::Any,
+                };
                 self.exemplars = match suffix {
                     "errors" => red.failing.clone(),
                     "p50" | "p95" | "p99" => red.slowest.iter().map(|(_, t)| t.clone()).collect(),
@@ -814,7 +838,7 @@ impl Engine {
                     value,
                     suffix == "rate",
                     true,
-                    may_open,
+                    opens,
                 );
                 seen.push(key);
             }
@@ -834,8 +858,26 @@ impl Engine {
         for key in silent {
             if let Some(t) = self.tracked.get(&key) {
                 let (kind, signal, unit) = (t.kind, t.signal.clone(), t.unit.clone());
-                self.score_inner(&key, kind, signal, &unit, end, 0.0, true, false, true);
+                let opens = match kind {
+                    DetectorKind::LogPatternRate => key
+                        .rsplit_once(':')
+                        .and_then(|(_, p)| p.parse().ok())
+                        .map_or(Opens::Any, |p| self.pattern_opens(p)),
+                    DetectorKind::LogErrorRate => Opens::No,
+                    _ if key.ends_with(":errors") => Opens::No,
+                    _ => Opens::Any,
+                };
+                self.score_inner(&key, kind, signal, &unit, end, 0.0, true, false, opens);
             }
+        }
+    }
+
+    /// Whether a log pattern's rate may open a finding either way: a warning or error
+    /// pattern going quiet is good news, so only its rise does.
+    fn pattern_opens(&self, pattern: u64) -> Opens {
+        match self.pattern_severity.get(&pattern) {
+            Some(&s) if s >= WARN_SEVERITY => Opens::Rise,
+            _ => Opens::Any,
         }
     }
 
@@ -850,7 +892,7 @@ impl Engine {
         value: f64,
         interval_series: bool,
     ) {
-        self.score_inner(key, kind, signal, unit, ts_ms, value, interval_series, true, true);
+        self.score_inner(key, kind, signal, unit, ts_ms, value, interval_series, true, Opens::Any);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -864,7 +906,7 @@ impl Engine {
         value: f64,
         interval_series: bool,
         seen: bool,
-        may_open: bool,
+        opens: Opens,
     ) {
         if !self.tracked.contains_key(key) {
             if self.tracked.len() >= self.cfg.max_series {
@@ -909,14 +951,19 @@ impl Engine {
             }
         };
         self.stats.points_scored += 1;
-        self.apply_point(key, point, threshold, sentence, may_open);
+        self.apply_point(key, point, threshold, sentence, opens);
     }
 
     /// Opens, extends or closes the anomaly of `key` with one scored point.
-    fn apply_point(&mut self, key: &str, point: PointScore, threshold: f64, sentence: Option<String>, may_open: bool) {
+    fn apply_point(&mut self, key: &str, point: PointScore, threshold: f64, sentence: Option<String>, opens: Opens) {
         let ts_ms = point.timestamp_ms;
         let Some(t) = self.tracked.get_mut(key) else { return };
         let non_negative = matches!(t.unit.as_str(), "/s" | "/min" | "s" | "ratio");
+        let may_open = match opens {
+            Opens::Any => true,
+            Opens::Rise => point.value > point.expected,
+            Opens::No => false,
+        };
         // `may_open` is false when the evidence is too thin to start a finding (one error
         // in an interval), though it may still extend one.
         let strong = point.score >= threshold && (may_open || t.open.is_some());

@@ -27,6 +27,7 @@ pub struct EngineStateRef<'a> {
     buckets: &'a BTreeMap<i64, IntervalBucket>,
     service_first_ms: &'a HashMap<String, i64>,
     pattern_templates: &'a HashMap<u64, String>,
+    pattern_severity: &'a HashMap<u64, i32>,
     peer_groups: &'a HashMap<String, PeerGroup>,
 }
 
@@ -42,6 +43,8 @@ pub struct EngineState {
     buckets: BTreeMap<i64, IntervalBucket>,
     service_first_ms: HashMap<String, i64>,
     pattern_templates: HashMap<u64, String>,
+    #[serde(default)]
+    pattern_severity: HashMap<u64, i32>,
     peer_groups: HashMap<String, PeerGroup>,
 }
 
@@ -82,6 +85,7 @@ impl Engine {
             buckets: &self.buckets,
             service_first_ms: &self.service_first_ms,
             pattern_templates: &self.pattern_templates,
+            pattern_severity: &self.pattern_severity,
             peer_groups: &self.peer_groups,
         }
     }
@@ -106,6 +110,7 @@ impl Engine {
         self.buckets = state.buckets;
         self.service_first_ms = state.service_first_ms;
         self.pattern_templates = state.pattern_templates;
+        self.pattern_severity = state.pattern_severity;
         self.peer_groups = state.peer_groups;
         Ok(())
     }

@@ -427,3 +427,29 @@ fn one_host_with_a_fast_clock_does_not_make_everyone_else_late() {
     assert!(e.event_time() >= T0 + 29 * MIN, "{}", e.event_time());
     assert!(e.stats().points_scored > 0);
 }
+
+#[test]
+fn errors_that_stop_are_good_news_not_a_finding() {
+    // A warning pattern ten times a minute and a heartbeat, both of which stop at minute
+    // 180 while requests go on. The heartbeat going silent is news; the warnings going
+    // silent are not.
+    let mut e = engine();
+    for m in 0..200i64 {
+        for k in 0..10 {
+            let ts = T0 + m * MIN + k * 6000;
+            e.observe_log("cart", 2, m == 0 && k == 0, "request <*> done", 9, ts + 100);
+            if m < 180 {
+                e.observe_log("cart", 1, m == 0 && k == 0, "heartbeat ok", 9, ts);
+                e.observe_log("cart", 3, m == 0 && k == 0, "upstream <*> failed", 13, ts + 300);
+            }
+        }
+    }
+    e.advance(T0 + 200 * MIN);
+    let all = findings(&mut e);
+    assert!(
+        all.values().any(|a| a.signal.key == "lograte:cart:1"),
+        "the heartbeat's silence is a finding"
+    );
+    let quiet: Vec<_> = all.values().filter(|a| a.signal.key == "lograte:cart:3").collect();
+    assert!(quiet.is_empty(), "warnings that stopped became a finding: {quiet:#?}");
+}
