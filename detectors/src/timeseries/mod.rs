@@ -156,7 +156,8 @@ pub enum Rejected {
 }
 
 /// Online state of one series. Memory is bounded by `history` plus the largest season, nine
-/// spacings, 16 gap-filled runs, 32 remembered excursions and, for finely sampled series, the daily view (a 640-point ring).
+/// spacings, 16 gap-filled runs, 32 remembered excursions and, for finely sampled series,
+/// the daily view (a 640-point ring).
 /// Serialisable, so the collector can keep what a series has learned across a restart.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct SeriesDetector {
@@ -177,8 +178,6 @@ pub struct SeriesDetector {
     cooldown_left: usize,
     seen_min: f64,
     seen_max: f64,
-    #[serde(default)]
-    range_days: VecDeque<(i64, f64, f64)>,
     last_value: Option<f64>,
     flat_run: usize,
     routine: routine::Routine,
@@ -444,27 +443,6 @@ impl SeriesDetector {
         } else {
             self.seen_min = self.seen_min.min(value);
             self.seen_max = self.seen_max.max(value);
-            let days: usize = std::env::var("RD").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
-            if days > 0 {
-                let day = timestamp_ms.div_euclid(86_400_000);
-                match self.range_days.back_mut() {
-                    Some(b) if b.0 == day => {
-                        b.1 = b.1.min(value);
-                        b.2 = b.2.max(value);
-                    }
-                    _ => {
-                        self.range_days.push_back((day, value, value));
-                    }
-                }
-                let before = self.range_days.len();
-                while self.range_days.front().is_some_and(|b| b.0 <= day - days as i64) {
-                    self.range_days.pop_front();
-                }
-                if self.range_days.len() != before {
-                    self.seen_min = self.range_days.iter().map(|b| b.1).fold(f64::INFINITY, f64::min);
-                    self.seen_max = self.range_days.iter().map(|b| b.2).fold(f64::NEG_INFINITY, f64::max);
-                }
-            }
         }
         if self.fit.is_some() {
             let clipped = resid.clamp(-4.0 * scale, 4.0 * scale);
