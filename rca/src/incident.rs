@@ -20,6 +20,21 @@ use crate::topology::Topology;
 
 /// Onsets this close to the incident's first count as simultaneous.
 const SIMULTANEOUS_MS: i64 = 60_000;
+/// Findings at least this strong date a service's onset; weaker ones only when it has
+/// nothing stronger. A lone marginal finding minutes early (a log pattern's rate dipping)
+/// must not make a bystander "first to go wrong" ahead of the service whose every signal
+/// broke together.
+const ONSET_SCORE: f64 = 0.8;
+
+/// When a service went wrong: its first strong finding, or its first finding if none is.
+fn onset(members: &[&Member]) -> Option<i64> {
+    let strong = members
+        .iter()
+        .filter(|m| m.score >= ONSET_SCORE)
+        .map(|m| m.start_ms)
+        .min();
+    strong.or_else(|| members.iter().map(|m| m.start_ms).min())
+}
 
 #[derive(Debug, Clone)]
 pub struct IncidentConfig {
@@ -241,12 +256,12 @@ fn rank(inc: &mut Incident, topo: &Topology) {
     for m in &inc.timeline {
         by_service.entry(m.service.as_str()).or_default().push(m);
     }
-    let first_ms = inc.timeline.iter().map(|m| m.start_ms).min().unwrap_or(inc.start_ms);
-    let last_onset = by_service
-        .values()
-        .map(|ms| ms.iter().map(|m| m.start_ms).min().unwrap_or(first_ms))
-        .max()
-        .unwrap_or(first_ms);
+    let onsets: BTreeMap<&str, i64> = by_service
+        .iter()
+        .filter_map(|(svc, ms)| onset(ms).map(|t| (*svc, t)))
+        .collect();
+    let first_ms = onsets.values().copied().min().unwrap_or(inc.start_ms);
+    let last_onset = onsets.values().copied().max().unwrap_or(first_ms);
     let spread = (last_onset - first_ms).max(1) as f64;
     let services: Vec<&str> = by_service.keys().copied().collect();
     // Services whose only findings are drops below the expected band are affected, not
@@ -259,7 +274,7 @@ fn rank(inc: &mut Incident, topo: &Topology) {
     let mut ranked: Vec<RankedService> = by_service
         .iter()
         .map(|(svc, members)| {
-            let onset = members.iter().map(|m| m.start_ms).min().unwrap_or(first_ms);
+            let onset = onsets.get(svc).copied().unwrap_or(first_ms);
             let mut strength = members.iter().map(|m| m.score).fold(0.0, f64::max);
             let families: BTreeSet<&str> = members.iter().map(|m| kind_family(m.detector)).collect();
             // Findings within one aggregation interval of the first are simultaneous: a
@@ -422,6 +437,28 @@ mod tests {
             });
         }
         t
+    }
+
+    #[test]
+    fn a_marginal_finding_minutes_early_does_not_make_a_caller_first_to_go_wrong() {
+        // payment breaks at 0 s and its callers' latency with it; two minutes earlier the
+        // frontend had one marginal finding (a log pattern's rate dipping, score 0.58). It used
+        // to date the frontend's onset, making it "first to go wrong" and the top candidate.
+        let topo = topology();
+        let mut c = Correlator::new(IncidentConfig::default());
+        c.observe(
+            &anomaly("w", "frontend", DetectorKind::LogPatternRate, -120, 0.58, false),
+            &topo,
+        );
+        for (id, service) in [("p", "payment"), ("c", "checkout"), ("f", "frontend")] {
+            c.observe(&anomaly(id, service, DetectorKind::TraceRed, 0, 1.0, true), &topo);
+        }
+        let all = c.drain();
+        let inc = all
+            .iter()
+            .find(|i| i.services.len() == 3)
+            .expect("one incident with the three services");
+        assert_eq!(inc.candidates[0].service, "payment", "{:#?}", inc.candidates);
     }
 
     #[test]
