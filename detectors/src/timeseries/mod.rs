@@ -165,7 +165,7 @@ pub struct SeriesDetector {
     history: VecDeque<f32>,
     next_idx: u64,
     last_ts: Option<i64>,
-    step_ms: Option<i64>,
+    /// The sampling step and the mean spacing (a state saved before it existed starts over).
     #[serde(default)]
     spacing: step::StepEstimate,
     fit: Option<model::Fit>,
@@ -220,7 +220,7 @@ impl SeriesDetector {
 
     /// The estimated sampling step, once known.
     pub fn step_ms(&self) -> Option<i64> {
-        self.step_ms
+        self.spacing.step()
     }
 
     /// Feeds one point. Late, duplicate and non-finite points are rejected and leave the
@@ -234,15 +234,14 @@ impl SeriesDetector {
             if timestamp_ms <= last {
                 return Err(Rejected::NotNewer);
             }
-            let (step, missing) = self.spacing.advance(last, timestamp_ms);
-            self.step_ms = Some(step);
+            let missing = self.spacing.advance(last, timestamp_ms);
             if missing > 0 {
                 self.fill_gap(cfg, missing);
             }
         }
         self.last_ts = Some(timestamp_ms);
         let mut verdict = self.score_point(cfg, timestamp_ms, value);
-        if let Some(step) = self.step_ms
+        if let Some(step) = self.spacing.step()
             && shadow::Shadow::needed(step, cfg.history)
         {
             let shadow = self.shadow.get_or_insert_with(Box::default);
@@ -265,10 +264,7 @@ impl SeriesDetector {
     /// Seconds per point, for converting natural periods to points (see
     /// [`step::StepEstimate::mean_ms`]).
     fn step_secs(&self) -> f64 {
-        match self.spacing.mean_ms() {
-            Some(mean) => mean / 1000.0,
-            None => self.step_ms.map_or(0.0, |s| s as f64 / 1000.0),
-        }
+        self.spacing.mean_ms().map_or(0.0, |mean| mean / 1000.0)
     }
 
     fn seasonal(&self, idx: u64) -> f64 {
@@ -384,7 +380,7 @@ impl SeriesDetector {
             tolerance_ms: ms(cfg.routine_tolerance_secs),
             lookback: i64::from(cfg.routine_lookback),
         };
-        let step_ms = self.step_ms.unwrap_or(0);
+        let step_ms = self.spacing.step().unwrap_or(0);
         let routine = self
             .routine
             .observe(&recurrence, timestamp_ms, resid, z >= 3.0, step_ms);

@@ -22,6 +22,9 @@ pub(crate) struct StepEstimate {
     len: u8,
     /// Slot the next spacing goes to.
     next: u8,
+    /// The median of `recent` (0 before any spacing), kept because every point needs it.
+    #[serde(default)]
+    step_ms: i64,
     /// Running mean of the spacing per counted point (a spacing across a gap counts once
     /// per point it spans), in milliseconds; 0 until the first spacing.
     #[serde(default)]
@@ -41,12 +44,19 @@ impl StepEstimate {
         self.recent[slot] = dt_ms;
         self.next = ((slot + 1) % SPACINGS) as u8;
         self.len = self.len.saturating_add(1).min(SPACINGS as u8);
-        self.step().unwrap_or(dt_ms)
+        // Until the ring is full its filled slots are the first `len`; of an even count the
+        // lower middle one, so that two spacings of which one is a gap give the true step.
+        let len = usize::from(self.len);
+        let mut sorted = self.recent;
+        let sorted = &mut sorted[..len];
+        sorted.sort_unstable();
+        self.step_ms = sorted[(len - 1) / 2];
+        self.step_ms
     }
 
-    /// A point at `ts_ms` follows one at `last_ms`: returns the step and the number of
-    /// points missing between them.
-    pub(crate) fn advance(&mut self, last_ms: i64, ts_ms: i64) -> (i64, u64) {
+    /// A point at `ts_ms` follows one at `last_ms`: returns the number of points missing
+    /// between them.
+    pub(crate) fn advance(&mut self, last_ms: i64, ts_ms: i64) -> u64 {
         let dt = ts_ms.saturating_sub(last_ms);
         let step = self.observe(dt);
         let missing = missing_points(dt, step);
@@ -61,7 +71,7 @@ impl StepEstimate {
         } else {
             step as f64
         };
-        (step, missing)
+        missing
     }
 
     /// The mean spacing per point, for converting periods in seconds to points: the median
@@ -72,18 +82,9 @@ impl StepEstimate {
         (self.mean_ms > 0.0).then_some(self.mean_ms)
     }
 
-    /// The current estimate: the median recent spacing (the lower one of an even count, so
-    /// that two spacings of which one is a gap give the true step).
+    /// The current estimate: the median recent spacing; `None` before the first.
     pub(crate) fn step(&self) -> Option<i64> {
-        let len = usize::from(self.len).min(SPACINGS);
-        if len == 0 {
-            return None;
-        }
-        // Until the ring is full its filled slots are the first `len`.
-        let mut sorted = self.recent;
-        let sorted = &mut sorted[..len];
-        sorted.sort_unstable();
-        Some(sorted[(len - 1) / 2])
+        (self.step_ms > 0).then_some(self.step_ms)
     }
 }
 
@@ -105,9 +106,9 @@ mod tests {
     fn feed(est: &mut StepEstimate, clock: &mut i64, dts: &[i64]) -> Vec<i64> {
         dts.iter()
             .map(|&dt| {
-                let (step, _) = est.advance(*clock, *clock + dt);
+                est.advance(*clock, *clock + dt);
                 *clock += dt;
-                step
+                est.step().expect("a step after a spacing")
             })
             .collect()
     }
