@@ -336,7 +336,7 @@ impl SeriesDetector {
     fn scale(&self, cfg: &SeriesConfig, expected: f64) -> f64 {
         // A noise-free series has no residual scale at all; judge it against a small share of
         // its range instead, so that rounding in the seasonal profile is not an incident.
-        let range_floor = self.fit.as_ref().map_or(0.0, |f| f.range_floor);
+        let range_floor = self.fit.as_ref().map_or(0.0, |f| f.measures.range_floor);
         let mut floor = 1e-9_f64.max(1e-6 * expected.abs()).max(range_floor);
         // Quantised signals (latency quantiles from histogram buckets) and counts (Poisson
         // noise: a few more lines in a quiet minute) need floors of their own.
@@ -407,7 +407,7 @@ impl SeriesDetector {
         let varies = self
             .fit
             .as_ref()
-            .is_some_and(|f| f.repeat_share < 0.05 && f.scale > f.range_floor);
+            .is_some_and(|f| f.measures.repeat_share < 0.05 && f.measures.scale > f.measures.range_floor);
         let flatline = varies && self.flat_run == cfg.flatline_points;
         let mut score = self.normalizer.score(raw, cfg.normalizer_memory);
         if flatline {
@@ -500,14 +500,10 @@ impl SeriesDetector {
             let to = ((start + len - first_idx) as usize).min(y.len());
             real[from..to].fill(false);
         }
-        let previous = self.fit.as_ref().map(|f| model::Measures {
-            scale: f.scale,
-            range_floor: f.range_floor,
-            repeat_share: f.repeat_share,
-        });
+        let previous = self.fit.as_ref().map(|f| f.measures);
         let fit = model::refit(&y, first_idx, self.step_secs(), &real, previous);
         self.level = fit.level;
-        self.abs_resid = fit.scale / 1.2533;
+        self.abs_resid = fit.measures.scale / 1.2533;
         self.fit = Some(fit);
         self.since_refit = 0;
     }

@@ -41,12 +41,9 @@ pub(crate) struct Fit {
     pub(crate) alpha: f64,
     /// Level of the deseasonalised series after the last history point.
     pub(crate) level: f64,
-    /// Robust scale (sigma) of one-step-ahead residuals over the history.
-    pub(crate) scale: f64,
-    /// Smallest scale worth judging with: a small share of the history's 5–95 % range.
-    pub(crate) range_floor: f64,
-    /// Share of history points equal to their predecessor (quantised or idle series repeat).
-    pub(crate) repeat_share: f64,
+    /// Measured on the history's real points (flattened: the saved layout predates it).
+    #[serde(flatten)]
+    pub(crate) measures: Measures,
 }
 
 /// Seasonal contribution at absolute index `idx`.
@@ -154,11 +151,15 @@ pub(crate) fn mad_sigma(values: &[f64]) -> f64 {
 /// Real points a refit needs to measure the residual scale, range and repeats itself.
 const MIN_REAL: usize = 32;
 
-/// What a refit keeps from the previous fit when the ring holds too few real points.
-#[derive(Debug, Clone, Copy)]
+/// What a refit measures on the history's real points, and keeps from the previous fit
+/// when the ring holds too few of them.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub(crate) struct Measures {
+    /// Robust scale (sigma) of one-step-ahead residuals over the history.
     pub(crate) scale: f64,
+    /// Smallest scale worth judging with: a small share of the history's 5–95 % range.
     pub(crate) range_floor: f64,
+    /// Share of history points equal to their predecessor (quantised or idle series repeat).
     pub(crate) repeat_share: f64,
 }
 
@@ -193,33 +194,24 @@ pub(crate) fn refit(y: &[f64], first_idx: u64, step_secs: f64, real: &[bool], pr
     }
     let (alpha, level, residuals) = fit_level(&deseasonalised);
     let is_real = |k: usize| real.get(k).copied().unwrap_or(true);
-    let real_count = (0..y.len()).filter(|&k| is_real(k)).count();
+    let real_values: Vec<f64> = (0..y.len()).filter(|&k| is_real(k)).map(|k| y[k]).collect();
+    // residuals[k] is the one-step error of y[k + 1].
+    let real_residuals: Vec<f64> = residuals
+        .iter()
+        .enumerate()
+        .filter(|&(k, _)| is_real(k + 1))
+        .map(|(_, &r)| r)
+        .collect();
     let measures = match previous {
-        Some(previous) if real_count < MIN_REAL => previous,
-        _ => {
-            // residuals[k] is the one-step error of y[k + 1].
-            let real_residuals: Vec<f64> = residuals
-                .iter()
-                .enumerate()
-                .filter(|&(k, _)| is_real(k + 1))
-                .map(|(_, &r)| r)
-                .collect();
-            let real_values: Vec<f64> = (0..y.len()).filter(|&k| is_real(k)).map(|k| y[k]).collect();
-            let (residuals, values) = if real_values.len() >= 2 && !real_residuals.is_empty() {
-                (real_residuals, real_values)
-            } else {
-                (residuals, y.to_vec())
-            };
-            measure(&residuals, values, y, real)
-        }
+        Some(previous) if real_values.len() < MIN_REAL => previous,
+        _ if real_values.len() >= 2 && !real_residuals.is_empty() => measure(&real_residuals, real_values, y, real),
+        _ => measure(&residuals, y.to_vec(), y, real),
     };
     Fit {
         seasons,
         alpha,
         level,
-        scale: measures.scale,
-        range_floor: measures.range_floor,
-        repeat_share: measures.repeat_share,
+        measures,
     }
 }
 
