@@ -275,6 +275,9 @@ pub struct Engine {
 }
 
 const ERROR_SEVERITY: i32 = 17;
+/// Errors an interval needs before its error rate or ratio may start a finding.
+const MIN_ERRORS: u64 = 5;
+const WARN_SEVERITY: i32 = 13;
 
 /// Which points of a signal may open a finding (any may extend an open one).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -285,9 +288,6 @@ enum Opens {
     /// None: the evidence is too thin (a single error in an interval).
     No,
 }
-/// Errors an interval needs before its error rate or ratio may start a finding.
-const MIN_ERRORS: u64 = 5;
-const WARN_SEVERITY: i32 = 13;
 
 fn anomaly_id(key: &str, start_ms: i64) -> String {
     // FNV-1a: stable across runs and platforms, so replay yields the same ids.
@@ -761,7 +761,7 @@ impl Engine {
                 name: format!("log pattern {pattern} \"{template}\""),
                 labels: BTreeMap::from([("pattern".to_string(), pattern.to_string())]),
             };
-            let opens = self.pattern_opens(pattern);
+            let opens = self.opens(DetectorKind::LogPatternRate, &key, 0);
             self.score_inner(
                 &key,
                 DetectorKind::LogPatternRate,
@@ -783,8 +783,7 @@ impl Engine {
                 name: "error logs".into(),
                 labels: BTreeMap::new(),
             };
-            // Thin evidence (one error) opens nothing; fewer errors than expected is good news.
-            let opens = if n >= MIN_ERRORS { Opens::Rise } else { Opens::No };
+            let opens = self.opens(DetectorKind::LogErrorRate, &key, n);
             self.score_inner(
                 &key,
                 DetectorKind::LogErrorRate,
@@ -819,11 +818,7 @@ impl Engine {
                     name: format!("{what} of {service} {op}"),
                     labels: BTreeMap::from([("operation".to_string(), op.clone())]),
                 };
-                let opens = match suffix {
-                    "errors" if red.errors < MIN_ERRORS => Opens::No,
-                    "errors" => Opens::Rise,
-                    _ => Opens::Any,
-                };
+                let opens = self.opens(DetectorKind::TraceRed, &key, red.errors);
                 self.exemplars = match suffix {
                     "errors" => red.failing.clone(),
                     "p50" | "p95" | "p99" => red.slowest.iter().map(|(_, t)| t.clone()).collect(),
@@ -858,27 +853,30 @@ impl Engine {
         for key in silent {
             if let Some(t) = self.tracked.get(&key) {
                 let (kind, signal, unit) = (t.kind, t.signal.clone(), t.unit.clone());
-                let opens = match kind {
-                    DetectorKind::LogPatternRate => key
-                        .rsplit_once(':')
-                        .and_then(|(_, p)| p.parse().ok())
-                        .map_or(Opens::Any, |p| self.pattern_opens(p)),
-                    DetectorKind::LogErrorRate => Opens::No,
-                    _ if key.ends_with(":errors") => Opens::No,
-                    _ => Opens::Any,
-                };
+                let opens = self.opens(kind, &key, 0);
                 self.score_inner(&key, kind, signal, &unit, end, 0.0, true, false, opens);
             }
         }
     }
 
-    /// Whether a log pattern's rate may open a finding either way: a warning or error
-    /// pattern going quiet is good news, so only its rise does.
-    fn pattern_opens(&self, pattern: u64) -> Opens {
-        match self.pattern_severity.get(&pattern) {
-            Some(&s) if s >= WARN_SEVERITY => Opens::Rise,
-            _ => Opens::Any,
+    /// Which points of the interval signal `key` may open a finding, with `errors` errors in
+    /// the interval. Fewer errors than usual is good news: error rates and ratios open only
+    /// when they rise, and only on enough errors (one error is thin evidence); so does the
+    /// rate of a log pattern whose lines are warnings or errors.
+    fn opens(&self, kind: DetectorKind, key: &str, errors: u64) -> Opens {
+        let error_signal =
+            kind == DetectorKind::LogErrorRate || (kind == DetectorKind::TraceRed && key.ends_with(":errors"));
+        if error_signal {
+            return if errors >= MIN_ERRORS { Opens::Rise } else { Opens::No };
         }
+        // Keys are `lograte:{service}:{pattern}`.
+        let warning_pattern = kind == DetectorKind::LogPatternRate
+            && key
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u64>().ok())
+                .and_then(|p| self.pattern_severity.get(&p))
+                .is_some_and(|&s| s >= WARN_SEVERITY);
+        if warning_pattern { Opens::Rise } else { Opens::Any }
     }
 
     #[allow(clippy::too_many_arguments)]
