@@ -43,15 +43,29 @@ fn resource_spans(service: &str, spans: Vec<Span>) -> ResourceSpans {
     }
 }
 
-/// Requests to `name` on checkout for minutes `range` of a `minutes`-long run starting at
-/// `base`: 20 a minute, 200–300 ms, except that in the last twenty minutes one request in
-/// four takes over two seconds. Sorted by end time, as a live stream would send them.
-fn regression_spans(base: u64, minutes: u64, range: std::ops::Range<u64>, name: &str) -> Vec<Span> {
+/// Minutes in the checkout regression stream of [`regression_spans`]; the last twenty are slow.
+const STREAM_MINUTES: u64 = 200;
+
+/// Start of a regression stream that ended an hour ago, so every interval of it can close.
+fn hour_old_stream() -> u64 {
+    (now_ns() / MIN_NS - STREAM_MINUTES - 60) * MIN_NS
+}
+
+/// Event time (ms) of the first slow minute of the regression stream starting at `base`.
+fn slow_from_ms(base: u64) -> i64 {
+    ((base + (STREAM_MINUTES - 20) * MIN_NS) / 1_000_000) as i64
+}
+
+/// Requests to `name` on checkout for minutes `range` of the [`STREAM_MINUTES`]-long run
+/// starting at `base`: 20 a minute, 200–300 ms, except that in the last twenty minutes one
+/// request in four takes over two seconds. Sorted by end time, as a live stream would send
+/// them.
+fn regression_spans(base: u64, range: std::ops::Range<u64>, name: &str) -> Vec<Span> {
     let mut spans: Vec<Span> = range
         .flat_map(|m| (0..20u64).map(move |k| (m, k)))
         .map(|(m, k)| {
             let i = m * 20 + k;
-            let slow = m >= minutes - 20 && k.is_multiple_of(4);
+            let slow = m >= STREAM_MINUTES - 20 && k.is_multiple_of(4);
             let secs = 0.2 + 0.1 * jitter(i) + if slow { 2.2 } else { 0.0 };
             let start = base + m * MIN_NS + k * 3_000_000_000;
             Span {
@@ -120,12 +134,12 @@ async fn latency_regression_and_new_error_pattern_become_anomalies_and_take_feed
         ..Options::default()
     })?;
     let client = reqwest::Client::new();
-    let minutes = 200u64;
+    let minutes = STREAM_MINUTES;
     let base = (now_ns() / MIN_NS - minutes) * MIN_NS;
 
     // Three hours of steady POST /pay traffic, then twenty minutes where one request in four
     // takes over two seconds.
-    let spans = regression_spans(base, minutes, 0..minutes, "POST /pay");
+    let spans = regression_spans(base, 0..minutes, "POST /pay");
     post_spans(&client, &c, &spans).await?;
     // Routine INFO logs all along, and one ERROR line never seen before near the end.
     let mut records: Vec<_> = (0..minutes)
@@ -173,17 +187,17 @@ async fn latency_regression_and_new_error_pattern_become_anomalies_and_take_feed
     let (p99, new_pattern, all) = found;
 
     // Nothing during the steady three hours.
-    let slow_from_ms = ((base + (minutes - 20) * MIN_NS) / 1_000_000) as i64;
+    let slow_from = slow_from_ms(base);
     let early: Vec<_> = all
         .iter()
-        .filter(|a| a["start_ms"].as_i64().unwrap_or(0) < slow_from_ms)
+        .filter(|a| a["start_ms"].as_i64().unwrap_or(0) < slow_from)
         .collect();
     assert!(early.is_empty(), "false alarms before the regression: {early:#?}");
 
     assert_eq!(p99["detector"], "trace_red");
     assert_eq!(
         p99["start_ms"].as_i64(),
-        Some(slow_from_ms),
+        Some(slow_from),
         "stamped with the first slow interval's start"
     );
     assert!(p99["observed"].as_f64().unwrap_or(0.0) > 2.0, "{p99}");
@@ -361,26 +375,18 @@ async fn latency_regression_and_new_error_pattern_become_anomalies_and_take_feed
 async fn a_pause_in_a_backfill_does_not_make_the_rest_of_it_late() -> Result<()> {
     let c = Collector::start()?;
     let client = reqwest::Client::new();
-    let minutes = 200u64;
-    let base = (now_ns() / MIN_NS - minutes - 60) * MIN_NS;
-    post_spans(&client, &c, &regression_spans(base, minutes, 0..150, "GET /stock")).await?;
+    let base = hour_old_stream();
+    post_spans(&client, &c, &regression_spans(base, 0..150, "GET /stock")).await?;
     // The detection thread's idle tick is 1 s: pause for longer than that.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    post_spans(
-        &client,
-        &c,
-        &regression_spans(base, minutes, 150..minutes, "GET /stock"),
-    )
-    .await?;
+    post_spans(&client, &c, &regression_spans(base, 150..STREAM_MINUTES, "GET /stock")).await?;
 
     let p99 = stock_p99(&client, &c, "the p99 anomaly after the pause").await?;
-    let slow_from_ms = ((base + (minutes - 20) * MIN_NS) / 1_000_000) as i64;
-    assert_eq!(p99["start_ms"].as_i64(), Some(slow_from_ms), "{p99}");
+    assert_eq!(p99["start_ms"].as_i64(), Some(slow_from_ms(base)), "{p99}");
     assert_eq!(late_events(&client, &c).await?, "vigil_detect_late_events_total 0");
     Ok(())
 }
 
-/// Waits for checkout's `GET /stock` p99 anomaly (the regression of [`regression_spans`]).
 #[tokio::test]
 async fn a_host_whose_clock_runs_fast_does_not_make_the_others_late() -> Result<()> {
     // checkout's regression stream, and in every request after it a span from a batch host
@@ -389,9 +395,8 @@ async fn a_host_whose_clock_runs_fast_does_not_make_the_others_late() -> Result<
     // dropped as late, so its regression was never found.
     let c = Collector::start()?;
     let client = reqwest::Client::new();
-    let minutes = 200u64;
-    let base = (now_ns() / MIN_NS - minutes - 60) * MIN_NS;
-    let checkout = regression_spans(base, minutes, 0..minutes, "GET /stock");
+    let base = hour_old_stream();
+    let checkout = regression_spans(base, 0..STREAM_MINUTES, "GET /stock");
     for chunk in checkout.chunks(1000) {
         let ahead = chunk.last().map_or(0, |s| s.end_time_unix_nano) + 10 * MIN_NS;
         let batch = Span {
@@ -412,12 +417,12 @@ async fn a_host_whose_clock_runs_fast_does_not_make_the_others_late() -> Result<
         post(&client, c.http_url("/v1/traces"), request.encode_to_vec()).await?;
     }
     let p99 = stock_p99(&client, &c, "the p99 anomaly next to a fast clock").await?;
-    let slow_from_ms = ((base + (minutes - 20) * MIN_NS) / 1_000_000) as i64;
-    assert_eq!(p99["start_ms"].as_i64(), Some(slow_from_ms), "{p99}");
+    assert_eq!(p99["start_ms"].as_i64(), Some(slow_from_ms(base)), "{p99}");
     assert_eq!(late_events(&client, &c).await?, "vigil_detect_late_events_total 0");
     Ok(())
 }
 
+/// Waits for checkout's `GET /stock` p99 anomaly (the regression of [`regression_spans`]).
 async fn stock_p99(client: &reqwest::Client, c: &Collector, what: &str) -> Result<Value> {
     let url = c.api_url("/api/v1/anomalies?service=checkout");
     eventually(Duration::from_secs(60), what, || {
@@ -459,11 +464,10 @@ async fn restart_midway(config: &str) -> Result<Restarted> {
         ..Options::default()
     };
     let client = reqwest::Client::new();
-    let minutes = 200u64;
-    let base = (now_ns() / MIN_NS - minutes - 60) * MIN_NS;
+    let base = hour_old_stream();
 
     let c = Collector::start_with(options.clone())?;
-    let before = regression_spans(base, minutes, 0..minutes - 20, "GET /stock");
+    let before = regression_spans(base, 0..STREAM_MINUTES - 20, "GET /stock");
     post_spans_by(&client, &c, &before, 100).await?;
     assert!(c.terminate()?, "SIGTERM must exit cleanly");
     assert!(
@@ -472,12 +476,12 @@ async fn restart_midway(config: &str) -> Result<Restarted> {
     );
 
     let c = Collector::start_with(options)?;
-    let after = regression_spans(base, minutes, minutes - 20..minutes, "GET /stock");
+    let after = regression_spans(base, STREAM_MINUTES - 20..STREAM_MINUTES, "GET /stock");
     post_spans_by(&client, &c, &after, 100).await?;
     let p99 = stock_p99(&client, &c, "the p99 anomaly after the restart").await?;
     assert!(c.logs().contains("detector state restored"), "{}", c.logs());
     Ok(Restarted {
-        slow_from_ms: (base + (minutes - 20) * MIN_NS) / 1_000_000,
+        slow_from_ms: slow_from_ms(base),
         p99,
         client,
         c,
@@ -487,7 +491,7 @@ async fn restart_midway(config: &str) -> Result<Restarted> {
 
 /// What [`restart_midway`] leaves: the restarted collector (dropped before its directory).
 struct Restarted {
-    slow_from_ms: u64,
+    slow_from_ms: i64,
     /// The p99 anomaly of GET /stock found after the restart.
     p99: Value,
     client: reqwest::Client,
@@ -502,7 +506,7 @@ struct Restarted {
 #[tokio::test]
 async fn detectors_keep_what_they_learned_across_a_restart() -> Result<()> {
     let r = restart_midway("[wal]\nsegment_bytes = 4096\n").await?;
-    assert_eq!(r.p99["start_ms"].as_u64(), Some(r.slow_from_ms), "{}", r.p99);
+    assert_eq!(r.p99["start_ms"].as_i64(), Some(r.slow_from_ms), "{}", r.p99);
     Ok(())
 }
 
@@ -513,7 +517,7 @@ async fn detectors_keep_what_they_learned_across_a_restart() -> Result<()> {
 #[tokio::test]
 async fn replay_after_a_restart_does_not_feed_the_detectors_twice() -> Result<()> {
     let r = restart_midway("").await?;
-    assert_eq!(r.p99["start_ms"].as_u64(), Some(r.slow_from_ms), "{}", r.p99);
+    assert_eq!(r.p99["start_ms"].as_i64(), Some(r.slow_from_ms), "{}", r.p99);
     let logs = r.c.logs();
     assert!(logs.contains("write-ahead log replayed replayed=36"), "{logs}");
     assert_eq!(late_events(&r.client, &r.c).await?, "vigil_detect_late_events_total 0");
