@@ -1166,6 +1166,9 @@ fn explain(a: &Anomaly, signal: Signal, feedback: Option<&str>) -> String {
             )
         }
         Signal::FlatLine => format!("{subject} has been stuck at {observed} since {since}"),
+        Signal::Quiet => format!(
+            "{subject} has stayed at its floor of {observed} longer than in any earlier quiet spell, since {since}"
+        ),
         Signal::TimeOfDay => format!(
             "{subject} averaged {observed} over five minutes, expected {band} at this time of day, since {since}"
         ),

@@ -15,6 +15,7 @@ mod model;
 mod normalize;
 mod packed;
 pub mod peers;
+mod quiet;
 mod routine;
 mod shadow;
 mod step;
@@ -64,6 +65,9 @@ pub struct SeriesConfig {
     /// rarely repeats a value.
     pub flatline_points: usize,
     pub flatline_score: f64,
+    /// Score given when an intermittent series stays at its floor longer than ever before
+    /// (0 = off). See `quiet`.
+    pub quiet_score: f64,
     /// Smallest residual scale as a share of the expected value (0 = none). Set for signals
     /// quantised by histogram buckets, such as latency quantiles.
     pub relative_floor: f64,
@@ -98,6 +102,7 @@ impl Default for SeriesConfig {
             cooldown_damping: 0.5,
             flatline_points: 30,
             flatline_score: 0.8,
+            quiet_score: 0.8,
             relative_floor: 0.0,
             absolute_floor: 0.0,
             count_scale: 0.0,
@@ -123,6 +128,9 @@ pub enum Signal {
     /// A series that normally varies has repeated one value for too long (stuck sensor,
     /// frozen exporter).
     FlatLine,
+    /// A series that mostly sits at its floor between bursts has stayed there longer than
+    /// ever before (the nightly job did not run, the instance stopped syncing).
+    Quiet,
     /// The five-minute mean of a finely sampled series left its band for this time of day
     /// (found by the daily view, [`shadow`]).
     TimeOfDay,
@@ -181,6 +189,8 @@ pub struct SeriesDetector {
     last_value: Option<f64>,
     flat_run: usize,
     routine: routine::Routine,
+    #[serde(default)]
+    quiet: quiet::QuietSpells,
     /// Runs of gap-filled points that may still be in the ring: (index of the first, count),
     /// oldest first, at most [`MAX_FILLED_RUNS`] (an older run then counts as real). The
     /// refit measures the residual scale without them.
@@ -414,6 +424,15 @@ impl SeriesDetector {
             // A rule, not a measure of distance: it gets a fixed, confident score.
             score = score.max(cfg.flatline_score);
             signal = Signal::FlatLine;
+        }
+        let long_quiet = !self.history.is_empty()
+            && self
+                .quiet
+                .observe(timestamp_ms, value, self.seen_min, self.seen_max)
+                .is_some();
+        if long_quiet && warm && cfg.quiet_score > 0.0 {
+            score = score.max(cfg.quiet_score);
+            signal = Signal::Quiet;
         }
         if breakout && cfg.breakout_score > 0.0 {
             score = score.max(cfg.breakout_score);

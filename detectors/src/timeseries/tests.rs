@@ -144,6 +144,57 @@ fn flat_line_of_a_varying_series_is_found() {
     assert!((500..540).contains(&at), "found at {at}");
 }
 
+/// A batch host's disk writes: zero, with a burst of random size every 10–40 points.
+/// Returns the values and the index just after the last burst.
+fn bursty_writes(bursts: usize, seed: u64) -> (Vec<f64>, usize) {
+    let mut noise = Noise(seed);
+    let mut y = Vec::new();
+    for _ in 0..bursts {
+        y.push(2e6 + 3e6 * noise.uniform());
+        let quiet = 9 + (noise.uniform() * 30.0) as usize;
+        y.extend(std::iter::repeat_n(0.0, quiet));
+    }
+    let stopped = y.len();
+    (y, stopped)
+}
+
+#[test]
+fn bursts_that_stop_for_longer_than_ever_before_are_found() {
+    let (mut y, _) = bursty_writes(120, 11);
+    // The next burst does not come: 200 points of silence (the longest spell so far is
+    // at most 39 points).
+    y.push(3e6);
+    let stopped = y.len();
+    y.extend(std::iter::repeat_n(0.0, 200));
+    let s = run(&y);
+    assert!(
+        s[..stopped].iter().all(|p| p.signal != Signal::Quiet),
+        "usual quiet spells must not be findings"
+    );
+    let found: Vec<usize> = (stopped..y.len()).filter(|&i| s[i].signal == Signal::Quiet).collect();
+    assert_eq!(found.len(), 1, "one finding per silence: {found:?}");
+    let at = found[0];
+    assert!(s[at].score >= 0.5, "scored {}", s[at].score);
+    // Past 1.2 × the longest earlier spell (≤ 38 points) and three times the mean one
+    // (about 23), and well before the silence ends.
+    assert!(
+        (stopped + 46..stopped + 100).contains(&at),
+        "found {} points in",
+        at - stopped
+    );
+}
+
+#[test]
+fn a_series_that_varies_is_never_quiet() {
+    // Same bursts on top of noise: there is no floor to sit at.
+    let (bursts, _) = bursty_writes(120, 12);
+    let mut noise = Noise(13);
+    let mut y: Vec<f64> = bursts.iter().map(|v| v + 1e6 + 2e5 * noise.gauss()).collect();
+    y.extend((0..200).map(|_| 1e6 + 2e5 * noise.gauss()));
+    let s = run(&y);
+    assert!(s.iter().all(|p| p.signal != Signal::Quiet));
+}
+
 #[test]
 fn missing_data_does_not_alarm_and_keeps_the_phase() {
     let y = noisy(900, 6, |_| 70.0);
