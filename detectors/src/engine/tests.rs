@@ -456,8 +456,8 @@ fn errors_that_stop_are_good_news_not_a_finding() {
 
 #[test]
 fn a_batch_host_whose_disk_writes_stop_is_found_with_a_checkable_explanation() {
-    // Disk writes of one host: zero, with a burst every 10–29 minutes, for 60 bursts; then
-    // none for four hours after the last.
+    // Disk writes of one host: zero, with a burst every 10–29 minutes, for 90 bursts (just
+    // over a day); then none for four hours after the last.
     let mut e = engine();
     let labels = BTreeMap::from([("host.name".to_string(), "batch-1".to_string())]);
     let mut m = 0i64;
@@ -473,7 +473,7 @@ fn a_batch_host_whose_disk_writes_stop_is_found_with_a_checkable_explanation() {
             value,
         });
     };
-    for burst in 0..60u64 {
+    for burst in 0..90u64 {
         point(&mut e, m, 2e8 + 3e8 * jitter(burst));
         m += 1;
         silent_from = m;
@@ -492,14 +492,20 @@ fn a_batch_host_whose_disk_writes_stop_is_found_with_a_checkable_explanation() {
         .values()
         .filter(|a| a.explanation.contains("longer than in any earlier quiet spell"))
         .collect();
-    assert_eq!(quiet.len(), 1, "{:#?}", all.values().map(|a| &a.explanation).collect::<Vec<_>>());
+    assert_eq!(
+        quiet.len(),
+        1,
+        "{:#?}",
+        all.values().map(|a| &a.explanation).collect::<Vec<_>>()
+    );
     let a = quiet[0];
     assert_eq!(a.signal.labels.get("host.name").map(String::as_str), Some("batch-1"));
     // Longest earlier spell ≤ 28 minutes, mean about 18: found between 34 and 90 minutes in.
     let after = (a.start_ms - T0) / MIN - silent_from;
     assert!((34..90).contains(&after), "found {after} minutes into the silence");
     assert!(
-        a.explanation.starts_with("system.disk.io{host.name=batch-1} has stayed at its floor of 0"),
+        a.explanation
+            .starts_with("system.disk.io{host.name=batch-1} has stayed at its floor of 0"),
         "{}",
         a.explanation
     );

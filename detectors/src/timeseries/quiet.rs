@@ -11,11 +11,12 @@
 //! the typical spell, [`TYPICAL_MULTIPLE`] times the mean — is a finding, once per spell.
 //! It is the time-domain twin of a breakout: a record, with a margin so that a series of
 //! random quiet spells does not report every small new record. Records come often while few
-//! spells are known, so nothing is judged before [`MIN_SPELLS`] of them; and a series that
+//! spells are known, so nothing is judged before [`MIN_SPELLS`] of them and a day of event
+//! time ([`MIN_WATCHED_MS`]: traffic, and so bursts, thin out at night); and a series that
 //! sits at its floor for less than [`MIN_FLOOR_SHARE`] of its points is not intermittent
 //! (a CPU series that touched its minimum once has no quiet spells worth the name).
 //!
-//! Memory: seven numbers and a flag per series.
+//! Memory: eight numbers and a flag per series.
 
 use serde::{Deserialize, Serialize};
 
@@ -26,6 +27,9 @@ const FLOOR_BAND: f64 = 0.01;
 const MIN_FLOOR_SHARE: f64 = 0.3;
 /// Finished spells needed before a spell is judged.
 const MIN_SPELLS: u32 = 30;
+/// And event time the series must have been watched: a bursty log line or endpoint is
+/// quieter at night, so its first night would otherwise set a record.
+const MIN_WATCHED_MS: i64 = 86_400_000;
 /// How much longer than the longest finished spell a spell must last.
 const RECORD_MARGIN: f64 = 1.2;
 /// And against the mean finished spell: a job that runs like clockwork is late, not gone,
@@ -35,6 +39,7 @@ const TYPICAL_MULTIPLE: f64 = 3.0;
 /// What the series has shown of its quiet spells.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub(crate) struct QuietSpells {
+    first_ms: Option<i64>,
     points: u64,
     at_floor: u64,
     /// Start of the current spell and its points so far, if the last point was at the floor.
@@ -60,6 +65,7 @@ impl QuietSpells {
     /// spell when this point makes it a record for the first time.
     pub(crate) fn observe(&mut self, timestamp_ms: i64, value: f64, seen_min: f64, seen_max: f64) -> Option<LongSpell> {
         self.points += 1;
+        let first_ms = *self.first_ms.get_or_insert(timestamp_ms);
         let range = seen_max - seen_min;
         let quiet = range > 0.0 && value <= seen_min + FLOOR_BAND * range;
         if !quiet {
@@ -75,7 +81,7 @@ impl QuietSpells {
         self.at_floor += 1;
         self.current += 1;
         let since = *self.since_ms.get_or_insert(timestamp_ms);
-        if self.reported || self.spells < MIN_SPELLS {
+        if self.reported || self.spells < MIN_SPELLS || timestamp_ms - first_ms < MIN_WATCHED_MS {
             return None;
         }
         // Judged on the points before this spell: a long enough silence would otherwise make
@@ -99,36 +105,41 @@ impl QuietSpells {
 mod tests {
     use super::*;
 
-    const MIN: i64 = 60_000;
+    /// Five-minute points.
+    const STEP: i64 = 300_000;
 
-    /// Bursts every `gap` minutes for `spells` spells, one-minute points; returns the
+    /// A burst every `gap` points for `spells` spells, points `step` apart; returns the
     /// detector and the next timestamp.
-    fn bursty(spells: u32, gap: i64) -> (QuietSpells, i64) {
+    fn bursty_at(step: i64, spells: u32, gap: i64) -> (QuietSpells, i64) {
         let mut q = QuietSpells::default();
         let mut t = 0;
         for _ in 0..spells {
             assert_eq!(q.observe(t, 100.0, 0.0, 100.0), None);
-            t += MIN;
+            t += step;
             for _ in 1..gap {
                 assert_eq!(q.observe(t, 0.0, 0.0, 100.0), None);
-                t += MIN;
+                t += step;
             }
         }
         (q, t)
+    }
+
+    fn bursty(spells: u32, gap: i64) -> (QuietSpells, i64) {
+        bursty_at(STEP, spells, gap)
     }
 
     #[test]
     fn bursts_that_stop_are_found_once_the_silence_outlasts_every_earlier_one() {
         let (mut q, mut t) = bursty(40, 30);
         assert_eq!(q.observe(t, 100.0, 0.0, 100.0), None);
-        t += MIN;
+        t += STEP;
         let start = t;
         let mut found = Vec::new();
         for _ in 0..200 {
             if let Some(s) = q.observe(t, 0.0, 0.0, 100.0) {
                 found.push((t, s));
             }
-            t += MIN;
+            t += STEP;
         }
         assert_eq!(found.len(), 1, "one finding per spell: {found:?}");
         let (at, spell) = found[0];
@@ -136,18 +147,18 @@ mod tests {
         assert_eq!(spell.longest, 29);
         // Past 1.2 × the longest (35 points) is not enough while it is under three times
         // the mean spell: the 87th quiet point, and not before.
-        assert_eq!(at - start, 86 * MIN);
+        assert_eq!(at - start, 86 * STEP);
     }
 
     #[test]
     fn spells_of_the_usual_length_are_not_findings() {
         let (mut q, mut t) = bursty(200, 30);
         assert_eq!(q.observe(t, 100.0, 0.0, 100.0), None);
-        t += MIN;
+        t += STEP;
         // 86 points: three times the usual 29 less one.
         for _ in 0..86 {
             assert_eq!(q.observe(t, 0.0, 0.0, 100.0), None);
-            t += MIN;
+            t += STEP;
         }
     }
 
@@ -155,7 +166,7 @@ mod tests {
     fn nothing_is_judged_before_enough_spells_are_known() {
         let (mut q, t) = bursty(MIN_SPELLS - 1, 10);
         for k in 0..1_000 {
-            assert_eq!(q.observe(t + k * MIN, 0.0, 0.0, 100.0), None);
+            assert_eq!(q.observe(t + k * STEP, 0.0, 0.0, 100.0), None);
         }
     }
 
@@ -166,14 +177,14 @@ mod tests {
         // Forty brief visits to the minimum among mostly higher values.
         for _ in 0..40 {
             q.observe(t, 0.0, 0.0, 100.0);
-            t += MIN;
+            t += STEP;
             for _ in 0..9 {
                 q.observe(t, 50.0, 0.0, 100.0);
-                t += MIN;
+                t += STEP;
             }
         }
         for k in 0..500 {
-            assert_eq!(q.observe(t + k * MIN, 0.0, 0.0, 100.0), None, "at {k}");
+            assert_eq!(q.observe(t + k * STEP, 0.0, 0.0, 100.0), None, "at {k}");
         }
     }
 
@@ -181,7 +192,25 @@ mod tests {
     fn a_series_without_range_has_no_floor() {
         let mut q = QuietSpells::default();
         for k in 0..1_000 {
-            assert_eq!(q.observe(k * MIN, 5.0, 5.0, 5.0), None);
+            assert_eq!(q.observe(k * STEP, 5.0, 5.0, 5.0), None);
         }
+    }
+
+    #[test]
+    fn nothing_is_judged_in_the_first_day() {
+        // Forty spells of a minute-by-minute series take under seven hours: a silence
+        // after them is judged only once the series has been watched for a day.
+        const MINUTE: i64 = 60_000;
+        let (mut q, mut t) = bursty_at(MINUTE, 40, 10);
+        assert_eq!(q.observe(t, 100.0, 0.0, 100.0), None);
+        t += MINUTE;
+        let mut found = Vec::new();
+        while t < 2 * MIN_WATCHED_MS {
+            if q.observe(t, 0.0, 0.0, 100.0).is_some() {
+                found.push(t);
+            }
+            t += MINUTE;
+        }
+        assert_eq!(found, vec![MIN_WATCHED_MS]);
     }
 }
