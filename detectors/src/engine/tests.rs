@@ -462,7 +462,7 @@ fn a_batch_host_whose_disk_writes_stop_is_found_with_a_checkable_explanation() {
     let labels = BTreeMap::from([("host.name".to_string(), "batch-1".to_string())]);
     let mut m = 0i64;
     let mut silent_from = 0;
-    let mut point = |e: &mut Engine, m: i64, value: f64| {
+    let point = |e: &mut Engine, m: i64, value: f64| {
         e.observe_metric(&MetricPoint {
             key: "disk|batch-1",
             name: "system.disk.io",
