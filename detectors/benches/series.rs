@@ -102,7 +102,7 @@ fn main() {
     );
     println!("resident memory per series: {:.1} KiB", per_series / 1024.0);
 
-    // What the collector writes at shutdown (before gzip) and how long the JSON takes.
+    // What the collector's state file holds per series, and how long the JSON takes.
     let started = Instant::now();
     let json = serde_json::to_vec(&detectors).unwrap_or_default();
     let save_secs = started.elapsed().as_secs_f64();
