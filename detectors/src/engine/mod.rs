@@ -547,6 +547,7 @@ impl Engine {
                     score: if is_outlier { PEER_SCORE } else { 0.0 },
                     signal: if is_outlier { Signal::Spike } else { Signal::Normal },
                     seasonal: false,
+                    since_ms: None,
                 };
                 points.push((key, signal, g.unit.clone(), point));
             }
@@ -990,11 +991,13 @@ impl Engine {
                     a
                 }
                 None => {
+                    // A quiet spell is found once it has lasted: it began at its first point.
+                    let start_ms = point.since_ms.unwrap_or(ts_ms);
                     let mut a = Anomaly {
-                        id: anomaly_id(key, ts_ms),
+                        id: anomaly_id(key, start_ms),
                         detector: t.kind,
                         signal: t.signal.clone(),
-                        start_ms: ts_ms,
+                        start_ms,
                         end_ms: ts_ms,
                         score: point.score,
                         severity: Severity::from_score(point.score),
@@ -1167,7 +1170,7 @@ fn explain(a: &Anomaly, signal: Signal, feedback: Option<&str>) -> String {
         }
         Signal::FlatLine => format!("{subject} has been stuck at {observed} since {since}"),
         Signal::Quiet => format!(
-            "{subject} has stayed at its floor of {observed} longer than in any earlier quiet spell, since {since}"
+            "{subject} has stayed at its floor of {observed} since {since}, longer than in any earlier quiet spell"
         ),
         Signal::TimeOfDay => format!(
             "{subject} averaged {observed} over five minutes, expected {band} at this time of day, since {since}"

@@ -500,13 +500,20 @@ fn a_batch_host_whose_disk_writes_stop_is_found_with_a_checkable_explanation() {
     );
     let a = quiet[0];
     assert_eq!(a.signal.labels.get("host.name").map(String::as_str), Some("batch-1"));
-    // Longest earlier spell ≤ 28 minutes, mean about 18: found between 34 and 90 minutes in.
-    let after = (a.start_ms - T0) / MIN - silent_from;
-    assert!((34..90).contains(&after), "found {after} minutes into the silence");
+    // The finding starts where the silence did; it is found once the silence outlasts the
+    // longest earlier spell (≤ 28 minutes) and three mean ones (about 18 each).
+    assert_eq!(a.start_ms, T0 + silent_from * MIN);
+    let found_after = (a.end_ms - a.start_ms) / MIN;
     assert!(
-        a.explanation
-            .starts_with("system.disk.io{host.name=batch-1} has stayed at its floor of 0"),
-        "{}",
-        a.explanation
+        (34..90).contains(&found_after),
+        "found {found_after} minutes into the silence"
+    );
+    let since = format!("{:02}:{:02}:00", silent_from % 1440 / 60, silent_from % 60);
+    assert_eq!(
+        a.explanation,
+        format!(
+            "system.disk.io{{host.name=batch-1}} has stayed at its floor of 0 By since {since}, longer than in \
+             any earlier quiet spell"
+        )
     );
 }

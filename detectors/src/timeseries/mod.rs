@@ -152,6 +152,9 @@ pub struct PointScore {
     pub signal: Signal,
     /// Whether a seasonal profile shaped the expected value.
     pub seasonal: bool,
+    /// When what this point reports began, if before the point: the first point of a quiet
+    /// spell (found only once it has lasted).
+    pub since_ms: Option<i64>,
 }
 
 /// Why a point was not scored.
@@ -264,6 +267,7 @@ impl SeriesDetector {
                     timestamp_ms,
                     seasonal: true,
                     signal: Signal::TimeOfDay,
+                    since_ms: None,
                     ..daily
                 };
             }
@@ -425,12 +429,12 @@ impl SeriesDetector {
             score = score.max(cfg.flatline_score);
             signal = Signal::FlatLine;
         }
-        let long_quiet = !self.history.is_empty()
-            && self
-                .quiet
-                .observe(timestamp_ms, value, self.seen_min, self.seen_max)
-                .is_some();
-        if long_quiet && warm && cfg.quiet_score > 0.0 {
+        let quiet_since = if self.history.is_empty() {
+            None
+        } else {
+            self.quiet.observe(timestamp_ms, value, self.seen_min, self.seen_max)
+        };
+        if quiet_since.is_some() && warm && cfg.quiet_score > 0.0 {
             score = score.max(cfg.quiet_score);
             signal = Signal::Quiet;
         }
@@ -506,6 +510,7 @@ impl SeriesDetector {
             score,
             signal,
             seasonal: seasonal != 0.0,
+            since_ms: quiet_since.filter(|_| signal == Signal::Quiet),
         }
     }
 

@@ -52,18 +52,10 @@ pub(crate) struct QuietSpells {
     reported: bool,
 }
 
-/// A spell that outlasted every earlier one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct LongSpell {
-    pub(crate) since_ms: i64,
-    /// Points in the longest earlier spell.
-    pub(crate) longest: u64,
-}
-
 impl QuietSpells {
-    /// Feeds a point with the all-time minimum and maximum seen *before* it. Returns the
-    /// spell when this point makes it a record for the first time.
-    pub(crate) fn observe(&mut self, timestamp_ms: i64, value: f64, seen_min: f64, seen_max: f64) -> Option<LongSpell> {
+    /// Feeds a point with the all-time minimum and maximum seen *before* it. Returns when
+    /// the spell began, when this point makes it a record for the first time.
+    pub(crate) fn observe(&mut self, timestamp_ms: i64, value: f64, seen_min: f64, seen_max: f64) -> Option<i64> {
         self.points += 1;
         let first_ms = *self.first_ms.get_or_insert(timestamp_ms);
         let range = seen_max - seen_min;
@@ -92,10 +84,7 @@ impl QuietSpells {
         let mean = self.total as f64 / f64::from(self.spells);
         if intermittent && lasted > RECORD_MARGIN * self.longest as f64 && lasted >= TYPICAL_MULTIPLE * mean {
             self.reported = true;
-            return Some(LongSpell {
-                since_ms: since,
-                longest: self.longest,
-            });
+            return Some(since);
         }
         None
     }
@@ -136,15 +125,15 @@ mod tests {
         let start = t;
         let mut found = Vec::new();
         for _ in 0..200 {
-            if let Some(s) = q.observe(t, 0.0, 0.0, 100.0) {
-                found.push((t, s));
+            if let Some(since) = q.observe(t, 0.0, 0.0, 100.0) {
+                found.push((t, since));
             }
             t += STEP;
         }
         assert_eq!(found.len(), 1, "one finding per spell: {found:?}");
-        let (at, spell) = found[0];
-        assert_eq!(spell.since_ms, start);
-        assert_eq!(spell.longest, 29);
+        let (at, since) = found[0];
+        assert_eq!(since, start);
+        assert_eq!(q.longest, 29);
         // Past 1.2 × the longest (35 points) is not enough while it is under three times
         // the mean spell: the 87th quiet point, and not before.
         assert_eq!(at - start, 86 * STEP);

@@ -175,6 +175,11 @@ fn bursts_that_stop_for_longer_than_ever_before_are_found() {
     assert_eq!(found.len(), 1, "one finding per silence: {found:?}");
     let at = found[0];
     assert!(s[at].score >= 0.5, "scored {}", s[at].score);
+    assert_eq!(
+        s[at].since_ms,
+        Some(stopped as i64 * STEP),
+        "the finding begins with the silence"
+    );
     // Past 1.2 × the longest earlier spell (≤ 38 points) and three times the mean one
     // (about 23), and well before the silence ends.
     assert!(
