@@ -193,13 +193,12 @@ pub(crate) fn refit(y: &[f64], first_idx: u64, step_secs: f64, real: &[bool], pr
         }
     }
     let (alpha, level, residuals) = fit_level(&deseasonalised);
-    let is_real = |k: usize| real.get(k).copied().unwrap_or(true);
-    let real_values: Vec<f64> = (0..y.len()).filter(|&k| is_real(k)).map(|k| y[k]).collect();
+    let real_values: Vec<f64> = (0..y.len()).filter(|&k| is_real(real, k)).map(|k| y[k]).collect();
     // residuals[k] is the one-step error of y[k + 1].
     let real_residuals: Vec<f64> = residuals
         .iter()
         .enumerate()
-        .filter(|&(k, _)| is_real(k + 1))
+        .filter(|&(k, _)| is_real(real, k + 1))
         .map(|(_, &r)| r)
         .collect();
     let measures = match previous {
@@ -215,6 +214,11 @@ pub(crate) fn refit(y: &[f64], first_idx: u64, step_secs: f64, real: &[bool], pr
     }
 }
 
+/// Whether `y[k]` was observed (`real` shorter than the history, e.g. empty, means all were).
+fn is_real(real: &[bool], k: usize) -> bool {
+    real.get(k).copied().unwrap_or(true)
+}
+
 /// Residual scale, range floor and repeat share from the residuals and values of real points
 /// (`y` and `real` for the repeats: only two neighbouring real points count as a repeat).
 fn measure(residuals: &[f64], mut values: Vec<f64>, y: &[f64], real: &[bool]) -> Measures {
@@ -225,8 +229,7 @@ fn measure(residuals: &[f64], mut values: Vec<f64>, y: &[f64], real: &[bool]) ->
     values.sort_by(f64::total_cmp);
     let q = |f: f64| values[((values.len() - 1) as f64 * f) as usize];
     let range_floor = RANGE_FLOOR * (q(0.95) - q(0.05));
-    let is_real = |k: usize| real.get(k).copied().unwrap_or(true);
-    let pairs = (1..y.len()).filter(|&k| is_real(k) && is_real(k - 1));
+    let pairs = (1..y.len()).filter(|&k| is_real(real, k) && is_real(real, k - 1));
     let (mut repeats, mut total) = (0usize, 0usize);
     for k in pairs {
         total += 1;
