@@ -426,6 +426,22 @@ fn traffic_stuck_at_its_night_level_is_found_on_ten_second_points_once_the_day_i
     );
 }
 
+/// Feeds `y` at `step_ms` with the points in `outage` never sent; returns the detector and
+/// the index and score of every point that was.
+fn run_with_outage(
+    y: &[f64],
+    outage: std::ops::Range<usize>,
+    step_ms: i64,
+) -> (SeriesDetector, Vec<(usize, PointScore)>) {
+    let cfg = SeriesConfig::default();
+    let mut det = SeriesDetector::new();
+    let scored = (0..y.len())
+        .filter(|i| !outage.contains(i))
+        .map(|i| (i, det.observe(&cfg, i as i64 * step_ms, y[i]).expect("accepted")))
+        .collect();
+    (det, scored)
+}
+
 #[test]
 fn a_series_back_from_an_outage_longer_than_its_ring_is_judged_as_before() {
     // A host down for a day: 1,440 one-minute points missing, more than the 1,024-point ring.
@@ -435,17 +451,12 @@ fn a_series_back_from_an_outage_longer_than_its_ring_is_judged_as_before() {
     let outage = 1_500..2_940;
     let y = noisy(4_500, 21, |_| 50.0);
     let cfg = SeriesConfig::default();
-    let mut det = SeriesDetector::new();
-    let mut after = Vec::new();
-    for (i, &v) in y.iter().enumerate() {
-        if outage.contains(&i) {
-            continue;
-        }
-        let p = det.observe(&cfg, i as i64 * STEP, v).expect("accepted");
-        if i >= outage.end {
-            after.push(p);
-        }
-    }
+    let (mut det, scored) = run_with_outage(&y, outage.clone(), STEP);
+    let after: Vec<PointScore> = scored
+        .into_iter()
+        .filter(|&(i, _)| i >= outage.end)
+        .map(|(_, p)| p)
+        .collect();
     assert_eq!(det.points(), y.len() as u64, "the index follows the clock");
     let worst = after.iter().map(|p| p.score).fold(0.0, f64::max);
     assert!(worst < 0.5, "normal noise after the outage scored {worst}");
@@ -461,15 +472,8 @@ fn the_daily_phase_survives_an_outage_of_several_days() {
     // 1,152, or the learned day is applied hours out of phase.
     let outage = 5 * DAY..9 * DAY;
     let y = noisy(12 * DAY, 22, daily_cycle);
-    let cfg = SeriesConfig::default();
-    let mut det = SeriesDetector::new();
-    let mut scores = Vec::new();
-    for (i, &v) in y.iter().enumerate() {
-        if outage.contains(&i) {
-            continue;
-        }
-        scores.push(det.observe(&cfg, i as i64 * 300_000, v).expect("accepted"));
-    }
+    let (_, scored) = run_with_outage(&y, outage, 300_000);
+    let scores: Vec<PointScore> = scored.into_iter().map(|(_, p)| p).collect();
     assert!(scores[5 * DAY..].iter().all(|p| p.seasonal), "the season is kept");
     assert_day_learned(&scores);
 }
