@@ -93,6 +93,10 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnO
         applied_lsn: detected_lsn,
     } = crate::pipeline::start(
         &data_dir.join("detect"),
+        config
+            .detect
+            .allowed_lateness_ms()
+            .map_err(|m| anyhow::anyhow!("detect.allowed_lateness: {m}"))?,
         Arc::clone(&metrics),
         Box::new(move |updates| bridge.on_incidents(updates)),
     )
@@ -161,6 +165,10 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnO
         pipeline,
         alerts: Arc::clone(&alerts),
         responder: TokenCheck::new(config.auth.responder_token.as_ref()),
+        investigations: Arc::new(
+            crate::investigations::InvestigationStore::open(&data_dir.join("investigations"))
+                .context("cannot open the investigations store")?,
+        ),
     };
     let alerting_stop = CancellationToken::new();
     let alerting_task = tokio::spawn(Arc::clone(&alerts).run(alerting_stop.clone()));

@@ -40,6 +40,7 @@ pub struct Config {
     pub tls: Option<TlsConfig>,
     pub storage: StorageConfig,
     pub wal: WalConfig,
+    pub detect: DetectConfig,
     /// Routing tree, receivers, inhibition rules and escalation policies.
     pub alerting: vigil_alerting::config::AlertingConfig,
 }
@@ -54,6 +55,7 @@ impl Default for Config {
             tls: None,
             storage: StorageConfig::default(),
             wal: WalConfig::default(),
+            detect: DetectConfig::default(),
             alerting: vigil_alerting::config::AlertingConfig::default(),
         }
     }
@@ -177,6 +179,39 @@ impl Default for StorageConfig {
     }
 }
 
+/// The detectors.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectConfig {
+    /// How late (in event time) a log line or span may arrive and still be counted in its
+    /// one-minute interval, e.g. "2m": intervals are scored this long after they end.
+    /// Later ones are counted in `vigil_detect_late_events_total` and left out.
+    pub allowed_lateness: String,
+}
+
+impl Default for DetectConfig {
+    fn default() -> Self {
+        DetectConfig {
+            allowed_lateness: "2m".into(),
+        }
+    }
+}
+
+impl DetectConfig {
+    /// `allowed_lateness` in milliseconds (validated by [`Config::validate`]).
+    pub fn allowed_lateness_ms(&self) -> Result<i64, String> {
+        let ns = crate::timeutil::parse_duration(&self.allowed_lateness)?;
+        let ms = ns / 1_000_000;
+        if ms > 3_600_000 {
+            return Err(format!(
+                "{:?} is more than an hour: every finding would wait that long",
+                self.allowed_lateness
+            ));
+        }
+        Ok(ms)
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WalConfig {
@@ -282,6 +317,9 @@ impl Config {
         })?;
         if self.api.link_ttl_secs == 0 {
             return invalid("api.link_ttl_secs", "must be greater than 0".into());
+        }
+        if let Err(message) = self.detect.allowed_lateness_ms() {
+            return invalid("detect.allowed_lateness", message);
         }
         if self.wal.queue_len == 0 {
             return invalid("wal.queue_len", "must be greater than 0".into());

@@ -17,6 +17,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod ingest;
+pub mod investigations;
 pub mod pipeline;
 pub mod server;
 pub mod storage;

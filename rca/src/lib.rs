@@ -10,4 +10,5 @@
 
 pub mod baro;
 pub mod incident;
+pub mod investigate;
 pub mod topology;

@@ -1,6 +1,7 @@
 //! The JSON query API, health endpoints and `/metrics`.
 
 mod alerts;
+mod investigations;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -38,6 +39,7 @@ pub struct ApiState {
     pub alerts: Arc<crate::alerts::AlertService>,
     /// Accepted (besides the API token) on the responder actions: ack, resolve, comment…
     pub responder: TokenCheck,
+    pub investigations: Arc<crate::investigations::InvestigationStore>,
 }
 
 /// An API error: a status and a message saying what was wrong.
@@ -82,6 +84,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/incidents", get(incidents))
         .route("/api/v1/incidents/{id}", get(incident))
         .route("/api/v1/services/graph", get(services_graph))
+        .route(
+            "/api/v1/investigations",
+            get(investigations::list).post(investigations::create),
+        )
+        .route("/api/v1/investigations/{id}", get(investigations::get_one))
         .route("/api/v1/traces/{trace_id}", get(trace))
         .route("/api/v1/services", get(services))
         .route("/api/v1/metrics/names", get(metric_names))

@@ -148,11 +148,19 @@ pub struct Started {
 /// Starts the detection thread (detectors, topology, incident correlation), restoring what
 /// the detectors had learned before a restart. It stops on [`PipelineSender::stop`] or when
 /// every sender is dropped, after saving.
-pub fn start(data_dir: &Path, metrics: Arc<Metrics>, on_incidents: OnIncidents) -> std::io::Result<Started> {
+pub fn start(
+    data_dir: &Path,
+    allowed_lateness_ms: i64,
+    metrics: Arc<Metrics>,
+    on_incidents: OnIncidents,
+) -> std::io::Result<Started> {
     let store = Arc::new(AnomalyStore::open(data_dir)?);
     let incidents = Arc::new(IncidentStore::open(data_dir)?);
     let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE);
-    let mut engine = Engine::new(EngineConfig::default());
+    let mut engine = Engine::new(EngineConfig {
+        lateness_ms: allowed_lateness_ms,
+        ..EngineConfig::default()
+    });
     let state_path = data_dir.join(state_file::FILE);
     let progress = restore_state(&mut engine, &state_path);
     engine.restore_feedback(store.feedback_state());

@@ -4,6 +4,7 @@
 mod collectors;
 mod convert;
 mod indexer;
+mod investigate;
 mod metrics_query;
 mod partition;
 mod schema;

@@ -62,7 +62,7 @@ impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             interval_ms: 60_000,
-            lateness_ms: 30_000,
+            lateness_ms: 120_000,
             threshold: 0.5,
             close_after: 3,
             max_series: 100_000,

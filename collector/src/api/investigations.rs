@@ -1,0 +1,78 @@
+//! `POST /api/v1/investigations`, `GET /api/v1/investigations[/{id}]`.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Json, Response};
+use serde_json::json;
+
+use super::{ApiError, ApiState, Params, limit_param, timed};
+use crate::investigations::{self, Request};
+use crate::timeutil::now_ns;
+
+/// Runs an investigation and keeps it; answers it whole (201, with its location).
+pub(super) async fn create(
+    State(state): State<ApiState>,
+    body: Result<Json<Request>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(request) = body.map_err(|e| ApiError::bad(format!("invalid investigation request: {}", e.body_text())))?;
+    investigations::validate(&request).map_err(ApiError::bad)?;
+    let now_ms = i64::try_from(now_ns() / 1_000_000).unwrap_or(i64::MAX);
+    let inv = timed(&state, "investigations", move |store| {
+        investigations::run(store, &request, now_ms)
+    })
+    .await?;
+    let kept = Arc::clone(&state.investigations);
+    let saved = inv.clone();
+    tokio::task::spawn_blocking(move || kept.add(saved))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("saving task failed: {e}")))?
+        .map_err(|e| {
+            tracing::error!(error = %e, "could not save an investigation");
+            ApiError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("could not save the investigation: {e}"),
+            )
+        })?;
+    let location = format!("/api/v1/investigations/{}", inv.id);
+    Ok((StatusCode::CREATED, [(http::header::LOCATION, location)], Json(inv)).into_response())
+}
+
+/// The newest first: id, window and the top candidates, without the evidence.
+pub(super) async fn list(State(state): State<ApiState>, Query(params): Params) -> Result<Response, ApiError> {
+    let limit = limit_param(&state, &params, 50)?;
+    let items: Vec<serde_json::Value> = state
+        .investigations
+        .list(limit)
+        .into_iter()
+        .map(|i| {
+            json!({
+                "id": i.id,
+                "created_ms": i.created_ms,
+                "window": i.window,
+                "baseline": i.baseline,
+                "services": i.services,
+                "incident": i.incident,
+                "candidates": i.candidates.iter().take(5).map(|c| json!({
+                    "service": c.service,
+                    "score": c.score,
+                    "reason": c.reasons.first(),
+                })).collect::<Vec<_>>(),
+                "notes": i.notes,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "investigations": items })).into_response())
+}
+
+pub(super) async fn get_one(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    match state.investigations.get(&id) {
+        Some(inv) => Ok(Json(inv).into_response()),
+        None => Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!("no investigation with id {id:?}"),
+        )),
+    }
+}

@@ -1,0 +1,116 @@
+//! Log evidence: warning and error patterns that are new or grew, counted where the
+//! failure started.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use super::stats::{mad_sigma, median};
+use super::traces::TraceIndex;
+use super::{Evidence, EvidenceKind, Input};
+
+/// OTLP severity numbers: WARN starts at 13, ERROR at 17.
+const WARN: i32 = 13;
+const ERROR: i32 = 17;
+
+/// Warning-or-worse patterns whose count in the window is far above what the baseline's
+/// minutes had. A line whose span sits above a failure in another service (an error span,
+/// or a span with an error line) is that failure propagating and is not counted.
+pub(crate) fn patterns(input: &Input, index: &TraceIndex<'_>) -> Vec<Evidence> {
+    let mut failing: Vec<usize> = (0..input.spans.len()).filter(|&i| input.spans[i].error).collect();
+    let located: Vec<Option<usize>> = input
+        .window_lines
+        .iter()
+        .map(|l| index.lookup(&l.trace_id, &l.span_id))
+        .collect();
+    for (line, at) in input.window_lines.iter().zip(&located) {
+        if let (true, Some(i)) = (line.severity >= ERROR, at) {
+            failing.push(*i);
+        }
+    }
+    let propagating = index.above_failures(&failing);
+    type Key = (String, u64, i32);
+    let mut explained: HashMap<Key, u64> = HashMap::new();
+    for (line, at) in input.window_lines.iter().zip(&located) {
+        if at.is_some_and(|i| propagating.contains(&i)) {
+            *explained
+                .entry((line.service.clone(), line.pattern_id, line.severity))
+                .or_default() += 1;
+        }
+    }
+
+    let mut baseline_minutes = BTreeSet::new();
+    let mut window_minutes = BTreeSet::new();
+    let mut baseline: HashMap<Key, BTreeMap<i64, u64>> = HashMap::new();
+    let mut window: HashMap<Key, u64> = HashMap::new();
+    for c in &input.log_counts {
+        let in_window = input.minute_in_window(c.minute);
+        if in_window {
+            window_minutes.insert(c.minute);
+        } else {
+            baseline_minutes.insert(c.minute);
+        }
+        if c.severity < WARN {
+            continue;
+        }
+        let key = (c.service.clone(), c.pattern_id, c.severity);
+        if in_window {
+            *window.entry(key).or_default() += c.count;
+        } else {
+            *baseline.entry(key).or_default().entry(c.minute).or_default() += c.count;
+        }
+    }
+    let n = window_minutes.len().max(1) as f64;
+    let mut out = Vec::new();
+    for (key, total) in window {
+        let count = total.saturating_sub(explained.get(&key).copied().unwrap_or(0));
+        if count < 3 {
+            continue;
+        }
+        let minutes = baseline.get(&key);
+        let per_minute: Vec<f64> = baseline_minutes
+            .iter()
+            .map(|m| minutes.and_then(|b| b.get(m)).copied().unwrap_or(0) as f64)
+            .collect();
+        let per_minute = if per_minute.is_empty() { vec![0.0] } else { per_minute };
+        let before = median(&per_minute);
+        let sigma = mad_sigma(&per_minute, before);
+        // Counts: at least Poisson noise, and a bursty baseline's own spread.
+        let variance = (sigma * sigma).max(before).max(1.0);
+        let strength = (count as f64 - n * before) / (n * variance).sqrt();
+        if strength < 3.0 {
+            continue;
+        }
+        let seen_before: u64 = minutes.map_or(0, |b| b.values().sum());
+        let level = if key.2 >= ERROR { "error" } else { "warning" };
+        let sentence = if seen_before == 0 {
+            format!(
+                "{}: a new {level} pattern appeared, {count} lines in the window, never in the baseline",
+                key.0
+            )
+        } else {
+            format!(
+                "{}: {level} pattern {} grew to {:.1} lines a minute, against {before:.1} before",
+                key.0,
+                key.1,
+                count as f64 / n
+            )
+        };
+        out.push(Evidence {
+            kind: EvidenceKind::LogPattern,
+            service: key.0.clone(),
+            signal: format!("pattern {}", key.1),
+            operation: None,
+            pattern_id: Some(key.1),
+            metric: None,
+            before,
+            after: count as f64 / n,
+            unit: "lines/min".into(),
+            strength,
+            new: seen_before == 0,
+            sentence,
+            template: None,
+            samples: Vec::new(),
+            query: None,
+        });
+    }
+    out
+}

@@ -1,0 +1,227 @@
+//! Investigations: "something went wrong between these two times — where?"
+//!
+//! What an engineer does once they know *when*: compare the window with a baseline over
+//! every stored signal and rank the services by how far their own behaviour moved. Pure:
+//! the collector reads the rows from its indexes and hands them over; nothing here does
+//! I/O or looks at the clock.
+//!
+//! Evidence comes in two tiers. **Request-path evidence** — warning and error log patterns
+//! that grew or are new, a span's *self* time (its duration minus its children's, so a slow
+//! callee does not blame its callers), the share of requests that failed *where the failure
+//! started* (an error span or error line whose trace shows a failing call further down is
+//! propagating, not originating), requests that stopped — decides the ranking. **Resource
+//! metrics** (CPU, memory, per-pod latency gauges…) corroborate a service the request path
+//! already points at, and speak alone only at half weight: on per-minute pod metrics some
+//! series of some service always wobbles, and taking the largest of hundreds of robust
+//! shifts finds noise first. Then topology: a service whose callee shows the same kind of
+//! trouble is more likely suffering than causing it.
+
+mod logs;
+mod metrics;
+mod rank;
+mod stats;
+mod traces;
+
+use serde::{Deserialize, Serialize};
+
+pub use rank::rank_candidates;
+
+/// A half-open time range `[start_ms, end_ms)` in unix milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimeRange {
+    pub start_ms: i64,
+    pub end_ms: i64,
+}
+
+impl TimeRange {
+    pub fn contains_ns(&self, ts_ns: i64) -> bool {
+        let ms = ts_ns.div_euclid(1_000_000);
+        self.start_ms <= ms && ms < self.end_ms
+    }
+
+    pub fn len_ms(&self) -> i64 {
+        self.end_ms - self.start_ms
+    }
+}
+
+/// One stored span, as much of it as an investigation needs.
+#[derive(Debug, Clone)]
+pub struct SpanRow {
+    pub trace_id: String,
+    pub span_id: String,
+    /// Empty for a root span.
+    pub parent_span_id: String,
+    pub service: String,
+    pub operation: String,
+    pub start_ns: i64,
+    pub end_ns: i64,
+    /// OTLP status code ERROR.
+    pub error: bool,
+}
+
+/// Log records counted per service, pattern, severity and minute (read from columns,
+/// so a baseline of millions of lines costs no document reads).
+#[derive(Debug, Clone)]
+pub struct LogCount {
+    /// The minute, as [`Input::minute_of`] numbers it (aligned to the window's start).
+    pub minute: i64,
+    pub service: String,
+    pub pattern_id: u64,
+    /// OTLP severity number (13–16 warn, 17+ error; 0 unknown).
+    pub severity: i32,
+    pub count: u64,
+}
+
+/// A warning-or-worse log line of the window with its trace context, so that a line
+/// whose trace shows a failure further down can be told apart from where it started.
+#[derive(Debug, Clone)]
+pub struct WindowLogLine {
+    pub service: String,
+    pub pattern_id: u64,
+    pub severity: i32,
+    pub trace_id: String,
+    pub span_id: String,
+}
+
+/// One metric series, already reduced to one value per step.
+#[derive(Debug, Clone)]
+pub struct MetricSeries {
+    pub service: String,
+    pub name: String,
+    /// The series' labels as `k="v"` pairs (without `service.name`), for display and queries.
+    pub labels: String,
+    pub unit: String,
+    /// `(unix ms, value)`, in time order.
+    pub points: Vec<(i64, f64)>,
+}
+
+/// Everything an investigation compares. Rows of both ranges are mixed; each row's time
+/// says which range it belongs to.
+#[derive(Debug, Clone)]
+pub struct Input {
+    pub window: TimeRange,
+    pub baseline: TimeRange,
+    pub spans: Vec<SpanRow>,
+    pub log_counts: Vec<LogCount>,
+    pub window_lines: Vec<WindowLogLine>,
+    pub metrics: Vec<MetricSeries>,
+    /// Only rank these services (all when empty).
+    pub services: Vec<String>,
+}
+
+impl Input {
+    /// The one-minute bucket of a time, numbered from the window's start (0 is its first
+    /// minute, negative ones are before it), so that buckets never straddle its edges.
+    pub fn minute_of(window: TimeRange, ts_ns: i64) -> i64 {
+        (ts_ns.div_euclid(1_000_000) - window.start_ms).div_euclid(60_000)
+    }
+
+    /// Whether bucket `minute` lies in the window (rather than the baseline).
+    pub(crate) fn minute_in_window(&self, minute: i64) -> bool {
+        minute >= 0 && minute * 60_000 < self.window.len_ms()
+    }
+}
+
+/// What kind of behaviour moved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EvidenceKind {
+    /// A warning/error log pattern that is new or grew.
+    LogPattern,
+    /// An operation's own (self) time grew.
+    SelfTime,
+    /// More of an operation's requests failed, counting failures where they started.
+    ErrorRatio,
+    /// A service that served requests in the baseline served none in the window.
+    RequestsStopped,
+    /// A resource metric moved away from its baseline.
+    Metric,
+}
+
+impl EvidenceKind {
+    /// Request-path evidence decides; metrics corroborate.
+    pub fn on_request_path(self) -> bool {
+        !matches!(self, EvidenceKind::Metric)
+    }
+
+    /// Evidence kinds that mean "the same kind of trouble" when a caller and its callee
+    /// both show them.
+    fn family(self) -> u8 {
+        match self {
+            EvidenceKind::LogPattern | EvidenceKind::ErrorRatio | EvidenceKind::RequestsStopped => 0,
+            EvidenceKind::SelfTime => 1,
+            EvidenceKind::Metric => 2,
+        }
+    }
+}
+
+/// One piece of evidence: what moved, from what to what, and how surprising that is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Evidence {
+    pub kind: EvidenceKind,
+    pub service: String,
+    /// The operation, `pattern <id>`, or the metric with its labels.
+    pub signal: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operation: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pattern_id: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<String>,
+    /// Typical baseline value and the window's value, in `unit`.
+    pub before: f64,
+    pub after: f64,
+    pub unit: String,
+    /// Robust σ of the change (how many baseline wobbles it is).
+    pub strength: f64,
+    /// Never seen in the baseline.
+    #[serde(default)]
+    pub new: bool,
+    /// One sentence a person can check.
+    pub sentence: String,
+    /// The log pattern's template (filled by the collector).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
+    /// Sample lines (log patterns) or exemplar trace ids (spans), from the window.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub samples: Vec<String>,
+    /// The API query that shows the data behind this evidence (filled by the collector).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+}
+
+/// A ranked service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Candidate {
+    pub service: String,
+    /// 0..1, comparable within one investigation.
+    pub score: f64,
+    pub reasons: Vec<String>,
+    pub evidence: Vec<Evidence>,
+}
+
+/// Every piece of evidence the input holds, strongest first, before ranking.
+pub fn gather(input: &Input) -> Vec<Evidence> {
+    let index = traces::TraceIndex::new(&input.spans);
+    let mut out = Vec::new();
+    out.extend(traces::self_time(input, &index));
+    out.extend(traces::error_ratio(input, &index));
+    out.extend(traces::requests_stopped(input));
+    out.extend(logs::patterns(input, &index));
+    out.extend(metrics::shifts(input));
+    if !input.services.is_empty() {
+        out.retain(|e| input.services.iter().any(|s| s == &e.service));
+    }
+    out.sort_by(|a, b| b.strength.total_cmp(&a.strength));
+    out
+}
+
+/// Ranks the services of `input`, most likely cause first.
+pub fn investigate(input: &Input) -> Vec<Candidate> {
+    let evidence = gather(input);
+    let calls = traces::TraceIndex::new(&input.spans).calls();
+    rank_candidates(evidence, &calls)
+}
+
+#[cfg(test)]
+mod tests;

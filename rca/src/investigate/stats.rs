@@ -1,0 +1,70 @@
+//! Robust statistics for comparing a window with its baseline.
+
+/// The median of `values` (NaN for none). Sorts a copy.
+pub(crate) fn median(values: &[f64]) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    }
+}
+
+/// The median absolute deviation around `center`, scaled to a normal σ (× 1.4826).
+pub(crate) fn mad_sigma(values: &[f64], center: f64) -> f64 {
+    let deviations: Vec<f64> = values.iter().map(|v| (v - center).abs()).collect();
+    median(&deviations) * 1.4826
+}
+
+/// The `q`-quantile (0..=1) by linear interpolation (NaN for none).
+pub(crate) fn quantile(values: &[f64], q: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let pos = q.clamp(0.0, 1.0) * (v.len() - 1) as f64;
+    let lo = pos.floor() as usize;
+    let hi = pos.ceil() as usize;
+    v[lo] + (v[hi] - v[lo]) * (pos - lo as f64)
+}
+
+/// How far `x` lies above the typical baseline value, in robust σ: the baseline's median
+/// and MAD, the scale never below `floor` (a baseline that never moved would otherwise
+/// turn any wobble into an infinite shift).
+pub(crate) fn robust_rise(x: f64, baseline: &[f64], floor: f64) -> f64 {
+    let m = median(baseline);
+    (x - m) / mad_sigma(baseline, m).max(floor).max(f64::MIN_POSITIVE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians_and_quantiles() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert!(median(&[]).is_nan());
+        assert_eq!(quantile(&[1.0, 2.0, 3.0, 4.0, 5.0], 0.25), 2.0);
+        assert_eq!(quantile(&[1.0, 2.0, 3.0, 4.0, 5.0], 0.9), 4.6);
+    }
+
+    #[test]
+    fn a_rise_is_measured_in_robust_sigma_with_a_floor() {
+        let baseline = [10.0, 11.0, 9.0, 10.0, 10.0];
+        // MAD = 0 here (three of five at the median) → the floor is the scale.
+        assert!((robust_rise(20.0, &baseline, 1.0) - 10.0).abs() < 1e-9);
+        let spread = [5.0, 15.0, 10.0, 0.0, 20.0];
+        assert!(
+            robust_rise(20.0, &spread, 1.0) < 2.0,
+            "a wide baseline makes 20 ordinary"
+        );
+        assert!(robust_rise(5.0, &baseline, 1.0) < 0.0);
+    }
+}

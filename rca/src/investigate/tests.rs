@@ -1,0 +1,275 @@
+//! Investigations on small synthetic systems: frontend → checkout → payment.
+
+use super::*;
+
+const MIN: i64 = 60_000;
+/// The window: minutes 60..63; the baseline: minutes 0..55.
+const WINDOW: TimeRange = TimeRange {
+    start_ms: 60 * MIN,
+    end_ms: 63 * MIN,
+};
+const BASELINE: TimeRange = TimeRange {
+    start_ms: 0,
+    end_ms: 55 * MIN,
+};
+
+/// Builds traces of frontend → checkout → payment, one every 6 s, with per-service self
+/// times (ms) and failures chosen per minute.
+struct System {
+    spans: Vec<SpanRow>,
+    next: u64,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Minute {
+    frontend_ms: f64,
+    checkout_ms: f64,
+    payment_ms: f64,
+    payment_fails: bool,
+    payment_down: bool,
+}
+
+impl Minute {
+    fn normal() -> Minute {
+        Minute {
+            frontend_ms: 2.0,
+            checkout_ms: 10.0,
+            payment_ms: 30.0,
+            ..Minute::default()
+        }
+    }
+}
+
+impl System {
+    fn new() -> System {
+        System {
+            spans: Vec::new(),
+            next: 1,
+        }
+    }
+
+    fn id(&mut self) -> String {
+        self.next += 1;
+        format!("{:016x}", self.next)
+    }
+
+    /// Ten requests in minute `m`; a little jitter so the baseline has a spread.
+    fn minute(&mut self, m: i64, how: Minute) {
+        for k in 0..10 {
+            let jitter = ((m * 7 + k * 3) % 5) as f64 * 0.05 + 0.9;
+            let trace = format!("{:032x}", m * 100 + k + 1);
+            let start = (m * MIN + k * 6_000) * 1_000_000;
+            let ns = |ms: f64| (ms * jitter * 1e6) as i64;
+            let (f, c, p) = (self.id(), self.id(), self.id());
+            let payment_ns = if how.payment_down { 0 } else { ns(how.payment_ms) };
+            let checkout_ns = ns(how.checkout_ms) + payment_ns;
+            let frontend_ns = ns(how.frontend_ms) + checkout_ns;
+            let failing = how.payment_fails || how.payment_down;
+            self.spans.push(SpanRow {
+                trace_id: trace.clone(),
+                span_id: f.clone(),
+                parent_span_id: String::new(),
+                service: "frontend".into(),
+                operation: "GET /buy".into(),
+                start_ns: start,
+                end_ns: start + frontend_ns,
+                error: failing,
+            });
+            self.spans.push(SpanRow {
+                trace_id: trace.clone(),
+                span_id: c.clone(),
+                parent_span_id: f,
+                service: "checkout".into(),
+                operation: "POST /checkout".into(),
+                start_ns: start + 1,
+                end_ns: start + 1 + checkout_ns,
+                error: failing,
+            });
+            if !how.payment_down {
+                self.spans.push(SpanRow {
+                    trace_id: trace,
+                    span_id: p,
+                    parent_span_id: c,
+                    service: "payment".into(),
+                    operation: "POST /pay".into(),
+                    start_ns: start + 2,
+                    end_ns: start + 2 + payment_ns,
+                    error: how.payment_fails,
+                });
+            }
+        }
+    }
+
+    fn input(self, window: Minute) -> Input {
+        let mut sys = self;
+        for m in 0..55 {
+            sys.minute(m, Minute::normal());
+        }
+        for m in 60..63 {
+            sys.minute(m, window);
+        }
+        Input {
+            window: WINDOW,
+            baseline: BASELINE,
+            spans: sys.spans,
+            log_counts: Vec::new(),
+            window_lines: Vec::new(),
+            metrics: Vec::new(),
+            services: Vec::new(),
+        }
+    }
+}
+
+fn services(c: &[Candidate]) -> Vec<&str> {
+    c.iter().map(|c| c.service.as_str()).collect()
+}
+
+#[test]
+fn a_slow_callee_is_blamed_not_its_callers() {
+    let input = System::new().input(Minute {
+        payment_ms: 400.0,
+        ..Minute::normal()
+    });
+    let ranked = investigate(&input);
+    assert_eq!(
+        services(&ranked),
+        ["payment"],
+        "callers' own time did not change: {ranked:#?}"
+    );
+    let e = &ranked[0].evidence[0];
+    assert_eq!(e.kind, EvidenceKind::SelfTime);
+    assert!(e.before < 40.0 && e.after > 350.0, "{e:?}");
+    assert_eq!(e.samples.len(), 3, "exemplar traces");
+}
+
+#[test]
+fn nothing_changed_means_no_candidates() {
+    let input = System::new().input(Minute::normal());
+    assert!(investigate(&input).is_empty());
+}
+
+#[test]
+fn failures_count_where_they_start() {
+    let input = System::new().input(Minute {
+        payment_fails: true,
+        ..Minute::normal()
+    });
+    let ranked = investigate(&input);
+    assert_eq!(services(&ranked), ["payment"], "{ranked:#?}");
+    assert_eq!(ranked[0].evidence[0].kind, EvidenceKind::ErrorRatio);
+    assert!(ranked[0].evidence[0].new);
+}
+
+#[test]
+fn error_lines_of_callers_above_a_failing_callee_are_propagation() {
+    let mut input = System::new().input(Minute::normal());
+    // In the window, payment logs an error on its span and checkout logs one on its own
+    // span of the same traces (what a caller prints when its call fails); no span status.
+    let mut lines = Vec::new();
+    let mut counts = Vec::new();
+    let window_spans: Vec<SpanRow> = input
+        .spans
+        .iter()
+        .filter(|s| WINDOW.contains_ns(s.start_ns))
+        .cloned()
+        .collect();
+    for s in &window_spans {
+        let (service, pattern) = match s.service.as_str() {
+            "payment" => ("payment", 7),
+            "checkout" => ("checkout", 8),
+            _ => continue,
+        };
+        lines.push(WindowLogLine {
+            service: service.into(),
+            pattern_id: pattern,
+            severity: 17,
+            trace_id: s.trace_id.clone(),
+            span_id: s.span_id.clone(),
+        });
+        counts.push(LogCount {
+            minute: Input::minute_of(WINDOW, s.start_ns),
+            service: service.into(),
+            pattern_id: pattern,
+            severity: 17,
+            count: 1,
+        });
+    }
+    // The baseline has logs (info) in every minute so its minutes are known.
+    for m in 0..55 {
+        counts.push(LogCount {
+            minute: Input::minute_of(WINDOW, m * MIN * 1_000_000),
+            service: "checkout".into(),
+            pattern_id: 1,
+            severity: 9,
+            count: 10,
+        });
+    }
+    input.window_lines = lines;
+    input.log_counts = counts;
+    let ranked = investigate(&input);
+    assert_eq!(services(&ranked), ["payment"], "{ranked:#?}");
+    assert!(
+        ranked[0].reasons[0].contains("new error pattern"),
+        "{:?}",
+        ranked[0].reasons
+    );
+}
+
+#[test]
+fn a_pattern_present_all_along_is_not_news() {
+    let mut input = System::new().input(Minute::normal());
+    for m in (0..55).chain(60..63) {
+        input.log_counts.push(LogCount {
+            minute: Input::minute_of(WINDOW, m * MIN * 1_000_000),
+            service: "checkout".into(),
+            pattern_id: 3,
+            severity: 17,
+            count: 4 + (m % 3) as u64,
+        });
+    }
+    assert!(investigate(&input).is_empty());
+}
+
+#[test]
+fn a_service_that_stopped_answering_is_named() {
+    let input = System::new().input(Minute {
+        payment_down: true,
+        ..Minute::normal()
+    });
+    let ranked = investigate(&input);
+    assert_eq!(ranked[0].service, "payment", "{ranked:#?}");
+    assert_eq!(ranked[0].evidence[0].kind, EvidenceKind::RequestsStopped);
+    assert!(ranked[0].reasons[0].contains("down or unreachable"));
+}
+
+#[test]
+fn metrics_alone_rank_below_the_request_path_and_corroborate_it() {
+    let mut input = System::new().input(Minute {
+        payment_ms: 400.0,
+        ..Minute::normal()
+    });
+    let series = |service: &str, jump: f64| MetricSeries {
+        service: service.into(),
+        name: "cpu.usage".into(),
+        labels: String::new(),
+        unit: "%".into(),
+        points: (0..63)
+            .map(|m| (m * MIN, if m >= 60 { jump } else { 20.0 + (m % 4) as f64 }))
+            .collect(),
+    };
+    input.metrics = vec![series("catalogue", 95.0), series("payment", 90.0)];
+    let ranked = investigate(&input);
+    assert_eq!(services(&ranked), ["payment", "catalogue"], "{ranked:#?}");
+    assert!(ranked[0].reasons.iter().any(|r| r.starts_with("Corroborated")));
+    assert!(ranked[1].reasons.iter().any(|r| r.starts_with("Only resource metrics")));
+}
+
+#[test]
+fn the_services_filter_keeps_only_those() {
+    let mut input = System::new().input(Minute {
+        payment_ms: 400.0,
+        ..Minute::normal()
+    });
+    input.services = vec!["checkout".into()];
+    assert!(investigate(&input).is_empty());
+}

@@ -1,0 +1,333 @@
+//! Span evidence: self time, where failures start, requests that stopped.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use super::stats::{median, robust_rise};
+use super::{Evidence, EvidenceKind, Input, SpanRow};
+
+/// How far up a trace ancestors are followed (a cycle in bad data must not hang us).
+const MAX_DEPTH: usize = 256;
+
+/// The spans of an investigation indexed by trace: parents, children, self times, and
+/// which spans sit above a failure in another service.
+pub(crate) struct TraceIndex<'a> {
+    spans: &'a [SpanRow],
+    by_id: HashMap<(&'a str, &'a str), usize>,
+    /// Sum of the durations of each span's children, ns.
+    children_ns: Vec<i64>,
+    /// Services of each span's children.
+    child_services: Vec<BTreeSet<&'a str>>,
+}
+
+impl<'a> TraceIndex<'a> {
+    pub(crate) fn new(spans: &'a [SpanRow]) -> TraceIndex<'a> {
+        let by_id: HashMap<(&str, &str), usize> = spans
+            .iter()
+            .enumerate()
+            .map(|(i, s)| ((s.trace_id.as_str(), s.span_id.as_str()), i))
+            .collect();
+        let mut children_ns = vec![0i64; spans.len()];
+        let mut child_services = vec![BTreeSet::new(); spans.len()];
+        for s in spans {
+            if let Some(&p) = by_id.get(&(s.trace_id.as_str(), s.parent_span_id.as_str())) {
+                children_ns[p] = children_ns[p].saturating_add((s.end_ns - s.start_ns).max(0));
+                child_services[p].insert(s.service.as_str());
+            }
+        }
+        TraceIndex {
+            spans,
+            by_id,
+            children_ns,
+            child_services,
+        }
+    }
+
+    pub(crate) fn lookup(&self, trace_id: &str, span_id: &str) -> Option<usize> {
+        self.by_id.get(&(trace_id, span_id)).copied()
+    }
+
+    /// A span's own time: its duration minus its children's (never below zero; children
+    /// that run in parallel can add up to more than their parent).
+    pub(crate) fn self_ns(&self, i: usize) -> i64 {
+        let s = &self.spans[i];
+        ((s.end_ns - s.start_ns) - self.children_ns[i]).max(0)
+    }
+
+    /// The ancestors of span `i`, nearest first.
+    fn ancestors(&self, i: usize) -> impl Iterator<Item = usize> + '_ {
+        let mut current = i;
+        std::iter::from_fn(move || {
+            let s = &self.spans[current];
+            let parent = self.lookup(&s.trace_id, &s.parent_span_id)?;
+            current = parent;
+            Some(parent)
+        })
+        .take(MAX_DEPTH)
+    }
+
+    /// Spans that have a failing span of *another* service below them: a failure there
+    /// is propagating, not originating. `failing` are the failure sites.
+    pub(crate) fn above_failures(&self, failing: &[usize]) -> HashSet<usize> {
+        let mut marked = HashSet::new();
+        for &site in failing {
+            let service = &self.spans[site].service;
+            for a in self.ancestors(site) {
+                if &self.spans[a].service != service {
+                    marked.insert(a);
+                }
+            }
+        }
+        marked
+    }
+
+    /// Caller → callees, from parent/child spans in different services.
+    pub(crate) fn calls(&self) -> BTreeMap<String, BTreeSet<String>> {
+        let mut calls: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for (i, callees) in self.child_services.iter().enumerate() {
+            let caller = &self.spans[i].service;
+            for callee in callees {
+                if *callee != caller {
+                    calls.entry(caller.clone()).or_default().insert((*callee).to_string());
+                }
+            }
+        }
+        calls
+    }
+}
+
+/// Distinct minutes holding at least one span, per range.
+fn active_minutes(input: &Input) -> (BTreeSet<i64>, BTreeSet<i64>) {
+    let mut baseline = BTreeSet::new();
+    let mut window = BTreeSet::new();
+    for s in &input.spans {
+        if input.window.contains_ns(s.start_ns) {
+            window.insert(Input::minute_of(input.window, s.start_ns));
+        } else if input.baseline.contains_ns(s.start_ns) {
+            baseline.insert(Input::minute_of(input.window, s.start_ns));
+        }
+    }
+    (baseline, window)
+}
+
+/// Operations whose median self time in the window is far above the medians the same
+/// operation had minute by minute in the baseline.
+pub(crate) fn self_time(input: &Input, index: &TraceIndex<'_>) -> Vec<Evidence> {
+    type Key<'a> = (&'a str, &'a str);
+    let mut baseline: HashMap<Key<'_>, BTreeMap<i64, Vec<f64>>> = HashMap::new();
+    let mut window: HashMap<Key<'_>, Vec<(f64, usize)>> = HashMap::new();
+    for (i, s) in input.spans.iter().enumerate() {
+        let key = (s.service.as_str(), s.operation.as_str());
+        let ms = index.self_ns(i) as f64 / 1e6;
+        if input.window.contains_ns(s.start_ns) {
+            window.entry(key).or_default().push((ms, i));
+        } else if input.baseline.contains_ns(s.start_ns) {
+            baseline
+                .entry(key)
+                .or_default()
+                .entry(Input::minute_of(input.window, s.start_ns))
+                .or_default()
+                .push(ms);
+        }
+    }
+    let mut out = Vec::new();
+    for (key, mut spans) in window {
+        let Some(minutes) = baseline.get(&key) else { continue };
+        if spans.len() < 3 || minutes.len() < 3 {
+            continue;
+        }
+        let medians: Vec<f64> = minutes.values().map(|v| median(v)).collect();
+        let before = median(&medians);
+        let after = median(&spans.iter().map(|s| s.0).collect::<Vec<_>>());
+        // A tenth of the usual value or a millisecond: timer resolution and GC pauses
+        // move a sub-millisecond operation by more than its MAD.
+        let strength = robust_rise(after, &medians, (0.1 * before).max(1.0));
+        if strength < 3.0 || after < 1.2 * before {
+            continue;
+        }
+        spans.sort_by(|a, b| b.0.total_cmp(&a.0));
+        let mut samples: Vec<String> = Vec::new();
+        for (_, i) in &spans {
+            let t = &input.spans[*i].trace_id;
+            if !samples.contains(t) {
+                samples.push(t.clone());
+            }
+            if samples.len() == 3 {
+                break;
+            }
+        }
+        out.push(Evidence {
+            kind: EvidenceKind::SelfTime,
+            service: key.0.to_string(),
+            signal: key.1.to_string(),
+            operation: Some(key.1.to_string()),
+            pattern_id: None,
+            metric: None,
+            before,
+            after,
+            unit: "ms".into(),
+            strength,
+            new: false,
+            sentence: format!(
+                "{} {}: its own time (without the calls it makes) was {} at the median over {} requests, against {} before",
+                key.0,
+                key.1,
+                fmt_ms(after),
+                spans.len(),
+                fmt_ms(before)
+            ),
+            template: None,
+            samples,
+            query: None,
+        });
+    }
+    out
+}
+
+/// Operations where more requests failed than in the baseline, counting a failure only
+/// in the service where it started.
+pub(crate) fn error_ratio(input: &Input, index: &TraceIndex<'_>) -> Vec<Evidence> {
+    let failing: Vec<usize> = (0..input.spans.len()).filter(|&i| input.spans[i].error).collect();
+    if failing.is_empty() {
+        return Vec::new();
+    }
+    let propagating = index.above_failures(&failing);
+    type Key<'a> = (&'a str, &'a str);
+    // per key: minute -> (requests, originating errors)
+    let mut baseline: HashMap<Key<'_>, BTreeMap<i64, (u64, u64)>> = HashMap::new();
+    let mut window: HashMap<Key<'_>, (u64, u64, Vec<usize>)> = HashMap::new();
+    for (i, s) in input.spans.iter().enumerate() {
+        let key = (s.service.as_str(), s.operation.as_str());
+        let originating = s.error && !propagating.contains(&i);
+        if input.window.contains_ns(s.start_ns) {
+            let w = window.entry(key).or_default();
+            w.0 += 1;
+            if originating {
+                w.1 += 1;
+                w.2.push(i);
+            }
+        } else if input.baseline.contains_ns(s.start_ns) {
+            let m = baseline
+                .entry(key)
+                .or_default()
+                .entry(Input::minute_of(input.window, s.start_ns))
+                .or_default();
+            m.0 += 1;
+            m.1 += u64::from(originating);
+        }
+    }
+    let mut out = Vec::new();
+    for (key, (requests, errors, failed)) in window {
+        if errors < 3 {
+            continue;
+        }
+        let ratios: Vec<f64> = baseline
+            .get(&key)
+            .map(|m| m.values().map(|(n, e)| *e as f64 / *n as f64).collect())
+            .unwrap_or_default();
+        let ratios = if ratios.is_empty() { vec![0.0] } else { ratios };
+        let before = median(&ratios);
+        let after = errors as f64 / requests as f64;
+        // The binomial noise of the window's own ratio is the least a change must beat.
+        let p = before.max(0.5 / requests as f64);
+        let floor = (p * (1.0 - p) / requests as f64).sqrt().max(0.01);
+        let strength = robust_rise(after, &ratios, floor);
+        if strength < 3.0 {
+            continue;
+        }
+        let mut samples: Vec<String> = failed.iter().map(|&i| input.spans[i].trace_id.clone()).collect();
+        samples.dedup();
+        samples.truncate(3);
+        out.push(Evidence {
+            kind: EvidenceKind::ErrorRatio,
+            service: key.0.to_string(),
+            signal: key.1.to_string(),
+            operation: Some(key.1.to_string()),
+            pattern_id: None,
+            metric: None,
+            before: before * 100.0,
+            after: after * 100.0,
+            unit: "%".into(),
+            strength,
+            new: before == 0.0,
+            sentence: format!(
+                "{} {}: {errors} of {requests} requests failed there ({:.1} %), against {:.1} % before; failures of its callees are not counted here",
+                key.0,
+                key.1,
+                after * 100.0,
+                before * 100.0
+            ),
+            template: None,
+            samples,
+            query: None,
+        });
+    }
+    out
+}
+
+/// Services that served requests every baseline minute and none in the window, while
+/// others did: the service is down or unreachable.
+pub(crate) fn requests_stopped(input: &Input) -> Vec<Evidence> {
+    let (baseline_minutes, window_minutes) = active_minutes(input);
+    if window_minutes.is_empty() || baseline_minutes.len() < 3 {
+        return Vec::new();
+    }
+    let mut per_minute: BTreeMap<&str, BTreeMap<i64, u64>> = BTreeMap::new();
+    let mut in_window: HashSet<&str> = HashSet::new();
+    for s in &input.spans {
+        if input.window.contains_ns(s.start_ns) {
+            in_window.insert(s.service.as_str());
+        } else if input.baseline.contains_ns(s.start_ns) {
+            *per_minute
+                .entry(s.service.as_str())
+                .or_default()
+                .entry(Input::minute_of(input.window, s.start_ns))
+                .or_default() += 1;
+        }
+    }
+    let mut out = Vec::new();
+    for (service, minutes) in per_minute {
+        if in_window.contains(service) {
+            continue;
+        }
+        let counts: Vec<f64> = baseline_minutes
+            .iter()
+            .map(|m| minutes.get(m).copied().unwrap_or(0) as f64)
+            .collect();
+        let before = median(&counts);
+        if before < 1.0 {
+            continue;
+        }
+        // Poisson: seeing none where n·λ were expected has a z of about √(n·λ).
+        let expected = before * window_minutes.len() as f64;
+        out.push(Evidence {
+            kind: EvidenceKind::RequestsStopped,
+            service: service.to_string(),
+            signal: "requests".into(),
+            operation: None,
+            pattern_id: None,
+            metric: None,
+            before,
+            after: 0.0,
+            unit: "/min".into(),
+            strength: expected.sqrt().max(3.0),
+            new: false,
+            sentence: format!(
+                "{service} served no requests in the window, against {before:.0} a minute before, while other services went on: it is down or unreachable"
+            ),
+            template: None,
+            samples: Vec::new(),
+            query: None,
+        });
+    }
+    out
+}
+
+pub(crate) fn fmt_ms(ms: f64) -> String {
+    if ms >= 1000.0 {
+        format!("{:.2} s", ms / 1000.0)
+    } else if ms >= 10.0 {
+        format!("{ms:.0} ms")
+    } else {
+        format!("{ms:.2} ms")
+    }
+}
