@@ -69,6 +69,8 @@ pub struct Metrics {
     pub detect_points: Counter,
     pub detect_points_rejected: Counter,
     pub detect_late_events: Counter,
+    /// Event time the detectors have reached (unix seconds): what their intervals close on.
+    pub detect_event_time: Gauge,
     pub detect_series_evicted: Counter,
     pub anomaly_updates: Family<DetectorLabel, Counter>,
 }
@@ -102,6 +104,7 @@ impl Default for Metrics {
             detect_points: Counter::default(),
             detect_points_rejected: Counter::default(),
             detect_late_events: Counter::default(),
+            detect_event_time: Gauge::default(),
             detect_series_evicted: Counter::default(),
             anomaly_updates: Family::default(),
         };
@@ -201,6 +204,11 @@ impl Default for Metrics {
                 "detect_late_events",
                 "Log records and spans that arrived after their interval was closed",
                 m.detect_late_events.clone(),
+            );
+            r.register(
+                "detect_event_time_seconds",
+                "Event time the detectors have reached (unix seconds); intervals close once it passes their end plus detect.allowed_lateness",
+                m.detect_event_time.clone(),
             );
             r.register(
                 "detect_series_evicted",

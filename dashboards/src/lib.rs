@@ -79,6 +79,11 @@ pub fn router(api: Router, cfg: UiConfig) -> Router {
         .route("/ui/", get(|| async { Redirect::to("/ui/incidents") }))
         .route("/ui/incidents", get(pages::incidents::list))
         .route("/ui/incidents/{id}", get(pages::incidents::report))
+        .route(
+            "/ui/investigations",
+            get(pages::investigations::list).post(pages::investigations::create),
+        )
+        .route("/ui/investigations/{id}", get(pages::investigations::report))
         .route("/ui/alerts", get(pages::alerts::list))
         .route("/ui/alerts/{id}", get(pages::alerts::detail))
         .route("/ui/alerts/{id}/{action}", post(pages::alerts::act))

@@ -9,6 +9,11 @@
 //! `vigil-eval rca --case DIR` feeds `normal.csv` then `anomalous.csv` (wide, `time` in
 //! unix seconds) through onset detection and ranking and prints the ranked services as JSON;
 //! `--all ROOT` runs every `<service>-<fault>/<rep>/` case and prints AC@1, AC@3 and Avg@5.
+//!
+//! `vigil-eval nezha` replays the Nezha Train-Ticket day into a fresh collector and prints
+//! the scores of its incidents and of its investigations (see `nezha.rs`).
+
+mod nezha;
 
 use std::io::{self, BufRead, BufWriter, Write};
 use std::process::ExitCode;
@@ -279,9 +284,11 @@ fn main() -> ExitCode {
         Some("patterns") => patterns(),
         Some("nab") => nab(&args[1..]).map_err(io::Error::other),
         Some("rca") => rca(&args[1..]).map_err(io::Error::other),
+        Some("nezha") => nezha::run(&args[1..]).map_err(io::Error::other),
         _ => {
             eprintln!(
-                "usage: vigil-eval patterns < messages.txt\n       vigil-eval nab --data DIR --out RESULTS\n       vigil-eval rca --case DIR | --all ROOT"
+                "usage: vigil-eval patterns < messages.txt\n       vigil-eval nab --data DIR --out RESULTS\n       vigil-eval rca --case DIR | --all ROOT\n       {}",
+                nezha::USAGE
             );
             return ExitCode::from(2);
         }

@@ -240,7 +240,7 @@ fn fill_evidence(store: &Store, window: TimeRange, candidates: &mut [Candidate])
         for e in c.evidence.iter_mut() {
             let service = encode(&e.service);
             e.query = Some(match e.kind {
-                EvidenceKind::LogPattern => {
+                EvidenceKind::LogPattern | EvidenceKind::LogPatternStopped => {
                     let pattern = e.pattern_id.unwrap_or(0);
                     if filled < MAX_FILLED {
                         filled += 1;

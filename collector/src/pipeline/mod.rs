@@ -355,6 +355,9 @@ fn run(
             }
             Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => break,
         }
+        if state.progress.latest_event_ms > 0 {
+            metrics.detect_event_time.set(state.progress.latest_event_ms / 1000);
+        }
         let updates = state.engine.drain();
         if !updates.is_empty() {
             for a in &updates {

@@ -197,6 +197,7 @@ pub(crate) async fn report(
             (status_badge(inc.status))
             (severity_badge(peak_severity(&inc.timeline)))
             (query_link(&api_url))
+            (super::investigations::investigate_button(&session, inc.start_ms - 60_000, end, Some(&inc.id)))
         }
         p.lead #summary { (inc.summary) }
         dl.facts {

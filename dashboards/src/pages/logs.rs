@@ -143,7 +143,7 @@ pub(crate) async fn page(
         }
     };
     let content = html! {
-        div.title-row { h1 { "Logs" } }
+        div.title-row { h1 { "Logs" } (super::investigations::investigate_button(&session, start, end.min(fmt::now_ms()), None)) }
         (form(&p, &services, &range, tab))
         @if let Some(pat) = p.get("pattern").filter(|v| !v.is_empty()) {
             p.filter-note { "Only pattern " strong.mono { (pat) } ". "

@@ -116,7 +116,7 @@ pub(crate) async fn page(
     };
     if name.is_empty() {
         let content = html! {
-            div.title-row { h1 { "Metrics" } }
+            div.title-row { h1 { "Metrics" } (super::investigations::investigate_button(&session, start, end, None)) }
             (form)
             @if names.is_empty() {
                 p.empty #no-metrics { "No metrics stored in this range yet. Point an OpenTelemetry SDK or the Vigil agent at the collector's OTLP port." }
@@ -222,7 +222,7 @@ pub(crate) async fn page(
         }
     };
     let content = html! {
-        div.title-row { h1 { "Metrics" } (query_link(&query_url)) }
+        div.title-row { h1 { "Metrics" } (query_link(&query_url)) (super::investigations::investigate_button(&session, start, end, None)) }
         (form)
         (body)
         h2 { "Findings on " (name) }

@@ -4,6 +4,7 @@
 
 pub(crate) mod alerts;
 pub(crate) mod incidents;
+pub(crate) mod investigations;
 pub(crate) mod logs;
 pub(crate) mod metrics;
 pub(crate) mod services;
@@ -19,6 +20,7 @@ use crate::auth::{Role, Session};
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Nav {
     Incidents,
+    Investigations,
     Alerts,
     Logs,
     Metrics,
@@ -29,6 +31,7 @@ pub(crate) enum Nav {
 
 const NAV: &[(Nav, &str, &str)] = &[
     (Nav::Incidents, "/ui/incidents", "Incidents"),
+    (Nav::Investigations, "/ui/investigations", "Investigations"),
     (Nav::Alerts, "/ui/alerts", "Alerts"),
     (Nav::Logs, "/ui/logs", "Logs"),
     (Nav::Metrics, "/ui/metrics", "Metrics"),

@@ -42,7 +42,12 @@ pub(crate) async fn page(State(ui): State<UiState>, Extension(session): Extensio
     let mut edges = graph.edges.clone();
     edges.sort_by(|a, b| (&a.from, &a.to).cmp(&(&b.from, &b.to)));
     let content = html! {
-        div.title-row { h1 { "Services" } (query_link("/api/v1/services/graph")) }
+        div.title-row {
+            h1 { "Services" }
+            (query_link("/api/v1/services/graph"))
+            // The graph shows the last 15 minutes; so does the investigation it starts.
+            (super::investigations::investigate_button(&session, end - 60_000 - 900_000, end - 60_000, None))
+        }
         form.query method="get" action="/ui/traces" {
             input.mono type="search" name="id" placeholder="trace id (32 hex digits)" required pattern="[0-9a-fA-F]{32}";
             button type="submit" { "Open trace" }

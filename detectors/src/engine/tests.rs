@@ -352,7 +352,9 @@ fn a_sustained_regression_is_one_anomaly_open_until_it_ends() {
     pay_traffic(&mut e, 240, 40, |m, k| {
         0.2 + 0.1 * jitter(k + m as u64) + if k % 4 == 0 { 2.2 } else { 0.0 }
     });
-    e.advance(T0 + 281 * MIN);
+    // Every interval up to the 280th closed: its end plus the allowed lateness.
+    let lateness = e.config().lateness_ms;
+    e.advance(T0 + 280 * MIN + lateness);
     let during = findings(&mut e);
     let p99: Vec<_> = during
         .values()
@@ -362,7 +364,7 @@ fn a_sustained_regression_is_one_anomaly_open_until_it_ends() {
     assert!(p99[0].open, "still slow, still open (the detector has adapted by now)");
     assert_eq!(p99[0].end_ms, T0 + 279 * MIN);
     pay_traffic(&mut e, 280, 20, |_, k| 0.2 + 0.1 * jitter(k));
-    e.advance(T0 + 301 * MIN);
+    e.advance(T0 + 300 * MIN + lateness);
     let after = findings(&mut e);
     let closed = after.get(&p99[0].id).expect("the same anomaly closes");
     assert!(!closed.open);

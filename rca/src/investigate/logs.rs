@@ -114,3 +114,116 @@ pub(crate) fn patterns(input: &Input, index: &TraceIndex<'_>) -> Vec<Evidence> {
     }
     out
 }
+
+/// Routine lines (below WARN) that a service printed every minute of the baseline and
+/// stopped printing although it kept working: the code path that prints them is no longer
+/// reached — something now fails or returns early before it. A failure injected into a
+/// method shows exactly this way when nothing logs the exception: the line after the call
+/// disappears. The expected count follows the service's own activity (its lines and spans),
+/// so a service that simply got less traffic does not qualify.
+pub(crate) fn patterns_stopped(input: &Input) -> Vec<Evidence> {
+    type Key = (String, u64);
+    let mut baseline_minutes = BTreeSet::new();
+    let mut window_minutes = BTreeSet::new();
+    // per service: minute -> activity (lines + spans)
+    let mut activity: HashMap<&str, BTreeMap<i64, u64>> = HashMap::new();
+    let mut baseline: HashMap<Key, BTreeMap<i64, u64>> = HashMap::new();
+    let mut window: HashMap<Key, u64> = HashMap::new();
+    for c in &input.log_counts {
+        if input.minute_in_window(c.minute) {
+            window_minutes.insert(c.minute);
+        } else {
+            baseline_minutes.insert(c.minute);
+        }
+        *activity
+            .entry(c.service.as_str())
+            .or_default()
+            .entry(c.minute)
+            .or_default() += c.count;
+        if c.severity >= WARN {
+            continue;
+        }
+        let key = (c.service.clone(), c.pattern_id);
+        if input.minute_in_window(c.minute) {
+            *window.entry(key).or_default() += c.count;
+        } else {
+            *baseline.entry(key).or_default().entry(c.minute).or_default() += c.count;
+        }
+    }
+    for s in &input.spans {
+        let minute = Input::minute_of(input.window, s.start_ns);
+        if input.window.contains_ns(s.start_ns) || input.baseline.contains_ns(s.start_ns) {
+            *activity
+                .entry(s.service.as_str())
+                .or_default()
+                .entry(minute)
+                .or_default() += 1;
+        }
+    }
+    if window_minutes.is_empty() || baseline_minutes.len() < 3 {
+        return Vec::new();
+    }
+    let n = window_minutes.len() as f64;
+    // How busy each service was in the window, relative to its typical baseline minute.
+    let busy: HashMap<&str, f64> = activity
+        .iter()
+        .map(|(service, minutes)| {
+            let before: Vec<f64> = baseline_minutes
+                .iter()
+                .map(|m| minutes.get(m).copied().unwrap_or(0) as f64)
+                .collect();
+            let now: u64 = window_minutes
+                .iter()
+                .map(|m| minutes.get(m).copied().unwrap_or(0))
+                .sum();
+            let typical = median(&before);
+            (*service, if typical > 0.0 { now as f64 / n / typical } else { 0.0 })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for (key, minutes) in &baseline {
+        let per_minute: Vec<f64> = baseline_minutes
+            .iter()
+            .map(|m| minutes.get(m).copied().unwrap_or(0) as f64)
+            .collect();
+        let before = median(&per_minute);
+        // Printed in most baseline minutes, at least one a minute: a routine line.
+        if before < 1.0 {
+            continue;
+        }
+        let still = busy.get(key.0.as_str()).copied().unwrap_or(0.0);
+        if still < 0.5 {
+            continue; // the service itself went quiet: that is other evidence
+        }
+        let expected = n * before * still.min(1.0);
+        let seen = window.get(key).copied().unwrap_or(0) as f64;
+        if seen > 0.2 * expected {
+            continue;
+        }
+        let strength = (expected - seen) / expected.sqrt();
+        if strength < 3.0 {
+            continue;
+        }
+        out.push(Evidence {
+            kind: EvidenceKind::LogPatternStopped,
+            service: key.0.clone(),
+            signal: format!("pattern {}", key.1),
+            operation: None,
+            pattern_id: Some(key.1),
+            metric: None,
+            before,
+            after: seen / n,
+            unit: "lines/min".into(),
+            strength,
+            new: false,
+            sentence: format!(
+                "{}: a routine line it printed {before:.1} times a minute stopped ({seen:.0} in the window) while the service kept working: the code that prints it is no longer reached",
+                key.0
+            ),
+            template: None,
+            samples: Vec::new(),
+            query: None,
+        });
+    }
+    out
+}

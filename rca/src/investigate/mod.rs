@@ -128,6 +128,8 @@ impl Input {
 pub enum EvidenceKind {
     /// A warning/error log pattern that is new or grew.
     LogPattern,
+    /// A routine line the service printed every minute stopped while it kept working.
+    LogPatternStopped,
     /// An operation's own (self) time grew.
     SelfTime,
     /// More of an operation's requests failed, counting failures where they started.
@@ -148,7 +150,10 @@ impl EvidenceKind {
     /// both show them.
     fn family(self) -> u8 {
         match self {
-            EvidenceKind::LogPattern | EvidenceKind::ErrorRatio | EvidenceKind::RequestsStopped => 0,
+            EvidenceKind::LogPattern
+            | EvidenceKind::LogPatternStopped
+            | EvidenceKind::ErrorRatio
+            | EvidenceKind::RequestsStopped => 0,
             EvidenceKind::SelfTime => 1,
             EvidenceKind::Metric => 2,
         }
@@ -208,6 +213,7 @@ pub fn gather(input: &Input) -> Vec<Evidence> {
     out.extend(traces::error_ratio(input, &index));
     out.extend(traces::requests_stopped(input));
     out.extend(logs::patterns(input, &index));
+    out.extend(logs::patterns_stopped(input));
     out.extend(metrics::shifts(input));
     if !input.services.is_empty() {
         out.retain(|e| input.services.iter().any(|s| s == &e.service));

@@ -194,8 +194,8 @@ fn error_lines_of_callers_above_a_failing_callee_are_propagation() {
             count: 1,
         });
     }
-    // The baseline has logs (info) in every minute so its minutes are known.
-    for m in 0..55 {
+    // Routine info lines in every minute, the window's too.
+    for m in (0..55).chain(60..63) {
         counts.push(LogCount {
             minute: Input::minute_of(WINDOW, m * MIN * 1_000_000),
             service: "checkout".into(),
@@ -272,4 +272,58 @@ fn the_services_filter_keeps_only_those() {
     });
     input.services = vec!["checkout".into()];
     assert!(investigate(&input).is_empty());
+}
+
+#[test]
+fn a_routine_line_that_stopped_while_the_service_kept_working_is_named() {
+    let mut input = System::new().input(Minute::normal());
+    for m in (0..55).chain(60..63) {
+        // payment prints "charged card" for every request, until the window; checkout's
+        // own routine line goes on.
+        for (service, pattern) in [("payment", 21), ("checkout", 22)] {
+            if service == "payment" && m >= 60 {
+                continue;
+            }
+            input.log_counts.push(LogCount {
+                minute: Input::minute_of(WINDOW, m * MIN * 1_000_000),
+                service: service.into(),
+                pattern_id: pattern,
+                severity: 9,
+                count: 10,
+            });
+        }
+    }
+    let ranked = investigate(&input);
+    assert_eq!(services(&ranked), ["payment"], "{ranked:#?}");
+    let e = &ranked[0].evidence[0];
+    assert_eq!(e.kind, EvidenceKind::LogPatternStopped);
+    assert_eq!(e.pattern_id, Some(21));
+    assert!(ranked[0].reasons[0].contains("no longer reached"));
+}
+
+#[test]
+fn a_service_with_less_traffic_is_not_missing_lines() {
+    let mut input = System::new().input(Minute::normal());
+    // Only a tenth of payment's lines in the window and none of its spans: it was idle,
+    // which is not a line that stopped while it kept working.
+    input
+        .spans
+        .retain(|s| !(s.service == "payment" && WINDOW.contains_ns(s.start_ns)));
+    for m in (0..55).chain(60..63) {
+        input.log_counts.push(LogCount {
+            minute: Input::minute_of(WINDOW, m * MIN * 1_000_000),
+            service: "payment".into(),
+            pattern_id: 21,
+            severity: 9,
+            count: if m >= 60 { 1 } else { 10 },
+        });
+    }
+    let ranked = investigate(&input);
+    assert!(
+        ranked
+            .iter()
+            .flat_map(|c| &c.evidence)
+            .all(|e| e.kind != EvidenceKind::LogPatternStopped),
+        "{ranked:#?}"
+    );
 }
