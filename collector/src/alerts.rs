@@ -234,8 +234,8 @@ impl AlertService {
         let inputs: Vec<AlertInput> = incidents
             .iter()
             .filter_map(|inc| {
-                let peak = inc.timeline.iter().map(|m| m.score).fold(0.0, f64::max);
-                let severity = Severity::from_score(peak);
+                // Graded by corroboration: one signal, however strong, is a warning.
+                let severity = inc.severity();
                 if severity < Severity::Warning {
                     return None;
                 }

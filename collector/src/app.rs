@@ -172,6 +172,14 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnO
     };
     let alerting_stop = CancellationToken::new();
     let alerting_task = tokio::spawn(Arc::clone(&alerts).run(alerting_stop.clone()));
+    let investigator_task = tokio::spawn(crate::investigations::incidents::run(
+        Arc::clone(&store),
+        Arc::clone(&detection.incidents),
+        Arc::clone(&api_state.investigations),
+        Arc::clone(&alerts),
+        Arc::clone(&metrics),
+        alerting_stop.clone(),
+    ));
 
     let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
     let bind = |addr: SocketAddr, key: &'static str| async move {
@@ -241,6 +249,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnO
     drop(appender);
     alerting_stop.cancel();
     let _ = alerting_task.await;
+    let _ = investigator_task.await;
     tokio::task::spawn_blocking(move || {
         let _ = wal_thread.join();
         let _ = indexer_thread.join();

@@ -145,7 +145,13 @@ pub fn main() -> anyhow::Result<()> {
             seed,
         }) => {
             if cli.data_dir.is_none() && std::env::var_os("VIGIL_DATA_DIR").is_none() && cli.config.is_none() {
-                config.data_dir = std::path::PathBuf::from("vigil-demo-data");
+                config.data_dir = std::path::PathBuf::from(DEMO_DIR);
+                fresh_demo_dir(&config.data_dir)?;
+            } else if has_data(&config.data_dir) {
+                tracing::warn!(
+                    data_dir = %config.data_dir.display(),
+                    "the demo adds its fleet and fault to data already here; earlier incidents stay (start from an empty directory for a clean run)"
+                );
             }
             Some(demo_options(*speed, *fault, service.clone(), *warmup_minutes, *seed)?)
         }
@@ -182,6 +188,41 @@ pub fn main() -> anyhow::Result<()> {
         })
         .await
     })
+}
+
+/// The demo's own data directory, recreated at every `demo` run.
+const DEMO_DIR: &str = "vigil-demo-data";
+/// Marks a directory as the demo's, so that only the demo's data is ever removed.
+const DEMO_MARKER: &str = ".vigil-demo";
+
+fn has_data(dir: &std::path::Path) -> bool {
+    std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_some())
+}
+
+/// Every demo run starts from fresh data: a second run on the first one's data would file
+/// the new fault under the old, acknowledged incidents and learn from two fleets at once.
+/// Only a directory the demo made (it holds the marker) is removed.
+fn fresh_demo_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    if has_data(dir) {
+        if !dir.join(DEMO_MARKER).exists() {
+            anyhow::bail!(
+                "{} holds data the demo did not write; move it away, or pass --data-dir to run the demo elsewhere",
+                dir.display()
+            );
+        }
+        std::fs::remove_dir_all(dir)
+            .map_err(|e| anyhow::anyhow!("cannot remove the previous demo's data in {}: {e}", dir.display()))?;
+        println!(
+            "demo: starting from fresh data (removed the previous demo's {})",
+            dir.display()
+        );
+    }
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(
+        dir.join(DEMO_MARKER),
+        "written by `vigil-collector demo`; removed at the next demo run\n",
+    )?;
+    Ok(())
 }
 
 fn demo_options(

@@ -87,6 +87,11 @@ pub struct Anomaly {
     /// newest half of a long finding), each with the band the detector expected it in.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub evidence: Vec<EvidencePoint>,
+    /// The series had not yet learned its band when this finding began (before its first
+    /// fit): shown, but it opens no incident — everything looks unusual to a detector
+    /// that has seen too little.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub warming_up: bool,
 }
 
 /// Points of context kept before an anomaly's onset.

@@ -1,9 +1,17 @@
 //! Incidents: anomalies correlated by time and topology, with ranked root-cause candidates.
 //!
 //! An anomaly joins the open incident it is close to — starting within the join window of
-//! the incident's latest activity, on a service that is the same as, or within two calls
-//! of, a service already in it — and otherwise opens a new incident. An incident resolves
-//! when all its anomalies have closed and stayed closed for the resolve delay.
+//! the incident's latest activity and within ten minutes of its start (half an hour for a
+//! service already in it), on a service that is
+//! the same as, or within two calls of, a service already in it — unless a human has
+//! acknowledged or silenced that incident (it is sealed: a new fault gets its own). Otherwise
+//! it may open a new incident, but only once it is corroborated: findings of two signal kinds
+//! (metrics, logs, traces) or of three services that started within five minutes of each
+//! other on related services, or one strong finding (score ≥ 0.9) that lasted three minutes.
+//! Until then it waits (pending, fifteen minutes at most). One wobbling series is a finding
+//! to look at, not a page; a finding of a series still learning its band opens nothing. An
+//! incident resolves when all its anomalies have closed and stayed closed for the resolve
+//! delay.
 //!
 //! Candidates are the incident's services, ranked by a weighted sum of four checkable facts:
 //! topology (0.35: others that call it degraded too — the most downstream anomalous service
@@ -14,7 +22,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
-use vigil_detectors::anomaly::{Anomaly, DetectorKind, format_time};
+use vigil_detectors::anomaly::{Anomaly, DetectorKind, Severity, format_time};
 
 use crate::topology::Topology;
 
@@ -44,6 +52,19 @@ pub struct IncidentConfig {
     pub resolve_after_ms: i64,
     /// Calls apart two services may be and still share an incident.
     pub max_hops: usize,
+    /// A finding on a service not yet in an incident, starting this long after the incident
+    /// began, is a new fault, not more of it (a cascade reaches its services within minutes)…
+    pub max_spread_ms: i64,
+    /// …and on a service already in it, after this long.
+    pub max_join_age_ms: i64,
+    /// Findings corroborate each other when they start this close together.
+    pub corroboration_window_ms: i64,
+    /// A finding alone opens an incident when at least this strong…
+    pub alone_score: f64,
+    /// …and it has lasted this long (one odd point is not an outage).
+    pub alone_sustained_ms: i64,
+    /// Uncorroborated findings are forgotten (as incident material) after this long.
+    pub pending_ttl_ms: i64,
 }
 
 impl Default for IncidentConfig {
@@ -52,6 +73,12 @@ impl Default for IncidentConfig {
             join_window_ms: 10 * 60_000,
             resolve_after_ms: 5 * 60_000,
             max_hops: 2,
+            max_spread_ms: 10 * 60_000,
+            max_join_age_ms: 30 * 60_000,
+            corroboration_window_ms: 5 * 60_000,
+            alone_score: 0.9,
+            alone_sustained_ms: 3 * 60_000,
+            pending_ttl_ms: 15 * 60_000,
         }
     }
 }
@@ -107,6 +134,27 @@ pub struct Incident {
     pub timeline: Vec<Member>,
     /// Plain words a human can check.
     pub summary: String,
+    /// A human acknowledged or silenced it: it takes no new findings (a new fault nearby
+    /// opens its own incident rather than hiding in one nobody is watching).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sealed: bool,
+}
+
+impl Incident {
+    /// Graded: critical only when the trouble is corroborated — a strong finding (≥ 0.9)
+    /// backed by another signal kind or another service with a clear finding (≥ 0.7), or a
+    /// service that stopped; warning for a clear finding; info otherwise.
+    pub fn severity(&self) -> Severity {
+        let peak = self.timeline.iter().map(|m| m.score).fold(0.0, f64::max);
+        let clear: Vec<&Member> = self.timeline.iter().filter(|m| m.score >= 0.7).collect();
+        let kinds: BTreeSet<&str> = clear.iter().map(|m| kind_family(m.detector)).collect();
+        let services: BTreeSet<&str> = clear.iter().map(|m| m.service.as_str()).collect();
+        if peak >= 0.9 && (kinds.len() >= 2 || services.len() >= 2) {
+            Severity::Critical
+        } else {
+            Severity::from_score(peak.min(0.89))
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -115,6 +163,8 @@ pub struct Correlator {
     incidents: BTreeMap<String, Incident>,
     of_anomaly: BTreeMap<String, String>,
     updated: BTreeSet<String>,
+    /// Findings waiting for corroboration, by anomaly id.
+    pending: BTreeMap<String, Member>,
 }
 
 fn incident_id(first_anomaly: &str, start_ms: i64) -> String {
@@ -159,40 +209,24 @@ impl Correlator {
         };
         let id = match self.of_anomaly.get(&a.id) {
             Some(id) => id.clone(),
-            None => {
-                let joinable = self
-                    .incidents
-                    .values()
-                    .filter(|i| i.status == IncidentStatus::Open)
-                    .filter(|i| {
-                        a.start_ms <= i.end_ms + self.cfg.join_window_ms
-                            && a.start_ms + self.cfg.join_window_ms >= i.start_ms
-                    })
-                    .filter(|i| {
-                        service == "unknown" || i.services.iter().any(|s| topo.near(s, &service, self.cfg.max_hops))
-                    })
-                    .max_by_key(|i| i.end_ms)
-                    .map(|i| i.id.clone());
-                let id = joinable.unwrap_or_else(|| {
-                    let id = incident_id(&a.id, a.start_ms);
-                    self.incidents.insert(
-                        id.clone(),
-                        Incident {
-                            id: id.clone(),
-                            status: IncidentStatus::Open,
-                            start_ms: a.start_ms,
-                            end_ms: a.end_ms,
-                            services: Vec::new(),
-                            candidates: Vec::new(),
-                            timeline: Vec::new(),
-                            summary: String::new(),
-                        },
-                    );
+            None => match self.joinable(a, &service, topo) {
+                Some(id) => {
+                    self.pending.remove(&a.id);
+                    self.of_anomaly.insert(a.id.clone(), id.clone());
                     id
-                });
-                self.of_anomaly.insert(a.id.clone(), id.clone());
-                id
-            }
+                }
+                None => {
+                    if a.warming_up {
+                        return;
+                    }
+                    self.pending.insert(a.id.clone(), member);
+                    let Some(group) = self.corroborated(&a.id, topo) else {
+                        return;
+                    };
+                    self.open_with(group, topo);
+                    return;
+                }
+            },
         };
         if let Some(inc) = self.incidents.get_mut(&id) {
             match inc.timeline.iter_mut().find(|m| m.anomaly_id == member.anomaly_id) {
@@ -214,8 +248,100 @@ impl Correlator {
         }
     }
 
+    /// The open incident `a` belongs to, if any: close in time and topology, not too old,
+    /// not sealed by a human.
+    fn joinable(&self, a: &Anomaly, service: &str, topo: &Topology) -> Option<String> {
+        self.incidents
+            .values()
+            .filter(|i| i.status == IncidentStatus::Open && !i.sealed)
+            .filter(|i| {
+                a.start_ms <= i.end_ms + self.cfg.join_window_ms
+                    && a.start_ms + self.cfg.join_window_ms >= i.start_ms
+                    && a.start_ms - i.start_ms
+                        <= if i.services.iter().any(|s| s == service) {
+                            self.cfg.max_join_age_ms
+                        } else {
+                            self.cfg.max_spread_ms
+                        }
+            })
+            .filter(|i| service == "unknown" || i.services.iter().any(|s| topo.near(s, service, self.cfg.max_hops)))
+            .max_by_key(|i| i.end_ms)
+            .map(|i| i.id.clone())
+    }
+
+    /// The pending findings that, with `id`, make an incident: started close together on
+    /// related services, of two signal kinds or three services; or `id` alone when strong
+    /// and sustained.
+    fn corroborated(&self, id: &str, topo: &Topology) -> Option<Vec<Member>> {
+        let me = self.pending.get(id)?;
+        if me.score >= self.cfg.alone_score && me.end_ms - me.start_ms >= self.cfg.alone_sustained_ms {
+            return Some(vec![me.clone()]);
+        }
+        let group: Vec<Member> = self
+            .pending
+            .values()
+            .filter(|m| (m.start_ms - me.start_ms).abs() <= self.cfg.corroboration_window_ms)
+            .filter(|m| m.service == me.service || topo.near(&m.service, &me.service, self.cfg.max_hops))
+            .cloned()
+            .collect();
+        let kinds: BTreeSet<&str> = group.iter().map(|m| kind_family(m.detector)).collect();
+        let services: BTreeSet<&str> = group.iter().map(|m| m.service.as_str()).collect();
+        (kinds.len() >= 2 || services.len() >= 3).then_some(group)
+    }
+
+    /// Opens an incident holding `members` (taken out of the pending set).
+    fn open_with(&mut self, members: Vec<Member>, topo: &Topology) {
+        let Some(first) = members.iter().min_by_key(|m| (m.start_ms, m.anomaly_id.clone())) else {
+            return;
+        };
+        let id = incident_id(&first.anomaly_id, first.start_ms);
+        let mut inc = Incident {
+            id: id.clone(),
+            status: IncidentStatus::Open,
+            start_ms: first.start_ms,
+            end_ms: first.end_ms,
+            services: Vec::new(),
+            candidates: Vec::new(),
+            timeline: Vec::new(),
+            summary: String::new(),
+            sealed: false,
+        };
+        for m in members {
+            self.pending.remove(&m.anomaly_id);
+            self.of_anomaly.insert(m.anomaly_id.clone(), id.clone());
+            inc.start_ms = inc.start_ms.min(m.start_ms);
+            inc.end_ms = inc.end_ms.max(m.end_ms);
+            inc.timeline.push(m);
+        }
+        inc.timeline.sort_by(|x, y| {
+            x.start_ms
+                .cmp(&y.start_ms)
+                .then_with(|| x.anomaly_id.cmp(&y.anomaly_id))
+        });
+        let services: BTreeSet<String> = inc.timeline.iter().map(|m| m.service.clone()).collect();
+        inc.services = services.into_iter().collect();
+        rank(&mut inc, topo);
+        self.incidents.insert(id.clone(), inc);
+        self.updated.insert(id);
+    }
+
+    /// A human acknowledged or silenced the incident's alert: it takes no new findings.
+    /// Returns whether it was known and not yet sealed.
+    pub fn seal(&mut self, id: &str) -> bool {
+        match self.incidents.get_mut(id) {
+            Some(inc) if !inc.sealed => {
+                inc.sealed = true;
+                self.updated.insert(id.to_string());
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Resolves incidents whose anomalies have all been closed long enough (event time).
     pub fn advance(&mut self, now_ms: i64) {
+        let ttl = self.cfg.pending_ttl_ms;
+        self.pending.retain(|_, m| m.end_ms + ttl > now_ms);
         for inc in self.incidents.values_mut() {
             if inc.status == IncidentStatus::Open
                 && inc.timeline.iter().all(|m| !m.open)
@@ -395,6 +521,7 @@ mod tests {
             explanation: format!("{service} {id} went bad"),
             exemplars: Vec::new(),
             evidence: Vec::new(),
+            warming_up: false,
         }
     }
 
@@ -557,19 +684,126 @@ mod tests {
     fn unrelated_faults_make_two_incidents_and_incidents_resolve() {
         let topo = topology();
         let mut c = Correlator::new(IncidentConfig::default());
+        // payment: a metric and its traces agree.
         c.observe(&anomaly("p", "payment", DetectorKind::Metric, 0, 0.9, true), &topo);
-        c.observe(&anomaly("i", "inventory", DetectorKind::Metric, 10, 0.9, true), &topo);
+        c.observe(&anomaly("pt", "payment", DetectorKind::TraceRed, 30, 0.8, true), &topo);
+        // inventory: one strong finding that lasts (four minutes).
+        let mut i = anomaly("i", "inventory", DetectorKind::Metric, 10, 0.95, true);
+        i.end_ms = i.start_ms + 4 * 60_000;
+        c.observe(&i, &topo);
         // Long after: a new payment problem is a new incident.
         c.observe(&anomaly("p2", "payment", DetectorKind::Metric, 3600, 0.9, true), &topo);
+        c.observe(
+            &anomaly("p2t", "payment", DetectorKind::LogErrorRate, 3610, 0.9, true),
+            &topo,
+        );
         assert_eq!(c.drain().len(), 3);
-        let mut closed = anomaly("p", "payment", DetectorKind::Metric, 0, 0.9, false);
-        closed.end_ms = T0 + 120_000;
-        c.observe(&closed, &topo);
+        for id in ["p", "pt"] {
+            let mut closed = anomaly(id, "payment", DetectorKind::Metric, 0, 0.9, false);
+            closed.end_ms = T0 + 120_000;
+            c.observe(&closed, &topo);
+        }
         c.drain();
         c.advance(T0 + 120_000 + 5 * 60_000);
         let resolved = c.drain();
         assert_eq!(resolved.len(), 1);
         assert_eq!(resolved[0].status, IncidentStatus::Resolved);
         assert_eq!(resolved[0].services, ["payment"]);
+    }
+
+    #[test]
+    fn one_wobbling_series_is_not_an_incident_until_something_agrees() {
+        let topo = topology();
+        let mut c = Correlator::new(IncidentConfig::default());
+        c.observe(&anomaly("m", "payment", DetectorKind::Metric, 0, 0.95, true), &topo);
+        assert!(c.drain().is_empty(), "a short spike of one series waits");
+        // Three minutes later, checkout's latency: two kinds on related services.
+        c.observe(&anomaly("t", "checkout", DetectorKind::TraceRed, 180, 0.7, true), &topo);
+        let opened = c.drain();
+        assert_eq!(opened.len(), 1);
+        assert_eq!(opened[0].timeline.len(), 2);
+        assert_eq!(opened[0].start_ms, T0, "the incident starts at its first finding");
+        // Uncorroborated findings are dropped after a while and never open anything.
+        c.observe(&anomaly("x", "inventory", DetectorKind::Metric, 7200, 0.8, true), &topo);
+        c.advance(T0 + 7_200_000 + 60_000 + 15 * 60_000);
+        c.observe(
+            &anomaly("y", "inventory", DetectorKind::TraceRed, 7200 + 1200, 0.8, true),
+            &topo,
+        );
+        assert!(c.drain().iter().all(|i| i.id == opened[0].id));
+    }
+
+    #[test]
+    fn findings_of_a_series_still_learning_open_nothing() {
+        let topo = topology();
+        let mut c = Correlator::new(IncidentConfig::default());
+        for (id, kind) in [("a", DetectorKind::Metric), ("b", DetectorKind::LogErrorRate)] {
+            let mut a = anomaly(id, "payment", kind, 0, 1.0, true);
+            a.warming_up = true;
+            a.end_ms = a.start_ms + 10 * 60_000;
+            c.observe(&a, &topo);
+        }
+        assert!(c.drain().is_empty());
+    }
+
+    #[test]
+    fn a_sealed_or_old_incident_takes_no_new_fault() {
+        let topo = topology();
+        let mut c = Correlator::new(IncidentConfig::default());
+        c.observe(&anomaly("a", "payment", DetectorKind::Metric, 0, 0.9, true), &topo);
+        c.observe(&anomaly("b", "payment", DetectorKind::TraceRed, 0, 0.9, true), &topo);
+        let first = c.drain()[0].id.clone();
+        assert!(c.seal(&first));
+        assert!(!c.seal(&first), "already sealed");
+        c.drain();
+        // A new fault on checkout a minute later: its own incident.
+        c.observe(&anomaly("c", "checkout", DetectorKind::Metric, 60, 0.9, true), &topo);
+        c.observe(&anomaly("d", "checkout", DetectorKind::TraceRed, 60, 0.9, true), &topo);
+        let second = c.drain();
+        assert_eq!(second.len(), 1);
+        assert_ne!(second[0].id, first);
+        // Kept busy by a long finding, the second incident is still open 40 minutes on; a
+        // fault then is new, not more of it.
+        let mut long = anomaly("d", "checkout", DetectorKind::TraceRed, 60, 0.9, true);
+        long.end_ms = T0 + 40 * 60_000;
+        c.observe(&long, &topo);
+        c.drain();
+        c.observe(
+            &anomaly("e", "payment", DetectorKind::Metric, 40 * 60, 0.9, true),
+            &topo,
+        );
+        c.observe(
+            &anomaly("f", "payment", DetectorKind::LogErrorRate, 40 * 60, 0.9, true),
+            &topo,
+        );
+        let third = c.drain();
+        assert!(third.iter().all(|i| i.id != second[0].id), "{third:#?}");
+        assert!(third.iter().any(|i| i.timeline.iter().any(|m| m.anomaly_id == "e")));
+    }
+
+    #[test]
+    fn severity_is_graded_by_corroboration() {
+        let topo = topology();
+        let mut c = Correlator::new(IncidentConfig::default());
+        let mut alone = anomaly("a", "inventory", DetectorKind::Metric, 0, 1.0, true);
+        alone.end_ms = alone.start_ms + 5 * 60_000;
+        c.observe(&alone, &topo);
+        let inc = c.drain().remove(0);
+        assert_eq!(inc.severity(), Severity::Warning, "one signal, however strong");
+        c.observe(&anomaly("b", "payment", DetectorKind::Metric, 7200, 0.95, true), &topo);
+        c.observe(
+            &anomaly("c", "payment", DetectorKind::LogErrorRate, 7200, 0.8, true),
+            &topo,
+        );
+        let inc = c.drain().remove(0);
+        assert_eq!(inc.severity(), Severity::Critical);
+        let mut weak = anomaly("d", "payment", DetectorKind::Metric, 14400, 0.6, true);
+        weak.end_ms = weak.start_ms + 5 * 60_000;
+        c.observe(&weak, &topo);
+        c.observe(
+            &anomaly("e", "payment", DetectorKind::TraceRed, 14400, 0.55, true),
+            &topo,
+        );
+        assert_eq!(c.drain().remove(0).severity(), Severity::Info);
     }
 }

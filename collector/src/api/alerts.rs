@@ -145,6 +145,7 @@ pub(super) async fn alert_action(
 ) -> Result<Response, ApiError> {
     let b = action_body(&body)?;
     let by = b.by.clone().unwrap_or_else(|| "api".into());
+    let alert_id = id.clone();
     let svc = Arc::clone(&state.alerts);
     let outcome = match action.as_str() {
         "ack" => blocking(&svc, move |s| s.ack(&id, &by)).await?,
@@ -192,7 +193,21 @@ pub(super) async fn alert_action(
         }
         other => return Err(ApiError(StatusCode::NOT_FOUND, format!("no alert action {other:?}"))),
     };
+    if matches!(action.as_str(), "ack" | "resolve") {
+        seal_incident_of(&state, &alert_id);
+    }
     Ok(Json(outcome).into_response())
+}
+
+/// Once a human has taken on an incident's alert, the incident takes no new findings.
+fn seal_incident_of(state: &ApiState, alert_id: &str) {
+    if let Some(incident) = state
+        .alerts
+        .alert(alert_id)
+        .and_then(|a| a.labels.get("incident").cloned())
+    {
+        state.pipeline.seal(incident);
+    }
 }
 
 #[derive(Deserialize)]
@@ -239,7 +254,18 @@ pub(super) async fn post_silence(State(state): State<ApiState>, body: Bytes) -> 
         comment: p.comment,
         created_at_ms: 0,
     };
+    let matchers = silence.matchers.clone();
     let id = blocking(&state.alerts, move |s| s.add_silence(silence)).await?;
+    // Incidents whose alerts the silence covers take no new findings.
+    if let Ok(alerts) = state.alerts.alerts(None) {
+        for a in alerts {
+            if matchers.iter().all(|m| m.matches(&a.labels))
+                && let Some(incident) = a.labels.get("incident")
+            {
+                state.pipeline.seal(incident.clone());
+            }
+        }
+    }
     Ok(Json(json!({ "silenceID": id })).into_response())
 }
 
@@ -302,6 +328,7 @@ pub(super) async fn follow_link(
     Path(token): Path<String>,
 ) -> Result<Response, ApiError> {
     let (link, outcome) = blocking(&state.alerts, move |s| s.follow_link(&token)).await?;
+    seal_incident_of(&state, &link.alert_id);
     Ok(Json(json!({
         "alert": link.alert_id,
         "action": link.action.as_str(),

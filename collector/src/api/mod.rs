@@ -283,7 +283,12 @@ async fn incidents(State(state): State<ApiState>, Query(params): Params) -> Resu
         Some("resolved") => Some(vigil_rca::incident::IncidentStatus::Resolved),
         Some(other) => return Err(ApiError::bad(format!("status: {other:?} is not open or resolved"))),
     };
-    let found = state.incidents.query(start / 1_000_000, end / 1_000_000, status, limit);
+    let found: Vec<serde_json::Value> = state
+        .incidents
+        .query(start / 1_000_000, end / 1_000_000, status, limit)
+        .iter()
+        .map(|i| crate::investigations::incidents::with_investigation(i, &state.investigations))
+        .collect();
     Ok(Json(json!({ "incidents": found })).into_response())
 }
 
@@ -335,8 +340,7 @@ async fn incident(State(state): State<ApiState>, Path(id): Path<String>) -> Resu
             "traces": traces,
         }));
     }
-    let mut body =
-        serde_json::to_value(&inc).map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let mut body = crate::investigations::incidents::with_investigation(&inc, &state.investigations);
     body["evidence"] = serde_json::Value::Array(evidence);
     Ok(Json(body).into_response())
 }

@@ -5,6 +5,7 @@
 //! template, samples and the query behind it, and keeps the results (`store.rs`).
 
 mod baseline;
+pub mod incidents;
 mod store;
 
 use serde::{Deserialize, Serialize};

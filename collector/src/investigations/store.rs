@@ -94,6 +94,16 @@ impl InvestigationStore {
         self.lock().kept.iter().rev().take(limit).cloned().collect()
     }
 
+    /// The newest investigation started for `incident`.
+    pub fn for_incident(&self, incident: &str) -> Option<Investigation> {
+        self.lock()
+            .kept
+            .iter()
+            .rev()
+            .find(|i| i.incident.as_deref() == Some(incident))
+            .cloned()
+    }
+
     pub fn get(&self, id: &str) -> Option<Investigation> {
         self.lock().kept.iter().find(|i| i.id == id).cloned()
     }

@@ -87,6 +87,10 @@ pub(crate) enum Msg {
         signal_key: String,
         verdict: Verdict,
     },
+    /// A human acknowledged or silenced this incident's alert.
+    Seal {
+        incident: String,
+    },
     /// Sent at shutdown after the indexer has applied everything.
     Stop,
 }
@@ -107,6 +111,12 @@ impl PipelineSender {
 
     pub(crate) fn feedback(&self, signal_key: String, verdict: Verdict) {
         let _ = self.0.send(Msg::Feedback { signal_key, verdict });
+    }
+
+    /// An incident a human has taken on (acknowledged, resolved or silenced) takes no new
+    /// findings: a new fault opens its own incident.
+    pub(crate) fn seal(&self, incident: String) {
+        let _ = self.0.send(Msg::Seal { incident });
     }
 
     /// Asks the detection thread to save and stop once it has drained its queue.
@@ -345,6 +355,9 @@ fn run(
             }
             Ok(Msg::Feedback { signal_key, verdict }) => {
                 state.engine.feedback(&signal_key, verdict);
+            }
+            Ok(Msg::Seal { incident }) => {
+                correlator.seal(&incident);
             }
             Err(RecvTimeoutError::Timeout) => {
                 if let Some(event_now) = clock.idle(crate::timeutil::now_ms()) {

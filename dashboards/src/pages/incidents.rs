@@ -34,6 +34,9 @@ struct Report {
     incident: Incident,
     #[serde(default)]
     evidence: Vec<Evidence>,
+    /// The investigation of the incident's first minutes that ranks its candidates.
+    #[serde(default)]
+    investigation: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -63,10 +66,6 @@ pub(crate) struct Histogram {
 pub(crate) struct Bucket {
     pub(crate) start_ms: i64,
     pub(crate) count: u64,
-}
-
-fn peak_severity(members: &[Member]) -> Severity {
-    Severity::from_score(members.iter().map(|m| m.score).fold(0.0, f64::max))
 }
 
 pub(crate) fn severity_badge(s: Severity) -> Markup {
@@ -128,7 +127,7 @@ pub(crate) async fn list(
                         @let end = if inc.status == IncidentStatus::Open { now.max(inc.end_ms) } else { inc.end_ms };
                         tr.incident data-id=(inc.id) {
                             td { (status_badge(inc.status)) }
-                            td { (severity_badge(peak_severity(&inc.timeline))) }
+                            td { (severity_badge(inc.severity())) }
                             td { a href={"/ui/incidents/" (segment(&inc.id))} { time datetime=(fmt::iso(inc.start_ms)) { (fmt::time(inc.start_ms)) } } }
                             td { (fmt::duration(end - inc.start_ms)) }
                             td { (inc.services.join(", ")) }
@@ -195,7 +194,7 @@ pub(crate) async fn report(
         div.title-row {
             h1 { "Incident " span.muted.mono { (inc.id) } }
             (status_badge(inc.status))
-            (severity_badge(peak_severity(&inc.timeline)))
+            (severity_badge(inc.severity()))
             (query_link(&api_url))
             (super::investigations::investigate_button(&session, inc.start_ms - 60_000, end, Some(&inc.id)))
         }
@@ -214,6 +213,10 @@ pub(crate) async fn report(
         }
         section #root-causes {
             h2 { "Likely root causes" }
+            @if let Some(inv) = &report.investigation {
+                p.muted { "Ranked by comparing the incident's first minutes with a baseline over every stored signal: "
+                    a href={"/ui/investigations/" (segment(inv))} { "the investigation" } "." }
+            }
             @if inc.candidates.is_empty() {
                 p.empty { "Not ranked yet." }
             } @else {

@@ -716,6 +716,8 @@ impl Engine {
                 explanation: String::new(),
                 exemplars: Vec::new(),
                 evidence: Vec::new(),
+                // New patterns have their own warm-up: a service's first minutes.
+                warming_up: false,
             },
         };
         let mut a = a;
@@ -1010,6 +1012,7 @@ impl Engine {
                         explanation: String::new(),
                         exemplars: Vec::new(),
                         evidence: Vec::new(),
+                        warming_up: !t.detector.has_learned(),
                     };
                     set_observation(&mut a, &point, non_negative);
                     t.peak_signal = point.signal;

@@ -209,6 +209,12 @@ impl SeriesDetector {
         Self::default()
     }
 
+    /// Whether the series has learned its band: its first fit (season, level, scale) is
+    /// done. Before it, scores come from a cold-start median and MAD of a few points.
+    pub fn has_learned(&self) -> bool {
+        self.fit.is_some()
+    }
+
     /// Number of points accepted so far.
     pub fn points(&self) -> u64 {
         self.next_idx

@@ -1,0 +1,144 @@
+//! Every incident gets an investigation of its first minutes, and ranks its root causes by
+//! it. The correlator opens incidents online, from findings as they happen, and its ranking
+//! can only weigh those findings; once the incident's first minutes are stored, the same
+//! comparison an engineer would run — the window against a baseline, over every stored
+//! signal — ranks the services far better. The incident keeps the correlator's ranking too
+//! (`correlated_candidates` in the API).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+use vigil_rca::incident::Incident;
+
+use super::{Investigation, InvestigationStore, Request};
+use crate::pipeline::IncidentStore;
+use crate::storage::Store;
+use crate::telemetry::Metrics;
+
+/// The window investigated: from a minute before the incident's first finding (its
+/// interval may have started late) to three minutes after it.
+const BEFORE_MS: i64 = 60_000;
+const AFTER_MS: i64 = 180_000;
+/// How often incidents are looked at.
+const TICK: Duration = Duration::from_secs(2);
+/// Incidents looked back on at each tick (the newest first).
+const RECENT: usize = 200;
+
+/// Investigates incidents whose first minutes the detectors have passed, one at a time,
+/// until `stop`.
+pub async fn run(
+    store: Arc<Store>,
+    incidents: Arc<IncidentStore>,
+    kept: Arc<InvestigationStore>,
+    alerts: Arc<crate::alerts::AlertService>,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        // Event time the detectors have reached: the data's own clock, so a replay at
+        // any speed investigates each incident once its minutes are in.
+        let event_ms = metrics.detect_event_time.get().saturating_mul(1000);
+        let due: Vec<Incident> = incidents
+            .query(0, i64::MAX, None, RECENT)
+            .into_iter()
+            .filter(|i| i.start_ms + AFTER_MS <= event_ms && kept.for_incident(&i.id).is_none())
+            .collect();
+        for inc in due {
+            if stop.is_cancelled() {
+                return;
+            }
+            let request = Request {
+                start: inc.start_ms - BEFORE_MS,
+                end: inc.start_ms + AFTER_MS,
+                baseline: None,
+                services: Vec::new(),
+                incident: Some(inc.id.clone()),
+            };
+            let now_ms = i64::try_from(crate::timeutil::now_ns() / 1_000_000).unwrap_or(i64::MAX);
+            let id = inc.id.clone();
+            let (s, k, a) = (Arc::clone(&store), Arc::clone(&kept), Arc::clone(&alerts));
+            let done = tokio::task::spawn_blocking(move || -> Result<(), String> {
+                let inv = super::run(&s, &request, now_ms).map_err(|e| format!("{e:?}"))?;
+                // The incident's alert names the investigation's root cause from now on
+                // (same labels: the same alert, updated; no second page).
+                let ranked = ranked_by(&inc, &inv);
+                k.add(inv).map_err(|e| e.to_string())?;
+                if let Some(ranked) = ranked {
+                    a.on_incidents(&[ranked]);
+                }
+                Ok(())
+            })
+            .await;
+            match done {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!(incident = %id, error = %e, "could not investigate an incident"),
+                Err(e) => tracing::warn!(incident = %id, error = %e, "incident investigation task failed"),
+            }
+        }
+    }
+}
+
+/// The incident with the investigation's ranking (none when it found no change).
+fn ranked_by(inc: &Incident, inv: &Investigation) -> Option<Incident> {
+    if inv.candidates.is_empty() {
+        return None;
+    }
+    let mut ranked = inc.clone();
+    ranked.candidates = inv
+        .candidates
+        .iter()
+        .map(|c| vigil_rca::incident::RankedService {
+            service: c.service.clone(),
+            score: c.score,
+            signal: c.evidence.first().map(|e| e.signal.clone()).unwrap_or_default(),
+            reasons: c.reasons.clone(),
+        })
+        .collect();
+    Some(ranked)
+}
+
+/// The incident as the API shows it: ranked by its investigation when it has one (the
+/// correlator's ranking kept as `correlated_candidates`).
+pub fn with_investigation(inc: &Incident, kept: &InvestigationStore) -> Value {
+    let mut v = serde_json::to_value(inc).unwrap_or(Value::Null);
+    if let Some(inv) = kept.for_incident(&inc.id) {
+        apply(&mut v, &inv);
+    }
+    v
+}
+
+fn apply(v: &mut Value, inv: &Investigation) {
+    let Some(obj) = v.as_object_mut() else { return };
+    let ranked: Vec<Value> = inv
+        .candidates
+        .iter()
+        .map(|c| {
+            json!({
+                "service": c.service,
+                "score": c.score,
+                "signal": c.evidence.first().map(|e| e.signal.as_str()).unwrap_or(""),
+                "reasons": c.reasons,
+            })
+        })
+        .collect();
+    if let Some(old) = obj.remove("candidates") {
+        obj.insert("correlated_candidates".into(), old);
+    }
+    // No change found in the window: the correlator's ranking is all there is.
+    if ranked.is_empty() {
+        if let Some(old) = obj.remove("correlated_candidates") {
+            obj.insert("candidates".into(), old);
+        }
+    } else {
+        obj.insert("candidates".into(), Value::Array(ranked));
+    }
+    obj.insert("investigation".into(), json!(inv.id));
+}
