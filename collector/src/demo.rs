@@ -386,6 +386,12 @@ pub async fn run_fleet(otlp_http: SocketAddr, opts: DemoOptions, shutdown: Cance
     let sim_start = (now - history) / STEP_MS * STEP_MS;
     let fault_start_ms = sim_start + i64::try_from(opts.warmup_minutes).unwrap_or(120) * MIN_MS;
     let speed = opts.speed.max(1.0);
+    tracing::info!(
+        fault_start_ms,
+        fault = ?opts.fault,
+        service = %opts.service,
+        "demo: the fault starts at this event time"
+    );
     let mut fleet = Fleet {
         rng: Rng(opts.seed | 1),
         next_id: opts.seed.wrapping_mul(1_000_003),

@@ -247,6 +247,9 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         dir.join("collector.log").display()
     );
     let started = Instant::now();
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
     let mut replay = Command::new("python3");
     replay
         .arg(o.tools.join("nezha_replay.py"))
@@ -271,15 +274,12 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     std::fs::write(&tool_faults, &out.stdout).map_err(|e| e.to_string())?;
     std::fs::write(&recorded_faults, recorded_times(&o.data, &faults)?.to_string()).map_err(|e| e.to_string())?;
 
-    // The data ends (by the replay's shift) 60 s before the replay finished, so its last
-    // interval ends by then. Once data stops, the detection thread's time (the gauge) is the
+    // The replay shifts the data to end 60 s before it started, so its last interval ends
+    // by the replay's start. Once data stops, the detection thread's time (the gauge) is the
     // event time it advances at the wall clock's pace minus the allowed lateness: reaching
-    // the replay's end means every interval of the data has closed.
-    let now_s = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64());
+    // the replay's start means every interval of the data has closed.
     eprintln!("waiting for indexing and for the detectors to close the last interval…");
-    let text = settle(&collector.api, now_s + 5.0)?;
+    let text = settle(&collector.api, now_s + 1.0)?;
     let window = o.window_secs.to_string();
     println!(
         "late events {} (log lines and spans that arrived after their interval closed)",

@@ -86,3 +86,46 @@ async fn memory_leak() -> Result<()> {
 async fn dependency_down() -> Result<()> {
     fault_is_found("down", "payment", 15).await
 }
+
+/// The demo's `errors` fault on a fleet whose services log a few errors all along: no
+/// incident may open before the fault (that background used to page "critical" during the
+/// warm-up), and the fault itself is found.
+#[tokio::test]
+async fn no_incident_before_an_error_burst() -> Result<()> {
+    let c = Collector::start_demo("errors", "payment", 11)?;
+    let client = reqwest::Client::new();
+    let fault_start_ms: i64 = eventually(Duration::from_secs(30), "the demo's fault time in its log", || {
+        let logs = c.logs();
+        async move {
+            Ok(logs
+                .lines()
+                .find(|l| l.contains("demo: the fault starts"))
+                .and_then(|l| l.split("fault_start_ms=").nth(1))
+                .and_then(|v| v.split_whitespace().next())
+                .and_then(|v| v.parse().ok()))
+        }
+    })
+    .await?;
+    let url = c.api_url("/api/v1/incidents?start=0&limit=1000");
+    let incidents: Vec<Value> = eventually(Duration::from_secs(240), "an incident naming payment", || {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let (_, body) = get_json(&client, &url).await?;
+            let all: Vec<Value> = body["incidents"].as_array().cloned().unwrap_or_default();
+            let found = all.iter().any(|i| i["candidates"][0]["service"] == "payment");
+            Ok(found.then_some(all))
+        }
+    })
+    .await?;
+    // Findings carry their interval's start: the fault's own minute may begin up to a
+    // minute before the fault.
+    let early: Vec<&Value> = incidents
+        .iter()
+        .filter(|i| i["start_ms"].as_i64().unwrap_or(0) < fault_start_ms - 60_000)
+        .collect();
+    assert!(
+        early.is_empty(),
+        "incidents before the fault at {fault_start_ms}: {early:#?}"
+    );
+    Ok(())
+}

@@ -246,6 +246,27 @@ async fn the_on_call_walkthrough_in_a_real_browser() -> Result<()> {
     b.screenshot("12-audit").await?;
     b.assert_no_js_errors("audit").await?;
 
+    // Investigate the incident from its report: the comparison ranks the same service.
+    b.goto(&format!("{base}/ui/incidents/{incident}")).await?;
+    b.click_css_and_load("form.investigate button").await?;
+    ensure!(
+        b.url().await.contains("/ui/investigations/"),
+        "the button leads to the report: {}",
+        b.url().await
+    );
+    let first = b.find("#root-causes li.candidate.first").await?;
+    ensure!(
+        first.attr("data-service").await?.as_deref() == Some("inventory"),
+        "investigation ranks {:?} first",
+        first.attr("data-service").await?
+    );
+    b.find("#root-causes li.evidence").await?;
+    b.screenshot("13-investigation").await?;
+    b.assert_no_js_errors("investigation").await?;
+    b.goto(&format!("{base}/ui/investigations")).await?;
+    b.find("#investigations tbody tr").await?;
+    b.assert_no_js_errors("investigations").await?;
+
     b.close().await?;
     Ok(())
 }
