@@ -156,9 +156,9 @@ fn rca(args: &[String]) -> Result<(), String> {
     }
 }
 
-/// Parses NAB's `YYYY-MM-DD HH:MM:SS` as milliseconds since an arbitrary epoch (days from
-/// a proleptic civil calendar), enough for ordering and spacing.
-fn parse_nab_ts(s: &str) -> Option<i64> {
+/// Parses `YYYY-MM-DD HH:MM[:SS[.fff]]` (NAB's timestamps, the Nezha fault list's
+/// `inject_time`) as UTC, in unix milliseconds.
+pub(crate) fn parse_civil_ms(s: &str) -> Option<i64> {
     let (date, time) = s.trim().split_once([' ', 'T'])?;
     let mut d = date.split('-').map(|p| p.parse::<i64>());
     let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
@@ -189,7 +189,7 @@ fn nab_file(text: &str, cfg: &SeriesConfig) -> Result<String, String> {
         let (ts, value) = line
             .split_once(',')
             .ok_or_else(|| format!("line {}: expected timestamp,value", n + 1))?;
-        let ms = parse_nab_ts(ts).ok_or_else(|| format!("line {}: bad timestamp {ts:?}", n + 1))?;
+        let ms = parse_civil_ms(ts).ok_or_else(|| format!("line {}: bad timestamp {ts:?}", n + 1))?;
         let v: f64 = value
             .trim()
             .parse()

@@ -156,20 +156,7 @@ fn settle(api: &str, event_time_s: f64) -> Result<String, String> {
 
 /// `YYYY-MM-DD HH:MM:SS` read as UTC, in unix seconds.
 fn utc_seconds(text: &str) -> Option<i64> {
-    let (date, time) = text.trim().split_once(' ')?;
-    let mut d = date.split('-').map(|p| p.parse::<i64>().ok());
-    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
-    let mut t = time.split(':').map(|p| p.parse::<i64>().ok());
-    let (hh, mm, ss) = (t.next()??, t.next()??, t.next()??);
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(days * 86_400 + hh * 3600 + mm * 60 + ss)
+    crate::parse_civil_ms(text).map(|ms| ms.div_euclid(1000))
 }
 
 /// The replay's faults re-timed at each fault's `inject_time` (see the module docs).

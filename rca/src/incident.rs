@@ -1,13 +1,16 @@
 //! Incidents: anomalies correlated by time and topology, with ranked root-cause candidates.
 //!
 //! An anomaly joins the open incident it is close to — starting within the join window of
-//! the incident's latest activity and within ten minutes of its start (half an hour for a
-//! service already in it), on a service that is
+//! the incident's latest onset (of its latest activity, when a finding of the same service is
+//! still open there) and within ten minutes of its start (half an hour for a service already
+//! in it), on a service that is
 //! the same as, or within two calls of, a service already in it — unless a human has
 //! acknowledged or silenced that incident (it is sealed: a new fault gets its own). Otherwise
 //! it may open a new incident, but only once it is corroborated: findings of two signal kinds
-//! (metrics, logs, traces) or of three services that started within five minutes of each
-//! other on related services, or one strong finding (score ≥ 0.9) that lasted three minutes.
+//! (metrics, logs, traces), or of three services with at least one log or trace finding among
+//! them (metrics of many services moving together is a change of load), that started within
+//! five minutes of each other on related services; or one strong finding (score ≥ 0.9) that
+//! lasted three minutes.
 //! Until then it waits (pending, fifteen minutes at most). One wobbling series is a finding
 //! to look at, not a page; a finding of a series still learning its band opens nothing. An
 //! incident resolves when all its anomalies have closed and stayed closed for the resolve
@@ -255,14 +258,23 @@ impl Correlator {
             .values()
             .filter(|i| i.status == IncidentStatus::Open && !i.sealed)
             .filter(|i| {
-                a.start_ms <= i.end_ms + self.cfg.join_window_ms
+                // Trouble still going on in this very service (one of its findings is open):
+                // more of the same, while the incident is not too old. Otherwise close to the
+                // incident's latest *onset*, not its latest activity: a finding elsewhere
+                // that stays open for an hour must not keep the incident collecting every
+                // new fault that comes along.
+                let ongoing_here = i.timeline.iter().any(|m| m.open && m.service == service);
+                let in_it = i.services.iter().any(|s| s == service);
+                let latest_onset = i.timeline.iter().map(|m| m.start_ms).max().unwrap_or(i.start_ms);
+                let reference = if ongoing_here { i.end_ms } else { latest_onset };
+                let max_age = if in_it {
+                    self.cfg.max_join_age_ms
+                } else {
+                    self.cfg.max_spread_ms
+                };
+                a.start_ms <= reference + self.cfg.join_window_ms
                     && a.start_ms + self.cfg.join_window_ms >= i.start_ms
-                    && a.start_ms - i.start_ms
-                        <= if i.services.iter().any(|s| s == service) {
-                            self.cfg.max_join_age_ms
-                        } else {
-                            self.cfg.max_spread_ms
-                        }
+                    && a.start_ms - i.start_ms <= max_age
             })
             .filter(|i| service == "unknown" || i.services.iter().any(|s| topo.near(s, service, self.cfg.max_hops)))
             .max_by_key(|i| i.end_ms)
@@ -286,7 +298,11 @@ impl Correlator {
             .collect();
         let kinds: BTreeSet<&str> = group.iter().map(|m| kind_family(m.detector)).collect();
         let services: BTreeSet<&str> = group.iter().map(|m| m.service.as_str()).collect();
-        (kinds.len() >= 2 || services.len() >= 3).then_some(group)
+        // Resource metrics of several services moving together is what a change of load
+        // looks like (traffic came or went); requests that slowed or failed, or logs, are
+        // what make it trouble.
+        let on_request_path = kinds.iter().any(|k| *k != "metrics");
+        (kinds.len() >= 2 || (services.len() >= 3 && on_request_path)).then_some(group)
     }
 
     /// Opens an incident holding `members` (taken out of the pending set).
@@ -731,6 +747,21 @@ mod tests {
             &topo,
         );
         assert!(c.drain().iter().all(|i| i.id == opened[0].id));
+    }
+
+    #[test]
+    fn metrics_of_several_services_moving_together_are_a_load_change_not_an_incident() {
+        let topo = topology();
+        let mut c = Correlator::new(IncidentConfig::default());
+        for (id, service) in [("a", "frontend"), ("b", "checkout"), ("c", "payment")] {
+            c.observe(&anomaly(id, service, DetectorKind::Metric, 0, 0.8, true), &topo);
+        }
+        assert!(c.drain().is_empty());
+        // The same three services with latency findings: trouble on the request path.
+        for (id, service) in [("d", "frontend"), ("e", "checkout"), ("f", "payment")] {
+            c.observe(&anomaly(id, service, DetectorKind::TraceRed, 3600, 0.8, true), &topo);
+        }
+        assert_eq!(c.drain().len(), 1);
     }
 
     #[test]

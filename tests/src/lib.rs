@@ -298,6 +298,21 @@ where
 }
 
 /// GET a JSON API path; returns the status and the parsed body.
+/// POSTs an OTLP protobuf body; an error unless the collector answers 2xx.
+pub async fn post_protobuf(client: &reqwest::Client, url: String, body: Vec<u8>) -> Result<()> {
+    let status = client
+        .post(url)
+        .header("content-type", "application/x-protobuf")
+        .body(body)
+        .send()
+        .await?
+        .status();
+    if !status.is_success() {
+        bail!("export failed: {status}");
+    }
+    Ok(())
+}
+
 pub async fn get_json(client: &reqwest::Client, url: &str) -> Result<(u16, serde_json::Value)> {
     let response = client.get(url).send().await?;
     let status = response.status().as_u16();

@@ -11,7 +11,7 @@ use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prost::Message;
 use serde_json::Value;
 use vigil_e2e::otlp::{kv, log_record, logs_request, string_value};
-use vigil_e2e::{Collector, Options, eventually, get_json, now_ns};
+use vigil_e2e::{Collector, Options, eventually, get_json, now_ns, post_protobuf};
 
 const MIN_NS: u64 = 60_000_000_000;
 
@@ -91,26 +91,12 @@ async fn post_spans(client: &reqwest::Client, c: &Collector, spans: &[Span]) -> 
 /// Sends spans over OTLP/HTTP, `per_request` in each request.
 async fn post_spans_by(client: &reqwest::Client, c: &Collector, spans: &[Span], per_request: usize) -> Result<()> {
     for chunk in spans.chunks(per_request) {
-        post(
+        post_protobuf(
             client,
             c.http_url("/v1/traces"),
             spans_request(chunk.to_vec()).encode_to_vec(),
         )
         .await?;
-    }
-    Ok(())
-}
-
-async fn post(client: &reqwest::Client, url: String, body: Vec<u8>) -> Result<()> {
-    let status = client
-        .post(url)
-        .header("content-type", "application/x-protobuf")
-        .body(body)
-        .send()
-        .await?
-        .status();
-    if !status.is_success() {
-        bail!("export failed: {status}");
     }
     Ok(())
 }
@@ -156,7 +142,7 @@ async fn latency_regression_and_new_error_pattern_become_anomalies_and_take_feed
     // the trace id of one of checkout's requests, which is how it is joined to checkout.
     error.trace_id = spans[spans.len() - 1].trace_id.clone();
     records.sort_by_key(|r| r.time_unix_nano);
-    post(
+    post_protobuf(
         &client,
         c.http_url("/v1/logs"),
         logs_request("checkout", records).encode_to_vec(),
@@ -164,7 +150,7 @@ async fn latency_regression_and_new_error_pattern_become_anomalies_and_take_feed
     .await?;
     let mut anonymous = logs_request("ignored", vec![error]);
     anonymous.resource_logs[0].resource = None;
-    post(&client, c.http_url("/v1/logs"), anonymous.encode_to_vec()).await?;
+    post_protobuf(&client, c.http_url("/v1/logs"), anonymous.encode_to_vec()).await?;
 
     let url = c.api_url("/api/v1/anomalies?service=checkout");
     let found = eventually(Duration::from_secs(60), "p99 and new-pattern anomalies", || {
@@ -414,7 +400,7 @@ async fn a_host_whose_clock_runs_fast_does_not_make_the_others_late() -> Result<
                 resource_spans("batch", vec![batch]),
             ],
         };
-        post(&client, c.http_url("/v1/traces"), request.encode_to_vec()).await?;
+        post_protobuf(&client, c.http_url("/v1/traces"), request.encode_to_vec()).await?;
     }
     let p99 = stock_p99(&client, &c, "the p99 anomaly next to a fast clock").await?;
     assert_eq!(p99["start_ms"].as_i64(), Some(slow_from_ms(base)), "{p99}");

@@ -14,7 +14,7 @@ use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prost::Message;
 use serde_json::{Value, json};
 use vigil_e2e::otlp::{kv, logs_request, string_value};
-use vigil_e2e::{Collector, Options, eventually, get_json, now_ns};
+use vigil_e2e::{Collector, Options, eventually, get_json, now_ns, post_protobuf};
 
 const MIN_NS: u64 = 60_000_000_000;
 /// Minutes of traffic; the last `BROKEN` of them have the fault.
@@ -97,20 +97,6 @@ fn traffic(base: u64) -> Traffic {
     t
 }
 
-async fn post(client: &reqwest::Client, url: String, body: Vec<u8>) -> Result<()> {
-    let status = client
-        .post(url)
-        .header("content-type", "application/x-protobuf")
-        .body(body)
-        .send()
-        .await?
-        .status();
-    if !status.is_success() {
-        bail!("export failed: {status}");
-    }
-    Ok(())
-}
-
 async fn send(client: &reqwest::Client, c: &Collector, t: &Traffic) -> Result<()> {
     for chunk in t.spans.chunks(600) {
         let resource_spans = chunk
@@ -128,7 +114,7 @@ async fn send(client: &reqwest::Client, c: &Collector, t: &Traffic) -> Result<()
             })
             .collect();
         let request = ExportTraceServiceRequest { resource_spans };
-        post(client, c.http_url("/v1/traces"), request.encode_to_vec()).await?;
+        post_protobuf(client, c.http_url("/v1/traces"), request.encode_to_vec()).await?;
     }
     for service in ["checkout", "payment"] {
         let records: Vec<LogRecord> = t
@@ -138,7 +124,7 @@ async fn send(client: &reqwest::Client, c: &Collector, t: &Traffic) -> Result<()
             .map(|(_, r)| r.clone())
             .collect();
         for chunk in records.chunks(500) {
-            post(
+            post_protobuf(
                 client,
                 c.http_url("/v1/logs"),
                 logs_request(service, chunk.to_vec()).encode_to_vec(),

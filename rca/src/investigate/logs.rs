@@ -95,21 +95,17 @@ pub(crate) fn patterns(input: &Input, index: &TraceIndex<'_>) -> Vec<Evidence> {
             )
         };
         out.push(Evidence {
-            kind: EvidenceKind::LogPattern,
-            service: key.0.clone(),
-            signal: format!("pattern {}", key.1),
-            operation: None,
             pattern_id: Some(key.1),
-            metric: None,
-            before,
-            after: count as f64 / n,
-            unit: "lines/min".into(),
-            strength,
             new: seen_before == 0,
-            sentence,
-            template: None,
-            samples: Vec::new(),
-            query: None,
+            ..Evidence::new(
+                EvidenceKind::LogPattern,
+                &key.0,
+                format!("pattern {}", key.1),
+                (before, count as f64 / n),
+                "lines/min",
+                strength,
+                sentence,
+            )
         });
     }
     out
@@ -204,25 +200,21 @@ pub(crate) fn patterns_stopped(input: &Input) -> Vec<Evidence> {
         if strength < 3.0 {
             continue;
         }
+        let sentence = format!(
+            "{}: a routine line it printed {before:.1} times a minute stopped ({seen:.0} in the window) while the service kept working: the code that prints it is no longer reached",
+            key.0
+        );
         out.push(Evidence {
-            kind: EvidenceKind::LogPatternStopped,
-            service: key.0.clone(),
-            signal: format!("pattern {}", key.1),
-            operation: None,
             pattern_id: Some(key.1),
-            metric: None,
-            before,
-            after: seen / n,
-            unit: "lines/min".into(),
-            strength,
-            new: false,
-            sentence: format!(
-                "{}: a routine line it printed {before:.1} times a minute stopped ({seen:.0} in the window) while the service kept working: the code that prints it is no longer reached",
-                key.0
-            ),
-            template: None,
-            samples: Vec::new(),
-            query: None,
+            ..Evidence::new(
+                EvidenceKind::LogPatternStopped,
+                &key.0,
+                format!("pattern {}", key.1),
+                (before, seen / n),
+                "lines/min",
+                strength,
+                sentence,
+            )
         });
     }
     out

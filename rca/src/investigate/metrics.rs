@@ -49,32 +49,28 @@ pub(crate) fn shifts(input: &Input) -> Vec<Evidence> {
         } else {
             format!(" {}", series.unit)
         };
+        let sentence = format!(
+            "{}: {shown} was {}{unit} in the window, against {}{unit} before ({} its usual spread)",
+            series.service,
+            fmt_value(now),
+            fmt_value(typical),
+            if strength >= MAX_STRENGTH {
+                "far beyond".to_string()
+            } else {
+                format!("{strength:.0}×")
+            }
+        );
         out.push(Evidence {
-            kind: EvidenceKind::Metric,
-            service: series.service.clone(),
-            signal: shown.clone(),
-            operation: None,
-            pattern_id: None,
             metric: Some(series.name.clone()),
-            before: typical,
-            after: now,
-            unit: series.unit.clone(),
-            strength,
-            new: false,
-            sentence: format!(
-                "{}: {shown} was {}{unit} in the window, against {}{unit} before ({} its usual spread)",
-                series.service,
-                fmt_value(now),
-                fmt_value(typical),
-                if strength >= MAX_STRENGTH {
-                    "far beyond".to_string()
-                } else {
-                    format!("{strength:.0}×")
-                }
-            ),
-            template: None,
-            samples: Vec::new(),
-            query: None,
+            ..Evidence::new(
+                EvidenceKind::Metric,
+                &series.service,
+                shown,
+                (typical, now),
+                &series.unit,
+                strength,
+                sentence,
+            )
         });
     }
     out

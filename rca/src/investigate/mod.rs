@@ -195,6 +195,38 @@ pub struct Evidence {
     pub query: Option<String>,
 }
 
+impl Evidence {
+    /// Evidence of `kind` on `service`: `before` → `after` in `unit`, how strong, and the
+    /// sentence saying so; the optional parts start empty.
+    pub(crate) fn new(
+        kind: EvidenceKind,
+        service: &str,
+        signal: String,
+        (before, after): (f64, f64),
+        unit: &str,
+        strength: f64,
+        sentence: String,
+    ) -> Evidence {
+        Evidence {
+            kind,
+            service: service.to_string(),
+            signal,
+            operation: None,
+            pattern_id: None,
+            metric: None,
+            before,
+            after,
+            unit: unit.to_string(),
+            strength,
+            new: false,
+            sentence,
+            template: None,
+            samples: Vec::new(),
+            query: None,
+        }
+    }
+}
+
 /// A ranked service.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Candidate {

@@ -155,29 +155,26 @@ pub(crate) fn self_time(input: &Input, index: &TraceIndex<'_>) -> Vec<Evidence> 
                 break;
             }
         }
+        let sentence = format!(
+            "{} {}: its own time (without the calls it makes) was {} at the median over {} requests, against {} before",
+            key.0,
+            key.1,
+            fmt_ms(after),
+            spans.len(),
+            fmt_ms(before)
+        );
         out.push(Evidence {
-            kind: EvidenceKind::SelfTime,
-            service: key.0.to_string(),
-            signal: key.1.to_string(),
             operation: Some(key.1.to_string()),
-            pattern_id: None,
-            metric: None,
-            before,
-            after,
-            unit: "ms".into(),
-            strength,
-            new: false,
-            sentence: format!(
-                "{} {}: its own time (without the calls it makes) was {} at the median over {} requests, against {} before",
-                key.0,
-                key.1,
-                fmt_ms(after),
-                spans.len(),
-                fmt_ms(before)
-            ),
-            template: None,
             samples,
-            query: None,
+            ..Evidence::new(
+                EvidenceKind::SelfTime,
+                key.0,
+                key.1.to_string(),
+                (before, after),
+                "ms",
+                strength,
+                sentence,
+            )
         });
     }
     out
@@ -237,28 +234,26 @@ pub(crate) fn error_ratio(input: &Input, index: &TraceIndex<'_>) -> Vec<Evidence
         let mut samples: Vec<String> = failed.iter().map(|&i| input.spans[i].trace_id.clone()).collect();
         samples.dedup();
         samples.truncate(3);
+        let sentence = format!(
+            "{} {}: {errors} of {requests} requests failed there ({:.1} %), against {:.1} % before; failures of its callees are not counted here",
+            key.0,
+            key.1,
+            after * 100.0,
+            before * 100.0
+        );
         out.push(Evidence {
-            kind: EvidenceKind::ErrorRatio,
-            service: key.0.to_string(),
-            signal: key.1.to_string(),
             operation: Some(key.1.to_string()),
-            pattern_id: None,
-            metric: None,
-            before: before * 100.0,
-            after: after * 100.0,
-            unit: "%".into(),
-            strength,
-            new: before == 0.0,
-            sentence: format!(
-                "{} {}: {errors} of {requests} requests failed there ({:.1} %), against {:.1} % before; failures of its callees are not counted here",
-                key.0,
-                key.1,
-                after * 100.0,
-                before * 100.0
-            ),
-            template: None,
             samples,
-            query: None,
+            new: before == 0.0,
+            ..Evidence::new(
+                EvidenceKind::ErrorRatio,
+                key.0,
+                key.1.to_string(),
+                (before * 100.0, after * 100.0),
+                "%",
+                strength,
+                sentence,
+            )
         });
     }
     out
@@ -299,25 +294,17 @@ pub(crate) fn requests_stopped(input: &Input) -> Vec<Evidence> {
         }
         // Poisson: seeing none where n·λ were expected has a z of about √(n·λ).
         let expected = before * window_minutes.len() as f64;
-        out.push(Evidence {
-            kind: EvidenceKind::RequestsStopped,
-            service: service.to_string(),
-            signal: "requests".into(),
-            operation: None,
-            pattern_id: None,
-            metric: None,
-            before,
-            after: 0.0,
-            unit: "/min".into(),
-            strength: expected.sqrt().max(3.0),
-            new: false,
-            sentence: format!(
+        out.push(Evidence::new(
+            EvidenceKind::RequestsStopped,
+            service,
+            "requests".into(),
+            (before, 0.0),
+            "/min",
+            expected.sqrt().max(3.0),
+            format!(
                 "{service} served no requests in the window, against {before:.0} a minute before, while other services went on: it is down or unreachable"
             ),
-            template: None,
-            samples: Vec::new(),
-            query: None,
-        });
+        ));
     }
     out
 }
