@@ -10,7 +10,8 @@
 //! (metrics, logs, traces), or of three services with at least one log or trace finding among
 //! them (metrics of many services moving together is a change of load), that started within
 //! five minutes of each other on related services; or one strong finding (score ≥ 0.9) that
-//! lasted three minutes.
+//! lasted three minutes — a resource metric only on a service that sends no spans: where its
+//! requests can be seen, a metric needs a symptom on them.
 //! Until then it waits (pending, fifteen minutes at most). One wobbling series is a finding
 //! to look at, not a page; a finding of a series still learning its band opens nothing. An
 //! incident resolves when all its anomalies have closed and stayed closed for the resolve
@@ -286,7 +287,13 @@ impl Correlator {
     /// and sustained.
     fn corroborated(&self, id: &str, topo: &Topology) -> Option<Vec<Member>> {
         let me = self.pending.get(id)?;
-        if me.score >= self.cfg.alone_score && me.end_ms - me.start_ms >= self.cfg.alone_sustained_ms {
+        // Where Vigil sees a service's requests, a resource metric with no symptom on them
+        // (no slower or failing request, no error logged) is not trouble anyone felt: a
+        // pod's client latency gauge shifting for an hour is not an incident on its own.
+        // Metrics of a service that sends no spans (a host, a database) still can be.
+        let can_stand_alone = kind_family(me.detector) != "metrics" || !topo.has_service(&me.service);
+        if can_stand_alone && me.score >= self.cfg.alone_score && me.end_ms - me.start_ms >= self.cfg.alone_sustained_ms
+        {
             return Some(vec![me.clone()]);
         }
         let group: Vec<Member> = self
@@ -703,8 +710,8 @@ mod tests {
         // payment: a metric and its traces agree.
         c.observe(&anomaly("p", "payment", DetectorKind::Metric, 0, 0.9, true), &topo);
         c.observe(&anomaly("pt", "payment", DetectorKind::TraceRed, 30, 0.8, true), &topo);
-        // inventory: one strong finding that lasts (four minutes).
-        let mut i = anomaly("i", "inventory", DetectorKind::Metric, 10, 0.95, true);
+        // inventory: one strong finding on its requests that lasts (four minutes).
+        let mut i = anomaly("i", "inventory", DetectorKind::TraceRed, 10, 0.95, true);
         i.end_ms = i.start_ms + 4 * 60_000;
         c.observe(&i, &topo);
         // Long after: a new payment problem is a new incident.
@@ -816,7 +823,13 @@ mod tests {
     fn severity_is_graded_by_corroboration() {
         let topo = topology();
         let mut c = Correlator::new(IncidentConfig::default());
-        let mut alone = anomaly("a", "inventory", DetectorKind::Metric, 0, 1.0, true);
+        // A sustained metric of a service whose requests are seen, with no symptom on them:
+        // no incident. The same on a host that sends no spans (a database server): one.
+        let mut quiet_pod = anomaly("q", "inventory", DetectorKind::Metric, 0, 1.0, true);
+        quiet_pod.end_ms = quiet_pod.start_ms + 5 * 60_000;
+        c.observe(&quiet_pod, &topo);
+        assert!(c.drain().is_empty());
+        let mut alone = anomaly("a", "db-host-1", DetectorKind::Metric, 0, 1.0, true);
         alone.end_ms = alone.start_ms + 5 * 60_000;
         c.observe(&alone, &topo);
         let inc = c.drain().remove(0);

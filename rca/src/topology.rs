@@ -119,6 +119,11 @@ impl Topology {
         i
     }
 
+    /// Whether `service` has sent spans (its requests can be seen).
+    pub fn has_service(&self, service: &str) -> bool {
+        self.service_idx.contains_key(service)
+    }
+
     pub fn observe(&mut self, span: &SpanRef<'_>) {
         let svc = self.intern(span.service);
         if self.span_service.insert(span.span_id, svc).is_none() {
