@@ -427,6 +427,18 @@ mod tests {
     }
 
     #[test]
+    fn allowed_lateness_is_a_duration_and_errors_name_the_key() {
+        assert_eq!(Config::default().detect.allowed_lateness_ms(), Ok(120_000));
+        let config = Config::from_toml("[detect]\nallowed_lateness = \"90s\"\n").expect("parses");
+        assert_eq!(config.detect.allowed_lateness_ms(), Ok(90_000));
+        for bad in ["soon", "2h", "0s"] {
+            let config = Config::from_toml(&format!("[detect]\nallowed_lateness = {bad:?}\n")).expect("parses");
+            let err = config.validate().expect_err(bad).to_string();
+            assert!(err.contains("detect.allowed_lateness"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn unknown_key_is_named() {
         let err = Config::from_toml("[otlp]\nmax_request_byte = 5\n").expect_err("unknown key");
         assert!(err.contains("max_request_byte"), "{err}");
