@@ -36,6 +36,9 @@ pub async fn run(
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) {
+    // Incidents whose investigation failed: tried once, not again every tick (the warning
+    // says why); bounded like the incidents looked at.
+    let mut failed: std::collections::VecDeque<String> = std::collections::VecDeque::new();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -49,7 +52,9 @@ pub async fn run(
         let due: Vec<Incident> = incidents
             .query(0, i64::MAX, None, RECENT)
             .into_iter()
-            .filter(|i| i.start_ms + AFTER_MS <= event_ms && kept.for_incident(&i.id).is_none())
+            .filter(|i| {
+                i.start_ms + AFTER_MS <= event_ms && kept.for_incident(&i.id).is_none() && !failed.contains(&i.id)
+            })
             .collect();
         for inc in due {
             if stop.is_cancelled() {
@@ -77,10 +82,15 @@ pub async fn run(
                 Ok(())
             })
             .await;
-            match done {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!(incident = %id, error = %e, "could not investigate an incident"),
-                Err(e) => tracing::warn!(incident = %id, error = %e, "incident investigation task failed"),
+            let error = match done {
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) => e,
+                Err(e) => e.to_string(),
+            };
+            tracing::warn!(incident = %id, error = %error, "could not investigate an incident");
+            failed.push_back(id);
+            if failed.len() > RECENT {
+                failed.pop_front();
             }
         }
     }
