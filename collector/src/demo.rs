@@ -194,7 +194,30 @@ impl Fleet {
             _ => &[],
         };
         for &(child, child_op) in children {
-            let (d, child_ok) = self.call(child, child_op, trace, Some(span_id), start_ms + elapsed * 1000.0);
+            // Each call goes out through a client span naming its callee, as HTTP client
+            // instrumentation records it; a callee that is down leaves only this span.
+            let call_id = self.id();
+            let call_start = start_ms + elapsed * 1000.0;
+            let (d, child_ok) = self.call(child, child_op, trace, Some(call_id), call_start);
+            self.spans.entry(service).or_default().push(Span {
+                trace_id: trace.to_vec(),
+                span_id: call_id.to_be_bytes().to_vec(),
+                parent_span_id: span_id.to_be_bytes().to_vec(),
+                name: child_op.to_string(),
+                kind: 3,
+                start_time_unix_nano: (call_start * 1e6) as u64,
+                end_time_unix_nano: ((call_start + d * 1000.0) * 1e6) as u64,
+                attributes: vec![kv("peer.service", child)],
+                status: Some(Status {
+                    code: if child_ok {
+                        status::StatusCode::Ok as i32
+                    } else {
+                        status::StatusCode::Error as i32
+                    },
+                    ..Default::default()
+                }),
+                ..Default::default()
+            });
             elapsed += d;
             if !child_ok {
                 ok = false;
@@ -495,8 +518,23 @@ mod tests {
         // After the fault starts, payment is down: no payment spans, refused-connection errors.
         let mut payment_spans = 0;
         let mut refused = 0;
+        let mut failed_calls = 0;
         for step in 6..30 {
             let (traces, logs, _) = f.step(step * STEP_MS);
+            // Its callers' client spans still name it, and fail.
+            failed_calls += traces
+                .resource_spans
+                .iter()
+                .flat_map(|r| &r.scope_spans)
+                .flat_map(|s| &s.spans)
+                .filter(|s| {
+                    s.kind == 3
+                        && s.status
+                            .as_ref()
+                            .is_some_and(|st| st.code == status::StatusCode::Error as i32)
+                        && format!("{:?}", s.attributes).contains("\"payment\"")
+                })
+                .count();
             payment_spans += traces
                 .resource_spans
                 .iter()
@@ -512,5 +550,6 @@ mod tests {
         }
         assert_eq!(payment_spans, 0);
         assert!(refused > 0);
+        assert!(failed_calls > 0);
     }
 }

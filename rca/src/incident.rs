@@ -560,6 +560,7 @@ mod tests {
                 end_ms: T0,
                 duration_s: 0.2,
                 error: false,
+                peer: None,
             });
             t.observe(&SpanRef {
                 service: "checkout",
@@ -568,6 +569,7 @@ mod tests {
                 end_ms: T0,
                 duration_s: 0.1,
                 error: false,
+                peer: None,
             });
             t.observe(&SpanRef {
                 service: "payment",
@@ -576,6 +578,7 @@ mod tests {
                 end_ms: T0,
                 duration_s: 0.05,
                 error: false,
+                peer: None,
             });
             t.observe(&SpanRef {
                 service: "inventory",
@@ -584,6 +587,7 @@ mod tests {
                 end_ms: T0,
                 duration_s: 0.05,
                 error: false,
+                peer: None,
             });
         }
         t
@@ -674,6 +678,7 @@ mod tests {
                 end_ms: T0,
                 duration_s: 0.01,
                 error: false,
+                peer: None,
             });
         }
         let mut c = Correlator::new(IncidentConfig::default());

@@ -6,7 +6,7 @@
 //! call count, errors and a log-scale latency histogram over a sliding window of one-minute
 //! buckets, so the graph reflects current traffic.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
 use serde::Serialize;
 
@@ -27,6 +27,10 @@ pub struct SpanRef<'a> {
     pub end_ms: i64,
     pub duration_s: f64,
     pub error: bool,
+    /// The service a client span calls, when it names it (`peer.service`): the edge to it is
+    /// counted from this span, so a callee that answers nothing (it is down) still has its
+    /// edge, drawn failing.
+    pub peer: Option<&'a str>,
 }
 
 #[derive(Debug, Clone)]
@@ -102,6 +106,11 @@ pub struct Topology {
     pending: HashMap<u64, Vec<(u32, i64, f64, bool)>>,
     pending_count: usize,
     edges: BTreeMap<(u32, u32), EdgeStats>,
+    /// Client spans whose edge was counted from the caller's side (their callee's server
+    /// span must not count it again).
+    peer_spans: HashSet<u64>,
+    /// Services that have sent spans (a peer named by a client span may never have).
+    senders: HashSet<u32>,
 }
 
 impl Topology {
@@ -121,30 +130,42 @@ impl Topology {
 
     /// Whether `service` has sent spans (its requests can be seen).
     pub fn has_service(&self, service: &str) -> bool {
-        self.service_idx.contains_key(service)
+        self.service_idx.get(service).is_some_and(|i| self.senders.contains(i))
     }
 
     pub fn observe(&mut self, span: &SpanRef<'_>) {
         let svc = self.intern(span.service);
+        self.senders.insert(svc);
         if self.span_service.insert(span.span_id, svc).is_none() {
             self.span_order.push_back(span.span_id);
             if self.span_order.len() > MAX_SPANS
                 && let Some(old) = self.span_order.pop_front()
             {
                 self.span_service.remove(&old);
+                self.peer_spans.remove(&old);
             }
         }
+        if let Some(peer) = span.peer.filter(|p| *p != span.service) {
+            let callee = self.intern(peer);
+            self.edges
+                .entry((svc, callee))
+                .or_default()
+                .add(span.end_ms, span.duration_s, span.error);
+            self.peer_spans.insert(span.span_id);
+        }
+        let counted_by_caller = self.peer_spans.contains(&span.span_id);
         // Children that were waiting for this span.
         if let Some(children) = self.pending.remove(&span.span_id) {
             self.pending_count -= children.len();
             for (child, end, dur, err) in children {
-                if child != svc {
+                if child != svc && !counted_by_caller {
                     self.edges.entry((svc, child)).or_default().add(end, dur, err);
                 }
             }
         }
         if let Some(parent) = span.parent_span_id {
             match self.span_service.get(&parent) {
+                Some(_) if self.peer_spans.contains(&parent) => {}
                 Some(&p) if p != svc => {
                     self.edges
                         .entry((p, svc))
@@ -299,7 +320,48 @@ mod tests {
             end_ms,
             duration_s: dur,
             error,
+            peer: None,
         }
+    }
+
+    #[test]
+    fn client_spans_naming_their_callee_draw_its_edge_even_when_it_is_down() {
+        let mut t = Topology::new();
+        let t0 = 1_795_392_000_000;
+        for i in 0..20u64 {
+            let base = i * 10;
+            let end = t0 + i as i64 * 1000;
+            let down = i >= 10;
+            t.observe(&span("checkout", base + 1, None, end, 0.3, down));
+            // checkout's client span to payment; payment answers only while it is up.
+            t.observe(&SpanRef {
+                peer: Some("payment"),
+                ..span("checkout", base + 2, Some(base + 1), end, 0.2, down)
+            });
+            if !down {
+                t.observe(&span("payment", base + 3, Some(base + 2), end, 0.15, false));
+            }
+        }
+        let g = t.graph(t0 + 20_000);
+        assert_eq!(g.edges.len(), 1, "{:?}", g.edges);
+        let e = &g.edges[0];
+        assert_eq!(
+            (e.from.as_str(), e.to.as_str(), e.calls),
+            ("checkout", "payment", 20),
+            "counted once per call"
+        );
+        assert!((e.error_ratio - 0.5).abs() < 1e-9, "{}", e.error_ratio);
+        assert!(t.has_service("payment"), "payment sent spans while it was up");
+        let mut only_named = Topology::new();
+        only_named.observe(&SpanRef {
+            peer: Some("db"),
+            ..span("checkout", 1, None, t0, 0.01, false)
+        });
+        assert!(
+            !only_named.has_service("db"),
+            "named by a caller, but it sends no spans"
+        );
+        assert!(only_named.depends_on("checkout", "db"));
     }
 
     #[test]

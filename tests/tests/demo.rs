@@ -87,6 +87,30 @@ async fn dependency_down() -> Result<()> {
     fault_is_found("down", "payment", 15).await
 }
 
+/// A service that is down sends nothing; its callers' client spans still name it, so the
+/// service graph keeps the edge to it, drawn failing.
+#[tokio::test]
+async fn a_dead_dependency_is_a_failing_edge() -> Result<()> {
+    let c = Collector::start_demo("down", "payment", 16)?;
+    let client = reqwest::Client::new();
+    let url = c.api_url("/api/v1/services/graph");
+    let edge: Value = eventually(Duration::from_secs(240), "a failing edge to payment", || {
+        let (client, url) = (client.clone(), url.clone());
+        async move {
+            let (_, graph) = get_json(&client, &url).await?;
+            Ok(graph["edges"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|e| e["to"] == "payment" && e["error_ratio"].as_f64().unwrap_or(0.0) > 0.5)
+                .cloned())
+        }
+    })
+    .await?;
+    assert_eq!(edge["from"], "checkout", "{edge}");
+    Ok(())
+}
+
 /// The demo's `errors` fault on a fleet whose services log a few errors all along: no
 /// incident may open before the fault (that background used to page "critical" during the
 /// warm-up), and the fault itself is found.

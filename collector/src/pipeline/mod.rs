@@ -63,6 +63,8 @@ pub enum DetectorInput {
         trace_id: String,
         host: Option<String>,
         pod: Option<String>,
+        /// The service a client span calls (`peer.service`), when it names one.
+        peer: Option<String>,
     },
     Metric {
         series_id: u64,
@@ -481,6 +483,7 @@ fn feed(
             trace_id,
             host,
             pod,
+            peer,
         } => {
             joiner.learn(&service, host.as_deref(), pod.as_deref(), Some(&trace_id));
             topo.observe(&SpanRef {
@@ -490,6 +493,7 @@ fn feed(
                 end_ms,
                 duration_s,
                 error,
+                peer: peer.as_deref(),
             });
             if context_only {
                 return;

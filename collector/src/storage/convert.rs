@@ -493,6 +493,12 @@ pub(crate) fn log_inputs(req: &ExportLogsServiceRequest, assignments: &[(u64, bo
     out
 }
 
+/// The service a client span calls, as OpenTelemetry names it: `peer.service`, or the newer
+/// `service.peer.name`.
+pub(crate) fn peer_service(attrs: &[KeyValue]) -> Option<&str> {
+    string_attr(attrs, "peer.service").or_else(|| string_attr(attrs, "service.peer.name"))
+}
+
 /// Finished spans for trace RED: service, operation (span name), end time, duration, error.
 pub(crate) fn span_inputs(req: &ExportTraceServiceRequest) -> Vec<DetectorInput> {
     let mut out = Vec::new();
@@ -513,6 +519,15 @@ pub(crate) fn span_inputs(req: &ExportTraceServiceRequest) -> Vec<DetectorInput>
                 let id8 = |b: &[u8]| <[u8; 8]>::try_from(b).ok().map(u64::from_be_bytes);
                 let Some(span_id) = id8(&span.span_id) else { continue };
                 let error = span.status.as_ref().is_some_and(|s| s.code == 2);
+                // A client or producer span that names the service it calls: the edge to it
+                // exists even when that service answers nothing (it is down).
+                let peer = if matches!(span.kind, 3 | 4) {
+                    peer_service(&span.attributes)
+                        .filter(|p| *p != service)
+                        .map(str::to_string)
+                } else {
+                    None
+                };
                 out.push(DetectorInput::Span {
                     service: service.to_string(),
                     operation: span.name.clone(),
@@ -525,6 +540,7 @@ pub(crate) fn span_inputs(req: &ExportTraceServiceRequest) -> Vec<DetectorInput>
                     trace_id: hex::encode(&span.trace_id),
                     host: host.clone(),
                     pod: pod.clone(),
+                    peer,
                 });
             }
         }

@@ -88,7 +88,14 @@ impl Store {
                 let s = |field| doc.get_first(field).and_then(|v| v.as_str()).unwrap_or("").to_string();
                 let i = |field| doc.get_first(field).and_then(|v| v.as_i64()).unwrap_or(0);
                 let start_ns = i(f.start_ts);
+                // Only client and producer spans name a callee.
+                let peer = if matches!(i(f.kind), 3 | 4) {
+                    peer_of(&super::search::first_json(&doc, f.attributes))
+                } else {
+                    String::new()
+                };
                 rows.push(SpanRow {
+                    peer,
                     trace_id: s(f.trace_id),
                     span_id: s(f.span_id),
                     parent_span_id: s(f.parent_span_id),
@@ -164,6 +171,19 @@ impl Store {
         }
         Ok(out)
     }
+}
+
+/// `peer.service` (or `service.peer.name`) from a span's stored attributes, whether the
+/// JSON field kept the dotted key or expanded it into objects.
+fn peer_of(attributes: &serde_json::Value) -> String {
+    for key in ["peer.service", "service.peer.name"] {
+        let flat = attributes.get(key);
+        let nested = key.split('.').try_fold(attributes, |v, k| v.get(k));
+        if let Some(name) = flat.or(nested).and_then(|v| v.as_str()) {
+            return name.to_string();
+        }
+    }
+    String::new()
 }
 
 /// Counts log lines per (service, pattern, severity, minute) from the fast fields.

@@ -57,6 +57,8 @@ pub struct SpanRow {
     pub end_ns: i64,
     /// OTLP status code ERROR.
     pub error: bool,
+    /// The service a client span calls (`peer.service`), empty when it names none.
+    pub peer: String,
 }
 
 /// Log records counted per service, pattern, severity and minute (read from columns,

@@ -18,6 +18,8 @@ const BASELINE: TimeRange = TimeRange {
 struct System {
     spans: Vec<SpanRow>,
     next: u64,
+    /// checkout's calls to payment go through a client span naming it (`peer.service`).
+    client_spans: bool,
 }
 
 #[derive(Clone, Copy, Default)]
@@ -45,6 +47,7 @@ impl System {
         System {
             spans: Vec::new(),
             next: 1,
+            client_spans: false,
         }
     }
 
@@ -74,6 +77,7 @@ impl System {
                 start_ns: start,
                 end_ns: start + frontend_ns,
                 error: failing,
+                peer: String::new(),
             });
             self.spans.push(SpanRow {
                 trace_id: trace.clone(),
@@ -84,17 +88,43 @@ impl System {
                 start_ns: start + 1,
                 end_ns: start + 1 + checkout_ns,
                 error: failing,
+                peer: String::new(),
             });
+            // The span payment's server span hangs under: checkout's own, or its client span.
+            let caller = if self.client_spans {
+                let call = self.id();
+                // A refused connection waits for the connect timeout: a second.
+                let call_ns = if how.payment_down {
+                    1_000_000_000
+                } else {
+                    payment_ns + 1_000
+                };
+                self.spans.push(SpanRow {
+                    trace_id: trace.clone(),
+                    span_id: call.clone(),
+                    parent_span_id: c.clone(),
+                    service: "checkout".into(),
+                    operation: "HTTP POST".into(),
+                    start_ns: start + 2,
+                    end_ns: start + 2 + call_ns,
+                    error: failing,
+                    peer: "payment".into(),
+                });
+                call
+            } else {
+                c
+            };
             if !how.payment_down {
                 self.spans.push(SpanRow {
                     trace_id: trace,
                     span_id: p,
-                    parent_span_id: c,
+                    parent_span_id: caller,
                     service: "payment".into(),
                     operation: "POST /pay".into(),
                     start_ns: start + 2,
                     end_ns: start + 2 + payment_ns,
                     error: how.payment_fails,
+                    peer: String::new(),
                 });
             }
         }
@@ -326,4 +356,43 @@ fn a_service_with_less_traffic_is_not_missing_lines() {
             .all(|e| e.kind != EvidenceKind::LogPatternStopped),
         "{ranked:#?}"
     );
+}
+
+#[test]
+fn a_callee_that_refuses_connections_is_named_not_its_callers() {
+    let mut sys = System::new();
+    sys.client_spans = true;
+    let input = sys.input(Minute {
+        payment_down: true,
+        ..Minute::normal()
+    });
+    let ranked = investigate(&input);
+    assert_eq!(ranked[0].service, "payment", "{ranked:#?}");
+    let kinds: Vec<EvidenceKind> = ranked[0].evidence.iter().map(|e| e.kind).collect();
+    assert!(kinds.contains(&EvidenceKind::RequestsStopped), "{kinds:?}");
+    // checkout's failed calls are charged to payment, not to checkout.
+    let failed = ranked[0]
+        .evidence
+        .iter()
+        .find(|e| e.kind == EvidenceKind::ErrorRatio)
+        .expect("the refused calls");
+    assert_eq!(failed.signal, "calls from checkout (HTTP POST)");
+    assert!(
+        ranked
+            .iter()
+            .filter(|c| c.service != "payment")
+            .all(|c| c.evidence.iter().all(|e| e.kind != EvidenceKind::ErrorRatio)),
+        "{ranked:#?}"
+    );
+}
+
+#[test]
+fn with_client_spans_a_slow_callee_is_still_blamed_alone() {
+    let mut sys = System::new();
+    sys.client_spans = true;
+    let input = sys.input(Minute {
+        payment_ms: 400.0,
+        ..Minute::normal()
+    });
+    assert_eq!(services(&investigate(&input)), ["payment"]);
 }

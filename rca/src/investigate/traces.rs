@@ -42,6 +42,29 @@ impl<'a> TraceIndex<'a> {
         }
     }
 
+    /// The service a span's own time and failure belong to: its own, except for a client
+    /// span that names its callee and got no answer from it (no child span of the callee):
+    /// then the time went waiting for the callee and the failure is the callee's — a
+    /// refused connection to a service that is down is that service's outage.
+    pub(crate) fn charged_service(&self, i: usize) -> &'a str {
+        let s = &self.spans[i];
+        if !s.peer.is_empty() && s.peer != s.service && !self.child_services[i].contains(s.peer.as_str()) {
+            s.peer.as_str()
+        } else {
+            s.service.as_str()
+        }
+    }
+
+    /// The operation as shown for the service it is charged to.
+    pub(crate) fn charged_operation(&self, i: usize) -> String {
+        let s = &self.spans[i];
+        if self.charged_service(i) == s.service {
+            s.operation.clone()
+        } else {
+            format!("calls from {} ({})", s.service, s.operation)
+        }
+    }
+
     pub(crate) fn lookup(&self, trace_id: &str, span_id: &str) -> Option<usize> {
         self.by_id.get(&(trace_id, span_id)).copied()
     }
@@ -70,9 +93,9 @@ impl<'a> TraceIndex<'a> {
     pub(crate) fn above_failures(&self, failing: &[usize]) -> HashSet<usize> {
         let mut marked = HashSet::new();
         for &site in failing {
-            let service = &self.spans[site].service;
+            let service = self.charged_service(site);
             for a in self.ancestors(site) {
-                if &self.spans[a].service != service {
+                if self.spans[a].service != service {
                     marked.insert(a);
                 }
             }
@@ -112,11 +135,11 @@ fn active_minutes(input: &Input) -> (BTreeSet<i64>, BTreeSet<i64>) {
 /// Operations whose median self time in the window is far above the medians the same
 /// operation had minute by minute in the baseline.
 pub(crate) fn self_time(input: &Input, index: &TraceIndex<'_>) -> Vec<Evidence> {
-    type Key<'a> = (&'a str, &'a str);
+    type Key<'a> = (&'a str, String);
     let mut baseline: HashMap<Key<'_>, BTreeMap<i64, Vec<f64>>> = HashMap::new();
     let mut window: HashMap<Key<'_>, Vec<(f64, usize)>> = HashMap::new();
     for (i, s) in input.spans.iter().enumerate() {
-        let key = (s.service.as_str(), s.operation.as_str());
+        let key = (index.charged_service(i), index.charged_operation(i));
         let ms = index.self_ns(i) as f64 / 1e6;
         if input.window.contains_ns(s.start_ns) {
             window.entry(key).or_default().push((ms, i));
@@ -188,12 +211,12 @@ pub(crate) fn error_ratio(input: &Input, index: &TraceIndex<'_>) -> Vec<Evidence
         return Vec::new();
     }
     let propagating = index.above_failures(&failing);
-    type Key<'a> = (&'a str, &'a str);
+    type Key<'a> = (&'a str, String);
     // per key: minute -> (requests, originating errors)
     let mut baseline: HashMap<Key<'_>, BTreeMap<i64, (u64, u64)>> = HashMap::new();
     let mut window: HashMap<Key<'_>, (u64, u64, Vec<usize>)> = HashMap::new();
     for (i, s) in input.spans.iter().enumerate() {
-        let key = (s.service.as_str(), s.operation.as_str());
+        let key = (index.charged_service(i), index.charged_operation(i));
         let originating = s.error && !propagating.contains(&i);
         if input.window.contains_ns(s.start_ns) {
             let w = window.entry(key).or_default();
