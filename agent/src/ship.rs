@@ -275,9 +275,12 @@ impl Shipper {
                             .and_then(|v| v.to_str().ok())
                             .and_then(|v| v.trim().parse::<u64>().ok())
                             .map(Duration::from_secs);
+                        let headers = resp.headers().clone();
                         let body = resp.bytes().await.unwrap_or_default();
                         if status.is_success() {
-                            Ok(ExportResponse::decode(body).unwrap_or_default())
+                            // A 2xx is delivery only if it is an OTLP answer: anything else
+                            // keeps the batch (and says why) rather than dropping it unseen.
+                            otlp_http_answer(&headers, &body).map_err(|why| Outcome::Retry(why, None))
                         } else {
                             let text = String::from_utf8_lossy(&body).chars().take(300).collect::<String>();
                             let why = format!("HTTP {status}: {text}");
@@ -313,6 +316,56 @@ impl Shipper {
             }
             Err(outcome) => outcome,
         }
+    }
+}
+
+/// Checks that a 2xx answer to an OTLP/HTTP export is one: a gRPC endpoint answers HTTP/1.1
+/// requests with 200 and a `grpc-status` error, which taken for a delivery dropped every batch
+/// without a word when `protocol = "http"` pointed at port 4317.
+fn otlp_http_answer(headers: &http::HeaderMap, body: &[u8]) -> Result<ExportResponse, String> {
+    let content_type = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if let Some(code) = headers.get("grpc-status") {
+        return Err(format!(
+            "the endpoint answered as gRPC (grpc-status {}): this looks like a gRPC endpoint; set protocol = \"grpc\" or point the endpoint at the OTLP/HTTP port (4318)",
+            String::from_utf8_lossy(code.as_bytes())
+        ));
+    }
+    if content_type.starts_with("application/grpc") {
+        return Err(
+            "the endpoint answered with a gRPC content type: this looks like a gRPC endpoint; set protocol = \"grpc\" or point the endpoint at the OTLP/HTTP port (4318)".into(),
+        );
+    }
+    let media = content_type.split(';').next().unwrap_or("").trim();
+    match media {
+        "application/x-protobuf" | "application/protobuf" => {
+            ExportResponse::decode(body).map_err(|e| format!("the OTLP/HTTP answer does not decode ({e})"))
+        }
+        "application/json" => {
+            let v: serde_json::Value =
+                serde_json::from_slice(body).map_err(|e| format!("the OTLP/HTTP JSON answer does not parse ({e})"))?;
+            let partial = &v["partialSuccess"];
+            let rejected = ["rejectedLogRecords", "rejectedSpans", "rejectedDataPoints"]
+                .iter()
+                .filter_map(|k| {
+                    let n = &partial[*k];
+                    n.as_i64().or_else(|| n.as_str().and_then(|s| s.parse().ok()))
+                })
+                .sum::<i64>();
+            Ok(ExportResponse {
+                partial_success: (rejected > 0).then(|| PartialSuccess {
+                    rejected,
+                    error_message: partial["errorMessage"].as_str().unwrap_or("").to_string(),
+                }),
+            })
+        }
+        other => Err(format!(
+            "the answer is not OTLP/HTTP (content type {:?}): is the endpoint an OTLP/HTTP receiver?",
+            other
+        )),
     }
 }
 
@@ -471,4 +524,52 @@ fn gzip(data: &[u8]) -> Bytes {
     let mut enc = flate2::write::GzEncoder::new(Vec::with_capacity(data.len() / 4), flate2::Compression::fast());
     let _ = enc.write_all(data);
     Bytes::from(enc.finish().unwrap_or_default())
+}
+
+#[cfg(test)]
+mod answer_tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, http::HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn a_grpc_endpoint_is_not_a_delivery() {
+        let err = otlp_http_answer(
+            &headers(&[("grpc-status", "12"), ("content-type", "application/grpc")]),
+            b"",
+        )
+        .expect_err("grpc");
+        assert!(err.contains("looks like a gRPC endpoint"), "{err}");
+        assert!(otlp_http_answer(&headers(&[("content-type", "text/html")]), b"<html>").is_err());
+        assert!(otlp_http_answer(&headers(&[]), b"").is_err(), "no content type");
+        assert!(otlp_http_answer(&headers(&[("content-type", "application/x-protobuf")]), b"\xff\xff").is_err());
+    }
+
+    #[test]
+    fn otlp_answers_are_deliveries_and_partial_success_is_read() {
+        let ok = otlp_http_answer(&headers(&[("content-type", "application/x-protobuf")]), b"").expect("empty");
+        assert!(ok.partial_success.is_none());
+        let partial = ExportResponse {
+            partial_success: Some(PartialSuccess {
+                rejected: 3,
+                error_message: "bad ids".into(),
+            }),
+        };
+        let body = partial.encode_to_vec();
+        let got = otlp_http_answer(&headers(&[("content-type", "application/x-protobuf")]), &body).expect("proto");
+        assert_eq!(got.partial_success.map(|p| p.rejected), Some(3));
+        let json = br#"{"partialSuccess":{"rejectedLogRecords":"2","errorMessage":"too old"}}"#;
+        let got =
+            otlp_http_answer(&headers(&[("content-type", "application/json; charset=utf-8")]), json).expect("json");
+        assert_eq!(
+            got.partial_success.map(|p| (p.rejected, p.error_message)),
+            Some((2, "too old".to_string()))
+        );
+    }
 }

@@ -62,6 +62,14 @@ async fn handle(
         }
         StatusCode::SERVICE_UNAVAILABLE
     } else {
+        // An OTLP/HTTP export is answered as an OTLP receiver does: an (empty) protobuf
+        // Export*ServiceResponse, which the agent checks before it lets a batch go.
+        if uri.path().starts_with("/v1/") {
+            reply.insert(
+                "content-type",
+                axum::http::HeaderValue::from_static("application/x-protobuf"),
+            );
+        }
         StatusCode::OK
     };
     let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);

@@ -696,3 +696,36 @@ async fn retries_honour_retry_after_and_keep_the_batch_id() -> Result<()> {
     assert!(agent.metric(&client(), "vigil_agent_send_retries").await? >= 2.0);
     Ok(())
 }
+
+/// `protocol = "http"` pointed at the collector's gRPC port: the gRPC server answers HTTP/1.1
+/// with 200 and `grpc-status`, which the agent used to take as delivered, dropping every line
+/// without a word. Now nothing leaves the buffer, the agent says why, and pointing it at the
+/// right port delivers every line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_pointed_at_a_grpc_port_keeps_the_lines_and_says_why() -> Result<()> {
+    let collector = Collector::start()?;
+    let tmp = tempfile::tempdir()?;
+    let logs = tmp.path().join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let marker = "mkwrongport";
+    let lines: Vec<String> = (0..50).map(|i| format!("{marker} line{i:03}")).collect();
+    append(&logs.join("app.log"), &lines)?;
+    let state = tmp.path().join("state");
+    let wrong = config(&state, &collector.grpc_url(), &source(&logs, "*.log", ""));
+    let agent = Agent::start(tmp.path(), &wrong)?;
+    let client = client();
+    eventually(WAIT, "the agent saying what is wrong", || {
+        let logs = agent.logs();
+        async move { Ok(logs.contains("looks like a gRPC endpoint").then_some(())) }
+    })
+    .await?;
+    assert_eq!(agent.metric(&client, "vigil_agent_batches_sent").await?, 0.0);
+    assert!(agent.metric(&client, "vigil_agent_send_retries").await? >= 1.0);
+    assert!(agent.terminate()?, "clean exit on SIGTERM");
+    // The same agent state, the right port: every line arrives, once.
+    let right = config(&state, &collector.http_url(""), &source(&logs, "*.log", ""));
+    let agent = Agent::start(tmp.path(), &right)?;
+    assert_exactly_once(&client, &collector, marker, &lines).await?;
+    assert!(agent.terminate()?, "clean exit on SIGTERM");
+    Ok(())
+}
