@@ -45,7 +45,7 @@ pub fn verify_body(
     if (now_secs - timestamp_secs).abs() > tolerance_secs {
         return false;
     }
-    let Some(sig) = header.strip_prefix("v1=").and_then(|h| hex::decode(h).ok()) else {
+    let Some(sig) = header.strip_prefix("v1=").and_then(lower_hex) else {
         return false;
     };
     let Ok(mut m) = HmacSha256::new_from_slice(secret) else {
@@ -55,6 +55,15 @@ pub fn verify_body(
     m.update(b".");
     m.update(body);
     m.verify_slice(&sig).is_ok()
+}
+
+/// Decodes a signature written as Vigil writes it: lower-case hex. Another spelling of the
+/// same bytes (upper case) is a different token, not the one that was issued.
+fn lower_hex(text: &str) -> Option<Vec<u8>> {
+    if !text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return None;
+    }
+    hex::decode(text).ok()
 }
 
 /// What a signed link may do.
@@ -128,7 +137,7 @@ pub fn sign_link(secret: &[u8], link: &ActionLink) -> String {
 /// Checks signature and expiry (replay is the caller's check, against used nonces).
 pub fn verify_link(secret: &[u8], token: &str, now_ms: i64) -> Result<ActionLink, LinkError> {
     let (payload, sig) = token.rsplit_once('.').ok_or(LinkError::Malformed)?;
-    let sig = hex::decode(sig).map_err(|_| LinkError::Malformed)?;
+    let sig = lower_hex(sig).ok_or(LinkError::Malformed)?;
     let Ok(mut m) = HmacSha256::new_from_slice(secret) else {
         return Err(LinkError::Malformed);
     };
@@ -218,5 +227,31 @@ mod tests {
             nonce_for("n1", "a", LinkAction::Ack),
             nonce_for("n2", "a", LinkAction::Ack)
         );
+    }
+
+    #[test]
+    fn an_upper_cased_signature_is_not_the_one_issued() {
+        // Regression: hex decoding is case-blind, so an upper-cased signature was accepted.
+        let link = ActionLink {
+            alert_id: "00ff00ff00ff00ff".into(),
+            action: LinkAction::Ack,
+            expires_ms: 2_000,
+            nonce: nonce_for("n1", "00ff00ff00ff00ff", LinkAction::Ack),
+        };
+        let token = sign_link(b"k", &link);
+        let (payload, sig) = token.rsplit_once('.').expect("signed");
+        let upper = format!("{payload}.{}", sig.to_ascii_uppercase());
+        assert_ne!(upper, token, "the signature has letters");
+        assert_eq!(verify_link(b"k", &upper, 1_000), Err(LinkError::Malformed));
+        let body_sig = sign_body(b"s3cret", 1_700_000_000, b"{}");
+        let shouted = format!("v1={}", body_sig["v1=".len()..].to_ascii_uppercase());
+        assert!(!verify_body(
+            b"s3cret",
+            1_700_000_000,
+            b"{}",
+            &shouted,
+            1_700_000_000,
+            300
+        ));
     }
 }

@@ -85,6 +85,10 @@ pub struct Group {
     pub last_sent_ms: Option<i64>,
     /// Whether the receiver has been told about firing alerts (so a resolve is news).
     pub announced_firing: bool,
+    /// The alerts the receiver has been told are firing: only their resolution is news (an
+    /// alert that joined while the group was silenced and resolved unseen is never listed).
+    #[serde(default)]
+    pub announced: BTreeSet<String>,
     pub escalation: Option<Escalation>,
 }
 
@@ -347,6 +351,7 @@ impl Alerting {
                 last_sent_hash: None,
                 last_sent_ms: None,
                 announced_firing: false,
+                announced: BTreeSet::new(),
                 escalation: None,
             });
             g.alerts.insert(id.to_string());
@@ -686,7 +691,7 @@ impl Alerting {
         };
         let mut firing = Vec::new();
         let mut unacked = 0;
-        let mut resolved = Vec::new();
+        let mut resolved: Vec<Alert> = Vec::new();
         for id in &g.alerts {
             let Some(a) = self.alerts.get(id) else { continue };
             let a = self.decorate(a, now_ms);
@@ -702,6 +707,12 @@ impl Alerting {
                 AlertState::Resolved => resolved.push(a),
             }
         }
+        // Every resolved alert leaves the group at this flush; only those the receiver was
+        // told were firing are news.
+        let resolved_ids: Vec<String> = resolved.iter().map(|a| a.id.clone()).collect();
+        // (A group saved before `announced` existed announced all it held.)
+        let legacy = g.announced.is_empty() && g.announced_firing;
+        resolved.retain(|a| legacy || g.announced.contains(&a.id));
         let ids: Vec<&str> = firing
             .iter()
             .map(|a| a.id.as_str())
@@ -710,6 +721,14 @@ impl Alerting {
             .collect();
         let hash = hash_of(&ids);
         let changed = g.last_sent_hash.as_deref() != Some(hash.as_str());
+        // What the group holds once the resolved alerts have left: the next flush compares
+        // with this, so a partial resolve is announced once, not again without them.
+        let remaining: Vec<&str> = firing
+            .iter()
+            .map(|a| a.id.as_str())
+            .chain(std::iter::once("|"))
+            .collect();
+        let remaining_hash = hash_of(&remaining);
         let repeat_due = unacked > 0 && g.last_sent_ms.is_some_and(|t| now_ms - t >= route.repeat_interval_ms);
         let reason = if !firing.is_empty() && changed {
             Some(if g.last_sent_ms.is_none() || !g.announced_firing {
@@ -717,29 +736,28 @@ impl Alerting {
             } else {
                 NotifyReason::Update
             })
-        } else if firing.is_empty() && !resolved.is_empty() && g.announced_firing && changed {
+        } else if firing.is_empty() && !resolved.is_empty() && changed {
             Some(NotifyReason::Resolved)
         } else if repeat_due {
             Some(NotifyReason::Repeat)
         } else {
             None
         };
-        let resolved_ids: Vec<String> = resolved.iter().map(|a| a.id.clone()).collect();
+        let firing_ids: Vec<String> = firing.iter().map(|a| a.id.clone()).collect();
         if let Some(reason) = reason {
             let status = if firing.is_empty() { "resolved" } else { "firing" };
             let mut alerts = firing.clone();
-            if g.announced_firing {
-                alerts.extend(resolved);
-            }
+            alerts.extend(resolved);
             self.enqueue(&g, g.receiver.clone(), reason, None, status, alerts, now_ms);
         }
         let Some(gm) = self.groups.get_mut(key) else { return };
         if reason.is_some() {
-            gm.last_sent_hash = Some(hash);
+            gm.last_sent_hash = Some(remaining_hash);
             gm.last_sent_ms = Some(now_ms);
             if !firing.is_empty() {
                 gm.announced_firing = true;
             }
+            gm.announced.extend(firing_ids);
             if reason == Some(NotifyReason::Initial)
                 && gm.escalation.is_none()
                 && let Some(p) = route.escalation.as_ref().and_then(|p| self.policies.get(p))
@@ -756,6 +774,7 @@ impl Alerting {
         // Resolved alerts leave the group once flushed; an empty group ends.
         for id in resolved_ids {
             gm.alerts.remove(&id);
+            gm.announced.remove(&id);
         }
         if gm.alerts.is_empty() {
             self.groups.remove(key);

@@ -366,3 +366,73 @@ fn resolved_alerts_are_forgotten_after_a_day_and_come_back_as_new() {
     let back = a.alert(&id, T0).expect("back");
     assert_eq!((back.state, back.acknowledged_by), (AlertState::Firing, None));
 }
+
+#[test]
+fn a_partial_resolve_is_announced_once() {
+    // Regression: the update listing the resolved alert was followed, one group interval
+    // later, by a second update listing the still-firing ones again (the stored hash
+    // included the resolved alert, which had left the group since).
+    let mut a = Alerting::new(AlertingConfig {
+        resolve_timeout_secs: 86_400,
+        ..config()
+    })
+    .expect("config");
+    let x = alert(&[("alertname", "Err"), ("service", "cart"), ("pod", "a")]);
+    let mut y = alert(&[("alertname", "Err"), ("service", "cart"), ("pod", "b")]);
+    a.upsert(x.clone(), T0);
+    a.upsert(y.clone(), T0);
+    assert_eq!(run(&mut a, T0 + 30 * S), [("team".into(), NotifyReason::Initial, 2)]);
+    y.ends_at_ms = Some(T0 + 100 * S);
+    a.upsert(y, T0 + 100 * S);
+    assert_eq!(
+        run(&mut a, T0 + 330 * S),
+        [("team".into(), NotifyReason::Update, 2)],
+        "one update: a firing, b resolved"
+    );
+    let mut later = Vec::new();
+    for t in (340..=1000).step_by(10) {
+        a.upsert(x.clone(), T0 + t * S);
+        later.extend(run(&mut a, T0 + t * S));
+    }
+    assert!(later.is_empty(), "nothing changed since: {later:?}");
+}
+
+#[test]
+fn alerts_that_were_never_announced_are_not_announced_resolved() {
+    // Regression: a group silenced after its first notification sent a "resolved" listing
+    // an alert that joined while silenced and was never announced.
+    let mut a = Alerting::new(AlertingConfig {
+        resolve_timeout_secs: 86_400,
+        ..config()
+    })
+    .expect("config");
+    let mut x = alert(&[("alertname", "Err"), ("service", "cart"), ("pod", "a")]);
+    a.upsert(x.clone(), T0);
+    assert_eq!(run(&mut a, T0 + 30 * S), [("team".into(), NotifyReason::Initial, 1)]);
+    let silence = Silence {
+        id: String::new(),
+        matchers: crate::matcher::parse_matchers(r#"{service="cart"}"#).expect("matchers"),
+        starts_at_ms: T0 + 60 * S,
+        ends_at_ms: T0 + 500 * S,
+        created_by: "ana".into(),
+        comment: "looking".into(),
+        created_at_ms: 0,
+    };
+    a.add_silence(silence, T0 + 60 * S).expect("silence");
+    let mut y = alert(&[("alertname", "Err"), ("service", "cart"), ("pod", "b")]);
+    a.upsert(y.clone(), T0 + 100 * S);
+    y.ends_at_ms = Some(T0 + 200 * S);
+    a.upsert(y, T0 + 200 * S);
+    let mut sent = Vec::new();
+    for t in (210..=1200).step_by(10) {
+        if t < 700 {
+            a.upsert(x.clone(), T0 + t * S);
+        }
+        sent.extend(run(&mut a, T0 + t * S));
+    }
+    // x resolves at 700 s: that is the only news after the silence, and it lists x alone.
+    x.ends_at_ms = Some(T0 + 700 * S);
+    a.upsert(x, T0 + 1210 * S);
+    sent.extend(run(&mut a, T0 + 1600 * S));
+    assert_eq!(sent, [("team".into(), NotifyReason::Resolved, 1)], "{sent:?}");
+}

@@ -69,12 +69,22 @@ struct PostableAlert {
 }
 
 fn parse_ts(value: &Option<String>, key: &str) -> Result<Option<i64>, ApiError> {
-    match value.as_deref() {
-        None | Some("") | Some("0001-01-01T00:00:00Z") => Ok(None),
-        Some(v) => OffsetDateTime::parse(v, &Rfc3339)
-            .map(|t| Some(i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)))
-            .map_err(|e| ApiError::bad(format!("{key}: {v:?} is not an RFC 3339 time ({e})"))),
+    let Some(v) = value.as_deref().filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    let t = OffsetDateTime::parse(v, &Rfc3339)
+        .map_err(|e| ApiError::bad(format!("{key}: {v:?} is not an RFC 3339 time ({e})")))?;
+    // Go's zero time (what amtool and other Go clients send for "unset", with or without
+    // fractional seconds) means unset; any other time before 1970 is a mistake.
+    if t.year() == 1 && t.ordinal() == 1 && t.time() == time::Time::MIDNIGHT && t.offset().is_utc() {
+        return Ok(None);
     }
+    if t.unix_timestamp() < 0 {
+        return Err(ApiError::bad(format!("{key}: {v:?} is before 1970")));
+    }
+    Ok(Some(
+        i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX),
+    ))
 }
 
 /// Alertmanager-compatible intake, so Prometheus rules can route to Vigil unchanged.
@@ -337,4 +347,27 @@ pub(super) async fn follow_link(
         "message": outcome.message,
     }))
     .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_ts;
+
+    #[test]
+    fn go_zero_times_are_unset_in_every_spelling() {
+        for zero in [
+            "0001-01-01T00:00:00Z",
+            "0001-01-01T00:00:00.000Z",
+            "0001-01-01T00:00:00.000000000Z",
+        ] {
+            assert_eq!(parse_ts(&Some(zero.into()), "startsAt").ok(), Some(None), "{zero}");
+        }
+        assert_eq!(parse_ts(&None, "startsAt").ok(), Some(None));
+        assert_eq!(
+            parse_ts(&Some("2026-12-04T08:00:00.5Z".into()), "endsAt").ok(),
+            Some(Some(1_796_371_200_500))
+        );
+        assert!(parse_ts(&Some("1969-12-31T23:59:59Z".into()), "endsAt").is_err());
+        assert!(parse_ts(&Some("yesterday".into()), "endsAt").is_err());
+    }
 }
