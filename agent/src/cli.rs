@@ -63,17 +63,19 @@ pub fn main() -> std::process::ExitCode {
             .map(|c| println!("{}: ok ({} log sources)", config.display(), c.logs.len()))
             .map_err(anyhow::Error::from),
         Command::Install { collector, root, force } => {
-            let binary = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/usr/bin/vigil-agent"));
-            let layout = crate::install::Layout::under(&root, binary);
-            crate::install::install(&layout, collector.as_deref(), force).map(|done| {
-                for d in done {
-                    println!("{d}");
-                }
-                println!("next: systemctl daemon-reload && systemctl enable --now vigil-agent");
-            })
+            let layout = crate::install::Layout::under(&root);
+            std::env::current_exe()
+                .map_err(|e| anyhow::anyhow!("cannot find the running binary to install: {e}"))
+                .and_then(|binary| crate::install::install(&layout, &binary, collector.as_deref(), force))
+                .map(|done| {
+                    for d in done {
+                        println!("{d}");
+                    }
+                    println!("next: systemctl daemon-reload && systemctl enable --now vigil-agent");
+                })
         }
         Command::Uninstall { root, purge } => {
-            let layout = crate::install::Layout::under(&root, PathBuf::from("/usr/bin/vigil-agent"));
+            let layout = crate::install::Layout::under(&root);
             crate::install::uninstall(&layout, purge).map(|done| {
                 for d in done {
                     println!("{d}");

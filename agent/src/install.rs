@@ -13,33 +13,42 @@ pub struct Layout {
     pub unit: PathBuf,
     pub config: PathBuf,
     pub state_dir: PathBuf,
+    /// The binary as the installed system runs it (the unit's `ExecStart`).
     pub binary: PathBuf,
+    /// Where that binary is written (under the root, for a packaging install).
+    pub binary_file: PathBuf,
 }
 
+/// Where the installed system runs the agent from.
+pub const INSTALLED_BINARY: &str = "/usr/bin/vigil-agent";
+
 impl Layout {
-    pub fn system(binary: PathBuf) -> Layout {
+    pub fn system() -> Layout {
         Layout {
             unit: PathBuf::from("/etc/systemd/system/vigil-agent.service"),
             config: PathBuf::from("/etc/vigil/agent.toml"),
             state_dir: PathBuf::from("/var/lib/vigil-agent"),
-            binary,
+            binary: PathBuf::from(INSTALLED_BINARY),
+            binary_file: PathBuf::from(INSTALLED_BINARY),
         }
     }
 
-    pub fn under(root: &Path, binary: PathBuf) -> Layout {
-        let sys = Layout::system(binary);
+    pub fn under(root: &Path) -> Layout {
+        let sys = Layout::system();
         let rebase = |p: &Path| root.join(p.strip_prefix("/").unwrap_or(p));
         Layout {
             unit: rebase(&sys.unit),
             config: rebase(&sys.config),
             state_dir: rebase(&sys.state_dir),
+            binary_file: rebase(&sys.binary),
             binary: sys.binary,
         }
     }
 }
 
 /// The unit file: a dedicated dynamic user, a read-only system except the state dir,
-/// no privilege gain; reading logs under /var/log via the `adm` group.
+/// no privilege gain, only the system calls a service needs; reading logs under /var/log
+/// via the `adm` group.
 pub fn unit_file(layout: &Layout, config_path: &Path) -> String {
     format!(
         "[Unit]
@@ -73,8 +82,17 @@ RestrictNamespaces=yes
 LockPersonality=yes
 MemoryDenyWriteExecute=yes
 RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX
+RestrictRealtime=yes
+ProtectClock=yes
+ProtectKernelLogs=yes
+ProtectHostname=yes
+PrivateMounts=yes
+UMask=0077
 CapabilityBoundingSet=
 SystemCallArchitectures=native
+SystemCallFilter=@system-service
+SystemCallFilter=~@privileged @resources
+SystemCallErrorNumber=EPERM
 TimeoutStopSec=30
 KillSignal=SIGTERM
 
@@ -112,8 +130,33 @@ pub fn config_text(collector: Option<&str>, state_dir: &Path) -> anyhow::Result<
     Ok(text)
 }
 
-pub fn install(layout: &Layout, collector: Option<&str>, force: bool) -> anyhow::Result<Vec<String>> {
+/// Installs the agent: `source_binary` (the running one) placed at the layout's binary path
+/// unless it is already there, the config (0640: it may hold the token), the state dir and
+/// the unit.
+pub fn install(
+    layout: &Layout,
+    source_binary: &Path,
+    collector: Option<&str>,
+    force: bool,
+) -> anyhow::Result<Vec<String>> {
     let mut done = Vec::new();
+    let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    if !same(source_binary, &layout.binary_file) {
+        if let Some(dir) = layout.binary_file.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        // Through a temporary name and a rename: a running agent keeps its old file.
+        let tmp = layout.binary_file.with_extension("new");
+        std::fs::copy(source_binary, &tmp)
+            .with_context(|| format!("copying {} to {}", source_binary.display(), tmp.display()))?;
+        set_mode(&tmp, 0o755)?;
+        std::fs::rename(&tmp, &layout.binary_file)
+            .with_context(|| format!("placing {}", layout.binary_file.display()))?;
+        done.push(format!("binary {}", layout.binary_file.display()));
+    }
     std::fs::create_dir_all(&layout.state_dir).with_context(|| format!("creating {}", layout.state_dir.display()))?;
     done.push(format!("state dir {}", layout.state_dir.display()));
     if layout.config.exists() && !force {
@@ -125,19 +168,23 @@ pub fn install(layout: &Layout, collector: Option<&str>, force: bool) -> anyhow:
         // The state dir in the config is the one systemd gives the service.
         let text = config_text(collector, Path::new("/var/lib/vigil-agent"))?;
         std::fs::write(&layout.config, text).with_context(|| format!("writing {}", layout.config.display()))?;
+        set_mode(&layout.config, 0o640)?;
         done.push(format!("config {}", layout.config.display()));
     }
     if let Some(dir) = layout.unit.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let system_config = Layout::system(layout.binary.clone()).config;
-    std::fs::write(
-        &layout.unit,
-        unit_file(&Layout::system(layout.binary.clone()), &system_config),
-    )
-    .with_context(|| format!("writing {}", layout.unit.display()))?;
+    let system = Layout::system();
+    std::fs::write(&layout.unit, unit_file(&system, &system.config))
+        .with_context(|| format!("writing {}", layout.unit.display()))?;
     done.push(format!("systemd unit {}", layout.unit.display()));
     Ok(done)
+}
+
+fn set_mode(path: &Path, mode: u32) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("setting the mode of {}", path.display()))
 }
 
 pub fn uninstall(layout: &Layout, purge: bool) -> anyhow::Result<Vec<String>> {
@@ -169,8 +216,17 @@ mod tests {
     #[test]
     fn install_writes_a_loadable_config_and_a_hardened_unit_and_uninstall_removes_them() {
         let root = tempfile::tempdir().expect("tempdir");
-        let layout = Layout::under(root.path(), PathBuf::from("/usr/bin/vigil-agent"));
-        install(&layout, Some("https://collector.example:4318"), false).expect("install");
+        let layout = Layout::under(root.path());
+        let built = root.path().join("build/vigil-agent");
+        std::fs::create_dir_all(built.parent().expect("dir")).expect("dir");
+        std::fs::write(&built, b"#!/bin/sh\n").expect("binary");
+        install(&layout, &built, Some("https://collector.example:4318"), false).expect("install");
+        // The binary is placed where the unit runs it from, not referred to where it was built.
+        assert_eq!(std::fs::read(&layout.binary_file).expect("placed"), b"#!/bin/sh\n");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode(&layout.binary_file), 0o755);
+        assert_eq!(mode(&layout.config), 0o640, "the config may hold the token");
         let config = crate::config::Config::from_file(&layout.config).expect("config loads");
         assert_eq!(config.collector.endpoint, "https://collector.example:4318");
         assert_eq!(config.collector.protocol, crate::config::Protocol::Http);
@@ -186,7 +242,7 @@ mod tests {
         }
         // A second install keeps a config the operator edited.
         std::fs::write(&layout.config, "# mine\n").expect("edit");
-        install(&layout, None, false).expect("reinstall");
+        install(&layout, &built, None, false).expect("reinstall");
         assert_eq!(std::fs::read_to_string(&layout.config).expect("config"), "# mine\n");
         uninstall(&layout, true).expect("uninstall");
         assert!(!layout.unit.exists() && !layout.config.exists() && !layout.state_dir.exists());
@@ -197,7 +253,7 @@ mod tests {
         // `cargo deb` ships packaging/vigil-agent.service; keep it identical to what
         // `vigil-agent install` writes for /usr/bin. Regenerate it with:
         // VIGIL_WRITE_UNIT=1 cargo test -p vigil-agent the_packaged_unit
-        let layout = Layout::system(PathBuf::from("/usr/bin/vigil-agent"));
+        let layout = Layout::system();
         let unit = unit_file(&layout, &layout.config);
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/vigil-agent.service");
         if std::env::var("VIGIL_WRITE_UNIT").is_ok() {

@@ -493,14 +493,36 @@ fn the_installed_systemd_unit_passes_systemd_analyze_verify() -> Result<()> {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let unit = root.path().join("etc/systemd/system/vigil-agent.service");
     let config = root.path().join("etc/vigil/agent.toml");
-    let check = std::process::Command::new(vigil_e2e::agent_binary())
+    // The binary is placed where the unit runs it from (not referred to where it was built),
+    // and it runs; the config, which may hold the token, is not world-readable.
+    let placed = root.path().join("usr/bin/vigil-agent");
+    let text = std::fs::read_to_string(&unit)?;
+    assert!(
+        text.lines()
+            .any(|l| l == "ExecStart=/usr/bin/vigil-agent run --config /etc/vigil/agent.toml"),
+        "{text}"
+    );
+    let check = std::process::Command::new(&placed)
         .args(["check-config", "--config"])
         .arg(&config)
         .output()?;
     assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&config)?.permissions().mode() & 0o777, 0o640);
+    // systemd checks the unit as written, with ExecStart at the placed binary (this machine
+    // has no /usr/bin/vigil-agent).
+    let here = root.path().join("check/vigil-agent.service");
+    std::fs::create_dir_all(here.parent().unwrap_or(root.path()))?;
+    std::fs::write(
+        &here,
+        text.replace(
+            "ExecStart=/usr/bin/vigil-agent",
+            &format!("ExecStart={}", placed.display()),
+        ),
+    )?;
     let verify = std::process::Command::new("systemd-analyze")
         .args(["verify", "--man=no"])
-        .arg(&unit)
+        .arg(&here)
         .output()
         .map_err(|e| anyhow::anyhow!("systemd-analyze is needed (.ci/run installs systemd): {e}"))?;
     let stderr = String::from_utf8_lossy(&verify.stderr);
@@ -510,6 +532,19 @@ fn the_installed_systemd_unit_passes_systemd_analyze_verify() -> Result<()> {
         verify.status.success() && ours.is_empty(),
         "systemd-analyze verify: {stderr}"
     );
+    // And its sandboxing, as systemd rates it (3.7 before SystemCallFilter and friends).
+    let security = std::process::Command::new("systemd-analyze")
+        .args(["security", "--offline=yes"])
+        .arg(&unit)
+        .output()?;
+    let report = String::from_utf8_lossy(&security.stdout);
+    let exposure: f64 = report
+        .lines()
+        .find_map(|l| l.split("Overall exposure level for vigil-agent.service:").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no exposure level in: {report}"))?;
+    assert!(exposure <= 2.0, "exposure {exposure}: {report}");
     Ok(())
 }
 
