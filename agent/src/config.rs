@@ -305,8 +305,24 @@ impl Config {
                 format!("{endpoint:?} must start with http:// or https://"),
             );
         }
-        if endpoint.parse::<http::Uri>().is_err() {
+        let Ok(uri) = endpoint.parse::<http::Uri>() else {
             return invalid("collector.endpoint".into(), format!("{endpoint:?} is not a URL"));
+        };
+        if uri.host().is_none_or(str::is_empty) {
+            return invalid("collector.endpoint".into(), format!("{endpoint:?} names no host"));
+        }
+        // `http::Uri` accepts a port of any size (and then reports none); a socket cannot
+        // use one past 65535, nor port 0.
+        let authority = uri.authority().map_or("", |a| a.as_str());
+        if let Some((_, port)) = authority.rsplit_once(':')
+            && !port.is_empty()
+            && port.bytes().all(|b| b.is_ascii_digit())
+            && port.parse::<u16>().map_or(true, |p| p == 0)
+        {
+            return invalid(
+                "collector.endpoint".into(),
+                format!("port {port} of {endpoint:?} is not between 1 and 65535"),
+            );
         }
         if self.collector.timeout_secs == 0 {
             return invalid("collector.timeout_secs".into(), "must be at least 1".into());
@@ -401,6 +417,11 @@ mod tests {
         c.collector.endpoint = "collector:4317".into();
         let err = c.validate().expect_err("must be refused").to_string();
         assert!(err.contains("collector.endpoint"), "{err}");
+        for bad in ["http://127.0.0.1:99999", "http://127.0.0.1:0", "http://:4317"] {
+            c.collector.endpoint = bad.into();
+            let err = c.validate().expect_err(bad).to_string();
+            assert!(err.contains("collector.endpoint"), "{bad}: {err}");
+        }
         c.collector.endpoint = "http://127.0.0.1:4317".into();
         c.buffer.max_bytes = 1000;
         let err = c.validate().expect_err("must be refused").to_string();

@@ -290,7 +290,7 @@ impl Shipper {
                             })
                         }
                     }
-                    Err(e) => Err(Outcome::Retry(format!("{e}"), None)),
+                    Err(e) => Err(Outcome::Retry(causes(&e), None)),
                 }
             }
             Transport::Grpc(channel) => {
@@ -317,6 +317,23 @@ impl Shipper {
             Err(outcome) => outcome,
         }
     }
+}
+
+/// An error with the causes under it ("transport error: tcp connect error: Connection refused
+/// (os error 111)"): the top level alone reads the same for a refused connection, a name
+/// that does not resolve and a wrong port.
+fn causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
 }
 
 /// Checks that a 2xx answer to an OTLP/HTTP export is one: a gRPC endpoint answers HTTP/1.1
@@ -475,10 +492,10 @@ async fn grpc_call(
     let response = channel
         .ready()
         .await
-        .map_err(|e| tonic::Status::unavailable(format!("connecting: {e}")))?
+        .map_err(|e| tonic::Status::unavailable(format!("connecting: {}", causes(&e))))?
         .call(request)
         .await
-        .map_err(|e| tonic::Status::unavailable(format!("{e}")))?;
+        .map_err(|e| tonic::Status::unavailable(causes(&e)))?;
     if response.status() != http::StatusCode::OK {
         return Err(tonic::Status::unavailable(format!(
             "HTTP {} from a gRPC endpoint",
@@ -529,6 +546,30 @@ fn gzip(data: &[u8]) -> Bytes {
 #[cfg(test)]
 mod answer_tests {
     use super::*;
+
+    #[test]
+    fn errors_carry_their_causes() {
+        let inner = std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "Connection refused (os error 111)",
+        );
+        #[derive(Debug)]
+        struct Transport(std::io::Error);
+        impl std::fmt::Display for Transport {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("transport error")
+            }
+        }
+        impl std::error::Error for Transport {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        assert_eq!(
+            causes(&Transport(inner)),
+            "transport error: Connection refused (os error 111)"
+        );
+    }
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> http::HeaderMap {
         let mut h = http::HeaderMap::new();

@@ -16,6 +16,8 @@ pub struct AgentMetrics {
     pub files_tailed: Counter,
     pub files_unreadable: Counter,
     pub files_binary: Counter,
+    /// Log sources whose patterns match no file right now.
+    pub sources_empty: Gauge,
     pub batches_buffered: Counter,
     pub batches_sent: Counter,
     pub batches_rejected: Counter,
@@ -43,6 +45,7 @@ impl AgentMetrics {
             files_tailed: Counter::default(),
             files_unreadable: Counter::default(),
             files_binary: Counter::default(),
+            sources_empty: Gauge::default(),
             batches_buffered: Counter::default(),
             batches_sent: Counter::default(),
             batches_rejected: Counter::default(),
@@ -88,6 +91,12 @@ impl AgentMetrics {
                 "vigil_agent_files_binary",
                 "Files skipped as binary",
                 m.files_binary.clone(),
+            );
+            reg(
+                r,
+                "vigil_agent_sources_empty",
+                "Log sources whose include patterns match no file (a missing or unreadable directory, a typo)",
+                m.sources_empty.clone(),
             );
             reg(
                 r,

@@ -764,3 +764,39 @@ async fn http_pointed_at_a_grpc_port_keeps_the_lines_and_says_why() -> Result<()
     assert!(agent.terminate()?, "clean exit on SIGTERM");
     Ok(())
 }
+
+/// A source whose directory is missing and a collector port nobody listens on: each is a
+/// warning that names the path or the cause (they used to log nothing, and "transport
+/// error"), and the missing source is counted on /metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_sources_and_refused_connections_say_what_is_wrong() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let missing = tmp.path().join("no-such-dir");
+    // A port that was free a moment ago: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    // A real source too, so there is something to ship.
+    let logs_dir = tmp.path().join("logs");
+    std::fs::create_dir_all(&logs_dir)?;
+    append(&logs_dir.join("a.log"), &["nobody will hear this".to_string()])?;
+    let cfg = config(
+        &tmp.path().join("state"),
+        &format!("http://127.0.0.1:{port}"),
+        &format!("{}{}", source(&missing, "*.log", ""), source(&logs_dir, "*.log", "")),
+    );
+    let agent = Agent::start(tmp.path(), &cfg)?;
+    let client = client();
+    let logs = eventually(WAIT, "both warnings", || {
+        let logs = agent.logs();
+        async move { Ok((logs.contains("does not exist") && logs.contains("Connection refused")).then_some(logs)) }
+    })
+    .await?;
+    assert!(logs.contains(&missing.display().to_string()), "{logs}");
+    assert_eq!(agent.metric(&client, "vigil_agent_sources_empty").await?, 1.0);
+    assert_eq!(
+        logs.matches("a log source matches no file").count(),
+        1,
+        "warned once, not at every scan: {logs}"
+    );
+    assert!(agent.terminate()?, "clean exit on SIGTERM");
+    Ok(())
+}

@@ -74,9 +74,36 @@ pub struct Tailer {
     batch: BatchConfig,
     metrics: Arc<AgentMetrics>,
     warned: HashSet<PathBuf>,
+    /// Sources already warned about matching no file (warned again only after they matched).
+    empty_warned: HashSet<usize>,
     buf: Vec<u8>,
     last_discover: Option<Instant>,
     scope: opentelemetry_proto::tonic::common::v1::InstrumentationScope,
+}
+
+/// Why a glob matches nothing, in words an operator can act on: the directory it looks in
+/// (the part before the first wildcard) is missing, unreadable, or holds no matching file.
+fn why_nothing_matches(pattern: &str) -> String {
+    let wild = pattern.find(['*', '?', '[']).unwrap_or(pattern.len());
+    let fixed = &pattern[..wild];
+    let dir = match fixed.rfind('/') {
+        Some(0) => Path::new("/"),
+        Some(i) => Path::new(&fixed[..i]),
+        None => Path::new("."),
+    };
+    match std::fs::read_dir(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            format!("{pattern}: directory {} does not exist", dir.display())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            format!(
+                "{pattern}: directory {} cannot be read (permission denied)",
+                dir.display()
+            )
+        }
+        Err(e) => format!("{pattern}: directory {} cannot be read ({e})", dir.display()),
+        Ok(_) => format!("{pattern}: no file in {} matches", dir.display()),
+    }
 }
 
 fn now_ns() -> u64 {
@@ -130,6 +157,7 @@ impl Tailer {
             batch,
             metrics,
             warned: HashSet::new(),
+            empty_warned: HashSet::new(),
             buf: vec![0u8; READ_CHUNK],
             last_discover: None,
             scope: scope(),
@@ -256,6 +284,19 @@ impl Tailer {
                     found.push(path);
                 }
             }
+            if found.is_empty() {
+                if self.empty_warned.insert(si) {
+                    let patterns = &self.sources[si].include;
+                    let why: Vec<String> = patterns.iter().map(|p| why_nothing_matches(p)).collect();
+                    tracing::warn!(
+                        patterns = ?patterns,
+                        why = %why.join("; "),
+                        "a log source matches no file"
+                    );
+                }
+            } else {
+                self.empty_warned.remove(&si);
+            }
             for path in found {
                 let meta = match std::fs::metadata(&path) {
                     Ok(m) if m.is_file() => m,
@@ -320,6 +361,9 @@ impl Tailer {
                 tracing::info!(path = %t.path.display(), "file rotated away; reading it to its end");
             }
         }
+        self.metrics
+            .sources_empty
+            .set(i64::try_from(self.empty_warned.len()).unwrap_or(i64::MAX));
         Ok(())
     }
 
@@ -689,5 +733,29 @@ mod tests {
             recovered.checkpoints.contains_key(&live_key),
             "the live file keeps its offset"
         );
+    }
+}
+
+#[cfg(test)]
+mod quiet_source_tests {
+    use super::why_nothing_matches;
+
+    #[test]
+    fn an_empty_source_says_what_is_wrong_with_its_directory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = format!("{}/nope/*.log", dir.path().display());
+        assert!(
+            why_nothing_matches(&missing).contains("does not exist"),
+            "{}",
+            why_nothing_matches(&missing)
+        );
+        let empty = format!("{}/*.log", dir.path().display());
+        assert!(
+            why_nothing_matches(&empty).contains("no file in"),
+            "{}",
+            why_nothing_matches(&empty)
+        );
+        let plain = format!("{}/app.log", dir.path().display());
+        assert!(why_nothing_matches(&plain).contains(&dir.path().display().to_string()));
     }
 }
