@@ -800,3 +800,43 @@ async fn quiet_sources_and_refused_connections_say_what_is_wrong() -> Result<()>
     assert!(agent.terminate()?, "clean exit on SIGTERM");
     Ok(())
 }
+
+/// Logrotate's `copytruncate` while the agent is stopped, with more than the fingerprinted
+/// first KiB written to the file again before it restarts: the lines written after the stop
+/// are only in the copy. They used to be lost (the file looked new, the copy was never read).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copytruncate_while_stopped_loses_nothing() -> Result<()> {
+    let collector = Collector::start()?;
+    let tmp = tempfile::tempdir()?;
+    let logs = tmp.path().join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let marker = "mkcopytrunc";
+    let line =
+        |phase: &str, i: usize| format!("{marker} {phase} {i:05} padding to make the line longer than a few bytes");
+    let file = logs.join("app.log");
+    let cfg = config(
+        &tmp.path().join("state"),
+        &collector.http_url(""),
+        &source(&logs, "*.log", ""),
+    );
+    let mut expected: Vec<String> = (0..1000).map(|i| line("before", i)).collect();
+    append(&file, &expected)?;
+    let agent = Agent::start(tmp.path(), &cfg)?;
+    let client = client();
+    assert_exactly_once(&client, &collector, marker, &expected).await?;
+    assert!(agent.terminate()?, "clean exit on SIGTERM");
+    // While stopped: 500 more lines, then copy + truncate, then 100 lines (over 1 KiB).
+    let stopped: Vec<String> = (0..500).map(|i| line("stopped", i)).collect();
+    append(&file, &stopped)?;
+    std::fs::copy(&file, logs.join("app.log.1"))?;
+    std::fs::OpenOptions::new().write(true).truncate(true).open(&file)?;
+    let after: Vec<String> = (0..100).map(|i| line("after", i)).collect();
+    append(&file, &after)?;
+    assert!(std::fs::metadata(&file)?.len() > 1024);
+    expected.extend(stopped);
+    expected.extend(after);
+    let agent = Agent::start(tmp.path(), &cfg)?;
+    assert_exactly_once(&client, &collector, marker, &expected).await?;
+    assert!(agent.terminate()?, "clean exit on SIGTERM");
+    Ok(())
+}

@@ -324,9 +324,17 @@ impl Tailer {
                 let Ok(mut tailed) = TailedFile::open(&path, file, id, 0) else {
                     continue;
                 };
+                let check = checkpoint.as_ref().map(|cp| tailed.fp_matches(cp));
+                // Copied and truncated while we were stopped, then written again past the
+                // fingerprinted first KiB: the beginning no longer matches, but the copy
+                // beside it still does, and holds the lines we had not read.
+                let copied_away = matches!(check, Some(FingerprintCheck::Different))
+                    && checkpoint
+                        .as_ref()
+                        .is_some_and(|cp| find_copy(&path, id, cp.fp, cp.fp_len, cp.offset).is_some());
                 let offset = match &checkpoint {
-                    Some(cp) if tailed.fp_matches(cp) == FingerprintCheck::Same => cp.offset,
-                    Some(cp) if tailed.fp_matches(cp) == FingerprintCheck::Truncated => {
+                    Some(cp) if check == Some(FingerprintCheck::Same) => cp.offset,
+                    Some(cp) if check == Some(FingerprintCheck::Truncated) || copied_away => {
                         // Truncated while we were stopped: its copy has the rest.
                         self.files.insert(id, (si, tailed));
                         self.handle_truncation(id, cp.offset, cp.fp, cp.fp_len)?;
