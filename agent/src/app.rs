@@ -82,7 +82,8 @@ pub async fn run(config_path: PathBuf) -> anyhow::Result<()> {
                     continue;
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "SIGHUP: the new configuration is invalid; keeping the old one");
+                    let e = anyhow::Error::from(e);
+                    tracing::error!(error = %format!("{e:#}"), "SIGHUP: the new configuration is invalid; keeping the old one");
                     // Keep running the current generation: wait for the next signal.
                     let again = tokio::select! {
                         _ = hup.recv() => true,

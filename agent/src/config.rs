@@ -257,7 +257,9 @@ fn default_multiline_timeout() -> u64 {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config {path}: {source}")]
+    // The cause is the error's source, not part of its text: printed with its chain (as the
+    // CLI does) it read "No such file or directory" twice.
+    #[error("cannot read config {path}")]
     Read { path: PathBuf, source: std::io::Error },
     #[error("config {path}: {message}")]
     Parse { path: PathBuf, message: String },

@@ -840,3 +840,106 @@ async fn copytruncate_while_stopped_loses_nothing() -> Result<()> {
     assert!(agent.terminate()?, "clean exit on SIGTERM");
     Ok(())
 }
+
+/// A missing config file is named once, with its cause once (it read "No such file or
+/// directory" twice).
+#[test]
+fn a_missing_config_is_reported_once() -> Result<()> {
+    for verb in ["run", "check-config"] {
+        let out = std::process::Command::new(vigil_e2e::agent_binary())
+            .args([verb, "--config", "/nonexistent/vigil-agent.toml"])
+            .output()?;
+        assert!(!out.status.success());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("/nonexistent/vigil-agent.toml"), "{verb}: {stderr}");
+        assert_eq!(
+            stderr.matches("No such file or directory").count(),
+            1,
+            "{verb}: {stderr}"
+        );
+    }
+    Ok(())
+}
+
+/// Debian's logrotate with `copytruncate`, three times, while a writer keeps writing: every
+/// line that is on disk afterwards (the live file and the copies) is stored exactly once.
+/// (Lines written between logrotate's copy and its truncate are in neither file: that race
+/// is logrotate's, and the count below says how many it took.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logrotate_copytruncate_under_a_live_writer_is_counted_exactly() -> Result<()> {
+    let collector = Collector::start()?;
+    let tmp = tempfile::tempdir()?;
+    let logs = tmp.path().join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let file = logs.join("app.log");
+    std::fs::write(&file, "")?;
+    let conf = tmp.path().join("logrotate.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "{} {{\n    copytruncate\n    rotate 10\n    missingok\n    nocompress\n}}\n",
+            file.display()
+        ),
+    )?;
+    let cfg = config(
+        &tmp.path().join("state"),
+        &collector.http_url(""),
+        &source(&logs, "*.log", ""),
+    );
+    let agent = Agent::start(tmp.path(), &cfg)?;
+    let marker = "mklogrotate";
+    const LINES: usize = 6000;
+    // About 2,000 lines a second for three seconds, through one append-mode handle (as a
+    // logging library keeps it).
+    let writer = {
+        let file = file.clone();
+        std::thread::spawn(move || -> std::io::Result<()> {
+            let mut f = OpenOptions::new().append(true).open(&file)?;
+            for i in 0..LINES {
+                writeln!(f, "{marker} line {i:06}")?;
+                if i % 100 == 99 {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+            Ok(())
+        })
+    };
+    let state = tmp.path().join("logrotate.state");
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        // Debian puts it in /usr/sbin, which is not on every PATH.
+        let logrotate = if Path::new("/usr/sbin/logrotate").exists() {
+            "/usr/sbin/logrotate"
+        } else {
+            "logrotate"
+        };
+        let out = std::process::Command::new(logrotate)
+            .args(["-f", "-s"])
+            .arg(&state)
+            .arg(&conf)
+            .output()
+            .map_err(|e| anyhow::anyhow!("logrotate is needed (.ci/run installs it): {e}"))?;
+        assert!(
+            out.status.success(),
+            "logrotate: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    writer.join().map_err(|_| anyhow::anyhow!("writer panicked"))??;
+    let rotated = std::fs::read_dir(&logs)?.count() - 1;
+    assert!(rotated >= 3, "{rotated} copies");
+    // What is on disk now, across the live file and its copies.
+    let mut on_disk = Vec::new();
+    for entry in std::fs::read_dir(&logs)? {
+        let text = std::fs::read_to_string(entry?.path())?;
+        on_disk.extend(text.lines().filter(|l| l.starts_with(marker)).map(str::to_string));
+    }
+    eprintln!(
+        "logrotate's own copy/truncate race took {} of {LINES} lines",
+        LINES - on_disk.len()
+    );
+    let client = client();
+    assert_exactly_once(&client, &collector, marker, &on_disk).await?;
+    assert!(agent.terminate()?, "clean exit on SIGTERM");
+    Ok(())
+}
