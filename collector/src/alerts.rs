@@ -231,6 +231,15 @@ impl AlertService {
     pub fn on_incidents(&self, incidents: &[Incident]) {
         let now = now_ms();
         let external = self.external_url();
+        // An incident's alert keeps the labels it was first raised with: its identity (the
+        // fingerprint of its labels) must not change when the ranking or severity does, or
+        // one incident would page twice. What changes goes into the annotations.
+        let raised: std::collections::HashMap<String, BTreeMap<String, String>> = self
+            .alerts(None)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|a| a.labels.get("incident").cloned().map(|id| (id, a.labels.clone())))
+            .collect();
         let inputs: Vec<AlertInput> = incidents
             .iter()
             .filter_map(|inc| {
@@ -240,10 +249,19 @@ impl AlertService {
                     return None;
                 }
                 let top = inc.candidates.first();
-                let labels = BTreeMap::from([
-                    ("alertname".to_string(), "VigilIncident".to_string()),
-                    ("incident".to_string(), inc.id.clone()),
-                ]);
+                // The likely root cause and the severity as labels, so silences, routes and
+                // inhibition rules can match them (`service="catalogue"`).
+                let labels = raised.get(&inc.id).cloned().unwrap_or_else(|| {
+                    let mut labels = BTreeMap::from([
+                        ("alertname".to_string(), "VigilIncident".to_string()),
+                        ("incident".to_string(), inc.id.clone()),
+                        ("severity".to_string(), format!("{severity:?}").to_lowercase()),
+                    ]);
+                    if let Some(t) = top {
+                        labels.insert("service".to_string(), t.service.clone());
+                    }
+                    labels
+                });
                 let mut annotations = BTreeMap::from([
                     ("summary".to_string(), inc.summary.clone()),
                     ("severity".to_string(), format!("{severity:?}").to_lowercase()),

@@ -59,6 +59,39 @@ async fn fault_is_found(fault: &str, service: &str, seed: u64) -> Result<()> {
         .collect();
     assert_eq!(for_incident.len(), 1, "{alerts}");
     assert_eq!(for_incident[0]["annotations"]["service"], service);
+    // The alert carries the likely root cause and the severity as labels, so a silence on the
+    // service matches it.
+    let alert = for_incident[0].clone();
+    let labelled = alert["labels"]["service"].as_str().unwrap_or_default().to_string();
+    assert!(
+        incident["services"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|x| x == labelled.as_str())),
+        "{alert}"
+    );
+    assert!(
+        matches!(alert["labels"]["severity"].as_str(), Some("warning" | "critical")),
+        "{alert}"
+    );
+    let silence = client
+        .post(c.api_url("/api/v1/silences"))
+        .json(&serde_json::json!({
+            "matchers": format!("{{service=\"{labelled}\"}}"),
+            "endsAt": "2099-01-01T00:00:00Z",
+            "createdBy": "test",
+        }))
+        .send()
+        .await?;
+    assert_eq!(silence.status().as_u16(), 200);
+    let (_, silenced) = get_json(&client, &c.api_url("/api/v1/alerts?state=silenced")).await?;
+    assert!(
+        silenced["alerts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|a| a["id"] == alert["id"]),
+        "{silenced}"
+    );
     Ok(())
 }
 
