@@ -204,14 +204,19 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn links_are_single_purpose_expiring_and_tamper_evident() {
-        let link = ActionLink {
+    /// An acknowledge link valid until 2 s after the epoch.
+    fn ack_link() -> ActionLink {
+        ActionLink {
             alert_id: "00ff00ff00ff00ff".into(),
             action: LinkAction::Ack,
             expires_ms: 2_000,
             nonce: nonce_for("n1", "00ff00ff00ff00ff", LinkAction::Ack),
-        };
+        }
+    }
+
+    #[test]
+    fn links_are_single_purpose_expiring_and_tamper_evident() {
+        let link = ack_link();
         let token = sign_link(b"k", &link);
         assert_eq!(verify_link(b"k", &token, 1_000), Ok(link.clone()));
         assert_eq!(verify_link(b"k", &token, 2_000), Err(LinkError::Expired));
@@ -232,12 +237,7 @@ mod tests {
     #[test]
     fn an_upper_cased_signature_is_not_the_one_issued() {
         // Regression: hex decoding is case-blind, so an upper-cased signature was accepted.
-        let link = ActionLink {
-            alert_id: "00ff00ff00ff00ff".into(),
-            action: LinkAction::Ack,
-            expires_ms: 2_000,
-            nonce: nonce_for("n1", "00ff00ff00ff00ff", LinkAction::Ack),
-        };
+        let link = ack_link();
         let token = sign_link(b"k", &link);
         let (payload, sig) = token.rsplit_once('.').expect("signed");
         let upper = format!("{payload}.{}", sig.to_ascii_uppercase());
