@@ -23,8 +23,19 @@ pub fn is_variable(token: &str) -> bool {
     if bytes.first() == Some(&b'/') && bytes.iter().skip(1).any(|&b| b == b'/') {
         return true;
     }
+    // The same on Windows: a drive (C:\Windows\Temp), a share (\\host\share), or any
+    // token with two backslash-separated components (Microsoft\Windows\Update).
+    if is_windows_path(bytes) {
+        return true;
+    }
     // Long hex-only tokens without digits are rare but exist (e.g. "deadbeefcafe").
     bytes.len() >= 12 && bytes.iter().all(u8::is_ascii_hexdigit)
+}
+
+fn is_windows_path(bytes: &[u8]) -> bool {
+    let drive = bytes.len() >= 3 && bytes[0].is_ascii_alphabetic() && bytes[1] == b':' && bytes[2] == b'\\';
+    let share = bytes.starts_with(b"\\\\");
+    drive || share || bytes.iter().filter(|&&b| b == b'\\').count() >= 2
 }
 
 /// Splits `key=value` / `key:value` tokens so the key stays part of the template:
@@ -58,6 +69,10 @@ mod tests {
             "http://example.com/a",
             "/var/log/app.log",
             "deadbeefcafe",
+            r"C:\Windows\Temp\setup.log",
+            r"\\fileserver\share",
+            r"Microsoft\Windows\Update",
+            r"D:\",
         ] {
             assert!(is_variable(v), "{v}");
         }
@@ -69,6 +84,7 @@ mod tests {
             "ERROR",
             "/tmp",
             "cafe",
+            r"domain\user",
         ] {
             assert!(!is_variable(c), "{c}");
         }
