@@ -237,17 +237,10 @@ impl Correlator {
                 Some(m) => *m = member,
                 None => inc.timeline.push(member),
             }
-            inc.timeline.sort_by(|x, y| {
-                x.start_ms
-                    .cmp(&y.start_ms)
-                    .then_with(|| x.anomaly_id.cmp(&y.anomaly_id))
-            });
             inc.start_ms = inc.start_ms.min(a.start_ms);
             inc.end_ms = inc.end_ms.max(a.end_ms);
             inc.status = IncidentStatus::Open;
-            let services: BTreeSet<String> = inc.timeline.iter().map(|m| m.service.clone()).collect();
-            inc.services = services.into_iter().collect();
-            rank(inc, topo);
+            refresh(inc, topo);
             self.updated.insert(id);
         }
     }
@@ -336,14 +329,7 @@ impl Correlator {
             inc.end_ms = inc.end_ms.max(m.end_ms);
             inc.timeline.push(m);
         }
-        inc.timeline.sort_by(|x, y| {
-            x.start_ms
-                .cmp(&y.start_ms)
-                .then_with(|| x.anomaly_id.cmp(&y.anomaly_id))
-        });
-        let services: BTreeSet<String> = inc.timeline.iter().map(|m| m.service.clone()).collect();
-        inc.services = services.into_iter().collect();
-        rank(&mut inc, topo);
+        refresh(&mut inc, topo);
         self.incidents.insert(id.clone(), inc);
         self.updated.insert(id);
     }
@@ -397,6 +383,19 @@ impl Correlator {
             self.incidents.insert(inc.id.clone(), inc);
         }
     }
+}
+
+/// After members were added or changed: the timeline in onset order, the services, the
+/// ranking and summary.
+fn refresh(inc: &mut Incident, topo: &Topology) {
+    inc.timeline.sort_by(|x, y| {
+        x.start_ms
+            .cmp(&y.start_ms)
+            .then_with(|| x.anomaly_id.cmp(&y.anomaly_id))
+    });
+    let services: BTreeSet<String> = inc.timeline.iter().map(|m| m.service.clone()).collect();
+    inc.services = services.into_iter().collect();
+    rank(inc, topo);
 }
 
 /// Scores every service of the incident and writes the summary.

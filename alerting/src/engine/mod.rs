@@ -713,14 +713,6 @@ impl Alerting {
         // (A group saved before `announced` existed announced all it held.)
         let legacy = g.announced.is_empty() && g.announced_firing;
         resolved.retain(|a| legacy || g.announced.contains(&a.id));
-        let ids: Vec<&str> = firing
-            .iter()
-            .map(|a| a.id.as_str())
-            .chain(std::iter::once("|"))
-            .chain(resolved.iter().map(|a| a.id.as_str()))
-            .collect();
-        let hash = hash_of(&ids);
-        let changed = g.last_sent_hash.as_deref() != Some(hash.as_str());
         // What the group holds once the resolved alerts have left: the next flush compares
         // with this, so a partial resolve is announced once, not again without them.
         let remaining: Vec<&str> = firing
@@ -729,6 +721,13 @@ impl Alerting {
             .chain(std::iter::once("|"))
             .collect();
         let remaining_hash = hash_of(&remaining);
+        let ids: Vec<&str> = remaining
+            .iter()
+            .copied()
+            .chain(resolved.iter().map(|a| a.id.as_str()))
+            .collect();
+        let hash = hash_of(&ids);
+        let changed = g.last_sent_hash.as_deref() != Some(hash.as_str());
         let repeat_due = unacked > 0 && g.last_sent_ms.is_some_and(|t| now_ms - t >= route.repeat_interval_ms);
         let reason = if !firing.is_empty() && changed {
             Some(if g.last_sent_ms.is_none() || !g.announced_firing {

@@ -18,7 +18,6 @@ pub(super) async fn create(
     body: Result<Json<Request>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(request) = body.map_err(|e| ApiError::bad(format!("invalid investigation request: {}", e.body_text())))?;
-    investigations::validate(&request).map_err(ApiError::bad)?;
     let now_ms = i64::try_from(now_ns() / 1_000_000).unwrap_or(i64::MAX);
     let inv = timed(&state, "investigations", move |store| {
         investigations::run(store, &request, now_ms)

@@ -52,9 +52,7 @@ pub async fn run(
         let due: Vec<Incident> = incidents
             .query(0, i64::MAX, None, RECENT)
             .into_iter()
-            .filter(|i| {
-                i.start_ms + AFTER_MS <= event_ms && kept.for_incident(&i.id).is_none() && !failed.contains(&i.id)
-            })
+            .filter(|i| i.start_ms + AFTER_MS <= event_ms && !kept.has_incident(&i.id) && !failed.contains(&i.id))
             .collect();
         for inc in due {
             if stop.is_cancelled() {

@@ -94,6 +94,11 @@ impl InvestigationStore {
         self.lock().kept.iter().rev().take(limit).cloned().collect()
     }
 
+    /// Whether an investigation was started for `incident` (without copying it out).
+    pub fn has_incident(&self, incident: &str) -> bool {
+        self.lock().kept.iter().any(|i| i.incident.as_deref() == Some(incident))
+    }
+
     /// The newest investigation started for `incident`.
     pub fn for_incident(&self, incident: &str) -> Option<Investigation> {
         self.lock()

@@ -223,13 +223,7 @@ pub(crate) async fn report(
                 ol.candidates {
                     @for (i, c) in inc.candidates.iter().enumerate() {
                         li.candidate.first[i == 0] data-service=(c.service) {
-                            div.cand-head {
-                                span.rank { (i + 1) }
-                                strong.service { (c.service) }
-                                span.score title="rank score" { (format!("{:.2}", c.score)) }
-                                @if !c.signal.is_empty() { span.muted { " — " (c.signal) } }
-                                a.query href=(url("/ui/logs", &[("service", &c.service)])) { "logs" }
-                            }
+                            (candidate_head(i + 1, &c.service, c.score, &c.signal))
                             ul.reasons { @for r in &c.reasons { li { (r) } } }
                         }
                     }
@@ -265,6 +259,20 @@ pub(crate) async fn report(
 }
 
 /// One row per service, one bar per finding, across the incident's span.
+/// A ranked candidate's heading, the same in incident and investigation reports: rank,
+/// service, score, the signal to look at first (when known), a link to its logs.
+pub(crate) fn candidate_head(rank: usize, service: &str, score: f64, signal: &str) -> Markup {
+    html! {
+        div.cand-head {
+            span.rank { (rank) }
+            strong.service { (service) }
+            span.score title="rank score" { (format!("{score:.2}")) }
+            @if !signal.is_empty() { span.muted { " — " (signal) } }
+            a.query href=(url("/ui/logs", &[("service", service)])) { "logs" }
+        }
+    }
+}
+
 fn timeline(members: &[Member], start_ms: i64, end_ms: i64) -> Markup {
     let from = start_ms - 120_000;
     let to = end_ms.max(start_ms + 60_000) + 60_000;

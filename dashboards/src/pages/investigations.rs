@@ -247,12 +247,7 @@ pub(crate) async fn report(
                 ol.candidates {
                     @for (i, c) in r.candidates.iter().enumerate() {
                         li.candidate.first[i == 0] data-service=(c.service) {
-                            div.cand-head {
-                                span.rank { (i + 1) }
-                                strong.service { (c.service) }
-                                span.score title="rank score" { (format!("{:.2}", c.score)) }
-                                a.query href=(crate::api::url("/ui/logs", &[("service", &c.service)])) { "logs" }
-                            }
+                            (super::incidents::candidate_head(i + 1, &c.service, c.score, ""))
                             ul.reasons { @for reason in &c.reasons { li { (reason) } } }
                             details open[i == 0] {
                                 summary { "Evidence (" (c.evidence.len()) ")" }

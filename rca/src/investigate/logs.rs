@@ -3,13 +3,22 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use super::stats::{mad_sigma, median};
+use super::stats::{mad_sigma, median, per_minute};
 use super::traces::TraceIndex;
 use super::{Evidence, EvidenceKind, Input};
 
 /// OTLP severity numbers: WARN starts at 13, ERROR at 17.
 const WARN: i32 = 13;
 const ERROR: i32 = 17;
+
+/// The minutes holding any log line, in the baseline and in the window.
+fn log_minutes(input: &Input) -> (BTreeSet<i64>, BTreeSet<i64>) {
+    input
+        .log_counts
+        .iter()
+        .map(|c| c.minute)
+        .partition(|&m| !input.minute_in_window(m))
+}
 
 /// Warning-or-worse patterns whose count in the window is far above what the baseline's
 /// minutes had. A line whose span sits above a failure in another service (an error span,
@@ -37,22 +46,12 @@ pub(crate) fn patterns(input: &Input, index: &TraceIndex<'_>) -> Vec<Evidence> {
         }
     }
 
-    let mut baseline_minutes = BTreeSet::new();
-    let mut window_minutes = BTreeSet::new();
+    let (baseline_minutes, window_minutes) = log_minutes(input);
     let mut baseline: HashMap<Key, BTreeMap<i64, u64>> = HashMap::new();
     let mut window: HashMap<Key, u64> = HashMap::new();
-    for c in &input.log_counts {
-        let in_window = input.minute_in_window(c.minute);
-        if in_window {
-            window_minutes.insert(c.minute);
-        } else {
-            baseline_minutes.insert(c.minute);
-        }
-        if c.severity < WARN {
-            continue;
-        }
+    for c in input.log_counts.iter().filter(|c| c.severity >= WARN) {
         let key = (c.service.clone(), c.pattern_id, c.severity);
-        if in_window {
+        if input.minute_in_window(c.minute) {
             *window.entry(key).or_default() += c.count;
         } else {
             *baseline.entry(key).or_default().entry(c.minute).or_default() += c.count;
@@ -66,11 +65,8 @@ pub(crate) fn patterns(input: &Input, index: &TraceIndex<'_>) -> Vec<Evidence> {
             continue;
         }
         let minutes = baseline.get(&key);
-        let per_minute: Vec<f64> = baseline_minutes
-            .iter()
-            .map(|m| minutes.and_then(|b| b.get(m)).copied().unwrap_or(0) as f64)
-            .collect();
-        let per_minute = if per_minute.is_empty() { vec![0.0] } else { per_minute };
+        let counts = per_minute(minutes, &baseline_minutes);
+        let per_minute = if counts.is_empty() { vec![0.0] } else { counts };
         let before = median(&per_minute);
         let sigma = mad_sigma(&per_minute, before);
         // Counts: at least Poisson noise, and a bursty baseline's own spread.
@@ -119,18 +115,12 @@ pub(crate) fn patterns(input: &Input, index: &TraceIndex<'_>) -> Vec<Evidence> {
 /// so a service that simply got less traffic does not qualify.
 pub(crate) fn patterns_stopped(input: &Input) -> Vec<Evidence> {
     type Key = (String, u64);
-    let mut baseline_minutes = BTreeSet::new();
-    let mut window_minutes = BTreeSet::new();
+    let (baseline_minutes, window_minutes) = log_minutes(input);
     // per service: minute -> activity (lines + spans)
     let mut activity: HashMap<&str, BTreeMap<i64, u64>> = HashMap::new();
     let mut baseline: HashMap<Key, BTreeMap<i64, u64>> = HashMap::new();
     let mut window: HashMap<Key, u64> = HashMap::new();
     for c in &input.log_counts {
-        if input.minute_in_window(c.minute) {
-            window_minutes.insert(c.minute);
-        } else {
-            baseline_minutes.insert(c.minute);
-        }
         *activity
             .entry(c.service.as_str())
             .or_default()
@@ -164,10 +154,7 @@ pub(crate) fn patterns_stopped(input: &Input) -> Vec<Evidence> {
     let busy: HashMap<&str, f64> = activity
         .iter()
         .map(|(service, minutes)| {
-            let before: Vec<f64> = baseline_minutes
-                .iter()
-                .map(|m| minutes.get(m).copied().unwrap_or(0) as f64)
-                .collect();
+            let before = per_minute(Some(minutes), &baseline_minutes);
             let now: u64 = window_minutes
                 .iter()
                 .map(|m| minutes.get(m).copied().unwrap_or(0))
@@ -178,11 +165,7 @@ pub(crate) fn patterns_stopped(input: &Input) -> Vec<Evidence> {
         .collect();
     let mut out = Vec::new();
     for (key, minutes) in &baseline {
-        let per_minute: Vec<f64> = baseline_minutes
-            .iter()
-            .map(|m| minutes.get(m).copied().unwrap_or(0) as f64)
-            .collect();
-        let before = median(&per_minute);
+        let before = median(&per_minute(Some(minutes), &baseline_minutes));
         // Printed in most baseline minutes, at least one a minute: a routine line.
         if before < 1.0 {
             continue;

@@ -241,12 +241,15 @@ pub struct Candidate {
 
 /// Every piece of evidence the input holds, strongest first, before ranking.
 pub fn gather(input: &Input) -> Vec<Evidence> {
-    let index = traces::TraceIndex::new(&input.spans);
+    gather_with(input, &traces::TraceIndex::new(&input.spans))
+}
+
+fn gather_with(input: &Input, index: &traces::TraceIndex<'_>) -> Vec<Evidence> {
     let mut out = Vec::new();
-    out.extend(traces::self_time(input, &index));
-    out.extend(traces::error_ratio(input, &index));
+    out.extend(traces::self_time(input, index));
+    out.extend(traces::error_ratio(input, index));
     out.extend(traces::requests_stopped(input));
-    out.extend(logs::patterns(input, &index));
+    out.extend(logs::patterns(input, index));
     out.extend(logs::patterns_stopped(input));
     out.extend(metrics::shifts(input));
     if !input.services.is_empty() {
@@ -258,9 +261,9 @@ pub fn gather(input: &Input) -> Vec<Evidence> {
 
 /// Ranks the services of `input`, most likely cause first.
 pub fn investigate(input: &Input) -> Vec<Candidate> {
-    let evidence = gather(input);
-    let calls = traces::TraceIndex::new(&input.spans).calls();
-    rank_candidates(evidence, &calls)
+    // One index of the spans serves the evidence and the call graph.
+    let index = traces::TraceIndex::new(&input.spans);
+    rank_candidates(gather_with(input, &index), &index.calls())
 }
 
 #[cfg(test)]

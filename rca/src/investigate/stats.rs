@@ -1,5 +1,16 @@
 //! Robust statistics for comparing a window with its baseline.
 
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A signal's count in each of `minutes`, zero where it had none (a minute with data
+/// elsewhere but none of this signal is a zero, not a gap).
+pub(crate) fn per_minute(counts: Option<&BTreeMap<i64, u64>>, minutes: &BTreeSet<i64>) -> Vec<f64> {
+    minutes
+        .iter()
+        .map(|m| counts.and_then(|c| c.get(m)).copied().unwrap_or(0) as f64)
+        .collect()
+}
+
 /// The median of `values` (NaN for none). Sorts a copy.
 pub(crate) fn median(values: &[f64]) -> f64 {
     if values.is_empty() {

@@ -150,6 +150,17 @@ impl System {
     }
 }
 
+/// `count` lines of `pattern` (at `severity`) from `service` in minute `m` of the test clock.
+fn log_count(m: i64, service: &str, pattern: u64, severity: i32, count: u64) -> LogCount {
+    LogCount {
+        minute: Input::minute_of(WINDOW, m * MIN * 1_000_000),
+        service: service.into(),
+        pattern_id: pattern,
+        severity,
+        count,
+    }
+}
+
 fn services(c: &[Candidate]) -> Vec<&str> {
     c.iter().map(|c| c.service.as_str()).collect()
 }
@@ -226,13 +237,7 @@ fn error_lines_of_callers_above_a_failing_callee_are_propagation() {
     }
     // Routine info lines in every minute, the window's too.
     for m in (0..55).chain(60..63) {
-        counts.push(LogCount {
-            minute: Input::minute_of(WINDOW, m * MIN * 1_000_000),
-            service: "checkout".into(),
-            pattern_id: 1,
-            severity: 9,
-            count: 10,
-        });
+        counts.push(log_count(m, "checkout", 1, 9, 10));
     }
     input.window_lines = lines;
     input.log_counts = counts;
@@ -249,13 +254,9 @@ fn error_lines_of_callers_above_a_failing_callee_are_propagation() {
 fn a_pattern_present_all_along_is_not_news() {
     let mut input = System::new().input(Minute::normal());
     for m in (0..55).chain(60..63) {
-        input.log_counts.push(LogCount {
-            minute: Input::minute_of(WINDOW, m * MIN * 1_000_000),
-            service: "checkout".into(),
-            pattern_id: 3,
-            severity: 17,
-            count: 4 + (m % 3) as u64,
-        });
+        input
+            .log_counts
+            .push(log_count(m, "checkout", 3, 17, 4 + (m % 3) as u64));
     }
     assert!(investigate(&input).is_empty());
 }
@@ -314,13 +315,7 @@ fn a_routine_line_that_stopped_while_the_service_kept_working_is_named() {
             if service == "payment" && m >= 60 {
                 continue;
             }
-            input.log_counts.push(LogCount {
-                minute: Input::minute_of(WINDOW, m * MIN * 1_000_000),
-                service: service.into(),
-                pattern_id: pattern,
-                severity: 9,
-                count: 10,
-            });
+            input.log_counts.push(log_count(m, service, pattern, 9, 10));
         }
     }
     let ranked = investigate(&input);
@@ -340,13 +335,9 @@ fn a_service_with_less_traffic_is_not_missing_lines() {
         .spans
         .retain(|s| !(s.service == "payment" && WINDOW.contains_ns(s.start_ns)));
     for m in (0..55).chain(60..63) {
-        input.log_counts.push(LogCount {
-            minute: Input::minute_of(WINDOW, m * MIN * 1_000_000),
-            service: "payment".into(),
-            pattern_id: 21,
-            severity: 9,
-            count: if m >= 60 { 1 } else { 10 },
-        });
+        input
+            .log_counts
+            .push(log_count(m, "payment", 21, 9, if m >= 60 { 1 } else { 10 }));
     }
     let ranked = investigate(&input);
     assert!(

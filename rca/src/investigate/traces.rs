@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use super::stats::{median, robust_rise};
+use super::stats::{median, per_minute, robust_rise};
 use super::{Evidence, EvidenceKind, Input, SpanRow};
 
 /// How far up a trace ancestors are followed (a cycle in bad data must not hang us).
@@ -289,13 +289,13 @@ pub(crate) fn requests_stopped(input: &Input) -> Vec<Evidence> {
     if window_minutes.is_empty() || baseline_minutes.len() < 3 {
         return Vec::new();
     }
-    let mut per_minute: BTreeMap<&str, BTreeMap<i64, u64>> = BTreeMap::new();
+    let mut served: BTreeMap<&str, BTreeMap<i64, u64>> = BTreeMap::new();
     let mut in_window: HashSet<&str> = HashSet::new();
     for s in &input.spans {
         if input.window.contains_ns(s.start_ns) {
             in_window.insert(s.service.as_str());
         } else if input.baseline.contains_ns(s.start_ns) {
-            *per_minute
+            *served
                 .entry(s.service.as_str())
                 .or_default()
                 .entry(Input::minute_of(input.window, s.start_ns))
@@ -303,15 +303,11 @@ pub(crate) fn requests_stopped(input: &Input) -> Vec<Evidence> {
         }
     }
     let mut out = Vec::new();
-    for (service, minutes) in per_minute {
+    for (service, minutes) in served {
         if in_window.contains(service) {
             continue;
         }
-        let counts: Vec<f64> = baseline_minutes
-            .iter()
-            .map(|m| minutes.get(m).copied().unwrap_or(0) as f64)
-            .collect();
-        let before = median(&counts);
+        let before = median(&per_minute(Some(&minutes), &baseline_minutes));
         if before < 1.0 {
             continue;
         }
