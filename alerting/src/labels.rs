@@ -5,8 +5,10 @@ use std::collections::BTreeMap;
 /// Labels of an alert: sorted, so the fingerprint does not depend on the order sent.
 pub type LabelSet = BTreeMap<String, String>;
 
-/// Identity of an alert: FNV-1a over its sorted labels, as 16 hex digits. The same labels
-/// always give the same fingerprint, across restarts and versions.
+/// Identity of an alert: Alertmanager's fingerprint (Prometheus' `LabelSet.Fingerprint`):
+/// FNV-1a over the sorted names and values, each followed by the byte 0xff (which UTF-8
+/// never contains, so `ab=c` and `a=bc` differ), as 16 hex digits. The same labels give
+/// the same id here and in Alertmanager, so `amtool` and Grafana can name alerts by it.
 pub fn fingerprint(labels: &LabelSet) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for (k, v) in labels {
@@ -15,7 +17,7 @@ pub fn fingerprint(labels: &LabelSet) -> String {
             .iter()
             .chain([0xffu8].iter())
             .chain(v.as_bytes())
-            .chain([0xfeu8].iter())
+            .chain([0xffu8].iter())
         {
             h ^= u64::from(*b);
             h = h.wrapping_mul(0x0100_0000_01b3);
@@ -51,6 +53,19 @@ mod tests {
         // Separators keep "ab=c" and "a=bc" apart.
         assert_ne!(fingerprint(&set(&[("ab", "c")])), fingerprint(&set(&[("a", "bc")])));
         assert_eq!(fingerprint(&set(&[])).len(), 16);
+    }
+
+    #[test]
+    fn fingerprints_are_prometheus_own() {
+        // The vectors of prometheus/common's signature tests (decimal there).
+        assert_eq!(
+            fingerprint(&set(&[])),
+            format!("{:016x}", 14_695_981_039_346_656_037u64)
+        );
+        assert_eq!(
+            fingerprint(&set(&[("name", "garland, briggs"), ("fear", "love is not enough")])),
+            format!("{:016x}", 5_799_056_148_416_392_346u64)
+        );
     }
 
     #[test]

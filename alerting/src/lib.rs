@@ -6,6 +6,7 @@
 //! the durable state in redb.
 
 pub mod alert;
+pub mod alertmanager;
 pub mod config;
 pub mod engine;
 pub mod labels;

@@ -190,6 +190,53 @@ impl AlertService {
         self.lock().silences()
     }
 
+    /// Replaces silence `id` with `s` (Alertmanager's update: the old one expires, the new
+    /// one gets its own id), in one transaction.
+    pub fn replace_silence(&self, id: &str, s: Silence) -> Result<String, AlertServiceError> {
+        let by = s.created_by.clone();
+        self.mutate(|e, now| {
+            if !e.silences().iter().any(|x| x.id == id) {
+                return Err(ActionError::UnknownSilence(id.to_string()));
+            }
+            let new = e.add_silence(s, now)?;
+            e.expire_silence(id, &by, now)?;
+            Ok(new)
+        })?
+        .map_err(Into::into)
+    }
+
+    /// The receivers an alert with these labels goes to.
+    pub fn receivers_for(&self, labels: &vigil_alerting::labels::LabelSet) -> Vec<String> {
+        self.lock().receivers_for(labels)
+    }
+
+    /// Every configured receiver's name.
+    pub fn receiver_names(&self) -> Vec<String> {
+        self.receivers.keys().cloned().collect()
+    }
+
+    /// The aggregation groups: Alertmanager's group key, receiver, group labels, alert ids.
+    pub fn groups(&self) -> Vec<(String, String, vigil_alerting::labels::LabelSet, Vec<String>)> {
+        let engine = self.lock();
+        engine
+            .groups()
+            .into_iter()
+            .map(|g| {
+                (
+                    engine.group_key(&g),
+                    g.receiver.clone(),
+                    g.labels.clone(),
+                    g.alerts.iter().cloned().collect(),
+                )
+            })
+            .collect()
+    }
+
+    /// The routing configuration as Alertmanager YAML (no secrets in it).
+    pub fn config_yaml(&self) -> String {
+        self.lock().config_yaml()
+    }
+
     pub fn audit(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, AlertServiceError> {
         Ok(self.store.audit(after, limit)?)
     }

@@ -16,6 +16,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 
 use crate::alert::{Alert, AlertInput, AlertState, AuditEntry, Comment, Silence};
+use crate::alertmanager;
 use crate::config::{AlertingConfig, ConfigError, EscalationPolicyConfig, parse_matcher_list};
 use crate::labels::{LabelSet, fingerprint, project};
 use crate::matcher::{Matcher, all_match};
@@ -233,8 +234,33 @@ impl Alerting {
     /// Resumes from persisted state (pending escalations and undelivered notifications
     /// carry on; delivered ones are gone from the outbox and are not sent again).
     pub fn restore(&mut self, s: Snapshot) {
-        self.alerts = s.alerts.into_iter().map(|a| (a.id.clone(), a)).collect();
-        self.groups = s.groups.into_iter().map(|g| (g.key.clone(), g)).collect();
+        // Alerts kept under an older fingerprint (before ids followed Alertmanager's) are
+        // re-keyed, and their groups follow, so a re-sent alert finds its old self.
+        let mut renamed: BTreeMap<String, String> = BTreeMap::new();
+        for mut a in s.alerts {
+            let id = fingerprint(&a.labels);
+            if id != a.id {
+                let old = std::mem::replace(&mut a.id, id.clone());
+                self.deleted_alerts.insert(old.clone());
+                self.dirty_alerts.insert(id.clone());
+                renamed.insert(old, id.clone());
+            }
+            self.alerts.insert(id, a);
+        }
+        for mut g in s.groups {
+            if !renamed.is_empty() {
+                let rename = |ids: &BTreeSet<String>| -> BTreeSet<String> {
+                    ids.iter().map(|i| renamed.get(i).unwrap_or(i).clone()).collect()
+                };
+                let (alerts, announced) = (rename(&g.alerts), rename(&g.announced));
+                if alerts != g.alerts || announced != g.announced {
+                    g.alerts = alerts;
+                    g.announced = announced;
+                    self.dirty_groups.insert(g.key.clone());
+                }
+            }
+            self.groups.insert(g.key.clone(), g);
+        }
         self.silences = s.silences.into_iter().map(|x| (x.id.clone(), x)).collect();
         self.outbox = s.outbox.into_iter().map(|n| (n.id.clone(), n)).collect();
         self.nonces = s.nonces.into_iter().collect();
@@ -857,7 +883,7 @@ impl Alerting {
         let seq = self.next_seq();
         let n = Notification {
             id: format!("{}/{receiver}/{seq}", g.key),
-            group_key: g.key.clone(),
+            group_key: alertmanager::group_key(&self.routes, &g.route_id, &g.labels),
             receiver,
             reason,
             step,
@@ -952,6 +978,33 @@ impl Alerting {
 
     pub fn groups(&self) -> Vec<Group> {
         self.groups.values().cloned().collect()
+    }
+
+    /// The receivers an alert with these labels is routed to, each once, in route order.
+    pub fn receivers_for(&self, labels: &LabelSet) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for r in self.routes.matches(labels) {
+            if !out.contains(&r.receiver) {
+                out.push(r.receiver.clone());
+            }
+        }
+        out
+    }
+
+    /// A group's key as Alertmanager writes it.
+    pub fn group_key(&self, g: &Group) -> String {
+        alertmanager::group_key(&self.routes, &g.route_id, &g.labels)
+    }
+
+    /// The routing tree, receivers and inhibition rules as Alertmanager configuration YAML.
+    pub fn config_yaml(&self) -> String {
+        let receivers: Vec<String> = self.cfg.receivers.iter().map(|r| r.name.clone()).collect();
+        let inhibit: Vec<_> = self
+            .inhibit
+            .iter()
+            .map(|r| (r.source.clone(), r.target.clone(), r.equal.clone()))
+            .collect();
+        alertmanager::config_yaml(&self.routes, &receivers, &inhibit)
     }
 }
 

@@ -436,3 +436,57 @@ fn alerts_that_were_never_announced_are_not_announced_resolved() {
     sent.extend(run(&mut a, T0 + 1600 * S));
     assert_eq!(sent, [("team".into(), NotifyReason::Resolved, 1)], "{sent:?}");
 }
+
+#[test]
+fn alerts_kept_under_an_older_fingerprint_are_rekeyed_with_their_groups() {
+    let mut a = Alerting::new(config()).expect("config");
+    let page = alert(&[("alertname", "CheckoutDown"), ("service", "checkout")]);
+    let id = a.upsert(page.clone(), T0);
+    assert_eq!(run(&mut a, T0 + 30 * S).len(), 1);
+    let ch = a.take_changes();
+    // As an earlier version stored it: the same alert under another id.
+    let old = "00000000deadbeef".to_string();
+    let snap = Snapshot {
+        alerts: ch.alerts.into_iter().map(|x| Alert { id: old.clone(), ..x }).collect(),
+        groups: ch
+            .groups
+            .into_iter()
+            .map(|g| Group {
+                alerts: [old.clone()].into(),
+                announced: [old.clone()].into(),
+                ..g
+            })
+            .collect(),
+        next_seq: ch.next_seq,
+        ..Snapshot::default()
+    };
+    let mut b = Alerting::new(config()).expect("config");
+    b.restore(snap);
+    assert!(b.alert(&id, T0 + 40 * S).is_some(), "found under its fingerprint");
+    assert!(
+        b.groups()
+            .iter()
+            .all(|g| g.alerts.contains(&id) && g.announced.contains(&id))
+    );
+    let ch = b.take_changes();
+    assert_eq!(ch.alerts_deleted, [old]);
+    assert_eq!(ch.alerts.len(), 1);
+    // Re-sent, it is the same alert: no second notification.
+    assert_eq!(b.upsert(page, T0 + 50 * S), id);
+    assert!(
+        run(&mut b, T0 + 340 * S).is_empty(),
+        "nothing new to tell before it times out"
+    );
+}
+
+#[test]
+fn notifications_carry_alertmanagers_group_key() {
+    let mut a = Alerting::new(config()).expect("config");
+    a.upsert(
+        alert(&[("alertname", "Err"), ("service", "cart"), ("severity", "page")]),
+        T0,
+    );
+    a.tick(T0 + 30 * S);
+    let n = a.due(T0 + 30 * S).pop().expect("due");
+    assert_eq!(n.group_key, r#"{}/{severity="page"}:{alertname="Err", service="cart"}"#);
+}

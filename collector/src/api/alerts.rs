@@ -11,15 +11,13 @@ use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
-use vigil_alerting::alert::{AlertInput, Silence};
+use vigil_alerting::alert::Silence;
 use vigil_alerting::engine::ActionError;
-use vigil_alerting::labels::LabelSet;
 use vigil_alerting::matcher::{Matcher, MatcherSpec, parse_matchers};
 use vigil_alerting::sign::LinkError;
 use vigil_detectors::engine::Verdict;
 
+use super::alertmanager::parse_ts;
 use super::{ApiError, ApiState};
 use crate::alerts::{AlertService, AlertServiceError};
 
@@ -44,7 +42,7 @@ impl From<AlertServiceError> for ApiError {
 }
 
 /// Runs a store-writing call off the async workers.
-async fn blocking<T: Send + 'static>(
+pub(super) async fn blocking<T: Send + 'static>(
     svc: &Arc<AlertService>,
     f: impl FnOnce(&AlertService) -> Result<T, AlertServiceError> + Send + 'static,
 ) -> Result<T, ApiError> {
@@ -53,64 +51,6 @@ async fn blocking<T: Send + 'static>(
         .await
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("alerting task failed: {e}")))?
         .map_err(ApiError::from)
-}
-
-/// One element of Alertmanager's `POST /api/v2/alerts` body.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-struct PostableAlert {
-    labels: LabelSet,
-    #[serde(default)]
-    annotations: LabelSet,
-    starts_at: Option<String>,
-    ends_at: Option<String>,
-    #[serde(default, rename = "generatorURL")]
-    generator_url: String,
-}
-
-fn parse_ts(value: &Option<String>, key: &str) -> Result<Option<i64>, ApiError> {
-    let Some(v) = value.as_deref().filter(|v| !v.is_empty()) else {
-        return Ok(None);
-    };
-    let t = OffsetDateTime::parse(v, &Rfc3339)
-        .map_err(|e| ApiError::bad(format!("{key}: {v:?} is not an RFC 3339 time ({e})")))?;
-    // Go's zero time (what amtool and other Go clients send for "unset", with or without
-    // fractional seconds) means unset; any other time before 1970 is a mistake.
-    if t.year() == 1 && t.ordinal() == 1 && t.time() == time::Time::MIDNIGHT && t.offset().is_utc() {
-        return Ok(None);
-    }
-    if t.unix_timestamp() < 0 {
-        return Err(ApiError::bad(format!("{key}: {v:?} is before 1970")));
-    }
-    Ok(Some(
-        i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX),
-    ))
-}
-
-/// Alertmanager-compatible intake, so Prometheus rules can route to Vigil unchanged.
-pub(super) async fn post_alerts(State(state): State<ApiState>, body: Bytes) -> Result<Response, ApiError> {
-    let posted: Vec<PostableAlert> =
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad(format!("expected a JSON array of alerts: {e}")))?;
-    let mut inputs = Vec::with_capacity(posted.len());
-    for (i, a) in posted.into_iter().enumerate() {
-        if a.labels.is_empty() {
-            return Err(ApiError::bad(format!("alerts[{i}].labels: must not be empty")));
-        }
-        if let Some((k, _)) = a.labels.iter().find(|(k, v)| k.is_empty() || v.is_empty()) {
-            return Err(ApiError::bad(format!(
-                "alerts[{i}].labels: label {k:?} has an empty name or value"
-            )));
-        }
-        inputs.push(AlertInput {
-            labels: a.labels,
-            annotations: a.annotations,
-            starts_at_ms: parse_ts(&a.starts_at, &format!("alerts[{i}].startsAt"))?,
-            ends_at_ms: parse_ts(&a.ends_at, &format!("alerts[{i}].endsAt"))?,
-            generator_url: a.generator_url,
-        });
-    }
-    let ids = blocking(&state.alerts, move |s| s.upsert(inputs)).await?;
-    Ok(Json(json!({ "received": ids.len(), "ids": ids })).into_response())
 }
 
 pub(super) async fn list_alerts(
@@ -223,6 +163,9 @@ fn seal_incident_of(state: &ApiState, alert_id: &str) {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct PostableSilence {
+    /// Set when updating a silence (Alertmanager's `POST /api/v2/silences` with an id).
+    #[serde(default)]
+    id: Option<String>,
     /// Either Alertmanager's list of matcher objects or one `{a="b", c=~"x"}` string.
     matchers: MatchersField,
     starts_at: Option<String>,
@@ -239,9 +182,10 @@ enum MatchersField {
     List(Vec<serde_json::Value>),
 }
 
-pub(super) async fn post_silence(State(state): State<ApiState>, body: Bytes) -> Result<Response, ApiError> {
+/// A silence as posted (Alertmanager's `PostableSilence`), and the id it replaces if any.
+pub(super) fn parse_silence(body: &Bytes) -> Result<(Option<String>, Silence), ApiError> {
     let p: PostableSilence =
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad(format!("invalid silence: {e}")))?;
+        serde_json::from_slice(body).map_err(|e| ApiError::bad(format!("invalid silence: {e}")))?;
     let matchers: Vec<Matcher> = match p.matchers {
         MatchersField::Text(t) => parse_matchers(&t).map_err(|e| ApiError::bad(format!("matchers: {e}")))?,
         MatchersField::List(list) => {
@@ -264,9 +208,11 @@ pub(super) async fn post_silence(State(state): State<ApiState>, body: Bytes) -> 
         comment: p.comment,
         created_at_ms: 0,
     };
-    let matchers = silence.matchers.clone();
-    let id = blocking(&state.alerts, move |s| s.add_silence(silence)).await?;
-    // Incidents whose alerts the silence covers take no new findings.
+    Ok((p.id, silence))
+}
+
+/// Incidents whose alerts a new silence covers take no new findings.
+pub(super) fn seal_silenced(state: &ApiState, matchers: &[Matcher]) {
     if let Ok(alerts) = state.alerts.alerts(None) {
         for a in alerts {
             if matchers.iter().all(|m| m.matches(&a.labels))
@@ -276,6 +222,18 @@ pub(super) async fn post_silence(State(state): State<ApiState>, body: Bytes) -> 
             }
         }
     }
+}
+
+pub(super) async fn post_silence(State(state): State<ApiState>, body: Bytes) -> Result<Response, ApiError> {
+    let (id, silence) = parse_silence(&body)?;
+    if id.is_some_and(|i| !i.is_empty()) {
+        return Err(ApiError::bad(
+            "id: to replace a silence, POST it to /api/v2/silences (Alertmanager's update)",
+        ));
+    }
+    let matchers = silence.matchers.clone();
+    let id = blocking(&state.alerts, move |s| s.add_silence(silence)).await?;
+    seal_silenced(&state, &matchers);
     Ok(Json(json!({ "silenceID": id })).into_response())
 }
 
@@ -347,27 +305,4 @@ pub(super) async fn follow_link(
         "message": outcome.message,
     }))
     .into_response())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_ts;
-
-    #[test]
-    fn go_zero_times_are_unset_in_every_spelling() {
-        for zero in [
-            "0001-01-01T00:00:00Z",
-            "0001-01-01T00:00:00.000Z",
-            "0001-01-01T00:00:00.000000000Z",
-        ] {
-            assert_eq!(parse_ts(&Some(zero.into()), "startsAt").ok(), Some(None), "{zero}");
-        }
-        assert_eq!(parse_ts(&None, "startsAt").ok(), Some(None));
-        assert_eq!(
-            parse_ts(&Some("2026-12-04T08:00:00.5Z".into()), "endsAt").ok(),
-            Some(Some(1_796_371_200_500))
-        );
-        assert!(parse_ts(&Some("1969-12-31T23:59:59Z".into()), "endsAt").is_err());
-        assert!(parse_ts(&Some("yesterday".into()), "endsAt").is_err());
-    }
 }

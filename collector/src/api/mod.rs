@@ -1,5 +1,6 @@
 //! The JSON query API, health endpoints and `/metrics`.
 
+mod alertmanager;
 mod alerts;
 mod investigations;
 
@@ -74,6 +75,7 @@ type Params = Query<HashMap<String, String>>;
 
 /// The API router; `/api/*` and `/metrics` require the API token when one is set.
 pub fn router(state: ApiState) -> Router {
+    alertmanager::mark_started();
     let protected = Router::new()
         .route("/api/v1/logs/search", get(logs_search))
         .route("/api/v1/logs/histogram", get(logs_histogram))
@@ -95,7 +97,21 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/metrics/series", get(metric_series))
         .route("/api/v1/metrics/query", get(metric_query))
         .route("/metrics", get(prometheus))
-        .route("/api/v2/alerts", post(alerts::post_alerts))
+        .route(
+            "/api/v2/alerts",
+            get(alertmanager::get_alerts).post(alertmanager::post_alerts),
+        )
+        .route("/api/v2/alerts/groups", get(alertmanager::get_groups))
+        .route(
+            "/api/v2/silences",
+            get(alertmanager::get_silences).post(alertmanager::post_silences),
+        )
+        .route(
+            "/api/v2/silence/{id}",
+            get(alertmanager::get_silence).delete(alertmanager::delete_silence),
+        )
+        .route("/api/v2/receivers", get(alertmanager::get_receivers))
+        .route("/api/v2/status", get(alertmanager::get_status))
         .route("/api/v1/alerts", get(alerts::list_alerts))
         .route("/api/v1/alerts/{id}", get(alerts::get_alert))
         .route(

@@ -64,6 +64,7 @@ pub async fn run(
                 baseline: None,
                 services: Vec::new(),
                 incident: Some(inc.id.clone()),
+                lead_in: false,
             };
             let now_ms = i64::try_from(crate::timeutil::now_ns() / 1_000_000).unwrap_or(i64::MAX);
             let id = inc.id.clone();

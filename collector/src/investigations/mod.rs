@@ -37,6 +37,15 @@ pub struct Request {
     /// The incident this investigation was started from, if any.
     #[serde(default)]
     pub incident: Option<String>,
+    /// Compare with the minutes just before the window too, and count only what began in
+    /// it (the default). Off for an incident's own investigation: its window already
+    /// starts before the detectors' first finding, and detection lags the onset.
+    #[serde(default = "yes")]
+    pub lead_in: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,6 +94,10 @@ pub struct Investigation {
     pub baseline: RangeMs,
     /// How the baseline was chosen, in words.
     pub baseline_reason: String,
+    /// The minutes before the window that evidence was also measured in: only the rise
+    /// since counts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lead_in: Option<RangeMs>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -133,6 +146,7 @@ pub fn run(store: &Store, request: &Request, now_ms: i64) -> Result<Investigatio
         None => choose_baseline(store, window)?,
     };
     let mut notes = Vec::new();
+    let lead_in = request.lead_in.then(|| Input::lead_in_for(window, baseline)).flatten();
     let (mut spans, cut_window) = store.span_rows(window, MAX_SPANS)?;
     let window_spans = spans.len();
     let (baseline_spans, cut_baseline) = store.span_rows(baseline, MAX_SPANS)?;
@@ -143,9 +157,18 @@ pub fn run(store: &Store, request: &Request, now_ms: i64) -> Result<Investigatio
     let baseline_counts = store.log_counts(baseline, window)?;
     let baseline_log_lines: u64 = baseline_counts.iter().map(|c| c.count).sum();
     log_counts.extend(baseline_counts);
-    let window_lines = store.warning_lines(window, MAX_WARNING_LINES)?;
+    let mut window_lines = store.warning_lines(window, MAX_WARNING_LINES)?;
+    let mut cut_lead_in = false;
+    if let Some(lead_in) = lead_in {
+        let (lead_spans, cut) = store.span_rows(lead_in, MAX_SPANS)?;
+        spans.extend(lead_spans);
+        log_counts.extend(store.log_counts(lead_in, window)?);
+        let lines = store.warning_lines(lead_in, MAX_WARNING_LINES)?;
+        cut_lead_in = cut || lines.len() >= MAX_WARNING_LINES;
+        window_lines.extend(lines);
+    }
     let metrics = metric_series(store, window, baseline)?;
-    let truncated = cut_window || cut_baseline || window_lines.len() >= MAX_WARNING_LINES;
+    let truncated = cut_window || cut_baseline || cut_lead_in || window_lines.len() >= MAX_WARNING_LINES;
     if truncated {
         notes.push(
             "More data than an investigation reads: some rows were left out (narrow the window or name the services)."
@@ -173,6 +196,7 @@ pub fn run(store: &Store, request: &Request, now_ms: i64) -> Result<Investigatio
         window_lines,
         metrics,
         services: request.services.clone(),
+        lead_in,
     };
     let mut candidates = investigate::investigate(&input);
     fill_evidence(store, window, &mut candidates)?;
@@ -182,6 +206,7 @@ pub fn run(store: &Store, request: &Request, now_ms: i64) -> Result<Investigatio
         window: window.into(),
         baseline: baseline.into(),
         baseline_reason,
+        lead_in: lead_in.map(RangeMs::from),
         services: request.services.clone(),
         incident: request.incident.clone(),
         candidates,
@@ -322,6 +347,7 @@ mod tests {
             baseline: None,
             services: Vec::new(),
             incident: None,
+            lead_in: true,
         }
     }
 

@@ -126,6 +126,7 @@ mod tests {
             window: RangeMs { start: 10, end: 20 },
             baseline: RangeMs { start: 0, end: 5 },
             baseline_reason: "given".into(),
+            lead_in: None,
             services: Vec::new(),
             incident: None,
             candidates: Vec::new(),

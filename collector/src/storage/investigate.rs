@@ -157,6 +157,7 @@ impl Store {
                 let doc: TantivyDocument = searcher.doc(addr)?;
                 let s = |field| doc.get_first(field).and_then(|v| v.as_str()).unwrap_or("").to_string();
                 out.push(WindowLogLine {
+                    ts_ns: doc.get_first(f.ts).and_then(|v| v.as_i64()).unwrap_or(0),
                     service: s(f.service),
                     pattern_id: doc.get_first(f.pattern_id).and_then(|v| v.as_u64()).unwrap_or(0),
                     severity: doc

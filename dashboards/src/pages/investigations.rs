@@ -32,6 +32,8 @@ struct Report {
     baseline: Range,
     baseline_reason: String,
     #[serde(default)]
+    lead_in: Option<Range>,
+    #[serde(default)]
     services: Vec<String>,
     #[serde(default)]
     incident: Option<String>,
@@ -230,6 +232,9 @@ pub(crate) async fn report(
         dl.facts {
             dt { "Window" } dd { (fmt::time(r.window.start)) " – " (fmt::clock(r.window.end)) " (" (fmt::duration(r.window.end - r.window.start)) ")" }
             dt { "Compared with" } dd { (fmt::time(r.baseline.start)) " – " (fmt::clock(r.baseline.end)) ": " (r.baseline_reason) }
+            @if let Some(l) = r.lead_in {
+                dt { "Onset" } dd { "Changes already under way " (fmt::time(l.start)) " – " (fmt::clock(l.end)) " count only by how much more they moved in the window" }
+            }
             @if !r.services.is_empty() { dt { "Services" } dd { (r.services.join(", ")) } }
             @if let Some(inc) = &r.incident { dt { "Incident" } dd { a href={"/ui/incidents/" (segment(inc))} { (inc) } } }
             dt { "Read" } dd {

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::stats::{mad_sigma, median, per_minute};
 use super::traces::TraceIndex;
-use super::{Evidence, EvidenceKind, Input};
+use super::{Evidence, EvidenceKind, Input, MIN_STRENGTH, WindowLogLine};
 
 /// OTLP severity numbers: WARN starts at 13, ERROR at 17.
 const WARN: i32 = 13;
@@ -25,12 +25,13 @@ fn log_minutes(input: &Input) -> (BTreeSet<i64>, BTreeSet<i64>) {
 /// or a span with an error line) is that failure propagating and is not counted.
 pub(crate) fn patterns(input: &Input, index: &TraceIndex<'_>) -> Vec<Evidence> {
     let mut failing: Vec<usize> = (0..input.spans.len()).filter(|&i| input.spans[i].error).collect();
-    let located: Vec<Option<usize>> = input
+    let lines: Vec<&WindowLogLine> = input
         .window_lines
         .iter()
-        .map(|l| index.lookup(&l.trace_id, &l.span_id))
+        .filter(|l| input.window.contains_ns(l.ts_ns))
         .collect();
-    for (line, at) in input.window_lines.iter().zip(&located) {
+    let located: Vec<Option<usize>> = lines.iter().map(|l| index.lookup(&l.trace_id, &l.span_id)).collect();
+    for (line, at) in lines.iter().zip(&located) {
         if let (true, Some(i)) = (line.severity >= ERROR, at) {
             failing.push(*i);
         }
@@ -38,7 +39,7 @@ pub(crate) fn patterns(input: &Input, index: &TraceIndex<'_>) -> Vec<Evidence> {
     let propagating = index.above_failures(&failing);
     type Key = (String, u64, i32);
     let mut explained: HashMap<Key, u64> = HashMap::new();
-    for (line, at) in input.window_lines.iter().zip(&located) {
+    for (line, at) in lines.iter().zip(&located) {
         if at.is_some_and(|i| propagating.contains(&i)) {
             *explained
                 .entry((line.service.clone(), line.pattern_id, line.severity))
@@ -72,7 +73,7 @@ pub(crate) fn patterns(input: &Input, index: &TraceIndex<'_>) -> Vec<Evidence> {
         // Counts: at least Poisson noise, and a bursty baseline's own spread.
         let variance = (sigma * sigma).max(before).max(1.0);
         let strength = (count as f64 - n * before) / (n * variance).sqrt();
-        if strength < 3.0 {
+        if strength < MIN_STRENGTH {
             continue;
         }
         let seen_before: u64 = minutes.map_or(0, |b| b.values().sum());
@@ -180,7 +181,7 @@ pub(crate) fn patterns_stopped(input: &Input) -> Vec<Evidence> {
             continue;
         }
         let strength = (expected - seen) / expected.sqrt();
-        if strength < 3.0 {
+        if strength < MIN_STRENGTH {
             continue;
         }
         let sentence = format!(

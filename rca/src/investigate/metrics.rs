@@ -1,7 +1,7 @@
 //! Metric evidence: BARO's robust shift of each series, window against baseline.
 
 use super::stats::{median, quantile};
-use super::{Evidence, EvidenceKind, Input};
+use super::{Evidence, EvidenceKind, Input, MIN_STRENGTH};
 
 /// A shift is capped here: past it, "far outside anything seen" is all it says, and one
 /// series that never moved must not outweigh every other kind of evidence.
@@ -36,7 +36,7 @@ pub(crate) fn shifts(input: &Input) -> Vec<Evidence> {
         let now = median(&after);
         let scale = iqr_sigma.max(mean_deviation).max(0.01 * typical.abs()).max(1e-9);
         let strength = ((now - typical).abs() / scale).min(MAX_STRENGTH);
-        if strength < 3.0 {
+        if strength < MIN_STRENGTH {
             continue;
         }
         let shown = if series.labels.is_empty() {

@@ -18,6 +18,7 @@
 
 mod logs;
 mod metrics;
+mod onset;
 mod rank;
 mod stats;
 mod traces;
@@ -25,6 +26,10 @@ mod traces;
 use serde::{Deserialize, Serialize};
 
 pub use rank::rank_candidates;
+
+/// The weakest change kept as evidence, in robust σ (or Poisson σ for counts): below it,
+/// a signal moved no more than baselines wobble.
+pub(crate) const MIN_STRENGTH: f64 = 3.0;
 
 /// A half-open time range `[start_ms, end_ms)` in unix milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,6 +83,8 @@ pub struct LogCount {
 /// whose trace shows a failure further down can be told apart from where it started.
 #[derive(Debug, Clone)]
 pub struct WindowLogLine {
+    /// Unix nanoseconds: lines of the window and of its lead-in travel together.
+    pub ts_ns: i64,
     pub service: String,
     pub pattern_id: u64,
     pub severity: i32,
@@ -109,6 +116,9 @@ pub struct Input {
     pub metrics: Vec<MetricSeries>,
     /// Only rank these services (all when empty).
     pub services: Vec<String>,
+    /// The whole minutes just before the window (after the baseline), when their rows are
+    /// included: a change that began in the window is told from one already under way.
+    pub lead_in: Option<TimeRange>,
 }
 
 impl Input {
@@ -121,6 +131,47 @@ impl Input {
     /// Whether bucket `minute` lies in the window (rather than the baseline).
     pub(crate) fn minute_in_window(&self, minute: i64) -> bool {
         minute >= 0 && minute * 60_000 < self.window.len_ms()
+    }
+
+    /// The lead-in, `minutes` long, that a window starting at `window_start_ms` gets when
+    /// its baseline ends at `baseline_end_ms`: as long as the window (in whole minutes)
+    /// where the gap allows, none when the baseline is later or touches the window.
+    pub fn lead_in_for(window: TimeRange, baseline: TimeRange) -> Option<TimeRange> {
+        let gap_minutes = (window.start_ms - baseline.end_ms).div_euclid(60_000);
+        let minutes = (window.len_ms() + 59_999).div_euclid(60_000).min(gap_minutes);
+        (baseline.end_ms <= window.start_ms && minutes > 0).then(|| TimeRange {
+            start_ms: window.start_ms - minutes * 60_000,
+            end_ms: window.start_ms,
+        })
+    }
+
+    /// The same comparison made for the lead-in instead of the window: the lead-in's log
+    /// buckets renumbered from its own start, the window's rows left out.
+    fn for_lead_in(&self, lead_in: TimeRange) -> Input {
+        let shift = (self.window.start_ms - lead_in.start_ms).div_euclid(60_000);
+        Input {
+            window: lead_in,
+            baseline: self.baseline,
+            spans: self
+                .spans
+                .iter()
+                .filter(|s| !self.window.contains_ns(s.start_ns))
+                .cloned()
+                .collect(),
+            log_counts: self
+                .log_counts
+                .iter()
+                .filter(|c| c.minute < 0)
+                .map(|c| LogCount {
+                    minute: c.minute + shift,
+                    ..c.clone()
+                })
+                .collect(),
+            window_lines: self.window_lines.clone(),
+            metrics: self.metrics.clone(),
+            services: self.services.clone(),
+            lead_in: None,
+        }
     }
 }
 
@@ -263,7 +314,13 @@ fn gather_with(input: &Input, index: &traces::TraceIndex<'_>) -> Vec<Evidence> {
 pub fn investigate(input: &Input) -> Vec<Candidate> {
     // One index of the spans serves the evidence and the call graph.
     let index = traces::TraceIndex::new(&input.spans);
-    rank_candidates(gather_with(input, &index), &index.calls())
+    let mut evidence = gather_with(input, &index);
+    if let Some(lead_in) = input.lead_in {
+        let before = input.for_lead_in(lead_in);
+        let before_index = traces::TraceIndex::new(&before.spans);
+        evidence = onset::keep_what_began(evidence, &gather_with(&before, &before_index), lead_in);
+    }
+    rank_candidates(evidence, &index.calls())
 }
 
 #[cfg(test)]

@@ -3,15 +3,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{Candidate, Evidence, EvidenceKind};
+use super::{Candidate, Evidence, EvidenceKind, MIN_STRENGTH};
 
 /// Metrics add at most this share of a service's request-path strength.
 const METRIC_CORROBORATION: f64 = 0.25;
-/// A service with metric evidence only counts at this weight, its strength capped: on
-/// per-minute pod metrics some series of some idle service always makes a "new" jump,
-/// and such a hint must not outrank a request path that clearly broke.
-const METRIC_ALONE: f64 = 0.5;
-const METRIC_ALONE_CAP: f64 = 12.0;
 /// A caller whose callee shows the same kind of trouble at ≥ this share of its own
 /// strength is more likely suffering than causing it…
 const CALLEE_SHARE: f64 = 0.5;
@@ -19,6 +14,18 @@ const CALLEE_SHARE: f64 = 0.5;
 const CALLER_DEMOTION: f64 = 0.5;
 /// Evidence kept per candidate.
 const MAX_EVIDENCE: usize = 10;
+/// A service with metric evidence only scores below every service whose requests changed,
+/// even a caller demoted for its callee's trouble: on per-minute pod metrics some series
+/// of some idle service always makes a "new" jump (windows without any fault show them at
+/// the top), and such a hint must not outrank a request path that broke, however weakly.
+/// Among themselves they keep the order of their strength.
+const METRIC_ALONE_CEILING: f64 = MIN_STRENGTH * CALLER_DEMOTION;
+
+/// A metric-only service's score: grows with the strength, never reaches the ceiling
+/// (not even in floating point: 500 σ is 0.98 of it).
+fn metric_alone(strength: f64) -> f64 {
+    METRIC_ALONE_CEILING * strength / (strength + 10.0)
+}
 
 /// Ranks services by their evidence (strongest first within each). `calls` maps each
 /// caller to the services it calls.
@@ -66,7 +73,7 @@ pub fn rank_candidates(mut evidence: Vec<Evidence>, calls: &BTreeMap<String, BTr
         } else {
             reasons.extend(ev.iter().take(2).map(|e| e.sentence.clone()));
             reasons.push("Only resource metrics moved; no request of this service looked different.".into());
-            METRIC_ALONE * metric.min(METRIC_ALONE_CAP)
+            metric_alone(metric)
         };
         if let Some(&(strength, family)) = path_best.get(service.as_str()) {
             let suffering_from: Vec<&str> = calls

@@ -1,5 +1,7 @@
 //! Investigations on small synthetic systems: frontend → checkout → payment.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use super::*;
 
 const MIN: i64 = 60_000;
@@ -146,7 +148,18 @@ impl System {
             window_lines: Vec::new(),
             metrics: Vec::new(),
             services: Vec::new(),
+            lead_in: None,
         }
+    }
+
+    /// As [`System::input`], with the minutes 57..60 (the lead-in) behaving as `lead_in`.
+    fn input_with_lead_in(mut self, lead_in: Minute, window: Minute) -> Input {
+        for m in 57..60 {
+            self.minute(m, lead_in);
+        }
+        let mut input = self.input(window);
+        input.lead_in = Input::lead_in_for(WINDOW, BASELINE);
+        input
     }
 }
 
@@ -221,6 +234,7 @@ fn error_lines_of_callers_above_a_failing_callee_are_propagation() {
             _ => continue,
         };
         lines.push(WindowLogLine {
+            ts_ns: s.start_ns,
             service: service.into(),
             pattern_id: pattern,
             severity: 17,
@@ -293,6 +307,77 @@ fn metrics_alone_rank_below_the_request_path_and_corroborate_it() {
     assert_eq!(services(&ranked), ["payment", "catalogue"], "{ranked:#?}");
     assert!(ranked[0].reasons.iter().any(|r| r.starts_with("Corroborated")));
     assert!(ranked[1].reasons.iter().any(|r| r.starts_with("Only resource metrics")));
+}
+
+#[test]
+fn a_metric_jump_however_large_does_not_outrank_a_weak_request_path_change() {
+    let ev = |kind, service: &str, strength| {
+        Evidence::new(kind, service, "s".into(), (1.0, 2.0), "", strength, String::new())
+    };
+    let calls = BTreeMap::from([("frontend".to_string(), BTreeSet::from(["route".to_string()]))]);
+    let ranked = rank_candidates(
+        vec![
+            ev(EvidenceKind::Metric, "admin", 500.0),
+            ev(EvidenceKind::Metric, "config", 8.0),
+            // A caller demoted for its callee's trouble still ranks above metrics alone.
+            ev(EvidenceKind::LogPattern, "frontend", MIN_STRENGTH),
+            ev(EvidenceKind::LogPattern, "route", MIN_STRENGTH + 0.5),
+        ],
+        &calls,
+    );
+    assert_eq!(
+        services(&ranked),
+        ["route", "frontend", "admin", "config"],
+        "{ranked:#?}"
+    );
+    assert!(ranked.windows(2).all(|w| w[0].score >= w[1].score));
+}
+
+#[test]
+fn the_lead_in_is_the_whole_minutes_before_the_window_after_the_baseline() {
+    assert_eq!(
+        Input::lead_in_for(WINDOW, BASELINE),
+        Some(TimeRange {
+            start_ms: 57 * MIN,
+            end_ms: 60 * MIN
+        })
+    );
+    let touching = TimeRange {
+        start_ms: 0,
+        end_ms: 60 * MIN,
+    };
+    assert_eq!(Input::lead_in_for(WINDOW, touching), None);
+    let later = TimeRange {
+        start_ms: 70 * MIN,
+        end_ms: 90 * MIN,
+    };
+    assert_eq!(Input::lead_in_for(WINDOW, later), None);
+}
+
+#[test]
+fn trouble_already_under_way_before_the_window_is_not_what_began_in_it() {
+    let slow_payment = Minute {
+        payment_ms: 400.0,
+        ..Minute::normal()
+    };
+    let window = Minute {
+        checkout_ms: 200.0,
+        ..slow_payment
+    };
+    // Without a lead-in, both changes look equally new…
+    let blind = investigate(&System::new().input(window));
+    assert_eq!(services(&blind)[0], "payment", "{blind:#?}");
+    // …with it, payment was as slow before the window: checkout is what began.
+    let ranked = investigate(&System::new().input_with_lead_in(slow_payment, window));
+    assert_eq!(services(&ranked), ["checkout"], "{ranked:#?}");
+    // A change that grew further in the window keeps the rise since, and says so.
+    let worse = Minute {
+        payment_ms: 4000.0,
+        ..Minute::normal()
+    };
+    let ranked = investigate(&System::new().input_with_lead_in(slow_payment, worse));
+    assert_eq!(services(&ranked), ["payment"], "{ranked:#?}");
+    assert!(ranked[0].evidence[0].sentence.contains("already"), "{ranked:#?}");
 }
 
 #[test]

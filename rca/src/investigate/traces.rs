@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use super::stats::{median, per_minute, robust_rise};
-use super::{Evidence, EvidenceKind, Input, SpanRow};
+use super::{Evidence, EvidenceKind, Input, MIN_STRENGTH, SpanRow};
 
 /// How far up a trace ancestors are followed (a cycle in bad data must not hang us).
 const MAX_DEPTH: usize = 256;
@@ -164,7 +164,7 @@ pub(crate) fn self_time(input: &Input, index: &TraceIndex<'_>) -> Vec<Evidence> 
         // A tenth of the usual value or a millisecond: timer resolution and GC pauses
         // move a sub-millisecond operation by more than its MAD.
         let strength = robust_rise(after, &medians, (0.1 * before).max(1.0));
-        if strength < 3.0 || after < 1.2 * before {
+        if strength < MIN_STRENGTH || after < 1.2 * before {
             continue;
         }
         spans.sort_by(|a, b| b.0.total_cmp(&a.0));
@@ -251,7 +251,7 @@ pub(crate) fn error_ratio(input: &Input, index: &TraceIndex<'_>) -> Vec<Evidence
         let p = before.max(0.5 / requests as f64);
         let floor = (p * (1.0 - p) / requests as f64).sqrt().max(0.01);
         let strength = robust_rise(after, &ratios, floor);
-        if strength < 3.0 {
+        if strength < MIN_STRENGTH {
             continue;
         }
         let mut samples: Vec<String> = failed.iter().map(|&i| input.spans[i].trace_id.clone()).collect();

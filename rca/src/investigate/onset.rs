@@ -1,0 +1,40 @@
+//! Onset: what began in the window, not what was already under way before it.
+//!
+//! A root cause changes when the trouble starts; a signal that was just as far from its
+//! baseline in the minutes before the window is context (a chronically flapping query, a
+//! service still recovering from an earlier fault), not the start of what is being
+//! investigated. Each piece of evidence is therefore compared with the same signal in the
+//! lead-in (the whole minutes just before the window, measured against the same baseline)
+//! and keeps only the part of its strength that is new: BARO and the change-point RCA
+//! methods rank by the *onset* of a shift for the same reason.
+
+use std::collections::HashMap;
+
+use super::{Evidence, EvidenceKind, MIN_STRENGTH, TimeRange};
+
+/// Keeps the evidence whose strength rose past the lead-in's by at least
+/// [`MIN_STRENGTH`], with the lead-in's strength taken off and said in its sentence.
+pub(crate) fn keep_what_began(window: Vec<Evidence>, lead_in: &[Evidence], range: TimeRange) -> Vec<Evidence> {
+    let before: HashMap<(EvidenceKind, &str, &str), f64> = lead_in
+        .iter()
+        .map(|e| ((e.kind, e.service.as_str(), e.signal.as_str()), e.strength))
+        .collect();
+    let minutes = range.len_ms() / 60_000;
+    window
+        .into_iter()
+        .filter_map(|mut e| {
+            let Some(&already) = before.get(&(e.kind, e.service.as_str(), e.signal.as_str())) else {
+                return Some(e);
+            };
+            let began = e.strength - already;
+            if began < MIN_STRENGTH {
+                return None;
+            }
+            e.strength = began;
+            e.sentence.push_str(&format!(
+                " (already {already:.1} σ from the baseline in the {minutes} minutes before, so only the rise since counts)"
+            ));
+            Some(e)
+        })
+        .collect()
+}
