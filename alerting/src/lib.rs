@@ -9,6 +9,7 @@ pub mod alert;
 pub mod alertmanager;
 pub mod config;
 pub mod engine;
+pub mod history;
 pub mod labels;
 pub mod matcher;
 pub mod payload;

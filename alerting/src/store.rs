@@ -10,12 +10,13 @@
 
 use std::path::Path;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::alert::AuditEntry;
 use crate::engine::{Changes, Snapshot};
+use crate::history::Delivery;
 
 const ALERTS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("alerts");
 const GROUPS: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("groups");
@@ -24,6 +25,11 @@ const OUTBOX: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("outbox");
 const NONCES: TableDefinition<'_, &str, i64> = TableDefinition::new("nonces");
 const AUDIT: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("audit");
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
+const DELIVERIES: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("deliveries");
+
+/// Delivery attempts kept: the oldest go first past this (a busy installation sends a few
+/// thousand notifications a day; this is weeks of them, a few tens of MB at most).
+pub const MAX_DELIVERIES: u64 = 100_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -84,6 +90,7 @@ impl AlertStore {
             tx.open_table(NONCES)?;
             tx.open_table(AUDIT)?;
             tx.open_table(META)?;
+            tx.open_table(DELIVERIES)?;
         }
         tx.commit()?;
         Ok(AlertStore { db })
@@ -165,6 +172,13 @@ impl AlertStore {
             for e in &ch.audit {
                 t.insert(e.seq, encode(e)?.as_slice())?;
             }
+            let mut t = tx.open_table(DELIVERIES)?;
+            for d in &ch.deliveries {
+                t.insert(d.seq, encode(d)?.as_slice())?;
+            }
+            while t.len()? > MAX_DELIVERIES {
+                t.pop_first()?;
+            }
             tx.open_table(META)?.insert("seq", ch.next_seq)?;
         }
         tx.commit()?;
@@ -185,6 +199,24 @@ impl AlertStore {
         }
         Ok(out)
     }
+
+    /// Delivery attempts that `keep` accepts, newest first, at most `limit`.
+    pub fn deliveries(&self, keep: impl Fn(&Delivery) -> bool, limit: usize) -> Result<Vec<Delivery>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(DELIVERIES)?;
+        let mut out = Vec::new();
+        for row in t.iter()?.rev() {
+            let (k, v) = row?;
+            let d: Delivery = decode("deliveries", &k.value().to_string(), v.value())?;
+            if keep(&d) {
+                out.push(d);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
 }
 
 #[cfg(test)]
@@ -193,6 +225,35 @@ mod tests {
     use crate::alert::AlertInput;
     use crate::config::AlertingConfig;
     use crate::engine::Alerting;
+
+    #[test]
+    fn delivery_history_survives_reopening_newest_first_by_alert() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("alerting.redb");
+        let t0 = 1_795_392_000_000;
+        let input = |name: &str| AlertInput {
+            labels: [("alertname".to_string(), name.to_string())].into(),
+            ..AlertInput::default()
+        };
+        let (x, y) = {
+            let store = AlertStore::open(&path).expect("open");
+            let mut a = Alerting::new(AlertingConfig::default()).expect("config");
+            let (x, y) = (a.upsert(input("X"), t0), a.upsert(input("Y"), t0));
+            a.tick(t0 + 30_000);
+            for n in a.due(t0 + 30_000) {
+                a.failed(&n.id, "connection refused", t0 + 30_000);
+                a.delivered(&n.id, "200 OK", t0 + 32_000);
+            }
+            store.apply(&a.take_changes()).expect("apply");
+            (x, y)
+        };
+        let store = AlertStore::open(&path).expect("reopen");
+        let of_x = store.deliveries(|d| d.alerts.contains(&x), 10).expect("read");
+        let seen: Vec<(&str, u32)> = of_x.iter().map(|d| (d.answer.as_str(), d.attempt)).collect();
+        assert_eq!(seen, [("200 OK", 2), ("connection refused", 1)]);
+        assert!(of_x.iter().all(|d| !d.alerts.contains(&y)), "X and Y group apart");
+        assert_eq!(store.deliveries(|_| true, 3).expect("read").len(), 3);
+    }
 
     #[test]
     fn state_survives_reopening_the_database() {
@@ -264,7 +325,7 @@ mod tests {
             a.tick(t0 + 10_000);
             let first = a.due(t0 + 10_000);
             assert_eq!(first.len(), 1);
-            a.delivered(&first[0].id);
+            a.delivered(&first[0].id, "200 OK", t0 + 10_000);
             store.apply(&a.take_changes()).expect("apply");
             // The process dies here, 20 s into a 60 s escalation wait.
         }

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use vigil_alerting::alert::{Alert, AlertInput, AuditEntry, Silence};
 use vigil_alerting::config::{AlertingConfig, ReceiverConfig};
 use vigil_alerting::engine::{ActionError, ActionOutcome, Alerting, Notification};
+use vigil_alerting::history::Delivery;
 use vigil_alerting::payload::{self, Context};
 use vigil_alerting::sign::{self, ActionLink, LinkAction, LinkError};
 use vigil_alerting::store::{AlertStore, StoreError};
@@ -29,6 +30,8 @@ use crate::timeutil::now_ms;
 /// Header carrying the notification id, the same on every retry: receivers dedup on it.
 pub const IDEMPOTENCY_HEADER: &str = "x-vigil-idempotency-key";
 const DEFAULT_RECEIVER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes of a receiver's answer read for the notification history.
+const ANSWER_BYTES: usize = 1024;
 /// Longest sleep of the delivery loop when nothing is due (it also wakes on changes).
 const IDLE_WAKE: Duration = Duration::from_secs(1);
 /// An open incident's alert stays firing this long past its latest update.
@@ -388,7 +391,7 @@ impl AlertService {
                     this.mutate(|e, now| {
                     for (n, r) in &results {
                         match r {
-                            Ok(()) => e.delivered(&n.id),
+                            Ok(answer) => e.delivered(&n.id, answer, now),
                             Err(err) => {
                                 tracing::warn!(receiver = %n.receiver, notification = %n.id, error = %err, "delivery failed; will retry");
                                 e.failed(&n.id, err, now);
@@ -419,13 +422,14 @@ impl AlertService {
         }
     }
 
-    async fn send(&self, n: &Notification) -> Result<(), String> {
+    /// Sends one notification; the receiver's answer, or why it failed.
+    async fn send(&self, n: &Notification) -> Result<String, String> {
         let Some(receiver) = self.receivers.get(&n.receiver) else {
             return Err(format!("receiver {:?} is not configured", n.receiver));
         };
         let Some(url) = &receiver.url else {
             // A receiver without a URL only records (useful while setting up routing).
-            return Ok(());
+            return Ok("recorded only: the receiver has no URL".into());
         };
         let body = {
             let external_url = self.external_url();
@@ -452,11 +456,42 @@ impl AlertService {
             .body(body)
             .send()
             .await
-            .map_err(|e| format!("{e}"))?;
-        if response.status().is_success() {
-            Ok(())
-        } else {
-            Err(format!("receiver answered {}", response.status()))
+            // With its causes: "error sending request" alone reads the same for a refused
+            // connection, a timeout and a name that does not resolve.
+            .map_err(|e| format!("{:#}", anyhow::Error::from(e)))?;
+        let status = response.status();
+        // What the receiver said, for the notification history: its first KiB (a receiver
+        // answering with megabytes must not make us read them).
+        let mut response = response;
+        let mut head: Vec<u8> = Vec::new();
+        while head.len() < ANSWER_BYTES {
+            match response.chunk().await {
+                Ok(Some(chunk)) => head.extend_from_slice(&chunk[..chunk.len().min(ANSWER_BYTES - head.len())]),
+                _ => break,
+            }
         }
+        let said = String::from_utf8_lossy(&head)
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        let answer = if said.is_empty() {
+            status.to_string()
+        } else {
+            format!("{status}: {said}")
+        };
+        if status.is_success() {
+            Ok(answer)
+        } else {
+            Err(format!("receiver answered {answer}"))
+        }
+    }
+
+    /// Delivery attempts `keep` accepts, newest first.
+    pub fn deliveries(
+        &self,
+        keep: impl Fn(&Delivery) -> bool,
+        limit: usize,
+    ) -> Result<Vec<Delivery>, AlertServiceError> {
+        Ok(self.store.deliveries(keep, limit)?)
     }
 }

@@ -308,6 +308,64 @@ async fn silences_routing_bad_input_and_receiver_failures() -> Result<()> {
         "the timed-out attempt was retried: {} arrivals",
         slow.arrivals()
     );
+
+    // The notification history shows every attempt, to whom, and what each receiver said.
+    let (_, all) = get(&client, api("/api/v1/alerts"), None).await?;
+    let id = all["alerts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|a| a["labels"]["alertname"] == "ReplicaLag")
+        .and_then(|a| a["id"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    let history = eventually(Duration::from_secs(20), "both deliveries on record", || {
+        let (client, url) = (client.clone(), api(&format!("/api/v1/alerts/{id}/notifications")));
+        async move {
+            let (status, body) = get(&client, url, None).await?;
+            anyhow::ensure!(status == 200, "{status} {body}");
+            let rows: Vec<(String, String, String)> = body["deliveries"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|d| {
+                    let s = |k: &str| d[k].as_str().unwrap_or_default().to_string();
+                    (s("receiver"), s("outcome"), s("answer"))
+                })
+                .collect();
+            let delivered = rows.iter().filter(|r| r.1 == "delivered").count();
+            Ok((delivered == 2).then_some(rows))
+        }
+    })
+    .await?;
+    let hook_rows: Vec<(&str, &str)> = history
+        .iter()
+        .filter(|r| r.0 == "hook")
+        .map(|r| (r.1.as_str(), r.2.as_str()))
+        .collect();
+    assert_eq!(
+        hook_rows,
+        [
+            ("delivered", "200 OK"),
+            ("failed", "receiver answered 503 Service Unavailable"),
+            ("failed", "receiver answered 503 Service Unavailable"),
+        ],
+        "newest first: {history:?}"
+    );
+    assert!(
+        history
+            .iter()
+            .any(|r| r.0 == "slow" && r.1 == "failed" && r.2.contains("timed out")),
+        "the timed-out attempt says so: {history:?}"
+    );
+    let (status, _) = get(&client, api("/api/v1/alerts/0000000000000000/notifications"), None).await?;
+    assert_eq!(status, 404);
+    let (_, by_receiver) = get(&client, api("/api/v1/notifications?receiver=slow"), None).await?;
+    assert!(
+        by_receiver["deliveries"]
+            .as_array()
+            .is_some_and(|d| !d.is_empty() && d.iter().all(|x| x["receiver"] == "slow"))
+    );
     Ok(())
 }
 

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::alert::{Alert, AlertInput, AlertState, AuditEntry, Comment, Silence};
 use crate::alertmanager;
 use crate::config::{AlertingConfig, ConfigError, EscalationPolicyConfig, parse_matcher_list};
+use crate::history::{Delivery, DeliveryOutcome};
 use crate::labels::{LabelSet, fingerprint, project};
 use crate::matcher::{Matcher, all_match};
 use crate::route::Route;
@@ -112,6 +113,7 @@ pub struct Changes {
     pub outbox_deleted: Vec<String>,
     pub audit: Vec<AuditEntry>,
     pub nonces: Vec<(String, i64)>,
+    pub deliveries: Vec<Delivery>,
     pub next_seq: u64,
 }
 
@@ -126,6 +128,7 @@ impl Changes {
             && self.outbox_deleted.is_empty()
             && self.audit.is_empty()
             && self.nonces.is_empty()
+            && self.deliveries.is_empty()
     }
 }
 
@@ -178,6 +181,7 @@ pub struct Alerting {
     deleted_outbox: BTreeSet<String>,
     new_audit: Vec<AuditEntry>,
     new_nonces: Vec<(String, i64)>,
+    new_deliveries: Vec<Delivery>,
 }
 
 fn hash_of(parts: &[&str]) -> String {
@@ -228,6 +232,7 @@ impl Alerting {
             deleted_outbox: BTreeSet::new(),
             new_audit: Vec::new(),
             new_nonces: Vec::new(),
+            new_deliveries: Vec::new(),
         })
     }
 
@@ -913,19 +918,34 @@ impl Alerting {
         self.outbox.values().cloned().collect()
     }
 
-    pub fn delivered(&mut self, id: &str) {
-        if self.outbox.remove(id).is_some() {
+    /// The receiver took notification `id`; `answer` is what it said.
+    pub fn delivered(&mut self, id: &str, answer: &str, now_ms: i64) {
+        if let Some(n) = self.outbox.remove(id) {
+            self.record_delivery(&n, now_ms, DeliveryOutcome::Delivered, answer);
             self.dirty_outbox.remove(id);
             self.deleted_outbox.insert(id.to_string());
         }
     }
 
+    fn record_delivery(&mut self, n: &Notification, now_ms: i64, outcome: DeliveryOutcome, answer: &str) {
+        let seq = self.next_seq();
+        self.new_deliveries.push(Delivery::of(n, seq, now_ms, outcome, answer));
+    }
+
     /// Schedules a retry with exponential backoff, or gives up after [`MAX_ATTEMPTS`].
     pub fn failed(&mut self, id: &str, error: &str, now_ms: i64) {
+        let Some(n) = self.outbox.get(id).cloned() else { return };
+        let last = n.attempts + 1 >= MAX_ATTEMPTS;
+        let outcome = if last {
+            DeliveryOutcome::Abandoned
+        } else {
+            DeliveryOutcome::Failed
+        };
+        self.record_delivery(&n, now_ms, outcome, error);
         let Some(n) = self.outbox.get_mut(id) else { return };
         n.attempts += 1;
         n.last_error = Some(error.to_string());
-        if n.attempts >= MAX_ATTEMPTS {
+        if last {
             let receiver = n.receiver.clone();
             self.outbox.remove(id);
             self.dirty_outbox.remove(id);
@@ -971,6 +991,7 @@ impl Alerting {
             outbox,
             outbox_deleted: std::mem::take(&mut self.deleted_outbox).into_iter().collect(),
             audit: std::mem::take(&mut self.new_audit),
+            deliveries: std::mem::take(&mut self.new_deliveries),
             nonces: std::mem::take(&mut self.new_nonces),
             next_seq: self.seq,
         }

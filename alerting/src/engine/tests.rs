@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::config::{EscalationStepConfig, InhibitRuleConfig, ReceiverConfig, RouteConfig};
+use crate::history::DeliveryOutcome;
 
 const S: i64 = 1000;
 const T0: i64 = 1_795_392_000_000;
@@ -68,7 +69,7 @@ fn alert(pairs: &[(&str, &str)]) -> AlertInput {
 fn deliver(a: &mut Alerting, now: i64) -> Vec<(String, NotifyReason, usize)> {
     let due = a.due(now);
     for n in &due {
-        a.delivered(&n.id);
+        a.delivered(&n.id, "200 OK", now);
     }
     due.into_iter()
         .map(|n| (n.receiver, n.reason, n.alerts.len()))
@@ -327,9 +328,24 @@ fn failed_deliveries_back_off_and_stay_queued_until_delivered() {
     a.failed(&n.id, "timeout", T0 + 32 * S);
     assert!(a.due(T0 + 35 * S).is_empty());
     assert_eq!(a.due(T0 + 36 * S)[0].attempts, 2);
-    a.delivered(&n.id);
+    a.delivered(&n.id, "202 Accepted", T0 + 36 * S);
     assert!(a.pending().is_empty());
-    assert_eq!(a.take_changes().outbox_deleted, vec![n.id]);
+    let ch = a.take_changes();
+    assert_eq!(ch.outbox_deleted, vec![n.id]);
+    // Every attempt is on record, with what the receiver said.
+    let history: Vec<(u32, DeliveryOutcome, String)> = ch
+        .deliveries
+        .into_iter()
+        .map(|d| (d.attempt, d.outcome, d.answer))
+        .collect();
+    assert_eq!(
+        history,
+        [
+            (1, DeliveryOutcome::Failed, "connection refused".to_string()),
+            (2, DeliveryOutcome::Failed, "timeout".to_string()),
+            (3, DeliveryOutcome::Delivered, "202 Accepted".to_string()),
+        ]
+    );
 }
 
 #[test]

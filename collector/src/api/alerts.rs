@@ -61,6 +61,52 @@ pub(super) async fn list_alerts(
     Ok(Json(json!({ "alerts": alerts })).into_response())
 }
 
+/// How many delivery records a listing returns unless told (`limit`, at most 10 000).
+fn limit_param(params: &HashMap<String, String>) -> Result<usize, ApiError> {
+    match params.get("limit") {
+        Some(v) => v
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=10_000).contains(n))
+            .ok_or_else(|| ApiError::bad("limit must be between 1 and 10000")),
+        None => Ok(200),
+    }
+}
+
+/// `GET /api/v1/alerts/{id}/notifications`: every delivery attempt of every notification
+/// that listed this alert, newest first.
+pub(super) async fn alert_notifications(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let limit = limit_param(&params)?;
+    if state.alerts.alert(&id).is_none() {
+        return Err(ApiError(StatusCode::NOT_FOUND, format!("no alert with id {id:?}")));
+    }
+    let deliveries = blocking(&state.alerts, move |s| s.deliveries(|d| d.alerts.contains(&id), limit)).await?;
+    Ok(Json(json!({ "deliveries": deliveries })).into_response())
+}
+
+/// `GET /api/v1/notifications?receiver=&group=&limit=`: the delivery history, newest
+/// first, for one receiver or one group (Alertmanager's group key) if asked.
+pub(super) async fn notifications(
+    State(state): State<ApiState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let limit = limit_param(&params)?;
+    let receiver = params.get("receiver").cloned();
+    let group = params.get("group").cloned();
+    let deliveries = blocking(&state.alerts, move |s| {
+        s.deliveries(
+            |d| receiver.as_ref().is_none_or(|r| &d.receiver == r) && group.as_ref().is_none_or(|g| &d.group_key == g),
+            limit,
+        )
+    })
+    .await?;
+    Ok(Json(json!({ "deliveries": deliveries })).into_response())
+}
+
 pub(super) async fn get_alert(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     match state.alerts.alert(&id) {
         Some(a) => Ok(Json(a).into_response()),

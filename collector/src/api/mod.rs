@@ -114,6 +114,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v2/status", get(alertmanager::get_status))
         .route("/api/v1/alerts", get(alerts::list_alerts))
         .route("/api/v1/alerts/{id}", get(alerts::get_alert))
+        .route("/api/v1/alerts/{id}/notifications", get(alerts::alert_notifications))
+        .route("/api/v1/notifications", get(alerts::notifications))
         .route(
             "/api/v1/silences",
             get(alerts::list_silences).post(alerts::post_silence),

@@ -10,6 +10,7 @@ use maud::{Markup, html};
 use serde::Deserialize;
 use serde_json::json;
 use vigil_alerting::alert::{Alert, AlertState, AuditEntry};
+use vigil_alerting::history::{Delivery, DeliveryOutcome};
 
 use super::{Nav, back, csrf_field, error_page, layout, notice, query_link};
 use crate::UiState;
@@ -20,6 +21,11 @@ use crate::fmt;
 #[derive(Deserialize)]
 struct AlertList {
     alerts: Vec<Alert>,
+}
+
+#[derive(Deserialize)]
+struct DeliveryList {
+    deliveries: Vec<Delivery>,
 }
 
 #[derive(Deserialize)]
@@ -165,6 +171,13 @@ pub(crate) async fn detail(
         .await
         .map(|l| l.entries.into_iter().filter(|e| e.target == a.id).collect())
         .unwrap_or_default();
+    // What was sent about it, to whom, and what each receiver answered.
+    let sent: Vec<Delivery> = ui
+        .api
+        .get::<DeliveryList>(&format!("/api/v1/alerts/{}/notifications?limit=100", segment(&a.id)))
+        .await
+        .map(|l| l.deliveries)
+        .unwrap_or_default();
     let back_to = format!("/ui/alerts/{}", segment(&a.id));
     let content = html! {
         (notice(params.get("done").map(String::as_str)))
@@ -198,6 +211,21 @@ pub(crate) async fn detail(
                 input type="hidden" name="back" value=(back_to);
                 label { "Add a comment" textarea name="text" rows="2" maxlength="4000" required {} }
                 button type="submit" { "Comment" }
+            }
+        }
+        h2 { "Notifications" }
+        @if sent.is_empty() { p.empty #notifications { "Nothing sent about this alert yet." } } @else {
+            table.list #notifications {
+                thead { tr { th { "When" } th { "To" } th { "Why" } th { "Status" } th { "Attempt" } th { "Outcome" } th { "Answer" } } }
+                tbody { @for d in &sent { tr {
+                    td { (fmt::time(d.at_ms)) }
+                    td { (d.receiver) }
+                    td { (format!("{:?}", d.reason).to_lowercase()) @if let Some(step) = d.step { " (step " (step) ")" } }
+                    td { (d.status) }
+                    td { (d.attempt) }
+                    td { (match d.outcome { DeliveryOutcome::Delivered => "delivered", DeliveryOutcome::Failed => "failed, retrying", DeliveryOutcome::Abandoned => "given up" }) }
+                    td.mono { (d.answer) }
+                } } }
             }
         }
         h2 { "Audit trail" }
