@@ -219,7 +219,17 @@ async fn the_on_call_walkthrough_in_a_real_browser() -> Result<()> {
         matchers.contains(&format!("incident=\"{incident}\"")),
         "prefilled: {matchers}"
     );
-    b.click_css_and_load("form.stack button[type='submit']").await?;
+    // Before it is created, the silence shows what it would mute: the incident's alert.
+    let preview = b.text("#silence-preview").await?;
+    ensure!(preview.contains(&format!("incident={incident}")), "preview: {preview}");
+    b.click_css_and_load("form.stack button[formaction='/ui/silences/preview']")
+        .await?;
+    let preview = b.text("#silence-preview").await?;
+    ensure!(
+        preview.contains(&format!("incident={incident}")),
+        "preview again: {preview}"
+    );
+    b.click_css_and_load("form.stack button.primary").await?;
     b.find("p.notice").await?;
     b.goto(&format!("{base}/ui/silences")).await?;
     b.find("#silences tr.silence").await?;

@@ -94,30 +94,95 @@ pub(crate) async fn list(
 }
 
 pub(crate) async fn new_form(
+    State(ui): State<UiState>,
     Extension(session): Extension<Session>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    let matchers = params.get("matchers").cloned().unwrap_or_default();
-    let error = params.get("error");
-    let back_to = back_target(&params, "/ui/silences");
+    silence_form(&ui, &session, &params).await
+}
+
+/// The form again, with the alerts its matchers would mute now (the Preview button).
+pub(crate) async fn preview(
+    State(ui): State<UiState>,
+    Extension(session): Extension<Session>,
+    body: Bytes,
+) -> Response {
+    silence_form(&ui, &session, &parse_form(&body)).await
+}
+
+/// An alert as `GET /api/v2/alerts` lists it (the parts the preview shows).
+#[derive(Deserialize)]
+struct Listed {
+    fingerprint: String,
+    labels: std::collections::BTreeMap<String, String>,
+    status: ListedStatus,
+}
+
+#[derive(Deserialize)]
+struct ListedStatus {
+    state: String,
+}
+
+/// The new-silence form, filled from `fields`; when they hold matchers, the alerts those
+/// match now — what the silence will mute — or the parser's objection.
+async fn silence_form(ui: &UiState, session: &Session, fields: &HashMap<String, String>) -> Response {
+    let matchers = fields.get("matchers").cloned().unwrap_or_default();
+    let comment = fields.get("comment").cloned().unwrap_or_default();
+    let duration = fields.get("duration").cloned().unwrap_or_else(|| "2h".into());
+    let mut error = fields.get("error").cloned();
+    let back_to = back_target(fields, "/ui/silences");
+    let matched: Option<Vec<Listed>> = if matchers.trim().is_empty() {
+        None
+    } else {
+        match ui
+            .api
+            .get::<Vec<Listed>>(&url("/api/v2/alerts", &[("filter", &matchers)]))
+            .await
+        {
+            Ok(list) => Some(list),
+            Err(e) => {
+                error.get_or_insert(e.message);
+                None
+            }
+        }
+    };
     let content = html! {
         h1 { "New silence" }
-        @if let Some(e) = error { p.error #silence-error { (e) } }
+        @if let Some(e) = &error { p.error #silence-error { (e) } }
         form.stack method="post" action="/ui/silences" {
-            (csrf_field(&session))
+            (csrf_field(session))
             input type="hidden" name="back" value=(back_to);
             label { "Matchers " span.muted { "(label=\"value\", label=~\"regex\", label!=\"value\")" }
                 input.mono type="text" name="matchers" value=(matchers) required placeholder="{alertname=\"HighLatency\", service=\"checkout\"}"; }
             label { "For"
                 select name="duration" {
-                    @for (value, label, _) in DURATIONS { option value=(value) selected[*value == "2h"] { (label) } }
+                    @for (value, label, _) in DURATIONS { option value=(value) selected[*value == duration] { (label) } }
                 }
             }
-            label { "Comment" input type="text" name="comment" maxlength="1000" placeholder="why, and a ticket if there is one"; }
-            button.primary type="submit" { "Create silence" }
+            label { "Comment" input type="text" name="comment" value=(comment) maxlength="1000" placeholder="why, and a ticket if there is one"; }
+            div.actions {
+                button type="submit" formaction="/ui/silences/preview" { "Preview" }
+                button.primary type="submit" { "Create silence" }
+            }
+        }
+        @if let Some(list) = &matched {
+            h2 { "What it would mute now" }
+            @if list.is_empty() {
+                p.empty #silence-preview { "No alert matches these matchers now (it will still mute any that come while it lasts)." }
+            } @else {
+                p { (list.len()) " alert" @if list.len() != 1 { "s" } " match:" }
+                table.list #silence-preview {
+                    thead { tr { th { "Alert" } th { "State" } th { "Labels" } } }
+                    tbody { @for a in list { tr {
+                        td { a href={"/ui/alerts/" (segment(&a.fingerprint))} { (a.labels.get("alertname").map_or("", String::as_str)) } }
+                        td { (a.status.state) }
+                        td { @for (k, v) in &a.labels { span.label { (k) "=" (v) } } }
+                    } } }
+                }
+            }
         }
     };
-    layout("New silence", Nav::Silences, &session, content)
+    layout("New silence", Nav::Silences, session, content)
 }
 
 pub(crate) async fn create(State(ui): State<UiState>, Extension(session): Extension<Session>, body: Bytes) -> Response {
