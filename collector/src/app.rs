@@ -152,6 +152,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnO
         TokenCheck::new(config.auth.ingest_token.as_ref()),
     ));
     let ready = Arc::new(AtomicBool::new(false));
+    let users = Arc::new(crate::auth::Users::new(&config.auth.users));
     let api_state = ApiState {
         store: Arc::clone(&store),
         metrics: Arc::clone(&metrics),
@@ -165,6 +166,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnO
         pipeline,
         alerts: Arc::clone(&alerts),
         responder: TokenCheck::new(config.auth.responder_token.as_ref()),
+        users: Arc::clone(&users),
         investigations: Arc::new(
             crate::investigations::InvestigationStore::open(&data_dir.join("investigations"))
                 .context("cannot open the investigations store")?,
@@ -278,9 +280,21 @@ fn ui_config(config: &Config) -> vigil_dashboards::UiConfig {
         .filter_map(|(t, role)| Some((t?.expose().to_string(), role)))
         .collect(),
     };
+    // Personal tokens sign in as their owner (hashes checked here, in one place).
+    let users = crate::auth::Users::new(&auth.users);
+    let named_login: vigil_dashboards::NamedLogin = std::sync::Arc::new(move |token: &str| {
+        let who = users.by_token(token)?;
+        let role = match who.role {
+            crate::config::UserRole::Viewer => Role::Viewer,
+            crate::config::UserRole::Responder => Role::Responder,
+            crate::config::UserRole::Admin => Role::Admin,
+        };
+        Some((who.name, role))
+    });
     vigil_dashboards::UiConfig {
         api_token: auth.api_token.as_ref().map(|t| t.expose().to_string()),
         logins,
+        named_login: Some(named_login),
         secure_cookie: config.tls.is_some(),
         ..vigil_dashboards::UiConfig::default()
     }

@@ -142,6 +142,31 @@ pub struct AuthConfig {
     /// the responder token is responder; without an API token the UI needs no sign-in
     /// (loopback only).
     pub viewer_token: Option<Secret>,
+    /// People (and tools) with their own token: what they do is recorded under their name,
+    /// whatever a request body claims. Needs `api_token` (the UI calls the API with it).
+    pub users: Vec<UserConfig>,
+}
+
+/// One personal token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    /// Who the audit log, acknowledgements and silences name.
+    pub name: String,
+    pub role: UserRole,
+    /// SHA-256 of the token in hex (`printf %s "$TOKEN" | sha256sum`): the file never holds
+    /// the token itself.
+    pub token_sha256: String,
+}
+
+/// What a personal token may do: read (viewer); also acknowledge, resolve, comment, give
+/// feedback and silence (responder); everything (admin).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UserRole {
+    Viewer,
+    Responder,
+    Admin,
 }
 
 /// TLS for every listener (OTLP gRPC, OTLP HTTP, API).
@@ -243,7 +268,7 @@ pub enum ConfigError {
     #[error("invalid config file {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("invalid value for `{key}`: {message}")]
-    Invalid { key: &'static str, message: String },
+    Invalid { key: String, message: String },
     #[error("invalid value for `alerting.{key}`: {message}")]
     Alerting { key: String, message: String },
 }
@@ -267,7 +292,12 @@ impl Config {
 
     /// Checks the cross-field rules. Run once at start-up and by `check-config`.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key, message: String| Err(ConfigError::Invalid { key, message });
+        let invalid = |key: &str, message: String| {
+            Err(ConfigError::Invalid {
+                key: key.to_string(),
+                message,
+            })
+        };
         let o = &self.otlp;
         if o.max_request_bytes == 0 {
             return invalid("otlp.max_request_bytes", "must be greater than 0".into());
@@ -338,6 +368,39 @@ impl Config {
             {
                 return invalid(key, "must be at least 16 characters".into());
             }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        let mut hashes = std::collections::BTreeSet::new();
+        for (i, u) in self.auth.users.iter().enumerate() {
+            let name = u.name.trim();
+            if name.is_empty() || name.chars().count() > 64 || name.chars().any(char::is_control) {
+                return invalid(
+                    &format!("auth.users[{i}].name"),
+                    "must be 1 to 64 printable characters".into(),
+                );
+            }
+            if !names.insert(name.to_string()) {
+                return invalid(&format!("auth.users[{i}].name"), format!("{name:?} is named twice"));
+            }
+            let hash = u.token_sha256.to_ascii_lowercase();
+            if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return invalid(
+                    &format!("auth.users[{i}].token_sha256"),
+                    "must be the token's SHA-256 as 64 hex digits (printf %s \"$TOKEN\" | sha256sum)".into(),
+                );
+            }
+            if !hashes.insert(hash) {
+                return invalid(
+                    &format!("auth.users[{i}].token_sha256"),
+                    "another user has the same token".into(),
+                );
+            }
+        }
+        if !self.auth.users.is_empty() && self.auth.api_token.is_none() {
+            return invalid(
+                "auth.users",
+                "personal tokens need auth.api_token (VIGIL_API_TOKEN) as well: without it the API asks for no token at all, and the UI calls the API with it".into(),
+            );
         }
         // Secure by default: nothing listens beyond loopback without a token.
         let ingest_token = self.auth.ingest_token.is_some();
@@ -453,6 +516,38 @@ mod tests {
         assert!(err.contains("VIGIL_INGEST_TOKEN"), "{err}");
         config.auth.ingest_token = Some(Secret::new("0123456789abcdef0123"));
         config.validate().expect("allowed with a token");
+    }
+
+    #[test]
+    fn personal_tokens_are_checked_with_the_key_named() {
+        let user = |name: &str, hash: &str| UserConfig {
+            name: name.into(),
+            role: UserRole::Responder,
+            token_sha256: hash.into(),
+        };
+        let good = "a".repeat(64);
+        let mut config = Config::default();
+        config.auth.users = vec![user("ana", &good)];
+        let err = config.validate().expect_err("needs the API token").to_string();
+        assert!(err.contains("auth.users") && err.contains("api_token"), "{err}");
+        config.auth.api_token = Some(Secret::new("0123456789abcdef0123"));
+        config.validate().expect("valid");
+        for (users, key) in [
+            (vec![user("ana", "abc")], "auth.users[0].token_sha256"),
+            (vec![user(" ", &good)], "auth.users[0].name"),
+            (
+                vec![user("ana", &good), user("ana", &"b".repeat(64))],
+                "auth.users[1].name",
+            ),
+            (
+                vec![user("ana", &good), user("bo", &good.to_uppercase())],
+                "auth.users[1].token_sha256",
+            ),
+        ] {
+            config.auth.users = users;
+            let err = config.validate().expect_err(key).to_string();
+            assert!(err.contains(key), "{key}: {err}");
+        }
     }
 
     #[test]

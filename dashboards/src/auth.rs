@@ -71,6 +71,7 @@ struct Entry {
 
 pub(crate) struct Auth {
     logins: Vec<(Vec<u8>, Role)>,
+    named_login: Option<crate::NamedLogin>,
     secure_cookie: bool,
     idle: Duration,
     max_sessions: usize,
@@ -99,6 +100,7 @@ impl Auth {
     pub(crate) fn new(cfg: &UiConfig) -> Auth {
         Auth {
             logins: cfg.logins.iter().map(|(t, r)| (t.as_bytes().to_vec(), *r)).collect(),
+            named_login: cfg.named_login.clone(),
             secure_cookie: cfg.secure_cookie,
             idle: cfg.session_idle,
             max_sessions: cfg.max_sessions.max(1),
@@ -110,8 +112,8 @@ impl Auth {
         !self.logins.is_empty()
     }
 
-    /// The role a login token grants, if it is one.
-    fn role_of(&self, token: &str) -> Option<Role> {
+    /// The role a login token grants, and its owner's name for a personal token.
+    fn role_of(&self, token: &str) -> Option<(Role, Option<String>)> {
         // Check every configured token, so timing says nothing about which one matched.
         let mut found = None;
         for (t, role) in &self.logins {
@@ -119,7 +121,11 @@ impl Auth {
                 found = Some(found.map_or(*role, |r: Role| r.max(*role)));
             }
         }
-        found
+        if let Some(role) = found {
+            return Some((role, None));
+        }
+        let (name, role) = self.named_login.as_ref()?(token)?;
+        Some((role, Some(name)))
     }
 
     fn lookup(&self, id: &str) -> Option<Session> {
@@ -317,7 +323,7 @@ pub(crate) async fn login_page(State(ui): State<UiState>, Query(q): Query<LoginQ
                         form.stack method="post" action="/ui/login" {
                             input type="hidden" name="next" value=(next);
                             label { "Token" input type="password" name="token" required autocomplete="current-password"; }
-                            label { "Your name (for the audit log)" input type="text" name="name" maxlength="64"; }
+                            label { "Your name (for the audit log; a personal token names you itself)" input type="text" name="name" maxlength="64"; }
                             button.primary type="submit" { "Sign in" }
                         }
                         p.muted { "Ask your Vigil admin for a viewer, responder or admin token." }
@@ -337,7 +343,7 @@ pub(crate) async fn login(State(ui): State<UiState>, headers: HeaderMap, body: a
     let form: HashMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
     let next = safe_next(form.get("next").map(String::as_str));
     let token = form.get("token").map(String::as_str).unwrap_or("");
-    let Some(role) = ui.auth.role_of(token) else {
+    let Some((role, owner)) = ui.auth.role_of(token) else {
         tracing::warn!("UI sign-in with an unknown token");
         // Slows guessing down; the token space is what really protects.
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -347,15 +353,17 @@ pub(crate) async fn login(State(ui): State<UiState>, headers: HeaderMap, body: a
         ))
         .into_response();
     };
-    let name: String = form
-        .get("name")
-        .map(|n| n.trim())
-        .filter(|n| !n.is_empty())
-        .unwrap_or(role.as_str())
-        .chars()
-        .filter(|c| !c.is_control())
-        .take(64)
-        .collect();
+    // A personal token names its owner; a shared one takes the name typed in.
+    let name: String = owner.unwrap_or_else(|| {
+        form.get("name")
+            .map(|n| n.trim())
+            .filter(|n| !n.is_empty())
+            .unwrap_or(role.as_str())
+            .chars()
+            .filter(|c| !c.is_control())
+            .take(64)
+            .collect()
+    });
     let (id, _) = ui.auth.create(role, name);
     let mut r = Redirect::to(&next).into_response();
     r.headers_mut().append(SET_COOKIE, ui.auth.cookie(&id));
@@ -429,8 +437,8 @@ mod tests {
             max_sessions: 2,
             ..UiConfig::default()
         });
-        assert_eq!(auth.role_of("view-token"), Some(Role::Viewer));
-        assert_eq!(auth.role_of("admin-token"), Some(Role::Admin));
+        assert_eq!(auth.role_of("view-token"), Some((Role::Viewer, None)));
+        assert_eq!(auth.role_of("admin-token"), Some((Role::Admin, None)));
         assert_eq!(auth.role_of("admin-toke"), None);
         assert_eq!(auth.role_of(""), None);
         let (a, _) = auth.create(Role::Viewer, "a".into());

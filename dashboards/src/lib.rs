@@ -30,6 +30,9 @@ use axum::routing::{get, post};
 
 pub use auth::Role;
 
+/// Looks a personal token up: its owner's name and role.
+pub type NamedLogin = std::sync::Arc<dyn Fn(&str) -> Option<(String, Role)> + Send + Sync>;
+
 /// How the UI reaches the API and who may log in.
 #[derive(Clone)]
 pub struct UiConfig {
@@ -39,6 +42,9 @@ pub struct UiConfig {
     /// Login tokens and the role each grants. Empty: no login (everyone is admin), which the
     /// collector allows only when the API listens on loopback.
     pub logins: Vec<(String, Role)>,
+    /// Personal tokens: the name and role a token belongs to, if it is one (the collector
+    /// keeps them hashed). A person signed in with one is named by it in the audit log.
+    pub named_login: Option<NamedLogin>,
     /// Mark the session cookie `Secure` (the API is served over TLS).
     pub secure_cookie: bool,
     /// How long a session lasts without use.
@@ -52,6 +58,7 @@ impl Default for UiConfig {
         UiConfig {
             api_token: None,
             logins: Vec::new(),
+            named_login: None,
             secure_cookie: false,
             session_idle: Duration::from_secs(12 * 3600),
             max_sessions: 10_000,

@@ -443,6 +443,135 @@ async fn sign_in_roles_and_csrf() -> Result<()> {
     Ok(())
 }
 
+/// Personal tokens (`auth.users`, kept as SHA-256): what their owners do is recorded under
+/// their names, whatever a request body or the sign-in form claims, and their roles hold.
+#[tokio::test]
+async fn personal_tokens_name_their_owner_in_the_api_and_the_ui() -> Result<()> {
+    const ANA: &str = "ana-personal-token-0123456789";
+    const BO: &str = "bo-personal-token-0123456789";
+    let dir = tempfile::tempdir()?;
+    let sha = |t: &str| {
+        let out = std::process::Command::new("sha256sum")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                use std::io::Write;
+                child.stdin.take().map(|mut i| i.write_all(t.as_bytes())).transpose()?;
+                child.wait_with_output()
+            });
+        out.map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .to_string()
+        })
+    };
+    let config = dir.path().join("vigil.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[auth.users]]\nname = \"ana\"\nrole = \"responder\"\ntoken_sha256 = \"{}\"\n\n\
+             [[auth.users]]\nname = \"bo\"\nrole = \"viewer\"\ntoken_sha256 = \"{}\"\n",
+            sha(ANA)?,
+            sha(BO)?
+        ),
+    )?;
+    let c = Collector::start_with(Options {
+        env: vec![("VIGIL_API_TOKEN".into(), API_TOKEN.into())],
+        args: vec!["--config".into(), config.display().to_string()],
+        ..Options::default()
+    })?;
+    let http = no_redirects()?;
+    let r = http
+        .post(c.api_url("/api/v2/alerts"))
+        .bearer_auth(API_TOKEN)
+        .json(&json!([{ "labels": {"alertname": "DiskFull", "host": "a"} }]))
+        .send()
+        .await?;
+    ensure!(r.status() == 200, "{}", r.status());
+    let id = r.json::<Value>().await?["ids"][0]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+
+    // bo reads, and is refused anything more, with the reason.
+    let r = http.get(c.api_url("/api/v1/alerts")).bearer_auth(BO).send().await?;
+    ensure!(r.status() == 200, "viewer reads: {}", r.status());
+    let r = http
+        .post(c.api_url(&format!("/api/v1/alerts/{id}/ack")))
+        .bearer_auth(BO)
+        .send()
+        .await?;
+    ensure!(r.status() == 403, "viewer ack: {}", r.status());
+    ensure!(r.text().await?.contains("bo is a viewer and this needs a responder"));
+    let r = http
+        .post(c.api_url("/api/v2/alerts"))
+        .bearer_auth(BO)
+        .json(&json!([{ "labels": {"alertname": "X"} }]))
+        .send()
+        .await?;
+    ensure!(r.status() == 403, "viewer posting alerts: {}", r.status());
+
+    // ana acknowledges and silences; the record names her, not whom the body claims.
+    let r = http
+        .post(c.api_url(&format!("/api/v1/alerts/{id}/ack")))
+        .bearer_auth(ANA)
+        .json(&json!({"by": "mallory"}))
+        .send()
+        .await?;
+    ensure!(r.status() == 200, "responder ack: {}", r.status());
+    let (_, alert) = get_json_auth(&c, &format!("/api/v1/alerts/{id}")).await?;
+    ensure!(alert["acknowledged_by"] == "ana", "{alert}");
+    let r = http
+        .post(c.api_url("/api/v2/silences"))
+        .bearer_auth(ANA)
+        .json(&json!({"matchers": [{"name": "host", "value": "a", "isRegex": false}],
+                      "endsAt": "2099-01-01T00:00:00Z", "createdBy": "mallory", "comment": "disk swap"}))
+        .send()
+        .await?;
+    ensure!(r.status() == 200, "responder silences: {}", r.status());
+    let (_, silences) = get_json_auth(&c, "/api/v2/silences").await?;
+    ensure!(silences[0]["createdBy"] == "ana", "{silences}");
+    let r = http
+        .delete(c.api_url(&format!(
+            "/api/v2/silence/{}",
+            silences[0]["id"].as_str().unwrap_or_default()
+        )))
+        .bearer_auth(BO)
+        .send()
+        .await?;
+    ensure!(r.status() == 403, "viewer expiring a silence: {}", r.status());
+    let (_, audit) = get_json_auth(&c, "/api/v1/audit").await?;
+    let actors: Vec<&str> = audit["entries"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e["actor"].as_str())
+        .collect();
+    ensure!(actors == ["ana", "ana"], "{audit}");
+
+    // In the UI, ana's token signs her in as ana, whatever name is typed ("Ada").
+    let r = http
+        .post(c.api_url(&format!("/api/v1/alerts/{id}/unack")))
+        .bearer_auth(API_TOKEN)
+        .send()
+        .await?;
+    ensure!(r.status() == 200);
+    let (cookie, csrf) = sign_in(&c, ANA).await?;
+    let r = http
+        .post(c.api_url(&format!("/ui/alerts/{id}/ack")))
+        .header("cookie", &cookie)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await?;
+    ensure!(r.status() == 303, "ui ack: {}", r.status());
+    let (_, alert) = get_json_auth(&c, &format!("/api/v1/alerts/{id}")).await?;
+    ensure!(alert["acknowledged_by"] == "ana", "{alert}");
+    Ok(())
+}
+
 async fn get_json_auth(c: &Collector, path: &str) -> Result<(u16, Value)> {
     let r = reqwest::Client::new()
         .get(c.api_url(path))

@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, RawQuery, State};
+use axum::extract::{Extension, Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -22,6 +22,7 @@ use vigil_alerting::matcher::{Matcher, MatcherSpec, parse_matchers};
 
 use super::alerts::blocking;
 use super::{ApiError, ApiState};
+use crate::auth::Identity;
 
 /// When this process started, for `status.uptime`.
 static STARTED: OnceLock<OffsetDateTime> = OnceLock::new();
@@ -292,15 +293,21 @@ pub(super) async fn get_silence(State(state): State<ApiState>, Path(id): Path<St
 /// `DELETE /api/v2/silence/{id}`: expires it (kept for the record).
 pub(super) async fn delete_silence(
     State(state): State<ApiState>,
+    Extension(identity): Extension<Identity>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    blocking(&state.alerts, move |s| s.expire_silence(&id, "api")).await?;
+    let by = identity.actor(None);
+    blocking(&state.alerts, move |s| s.expire_silence(&id, &by)).await?;
     Ok(StatusCode::OK.into_response())
 }
 
 /// `POST /api/v2/silences`: creates a silence, or with an `id` replaces that one.
-pub(super) async fn post_silences(State(state): State<ApiState>, body: Bytes) -> Result<Response, ApiError> {
-    let (id, silence) = super::alerts::parse_silence(&body)?;
+pub(super) async fn post_silences(
+    State(state): State<ApiState>,
+    Extension(identity): Extension<Identity>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let (id, silence) = super::alerts::parse_silence(&body, &identity)?;
     let matchers = silence.matchers.clone();
     let new_id = match id.filter(|i| !i.is_empty()) {
         Some(old) => blocking(&state.alerts, move |s| s.replace_silence(&old, silence)).await?,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use serde::Deserialize;
@@ -20,6 +20,7 @@ use vigil_detectors::engine::Verdict;
 use super::alertmanager::parse_ts;
 use super::{ApiError, ApiState};
 use crate::alerts::{AlertService, AlertServiceError};
+use crate::auth::Identity;
 
 impl From<AlertServiceError> for ApiError {
     fn from(e: AlertServiceError) -> ApiError {
@@ -136,11 +137,13 @@ fn action_body(body: &Bytes) -> Result<ActionBody, ApiError> {
 /// answers 200 with `changed: false` and says why.
 pub(super) async fn alert_action(
     State(state): State<ApiState>,
+    Extension(identity): Extension<Identity>,
     Path((id, action)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let b = action_body(&body)?;
-    let by = b.by.clone().unwrap_or_else(|| "api".into());
+    // A personal token's owner, whatever "by" says; a shared token's "by".
+    let by = identity.actor(b.by.as_deref());
     let alert_id = id.clone();
     let svc = Arc::clone(&state.alerts);
     let outcome = match action.as_str() {
@@ -228,8 +231,9 @@ enum MatchersField {
     List(Vec<serde_json::Value>),
 }
 
-/// A silence as posted (Alertmanager's `PostableSilence`), and the id it replaces if any.
-pub(super) fn parse_silence(body: &Bytes) -> Result<(Option<String>, Silence), ApiError> {
+/// A silence as posted (Alertmanager's `PostableSilence`), and the id it replaces if any;
+/// created by the identity's owner when it is a personal token.
+pub(super) fn parse_silence(body: &Bytes, identity: &Identity) -> Result<(Option<String>, Silence), ApiError> {
     let p: PostableSilence =
         serde_json::from_slice(body).map_err(|e| ApiError::bad(format!("invalid silence: {e}")))?;
     let matchers: Vec<Matcher> = match p.matchers {
@@ -244,13 +248,16 @@ pub(super) fn parse_silence(body: &Bytes) -> Result<(Option<String>, Silence), A
             out
         }
     };
+    if p.created_by.trim().is_empty() && !identity.personal {
+        return Err(ApiError::bad("createdBy must not be empty"));
+    }
     let now = crate::timeutil::now_ms();
     let silence = Silence {
         id: String::new(),
         matchers,
         starts_at_ms: parse_ts(&p.starts_at, "startsAt")?.unwrap_or(now),
         ends_at_ms: parse_ts(&Some(p.ends_at), "endsAt")?.ok_or_else(|| ApiError::bad("endsAt is required"))?,
-        created_by: p.created_by,
+        created_by: identity.actor(Some(&p.created_by)),
         comment: p.comment,
         created_at_ms: 0,
     };
@@ -270,8 +277,12 @@ pub(super) fn seal_silenced(state: &ApiState, matchers: &[Matcher]) {
     }
 }
 
-pub(super) async fn post_silence(State(state): State<ApiState>, body: Bytes) -> Result<Response, ApiError> {
-    let (id, silence) = parse_silence(&body)?;
+pub(super) async fn post_silence(
+    State(state): State<ApiState>,
+    Extension(identity): Extension<Identity>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let (id, silence) = parse_silence(&body, &identity)?;
     if id.is_some_and(|i| !i.is_empty()) {
         return Err(ApiError::bad(
             "id: to replace a silence, POST it to /api/v2/silences (Alertmanager's update)",
@@ -289,9 +300,11 @@ pub(super) async fn list_silences(State(state): State<ApiState>) -> Response {
 
 pub(super) async fn delete_silence(
     State(state): State<ApiState>,
+    Extension(identity): Extension<Identity>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    blocking(&state.alerts, move |s| s.expire_silence(&id, "api")).await?;
+    let by = identity.actor(None);
+    blocking(&state.alerts, move |s| s.expire_silence(&id, &by)).await?;
     Ok(Json(json!({ "expired": true })).into_response())
 }
 

@@ -11,14 +11,15 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{Path, Query, Request, State};
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
 use http::header::{AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use serde_json::json;
 
-use crate::auth::TokenCheck;
+use crate::auth::{Identity, TokenCheck};
+use crate::config::UserRole;
 use crate::pipeline::{AnomalyStore, FeedbackError, PipelineSender};
 use crate::storage::{Agg, LogQuery, MetricQuery, QueryError, Selector, Store, parse_label_list};
 use crate::telemetry::{EndpointLabel, Metrics};
@@ -40,6 +41,8 @@ pub struct ApiState {
     pub alerts: Arc<crate::alerts::AlertService>,
     /// Accepted (besides the API token) on the responder actions: ack, resolve, comment…
     pub responder: TokenCheck,
+    /// Personal tokens (viewer, responder, admin), named in everything they do.
+    pub users: Arc<crate::auth::Users>,
     pub investigations: Arc<crate::investigations::InvestigationStore>,
 }
 
@@ -140,33 +143,82 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-async fn require_token(State(state): State<ApiState>, request: Request, next: Next) -> Response {
-    if state
-        .token
-        .check(request.headers().get(AUTHORIZATION).map(|v| v.as_bytes()))
-    {
-        next.run(request).await
+/// The API token (admin), or a personal token whose role allows the request: a viewer
+/// reads, a responder also silences, an admin does everything. The identity found goes to
+/// the handlers, which record actions under it.
+async fn require_token(State(state): State<ApiState>, mut request: Request, next: Next) -> Response {
+    let header = request.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
+    let identity = if state.token.check(header) {
+        Some(Identity::shared("api", UserRole::Admin))
     } else {
-        let mut r = ApiError(StatusCode::UNAUTHORIZED, "missing or invalid bearer token".into()).into_response();
-        r.headers_mut()
-            .insert(WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
-        r
+        state.users.by_header(header)
+    };
+    let Some(identity) = identity else {
+        return unauthorized();
+    };
+    let reading = matches!(*request.method(), Method::GET | Method::HEAD);
+    let silencing = request.uri().path().contains("/silence");
+    let needed = if reading {
+        UserRole::Viewer
+    } else if silencing {
+        UserRole::Responder
+    } else {
+        UserRole::Admin
+    };
+    if identity.role < needed {
+        return forbidden(&identity, needed);
+    }
+    request.extensions_mut().insert(identity);
+    next.run(request).await
+}
+
+/// The API token, the shared responder token (which can do nothing but act on alerts), or a
+/// personal token of a responder or admin.
+async fn require_responder(State(state): State<ApiState>, mut request: Request, next: Next) -> Response {
+    let header = request.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
+    let identity = if state.token.check(header) {
+        Some(Identity::shared("api", UserRole::Admin))
+    } else if state.responder.is_configured() && state.responder.check(header) {
+        Some(Identity::shared("responder", UserRole::Responder))
+    } else {
+        state.users.by_header(header)
+    };
+    match identity {
+        Some(identity) if identity.role >= UserRole::Responder => {
+            request.extensions_mut().insert(identity);
+            next.run(request).await
+        }
+        Some(identity) => forbidden(&identity, UserRole::Responder),
+        None => unauthorized(),
     }
 }
 
-/// The API token, or the responder token, which can do nothing but act on alerts.
-async fn require_responder(State(state): State<ApiState>, request: Request, next: Next) -> Response {
-    let header = request.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
-    let api_ok = state.token.check(header);
-    let responder_ok = state.responder.is_configured() && state.responder.check(header);
-    if api_ok || responder_ok {
-        next.run(request).await
-    } else {
-        let mut r = ApiError(StatusCode::UNAUTHORIZED, "missing or invalid bearer token".into()).into_response();
-        r.headers_mut()
-            .insert(WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
-        r
+fn role_name(role: UserRole) -> &'static str {
+    match role {
+        UserRole::Viewer => "viewer",
+        UserRole::Responder => "responder",
+        UserRole::Admin => "admin",
     }
+}
+
+fn unauthorized() -> Response {
+    let mut r = ApiError(StatusCode::UNAUTHORIZED, "missing or invalid bearer token".into()).into_response();
+    r.headers_mut()
+        .insert(WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
+    r
+}
+
+fn forbidden(identity: &Identity, needed: UserRole) -> Response {
+    ApiError(
+        StatusCode::FORBIDDEN,
+        format!(
+            "{} is a {} and this needs a {}",
+            identity.name,
+            role_name(identity.role),
+            role_name(needed)
+        ),
+    )
+    .into_response()
 }
 
 async fn readyz(State(state): State<ApiState>) -> Response {
