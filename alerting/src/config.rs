@@ -18,6 +18,17 @@ pub struct AlertingConfig {
     /// An alert that stops being re-sent is resolved after this long (Alertmanager's
     /// `resolve_timeout`).
     pub resolve_timeout_secs: u64,
+    /// How to reach each person on on-call schedules: their own receiver.
+    pub people: Vec<PersonConfig>,
+}
+
+/// A person who can be on call, and the receiver that reaches them (their Slack webhook,
+/// PagerDuty user service, e-mail gateway…).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PersonConfig {
+    pub name: String,
+    pub receiver: String,
 }
 
 impl Default for AlertingConfig {
@@ -34,6 +45,7 @@ impl Default for AlertingConfig {
             inhibit_rules: Vec::new(),
             escalation_policies: Vec::new(),
             resolve_timeout_secs: 300,
+            people: Vec::new(),
         }
     }
 }
@@ -106,6 +118,9 @@ pub struct EscalationStepConfig {
     /// Seconds after the previous step (after the first notification for step one).
     pub wait_secs: u64,
     pub receivers: Vec<String>,
+    /// On-call schedules: the person on call in each, when the step runs, is notified
+    /// through their own receiver (`people`).
+    pub schedules: Vec<String>,
 }
 
 /// A configuration error, naming the key.
@@ -163,6 +178,27 @@ impl AlertingConfig {
                         ));
                     }
                 }
+                if s.receivers.is_empty() && s.schedules.is_empty() {
+                    return Err(err(
+                        format!("escalation_policies[{i}].steps[{j}]"),
+                        "names no receiver and no schedule: nobody would be told",
+                    ));
+                }
+            }
+        }
+        let mut people = BTreeSet::new();
+        for (i, p) in self.people.iter().enumerate() {
+            if p.name.trim().is_empty() || !people.insert(p.name.as_str()) {
+                return Err(err(
+                    format!("people[{i}].name"),
+                    format!("{:?} is empty or named twice", p.name),
+                ));
+            }
+            if !names.contains(p.receiver.as_str()) {
+                return Err(err(
+                    format!("people[{i}].receiver"),
+                    format!("unknown receiver {:?}", p.receiver),
+                ));
             }
         }
         for (i, rule) in self.inhibit_rules.iter().enumerate() {

@@ -12,6 +12,7 @@ pub mod engine;
 pub mod history;
 pub mod labels;
 pub mod matcher;
+pub mod oncall;
 pub mod payload;
 pub mod route;
 pub mod sign;

@@ -33,6 +33,23 @@ pub fn sign_body(secret: &[u8], timestamp_secs: i64, body: &[u8]) -> String {
     )
 }
 
+/// The token in a schedule's calendar feed URL: calendar apps fetch feeds without
+/// headers, so the URL carries a signature of the feed it opens (and only that feed).
+pub fn feed_token(secret: &[u8], schedule: &str) -> String {
+    hex::encode(mac(secret, &[b"ical-feed\0", schedule.as_bytes()]))
+}
+
+/// Whether `token` opens the feed of `schedule` (constant time).
+pub fn verify_feed_token(secret: &[u8], schedule: &str, token: &str) -> bool {
+    let Some(sig) = lower_hex(token) else { return false };
+    let Ok(mut m) = HmacSha256::new_from_slice(secret) else {
+        return false;
+    };
+    m.update(b"ical-feed\0");
+    m.update(schedule.as_bytes());
+    m.verify_slice(&sig).is_ok()
+}
+
 /// What a receiver does: recompute and compare in constant time; reject old timestamps.
 pub fn verify_body(
     secret: &[u8],

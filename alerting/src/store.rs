@@ -26,6 +26,7 @@ const NONCES: TableDefinition<'_, &str, i64> = TableDefinition::new("nonces");
 const AUDIT: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("audit");
 const META: TableDefinition<'_, &str, u64> = TableDefinition::new("meta");
 const DELIVERIES: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("deliveries");
+const SCHEDULES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("schedules");
 
 /// Delivery attempts kept: the oldest go first past this (a busy installation sends a few
 /// thousand notifications a day; this is weeks of them, a few tens of MB at most).
@@ -91,6 +92,7 @@ impl AlertStore {
             tx.open_table(AUDIT)?;
             tx.open_table(META)?;
             tx.open_table(DELIVERIES)?;
+            tx.open_table(SCHEDULES)?;
         }
         tx.commit()?;
         Ok(AlertStore { db })
@@ -127,6 +129,7 @@ impl AlertStore {
             groups: all(&tx, GROUPS, "groups")?,
             silences: all(&tx, SILENCES, "silences")?,
             outbox: all(&tx, OUTBOX, "outbox")?,
+            schedules: all(&tx, SCHEDULES, "schedules")?,
             nonces,
             next_seq,
         })
@@ -171,6 +174,13 @@ impl AlertStore {
             let mut t = tx.open_table(AUDIT)?;
             for e in &ch.audit {
                 t.insert(e.seq, encode(e)?.as_slice())?;
+            }
+            let mut t = tx.open_table(SCHEDULES)?;
+            for x in &ch.schedules {
+                t.insert(x.name.as_str(), encode(x)?.as_slice())?;
+            }
+            for name in &ch.schedules_deleted {
+                t.remove(name.as_str())?;
             }
             let mut t = tx.open_table(DELIVERIES)?;
             for d in &ch.deliveries {
@@ -306,6 +316,7 @@ mod tests {
                 steps: vec![EscalationStepConfig {
                     wait_secs: 60,
                     receivers: vec!["boss".into()],
+                    schedules: Vec::new(),
                 }],
                 repeat: 0,
             }];

@@ -18,6 +18,7 @@ use vigil_alerting::alert::{Alert, AlertInput, AuditEntry, Silence};
 use vigil_alerting::config::{AlertingConfig, ReceiverConfig};
 use vigil_alerting::engine::{ActionError, ActionOutcome, Alerting, Notification};
 use vigil_alerting::history::Delivery;
+use vigil_alerting::oncall::Schedule;
 use vigil_alerting::payload::{self, Context};
 use vigil_alerting::sign::{self, ActionLink, LinkAction, LinkError};
 use vigil_alerting::store::{AlertStore, StoreError};
@@ -233,6 +234,53 @@ impl AlertService {
                 )
             })
             .collect()
+    }
+
+    pub fn schedules(&self) -> Vec<Schedule> {
+        self.lock().schedules()
+    }
+
+    pub fn schedule(&self, name: &str) -> Option<Schedule> {
+        self.lock().schedule(name)
+    }
+
+    pub fn put_schedule(&self, s: Schedule, by: &str) -> Result<(), AlertServiceError> {
+        self.mutate(|e, now| e.put_schedule(s, by, now))?.map_err(Into::into)
+    }
+
+    pub fn delete_schedule(&self, name: &str, by: &str) -> Result<(), AlertServiceError> {
+        self.mutate(|e, now| e.delete_schedule(name, by, now))?
+            .map_err(Into::into)
+    }
+
+    pub fn add_override(
+        &self,
+        schedule: &str,
+        user: &str,
+        range: (i64, i64),
+        by: &str,
+    ) -> Result<String, AlertServiceError> {
+        self.mutate(|e, now| e.add_override(schedule, user, range, by, now))?
+            .map_err(Into::into)
+    }
+
+    pub fn delete_override(&self, schedule: &str, id: &str, by: &str) -> Result<(), AlertServiceError> {
+        self.mutate(|e, now| e.delete_override(schedule, id, by, now))?
+            .map_err(Into::into)
+    }
+
+    /// The URL of a schedule's calendar feed, signed.
+    pub fn feed_url(&self, schedule: &str) -> String {
+        format!(
+            "{}/api/v1/schedules/{}/calendar.ics?token={}",
+            self.external_url(),
+            crate::investigations::encode(schedule),
+            sign::feed_token(self.link_secret.expose().as_bytes(), schedule)
+        )
+    }
+
+    pub fn feed_token_ok(&self, schedule: &str, token: &str) -> bool {
+        sign::verify_feed_token(self.link_secret.expose().as_bytes(), schedule, token)
     }
 
     /// The routing configuration as Alertmanager YAML (no secrets in it).

@@ -97,6 +97,7 @@ pub fn router(api: Router, cfg: UiConfig) -> Router {
         .route("/ui/anomalies/{id}/feedback", post(pages::alerts::anomaly_feedback))
         .route("/ui/silences", get(pages::silences::list).post(pages::silences::create))
         .route("/ui/silences/new", get(pages::silences::new_form))
+        .route("/ui/oncall", get(pages::oncall::page))
         .route("/ui/silences/preview", post(pages::silences::preview))
         .route("/ui/silences/{id}/expire", post(pages::silences::expire))
         .route("/ui/audit", get(pages::silences::audit))

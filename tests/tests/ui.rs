@@ -236,6 +236,11 @@ async fn the_on_call_walkthrough_in_a_real_browser() -> Result<()> {
     b.screenshot("09-silences").await?;
     b.assert_no_js_errors("silences").await?;
 
+    // On call: no schedule in the demo, and the page says how to make one.
+    b.goto(&format!("{base}/ui/oncall")).await?;
+    b.find("#no-schedules").await?;
+    b.assert_no_js_errors("on call").await?;
+
     // Metrics: pick the first metric, a chart with axes.
     b.goto(&format!("{base}/ui/metrics")).await?;
     b.click_css_and_load("#metric-list a").await?;

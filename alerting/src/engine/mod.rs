@@ -21,6 +21,7 @@ use crate::config::{AlertingConfig, ConfigError, EscalationPolicyConfig, parse_m
 use crate::history::{Delivery, DeliveryOutcome};
 use crate::labels::{LabelSet, fingerprint, project};
 use crate::matcher::{Matcher, all_match};
+use crate::oncall::{Override, Schedule};
 use crate::route::Route;
 
 /// Delivery gives up after this many attempts (the last error stays in the audit log).
@@ -114,6 +115,8 @@ pub struct Changes {
     pub audit: Vec<AuditEntry>,
     pub nonces: Vec<(String, i64)>,
     pub deliveries: Vec<Delivery>,
+    pub schedules: Vec<Schedule>,
+    pub schedules_deleted: Vec<String>,
     pub next_seq: u64,
 }
 
@@ -129,12 +132,15 @@ impl Changes {
             && self.audit.is_empty()
             && self.nonces.is_empty()
             && self.deliveries.is_empty()
+            && self.schedules.is_empty()
+            && self.schedules_deleted.is_empty()
     }
 }
 
 /// Persisted state to resume from.
 #[derive(Debug, Default)]
 pub struct Snapshot {
+    pub schedules: Vec<Schedule>,
     pub alerts: Vec<Alert>,
     pub groups: Vec<Group>,
     pub silences: Vec<Silence>,
@@ -157,6 +163,8 @@ pub enum ActionError {
     UnknownAlert(String),
     #[error("no silence with id {0:?}")]
     UnknownSilence(String),
+    #[error("no schedule named {0:?}")]
+    UnknownSchedule(String),
     #[error("{0}")]
     Invalid(String),
 }
@@ -182,6 +190,11 @@ pub struct Alerting {
     new_audit: Vec<AuditEntry>,
     new_nonces: Vec<(String, i64)>,
     new_deliveries: Vec<Delivery>,
+    schedules: BTreeMap<String, Schedule>,
+    dirty_schedules: BTreeSet<String>,
+    deleted_schedules: BTreeSet<String>,
+    /// Person → the receiver that reaches them.
+    people: BTreeMap<String, String>,
 }
 
 fn hash_of(parts: &[&str]) -> String {
@@ -207,6 +220,11 @@ impl Alerting {
                 equal: r.equal.clone(),
             });
         }
+        let people = cfg
+            .people
+            .iter()
+            .map(|p| (p.name.clone(), p.receiver.clone()))
+            .collect();
         let policies = cfg
             .escalation_policies
             .iter()
@@ -233,6 +251,10 @@ impl Alerting {
             new_audit: Vec::new(),
             new_nonces: Vec::new(),
             new_deliveries: Vec::new(),
+            schedules: BTreeMap::new(),
+            dirty_schedules: BTreeSet::new(),
+            deleted_schedules: BTreeSet::new(),
+            people,
         })
     }
 
@@ -267,6 +289,7 @@ impl Alerting {
             self.groups.insert(g.key.clone(), g);
         }
         self.silences = s.silences.into_iter().map(|x| (x.id.clone(), x)).collect();
+        self.schedules = s.schedules.into_iter().map(|x| (x.name.clone(), x)).collect();
         self.outbox = s.outbox.into_iter().map(|n| (n.id.clone(), n)).collect();
         self.nonces = s.nonces.into_iter().collect();
         self.seq = s.next_seq;
@@ -845,10 +868,20 @@ impl Alerting {
             return;
         }
         let Some(step) = policy.steps.get(esc.step) else { return };
-        for r in &step.receivers {
+        let mut receivers = step.receivers.clone();
+        for schedule in &step.schedules {
+            // The person on call now, through their own receiver; a step that finds nobody
+            // says so in the audit log rather than failing silently.
+            match self.on_call_receiver(schedule, now_ms) {
+                Ok(r) if !receivers.contains(&r) => receivers.push(r),
+                Ok(_) => {}
+                Err(why) => self.audit(now_ms, "vigil", "escalation_unrouted", &g.key, why),
+            }
+        }
+        for r in receivers {
             self.enqueue(
                 &g,
-                r.clone(),
+                r,
                 NotifyReason::Escalation,
                 Some(esc.step + 1),
                 "firing",
@@ -992,6 +1025,11 @@ impl Alerting {
             outbox_deleted: std::mem::take(&mut self.deleted_outbox).into_iter().collect(),
             audit: std::mem::take(&mut self.new_audit),
             deliveries: std::mem::take(&mut self.new_deliveries),
+            schedules: std::mem::take(&mut self.dirty_schedules)
+                .iter()
+                .filter_map(|n| self.schedules.get(n).cloned())
+                .collect(),
+            schedules_deleted: std::mem::take(&mut self.deleted_schedules).into_iter().collect(),
             nonces: std::mem::take(&mut self.new_nonces),
             next_seq: self.seq,
         }
@@ -999,6 +1037,125 @@ impl Alerting {
 
     pub fn groups(&self) -> Vec<Group> {
         self.groups.values().cloned().collect()
+    }
+
+    /// The receiver of whoever is on call in `schedule` at `now_ms`, or why there is none.
+    fn on_call_receiver(&self, schedule: &str, now_ms: i64) -> Result<String, String> {
+        let s = self
+            .schedules
+            .get(schedule)
+            .ok_or_else(|| format!("schedule {schedule:?} does not exist"))?;
+        let compiled = s.compile().map_err(|e| format!("schedule {schedule:?}: {e}"))?;
+        let who = compiled
+            .on_call_at(now_ms)
+            .ok_or_else(|| format!("nobody is on call in {schedule:?}"))?;
+        self.people.get(&who.user).cloned().ok_or_else(|| {
+            format!(
+                "{} is on call in {schedule:?} but has no receiver (alerting.people)",
+                who.user
+            )
+        })
+    }
+
+    pub fn schedules(&self) -> Vec<Schedule> {
+        self.schedules.values().cloned().collect()
+    }
+
+    pub fn schedule(&self, name: &str) -> Option<Schedule> {
+        self.schedules.get(name).cloned()
+    }
+
+    /// Creates or replaces a schedule's rotations (its overrides stay).
+    pub fn put_schedule(&mut self, mut s: Schedule, by: &str, now_ms: i64) -> Result<(), ActionError> {
+        if let Some(old) = self.schedules.get(&s.name) {
+            s.overrides = old.overrides.clone();
+        } else {
+            s.overrides.clear();
+        }
+        s.compile().map_err(ActionError::Invalid)?;
+        s.updated_ms = now_ms;
+        s.updated_by = by.to_string();
+        let detail = format!(
+            "{} layer(s) in {}: {}",
+            s.layers.len(),
+            s.time_zone,
+            s.layers
+                .iter()
+                .map(|l| format!("{:?} at {} of {}", l.rotation, l.handoff, l.users.join(", ")).to_lowercase())
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+        let name = s.name.clone();
+        self.schedules.insert(name.clone(), s);
+        self.dirty_schedules.insert(name.clone());
+        self.deleted_schedules.remove(&name);
+        self.audit(now_ms, by, "schedule_update", &name, detail);
+        Ok(())
+    }
+
+    pub fn delete_schedule(&mut self, name: &str, by: &str, now_ms: i64) -> Result<(), ActionError> {
+        if self.schedules.remove(name).is_none() {
+            return Err(ActionError::UnknownSchedule(name.to_string()));
+        }
+        self.dirty_schedules.remove(name);
+        self.deleted_schedules.insert(name.to_string());
+        self.audit(now_ms, by, "schedule_delete", name, String::new());
+        Ok(())
+    }
+
+    /// Puts `user` on call in `schedule` from `start_ms` to `end_ms`, over every layer.
+    pub fn add_override(
+        &mut self,
+        schedule: &str,
+        user: &str,
+        (start_ms, end_ms): (i64, i64),
+        by: &str,
+        now_ms: i64,
+    ) -> Result<String, ActionError> {
+        if end_ms <= start_ms {
+            return Err(ActionError::Invalid("end must be after start".into()));
+        }
+        if user.trim().is_empty() || user.chars().count() > 64 || user.chars().any(char::is_control) {
+            return Err(ActionError::Invalid("user: 1 to 64 printable characters".into()));
+        }
+        let id = format!("o{:08}", self.next_seq());
+        let s = self
+            .schedules
+            .get_mut(schedule)
+            .ok_or_else(|| ActionError::UnknownSchedule(schedule.to_string()))?;
+        s.overrides.push(Override {
+            id: id.clone(),
+            user: user.to_string(),
+            start_ms,
+            end_ms,
+            created_by: by.to_string(),
+        });
+        // Past overrides are dropped a week after they end: the audit log keeps them.
+        s.overrides.retain(|o| o.end_ms + 7 * 86_400_000 > now_ms);
+        self.dirty_schedules.insert(schedule.to_string());
+        self.audit(
+            now_ms,
+            by,
+            "override_create",
+            schedule,
+            format!("{user} from {start_ms} to {end_ms} ({id})"),
+        );
+        Ok(id)
+    }
+
+    pub fn delete_override(&mut self, schedule: &str, id: &str, by: &str, now_ms: i64) -> Result<(), ActionError> {
+        let s = self
+            .schedules
+            .get_mut(schedule)
+            .ok_or_else(|| ActionError::UnknownSchedule(schedule.to_string()))?;
+        let before = s.overrides.len();
+        s.overrides.retain(|o| o.id != id);
+        if s.overrides.len() == before {
+            return Err(ActionError::Invalid(format!("no override {id:?} in {schedule:?}")));
+        }
+        self.dirty_schedules.insert(schedule.to_string());
+        self.audit(now_ms, by, "override_delete", schedule, id.to_string());
+        Ok(())
     }
 
     /// The receivers an alert with these labels is routed to, each once, in route order.

@@ -1,7 +1,7 @@
 //! The alerting state machine against a fake clock: every timer is driven by `tick(now)`.
 
 use super::*;
-use crate::config::{EscalationStepConfig, InhibitRuleConfig, ReceiverConfig, RouteConfig};
+use crate::config::{EscalationStepConfig, InhibitRuleConfig, PersonConfig, ReceiverConfig, RouteConfig};
 use crate::history::DeliveryOutcome;
 
 const S: i64 = 1000;
@@ -45,15 +45,18 @@ fn config() -> AlertingConfig {
                 EscalationStepConfig {
                     wait_secs: 300,
                     receivers: vec!["secondary".into()],
+                    schedules: Vec::new(),
                 },
                 EscalationStepConfig {
                     wait_secs: 600,
                     receivers: vec!["manager".into()],
+                    schedules: Vec::new(),
                 },
             ],
             repeat: 0,
         }],
         resolve_timeout_secs: 300,
+        people: Vec::new(),
     }
 }
 
@@ -505,4 +508,71 @@ fn notifications_carry_alertmanagers_group_key() {
     a.tick(T0 + 30 * S);
     let n = a.due(T0 + 30 * S).pop().expect("due");
     assert_eq!(n.group_key, r#"{}/{severity="page"}:{alertname="Err", service="cart"}"#);
+}
+
+#[test]
+fn an_escalation_step_reaches_whoever_is_on_call_through_their_receiver() {
+    use crate::oncall::{Layer, Rotation, Schedule};
+    let mut cfg = config();
+    cfg.people = vec![
+        PersonConfig {
+            name: "ana".into(),
+            receiver: "secondary".into(),
+        },
+        PersonConfig {
+            name: "bo".into(),
+            receiver: "manager".into(),
+        },
+    ];
+    cfg.escalation_policies[0].steps = vec![EscalationStepConfig {
+        wait_secs: 300,
+        receivers: Vec::new(),
+        schedules: vec!["primary".into()],
+    }];
+    cfg.escalation_policies[0].repeat = 1;
+    let mut a = Alerting::new(cfg).expect("config");
+    // T0 is 2026-11-23T00:00Z: ana's day, then bo's.
+    let schedule = Schedule {
+        name: "primary".into(),
+        time_zone: "UTC".into(),
+        layers: vec![Layer {
+            name: "daily".into(),
+            rotation: Rotation::Daily,
+            handoff: "00:00".into(),
+            handoff_day: None,
+            start: "2026-11-23".into(),
+            users: vec!["ana".into(), "bo".into()],
+        }],
+        overrides: Vec::new(),
+        updated_ms: 0,
+        updated_by: String::new(),
+    };
+    a.put_schedule(schedule, "admin", T0).expect("valid schedule");
+    let page = alert(&[
+        ("alertname", "CheckoutDown"),
+        ("service", "checkout"),
+        ("severity", "page"),
+    ]);
+    a.upsert(page.clone(), T0);
+    assert_eq!(
+        run(&mut a, T0 + 30 * S),
+        [("oncall".to_string(), NotifyReason::Initial, 1)]
+    );
+    a.upsert(page.clone(), T0 + 300 * S);
+    assert_eq!(
+        run(&mut a, T0 + 330 * S),
+        [("secondary".to_string(), NotifyReason::Escalation, 1)],
+        "ana is on call: her receiver"
+    );
+    // An override puts bo on call for the next round.
+    a.add_override("primary", "bo", (T0 + 600 * S, T0 + 3600 * S), "ana", T0 + 400 * S)
+        .expect("override");
+    a.upsert(page, T0 + 600 * S);
+    assert_eq!(
+        run(&mut a, T0 + 630 * S),
+        [("manager".to_string(), NotifyReason::Escalation, 1)],
+        "bo by override"
+    );
+    let audit: Vec<String> = a.take_changes().audit.into_iter().map(|e| e.action).collect();
+    assert_eq!(audit, ["schedule_update", "override_create"]);
 }

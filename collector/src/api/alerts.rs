@@ -25,9 +25,9 @@ use crate::auth::Identity;
 impl From<AlertServiceError> for ApiError {
     fn from(e: AlertServiceError) -> ApiError {
         let status = match &e {
-            AlertServiceError::Action(ActionError::UnknownAlert(_) | ActionError::UnknownSilence(_)) => {
-                StatusCode::NOT_FOUND
-            }
+            AlertServiceError::Action(
+                ActionError::UnknownAlert(_) | ActionError::UnknownSilence(_) | ActionError::UnknownSchedule(_),
+            ) => StatusCode::NOT_FOUND,
             AlertServiceError::Action(ActionError::Invalid(_)) => StatusCode::BAD_REQUEST,
             AlertServiceError::Link(LinkError::Expired) => StatusCode::GONE,
             AlertServiceError::Link(LinkError::Replayed) => StatusCode::CONFLICT,

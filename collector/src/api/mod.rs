@@ -3,6 +3,7 @@
 mod alertmanager;
 mod alerts;
 mod investigations;
+mod oncall;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -125,6 +126,17 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/api/v1/silences/{id}", axum::routing::delete(alerts::delete_silence))
         .route("/api/v1/audit", get(alerts::audit))
+        .route("/api/v1/oncall", get(oncall::now))
+        .route("/api/v1/schedules", get(oncall::list))
+        .route(
+            "/api/v1/schedules/{name}",
+            get(oncall::get_one).put(oncall::put).delete(oncall::delete),
+        )
+        .route("/api/v1/schedules/{name}/overrides", post(oncall::add_override))
+        .route(
+            "/api/v1/schedules/{name}/overrides/{id}",
+            axum::routing::delete(oncall::delete_override),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     let responder = Router::new()
         .route("/api/v1/alerts/{id}/{action}", post(alerts::alert_action))
@@ -137,6 +149,8 @@ pub fn router(state: ApiState) -> Router {
             "/api/v1/actions/{token}",
             get(alerts::link_page).post(alerts::follow_link),
         )
+        // The signed URL is the authorization: calendar apps send no headers.
+        .route("/api/v1/schedules/{name}/calendar.ics", get(oncall::calendar))
         .merge(protected)
         .merge(responder)
         .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".into()) })
@@ -157,10 +171,12 @@ async fn require_token(State(state): State<ApiState>, mut request: Request, next
         return unauthorized();
     };
     let reading = matches!(*request.method(), Method::GET | Method::HEAD);
-    let silencing = request.uri().path().contains("/silence");
+    // What on-call people change themselves: silences, and who covers a shift.
+    let path = request.uri().path();
+    let responders_change = path.contains("/silence") || path.contains("/overrides");
     let needed = if reading {
         UserRole::Viewer
-    } else if silencing {
+    } else if responders_change {
         UserRole::Responder
     } else {
         UserRole::Admin

@@ -314,7 +314,7 @@ fn fill_evidence(store: &Store, window: TimeRange, candidates: &mut [Candidate])
 }
 
 /// Percent-encodes a query-string value.
-fn encode(s: &str) -> String {
+pub(crate) fn encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {

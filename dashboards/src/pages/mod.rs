@@ -7,6 +7,7 @@ pub(crate) mod incidents;
 pub(crate) mod investigations;
 pub(crate) mod logs;
 pub(crate) mod metrics;
+pub(crate) mod oncall;
 pub(crate) mod services;
 pub(crate) mod silences;
 
@@ -26,6 +27,7 @@ pub(crate) enum Nav {
     Metrics,
     Services,
     Silences,
+    OnCall,
     Audit,
 }
 
@@ -37,6 +39,7 @@ const NAV: &[(Nav, &str, &str)] = &[
     (Nav::Metrics, "/ui/metrics", "Metrics"),
     (Nav::Services, "/ui/services", "Services"),
     (Nav::Silences, "/ui/silences", "Silences"),
+    (Nav::OnCall, "/ui/oncall", "On call"),
     (Nav::Audit, "/ui/audit", "Audit log"),
 ];
 
