@@ -79,6 +79,9 @@ pub enum ReceiverKind {
     Slack,
     /// PagerDuty Events API v2.
     Pagerduty,
+    /// E-mail over SMTP (`url` is `smtp://host:port`, STARTTLS required, or
+    /// `smtps://host:port`, TLS from the start).
+    Email,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -92,6 +95,22 @@ pub struct ReceiverConfig {
     pub routing_key: Option<String>,
     /// Per-request timeout.
     pub timeout_secs: Option<u64>,
+    /// E-mail: recipients, sender, and the SMTP login (if the server wants one).
+    pub to: Vec<String>,
+    pub from: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<Password>,
+}
+
+/// A password from the configuration: never shown by `Debug` (configurations get logged).
+#[derive(Clone, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Password(pub String);
+
+impl std::fmt::Debug for Password {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -159,6 +178,27 @@ impl AlertingConfig {
                     format!("receivers[{i}].name"),
                     format!("duplicate receiver {:?}", r.name),
                 ));
+            }
+            if r.kind == ReceiverKind::Email {
+                let url = r.url.as_deref().unwrap_or("");
+                if !(url.starts_with("smtp://") || url.starts_with("smtps://")) {
+                    return Err(err(
+                        format!("receivers[{i}].url"),
+                        "an email receiver needs smtp://host:port (STARTTLS) or smtps://host:port",
+                    ));
+                }
+                if r.to.is_empty() || r.to.iter().any(|a| !a.contains('@')) {
+                    return Err(err(format!("receivers[{i}].to"), "needs one or more e-mail addresses"));
+                }
+                if !r.from.as_deref().is_some_and(|a| a.contains('@')) {
+                    return Err(err(format!("receivers[{i}].from"), "needs the sender's e-mail address"));
+                }
+                if r.username.is_some() != r.password.is_some() {
+                    return Err(err(
+                        format!("receivers[{i}].password"),
+                        "username and password go together",
+                    ));
+                }
             }
             if r.kind == ReceiverKind::Pagerduty && r.url.is_some() && r.routing_key.is_none() {
                 return Err(err(

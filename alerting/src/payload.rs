@@ -6,6 +6,7 @@
 //! - slack: an incoming-webhook message (`text` plus `blocks`).
 //! - pagerduty: Events API v2, with the group key as `dedup_key` so trigger, acknowledge and
 //!   resolve land on one PagerDuty incident.
+//! - email: a subject and a plain-text body ([`email`]); the collector sends it over SMTP.
 
 use serde_json::{Value, json};
 use time::OffsetDateTime;
@@ -52,12 +53,56 @@ fn alert_status(a: &Alert) -> &'static str {
     }
 }
 
+/// The JSON body for an HTTP receiver (an email receiver gets the webhook's, unused).
 pub fn body(receiver: &ReceiverConfig, n: &Notification, ctx: &Context<'_>) -> Value {
     match receiver.kind {
-        ReceiverKind::Webhook => webhook(receiver, n, ctx),
+        ReceiverKind::Webhook | ReceiverKind::Email => webhook(receiver, n, ctx),
         ReceiverKind::Slack => slack(n, ctx),
         ReceiverKind::Pagerduty => pagerduty(receiver, n, ctx),
     }
+}
+
+/// An e-mail's subject and plain-text body: what fires or resolved, each alert's summary
+/// and labels, the one-click links, the root cause and the report when there is one.
+pub fn email(n: &Notification, ctx: &Context<'_>) -> (String, String) {
+    let mut text = String::new();
+    let first = n.alerts.first();
+    let ann = |k: &str| first.and_then(|a| a.annotations.get(k)).cloned();
+    if let Some(cause) = ann("vigil_root_cause") {
+        text.push_str(&format!("Likely root cause: {cause}\n\n"));
+    }
+    for a in &n.alerts {
+        let summary = a
+            .annotations
+            .get("summary")
+            .or_else(|| a.annotations.get("description"))
+            .cloned()
+            .unwrap_or_default();
+        text.push_str(&format!(
+            "[{}] {} {summary}\n",
+            alert_status(a).to_uppercase(),
+            a.name()
+        ));
+        let labels: Vec<String> = a.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        text.push_str(&format!(
+            "  labels: {}\n  since: {}\n",
+            labels.join(", "),
+            rfc3339(a.starts_at_ms)
+        ));
+        if a.state == AlertState::Firing {
+            for (action, word) in [(LinkAction::Ack, "Acknowledge"), (LinkAction::Resolve, "Resolve")] {
+                if let Some(url) = (ctx.link)(n, a, action) {
+                    text.push_str(&format!("  {word}: {url}\n"));
+                }
+            }
+        }
+        text.push('\n');
+    }
+    if let Some(report) = ann("vigil_report_url") {
+        text.push_str(&format!("Report: {report}\n"));
+    }
+    text.push_str(&format!("Vigil: {}\n", ctx.external_url));
+    (title(n), text)
 }
 
 fn vigil_extra(n: &Notification, ctx: &Context<'_>) -> Value {
@@ -289,6 +334,18 @@ mod tests {
         assert!(
             slack["text"].as_str().unwrap_or_default().contains("|Acknowledge>"),
             "{slack}"
+        );
+        let (subject, text) = email(&n, &ctx);
+        assert_eq!(subject, "[FIRING:1] HighLatency");
+        let id = &n.alerts[0].id;
+        assert!(text.contains("[FIRING] HighLatency p99 over 2 s"), "{text}");
+        assert!(
+            text.contains(&format!("Acknowledge: http://vigil/a/{id}/ack")),
+            "{text}"
+        );
+        assert!(
+            text.contains("labels: alertname=HighLatency, service=checkout, severity=critical"),
+            "{text}"
         );
     }
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use vigil_alerting::alert::{Alert, AlertInput, AuditEntry, Silence};
-use vigil_alerting::config::{AlertingConfig, ReceiverConfig};
+use vigil_alerting::config::{AlertingConfig, ReceiverConfig, ReceiverKind};
 use vigil_alerting::engine::{ActionError, ActionOutcome, Alerting, Notification};
 use vigil_alerting::history::Delivery;
 use vigil_alerting::oncall::Schedule;
@@ -101,6 +101,11 @@ impl AlertService {
     ) -> anyhow::Result<Arc<AlertService>> {
         std::fs::create_dir_all(dir)?;
         let store = AlertStore::open(&dir.join("alerting.redb"))?;
+        for (i, r) in cfg.receivers.iter().enumerate() {
+            if r.kind == ReceiverKind::Email {
+                crate::email::check(r).map_err(|e| anyhow::anyhow!("alerting.receivers[{i}].{e}"))?;
+            }
+        }
         let receivers = cfg.receivers.iter().map(|r| (r.name.clone(), r.clone())).collect();
         let mut engine = Alerting::new(cfg).map_err(|e| anyhow::anyhow!("alerting.{e}"))?;
         engine.restore(store.load()?);
@@ -475,6 +480,20 @@ impl AlertService {
         let Some(receiver) = self.receivers.get(&n.receiver) else {
             return Err(format!("receiver {:?} is not configured", n.receiver));
         };
+        if receiver.kind == ReceiverKind::Email {
+            let (subject, text) = {
+                let external_url = self.external_url();
+                let link = |n: &Notification, a: &Alert, action: LinkAction| self.link_url(n, a, action);
+                payload::email(
+                    n,
+                    &Context {
+                        external_url: &external_url,
+                        link: &link,
+                    },
+                )
+            };
+            return crate::email::send(receiver, n, subject, text).await;
+        }
         let Some(url) = &receiver.url else {
             // A receiver without a URL only records (useful while setting up routing).
             return Ok("recorded only: the receiver has no URL".into());

@@ -16,6 +16,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod email;
 pub mod ingest;
 pub mod investigations;
 pub mod pipeline;
