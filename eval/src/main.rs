@@ -13,6 +13,7 @@
 //! `vigil-eval nezha` replays the Nezha Train-Ticket day into a fresh collector and prints
 //! the scores of its incidents and of its investigations (see `nezha.rs`).
 
+mod loghub;
 mod nezha;
 
 use std::io::{self, BufRead, BufWriter, Write};
@@ -285,10 +286,12 @@ fn main() -> ExitCode {
         Some("nab") => nab(&args[1..]).map_err(io::Error::other),
         Some("rca") => rca(&args[1..]).map_err(io::Error::other),
         Some("nezha") => nezha::run(&args[1..]).map_err(io::Error::other),
+        Some("loghub") => loghub::run(&args[1..]).map_err(io::Error::other),
         _ => {
             eprintln!(
-                "usage: vigil-eval patterns < messages.txt\n       vigil-eval nab --data DIR --out RESULTS\n       vigil-eval rca --case DIR | --all ROOT\n       {}",
-                nezha::USAGE
+                "usage: vigil-eval patterns < messages.txt\n       vigil-eval nab --data DIR --out RESULTS\n       vigil-eval rca --case DIR | --all ROOT\n       {}\n       {}",
+                nezha::USAGE,
+                loghub::USAGE
             );
             return ExitCode::from(2);
         }

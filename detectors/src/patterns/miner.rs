@@ -30,11 +30,16 @@ pub struct MinerConfig {
     pub max_tokens: usize,
 }
 
+/// The defaults were chosen by leave-one-set-out cross-validation over the shared loghub
+/// sets (`vigil-eval loghub`): every set scored with the values that did best on the other
+/// seven picks similarity 0.7–0.8 and depth 3 (held-out average GA 0.960 against 0.943 for
+/// the earlier 0.5 and 2); of the values tied on all eight, the less strict is kept, since
+/// the failure seen on unseen sets was splitting, not merging.
 impl Default for MinerConfig {
     fn default() -> Self {
         MinerConfig {
-            similarity: 0.5,
-            prefix_depth: 2,
+            similarity: 0.7,
+            prefix_depth: 3,
             max_patterns: 20_000,
             max_tokens: 128,
         }
