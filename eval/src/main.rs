@@ -210,18 +210,39 @@ fn nab_file(text: &str, cfg: &SeriesConfig) -> Result<String, String> {
 fn nab(args: &[String]) -> Result<(), String> {
     let mut data = None;
     let mut out = None;
+    // Overrides of the detector's constants (`--set cusum_threshold=16`), for
+    // cross-validation: the defaults are what the product runs with.
+    let mut overrides = serde_json::Map::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--data" => data = it.next().cloned(),
             "--out" => out = it.next().cloned(),
+            "--set" => {
+                let kv = it.next().ok_or("--set takes key=value")?;
+                let (k, v) = kv
+                    .split_once('=')
+                    .ok_or_else(|| format!("--set {kv:?}: expected key=value"))?;
+                let value: serde_json::Value =
+                    serde_json::from_str(v).map_err(|e| format!("--set {k}: {v:?} is not a number ({e})"))?;
+                overrides.insert(k.to_string(), value);
+            }
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
     let (Some(data), Some(out)) = (data, out) else {
-        return Err("usage: vigil-eval nab --data DIR --out RESULTS".into());
+        return Err("usage: vigil-eval nab --data DIR --out RESULTS [--set constant=value]...".into());
     };
-    let cfg = SeriesConfig::default();
+    let mut cfg_json = serde_json::to_value(SeriesConfig::default()).map_err(|e| e.to_string())?;
+    if let Some(obj) = cfg_json.as_object_mut() {
+        for (k, v) in overrides {
+            if !obj.contains_key(&k) {
+                return Err(format!("--set {k}: the detector has no such constant"));
+            }
+            obj.insert(k, v);
+        }
+    }
+    let cfg: SeriesConfig = serde_json::from_value(cfg_json).map_err(|e| format!("--set: {e}"))?;
     let mut files = 0;
     let mut categories: Vec<_> = std::fs::read_dir(&data)
         .map_err(|e| format!("{data}: {e}"))?
