@@ -45,6 +45,15 @@ fn common(alerts: &[Alert], get: impl Fn(&Alert) -> &LabelSet) -> LabelSet {
         .collect()
 }
 
+/// What an alert says about itself: its summary, else its description.
+fn summary(a: &Alert) -> String {
+    a.annotations
+        .get("summary")
+        .or_else(|| a.annotations.get("description"))
+        .cloned()
+        .unwrap_or_default()
+}
+
 fn alert_status(a: &Alert) -> &'static str {
     if a.state == AlertState::Resolved {
         "resolved"
@@ -72,12 +81,7 @@ pub fn email(n: &Notification, ctx: &Context<'_>) -> (String, String) {
         text.push_str(&format!("Likely root cause: {cause}\n\n"));
     }
     for a in &n.alerts {
-        let summary = a
-            .annotations
-            .get("summary")
-            .or_else(|| a.annotations.get("description"))
-            .cloned()
-            .unwrap_or_default();
+        let summary = summary(a);
         text.push_str(&format!(
             "[{}] {} {summary}\n",
             alert_status(a).to_uppercase(),
@@ -182,12 +186,7 @@ fn title(n: &Notification) -> String {
 fn slack(n: &Notification, ctx: &Context<'_>) -> Value {
     let mut lines = vec![format!("*{}*", title(n))];
     for a in &n.alerts {
-        let summary = a
-            .annotations
-            .get("summary")
-            .or_else(|| a.annotations.get("description"))
-            .cloned()
-            .unwrap_or_default();
+        let summary = summary(a);
         let mut line = format!("• {} {}", alert_status(a), summary);
         if let Some(url) = (a.state == AlertState::Firing)
             .then(|| (ctx.link)(n, a, LinkAction::Ack))

@@ -320,6 +320,25 @@ pub async fn get_json(client: &reqwest::Client, url: &str) -> Result<(u16, serde
     Ok((status, body))
 }
 
+/// Posts alerts (`POST /api/v2/alerts`, with `token` if given); the id of the first.
+pub async fn post_alert(
+    client: &reqwest::Client,
+    c: &Collector,
+    token: Option<&str>,
+    alerts: serde_json::Value,
+) -> Result<String> {
+    let mut request = client.post(c.api_url("/api/v2/alerts")).json(&alerts);
+    if let Some(t) = token {
+        request = request.bearer_auth(t);
+    }
+    let r = request.send().await?;
+    if !r.status().is_success() {
+        bail!("posting alerts: {}", r.status());
+    }
+    let body: serde_json::Value = r.json().await?;
+    Ok(body["ids"][0].as_str().unwrap_or_default().to_string())
+}
+
 /// Searches logs; returns (total, hits).
 pub async fn search_logs(
     client: &reqwest::Client,

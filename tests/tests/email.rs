@@ -8,8 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
-use serde_json::{Value, json};
-use vigil_e2e::{Collector, Options, eventually, get_json};
+use serde_json::json;
+use vigil_e2e::{Collector, Options, eventually, get_json, post_alert};
 
 /// aiosmtpd on a loopback port, killed on drop.
 struct SmtpServer {
@@ -116,17 +116,9 @@ from = "Vigil <vigil@example.org>"
         ..Options::default()
     })?;
     let client = reqwest::Client::new();
-    let r = client
-        .post(c.api_url("/api/v2/alerts"))
-        .json(&json!([{ "labels": {"alertname": "DiskFull", "host": "db-1"},
-                        "annotations": {"summary": "/var is 97% full"} }]))
-        .send()
-        .await?;
-    ensure!(r.status() == 200);
-    let id = r.json::<Value>().await?["ids"][0]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let alert = json!([{ "labels": {"alertname": "DiskFull", "host": "db-1"},
+                         "annotations": {"summary": "/var is 97% full"} }]);
+    let id = post_alert(&client, &c, None, alert).await?;
 
     let dir_path = maildir.clone();
     let mail = eventually(Duration::from_secs(30), "the e-mail", move || {

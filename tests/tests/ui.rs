@@ -14,7 +14,7 @@ use prost::Message;
 use serde_json::{Value, json};
 use vigil_e2e::browser::Browser;
 use vigil_e2e::otlp::{log_record, logs_request};
-use vigil_e2e::{Collector, Options, eventually, get_json, now_ns};
+use vigil_e2e::{Collector, Options, eventually, get_json, now_ns, post_alert};
 
 const PROBE: &str = "<script>window.__vigil_xss=1</script> injected by the ui test";
 
@@ -345,17 +345,8 @@ async fn sign_in_roles_and_csrf() -> Result<()> {
     })?;
     let http = no_redirects()?;
     // An alert to act on.
-    let r = http
-        .post(c.api_url("/api/v2/alerts"))
-        .bearer_auth(API_TOKEN)
-        .json(&json!([{ "labels": { "alertname": "DiskFull", "host": "db-1" } }]))
-        .send()
-        .await?;
-    ensure!(r.status() == 200);
-    let id = r.json::<Value>().await?["ids"][0]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let alert = json!([{ "labels": { "alertname": "DiskFull", "host": "db-1" } }]);
+    let id = post_alert(&http, &c, Some(API_TOKEN), alert).await?;
 
     // Strangers are sent to sign in; a wrong token is refused.
     let r = http.get(c.api_url("/ui/incidents")).send().await?;
@@ -489,17 +480,8 @@ async fn personal_tokens_name_their_owner_in_the_api_and_the_ui() -> Result<()> 
         ..Options::default()
     })?;
     let http = no_redirects()?;
-    let r = http
-        .post(c.api_url("/api/v2/alerts"))
-        .bearer_auth(API_TOKEN)
-        .json(&json!([{ "labels": {"alertname": "DiskFull", "host": "a"} }]))
-        .send()
-        .await?;
-    ensure!(r.status() == 200, "{}", r.status());
-    let id = r.json::<Value>().await?["ids"][0]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let alert = json!([{ "labels": {"alertname": "DiskFull", "host": "a"} }]);
+    let id = post_alert(&http, &c, Some(API_TOKEN), alert).await?;
 
     // bo reads, and is refused anything more, with the reason.
     let r = http.get(c.api_url("/api/v1/alerts")).bearer_auth(BO).send().await?;

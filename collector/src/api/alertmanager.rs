@@ -296,8 +296,7 @@ pub(super) async fn delete_silence(
     Extension(identity): Extension<Identity>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let by = identity.actor(None);
-    blocking(&state.alerts, move |s| s.expire_silence(&id, &by)).await?;
+    super::alerts::expire_silence(&state, &identity, id).await?;
     Ok(StatusCode::OK.into_response())
 }
 

@@ -303,9 +303,14 @@ pub(super) async fn delete_silence(
     Extension(identity): Extension<Identity>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let by = identity.actor(None);
-    blocking(&state.alerts, move |s| s.expire_silence(&id, &by)).await?;
+    expire_silence(&state, &identity, id).await?;
     Ok(Json(json!({ "expired": true })).into_response())
+}
+
+/// Expires a silence now, as `identity` (both APIs' DELETE).
+pub(super) async fn expire_silence(state: &ApiState, identity: &Identity, id: String) -> Result<(), ApiError> {
+    let by = identity.actor(None);
+    blocking(&state.alerts, move |s| s.expire_silence(&id, &by)).await
 }
 
 pub(super) async fn audit(
