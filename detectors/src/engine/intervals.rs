@@ -1,0 +1,323 @@
+//! Logs and spans in event-time intervals: event time across sources, the buckets, new
+//! patterns, and closing an interval into per-signal points (pattern and error-log rates,
+//! request rate, error ratio, latency quantiles).
+
+use super::*;
+
+impl Engine {
+    /// Notes an event of `source` and closes what the agreed event time allows.
+    pub(super) fn saw(&mut self, source: &str, ts_ms: i64) {
+        self.sources.saw(source, ts_ms);
+        let now = self.sources.event_time();
+        self.advance(now);
+    }
+
+    /// Moves event time forward to `ts_ms` (the latest event time known to the caller);
+    /// intervals that ended more than the lateness before it are closed and scored.
+    pub fn advance(&mut self, ts_ms: i64) {
+        let wm = ts_ms.saturating_sub(self.cfg.lateness_ms);
+        if wm <= self.watermark_ms {
+            return;
+        }
+        self.watermark_ms = wm;
+        while let Some((&start, _)) = self.buckets.first_key_value() {
+            if start + self.cfg.interval_ms > wm {
+                break;
+            }
+            if let Some(bucket) = self.buckets.remove(&start) {
+                self.close_interval(start, bucket);
+            }
+        }
+    }
+
+    pub(super) fn bucket_for(&mut self, ts_ms: i64) -> Option<&mut IntervalBucket> {
+        let start = ts_ms - ts_ms.rem_euclid(self.cfg.interval_ms);
+        if start + self.cfg.interval_ms <= self.watermark_ms {
+            self.stats.late_events += 1;
+            return None;
+        }
+        Some(self.buckets.entry(start).or_default())
+    }
+
+    /// One log record with its pattern assignment.
+    pub fn observe_log(
+        &mut self,
+        service: &str,
+        pattern_id: u64,
+        is_new_pattern: bool,
+        template: &str,
+        severity_number: i32,
+        ts_ms: i64,
+    ) {
+        let first = *self.service_first_ms.entry(service.to_string()).or_insert(ts_ms);
+        if is_new_pattern || !self.pattern_templates.contains_key(&pattern_id) {
+            if self.pattern_templates.len() >= self.cfg.max_series {
+                self.pattern_templates.clear();
+                self.pattern_severity.clear();
+            }
+            self.pattern_templates.insert(pattern_id, truncate(template, 160));
+        }
+        let severity = self.pattern_severity.entry(pattern_id).or_insert(severity_number);
+        *severity = (*severity).max(severity_number);
+        if is_new_pattern && ts_ms - first >= self.cfg.new_pattern_warmup_ms && severity_number >= WARN_SEVERITY {
+            self.new_pattern(service, pattern_id, template, severity_number, ts_ms);
+        }
+        if let Some(b) = self.bucket_for(ts_ms) {
+            *b.patterns.entry((service.to_string(), pattern_id)).or_default() += 1;
+            if severity_number >= ERROR_SEVERITY {
+                *b.errors.entry(service.to_string()).or_default() += 1;
+            } else {
+                b.errors.entry(service.to_string()).or_default();
+            }
+        }
+        self.saw(service, ts_ms);
+    }
+
+    /// One finished span: its service, operation (span name), end time and duration.
+    pub fn observe_span(&mut self, service: &str, operation: &str, end_ms: i64, duration_s: f64, error: bool) {
+        self.observe_traced_span(service, operation, end_ms, duration_s, error, "");
+    }
+
+    /// As [`Engine::observe_span`], keeping the trace id as an exemplar when the request is
+    /// among the interval's slowest or failing ones.
+    pub fn observe_traced_span(
+        &mut self,
+        service: &str,
+        operation: &str,
+        end_ms: i64,
+        duration_s: f64,
+        error: bool,
+        trace_id: &str,
+    ) {
+        if let Some(b) = self.bucket_for(end_ms) {
+            let red = b.red.entry((service.to_string(), operation.to_string())).or_default();
+            red.add(duration_s, error);
+            if !trace_id.is_empty() {
+                if error && red.failing.len() < 3 {
+                    red.failing.push(trace_id.to_string());
+                }
+                if red.slowest.len() < 3 || red.slowest.iter().any(|(d, _)| *d < duration_s) {
+                    red.slowest.push((duration_s, trace_id.to_string()));
+                    red.slowest.sort_by(|a, b| b.0.total_cmp(&a.0));
+                    red.slowest.truncate(3);
+                }
+            }
+        }
+        self.saw(service, end_ms);
+    }
+
+    pub(super) fn new_pattern(
+        &mut self,
+        service: &str,
+        pattern_id: u64,
+        template: &str,
+        severity_number: i32,
+        ts_ms: i64,
+    ) {
+        let key = format!("lognew:{service}");
+        let threshold = self.threshold(&key);
+        let score: f64 = if severity_number >= ERROR_SEVERITY { 0.9 } else { 0.7 };
+        if score < threshold {
+            return;
+        }
+        let level = if severity_number >= ERROR_SEVERITY {
+            "ERROR"
+        } else {
+            "WARN"
+        };
+        let sentence = self.feedback.get(&key).and_then(SignalFeedback::sentence);
+        let cfg_close = self.cfg.interval_ms * 5;
+        let entry = self.tracked.entry(key.clone()).or_insert_with(|| Tracked {
+            detector: SeriesDetector::new(),
+            kind: DetectorKind::LogNewPattern,
+            signal: SignalRef {
+                key: key.clone(),
+                service: Some(service.to_string()),
+                name: "new log patterns".into(),
+                labels: BTreeMap::new(),
+            },
+            unit: String::new(),
+            last_seen_ms: ts_ms,
+            open: None,
+            peak_signal: Signal::Normal,
+            onset_band: None,
+            last_strong_ms: i64::MIN,
+            quiet: 0,
+            interval_series: false,
+        });
+        entry.last_seen_ms = ts_ms;
+        let a = match entry.open.take() {
+            // New patterns arriving close together are one finding (a deploy, an outage).
+            Some(mut a) if ts_ms - a.end_ms <= cfg_close => {
+                a.end_ms = a.end_ms.max(ts_ms);
+                a.observed += 1.0;
+                a.score = a.score.max(score);
+                a.severity = Severity::from_score(a.score);
+                a
+            }
+            _ => Anomaly {
+                id: anomaly_id(&key, ts_ms),
+                detector: DetectorKind::LogNewPattern,
+                signal: SignalRef {
+                    labels: BTreeMap::from([("pattern".to_string(), pattern_id.to_string())]),
+                    ..entry.signal.clone()
+                },
+                start_ms: ts_ms,
+                end_ms: ts_ms,
+                score,
+                severity: Severity::from_score(score),
+                observed: 1.0,
+                expected: 0.0,
+                lower: 0.0,
+                upper: 0.0,
+                unit: "patterns".into(),
+                open: true,
+                explanation: String::new(),
+                exemplars: Vec::new(),
+                evidence: Vec::new(),
+                // New patterns have their own warm-up: a service's first minutes.
+                warming_up: false,
+            },
+        };
+        let mut a = a;
+        let n = a.observed as u64;
+        let first_template = a
+            .signal
+            .labels
+            .get("pattern")
+            .and_then(|p| p.parse::<u64>().ok())
+            .and_then(|p| self.pattern_templates.get(&p).cloned())
+            .unwrap_or_else(|| truncate(template, 160));
+        a.explanation = format!(
+            "{service} logged {} never seen before since {}; the first, at {level} severity: \"{first_template}\"",
+            if n == 1 {
+                "a log pattern".to_string()
+            } else {
+                format!("{n} log patterns")
+            },
+            format_time(a.start_ms, a.end_ms),
+        );
+        if let Some(s) = sentence {
+            a.explanation = format!("{}. {s}", a.explanation);
+        }
+        self.updates.push(a.clone());
+        if let Some(t) = self.tracked.get_mut(&key) {
+            t.open = Some(a);
+        }
+    }
+
+    pub(super) fn close_interval(&mut self, start: i64, bucket: IntervalBucket) {
+        // An interval's aggregates are stamped with its start, so "since 10:02:00" is when the
+        // behaviour began, comparable with per-event findings (new log patterns) inside it.
+        let end = start;
+        self.close_peers(end, bucket.peers);
+        let per_min = 60_000.0 / self.cfg.interval_ms as f64;
+        let per_sec = 1000.0 / self.cfg.interval_ms as f64;
+        let mut seen: Vec<String> = Vec::new();
+        for ((service, pattern), n) in bucket.patterns {
+            let key = format!("lograte:{service}:{pattern}");
+            let template = self.pattern_templates.get(&pattern).cloned().unwrap_or_default();
+            let signal = SignalRef {
+                key: key.clone(),
+                service: Some(service.clone()),
+                name: format!("log pattern {pattern} \"{template}\""),
+                labels: BTreeMap::from([("pattern".to_string(), pattern.to_string())]),
+            };
+            let opens = self.opens(DetectorKind::LogPatternRate, &key, 0);
+            self.score_inner(
+                &key,
+                DetectorKind::LogPatternRate,
+                signal,
+                "/min",
+                end,
+                n as f64 * per_min,
+                true,
+                true,
+                opens,
+            );
+            seen.push(key);
+        }
+        for (service, n) in bucket.errors {
+            let key = format!("logerr:{service}");
+            let signal = SignalRef {
+                key: key.clone(),
+                service: Some(service.clone()),
+                name: "error logs".into(),
+                labels: BTreeMap::new(),
+            };
+            let opens = self.opens(DetectorKind::LogErrorRate, &key, n);
+            self.score_inner(
+                &key,
+                DetectorKind::LogErrorRate,
+                signal,
+                "/min",
+                end,
+                n as f64 * per_min,
+                true,
+                true,
+                opens,
+            );
+            seen.push(key);
+        }
+        for ((service, op), red) in bucket.red {
+            let mut series = vec![("rate", "request rate", "/s", red.requests as f64 * per_sec)];
+            if red.requests >= self.cfg.min_requests {
+                series.push((
+                    "errors",
+                    "error ratio",
+                    "ratio",
+                    red.errors as f64 / red.requests as f64,
+                ));
+                series.push(("p50", "p50 latency", "s", red.quantile(0.50)));
+                series.push(("p95", "p95 latency", "s", red.quantile(0.95)));
+                series.push(("p99", "p99 latency", "s", red.quantile(0.99)));
+            }
+            for (suffix, what, unit, value) in series {
+                let key = format!("red:{service}:{op}:{suffix}");
+                let signal = SignalRef {
+                    key: key.clone(),
+                    service: Some(service.clone()),
+                    name: format!("{what} of {service} {op}"),
+                    labels: BTreeMap::from([("operation".to_string(), op.clone())]),
+                };
+                let opens = self.opens(DetectorKind::TraceRed, &key, red.errors);
+                self.exemplars = match suffix {
+                    "errors" => red.failing.clone(),
+                    "p50" | "p95" | "p99" => red.slowest.iter().map(|(_, t)| t.clone()).collect(),
+                    _ => Vec::new(),
+                };
+                self.score_inner(
+                    &key,
+                    DetectorKind::TraceRed,
+                    signal,
+                    unit,
+                    end,
+                    value,
+                    suffix == "rate",
+                    true,
+                    opens,
+                );
+                seen.push(key);
+            }
+        }
+        // Counts that did not appear are zeros: a pattern or endpoint going silent is news.
+        seen.sort_unstable();
+        let silent: Vec<String> = self
+            .tracked
+            .iter()
+            .filter(|(k, t)| {
+                t.interval_series
+                    && end - t.last_seen_ms <= self.cfg.zero_fill_intervals * self.cfg.interval_ms
+                    && seen.binary_search(k).is_err()
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in silent {
+            if let Some(t) = self.tracked.get(&key) {
+                let (kind, signal, unit) = (t.kind, t.signal.clone(), t.unit.clone());
+                let opens = self.opens(kind, &key, 0);
+                self.score_inner(&key, kind, signal, &unit, end, 0.0, true, false, opens);
+            }
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! From scored points to anomalies: which signals may open one, scoring through the
+//! per-series detectors, opening, extending and closing findings, and the bound on tracked
+//! signals.
+
+use super::*;
+
+impl Engine {
+    /// Which points of the interval signal `key` may open a finding, with `errors` errors in
+    /// the interval. Fewer errors than usual is good news: error rates and ratios open only
+    /// when they rise, and only on enough errors (one error is thin evidence); so does the
+    /// rate of a log pattern whose lines are warnings or errors.
+    pub(super) fn opens(&self, kind: DetectorKind, key: &str, errors: u64) -> Opens {
+        let error_signal =
+            kind == DetectorKind::LogErrorRate || (kind == DetectorKind::TraceRed && key.ends_with(":errors"));
+        if error_signal {
+            return if errors >= MIN_ERRORS { Opens::Rise } else { Opens::No };
+        }
+        // Keys are `lograte:{service}:{pattern}`.
+        let warning_pattern = kind == DetectorKind::LogPatternRate
+            && key
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u64>().ok())
+                .and_then(|p| self.pattern_severity.get(&p))
+                .is_some_and(|&s| s >= WARN_SEVERITY);
+        if warning_pattern { Opens::Rise } else { Opens::Any }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn score(
+        &mut self,
+        key: &str,
+        kind: DetectorKind,
+        signal: SignalRef,
+        unit: &str,
+        ts_ms: i64,
+        value: f64,
+        interval_series: bool,
+    ) {
+        self.score_inner(key, kind, signal, unit, ts_ms, value, interval_series, true, Opens::Any);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn score_inner(
+        &mut self,
+        key: &str,
+        kind: DetectorKind,
+        signal: SignalRef,
+        unit: &str,
+        ts_ms: i64,
+        value: f64,
+        interval_series: bool,
+        seen: bool,
+        opens: Opens,
+    ) {
+        if !self.tracked.contains_key(key) {
+            if self.tracked.len() >= self.cfg.max_series {
+                self.evict_oldest();
+            }
+            self.tracked.insert(
+                key.to_string(),
+                Tracked {
+                    detector: SeriesDetector::new(),
+                    kind,
+                    signal,
+                    unit: unit.to_string(),
+                    last_seen_ms: ts_ms,
+                    open: None,
+                    peak_signal: Signal::Normal,
+                    onset_band: None,
+                    last_strong_ms: i64::MIN,
+                    quiet: 0,
+                    interval_series,
+                },
+            );
+        }
+        let threshold = self.threshold(key);
+        let sentence = self.feedback.get(key).and_then(SignalFeedback::sentence);
+        let Some(t) = self.tracked.get_mut(key) else { return };
+        if seen {
+            t.last_seen_ms = ts_ms;
+        }
+        let cfg = match (t.kind, t.unit.as_str()) {
+            (DetectorKind::Metric | DetectorKind::MetricPeer, _) => &self.cfg.series,
+            (_, "s") => &self.cfg_latency,
+            (_, "/min") => &self.cfg_per_minute,
+            (_, "/s") => &self.cfg_per_second,
+            (_, "ratio") => &self.cfg_ratio,
+            _ => &self.cfg.series,
+        };
+        let point = match t.detector.observe(cfg, ts_ms, value) {
+            Ok(p) => p,
+            Err(_) => {
+                self.stats.points_rejected += 1;
+                return;
+            }
+        };
+        self.stats.points_scored += 1;
+        self.apply_point(key, point, threshold, sentence, opens);
+    }
+
+    /// Opens, extends or closes the anomaly of `key` with one scored point.
+    pub(super) fn apply_point(
+        &mut self,
+        key: &str,
+        point: PointScore,
+        threshold: f64,
+        sentence: Option<String>,
+        opens: Opens,
+    ) {
+        let ts_ms = point.timestamp_ms;
+        let Some(t) = self.tracked.get_mut(key) else { return };
+        let non_negative = matches!(t.unit.as_str(), "/s" | "/min" | "s" | "ratio");
+        let may_open = match opens {
+            Opens::Any => true,
+            Opens::Rise => point.value > point.expected,
+            Opens::No => false,
+        };
+        // `may_open` is false when the evidence is too thin to start a finding (one error
+        // in an interval), though it may still extend one.
+        let strong = point.score >= threshold && (may_open || t.open.is_some());
+        // An open anomaly lasts while the signal stays outside the band it was expected in
+        // when the anomaly began — the detector adapts to a new level within minutes, but a
+        // p99 that stays at 2 s is still the same incident — up to MAX_UNCONFIRMED_MS
+        // without a strong score.
+        let still_outside = t
+            .onset_band
+            .is_some_and(|(lo, hi)| point.value < lo || point.value > hi)
+            && ts_ms - t.last_strong_ms <= MAX_UNCONFIRMED_MS;
+        if strong || (t.open.is_some() && still_outside) {
+            t.quiet = 0;
+            if strong {
+                t.last_strong_ms = ts_ms;
+            }
+            let a = match t.open.take() {
+                Some(mut a) => {
+                    a.end_ms = ts_ms;
+                    if point.score > a.score {
+                        t.peak_signal = point.signal;
+                        a.score = point.score;
+                        a.severity = Severity::from_score(point.score);
+                        set_observation(&mut a, &point, non_negative);
+                    }
+                    a
+                }
+                None => {
+                    // A quiet spell is found once it has lasted: it began at its first point.
+                    let start_ms = point.since_ms.unwrap_or(ts_ms);
+                    let mut a = Anomaly {
+                        id: anomaly_id(key, start_ms),
+                        detector: t.kind,
+                        signal: t.signal.clone(),
+                        start_ms,
+                        end_ms: ts_ms,
+                        score: point.score,
+                        severity: Severity::from_score(point.score),
+                        observed: 0.0,
+                        expected: 0.0,
+                        lower: 0.0,
+                        upper: 0.0,
+                        unit: t.unit.clone(),
+                        open: true,
+                        explanation: String::new(),
+                        exemplars: Vec::new(),
+                        evidence: Vec::new(),
+                        warming_up: !t.detector.has_learned(),
+                    };
+                    set_observation(&mut a, &point, non_negative);
+                    t.peak_signal = point.signal;
+                    t.onset_band = Some((point.lower, point.upper));
+                    a.evidence = context_before(&t.detector, ts_ms);
+                    a
+                }
+            };
+            let mut a = a;
+            push_evidence(&mut a.evidence, &point, strong, non_negative);
+            if strong {
+                for x in &self.exemplars {
+                    if a.exemplars.len() < 5 && !a.exemplars.contains(x) {
+                        a.exemplars.push(x.clone());
+                    }
+                }
+            }
+            a.explanation = explain(&a, t.peak_signal, sentence.as_deref());
+            self.updates.push(a.clone());
+            t.open = Some(a);
+        } else if let Some(mut a) = t.open.take() {
+            push_evidence(&mut a.evidence, &point, false, non_negative);
+            t.quiet += 1;
+            if t.quiet >= self.cfg.close_after {
+                a.open = false;
+                t.onset_band = None;
+                self.updates.push(a);
+            } else {
+                t.open = Some(a);
+            }
+        }
+    }
+
+    pub(super) fn evict_oldest(&mut self) {
+        // Rare (only at the cap), so a scan is cheaper than keeping an order index.
+        if let Some(key) = self
+            .tracked
+            .iter()
+            .min_by_key(|(_, t)| t.last_seen_ms)
+            .map(|(k, _)| k.clone())
+        {
+            self.tracked.remove(&key);
+            self.stats.series_evicted += 1;
+        }
+    }
+}
