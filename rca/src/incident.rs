@@ -61,11 +61,6 @@ pub struct IncidentConfig {
     pub max_spread_ms: i64,
     /// …and on a service already in it, after this long.
     pub max_join_age_ms: i64,
-    /// A finding on a service not yet in an incident joins it only while the incident is
-    /// going on: one of its findings open, or the latest ended less than this long before the
-    /// new one started. Trouble that was over is not what a new fault is part of (a demo's
-    /// one-minute error burst used to absorb, five minutes later, the fault it was run for).
-    pub max_quiet_join_ms: i64,
     /// Findings corroborate each other when they start this close together.
     pub corroboration_window_ms: i64,
     /// A finding alone opens an incident when at least this strong…
@@ -84,7 +79,6 @@ impl Default for IncidentConfig {
             max_hops: 2,
             max_spread_ms: 10 * 60_000,
             max_join_age_ms: 30 * 60_000,
-            max_quiet_join_ms: 2 * 60_000,
             corroboration_window_ms: 5 * 60_000,
             alone_score: 0.9,
             alone_sustained_ms: 3 * 60_000,
@@ -272,11 +266,9 @@ impl Correlator {
                 } else {
                     self.cfg.max_spread_ms
                 };
-                let going_on = i.timeline.iter().any(|m| m.open) || a.start_ms <= i.end_ms + self.cfg.max_quiet_join_ms;
                 a.start_ms <= reference + self.cfg.join_window_ms
                     && a.start_ms + self.cfg.join_window_ms >= i.start_ms
                     && a.start_ms - i.start_ms <= max_age
-                    && (in_it || going_on)
             })
             .filter(|i| service == "unknown" || i.services.iter().any(|s| topo.near(s, service, self.cfg.max_hops)))
             .max_by_key(|i| i.end_ms)
@@ -829,41 +821,6 @@ mod tests {
         let third = c.drain();
         assert!(third.iter().all(|i| i.id != second[0].id), "{third:#?}");
         assert!(third.iter().any(|i| i.timeline.iter().any(|m| m.anomaly_id == "e")));
-    }
-
-    #[test]
-    fn a_fault_after_an_incident_that_was_over_is_a_new_incident() {
-        let topo = topology();
-        let mut c = Correlator::new(IncidentConfig::default());
-        // A one-minute error burst on checkout, over (closed) at T0 + 1 min.
-        c.observe(
-            &anomaly("a", "checkout", DetectorKind::LogErrorRate, 0, 0.9, false),
-            &topo,
-        );
-        c.observe(&anomaly("b", "checkout", DetectorKind::TraceRed, 0, 0.9, false), &topo);
-        let first = c.drain()[0].id.clone();
-        // Four minutes later payment, a neighbour, breaks: its own incident.
-        c.observe(&anomaly("c", "payment", DetectorKind::Metric, 5 * 60, 0.9, true), &topo);
-        c.observe(
-            &anomaly("d", "payment", DetectorKind::TraceRed, 5 * 60, 0.9, true),
-            &topo,
-        );
-        let second = c.drain();
-        assert!(second.iter().all(|i| i.id != first), "{second:#?}");
-        assert!(second.iter().any(|i| i.timeline.iter().any(|m| m.anomaly_id == "c")));
-        // While trouble goes on (a finding open), a neighbour's finding still joins it.
-        c.observe(
-            &anomaly("e", "frontend", DetectorKind::TraceRed, 7 * 60, 0.9, true),
-            &topo,
-        );
-        let joined = c.drain();
-        assert!(
-            joined
-                .iter()
-                .any(|i| i.timeline.iter().any(|m| m.anomaly_id == "c")
-                    && i.timeline.iter().any(|m| m.anomaly_id == "e")),
-            "{joined:#?}"
-        );
     }
 
     #[test]
