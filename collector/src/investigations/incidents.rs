@@ -36,8 +36,8 @@ pub async fn run(
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) {
-    // Incidents whose investigation failed: tried once, not again every tick (the warning
-    // says why); bounded like the incidents looked at.
+    // Investigations that failed (incident and onset): tried once, not again every tick
+    // (the warning says why); bounded like the incidents looked at.
     let mut failed: std::collections::VecDeque<String> = std::collections::VecDeque::new();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -49,24 +49,31 @@ pub async fn run(
         // Event time the detectors have reached: the data's own clock, so a replay at
         // any speed investigates each incident once its minutes are in.
         let event_ms = metrics.detect_event_time.get().saturating_mul(1000);
-        let due: Vec<Incident> = incidents
+        let due: Vec<(Incident, i64)> = incidents
             .query(0, i64::MAX, None, RECENT)
             .into_iter()
-            .filter(|i| i.start_ms + AFTER_MS <= event_ms && !kept.has_incident(&i.id) && !failed.contains(&i.id))
+            .filter_map(|i| {
+                if kept.count_for_incident(&i.id) >= MAX_PER_INCIDENT {
+                    return None;
+                }
+                let onset = onset_to_investigate(&i, kept.for_incident(&i.id).as_ref())?;
+                (onset + AFTER_MS <= event_ms && !failed.contains(&attempt_key(&i.id, onset))).then_some((i, onset))
+            })
             .collect();
-        for inc in due {
+        for (inc, onset) in due {
             if stop.is_cancelled() {
                 return;
             }
             let request = Request {
-                start: inc.start_ms - BEFORE_MS,
-                end: inc.start_ms + AFTER_MS,
+                start: onset - BEFORE_MS,
+                end: onset + AFTER_MS,
                 baseline: None,
                 services: Vec::new(),
                 incident: Some(inc.id.clone()),
                 lead_in: false,
             };
             let now_ms = i64::try_from(crate::timeutil::now_ns() / 1_000_000).unwrap_or(i64::MAX);
+            let key = attempt_key(&inc.id, onset);
             let id = inc.id.clone();
             let (s, k, a) = (Arc::clone(&store), Arc::clone(&kept), Arc::clone(&alerts));
             let done = tokio::task::spawn_blocking(move || -> Result<(), String> {
@@ -87,12 +94,34 @@ pub async fn run(
                 Err(e) => e.to_string(),
             };
             tracing::warn!(incident = %id, error = %error, "could not investigate an incident");
-            failed.push_back(id);
+            failed.push_back(key);
             if failed.len() > RECENT {
                 failed.pop_front();
             }
         }
     }
+}
+
+/// Investigations an incident gets at most (its first onset and later ones).
+const MAX_PER_INCIDENT: usize = 8;
+
+fn attempt_key(incident: &str, onset: i64) -> String {
+    format!("{incident}@{onset}")
+}
+
+/// The onset an incident's next investigation looks at: its start when it has none yet;
+/// afterwards, the first finding that began after the window already investigated — trouble
+/// that started later joined it (a fault on a neighbour while an earlier burst was still
+/// open), and the ranking should be about what is going on now, not about how it began.
+fn onset_to_investigate(inc: &Incident, last: Option<&Investigation>) -> Option<i64> {
+    let Some(last) = last else {
+        return Some(inc.start_ms);
+    };
+    inc.timeline
+        .iter()
+        .map(|m| m.start_ms)
+        .filter(|&s| s >= last.window.end)
+        .min()
 }
 
 /// The incident with the investigation's ranking (none when it found no change).
@@ -150,4 +179,71 @@ fn apply(v: &mut Value, inv: &Investigation) {
         obj.insert("candidates".into(), Value::Array(ranked));
     }
     obj.insert("investigation".into(), json!(inv.id));
+}
+
+#[cfg(test)]
+mod tests {
+    use vigil_detectors::anomaly::DetectorKind;
+    use vigil_rca::incident::{IncidentStatus, Member};
+
+    use super::super::{RangeMs, ReadCounts};
+    use super::*;
+
+    fn member(start_ms: i64) -> Member {
+        Member {
+            anomaly_id: format!("a{start_ms}"),
+            service: "payment".into(),
+            detector: DetectorKind::TraceRed,
+            signal: "s".into(),
+            start_ms,
+            end_ms: start_ms + 60_000,
+            score: 0.9,
+            open: true,
+            explanation: String::new(),
+            traffic_drop: false,
+        }
+    }
+
+    fn investigated(start: i64, end: i64) -> Investigation {
+        Investigation {
+            id: "i".into(),
+            created_ms: 0,
+            window: RangeMs { start, end },
+            baseline: RangeMs { start: 0, end: 1 },
+            baseline_reason: String::new(),
+            lead_in: None,
+            services: Vec::new(),
+            incident: Some("inc".into()),
+            candidates: Vec::new(),
+            notes: Vec::new(),
+            read: ReadCounts::default(),
+            took_ms: 0.0,
+        }
+    }
+
+    #[test]
+    fn trouble_that_joined_after_the_investigated_window_is_investigated_at_its_own_onset() {
+        const MIN: i64 = 60_000;
+        let mut inc = Incident {
+            id: "inc".into(),
+            status: IncidentStatus::Open,
+            start_ms: 10 * MIN,
+            end_ms: 11 * MIN,
+            services: vec!["payment".into()],
+            candidates: Vec::new(),
+            timeline: vec![member(10 * MIN), member(11 * MIN)],
+            summary: String::new(),
+            sealed: false,
+        };
+        assert_eq!(onset_to_investigate(&inc, None), Some(10 * MIN), "first: its start");
+        let first = investigated(9 * MIN, 13 * MIN);
+        assert_eq!(onset_to_investigate(&inc, Some(&first)), None, "nothing new since");
+        inc.timeline.push(member(15 * MIN));
+        inc.timeline.push(member(16 * MIN));
+        assert_eq!(
+            onset_to_investigate(&inc, Some(&first)),
+            Some(15 * MIN),
+            "a later fault joined"
+        );
+    }
 }

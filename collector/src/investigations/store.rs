@@ -94,9 +94,13 @@ impl InvestigationStore {
         self.lock().kept.iter().rev().take(limit).cloned().collect()
     }
 
-    /// Whether an investigation was started for `incident` (without copying it out).
-    pub fn has_incident(&self, incident: &str) -> bool {
-        self.lock().kept.iter().any(|i| i.incident.as_deref() == Some(incident))
+    /// How many kept investigations were started for `incident`.
+    pub fn count_for_incident(&self, incident: &str) -> usize {
+        self.lock()
+            .kept
+            .iter()
+            .filter(|i| i.incident.as_deref() == Some(incident))
+            .count()
     }
 
     /// The newest investigation started for `incident`.
