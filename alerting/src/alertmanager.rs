@@ -6,7 +6,7 @@
 use std::fmt::Write;
 
 use crate::labels::LabelSet;
-use crate::matcher::{MatchOp, Matcher};
+use crate::matcher::Matcher;
 use crate::route::Route;
 
 /// A string quoted as Go's `%q` does for the text labels hold (`"`, `\` and control
@@ -33,13 +33,7 @@ pub fn quote(s: &str) -> String {
 
 /// `name="value"`, `name!="value"`, `name=~"regex"`, `name!~"regex"`.
 pub fn matcher(m: &Matcher) -> String {
-    let op = match m.op {
-        MatchOp::Equal => "=",
-        MatchOp::NotEqual => "!=",
-        MatchOp::Regex => "=~",
-        MatchOp::NotRegex => "!~",
-    };
-    format!("{}{op}{}", m.name, quote(&m.value))
+    format!("{}{}{}", m.name, m.op.as_str(), quote(&m.value))
 }
 
 /// `{a="1",b="2"}`: a route's matchers as Alertmanager's `Matchers.String()` writes them.

@@ -18,6 +18,18 @@ pub enum MatchOp {
     NotRegex,
 }
 
+impl MatchOp {
+    /// As written in a matcher: `=`, `!=`, `=~`, `!~`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MatchOp::Equal => "=",
+            MatchOp::NotEqual => "!=",
+            MatchOp::Regex => "=~",
+            MatchOp::NotRegex => "!~",
+        }
+    }
+}
+
 /// One matcher. A missing label matches as the empty string (Alertmanager semantics).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(try_from = "MatcherSpec", into = "MatcherSpec")]

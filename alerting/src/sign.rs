@@ -25,6 +25,17 @@ fn mac(secret: &[u8], parts: &[&[u8]]) -> Vec<u8> {
     m.finalize().into_bytes().to_vec()
 }
 
+/// Whether `sig` is the HMAC of `parts` under `secret`, compared in constant time.
+fn verify_mac(secret: &[u8], parts: &[&[u8]], sig: &[u8]) -> bool {
+    let Ok(mut m) = HmacSha256::new_from_slice(secret) else {
+        return false;
+    };
+    for p in parts {
+        m.update(p);
+    }
+    m.verify_slice(sig).is_ok()
+}
+
 /// The signature header value for a request body sent at `timestamp_secs`.
 pub fn sign_body(secret: &[u8], timestamp_secs: i64, body: &[u8]) -> String {
     format!(
@@ -41,13 +52,7 @@ pub fn feed_token(secret: &[u8], schedule: &str) -> String {
 
 /// Whether `token` opens the feed of `schedule` (constant time).
 pub fn verify_feed_token(secret: &[u8], schedule: &str, token: &str) -> bool {
-    let Some(sig) = lower_hex(token) else { return false };
-    let Ok(mut m) = HmacSha256::new_from_slice(secret) else {
-        return false;
-    };
-    m.update(b"ical-feed\0");
-    m.update(schedule.as_bytes());
-    m.verify_slice(&sig).is_ok()
+    lower_hex(token).is_some_and(|sig| verify_mac(secret, &[b"ical-feed\0", schedule.as_bytes()], &sig))
 }
 
 /// What a receiver does: recompute and compare in constant time; reject old timestamps.
@@ -65,13 +70,7 @@ pub fn verify_body(
     let Some(sig) = header.strip_prefix("v1=").and_then(lower_hex) else {
         return false;
     };
-    let Ok(mut m) = HmacSha256::new_from_slice(secret) else {
-        return false;
-    };
-    m.update(timestamp_secs.to_string().as_bytes());
-    m.update(b".");
-    m.update(body);
-    m.verify_slice(&sig).is_ok()
+    verify_mac(secret, &[timestamp_secs.to_string().as_bytes(), b".", body], &sig)
 }
 
 /// Decodes a signature written as Vigil writes it: lower-case hex. Another spelling of the
@@ -155,11 +154,9 @@ pub fn sign_link(secret: &[u8], link: &ActionLink) -> String {
 pub fn verify_link(secret: &[u8], token: &str, now_ms: i64) -> Result<ActionLink, LinkError> {
     let (payload, sig) = token.rsplit_once('.').ok_or(LinkError::Malformed)?;
     let sig = lower_hex(sig).ok_or(LinkError::Malformed)?;
-    let Ok(mut m) = HmacSha256::new_from_slice(secret) else {
-        return Err(LinkError::Malformed);
-    };
-    m.update(payload.as_bytes());
-    m.verify_slice(&sig).map_err(|_| LinkError::BadSignature)?;
+    if !verify_mac(secret, &[payload.as_bytes()], &sig) {
+        return Err(LinkError::BadSignature);
+    }
     let mut parts = payload.split('.');
     let (Some(alert_id), Some(action), Some(expires), Some(nonce), None) =
         (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())

@@ -475,38 +475,33 @@ impl AlertService {
         }
     }
 
+    /// Renders a payload with the links of this collector (the context lives only for the
+    /// call, so nothing of it is held across an await).
+    fn render<T>(&self, f: impl FnOnce(&Context<'_>) -> T) -> T {
+        let external_url = self.external_url();
+        let link = |n: &Notification, a: &Alert, action: LinkAction| self.link_url(n, a, action);
+        f(&Context {
+            external_url: &external_url,
+            link: &link,
+        })
+    }
+
     /// Sends one notification; the receiver's answer, or why it failed.
     async fn send(&self, n: &Notification) -> Result<String, String> {
         let Some(receiver) = self.receivers.get(&n.receiver) else {
             return Err(format!("receiver {:?} is not configured", n.receiver));
         };
         if receiver.kind == ReceiverKind::Email {
-            let (subject, text) = {
-                let external_url = self.external_url();
-                let link = |n: &Notification, a: &Alert, action: LinkAction| self.link_url(n, a, action);
-                payload::email(
-                    n,
-                    &Context {
-                        external_url: &external_url,
-                        link: &link,
-                    },
-                )
-            };
+            let (subject, text) = self.render(|ctx| payload::email(n, ctx));
             return crate::email::send(receiver, n, subject, text).await;
         }
         let Some(url) = &receiver.url else {
             // A receiver without a URL only records (useful while setting up routing).
             return Ok("recorded only: the receiver has no URL".into());
         };
-        let body = {
-            let external_url = self.external_url();
-            let link = |n: &Notification, a: &Alert, action: LinkAction| self.link_url(n, a, action);
-            let ctx = Context {
-                external_url: &external_url,
-                link: &link,
-            };
-            serde_json::to_vec(&payload::body(receiver, n, &ctx)).map_err(|e| e.to_string())?
-        };
+        let body = self
+            .render(|ctx| serde_json::to_vec(&payload::body(receiver, n, ctx)))
+            .map_err(|e| e.to_string())?;
         let ts = now_ms() / 1000;
         let signature = sign::sign_body(self.signing_secret.expose().as_bytes(), ts, &body);
         let timeout = receiver

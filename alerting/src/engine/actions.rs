@@ -177,7 +177,7 @@ impl Alerting {
             "{} until {} ({})",
             s.matchers
                 .iter()
-                .map(|m| format!("{}{}{:?}", m.name, op_str(m), m.value))
+                .map(|m| format!("{}{}{:?}", m.name, m.op.as_str(), m.value))
                 .collect::<Vec<_>>()
                 .join(","),
             s.ends_at_ms,
@@ -209,14 +209,5 @@ impl Alerting {
 
     pub fn silences(&self) -> Vec<Silence> {
         self.silences.values().cloned().collect()
-    }
-}
-
-fn op_str(m: &Matcher) -> &'static str {
-    match m.op {
-        crate::matcher::MatchOp::Equal => "=",
-        crate::matcher::MatchOp::NotEqual => "!=",
-        crate::matcher::MatchOp::Regex => "=~",
-        crate::matcher::MatchOp::NotRegex => "!~",
     }
 }

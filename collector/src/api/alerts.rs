@@ -62,17 +62,20 @@ pub(super) async fn list_alerts(
     Ok(Json(json!({ "alerts": alerts })).into_response())
 }
 
-/// How many delivery records a listing returns unless told (`limit`, at most 10 000).
-fn limit_param(params: &HashMap<String, String>) -> Result<usize, ApiError> {
+/// How many entries a listing returns: `limit` (1 to 10 000), else `default`.
+fn limit_param(params: &HashMap<String, String>, default: usize) -> Result<usize, ApiError> {
     match params.get("limit") {
         Some(v) => v
             .parse::<usize>()
             .ok()
             .filter(|n| (1..=10_000).contains(n))
             .ok_or_else(|| ApiError::bad("limit must be between 1 and 10000")),
-        None => Ok(200),
+        None => Ok(default),
     }
 }
+
+/// Delivery records listed unless told otherwise.
+const DELIVERIES_LISTED: usize = 200;
 
 /// `GET /api/v1/alerts/{id}/notifications`: every delivery attempt of every notification
 /// that listed this alert, newest first.
@@ -81,7 +84,7 @@ pub(super) async fn alert_notifications(
     Path(id): Path<String>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let limit = limit_param(&params)?;
+    let limit = limit_param(&params, DELIVERIES_LISTED)?;
     if state.alerts.alert(&id).is_none() {
         return Err(ApiError(StatusCode::NOT_FOUND, format!("no alert with id {id:?}")));
     }
@@ -95,7 +98,7 @@ pub(super) async fn notifications(
     State(state): State<ApiState>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let limit = limit_param(&params)?;
+    let limit = limit_param(&params, DELIVERIES_LISTED)?;
     let receiver = params.get("receiver").cloned();
     let group = params.get("group").cloned();
     let deliveries = blocking(&state.alerts, move |s| {
@@ -323,14 +326,7 @@ pub(super) async fn audit(
             .map_err(|_| ApiError::bad(format!("after: {v:?} is not a sequence number")))?,
         None => 0,
     };
-    let limit = match params.get("limit") {
-        Some(v) => v
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=10_000).contains(n))
-            .ok_or_else(|| ApiError::bad("limit must be between 1 and 10000"))?,
-        None => 1000,
-    };
+    let limit = limit_param(&params, 1000)?;
     let entries = blocking(&state.alerts, move |s| s.audit(after, limit)).await?;
     Ok(Json(json!({ "entries": entries })).into_response())
 }

@@ -9,7 +9,7 @@ use maud::html;
 use serde::Deserialize;
 use serde_json::json;
 use vigil_alerting::alert::Silence;
-use vigil_alerting::matcher::{MatchOp, Matcher};
+use vigil_alerting::matcher::Matcher;
 
 use super::alerts::{AuditList, back_target, parse_form};
 use super::{Nav, back, csrf_field, error_page, layout, notice, query_link};
@@ -24,13 +24,12 @@ struct SilenceList {
 }
 
 fn matcher_text(m: &Matcher) -> String {
-    let op = match m.op {
-        MatchOp::Equal => "=",
-        MatchOp::NotEqual => "!=",
-        MatchOp::Regex => "=~",
-        MatchOp::NotRegex => "!~",
-    };
-    format!("{}{op}{}", m.name, serde_json::Value::String(m.value.clone()))
+    format!(
+        "{}{}{}",
+        m.name,
+        m.op.as_str(),
+        serde_json::Value::String(m.value.clone())
+    )
 }
 
 /// Durations offered for a new silence: (parameter, label, milliseconds).
