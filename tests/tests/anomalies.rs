@@ -408,6 +408,44 @@ async fn a_host_whose_clock_runs_fast_does_not_make_the_others_late() -> Result<
     Ok(())
 }
 
+/// Regression: an exporter groups a request's records by resource, so a request covering
+/// ten minutes lists checkout's ten minutes, then payment's, then cart's. Taken in that
+/// order, cart's first eight minutes came after checkout and payment had moved event time
+/// on, and were dropped as late; a request is now taken in event-time order.
+#[tokio::test]
+async fn records_grouped_by_resource_in_one_request_are_not_late() -> Result<()> {
+    let c = Collector::start()?;
+    let client = reqwest::Client::new();
+    let base = hour_old_stream();
+    let checkout = regression_spans(base, 0..STREAM_MINUTES, "GET /stock");
+    let copy = |spans: &[Span], salt: u8| -> Vec<Span> {
+        spans
+            .iter()
+            .map(|s| {
+                let mut s = s.clone();
+                s.span_id[0] = salt;
+                s.trace_id[0] = salt;
+                s
+            })
+            .collect()
+    };
+    // Ten minutes (200 spans) per request.
+    for chunk in checkout.chunks(200) {
+        let request = ExportTraceServiceRequest {
+            resource_spans: vec![
+                resource_spans("checkout", chunk.to_vec()),
+                resource_spans("payment", copy(chunk, 1)),
+                resource_spans("cart", copy(chunk, 2)),
+            ],
+        };
+        post_protobuf(&client, c.http_url("/v1/traces"), request.encode_to_vec()).await?;
+    }
+    let p99 = stock_p99(&client, &c, "the p99 anomaly of resource-grouped requests").await?;
+    assert_eq!(p99["start_ms"].as_i64(), Some(slow_from_ms(base)), "{p99}");
+    assert_eq!(late_events(&client, &c).await?, "vigil_detect_late_events_total 0");
+    Ok(())
+}
+
 /// Waits for checkout's `GET /stock` p99 anomaly (the regression of [`regression_spans`]).
 async fn stock_p99(client: &reqwest::Client, c: &Collector, what: &str) -> Result<Value> {
     let url = c.api_url("/api/v1/anomalies?service=checkout");

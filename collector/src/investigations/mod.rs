@@ -38,8 +38,7 @@ pub struct Request {
     #[serde(default)]
     pub incident: Option<String>,
     /// Compare with the minutes just before the window too, and count only what began in
-    /// it (the default). Off for an incident's own investigation: its window already
-    /// starts before the detectors' first finding, and detection lags the onset.
+    /// it (the default).
     #[serde(default = "yes")]
     pub lead_in: bool,
 }

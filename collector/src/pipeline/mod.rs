@@ -79,6 +79,27 @@ pub enum DetectorInput {
     },
 }
 
+impl DetectorInput {
+    /// The event time the detectors file it under.
+    fn event_ms(&self) -> i64 {
+        match self {
+            DetectorInput::Log { ts_ms, .. } | DetectorInput::Metric { ts_ms, .. } => *ts_ms,
+            DetectorInput::Span { end_ms, .. } => *end_ms,
+        }
+    }
+}
+
+/// One request's signals in event-time order. A request groups its records by resource
+/// (an exporter batches per pod or host), so a batch that spans minutes — a log batch held
+/// until it filled — lists one pod's late minutes before another's early ones; taken as
+/// listed, the early ones would arrive after their interval closed. A request arrives at
+/// once: the order inside it carries no meaning, so it is sorted (stably) by event time.
+fn in_event_order(inputs: &mut [DetectorInput]) {
+    if inputs.windows(2).any(|w| w[0].event_ms() > w[1].event_ms()) {
+        inputs.sort_by_key(DetectorInput::event_ms);
+    }
+}
+
 pub(crate) enum Msg {
     /// The signals of the WAL entry `lsn`.
     Inputs {
@@ -335,10 +356,14 @@ fn run(
     let restored_lsn = state.progress.applied_lsn;
     loop {
         match rx.recv_timeout(IDLE_TICK) {
-            Ok(Msg::Inputs { lsn, inputs }) => {
+            Ok(Msg::Inputs { lsn, mut inputs }) => {
+                in_event_order(&mut inputs);
                 let mut topo = shared.topology.lock().unwrap_or_else(|e| e.into_inner());
                 let p = &mut state.progress;
                 let context_only = lsn <= restored_lsn;
+                // Wall time only tells a kind of signal that went quiet from one running
+                // behind (the detectors' lanes); event time still comes from the data.
+                state.engine.set_wall_clock(crate::timeutil::now_ms());
                 for input in inputs {
                     feed(
                         &mut state.engine,
@@ -362,8 +387,11 @@ fn run(
                 correlator.seal(&incident);
             }
             Err(RecvTimeoutError::Timeout) => {
-                if let Some(event_now) = clock.idle(crate::timeutil::now_ms()) {
-                    state.engine.advance(event_now);
+                let wall_ms = crate::timeutil::now_ms();
+                // Each kind of signal moves on from its own latest event (the detectors'
+                // lanes); the clock here only dates the detection's progress.
+                state.engine.advance_quiet(wall_ms);
+                if let Some(event_now) = clock.idle(wall_ms) {
                     let settled = event_now.saturating_sub(state.engine.config().lateness_ms);
                     state.progress.latest_event_ms = state.progress.latest_event_ms.max(settled);
                 }

@@ -2,41 +2,122 @@
 //! patterns, and closing an interval into per-signal points (pattern and error-log rates,
 //! request rate, error ratio, latency quantiles).
 
+use super::lanes::{Lane, MAX_OPEN_INTERVALS};
 use super::*;
 
 impl Engine {
-    /// Notes an event of `source` and closes what the agreed event time allows.
-    pub(super) fn saw(&mut self, source: &str, ts_ms: i64) {
-        self.sources.saw(source, ts_ms);
-        let now = self.sources.event_time();
-        self.advance(now);
+    /// Notes an event of `source` in `lane` and closes what the lane's agreed event time
+    /// allows.
+    pub(super) fn saw(&mut self, lane: Lane, source: &str, ts_ms: i64) {
+        let state = &mut self.lanes[lane as usize];
+        state.sources.saw(source, ts_ms);
+        state.heard_wall_ms = self.wall_ms;
+        let now = state.sources.event_time();
+        self.advance_lane(lane, now);
     }
 
-    /// Moves event time forward to `ts_ms` (the latest event time known to the caller);
-    /// intervals that ended more than the lateness before it are closed and scored.
+    /// Moves event time forward to `ts_ms` (the latest event time known to the caller) in
+    /// every lane; intervals that ended more than the lateness before it are closed and
+    /// scored.
     pub fn advance(&mut self, ts_ms: i64) {
-        let wm = ts_ms.saturating_sub(self.cfg.lateness_ms);
-        if wm <= self.watermark_ms {
+        for lane in Lane::ALL {
+            self.advance_lane(lane, ts_ms);
+        }
+    }
+
+    /// The wall clock, for telling a lane that went quiet from one that is merely behind
+    /// (see [`lanes`](super::lanes)): a lane that had nothing for the allowed lateness of
+    /// wall time follows the wall clock from its own latest event.
+    pub fn set_wall_clock(&mut self, wall_ms: i64) {
+        self.wall_ms = wall_ms;
+        for lane in Lane::ALL {
+            let state = &mut self.lanes[lane as usize];
+            if state.heard_wall_ms == 0 {
+                // Restored (or not heard from since this engine started): as just heard.
+                state.heard_wall_ms = wall_ms;
+            }
+            if state.heard_wall_ms.saturating_add(self.cfg.lateness_ms) <= wall_ms {
+                self.follow_wall_clock(lane, wall_ms);
+            }
+        }
+    }
+
+    /// After a quiet spell (no data at all) at wall time `wall_ms`: every lane follows the
+    /// wall clock from its own latest event, so the last intervals close.
+    pub fn advance_quiet(&mut self, wall_ms: i64) {
+        self.set_wall_clock(wall_ms);
+        for lane in Lane::ALL {
+            self.follow_wall_clock(lane, wall_ms);
+        }
+    }
+
+    /// Moves a quiet lane's event time on at the wall clock's pace from its own latest
+    /// event — never to another lane's time: kinds of signal are sent on clocks of their own
+    /// (a recording's metrics stamped minutes ahead of its spans), and a lane that is merely
+    /// behind would find everything it still has on its way made late.
+    fn follow_wall_clock(&mut self, lane: Lane, wall_ms: i64) {
+        let state = &self.lanes[lane as usize];
+        let latest = state.sources.event_time();
+        if latest == i64::MIN {
             return;
         }
-        self.watermark_ms = wm;
-        while let Some((&start, _)) = self.buckets.first_key_value() {
-            if start + self.cfg.interval_ms > wm {
+        let quiet_for = wall_ms.saturating_sub(state.heard_wall_ms).max(0);
+        self.advance_lane(lane, latest.saturating_add(quiet_for).min(wall_ms.max(latest)));
+    }
+
+    fn advance_lane(&mut self, lane: Lane, ts_ms: i64) {
+        let wm = ts_ms.saturating_sub(self.cfg.lateness_ms);
+        let state = &mut self.lanes[lane as usize];
+        if wm <= state.watermark_ms {
+            return;
+        }
+        state.watermark_ms = wm;
+        self.close_until(lane, |start, open| start + open.cfg.interval_ms <= wm);
+    }
+
+    /// Closes the lane's oldest intervals while `due(start)` says so.
+    fn close_until(&mut self, lane: Lane, due: impl Fn(i64, &Engine) -> bool) {
+        while let Some((&start, _)) = self.lanes[lane as usize].buckets.first_key_value() {
+            if !due(start, self) {
                 break;
             }
-            if let Some(bucket) = self.buckets.remove(&start) {
-                self.close_interval(start, bucket);
+            if let Some(bucket) = self.lanes[lane as usize].buckets.remove(&start) {
+                self.close_interval(lane, start, bucket);
             }
         }
     }
 
-    pub(super) fn bucket_for(&mut self, ts_ms: i64) -> Option<&mut IntervalBucket> {
+    /// The open interval of `lane` holding `ts_ms`; `None` (counted late) when the lane has
+    /// closed it already.
+    pub(super) fn bucket_for(&mut self, lane: Lane, ts_ms: i64) -> Option<&mut IntervalBucket> {
         let start = ts_ms - ts_ms.rem_euclid(self.cfg.interval_ms);
-        if start + self.cfg.interval_ms <= self.watermark_ms {
+        let interval = self.cfg.interval_ms;
+        if start + interval <= self.lanes[lane as usize].watermark_ms {
             self.stats.late_events += 1;
             return None;
         }
-        Some(self.buckets.entry(start).or_default())
+        if !self.lanes[lane as usize].buckets.contains_key(&start) {
+            // Every lane that has data and still has this interval open counts it too, so a
+            // kind silent here is scored as zeros (see the module docs of `lanes`).
+            for other in Lane::ALL {
+                let o = &mut self.lanes[other as usize];
+                if other != lane && o.has_data() && start + interval > o.watermark_ms {
+                    o.buckets.entry(start).or_default();
+                }
+            }
+            if self.lanes[lane as usize].buckets.len() >= MAX_OPEN_INTERVALS {
+                let keep = MAX_OPEN_INTERVALS - 1;
+                self.close_until(lane, |_, open| open.lanes[lane as usize].buckets.len() > keep);
+            }
+            for other in Lane::ALL {
+                if self.lanes[other as usize].buckets.len() > MAX_OPEN_INTERVALS {
+                    self.close_until(other, |_, open| {
+                        open.lanes[other as usize].buckets.len() > MAX_OPEN_INTERVALS
+                    });
+                }
+            }
+        }
+        Some(self.lanes[lane as usize].buckets.entry(start).or_default())
     }
 
     /// One log record with its pattern assignment.
@@ -62,7 +143,7 @@ impl Engine {
         if is_new_pattern && ts_ms - first >= self.cfg.new_pattern_warmup_ms && severity_number >= WARN_SEVERITY {
             self.new_pattern(service, pattern_id, template, severity_number, ts_ms);
         }
-        if let Some(b) = self.bucket_for(ts_ms) {
+        if let Some(b) = self.bucket_for(Lane::Logs, ts_ms) {
             *b.patterns.entry((service.to_string(), pattern_id)).or_default() += 1;
             if severity_number >= ERROR_SEVERITY {
                 *b.errors.entry(service.to_string()).or_default() += 1;
@@ -70,7 +151,7 @@ impl Engine {
                 b.errors.entry(service.to_string()).or_default();
             }
         }
-        self.saw(service, ts_ms);
+        self.saw(Lane::Logs, service, ts_ms);
     }
 
     /// One finished span: its service, operation (span name), end time and duration.
@@ -89,7 +170,7 @@ impl Engine {
         error: bool,
         trace_id: &str,
     ) {
-        if let Some(b) = self.bucket_for(end_ms) {
+        if let Some(b) = self.bucket_for(Lane::Spans, end_ms) {
             let red = b.red.entry((service.to_string(), operation.to_string())).or_default();
             red.add(duration_s, error);
             if !trace_id.is_empty() {
@@ -103,7 +184,7 @@ impl Engine {
                 }
             }
         }
-        self.saw(service, end_ms);
+        self.saw(Lane::Spans, service, end_ms);
     }
 
     pub(super) fn new_pattern(
@@ -206,7 +287,7 @@ impl Engine {
         }
     }
 
-    pub(super) fn close_interval(&mut self, start: i64, bucket: IntervalBucket) {
+    pub(super) fn close_interval(&mut self, lane: Lane, start: i64, bucket: IntervalBucket) {
         // An interval's aggregates are stamped with its start, so "since 10:02:00" is when the
         // behaviour began, comparable with per-event findings (new log patterns) inside it.
         let end = start;
@@ -307,6 +388,7 @@ impl Engine {
             .iter()
             .filter(|(k, t)| {
                 t.interval_series
+                    && lane.scores(t.kind)
                     && end - t.last_seen_ms <= self.cfg.zero_fill_intervals * self.cfg.interval_ms
                     && seen.binary_search(k).is_err()
             })

@@ -2,7 +2,7 @@
 //!
 //! Metric points go straight to one [`SeriesDetector`] per series. Logs and spans are
 //! counted into fixed event-time intervals; when the watermark (event time as the sources
-//! agree on it, minus the allowed lateness) passes an interval's end, the interval is closed and its
+//! of that kind of signal agree on it, minus the allowed lateness) passes an interval's end, the interval is closed and its
 //! aggregates (per-pattern and error-log rates, per-operation request rate, error ratio and
 //! latency quantiles) are scored by the same per-series machinery. Scores at or above the
 //! signal's threshold open an [`Anomaly`] or extend the open one; a few quiet points close
@@ -13,7 +13,8 @@
 //!
 //! One file per job: `intervals.rs` (event time, buckets, new patterns, closing an interval),
 //! `peers.rs` (fleet members against each other), `lifecycle.rs` (scores into findings),
-//! `explain.rs` (what a finding shows), `sources.rs` (event time across clocks), `state.rs`
+//! `explain.rs` (what a finding shows), `sources.rs` (event time across clocks), `lanes.rs`
+//! (an event time per kind of signal), `state.rs`
 //! (saving and restoring); this file holds the configuration, the types and the entry points.
 
 use std::collections::{BTreeMap, HashMap};
@@ -29,6 +30,7 @@ use crate::timeseries::{PointScore, SeriesConfig, SeriesDetector, Signal};
 
 mod explain;
 mod intervals;
+mod lanes;
 mod lifecycle;
 mod peers;
 mod sources;
@@ -269,10 +271,10 @@ pub struct Engine {
     cfg_per_second: SeriesConfig,
     cfg_ratio: SeriesConfig,
     tracked: HashMap<String, Tracked>,
-    buckets: BTreeMap<i64, IntervalBucket>,
-    watermark_ms: i64,
-    /// Event time as the sources agree on it (see [`sources`]).
-    sources: sources::SourceClock,
+    /// Event time and open intervals per kind of signal (see [`lanes`]).
+    lanes: [lanes::LaneState; 3],
+    /// The caller's wall clock, for idle lanes only (see [`Engine::set_wall_clock`]).
+    wall_ms: i64,
     service_first_ms: HashMap<String, i64>,
     pattern_templates: HashMap<u64, String>,
     /// The highest severity each pattern's lines have had (bounded with the templates).
@@ -332,9 +334,8 @@ impl Engine {
             },
             cfg,
             tracked: HashMap::new(),
-            buckets: BTreeMap::new(),
-            watermark_ms: i64::MIN,
-            sources: sources::SourceClock::default(),
+            lanes: Default::default(),
+            wall_ms: 0,
             service_first_ms: HashMap::new(),
             pattern_templates: HashMap::new(),
             pattern_severity: HashMap::new(),
@@ -388,10 +389,15 @@ impl Engine {
     }
 
     /// Event time as the sources agree on it: the newest time at least two of them have
-    /// reached (see [`sources`]); `i64::MIN` before any event. The caller's clock for quiet
-    /// spells should start from it, not from the newest timestamp seen.
+    /// reached (see [`sources`]), in the lane of signals furthest ahead (see [`lanes`]);
+    /// `i64::MIN` before any event. The caller's clock for quiet spells should start from
+    /// it, not from the newest timestamp seen.
     pub fn event_time(&self) -> i64 {
-        self.sources.event_time()
+        self.lanes
+            .iter()
+            .map(|l| l.sources.event_time())
+            .max()
+            .unwrap_or(i64::MIN)
     }
 
     pub fn observe_metric(&mut self, m: &MetricPoint<'_>) {
@@ -408,7 +414,7 @@ impl Engine {
             .service
             .or_else(|| m.labels.get("host.name").map(String::as_str))
             .unwrap_or("");
-        self.saw(source, m.ts_ms);
+        self.saw(lanes::Lane::Metrics, source, m.ts_ms);
     }
 }
 

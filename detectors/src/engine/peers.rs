@@ -39,7 +39,7 @@ impl Engine {
                 },
             );
         }
-        if let Some(b) = self.bucket_for(m.ts_ms) {
+        if let Some(b) = self.bucket_for(super::lanes::Lane::Metrics, m.ts_ms) {
             b.peers.entry(group_key).or_default().insert(member, m.value);
         }
     }

@@ -10,8 +10,13 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
+use super::lanes::{LaneState, from_single_clock};
 use super::sources::SourceClock;
 use super::{Engine, IntervalBucket, PeerGroup, Tracked};
+
+fn no_watermark() -> i64 {
+    i64::MIN
+}
 
 /// Bumped when the layout changes incompatibly: a state of another version is refused
 /// (the engine then starts cold) rather than misread.
@@ -21,10 +26,8 @@ pub const STATE_VERSION: u32 = 1;
 #[derive(Serialize)]
 pub struct EngineStateRef<'a> {
     version: u32,
-    watermark_ms: i64,
-    sources: &'a SourceClock,
+    lanes: &'a [LaneState; 3],
     tracked: &'a HashMap<String, Tracked>,
-    buckets: &'a BTreeMap<i64, IntervalBucket>,
     service_first_ms: &'a HashMap<String, i64>,
     pattern_templates: &'a HashMap<u64, String>,
     pattern_severity: &'a HashMap<u64, i32>,
@@ -35,11 +38,17 @@ pub struct EngineStateRef<'a> {
 #[derive(Debug, Deserialize)]
 pub struct EngineState {
     version: u32,
+    /// Absent in states saved before each kind of signal had a clock of its own: those
+    /// have the one clock below, which every lane takes.
+    #[serde(default)]
+    lanes: Option<[LaneState; 3]>,
+    #[serde(default = "no_watermark")]
     watermark_ms: i64,
     /// Absent in states saved before sources had clocks of their own.
     #[serde(default)]
     sources: SourceClock,
     tracked: HashMap<String, Tracked>,
+    #[serde(default)]
     buckets: BTreeMap<i64, IntervalBucket>,
     service_first_ms: HashMap<String, i64>,
     pattern_templates: HashMap<u64, String>,
@@ -79,10 +88,8 @@ impl Engine {
     pub fn state(&self) -> EngineStateRef<'_> {
         EngineStateRef {
             version: STATE_VERSION,
-            watermark_ms: self.watermark_ms,
-            sources: &self.sources,
+            lanes: &self.lanes,
             tracked: &self.tracked,
-            buckets: &self.buckets,
             service_first_ms: &self.service_first_ms,
             pattern_templates: &self.pattern_templates,
             pattern_severity: &self.pattern_severity,
@@ -97,8 +104,10 @@ impl Engine {
         if state.version != STATE_VERSION {
             return Err(VersionMismatch { found: state.version });
         }
-        self.watermark_ms = state.watermark_ms;
-        self.sources = state.sources;
+        self.lanes = match state.lanes {
+            Some(lanes) => lanes,
+            None => from_single_clock(state.watermark_ms, state.sources, state.buckets),
+        };
         self.tracked = state.tracked;
         while self.tracked.len() > self.cfg.max_series {
             self.evict_oldest();
@@ -107,7 +116,6 @@ impl Engine {
         for t in self.tracked.values_mut() {
             t.detector.trim_history(history);
         }
-        self.buckets = state.buckets;
         self.service_first_ms = state.service_first_ms;
         self.pattern_templates = state.pattern_templates;
         self.pattern_severity = state.pattern_severity;
@@ -223,6 +231,53 @@ mod tests {
             cold.drain().len() < a.len(),
             "the saved state is what made the difference"
         );
+    }
+
+    /// `saved` rewritten in the layout of states saved when one clock closed every kind of
+    /// signal: one watermark, one source clock, buckets holding all kinds.
+    fn as_single_clock(saved: &str) -> String {
+        let mut v: serde_json::Value = serde_json::from_str(saved).expect("json");
+        let lanes = v.as_object_mut().and_then(|o| o.remove("lanes")).expect("lanes");
+        let lanes = lanes.as_array().expect("three lanes");
+        let watermark = lanes.iter().filter_map(|l| l["watermark_ms"].as_i64()).min();
+        let mut buckets = serde_json::Map::new();
+        for lane in lanes {
+            for (start, b) in lane["buckets"].as_object().expect("buckets") {
+                let merged = buckets.entry(start.clone()).or_insert_with(|| b.clone());
+                for (field, value) in b.as_object().expect("bucket") {
+                    let empty = value.as_array().is_some_and(Vec::is_empty)
+                        || value.as_object().is_some_and(serde_json::Map::is_empty);
+                    if !empty {
+                        merged[field] = value.clone();
+                    }
+                }
+            }
+        }
+        v["watermark_ms"] = watermark.into();
+        v["sources"] = lanes[1]["sources"].clone();
+        v["buckets"] = buckets.into();
+        v.to_string()
+    }
+
+    #[test]
+    fn a_state_saved_with_one_clock_for_every_kind_carries_on_the_same() {
+        let mut live = Engine::new(EngineConfig::default());
+        feed(&mut live, 0, 300, -1);
+        live.drain();
+        let saved = serde_json::to_string(&live.state()).expect("serialise");
+        let old = as_single_clock(&saved);
+        assert!(!old.contains("\"lanes\""));
+
+        let mut restored = Engine::new(EngineConfig::default());
+        restored
+            .restore_state(serde_json::from_str(&old).expect("the old layout reads"))
+            .expect("same version");
+        feed(&mut live, 300, 400, 350);
+        feed(&mut restored, 300, 400, 350);
+        let (a, b) = (live.drain(), restored.drain());
+        assert!(!a.is_empty(), "the spike at minute 350 is found");
+        assert_eq!(a, b);
+        assert_eq!(restored.stats().late_events, 0, "no interval of the old buckets lost");
     }
 
     #[test]
