@@ -16,8 +16,17 @@
 //!   the damaged rest of that segment with an error, and the agent keeps running.
 //! * **Bounded.** At `max_bytes` of unacknowledged data, `append` either waits for
 //!   space (block) or deletes the oldest unsent segments (drop_oldest, counted).
+//!
+//! One file per job, as Vector's disk buffer splits them: this file holds the types and the
+//! API; `writer.rs` appends and rolls segments, `reader.rs` reads a record back,
+//! `ledger.rs` releases what was acknowledged and deletes or drops segments,
+//! `recover.rs` opens the buffer after a stop, `segment.rs` is the record format.
 
+mod ledger;
+mod reader;
+mod recover;
 mod segment;
+mod writer;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
@@ -30,7 +39,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use recover::merge;
 pub use segment::{Entry, Kind, Record, encoded_len};
+use writer::{create_segment, write_atomic};
 
 use crate::config::WhenFull;
 
@@ -182,137 +193,6 @@ fn segment_path(dir: &Path, first_seq: u64) -> PathBuf {
 }
 
 impl DiskBuffer {
-    /// Opens (or creates) the buffer in `dir`, recovering after any kind of stop.
-    pub fn open(dir: &Path, opts: BufferOptions) -> Result<(Arc<DiskBuffer>, Recovered), BufferError> {
-        fs::create_dir_all(dir).map_err(io_err(dir))?;
-        let mut recovered = Recovered::default();
-        let acked_path = dir.join(ACKED_FILE);
-        let acked: u64 = match fs::read_to_string(&acked_path) {
-            Ok(s) => s.trim().parse().unwrap_or(0),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => 0,
-            Err(e) => return Err(io_err(&acked_path)(e)),
-        };
-        let snapshot_path = dir.join(SNAPSHOT_FILE);
-        let snapshot: Snapshot = match fs::read(&snapshot_path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| io_err(&snapshot_path)(io::Error::new(io::ErrorKind::InvalidData, e)))?,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Snapshot::default(),
-            Err(e) => return Err(io_err(&snapshot_path)(e)),
-        };
-        let mut checkpoints: BTreeMap<String, Vec<u8>> =
-            snapshot.entries.into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
-
-        let mut firsts: Vec<u64> = fs::read_dir(dir)
-            .map_err(io_err(dir))?
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                let name = e.file_name().to_string_lossy().into_owned();
-                name.strip_suffix(".seg").and_then(|s| s.parse().ok())
-            })
-            .collect();
-        firsts.sort_unstable();
-
-        let mut segments = VecDeque::new();
-        let mut stats = BufferStats::default();
-        let mut sizes = VecDeque::new();
-        let mut next_seq = acked.max(snapshot.upto_seq) + 1;
-        let count = firsts.len();
-        for (i, first) in firsts.into_iter().enumerate() {
-            let path = segment_path(dir, first);
-            let is_last = i + 1 == count;
-            let file = File::open(&path).map_err(io_err(&path))?;
-            let mut reader = BufReader::new(file);
-            let mut good = 0u64;
-            let mut last_seq = first.saturating_sub(1);
-            loop {
-                match segment::read_record(&mut reader).map_err(io_err(&path))? {
-                    Ok(Some((record, used))) => {
-                        if record.seq != last_seq + 1 && good > 0 {
-                            recovered
-                                .truncated
-                                .push(format!("{}: sequence gap at byte {good}", path.display()));
-                            break;
-                        }
-                        last_seq = record.seq;
-                        good += used as u64;
-                        if record.seq > snapshot.upto_seq {
-                            merge(&mut checkpoints, &record.entries);
-                        }
-                        if record.seq > acked {
-                            stats.pending_records += 1;
-                            stats.pending_bytes += used as u64;
-                            sizes.push_back(used as u32);
-                        }
-                    }
-                    Ok(None) => break,
-                    Err(torn) => {
-                        recovered
-                            .truncated
-                            .push(format!("{}: {torn:?} at byte {good}", path.display()));
-                        break;
-                    }
-                }
-            }
-            let len = fs::metadata(&path).map_err(io_err(&path))?.len();
-            if good < len && is_last {
-                // A torn tail from a crash mid-append: never acknowledged, cut it off.
-                let f = OpenOptions::new().write(true).open(&path).map_err(io_err(&path))?;
-                f.set_len(good).map_err(io_err(&path))?;
-                f.sync_all().map_err(io_err(&path))?;
-            }
-            next_seq = next_seq.max(last_seq + 1);
-            segments.push_back(SegmentInfo {
-                first_seq: first,
-                last_seq,
-                bytes: good,
-                path,
-            });
-        }
-        // Sequence numbers must continue past everything ever acknowledged.
-        let active = match segments.back() {
-            Some(last) if last.last_seq + 1 == next_seq && last.bytes < opts.segment_bytes => OpenOptions::new()
-                .append(true)
-                .open(&last.path)
-                .map_err(io_err(&last.path))?,
-            _ => {
-                let path = segment_path(dir, next_seq);
-                let f = create_segment(dir, &path)?;
-                segments.push_back(SegmentInfo {
-                    first_seq: next_seq,
-                    last_seq: next_seq - 1,
-                    bytes: 0,
-                    path,
-                });
-                f
-            }
-        };
-        recovered.checkpoints = checkpoints.clone();
-        recovered.pending_records = stats.pending_records;
-        recovered.pending_bytes = stats.pending_bytes;
-        let buffer = Arc::new(DiskBuffer {
-            inner: Mutex::new(Inner {
-                dir: dir.to_path_buf(),
-                opts,
-                segments,
-                active,
-                next_seq,
-                durable: next_seq - 1,
-                acked: acked.min(next_seq - 1),
-                checkpoints,
-                recent: VecDeque::new(),
-                recent_bytes: 0,
-                sizes,
-                cursor: None,
-                stats,
-            }),
-            space: Condvar::new(),
-            data: tokio::sync::Notify::new(),
-            closed: AtomicBool::new(false),
-        });
-        buffer.lock().delete_acked_segments()?;
-        Ok((buffer, recovered))
-    }
-
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -446,229 +326,6 @@ impl DiskBuffer {
         self.space.notify_all();
         self.data.notify_waiters();
         self.data.notify_one();
-    }
-}
-
-fn merge(checkpoints: &mut BTreeMap<String, Vec<u8>>, entries: &[Entry]) {
-    for (k, v) in entries {
-        if v.is_empty() {
-            checkpoints.remove(k);
-        } else {
-            checkpoints.insert(k.clone(), v.clone());
-        }
-    }
-}
-
-fn create_segment(dir: &Path, path: &Path) -> Result<File, BufferError> {
-    let f = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(io_err(path))?;
-    sync_dir(dir)?;
-    Ok(f)
-}
-
-fn sync_dir(dir: &Path) -> Result<(), BufferError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
-}
-
-fn write_atomic(path: &Path, bytes: &[u8], durable: bool) -> Result<(), BufferError> {
-    let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
-    f.write_all(bytes).map_err(io_err(&tmp))?;
-    if durable {
-        f.sync_all().map_err(io_err(&tmp))?;
-    }
-    fs::rename(&tmp, path).map_err(io_err(path))?;
-    if durable && let Some(dir) = path.parent() {
-        sync_dir(dir)?;
-    }
-    Ok(())
-}
-
-impl Inner {
-    fn write(&mut self, new: NewRecord) -> Result<u64, BufferError> {
-        let active_bytes = self.segments.back().map_or(0, |s| s.bytes);
-        if active_bytes >= self.opts.segment_bytes {
-            self.roll()?;
-        }
-        let seq = self.next_seq;
-        let record = Record {
-            seq,
-            kind: new.kind,
-            lz4: new.lz4,
-            entries: new.entries,
-            payload: new.payload,
-        };
-        let bytes = segment::encode(&record);
-        let path = self.segments.back().map(|s| s.path.clone()).unwrap_or_default();
-        if let Err(e) = self.active.write_all(&bytes) {
-            // Whatever reached the file is a torn record: cut it so later appends stay
-            // readable, and let the producer retry.
-            let good = self.segments.back().map_or(0, |s| s.bytes);
-            let _ = self.active.set_len(good);
-            return Err(io_err(&path)(e));
-        }
-        let len = bytes.len() as u64;
-        if let Some(s) = self.segments.back_mut() {
-            s.last_seq = seq;
-            s.bytes += len;
-        }
-        self.next_seq += 1;
-        self.stats.pending_records += 1;
-        self.stats.pending_bytes += len;
-        self.sizes.push_back(len as u32);
-        merge(&mut self.checkpoints, &record.entries);
-        self.recent_bytes += bytes.len();
-        self.recent.push_back(Arc::new(record));
-        while self.recent_bytes > self.opts.memory_bytes && self.recent.len() > 1 {
-            if let Some(old) = self.recent.pop_front() {
-                self.recent_bytes -= segment::encoded_len(&old.entries, old.payload.len());
-            }
-        }
-        Ok(seq)
-    }
-
-    /// Makes everything written so far durable and visible to the sender.
-    fn sync(&mut self) -> Result<(), BufferError> {
-        if self.durable + 1 == self.next_seq {
-            return Ok(());
-        }
-        if self.opts.fsync {
-            let path = self.segments.back().map(|s| s.path.clone()).unwrap_or_default();
-            self.active.sync_data().map_err(io_err(&path))?;
-        }
-        self.durable = self.next_seq - 1;
-        Ok(())
-    }
-
-    fn roll(&mut self) -> Result<(), BufferError> {
-        self.sync()?;
-        let path = segment_path(&self.dir, self.next_seq);
-        self.active = create_segment(&self.dir, &path)?;
-        self.segments.push_back(SegmentInfo {
-            first_seq: self.next_seq,
-            last_seq: self.next_seq - 1,
-            bytes: 0,
-            path,
-        });
-        Ok(())
-    }
-
-    /// Forgets the sizes of records up to `to` (they were acknowledged or dropped) and
-    /// returns how many records and bytes that was.
-    fn release_through(&mut self, to: u64) -> (u64, u64) {
-        let n = to.saturating_sub(self.acked).min(self.sizes.len() as u64);
-        let bytes: u64 = self.sizes.drain(..n as usize).map(u64::from).sum();
-        (n, bytes)
-    }
-
-    fn delete_acked_segments(&mut self) -> Result<(), BufferError> {
-        let deletable = self
-            .segments
-            .iter()
-            .take(self.segments.len().saturating_sub(1))
-            .take_while(|s| s.last_seq <= self.acked)
-            .count();
-        if deletable == 0 {
-            return Ok(());
-        }
-        self.write_snapshot()?;
-        for _ in 0..deletable {
-            if let Some(s) = self.segments.pop_front() {
-                fs::remove_file(&s.path).map_err(io_err(&s.path))?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Deletes the oldest segment holding unacknowledged records, counting its loss.
-    fn drop_oldest(&mut self) -> Result<(), BufferError> {
-        if self.segments.len() == 1 {
-            self.roll()?;
-        }
-        let Some(oldest) = self.segments.front() else {
-            return Ok(());
-        };
-        let last = oldest.last_seq;
-        let (records, bytes) = self.release_through(last);
-        self.stats.dropped_records += records;
-        self.stats.dropped_bytes += bytes;
-        self.stats.pending_records = self.stats.pending_records.saturating_sub(records);
-        self.stats.pending_bytes = self.stats.pending_bytes.saturating_sub(bytes);
-        if last > self.acked {
-            self.acked = last;
-            write_atomic(&self.dir.join(ACKED_FILE), last.to_string().as_bytes(), false)?;
-        }
-        tracing::warn!(records, bytes, "disk buffer full: dropped the oldest unsent records");
-        self.delete_acked_segments()
-    }
-
-    fn write_snapshot(&mut self) -> Result<(), BufferError> {
-        let snapshot = Snapshot {
-            upto_seq: self.next_seq - 1,
-            entries: self
-                .checkpoints
-                .iter()
-                .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
-                .collect(),
-        };
-        let bytes = serde_json::to_vec(&snapshot).unwrap_or_default();
-        write_atomic(&self.dir.join(SNAPSHOT_FILE), &bytes, true)
-    }
-
-    fn read_after(&mut self, after: u64) -> Result<Option<Arc<Record>>, BufferError> {
-        let want = after.max(self.acked) + 1;
-        if want > self.durable {
-            return Ok(None);
-        }
-        if let Some(first) = self.recent.front()
-            && first.seq <= want
-        {
-            let idx = (want - first.seq) as usize;
-            return Ok(self.recent.get(idx).cloned());
-        }
-        // Read from disk, sequentially from the cursor when it is in the right place.
-        let Some(seg) = self
-            .segments
-            .iter()
-            .find(|s| s.last_seq >= want && s.last_seq >= s.first_seq)
-        else {
-            return Ok(None);
-        };
-        let (first_seq, path) = (seg.first_seq, seg.path.clone());
-        let reuse = matches!(&self.cursor, Some((f, next, _)) if *f == first_seq && *next <= want);
-        if !reuse {
-            let file = File::open(&path).map_err(io_err(&path))?;
-            self.cursor = Some((first_seq, first_seq, BufReader::new(file)));
-        }
-        let Some((_, next, reader)) = self.cursor.as_mut() else {
-            return Ok(None);
-        };
-        loop {
-            match segment::read_record(reader).map_err(io_err(&path))? {
-                Ok(Some((record, _))) => {
-                    *next = record.seq + 1;
-                    if record.seq >= want {
-                        return Ok(Some(Arc::new(record)));
-                    }
-                }
-                Ok(None) | Err(_) => {
-                    // The rest of this segment is unreadable (reported at open): skip it.
-                    let skip_to = self
-                        .segments
-                        .iter()
-                        .find(|s| s.first_seq > first_seq)
-                        .map(|s| s.first_seq);
-                    self.cursor = None;
-                    return match skip_to {
-                        Some(s) if s > want => self.read_after(s - 1),
-                        _ => Ok(None),
-                    };
-                }
-            }
-        }
     }
 }
 
