@@ -286,7 +286,7 @@ pub(super) async fn get_silence(State(state): State<ApiState>, Path(id): Path<St
     let now = crate::timeutil::now_ms();
     match state.alerts.silences().iter().find(|s| s.id == id) {
         Some(s) => Ok(Json(gettable_silence(s, now)).into_response()),
-        None => Err(ApiError(StatusCode::NOT_FOUND, format!("no silence with id {id:?}"))),
+        None => Err(ApiError::NotFound(format!("no silence with id {id:?}"))),
     }
 }
 
@@ -385,10 +385,11 @@ mod tests {
                 .as_ref()
                 .is_some_and(|r| r.is_match("pager") && !r.is_match("xpager"))
         );
-        let e = Params::parse(Some("silenced=maybe")).err().expect("bad flag");
-        assert!(e.1.contains("silenced"), "{}", e.1);
-        let e = Params::parse(Some("filter=%3D%3D")).err().expect("bad filter");
-        assert!(e.1.contains("filter"), "{}", e.1);
+        for (query, names) in [("silenced=maybe", "silenced"), ("filter=%3D%3D", "filter")] {
+            let e = Params::parse(Some(query)).err().expect("refused");
+            assert_eq!(e.status(), StatusCode::BAD_REQUEST, "{e:?}");
+            assert!(matches!(&e, ApiError::BadRequest(m) if m.contains(names)), "{e:?}");
+        }
     }
 
     #[test]

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Extension, Path, Query, State};
-use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
@@ -24,21 +23,23 @@ use crate::auth::Identity;
 
 impl From<AlertServiceError> for ApiError {
     fn from(e: AlertServiceError) -> ApiError {
-        let status = match &e {
+        let message = e.to_string();
+        match &e {
             AlertServiceError::Action(
                 ActionError::UnknownAlert(_) | ActionError::UnknownSilence(_) | ActionError::UnknownSchedule(_),
-            ) => StatusCode::NOT_FOUND,
-            AlertServiceError::Action(ActionError::Invalid(_)) => StatusCode::BAD_REQUEST,
-            AlertServiceError::Link(LinkError::Expired) => StatusCode::GONE,
-            AlertServiceError::Link(LinkError::Replayed) => StatusCode::CONFLICT,
-            AlertServiceError::Link(LinkError::Malformed) => StatusCode::BAD_REQUEST,
-            AlertServiceError::Link(LinkError::BadSignature | LinkError::WrongPurpose { .. }) => StatusCode::FORBIDDEN,
+            ) => ApiError::NotFound(message),
+            AlertServiceError::Action(ActionError::Invalid(_)) => ApiError::BadRequest(message),
+            AlertServiceError::Link(LinkError::Expired) => ApiError::Gone(message),
+            AlertServiceError::Link(LinkError::Replayed) => ApiError::Conflict(message),
+            AlertServiceError::Link(LinkError::Malformed) => ApiError::BadRequest(message),
+            AlertServiceError::Link(LinkError::BadSignature | LinkError::WrongPurpose { .. }) => {
+                ApiError::Forbidden(message)
+            }
             AlertServiceError::Store(_) => {
                 tracing::error!(error = %e, "alerting store failed");
-                StatusCode::INTERNAL_SERVER_ERROR
+                ApiError::Internal(message)
             }
-        };
-        ApiError(status, e.to_string())
+        }
     }
 }
 
@@ -50,7 +51,7 @@ pub(super) async fn blocking<T: Send + 'static>(
     let svc = Arc::clone(svc);
     tokio::task::spawn_blocking(move || f(&svc))
         .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("alerting task failed: {e}")))?
+        .map_err(|e| ApiError::Internal(format!("alerting task failed: {e}")))?
         .map_err(ApiError::from)
 }
 
@@ -86,7 +87,7 @@ pub(super) async fn alert_notifications(
 ) -> Result<Response, ApiError> {
     let limit = limit_param(&params, DELIVERIES_LISTED)?;
     if state.alerts.alert(&id).is_none() {
-        return Err(ApiError(StatusCode::NOT_FOUND, format!("no alert with id {id:?}")));
+        return Err(ApiError::NotFound(format!("no alert with id {id:?}")));
     }
     let deliveries = blocking(&state.alerts, move |s| s.deliveries(|d| d.alerts.contains(&id), limit)).await?;
     Ok(Json(json!({ "deliveries": deliveries })).into_response())
@@ -114,7 +115,7 @@ pub(super) async fn notifications(
 pub(super) async fn get_alert(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     match state.alerts.alert(&id) {
         Some(a) => Ok(Json(a).into_response()),
-        None => Err(ApiError(StatusCode::NOT_FOUND, format!("no alert with id {id:?}"))),
+        None => Err(ApiError::NotFound(format!("no alert with id {id:?}"))),
     }
 }
 
@@ -193,7 +194,7 @@ pub(super) async fn alert_action(
                     .into_response(),
             );
         }
-        other => return Err(ApiError(StatusCode::NOT_FOUND, format!("no alert action {other:?}"))),
+        other => return Err(ApiError::NotFound(format!("no alert action {other:?}"))),
     };
     if matches!(action.as_str(), "ack" | "resolve") {
         seal_incident_of(&state, &alert_id);

@@ -27,13 +27,10 @@ pub(super) async fn create(
     let saved = inv.clone();
     tokio::task::spawn_blocking(move || kept.add(saved))
         .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("saving task failed: {e}")))?
+        .map_err(|e| ApiError::Internal(format!("saving task failed: {e}")))?
         .map_err(|e| {
             tracing::error!(error = %e, "could not save an investigation");
-            ApiError(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("could not save the investigation: {e}"),
-            )
+            ApiError::Internal(format!("could not save the investigation: {e}"))
         })?;
     let location = format!("/api/v1/investigations/{}", inv.id);
     Ok((StatusCode::CREATED, [(http::header::LOCATION, location)], Json(inv)).into_response())
@@ -69,9 +66,6 @@ pub(super) async fn list(State(state): State<ApiState>, Query(params): Params) -
 pub(super) async fn get_one(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     match state.investigations.get(&id) {
         Some(inv) => Ok(Json(inv).into_response()),
-        None => Err(ApiError(
-            StatusCode::NOT_FOUND,
-            format!("no investigation with id {id:?}"),
-        )),
+        None => Err(ApiError::NotFound(format!("no investigation with id {id:?}"))),
     }
 }

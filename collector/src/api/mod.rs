@@ -47,23 +47,64 @@ pub struct ApiState {
     pub investigations: Arc<crate::investigations::InvestigationStore>,
 }
 
-/// An API error: a status and a message saying what was wrong.
+/// An API error: what kind of mistake, with a message saying what was wrong. The one place
+/// where kinds become HTTP statuses is [`ApiError::status`].
 #[derive(Debug)]
-pub struct ApiError(StatusCode, String);
+pub enum ApiError {
+    /// The request is malformed or asks for something impossible (400).
+    BadRequest(String),
+    /// No credentials, or wrong ones (401).
+    Unauthorized(String),
+    /// Credentials that do not allow this (403).
+    Forbidden(String),
+    /// No such alert, silence, incident, investigation… (404).
+    NotFound(String),
+    /// The request collides with what is there (409).
+    Conflict(String),
+    /// Something that was valid no longer is, such as an expired link (410).
+    Gone(String),
+    /// Vigil failed, not the caller (500); logged where it happened.
+    Internal(String),
+}
 
 impl ApiError {
     fn bad(message: impl Into<String>) -> ApiError {
-        ApiError(StatusCode::BAD_REQUEST, message.into())
+        ApiError::BadRequest(message.into())
+    }
+
+    /// The HTTP status of each kind of error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Gone(_) => StatusCode::GONE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn message(&self) -> &str {
+        match self {
+            ApiError::BadRequest(m)
+            | ApiError::Unauthorized(m)
+            | ApiError::Forbidden(m)
+            | ApiError::NotFound(m)
+            | ApiError::Conflict(m)
+            | ApiError::Gone(m)
+            | ApiError::Internal(m) => m,
+        }
     }
 }
 
 impl From<QueryError> for ApiError {
     fn from(e: QueryError) -> ApiError {
         match e {
-            QueryError::BadRequest(m) => ApiError(StatusCode::BAD_REQUEST, m),
+            QueryError::BadRequest(m) => ApiError::BadRequest(m),
             QueryError::Internal(e) => {
                 tracing::error!(error = %e, "query failed");
-                ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("search failed: {e}"))
+                ApiError::Internal(format!("search failed: {e}"))
             }
         }
     }
@@ -71,7 +112,7 @@ impl From<QueryError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({ "error": self.1 }))).into_response()
+        (self.status(), Json(json!({ "error": self.message() }))).into_response()
     }
 }
 
@@ -153,7 +194,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/schedules/{name}/calendar.ics", get(oncall::calendar))
         .merge(protected)
         .merge(responder)
-        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".into()) })
+        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .with_state(state)
 }
 
@@ -218,22 +259,19 @@ fn role_name(role: UserRole) -> &'static str {
 }
 
 fn unauthorized() -> Response {
-    let mut r = ApiError(StatusCode::UNAUTHORIZED, "missing or invalid bearer token".into()).into_response();
+    let mut r = ApiError::Unauthorized("missing or invalid bearer token".into()).into_response();
     r.headers_mut()
         .insert(WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
     r
 }
 
 fn forbidden(identity: &Identity, needed: UserRole) -> Response {
-    ApiError(
-        StatusCode::FORBIDDEN,
-        format!(
-            "{} is a {} and this needs a {}",
-            identity.name,
-            role_name(identity.role),
-            role_name(needed)
-        ),
-    )
+    ApiError::Forbidden(format!(
+        "{} is a {} and this needs a {}",
+        identity.name,
+        role_name(identity.role),
+        role_name(needed)
+    ))
     .into_response()
 }
 
@@ -263,7 +301,7 @@ where
     let store = Arc::clone(&state.store);
     let result = tokio::task::spawn_blocking(move || f(&store))
         .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("query task failed: {e}")))?;
+        .map_err(|e| ApiError::Internal(format!("query task failed: {e}")))?;
     state
         .metrics
         .query_seconds
@@ -382,7 +420,7 @@ async fn incidents(State(state): State<ApiState>, Query(params): Params) -> Resu
 /// for each anomaly the query that reproduces its evidence.
 async fn incident(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     let Some(inc) = state.incidents.get(&id) else {
-        return Err(ApiError(StatusCode::NOT_FOUND, format!("no incident with id {id:?}")));
+        return Err(ApiError::NotFound(format!("no incident with id {id:?}")));
     };
     // Evidence per anomaly: the anomaly (band, exemplar trace ids), the queries that
     // reproduce it, and for log findings a few sample lines of the pattern.
@@ -440,7 +478,7 @@ async fn services_graph(State(state): State<ApiState>) -> Response {
 async fn anomaly(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     match state.anomalies.get(&id) {
         Some(a) => Ok(Json(a).into_response()),
-        None => Err(ApiError(StatusCode::NOT_FOUND, format!("no anomaly with id {id:?}"))),
+        None => Err(ApiError::NotFound(format!("no anomaly with id {id:?}"))),
     }
 }
 
@@ -463,7 +501,7 @@ async fn anomaly_feedback(
     let id2 = id.clone();
     let recorded = tokio::task::spawn_blocking(move || store.record_feedback(&id2, body.verdict))
         .await
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("feedback task failed: {e}")))?;
+        .map_err(|e| ApiError::Internal(format!("feedback task failed: {e}")))?;
     match recorded {
         Ok((key, counts)) => {
             state.pipeline.feedback(key.clone(), body.verdict);
@@ -477,10 +515,8 @@ async fn anomaly_feedback(
             }))
             .into_response())
         }
-        Err(FeedbackError::UnknownAnomaly(_)) => {
-            Err(ApiError(StatusCode::NOT_FOUND, format!("no anomaly with id {id:?}")))
-        }
-        Err(e) => Err(ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+        Err(FeedbackError::UnknownAnomaly(_)) => Err(ApiError::NotFound(format!("no anomaly with id {id:?}"))),
+        Err(e) => Err(ApiError::Internal(e.to_string())),
     }
 }
 
@@ -499,7 +535,7 @@ async fn trace(State(state): State<ApiState>, Path(trace_id): Path<String>) -> R
     let id = trace_id.clone();
     let spans = timed(&state, "trace", move |s| s.trace(&id)).await?;
     if spans.is_empty() {
-        return Err(ApiError(StatusCode::NOT_FOUND, format!("trace {trace_id} not found")));
+        return Err(ApiError::NotFound(format!("trace {trace_id} not found")));
     }
     Ok(Json(json!({ "trace_id": trace_id.to_ascii_lowercase(), "spans": spans })).into_response())
 }

@@ -29,12 +29,9 @@ const FEED_AHEAD_MS: i64 = 56 * DAY_MS;
 
 /// A schedule with who is on call now and the shifts of the coming days.
 fn view(state: &ApiState, s: &Schedule, now: i64, days: i64) -> Result<Value, ApiError> {
-    let compiled = s.compile().map_err(|e| {
-        ApiError(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("stored schedule is invalid: {e}"),
-        )
-    })?;
+    let compiled = s
+        .compile()
+        .map_err(|e| ApiError::Internal(format!("stored schedule is invalid: {e}")))?;
     let on_call: Option<Shift> = compiled.on_call_at(now);
     Ok(json!({
         "name": s.name,
@@ -97,7 +94,7 @@ pub(super) async fn get_one(
     let s = state
         .alerts
         .schedule(&name)
-        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no schedule named {name:?}")))?;
+        .ok_or_else(|| ApiError::NotFound(format!("no schedule named {name:?}")))?;
     Ok(Json(view(&state, &s, crate::timeutil::now_ms(), days)?).into_response())
 }
 
@@ -130,7 +127,7 @@ pub(super) async fn put(
     let s = state
         .alerts
         .schedule(&name)
-        .ok_or_else(|| ApiError(StatusCode::INTERNAL_SERVER_ERROR, "schedule vanished".into()))?;
+        .ok_or_else(|| ApiError::Internal("schedule vanished".into()))?;
     Ok(Json(view(&state, &s, crate::timeutil::now_ms(), DEFAULT_DAYS)?).into_response())
 }
 
@@ -189,21 +186,17 @@ pub(super) async fn calendar(
 ) -> Result<Response, ApiError> {
     let token = params.get("token").map_or("", String::as_str);
     if !state.alerts.feed_token_ok(&name, token) {
-        return Err(ApiError(
-            StatusCode::FORBIDDEN,
+        return Err(ApiError::Forbidden(
             "this calendar link is not valid: copy it again from the schedule".into(),
         ));
     }
     let s = state
         .alerts
         .schedule(&name)
-        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no schedule named {name:?}")))?;
-    let compiled = s.compile().map_err(|e| {
-        ApiError(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("stored schedule is invalid: {e}"),
-        )
-    })?;
+        .ok_or_else(|| ApiError::NotFound(format!("no schedule named {name:?}")))?;
+    let compiled = s
+        .compile()
+        .map_err(|e| ApiError::Internal(format!("stored schedule is invalid: {e}")))?;
     let now = crate::timeutil::now_ms();
     let body = compiled.ical(
         now - FEED_BACK_MS,
