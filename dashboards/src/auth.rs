@@ -38,6 +38,7 @@ pub enum Role {
 }
 
 impl Role {
+    /// The role as configured and shown (`viewer`, `responder`, `admin`).
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Viewer => "viewer",

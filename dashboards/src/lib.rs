@@ -13,6 +13,8 @@
 //! carrying the token's role. Every state-changing form carries a per-session CSRF token and
 //! is refused from another origin, logged in or not.
 
+#![warn(missing_docs)]
+
 mod api;
 mod assets;
 mod auth;
