@@ -15,10 +15,11 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, ApiState};
 use crate::auth::TokenCheck;
 use crate::config::Config;
-use crate::ingest::{self, BatchDedup, Ingest};
+use crate::ingest::{self, Ingest};
 use crate::server::{serve, tls_acceptor};
 use crate::storage::{Indexer, IndexerOptions, Store};
 use crate::telemetry::Metrics;
+use crate::wal::BatchDedup;
 use crate::wal::{Wal, WalOptions};
 
 /// The addresses actually bound (port 0 resolved).

@@ -8,8 +8,8 @@ use prost::Message;
 use serde::de::DeserializeOwned;
 
 use super::IngestError;
-use super::batch::Signal;
 use super::service::ExportRequest;
+use crate::wal::Signal;
 
 /// The two OTLP/HTTP encodings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -20,9 +20,10 @@ use prost::Message;
 use tonic::codec::CompressionEncoding;
 use tonic::{Request, Response, Status};
 
+use super::IngestError;
 use super::http::BATCH_ID_HEADER;
 use super::service::{Accepted, ExportRequest, Ingest, Transport};
-use super::{IngestError, Signal};
+use crate::wal::Signal;
 
 /// The three OTLP gRPC services as routes, ready to be served.
 pub fn routes(ingest: Arc<Ingest>) -> tonic::service::Routes {

@@ -16,9 +16,10 @@ use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsPartialSuc
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceResponse};
 use prost::Message;
 
+use super::IngestError;
 use super::decode::{ContentKind, decode_body};
 use super::service::{Accepted, Ingest, Transport};
-use super::{IngestError, Signal};
+use crate::wal::Signal;
 
 /// The header carrying a client-chosen idempotency key.
 pub const BATCH_ID_HEADER: &str = "x-vigil-batch-id";

@@ -4,9 +4,7 @@
 //! limits, partial success, deduplication and durability behave the same on each.
 //! Errors are mapped to HTTP status and gRPC code in one place ([`IngestError`]).
 
-mod batch;
 mod decode;
-mod dedup;
 mod error;
 pub mod grpc;
 pub mod http;
@@ -15,9 +13,7 @@ mod service;
 #[cfg(test)]
 mod tests;
 
-pub use batch::{Signal, WalBatch};
 pub use decode::{ContentKind, decode_body};
-pub use dedup::BatchDedup;
 pub use error::IngestError;
 pub use sanitize::{Limits, Report};
 pub use service::{ExportRequest, Ingest, Transport};

@@ -10,12 +10,12 @@ use prost::Message;
 use tokio::sync::Semaphore;
 
 use super::IngestError;
-use super::batch::{Signal, WalBatch};
-use super::dedup::{BatchDedup, Claim};
 use super::sanitize::{self, Limits, Report};
 use crate::auth::TokenCheck;
 use crate::config::OtlpConfig;
 use crate::telemetry::{KindLabel, Metrics, RejectLabel, RequestLabel, SignalLabel};
+use crate::wal::{BatchDedup, Claim};
+use crate::wal::{Signal, WalBatch};
 use crate::wal::{WalAppender, WalError};
 
 /// A decoded OTLP export request of any signal.

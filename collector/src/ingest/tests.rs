@@ -10,10 +10,11 @@ use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use prost::Message;
 use tower::ServiceExt;
 
-use super::{BatchDedup, Ingest};
+use super::Ingest;
 use crate::auth::TokenCheck;
 use crate::config::OtlpConfig;
 use crate::telemetry::Metrics;
+use crate::wal::BatchDedup;
 use crate::wal::{Wal, WalEntry, WalOptions};
 
 fn body(records: usize) -> Vec<u8> {
@@ -149,7 +150,7 @@ async fn a_full_wal_queue_answers_503_with_retry_after() {
 async fn a_retried_batch_id_is_written_once() {
     let (tx, rx) = std_mpsc::channel();
     let (ingest, metrics, _dir) = ingest(OtlpConfig::default(), 16, move |e| {
-        let _ = tx.send(super::WalBatch::decode(&e.payload).ok().and_then(|b| b.batch_id));
+        let _ = tx.send(crate::wal::WalBatch::decode(&e.payload).ok().and_then(|b| b.batch_id));
     });
     let router = super::http::router(ingest);
     for _ in 0..3 {
@@ -177,7 +178,7 @@ async fn a_batch_whose_client_went_away_after_the_wal_took_it_is_not_stored_agai
     let (ids_tx, ids_rx) = std_mpsc::channel();
     let mut first = true;
     let (ingest, _, _dir) = ingest(OtlpConfig::default(), 4, move |e| {
-        let _ = ids_tx.send(super::WalBatch::decode(&e.payload).ok().and_then(|b| b.batch_id));
+        let _ = ids_tx.send(crate::wal::WalBatch::decode(&e.payload).ok().and_then(|b| b.batch_id));
         if std::mem::take(&mut first) {
             // The writer is stuck here until released, so what follows waits in its queue.
             let _ = entered_tx.send(());

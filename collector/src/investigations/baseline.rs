@@ -9,8 +9,8 @@
 
 use vigil_rca::investigate::TimeRange;
 
-use crate::ingest::Signal;
 use crate::storage::{QueryError, Store};
+use crate::wal::Signal;
 
 const MINUTE: i64 = 60_000;
 /// Between the baseline's end and the window's start.

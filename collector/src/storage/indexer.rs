@@ -20,9 +20,9 @@ use tantivy::TantivyDocument;
 use super::Store;
 use super::convert::{log_docs, log_inputs, metric_docs, metric_inputs, span_docs, span_inputs};
 use super::partition::{NANOS_PER_DAY, Partition, day_of, payload_for};
-use crate::ingest::{BatchDedup, Signal, WalBatch};
 use crate::pipeline::PipelineSender;
 use crate::telemetry::{KindLabel, SignalLabel};
+use crate::wal::{BatchDedup, Signal, WalBatch};
 use crate::wal::{WalEntry, WalTruncator};
 
 /// Writers idle this long are closed to give their memory back.

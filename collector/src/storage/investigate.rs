@@ -14,7 +14,7 @@ use vigil_rca::investigate::{Input, LogCount, SpanRow, TimeRange, WindowLogLine}
 use super::Store;
 use super::collectors::TimeHistogram;
 use super::search::{QueryError, and, time_range};
-use crate::ingest::Signal;
+use crate::wal::Signal;
 
 /// OTLP status code ERROR.
 const STATUS_ERROR: i64 = 2;

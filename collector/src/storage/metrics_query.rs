@@ -11,7 +11,7 @@ use tantivy::{DocAddress, Searcher, TantivyDocument};
 use super::Store;
 use super::collectors::{MetricPoints, RawPoint};
 use super::search::{QueryError, and, first_json, term_query, time_range};
-use crate::ingest::Signal;
+use crate::wal::Signal;
 
 /// Upper bound on points read for one query.
 const MAX_POINTS: usize = 5_000_000;

@@ -22,8 +22,8 @@ pub use partition::{Partition, Partitions, StoreError, day_of};
 pub use schema::{LogFields, MetricFields, Schemas, SpanFields};
 pub use search::{HistogramBucket, LogHits, LogQuery, PatternSummary, QueryError, ServiceSummary};
 
-use crate::ingest::Signal;
 use crate::telemetry::Metrics;
+use crate::wal::Signal;
 
 /// The indexes of all signals.
 pub struct Store {

@@ -16,7 +16,7 @@ use tantivy::schema::Schema;
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy};
 use time::{Date, OffsetDateTime};
 
-use crate::ingest::Signal;
+use crate::wal::Signal;
 
 pub(super) const NANOS_PER_DAY: i64 = 86_400_000_000_000;
 

@@ -13,8 +13,8 @@ use tantivy::{DocAddress, Order, Searcher, TantivyDocument, Term};
 
 use super::Store;
 use super::collectors::{CountByStr, CountByU64, TimeHistogram};
-use crate::ingest::Signal;
 use crate::timeutil::format_ns;
+use crate::wal::Signal;
 
 /// Errors of the query side; `BadRequest` becomes HTTP 400 with the message.
 #[derive(Debug, thiserror::Error)]

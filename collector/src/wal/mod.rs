@@ -1,5 +1,8 @@
 //! The write-ahead log: every accepted batch is appended and fsynced here before the
-//! client is acknowledged, and replayed into the indexes after a crash.
+//! client is acknowledged, and replayed into the indexes after a crash. Its record format
+//! (`batch.rs`: one sanitized OTLP request with its signal and batch id) and the batch-id
+//! table that makes retries exactly-once (`dedup.rs`) live here too, so ingest writes the
+//! log and storage reads it without either importing the other.
 //!
 //! * **Group commit.** Appenders hand their payload to one writer thread through a
 //!   bounded queue. The writer takes everything that is waiting, writes it, and covers
@@ -13,6 +16,8 @@
 //!   closed segments entirely at or below it are deleted. The active segment is never
 //!   deleted, so its name always tells the next LSN after a restart.
 
+mod batch;
+mod dedup;
 mod segment;
 
 use std::collections::VecDeque;
@@ -24,6 +29,8 @@ use std::thread::JoinHandle;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
+pub use batch::{Signal, WalBatch};
+pub use dedup::{BatchDedup, Claim, ClaimGuard};
 pub use segment::WalRecord;
 use segment::{ActiveSegment, Stop};
 
