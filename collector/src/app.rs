@@ -58,7 +58,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnO
     let loaded = dedup
         .load(&dedup_path)
         .with_context(|| format!("cannot read {}", dedup_path.display()))?;
-    let mut indexer = Indexer::new(
+    let indexer = Indexer::new(
         Arc::clone(&store),
         IndexerOptions {
             commit_interval: Duration::from_millis(config.storage.commit_interval_ms),
@@ -102,7 +102,8 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnO
         Box::new(move |updates| bridge.on_incidents(updates)),
     )
     .with_context(|| format!("cannot open anomaly store in {}", data_dir.join("detect").display()))?;
-    indexer.set_pipeline(pipeline.clone());
+    let mut stage = crate::process::Stage::new(Arc::clone(&store), indexer);
+    stage.set_pipeline(pipeline.clone());
     let pipeline_stop = pipeline.clone();
 
     // Replay: everything in the WAL above each partition's checkpoint is re-added.
@@ -120,7 +121,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnO
         store.partitions.max_committed_lsn().max(detected_lsn) + 1,
         |record| {
             replayed += 1;
-            indexer.apply(record.lsn, &Bytes::from(record.payload));
+            stage.apply(record.lsn, &Bytes::from(record.payload));
         },
     )?;
     tracing::info!(
@@ -137,12 +138,12 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnO
         // entry is durable in the WAL and will be replayed.
         let _ = index_tx.send(entry);
     })?;
-    indexer.set_truncator(truncator);
-    indexer.commit();
-    indexer.enforce_retention();
+    stage.indexer().set_truncator(truncator);
+    stage.indexer().commit();
+    stage.indexer().enforce_retention();
     let indexer_thread = std::thread::Builder::new()
         .name("vigil-indexer".into())
-        .spawn(move || indexer.run(index_rx))?;
+        .spawn(move || stage.run(index_rx))?;
 
     let ingest = Arc::new(Ingest::new(
         config.otlp.clone(),

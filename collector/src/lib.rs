@@ -20,6 +20,7 @@ pub mod email;
 pub mod ingest;
 pub mod investigations;
 pub mod pipeline;
+pub mod process;
 pub mod server;
 pub mod storage;
 pub mod telemetry;

@@ -4,15 +4,6 @@
 //! comparison an engineer would run — the window against a baseline, over every stored
 //! signal — ranks the services far better. The incident keeps the correlator's ranking too
 //! (`correlated_candidates` in the API).
-//!
-//! When the trouble began is known only roughly: a finding is stamped with the start of the
-//! interval it showed in, a change shows an interval or two after it began, and the first
-//! finding may be a symptom that came later still. An investigation is sharp about its
-//! window — started a minute early it dilutes the change with quiet minutes, a minute late
-//! it counts the change's first minute as "already going on" — so one window would bet the
-//! ranking on one guess. The incident is investigated over several windows, their starts
-//! from three minutes before its first finding to half a minute after, and each window's
-//! first-ranked service gets a vote (see [`combine`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,10 +17,10 @@ use crate::pipeline::IncidentStore;
 use crate::storage::Store;
 use crate::telemetry::Metrics;
 
-/// Where the windows investigated start, relative to the incident's first finding; each
-/// is [`WINDOW_MS`] long.
-const ALIGNMENTS_MS: [i64; 8] = [-180_000, -150_000, -120_000, -90_000, -60_000, -30_000, 0, 30_000];
-const WINDOW_MS: i64 = 180_000;
+/// The window investigated: from a minute before the incident's first finding (its
+/// interval may have started late) to three minutes after it.
+const BEFORE_MS: i64 = 60_000;
+const AFTER_MS: i64 = 180_000;
 /// How often incidents are looked at.
 const TICK: Duration = Duration::from_secs(2);
 /// Incidents looked back on at each tick (the newest first).
@@ -50,7 +41,6 @@ pub async fn run(
     let mut failed: std::collections::VecDeque<String> = std::collections::VecDeque::new();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let last_end = ALIGNMENTS_MS.iter().max().copied().unwrap_or(0) + WINDOW_MS;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -62,7 +52,7 @@ pub async fn run(
         let due: Vec<Incident> = incidents
             .query(0, i64::MAX, None, RECENT)
             .into_iter()
-            .filter(|i| i.start_ms + last_end <= event_ms)
+            .filter(|i| i.start_ms + AFTER_MS <= event_ms)
             .filter(|i| kept.count_for_incident(&i.id) == 0 && !failed.contains(&i.id))
             .collect();
         for inc in due {
@@ -73,21 +63,17 @@ pub async fn run(
             let id = inc.id.clone();
             let (s, k, a) = (Arc::clone(&store), Arc::clone(&kept), Arc::clone(&alerts));
             let done = tokio::task::spawn_blocking(move || -> Result<(), String> {
-                let mut runs = Vec::new();
-                for offset in ALIGNMENTS_MS {
-                    let request = Request {
-                        start: inc.start_ms + offset,
-                        end: inc.start_ms + offset + WINDOW_MS,
-                        baseline: None,
-                        services: Vec::new(),
-                        incident: Some(inc.id.clone()),
-                        lead_in: true,
-                    };
-                    runs.push(super::run(&s, &request, now_ms).map_err(|e| format!("{e:?}"))?);
-                }
-                let Some(inv) = combine(runs) else {
-                    return Ok(());
+                let request = Request {
+                    start: inc.start_ms - BEFORE_MS,
+                    end: inc.start_ms + AFTER_MS,
+                    baseline: None,
+                    services: Vec::new(),
+                    incident: Some(inc.id.clone()),
+                    // The window already starts before the detectors' first finding, and
+                    // detection lags the onset: a lead-in would hold the onset itself.
+                    lead_in: false,
                 };
+                let inv = super::run(&s, &request, now_ms).map_err(|e| format!("{e:?}"))?;
                 // The incident's alert names the investigation's root cause from now on
                 // (same labels: the same alert, updated; no second page).
                 let ranked = ranked_by(&inc, &inv);
@@ -110,82 +96,6 @@ pub async fn run(
             }
         }
     }
-}
-
-/// One investigation from several over differently aligned windows (in [`ALIGNMENTS_MS`]
-/// order): each window's first-ranked service gets a vote, and lower places a hundredth
-/// each (four for second … one for fifth) so that ties go to the service ranked higher more
-/// often. Each service keeps the evidence of the window that ranked it highest (the
-/// earliest such window), its score is its share of the votes, and its first reason says how
-/// it fared. The investigation shown is the window whose first-ranked service won, nearest
-/// the middle of the windows. `None` without runs.
-fn combine(runs: Vec<Investigation>) -> Option<Investigation> {
-    struct Tally {
-        service: String,
-        votes: f64,
-        firsts: usize,
-        /// (place, run) where the service ranked highest.
-        best: (usize, usize),
-    }
-    let k = runs.len();
-    let mut tally: Vec<Tally> = Vec::new();
-    for (r, run) in runs.iter().enumerate() {
-        for (place, c) in run.candidates.iter().enumerate() {
-            let vote = if place == 0 {
-                1.0
-            } else {
-                0.01 * 5usize.saturating_sub(place) as f64
-            };
-            match tally.iter_mut().find(|t| t.service == c.service) {
-                Some(t) => {
-                    t.votes += vote;
-                    t.firsts += usize::from(place == 0);
-                    t.best = t.best.min((place, r));
-                }
-                None => tally.push(Tally {
-                    service: c.service.clone(),
-                    votes: vote,
-                    firsts: usize::from(place == 0),
-                    best: (place, r),
-                }),
-            }
-        }
-    }
-    tally.sort_by(|a, b| b.votes.total_cmp(&a.votes).then_with(|| a.service.cmp(&b.service)));
-    let middle = k / 2;
-    let shown = tally
-        .first()
-        .and_then(|winner| {
-            (0..k)
-                .filter(|&r| runs[r].candidates.first().is_some_and(|c| c.service == winner.service))
-                .min_by_key(|&r| r.abs_diff(middle))
-        })
-        .unwrap_or(middle.min(k.saturating_sub(1)));
-    let candidates = tally
-        .iter()
-        .filter_map(|t| {
-            let mut c = runs[t.best.1]
-                .candidates
-                .iter()
-                .find(|c| c.service == t.service)?
-                .clone();
-            c.score = (t.votes / k as f64).min(1.0);
-            c.reasons.insert(
-                0,
-                format!(
-                    "ranked first in {} of {k} windows around the incident's start",
-                    t.firsts
-                ),
-            );
-            Some(c)
-        })
-        .collect();
-    let mut inv = runs.into_iter().nth(shown)?;
-    inv.candidates = candidates;
-    inv.notes.push(format!(
-        "ranked over {k} three-minute windows starting from 3 min before the incident's first finding to 30 s after: when trouble began is known only to a minute or two"
-    ));
-    Some(inv)
 }
 
 /// The incident with the investigation's ranking (none when it found no change).
@@ -243,70 +153,4 @@ fn apply(v: &mut Value, inv: &Investigation) {
         obj.insert("candidates".into(), Value::Array(ranked));
     }
     obj.insert("investigation".into(), json!(inv.id));
-}
-
-#[cfg(test)]
-mod tests {
-    use vigil_rca::investigate::Candidate;
-
-    use super::super::{RangeMs, ReadCounts};
-    use super::*;
-
-    fn investigated(start: i64, ranked: &[&str]) -> Investigation {
-        Investigation {
-            id: format!("i{start}"),
-            created_ms: 0,
-            window: RangeMs {
-                start,
-                end: start + WINDOW_MS,
-            },
-            baseline: RangeMs { start: 0, end: 1 },
-            baseline_reason: String::new(),
-            lead_in: None,
-            services: Vec::new(),
-            incident: Some("inc".into()),
-            candidates: ranked
-                .iter()
-                .map(|s| Candidate {
-                    service: s.to_string(),
-                    score: 0.5,
-                    reasons: vec![format!("{s} moved in the window from {start}")],
-                    evidence: Vec::new(),
-                })
-                .collect(),
-            notes: Vec::new(),
-            read: ReadCounts::default(),
-            took_ms: 0.0,
-        }
-    }
-
-    #[test]
-    fn windows_around_the_start_vote_for_the_root_cause() {
-        let runs = vec![
-            investigated(0, &["api", "db"]),
-            investigated(30, &["db", "api"]),
-            investigated(60, &["db", "cache"]),
-            investigated(90, &["cache", "db"]),
-        ];
-        let inv = combine(runs).expect("four runs");
-        let ranked: Vec<&str> = inv.candidates.iter().map(|c| c.service.as_str()).collect();
-        // db: first twice; api and cache first once each, second once each (a tie, by name).
-        assert_eq!(ranked, ["db", "api", "cache"]);
-        let db = &inv.candidates[0];
-        assert!((db.score - 2.08 / 4.0).abs() < 1e-9, "{}", db.score);
-        assert_eq!(
-            db.reasons[0],
-            "ranked first in 2 of 4 windows around the incident's start"
-        );
-        assert_eq!(
-            db.reasons[1], "db moved in the window from 30",
-            "evidence of its best window"
-        );
-        assert_eq!(
-            inv.window.start, 60,
-            "the window shown is one that ranked db first, nearest the middle"
-        );
-        assert!(inv.notes.iter().any(|n| n.contains("4 three-minute windows")));
-        assert!(combine(Vec::new()).is_none());
-    }
 }

@@ -15,7 +15,6 @@ use tantivy::TantivyDocument;
 use tantivy::schema::OwnedValue;
 
 use super::schema::{LogFields, MetricFields, SpanFields};
-use crate::pipeline::DetectorInput;
 
 /// Renders an OTLP value as JSON: maps become objects, bytes become base64 like in
 /// OTLP/JSON, ints stay exact.
@@ -33,14 +32,14 @@ pub fn any_value_to_json(value: &AnyValue) -> Json {
     }
 }
 
-pub(super) fn attributes_to_json(attributes: &[KeyValue]) -> Map<String, Json> {
+pub(crate) fn attributes_to_json(attributes: &[KeyValue]) -> Map<String, Json> {
     attributes
         .iter()
         .map(|kv| (kv.key.clone(), kv.value.as_ref().map_or(Json::Null, any_value_to_json)))
         .collect()
 }
 
-fn string_attr<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a str> {
+pub(crate) fn string_attr<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a str> {
     attributes
         .iter()
         .find(|kv| kv.key == key)
@@ -50,11 +49,11 @@ fn string_attr<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a str> {
         })
 }
 
-fn resource_attrs(resource: &Option<Resource>) -> &[KeyValue] {
+pub(crate) fn resource_attrs(resource: &Option<Resource>) -> &[KeyValue] {
     resource.as_ref().map_or(&[], |r| r.attributes.as_slice())
 }
 
-fn to_i64(ns: u64) -> i64 {
+pub(crate) fn to_i64(ns: u64) -> i64 {
     i64::try_from(ns).unwrap_or(i64::MAX)
 }
 
@@ -201,7 +200,7 @@ pub fn span_docs(f: &SpanFields, req: &ExportTraceServiceRequest) -> TimedDocs {
 /// Resource attributes that identify where a series comes from and therefore become
 /// labels. The rest of the resource is stored beside the point but does not split
 /// series (as Prometheus keeps it in `target_info`).
-const IDENTIFYING_RESOURCE_KEYS: [&str; 7] = [
+pub(crate) const IDENTIFYING_RESOURCE_KEYS: [&str; 7] = [
     "service.name",
     "service.namespace",
     "service.instance.id",
@@ -224,7 +223,7 @@ fn fnv1a(parts: &[&str]) -> u64 {
     h
 }
 
-fn label_string(v: &Json) -> String {
+pub(crate) fn label_string(v: &Json) -> String {
     match v {
         Json::String(s) => s.clone(),
         other => other.to_string(),
@@ -307,7 +306,7 @@ fn point_doc(
     (ts, doc)
 }
 
-fn number_value(p: &NumberDataPoint) -> f64 {
+pub(crate) fn number_value(p: &NumberDataPoint) -> f64 {
     match p.value {
         Some(number_data_point::Value::AsDouble(d)) => d,
         Some(number_data_point::Value::AsInt(i)) => i as f64,
@@ -331,7 +330,7 @@ fn number_docs(f: &MetricFields, c: &PointCommon<'_>, points: &[NumberDataPoint]
     }
 }
 
-fn mean(count: u64, sum: f64) -> f64 {
+pub(crate) fn mean(count: u64, sum: f64) -> f64 {
     if count == 0 { 0.0 } else { sum / count as f64 }
 }
 
@@ -449,176 +448,6 @@ pub fn metric_docs(f: &MetricFields, req: &ExportMetricsServiceRequest) -> Timed
                         }
                     }
                     None => {}
-                }
-            }
-        }
-    }
-    out
-}
-
-/// What the detectors need from a log request: one entry per record, in request order;
-/// `assignments` are the pattern ids the miner gave the same records, in the same order.
-pub(crate) fn log_inputs(req: &ExportLogsServiceRequest, assignments: &[(u64, bool, String)]) -> Vec<DetectorInput> {
-    let mut out = Vec::with_capacity(assignments.len());
-    let mut next = assignments.iter();
-    for rl in &req.resource_logs {
-        let rattrs = resource_attrs(&rl.resource);
-        let service = string_attr(rattrs, "service.name").unwrap_or("unknown_service");
-        let host = string_attr(rattrs, "host.name").map(str::to_string);
-        let pod = string_attr(rattrs, "k8s.pod.name").map(str::to_string);
-        for sl in &rl.scope_logs {
-            for rec in &sl.log_records {
-                let Some((pattern_id, is_new, template)) = next.next() else {
-                    return out;
-                };
-                let ts = if rec.time_unix_nano != 0 {
-                    rec.time_unix_nano
-                } else {
-                    rec.observed_time_unix_nano
-                };
-                out.push(DetectorInput::Log {
-                    service: service.to_string(),
-                    pattern_id: *pattern_id,
-                    is_new: *is_new,
-                    template: template.clone(),
-                    severity: rec.severity_number,
-                    ts_ms: to_i64(ts) / 1_000_000,
-                    host: host.clone(),
-                    pod: pod.clone(),
-                    trace_id: (!rec.trace_id.is_empty()).then(|| hex::encode(&rec.trace_id)),
-                });
-            }
-        }
-    }
-    out
-}
-
-/// The service a client span calls, as OpenTelemetry names it: `peer.service`, or the newer
-/// `service.peer.name`.
-pub(crate) fn peer_service(attrs: &[KeyValue]) -> Option<&str> {
-    string_attr(attrs, "peer.service").or_else(|| string_attr(attrs, "service.peer.name"))
-}
-
-/// Finished spans for trace RED: service, operation (span name), end time, duration, error.
-pub(crate) fn span_inputs(req: &ExportTraceServiceRequest) -> Vec<DetectorInput> {
-    let mut out = Vec::new();
-    for rs in &req.resource_spans {
-        let rattrs = resource_attrs(&rs.resource);
-        let service = string_attr(rattrs, "service.name").unwrap_or("unknown_service");
-        let host = string_attr(rattrs, "host.name").map(str::to_string);
-        let pod = string_attr(rattrs, "k8s.pod.name").map(str::to_string);
-        for ss in &rs.scope_spans {
-            for span in &ss.spans {
-                // Only entry points measure what callers see (RED): server and consumer spans,
-                // or roots of unknown kind. Every span feeds the topology.
-                let entry =
-                    matches!(span.kind, 2 | 5) || (span.kind == 0 || span.kind == 1) && span.parent_span_id.is_empty();
-                if span.end_time_unix_nano < span.start_time_unix_nano {
-                    continue;
-                }
-                let id8 = |b: &[u8]| <[u8; 8]>::try_from(b).ok().map(u64::from_be_bytes);
-                let Some(span_id) = id8(&span.span_id) else { continue };
-                let error = span.status.as_ref().is_some_and(|s| s.code == 2);
-                // A client or producer span that names the service it calls: the edge to it
-                // exists even when that service answers nothing (it is down).
-                let peer = if matches!(span.kind, 3 | 4) {
-                    peer_service(&span.attributes)
-                        .filter(|p| *p != service)
-                        .map(str::to_string)
-                } else {
-                    None
-                };
-                out.push(DetectorInput::Span {
-                    service: service.to_string(),
-                    operation: span.name.clone(),
-                    end_ms: to_i64(span.end_time_unix_nano) / 1_000_000,
-                    duration_s: (span.end_time_unix_nano - span.start_time_unix_nano) as f64 / 1e9,
-                    error,
-                    entry,
-                    span_id,
-                    parent_span_id: id8(&span.parent_span_id),
-                    trace_id: hex::encode(&span.trace_id),
-                    host: host.clone(),
-                    pod: pod.clone(),
-                    peer,
-                });
-            }
-        }
-    }
-    out
-}
-
-/// Gauge and sum points with the same labels the index gives them; histograms contribute
-/// their mean. Cumulative monotonic sums are marked so the pipeline can turn them into rates.
-pub(crate) fn metric_inputs(req: &ExportMetricsServiceRequest) -> Vec<DetectorInput> {
-    let mut out = Vec::new();
-    for rm in &req.resource_metrics {
-        let rattrs = resource_attrs(&rm.resource);
-        let service = string_attr(rattrs, "service.name").map(str::to_string);
-        let resource = attributes_to_json(rattrs);
-        let resource_labels: BTreeMap<String, String> = IDENTIFYING_RESOURCE_KEYS
-            .iter()
-            .filter_map(|k| resource.get(*k).map(|v| (k.to_string(), label_string(v))))
-            .collect();
-        let mut push = |name: &str, unit: &str, attrs: &[KeyValue], time: u64, value: f64, cumulative: bool| {
-            let mut labels = resource_labels.clone();
-            for (k, v) in attributes_to_json(attrs) {
-                labels.insert(k, label_string(&v));
-            }
-            out.push(DetectorInput::Metric {
-                series_id: series_id(name, &labels),
-                name: name.to_string(),
-                service: service.clone(),
-                labels,
-                unit: unit.to_string(),
-                ts_ms: to_i64(time) / 1_000_000,
-                value,
-                cumulative,
-            });
-        };
-        for sm in &rm.scope_metrics {
-            for m in &sm.metrics {
-                match &m.data {
-                    Some(Data::Gauge(g)) => {
-                        for p in &g.data_points {
-                            push(
-                                &m.name,
-                                &m.unit,
-                                &p.attributes,
-                                p.time_unix_nano,
-                                number_value(p),
-                                false,
-                            );
-                        }
-                    }
-                    Some(Data::Sum(s)) => {
-                        let cumulative = s.is_monotonic && s.aggregation_temporality == 2;
-                        for p in &s.data_points {
-                            push(
-                                &m.name,
-                                &m.unit,
-                                &p.attributes,
-                                p.time_unix_nano,
-                                number_value(p),
-                                cumulative,
-                            );
-                        }
-                    }
-                    Some(Data::Histogram(h)) => {
-                        for p in &h.data_points {
-                            if h.aggregation_temporality == 1 && p.count > 0 {
-                                push(
-                                    &m.name,
-                                    &m.unit,
-                                    &p.attributes,
-                                    p.time_unix_nano,
-                                    mean(p.count, p.sum.unwrap_or(0.0)),
-                                    false,
-                                );
-                            }
-                        }
-                    }
-                    _ => {}
                 }
             }
         }

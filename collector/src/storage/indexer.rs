@@ -1,4 +1,5 @@
-//! The indexer thread: durable WAL entries in, committed index documents out.
+//! The indexer: documents of durable WAL entries in (made by the processing stage,
+//! `crate::process`, which runs the thread), committed index documents out.
 //!
 //! It adds documents as entries arrive and commits every dirty partition on a fixed
 //! interval (the freshness bound), stamping each commit with the last applied LSN.
@@ -8,22 +9,14 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
-use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
-use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use prost::Message;
 use tantivy::TantivyDocument;
 
-use super::Store;
-use super::convert::{log_docs, log_inputs, metric_docs, metric_inputs, span_docs, span_inputs};
 use super::partition::{NANOS_PER_DAY, Partition, day_of, payload_for};
-use crate::pipeline::PipelineSender;
+use super::{Store, TimedDocs};
 use crate::telemetry::{KindLabel, SignalLabel};
-use crate::wal::{BatchDedup, Signal, WalBatch};
-use crate::wal::{WalEntry, WalTruncator};
+use crate::wal::{BatchDedup, Signal, WalTruncator};
 
 /// Writers idle this long are closed to give their memory back.
 const IDLE_WRITER: Duration = Duration::from_secs(120);
@@ -54,8 +47,8 @@ pub struct Indexer {
     /// Patterns learned since the last snapshot.
     patterns_dirty: bool,
     last_pattern_save: Instant,
-    /// Where extracted signals go for anomaly detection.
-    pipeline: Option<PipelineSender>,
+    next_commit: Instant,
+    next_retention: Instant,
 }
 
 fn now_ns() -> i64 {
@@ -64,6 +57,7 @@ fn now_ns() -> i64 {
 
 impl Indexer {
     pub fn new(store: Arc<Store>, options: IndexerOptions, dedup: Arc<BatchDedup>) -> Indexer {
+        let next_commit = Instant::now() + options.commit_interval;
         Indexer {
             store,
             options,
@@ -75,86 +69,31 @@ impl Indexer {
             last_checkpoint: 0,
             patterns_dirty: false,
             last_pattern_save: Instant::now(),
-            pipeline: None,
+            next_commit,
+            next_retention: Instant::now(),
         }
-    }
-
-    /// Feeds every applied entry (replayed ones too) to the detection pipeline, which knows
-    /// which of them its restored state already holds.
-    pub fn set_pipeline(&mut self, pipeline: PipelineSender) {
-        self.pipeline = Some(pipeline);
     }
 
     pub fn set_truncator(&mut self, truncator: WalTruncator) {
         self.truncator = Some(truncator);
     }
 
+    /// Notes that entry `lsn` was applied without documents (it could not be decoded).
+    pub fn skip(&mut self, lsn: u64) {
+        self.last_applied_lsn = self.last_applied_lsn.max(lsn);
+    }
+
     /// Adds the documents of one WAL entry to their partitions, skipping partitions
     /// that already committed this LSN (replay after a crash).
-    pub fn apply(&mut self, lsn: u64, payload: &bytes::Bytes) {
+    pub fn apply(&mut self, lsn: u64, signal: Signal, batch_id: Option<&str>, docs: TimedDocs) {
         self.last_applied_lsn = self.last_applied_lsn.max(lsn);
-        let batch = match WalBatch::decode(payload) {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::error!(lsn, error = %e, "skipping undecodable write-ahead log entry");
-                return;
-            }
-        };
-        if let Some(id) = &batch.batch_id {
+        if let Some(id) = batch_id {
             self.dedup
-                .remember(id.clone(), crate::timeutil::now_ns() / 1_000_000_000);
+                .remember(id.to_string(), crate::timeutil::now_ns() / 1_000_000_000);
         }
-        if batch.signal == Signal::Logs {
+        if signal == Signal::Logs {
             self.patterns_dirty = true;
         }
-        let schemas = &self.store.schemas;
-        let detect = self.pipeline.is_some();
-        let mut inputs = Vec::new();
-        let docs = match batch.signal {
-            Signal::Logs => ExportLogsServiceRequest::decode(batch.otlp.clone()).map(|r| {
-                let mut miner = self.store.lock_patterns();
-                let mut assignments = Vec::new();
-                let docs = log_docs(&schemas.logs, &r, &mut |body, ts| {
-                    let a = miner.add(body, ts);
-                    if detect {
-                        // The template only travels with a pattern's first line.
-                        let template = if a.is_new {
-                            miner.get(a.pattern_id).map(|p| p.template()).unwrap_or_default()
-                        } else {
-                            String::new()
-                        };
-                        assignments.push((a.pattern_id, a.is_new, template));
-                    }
-                    a.pattern_id
-                });
-                if detect {
-                    inputs = log_inputs(&r, &assignments);
-                }
-                docs
-            }),
-            Signal::Traces => ExportTraceServiceRequest::decode(batch.otlp.clone()).map(|r| {
-                if detect {
-                    inputs = span_inputs(&r);
-                }
-                span_docs(&schemas.spans, &r)
-            }),
-            Signal::Metrics => ExportMetricsServiceRequest::decode(batch.otlp.clone()).map(|r| {
-                if detect {
-                    inputs = metric_inputs(&r);
-                }
-                metric_docs(&schemas.metrics, &r)
-            }),
-        };
-        if let Some(p) = &self.pipeline {
-            p.send(lsn, inputs);
-        }
-        let docs = match docs {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::error!(lsn, error = %e, "skipping write-ahead log entry with an undecodable OTLP body");
-                return;
-            }
-        };
         let oldest_kept = now_ns().saturating_sub(self.options.retention_ns);
         let mut added = 0u64;
         for (ts, doc) in docs {
@@ -162,7 +101,7 @@ impl Indexer {
                 // Replaying data retention has already deleted would resurrect it.
                 continue;
             }
-            if let Err(e) = self.add(batch.signal, day_of(ts), lsn, doc) {
+            if let Err(e) = self.add(signal, day_of(ts), lsn, doc) {
                 tracing::error!(lsn, error = %e, "could not index document");
                 continue;
             }
@@ -172,7 +111,7 @@ impl Indexer {
             .metrics
             .docs_indexed
             .get_or_create(&SignalLabel {
-                signal: batch.signal.as_str(),
+                signal: signal.as_str(),
             })
             .inc_by(added);
     }
@@ -356,29 +295,27 @@ impl Indexer {
         }
     }
 
-    /// The thread body: runs until the WAL writer hangs up, then commits and returns.
-    pub fn run(mut self, rx: Receiver<WalEntry>) {
-        let interval = self.options.commit_interval;
-        let mut next_commit = Instant::now() + interval;
-        let mut next_retention = Instant::now();
-        loop {
-            let timeout = next_commit.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(timeout) {
-                Ok(entry) => self.apply(entry.lsn, &entry.payload),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
-            }
-            let now = Instant::now();
-            if now >= next_commit {
-                self.commit();
-                self.close_idle_writers();
-                next_commit = now + interval;
-            }
-            if now >= next_retention {
-                self.enforce_retention();
-                next_retention = now + RETENTION_EVERY;
-            }
+    /// How long until the next commit is due.
+    pub fn until_due(&self) -> Duration {
+        self.next_commit.saturating_duration_since(Instant::now())
+    }
+
+    /// Commits, closes idle writers and enforces retention when each is due.
+    pub fn tick(&mut self) {
+        let now = Instant::now();
+        if now >= self.next_commit {
+            self.commit();
+            self.close_idle_writers();
+            self.next_commit = now + self.options.commit_interval;
         }
+        if now >= self.next_retention {
+            self.enforce_retention();
+            self.next_retention = now + RETENTION_EVERY;
+        }
+    }
+
+    /// At shutdown: commits what is left, saves the batch-id table and waits for merges.
+    pub fn finish(mut self) {
         self.commit();
         if let Err(e) = self
             .dedup
@@ -408,9 +345,12 @@ fn commit_partition(partition: &Partition, payload: &str) -> Result<(), tantivy:
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::telemetry::Metrics;
+    use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
     use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
+
+    use super::*;
+    use crate::storage::log_docs;
+    use crate::telemetry::Metrics;
 
     fn setup(dir: &std::path::Path, max_disk_bytes: u64) -> Indexer {
         let store = Arc::new(Store::open(&dir.join("index"), Arc::new(Metrics::default())).expect("store"));
@@ -427,7 +367,8 @@ mod tests {
         )
     }
 
-    fn logs_payload(ts: u64, n: usize) -> bytes::Bytes {
+    /// Applies, as entry `lsn`, a log request of `n` records from `ts`.
+    fn apply_logs(indexer: &mut Indexer, lsn: u64, ts: u64, n: usize) {
         let request = ExportLogsServiceRequest {
             resource_logs: vec![ResourceLogs {
                 scope_logs: vec![ScopeLogs {
@@ -443,12 +384,8 @@ mod tests {
                 ..Default::default()
             }],
         };
-        WalBatch {
-            signal: Signal::Logs,
-            batch_id: None,
-            otlp: request.encode_to_vec().into(),
-        }
-        .encode()
+        let docs = log_docs(&indexer.store.schemas.logs, &request, &mut |_, _| 0);
+        indexer.apply(lsn, Signal::Logs, None, docs);
     }
 
     fn doc_count(indexer: &Indexer) -> u64 {
@@ -468,16 +405,16 @@ mod tests {
         let yesterday = now - NANOS_PER_DAY as u64;
         {
             let mut indexer = setup(dir.path(), 0);
-            indexer.apply(1, &logs_payload(now, 3));
-            indexer.apply(2, &logs_payload(yesterday, 2));
+            apply_logs(&mut indexer, 1, now, 3);
+            apply_logs(&mut indexer, 2, yesterday, 2);
             indexer.commit();
             assert_eq!(doc_count(&indexer), 5);
         }
         // A restart replays the same WAL entries plus one new one.
         let mut indexer = setup(dir.path(), 0);
-        indexer.apply(1, &logs_payload(now, 3));
-        indexer.apply(2, &logs_payload(yesterday, 2));
-        indexer.apply(3, &logs_payload(now, 4));
+        apply_logs(&mut indexer, 1, now, 3);
+        apply_logs(&mut indexer, 2, yesterday, 2);
+        apply_logs(&mut indexer, 3, now, 4);
         indexer.commit();
         assert_eq!(doc_count(&indexer), 9, "entries 1 and 2 must not be indexed twice");
         assert_eq!(indexer.store.partitions.max_committed_lsn(), 3);

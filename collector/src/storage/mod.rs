@@ -2,7 +2,7 @@
 //! thread from the write-ahead log, read by the query API.
 
 mod collectors;
-mod convert;
+pub(crate) mod convert;
 mod indexer;
 mod investigate;
 mod metrics_query;
