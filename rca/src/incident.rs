@@ -294,6 +294,12 @@ impl Correlator {
         m.start_ms - gap <= t_ms && t_ms <= last + gap
     }
 
+    /// Whether request-path finding `m` was over (its latest activity more than the quiet
+    /// gap past) when `later` started. Resource metrics are judged by their onsets only.
+    fn over_before(&self, m: &Member, later: &Member) -> bool {
+        kind_family(m.detector) != "metrics" && m.end_ms + self.cfg.max_quiet_join_ms < later.start_ms
+    }
+
     /// The pending findings that, with `id`, make an incident: started close together on
     /// related services, of two signal kinds or three services; or `id` alone when strong
     /// and sustained.
@@ -315,6 +321,10 @@ impl Correlator {
             .pending
             .values()
             .filter(|m| (m.start_ms - me.start_ms).abs() <= self.cfg.corroboration_window_ms)
+            // Trouble that was over does not corroborate what starts later: a one-point
+            // latency blip minutes before a fault must not pull the fault's incident back to
+            // it (the demo's error fault opened at such a blip four minutes early).
+            .filter(|m| !self.over_before(m, me) && !self.over_before(me, m))
             .filter(|m| m.service == me.service || topo.near(&m.service, &me.service, self.cfg.max_hops))
             .cloned()
             .collect();
@@ -883,6 +893,32 @@ mod tests {
         // While that trouble goes on, a caller's finding joins it.
         assert!(new.timeline.iter().any(|m| m.anomaly_id == "e"), "{new:#?}");
         assert_eq!(c.incident(&first).map(|i| i.timeline.len()), Some(3));
+    }
+
+    #[test]
+    fn a_blip_that_was_over_does_not_corroborate_a_later_fault() {
+        let topo = topology();
+        let mut c = Correlator::new(IncidentConfig::default());
+        // A one-point latency blip on payment, over at once; four minutes later payment logs
+        // a new error (one kind: waits) …
+        c.observe(&anomaly("blip", "payment", DetectorKind::TraceRed, 0, 1.0, true), &topo);
+        let mut blip = anomaly("blip", "payment", DetectorKind::TraceRed, 0, 1.0, true);
+        blip.end_ms = blip.start_ms;
+        c.observe(&blip, &topo);
+        c.observe(
+            &anomaly("err", "payment", DetectorKind::LogErrorRate, 240, 0.9, true),
+            &topo,
+        );
+        assert!(c.drain().is_empty(), "the blip corroborated the later error");
+        // … and its failing requests a minute later do: the incident starts with the fault.
+        c.observe(
+            &anomaly("fail", "payment", DetectorKind::TraceRed, 300, 0.9, true),
+            &topo,
+        );
+        let opened = c.drain();
+        assert_eq!(opened.len(), 1, "{opened:#?}");
+        assert_eq!(opened[0].start_ms, T0 + 240_000);
+        assert!(opened[0].timeline.iter().all(|m| m.anomaly_id != "blip"));
     }
 
     #[test]
