@@ -8,6 +8,7 @@ use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequ
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+use opentelemetry_proto::tonic::resource::v1::Resource;
 
 use crate::pipeline::DetectorInput;
 use crate::storage::convert::{
@@ -16,16 +17,24 @@ use crate::storage::convert::{
 };
 use crate::storage::series_id;
 
+/// Who sent a resource's records: its service (`unknown_service` when unnamed, to be joined
+/// by host or pod later), host and pod.
+fn who(resource: &Option<Resource>) -> (&str, Option<String>, Option<String>) {
+    let attrs = resource_attrs(resource);
+    (
+        string_attr(attrs, "service.name").unwrap_or("unknown_service"),
+        string_attr(attrs, "host.name").map(str::to_string),
+        string_attr(attrs, "k8s.pod.name").map(str::to_string),
+    )
+}
+
 /// What the detectors need from a log request: one entry per record, in request order;
 /// `assignments` are the pattern ids the miner gave the same records, in the same order.
 pub(crate) fn log_inputs(req: &ExportLogsServiceRequest, assignments: &[(u64, bool, String)]) -> Vec<DetectorInput> {
     let mut out = Vec::with_capacity(assignments.len());
     let mut next = assignments.iter();
     for rl in &req.resource_logs {
-        let rattrs = resource_attrs(&rl.resource);
-        let service = string_attr(rattrs, "service.name").unwrap_or("unknown_service");
-        let host = string_attr(rattrs, "host.name").map(str::to_string);
-        let pod = string_attr(rattrs, "k8s.pod.name").map(str::to_string);
+        let (service, host, pod) = who(&rl.resource);
         for sl in &rl.scope_logs {
             for rec in &sl.log_records {
                 let Some((pattern_id, is_new, template)) = next.next() else {
@@ -63,10 +72,7 @@ fn peer_service(attrs: &[KeyValue]) -> Option<&str> {
 pub(crate) fn span_inputs(req: &ExportTraceServiceRequest) -> Vec<DetectorInput> {
     let mut out = Vec::new();
     for rs in &req.resource_spans {
-        let rattrs = resource_attrs(&rs.resource);
-        let service = string_attr(rattrs, "service.name").unwrap_or("unknown_service");
-        let host = string_attr(rattrs, "host.name").map(str::to_string);
-        let pod = string_attr(rattrs, "k8s.pod.name").map(str::to_string);
+        let (service, host, pod) = who(&rs.resource);
         for ss in &rs.scope_spans {
             for span in &ss.spans {
                 // Only entry points measure what callers see (RED): server and consumer spans,
