@@ -1,0 +1,76 @@
+//! The API's one error type, and the one place its kinds become HTTP statuses.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Json, Response};
+use serde_json::json;
+
+use crate::storage::QueryError;
+
+/// An API error: what kind of mistake, with a message saying what was wrong. The one place
+/// where kinds become HTTP statuses is [`ApiError::status`].
+#[derive(Debug)]
+pub enum ApiError {
+    /// The request is malformed or asks for something impossible (400).
+    BadRequest(String),
+    /// No credentials, or wrong ones (401).
+    Unauthorized(String),
+    /// Credentials that do not allow this (403).
+    Forbidden(String),
+    /// No such alert, silence, incident, investigation… (404).
+    NotFound(String),
+    /// The request collides with what is there (409).
+    Conflict(String),
+    /// Something that was valid no longer is, such as an expired link (410).
+    Gone(String),
+    /// Vigil failed, not the caller (500); logged where it happened.
+    Internal(String),
+}
+
+impl ApiError {
+    pub(super) fn bad(message: impl Into<String>) -> ApiError {
+        ApiError::BadRequest(message.into())
+    }
+
+    /// The HTTP status of each kind of error.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Gone(_) => StatusCode::GONE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn message(&self) -> &str {
+        match self {
+            ApiError::BadRequest(m)
+            | ApiError::Unauthorized(m)
+            | ApiError::Forbidden(m)
+            | ApiError::NotFound(m)
+            | ApiError::Conflict(m)
+            | ApiError::Gone(m)
+            | ApiError::Internal(m) => m,
+        }
+    }
+}
+
+impl From<QueryError> for ApiError {
+    fn from(e: QueryError) -> ApiError {
+        match e {
+            QueryError::BadRequest(m) => ApiError::BadRequest(m),
+            QueryError::Internal(e) => {
+                tracing::error!(error = %e, "query failed");
+                ApiError::Internal(format!("search failed: {e}"))
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status(), Json(json!({ "error": self.message() }))).into_response()
+    }
+}

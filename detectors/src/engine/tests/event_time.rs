@@ -1,0 +1,120 @@
+//! Event time per kind of signal: clocks, held-back kinds, idleness, bounded intervals.
+
+use super::*;
+
+#[test]
+fn one_host_with_a_fast_clock_does_not_make_everyone_else_late() {
+    let mut e = engine();
+    // checkout and payment report on time; the batch host's clock runs ten minutes fast.
+    for m in 0..30i64 {
+        for k in 0..20i64 {
+            let ts = T0 + m * MIN + k * 3000;
+            e.observe_span("checkout", "POST /pay", ts, 0.2, false);
+            e.observe_span("payment", "charge", ts + 100, 0.1, false);
+            e.observe_span("batch", "run", ts + 10 * MIN, 0.5, false);
+        }
+    }
+    assert_eq!(e.stats().late_events, 0, "on-time spans dropped as late");
+    // Intervals still close as the on-time sources move on.
+    assert!(e.event_time() >= T0 + 29 * MIN, "{}", e.event_time());
+    assert!(e.stats().points_scored > 0);
+}
+
+/// Spans of checkout and payment, and a heartbeat log line of cart, for minute `m`.
+fn lane_traffic(e: &mut Engine, m: i64, logs: bool, spans: bool) {
+    for k in 0..10i64 {
+        let ts = T0 + m * MIN + k * 6000;
+        if spans {
+            e.observe_span("checkout", "POST /pay", ts, 0.2, false);
+            e.observe_span("payment", "charge", ts + 100, 0.1, false);
+        }
+        if logs {
+            e.observe_log("cart", 1, m == 0 && k == 0, "heartbeat ok", 9, ts + 200);
+            e.observe_log("orders", 2, m == 0 && k == 0, "order <*> placed", 9, ts + 300);
+        }
+    }
+}
+
+#[test]
+fn logs_held_back_behind_spans_are_counted_not_dropped() {
+    // A log pipeline that batches for half an hour while spans flow on time: each kind has
+    // its own clock, so the logs arrive behind the spans but not late.
+    let mut e = engine();
+    for m in 0..30 {
+        lane_traffic(&mut e, m, true, true);
+    }
+    for block in 1..4i64 {
+        for m in block * 30..block * 30 + 30 {
+            lane_traffic(&mut e, m, false, true);
+        }
+        for m in block * 30..block * 30 + 30 {
+            lane_traffic(&mut e, m, true, false);
+        }
+    }
+    assert_eq!(e.stats().late_events, 0, "held-back logs dropped as late");
+    let log_rates = e.tracked.get("lograte:cart:1").map(|t| t.last_seen_ms);
+    assert_eq!(
+        log_rates,
+        Some(T0 + 116 * MIN),
+        "log intervals closed by the logs' own clock (lateness: 2 min)"
+    );
+}
+
+#[test]
+fn a_kind_that_goes_silent_everywhere_is_scored_as_zeros_once_idle() {
+    // Logs stop everywhere at minute 180 while spans go on; the wall clock runs with the
+    // data (a live system). The log lane is idle after the allowed lateness of wall time,
+    // is brought up to the spans, and the heartbeat's silence becomes a finding.
+    let mut e = engine();
+    for m in 0..240 {
+        e.set_wall_clock(T0 + m * MIN);
+        lane_traffic(&mut e, m, m < 180, true);
+    }
+    let all = findings(&mut e);
+    let silence = all
+        .values()
+        .find(|a| a.signal.key == "lograte:cart:1")
+        .unwrap_or_else(|| panic!("the heartbeat's silence: {all:#?}"));
+    assert!(
+        (T0 + 180 * MIN..T0 + 190 * MIN).contains(&silence.start_ms),
+        "{silence:#?}"
+    );
+}
+
+#[test]
+fn a_lane_far_behind_keeps_a_bounded_number_of_intervals_open() {
+    // No wall clock (a replay): a lane that stopped is never idle, but its open intervals
+    // are bounded.
+    let mut e = engine();
+    for m in 0..10 {
+        lane_traffic(&mut e, m, true, true);
+    }
+    for m in 10..(lanes::MAX_OPEN_INTERVALS as i64 + 200) {
+        lane_traffic(&mut e, m, false, true);
+    }
+    let logs = &e.lanes[lanes::Lane::Logs as usize];
+    assert_eq!(logs.buckets.len(), lanes::MAX_OPEN_INTERVALS);
+    assert_eq!(e.stats().late_events, 0);
+}
+
+#[test]
+fn a_quiet_spell_moves_each_lane_from_its_own_latest_event() {
+    let wall = T0 + 1000 * MIN;
+    let mut e = engine();
+    e.set_wall_clock(wall);
+    for m in 0..60 {
+        lane_traffic(&mut e, m, m < 30, true);
+    }
+    // A second with no data at all: the logs, half an hour behind, stay behind…
+    e.advance_quiet(wall + 1000);
+    for m in 30..60 {
+        lane_traffic(&mut e, m, true, false);
+    }
+    assert_eq!(e.stats().late_events, 0, "the quiet spell made the held-back logs late");
+    // …and a long quiet spell closes every lane's last intervals.
+    e.advance_quiet(wall + 10 * MIN);
+    for key in ["lograte:cart:1", "red:checkout:POST /pay:rate"] {
+        let last = e.tracked.get(key).map(|t| t.last_seen_ms);
+        assert_eq!(last, Some(T0 + 59 * MIN), "{key}");
+    }
+}

@@ -1,0 +1,263 @@
+//! Engine behaviour on synthetic streams with known anomalies.
+
+use super::*;
+
+mod event_time;
+mod resources;
+
+const MIN: i64 = 60_000;
+const T0: i64 = 1_795_392_000_000; // 2026-11-23 00:00:00 UTC
+
+/// Deterministic jitter in [0, 1).
+fn jitter(i: u64) -> f64 {
+    let x = i
+        .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        .rotate_left(17)
+        .wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    (x >> 11) as f64 / (1u64 << 53) as f64
+}
+
+fn engine() -> Engine {
+    Engine::new(EngineConfig::default())
+}
+
+/// Spans of `checkout POST /pay`: `per_min` a minute for `minutes`, latency from `latency`.
+fn pay_traffic(e: &mut Engine, from_min: i64, minutes: i64, latency: impl Fn(i64, u64) -> f64) {
+    for m in from_min..from_min + minutes {
+        for k in 0..20u64 {
+            let ts = T0 + m * MIN + (k as i64) * 3000;
+            e.observe_span("checkout", "POST /pay", ts, latency(m, k), false);
+        }
+    }
+}
+
+fn findings(e: &mut Engine) -> BTreeMap<String, Anomaly> {
+    // Updates of one anomaly share its id; the last update is its current state.
+    e.drain().into_iter().map(|a| (a.id.clone(), a)).collect()
+}
+
+#[test]
+fn latency_regression_is_found_with_a_checkable_explanation() {
+    let mut e = engine();
+    pay_traffic(&mut e, 0, 240, |_, k| 0.2 + 0.1 * jitter(k));
+    pay_traffic(&mut e, 240, 20, |m, k| {
+        0.2 + 0.1 * jitter(k + m as u64) + if k % 4 == 0 { 2.2 } else { 0.0 }
+    });
+    e.advance(T0 + 262 * MIN);
+    let all = findings(&mut e);
+    let before: Vec<_> = all.values().filter(|a| a.start_ms < T0 + 240 * MIN).collect();
+    assert!(before.is_empty(), "false alarms on steady traffic: {before:#?}");
+    let p99 = all
+        .values()
+        .find(|a| a.signal.key == "red:checkout:POST /pay:p99")
+        .expect("p99 regression found");
+    assert_eq!(p99.detector, DetectorKind::TraceRed);
+    assert_eq!(
+        p99.start_ms,
+        T0 + 240 * MIN,
+        "stamped with the start of the first slow interval"
+    );
+    assert!(p99.observed > 2.0 && p99.upper < 1.0, "{p99:?}");
+    assert!(
+        p99.explanation.starts_with("p99 latency of checkout POST /pay was 2."),
+        "{}",
+        p99.explanation
+    );
+    assert!(p99.explanation.contains("since 04:00:00"), "{}", p99.explanation);
+}
+
+#[test]
+fn findings_carry_the_series_around_them_for_charts() {
+    let mut e = engine();
+    pay_traffic(&mut e, 0, 240, |_, k| 0.2 + 0.1 * jitter(k));
+    // 150 slow minutes: longer than the evidence window, which must stay bounded.
+    pay_traffic(&mut e, 240, 150, |m, k| {
+        0.2 + 0.1 * jitter(k + m as u64) + if k % 4 == 0 { 2.2 } else { 0.0 }
+    });
+    e.advance(T0 + 392 * MIN);
+    let all = findings(&mut e);
+    let p99 = all
+        .values()
+        .find(|a| a.signal.key == "red:checkout:POST /pay:p99")
+        .expect("p99 regression found");
+    let ev = &p99.evidence;
+    let context: Vec<_> = ev.iter().take_while(|p| p.lower.is_none()).collect();
+    assert_eq!(context.len(), EVIDENCE_BEFORE, "{ev:?}");
+    assert!(
+        context
+            .iter()
+            .all(|p| p.t_ms < p99.start_ms && p.value < 1.0 && !p.anomalous)
+    );
+    assert_eq!(
+        context.last().map(|p| p.t_ms),
+        Some(p99.start_ms - MIN),
+        "spaced by the step"
+    );
+    let during = &ev[context.len()..];
+    assert_eq!(during.len(), EVIDENCE_DURING, "bounded");
+    assert!(during.windows(2).all(|w| w[0].t_ms < w[1].t_ms), "in time order");
+    assert!(during.iter().all(|p| p.lower.is_some() && p.upper.is_some()));
+    assert_eq!(during[0].t_ms, p99.start_ms, "the onset is kept");
+    assert!(during[0].anomalous && during[0].value > during[0].upper.unwrap_or(f64::MAX));
+    assert!(
+        during.last().is_some_and(|p| p.t_ms >= p99.end_ms),
+        "the newest are kept"
+    );
+}
+
+#[test]
+fn error_log_spike_and_pattern_collapse_are_found() {
+    let mut e = engine();
+    for m in 0..200i64 {
+        for k in 0..30 {
+            let ts = T0 + m * MIN + k * 2000;
+            // Pattern 1 is a steady heartbeat that stops at minute 180.
+            if m < 180 {
+                e.observe_log("cart", 1, m == 0 && k == 0, "heartbeat ok", 9, ts);
+            }
+            let erroring = (150..160).contains(&m);
+            let sev = if erroring || (m * 30 + k) % 97 == 0 { 17 } else { 9 };
+            e.observe_log("cart", 2, m == 0 && k == 0, "request <*> done", sev, ts + 500);
+        }
+    }
+    e.advance(T0 + 200 * MIN);
+    let all = findings(&mut e);
+    // The earliest error-rate finding is the spike (the return to normal may be one too).
+    let err = all
+        .values()
+        .filter(|a| a.signal.key == "logerr:cart")
+        .min_by_key(|a| a.start_ms)
+        .expect("error-rate spike");
+    assert_eq!(err.start_ms, T0 + 150 * MIN);
+    assert!(
+        err.explanation.starts_with("error-log rate of cart was 30/min"),
+        "{}",
+        err.explanation
+    );
+    let collapse = all
+        .values()
+        .find(|a| a.signal.key == "lograte:cart:1")
+        .expect("heartbeat collapse");
+    assert_eq!(collapse.start_ms, T0 + 180 * MIN);
+    assert_eq!(collapse.observed, 0.0);
+    assert!(
+        collapse.explanation.contains("heartbeat ok"),
+        "{}",
+        collapse.explanation
+    );
+}
+
+#[test]
+fn new_error_patterns_are_findings_after_warm_up_and_grouped() {
+    let mut e = engine();
+    // During warm-up everything is new: no finding.
+    e.observe_log("auth", 10, true, "user <*> logged in", 9, T0);
+    e.observe_log("auth", 11, true, "token cache cold", 13, T0 + MIN);
+    assert!(e.drain().is_empty());
+    // After warm-up: an INFO pattern is not news, an ERROR one is, and a second one
+    // shortly after joins the same finding.
+    e.observe_log("auth", 12, true, "config reloaded", 9, T0 + 20 * MIN);
+    e.observe_log("auth", 13, true, "db connection refused to <*>", 17, T0 + 30 * MIN);
+    e.observe_log("auth", 14, true, "retry budget exhausted", 17, T0 + 31 * MIN);
+    let all = findings(&mut e);
+    assert_eq!(all.len(), 1, "{all:#?}");
+    let a = all.values().next().expect("one finding");
+    assert_eq!(a.detector, DetectorKind::LogNewPattern);
+    assert_eq!(a.observed, 2.0);
+    assert_eq!(a.severity, Severity::Critical);
+    assert!(
+        a.explanation
+            .contains("2 log patterns never seen before since 00:30:00"),
+        "{}",
+        a.explanation
+    );
+    assert!(
+        a.explanation.contains("db connection refused to <*>"),
+        "{}",
+        a.explanation
+    );
+}
+
+#[test]
+fn noise_verdicts_raise_the_threshold_and_say_so() {
+    let mut e = engine();
+    assert_eq!(e.feedback("lognew:auth", Verdict::Noise), 0.62);
+    assert_eq!(e.feedback("lognew:auth", Verdict::Noise), 0.74);
+    // WARN new patterns (score 0.7) are now below the signal's threshold; ERROR ones still fire.
+    e.observe_log("auth", 1, true, "a", 9, T0);
+    e.observe_log("auth", 2, true, "slow login <*>", 13, T0 + 20 * MIN);
+    assert!(e.drain().is_empty());
+    e.observe_log("auth", 3, true, "login failed <*>", 17, T0 + 21 * MIN);
+    let a = e.drain().pop().expect("error pattern still reported");
+    assert!(
+        a.explanation.ends_with("Sensitivity lowered after 2 noise verdicts."),
+        "{}",
+        a.explanation
+    );
+    // "real" lowers it back.
+    assert!(e.feedback("lognew:auth", Verdict::Real) < 0.74);
+    let state = e.feedback_state().clone();
+    let mut restored = engine();
+    restored.restore_feedback(state.clone());
+    assert_eq!(restored.feedback_state(), &state);
+}
+
+#[test]
+fn replay_gives_the_same_findings() {
+    let run = || {
+        let mut e = engine();
+        pay_traffic(&mut e, 0, 200, |m, k| {
+            0.1 + 0.05 * jitter(k * 7 + m as u64) + if m >= 180 { 1.0 } else { 0.0 }
+        });
+        e.advance(T0 + 210 * MIN);
+        e.drain()
+    };
+    let (a, b) = (run(), run());
+    assert!(!a.is_empty());
+    assert_eq!(a, b);
+}
+
+#[test]
+fn late_events_are_counted_not_scored_and_series_are_capped() {
+    let mut e = Engine::new(EngineConfig {
+        max_series: 10,
+        ..EngineConfig::default()
+    });
+    e.observe_span("s", "op", T0 + 10 * MIN, 0.1, false);
+    e.observe_span("s", "op", T0, 0.1, false); // ten minutes late
+    assert_eq!(e.stats().late_events, 1);
+    let labels = BTreeMap::new();
+    for i in 0..50 {
+        let key = format!("series-{i}");
+        e.observe_metric(&MetricPoint {
+            key: &key,
+            name: "m",
+            service: None,
+            labels: &labels,
+            unit: "",
+            ts_ms: T0 + 20 * MIN + i,
+            value: 1.0,
+        });
+    }
+    assert!(e.stats().series <= 10);
+    assert!(e.stats().series_evicted >= 40);
+}
+
+#[test]
+fn metric_points_with_bad_values_are_rejected_without_panic() {
+    let mut e = engine();
+    let labels = BTreeMap::from([("host".to_string(), "a".to_string())]);
+    for (i, v) in [1.0, f64::NAN, f64::INFINITY, 2.0, 2.0].into_iter().enumerate() {
+        e.observe_metric(&MetricPoint {
+            key: "cpu|host=a",
+            name: "cpu",
+            service: None,
+            labels: &labels,
+            unit: "",
+            ts_ms: T0 + (i as i64 / 4) * MIN, // the last is a duplicate timestamp
+            value: v,
+        });
+    }
+    assert_eq!(e.stats().points_rejected, 3);
+    assert_eq!(e.stats().points_scored, 2);
+}

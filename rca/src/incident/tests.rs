@@ -1,0 +1,413 @@
+//! The correlator on hand-made anomalies and topologies.
+
+use super::*;
+use crate::topology::SpanRef;
+use vigil_detectors::anomaly::{Severity, SignalRef};
+
+const T0: i64 = 1_795_392_000_000;
+
+fn anomaly(id: &str, service: &str, detector: DetectorKind, start_s: i64, score: f64, open: bool) -> Anomaly {
+    Anomaly {
+        id: id.into(),
+        detector,
+        signal: SignalRef {
+            key: format!("k:{id}"),
+            service: Some(service.into()),
+            name: format!("{service} signal"),
+            labels: BTreeMap::new(),
+        },
+        start_ms: T0 + start_s * 1000,
+        end_ms: T0 + start_s * 1000 + 60_000,
+        score,
+        severity: Severity::from_score(score),
+        observed: 1.0,
+        expected: 0.0,
+        lower: 0.0,
+        upper: 0.5,
+        unit: String::new(),
+        open,
+        explanation: format!("{service} {id} went bad"),
+        exemplars: Vec::new(),
+        evidence: Vec::new(),
+        warming_up: false,
+    }
+}
+
+/// frontend → checkout → payment; inventory is unrelated.
+fn topology() -> Topology {
+    let mut t = Topology::new();
+    for i in 0..10u64 {
+        let b = i * 10;
+        t.observe(&SpanRef {
+            service: "frontend",
+            span_id: b + 1,
+            parent_span_id: None,
+            end_ms: T0,
+            duration_s: 0.2,
+            error: false,
+            peer: None,
+        });
+        t.observe(&SpanRef {
+            service: "checkout",
+            span_id: b + 2,
+            parent_span_id: Some(b + 1),
+            end_ms: T0,
+            duration_s: 0.1,
+            error: false,
+            peer: None,
+        });
+        t.observe(&SpanRef {
+            service: "payment",
+            span_id: b + 3,
+            parent_span_id: Some(b + 2),
+            end_ms: T0,
+            duration_s: 0.05,
+            error: false,
+            peer: None,
+        });
+        t.observe(&SpanRef {
+            service: "inventory",
+            span_id: b + 4,
+            parent_span_id: None,
+            end_ms: T0,
+            duration_s: 0.05,
+            error: false,
+            peer: None,
+        });
+    }
+    t
+}
+
+#[test]
+fn a_marginal_finding_minutes_early_does_not_make_a_caller_first_to_go_wrong() {
+    // payment breaks at 0 s and its callers' latency with it; two minutes earlier the
+    // frontend had one marginal finding (a log pattern's rate dipping, score 0.58). It used
+    // to date the frontend's onset, making it "first to go wrong" and the top candidate.
+    let topo = topology();
+    let mut c = Correlator::new(IncidentConfig::default());
+    c.observe(
+        &anomaly("w", "frontend", DetectorKind::LogPatternRate, -120, 0.58, false),
+        &topo,
+    );
+    for (id, service) in [("p", "payment"), ("c", "checkout"), ("f", "frontend")] {
+        c.observe(&anomaly(id, service, DetectorKind::TraceRed, 0, 1.0, true), &topo);
+    }
+    let all = c.drain();
+    let inc = all
+        .iter()
+        .find(|i| i.services.len() == 3)
+        .expect("one incident with the three services");
+    assert_eq!(inc.candidates[0].service, "payment", "{:#?}", inc.candidates);
+}
+
+#[test]
+fn a_cascade_is_one_incident_led_by_the_downstream_service_that_broke_first() {
+    let topo = topology();
+    let mut c = Correlator::new(IncidentConfig::default());
+    c.observe(&anomaly("a1", "payment", DetectorKind::Metric, 0, 0.95, true), &topo);
+    c.observe(
+        &anomaly("a2", "payment", DetectorKind::LogNewPattern, 5, 0.9, true),
+        &topo,
+    );
+    c.observe(
+        &anomaly("a3", "checkout", DetectorKind::TraceRed, 40, 0.99, true),
+        &topo,
+    );
+    c.observe(
+        &anomaly("a4", "frontend", DetectorKind::TraceRed, 45, 0.99, true),
+        &topo,
+    );
+    let all = c.drain();
+    assert_eq!(all.len(), 1, "one incident for the cascade");
+    let inc = &all[0];
+    assert_eq!(inc.services, ["checkout", "frontend", "payment"]);
+    assert_eq!(inc.candidates[0].service, "payment");
+    assert!(
+        inc.candidates[0].reasons[0].starts_with("first to go wrong"),
+        "{:?}",
+        inc.candidates[0].reasons
+    );
+    assert!(
+        inc.candidates[0]
+            .reasons
+            .iter()
+            .any(|r| r == "evidence from logs, metrics")
+    );
+    assert!(
+        inc.candidates[0]
+            .reasons
+            .iter()
+            .any(|r| r == "called by anomalous checkout, frontend")
+    );
+    assert!(
+        inc.summary
+            .starts_with("payment likely root cause: payment a1 went bad; 40 s later: checkout a3 went bad"),
+        "{}",
+        inc.summary
+    );
+    assert_eq!(
+        inc.timeline.iter().map(|m| m.anomaly_id.as_str()).collect::<Vec<_>>(),
+        ["a1", "a2", "a3", "a4"]
+    );
+}
+
+#[test]
+fn a_service_that_only_drops_below_its_levels_is_affected_not_the_cause() {
+    // checkout → payment → database (topology from `topology()`: add the database edge).
+    let mut topo = topology();
+    for i in 0..10u64 {
+        topo.observe(&SpanRef {
+            service: "database",
+            span_id: 1000 + i,
+            parent_span_id: Some(i * 10 + 3),
+            end_ms: T0,
+            duration_s: 0.01,
+            error: false,
+            peer: None,
+        });
+    }
+    let mut c = Correlator::new(IncidentConfig::default());
+    // checkout's callers-side errors show first; payment (down) reports zeros a minute
+    // later; database simply gets less traffic.
+    let mut errors = anomaly("e", "checkout", DetectorKind::TraceRed, 0, 1.0, true);
+    errors.observed = 1.0;
+    c.observe(&errors, &topo);
+    let mut zero = anomaly("z", "payment", DetectorKind::Metric, 60, 1.0, true);
+    (zero.observed, zero.expected) = (0.0, 10.0);
+    c.observe(&zero, &topo);
+    let mut drop = anomaly("d", "database", DetectorKind::TraceRed, 60, 1.0, true);
+    (drop.observed, drop.expected) = (4.0, 10.0);
+    c.observe(&drop, &topo);
+    let inc = c.drain().pop().expect("incident");
+    let order: Vec<&str> = inc.candidates.iter().map(|c| c.service.as_str()).collect();
+    assert_eq!(order[0], "payment", "{:#?}", inc.candidates);
+    let db = inc
+        .candidates
+        .iter()
+        .find(|c| c.service == "database")
+        .expect("database ranked");
+    assert!(
+        db.reasons.iter().any(|r| r.contains("affected, not a suspect")),
+        "{:?}",
+        db.reasons
+    );
+}
+
+#[test]
+fn unrelated_faults_make_two_incidents_and_incidents_resolve() {
+    let topo = topology();
+    let mut c = Correlator::new(IncidentConfig::default());
+    // payment: a metric and its traces agree.
+    c.observe(&anomaly("p", "payment", DetectorKind::Metric, 0, 0.9, true), &topo);
+    c.observe(&anomaly("pt", "payment", DetectorKind::TraceRed, 30, 0.8, true), &topo);
+    // inventory: one strong finding on its requests that lasts (four minutes).
+    let mut i = anomaly("i", "inventory", DetectorKind::TraceRed, 10, 0.95, true);
+    i.end_ms = i.start_ms + 4 * 60_000;
+    c.observe(&i, &topo);
+    // Long after: a new payment problem is a new incident.
+    c.observe(&anomaly("p2", "payment", DetectorKind::Metric, 3600, 0.9, true), &topo);
+    c.observe(
+        &anomaly("p2t", "payment", DetectorKind::LogErrorRate, 3610, 0.9, true),
+        &topo,
+    );
+    assert_eq!(c.drain().len(), 3);
+    for id in ["p", "pt"] {
+        let mut closed = anomaly(id, "payment", DetectorKind::Metric, 0, 0.9, false);
+        closed.end_ms = T0 + 120_000;
+        c.observe(&closed, &topo);
+    }
+    c.drain();
+    c.advance(T0 + 120_000 + 5 * 60_000);
+    let resolved = c.drain();
+    assert_eq!(resolved.len(), 1);
+    assert_eq!(resolved[0].status, IncidentStatus::Resolved);
+    assert_eq!(resolved[0].services, ["payment"]);
+}
+
+#[test]
+fn one_wobbling_series_is_not_an_incident_until_something_agrees() {
+    let topo = topology();
+    let mut c = Correlator::new(IncidentConfig::default());
+    c.observe(&anomaly("m", "payment", DetectorKind::Metric, 0, 0.95, true), &topo);
+    assert!(c.drain().is_empty(), "a short spike of one series waits");
+    // Three minutes later, checkout's latency: two kinds on related services.
+    c.observe(&anomaly("t", "checkout", DetectorKind::TraceRed, 180, 0.7, true), &topo);
+    let opened = c.drain();
+    assert_eq!(opened.len(), 1);
+    assert_eq!(opened[0].timeline.len(), 2);
+    assert_eq!(opened[0].start_ms, T0, "the incident starts at its first finding");
+    // Uncorroborated findings are dropped after a while and never open anything.
+    c.observe(&anomaly("x", "inventory", DetectorKind::Metric, 7200, 0.8, true), &topo);
+    c.advance(T0 + 7_200_000 + 60_000 + 15 * 60_000);
+    c.observe(
+        &anomaly("y", "inventory", DetectorKind::TraceRed, 7200 + 1200, 0.8, true),
+        &topo,
+    );
+    assert!(c.drain().iter().all(|i| i.id == opened[0].id));
+}
+
+#[test]
+fn metrics_of_several_services_moving_together_are_a_load_change_not_an_incident() {
+    let topo = topology();
+    let mut c = Correlator::new(IncidentConfig::default());
+    for (id, service) in [("a", "frontend"), ("b", "checkout"), ("c", "payment")] {
+        c.observe(&anomaly(id, service, DetectorKind::Metric, 0, 0.8, true), &topo);
+    }
+    assert!(c.drain().is_empty());
+    // The same three services with latency findings: trouble on the request path.
+    for (id, service) in [("d", "frontend"), ("e", "checkout"), ("f", "payment")] {
+        c.observe(&anomaly(id, service, DetectorKind::TraceRed, 3600, 0.8, true), &topo);
+    }
+    assert_eq!(c.drain().len(), 1);
+}
+
+#[test]
+fn findings_of_a_series_still_learning_open_nothing() {
+    let topo = topology();
+    let mut c = Correlator::new(IncidentConfig::default());
+    for (id, kind) in [("a", DetectorKind::Metric), ("b", DetectorKind::LogErrorRate)] {
+        let mut a = anomaly(id, "payment", kind, 0, 1.0, true);
+        a.warming_up = true;
+        a.end_ms = a.start_ms + 10 * 60_000;
+        c.observe(&a, &topo);
+    }
+    assert!(c.drain().is_empty());
+}
+
+#[test]
+fn a_sealed_or_old_incident_takes_no_new_fault() {
+    let topo = topology();
+    let mut c = Correlator::new(IncidentConfig::default());
+    c.observe(&anomaly("a", "payment", DetectorKind::Metric, 0, 0.9, true), &topo);
+    c.observe(&anomaly("b", "payment", DetectorKind::TraceRed, 0, 0.9, true), &topo);
+    let first = c.drain()[0].id.clone();
+    assert!(c.seal(&first));
+    assert!(!c.seal(&first), "already sealed");
+    c.drain();
+    // A new fault on checkout a minute later: its own incident.
+    c.observe(&anomaly("c", "checkout", DetectorKind::Metric, 60, 0.9, true), &topo);
+    c.observe(&anomaly("d", "checkout", DetectorKind::TraceRed, 60, 0.9, true), &topo);
+    let second = c.drain();
+    assert_eq!(second.len(), 1);
+    assert_ne!(second[0].id, first);
+    // Kept busy by a long finding, the second incident is still open 40 minutes on; a
+    // fault then is new, not more of it.
+    let mut long = anomaly("d", "checkout", DetectorKind::TraceRed, 60, 0.9, true);
+    long.end_ms = T0 + 40 * 60_000;
+    c.observe(&long, &topo);
+    c.drain();
+    c.observe(
+        &anomaly("e", "payment", DetectorKind::Metric, 40 * 60, 0.9, true),
+        &topo,
+    );
+    c.observe(
+        &anomaly("f", "payment", DetectorKind::LogErrorRate, 40 * 60, 0.9, true),
+        &topo,
+    );
+    let third = c.drain();
+    assert!(third.iter().all(|i| i.id != second[0].id), "{third:#?}");
+    assert!(third.iter().any(|i| i.timeline.iter().any(|m| m.anomaly_id == "e")));
+}
+
+#[test]
+fn a_fault_after_trouble_that_was_over_is_a_new_incident() {
+    let topo = topology();
+    let mut c = Correlator::new(IncidentConfig::default());
+    // A one-minute error burst on checkout (logs and spans, over by T0 + 1 min), and a
+    // memory shift of checkout that stays open for hours.
+    c.observe(
+        &anomaly("a", "checkout", DetectorKind::LogErrorRate, 0, 0.9, false),
+        &topo,
+    );
+    c.observe(&anomaly("b", "checkout", DetectorKind::TraceRed, 0, 0.9, false), &topo);
+    let mut memory = anomaly("m", "checkout", DetectorKind::Metric, 30, 0.9, true);
+    memory.end_ms = T0 + 3 * 3_600_000;
+    c.observe(&memory, &topo);
+    let first = c.drain()[0].id.clone();
+    // Five minutes later payment, a neighbour, breaks: its own incident, although the
+    // first is still open (the memory shift) and checkout is in it.
+    c.observe(
+        &anomaly("c", "payment", DetectorKind::LogErrorRate, 5 * 60, 0.9, true),
+        &topo,
+    );
+    c.observe(
+        &anomaly("d", "payment", DetectorKind::TraceRed, 5 * 60, 0.9, true),
+        &topo,
+    );
+    c.observe(
+        &anomaly("e", "checkout", DetectorKind::TraceRed, 5 * 60 + 30, 0.9, true),
+        &topo,
+    );
+    let second = c.drain();
+    let new = second
+        .iter()
+        .find(|i| i.timeline.iter().any(|m| m.anomaly_id == "c"))
+        .unwrap_or_else(|| panic!("payment opened an incident: {second:#?}"));
+    assert_ne!(new.id, first);
+    // While that trouble goes on, a caller's finding joins it.
+    assert!(new.timeline.iter().any(|m| m.anomaly_id == "e"), "{new:#?}");
+    assert_eq!(c.incident(&first).map(|i| i.timeline.len()), Some(3));
+}
+
+#[test]
+fn a_blip_that_was_over_does_not_corroborate_a_later_fault() {
+    let topo = topology();
+    let mut c = Correlator::new(IncidentConfig::default());
+    // A one-point latency blip on payment, over at once; four minutes later payment logs
+    // a new error (one kind: waits) …
+    c.observe(&anomaly("blip", "payment", DetectorKind::TraceRed, 0, 1.0, true), &topo);
+    let mut blip = anomaly("blip", "payment", DetectorKind::TraceRed, 0, 1.0, true);
+    blip.end_ms = blip.start_ms;
+    c.observe(&blip, &topo);
+    c.observe(
+        &anomaly("err", "payment", DetectorKind::LogErrorRate, 240, 0.9, true),
+        &topo,
+    );
+    assert!(c.drain().is_empty(), "the blip corroborated the later error");
+    // … and its failing requests a minute later do: the incident starts with the fault.
+    c.observe(
+        &anomaly("fail", "payment", DetectorKind::TraceRed, 300, 0.9, true),
+        &topo,
+    );
+    let opened = c.drain();
+    assert_eq!(opened.len(), 1, "{opened:#?}");
+    assert_eq!(opened[0].start_ms, T0 + 240_000);
+    assert!(opened[0].timeline.iter().all(|m| m.anomaly_id != "blip"));
+}
+
+#[test]
+fn severity_is_graded_by_corroboration() {
+    let topo = topology();
+    let mut c = Correlator::new(IncidentConfig::default());
+    // A sustained metric with no symptom on the request path: no incident, whether or
+    // not the service sends spans (a database host). A host that stopped: one.
+    let mut quiet_pod = anomaly("q", "inventory", DetectorKind::Metric, 0, 1.0, true);
+    quiet_pod.end_ms = quiet_pod.start_ms + 5 * 60_000;
+    c.observe(&quiet_pod, &topo);
+    let mut busy_host = anomaly("h", "db-host-1", DetectorKind::Metric, 0, 1.0, true);
+    busy_host.end_ms = busy_host.start_ms + 5 * 60_000;
+    c.observe(&busy_host, &topo);
+    assert!(c.drain().is_empty());
+    let mut alone = anomaly("a", "db-host-2", DetectorKind::Metric, 0, 1.0, true);
+    alone.end_ms = alone.start_ms + 5 * 60_000;
+    (alone.observed, alone.expected) = (0.0, 40.0);
+    c.observe(&alone, &topo);
+    let inc = c.drain().remove(0);
+    assert_eq!(inc.services, ["db-host-2"]);
+    assert_eq!(inc.severity(), Severity::Warning, "one signal, however strong");
+    c.observe(&anomaly("b", "payment", DetectorKind::Metric, 7200, 0.95, true), &topo);
+    c.observe(
+        &anomaly("c", "payment", DetectorKind::LogErrorRate, 7200, 0.8, true),
+        &topo,
+    );
+    let inc = c.drain().remove(0);
+    assert_eq!(inc.severity(), Severity::Critical);
+    let mut weak = anomaly("d", "payment", DetectorKind::Metric, 14400, 0.6, true);
+    weak.end_ms = weak.start_ms + 5 * 60_000;
+    c.observe(&weak, &topo);
+    c.observe(
+        &anomaly("e", "payment", DetectorKind::TraceRed, 14400, 0.55, true),
+        &topo,
+    );
+    assert_eq!(c.drain().remove(0).severity(), Severity::Info);
+}
