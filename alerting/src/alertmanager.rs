@@ -11,7 +11,7 @@ use crate::route::Route;
 
 /// A string quoted as Go's `%q` does for the text labels hold (`"`, `\` and control
 /// characters escaped).
-pub fn quote(s: &str) -> String {
+pub(crate) fn quote(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for c in s.chars() {
@@ -32,7 +32,7 @@ pub fn quote(s: &str) -> String {
 }
 
 /// `name="value"`, `name!="value"`, `name=~"regex"`, `name!~"regex"`.
-pub fn matcher(m: &Matcher) -> String {
+pub(crate) fn matcher(m: &Matcher) -> String {
     format!("{}{}{}", m.name, m.op.as_str(), quote(&m.value))
 }
 
@@ -42,14 +42,14 @@ fn matchers(ms: &[Matcher]) -> String {
 }
 
 /// `{a="1", b="2"}`: a label set as Alertmanager's `LabelSet.String()` writes it.
-pub fn label_set(labels: &LabelSet) -> String {
+pub(crate) fn label_set(labels: &LabelSet) -> String {
     let pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={}", quote(v))).collect();
     format!("{{{}}}", pairs.join(", "))
 }
 
 /// The key of the route with this id: each route's matchers from the root down, joined by
 /// `/` (`{}` for the root). None for an id not in the tree.
-pub fn route_key(root: &Route, id: &str) -> Option<String> {
+pub(crate) fn route_key(root: &Route, id: &str) -> Option<String> {
     let mut key = matchers(&root.matchers);
     let mut node = root;
     // Ids are positions: "0", "0.2", "0.2.1".
@@ -63,7 +63,7 @@ pub fn route_key(root: &Route, id: &str) -> Option<String> {
 
 /// A group's key as Alertmanager writes it in webhooks (`groupKey`): the route's key and
 /// the group's labels.
-pub fn group_key(root: &Route, route_id: &str, group_labels: &LabelSet) -> String {
+pub(crate) fn group_key(root: &Route, route_id: &str, group_labels: &LabelSet) -> String {
     let route = route_key(root, route_id).unwrap_or_else(|| "{}".into());
     format!("{route}:{}", label_set(group_labels))
 }
@@ -71,7 +71,7 @@ pub fn group_key(root: &Route, route_id: &str, group_labels: &LabelSet) -> Strin
 /// The routing tree and receivers as Alertmanager configuration YAML (receivers by name
 /// only: their URLs and keys are secrets). Every value written is a quoted string, a
 /// duration or a flow list, so no YAML library is needed to write it.
-pub fn config_yaml(
+pub(crate) fn config_yaml(
     root: &Route,
     receivers: &[String],
     inhibit: &[(Vec<Matcher>, Vec<Matcher>, Vec<String>)],

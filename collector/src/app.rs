@@ -16,6 +16,7 @@ use crate::api::{self, ApiState};
 use crate::auth::TokenCheck;
 use crate::config::Config;
 use crate::ingest::{self, Ingest};
+use crate::process::PatternCatalog;
 use crate::server::{serve, tls_acceptor};
 use crate::storage::{Indexer, IndexerOptions, Store};
 use crate::telemetry::Metrics;
@@ -53,6 +54,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnO
 
     let metrics = Arc::new(Metrics::default());
     let store = Arc::new(Store::open(&data_dir.join("index"), Arc::clone(&metrics))?);
+    let patterns = Arc::new(PatternCatalog::open(data_dir.join("index").join("patterns.json")));
     let dedup = BatchDedup::new(config.wal.dedup_window_secs, config.wal.dedup_max_ids);
     let dedup_path = data_dir.join("batch-ids");
     let loaded = dedup
@@ -102,7 +104,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnO
         Box::new(move |updates| bridge.on_incidents(updates)),
     )
     .with_context(|| format!("cannot open anomaly store in {}", data_dir.join("detect").display()))?;
-    let mut stage = crate::process::Stage::new(Arc::clone(&store), indexer);
+    let mut stage = crate::process::Stage::new(store.schemas.clone(), Arc::clone(&patterns), indexer);
     stage.set_pipeline(pipeline.clone());
     let pipeline_stop = pipeline.clone();
 
@@ -173,11 +175,13 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnO
             crate::investigations::InvestigationStore::open(&data_dir.join("investigations"))
                 .context("cannot open the investigations store")?,
         ),
+        patterns: Arc::clone(&patterns),
     };
     let alerting_stop = CancellationToken::new();
     let alerting_task = tokio::spawn(Arc::clone(&alerts).run(alerting_stop.clone()));
     let investigator_task = tokio::spawn(crate::investigations::incidents::run(
         Arc::clone(&store),
+        Arc::clone(&patterns),
         Arc::clone(&detection.incidents),
         Arc::clone(&api_state.investigations),
         Arc::clone(&alerts),

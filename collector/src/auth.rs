@@ -6,7 +6,7 @@ use crate::config::{Secret, UserConfig, UserRole};
 
 /// Who a request acts for, as the API's token check found it.
 #[derive(Debug, Clone)]
-pub struct Identity {
+pub(crate) struct Identity {
     /// "api" for the API token (or no token configured), "responder" for the shared
     /// responder token, the owner's name for a personal token.
     pub name: String,
@@ -17,7 +17,7 @@ pub struct Identity {
 }
 
 impl Identity {
-    pub fn shared(name: &str, role: UserRole) -> Identity {
+    pub(crate) fn shared(name: &str, role: UserRole) -> Identity {
         Identity {
             name: name.to_string(),
             role,
@@ -27,7 +27,7 @@ impl Identity {
 
     /// Who an action is recorded under: a personal token's owner, whatever the request
     /// claims; for a shared token the name the request gives, or the token's own.
-    pub fn actor(&self, claimed: Option<&str>) -> String {
+    pub(crate) fn actor(&self, claimed: Option<&str>) -> String {
         match claimed.map(str::trim).filter(|c| !c.is_empty()) {
             Some(c) if !self.personal => c.to_string(),
             _ => self.name.clone(),
@@ -37,13 +37,13 @@ impl Identity {
 
 /// Personal tokens, kept as their SHA-256.
 #[derive(Clone, Default)]
-pub struct Users {
+pub(crate) struct Users {
     users: Vec<([u8; 32], String, UserRole)>,
 }
 
 impl Users {
     /// From validated configuration (hashes are 64 hex digits).
-    pub fn new(users: &[UserConfig]) -> Users {
+    pub(crate) fn new(users: &[UserConfig]) -> Users {
         Users {
             users: users
                 .iter()
@@ -56,7 +56,7 @@ impl Users {
     }
 
     /// The owner of `token`, if it is a personal token.
-    pub fn by_token(&self, token: &str) -> Option<Identity> {
+    pub(crate) fn by_token(&self, token: &str) -> Option<Identity> {
         let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         // Every entry compared, so timing says nothing about which one matched.
         let mut found = None;
@@ -73,7 +73,7 @@ impl Users {
     }
 
     /// The owner of the bearer token in an `authorization` header.
-    pub fn by_header(&self, header: Option<&[u8]>) -> Option<Identity> {
+    pub(crate) fn by_header(&self, header: Option<&[u8]>) -> Option<Identity> {
         let token = std::str::from_utf8(header?).ok()?.strip_prefix("Bearer ")?;
         self.by_token(token)
     }
@@ -82,23 +82,23 @@ impl Users {
 /// Accepts `authorization: Bearer <token>` when a token is configured, anything
 /// when none is (loopback-only deployments; see `Config::validate`).
 #[derive(Clone, Default)]
-pub struct TokenCheck {
+pub(crate) struct TokenCheck {
     expected: Option<Vec<u8>>,
 }
 
 impl TokenCheck {
-    pub fn new(token: Option<&Secret>) -> TokenCheck {
+    pub(crate) fn new(token: Option<&Secret>) -> TokenCheck {
         TokenCheck {
             expected: token.map(|t| format!("Bearer {}", t.expose()).into_bytes()),
         }
     }
 
-    pub fn is_configured(&self) -> bool {
+    pub(crate) fn is_configured(&self) -> bool {
         self.expected.is_some()
     }
 
     /// `header` is the raw `authorization` value, if any.
-    pub fn check(&self, header: Option<&[u8]>) -> bool {
+    pub(crate) fn check(&self, header: Option<&[u8]>) -> bool {
         match (&self.expected, header) {
             (None, _) => true,
             (Some(expected), Some(given)) => constant_time_eq(expected, given),

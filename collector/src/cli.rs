@@ -14,7 +14,7 @@ use crate::config::{Config, Secret};
     version,
     about = "Vigil collector: OTLP ingest, storage, search"
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     /// TOML config file (see collector.example.toml).
     #[arg(long, env = "VIGIL_CONFIG", global = true)]
     pub config: Option<PathBuf>,
@@ -38,7 +38,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run the collector (the default).
     Run,
     /// Load and validate the configuration, print it (secrets redacted), and exit.
@@ -69,7 +69,7 @@ pub enum Command {
 
 impl Cli {
     /// Resolves the effective configuration.
-    pub fn resolve_config(&self) -> anyhow::Result<Config> {
+    pub(crate) fn resolve_config(&self) -> anyhow::Result<Config> {
         let mut config = match &self.config {
             Some(path) => Config::from_file(path)?,
             None => Config::default(),

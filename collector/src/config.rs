@@ -42,7 +42,7 @@ pub struct Config {
     pub wal: WalConfig,
     pub detect: DetectConfig,
     /// Routing tree, receivers, inhibition rules and escalation policies.
-    pub alerting: vigil_alerting::config::AlertingConfig,
+    pub alerting: vigil_alerting::AlertingConfig,
 }
 
 impl Default for Config {
@@ -56,7 +56,7 @@ impl Default for Config {
             storage: StorageConfig::default(),
             wal: WalConfig::default(),
             detect: DetectConfig::default(),
-            alerting: vigil_alerting::config::AlertingConfig::default(),
+            alerting: vigil_alerting::AlertingConfig::default(),
         }
     }
 }

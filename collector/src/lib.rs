@@ -5,27 +5,31 @@
 //! acknowledging it, indexes it into day-partitioned tantivy indexes, and serves a
 //! JSON query API.
 //!
-//! Data path: [`ingest`] (decode, authenticate, sanitize, deduplicate) → [`wal`]
-//! (group-committed, fsynced) → [`storage`] indexer thread (commit every interval,
-//! checkpoint LSN in each commit) → [`api`] queries.
+//! Data path: `ingest/` (decode, authenticate, sanitize, deduplicate) → `wal/`
+//! (group-committed, fsynced) → `process/` (decode once, pattern ids once) → `storage/`
+//! indexer (commit every interval, checkpoint LSN in each commit) and `pipeline/`
+//! (detectors, incidents) → `api/` queries and the UI. The binary calls [`main`]; tests
+//! and tools embed the collector through [`run`].
 
-pub mod alerts;
-pub mod api;
-pub mod app;
-pub mod auth;
-pub mod cli;
-pub mod config;
-pub mod demo;
-pub mod email;
-pub mod ingest;
-pub mod investigations;
-pub mod pipeline;
-pub mod process;
-pub mod server;
-pub mod storage;
-pub mod telemetry;
-pub mod timeutil;
-pub mod wal;
+mod alerts;
+mod api;
+mod app;
+mod auth;
+mod cli;
+mod config;
+mod demo;
+mod ingest;
+mod investigations;
+mod pipeline;
+mod process;
+mod server;
+mod storage;
+mod telemetry;
+mod timeutil;
+mod wal;
 
 pub use app::{BoundAddrs, run};
+pub use cli::main;
 pub use config::Config;
+/// The ingest benchmark's ceiling converts OTLP batches with the collector's own code.
+pub use storage::{LogFields, log_docs};

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::TlsConfig;
 
 /// How long in-flight requests get to finish after shutdown begins.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Open connections per listener; beyond it, accepting waits (the kernel backlog
 /// then pushes back on clients) instead of spending a task and buffers on each.
 const MAX_CONNECTIONS: usize = 4096;
@@ -26,7 +26,7 @@ const MAX_CONNECTIONS: usize = 4096;
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Builds a TLS acceptor from PEM files; advertises h2 (for gRPC) and http/1.1.
-pub fn tls_acceptor(tls: &TlsConfig) -> anyhow::Result<TlsAcceptor> {
+pub(crate) fn tls_acceptor(tls: &TlsConfig) -> anyhow::Result<TlsAcceptor> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&tls.cert_file)
         .and_then(|it| it.collect::<Result<Vec<_>, _>>())
         .map_err(|e| anyhow::anyhow!("tls.cert_file {}: {e}", tls.cert_file.display()))?;
@@ -47,7 +47,7 @@ pub fn tls_acceptor(tls: &TlsConfig) -> anyhow::Result<TlsAcceptor> {
 
 /// Accepts connections until `shutdown` fires, then waits (up to [`DRAIN_TIMEOUT`])
 /// for open connections to finish their requests.
-pub async fn serve(
+pub(crate) async fn serve(
     name: &'static str,
     listener: TcpListener,
     router: Router,

@@ -14,30 +14,30 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct SignalLabel {
+pub(crate) struct SignalLabel {
     pub signal: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RejectLabel {
+pub(crate) struct RejectLabel {
     pub signal: &'static str,
     pub reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RequestLabel {
+pub(crate) struct RequestLabel {
     pub transport: &'static str,
     pub signal: &'static str,
     pub outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct KindLabel {
+pub(crate) struct KindLabel {
     pub kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct EndpointLabel {
+pub(crate) struct EndpointLabel {
     pub endpoint: &'static str,
 }
 
@@ -47,7 +47,7 @@ fn latency_histogram() -> Histogram {
 }
 
 /// All self-metrics of the collector.
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Mutex<Registry>,
     pub records_received: Family<SignalLabel, Counter>,
     pub records_accepted: Family<SignalLabel, Counter>,
@@ -76,7 +76,7 @@ pub struct Metrics {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct DetectorLabel {
+pub(crate) struct DetectorLabel {
     pub detector: &'static str,
 }
 
@@ -227,7 +227,7 @@ impl Default for Metrics {
 
 impl Metrics {
     /// Renders every metric in the Prometheus text exposition format.
-    pub fn encode(&self) -> String {
+    pub(crate) fn encode(&self) -> String {
         let mut out = String::new();
         if let Ok(registry) = self.registry.lock() {
             // Writing into a String cannot fail.

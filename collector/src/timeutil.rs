@@ -6,7 +6,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 /// Now, in unix nanoseconds.
-pub fn now_ns() -> u64 {
+pub(crate) fn now_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
@@ -14,13 +14,13 @@ pub fn now_ns() -> u64 {
 }
 
 /// Now, in unix milliseconds (the unit of event time in detection and alerting).
-pub fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     i64::try_from(now_ns() / 1_000_000).unwrap_or(i64::MAX)
 }
 
 /// Parses an API time parameter: RFC 3339 (`2026-11-23T10:02:10Z`) or integer unix
 /// milliseconds. Returns unix nanoseconds.
-pub fn parse_time(value: &str) -> Result<i64, String> {
+pub(crate) fn parse_time(value: &str) -> Result<i64, String> {
     let value = value.trim();
     if let Ok(ms) = value.parse::<i64>() {
         return ms
@@ -33,7 +33,7 @@ pub fn parse_time(value: &str) -> Result<i64, String> {
 }
 
 /// Formats unix nanoseconds as RFC 3339 with nanosecond precision.
-pub fn format_ns(ns: i64) -> String {
+pub(crate) fn format_ns(ns: i64) -> String {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(ns))
         .ok()
         .and_then(|t| t.format(&Rfc3339).ok())
@@ -62,7 +62,7 @@ mod tests {
 
 /// Parses a duration: `500ms`, `30s`, `5m`, `1h`, `1d`, or plain milliseconds.
 /// Returns nanoseconds.
-pub fn parse_duration(value: &str) -> Result<i64, String> {
+pub(crate) fn parse_duration(value: &str) -> Result<i64, String> {
     let value = value.trim();
     let split = value.find(|c: char| !c.is_ascii_digit()).unwrap_or(value.len());
     let (digits, unit) = value.split_at(split);

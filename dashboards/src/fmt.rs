@@ -54,12 +54,41 @@ pub(crate) fn duration(ms: i64) -> String {
     }
 }
 
-/// A value with its unit, as the detectors' explanations write it.
+/// A value with its unit ("2.4 s", "180 ms", "12.5 %", "3.2/s"), written the way the
+/// detectors' explanations write it, so a chart's labels read like the sentence beside it.
 pub(crate) fn value(v: f64, unit: &str) -> String {
     if !v.is_finite() {
         return "—".into();
     }
-    vigil_detectors::anomaly::format_value(v, unit)
+    match unit {
+        "s" => {
+            if v.abs() >= 1.0 {
+                format!("{} s", sig(v))
+            } else {
+                format!("{} ms", sig(v * 1000.0))
+            }
+        }
+        "ratio" => format!("{} %", sig(v * 100.0)),
+        "/s" => format!("{}/s", sig(v)),
+        "/min" => format!("{}/min", sig(v)),
+        "" | "1" => sig(v),
+        other => format!("{} {other}", sig(v)),
+    }
+}
+
+/// Three significant digits, no scientific notation for everyday magnitudes (the
+/// detectors' rounding, so the same value reads the same on a chart and in a sentence).
+fn sig(v: f64) -> String {
+    if v == 0.0 || !v.is_finite() {
+        return format!("{v}");
+    }
+    let digits = (3 - 1 - v.abs().log10().floor() as i32).clamp(0, 6) as usize;
+    let s = format!("{v:.digits$}");
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s
+    }
 }
 
 /// "1.2k", "3.4M": counts on axes and badges.
@@ -109,5 +138,16 @@ mod tests {
         assert_eq!(count(1234), "1.2k");
         assert_eq!(range_ms(Some("6h"), "1h").1, 6 * 3_600_000);
         assert_eq!(range_ms(Some("bogus"), "1h").0, "1h");
+    }
+
+    #[test]
+    fn values_read_like_a_human_wrote_them() {
+        assert_eq!(value(2.4, "s"), "2.4 s");
+        assert_eq!(value(0.18, "s"), "180 ms");
+        assert_eq!(value(0.0345, "ratio"), "3.45 %");
+        assert_eq!(value(1234.6, "/s"), "1235/s");
+        assert_eq!(value(0.5, ""), "0.5");
+        assert_eq!(value(0.0, "By"), "0 By");
+        assert_eq!(value(f64::NAN, ""), "—");
     }
 }

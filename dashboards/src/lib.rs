@@ -22,6 +22,7 @@ mod chart;
 mod fmt;
 mod graph;
 mod pages;
+mod view;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -7,7 +7,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::time::Instant;
 
-use vigil_detectors::patterns::PatternMiner;
+use vigil_detectors::PatternMiner;
 
 const TEMPLATES: [&str; 12] = [
     "PacketResponder {} for block blk_{} terminating",

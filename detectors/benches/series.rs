@@ -13,7 +13,7 @@
 
 use std::time::Instant;
 
-use vigil_detectors::timeseries::{SeriesConfig, SeriesDetector};
+use vigil_detectors::{SeriesConfig, SeriesDetector};
 
 fn env(name: &str, default: usize) -> usize {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)

@@ -9,7 +9,18 @@
 //! - [`engine`]: logs, spans and metric points in (event time), [`anomaly::Anomaly`] out;
 //!   pattern rates, error-log rates, trace RED, new patterns, human feedback.
 
-pub mod anomaly;
-pub mod engine;
-pub mod patterns;
-pub mod timeseries;
+mod anomaly;
+mod engine;
+mod patterns;
+mod timeseries;
+
+pub use anomaly::{
+    Anomaly, DetectorKind, EVIDENCE_BEFORE, EVIDENCE_DURING, EvidencePoint, Severity, SignalRef, format_time,
+    format_value,
+};
+pub use engine::{
+    Engine, EngineConfig, EngineState, EngineStateRef, EngineStats, MetricPoint, STATE_VERSION, SignalFeedback,
+    Verdict, VersionMismatch,
+};
+pub use patterns::{Assignment, MinerConfig, MinerSnapshot, Pattern, PatternMiner, WILDCARD, is_variable};
+pub use timeseries::{PointScore, Rejected, SeriesConfig, SeriesDetector, Signal};

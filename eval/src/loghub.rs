@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use vigil_detectors::patterns::{MinerConfig, PatternMiner};
+use vigil_detectors::{MinerConfig, PatternMiner};
 
 pub(crate) const USAGE: &str = "vigil-eval loghub [--similarity X] [--prefix-depth N] DIR... (loghub-2k set folders, e.g. ../shared/data/loghub/*)";
 

@@ -19,9 +19,9 @@ mod nezha;
 use std::io::{self, BufRead, BufWriter, Write};
 use std::process::ExitCode;
 
-use vigil_detectors::patterns::PatternMiner;
-use vigil_detectors::timeseries::{SeriesConfig, SeriesDetector};
-use vigil_rca::baro::{Candidate, Signal, find_onset, rank};
+use vigil_detectors::PatternMiner;
+use vigil_detectors::{SeriesConfig, SeriesDetector};
+use vigil_rca::{BaroCandidate, BaroSignal, baro_rank, find_onset};
 
 /// Column names, row times (unix ms) and one vector of values per column.
 type WideCsv = (Vec<String>, Vec<i64>, Vec<Vec<f64>>);
@@ -65,7 +65,7 @@ fn service_of(column: &str) -> &str {
 }
 
 /// Feeds normal then anomalous rows through onset detection and ranking.
-fn rca_case(dir: &std::path::Path) -> Result<Vec<Candidate>, String> {
+fn rca_case(dir: &std::path::Path) -> Result<Vec<BaroCandidate>, String> {
     let (names, mut times, mut cols) = read_wide(&dir.join("normal.csv"))?;
     let (names2, times2, cols2) = read_wide(&dir.join("anomalous.csv"))?;
     if names != names2 {
@@ -78,17 +78,17 @@ fn rca_case(dir: &std::path::Path) -> Result<Vec<Candidate>, String> {
     for (c, more) in cols.iter_mut().zip(cols2) {
         c.extend(more);
     }
-    let signals: Vec<Signal> = names
+    let signals: Vec<BaroSignal> = names
         .iter()
         .zip(cols)
-        .map(|(n, values)| Signal {
+        .map(|(n, values)| BaroSignal {
             name: n.clone(),
             service: service_of(n).to_string(),
             values,
         })
         .collect();
     let onset = find_onset(&times, &signals).unwrap_or(times.len() / 2);
-    Ok(rank(&signals, onset))
+    Ok(baro_rank(&signals, onset))
 }
 
 fn rca(args: &[String]) -> Result<(), String> {

@@ -5,11 +5,11 @@
 //! over the after-window — and ranks services by their most shifted signal. RCAEval found this
 //! simple score matching or beating causal-graph methods. BARO is handed the failure time;
 //! we find it ourselves: every signal runs through the product's online detector
-//! ([`vigil_detectors::timeseries::SeriesDetector`]) and the onset is the first moment when
+//! ([`vigil_detectors::SeriesDetector`]) and the onset is the first moment when
 //! a good share of the signals that will ever alarm are alarming together.
 
 use serde::Serialize;
-use vigil_detectors::timeseries::{SeriesConfig, SeriesDetector};
+use vigil_detectors::{SeriesConfig, SeriesDetector};
 
 /// One aligned signal: `values[i]` belongs to row `i` (NaN when missing).
 #[derive(Debug, Clone)]

@@ -8,7 +8,15 @@
 //! - [`incident`]: anomalies correlated into incidents by time and topology, with ranked
 //!   root-cause candidates and a summary.
 
-pub mod baro;
-pub mod incident;
-pub mod investigate;
-pub mod topology;
+mod baro;
+mod incident;
+mod investigate;
+mod topology;
+
+pub use baro::{Candidate as BaroCandidate, Signal as BaroSignal, find_onset, rank as baro_rank};
+pub use incident::{Correlator, Incident, IncidentConfig, IncidentStatus, Member, RankedService};
+pub use investigate::{
+    Candidate, Evidence, EvidenceKind, Input, LogCount, MetricSeries, SpanRow, TimeRange, WindowLogLine, gather,
+    investigate, rank_candidates,
+};
+pub use topology::{Edge, Graph, SpanRef, Topology};

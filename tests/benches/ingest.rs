@@ -21,8 +21,8 @@ use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
-use vigil_collector::storage::{LogFields, log_docs};
-use vigil_detectors::patterns::PatternMiner;
+use vigil_collector::{LogFields, log_docs};
+use vigil_detectors::PatternMiner;
 use vigil_e2e::otlp::{int_value, kv, string_value};
 use vigil_e2e::{Collector, now_ns};
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use serde_json::{Value, json};
-use vigil_alerting::sign::{self, ActionLink, LinkAction};
+use vigil_alerting::{ActionLink, LinkAction, sign_link, verify_body};
 use vigil_e2e::receiver::Receiver;
 use vigil_e2e::{Collector, Options, eventually, now_ns};
 
@@ -127,8 +127,8 @@ async fn repeats_notify_once_signed_and_a_link_acknowledges_exactly_once() -> Re
     let ts: i64 = n.headers["x-vigil-timestamp"].to_str()?.parse()?;
     let sig = n.headers["x-vigil-signature"].to_str()?;
     let now = (now_ns() / 1_000_000_000) as i64;
-    assert!(sign::verify_body(SIGNING_SECRET.as_bytes(), ts, &n.body, sig, now, 300));
-    assert!(!sign::verify_body(b"wrong", ts, &n.body, sig, now, 300));
+    assert!(verify_body(SIGNING_SECRET.as_bytes(), ts, &n.body, sig, now, 300));
+    assert!(!verify_body(b"wrong", ts, &n.body, sig, now, 300));
     assert!(n.headers.contains_key("x-vigil-idempotency-key"));
 
     let id = n.json["alerts"][0]["fingerprint"]
@@ -159,7 +159,7 @@ async fn repeats_notify_once_signed_and_a_link_acknowledges_exactly_once() -> Re
     // Tampered (another alert id) and expired links are refused.
     let tampered = ack_url.replacen(&id, "0000000000000000", 1);
     assert_eq!(post(&client, tampered, None, json!({})).await?.0, 403);
-    let expired = sign::sign_link(
+    let expired = sign_link(
         LINK_SECRET.as_bytes(),
         &ActionLink {
             alert_id: id.clone(),

@@ -11,7 +11,7 @@ use anyhow::Result;
 use prost::Message;
 use tokio::sync::Mutex;
 use vigil_e2e::otlp::{log_record, logs_request};
-use vigil_e2e::{Collector, Options, eventually, now_ns, search_logs};
+use vigil_e2e::{Collector, Options, eventually, get_json, now_ns, search_logs};
 
 const WRITERS: i64 = 4;
 const BATCHES_PER_WRITER: i64 = 400;
@@ -198,5 +198,59 @@ async fn sigkill_mid_stream_loses_no_acknowledged_record_and_duplicates_none() -
         Some(pattern_before),
         "same pattern id after a restart"
     );
+    Ok(())
+}
+
+/// After a clean restart the patterns page still names the ids the index holds, with the same
+/// ids and templates, even for a collector stopped within the catalogue's save interval (the
+/// stage saves it at shutdown; the WAL's replay would also re-learn lines it still holds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_shutdown_keeps_the_pattern_templates() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data_dir = dir.path().join("data");
+    let collector = Collector::start_with(Options {
+        data_dir: Some(data_dir.clone()),
+        ..Options::default()
+    })?;
+    let client = reqwest::Client::new();
+    let base_ns = now_ns() - 60_000_000_000;
+    let records = (0..20)
+        .map(|i| log_record(base_ns + i * 1_000_000, &format!("cache warmed in {i} ms"), &[]))
+        .collect();
+    let response = client
+        .post(collector.http_url("/v1/logs"))
+        .header("content-type", "application/x-protobuf")
+        .body(logs_request("pattern-keeper", records).encode_to_vec())
+        .send()
+        .await?;
+    assert_eq!(response.status().as_u16(), 200);
+    let url = reqwest::Url::parse_with_params(
+        &collector.api_url("/api/v1/logs/patterns"),
+        &[("service", "pattern-keeper")],
+    )?;
+    let before = eventually(Duration::from_secs(10), "the pattern to be searchable", || {
+        let (client, url) = (&client, url.as_str());
+        async move {
+            let (_, body) = get_json(client, url).await?;
+            let list = body["patterns"].as_array().cloned().unwrap_or_default();
+            Ok(list.first().filter(|p| p["count"] == 20).cloned())
+        }
+    })
+    .await?;
+    assert_eq!(before["template"], "cache warmed in <*> ms", "{before}");
+
+    assert!(collector.terminate()?, "SIGTERM must exit cleanly");
+    let collector = Collector::start_with(Options {
+        data_dir: Some(data_dir),
+        ..Options::default()
+    })?;
+    let url = reqwest::Url::parse_with_params(
+        &collector.api_url("/api/v1/logs/patterns"),
+        &[("service", "pattern-keeper")],
+    )?;
+    let (status, after) = get_json(&client, url.as_str()).await?;
+    assert_eq!(status, 200, "{after}");
+    assert_eq!(after["patterns"][0]["pattern_id"], before["pattern_id"], "{after}");
+    assert_eq!(after["patterns"][0]["template"], before["template"], "{after}");
     Ok(())
 }

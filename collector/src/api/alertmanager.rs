@@ -16,9 +16,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
-use vigil_alerting::alert::{Alert, AlertInput, Silence};
-use vigil_alerting::labels::LabelSet;
-use vigil_alerting::matcher::{Matcher, MatcherSpec, parse_matchers};
+use vigil_alerting::LabelSet;
+use vigil_alerting::{Alert, AlertInput, Silence};
+use vigil_alerting::{Matcher, MatcherSpec, parse_matchers};
 
 use super::alerts::blocking;
 use super::{ApiError, ApiState};
@@ -349,7 +349,7 @@ pub(super) async fn get_status(State(state): State<ApiState>) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use vigil_alerting::alert::AlertState;
+    use vigil_alerting::AlertState;
 
     use super::*;
 

@@ -10,11 +10,11 @@ use axum::extract::{Extension, Path, Query, State};
 use axum::response::{Html, IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
-use vigil_alerting::alert::Silence;
-use vigil_alerting::engine::ActionError;
-use vigil_alerting::matcher::{Matcher, MatcherSpec, parse_matchers};
-use vigil_alerting::sign::LinkError;
-use vigil_detectors::engine::Verdict;
+use vigil_alerting::ActionError;
+use vigil_alerting::LinkError;
+use vigil_alerting::Silence;
+use vigil_alerting::{Matcher, MatcherSpec, parse_matchers};
+use vigil_detectors::Verdict;
 
 use super::alertmanager::parse_ts;
 use super::{ApiError, ApiState};

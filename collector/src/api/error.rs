@@ -9,7 +9,7 @@ use crate::storage::QueryError;
 /// An API error: what kind of mistake, with a message saying what was wrong. The one place
 /// where kinds become HTTP statuses is [`ApiError::status`].
 #[derive(Debug)]
-pub enum ApiError {
+pub(crate) enum ApiError {
     /// The request is malformed or asks for something impossible (400).
     BadRequest(String),
     /// No credentials, or wrong ones (401).
@@ -32,7 +32,7 @@ impl ApiError {
     }
 
     /// The HTTP status of each kind of error.
-    pub fn status(&self) -> StatusCode {
+    pub(crate) fn status(&self) -> StatusCode {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,

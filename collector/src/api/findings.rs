@@ -25,8 +25,8 @@ pub(super) async fn incidents(State(state): State<ApiState>, Query(params): Para
     let limit = limit_param(&state, &params, 100)?;
     let status = match params.get("status").map(String::as_str) {
         None => None,
-        Some("open") => Some(vigil_rca::incident::IncidentStatus::Open),
-        Some("resolved") => Some(vigil_rca::incident::IncidentStatus::Resolved),
+        Some("open") => Some(vigil_rca::IncidentStatus::Open),
+        Some("resolved") => Some(vigil_rca::IncidentStatus::Resolved),
         Some(other) => return Err(ApiError::bad(format!("status: {other:?} is not open or resolved"))),
     };
     let found: Vec<serde_json::Value> = state
@@ -107,7 +107,7 @@ pub(super) async fn anomaly(State(state): State<ApiState>, Path(id): Path<String
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FeedbackBody {
-    verdict: vigil_detectors::engine::Verdict,
+    verdict: vigil_detectors::Verdict,
 }
 
 /// A human's verdict on a finding: "noise" makes that signal less sensitive, "real" keeps
@@ -127,7 +127,7 @@ pub(super) async fn anomaly_feedback(
     match recorded {
         Ok((key, counts)) => {
             state.pipeline.feedback(key.clone(), body.verdict);
-            let threshold = counts.threshold(vigil_detectors::engine::EngineConfig::default().threshold);
+            let threshold = counts.threshold(vigil_detectors::EngineConfig::default().threshold);
             Ok(Json(json!({
                 "anomaly_id": id,
                 "signal": key,

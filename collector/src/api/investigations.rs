@@ -19,8 +19,9 @@ pub(super) async fn create(
 ) -> Result<Response, ApiError> {
     let Json(request) = body.map_err(|e| ApiError::bad(format!("invalid investigation request: {}", e.body_text())))?;
     let now_ms = i64::try_from(now_ns() / 1_000_000).unwrap_or(i64::MAX);
+    let patterns = Arc::clone(&state.patterns);
     let inv = timed(&state, "investigations", move |store| {
-        investigations::run(store, &request, now_ms)
+        investigations::run(store, &patterns, &request, now_ms)
     })
     .await?;
     let kept = Arc::clone(&state.investigations);

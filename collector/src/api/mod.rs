@@ -9,7 +9,7 @@ mod investigations;
 mod oncall;
 mod signals;
 
-pub use error::ApiError;
+pub(crate) use error::ApiError;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -32,7 +32,7 @@ use crate::timeutil::{now_ns, parse_time};
 
 /// Shared state of the API handlers.
 #[derive(Clone)]
-pub struct ApiState {
+pub(crate) struct ApiState {
     pub store: Arc<Store>,
     pub metrics: Arc<Metrics>,
     pub ready: Arc<AtomicBool>,
@@ -41,7 +41,7 @@ pub struct ApiState {
     pub retention_hours: u64,
     pub anomalies: Arc<AnomalyStore>,
     pub incidents: Arc<crate::pipeline::IncidentStore>,
-    pub topology: Arc<std::sync::Mutex<vigil_rca::topology::Topology>>,
+    pub topology: Arc<std::sync::Mutex<vigil_rca::Topology>>,
     pub pipeline: PipelineSender,
     pub alerts: Arc<crate::alerts::AlertService>,
     /// Accepted (besides the API token) on the responder actions: ack, resolve, comment…
@@ -49,12 +49,14 @@ pub struct ApiState {
     /// Personal tokens (viewer, responder, admin), named in everything they do.
     pub users: Arc<crate::auth::Users>,
     pub investigations: Arc<crate::investigations::InvestigationStore>,
+    /// The log pattern catalogue: templates and first sightings of the ids in the index.
+    pub patterns: Arc<crate::process::PatternCatalog>,
 }
 
 type Params = Query<HashMap<String, String>>;
 
 /// The API router; `/api/*` and `/metrics` require the API token when one is set.
-pub fn router(state: ApiState) -> Router {
+pub(crate) fn router(state: ApiState) -> Router {
     alertmanager::mark_started();
     let protected = Router::new()
         .route("/api/v1/logs/search", get(signals::logs_search))

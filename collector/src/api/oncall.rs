@@ -13,7 +13,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use vigil_alerting::oncall::{Schedule, Shift};
+use vigil_alerting::{Schedule, Shift};
 
 use super::alertmanager::parse_ts;
 use super::alerts::blocking;
@@ -103,7 +103,7 @@ pub(super) async fn get_one(
 #[serde(deny_unknown_fields)]
 struct SchedulePut {
     time_zone: String,
-    layers: Vec<vigil_alerting::oncall::Layer>,
+    layers: Vec<vigil_alerting::Layer>,
 }
 
 /// `PUT /api/v1/schedules/{name}`: creates or replaces the rotations (overrides stay).

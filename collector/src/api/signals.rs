@@ -2,6 +2,7 @@
 //! metrics.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{Path, Query, State};
@@ -45,7 +46,9 @@ pub(super) async fn logs_search(State(state): State<ApiState>, Query(params): Pa
 pub(super) async fn logs_patterns(State(state): State<ApiState>, Query(params): Params) -> Result<Response, ApiError> {
     let q = log_query(&state, &params)?;
     let limit = limit_param(&state, &params, 100)?;
-    let patterns = timed(&state, "logs_patterns", move |s| s.log_patterns(&q, limit)).await?;
+    let catalog = Arc::clone(&state.patterns);
+    let describe = move |id| catalog.info(id).map(|p| (p.template, p.first_seen_ns));
+    let patterns = timed(&state, "logs_patterns", move |s| s.log_patterns(&q, limit, &describe)).await?;
     Ok(Json(json!({ "patterns": patterns })).into_response())
 }
 

@@ -13,14 +13,14 @@ use crate::wal::Signal;
 
 /// The two OTLP/HTTP encodings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ContentKind {
+pub(crate) enum ContentKind {
     Protobuf,
     Json,
 }
 
 impl ContentKind {
     /// Parses a `Content-Type` header, ignoring parameters such as `charset`.
-    pub fn from_content_type(value: Option<&str>) -> Result<ContentKind, IngestError> {
+    pub(crate) fn from_content_type(value: Option<&str>) -> Result<ContentKind, IngestError> {
         let Some(value) = value else {
             return Err(IngestError::UnsupportedMediaType(
                 "missing Content-Type; use application/x-protobuf or application/json".into(),
@@ -36,7 +36,7 @@ impl ContentKind {
         }
     }
 
-    pub fn mime(self) -> &'static str {
+    pub(crate) fn mime(self) -> &'static str {
         match self {
             ContentKind::Protobuf => "application/x-protobuf",
             ContentKind::Json => "application/json",
@@ -76,7 +76,7 @@ where
 }
 
 /// Decodes a request body. `encoding` is the `Content-Encoding` header.
-pub fn decode_body(
+pub(crate) fn decode_body(
     signal: Signal,
     kind: ContentKind,
     encoding: Option<&str>,

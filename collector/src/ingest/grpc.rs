@@ -26,7 +26,7 @@ use super::service::{Accepted, ExportRequest, Ingest, Transport};
 use crate::wal::Signal;
 
 /// The three OTLP gRPC services as routes, ready to be served.
-pub fn routes(ingest: Arc<Ingest>) -> tonic::service::Routes {
+pub(crate) fn routes(ingest: Arc<Ingest>) -> tonic::service::Routes {
     let max = ingest.config().max_decompressed_bytes;
     let svc = Receiver { ingest };
     let logs = LogsServiceServer::new(svc.clone())

@@ -16,23 +16,30 @@ use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsPartialSuc
 use opentelemetry_proto::tonic::collector::trace::v1::{ExportTracePartialSuccess, ExportTraceServiceResponse};
 use prost::Message;
 
-use super::IngestError;
 use super::decode::{ContentKind, decode_body};
 use super::service::{Accepted, Ingest, Transport};
+use super::{IngestError, remote_write};
 use crate::wal::Signal;
 
 /// The header carrying a client-chosen idempotency key.
-pub const BATCH_ID_HEADER: &str = "x-vigil-batch-id";
+pub(crate) const BATCH_ID_HEADER: &str = "x-vigil-batch-id";
 
 /// Routes of the OTLP/HTTP receiver.
-pub fn router(ingest: Arc<Ingest>) -> Router {
+pub(crate) fn router(ingest: Arc<Ingest>) -> Router {
     Router::new()
         .route("/v1/logs", post(|s, h, b| export(s, h, b, Signal::Logs)))
         .route("/v1/traces", post(|s, h, b| export(s, h, b, Signal::Traces)))
         .route("/v1/metrics", post(|s, h, b| export(s, h, b, Signal::Metrics)))
+        .with_state(Arc::clone(&ingest))
+        .route(
+            "/prometheus/api/v1/write",
+            post(remote_write::write).with_state(Arc::new(remote_write::RemoteWrite {
+                ingest,
+                families: remote_write::Families::default(),
+            })),
+        )
         // The body is read below under our own limit, so the 413 names the setting.
         .layer(DefaultBodyLimit::disable())
-        .with_state(ingest)
 }
 
 /// `google.rpc.Status`, the OTLP/HTTP error body.
@@ -72,6 +79,29 @@ async fn handle(
     kind: ContentKind,
 ) -> Result<Accepted, IngestError> {
     ingest.authenticate(headers.get(AUTHORIZATION).map(HeaderValue::as_bytes))?;
+    let bytes = read_body(ingest, headers, body).await?;
+    let encoding = headers
+        .get(CONTENT_ENCODING)
+        .map(|v| v.to_str().map(str::to_string))
+        .transpose()
+        .map_err(|_| IngestError::UnsupportedMediaType("Content-Encoding is not ASCII".into()))?;
+    let batch_id = headers
+        .get(BATCH_ID_HEADER)
+        .map(|v| v.to_str().map(str::to_string))
+        .transpose()
+        .map_err(|_| IngestError::Invalid(format!("{BATCH_ID_HEADER} must be visible ASCII")))?;
+    let max_decompressed = ingest.config().max_decompressed_bytes;
+    let (request, decoded_len) = tokio::task::spawn_blocking(move || {
+        let len = bytes.len();
+        decode_body(signal, kind, encoding.as_deref(), bytes, max_decompressed).map(|r| (r, len))
+    })
+    .await
+    .map_err(|e| IngestError::Internal(format!("decode task failed: {e}")))??;
+    ingest.export(request, batch_id.as_deref(), decoded_len).await
+}
+
+/// Reads a request body under `otlp.max_request_bytes`.
+pub(crate) async fn read_body(ingest: &Ingest, headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, IngestError> {
     let max = ingest.config().max_request_bytes;
     let too_large = || {
         IngestError::TooLarge(format!(
@@ -106,25 +136,7 @@ async fn handle(
     if seen > max {
         return Err(too_large());
     }
-    let bytes = buf.freeze();
-    let encoding = headers
-        .get(CONTENT_ENCODING)
-        .map(|v| v.to_str().map(str::to_string))
-        .transpose()
-        .map_err(|_| IngestError::UnsupportedMediaType("Content-Encoding is not ASCII".into()))?;
-    let batch_id = headers
-        .get(BATCH_ID_HEADER)
-        .map(|v| v.to_str().map(str::to_string))
-        .transpose()
-        .map_err(|_| IngestError::Invalid(format!("{BATCH_ID_HEADER} must be visible ASCII")))?;
-    let max_decompressed = ingest.config().max_decompressed_bytes;
-    let (request, decoded_len) = tokio::task::spawn_blocking(move || {
-        let len = bytes.len();
-        decode_body(signal, kind, encoding.as_deref(), bytes, max_decompressed).map(|r| (r, len))
-    })
-    .await
-    .map_err(|e| IngestError::Internal(format!("decode task failed: {e}")))??;
-    ingest.export(request, batch_id.as_deref(), decoded_len).await
+    Ok(buf.freeze())
 }
 
 fn success(signal: Signal, kind: ContentKind, accepted: Accepted) -> Response {

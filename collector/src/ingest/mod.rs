@@ -6,14 +6,13 @@
 
 mod decode;
 mod error;
-pub mod grpc;
-pub mod http;
+pub(crate) mod grpc;
+pub(crate) mod http;
+mod remote_write;
 mod sanitize;
 mod service;
 #[cfg(test)]
 mod tests;
 
-pub use decode::{ContentKind, decode_body};
-pub use error::IngestError;
-pub use sanitize::{Limits, Report};
-pub use service::{ExportRequest, Ingest, Transport};
+pub(crate) use error::IngestError;
+pub(crate) use service::Ingest;

@@ -18,7 +18,7 @@ use crate::config::OtlpConfig;
 
 /// Limits and the clock used for validation.
 #[derive(Debug, Clone)]
-pub struct Limits {
+pub(crate) struct Limits {
     pub max_attributes: usize,
     pub max_value_bytes: usize,
     pub max_body_bytes: usize,
@@ -31,7 +31,7 @@ pub struct Limits {
 }
 
 impl Limits {
-    pub fn from_config(otlp: &OtlpConfig, retention_hours: u64, now_ns: u64) -> Limits {
+    pub(crate) fn from_config(otlp: &OtlpConfig, retention_hours: u64, now_ns: u64) -> Limits {
         Limits {
             max_attributes: otlp.max_attributes_per_record,
             max_value_bytes: otlp.max_attribute_value_bytes,
@@ -45,7 +45,7 @@ impl Limits {
 
 /// What sanitizing one request found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Report {
+pub(crate) struct Report {
     /// Records (log records, spans, data points) in the request as received.
     pub received: u64,
     /// Records removed, by reason.
@@ -55,11 +55,11 @@ pub struct Report {
 }
 
 impl Report {
-    pub fn rejected_total(&self) -> u64 {
+    pub(crate) fn rejected_total(&self) -> u64 {
         self.rejected.values().sum()
     }
 
-    pub fn accepted(&self) -> u64 {
+    pub(crate) fn accepted(&self) -> u64 {
         self.received - self.rejected_total()
     }
 
@@ -74,7 +74,7 @@ impl Report {
     }
 
     /// The OTLP `partialSuccess.errorMessage`: what was rejected and why.
-    pub fn rejection_message(&self, noun: &str, limits: &Limits) -> String {
+    pub(crate) fn rejection_message(&self, noun: &str, limits: &Limits) -> String {
         if self.rejected.is_empty() {
             return String::new();
         }

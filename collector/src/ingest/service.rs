@@ -20,14 +20,14 @@ use crate::wal::{WalAppender, WalError};
 
 /// A decoded OTLP export request of any signal.
 #[derive(Debug, Clone)]
-pub enum ExportRequest {
+pub(crate) enum ExportRequest {
     Logs(ExportLogsServiceRequest),
     Traces(ExportTraceServiceRequest),
     Metrics(ExportMetricsServiceRequest),
 }
 
 impl ExportRequest {
-    pub fn signal(&self) -> Signal {
+    pub(crate) fn signal(&self) -> Signal {
         match self {
             ExportRequest::Logs(_) => Signal::Logs,
             ExportRequest::Traces(_) => Signal::Traces,
@@ -53,9 +53,11 @@ impl ExportRequest {
 }
 
 #[derive(Debug, Clone, Copy)]
-pub enum Transport {
+pub(crate) enum Transport {
     Grpc,
     Http,
+    /// Prometheus remote write (over HTTP).
+    RemoteWrite,
 }
 
 impl Transport {
@@ -63,13 +65,14 @@ impl Transport {
         match self {
             Transport::Grpc => "grpc",
             Transport::Http => "http",
+            Transport::RemoteWrite => "prometheus_remote_write",
         }
     }
 }
 
 /// What the client is told on success: the OTLP partial-success fields.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Accepted {
+pub(crate) struct Accepted {
     pub rejected: u64,
     pub message: String,
 }
@@ -78,7 +81,7 @@ pub struct Accepted {
 const MAX_BATCH_ID_LEN: usize = 128;
 
 /// Shared by both transports.
-pub struct Ingest {
+pub(crate) struct Ingest {
     otlp: OtlpConfig,
     retention_hours: u64,
     wal: WalAppender,
@@ -90,7 +93,7 @@ pub struct Ingest {
 }
 
 impl Ingest {
-    pub fn new(
+    pub(crate) fn new(
         otlp: OtlpConfig,
         retention_hours: u64,
         wal: WalAppender,
@@ -110,12 +113,12 @@ impl Ingest {
         }
     }
 
-    pub fn config(&self) -> &OtlpConfig {
+    pub(crate) fn config(&self) -> &OtlpConfig {
         &self.otlp
     }
 
     /// Checks the `authorization` header / metadata value.
-    pub fn authenticate(&self, authorization: Option<&[u8]>) -> Result<(), IngestError> {
+    pub(crate) fn authenticate(&self, authorization: Option<&[u8]>) -> Result<(), IngestError> {
         if self.token.check(authorization) {
             Ok(())
         } else {
@@ -123,7 +126,7 @@ impl Ingest {
         }
     }
 
-    pub fn count_request(&self, transport: Transport, signal: Signal, outcome: &'static str) {
+    pub(crate) fn count_request(&self, transport: Transport, signal: Signal, outcome: &'static str) {
         self.metrics
             .requests
             .get_or_create(&RequestLabel {
@@ -136,7 +139,7 @@ impl Ingest {
 
     /// Validates, stores durably and acknowledges one export request.
     /// `decoded_len` is the request's decoded size, for admission control.
-    pub async fn export(
+    pub(crate) async fn export(
         &self,
         mut request: ExportRequest,
         batch_id: Option<&str>,

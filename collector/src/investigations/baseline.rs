@@ -7,7 +7,7 @@
 //! gaps) still gets a real comparison. On a busy system it is then shortened to its newest
 //! part so that reading it stays within what an investigation can afford.
 
-use vigil_rca::investigate::TimeRange;
+use vigil_rca::TimeRange;
 
 use crate::storage::{QueryError, Store};
 use crate::wal::Signal;
@@ -23,7 +23,7 @@ const ENOUGH_MINUTES: usize = 10;
 const MAX_BASELINE_SPANS: u64 = 300_000;
 
 /// The baseline for `window`, and why it was chosen, in words.
-pub fn choose_baseline(store: &Store, window: TimeRange) -> Result<(TimeRange, String), QueryError> {
+pub(crate) fn choose_baseline(store: &Store, window: TimeRange) -> Result<(TimeRange, String), QueryError> {
     let end = window.start_ms - GUARD;
     let mut range = TimeRange {
         start_ms: end,

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
-use vigil_rca::incident::Incident;
+use vigil_rca::Incident;
 
 use super::{Investigation, InvestigationStore, Request};
 use crate::pipeline::IncidentStore;
@@ -28,8 +28,9 @@ const RECENT: usize = 200;
 
 /// Investigates incidents whose first minutes the detectors have passed, one at a time,
 /// until `stop`.
-pub async fn run(
+pub(crate) async fn run(
     store: Arc<Store>,
+    patterns: Arc<crate::process::PatternCatalog>,
     incidents: Arc<IncidentStore>,
     kept: Arc<InvestigationStore>,
     alerts: Arc<crate::alerts::AlertService>,
@@ -61,7 +62,12 @@ pub async fn run(
             }
             let now_ms = i64::try_from(crate::timeutil::now_ns() / 1_000_000).unwrap_or(i64::MAX);
             let id = inc.id.clone();
-            let (s, k, a) = (Arc::clone(&store), Arc::clone(&kept), Arc::clone(&alerts));
+            let (s, p, k, a) = (
+                Arc::clone(&store),
+                Arc::clone(&patterns),
+                Arc::clone(&kept),
+                Arc::clone(&alerts),
+            );
             let done = tokio::task::spawn_blocking(move || -> Result<(), String> {
                 let request = Request {
                     start: inc.start_ms - BEFORE_MS,
@@ -73,7 +79,7 @@ pub async fn run(
                     // detection lags the onset: a lead-in would hold the onset itself.
                     lead_in: false,
                 };
-                let inv = super::run(&s, &request, now_ms).map_err(|e| format!("{e:?}"))?;
+                let inv = super::run(&s, &p, &request, now_ms).map_err(|e| format!("{e:?}"))?;
                 // The incident's alert names the investigation's root cause from now on
                 // (same labels: the same alert, updated; no second page).
                 let ranked = ranked_by(&inc, &inv);
@@ -107,7 +113,7 @@ fn ranked_by(inc: &Incident, inv: &Investigation) -> Option<Incident> {
     ranked.candidates = inv
         .candidates
         .iter()
-        .map(|c| vigil_rca::incident::RankedService {
+        .map(|c| vigil_rca::RankedService {
             service: c.service.clone(),
             score: c.score,
             signal: c.evidence.first().map(|e| e.signal.clone()).unwrap_or_default(),
@@ -119,8 +125,12 @@ fn ranked_by(inc: &Incident, inv: &Investigation) -> Option<Incident> {
 
 /// The incident as the API shows it: ranked by its investigation when it has one (the
 /// correlator's ranking kept as `correlated_candidates`).
-pub fn with_investigation(inc: &Incident, kept: &InvestigationStore) -> Value {
+pub(crate) fn with_investigation(inc: &Incident, kept: &InvestigationStore) -> Value {
     let mut v = serde_json::to_value(inc).unwrap_or(Value::Null);
+    // Graded by the correlator, sent so no reader grades it a second way.
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("severity".into(), json!(inc.severity()));
+    }
     if let Some(inv) = kept.for_incident(&inc.id) {
         apply(&mut v, &inv);
     }

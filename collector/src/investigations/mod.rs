@@ -5,16 +5,17 @@
 //! template, samples and the query behind it, and keeps the results (`store.rs`).
 
 mod baseline;
-pub mod incidents;
+pub(crate) mod incidents;
 mod store;
 
 use serde::{Deserialize, Serialize};
-use vigil_rca::investigate::{self, Candidate, EvidenceKind, Input, MetricSeries, TimeRange};
+use vigil_rca::{Candidate, EvidenceKind, Input, MetricSeries, TimeRange, investigate};
 
+use crate::process::PatternCatalog;
 use crate::storage::{Agg, LogQuery, MetricQuery, QueryError, Selector, Store};
 
-pub use baseline::choose_baseline;
-pub use store::InvestigationStore;
+pub(crate) use baseline::choose_baseline;
+pub(crate) use store::InvestigationStore;
 
 /// Rows read per range at most: an investigation must answer in seconds on a busy system
 /// (the baseline is shortened to fit before this is reached; see `baseline.rs`).
@@ -26,7 +27,7 @@ const MAX_FILLED: usize = 20;
 /// What was asked.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Request {
+pub(crate) struct Request {
     /// Unix milliseconds.
     pub start: i64,
     pub end: i64,
@@ -74,7 +75,7 @@ impl From<TimeRange> for RangeMs {
 
 /// How much was read, so a reader can judge the answer.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct ReadCounts {
+pub(crate) struct ReadCounts {
     pub window_spans: usize,
     pub baseline_spans: usize,
     pub window_log_lines: u64,
@@ -86,7 +87,7 @@ pub struct ReadCounts {
 
 /// A finished investigation, as the API returns and keeps it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Investigation {
+pub(crate) struct Investigation {
     pub id: String,
     pub created_ms: i64,
     pub window: RangeMs,
@@ -111,7 +112,7 @@ pub struct Investigation {
 }
 
 /// Validates a request: a clear message for each mistake.
-pub fn validate(r: &Request) -> Result<(), String> {
+pub(crate) fn validate(r: &Request) -> Result<(), String> {
     if r.start >= r.end {
         return Err("start must be before end (unix milliseconds)".into());
     }
@@ -133,7 +134,12 @@ pub fn validate(r: &Request) -> Result<(), String> {
 }
 
 /// Runs an investigation against the stored data (blocking: call off the reactor).
-pub fn run(store: &Store, request: &Request, now_ms: i64) -> Result<Investigation, QueryError> {
+pub(crate) fn run(
+    store: &Store,
+    patterns: &PatternCatalog,
+    request: &Request,
+    now_ms: i64,
+) -> Result<Investigation, QueryError> {
     validate(request).map_err(QueryError::BadRequest)?;
     let started = std::time::Instant::now();
     let window = TimeRange {
@@ -197,8 +203,8 @@ pub fn run(store: &Store, request: &Request, now_ms: i64) -> Result<Investigatio
         services: request.services.clone(),
         lead_in,
     };
-    let mut candidates = investigate::investigate(&input);
-    fill_evidence(store, window, &mut candidates)?;
+    let mut candidates = investigate(&input);
+    fill_evidence(store, patterns, window, &mut candidates)?;
     Ok(Investigation {
         id: investigation_id(request, now_ms),
         created_ms: now_ms,
@@ -258,7 +264,12 @@ fn metric_series(store: &Store, window: TimeRange, baseline: TimeRange) -> Resul
 }
 
 /// Templates and sample lines for log patterns; the query behind every piece of evidence.
-fn fill_evidence(store: &Store, window: TimeRange, candidates: &mut [Candidate]) -> Result<(), QueryError> {
+fn fill_evidence(
+    store: &Store,
+    patterns: &PatternCatalog,
+    window: TimeRange,
+    candidates: &mut [Candidate],
+) -> Result<(), QueryError> {
     let (start, end) = (window.start_ms, window.end_ms);
     let mut filled = 0;
     for c in candidates.iter_mut() {
@@ -269,7 +280,7 @@ fn fill_evidence(store: &Store, window: TimeRange, candidates: &mut [Candidate])
                     let pattern = e.pattern_id.unwrap_or(0);
                     if filled < MAX_FILLED {
                         filled += 1;
-                        e.template = store.lock_patterns().get(pattern).map(|p| p.template());
+                        e.template = patterns.info(pattern).map(|p| p.template);
                         let q = LogQuery {
                             query: String::new(),
                             start_ns: start.saturating_mul(1_000_000),

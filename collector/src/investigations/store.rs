@@ -18,13 +18,13 @@ struct Inner {
     lines: usize,
 }
 
-pub struct InvestigationStore {
+pub(crate) struct InvestigationStore {
     path: PathBuf,
     inner: Mutex<Inner>,
 }
 
 impl InvestigationStore {
-    pub fn open(dir: &Path) -> std::io::Result<InvestigationStore> {
+    pub(crate) fn open(dir: &Path) -> std::io::Result<InvestigationStore> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join("investigations.jsonl");
         let mut kept = VecDeque::new();
@@ -57,7 +57,7 @@ impl InvestigationStore {
     }
 
     /// Keeps `inv`, durably, before returning.
-    pub fn add(&self, inv: Investigation) -> std::io::Result<()> {
+    pub(crate) fn add(&self, inv: Investigation) -> std::io::Result<()> {
         let mut line = serde_json::to_vec(&inv).map_err(std::io::Error::other)?;
         line.push(b'\n');
         let mut inner = self.lock();
@@ -90,12 +90,12 @@ impl InvestigationStore {
     }
 
     /// The newest first, at most `limit`.
-    pub fn list(&self, limit: usize) -> Vec<Investigation> {
+    pub(crate) fn list(&self, limit: usize) -> Vec<Investigation> {
         self.lock().kept.iter().rev().take(limit).cloned().collect()
     }
 
     /// How many kept investigations were started for `incident`.
-    pub fn count_for_incident(&self, incident: &str) -> usize {
+    pub(crate) fn count_for_incident(&self, incident: &str) -> usize {
         self.lock()
             .kept
             .iter()
@@ -104,7 +104,7 @@ impl InvestigationStore {
     }
 
     /// The newest investigation started for `incident`.
-    pub fn for_incident(&self, incident: &str) -> Option<Investigation> {
+    pub(crate) fn for_incident(&self, incident: &str) -> Option<Investigation> {
         self.lock()
             .kept
             .iter()
@@ -113,7 +113,7 @@ impl InvestigationStore {
             .cloned()
     }
 
-    pub fn get(&self, id: &str) -> Option<Investigation> {
+    pub(crate) fn get(&self, id: &str) -> Option<Investigation> {
         self.lock().kept.iter().find(|i| i.id == id).cloned()
     }
 }

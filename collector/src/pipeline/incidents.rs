@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
 
-use vigil_rca::incident::{Incident, IncidentStatus};
+use vigil_rca::{Incident, IncidentStatus};
 
 /// Incidents kept in memory (newest by last activity).
 const MAX_INCIDENTS: usize = 5_000;
@@ -17,12 +17,12 @@ struct Inner {
     log: File,
 }
 
-pub struct IncidentStore {
+pub(crate) struct IncidentStore {
     inner: Mutex<Inner>,
 }
 
 impl IncidentStore {
-    pub fn open(dir: &Path) -> std::io::Result<IncidentStore> {
+    pub(crate) fn open(dir: &Path) -> std::io::Result<IncidentStore> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join("incidents.jsonl");
         let mut incidents = BTreeMap::new();
@@ -46,11 +46,11 @@ impl IncidentStore {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn all(&self) -> Vec<Incident> {
+    pub(crate) fn all(&self) -> Vec<Incident> {
         self.lock().incidents.values().cloned().collect()
     }
 
-    pub fn upsert(&self, updates: &[Incident]) {
+    pub(crate) fn upsert(&self, updates: &[Incident]) {
         let mut inner = self.lock();
         let mut buf = Vec::new();
         for i in updates {
@@ -73,16 +73,22 @@ impl IncidentStore {
         }
     }
 
-    pub fn flush(&self) -> std::io::Result<()> {
+    pub(crate) fn flush(&self) -> std::io::Result<()> {
         self.lock().log.sync_data()
     }
 
-    pub fn get(&self, id: &str) -> Option<Incident> {
+    pub(crate) fn get(&self, id: &str) -> Option<Incident> {
         self.lock().incidents.get(id).cloned()
     }
 
     /// Incidents overlapping [start_ms, end_ms], optionally of one status, newest first.
-    pub fn query(&self, start_ms: i64, end_ms: i64, status: Option<IncidentStatus>, limit: usize) -> Vec<Incident> {
+    pub(crate) fn query(
+        &self,
+        start_ms: i64,
+        end_ms: i64,
+        status: Option<IncidentStatus>,
+        limit: usize,
+    ) -> Vec<Incident> {
         let mut out: Vec<Incident> = self
             .lock()
             .incidents

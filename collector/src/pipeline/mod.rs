@@ -22,21 +22,21 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::time::{Duration, Instant};
 
-use vigil_detectors::anomaly::DetectorKind;
-use vigil_detectors::engine::{Engine, EngineConfig, EngineStats, MetricPoint, Verdict};
+use vigil_detectors::DetectorKind;
+use vigil_detectors::{Engine, EngineConfig, EngineStats, MetricPoint, Verdict};
 
 use state_file::Progress;
 
 use crate::telemetry::{DetectorLabel, Metrics};
 
-pub use incidents::IncidentStore;
-pub use store::{AnomalyStore, FeedbackError};
-use vigil_rca::incident::{Correlator, Incident, IncidentConfig};
-use vigil_rca::topology::{SpanRef, Topology};
+pub(crate) use incidents::IncidentStore;
+pub(crate) use store::{AnomalyStore, FeedbackError};
+use vigil_rca::{Correlator, Incident, IncidentConfig};
+use vigil_rca::{SpanRef, Topology};
 
 /// One signal for the detectors, as extracted from an OTLP request.
 #[derive(Debug, Clone)]
-pub enum DetectorInput {
+pub(crate) enum DetectorInput {
     Log {
         service: String,
         pattern_id: u64,
@@ -120,12 +120,12 @@ pub(crate) enum Msg {
 
 /// The indexer's end of the channel.
 #[derive(Clone)]
-pub struct PipelineSender(SyncSender<Msg>);
+pub(crate) struct PipelineSender(SyncSender<Msg>);
 
 impl PipelineSender {
     /// Sends the signals of WAL entry `lsn`. Blocks while the detection thread is behind
     /// (bounded queue).
-    pub fn send(&self, lsn: u64, inputs: Vec<DetectorInput>) {
+    pub(crate) fn send(&self, lsn: u64, inputs: Vec<DetectorInput>) {
         if !inputs.is_empty() {
             // Fails only when the detection thread has stopped (shutdown).
             let _ = self.0.send(Msg::Inputs { lsn, inputs });
@@ -143,7 +143,7 @@ impl PipelineSender {
     }
 
     /// Asks the detection thread to save and stop once it has drained its queue.
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         let _ = self.0.send(Msg::Stop);
     }
 }
@@ -158,18 +158,18 @@ const IDLE_TICK: Duration = Duration::from_secs(1);
 const STATE_EVERY: Duration = Duration::from_secs(300);
 
 /// Called with every batch of incident updates, on the detection thread.
-pub type OnIncidents = Box<dyn Fn(&[Incident]) + Send>;
+pub(crate) type OnIncidents = Box<dyn Fn(&[Incident]) + Send>;
 
 /// What the detection thread shares with the API.
 #[derive(Clone)]
-pub struct Detection {
+pub(crate) struct Detection {
     pub anomalies: Arc<AnomalyStore>,
     pub incidents: Arc<IncidentStore>,
     pub topology: Arc<std::sync::Mutex<Topology>>,
 }
 
 /// A running detection thread.
-pub struct Started {
+pub(crate) struct Started {
     pub sender: PipelineSender,
     pub detection: Detection,
     pub thread: std::thread::JoinHandle<()>,
@@ -181,7 +181,7 @@ pub struct Started {
 /// Starts the detection thread (detectors, topology, incident correlation), restoring what
 /// the detectors had learned before a restart. It stops on [`PipelineSender::stop`] or when
 /// every sender is dropped, after saving.
-pub fn start(
+pub(crate) fn start(
     data_dir: &Path,
     allowed_lateness_ms: i64,
     metrics: Arc<Metrics>,

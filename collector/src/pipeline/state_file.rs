@@ -22,7 +22,7 @@ use std::io::{self, BufReader, BufWriter};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use vigil_detectors::engine::{Engine, EngineState, EngineStateRef};
+use vigil_detectors::{Engine, EngineState, EngineStateRef};
 
 pub(crate) const FILE: &str = "engine-state.json";
 
@@ -113,7 +113,7 @@ pub(crate) fn load(path: &Path) -> io::Result<Option<Saved>> {
 
 #[cfg(test)]
 mod tests {
-    use vigil_detectors::engine::EngineConfig;
+    use vigil_detectors::EngineConfig;
 
     use super::*;
 

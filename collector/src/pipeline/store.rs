@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 use serde::{Deserialize, Serialize};
-use vigil_detectors::anomaly::Anomaly;
-use vigil_detectors::engine::{SignalFeedback, Verdict};
+use vigil_detectors::Anomaly;
+use vigil_detectors::{SignalFeedback, Verdict};
 
 /// Anomalies kept (newest by end time); older ones are dropped from memory and disk.
 const MAX_ANOMALIES: usize = 20_000;
@@ -38,13 +38,13 @@ struct Inner {
     feedback: FeedbackFile,
 }
 
-pub struct AnomalyStore {
+pub(crate) struct AnomalyStore {
     dir: PathBuf,
     inner: Mutex<Inner>,
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum FeedbackError {
+pub(crate) enum FeedbackError {
     #[error("no anomaly with id {0:?}")]
     UnknownAnomaly(String),
     #[error("could not save feedback: {0}")]
@@ -60,7 +60,7 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 impl AnomalyStore {
-    pub fn open(dir: &Path) -> std::io::Result<AnomalyStore> {
+    pub(crate) fn open(dir: &Path) -> std::io::Result<AnomalyStore> {
         std::fs::create_dir_all(dir)?;
         let log_path = dir.join("anomalies.jsonl");
         let mut anomalies = BTreeMap::new();
@@ -100,12 +100,12 @@ impl AnomalyStore {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn feedback_state(&self) -> BTreeMap<String, SignalFeedback> {
+    pub(crate) fn feedback_state(&self) -> BTreeMap<String, SignalFeedback> {
         self.lock().feedback.signals.clone()
     }
 
     /// Records new or updated anomalies.
-    pub fn upsert(&self, updates: Vec<Anomaly>) {
+    pub(crate) fn upsert(&self, updates: Vec<Anomaly>) {
         let mut inner = self.lock();
         let mut buf = Vec::new();
         for a in updates {
@@ -148,13 +148,13 @@ impl AnomalyStore {
     }
 
     /// Syncs the append log to disk.
-    pub fn flush(&self) -> std::io::Result<()> {
+    pub(crate) fn flush(&self) -> std::io::Result<()> {
         let inner = self.lock();
         inner.log.sync_data()
     }
 
     /// Anomalies overlapping [start_ms, end_ms], optionally of one service, newest first.
-    pub fn query(&self, start_ms: i64, end_ms: i64, service: Option<&str>, limit: usize) -> Vec<Anomaly> {
+    pub(crate) fn query(&self, start_ms: i64, end_ms: i64, service: Option<&str>, limit: usize) -> Vec<Anomaly> {
         let inner = self.lock();
         let mut out: Vec<Anomaly> = inner
             .anomalies
@@ -168,12 +168,16 @@ impl AnomalyStore {
         out
     }
 
-    pub fn get(&self, id: &str) -> Option<Anomaly> {
+    pub(crate) fn get(&self, id: &str) -> Option<Anomaly> {
         self.lock().anomalies.get(id).cloned()
     }
 
     /// Records a verdict durably and returns the anomaly's signal key and its counts.
-    pub fn record_feedback(&self, id: &str, verdict: Verdict) -> Result<(String, SignalFeedback), FeedbackError> {
+    pub(crate) fn record_feedback(
+        &self,
+        id: &str,
+        verdict: Verdict,
+    ) -> Result<(String, SignalFeedback), FeedbackError> {
         let mut inner = self.lock();
         let key = inner
             .anomalies

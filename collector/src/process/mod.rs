@@ -9,9 +9,11 @@
 //! a second one.
 
 mod inputs;
+mod patterns;
 
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
@@ -22,17 +24,23 @@ use prost::Message;
 use inputs::{log_inputs, metric_inputs, span_inputs};
 
 use crate::pipeline::{DetectorInput, PipelineSender};
-use crate::storage::{Indexer, Store, TimedDocs, log_docs, metric_docs, span_docs};
+pub(crate) use patterns::PatternCatalog;
+
+use crate::storage::{Indexer, Schemas, TimedDocs, log_docs, metric_docs, span_docs};
 use crate::wal::{Signal, WalBatch, WalEntry};
 
+/// How often the pattern catalogue is saved while lines keep coming (and at shutdown): a
+/// crash loses at most this much pattern learning, never log records.
+const PATTERN_SAVE_EVERY: Duration = Duration::from_secs(30);
+
 /// Where the stage's entries come from, in LSN order.
-pub trait Source {
+pub(crate) trait Source {
     /// The next entry, waiting at most `wait`.
     fn next(&mut self, wait: Duration) -> Next;
 }
 
 /// What a [`Source`] had.
-pub enum Next {
+pub(crate) enum Next {
     Entry(WalEntry),
     /// Nothing within the wait.
     Idle,
@@ -52,7 +60,7 @@ impl Source for Receiver<WalEntry> {
 }
 
 /// One entry, processed: its documents and what the detectors need from it.
-pub struct Processed {
+pub(crate) struct Processed {
     pub signal: Signal,
     pub batch_id: Option<String>,
     pub docs: TimedDocs,
@@ -62,13 +70,17 @@ pub struct Processed {
 /// Decodes a WAL payload once into index documents and (when `detect`) detector inputs, the
 /// log records' pattern ids from one miner call each. An error says why the entry cannot
 /// be used.
-pub fn process(store: &Store, payload: &Bytes, detect: bool) -> Result<Processed, String> {
+pub(crate) fn process(
+    schemas: &Schemas,
+    patterns: &PatternCatalog,
+    payload: &Bytes,
+    detect: bool,
+) -> Result<Processed, String> {
     let batch = WalBatch::decode(payload).map_err(|e| format!("undecodable write-ahead log entry: {e}"))?;
-    let schemas = &store.schemas;
     let mut inputs = Vec::new();
     let docs = match batch.signal {
         Signal::Logs => ExportLogsServiceRequest::decode(batch.otlp.clone()).map(|r| {
-            let mut miner = store.lock_patterns();
+            let mut miner = patterns.feed();
             let mut assignments = Vec::new();
             let docs = log_docs(&schemas.logs, &r, &mut |body, ts| {
                 let a = miner.add(body, ts);
@@ -111,16 +123,20 @@ pub fn process(store: &Store, payload: &Bytes, detect: bool) -> Result<Processed
 }
 
 /// The stage: one thread taking entries from a source to the indexer and the detectors.
-pub struct Stage {
-    store: std::sync::Arc<Store>,
+pub(crate) struct Stage {
+    schemas: Schemas,
+    patterns: Arc<PatternCatalog>,
+    last_pattern_save: Instant,
     indexer: Indexer,
     pipeline: Option<PipelineSender>,
 }
 
 impl Stage {
-    pub fn new(store: std::sync::Arc<Store>, indexer: Indexer) -> Stage {
+    pub(crate) fn new(schemas: Schemas, patterns: Arc<PatternCatalog>, indexer: Indexer) -> Stage {
         Stage {
-            store,
+            schemas,
+            patterns,
+            last_pattern_save: Instant::now(),
             indexer,
             pipeline: None,
         }
@@ -128,17 +144,17 @@ impl Stage {
 
     /// Feeds every applied entry (replayed ones too) to the detection pipeline, which knows
     /// which of them its restored state already holds.
-    pub fn set_pipeline(&mut self, pipeline: PipelineSender) {
+    pub(crate) fn set_pipeline(&mut self, pipeline: PipelineSender) {
         self.pipeline = Some(pipeline);
     }
 
-    pub fn indexer(&mut self) -> &mut Indexer {
+    pub(crate) fn indexer(&mut self) -> &mut Indexer {
         &mut self.indexer
     }
 
     /// Processes entry `lsn` and hands it to both consumers.
-    pub fn apply(&mut self, lsn: u64, payload: &Bytes) {
-        match process(&self.store, payload, self.pipeline.is_some()) {
+    pub(crate) fn apply(&mut self, lsn: u64, payload: &Bytes) {
+        match process(&self.schemas, &self.patterns, payload, self.pipeline.is_some()) {
             Ok(p) => {
                 if let Some(pipeline) = &self.pipeline {
                     pipeline.send(lsn, p.inputs);
@@ -155,9 +171,9 @@ impl Stage {
         }
     }
 
-    /// The thread body: runs until the source is finished, then lets the indexer commit
-    /// and return.
-    pub fn run(mut self, mut source: impl Source) {
+    /// The thread body: runs until the source is finished, then lets the indexer commit,
+    /// saves the pattern catalogue and returns.
+    pub(crate) fn run(mut self, mut source: impl Source) {
         loop {
             match source.next(self.indexer.until_due()) {
                 Next::Entry(entry) => self.apply(entry.lsn, &entry.payload),
@@ -165,7 +181,21 @@ impl Stage {
                 Next::Closed => break,
             }
             self.indexer.tick();
+            if self.patterns.is_dirty() && self.last_pattern_save.elapsed() >= PATTERN_SAVE_EVERY {
+                self.save_patterns();
+            }
+        }
+        // The catalogue first: every id the last commit writes can then be named.
+        if self.patterns.is_dirty() {
+            self.save_patterns();
         }
         self.indexer.finish();
+    }
+
+    fn save_patterns(&mut self) {
+        self.last_pattern_save = Instant::now();
+        if let Err(e) = self.patterns.save() {
+            tracing::error!(error = %e, "could not save the log pattern catalogue");
+        }
     }
 }

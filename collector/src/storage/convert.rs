@@ -18,7 +18,7 @@ use super::schema::{LogFields, MetricFields, SpanFields};
 
 /// Renders an OTLP value as JSON: maps become objects, bytes become base64 like in
 /// OTLP/JSON, ints stay exact.
-pub fn any_value_to_json(value: &AnyValue) -> Json {
+pub(crate) fn any_value_to_json(value: &AnyValue) -> Json {
     match &value.value {
         // String-table references only occur in the profiles signal.
         None | Some(any_value::Value::StringValueStrindex(_)) => Json::Null,
@@ -62,7 +62,7 @@ fn object(map: Map<String, Json>) -> OwnedValue {
 }
 
 /// Documents of one signal with their event time (unix ns).
-pub type TimedDocs = Vec<(i64, TantivyDocument)>;
+pub(crate) type TimedDocs = Vec<(i64, TantivyDocument)>;
 
 /// `pattern_of(body, ts)` gives each record's log pattern id (the miner lives with the
 /// caller, so this conversion stays a pure function of its inputs).
@@ -134,7 +134,7 @@ pub fn log_docs(
     out
 }
 
-pub fn span_docs(f: &SpanFields, req: &ExportTraceServiceRequest) -> TimedDocs {
+pub(crate) fn span_docs(f: &SpanFields, req: &ExportTraceServiceRequest) -> TimedDocs {
     let mut out = Vec::new();
     for rs in &req.resource_spans {
         let rattrs = resource_attrs(&rs.resource);
@@ -231,7 +231,7 @@ pub(crate) fn label_string(v: &Json) -> String {
 }
 
 /// The series identity of a point: name plus sorted labels.
-pub fn series_id(name: &str, labels: &BTreeMap<String, String>) -> u64 {
+pub(crate) fn series_id(name: &str, labels: &BTreeMap<String, String>) -> u64 {
     let mut parts: Vec<&str> = vec![name];
     for (k, v) in labels {
         parts.push(k);
@@ -338,7 +338,7 @@ fn f64_json(v: f64) -> Json {
     serde_json::Number::from_f64(v).map_or(Json::Null, Json::Number)
 }
 
-pub fn metric_docs(f: &MetricFields, req: &ExportMetricsServiceRequest) -> TimedDocs {
+pub(crate) fn metric_docs(f: &MetricFields, req: &ExportMetricsServiceRequest) -> TimedDocs {
     let mut out = Vec::new();
     for rm in &req.resource_metrics {
         let rattrs = resource_attrs(&rm.resource);

@@ -20,13 +20,10 @@ use crate::wal::{BatchDedup, Signal, WalTruncator};
 
 /// Writers idle this long are closed to give their memory back.
 const IDLE_WRITER: Duration = Duration::from_secs(120);
-/// How often the log pattern snapshot is rewritten while patterns change (and at
-/// shutdown). A crash loses at most this much pattern learning, never log records.
-const PATTERN_SAVE_EVERY: Duration = Duration::from_secs(30);
 /// How often retention runs.
 const RETENTION_EVERY: Duration = Duration::from_secs(60);
 
-pub struct IndexerOptions {
+pub(crate) struct IndexerOptions {
     pub commit_interval: Duration,
     pub writer_memory_bytes: usize,
     pub retention_ns: i64,
@@ -34,7 +31,7 @@ pub struct IndexerOptions {
     pub dedup_path: PathBuf,
 }
 
-pub struct Indexer {
+pub(crate) struct Indexer {
     store: Arc<Store>,
     options: IndexerOptions,
     dedup: Arc<BatchDedup>,
@@ -45,8 +42,6 @@ pub struct Indexer {
     last_applied_lsn: u64,
     last_checkpoint: u64,
     /// Patterns learned since the last snapshot.
-    patterns_dirty: bool,
-    last_pattern_save: Instant,
     next_commit: Instant,
     next_retention: Instant,
 }
@@ -56,7 +51,7 @@ fn now_ns() -> i64 {
 }
 
 impl Indexer {
-    pub fn new(store: Arc<Store>, options: IndexerOptions, dedup: Arc<BatchDedup>) -> Indexer {
+    pub(crate) fn new(store: Arc<Store>, options: IndexerOptions, dedup: Arc<BatchDedup>) -> Indexer {
         let next_commit = Instant::now() + options.commit_interval;
         Indexer {
             store,
@@ -67,32 +62,27 @@ impl Indexer {
             last_write: HashMap::new(),
             last_applied_lsn: 0,
             last_checkpoint: 0,
-            patterns_dirty: false,
-            last_pattern_save: Instant::now(),
             next_commit,
             next_retention: Instant::now(),
         }
     }
 
-    pub fn set_truncator(&mut self, truncator: WalTruncator) {
+    pub(crate) fn set_truncator(&mut self, truncator: WalTruncator) {
         self.truncator = Some(truncator);
     }
 
     /// Notes that entry `lsn` was applied without documents (it could not be decoded).
-    pub fn skip(&mut self, lsn: u64) {
+    pub(crate) fn skip(&mut self, lsn: u64) {
         self.last_applied_lsn = self.last_applied_lsn.max(lsn);
     }
 
     /// Adds the documents of one WAL entry to their partitions, skipping partitions
     /// that already committed this LSN (replay after a crash).
-    pub fn apply(&mut self, lsn: u64, signal: Signal, batch_id: Option<&str>, docs: TimedDocs) {
+    pub(crate) fn apply(&mut self, lsn: u64, signal: Signal, batch_id: Option<&str>, docs: TimedDocs) {
         self.last_applied_lsn = self.last_applied_lsn.max(lsn);
         if let Some(id) = batch_id {
             self.dedup
                 .remember(id.to_string(), crate::timeutil::now_ns() / 1_000_000_000);
-        }
-        if signal == Signal::Logs {
-            self.patterns_dirty = true;
         }
         let oldest_kept = now_ns().saturating_sub(self.options.retention_ns);
         let mut added = 0u64;
@@ -148,7 +138,7 @@ impl Indexer {
 
     /// Commits every dirty partition. On full success the WAL may drop what is now
     /// held by the indexes.
-    pub fn commit(&mut self) {
+    pub(crate) fn commit(&mut self) {
         if self.dirty.is_empty() {
             self.advance_checkpoint();
             return;
@@ -179,21 +169,10 @@ impl Indexer {
             .metrics
             .index_commit_seconds
             .observe(started.elapsed().as_secs_f64());
-        if self.patterns_dirty && self.last_pattern_save.elapsed() >= PATTERN_SAVE_EVERY {
-            self.save_patterns();
-        }
         if failed.is_empty() {
             self.advance_checkpoint();
         } else {
             self.dirty = failed;
-        }
-    }
-
-    fn save_patterns(&mut self) {
-        self.last_pattern_save = Instant::now();
-        match self.store.save_patterns() {
-            Ok(()) => self.patterns_dirty = false,
-            Err(e) => tracing::error!(error = %e, "could not save the log pattern snapshot"),
         }
     }
 
@@ -247,7 +226,7 @@ impl Indexer {
 
     /// Deletes partitions past the retention age, then the oldest ones while the
     /// indexes exceed the disk budget (never today's).
-    pub fn enforce_retention(&mut self) {
+    pub(crate) fn enforce_retention(&mut self) {
         let now = now_ns();
         let cutoff = now.saturating_sub(self.options.retention_ns);
         let store = Arc::clone(&self.store);
@@ -296,12 +275,12 @@ impl Indexer {
     }
 
     /// How long until the next commit is due.
-    pub fn until_due(&self) -> Duration {
+    pub(crate) fn until_due(&self) -> Duration {
         self.next_commit.saturating_duration_since(Instant::now())
     }
 
     /// Commits, closes idle writers and enforces retention when each is due.
-    pub fn tick(&mut self) {
+    pub(crate) fn tick(&mut self) {
         let now = Instant::now();
         if now >= self.next_commit {
             self.commit();
@@ -315,7 +294,7 @@ impl Indexer {
     }
 
     /// At shutdown: commits what is left, saves the batch-id table and waits for merges.
-    pub fn finish(mut self) {
+    pub(crate) fn finish(mut self) {
         self.commit();
         if let Err(e) = self
             .dedup

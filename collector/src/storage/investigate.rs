@@ -9,7 +9,7 @@ use tantivy::columnar::{Column, StrColumn};
 use tantivy::query::{Query, RangeQuery};
 use tantivy::schema::Value;
 use tantivy::{DocId, Score, SegmentOrdinal, SegmentReader, TantivyDocument, Term};
-use vigil_rca::investigate::{Input, LogCount, SpanRow, TimeRange, WindowLogLine};
+use vigil_rca::{Input, LogCount, SpanRow, TimeRange, WindowLogLine};
 
 use super::Store;
 use super::collectors::TimeHistogram;
@@ -27,7 +27,7 @@ fn ns(ms: i64) -> i64 {
 
 impl Store {
     /// Documents of `signal` in `range` (by event time).
-    pub fn count_in(&self, signal: Signal, range: TimeRange) -> Result<u64, QueryError> {
+    pub(crate) fn count_in(&self, signal: Signal, range: TimeRange) -> Result<u64, QueryError> {
         let field = match signal {
             Signal::Logs => self.schemas.logs.ts,
             Signal::Traces => self.schemas.spans.start_ts,
@@ -42,7 +42,7 @@ impl Store {
     }
 
     /// How many whole minutes of `range` (counted from its start) hold a span or a log line.
-    pub fn active_minutes(&self, range: TimeRange) -> Result<usize, QueryError> {
+    pub(crate) fn active_minutes(&self, range: TimeRange) -> Result<usize, QueryError> {
         let buckets = usize::try_from((range.len_ms() + 59_999) / 60_000).unwrap_or(0);
         if buckets == 0 {
             return Ok(0);
@@ -69,7 +69,7 @@ impl Store {
     }
 
     /// Spans that started in `range`, at most `limit` (the first found when more).
-    pub fn span_rows(&self, range: TimeRange, limit: usize) -> Result<(Vec<SpanRow>, bool), QueryError> {
+    pub(crate) fn span_rows(&self, range: TimeRange, limit: usize) -> Result<(Vec<SpanRow>, bool), QueryError> {
         let f = &self.schemas.spans;
         let query = time_range(f.start_ts, ns(range.start_ms), ns(range.end_ms) - 1);
         let mut rows = Vec::new();
@@ -112,7 +112,7 @@ impl Store {
 
     /// Log lines of `range` counted per service, pattern, severity and minute (minutes as
     /// [`Input::minute_of`] numbers them for `window`), from the columns alone.
-    pub fn log_counts(&self, range: TimeRange, window: TimeRange) -> Result<Vec<LogCount>, QueryError> {
+    pub(crate) fn log_counts(&self, range: TimeRange, window: TimeRange) -> Result<Vec<LogCount>, QueryError> {
         let query = time_range(self.schemas.logs.ts, ns(range.start_ms), ns(range.end_ms) - 1);
         let collector = LogMinutes { window };
         let mut merged: HashMap<(String, u64, i64, i64), u64> = HashMap::new();
@@ -137,7 +137,7 @@ impl Store {
     }
 
     /// The window's warning-or-worse lines with their trace context, at most `limit`.
-    pub fn warning_lines(&self, range: TimeRange, limit: usize) -> Result<Vec<WindowLogLine>, QueryError> {
+    pub(crate) fn warning_lines(&self, range: TimeRange, limit: usize) -> Result<Vec<WindowLogLine>, QueryError> {
         let f = &self.schemas.logs;
         let severe: Box<dyn Query> = Box::new(RangeQuery::new(
             std::ops::Bound::Included(Term::from_field_i64(f.severity_number, SEVERITY_WARN)),

@@ -20,13 +20,13 @@ const MAX_STEPS: i64 = 11_000;
 
 /// A series selector: `name`, `name{k="v",...}` or `{k="v",...}`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Selector {
+pub(crate) struct Selector {
     pub name: Option<String>,
     pub labels: BTreeMap<String, String>,
 }
 
 impl Selector {
-    pub fn parse(text: &str) -> Result<Selector, String> {
+    pub(crate) fn parse(text: &str) -> Result<Selector, String> {
         let text = text.trim();
         let (name, rest) = match text.find('{') {
             Some(i) => (text[..i].trim(), Some(&text[i..])),
@@ -51,7 +51,7 @@ impl Selector {
 }
 
 /// Parses `k="v", k2="v2"` (quotes optional when the value has no comma).
-pub fn parse_label_list(text: &str) -> Result<BTreeMap<String, String>, String> {
+pub(crate) fn parse_label_list(text: &str) -> Result<BTreeMap<String, String>, String> {
     let mut labels = BTreeMap::new();
     let mut chars = text.chars().peekable();
     loop {
@@ -100,7 +100,7 @@ pub fn parse_label_list(text: &str) -> Result<BTreeMap<String, String>, String> 
 
 /// Aggregation applied to the points falling into one step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Agg {
+pub(crate) enum Agg {
     Avg,
     Min,
     Max,
@@ -109,7 +109,7 @@ pub enum Agg {
 }
 
 impl Agg {
-    pub fn parse(s: &str) -> Result<Agg, String> {
+    pub(crate) fn parse(s: &str) -> Result<Agg, String> {
         Ok(match s {
             "avg" | "" => Agg::Avg,
             "min" => Agg::Min,
@@ -132,7 +132,7 @@ impl Agg {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct SeriesInfo {
+pub(crate) struct SeriesInfo {
     pub series_id: String,
     pub name: String,
     pub labels: Json,
@@ -145,7 +145,7 @@ pub struct SeriesInfo {
 }
 
 #[derive(Debug, Serialize)]
-pub struct SeriesData {
+pub(crate) struct SeriesData {
     #[serde(flatten)]
     pub info: SeriesInfo,
     /// Whether the values are per-second rates derived from a counter.
@@ -155,14 +155,14 @@ pub struct SeriesData {
 }
 
 #[derive(Debug, Serialize)]
-pub struct MetricQueryResult {
+pub(crate) struct MetricQueryResult {
     pub step_ms: i64,
     pub series: Vec<SeriesData>,
     /// True when the point cap cut the scan short.
     pub truncated: bool,
 }
 
-pub struct MetricQuery {
+pub(crate) struct MetricQuery {
     pub selector: Selector,
     pub start_ns: i64,
     pub end_ns: i64,
@@ -240,7 +240,7 @@ impl Store {
 
     /// Metric names stored in the partitions covering `[start, end]`, sorted, at most
     /// `limit`. Read from the term dictionaries, so it costs nothing per point.
-    pub fn metric_names(&self, start_ns: i64, end_ns: i64, limit: usize) -> Result<Vec<String>, QueryError> {
+    pub(crate) fn metric_names(&self, start_ns: i64, end_ns: i64, limit: usize) -> Result<Vec<String>, QueryError> {
         let mut names = std::collections::BTreeSet::new();
         for partition in self.partitions.covering(Signal::Metrics, start_ns, end_ns) {
             let searcher = partition.reader.searcher();
@@ -256,7 +256,7 @@ impl Store {
     }
 
     /// Series matching a selector that have points in `[start, end]`.
-    pub fn metric_series(
+    pub(crate) fn metric_series(
         &self,
         selector: &Selector,
         start_ns: i64,
@@ -273,7 +273,7 @@ impl Store {
     /// Values per step for every matching series. Monotonic sums are turned into
     /// per-second rates (cumulative: from the difference of successive points,
     /// with counter resets handled; delta: from each point's own interval).
-    pub fn metric_query(&self, q: &MetricQuery) -> Result<MetricQueryResult, QueryError> {
+    pub(crate) fn metric_query(&self, q: &MetricQuery) -> Result<MetricQueryResult, QueryError> {
         if q.step_ns <= 0 {
             return Err(QueryError::BadRequest("step must be positive".into()));
         }

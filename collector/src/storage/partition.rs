@@ -21,7 +21,7 @@ use crate::wal::Signal;
 pub(super) const NANOS_PER_DAY: i64 = 86_400_000_000_000;
 
 /// Days since the unix epoch of a unix-ns timestamp.
-pub fn day_of(ts_ns: i64) -> i64 {
+pub(crate) fn day_of(ts_ns: i64) -> i64 {
     ts_ns.div_euclid(NANOS_PER_DAY)
 }
 
@@ -38,7 +38,7 @@ fn parse_day_name(name: &str) -> Option<i64> {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+pub(crate) enum StoreError {
     #[error("index error in {path}: {source}")]
     Tantivy {
         path: PathBuf,
@@ -49,7 +49,7 @@ pub enum StoreError {
 }
 
 /// One open partition.
-pub struct Partition {
+pub(crate) struct Partition {
     pub signal: Signal,
     pub day: i64,
     pub dir: PathBuf,
@@ -62,7 +62,7 @@ pub struct Partition {
 }
 
 impl Partition {
-    pub fn committed_lsn(&self) -> u64 {
+    pub(crate) fn committed_lsn(&self) -> u64 {
         self.committed_lsn.load(Ordering::Acquire)
     }
 
@@ -105,7 +105,7 @@ impl Partition {
     }
 
     /// Bytes on disk.
-    pub fn disk_bytes(&self) -> u64 {
+    pub(crate) fn disk_bytes(&self) -> u64 {
         std::fs::read_dir(&self.dir)
             .map(|entries| {
                 entries
@@ -132,7 +132,7 @@ fn parse_payload(payload: &str) -> Option<u64> {
 }
 
 /// The set of open partitions, shared by the indexer (writes) and queries (reads).
-pub struct Partitions {
+pub(crate) struct Partitions {
     root: PathBuf,
     schemas: BTreeMap<&'static str, Schema>,
     open: RwLock<BTreeMap<(u8, i64), Arc<Partition>>>,
@@ -156,7 +156,7 @@ fn signal_dir(signal: Signal) -> &'static str {
 
 impl Partitions {
     /// Opens every partition found under `root`.
-    pub fn open(root: &Path, schemas: [(Signal, Schema); 3]) -> Result<Partitions, StoreError> {
+    pub(crate) fn open(root: &Path, schemas: [(Signal, Schema); 3]) -> Result<Partitions, StoreError> {
         let partitions = Partitions {
             root: root.to_path_buf(),
             schemas: schemas
@@ -186,7 +186,7 @@ impl Partitions {
     }
 
     /// The partition for `signal` and `day`, created on first use.
-    pub fn get_or_open(&self, signal: Signal, day: i64) -> Result<Arc<Partition>, StoreError> {
+    pub(crate) fn get_or_open(&self, signal: Signal, day: i64) -> Result<Arc<Partition>, StoreError> {
         let key = (signal_slot(signal), day);
         if let Some(p) = self.read().get(&key) {
             return Ok(Arc::clone(p));
@@ -211,7 +211,7 @@ impl Partitions {
     }
 
     /// Partitions of `signal` overlapping `[start_ns, end_ns]`, newest first.
-    pub fn covering(&self, signal: Signal, start_ns: i64, end_ns: i64) -> Vec<Arc<Partition>> {
+    pub(crate) fn covering(&self, signal: Signal, start_ns: i64, end_ns: i64) -> Vec<Arc<Partition>> {
         let slot = signal_slot(signal);
         let (first, last) = (day_of(start_ns), day_of(end_ns));
         let mut found: Vec<Arc<Partition>> = self
@@ -223,25 +223,21 @@ impl Partitions {
         found
     }
 
-    pub fn all(&self) -> Vec<Arc<Partition>> {
+    pub(crate) fn all(&self) -> Vec<Arc<Partition>> {
         self.read().values().cloned().collect()
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.read().len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Highest LSN committed in any partition: the WAL must never hand out a lower one.
-    pub fn max_committed_lsn(&self) -> u64 {
+    pub(crate) fn max_committed_lsn(&self) -> u64 {
         self.read().values().map(|p| p.committed_lsn()).max().unwrap_or(0)
     }
 
     /// Removes a partition from the set and deletes its directory.
-    pub fn drop_partition(&self, signal: Signal, day: i64) -> Result<(), StoreError> {
+    pub(crate) fn drop_partition(&self, signal: Signal, day: i64) -> Result<(), StoreError> {
         let removed = self.write().remove(&(signal_slot(signal), day));
         if let Some(p) = removed {
             let writer = p.writer.lock().unwrap_or_else(|e| e.into_inner()).take();

@@ -85,7 +85,7 @@ impl LogFields {
 
 /// Spans.
 #[derive(Clone)]
-pub struct SpanFields {
+pub(crate) struct SpanFields {
     pub schema: Schema,
     pub trace_id: Field,
     pub span_id: Field,
@@ -115,7 +115,7 @@ impl Default for SpanFields {
 }
 
 impl SpanFields {
-    pub fn new() -> SpanFields {
+    pub(crate) fn new() -> SpanFields {
         let mut b = Schema::builder();
         SpanFields {
             trace_id: b.add_text_field("trace_id", STRING | STORED),
@@ -142,7 +142,7 @@ impl SpanFields {
 
 /// Metric data points.
 #[derive(Clone)]
-pub struct MetricFields {
+pub(crate) struct MetricFields {
     pub schema: Schema,
     pub name: Field,
     /// Stable hash of the name and the sorted labels.
@@ -174,7 +174,7 @@ impl Default for MetricFields {
 }
 
 impl MetricFields {
-    pub fn new() -> MetricFields {
+    pub(crate) fn new() -> MetricFields {
         let mut b = Schema::builder();
         MetricFields {
             name: b.add_text_field("name", STRING | FAST | STORED),
@@ -199,14 +199,14 @@ impl MetricFields {
 
 /// All three schemas.
 #[derive(Clone)]
-pub struct Schemas {
+pub(crate) struct Schemas {
     pub logs: LogFields,
     pub spans: SpanFields,
     pub metrics: MetricFields,
 }
 
 impl Schemas {
-    pub fn new() -> Schemas {
+    pub(crate) fn new() -> Schemas {
         Schemas {
             logs: LogFields::new(),
             spans: SpanFields::new(),

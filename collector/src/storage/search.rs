@@ -18,7 +18,7 @@ use crate::wal::Signal;
 
 /// Errors of the query side; `BadRequest` becomes HTTP 400 with the message.
 #[derive(Debug, thiserror::Error)]
-pub enum QueryError {
+pub(crate) enum QueryError {
     #[error("{0}")]
     BadRequest(String),
     #[error("search failed: {0}")]
@@ -37,7 +37,7 @@ impl From<tantivy::TantivyError> for QueryError {
 
 /// Filters shared by log search and the log histogram.
 #[derive(Debug, Clone)]
-pub struct LogQuery {
+pub(crate) struct LogQuery {
     /// tantivy query syntax; empty or `*` matches everything.
     pub query: String,
     pub start_ns: i64,
@@ -48,21 +48,21 @@ pub struct LogQuery {
 }
 
 #[derive(Debug, Serialize)]
-pub struct LogHits {
+pub(crate) struct LogHits {
     /// Matching records in the time range (not only the returned ones).
     pub total: u64,
     pub hits: Vec<Json>,
 }
 
 #[derive(Debug, Serialize)]
-pub struct HistogramBucket {
+pub(crate) struct HistogramBucket {
     /// Bucket start, unix ms.
     pub start_ms: i64,
     pub count: u64,
 }
 
 #[derive(Debug, Serialize)]
-pub struct PatternSummary {
+pub(crate) struct PatternSummary {
     pub pattern_id: u64,
     /// `None` when the pattern has been evicted from the miner since.
     pub template: Option<String>,
@@ -76,7 +76,7 @@ pub struct PatternSummary {
 }
 
 #[derive(Debug, Serialize)]
-pub struct ServiceSummary {
+pub(crate) struct ServiceSummary {
     pub name: String,
     pub spans: u64,
     pub logs: u64,
@@ -178,7 +178,7 @@ impl Store {
     }
 
     /// Newest first, with the total number of matches.
-    pub fn search_logs(&self, q: &LogQuery, limit: usize) -> Result<LogHits, QueryError> {
+    pub(crate) fn search_logs(&self, q: &LogQuery, limit: usize) -> Result<LogHits, QueryError> {
         let conditions = self.log_conditions(q)?;
         let query = self.in_range(&conditions, q.start_ns, q.end_ns);
         let searchers = self.log_searchers(q);
@@ -244,7 +244,7 @@ impl Store {
     }
 
     /// Counts per bucket of `bucket_ns` over `[start, end]`.
-    pub fn log_histogram(&self, q: &LogQuery, bucket_ns: i64) -> Result<Vec<HistogramBucket>, QueryError> {
+    pub(crate) fn log_histogram(&self, q: &LogQuery, bucket_ns: i64) -> Result<Vec<HistogramBucket>, QueryError> {
         let query = self.log_filter(q)?;
         if bucket_ns <= 0 {
             return Err(QueryError::BadRequest("interval must be positive".into()));
@@ -311,7 +311,14 @@ impl Store {
     /// Log patterns of the records matching `q`, most frequent first: counts in the
     /// range, the template as it stands now, when the pattern was first seen, whether
     /// that was inside the range ("new"), and the newest sample line.
-    pub fn log_patterns(&self, q: &LogQuery, limit: usize) -> Result<Vec<PatternSummary>, QueryError> {
+    /// `describe` gives a pattern's template and first sighting (ns), from the catalogue that
+    /// assigned the ids.
+    pub(crate) fn log_patterns(
+        &self,
+        q: &LogQuery,
+        limit: usize,
+        describe: &dyn Fn(u64) -> Option<(String, i64)>,
+    ) -> Result<Vec<PatternSummary>, QueryError> {
         let conditions = self.log_conditions(q)?;
         let query = self.in_range(&conditions, q.start_ns, q.end_ns);
         let searchers = self.log_searchers(q);
@@ -326,12 +333,7 @@ impl Store {
         ranked.truncate(limit);
         let mut out = Vec::with_capacity(ranked.len());
         for (id, count) in ranked {
-            let (template, first_seen_ns) = {
-                let miner = self.lock_patterns();
-                miner
-                    .get(id)
-                    .map_or((None, None), |p| (Some(p.template()), Some(p.first_seen_ns)))
-            };
+            let (template, first_seen_ns) = describe(id).map_or((None, None), |(t, s)| (Some(t), Some(s)));
             // The pattern's count is known: no second counting pass for its sample.
             let mut with_pattern: Vec<Box<dyn Query>> = conditions.iter().map(|c| c.box_clone()).collect();
             with_pattern.push(pattern_query(self.schemas.logs.pattern_id, id));
@@ -353,7 +355,7 @@ impl Store {
     }
 
     /// All spans of a trace, by start time. `trace_id` is 32 hex digits.
-    pub fn trace(&self, trace_id: &str) -> Result<Vec<Json>, QueryError> {
+    pub(crate) fn trace(&self, trace_id: &str) -> Result<Vec<Json>, QueryError> {
         let trace_id = trace_id.to_ascii_lowercase();
         if trace_id.len() != 32 || !trace_id.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(QueryError::BadRequest(format!(
@@ -410,7 +412,7 @@ impl Store {
     }
 
     /// Services seen in spans and logs over `[start, end]`, with their counts.
-    pub fn services(&self, start_ns: i64, end_ns: i64) -> Result<Vec<ServiceSummary>, QueryError> {
+    pub(crate) fn services(&self, start_ns: i64, end_ns: i64) -> Result<Vec<ServiceSummary>, QueryError> {
         let mut by_name: BTreeMap<String, ServiceSummary> = BTreeMap::new();
         for (signal, field) in [
             (Signal::Traces, self.schemas.spans.start_ts),

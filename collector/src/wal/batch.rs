@@ -10,16 +10,14 @@ const VERSION: u8 = 1;
 
 /// The three OTLP signals.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Signal {
+pub(crate) enum Signal {
     Logs,
     Traces,
     Metrics,
 }
 
 impl Signal {
-    pub const ALL: [Signal; 3] = [Signal::Logs, Signal::Traces, Signal::Metrics];
-
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Signal::Logs => "logs",
             Signal::Traces => "traces",
@@ -28,7 +26,7 @@ impl Signal {
     }
 
     /// What one record of this signal is called, for messages.
-    pub fn record_noun(self) -> &'static str {
+    pub(crate) fn record_noun(self) -> &'static str {
         match self {
             Signal::Logs => "log records",
             Signal::Traces => "spans",
@@ -56,7 +54,7 @@ impl Signal {
 
 /// A decoded WAL payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WalBatch {
+pub(crate) struct WalBatch {
     pub signal: Signal,
     pub batch_id: Option<String>,
     /// The sanitized export request, protobuf-encoded.
@@ -64,7 +62,7 @@ pub struct WalBatch {
 }
 
 impl WalBatch {
-    pub fn encode(&self) -> Bytes {
+    pub(crate) fn encode(&self) -> Bytes {
         let id = self.batch_id.as_deref().unwrap_or("");
         let id = &id.as_bytes()[..id.len().min(u16::MAX as usize)];
         let mut out = BytesMut::with_capacity(4 + id.len() + self.otlp.len());
@@ -76,7 +74,7 @@ impl WalBatch {
         out.freeze()
     }
 
-    pub fn decode(payload: &Bytes) -> Result<WalBatch, String> {
+    pub(crate) fn decode(payload: &Bytes) -> Result<WalBatch, String> {
         if payload.len() < 4 {
             return Err("payload shorter than its header".into());
         }

@@ -26,14 +26,14 @@ struct State {
 }
 
 /// The table of recently stored batch ids.
-pub struct BatchDedup {
+pub(crate) struct BatchDedup {
     state: Mutex<State>,
     window_secs: u64,
     max_ids: usize,
 }
 
 /// The result of claiming a batch id.
-pub enum Claim {
+pub(crate) enum Claim {
     /// First time seen: store the batch, then call [`ClaimGuard::stored`].
     New(ClaimGuard),
     /// Already stored; acknowledge without storing again.
@@ -42,7 +42,7 @@ pub enum Claim {
 
 /// Holds an id in flight. Dropped without [`ClaimGuard::stored`], the claim is
 /// released so a retry can store the batch.
-pub struct ClaimGuard {
+pub(crate) struct ClaimGuard {
     dedup: Arc<BatchDedup>,
     id: String,
     tx: watch::Sender<Option<bool>>,
@@ -50,7 +50,7 @@ pub struct ClaimGuard {
 }
 
 impl ClaimGuard {
-    pub fn stored(mut self, now_secs: u64) {
+    pub(crate) fn stored(mut self, now_secs: u64) {
         self.stored = true;
         let mut state = self.dedup.lock();
         state.in_flight.remove(&self.id);
@@ -69,7 +69,7 @@ impl Drop for ClaimGuard {
 }
 
 impl BatchDedup {
-    pub fn new(window_secs: u64, max_ids: usize) -> Arc<BatchDedup> {
+    pub(crate) fn new(window_secs: u64, max_ids: usize) -> Arc<BatchDedup> {
         Arc::new(BatchDedup {
             state: Mutex::new(State::default()),
             window_secs,
@@ -105,13 +105,13 @@ impl BatchDedup {
     }
 
     /// Records an id as stored without a claim (WAL replay, snapshot load).
-    pub fn remember(&self, id: String, at: u64) {
+    pub(crate) fn remember(&self, id: String, at: u64) {
         let mut state = self.lock();
         self.insert_done(&mut state, id, at);
     }
 
     /// Claims `id`, waiting if another request is storing the same batch right now.
-    pub async fn claim(self: &Arc<Self>, id: &str) -> Claim {
+    pub(crate) async fn claim(self: &Arc<Self>, id: &str) -> Claim {
         loop {
             let mut waiter = {
                 let mut state = self.lock();
@@ -140,16 +140,13 @@ impl BatchDedup {
         }
     }
 
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.lock().done.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Writes the remembered ids atomically (temp file, fsync, rename).
-    pub fn save(&self, path: &Path, now_secs: u64) -> io::Result<()> {
+    pub(crate) fn save(&self, path: &Path, now_secs: u64) -> io::Result<()> {
         let entries: Vec<(u64, String)> = {
             let mut state = self.lock();
             self.expire(&mut state, now_secs);
@@ -173,7 +170,7 @@ impl BatchDedup {
     }
 
     /// Loads a snapshot written by [`BatchDedup::save`]; a missing file is empty.
-    pub fn load(&self, path: &Path) -> io::Result<usize> {
+    pub(crate) fn load(&self, path: &Path) -> io::Result<usize> {
         let file = match std::fs::File::open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),

@@ -29,16 +29,16 @@ use std::thread::JoinHandle;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-pub use batch::{Signal, WalBatch};
-pub use dedup::{BatchDedup, Claim, ClaimGuard};
-pub use segment::WalRecord;
+pub(crate) use batch::{Signal, WalBatch};
+pub(crate) use dedup::{BatchDedup, Claim};
+pub(crate) use segment::WalRecord;
 use segment::{ActiveSegment, Stop};
 
 use crate::telemetry::Metrics;
 
 /// Errors of the write-ahead log.
 #[derive(Debug, thiserror::Error)]
-pub enum WalError {
+pub(crate) enum WalError {
     #[error("write-ahead log I/O error on {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     #[error("write-ahead log segment {path} is corrupt at byte {offset}: {reason}")]
@@ -64,7 +64,7 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> WalError + '_ {
 
 /// Tuning of the write-ahead log.
 #[derive(Debug, Clone)]
-pub struct WalOptions {
+pub(crate) struct WalOptions {
     /// A segment is closed and a new one started past this size.
     pub segment_bytes: u64,
     /// Appends waiting for the writer; more are refused with [`WalError::QueueFull`].
@@ -85,7 +85,7 @@ impl Default for WalOptions {
 
 /// A record made durable by the writer, on its way to the indexer.
 #[derive(Debug, Clone)]
-pub struct WalEntry {
+pub(crate) struct WalEntry {
     pub lsn: u64,
     pub payload: Bytes,
 }
@@ -110,7 +110,7 @@ struct ClosedSegments {
 }
 
 /// A write-ahead log opened on a directory, replayed, and not yet writing.
-pub struct Wal {
+pub(crate) struct Wal {
     dir: PathBuf,
     options: WalOptions,
     active: ActiveSegment,
@@ -124,7 +124,7 @@ impl Wal {
     ///
     /// `min_next_lsn` guards against LSN reuse when the log directory was emptied
     /// while the indexes still remember higher LSNs.
-    pub fn open(
+    pub(crate) fn open(
         dir: &Path,
         options: WalOptions,
         min_next_lsn: u64,
@@ -223,14 +223,18 @@ impl Wal {
     }
 
     /// The LSN the next append will get.
-    pub fn next_lsn(&self) -> u64 {
+    pub(crate) fn next_lsn(&self) -> u64 {
         self.next_lsn
     }
 
     /// Starts the writer thread. Durable entries go to `sink` in LSN order; the
     /// thread ends (and drops `sink`) once every [`WalAppender`] is dropped and the
     /// queue is drained.
-    pub fn start<S>(self, metrics: Arc<Metrics>, sink: S) -> io::Result<(WalAppender, WalTruncator, JoinHandle<()>)>
+    pub(crate) fn start<S>(
+        self,
+        metrics: Arc<Metrics>,
+        sink: S,
+    ) -> io::Result<(WalAppender, WalTruncator, JoinHandle<()>)>
     where
         S: FnMut(WalEntry) + Send + 'static,
     {
@@ -346,7 +350,7 @@ impl Writer {
 
 /// Hands payloads to the writer thread. Cheap to clone.
 #[derive(Clone)]
-pub struct WalAppender {
+pub(crate) struct WalAppender {
     tx: mpsc::Sender<Msg>,
 }
 
@@ -359,7 +363,7 @@ impl WalAppender {
 
     /// Appends one payload and resolves to its LSN once it is on stable storage.
     /// Fails fast with [`WalError::QueueFull`] instead of queueing without bound.
-    pub async fn append(&self, payload: Bytes) -> Result<u64, WalError> {
+    pub(crate) async fn append(&self, payload: Bytes) -> Result<u64, WalError> {
         let permit = self.tx.try_reserve().map_err(|err| match err {
             mpsc::error::TrySendError::Full(()) => WalError::QueueFull,
             mpsc::error::TrySendError::Closed(()) => WalError::Closed,
@@ -371,14 +375,14 @@ impl WalAppender {
 
     /// Asks the writer to finish what is queued and stop, even while other clones
     /// of the appender are still alive (e.g. held by a hung connection).
-    pub async fn close(&self) {
+    pub(crate) async fn close(&self) {
         let _ = self.tx.send(Msg::Close).await;
     }
 }
 
 /// Deletes closed segments once the indexes hold everything in them.
 #[derive(Clone)]
-pub struct WalTruncator {
+pub(crate) struct WalTruncator {
     dir: PathBuf,
     closed: Arc<Mutex<ClosedSegments>>,
     metrics: Arc<Metrics>,
@@ -386,7 +390,7 @@ pub struct WalTruncator {
 
 impl WalTruncator {
     /// Whether [`WalTruncator::truncate`] at `checkpoint` would delete anything.
-    pub fn can_truncate(&self, checkpoint: u64) -> bool {
+    pub(crate) fn can_truncate(&self, checkpoint: u64) -> bool {
         self.closed
             .lock()
             .map(|c| c.segments.front().is_some_and(|(_, last, _)| *last <= checkpoint))
@@ -395,7 +399,7 @@ impl WalTruncator {
 
     /// Deletes every closed segment whose records all have `lsn <= checkpoint`.
     /// Returns how many segments were deleted.
-    pub fn truncate(&self, checkpoint: u64) -> Result<usize, WalError> {
+    pub(crate) fn truncate(&self, checkpoint: u64) -> Result<usize, WalError> {
         let mut deleted = 0;
         loop {
             let candidate = {

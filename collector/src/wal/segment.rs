@@ -55,7 +55,7 @@ pub(crate) fn encode_frame(out: &mut Vec<u8>, lsn: u64, payload: &[u8]) {
 
 /// One record read back from a segment.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WalRecord {
+pub(crate) struct WalRecord {
     pub lsn: u64,
     pub payload: Vec<u8>,
 }

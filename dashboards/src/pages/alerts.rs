@@ -9,14 +9,13 @@ use axum::response::Response;
 use maud::{Markup, html};
 use serde::Deserialize;
 use serde_json::json;
-use vigil_alerting::alert::{Alert, AlertState, AuditEntry};
-use vigil_alerting::history::{Delivery, DeliveryOutcome};
 
 use super::{Nav, back, csrf_field, error_page, layout, notice, query_link};
 use crate::UiState;
 use crate::api::{segment, url};
 use crate::auth::{Role, Session};
 use crate::fmt;
+use crate::view::{Alert, AlertState, AuditEntry, Delivery};
 
 #[derive(Deserialize)]
 struct AlertList {
@@ -220,10 +219,10 @@ pub(crate) async fn detail(
                 tbody { @for d in &sent { tr {
                     td { (fmt::time(d.at_ms)) }
                     td { (d.receiver) }
-                    td { (format!("{:?}", d.reason).to_lowercase()) @if let Some(step) = d.step { " (step " (step) ")" } }
+                    td { (d.reason) @if let Some(step) = d.step { " (step " (step) ")" } }
                     td { (d.status) }
                     td { (d.attempt) }
-                    td { (match d.outcome { DeliveryOutcome::Delivered => "delivered", DeliveryOutcome::Failed => "failed, retrying", DeliveryOutcome::Abandoned => "given up" }) }
+                    td { (d.outcome.label()) }
                     td.mono { (d.answer) }
                 } } }
             }

@@ -8,9 +8,6 @@ use axum::response::Response;
 use maud::{Markup, html};
 use serde::Deserialize;
 use serde_json::Value;
-use vigil_alerting::alert::Alert;
-use vigil_detectors::anomaly::{Anomaly, DetectorKind, Severity};
-use vigil_rca::incident::{Incident, IncidentStatus, Member};
 
 use super::{Nav, error_page, layout, notice, query_link};
 use crate::UiState;
@@ -19,6 +16,7 @@ use crate::auth::Session;
 use crate::chart::{Line, TimeChart, bar_chart, time_chart};
 use crate::fmt;
 use crate::graph::{self, Graph};
+use crate::view::{Alert, Anomaly, Incident, IncidentStatus, Member, Severity};
 
 /// Evidence charts drawn per report; the rest of the findings are listed in words.
 const MAX_CHARTS: usize = 8;
@@ -69,26 +67,13 @@ pub(crate) struct Bucket {
 }
 
 pub(crate) fn severity_badge(s: Severity) -> Markup {
-    let (class, text) = match s {
-        Severity::Critical => ("badge crit", "critical"),
-        Severity::Warning => ("badge warn", "warning"),
-        Severity::Info => ("badge info", "info"),
-    };
-    html! { span class=(class) { (text) } }
+    html! { span class=(s.class()) { (s.label()) } }
 }
 
 fn status_badge(s: IncidentStatus) -> Markup {
     match s {
-        IncidentStatus::Open => html! { span.badge.open { "open" } },
-        IncidentStatus::Resolved => html! { span.badge.resolved { "resolved" } },
-    }
-}
-
-fn family(d: DetectorKind) -> &'static str {
-    match d {
-        DetectorKind::Metric | DetectorKind::MetricPeer => "metrics",
-        DetectorKind::LogNewPattern | DetectorKind::LogPatternRate | DetectorKind::LogErrorRate => "logs",
-        DetectorKind::TraceRed => "traces",
+        IncidentStatus::Open => html! { span.badge.open { (s.label()) } },
+        IncidentStatus::Resolved => html! { span.badge.resolved { (s.label()) } },
     }
 }
 
@@ -127,7 +112,7 @@ pub(crate) async fn list(
                         @let end = if inc.status == IncidentStatus::Open { now.max(inc.end_ms) } else { inc.end_ms };
                         tr.incident data-id=(inc.id) {
                             td { (status_badge(inc.status)) }
-                            td { (severity_badge(inc.severity())) }
+                            td { (severity_badge(inc.severity)) }
                             td { a href={"/ui/incidents/" (segment(&inc.id))} { time datetime=(fmt::iso(inc.start_ms)) { (fmt::time(inc.start_ms)) } } }
                             td { (fmt::duration(end - inc.start_ms)) }
                             td { (inc.services.join(", ")) }
@@ -194,7 +179,7 @@ pub(crate) async fn report(
         div.title-row {
             h1 { "Incident " span.muted.mono { (inc.id) } }
             (status_badge(inc.status))
-            (severity_badge(inc.severity()))
+            (severity_badge(inc.severity))
             (query_link(&api_url))
             (super::investigations::investigate_button(&session, inc.start_ms - 60_000, end, Some(&inc.id)))
         }
@@ -299,7 +284,7 @@ fn timeline(members: &[Member], start_ms: i64, end_ms: i64) -> Markup {
                         @for m in ms {
                             @let left = pct(m.start_ms);
                             @let width = (pct(m.end_ms.max(m.start_ms + 1000)) - left).max(0.8);
-                            a class={"tl-bar " (family(m.detector))}
+                            a class={"tl-bar " (m.detector.family())}
                                 href={"#a-" (m.anomaly_id)}
                                 style=(format!("left:{left:.2}%;width:{width:.2}%"))
                                 title=(format!("{} — {}", fmt::clock(m.start_ms), m.explanation)) {}
@@ -372,7 +357,7 @@ async fn evidence_card(ui: &UiState, ev: &Evidence, session: &Session, back_to: 
     };
     let ui_link = match a.signal.labels.get("pattern") {
         Some(p) => url("/ui/logs", &[("pattern", p)]),
-        None if matches!(a.detector, DetectorKind::Metric | DetectorKind::MetricPeer) => {
+        None if a.detector.is_metric() => {
             let labels: Vec<String> = a
                 .signal
                 .labels
@@ -388,7 +373,7 @@ async fn evidence_card(ui: &UiState, ev: &Evidence, session: &Session, back_to: 
         None => url("/ui/logs", &[("service", a.signal.service.as_deref().unwrap_or(""))]),
     };
     html! {
-        article.evidence id={"a-" (a.id)} data-detector=(family(a.detector)) {
+        article.evidence id={"a-" (a.id)} data-detector=(a.detector.family()) {
             header {
                 (severity_badge(a.severity))
                 strong { (a.signal.service.as_deref().unwrap_or("")) }

@@ -9,7 +9,6 @@ use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 use serde::Deserialize;
 use serde_json::json;
-use vigil_rca::investigate::{Candidate, Evidence, EvidenceKind};
 
 use super::alerts::parse_form;
 use super::{Nav, csrf_field, error_page, layout, query_link};
@@ -17,6 +16,7 @@ use crate::UiState;
 use crate::api::{ApiFailure, segment};
 use crate::auth::{Role, Session};
 use crate::fmt;
+use crate::view::{Candidate, Evidence};
 
 #[derive(Debug, Clone, Copy, Deserialize)]
 struct Range {
@@ -181,28 +181,17 @@ pub(crate) async fn create(State(ui): State<UiState>, Extension(session): Extens
     }
 }
 
-fn kind_label(k: EvidenceKind) -> &'static str {
-    match k {
-        EvidenceKind::LogPattern => "log pattern",
-        EvidenceKind::LogPatternStopped => "line stopped",
-        EvidenceKind::SelfTime => "own time",
-        EvidenceKind::ErrorRatio => "failures",
-        EvidenceKind::RequestsStopped => "requests stopped",
-        EvidenceKind::Metric => "metric",
-    }
-}
-
 fn evidence_row(e: &Evidence) -> Markup {
     html! {
-        li.evidence data-kind=(kind_label(e.kind)) {
-            span.badge { (kind_label(e.kind)) }
+        li.evidence data-kind=(e.kind.label()) {
+            span.badge { (e.kind.label()) }
             @if e.new { " " span.badge.new { "new" } }
             " " (e.sentence)
             " " span.muted title="robust σ of the change" { (format!("({:.1}σ)", e.strength)) }
             @if let Some(q) = &e.query { " " (query_link(q)) }
             @if let Some(t) = &e.template { div.mono.template { (t) } }
             @if !e.samples.is_empty() {
-                @if matches!(e.kind, EvidenceKind::SelfTime | EvidenceKind::ErrorRatio) {
+                @if e.kind.samples_are_traces() {
                     div.samples { "Traces: "
                         @for t in &e.samples { a.mono href={"/ui/traces/" (segment(t))} { (t.get(..12).unwrap_or(t)) } " " }
                     }

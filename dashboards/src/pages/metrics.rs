@@ -9,7 +9,6 @@ use axum::response::Response;
 use maud::html;
 use serde::Deserialize;
 use serde_json::Value;
-use vigil_detectors::anomaly::{Anomaly, DetectorKind};
 
 use super::{Nav, layout, query_link};
 use crate::UiState;
@@ -17,6 +16,7 @@ use crate::api::url;
 use crate::auth::Session;
 use crate::chart::{Line, TimeChart, time_chart};
 use crate::fmt;
+use crate::view::Anomaly;
 
 /// Lines drawn at most; more series are listed to narrow down.
 const MAX_LINES: usize = 8;
@@ -153,7 +153,7 @@ pub(crate) async fn page(
         .map(|a| a.anomalies)
         .unwrap_or_default()
         .into_iter()
-        .filter(|a| matches!(a.detector, DetectorKind::Metric | DetectorKind::MetricPeer) && a.signal.name == name)
+        .filter(|a| a.detector.is_metric() && a.signal.name == name)
         .filter(|a| filters.iter().all(|(k, v)| a.signal.labels.get(k) == Some(v)))
         .collect();
     let body = match &result {

@@ -5,12 +5,12 @@ use axum::extract::{Extension, State};
 use axum::response::Response;
 use maud::html;
 use serde::Deserialize;
-use vigil_alerting::oncall::{Layer, Override, Shift};
 
 use super::{Nav, error_page, layout, query_link};
 use crate::UiState;
 use crate::auth::Session;
 use crate::fmt;
+use crate::view::{Layer, Override, Shift};
 
 /// A schedule as `GET /api/v1/schedules` shows it (the parts rendered).
 #[derive(Deserialize)]
@@ -57,7 +57,7 @@ pub(crate) async fn page(State(ui): State<UiState>, Extension(session): Extensio
                 p.muted {
                     @for l in &s.layers {
                         span.label { (if l.name.is_empty() { "layer" } else { &l.name }) ": "
-                            (format!("{:?}", l.rotation).to_lowercase()) " at " (l.handoff)
+                            (l.rotation) " at " (l.handoff)
                             @if let Some(d) = &l.handoff_day { " on " (d) }
                             ", " (l.users.join(" → ")) }
                         " "

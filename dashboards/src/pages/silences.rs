@@ -8,8 +8,6 @@ use axum::response::Response;
 use maud::html;
 use serde::Deserialize;
 use serde_json::json;
-use vigil_alerting::alert::Silence;
-use vigil_alerting::matcher::Matcher;
 
 use super::alerts::{AuditList, back_target, parse_form};
 use super::{Nav, back, csrf_field, error_page, layout, notice, query_link};
@@ -17,19 +15,11 @@ use crate::UiState;
 use crate::api::{ApiFailure, segment, url};
 use crate::auth::{Role, Session};
 use crate::fmt;
+use crate::view::Silence;
 
 #[derive(Deserialize)]
 struct SilenceList {
     silences: Vec<Silence>,
-}
-
-fn matcher_text(m: &Matcher) -> String {
-    format!(
-        "{}{}{}",
-        m.name,
-        m.op.as_str(),
-        serde_json::Value::String(m.value.clone())
-    )
 }
 
 /// Durations offered for a new silence: (parameter, label, milliseconds).
@@ -70,7 +60,7 @@ pub(crate) async fn list(
                         @let pending = s.starts_at_ms > now;
                         tr.silence data-id=(s.id) {
                             td { @if active { span.badge.silenced { "active" } } @else if pending { span.badge.info { "pending" } } @else { span.badge.resolved { "expired" } } }
-                            td.mono { @for m in &s.matchers { span.label { (matcher_text(m)) } } }
+                            td.mono { @for m in &s.matchers { span.label { (m.text()) } } }
                             td { (fmt::time(s.starts_at_ms)) }
                             td { (fmt::time(s.ends_at_ms)) }
                             td { (s.created_by) }

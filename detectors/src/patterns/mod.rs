@@ -1,7 +1,7 @@
 //! Log patterns: every log line gets a pattern id and a template, online.
 //!
 //! ```
-//! use vigil_detectors::patterns::PatternMiner;
+//! use vigil_detectors::PatternMiner;
 //! let mut miner = PatternMiner::default();
 //! let a = miner.add("user 42 logged in", 0);
 //! let b = miner.add("user 7 logged in", 1);

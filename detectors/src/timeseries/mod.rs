@@ -14,7 +14,7 @@
 mod model;
 mod normalize;
 mod packed;
-pub mod peers;
+pub(crate) mod peers;
 mod quiet;
 mod routine;
 mod shadow;

@@ -12,11 +12,11 @@ use augurs_outlier::{DbscanDetector, MADDetector, OutlierDetector};
 /// MAD threshold (in scaled MADs) for a point to be outlying.
 const MAD_THRESHOLD: f64 = 3.5;
 /// Fraction of a window's points that must be outlying for a member to be reported.
-pub const MIN_OUTLYING_FRACTION: f64 = 0.5;
+pub(crate) const MIN_OUTLYING_FRACTION: f64 = 0.5;
 
 /// Why the group was judged the way it was.
 #[derive(Debug, Clone, PartialEq)]
-pub enum PeerVerdict {
+pub(crate) enum PeerVerdict {
     /// Fewer than three members or empty windows: nothing to compare.
     TooFewMembers,
     /// Every member reported the same value throughout.
@@ -26,7 +26,7 @@ pub enum PeerVerdict {
 }
 
 /// Compares members' aligned windows (each the same length, finite values).
-pub fn peer_outliers(windows: &[&[f64]]) -> PeerVerdict {
+pub(crate) fn peer_outliers(windows: &[&[f64]]) -> PeerVerdict {
     let len = windows.first().map_or(0, |w| w.len());
     if windows.len() < 3
         || len == 0

@@ -27,7 +27,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
-use vigil_detectors::anomaly::{Anomaly, DetectorKind, Severity};
+use vigil_detectors::{Anomaly, DetectorKind, Severity};
 
 use crate::topology::Topology;
 

@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use vigil_detectors::anomaly::format_time;
+use vigil_detectors::format_time;
 
 use super::{Incident, Member, RankedService, SIMULTANEOUS_MS, kind_family, onset};
 use crate::topology::Topology;

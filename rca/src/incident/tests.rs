@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::topology::SpanRef;
-use vigil_detectors::anomaly::{Severity, SignalRef};
+use vigil_detectors::{Severity, SignalRef};
 
 const T0: i64 = 1_795_392_000_000;
 

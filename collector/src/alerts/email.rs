@@ -9,8 +9,8 @@ use std::time::Duration;
 use lettre::message::{Mailbox, header::ContentType};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
-use vigil_alerting::config::ReceiverConfig;
-use vigil_alerting::engine::Notification;
+use vigil_alerting::Notification;
+use vigil_alerting::ReceiverConfig;
 
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -69,7 +69,7 @@ fn mailbox(field: &str, address: &str) -> Result<Mailbox, String> {
 }
 
 /// Checks an e-mail receiver at startup; the error starts with the field at fault.
-pub fn check(r: &ReceiverConfig) -> Result<(), String> {
+pub(crate) fn check(r: &ReceiverConfig) -> Result<(), String> {
     server(r)?;
     mailbox("from", r.from.as_deref().unwrap_or(""))?;
     for to in &r.to {
@@ -79,7 +79,12 @@ pub fn check(r: &ReceiverConfig) -> Result<(), String> {
 }
 
 /// Sends one notification as an e-mail; the server's answer (`250 …`), or why it failed.
-pub async fn send(r: &ReceiverConfig, n: &Notification, subject: String, text: String) -> Result<String, String> {
+pub(crate) async fn send(
+    r: &ReceiverConfig,
+    n: &Notification,
+    subject: String,
+    text: String,
+) -> Result<String, String> {
     let server = server(r)?;
     let mut message = Message::builder()
         .from(mailbox("from", r.from.as_deref().unwrap_or(""))?)
@@ -119,7 +124,7 @@ pub async fn send(r: &ReceiverConfig, n: &Notification, subject: String, text: S
 
 #[cfg(test)]
 mod tests {
-    use vigil_alerting::config::{Password, ReceiverKind};
+    use vigil_alerting::{Password, ReceiverKind};
 
     use super::*;
 

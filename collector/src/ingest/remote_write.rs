@@ -1,0 +1,560 @@
+//! Prometheus remote-write 1.0 receiver: `POST /prometheus/api/v1/write`, a snappy-compressed
+//! `prometheus.WriteRequest`, turned into an OTLP metrics request and sent down the same path
+//! as OTLP (limits, WAL, acknowledgement only once durable).
+//!
+//! The mapping follows the OpenTelemetry Prometheus compatibility spec: the metric keeps its
+//! Prometheus name; `job` becomes `service.name` (a `namespace/name` job also sets
+//! `service.namespace`) and `instance` becomes `service.instance.id` on the resource; every
+//! other label is a point attribute. A series is a monotonic cumulative sum when the
+//! metadata Prometheus sends (every minute, in requests of their own) says it is a counter,
+//! or a histogram's or summary's `_bucket`/`_count`/`_sum`; without metadata, a `_total`
+//! name or a `_bucket` with an `le` label is one; everything else is a gauge (the spec's
+//! rule for unknown types). Staleness markers end a series in Prometheus' own store; here
+//! they are dropped (the points around them are what the detectors read).
+//!
+//! Prometheus retries a failed request with the same body, so a retry is recognised by a
+//! hash of its compressed body and stored once. Answers: 204 when everything was stored;
+//! 400 for a body that is not a snappy-compressed WriteRequest (Prometheus drops it, as it
+//! should: resending cannot fix it); 429 and 503 with `Retry-After` under pressure (which
+//! Prometheus backs off on and retries).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use http::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderMap, HeaderValue, StatusCode};
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::metrics::v1::{
+    AggregationTemporality, Gauge, Metric, NumberDataPoint, ResourceMetrics, ScopeMetrics, Sum, metric,
+    number_data_point,
+};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use prost::Message;
+use sha2::Digest;
+
+use super::IngestError;
+use super::service::{ExportRequest, Ingest, Transport};
+use crate::wal::Signal;
+
+/// Metric families whose type is remembered from metadata; past it, new families fall back
+/// to the naming rules (bounded like every other table).
+const MAX_KNOWN_FAMILIES: usize = 100_000;
+
+/// The bit pattern Prometheus writes as a staleness marker (a NaN no sample can have).
+const STALE_NAN: u64 = 0x7ff0_0000_0000_0002;
+
+/// `prometheus.WriteRequest` (remote-write 1.0, `prompb/remote.proto`).
+#[derive(Clone, PartialEq, Message)]
+pub(crate) struct WriteRequest {
+    #[prost(message, repeated, tag = "1")]
+    pub(crate) timeseries: Vec<TimeSeries>,
+    #[prost(message, repeated, tag = "3")]
+    pub(crate) metadata: Vec<MetricMetadata>,
+}
+
+/// `prometheus.TimeSeries`; exemplars (3) are not read, native histograms (4) are counted and
+/// refused.
+#[derive(Clone, PartialEq, Message)]
+pub(crate) struct TimeSeries {
+    #[prost(message, repeated, tag = "1")]
+    pub(crate) labels: Vec<Label>,
+    #[prost(message, repeated, tag = "2")]
+    pub(crate) samples: Vec<Sample>,
+    #[prost(message, repeated, tag = "4")]
+    pub(crate) histograms: Vec<NativeHistogram>,
+}
+
+/// `prometheus.Label`.
+#[derive(Clone, PartialEq, Message)]
+pub(crate) struct Label {
+    #[prost(string, tag = "1")]
+    pub(crate) name: String,
+    #[prost(string, tag = "2")]
+    pub(crate) value: String,
+}
+
+/// `prometheus.Sample`: a value at a time in unix milliseconds.
+#[derive(Clone, PartialEq, Message)]
+pub(crate) struct Sample {
+    #[prost(double, tag = "1")]
+    pub(crate) value: f64,
+    #[prost(int64, tag = "2")]
+    pub(crate) timestamp: i64,
+}
+
+/// A native histogram sample; only its presence is read (its timestamp, field 15).
+#[derive(Clone, PartialEq, Message)]
+pub(crate) struct NativeHistogram {
+    #[prost(int64, tag = "15")]
+    pub(crate) timestamp: i64,
+}
+
+/// `prometheus.MetricMetadata`.
+#[derive(Clone, PartialEq, Message)]
+pub(crate) struct MetricMetadata {
+    /// `MetricType`: 0 unknown, 1 counter, 2 gauge, 3 histogram, 4 gauge histogram, 5 summary,
+    /// 6 info, 7 stateset.
+    #[prost(int32, tag = "1")]
+    pub(crate) r#type: i32,
+    #[prost(string, tag = "2")]
+    pub(crate) metric_family_name: String,
+    #[prost(string, tag = "4")]
+    pub(crate) help: String,
+    #[prost(string, tag = "5")]
+    pub(crate) unit: String,
+}
+
+const COUNTER: i32 = 1;
+const HISTOGRAM: i32 = 3;
+const GAUGE_HISTOGRAM: i32 = 4;
+const SUMMARY: i32 = 5;
+
+/// What the receiver remembers between requests: metric family types from metadata.
+#[derive(Default)]
+pub(crate) struct Families {
+    types: Mutex<HashMap<String, i32>>,
+}
+
+impl Families {
+    fn learn(&self, metadata: &[MetricMetadata]) {
+        let mut types = self.types.lock().unwrap_or_else(|e| e.into_inner());
+        for m in metadata {
+            if types.len() < MAX_KNOWN_FAMILIES || types.contains_key(&m.metric_family_name) {
+                types.insert(m.metric_family_name.clone(), m.r#type);
+            }
+        }
+    }
+
+    /// Whether the series `name` (with label `le` or not) accumulates: a monotonic cumulative
+    /// sum rather than a gauge.
+    fn is_cumulative(&self, name: &str, has_le: bool) -> bool {
+        let types = self.types.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(&t) = types.get(name) {
+            return t == COUNTER;
+        }
+        for suffix in ["_total", "_bucket", "_count", "_sum"] {
+            let Some(family) = name.strip_suffix(suffix) else {
+                continue;
+            };
+            match types.get(family) {
+                Some(&COUNTER) => return suffix == "_total",
+                Some(&HISTOGRAM) | Some(&SUMMARY) => return suffix != "_total",
+                Some(&GAUGE_HISTOGRAM) | Some(_) => return false,
+                None => {}
+            }
+        }
+        name.ends_with("_total") || (name.ends_with("_bucket") && has_le)
+    }
+}
+
+/// State of the remote-write route.
+pub(crate) struct RemoteWrite {
+    pub(crate) ingest: Arc<Ingest>,
+    pub(crate) families: Families,
+}
+
+/// `POST /prometheus/api/v1/write`.
+pub(crate) async fn write(State(rw): State<Arc<RemoteWrite>>, headers: HeaderMap, body: Body) -> Response {
+    let result = handle(&rw, &headers, body).await;
+    let outcome = match &result {
+        Ok(rejected) if *rejected > 0 => "partial",
+        Ok(_) => "ok",
+        Err(e) => e.outcome(),
+    };
+    rw.ingest
+        .count_request(Transport::RemoteWrite, Signal::Metrics, outcome);
+    match result {
+        Ok(0) => StatusCode::NO_CONTENT.into_response(),
+        Ok(rejected) => (
+            StatusCode::OK,
+            format!("{rejected} samples were not stored (see vigil_ingest_rejected_total)\n"),
+        )
+            .into_response(),
+        Err(err) => failure(err),
+    }
+}
+
+async fn handle(rw: &RemoteWrite, headers: &HeaderMap, body: Body) -> Result<u64, IngestError> {
+    let ingest = &rw.ingest;
+    ingest.authenticate(headers.get(AUTHORIZATION).map(HeaderValue::as_bytes))?;
+    let content_type = headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if content_type.contains("io.prometheus.write.v2") {
+        return Err(IngestError::UnsupportedMediaType(
+            "remote-write 2.0 is not supported yet; send remote-write 1.0 (protobuf_message: prometheus.WriteRequest)"
+                .into(),
+        ));
+    }
+    let encoding = headers
+        .get(CONTENT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !encoding.eq_ignore_ascii_case("snappy") {
+        return Err(IngestError::UnsupportedMediaType(format!(
+            "remote write needs Content-Encoding: snappy, got {encoding:?}"
+        )));
+    }
+    let compressed = super::http::read_body(ingest, headers, body).await?;
+    // A retry carries the same body: its hash makes it a duplicate, not a second copy.
+    let batch_id = format!("prw-{}", hex::encode(&sha2::Sha256::digest(&compressed)[..16]));
+    let max = ingest.config().max_decompressed_bytes;
+    let (request, decoded_len, refused) = tokio::task::spawn_blocking(move || decode(&compressed, max))
+        .await
+        .map_err(|e| IngestError::Internal(format!("decode task failed: {e}")))??;
+    rw.families.learn(&request.metadata);
+    let (otlp, _stale) = to_otlp(&request, &rw.families);
+    if otlp.resource_metrics.is_empty() {
+        // Metadata alone, or only staleness markers: nothing to store.
+        return Ok(refused);
+    }
+    let accepted = ingest
+        .export(ExportRequest::Metrics(otlp), Some(&batch_id), decoded_len)
+        .await?;
+    Ok(accepted.rejected + refused)
+}
+
+/// Snappy (block format) and protobuf, under the decompressed-size limit. Also returns the
+/// decompressed length (for admission control) and the native-histogram samples refused.
+fn decode(compressed: &[u8], max: usize) -> Result<(WriteRequest, usize, u64), IngestError> {
+    let len = snap::raw::decompress_len(compressed)
+        .map_err(|e| IngestError::Invalid(format!("body is not snappy-compressed (block format): {e}")))?;
+    if len > max {
+        return Err(IngestError::TooLarge(format!(
+            "decompressed body of {len} bytes exceeds the limit of {max} bytes (otlp.max_decompressed_bytes)"
+        )));
+    }
+    let raw = snap::raw::Decoder::new()
+        .decompress_vec(compressed)
+        .map_err(|e| IngestError::Invalid(format!("body is not snappy-compressed (block format): {e}")))?;
+    let request = WriteRequest::decode(raw.as_slice())
+        .map_err(|e| IngestError::Invalid(format!("malformed prometheus.WriteRequest: {e}")))?;
+    let refused = request.timeseries.iter().map(|t| t.histograms.len() as u64).sum();
+    Ok((request, raw.len(), refused))
+}
+
+fn string_kv(key: &str, value: &str) -> KeyValue {
+    KeyValue {
+        key: key.to_string(),
+        value: Some(AnyValue {
+            value: Some(any_value::Value::StringValue(value.to_string())),
+        }),
+        ..Default::default()
+    }
+}
+
+/// The OTLP request for a WriteRequest, grouped by resource (job, instance) and metric name;
+/// also the number of staleness markers dropped.
+pub(crate) fn to_otlp(request: &WriteRequest, families: &Families) -> (ExportMetricsServiceRequest, u64) {
+    // resource (job, instance) → metric name → points
+    type Points = (bool, Vec<NumberDataPoint>);
+    let mut grouped: BTreeMap<(String, String), BTreeMap<String, Points>> = BTreeMap::new();
+    let mut stale = 0u64;
+    for series in &request.timeseries {
+        let (mut name, mut job, mut instance) = ("", "", "");
+        let mut attributes = Vec::with_capacity(series.labels.len());
+        let mut has_le = false;
+        for l in &series.labels {
+            match l.name.as_str() {
+                "__name__" => name = &l.value,
+                "job" => job = &l.value,
+                "instance" => instance = &l.value,
+                other => {
+                    has_le |= other == "le";
+                    attributes.push(string_kv(other, &l.value));
+                }
+            }
+        }
+        if name.is_empty() || series.samples.is_empty() {
+            continue;
+        }
+        let cumulative = families.is_cumulative(name, has_le);
+        let points = &mut grouped
+            .entry((job.to_string(), instance.to_string()))
+            .or_default()
+            .entry(name.to_string())
+            .or_insert_with(|| (cumulative, Vec::new()))
+            .1;
+        for s in &series.samples {
+            if s.value.to_bits() == STALE_NAN {
+                stale += 1;
+                continue;
+            }
+            points.push(NumberDataPoint {
+                attributes: attributes.clone(),
+                time_unix_nano: u64::try_from(s.timestamp).unwrap_or(0).saturating_mul(1_000_000),
+                value: Some(number_data_point::Value::AsDouble(s.value)),
+                ..Default::default()
+            });
+        }
+    }
+    let resource_metrics = grouped
+        .into_iter()
+        .map(|((job, instance), metrics)| {
+            let mut attributes = Vec::new();
+            match job.split_once('/') {
+                Some((namespace, service)) => {
+                    attributes.push(string_kv("service.namespace", namespace));
+                    attributes.push(string_kv("service.name", service));
+                }
+                None if !job.is_empty() => attributes.push(string_kv("service.name", &job)),
+                None => {}
+            }
+            if !instance.is_empty() {
+                attributes.push(string_kv("service.instance.id", &instance));
+            }
+            let metrics = metrics
+                .into_iter()
+                .filter(|(_, (_, points))| !points.is_empty())
+                .map(|(name, (cumulative, data_points))| Metric {
+                    name,
+                    data: Some(if cumulative {
+                        metric::Data::Sum(Sum {
+                            data_points,
+                            aggregation_temporality: AggregationTemporality::Cumulative as i32,
+                            is_monotonic: true,
+                        })
+                    } else {
+                        metric::Data::Gauge(Gauge { data_points })
+                    }),
+                    ..Default::default()
+                })
+                .collect::<Vec<_>>();
+            ResourceMetrics {
+                resource: Some(Resource {
+                    attributes,
+                    ..Default::default()
+                }),
+                scope_metrics: vec![ScopeMetrics {
+                    metrics,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }
+        })
+        .filter(|rm| rm.scope_metrics.iter().any(|s| !s.metrics.is_empty()))
+        .collect();
+    (ExportMetricsServiceRequest { resource_metrics }, stale)
+}
+
+/// Plain text, as Prometheus logs it; `Retry-After` when retrying later can help.
+fn failure(err: IngestError) -> Response {
+    let status = err.http_status();
+    if status.is_server_error() {
+        tracing::warn!(error = %err, status = status.as_u16(), "remote write failed");
+    } else {
+        tracing::debug!(error = %err, status = status.as_u16(), "remote write refused");
+    }
+    let mut response = (status, format!("{err}\n")).into_response();
+    if let Some(secs) = err.retry_after_secs() {
+        response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
+    }
+    if matches!(err, IngestError::Unauthenticated) {
+        response
+            .headers_mut()
+            .insert(http::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn series(labels: &[(&str, &str)], samples: &[(f64, i64)]) -> TimeSeries {
+        TimeSeries {
+            labels: labels
+                .iter()
+                .map(|(n, v)| Label {
+                    name: n.to_string(),
+                    value: v.to_string(),
+                })
+                .collect(),
+            samples: samples
+                .iter()
+                .map(|&(value, timestamp)| Sample { value, timestamp })
+                .collect(),
+            histograms: Vec::new(),
+        }
+    }
+
+    fn kind(req: &ExportMetricsServiceRequest, name: &str) -> &'static str {
+        let m = req
+            .resource_metrics
+            .iter()
+            .flat_map(|r| &r.scope_metrics)
+            .flat_map(|s| &s.metrics)
+            .find(|m| m.name == name)
+            .unwrap_or_else(|| panic!("{name} missing"));
+        match &m.data {
+            Some(metric::Data::Sum(s)) if s.is_monotonic => "counter",
+            Some(metric::Data::Gauge(_)) => "gauge",
+            _ => "other",
+        }
+    }
+
+    #[test]
+    fn job_and_instance_become_the_resource_and_other_labels_stay_on_points() {
+        let request = WriteRequest {
+            timeseries: vec![
+                series(
+                    &[
+                        ("__name__", "node_load1"),
+                        ("job", "infra/node"),
+                        ("instance", "db1:9100"),
+                    ],
+                    &[(0.5, 1_000), (0.7, 2_000)],
+                ),
+                series(
+                    &[
+                        ("__name__", "node_cpu_seconds_total"),
+                        ("job", "infra/node"),
+                        ("instance", "db1:9100"),
+                        ("cpu", "0"),
+                        ("mode", "idle"),
+                    ],
+                    &[(10.0, 1_000)],
+                ),
+            ],
+            metadata: Vec::new(),
+        };
+        let (otlp, stale) = to_otlp(&request, &Families::default());
+        assert_eq!(stale, 0);
+        assert_eq!(otlp.resource_metrics.len(), 1, "one job and instance, one resource");
+        let resource = otlp.resource_metrics[0].resource.as_ref().expect("resource");
+        let attr = |k: &str| {
+            resource
+                .attributes
+                .iter()
+                .find(|a| a.key == k)
+                .and_then(|a| match &a.value {
+                    Some(AnyValue {
+                        value: Some(any_value::Value::StringValue(s)),
+                    }) => Some(s.as_str()),
+                    _ => None,
+                })
+        };
+        assert_eq!(attr("service.name"), Some("node"));
+        assert_eq!(attr("service.namespace"), Some("infra"));
+        assert_eq!(attr("service.instance.id"), Some("db1:9100"));
+        assert_eq!(kind(&otlp, "node_load1"), "gauge");
+        assert_eq!(kind(&otlp, "node_cpu_seconds_total"), "counter");
+        let cpu = &otlp.resource_metrics[0].scope_metrics[0]
+            .metrics
+            .iter()
+            .find(|m| m.name == "node_cpu_seconds_total")
+            .expect("cpu");
+        let Some(metric::Data::Sum(sum)) = &cpu.data else {
+            panic!("sum")
+        };
+        let keys: Vec<&str> = sum.data_points[0].attributes.iter().map(|a| a.key.as_str()).collect();
+        assert_eq!(keys, ["cpu", "mode"]);
+        assert_eq!(sum.data_points[0].time_unix_nano, 1_000_000_000, "ms become ns");
+    }
+
+    #[test]
+    fn metadata_decides_the_type_and_is_remembered_for_later_requests() {
+        let families = Families::default();
+        families.learn(&[
+            MetricMetadata {
+                r#type: SUMMARY,
+                metric_family_name: "rpc_duration_seconds".into(),
+                ..Default::default()
+            },
+            MetricMetadata {
+                r#type: GAUGE_HISTOGRAM,
+                metric_family_name: "queue_depth".into(),
+                ..Default::default()
+            },
+            MetricMetadata {
+                r#type: COUNTER,
+                metric_family_name: "weird_name".into(),
+                ..Default::default()
+            },
+        ]);
+        let request = WriteRequest {
+            timeseries: vec![
+                series(
+                    &[("__name__", "rpc_duration_seconds"), ("quantile", "0.99")],
+                    &[(0.2, 1)],
+                ),
+                series(&[("__name__", "rpc_duration_seconds_count")], &[(5.0, 1)]),
+                series(&[("__name__", "rpc_duration_seconds_sum")], &[(1.0, 1)]),
+                series(&[("__name__", "queue_depth_bucket"), ("le", "10")], &[(3.0, 1)]),
+                series(&[("__name__", "weird_name")], &[(3.0, 1)]),
+                // No metadata: names decide.
+                series(&[("__name__", "http_requests_total")], &[(1.0, 1)]),
+                series(&[("__name__", "latency_bucket"), ("le", "0.5")], &[(1.0, 1)]),
+                series(&[("__name__", "temperature_celsius")], &[(21.0, 1)]),
+            ],
+            metadata: Vec::new(),
+        };
+        let (otlp, _) = to_otlp(&request, &families);
+        assert_eq!(kind(&otlp, "rpc_duration_seconds"), "gauge", "a summary's quantiles");
+        assert_eq!(kind(&otlp, "rpc_duration_seconds_count"), "counter");
+        assert_eq!(kind(&otlp, "rpc_duration_seconds_sum"), "counter");
+        assert_eq!(
+            kind(&otlp, "queue_depth_bucket"),
+            "gauge",
+            "a gauge histogram goes up and down"
+        );
+        assert_eq!(kind(&otlp, "weird_name"), "counter");
+        assert_eq!(kind(&otlp, "http_requests_total"), "counter");
+        assert_eq!(kind(&otlp, "latency_bucket"), "counter");
+        assert_eq!(kind(&otlp, "temperature_celsius"), "gauge");
+    }
+
+    #[test]
+    fn staleness_markers_are_dropped_and_a_series_of_only_markers_sends_nothing() {
+        let stale = f64::from_bits(STALE_NAN);
+        let request = WriteRequest {
+            timeseries: vec![
+                series(&[("__name__", "up"), ("job", "a")], &[(1.0, 1_000), (stale, 2_000)]),
+                series(&[("__name__", "gone"), ("job", "b")], &[(stale, 2_000)]),
+            ],
+            metadata: Vec::new(),
+        };
+        let (otlp, dropped) = to_otlp(&request, &Families::default());
+        assert_eq!(dropped, 2);
+        assert_eq!(otlp.resource_metrics.len(), 1, "job b had nothing left");
+        let Some(metric::Data::Gauge(g)) = &otlp.resource_metrics[0].scope_metrics[0].metrics[0].data else {
+            panic!("gauge")
+        };
+        assert_eq!(g.data_points.len(), 1);
+    }
+
+    #[test]
+    fn bodies_that_are_not_snappy_protobuf_say_what_is_wrong() {
+        let err = decode(b"plain protobuf, not snappy", 1 << 20).expect_err("not snappy");
+        assert!(
+            matches!(&err, IngestError::Invalid(m) if m.contains("snappy")),
+            "{err:?}"
+        );
+
+        let garbage = snap::raw::Encoder::new().compress_vec(&[0xff; 64]).expect("compress");
+        let err = decode(&garbage, 1 << 20).expect_err("not a WriteRequest");
+        assert!(
+            matches!(&err, IngestError::Invalid(m) if m.contains("WriteRequest")),
+            "{err:?}"
+        );
+
+        let big = WriteRequest {
+            timeseries: vec![series(&[("__name__", "x")], &[(1.0, 1); 1000])],
+            metadata: Vec::new(),
+        };
+        let body = snap::raw::Encoder::new()
+            .compress_vec(&big.encode_to_vec())
+            .expect("compress");
+        let err = decode(&body, 1024).expect_err("over the limit");
+        assert!(
+            matches!(&err, IngestError::TooLarge(m) if m.contains("max_decompressed_bytes")),
+            "{err:?}"
+        );
+
+        let (ok, len, refused) = decode(&body, 1 << 20).expect("fits");
+        assert_eq!((ok.timeseries[0].samples.len(), refused), (1000, 0));
+        assert_eq!(len, big.encoded_len());
+    }
+}
