@@ -8,12 +8,18 @@ use serde::{Deserialize, Serialize};
 
 use crate::matcher::{Matcher, parse_matchers};
 
+/// The `[alerting]` section: Alertmanager-shaped routing, receivers, inhibition,
+/// escalation and the people on call.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AlertingConfig {
+    /// The routing tree's root; it must name a receiver.
     pub route: RouteConfig,
+    /// Where notifications go; names must be unique.
     pub receivers: Vec<ReceiverConfig>,
+    /// Alerts that mute others while they fire.
     pub inhibit_rules: Vec<InhibitRuleConfig>,
+    /// Named escalation policies routes may use.
     pub escalation_policies: Vec<EscalationPolicyConfig>,
     /// An alert that stops being re-sent is resolved after this long (Alertmanager's
     /// `resolve_timeout`).
@@ -27,7 +33,9 @@ pub struct AlertingConfig {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct PersonConfig {
+    /// The name schedules use.
     pub name: String,
+    /// The receiver that reaches them (must exist).
     pub receiver: String,
 }
 
@@ -50,6 +58,7 @@ impl Default for AlertingConfig {
     }
 }
 
+/// One node of the routing tree; unset values are inherited from the parent.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RouteConfig {
@@ -57,18 +66,24 @@ pub struct RouteConfig {
     pub receiver: Option<String>,
     /// `name="value"`, `name=~"regex"`, … all must match.
     pub matchers: Vec<String>,
+    /// Labels alerts are grouped by (one notification per group); `...` groups by all.
     pub group_by: Option<Vec<String>>,
+    /// Wait before a new group's first notification, to gather its alerts.
     pub group_wait_secs: Option<u64>,
+    /// Wait before notifying about alerts added to a group already notified.
     pub group_interval_secs: Option<u64>,
+    /// Wait before re-sending a notification that has not changed.
     pub repeat_interval_secs: Option<u64>,
     /// Keep looking at later siblings after this route matched.
     #[serde(rename = "continue")]
     pub continue_matching: bool,
     /// Name of an escalation policy for groups of this route.
     pub escalation: Option<String>,
+    /// Child routes, tried in order; the first match wins unless it says `continue`.
     pub routes: Vec<RouteConfig>,
 }
 
+/// The kind of endpoint a receiver sends to, which decides the payload.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ReceiverKind {
@@ -84,10 +99,13 @@ pub enum ReceiverKind {
     Email,
 }
 
+/// A named notification target.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ReceiverConfig {
+    /// Referenced by routes, escalation steps and people.
     pub name: String,
+    /// Payload format.
     pub kind: ReceiverKind,
     /// Where to POST; a receiver without a URL records notifications but sends nothing.
     pub url: Option<String>,
@@ -97,8 +115,11 @@ pub struct ReceiverConfig {
     pub timeout_secs: Option<u64>,
     /// E-mail: recipients, sender, and the SMTP login (if the server wants one).
     pub to: Vec<String>,
+    /// E-mail sender address.
     pub from: Option<String>,
+    /// SMTP login name.
     pub username: Option<String>,
+    /// SMTP password (never logged).
     pub password: Option<Password>,
 }
 
@@ -113,29 +134,38 @@ impl std::fmt::Debug for Password {
     }
 }
 
+/// While an alert matching `source_matchers` fires, alerts matching `target_matchers`
+/// (with the same values of the `equal` labels) are muted.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct InhibitRuleConfig {
+    /// Matchers an inhibiting alert must satisfy.
     pub source_matchers: Vec<String>,
+    /// Matchers an inhibited alert must satisfy.
     pub target_matchers: Vec<String>,
     /// Labels that must be equal in source and target.
     pub equal: Vec<String>,
 }
 
+/// Who is notified, and when, while a group stays unacknowledged.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EscalationPolicyConfig {
+    /// The name routes refer to.
     pub name: String,
+    /// Steps in order.
     pub steps: Vec<EscalationStepConfig>,
     /// Times the whole list of steps is run again while nobody acknowledges (0 = once).
     pub repeat: u32,
 }
 
+/// One step of an escalation policy.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EscalationStepConfig {
     /// Seconds after the previous step (after the first notification for step one).
     pub wait_secs: u64,
+    /// Receivers notified at this step.
     pub receivers: Vec<String>,
     /// On-call schedules: the person on call in each, when the step runs, is notified
     /// through their own receiver (`people`).
@@ -146,7 +176,9 @@ pub struct EscalationStepConfig {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{key}: {message}")]
 pub struct ConfigError {
+    /// The configuration key that is wrong, e.g. `alerting.receivers[2].url`.
     pub key: String,
+    /// What is wrong with it.
     pub message: String,
 }
 

@@ -24,12 +24,15 @@ pub enum DeliveryOutcome {
 pub struct Delivery {
     /// Shared with the audit log's sequence: orders every record of the store.
     pub seq: u64,
+    /// When the attempt finished, unix ms.
     pub at_ms: i64,
     /// The notification's id (the receiver's idempotency key).
     pub notification: String,
     /// Alertmanager's group key.
     pub group_key: String,
+    /// The receiver it went to.
     pub receiver: String,
+    /// Why the notification was sent.
     pub reason: NotifyReason,
     /// Escalation step (1-based) when `reason` is escalation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -40,6 +43,7 @@ pub struct Delivery {
     pub alerts: Vec<String>,
     /// 1 for the first attempt.
     pub attempt: u32,
+    /// Delivered, failed (will retry) or given up.
     pub outcome: DeliveryOutcome,
     /// The receiver's answer: its status line and the start of its body, or the error.
     pub answer: String,

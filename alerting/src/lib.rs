@@ -5,6 +5,8 @@
 //! silences, inhibition, escalation policies, signed one-click links, receiver payloads, and
 //! the durable state in redb.
 
+#![warn(missing_docs)]
+
 mod alert;
 mod alertmanager;
 mod config;

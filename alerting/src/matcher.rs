@@ -6,14 +6,19 @@ use serde::{Deserialize, Serialize};
 
 use crate::labels::LabelSet;
 
+/// How a matcher compares a label's value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum MatchOp {
+    /// `=`: equal to the value.
     #[serde(rename = "=")]
     Equal,
+    /// `!=`: not equal to the value.
     #[serde(rename = "!=")]
     NotEqual,
+    /// `=~`: matches the regular expression, anchored at both ends.
     #[serde(rename = "=~")]
     Regex,
+    /// `!~`: does not match the regular expression.
     #[serde(rename = "!~")]
     NotRegex,
 }
@@ -34,8 +39,11 @@ impl MatchOp {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(try_from = "MatcherSpec", into = "MatcherSpec")]
 pub struct Matcher {
+    /// The label's name.
     pub name: String,
+    /// The comparison.
     pub op: MatchOp,
+    /// The value or regular expression, as written.
     pub value: String,
     regex: Option<Regex>,
 }
@@ -44,10 +52,14 @@ pub struct Matcher {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MatcherSpec {
+    /// The label's name.
     pub name: String,
+    /// The value or regular expression.
     pub value: String,
+    /// `value` is a regular expression.
     #[serde(rename = "isRegex", default)]
     pub is_regex: bool,
+    /// Matches when equal (or matching); `false` negates.
     #[serde(rename = "isEqual", default = "yes")]
     pub is_equal: bool,
 }
@@ -56,16 +68,23 @@ fn yes() -> bool {
     true
 }
 
+/// Why a matcher could not be made.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MatcherError {
+    /// The regular expression does not compile.
     #[error("bad regular expression {regex:?} for label {name:?}: {reason}")]
     BadRegex {
+        /// The label it was for.
         name: String,
+        /// The expression as written.
         regex: String,
+        /// The regex engine's message.
         reason: String,
     },
+    /// Not of the form `name="value"`, `name!="value"`, `name=~"regex"`, `name!~"regex"`.
     #[error("bad matcher {0:?}: expected name=\"value\", name!=\"value\", name=~\"regex\" or name!~\"regex\"")]
     Syntax(String),
+    /// The label name is not a valid name.
     #[error("bad label name {0:?}: use letters, digits and underscores (dots allowed), not starting with a digit")]
     BadName(String),
 }
@@ -101,6 +120,7 @@ fn valid_name(name: &str) -> bool {
 }
 
 impl Matcher {
+    /// A matcher, its regular expression (anchored, as in Alertmanager) compiled once.
     pub fn new(name: &str, op: MatchOp, value: &str) -> Result<Matcher, MatcherError> {
         if !valid_name(name) {
             return Err(MatcherError::BadName(name.to_string()));
@@ -125,6 +145,7 @@ impl Matcher {
         })
     }
 
+    /// Whether `labels` satisfy the matcher (a missing label is the empty string).
     pub fn matches(&self, labels: &LabelSet) -> bool {
         let v = labels.get(&self.name).map_or("", String::as_str);
         match (&self.op, &self.regex) {

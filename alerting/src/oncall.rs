@@ -16,7 +16,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Rotation {
+    /// The turn passes at the hand-off time every day.
     Daily,
+    /// The turn passes at the hand-off time on the hand-off day every week.
     Weekly,
 }
 
@@ -33,8 +35,10 @@ impl Rotation {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Layer {
+    /// Shown in shifts as their source.
     #[serde(default)]
     pub name: String,
+    /// How often the turn passes.
     pub rotation: Rotation,
     /// Local time of the hand-off, `HH:MM`.
     pub handoff: String,
@@ -51,10 +55,15 @@ pub struct Layer {
 /// One person on call for a stretch of time, over every layer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Override {
+    /// Its id, assigned when added.
     pub id: String,
+    /// Who covers.
     pub user: String,
+    /// Start of the cover, unix ms.
     pub start_ms: i64,
+    /// End of the cover, unix ms.
     pub end_ms: i64,
+    /// Who added it.
     #[serde(default)]
     pub created_by: String,
 }
@@ -63,15 +72,19 @@ pub struct Override {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Schedule {
+    /// Its name (unique; escalation steps refer to it).
     pub name: String,
     /// IANA time zone name (`Europe/Berlin`, `UTC`).
     pub time_zone: String,
     /// Later layers take precedence where they have someone on call.
     pub layers: Vec<Layer>,
+    /// Stretches where one person covers, over every layer.
     #[serde(default)]
     pub overrides: Vec<Override>,
+    /// Last change, unix ms.
     #[serde(default)]
     pub updated_ms: i64,
+    /// Who made the last change.
     #[serde(default)]
     pub updated_by: String,
 }
@@ -79,9 +92,13 @@ pub struct Schedule {
 /// Who is on call for a stretch, and why (`layer` names the layer, or "override").
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Shift {
+    /// The person on call.
     pub user: String,
+    /// Start, unix ms.
     pub start_ms: i64,
+    /// End, unix ms.
     pub end_ms: i64,
+    /// The layer's name, or "override".
     pub source: String,
 }
 

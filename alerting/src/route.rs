@@ -9,21 +9,33 @@ use crate::matcher::{Matcher, all_match};
 
 /// Defaults as in Alertmanager.
 pub const DEFAULT_GROUP_WAIT_MS: i64 = 30_000;
+/// Default wait before notifying about alerts added to a group (Alertmanager's 5 m).
 pub const DEFAULT_GROUP_INTERVAL_MS: i64 = 300_000;
+/// Default wait before re-sending an unchanged notification (Alertmanager's 4 h).
 pub const DEFAULT_REPEAT_INTERVAL_MS: i64 = 4 * 3_600_000;
 
+/// A routing tree node, built and checked from a [`RouteConfig`](crate::RouteConfig); parents' values filled in.
 #[derive(Debug, Clone)]
 pub struct Route {
     /// Position in the tree ("0", "0.1", …): stable while the config is.
     pub id: String,
+    /// The receiver for alerts that stop here.
     pub receiver: String,
+    /// All must match for an alert to enter this route.
     pub matchers: Vec<Matcher>,
+    /// Labels alerts are grouped by.
     pub group_by: Vec<String>,
+    /// Wait before a new group's first notification.
     pub group_wait_ms: i64,
+    /// Wait before notifying about alerts added to a group.
     pub group_interval_ms: i64,
+    /// Wait before re-sending an unchanged notification.
     pub repeat_interval_ms: i64,
+    /// Keep trying later siblings after a match.
     pub continue_matching: bool,
+    /// The escalation policy for this route's groups.
     pub escalation: Option<String>,
+    /// Child routes, in order.
     pub children: Vec<Route>,
 }
 

@@ -85,11 +85,14 @@ fn lower_hex(text: &str) -> Option<Vec<u8>> {
 /// What a signed link may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LinkAction {
+    /// Acknowledge the alert.
     Ack,
+    /// Resolve the alert.
     Resolve,
 }
 
 impl LinkAction {
+    /// The action as the link and the audit log spell it.
     pub fn as_str(self) -> &'static str {
         match self {
             LinkAction::Ack => "ack",
@@ -106,27 +109,40 @@ impl LinkAction {
     }
 }
 
+/// What a signed one-click link carries: one action on one alert, until it expires, once.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ActionLink {
+    /// The alert it acts on.
     pub alert_id: String,
+    /// What it does.
     pub action: LinkAction,
+    /// When it stops working, unix ms.
     pub expires_ms: i64,
+    /// Single-use token: a link whose nonce was used is refused.
     pub nonce: String,
 }
 
+/// Why a signed link or feed token was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LinkError {
+    /// Not a token this code makes.
     #[error("malformed link token")]
     Malformed,
+    /// Tampered with, or signed with another secret.
     #[error("link signature does not match (tampered or signed with another secret)")]
     BadSignature,
+    /// Past its expiry.
     #[error("link expired")]
     Expired,
+    /// Already used.
     #[error("link was already used")]
     Replayed,
+    /// Signed for another purpose (a feed token used as an action link, or the reverse).
     #[error("link is for {actual}, not {expected}")]
     WrongPurpose {
+        /// What the caller wanted.
         expected: &'static str,
+        /// What the token is for.
         actual: &'static str,
     },
 }

@@ -32,16 +32,23 @@ const SCHEDULES: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("schedu
 /// thousand notifications a day; this is weeks of them, a few tens of MB at most).
 pub const MAX_DELIVERIES: u64 = 100_000;
 
+/// Why the alerting database could not be read or written.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// redb failed (I/O, corruption it detected, a transaction that could not commit).
     #[error("alerting database: {0}")]
     Db(#[from] redb::Error),
+    /// An entry does not decode: named so it can be found and removed.
     #[error("alerting database holds an unreadable {table} entry {key:?}: {reason}")]
     Corrupt {
+        /// The table.
         table: &'static str,
+        /// The entry's key.
         key: String,
+        /// The decoder's message.
         reason: String,
     },
+    /// A value could not be encoded (a bug, not a disk problem).
     #[error("could not encode {0}")]
     Encode(String),
 }
@@ -63,6 +70,7 @@ from_redb!(
     redb::CommitError
 );
 
+/// The durable alerting state in one redb file: every change in one transaction.
 pub struct AlertStore {
     db: Database,
 }
@@ -80,6 +88,7 @@ fn decode<T: DeserializeOwned>(table: &'static str, key: &str, bytes: &[u8]) -> 
 }
 
 impl AlertStore {
+    /// Opens (or creates) the database at `path`.
     pub fn open(path: &Path) -> Result<AlertStore, StoreError> {
         let db = Database::create(path)?;
         let tx = db.begin_write()?;

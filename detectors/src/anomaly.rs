@@ -22,15 +22,20 @@ pub enum DetectorKind {
     TraceRed,
 }
 
+/// How loud a finding is; ordered, so the worst of several is their `max`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
+    /// Worth a look on the incident page; never pages alone.
     Info,
+    /// A clear departure from the learned band.
     Warning,
+    /// Far outside the band (score ≥ 0.9).
     Critical,
 }
 
 impl Severity {
+    /// The grade of a score in [0, 1]: critical from 0.9, warning from 0.7, else info.
     pub fn from_score(score: f64) -> Severity {
         if score >= 0.9 {
             Severity::Critical
@@ -60,18 +65,25 @@ pub struct SignalRef {
 pub struct Anomaly {
     /// Stable id: the same finding keeps its id while it is extended.
     pub id: String,
+    /// Which detector found it (decides how the UI charts and groups it).
     pub detector: DetectorKind,
+    /// The series or signal the finding is about: its key, service and labels.
     pub signal: SignalRef,
     /// Event time, unix milliseconds. `end_ms` moves while the anomaly lasts.
     pub start_ms: i64,
+    /// Latest event time (unix ms) the finding was active; equals `start_ms` for one point.
     pub end_ms: i64,
     /// Peak score in [0, 1].
     pub score: f64,
+    /// Graded from `score` ([`Severity::from_score`]).
     pub severity: Severity,
     /// The value at the peak and the band it was expected in.
     pub observed: f64,
+    /// The value the detector expected at the peak.
     pub expected: f64,
+    /// Lower edge of the expected band at the peak.
     pub lower: f64,
+    /// Upper edge of the expected band at the peak.
     pub upper: f64,
     /// Unit of observed/expected: "s", "/s", "ratio", or the metric's own unit.
     pub unit: String,
@@ -102,12 +114,15 @@ pub const EVIDENCE_DURING: usize = 90;
 /// One point of a finding's series as the detector saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct EvidencePoint {
+    /// Event time, unix milliseconds.
     pub t_ms: i64,
+    /// The value the detector scored (a rate, ratio or latency, in the finding's unit).
     pub value: f64,
     /// The expected band; absent for context points from before the onset, whose band the
     /// detector no longer holds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lower: Option<f64>,
+    /// Upper edge of the expected band; absent like `lower`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upper: Option<f64>,
     /// Scored at or above the threshold.

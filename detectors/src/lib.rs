@@ -4,10 +4,12 @@
 //! by the data's own timestamps so a replayed dataset gives the same answers as live
 //! traffic.
 //!
-//! - [`patterns`]: online log template mining (Drain family) with snapshot/restore.
-//! - [`timeseries`]: the per-series online detector, and peer-group outliers.
-//! - [`engine`]: logs, spans and metric points in (event time), [`anomaly::Anomaly`] out;
+//! - [`PatternMiner`]: online log template mining (Drain family) with snapshot/restore.
+//! - [`SeriesDetector`]: the per-series online detector (peer-group outliers beside it).
+//! - [`Engine`]: logs, spans and metric points in (event time), [`Anomaly`] out;
 //!   pattern rates, error-log rates, trace RED, new patterns, human feedback.
+
+#![warn(missing_docs)]
 
 mod anomaly;
 mod engine;

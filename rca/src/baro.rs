@@ -18,17 +18,20 @@ pub struct Signal {
     pub name: String,
     /// The service it belongs to, e.g. `carts`.
     pub service: String,
+    /// One value per row of the aligned table; NaN where the signal had no value.
     pub values: Vec<f64>,
 }
 
 /// One ranked root-cause candidate.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Candidate {
+    /// The service the candidate stands for.
     pub service: String,
     /// Relative to the top candidate: 1.0 for the first.
     pub score: f64,
     /// The signal that moved most, and by how much (robust units).
     pub signal: String,
+    /// How far that signal moved after the onset, in robust units (median/IQR of before).
     pub robust_z: f64,
     /// Why it ranks where it does, in words a human can check.
     pub reason: String,

@@ -2,11 +2,16 @@
 //!
 //! Root-cause ranking, as a pure library driven by the data's own timestamps.
 //!
-//! - [`baro`]: onset detection plus BARO-style robust ranking of services over aligned
-//!   metric signals (what `vigil-eval rca` runs on the Sock Shop benchmark).
-//! - [`topology`]: the service dependency graph from spans.
-//! - [`incident`]: anomalies correlated into incidents by time and topology, with ranked
-//!   root-cause candidates and a summary.
+//! - [`find_onset`] and [`baro_rank`]: onset detection plus BARO-style robust ranking of
+//!   services over aligned metric signals (what `vigil-eval rca` runs on the Sock Shop
+//!   benchmark).
+//! - [`Topology`]: the service dependency graph from spans.
+//! - [`Correlator`]: anomalies correlated into [`Incident`]s by time and topology, with
+//!   ranked root-cause candidates and a summary.
+//! - [`investigate`]: a window compared with a baseline over spans, log patterns and
+//!   metrics, services ranked by what changed on them ([`Candidate`]s with [`Evidence`]).
+
+#![warn(missing_docs)]
 
 mod baro;
 mod incident;

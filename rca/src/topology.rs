@@ -21,11 +21,17 @@ const LAT_BUCKETS: usize = 96;
 /// What the topology needs from one span.
 #[derive(Debug, Clone)]
 pub struct SpanRef<'a> {
+    /// `service.name` of the span's resource.
     pub service: &'a str,
+    /// The span id (8 bytes as an integer).
     pub span_id: u64,
+    /// The parent span id; `None` for a root span.
     pub parent_span_id: Option<u64>,
+    /// End time, unix ms (the graph's window is event time).
     pub end_ms: i64,
+    /// Duration in seconds.
     pub duration_s: f64,
+    /// OTLP status ERROR.
     pub error: bool,
     /// The service a client span calls, when it names it (`peer.service`): the edge to it is
     /// counted from this span, so a callee that answers nothing (it is down) still has its
@@ -80,23 +86,35 @@ impl EdgeStats {
 /// One edge of the graph as served.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Edge {
+    /// The calling service.
     pub from: String,
+    /// The called service.
     pub to: String,
     /// Calls in the window.
     pub calls: u64,
+    /// Calls per second over the graph's window.
     pub calls_per_s: f64,
+    /// Share of calls that failed, 0..1.
     pub error_ratio: f64,
+    /// Median call duration, seconds (from a fixed log-spaced histogram).
     pub p50_s: f64,
+    /// 99th percentile call duration, seconds.
     pub p99_s: f64,
+    /// Latest call seen on the edge, unix ms.
     pub last_seen_ms: i64,
 }
 
+/// The service graph of the last fifteen minutes, as `GET /api/v1/services/graph` serves it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Graph {
+    /// Every service that sent spans or was called.
     pub services: Vec<String>,
+    /// Caller → callee edges with their RED figures.
     pub edges: Vec<Edge>,
 }
 
+/// The service dependency graph, learned from spans: parent and child spans of different
+/// services, and client spans naming their `peer.service`.
 #[derive(Debug, Default)]
 pub struct Topology {
     span_service: HashMap<u64, u32>,
@@ -114,6 +132,7 @@ pub struct Topology {
 }
 
 impl Topology {
+    /// An empty graph.
     pub fn new() -> Topology {
         Topology::default()
     }
@@ -133,6 +152,7 @@ impl Topology {
         self.service_idx.get(service).is_some_and(|i| self.senders.contains(i))
     }
 
+    /// Adds one span: its service, and the edge to its parent's service once both are seen.
     pub fn observe(&mut self, span: &SpanRef<'_>) {
         let svc = self.intern(span.service);
         self.senders.insert(svc);

@@ -43,6 +43,7 @@ impl Alerting {
         Ok(outcome)
     }
 
+    /// Takes back an acknowledgement: the alert fires again and escalation resumes.
     pub fn unack(&mut self, id: &str, by: &str, now_ms: i64) -> Result<ActionOutcome, ActionError> {
         let a = self
             .alerts
@@ -68,6 +69,7 @@ impl Alerting {
         })
     }
 
+    /// Resolves an alert by hand (it fires again if its sender re-sends it as firing).
     pub fn resolve(&mut self, id: &str, by: &str, now_ms: i64) -> Result<ActionOutcome, ActionError> {
         let a = self
             .alerts
@@ -92,6 +94,7 @@ impl Alerting {
         })
     }
 
+    /// Adds a comment to an alert's record.
     pub fn comment(&mut self, id: &str, by: &str, text: &str, now_ms: i64) -> Result<ActionOutcome, ActionError> {
         if text.trim().is_empty() {
             return Err(ActionError::Invalid("comment text must not be empty".into()));
@@ -159,6 +162,7 @@ impl Alerting {
         }
     }
 
+    /// Adds a silence (or replaces one with the same id); returns its id.
     pub fn add_silence(&mut self, mut s: Silence, now_ms: i64) -> Result<String, ActionError> {
         if s.matchers.is_empty() {
             return Err(ActionError::Invalid("a silence needs at least one matcher".into()));
@@ -207,6 +211,7 @@ impl Alerting {
         Ok(())
     }
 
+    /// Every silence, expired ones included.
     pub fn silences(&self) -> Vec<Silence> {
         self.silences.values().cloned().collect()
     }

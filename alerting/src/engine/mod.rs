@@ -40,6 +40,7 @@ pub const MAX_BACKOFF_MS: i64 = 300_000;
 /// Resolved alerts are forgotten this long after they resolved (the audit log remains).
 pub const RESOLVED_RETENTION_MS: i64 = 24 * 3_600_000;
 
+/// Why a notification was sent (shown to receivers and in the delivery history).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NotifyReason {
@@ -60,40 +61,61 @@ pub enum NotifyReason {
 pub struct Notification {
     /// Stable id: the receiver's idempotency key.
     pub id: String,
+    /// The group it is about (Alertmanager's group key).
     pub group_key: String,
+    /// The receiver it goes to.
     pub receiver: String,
+    /// Why it was sent.
     pub reason: NotifyReason,
     /// Escalation step (1-based) when `reason` is escalation.
     pub step: Option<usize>,
     /// "firing" or "resolved".
     pub status: String,
+    /// The labels the group shares (its `group_by` values).
     pub group_labels: LabelSet,
+    /// The group's alerts as they stood when it was made.
     pub alerts: Vec<Alert>,
+    /// When it was made, unix ms.
     pub created_ms: i64,
+    /// Delivery attempts so far.
     pub attempts: u32,
+    /// When the next attempt is due, unix ms (backoff grows to `MAX_BACKOFF_MS`).
     pub next_attempt_ms: i64,
+    /// The last attempt's error, if it failed.
     pub last_error: Option<String>,
 }
 
+/// Where a group is in its escalation policy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Escalation {
+    /// The policy's name.
     pub policy: String,
     /// Next step to run (index into the policy's steps).
     pub step: usize,
+    /// How many times the steps have been run through (against the policy's `repeat`).
     pub round: u32,
+    /// When the next step runs, unix ms.
     pub next_at_ms: i64,
 }
 
+/// Alerts of one route with the same `group_by` values: notified together.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Group {
+    /// Alertmanager's group key (route and group labels).
     pub key: String,
+    /// The route the group belongs to (its position in the tree).
     pub route_id: String,
+    /// The route's receiver.
     pub receiver: String,
+    /// The `group_by` labels and their values.
     pub labels: LabelSet,
+    /// Ids of the alerts in it.
     pub alerts: BTreeSet<String>,
+    /// When it is next looked at for a notification, unix ms.
     pub next_flush_ms: i64,
     /// Content hash and time of the last notification (dedup and repeat).
     pub last_sent_hash: Option<String>,
+    /// When the last notification went, unix ms.
     pub last_sent_ms: Option<i64>,
     /// Whether the receiver has been told about firing alerts (so a resolve is news).
     pub announced_firing: bool,
@@ -101,6 +123,7 @@ pub struct Group {
     /// alert that joined while the group was silenced and resolved unseen is never listed).
     #[serde(default)]
     pub announced: BTreeSet<String>,
+    /// Its escalation, while one runs (stopped by an acknowledgement).
     pub escalation: Option<Escalation>,
 }
 
@@ -114,22 +137,36 @@ struct InhibitRule {
 /// Everything that changed since the last [`Alerting::take_changes`], ready to persist.
 #[derive(Debug, Default)]
 pub struct Changes {
+    /// Alerts changed or added.
     pub alerts: Vec<Alert>,
+    /// Ids of alerts forgotten.
     pub alerts_deleted: Vec<String>,
+    /// Groups changed or added.
     pub groups: Vec<Group>,
+    /// Keys of groups removed.
     pub groups_deleted: Vec<String>,
+    /// Silences changed or added.
     pub silences: Vec<Silence>,
+    /// Notifications added to the outbox or retried.
     pub outbox: Vec<Notification>,
+    /// Ids of notifications that left the outbox (delivered or given up).
     pub outbox_deleted: Vec<String>,
+    /// New audit entries.
     pub audit: Vec<AuditEntry>,
+    /// Signed-link nonces used, with their expiry (unix ms): a link works once.
     pub nonces: Vec<(String, i64)>,
+    /// New delivery attempts for the history.
     pub deliveries: Vec<Delivery>,
+    /// Schedules changed or added.
     pub schedules: Vec<Schedule>,
+    /// Names of schedules deleted.
     pub schedules_deleted: Vec<String>,
+    /// The sequence number to continue from after a restart.
     pub next_seq: u64,
 }
 
 impl Changes {
+    /// Nothing to persist.
     pub fn is_empty(&self) -> bool {
         self.alerts.is_empty()
             && self.alerts_deleted.is_empty()
@@ -149,35 +186,53 @@ impl Changes {
 /// Persisted state to resume from.
 #[derive(Debug, Default)]
 pub struct Snapshot {
+    /// On-call schedules.
     pub schedules: Vec<Schedule>,
+    /// Alerts, resolved ones included until they are forgotten.
     pub alerts: Vec<Alert>,
+    /// Notification groups.
     pub groups: Vec<Group>,
+    /// Silences, expired ones included.
     pub silences: Vec<Silence>,
+    /// Notifications not yet delivered.
     pub outbox: Vec<Notification>,
+    /// Used signed-link nonces and their expiry (unix ms).
     pub nonces: Vec<(String, i64)>,
+    /// The sequence number to continue from.
     pub next_seq: u64,
 }
 
 /// Outcome of a human action, so a second identical action can say it changed nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ActionOutcome {
+    /// Whether the action changed anything (a second acknowledgement does not).
     pub changed: bool,
+    /// The alert's state after the action.
     pub state: AlertState,
+    /// What happened, in words for the person who acted.
     pub message: String,
 }
 
+/// Why a human action was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ActionError {
+    /// No alert has that id (it may have been forgotten after resolving).
     #[error("no alert with id {0:?}")]
     UnknownAlert(String),
+    /// No silence has that id.
     #[error("no silence with id {0:?}")]
     UnknownSilence(String),
+    /// No schedule has that name.
     #[error("no schedule named {0:?}")]
     UnknownSchedule(String),
+    /// The request itself is wrong; the message says how.
     #[error("{0}")]
     Invalid(String),
 }
 
+/// The alerting state machine: alerts, groups, silences, the outbox and schedules, driven
+/// by the caller's clock (every call takes `now_ms`), with every change collected for the
+/// caller to persist ([`Alerting::take_changes`]) before it acts on it.
 pub struct Alerting {
     cfg: AlertingConfig,
     routes: Route,
@@ -207,6 +262,7 @@ pub struct Alerting {
 }
 
 impl Alerting {
+    /// A state machine for `cfg`, or the first configuration error (naming the key).
     pub fn new(cfg: AlertingConfig) -> Result<Alerting, ConfigError> {
         cfg.validate()?;
         let routes = Route::build(&cfg.route)?;
@@ -293,6 +349,7 @@ impl Alerting {
         self.seq = s.next_seq;
     }
 
+    /// The configuration it runs with.
     pub fn config(&self) -> &AlertingConfig {
         &self.cfg
     }
@@ -352,6 +409,7 @@ impl Alerting {
         }
     }
 
+    /// Every notification group.
     pub fn groups(&self) -> Vec<Group> {
         self.groups.values().cloned().collect()
     }

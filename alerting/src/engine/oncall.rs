@@ -22,10 +22,12 @@ impl Alerting {
         })
     }
 
+    /// Every on-call schedule.
     pub fn schedules(&self) -> Vec<Schedule> {
         self.schedules.values().cloned().collect()
     }
 
+    /// The schedule named `name`.
     pub fn schedule(&self, name: &str) -> Option<Schedule> {
         self.schedules.get(name).cloned()
     }
@@ -58,6 +60,7 @@ impl Alerting {
         Ok(())
     }
 
+    /// Deletes a schedule; audited under `by`.
     pub fn delete_schedule(&mut self, name: &str, by: &str, now_ms: i64) -> Result<(), ActionError> {
         if self.schedules.remove(name).is_none() {
             return Err(ActionError::UnknownSchedule(name.to_string()));
@@ -108,6 +111,7 @@ impl Alerting {
         Ok(id)
     }
 
+    /// Removes override `id` from a schedule; audited under `by`.
     pub fn delete_override(&mut self, schedule: &str, id: &str, by: &str, now_ms: i64) -> Result<(), ActionError> {
         let s = self
             .schedules

@@ -26,7 +26,7 @@ impl Engine {
     }
 
     /// The wall clock, for telling a lane that went quiet from one that is merely behind
-    /// (see [`lanes`](super::lanes)): a lane that had nothing for the allowed lateness of
+    /// (see `engine/lanes.rs`): a lane that had nothing for the allowed lateness of
     /// wall time follows the wall clock from its own latest event.
     pub fn set_wall_clock(&mut self, wall_ms: i64) {
         self.wall_ms = wall_ms;

@@ -68,6 +68,7 @@ pub struct EngineConfig {
     /// Tracked interval series stop receiving zero-filled intervals after this many silent
     /// intervals (a rare pattern is not "collapsing" every minute).
     pub zero_fill_intervals: i64,
+    /// Settings of every per-series detector the engine runs.
     pub series: SeriesConfig,
 }
 
@@ -90,12 +91,20 @@ impl Default for EngineConfig {
 /// One metric point as the collector hands it over (counters already turned into rates).
 #[derive(Debug, Clone)]
 pub struct MetricPoint<'a> {
+    /// Stable identity of the series (the collector sends its name and a hash of its labels);
+    /// the key findings carry.
     pub key: &'a str,
+    /// The metric's name as sent (e.g. `process.cpu.utilization`).
     pub name: &'a str,
+    /// The `service.name` of the resource, when it has one.
     pub service: Option<&'a str>,
+    /// Resource and point attributes that tell this series apart from its peers.
     pub labels: &'a BTreeMap<String, String>,
+    /// UCUM unit as sent (`s`, `By`, `1`…); empty when unknown.
     pub unit: &'a str,
+    /// Event time of the point, unix milliseconds.
     pub ts_ms: i64,
+    /// The value; rates already per second for counters.
     pub value: f64,
 }
 
@@ -103,14 +112,18 @@ pub struct MetricPoint<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
+    /// Not worth a page: the signal is made less sensitive.
     Noise,
+    /// A true problem: the signal keeps (or gets back) its sensitivity.
     Real,
 }
 
 /// Verdicts recorded for one signal.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SignalFeedback {
+    /// "Noise" verdicts so far.
     pub noise: u32,
+    /// "Real" verdicts so far.
     pub real: u32,
 }
 
@@ -144,10 +157,15 @@ impl SignalFeedback {
 /// Counters the caller may export.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EngineStats {
+    /// Series tracked now.
     pub series: usize,
+    /// Points scored since start.
     pub points_scored: u64,
+    /// Points the series detector refused (a non-finite value or a time going backwards).
     pub points_rejected: u64,
+    /// Events older than the allowed lateness, counted and not scored.
     pub late_events: u64,
+    /// Series dropped to stay under the series cap (least recently seen first).
     pub series_evicted: u64,
 }
 
@@ -313,6 +331,7 @@ fn anomaly_id(key: &str, start_ms: i64) -> String {
 }
 
 impl Engine {
+    /// An engine with no history: every series starts warming up.
     pub fn new(cfg: EngineConfig) -> Engine {
         let interval_s = cfg.interval_ms as f64 / 1000.0;
         Engine {
@@ -347,10 +366,12 @@ impl Engine {
         }
     }
 
+    /// The configuration the engine runs with.
     pub fn config(&self) -> &EngineConfig {
         &self.cfg
     }
 
+    /// Counters for `/metrics`.
     pub fn stats(&self) -> EngineStats {
         EngineStats {
             series: self.tracked.len(),
@@ -363,6 +384,7 @@ impl Engine {
         &self.feedback
     }
 
+    /// Puts back the verdicts saved by [`Engine::feedback_state`].
     pub fn restore_feedback(&mut self, state: BTreeMap<String, SignalFeedback>) {
         self.feedback = state;
     }
@@ -389,7 +411,7 @@ impl Engine {
     }
 
     /// Event time as the sources agree on it: the newest time at least two of them have
-    /// reached (see [`sources`]), in the lane of signals furthest ahead (see [`lanes`]);
+    /// reached (see `engine/sources.rs`), in the lane of signals furthest ahead (see `engine/lanes.rs`);
     /// `i64::MIN` before any event. The caller's clock for quiet spells should start from
     /// it, not from the newest timestamp seen.
     pub fn event_time(&self) -> i64 {
@@ -400,6 +422,7 @@ impl Engine {
             .unwrap_or(i64::MIN)
     }
 
+    /// Scores one metric point at its event time (late points are counted, not scored).
     pub fn observe_metric(&mut self, m: &MetricPoint<'_>) {
         let key = format!("metric:{}", m.key);
         let signal = SignalRef {

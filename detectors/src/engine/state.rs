@@ -67,6 +67,7 @@ impl EngineState {
 /// A saved state this build cannot use.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VersionMismatch {
+    /// The state format version the file was written with.
     pub found: u32,
 }
 

@@ -49,6 +49,7 @@ impl Default for MinerConfig {
 /// One mined pattern.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Pattern {
+    /// Stable id: never reused, kept across snapshots; what log records are stamped with.
     pub id: u64,
     /// Template tokens; variables are [`WILDCARD`].
     pub tokens: Vec<String>,
@@ -56,6 +57,7 @@ pub struct Pattern {
     pub count: u64,
     /// Event time (unix ns) of the first and the latest line.
     pub first_seen_ns: i64,
+    /// Event time (unix ns) of the latest line.
     pub last_seen_ns: i64,
     /// Recency stamp for eviction.
     last_used: u64,
@@ -63,6 +65,7 @@ pub struct Pattern {
 }
 
 impl Pattern {
+    /// The template as text: tokens joined by spaces, variables as `<*>`.
     pub fn template(&self) -> String {
         self.tokens.join(" ")
     }
@@ -71,6 +74,7 @@ impl Pattern {
 /// The outcome of adding one line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Assignment {
+    /// The pattern the line joined or started.
     pub pattern_id: u64,
     /// The line started a new pattern.
     pub is_new: bool,
@@ -79,12 +83,18 @@ pub struct Assignment {
 /// The miner's whole state, for snapshots.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MinerSnapshot {
+    /// The settings the miner ran with (a restored miner keeps them).
     pub config: MinerConfig,
+    /// The id the next new pattern gets.
     pub next_id: u64,
+    /// Recency clock: one tick per line, for least-recently-seen eviction.
     pub tick: u64,
+    /// Every pattern held, in id order.
     pub patterns: Vec<Pattern>,
 }
 
+/// The online log pattern miner: lines in, stable pattern ids out; bounded by
+/// `max_patterns` (least recently seen evicted, ids never reused).
 pub struct PatternMiner {
     config: MinerConfig,
     patterns: HashMap<u64, Pattern>,
@@ -122,6 +132,7 @@ impl Default for PatternMiner {
 }
 
 impl PatternMiner {
+    /// An empty miner with `config`.
     pub fn new(config: MinerConfig) -> PatternMiner {
         PatternMiner {
             config,
@@ -134,10 +145,12 @@ impl PatternMiner {
         }
     }
 
+    /// Patterns held now.
     pub fn len(&self) -> usize {
         self.patterns.len()
     }
 
+    /// Whether no pattern is held.
     pub fn is_empty(&self) -> bool {
         self.patterns.is_empty()
     }
@@ -147,10 +160,12 @@ impl PatternMiner {
         self.evicted
     }
 
+    /// Pattern `id`, if it is still held (not evicted).
     pub fn get(&self, id: u64) -> Option<&Pattern> {
         self.patterns.get(&id)
     }
 
+    /// Every pattern held, in no particular order.
     pub fn patterns(&self) -> impl Iterator<Item = &Pattern> {
         self.patterns.values()
     }
@@ -319,6 +334,7 @@ impl PatternMiner {
         )
     }
 
+    /// The whole state, for saving; [`PatternMiner::restore`] gives back the same ids.
     pub fn snapshot(&self) -> MinerSnapshot {
         let mut patterns: Vec<Pattern> = self.patterns.values().cloned().collect();
         patterns.sort_by_key(|p| p.id);
@@ -330,6 +346,7 @@ impl PatternMiner {
         }
     }
 
+    /// A miner from a snapshot: same ids, same patterns, buckets recomputed.
     pub fn restore(snapshot: MinerSnapshot) -> PatternMiner {
         let mut miner = PatternMiner::new(snapshot.config);
         miner.next_id = snapshot.next_id;

@@ -48,6 +48,7 @@ pub struct SeriesConfig {
     pub normalizer_memory: f64,
     /// CUSUM slack and decision threshold, in residual sigmas.
     pub cusum_slack: f64,
+    /// CUSUM decision threshold, in residual sigmas.
     pub cusum_threshold: f64,
     /// A value beyond the range the series has ever shown, by this share of that range,
     /// counts as a breakout (the range is all-time: a refit does not forget a past peak).
@@ -59,11 +60,14 @@ pub struct SeriesConfig {
     /// After a score at or above `fire_score`, scores are damped for `cooldown` points so one
     /// incident reads as one finding.
     pub fire_score: f64,
+    /// Points the damping lasts after a firing score.
     pub cooldown: usize,
+    /// Factor applied to scores during the cooldown.
     pub cooldown_damping: f64,
     /// Consecutive identical values that make a flat-line, on a series whose history
     /// rarely repeats a value.
     pub flatline_points: usize,
+    /// Score given to a flat-line.
     pub flatline_score: f64,
     /// Score given when an intermittent series stays at its floor longer than ever before
     /// (0 = off). See `quiet`.
@@ -80,7 +84,9 @@ pub struct SeriesConfig {
     /// `routine_lookback` of them), within `routine_tolerance_secs`, is routine — the
     /// nightly backup — and scores low (0 = off). See `routine`.
     pub routine_period_secs: u64,
+    /// How far from a whole number of periods an excursion may start and still be routine.
     pub routine_tolerance_secs: u64,
+    /// Periods looked back for a like excursion.
     pub routine_lookback: u32,
 }
 
@@ -132,23 +138,28 @@ pub enum Signal {
     /// ever before (the nightly job did not run, the instance stopped syncing).
     Quiet,
     /// The five-minute mean of a finely sampled series left its band for this time of day
-    /// (found by the daily view, [`shadow`]).
+    /// (found by the daily view, `timeseries/shadow.rs`).
     TimeOfDay,
 }
 
 /// The detector's verdict on one point.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PointScore {
+    /// Event time of the point, unix milliseconds.
     pub timestamp_ms: i64,
+    /// The value scored.
     pub value: f64,
+    /// What the model expected.
     pub expected: f64,
     /// Expected band (about 99.7 % of normal points fall inside).
     pub lower: f64,
+    /// Upper edge of the expected band.
     pub upper: f64,
     /// Residual in robust sigmas.
     pub z: f64,
     /// Comparable anomaly score in [0, 1].
     pub score: f64,
+    /// Why the point scored what it did.
     pub signal: Signal,
     /// Whether a seasonal profile shaped the expected value.
     pub seasonal: bool,
@@ -205,6 +216,7 @@ pub struct SeriesDetector {
 }
 
 impl SeriesDetector {
+    /// A detector that has seen nothing: it warms up on its first points.
     pub fn new() -> Self {
         Self::default()
     }

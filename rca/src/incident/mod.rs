@@ -52,6 +52,7 @@ fn onset(members: &[&Member]) -> Option<i64> {
     strong.or_else(|| members.iter().map(|m| m.start_ms).min())
 }
 
+/// How the correlator joins, opens and resolves incidents (times in milliseconds).
 #[derive(Debug, Clone)]
 pub struct IncidentConfig {
     /// A finding that started this long before an incident began (it reached the correlator
@@ -96,24 +97,36 @@ impl Default for IncidentConfig {
     }
 }
 
+/// Whether an incident is still going on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum IncidentStatus {
+    /// Some finding in it is open, or closed less than the resolve delay ago.
     Open,
+    /// All its findings closed and stayed closed for the resolve delay.
     Resolved,
 }
 
 /// An anomaly as the incident keeps it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Member {
+    /// The anomaly's id (`GET /api/v1/anomalies/{id}`).
     pub anomaly_id: String,
+    /// The service the finding is on.
     pub service: String,
+    /// Which detector found it.
     pub detector: DetectorKind,
+    /// The signal's name, as the anomaly names it.
     pub signal: String,
+    /// Event time the finding began, unix ms.
     pub start_ms: i64,
+    /// Latest event time it was active, unix ms.
     pub end_ms: i64,
+    /// Its peak score in [0, 1].
     pub score: f64,
+    /// Still being extended by new evidence.
     pub open: bool,
+    /// The anomaly's one checkable sentence.
     pub explanation: String,
     /// Below what was expected but not zero — less traffic, less CPU, faster responses: what
     /// a service shows when its callers are in trouble, not what a cause looks like (a
@@ -125,9 +138,12 @@ pub struct Member {
     pub stopped: bool,
 }
 
+/// One root-cause candidate of an incident.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RankedService {
+    /// The candidate service.
     pub service: String,
+    /// Weighted sum of the ranking facts; comparable within one incident only.
     pub score: f64,
     /// The service's strongest finding: which signal inside it to look at first.
     #[serde(default)]
@@ -136,13 +152,18 @@ pub struct RankedService {
     pub reasons: Vec<String>,
 }
 
+/// Anomalies correlated by time and topology, with ranked root-cause candidates.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Incident {
+    /// Stable id (a hash of the first anomaly and the start): what alert labels and URLs carry.
     pub id: String,
+    /// Open or resolved.
     pub status: IncidentStatus,
+    /// Event time of the earliest finding, unix ms.
     pub start_ms: i64,
     /// Latest activity (anomaly end) so far.
     pub end_ms: i64,
+    /// Every service with a finding in the incident, sorted.
     pub services: Vec<String>,
     /// Ranked root-cause candidates, most likely first.
     pub candidates: Vec<RankedService>,
@@ -173,6 +194,8 @@ impl Incident {
     }
 }
 
+/// Joins anomalies into incidents and ranks their services; fed in event-time order,
+/// no clock of its own (replays give the same incidents).
 #[derive(Debug, Default)]
 pub struct Correlator {
     cfg: IncidentConfig,
@@ -201,6 +224,7 @@ fn kind_family(d: DetectorKind) -> &'static str {
 }
 
 impl Correlator {
+    /// A correlator with no incidents.
     pub fn new(cfg: IncidentConfig) -> Correlator {
         Correlator {
             cfg,
@@ -405,6 +429,7 @@ impl Correlator {
             .collect()
     }
 
+    /// Incident `id`, while the correlator still holds it.
     pub fn incident(&self, id: &str) -> Option<&Incident> {
         self.incidents.get(id)
     }

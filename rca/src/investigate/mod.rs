@@ -34,16 +34,20 @@ pub(crate) const MIN_STRENGTH: f64 = 3.0;
 /// A half-open time range `[start_ms, end_ms)` in unix milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TimeRange {
+    /// First millisecond in the range (unix ms).
     pub start_ms: i64,
+    /// First millisecond after the range (unix ms).
     pub end_ms: i64,
 }
 
 impl TimeRange {
+    /// Whether an event at `ts_ns` (unix ns) falls in the range.
     pub fn contains_ns(&self, ts_ns: i64) -> bool {
         let ms = ts_ns.div_euclid(1_000_000);
         self.start_ms <= ms && ms < self.end_ms
     }
 
+    /// The range's length in milliseconds.
     pub fn len_ms(&self) -> i64 {
         self.end_ms - self.start_ms
     }
@@ -52,13 +56,19 @@ impl TimeRange {
 /// One stored span, as much of it as an investigation needs.
 #[derive(Debug, Clone)]
 pub struct SpanRow {
+    /// Lowercase hex trace id.
     pub trace_id: String,
+    /// Lowercase hex span id.
     pub span_id: String,
     /// Empty for a root span.
     pub parent_span_id: String,
+    /// `service.name` of the span's resource.
     pub service: String,
+    /// The span's name.
     pub operation: String,
+    /// Start, unix nanoseconds.
     pub start_ns: i64,
+    /// End, unix nanoseconds.
     pub end_ns: i64,
     /// OTLP status code ERROR.
     pub error: bool,
@@ -72,10 +82,13 @@ pub struct SpanRow {
 pub struct LogCount {
     /// The minute, as [`Input::minute_of`] numbers it (aligned to the window's start).
     pub minute: i64,
+    /// `service.name` of the lines.
     pub service: String,
+    /// The log pattern the lines were stamped with.
     pub pattern_id: u64,
     /// OTLP severity number (13–16 warn, 17+ error; 0 unknown).
     pub severity: i32,
+    /// Lines in that minute.
     pub count: u64,
 }
 
@@ -85,20 +98,28 @@ pub struct LogCount {
 pub struct WindowLogLine {
     /// Unix nanoseconds: lines of the window and of its lead-in travel together.
     pub ts_ns: i64,
+    /// `service.name` of the line.
     pub service: String,
+    /// Its log pattern.
     pub pattern_id: u64,
+    /// OTLP severity number (13–16 warn, 17+ error).
     pub severity: i32,
+    /// Trace id it was written under; empty when none.
     pub trace_id: String,
+    /// Span id it was written under; empty when none.
     pub span_id: String,
 }
 
 /// One metric series, already reduced to one value per step.
 #[derive(Debug, Clone)]
 pub struct MetricSeries {
+    /// `service.name` of the series.
     pub service: String,
+    /// The metric's name.
     pub name: String,
     /// The series' labels as `k="v"` pairs (without `service.name`), for display and queries.
     pub labels: String,
+    /// UCUM unit as sent; empty when unknown.
     pub unit: String,
     /// `(unix ms, value)`, in time order.
     pub points: Vec<(i64, f64)>,
@@ -108,11 +129,18 @@ pub struct MetricSeries {
 /// says which range it belongs to.
 #[derive(Debug, Clone)]
 pub struct Input {
+    /// The range being investigated.
     pub window: TimeRange,
+    /// The range it is compared with (the caller chooses it; Vigil picks one before the window
+    /// when none is given).
     pub baseline: TimeRange,
+    /// Spans of the window, the baseline and the lead-in.
     pub spans: Vec<SpanRow>,
+    /// Log line counts of all ranges.
     pub log_counts: Vec<LogCount>,
+    /// Warning-or-worse lines of the window and lead-in, with their trace context.
     pub window_lines: Vec<WindowLogLine>,
+    /// Metric series covering the window and the baseline.
     pub metrics: Vec<MetricSeries>,
     /// Only rank these services (all when empty).
     pub services: Vec<String>,
@@ -216,19 +244,26 @@ impl EvidenceKind {
 /// One piece of evidence: what moved, from what to what, and how surprising that is.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Evidence {
+    /// What kind of change this is.
     pub kind: EvidenceKind,
+    /// The service the change is on.
     pub service: String,
     /// The operation, `pattern <id>`, or the metric with its labels.
     pub signal: String,
+    /// The span operation, for span evidence.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operation: Option<String>,
+    /// The log pattern, for log evidence.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pattern_id: Option<u64>,
+    /// The metric name, for metric evidence.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metric: Option<String>,
     /// Typical baseline value and the window's value, in `unit`.
     pub before: f64,
+    /// The window's value, in `unit`.
     pub after: f64,
+    /// Unit of `before` and `after` (`s`, `/min`, `ratio`, or the metric's own).
     pub unit: String,
     /// Robust σ of the change (how many baseline wobbles it is).
     pub strength: f64,
@@ -283,10 +318,13 @@ impl Evidence {
 /// A ranked service.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Candidate {
+    /// The candidate service.
     pub service: String,
     /// 0..1, comparable within one investigation.
     pub score: f64,
+    /// Why it ranks where it does, one checkable sentence each.
     pub reasons: Vec<String>,
+    /// The changes found on it, strongest first.
     pub evidence: Vec<Evidence>,
 }
 
