@@ -38,6 +38,95 @@ fn is_windows_path(bytes: &[u8]) -> bool {
     drive || share || bytes.iter().filter(|&&b| b == b'\\').count() >= 2
 }
 
+/// Day and month names (English, abbreviated or full, any case), AM/PM and the common
+/// time-zone abbreviations: the words of a written date. They are variables only beside
+/// another part of a date (see [`mask_dates`]): alone, "may" or "mar" can be a template's word.
+pub(crate) fn is_calendar_word(token: &str) -> bool {
+    let word = token
+        .trim_start_matches(['[', '('])
+        .trim_end_matches([',', '.', ']', ')'])
+        .as_bytes();
+    if word.is_empty() || word.len() > 9 || !word[0].is_ascii_alphabetic() {
+        return false;
+    }
+    // Lower-cased on the stack: the miner asks this of every word of every line.
+    let mut buf = [0u8; 9];
+    for (b, c) in buf.iter_mut().zip(word) {
+        *b = c.to_ascii_lowercase();
+    }
+    matches!(
+        &buf[..word.len()],
+        b"mon"
+            | b"tue"
+            | b"tues"
+            | b"wed"
+            | b"thu"
+            | b"thur"
+            | b"thurs"
+            | b"fri"
+            | b"sat"
+            | b"sun"
+            | b"monday"
+            | b"tuesday"
+            | b"wednesday"
+            | b"thursday"
+            | b"friday"
+            | b"saturday"
+            | b"sunday"
+            | b"jan"
+            | b"feb"
+            | b"mar"
+            | b"apr"
+            | b"may"
+            | b"jun"
+            | b"jul"
+            | b"aug"
+            | b"sep"
+            | b"sept"
+            | b"oct"
+            | b"nov"
+            | b"dec"
+            | b"january"
+            | b"february"
+            | b"march"
+            | b"april"
+            | b"june"
+            | b"july"
+            | b"august"
+            | b"september"
+            | b"october"
+            | b"november"
+            | b"december"
+            | b"am"
+            | b"pm"
+            | b"utc"
+            | b"gmt"
+            | b"z"
+    )
+}
+
+/// Masks the words of written dates: a day or month name next to a variable (a day of the
+/// month, a time, a year) or next to another such word that is, so `Tue Mar  5 14:02:11 2024`
+/// becomes five wildcards wherever it stands. Without this a ctime or syslog timestamp puts
+/// the day and month names into the template, and every day of the week becomes its own
+/// pattern. `is_wildcard(i)` says whether token `i` is already a variable.
+pub(crate) fn mask_dates(raw: &[&str], is_wildcard: impl Fn(usize) -> bool) -> Vec<bool> {
+    let mut masked: Vec<bool> = (0..raw.len()).map(&is_wildcard).collect();
+    let calendar: Vec<bool> = raw.iter().map(|t| is_calendar_word(t)).collect();
+    // Forward then backward, so a run of date words is masked from either end.
+    for i in 1..raw.len() {
+        if calendar[i] && !masked[i] && masked[i - 1] && (calendar[i - 1] || is_wildcard(i - 1)) {
+            masked[i] = true;
+        }
+    }
+    for i in (0..raw.len().saturating_sub(1)).rev() {
+        if calendar[i] && !masked[i] && masked[i + 1] && (calendar[i + 1] || is_wildcard(i + 1)) {
+            masked[i] = true;
+        }
+    }
+    masked
+}
+
 /// Splits `key=value` / `key:value` tokens so the key stays part of the template:
 /// returns the length of the constant prefix (including the separator) when the
 /// part before the first `=` or `:` is a plain word and the rest is a variable.
@@ -88,6 +177,27 @@ mod tests {
         ] {
             assert!(!is_variable(c), "{c}");
         }
+    }
+
+    #[test]
+    fn written_dates_are_variables_and_lone_month_words_are_not() {
+        let mask = |line: &str| {
+            let raw: Vec<&str> = line.split_whitespace().collect();
+            mask_dates(&raw, |i| is_variable(raw[i]))
+        };
+        assert_eq!(
+            mask("Tue Mar 5 14:02:11 2024 user logged in"),
+            [true, true, true, true, true, false, false, false]
+        );
+        assert_eq!(mask("at 10:02:03 PM UTC done"), [false, true, true, true, false]);
+        assert_eq!(mask("Sunday, December 4, 2005 ok"), [true, true, true, true, false]);
+        assert_eq!(
+            mask("[Tue Mar 05 14:02:11.123 2024] [error]"),
+            [true, true, true, true, true, false]
+        );
+        // Without a number beside them they stay words.
+        assert_eq!(mask("may not start"), [false, false, false]);
+        assert_eq!(mask("sun is up"), [false, false, false]);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use super::mask::{WILDCARD, constant_prefix, is_variable};
+use super::mask::{WILDCARD, constant_prefix, is_calendar_word, is_variable, mask_dates};
 
 /// Tuning of the miner. The defaults are what the product runs with.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -172,13 +172,26 @@ impl PatternMiner {
 
     fn tokens<'a>(&self, line: &'a str) -> Vec<Cow<'a, str>> {
         let mut tokens: Vec<Cow<'a, str>> = Vec::new();
+        let mut dated = false;
         for token in line.split_whitespace() {
             if tokens.len() + 1 >= self.config.max_tokens {
                 // A huge line: everything past the cap is one variable tail.
                 tokens.push(Cow::Borrowed(WILDCARD));
                 break;
             }
-            tokens.push(normalize(token));
+            let t = normalize(token);
+            dated |= t.as_ref() != WILDCARD && is_calendar_word(token);
+            tokens.push(t);
+        }
+        if dated {
+            // Rare: only lines with a day or month name pay for the second look.
+            let raw: Vec<&str> = line.split_whitespace().take(tokens.len()).collect();
+            let masked = mask_dates(&raw, |i| tokens[i].as_ref() == WILDCARD);
+            for (t, m) in tokens.iter_mut().zip(masked) {
+                if m {
+                    *t = Cow::Borrowed(WILDCARD);
+                }
+            }
         }
         tokens
     }
