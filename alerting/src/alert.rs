@@ -43,16 +43,19 @@ pub struct AlertInput {
 pub struct Comment {
     /// When, unix ms.
     pub at_ms: i64,
-    /// Who wrote it (a personal token's name, or the shared token's role).
+    /// Who wrote it: a personal token's owner; under a shared token, the name the request
+    /// gave, else the token's own (`api`, `responder`).
     pub by: String,
-    /// The note.
+    /// The note as written; never blank ([`Alerting::comment`](crate::Alerting::comment)
+    /// refuses it).
     pub text: String,
 }
 
 /// An alert as Vigil keeps it: identity, state, who acted on it, and why it is muted.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Alert {
-    /// The fingerprint of its labels.
+    /// The fingerprint of its labels ([`fingerprint`](crate::fingerprint): 16 hex digits, the
+    /// same id Alertmanager gives them); the key of every API call about it.
     pub id: String,
     /// Its identity (see [`AlertInput::labels`]).
     pub labels: LabelSet,
@@ -60,7 +63,8 @@ pub struct Alert {
     pub annotations: LabelSet,
     /// Firing, acknowledged or resolved.
     pub state: AlertState,
-    /// When it began, unix ms (as the sender said, or first receipt).
+    /// When it began, unix ms (as the sender said, or first receipt); reset when it fires
+    /// again after resolving.
     pub starts_at_ms: i64,
     /// When the alert resolved, or when it will unless re-sent.
     pub ends_at_ms: i64,
@@ -72,7 +76,7 @@ pub struct Alert {
     pub generator_url: String,
     /// Who acknowledged it; cleared by unacknowledge and on re-firing after resolve.
     pub acknowledged_by: Option<String>,
-    /// When it was acknowledged, unix ms.
+    /// When it was acknowledged, unix ms; `None` whenever `acknowledged_by` is.
     pub acknowledged_at_ms: Option<i64>,
     /// Notes left on it, oldest first.
     pub comments: Vec<Comment>,
@@ -101,19 +105,23 @@ impl Alert {
 /// A silence: alerts whose labels match every matcher are muted between its start and end.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Silence {
-    /// Its id, assigned on creation (`s` and a sequence number).
+    /// Its id: left empty by the caller, [`Alerting::add_silence`](crate::Alerting::add_silence)
+    /// assigns `s` and the 8-digit sequence number (`s00000042`); an existing id replaces that
+    /// silence.
     pub id: String,
-    /// All must match an alert's labels for it to be muted.
+    /// All must match an alert's labels for it to be muted; never empty (a silence of
+    /// everything is refused).
     pub matchers: Vec<Matcher>,
     /// When it starts muting, unix ms.
     pub starts_at_ms: i64,
-    /// When it stops; expiring a silence sets this to now.
+    /// When it stops muting, unix ms (exclusive, after `starts_at_ms`); expiring a silence
+    /// sets this to now.
     pub ends_at_ms: i64,
-    /// Who created it.
+    /// Who created it; must not be blank (`add_silence` refuses it).
     pub created_by: String,
-    /// Why (required, as in Alertmanager).
+    /// Why, as the creator wrote it (Alertmanager's `comment`); not checked, may be empty.
     pub comment: String,
-    /// When it was created, unix ms.
+    /// When it was created, unix ms: set by `add_silence`, whatever the caller put here.
     pub created_at_ms: i64,
 }
 
@@ -136,12 +144,18 @@ pub struct AuditEntry {
     pub seq: u64,
     /// When, unix ms.
     pub at_ms: i64,
-    /// Who (a personal token's name, `api`, `responder`, or `link` for a signed link).
+    /// Who: a personal token's owner; under a shared token the name the request gave, else
+    /// `api` or `responder`; `one-click link` for a signed link; `vigil` for what Vigil
+    /// records itself (`escalation_unrouted`, `delivery_abandoned`).
     pub actor: String,
-    /// "ack", "unack", "resolve", "comment", "feedback", "silence_create", "silence_expire".
+    /// "ack", "unack", "resolve", "comment", "feedback", "silence_create", "silence_expire",
+    /// "schedule_update", "schedule_delete", "override_create", "override_delete",
+    /// "escalation_unrouted", "delivery_abandoned".
     pub action: String,
-    /// What was acted on: an alert or silence id.
+    /// What was acted on: an alert id, a silence id, a schedule's name, a notification id
+    /// (`delivery_abandoned`) or a group key (`escalation_unrouted`).
     pub target: String,
-    /// Free text: the comment, the verdict, the silence's matchers.
+    /// Free text: the comment, the verdict, the silence's matchers, the override, the last
+    /// delivery error; empty for ack, unack, resolve, silence_expire and schedule_delete.
     pub detail: String,
 }

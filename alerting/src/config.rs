@@ -105,19 +105,19 @@ pub enum ReceiverKind {
 pub struct ReceiverConfig {
     /// Referenced by routes, escalation steps and people.
     pub name: String,
-    /// Payload format.
+    /// Payload format; a webhook when absent.
     pub kind: ReceiverKind,
     /// Where to POST; a receiver without a URL records notifications but sends nothing.
     pub url: Option<String>,
     /// PagerDuty integration (routing) key.
     pub routing_key: Option<String>,
-    /// Per-request timeout.
+    /// Per-request timeout in seconds; `None` takes the collector's default.
     pub timeout_secs: Option<u64>,
     /// E-mail: recipients, sender, and the SMTP login (if the server wants one).
     pub to: Vec<String>,
-    /// E-mail sender address.
+    /// E-mail sender address; required for an e-mail receiver.
     pub from: Option<String>,
-    /// SMTP login name.
+    /// SMTP login name; set with `password` or not at all.
     pub username: Option<String>,
     /// SMTP password (never logged).
     pub password: Option<Password>,
@@ -139,7 +139,7 @@ impl std::fmt::Debug for Password {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct InhibitRuleConfig {
-    /// Matchers an inhibiting alert must satisfy.
+    /// Matchers an inhibiting alert must satisfy; it inhibits while firing or acknowledged.
     pub source_matchers: Vec<String>,
     /// Matchers an inhibited alert must satisfy.
     pub target_matchers: Vec<String>,
@@ -153,7 +153,7 @@ pub struct InhibitRuleConfig {
 pub struct EscalationPolicyConfig {
     /// The name routes refer to.
     pub name: String,
-    /// Steps in order.
+    /// Run in order; a policy without steps never escalates.
     pub steps: Vec<EscalationStepConfig>,
     /// Times the whole list of steps is run again while nobody acknowledges (0 = once).
     pub repeat: u32,
@@ -165,7 +165,7 @@ pub struct EscalationPolicyConfig {
 pub struct EscalationStepConfig {
     /// Seconds after the previous step (after the first notification for step one).
     pub wait_secs: u64,
-    /// Receivers notified at this step.
+    /// Receivers notified at this step (by name; each must exist).
     pub receivers: Vec<String>,
     /// On-call schedules: the person on call in each, when the step runs, is notified
     /// through their own receiver (`people`).

@@ -35,7 +35,7 @@ impl Rotation {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Layer {
-    /// Shown in shifts as their source.
+    /// Shown in shifts as their source; `layer` when empty.
     #[serde(default)]
     pub name: String,
     /// How often the turn passes.
@@ -55,13 +55,15 @@ pub struct Layer {
 /// One person on call for a stretch of time, over every layer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Override {
-    /// Its id, assigned when added.
+    /// Its id: `o` and the 8-digit sequence number, assigned by
+    /// [`Alerting::add_override`](crate::Alerting::add_override).
     pub id: String,
     /// Who covers.
     pub user: String,
     /// Start of the cover, unix ms.
     pub start_ms: i64,
-    /// End of the cover, unix ms.
+    /// End of the cover, unix ms (exclusive). Overrides that ended over a week ago are
+    /// dropped when the next one is added (the audit log keeps them).
     pub end_ms: i64,
     /// Who added it.
     #[serde(default)]
@@ -81,10 +83,10 @@ pub struct Schedule {
     /// Stretches where one person covers, over every layer.
     #[serde(default)]
     pub overrides: Vec<Override>,
-    /// Last change, unix ms.
+    /// Last change to its layers, unix ms: set by `put_schedule`, whatever the caller sent.
     #[serde(default)]
     pub updated_ms: i64,
-    /// Who made the last change.
+    /// Who made the last change to its layers (set by `put_schedule`).
     #[serde(default)]
     pub updated_by: String,
 }
@@ -96,9 +98,9 @@ pub struct Shift {
     pub user: String,
     /// Start, unix ms.
     pub start_ms: i64,
-    /// End, unix ms.
+    /// End, unix ms (exclusive).
     pub end_ms: i64,
-    /// The layer's name, or "override".
+    /// The layer's name (`layer` for an unnamed one), or `override`.
     pub source: String,
 }
 

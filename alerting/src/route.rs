@@ -7,7 +7,7 @@ use crate::config::{ConfigError, RouteConfig, parse_matcher_list};
 use crate::labels::LabelSet;
 use crate::matcher::{Matcher, all_match};
 
-/// Defaults as in Alertmanager.
+/// Default wait before a new group's first notification (Alertmanager's 30 s).
 pub const DEFAULT_GROUP_WAIT_MS: i64 = 30_000;
 /// Default wait before notifying about alerts added to a group (Alertmanager's 5 m).
 pub const DEFAULT_GROUP_INTERVAL_MS: i64 = 300_000;
@@ -23,17 +23,18 @@ pub struct Route {
     pub receiver: String,
     /// All must match for an alert to enter this route.
     pub matchers: Vec<Matcher>,
-    /// Labels alerts are grouped by.
+    /// Labels alerts are grouped by: `alertname` at the root unless configured; `...` groups
+    /// by every label.
     pub group_by: Vec<String>,
-    /// Wait before a new group's first notification.
+    /// Wait before a new group's first notification, ms (configured in seconds).
     pub group_wait_ms: i64,
-    /// Wait before notifying about alerts added to a group.
+    /// Wait before notifying about alerts added to a group, ms.
     pub group_interval_ms: i64,
-    /// Wait before re-sending an unchanged notification.
+    /// Wait before re-sending an unchanged notification while an alert is unacknowledged, ms.
     pub repeat_interval_ms: i64,
     /// Keep trying later siblings after a match.
     pub continue_matching: bool,
-    /// The escalation policy for this route's groups.
+    /// Name of the escalation policy for this route's groups, inherited; `None`: no escalation.
     pub escalation: Option<String>,
     /// Child routes, in order.
     pub children: Vec<Route>,

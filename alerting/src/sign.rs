@@ -112,13 +112,14 @@ impl LinkAction {
 /// What a signed one-click link carries: one action on one alert, until it expires, once.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ActionLink {
-    /// The alert it acts on.
+    /// The id of the alert it acts on (its fingerprint).
     pub alert_id: String,
     /// What it does.
     pub action: LinkAction,
     /// When it stops working, unix ms.
     pub expires_ms: i64,
-    /// Single-use token: a link whose nonce was used is refused.
+    /// Single-use token ([`nonce_for`]: the same on every retry of a notification); the
+    /// caller refuses a link whose nonce was used.
     pub nonce: String,
 }
 
@@ -134,7 +135,8 @@ pub enum LinkError {
     /// Past its expiry.
     #[error("link expired")]
     Expired,
-    /// Already used.
+    /// Already used: the caller's verdict when its record of used nonces has this one
+    /// ([`verify_link`] does not know them).
     #[error("link was already used")]
     Replayed,
     /// Signed for another purpose (a feed token used as an action link, or the reverse).

@@ -41,9 +41,10 @@ pub enum StoreError {
     /// An entry does not decode: named so it can be found and removed.
     #[error("alerting database holds an unreadable {table} entry {key:?}: {reason}")]
     Corrupt {
-        /// The table.
+        /// The redb table: `alerts`, `groups`, `silences`, `outbox`, `schedules`, `audit` or
+        /// `deliveries`.
         table: &'static str,
-        /// The entry's key.
+        /// The entry's key (an id, a name, or a sequence number in decimal).
         key: String,
         /// The decoder's message.
         reason: String,

@@ -26,11 +26,13 @@ pub enum DetectorKind {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Severity {
-    /// Worth a look on the incident page; never pages alone.
+    /// Score below 0.7: shown on the incident page, but an incident graded no higher
+    /// raises no alert.
     Info,
-    /// A clear departure from the learned band.
+    /// Score from 0.7 up to 0.9; the lowest grade that alerts.
     Warning,
-    /// Far outside the band (score ≥ 0.9).
+    /// Score 0.9 or more. An incident is graded critical only when a second detector family
+    /// or service corroborates; one signal alone, however strong, makes a warning.
     Critical,
 }
 
@@ -63,29 +65,37 @@ pub struct SignalRef {
 /// One finding.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Anomaly {
-    /// Stable id: the same finding keeps its id while it is extended.
+    /// Stable id: 16 hex digits hashed from the signal key and `start_ms`, so the same
+    /// finding keeps its id while it is extended and a replay gives the same ids.
     pub id: String,
     /// Which detector found it (decides how the UI charts and groups it).
     pub detector: DetectorKind,
     /// The series or signal the finding is about: its key, service and labels.
     pub signal: SignalRef,
-    /// Event time, unix milliseconds. `end_ms` moves while the anomaly lasts.
+    /// Event time the finding began, unix milliseconds; fixed once opened (`end_ms` moves).
+    /// Findings on log and span intervals carry the interval's start.
     pub start_ms: i64,
-    /// Latest event time (unix ms) the finding was active; equals `start_ms` for one point.
+    /// Event time (unix ms) of the latest point that extended the finding; equal to
+    /// `start_ms` until it is extended (a quiet spell is dated back to its first point, so
+    /// it starts out longer).
     pub end_ms: i64,
     /// Peak score in [0, 1].
     pub score: f64,
-    /// Graded from `score` ([`Severity::from_score`]).
+    /// Always [`Severity::from_score`] of `score`; kept alongside it for readers of the JSON.
     pub severity: Severity,
-    /// The value at the peak and the band it was expected in.
+    /// The value at the peak, in `unit`. For a new-pattern finding, how many new patterns it
+    /// has gathered; for a peer outlier, the member's mean over the peer window.
     pub observed: f64,
-    /// The value the detector expected at the peak.
+    /// The value the detector expected at the peak; 0 for new-pattern findings, which have
+    /// no band. Clamped at 0 for rates, ratios and latencies.
     pub expected: f64,
-    /// Lower edge of the expected band at the peak.
+    /// Lower edge of the expected band at the peak (about 3 robust sigmas below `expected`;
+    /// for a peer outlier, the peers' range). Clamped at 0 like `expected`.
     pub lower: f64,
-    /// Upper edge of the expected band at the peak.
+    /// Upper edge of the expected band at the peak; see `lower`.
     pub upper: f64,
-    /// Unit of observed/expected: "s", "/s", "ratio", or the metric's own unit.
+    /// Unit of observed/expected/lower/upper: "s", "/s", "/min", "ratio" (0..1), "patterns"
+    /// for new-pattern findings, or the metric's own unit (empty when it has none).
     pub unit: String,
     /// Still being extended by new evidence.
     pub open: bool,
@@ -114,18 +124,20 @@ pub const EVIDENCE_DURING: usize = 90;
 /// One point of a finding's series as the detector saw it.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct EvidencePoint {
-    /// Event time, unix milliseconds.
+    /// Event time, unix milliseconds. Context points before the onset are placed back from
+    /// it at the series' sampling step, not at their recorded times.
     pub t_ms: i64,
-    /// The value the detector scored (a rate, ratio or latency, in the finding's unit).
+    /// The value the detector scored, in the finding's `unit`.
     pub value: f64,
     /// The expected band; absent for context points from before the onset, whose band the
     /// detector no longer holds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lower: Option<f64>,
-    /// Upper edge of the expected band; absent like `lower`.
+    /// Upper edge of the expected band; absent exactly when `lower` is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upper: Option<f64>,
-    /// Scored at or above the threshold.
+    /// Scored at or above the signal's threshold (as moved by feedback); false for context
+    /// points and for weaker points that only extend a finding or wind it down.
     #[serde(default)]
     pub anomalous: bool,
 }

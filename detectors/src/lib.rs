@@ -5,9 +5,11 @@
 //! traffic.
 //!
 //! - [`PatternMiner`]: online log template mining (Drain family) with snapshot/restore.
-//! - [`SeriesDetector`]: the per-series online detector (peer-group outliers beside it).
+//! - [`SeriesDetector`]: the per-series online detector, one [`PointScore`] per point
+//!   with the [`Signal`] behind it.
 //! - [`Engine`]: logs, spans and metric points in (event time), [`Anomaly`] out;
-//!   pattern rates, error-log rates, trace RED, new patterns, human feedback.
+//!   pattern rates, error-log rates, trace RED, peer-group outliers, new patterns, human
+//!   feedback ([`Verdict`]), and a state that survives restarts ([`EngineState`]).
 
 #![warn(missing_docs)]
 

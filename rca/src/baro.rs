@@ -14,24 +14,28 @@ use vigil_detectors::{SeriesConfig, SeriesDetector};
 /// One aligned signal: `values[i]` belongs to row `i` (NaN when missing).
 #[derive(Debug, Clone)]
 pub struct Signal {
-    /// Column name, e.g. `carts_cpu`.
+    /// Column name, e.g. `carts_cpu`; what [`Candidate::signal`] reports.
     pub name: String,
-    /// The service it belongs to, e.g. `carts`.
+    /// The service it belongs to, e.g. `carts`; signals are grouped into candidates by it.
     pub service: String,
-    /// One value per row of the aligned table; NaN where the signal had no value.
+    /// One value per row of the aligned table, as long as the `times_ms` given to
+    /// [`find_onset`]; NaN (any non-finite value) where the signal had none, skipped.
     pub values: Vec<f64>,
 }
 
 /// One ranked root-cause candidate.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Candidate {
-    /// The service the candidate stands for.
+    /// The service, as its signals name it; one candidate per service.
     pub service: String,
-    /// Relative to the top candidate: 1.0 for the first.
+    /// `robust_z` relative to the top candidate's, in [0, 1]: 1.0 for the first (0 for all
+    /// when no signal moved at all).
     pub score: f64,
-    /// The signal that moved most, and by how much (robust units).
+    /// Name of the service's signal that moved most after the onset.
     pub signal: String,
-    /// How far that signal moved after the onset, in robust units (median/IQR of before).
+    /// How far that signal moved: the largest `|x − median(before)| / IQR(before)` over
+    /// the rows from the onset on (the IQR floored at 1 % of the median, so a signal flat
+    /// before the onset does not shift infinitely).
     pub robust_z: f64,
     /// Why it ranks where it does, in words a human can check.
     pub reason: String,
@@ -45,7 +49,11 @@ const ALARM: f64 = 0.5;
 /// The row at which the system started to misbehave, found online: every signal's detector
 /// score is summed per row, and the onset is the first row (after a baseline) whose sum
 /// reaches half the largest sum seen. A lone false alarm scores on one signal; a fault moves
-/// several signals, and its own signal to a confident score. None when nothing alarms.
+/// several signals, and its own signal to a confident score. None when nothing alarms, or
+/// with 60 rows or fewer (no baseline).
+///
+/// `times_ms` holds each row's time (unix ms, increasing); every signal's `values` are read
+/// alongside it, row for row.
 pub fn find_onset(times_ms: &[i64], signals: &[Signal]) -> Option<usize> {
     let rows = times_ms.len();
     if rows <= MIN_BASELINE_ROWS || signals.is_empty() {
@@ -100,7 +108,9 @@ fn robust_shift(values: &[f64], onset: usize) -> Option<(f64, f64, f64)> {
     Some((z, peak, median))
 }
 
-/// Ranks services by their most shifted signal after `onset`.
+/// Ranks services by their most shifted signal after row `onset` (as [`find_onset`] returns
+/// it), strongest first. A signal with fewer than 8 finite values before the onset, or none
+/// from it on, is skipped; a service with no usable signal is not listed.
 pub fn rank(signals: &[Signal], onset: usize) -> Vec<Candidate> {
     let mut best: Vec<(String, f64, String, f64, f64)> = Vec::new();
     for s in signals {

@@ -23,15 +23,17 @@ const LAT_BUCKETS: usize = 96;
 pub struct SpanRef<'a> {
     /// `service.name` of the span's resource.
     pub service: &'a str,
-    /// The span id (8 bytes as an integer).
+    /// The 8-byte OTLP span id read as a big-endian integer (the collector's reading; any
+    /// reading works if parents use the same). Parents are looked up by it alone, not by
+    /// trace.
     pub span_id: u64,
-    /// The parent span id; `None` for a root span.
+    /// The parent's span id, read like `span_id`; `None` for a root span.
     pub parent_span_id: Option<u64>,
-    /// End time, unix ms (the graph's window is event time).
+    /// End time, unix ms: picks the one-minute bucket the call is counted in (event time).
     pub end_ms: i64,
-    /// Duration in seconds.
+    /// Duration in seconds; the call's latency on its edge.
     pub duration_s: f64,
-    /// OTLP status ERROR.
+    /// OTLP status code ERROR; counts toward the edge's `error_ratio`.
     pub error: bool,
     /// The service a client span calls, when it names it (`peer.service`): the edge to it is
     /// counted from this span, so a callee that answers nothing (it is down) still has its
@@ -88,33 +90,42 @@ impl EdgeStats {
 pub struct Edge {
     /// The calling service.
     pub from: String,
-    /// The called service.
+    /// The called service (possibly one that never sent spans, named by a client span's
+    /// `peer.service`).
     pub to: String,
-    /// Calls in the window.
+    /// Calls in the one-minute buckets starting within the fifteen minutes before `now_ms`.
     pub calls: u64,
-    /// Calls per second over the graph's window.
+    /// `calls` divided by the minutes that had calls (not by the whole fifteen): the rate
+    /// while the edge was busy.
     pub calls_per_s: f64,
-    /// Share of calls that failed, 0..1.
+    /// Share of `calls` that ended in error, 0..1; 0 with no calls.
     pub error_ratio: f64,
-    /// Median call duration, seconds (from a fixed log-spaced histogram).
+    /// Median call duration, seconds: the geometric middle of a histogram bucket 25 % wide,
+    /// so good to about ±12 %; 0 with no calls.
     pub p50_s: f64,
-    /// 99th percentile call duration, seconds.
+    /// 99th percentile call duration, seconds, as coarse as `p50_s`; 0 with no calls.
     pub p99_s: f64,
-    /// Latest call seen on the edge, unix ms.
+    /// End time of the latest call ever counted on the edge, unix ms (may fall outside the
+    /// window's buckets for a late span).
     pub last_seen_ms: i64,
 }
 
-/// The service graph of the last fifteen minutes, as `GET /api/v1/services/graph` serves it.
+/// The service graph as of one moment ([`Topology::graph`]), as
+/// `GET /api/v1/services/graph` serves it: edges with traffic in the last fifteen minutes.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Graph {
-    /// Every service that sent spans or was called.
+    /// Every service the topology has ever seen, sent spans or named as a peer, sorted;
+    /// including services with no edge in the window.
     pub services: Vec<String>,
-    /// Caller → callee edges with their RED figures.
+    /// Caller → callee edges active in the window, with their RED figures; ordered by the
+    /// order the services were first seen, not by name.
     pub edges: Vec<Edge>,
 }
 
 /// The service dependency graph, learned from spans: parent and child spans of different
-/// services, and client spans naming their `peer.service`.
+/// services, and client spans naming their `peer.service`. The relations
+/// ([`Topology::near`], [`Topology::depends_on`], [`Topology::callees`]) use every edge ever
+/// seen; only [`Topology::graph`] is limited to recent traffic.
 #[derive(Debug, Default)]
 pub struct Topology {
     span_service: HashMap<u64, u32>,
@@ -132,7 +143,7 @@ pub struct Topology {
 }
 
 impl Topology {
-    /// An empty graph.
+    /// An empty graph: no services, no edges, nothing near anything but itself.
     pub fn new() -> Topology {
         Topology::default()
     }
@@ -152,7 +163,11 @@ impl Topology {
         self.service_idx.get(service).is_some_and(|i| self.senders.contains(i))
     }
 
-    /// Adds one span: its service, and the edge to its parent's service once both are seen.
+    /// Adds one span: its service, the edge to its `peer` when it names one, and the edge
+    /// from its parent's service when that differs. A span whose parent has not arrived
+    /// waits and is counted when the parent comes (50,000 may wait; past that the call is
+    /// not counted); the last 200,000 span ids are remembered for that lookup. A call
+    /// counted from the client's `peer` side is not counted again from the server span.
     pub fn observe(&mut self, span: &SpanRef<'_>) {
         let svc = self.intern(span.service);
         self.senders.insert(svc);

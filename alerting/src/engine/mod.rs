@@ -59,9 +59,11 @@ pub enum NotifyReason {
 /// One message to one receiver about one group.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Notification {
-    /// Stable id: the receiver's idempotency key.
+    /// `<group key>/<receiver>/<sequence number>`: the same on every retry, so receivers
+    /// can use it as an idempotency key.
     pub id: String,
-    /// The group it is about (Alertmanager's group key).
+    /// The group it is about, as Alertmanager writes it (webhooks' `groupKey`); not
+    /// [`Group::key`].
     pub group_key: String,
     /// The receiver it goes to.
     pub receiver: String,
@@ -77,9 +79,11 @@ pub struct Notification {
     pub alerts: Vec<Alert>,
     /// When it was made, unix ms.
     pub created_ms: i64,
-    /// Delivery attempts so far.
+    /// Failed delivery attempts so far (0 until one fails; a delivered notification leaves
+    /// the outbox).
     pub attempts: u32,
-    /// When the next attempt is due, unix ms (backoff grows to `MAX_BACKOFF_MS`).
+    /// When the next attempt is due, unix ms: at once when made, then 2 s, 4 s, 8 s … after
+    /// each failure, at most [`MAX_BACKOFF_MS`].
     pub next_attempt_ms: i64,
     /// The last attempt's error, if it failed.
     pub last_error: Option<String>,
@@ -94,24 +98,29 @@ pub struct Escalation {
     pub step: usize,
     /// How many times the steps have been run through (against the policy's `repeat`).
     pub round: u32,
-    /// When the next step runs, unix ms.
+    /// When the next step runs, unix ms: that step's `wait_secs` after the previous step
+    /// (after the group's first notification, for step one).
     pub next_at_ms: i64,
 }
 
 /// Alerts of one route with the same `group_by` values: notified together.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Group {
-    /// Alertmanager's group key (route and group labels).
+    /// Vigil's key, `<route id>/<fingerprint of the group labels>`, stable across restarts;
+    /// [`Alerting::group_key`] gives Alertmanager's spelling.
     pub key: String,
     /// The route the group belongs to (its position in the tree).
     pub route_id: String,
     /// The route's receiver.
     pub receiver: String,
-    /// The `group_by` labels and their values.
+    /// The `group_by` labels and their values (all of them for `...`; labels an alert lacks
+    /// are left out).
     pub labels: LabelSet,
-    /// Ids of the alerts in it.
+    /// Ids of the alerts in it; resolved ones leave at the next flush, and a group left
+    /// empty is removed.
     pub alerts: BTreeSet<String>,
-    /// When it is next looked at for a notification, unix ms.
+    /// When it is next looked at for a notification, unix ms: `group_wait` after it was
+    /// made, then `group_interval` after each flush.
     pub next_flush_ms: i64,
     /// Content hash and time of the last notification (dedup and repeat).
     pub last_sent_hash: Option<String>,
@@ -147,7 +156,7 @@ pub struct Changes {
     pub groups_deleted: Vec<String>,
     /// Silences changed or added.
     pub silences: Vec<Silence>,
-    /// Notifications added to the outbox or retried.
+    /// Notifications added to the outbox, or whose retry state changed after a failure.
     pub outbox: Vec<Notification>,
     /// Ids of notifications that left the outbox (delivered or given up).
     pub outbox_deleted: Vec<String>,

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
-use vigil_rca::Incident;
+use vigil_rca::{Candidate, Incident};
 
 use super::{Investigation, InvestigationStore, Request};
 use crate::pipeline::IncidentStore;
@@ -110,6 +110,7 @@ fn ranked_by(inc: &Incident, inv: &Investigation) -> Option<Incident> {
         return None;
     }
     let mut ranked = inc.clone();
+    ranked.summary = investigated_summary(&inv.candidates[0]);
     ranked.candidates = inv
         .candidates
         .iter()
@@ -121,6 +122,20 @@ fn ranked_by(inc: &Incident, inv: &Investigation) -> Option<Incident> {
         })
         .collect();
     Some(ranked)
+}
+
+/// The summary once an investigation ranked the incident: its top candidate and that
+/// candidate's first reason, so the line a person reads first (the page, the alert) names the
+/// service the ranking under it puts first — not the correlator's first finding, which may be
+/// a bystander's blip a minute early.
+fn investigated_summary(top: &Candidate) -> String {
+    match top.reasons.first() {
+        Some(reason) => format!("{} likely root cause: {reason}", top.service),
+        None => format!(
+            "{} likely root cause: the largest change in the incident's first minutes",
+            top.service
+        ),
+    }
 }
 
 /// The incident as the API shows it: ranked by its investigation when it has one (the
@@ -161,6 +176,52 @@ fn apply(v: &mut Value, inv: &Investigation) {
         }
     } else {
         obj.insert("candidates".into(), Value::Array(ranked));
+        if let Some(old) = obj.remove("summary") {
+            obj.insert("correlated_summary".into(), old);
+        }
+        obj.insert("summary".into(), json!(investigated_summary(&inv.candidates[0])));
     }
     obj.insert("investigation".into(), json!(inv.id));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn investigation(candidates: Value) -> Investigation {
+        serde_json::from_value(json!({
+            "id": "inv-1", "created_ms": 0, "window": {"start": 0, "end": 1},
+            "baseline": {"start": -2, "end": -1}, "baseline_reason": "before",
+            "candidates": candidates, "took_ms": 1.0,
+            "read": {"window_spans": 0, "baseline_spans": 0, "window_log_lines": 0,
+                     "baseline_log_lines": 0, "metric_series": 0, "truncated": false}
+        }))
+        .expect("investigation")
+    }
+
+    #[test]
+    fn the_summary_names_the_service_the_investigation_ranks_first() {
+        let mut v = json!({"summary": "cache likely root cause: p50 latency of cache GET …",
+                           "candidates": [{"service": "cache"}]});
+        let inv = investigation(json!([
+            {"service": "checkout", "score": 0.6, "reasons": ["6 of 34 requests failed there"], "evidence": []},
+            {"service": "cache", "score": 0.1, "reasons": [], "evidence": []}
+        ]));
+        apply(&mut v, &inv);
+        assert_eq!(v["candidates"][0]["service"], "checkout");
+        assert_eq!(
+            v["summary"],
+            "checkout likely root cause: 6 of 34 requests failed there"
+        );
+        assert_eq!(
+            v["correlated_summary"],
+            "cache likely root cause: p50 latency of cache GET …"
+        );
+
+        // Nothing found in the window: the correlator's ranking and summary stand.
+        let mut v = json!({"summary": "cache likely root cause", "candidates": [{"service": "cache"}]});
+        apply(&mut v, &investigation(json!([])));
+        assert_eq!(v["summary"], "cache likely root cause");
+        assert_eq!(v["candidates"][0]["service"], "cache");
+    }
 }

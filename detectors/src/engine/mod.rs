@@ -68,7 +68,8 @@ pub struct EngineConfig {
     /// Tracked interval series stop receiving zero-filled intervals after this many silent
     /// intervals (a rare pattern is not "collapsing" every minute).
     pub zero_fill_intervals: i64,
-    /// Settings of every per-series detector the engine runs.
+    /// Settings of the per-series detectors. Metric series use them as given; log and span
+    /// signals get per-unit variants (noise floors for latencies, counts and ratios).
     pub series: SeriesConfig,
 }
 
@@ -91,20 +92,28 @@ impl Default for EngineConfig {
 /// One metric point as the collector hands it over (counters already turned into rates).
 #[derive(Debug, Clone)]
 pub struct MetricPoint<'a> {
-    /// Stable identity of the series (the collector sends its name and a hash of its labels);
-    /// the key findings carry.
+    /// Stable identity of the series, unique across metrics (the collector sends
+    /// `{name}|{series id in hex}`). The engine keeps the series' state, and findings their
+    /// [`SignalRef::key`](crate::SignalRef::key), under `metric:{key}`, so feedback follows it.
     pub key: &'a str,
-    /// The metric's name as sent (e.g. `process.cpu.utilization`).
+    /// The metric's name as sent (e.g. `process.cpu.utilization`); the finding's signal name.
     pub name: &'a str,
-    /// The `service.name` of the resource, when it has one.
+    /// The `service.name` the point belongs to; `None` when unknown (the finding then has
+    /// no service and joins incidents by time only).
     pub service: Option<&'a str>,
-    /// Resource and point attributes that tell this series apart from its peers.
+    /// All of the series' labels. Shown on findings, and the first of `host.name`,
+    /// `k8s.pod.name`, `service.instance.id`, `container.id`, `host.id` present names the
+    /// member of a peer group (the same metric with the other labels equal).
     pub labels: &'a BTreeMap<String, String>,
-    /// UCUM unit as sent (`s`, `By`, `1`…); empty when unknown.
+    /// Unit of `value`, carried to findings: `s`, `/s`, `/min` and `ratio` are formatted
+    /// specially and keep bands at or above 0; anything else (UCUM as sent) is printed
+    /// after the number; empty when unknown.
     pub unit: &'a str,
-    /// Event time of the point, unix milliseconds.
+    /// Event time of the point, unix milliseconds. A point not newer than the series' last is
+    /// rejected (counted in [`EngineStats::points_rejected`]).
     pub ts_ms: i64,
-    /// The value; rates already per second for counters.
+    /// The value. Counters must already be turned into per-second rates (unit `/s`): the
+    /// engine scores each value as it is. A non-finite value is rejected.
     pub value: f64,
 }
 
@@ -112,18 +121,19 @@ pub struct MetricPoint<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
-    /// Not worth a page: the signal is made less sensitive.
+    /// Not worth a page: raises the signal's threshold by 0.12 (up to 0.97).
     Noise,
-    /// A true problem: the signal keeps (or gets back) its sensitivity.
+    /// A true problem: lowers the signal's threshold by 0.05 (down to 0.3), undoing part of
+    /// earlier noise verdicts.
     Real,
 }
 
 /// Verdicts recorded for one signal.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SignalFeedback {
-    /// "Noise" verdicts so far.
+    /// [`Verdict::Noise`] verdicts recorded so far; the engine never resets them.
     pub noise: u32,
-    /// "Real" verdicts so far.
+    /// [`Verdict::Real`] verdicts recorded so far; the engine never resets them.
     pub real: u32,
 }
 
@@ -157,15 +167,22 @@ impl SignalFeedback {
 /// Counters the caller may export.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EngineStats {
-    /// Series tracked now.
+    /// Signals tracked now (metric series, interval signals, peer members, new-pattern
+    /// signals), kept to about [`EngineConfig::max_series`] by eviction. A gauge; the rest
+    /// are counters.
     pub series: usize,
-    /// Points scored since start.
+    /// Points scored since this engine was created (not restored with the state, so the
+    /// counters start at 0 after a restart; export differences between two readings).
     pub points_scored: u64,
-    /// Points the series detector refused (a non-finite value or a time going backwards).
+    /// Points the series detector refused: a non-finite value, or a timestamp not newer
+    /// than the series' last (a late or duplicate metric point).
     pub points_rejected: u64,
-    /// Events older than the allowed lateness, counted and not scored.
+    /// Log records, spans and peer-group metric points whose interval had already been
+    /// closed (past [`EngineConfig::lateness_ms`]): left out of the interval counts (a late
+    /// log line still teaches its pattern and may still be a new-pattern finding).
     pub late_events: u64,
-    /// Series dropped to stay under the series cap (least recently seen first).
+    /// Signals dropped to stay within [`EngineConfig::max_series`], least recently seen
+    /// first; a dropped signal starts from nothing when it comes back.
     pub series_evicted: u64,
 }
 
@@ -331,7 +348,8 @@ fn anomaly_id(key: &str, start_ms: i64) -> String {
 }
 
 impl Engine {
-    /// An engine with no history: every series starts warming up.
+    /// An engine with no history and no feedback: every series warms up from its first
+    /// points. Use [`Engine::restore_state`] and [`Engine::restore_feedback`] to resume.
     pub fn new(cfg: EngineConfig) -> Engine {
         let interval_s = cfg.interval_ms as f64 / 1000.0;
         Engine {
@@ -371,7 +389,8 @@ impl Engine {
         &self.cfg
     }
 
-    /// Counters for `/metrics`.
+    /// The engine's counters as of now, for export (the collector's `vigil_detect_*`
+    /// metrics).
     pub fn stats(&self) -> EngineStats {
         EngineStats {
             series: self.tracked.len(),
@@ -384,7 +403,8 @@ impl Engine {
         &self.feedback
     }
 
-    /// Puts back the verdicts saved by [`Engine::feedback_state`].
+    /// Replaces all recorded verdicts with ones saved from [`Engine::feedback_state`];
+    /// thresholds follow at once.
     pub fn restore_feedback(&mut self, state: BTreeMap<String, SignalFeedback>) {
         self.feedback = state;
     }
@@ -422,7 +442,11 @@ impl Engine {
             .unwrap_or(i64::MIN)
     }
 
-    /// Scores one metric point at its event time (late points are counted, not scored).
+    /// Scores one metric point on its series right away (no interval, no lateness: only a
+    /// point older than the series' last is rejected), files it for its peer group's
+    /// interval (where a point past the lateness counts in `late_events`), and moves the
+    /// metrics lane's event time, which may close intervals. Updated findings wait for
+    /// [`Engine::drain`].
     pub fn observe_metric(&mut self, m: &MetricPoint<'_>) {
         let key = format!("metric:{}", m.key);
         let signal = SignalRef {

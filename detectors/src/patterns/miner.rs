@@ -49,15 +49,22 @@ impl Default for MinerConfig {
 /// One mined pattern.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Pattern {
-    /// Stable id: never reused, kept across snapshots; what log records are stamped with.
+    /// Stable id, from 1 up: never reused (not even after eviction) and kept across
+    /// [`PatternMiner::snapshot`]/[`PatternMiner::restore`], so it can be stored with each
+    /// log record.
     pub id: u64,
-    /// Template tokens; variables are [`WILDCARD`].
+    /// Template tokens, one per whitespace-separated token of the lines (past
+    /// `max_tokens`, one wildcard stands for the rest); variables are [`WILDCARD`], a
+    /// `key=value` variable keeps its key (`key=<*>`). Positions only ever turn into
+    /// wildcards as more lines join.
     pub tokens: Vec<String>,
     /// Lines matched so far.
     pub count: u64,
-    /// Event time (unix ns) of the first and the latest line.
+    /// Earliest event time (unix ns) among the lines matched; lines arriving out of order
+    /// can move it back.
     pub first_seen_ns: i64,
-    /// Event time (unix ns) of the latest line.
+    /// Latest event time (unix ns) among the lines matched. Eviction does not use it: it
+    /// goes by the order lines were added.
     pub last_seen_ns: i64,
     /// Recency stamp for eviction.
     last_used: u64,
@@ -65,7 +72,8 @@ pub struct Pattern {
 }
 
 impl Pattern {
-    /// The template as text: tokens joined by spaces, variables as `<*>`.
+    /// The template as text: tokens joined by single spaces, variables as `<*>` (the
+    /// original spacing is not kept).
     pub fn template(&self) -> String {
         self.tokens.join(" ")
     }
@@ -74,7 +82,7 @@ impl Pattern {
 /// The outcome of adding one line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Assignment {
-    /// The pattern the line joined or started.
+    /// [`Pattern::id`] of the pattern the line joined or started.
     pub pattern_id: u64,
     /// The line started a new pattern.
     pub is_new: bool,
@@ -83,18 +91,22 @@ pub struct Assignment {
 /// The miner's whole state, for snapshots.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MinerSnapshot {
-    /// The settings the miner ran with (a restored miner keeps them).
+    /// The settings the miner ran with; a restored miner runs with these, not the
+    /// caller's current ones.
     pub config: MinerConfig,
-    /// The id the next new pattern gets.
+    /// The id the next new pattern gets; restore never lets it fall to or below an id held,
+    /// so ids stay unique.
     pub next_id: u64,
-    /// Recency clock: one tick per line, for least-recently-seen eviction.
+    /// Lines added over the miner's life: the clock eviction measures recency by.
     pub tick: u64,
-    /// Every pattern held, in id order.
+    /// Every pattern held, in id order, each with its private recency stamp, so eviction
+    /// order survives a restore.
     pub patterns: Vec<Pattern>,
 }
 
-/// The online log pattern miner: lines in, stable pattern ids out; bounded by
-/// `max_patterns` (least recently seen evicted, ids never reused).
+/// The online log pattern miner: lines in, stable pattern ids out, learning as it goes.
+/// Bounded by [`MinerConfig::max_patterns`]: beyond it the pattern least recently matched
+/// (in the order lines were added, not event time) is evicted; ids are never reused.
 pub struct PatternMiner {
     config: MinerConfig,
     patterns: HashMap<u64, Pattern>,
@@ -132,7 +144,7 @@ impl Default for PatternMiner {
 }
 
 impl PatternMiner {
-    /// An empty miner with `config`.
+    /// An empty miner with `config`; the first pattern gets id 1.
     pub fn new(config: MinerConfig) -> PatternMiner {
         PatternMiner {
             config,
@@ -145,12 +157,12 @@ impl PatternMiner {
         }
     }
 
-    /// Patterns held now.
+    /// Patterns held now (at most `max_patterns`; evicted ones are not counted).
     pub fn len(&self) -> usize {
         self.patterns.len()
     }
 
-    /// Whether no pattern is held.
+    /// Whether no pattern is held: nothing added yet, or `max_patterns` is 0.
     pub fn is_empty(&self) -> bool {
         self.patterns.is_empty()
     }
@@ -165,7 +177,8 @@ impl PatternMiner {
         self.patterns.get(&id)
     }
 
-    /// Every pattern held, in no particular order.
+    /// Every pattern held, in no particular order (hash order); sort by [`Pattern::id`]
+    /// for a stable listing.
     pub fn patterns(&self) -> impl Iterator<Item = &Pattern> {
         self.patterns.values()
     }
@@ -347,7 +360,8 @@ impl PatternMiner {
         )
     }
 
-    /// The whole state, for saving; [`PatternMiner::restore`] gives back the same ids.
+    /// The whole state, for saving (a copy: the miner goes on); [`PatternMiner::restore`]
+    /// gives back the same patterns under the same ids. The eviction count is not part of it.
     pub fn snapshot(&self) -> MinerSnapshot {
         let mut patterns: Vec<Pattern> = self.patterns.values().cloned().collect();
         patterns.sort_by_key(|p| p.id);
@@ -359,7 +373,9 @@ impl PatternMiner {
         }
     }
 
-    /// A miner from a snapshot: same ids, same patterns, buckets recomputed.
+    /// A miner from a snapshot: same ids, templates and counts, and the snapshot's
+    /// configuration. Snapshots written by older versions that bucketed lines differently
+    /// still match the lines that come after.
     pub fn restore(snapshot: MinerSnapshot) -> PatternMiner {
         let mut miner = PatternMiner::new(snapshot.config);
         miner.next_id = snapshot.next_id;

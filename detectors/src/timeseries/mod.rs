@@ -46,9 +46,11 @@ pub struct SeriesConfig {
     pub warmup: usize,
     /// Effective memory, in points, of the score normaliser.
     pub normalizer_memory: f64,
-    /// CUSUM slack and decision threshold, in residual sigmas.
+    /// CUSUM slack, in residual sigmas: the part of each scaled residual that does not
+    /// accumulate, so ordinary noise never builds up to a shift.
     pub cusum_slack: f64,
-    /// CUSUM decision threshold, in residual sigmas.
+    /// CUSUM decision threshold, in residual sigmas: an accumulated drift this large is a
+    /// [`Signal::LevelShift`], and the level restarts from the recent points.
     pub cusum_threshold: f64,
     /// A value beyond the range the series has ever shown, by this share of that range,
     /// counts as a breakout (the range is all-time: a refit does not forget a past peak).
@@ -60,14 +62,14 @@ pub struct SeriesConfig {
     /// After a score at or above `fire_score`, scores are damped for `cooldown` points so one
     /// incident reads as one finding.
     pub fire_score: f64,
-    /// Points the damping lasts after a firing score.
+    /// Points the damping lasts after a firing score (0 = no cooldown).
     pub cooldown: usize,
-    /// Factor applied to scores during the cooldown.
+    /// Factor the score of each point in the cooldown is multiplied by (1 = no damping).
     pub cooldown_damping: f64,
     /// Consecutive identical values that make a flat-line, on a series whose history
     /// rarely repeats a value.
     pub flatline_points: usize,
-    /// Score given to a flat-line.
+    /// Score a flat-line gets at least, on the point that completes the run.
     pub flatline_score: f64,
     /// Score given when an intermittent series stays at its floor longer than ever before
     /// (0 = off). See `quiet`.
@@ -84,9 +86,10 @@ pub struct SeriesConfig {
     /// `routine_lookback` of them), within `routine_tolerance_secs`, is routine — the
     /// nightly backup — and scores low (0 = off). See `routine`.
     pub routine_period_secs: u64,
-    /// How far from a whole number of periods an excursion may start and still be routine.
+    /// Seconds an excursion's start may be off a whole number of periods and still be
+    /// routine (scheduled jobs drift by the run time of what ran before them).
     pub routine_tolerance_secs: u64,
-    /// Periods looked back for a like excursion.
+    /// Periods looked back for a like excursion (2: yesterday or the day before).
     pub routine_lookback: u32,
 }
 
@@ -145,21 +148,23 @@ pub enum Signal {
 /// The detector's verdict on one point.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PointScore {
-    /// Event time of the point, unix milliseconds.
+    /// Event time of the point as given to [`SeriesDetector::observe`], unix milliseconds.
     pub timestamp_ms: i64,
-    /// The value scored.
+    /// The value as given; for [`Signal::TimeOfDay`], the five-minute mean instead.
     pub value: f64,
-    /// What the model expected.
+    /// What the model expected: seasonal profile plus level (before the first fit, the
+    /// median of the recent points; for [`Signal::TimeOfDay`], the daily view's).
     pub expected: f64,
     /// Expected band (about 99.7 % of normal points fall inside).
     pub lower: f64,
-    /// Upper edge of the expected band.
+    /// Upper edge of the expected band; see `lower`.
     pub upper: f64,
     /// Residual in robust sigmas.
     pub z: f64,
     /// Comparable anomaly score in [0, 1].
     pub score: f64,
-    /// Why the point scored what it did.
+    /// The strongest reason behind `score`; [`Signal::Normal`] whenever the score is below
+    /// 0.05.
     pub signal: Signal,
     /// Whether a seasonal profile shaped the expected value.
     pub seasonal: bool,
@@ -216,7 +221,8 @@ pub struct SeriesDetector {
 }
 
 impl SeriesDetector {
-    /// A detector that has seen nothing: it warms up on its first points.
+    /// A detector that has seen nothing: it scores 0 for its first `warmup` points and
+    /// uses a cold-start median and MAD until its first fit.
     pub fn new() -> Self {
         Self::default()
     }

@@ -52,7 +52,8 @@ fn onset(members: &[&Member]) -> Option<i64> {
     strong.or_else(|| members.iter().map(|m| m.start_ms).min())
 }
 
-/// How the correlator joins, opens and resolves incidents (times in milliseconds).
+/// How the correlator joins, opens and resolves incidents. Durations are milliseconds of
+/// event time; the defaults are the product's.
 #[derive(Debug, Clone)]
 pub struct IncidentConfig {
     /// A finding that started this long before an incident began (it reached the correlator
@@ -101,32 +102,39 @@ impl Default for IncidentConfig {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum IncidentStatus {
-    /// Some finding in it is open, or closed less than the resolve delay ago.
+    /// Some finding in it is open, or the last one closed less than
+    /// [`IncidentConfig::resolve_after_ms`] ago (event time).
     Open,
-    /// All its findings closed and stayed closed for the resolve delay.
+    /// Every finding closed and the incident's `end_ms` is at least `resolve_after_ms` behind
+    /// the time given to [`Correlator::advance`]. Not final: a later update of one of its
+    /// anomalies reopens it (new findings never join a resolved incident).
     Resolved,
 }
 
 /// An anomaly as the incident keeps it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Member {
-    /// The anomaly's id (`GET /api/v1/anomalies/{id}`).
+    /// [`Anomaly::id`], the key updates of the same finding are matched by.
     pub anomaly_id: String,
-    /// The service the finding is on.
+    /// The anomaly's service; `"unknown"` when it had none (such a finding may join any open
+    /// incident going on at the time, whatever the topology).
     pub service: String,
-    /// Which detector found it.
+    /// Which detector found it; its family (metrics, logs, traces) counts for corroboration
+    /// and for the ranking's signal-kind agreement.
     pub detector: DetectorKind,
-    /// The signal's name, as the anomaly names it.
+    /// The anomaly's signal name ([`SignalRef::name`](vigil_detectors::SignalRef::name)),
+    /// e.g. a metric name or "POST /pay p99 latency".
     pub signal: String,
-    /// Event time the finding began, unix ms.
+    /// [`Anomaly::start_ms`]: event time the finding began, unix ms.
     pub start_ms: i64,
-    /// Latest event time it was active, unix ms.
+    /// [`Anomaly::end_ms`] as of the latest update, unix ms.
     pub end_ms: i64,
-    /// Its peak score in [0, 1].
+    /// The anomaly's peak score in [0, 1].
     pub score: f64,
-    /// Still being extended by new evidence.
+    /// The anomaly was still open at its latest update; the incident cannot resolve while
+    /// any member is.
     pub open: bool,
-    /// The anomaly's one checkable sentence.
+    /// The anomaly's explanation as of its latest update; the incident summary quotes it.
     pub explanation: String,
     /// Below what was expected but not zero — less traffic, less CPU, faster responses: what
     /// a service shows when its callers are in trouble, not what a cause looks like (a
@@ -141,9 +149,10 @@ pub struct Member {
 /// One root-cause candidate of an incident.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RankedService {
-    /// The candidate service.
+    /// The service, as the incident's members name it (possibly `"unknown"`).
     pub service: String,
-    /// Weighted sum of the ranking facts; comparable within one incident only.
+    /// In [0, 1]: 0.3 precedence + 0.2 strength + 0.15 signal-kind agreement + 0.35
+    /// downstream position; comparable within one incident only.
     pub score: f64,
     /// The service's strongest finding: which signal inside it to look at first.
     #[serde(default)]
@@ -155,15 +164,18 @@ pub struct RankedService {
 /// Anomalies correlated by time and topology, with ranked root-cause candidates.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Incident {
-    /// Stable id (a hash of the first anomaly and the start): what alert labels and URLs carry.
+    /// `inc-` and 16 hex digits hashed from the earliest member's anomaly id and start when
+    /// the incident opened; never changes afterwards (an earlier finding joining later moves
+    /// `start_ms`, not the id). What alert labels and URLs carry.
     pub id: String,
-    /// Open or resolved.
+    /// Open or resolved; see [`IncidentStatus`].
     pub status: IncidentStatus,
-    /// Event time of the earliest finding, unix ms.
+    /// Event time of the earliest member's start, unix ms.
     pub start_ms: i64,
-    /// Latest activity (anomaly end) so far.
+    /// Latest activity (the largest member `end_ms`) so far, unix ms.
     pub end_ms: i64,
-    /// Every service with a finding in the incident, sorted.
+    /// Every service with a member in the incident, sorted and deduplicated; `"unknown"`
+    /// stands for findings without a service.
     pub services: Vec<String>,
     /// Ranked root-cause candidates, most likely first.
     pub candidates: Vec<RankedService>,
@@ -179,8 +191,9 @@ pub struct Incident {
 
 impl Incident {
     /// Graded: critical only when the trouble is corroborated — a strong finding (≥ 0.9)
-    /// backed by another signal kind or another service with a clear finding (≥ 0.7), or a
-    /// service that stopped; warning for a clear finding; info otherwise.
+    /// and clear findings (≥ 0.7) from at least two signal kinds or two services; warning
+    /// for a clear finding (so one signal alone, however strong, is a warning); info
+    /// otherwise. Computed from the timeline on each call, not stored.
     pub fn severity(&self) -> Severity {
         let peak = self.timeline.iter().map(|m| m.score).fold(0.0, f64::max);
         let clear: Vec<&Member> = self.timeline.iter().filter(|m| m.score >= 0.7).collect();
@@ -194,8 +207,10 @@ impl Incident {
     }
 }
 
-/// Joins anomalies into incidents and ranks their services; fed in event-time order,
-/// no clock of its own (replays give the same incidents).
+/// Joins anomalies into incidents and ranks their services. It has no clock of its own:
+/// time moves only through the anomalies' event times and [`Correlator::advance`], so a
+/// replay gives the same incidents. Holds every incident it has opened or restored, and
+/// findings waiting for corroboration (up to [`IncidentConfig::pending_ttl_ms`]).
 #[derive(Debug, Default)]
 pub struct Correlator {
     cfg: IncidentConfig,
@@ -224,7 +239,7 @@ fn kind_family(d: DetectorKind) -> &'static str {
 }
 
 impl Correlator {
-    /// A correlator with no incidents.
+    /// A correlator with no incidents; call [`Correlator::restore`] to resume stored ones.
     pub fn new(cfg: IncidentConfig) -> Correlator {
         Correlator {
             cfg,
@@ -429,7 +444,8 @@ impl Correlator {
             .collect()
     }
 
-    /// Incident `id`, while the correlator still holds it.
+    /// Incident `id` as it stands now (open or resolved), or `None` for an id this
+    /// correlator never opened or restored.
     pub fn incident(&self, id: &str) -> Option<&Incident> {
         self.incidents.get(id)
     }

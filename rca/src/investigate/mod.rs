@@ -36,18 +36,20 @@ pub(crate) const MIN_STRENGTH: f64 = 3.0;
 pub struct TimeRange {
     /// First millisecond in the range (unix ms).
     pub start_ms: i64,
-    /// First millisecond after the range (unix ms).
+    /// First millisecond after the range (unix ms); a range with `end_ms <= start_ms` holds
+    /// nothing.
     pub end_ms: i64,
 }
 
 impl TimeRange {
-    /// Whether an event at `ts_ns` (unix ns) falls in the range.
+    /// Whether an event at `ts_ns` (unix ns) falls in the range, judged by the millisecond
+    /// it falls in (rounded down).
     pub fn contains_ns(&self, ts_ns: i64) -> bool {
         let ms = ts_ns.div_euclid(1_000_000);
         self.start_ms <= ms && ms < self.end_ms
     }
 
-    /// The range's length in milliseconds.
+    /// The range's length in milliseconds (negative for a reversed range, not clamped).
     pub fn len_ms(&self) -> i64 {
         self.end_ms - self.start_ms
     }
@@ -56,21 +58,25 @@ impl TimeRange {
 /// One stored span, as much of it as an investigation needs.
 #[derive(Debug, Clone)]
 pub struct SpanRow {
-    /// Lowercase hex trace id.
+    /// Trace id in hex (the collector stores lowercase). Ids are only compared as strings,
+    /// so spans and [`WindowLogLine`]s must spell them alike.
     pub trace_id: String,
-    /// Lowercase hex span id.
+    /// Span id in hex, spelled like `trace_id`; unique within its trace.
     pub span_id: String,
-    /// Empty for a root span.
+    /// The parent's span id; empty for a root span. A span whose parent is not among the
+    /// rows has no callers as far as the investigation can tell, and a span whose children
+    /// are missing keeps their time as its own self time.
     pub parent_span_id: String,
     /// `service.name` of the span's resource.
     pub service: String,
-    /// The span's name.
+    /// The span's name; evidence is kept per service and operation.
     pub operation: String,
-    /// Start, unix nanoseconds.
+    /// Start, unix nanoseconds: decides which range the span belongs to, and its minute.
     pub start_ns: i64,
-    /// End, unix nanoseconds.
+    /// End, unix nanoseconds; `end_ns - start_ns` is the span's duration.
     pub end_ns: i64,
-    /// OTLP status code ERROR.
+    /// OTLP status code ERROR; counted against the service where the failure started, not
+    /// the callers it propagated to.
     pub error: bool,
     /// The service a client span calls (`peer.service`), empty when it names none.
     pub peer: String,
@@ -84,11 +90,12 @@ pub struct LogCount {
     pub minute: i64,
     /// `service.name` of the lines.
     pub service: String,
-    /// The log pattern the lines were stamped with.
+    /// The [`Pattern::id`](vigil_detectors::Pattern::id) the lines were stamped with.
     pub pattern_id: u64,
-    /// OTLP severity number (13–16 warn, 17+ error; 0 unknown).
+    /// OTLP severity number (13–16 warn, 17+ error; 0 unknown). Warnings and worse are
+    /// checked for growth, lower severities for routine lines that stopped.
     pub severity: i32,
-    /// Lines in that minute.
+    /// Lines of that service, pattern and severity in that minute.
     pub count: u64,
 }
 
@@ -100,28 +107,33 @@ pub struct WindowLogLine {
     pub ts_ns: i64,
     /// `service.name` of the line.
     pub service: String,
-    /// Its log pattern.
+    /// The [`Pattern::id`](vigil_detectors::Pattern::id) the line was stamped with.
     pub pattern_id: u64,
-    /// OTLP severity number (13–16 warn, 17+ error).
+    /// OTLP severity number (13–16 warn, 17+ error); an error line marks its span as a
+    /// place where a failure showed.
     pub severity: i32,
-    /// Trace id it was written under; empty when none.
+    /// Trace id it was written under, spelled like [`SpanRow::trace_id`]; empty when none
+    /// (the line then always counts, as trouble of its own service).
     pub trace_id: String,
-    /// Span id it was written under; empty when none.
+    /// Span id it was written under, spelled like [`SpanRow::span_id`]; empty when none.
     pub span_id: String,
 }
 
 /// One metric series, already reduced to one value per step.
 #[derive(Debug, Clone)]
 pub struct MetricSeries {
-    /// `service.name` of the series.
+    /// `service.name` of the series: the service its evidence counts for.
     pub service: String,
-    /// The metric's name.
+    /// The metric's name; becomes [`Evidence::metric`].
     pub name: String,
     /// The series' labels as `k="v"` pairs (without `service.name`), for display and queries.
     pub labels: String,
-    /// UCUM unit as sent; empty when unknown.
+    /// UCUM unit as sent, shown in the sentence and copied to [`Evidence::unit`]; empty
+    /// when unknown.
     pub unit: String,
-    /// `(unix ms, value)`, in time order.
+    /// `(unix ms, value)`, in time order. Points outside the window and the baseline, and
+    /// non-finite values, are ignored; the series needs five baseline points and one in the
+    /// window to be compared.
     pub points: Vec<(i64, f64)>,
 }
 
@@ -131,16 +143,21 @@ pub struct MetricSeries {
 pub struct Input {
     /// The range being investigated.
     pub window: TimeRange,
-    /// The range it is compared with (the caller chooses it; Vigil picks one before the window
-    /// when none is given).
+    /// The range it is compared with; should not overlap the window (the window wins where
+    /// they do). Chosen by the caller: the collector takes the request's, or picks one
+    /// ending five minutes before the window.
     pub baseline: TimeRange,
-    /// Spans of the window, the baseline and the lead-in.
+    /// Spans starting in the window, the baseline and the lead-in, in any order. Spans of
+    /// other times are not compared, but still link parents and children.
     pub spans: Vec<SpanRow>,
-    /// Log line counts of all ranges.
+    /// Log line counts of the window, the baseline and the lead-in, numbered by
+    /// [`Input::minute_of`] from the window's start.
     pub log_counts: Vec<LogCount>,
-    /// Warning-or-worse lines of the window and lead-in, with their trace context.
+    /// Warning-or-worse lines of the window and the lead-in, with their trace context: an
+    /// error line under a span marks a failure there, and a line above a failure in another
+    /// service is not counted as new trouble.
     pub window_lines: Vec<WindowLogLine>,
-    /// Metric series covering the window and the baseline.
+    /// Metric series with their points in the window and the baseline.
     pub metrics: Vec<MetricSeries>,
     /// Only rank these services (all when empty).
     pub services: Vec<String>,
@@ -161,9 +178,9 @@ impl Input {
         minute >= 0 && minute * 60_000 < self.window.len_ms()
     }
 
-    /// The lead-in, `minutes` long, that a window starting at `window_start_ms` gets when
-    /// its baseline ends at `baseline_end_ms`: as long as the window (in whole minutes)
-    /// where the gap allows, none when the baseline is later or touches the window.
+    /// The lead-in `window` gets with `baseline`: the whole minutes just before the window,
+    /// as many as the window is long (rounded up) where the gap after the baseline allows;
+    /// `None` when the baseline ends less than a minute before the window, or after it.
     pub fn lead_in_for(window: TimeRange, baseline: TimeRange) -> Option<TimeRange> {
         let gap_minutes = (window.start_ms - baseline.end_ms).div_euclid(60_000);
         let minutes = (window.len_ms() + 59_999).div_euclid(60_000).min(gap_minutes);
@@ -246,28 +263,39 @@ impl EvidenceKind {
 pub struct Evidence {
     /// What kind of change this is.
     pub kind: EvidenceKind,
-    /// The service the change is on.
+    /// The service the change is charged to: for span evidence, the callee a client span
+    /// names when that callee never answered (it is down), else the span's own service.
     pub service: String,
-    /// The operation, `pattern <id>`, or the metric with its labels.
+    /// What moved, for display and for matching the same signal across ranges: the
+    /// operation (`calls from <caller> (<operation>)` when charged to an unanswering
+    /// callee), `pattern <id>`, `requests`, or the metric with its labels.
     pub signal: String,
-    /// The span operation, for span evidence.
+    /// The operation, for [`EvidenceKind::SelfTime`] and [`EvidenceKind::ErrorRatio`];
+    /// `None` otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub operation: Option<String>,
-    /// The log pattern, for log evidence.
+    /// The log pattern, for [`EvidenceKind::LogPattern`] and
+    /// [`EvidenceKind::LogPatternStopped`]; `None` otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pattern_id: Option<u64>,
-    /// The metric name, for metric evidence.
+    /// The metric's name (without labels), for [`EvidenceKind::Metric`]; `None` otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metric: Option<String>,
-    /// Typical baseline value and the window's value, in `unit`.
+    /// The typical baseline value, in `unit`: the median over the baseline's minutes (of
+    /// per-minute medians for self time; of all points for a metric).
     pub before: f64,
-    /// The window's value, in `unit`.
+    /// The window's value, in `unit`: median self time, error share, lines per minute, the
+    /// metric's median; 0 for requests that stopped.
     pub after: f64,
-    /// Unit of `before` and `after` (`s`, `/min`, `ratio`, or the metric's own).
+    /// Unit of `before` and `after`: `ms` (self time), `%` (error share, 0–100),
+    /// `lines/min` (log patterns), `/min` (requests), or the metric's own (may be empty).
     pub unit: String,
-    /// Robust σ of the change (how many baseline wobbles it is).
+    /// How many baseline wobbles the change is: robust σ, or Poisson σ for counts; at
+    /// least 3 (weaker changes are dropped), metrics capped at 50. With a lead-in, only the
+    /// rise since the lead-in counts.
     pub strength: f64,
-    /// Never seen in the baseline.
+    /// Absent from the baseline: a log pattern it never printed, or an error share that was
+    /// 0 there.
     #[serde(default)]
     pub new: bool,
     /// One sentence a person can check.
@@ -275,7 +303,9 @@ pub struct Evidence {
     /// The log pattern's template (filled by the collector).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template: Option<String>,
-    /// Sample lines (log patterns) or exemplar trace ids (spans), from the window.
+    /// From the window: up to three trace ids of the slowest or failing requests, for
+    /// [`EvidenceKind::SelfTime`] and [`EvidenceKind::ErrorRatio`] (set here); up to three
+    /// log lines for log evidence (filled by the collector); empty otherwise.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub samples: Vec<String>,
     /// The API query that shows the data behind this evidence (filled by the collector).
@@ -318,17 +348,23 @@ impl Evidence {
 /// A ranked service.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Candidate {
-    /// The candidate service.
+    /// The service, as [`Evidence::service`] names it.
     pub service: String,
-    /// 0..1, comparable within one investigation.
+    /// In [0, 1): `1 − e^(−raw/10)` of the raw strength (10 σ reads 0.63, 30 σ 0.95);
+    /// comparable within one investigation. A service with metric evidence only always
+    /// scores below every service whose requests changed.
     pub score: f64,
-    /// Why it ranks where it does, one checkable sentence each.
+    /// Why it ranks where it does, one checkable sentence each: its strongest request-path
+    /// findings (up to three; for a metric-only service, up to two metric findings), then
+    /// notes on corroboration and on callees in trouble.
     pub reasons: Vec<String>,
-    /// The changes found on it, strongest first.
+    /// The changes found on it, strongest first, at most ten.
     pub evidence: Vec<Evidence>,
 }
 
-/// Every piece of evidence the input holds, strongest first, before ranking.
+/// Every piece of evidence the input holds, strongest first, before ranking; only for
+/// [`Input::services`] when it names any. The lead-in is not consulted here (see
+/// [`investigate`]).
 pub fn gather(input: &Input) -> Vec<Evidence> {
     gather_with(input, &traces::TraceIndex::new(&input.spans))
 }
@@ -348,7 +384,10 @@ fn gather_with(input: &Input, index: &traces::TraceIndex<'_>) -> Vec<Evidence> {
     out
 }
 
-/// Ranks the services of `input`, most likely cause first.
+/// Ranks the services of `input`, most likely cause first. With a lead-in, evidence
+/// already as strong in the lead-in is dropped and the rest keeps only its rise; the call
+/// graph for demoting callers comes from the spans given. Services without evidence are not
+/// listed.
 pub fn investigate(input: &Input) -> Vec<Candidate> {
     // One index of the spans serves the evidence and the call graph.
     let index = traces::TraceIndex::new(&input.spans);
