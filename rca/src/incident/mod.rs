@@ -79,6 +79,10 @@ pub struct IncidentConfig {
     pub alone_sustained_ms: i64,
     /// Uncorroborated findings are forgotten (as incident material) after this long.
     pub pending_ttl_ms: i64,
+    /// A resolved incident is forgotten by the correlator this long after its last activity
+    /// (the collector's incident store keeps it for the API): the correlator's memory is
+    /// bounded by the incidents of a day, not of its whole life.
+    pub keep_resolved_ms: i64,
 }
 
 impl Default for IncidentConfig {
@@ -94,6 +98,7 @@ impl Default for IncidentConfig {
             alone_score: 0.9,
             alone_sustained_ms: 3 * 60_000,
             pending_ttl_ms: 15 * 60_000,
+            keep_resolved_ms: 24 * 3_600_000,
         }
     }
 }
@@ -421,10 +426,25 @@ impl Correlator {
         }
     }
 
-    /// Resolves incidents whose anomalies have all been closed long enough (event time).
+    /// Resolves incidents whose anomalies have all been closed long enough, and forgets
+    /// resolved ones past `keep_resolved_ms` (event time).
     pub fn advance(&mut self, now_ms: i64) {
         let ttl = self.cfg.pending_ttl_ms;
         self.pending.retain(|_, m| m.end_ms + ttl > now_ms);
+        let keep = self.cfg.keep_resolved_ms;
+        let forgotten: Vec<String> = self
+            .incidents
+            .values()
+            .filter(|inc| inc.status == IncidentStatus::Resolved && inc.end_ms.saturating_add(keep) <= now_ms)
+            .map(|inc| inc.id.clone())
+            .collect();
+        for id in forgotten {
+            if let Some(inc) = self.incidents.remove(&id) {
+                for m in &inc.timeline {
+                    self.of_anomaly.remove(&m.anomaly_id);
+                }
+            }
+        }
         for inc in self.incidents.values_mut() {
             if inc.status == IncidentStatus::Open
                 && inc.timeline.iter().all(|m| !m.open)

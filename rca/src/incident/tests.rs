@@ -222,6 +222,20 @@ fn unrelated_faults_make_two_incidents_and_incidents_resolve() {
     assert_eq!(resolved.len(), 1);
     assert_eq!(resolved[0].status, IncidentStatus::Resolved);
     assert_eq!(resolved[0].services, ["payment"]);
+    let resolved_id = resolved[0].id.clone();
+
+    // A day after its last activity the correlator forgets the resolved incident (memory
+    // stays bounded); the ones still open are kept however old.
+    let open: Vec<String> = c.incidents.keys().filter(|id| **id != resolved_id).cloned().collect();
+    assert_eq!(open.len(), 2);
+    c.advance(T0 + 120_000 + 24 * 3_600_000 - 1);
+    assert!(c.incident(&resolved_id).is_some(), "kept for a day");
+    c.advance(T0 + 120_000 + 24 * 3_600_000);
+    assert!(c.incident(&resolved_id).is_none(), "forgotten after a day");
+    assert!(!c.of_anomaly.contains_key("p") && !c.of_anomaly.contains_key("pt"));
+    for id in &open {
+        assert!(c.incident(id).is_some(), "{id} is open and kept");
+    }
 }
 
 #[test]
