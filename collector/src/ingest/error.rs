@@ -58,6 +58,18 @@ impl IngestError {
         }
     }
 
+    /// The headers an HTTP answer to this error carries: `Retry-After` when retrying later
+    /// can help, `WWW-Authenticate` when a token is missing. One place for every HTTP front
+    /// end (OTLP/HTTP, remote write).
+    pub(crate) fn add_http_headers(&self, headers: &mut http::HeaderMap) {
+        if let Some(secs) = self.retry_after_secs() {
+            headers.insert(http::header::RETRY_AFTER, http::HeaderValue::from(secs));
+        }
+        if matches!(self, IngestError::Unauthenticated) {
+            headers.insert(http::header::WWW_AUTHENTICATE, http::HeaderValue::from_static("Bearer"));
+        }
+    }
+
     /// A short label for the requests metric.
     pub fn outcome(&self) -> &'static str {
         match self {

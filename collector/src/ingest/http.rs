@@ -8,7 +8,7 @@ use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use http::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{AUTHORIZATION, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderMap, HeaderValue, StatusCode};
 use http_body_util::BodyExt;
 use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsPartialSuccess, ExportLogsServiceResponse};
@@ -203,13 +203,6 @@ fn failure(kind: ContentKind, err: IngestError) -> Response {
             .into_bytes(),
     };
     let mut response = (status, [(CONTENT_TYPE, kind.mime())], body).into_response();
-    if let Some(secs) = err.retry_after_secs() {
-        response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(secs));
-    }
-    if matches!(err, IngestError::Unauthenticated) {
-        response
-            .headers_mut()
-            .insert(http::header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    }
+    err.add_http_headers(response.headers_mut());
     response
 }
