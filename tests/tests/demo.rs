@@ -49,8 +49,22 @@ async fn fault_is_found(fault: &str, service: &str, seed: u64) -> Result<()> {
             .starts_with(&format!("{service} likely root cause: ")),
         "{incident}"
     );
-    // One incident, one alert: the alert appears with the incident (same detection step).
-    let (_, alerts) = get_json(&client, &c.api_url("/api/v1/alerts")).await?;
+    // One incident, one alert. The alert is raised once the incident holds a warning-level
+    // finding, which may be a detection step after the investigation ranked it.
+    let alerts = eventually(Duration::from_secs(60), "the incident's alert", || {
+        let (client, url) = (client.clone(), c.api_url("/api/v1/alerts"));
+        let id = id.to_string();
+        async move {
+            let (_, alerts) = get_json(&client, &url).await?;
+            let raised = alerts["alerts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|a| a["labels"]["incident"] == id.as_str());
+            Ok(raised.then_some(alerts))
+        }
+    })
+    .await?;
     let for_incident: Vec<&Value> = alerts["alerts"]
         .as_array()
         .into_iter()
