@@ -17,23 +17,8 @@ pub(super) fn refresh(inc: &mut Incident, topo: &Topology) {
     });
     let services: BTreeSet<String> = inc.timeline.iter().map(|m| m.service.clone()).collect();
     inc.services = services.into_iter().collect();
-    // The trouble begins with the first clear finding: a weak one a minute or two earlier (a
-    // latency wobble inside its band, corroborated by the fault that followed) is listed, but
-    // dates neither the incident nor the window its investigation looks at.
-    let clear = inc
-        .timeline
-        .iter()
-        .filter(|m| m.score >= CLEAR_SCORE)
-        .map(|m| m.start_ms)
-        .min();
-    if let Some(start) = clear.or_else(|| inc.timeline.iter().map(|m| m.start_ms).min()) {
-        inc.start_ms = start;
-    }
     rank(inc, topo);
 }
-
-/// A finding at least this strong (a warning or worse) is clear enough to date an incident.
-const CLEAR_SCORE: f64 = 0.7;
 
 /// Scores every service of the incident and writes the summary.
 fn rank(inc: &mut Incident, topo: &Topology) {

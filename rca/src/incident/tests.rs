@@ -425,20 +425,3 @@ fn severity_is_graded_by_corroboration() {
     );
     assert_eq!(c.drain().remove(0).severity(), Severity::Info);
 }
-
-#[test]
-fn a_weak_wobble_before_the_fault_does_not_date_the_incident() {
-    let topo = topology();
-    let mut c = Correlator::new(IncidentConfig::default());
-    // A latency wobble on frontend (info: inside its band, found by a drift test) …
-    c.observe(&anomaly("w", "frontend", DetectorKind::TraceRed, 0, 0.55, true), &topo);
-    // … and 107 s later payment's new error pattern: the fault.
-    c.observe(
-        &anomaly("f", "payment", DetectorKind::LogNewPattern, 107, 0.9, true),
-        &topo,
-    );
-    let opened = c.drain();
-    assert_eq!(opened.len(), 1);
-    assert_eq!(opened[0].timeline.len(), 2, "the wobble is listed");
-    assert_eq!(opened[0].start_ms, T0 + 107_000, "but the fault dates the incident");
-}
