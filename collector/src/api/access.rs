@@ -23,7 +23,9 @@ pub(super) async fn require_token(State(state): State<ApiState>, mut request: Re
     let Some(identity) = identity else {
         return unauthorized();
     };
-    let reading = matches!(*request.method(), Method::GET | Method::HEAD);
+    // Prometheus' query API takes its reads as POST forms too (Grafana sends them so).
+    let reading = matches!(*request.method(), Method::GET | Method::HEAD)
+        || request.uri().path().starts_with("/prometheus/api/v1/");
     // What on-call people change themselves: silences, and who covers a shift.
     let path = request.uri().path();
     let responders_change = path.contains("/silence") || path.contains("/overrides");

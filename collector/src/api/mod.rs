@@ -7,6 +7,7 @@ mod error;
 mod findings;
 mod investigations;
 mod oncall;
+mod prometheus;
 mod signals;
 
 pub(crate) use error::ApiError;
@@ -78,7 +79,33 @@ pub(crate) fn router(state: ApiState) -> Router {
         .route("/api/v1/metrics/names", get(signals::metric_names))
         .route("/api/v1/metrics/series", get(signals::metric_series))
         .route("/api/v1/metrics/query", get(signals::metric_query))
-        .route("/metrics", get(prometheus))
+        .route("/metrics", get(self_metrics))
+        .route(
+            "/prometheus/api/v1/query",
+            get(prometheus::query).post(prometheus::query),
+        )
+        .route(
+            "/prometheus/api/v1/query_range",
+            get(prometheus::query_range).post(prometheus::query_range),
+        )
+        .route(
+            "/prometheus/api/v1/series",
+            get(prometheus::series).post(prometheus::series),
+        )
+        .route(
+            "/prometheus/api/v1/labels",
+            get(prometheus::labels).post(prometheus::labels),
+        )
+        .route("/prometheus/api/v1/label/{name}/values", get(prometheus::label_values))
+        .route("/prometheus/api/v1/metadata", get(prometheus::metadata))
+        .route("/prometheus/api/v1/status/buildinfo", get(prometheus::buildinfo))
+        .route("/prometheus/api/v1/rules", get(prometheus::rules))
+        .route("/prometheus/api/v1/alerts", get(prometheus::alerts))
+        .route(
+            "/prometheus/api/v1/query_exemplars",
+            get(prometheus::exemplars).post(prometheus::exemplars),
+        )
+        .route("/prometheus/api/v1/{*rest}", axum::routing::any(prometheus::unknown))
         .route(
             "/api/v2/alerts",
             get(alertmanager::get_alerts).post(alertmanager::post_alerts),
@@ -143,7 +170,7 @@ async fn readyz(State(state): State<ApiState>) -> Response {
     }
 }
 
-async fn prometheus(State(state): State<ApiState>) -> Response {
+async fn self_metrics(State(state): State<ApiState>) -> Response {
     (
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         state.metrics.encode(),

@@ -173,10 +173,10 @@ pub(crate) struct MetricQuery {
     pub rate: bool,
 }
 
-struct Scan {
-    points: Vec<RawPoint>,
-    info: HashMap<u64, SeriesInfo>,
-    truncated: bool,
+pub(super) struct Scan {
+    pub(super) points: Vec<RawPoint>,
+    pub(super) info: HashMap<u64, SeriesInfo>,
+    pub(super) truncated: bool,
 }
 
 impl Store {
@@ -192,7 +192,7 @@ impl Store {
         and(parts)
     }
 
-    fn scan(&self, selector: &Selector, start_ns: i64, end_ns: i64) -> Result<Scan, QueryError> {
+    pub(super) fn scan(&self, selector: &Selector, start_ns: i64, end_ns: i64) -> Result<Scan, QueryError> {
         if start_ns > end_ns {
             return Err(QueryError::BadRequest("start is after end".into()));
         }

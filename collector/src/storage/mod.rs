@@ -7,6 +7,7 @@ mod indexer;
 mod investigate;
 mod metrics_query;
 mod partition;
+mod prom;
 mod schema;
 mod search;
 
@@ -18,6 +19,7 @@ pub(crate) use convert::{TimedDocs, metric_docs, series_id, span_docs};
 pub(crate) use indexer::{Indexer, IndexerOptions};
 pub(crate) use metrics_query::{Agg, MetricQuery, Selector, parse_label_list};
 pub(crate) use partition::{Partitions, StoreError};
+pub(crate) use prom::PromView;
 pub use schema::LogFields;
 pub(crate) use schema::Schemas;
 pub(crate) use search::{LogQuery, QueryError};

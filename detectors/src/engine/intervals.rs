@@ -142,6 +142,8 @@ impl Engine {
         *severity = (*severity).max(severity_number);
         if is_new_pattern && ts_ms - first >= self.cfg.new_pattern_warmup_ms && severity_number >= WARN_SEVERITY {
             self.new_pattern(service, pattern_id, template, severity_number, ts_ms);
+        } else if !is_new_pattern && !self.new_pattern_owner.is_empty() {
+            self.new_pattern_recurred(pattern_id, severity_number, ts_ms);
         }
         if let Some(b) = self.bucket_for(Lane::Logs, ts_ms) {
             *b.patterns.entry((service.to_string(), pattern_id)).or_default() += 1;
@@ -187,6 +189,9 @@ impl Engine {
         self.saw(Lane::Spans, service, end_ms);
     }
 
+    /// A service logged a pattern never seen before: opens the service's new-pattern
+    /// finding, or adds the pattern to the open one (new patterns arriving close together are
+    /// one finding: a deploy, an outage).
     pub(super) fn new_pattern(
         &mut self,
         service: &str,
@@ -196,18 +201,7 @@ impl Engine {
         ts_ms: i64,
     ) {
         let key = format!("lognew:{service}");
-        let threshold = self.threshold(&key);
-        let score: f64 = if severity_number >= ERROR_SEVERITY { 0.9 } else { 0.7 };
-        if score < threshold {
-            return;
-        }
-        let level = if severity_number >= ERROR_SEVERITY {
-            "ERROR"
-        } else {
-            "WARN"
-        };
-        let sentence = self.feedback.get(&key).and_then(SignalFeedback::sentence);
-        let cfg_close = self.cfg.interval_ms * 5;
+        let close_after = self.new_pattern_close_ms();
         let entry = self.tracked.entry(key.clone()).or_insert_with(|| Tracked {
             detector: SeriesDetector::new(),
             kind: DetectorKind::LogNewPattern,
@@ -225,42 +219,106 @@ impl Engine {
             last_strong_ms: i64::MIN,
             quiet: 0,
             interval_series: false,
+            new_patterns: Vec::new(),
+            new_pattern_lines: 0,
+            new_pattern_burst: (0, 0),
         });
         entry.last_seen_ms = ts_ms;
         let a = match entry.open.take() {
-            // New patterns arriving close together are one finding (a deploy, an outage).
-            Some(mut a) if ts_ms - a.end_ms <= cfg_close => {
+            Some(mut a) if ts_ms - a.end_ms <= close_after => {
                 a.end_ms = a.end_ms.max(ts_ms);
                 a.observed += 1.0;
-                a.score = a.score.max(score);
-                a.severity = Severity::from_score(a.score);
                 a
             }
-            _ => Anomaly {
-                id: anomaly_id(&key, ts_ms),
-                detector: DetectorKind::LogNewPattern,
-                signal: SignalRef {
-                    labels: BTreeMap::from([("pattern".to_string(), pattern_id.to_string())]),
-                    ..entry.signal.clone()
-                },
-                start_ms: ts_ms,
-                end_ms: ts_ms,
-                score,
-                severity: Severity::from_score(score),
-                observed: 1.0,
-                expected: 0.0,
-                lower: 0.0,
-                upper: 0.0,
-                unit: "patterns".into(),
-                open: true,
-                explanation: String::new(),
-                exemplars: Vec::new(),
-                evidence: Vec::new(),
-                // New patterns have their own warm-up: a service's first minutes.
-                warming_up: false,
-            },
+            _ => {
+                entry.new_patterns.clear();
+                entry.new_pattern_lines = 0;
+                entry.new_pattern_burst = (0, 0);
+                Anomaly {
+                    id: anomaly_id(&key, ts_ms),
+                    detector: DetectorKind::LogNewPattern,
+                    signal: SignalRef {
+                        labels: BTreeMap::from([("pattern".to_string(), pattern_id.to_string())]),
+                        ..entry.signal.clone()
+                    },
+                    start_ms: ts_ms,
+                    end_ms: ts_ms,
+                    score: 0.0,
+                    severity: Severity::Info,
+                    observed: 1.0,
+                    expected: 0.0,
+                    lower: 0.0,
+                    upper: 0.0,
+                    unit: "patterns".into(),
+                    open: true,
+                    explanation: String::new(),
+                    exemplars: Vec::new(),
+                    evidence: Vec::new(),
+                    // New patterns have their own warm-up: a service's first minutes.
+                    warming_up: false,
+                }
+            }
         };
-        let mut a = a;
+        if entry.new_patterns.len() < MAX_FINDING_PATTERNS {
+            entry.new_patterns.push(pattern_id);
+            self.new_pattern_owner.insert(pattern_id, key.clone());
+        }
+        entry.new_pattern_lines += 1;
+        entry.count_burst(ts_ms, self.cfg.interval_ms);
+        self.report_new_patterns(&key, a, severity_number, template, true);
+    }
+
+    /// A line of a pattern the open new-pattern finding of its service holds: the pattern
+    /// keeps coming, which is what makes it more than a one-off.
+    fn new_pattern_recurred(&mut self, pattern_id: u64, severity_number: i32, ts_ms: i64) {
+        let Some(key) = self.new_pattern_owner.get(&pattern_id).cloned() else {
+            return;
+        };
+        let close_after = self.new_pattern_close_ms();
+        let Some(t) = self.tracked.get_mut(&key) else {
+            self.new_pattern_owner.remove(&pattern_id);
+            return;
+        };
+        let holds = t.new_patterns.contains(&pattern_id);
+        let Some(mut a) = t.open.take().filter(|a| holds && ts_ms - a.end_ms <= close_after) else {
+            self.new_pattern_owner.remove(&pattern_id);
+            return;
+        };
+        t.new_pattern_lines += 1;
+        t.count_burst(ts_ms, self.cfg.interval_ms);
+        t.last_seen_ms = t.last_seen_ms.max(ts_ms);
+        // Reported again when the score rises or once per interval, not for every line.
+        let reported_end = a.end_ms;
+        a.end_ms = a.end_ms.max(ts_ms);
+        let due = a.end_ms - reported_end >= self.cfg.interval_ms;
+        self.report_new_patterns(&key, a, severity_number, "", due);
+    }
+
+    /// Scores the new-pattern finding of `key` after a line of it, writes its explanation
+    /// and reports it (when `report`, or its score rose) if it clears the signal's threshold.
+    fn report_new_patterns(&mut self, key: &str, mut a: Anomaly, severity_number: i32, template: &str, report: bool) {
+        let threshold = self.threshold(key);
+        let sentence = self.feedback.get(key).and_then(SignalFeedback::sentence);
+        let Some(entry) = self.tracked.get_mut(key) else { return };
+        // A few lines are events — a request that failed once logs one line in every
+        // service on its path, and a service above many others collects their rare failures
+        // — and a finding to look at, not a page: the score reaches ERROR's 0.9 (WARN's 0.7)
+        // once the new patterns come as often as an error rate needs to start a finding.
+        let error = severity_number >= ERROR_SEVERITY;
+        let score = match (entry.new_pattern_burst.1 >= MIN_ERRORS, error) {
+            (true, true) => 0.9,
+            (true, false) => 0.7,
+            (false, true) => 0.6,
+            (false, false) => 0.5,
+        };
+        let rose = score > a.score;
+        a.score = a.score.max(score);
+        a.severity = Severity::from_score(a.score);
+        let level = if a.score >= 0.9 || severity_number >= ERROR_SEVERITY {
+            "ERROR"
+        } else {
+            "WARN"
+        };
         let n = a.observed as u64;
         let first_template = a
             .signal
@@ -269,21 +327,61 @@ impl Engine {
             .and_then(|p| p.parse::<u64>().ok())
             .and_then(|p| self.pattern_templates.get(&p).cloned())
             .unwrap_or_else(|| truncate(template, 160));
+        let lines = entry.new_pattern_lines;
         a.explanation = format!(
-            "{service} logged {} never seen before since {}; the first, at {level} severity: \"{first_template}\"",
+            "{service} logged {} never seen before since {} ({lines} {}); the first, at {level} severity: \"{first_template}\"",
             if n == 1 {
                 "a log pattern".to_string()
             } else {
                 format!("{n} log patterns")
             },
             format_time(a.start_ms, a.end_ms),
+            if lines == 1 { "line" } else { "lines" },
+            service = a.signal.service.as_deref().unwrap_or("unknown"),
         );
         if let Some(s) = sentence {
             a.explanation = format!("{}. {s}", a.explanation);
         }
-        self.updates.push(a.clone());
-        if let Some(t) = self.tracked.get_mut(&key) {
-            t.open = Some(a);
+        if (report || rose) && a.score >= threshold {
+            self.updates.push(a.clone());
+        }
+        entry.open = Some(a);
+    }
+
+    /// A new-pattern finding takes in new patterns, and closes, this long after its latest
+    /// line (five intervals).
+    fn new_pattern_close_ms(&self) -> i64 {
+        self.cfg.interval_ms * 5
+    }
+
+    /// Closes the new-pattern findings whose latest line is more than the closing gap before
+    /// `end` (event time of the logs lane): an incident holding one can resolve.
+    fn close_quiet_new_patterns(&mut self, end: i64) {
+        let gap = self.new_pattern_close_ms();
+        let threshold_of = |e: &Engine, k: &str| e.threshold(k);
+        let mut closed = Vec::new();
+        for (key, t) in &mut self.tracked {
+            if t.kind != DetectorKind::LogNewPattern {
+                continue;
+            }
+            if let Some(mut a) = t.open.take_if(|a| end - a.end_ms > gap) {
+                a.open = false;
+                for p in t.new_patterns.drain(..) {
+                    closed.push((p, None));
+                }
+                t.new_pattern_lines = 0;
+                closed.push((0, Some((key.clone(), a))));
+            }
+        }
+        for (pattern, finding) in closed {
+            match finding {
+                None => {
+                    self.new_pattern_owner.remove(&pattern);
+                }
+                // Only findings that were reported are closed where anyone can see it.
+                Some((key, a)) if a.score >= threshold_of(self, &key) => self.updates.push(a),
+                Some(_) => {}
+            }
         }
     }
 
@@ -292,6 +390,9 @@ impl Engine {
         // behaviour began, comparable with per-event findings (new log patterns) inside it.
         let end = start;
         self.close_peers(end, bucket.peers);
+        if lane == Lane::Logs {
+            self.close_quiet_new_patterns(end);
+        }
         let per_min = 60_000.0 / self.cfg.interval_ms as f64;
         let per_sec = 1000.0 / self.cfg.interval_ms as f64;
         let mut seen: Vec<String> = Vec::new();

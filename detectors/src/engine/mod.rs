@@ -203,7 +203,37 @@ struct Tracked {
     quiet: u32,
     /// Interval series only: zero-filled while recently active.
     interval_series: bool,
+    /// New-pattern findings only: the patterns the open finding holds (at most
+    /// [`MAX_FINDING_PATTERNS`]) and how many lines of them it has seen, first sightings and
+    /// recurrences alike.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    new_patterns: Vec<u64>,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    new_pattern_lines: u64,
+    /// New-pattern findings only: (start of the interval, lines of the finding's patterns in
+    /// it) for the latest interval with such lines.
+    #[serde(default)]
+    new_pattern_burst: (i64, u64),
 }
+
+impl Tracked {
+    /// Counts a line of a new-pattern finding into its interval's burst.
+    fn count_burst(&mut self, ts_ms: i64, interval_ms: i64) {
+        let start = ts_ms - ts_ms.rem_euclid(interval_ms);
+        if self.new_pattern_burst.0 == start {
+            self.new_pattern_burst.1 += 1;
+        } else if start > self.new_pattern_burst.0 {
+            self.new_pattern_burst = (start, 1);
+        }
+    }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// Patterns one new-pattern finding remembers for counting their recurrences.
+const MAX_FINDING_PATTERNS: usize = 64;
 
 /// Log-scale latency histogram: bucket i holds [1.2^i, 1.2^(i+1)) microseconds.
 const LAT_BUCKETS: usize = 128;
@@ -314,6 +344,9 @@ pub struct Engine {
     pattern_templates: HashMap<u64, String>,
     /// The highest severity each pattern's lines have had (bounded with the templates).
     pattern_severity: HashMap<u64, i32>,
+    /// Pattern → key of the open new-pattern finding holding it, so a recurrence is counted
+    /// without a lookup per log line (rebuilt from `tracked` on restore).
+    new_pattern_owner: HashMap<u64, String>,
     peer_groups: HashMap<String, PeerGroup>,
     feedback: BTreeMap<String, SignalFeedback>,
     updates: Vec<Anomaly>,
@@ -323,7 +356,8 @@ pub struct Engine {
 }
 
 const ERROR_SEVERITY: i32 = 17;
-/// Errors an interval needs before its error rate or ratio may start a finding.
+/// Errors an interval needs before its error rate or ratio may start a finding, and lines of
+/// new patterns before their finding is clear.
 const MIN_ERRORS: u64 = 5;
 const WARN_SEVERITY: i32 = 13;
 
@@ -376,6 +410,7 @@ impl Engine {
             service_first_ms: HashMap::new(),
             pattern_templates: HashMap::new(),
             pattern_severity: HashMap::new(),
+            new_pattern_owner: HashMap::new(),
             peer_groups: HashMap::new(),
             feedback: BTreeMap::new(),
             updates: Vec::new(),

@@ -141,6 +141,9 @@ impl Engine {
                             last_strong_ms: i64::MIN,
                             quiet: 0,
                             interval_series: false,
+                            new_patterns: Vec::new(),
+                            new_pattern_lines: 0,
+                            new_pattern_burst: (0, 0),
                         },
                     );
                 }

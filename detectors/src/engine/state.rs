@@ -121,6 +121,12 @@ impl Engine {
         self.pattern_templates = state.pattern_templates;
         self.pattern_severity = state.pattern_severity;
         self.peer_groups = state.peer_groups;
+        self.new_pattern_owner = self
+            .tracked
+            .iter()
+            .filter(|(_, t)| t.open.is_some())
+            .flat_map(|(k, t)| t.new_patterns.iter().map(move |p| (*p, k.clone())))
+            .collect();
         Ok(())
     }
 }

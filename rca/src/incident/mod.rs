@@ -10,7 +10,8 @@
 //! it may open a new incident, but only once it is corroborated: findings of two signal kinds
 //! (metrics, logs, traces), or of three services with at least one log or trace finding among
 //! them (metrics of many services moving together is a change of load), that started within
-//! five minutes of each other on related services; or one strong finding (score ≥ 0.9) that
+//! five minutes of each other on related services, at least one of them clear (score ≥ 0.7);
+//! or one strong finding (score ≥ 0.9) that
 //! lasted three minutes — never a resource metric alone (page on symptoms, not causes),
 //! unless it shows the thing stopped.
 //! Until then it waits (pending, fifteen minutes at most). One wobbling series is a finding
@@ -41,6 +42,9 @@ const SIMULTANEOUS_MS: i64 = 60_000;
 /// must not make a bystander "first to go wrong" ahead of the service whose every signal
 /// broke together.
 const ONSET_SCORE: f64 = 0.8;
+
+/// A finding at least this strong is clear (a warning or worse); an incident needs one.
+const CLEAR_SCORE: f64 = 0.7;
 
 /// When a service went wrong: its first strong finding, or its first finding if none is.
 fn onset(members: &[&Member]) -> Option<i64> {
@@ -381,7 +385,11 @@ impl Correlator {
         // looks like (traffic came or went); requests that slowed or failed, or logs, are
         // what make it trouble.
         let on_request_path = kinds.iter().any(|k| *k != "metrics");
-        (kinds.len() >= 2 || (services.len() >= 3 && on_request_path)).then_some(group)
+        // Weak findings agreeing are still weak: one request that failed once logs a line
+        // in every service on its path, and one odd point wobbles a few series. An incident
+        // needs at least one clear finding (a warning or worse).
+        let clear = group.iter().any(|m| m.score >= CLEAR_SCORE);
+        (clear && (kinds.len() >= 2 || (services.len() >= 3 && on_request_path))).then_some(group)
     }
 
     /// Opens an incident holding `members` (taken out of the pending set).

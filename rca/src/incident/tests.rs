@@ -423,5 +423,37 @@ fn severity_is_graded_by_corroboration() {
         &anomaly("e", "payment", DetectorKind::TraceRed, 14400, 0.55, true),
         &topo,
     );
-    assert_eq!(c.drain().remove(0).severity(), Severity::Info);
+    // Weak findings agreeing are still weak: no incident…
+    assert!(c.drain().is_empty(), "two weak findings opened an incident");
+    // … until one of them becomes clear: a warning, not critical.
+    c.observe(
+        &anomaly("e", "payment", DetectorKind::TraceRed, 14400, 0.75, true),
+        &topo,
+    );
+    let inc = c.drain().remove(0);
+    assert_eq!(inc.timeline.len(), 2);
+    assert_eq!(inc.severity(), Severity::Warning);
+}
+
+/// One request that failed once logs one new line in every service on its path: weak
+/// findings on three services at the same second (the demo's background errors paged this
+/// way before the fault). They open nothing until one of them recurs.
+#[test]
+fn one_failed_request_across_three_services_opens_nothing() {
+    let topo = topology();
+    let mut c = Correlator::new(IncidentConfig::default());
+    for (id, svc) in [("f", "frontend"), ("c", "checkout"), ("p", "payment")] {
+        let mut one_line = anomaly(id, svc, DetectorKind::LogNewPattern, 0, 0.6, true);
+        one_line.end_ms = one_line.start_ms;
+        c.observe(&one_line, &topo);
+    }
+    assert!(c.drain().is_empty(), "a one-off opened an incident");
+    // payment's line keeps coming: a fault, with the others as its path.
+    c.observe(
+        &anomaly("p", "payment", DetectorKind::LogNewPattern, 0, 0.9, true),
+        &topo,
+    );
+    let opened = c.drain();
+    assert_eq!(opened.len(), 1);
+    assert_eq!(opened[0].services, ["checkout", "frontend", "payment"]);
 }

@@ -155,7 +155,7 @@ fn new_error_patterns_are_findings_after_warm_up_and_grouped() {
     e.observe_log("auth", 11, true, "token cache cold", 13, T0 + MIN);
     assert!(e.drain().is_empty());
     // After warm-up: an INFO pattern is not news, an ERROR one is, and a second one
-    // shortly after joins the same finding.
+    // shortly after joins the same finding. Two lines are still a one-off: info.
     e.observe_log("auth", 12, true, "config reloaded", 9, T0 + 20 * MIN);
     e.observe_log("auth", 13, true, "db connection refused to <*>", 17, T0 + 30 * MIN);
     e.observe_log("auth", 14, true, "retry budget exhausted", 17, T0 + 31 * MIN);
@@ -164,10 +164,34 @@ fn new_error_patterns_are_findings_after_warm_up_and_grouped() {
     let a = all.values().next().expect("one finding");
     assert_eq!(a.detector, DetectorKind::LogNewPattern);
     assert_eq!(a.observed, 2.0);
+    assert_eq!(a.severity, Severity::Info, "two lines are a one-off");
+    // The first pattern keeps coming: at five lines in a minute, as many as an error rate
+    // needs to start a finding, the finding is critical.
+    for k in 1..=3 {
+        e.observe_log(
+            "auth",
+            13,
+            false,
+            "db connection refused to <*>",
+            17,
+            T0 + 31 * MIN + k * 5_000,
+        );
+    }
+    assert!(e.drain().is_empty(), "four lines in the minute: not yet");
+    e.observe_log(
+        "auth",
+        13,
+        false,
+        "db connection refused to <*>",
+        17,
+        T0 + 31 * MIN + 20_000,
+    );
+    let a = e.drain().pop().expect("the finding, raised");
     assert_eq!(a.severity, Severity::Critical);
+    assert!(a.open);
     assert!(
         a.explanation
-            .contains("2 log patterns never seen before since 00:30:00"),
+            .contains("2 log patterns never seen before since 00:30:00 (6 lines)"),
         "{}",
         a.explanation
     );
@@ -179,15 +203,40 @@ fn new_error_patterns_are_findings_after_warm_up_and_grouped() {
 }
 
 #[test]
+fn a_one_off_error_line_is_info_and_the_finding_closes() {
+    let mut e = engine();
+    e.observe_log("auth", 1, true, "user <*> logged in", 9, T0);
+    // Past warm-up, one failed request: one new ERROR line, never again.
+    e.observe_log("auth", 2, true, "upstream db failed on <*>", 17, T0 + 20 * MIN);
+    let a = e.drain().pop().expect("reported as a finding to look at");
+    assert_eq!(a.severity, Severity::Info);
+    assert!(a.explanation.contains("(1 line)"), "{}", a.explanation);
+    // Other lines go on; five quiet minutes later the finding closes (an incident holding
+    // it may resolve), and a recurrence after that is an ordinary line.
+    for m in 21..30 {
+        e.observe_log("auth", 1, false, "user <*> logged in", 9, T0 + m * MIN);
+    }
+    let closed = e.drain().into_iter().find(|x| x.id == a.id).expect("closed");
+    assert!(!closed.open);
+    e.observe_log("auth", 2, false, "upstream db failed on <*>", 17, T0 + 30 * MIN);
+    assert!(e.drain().iter().all(|x| x.detector != DetectorKind::LogNewPattern));
+}
+
+#[test]
 fn noise_verdicts_raise_the_threshold_and_say_so() {
     let mut e = engine();
     assert_eq!(e.feedback("lognew:auth", Verdict::Noise), 0.62);
     assert_eq!(e.feedback("lognew:auth", Verdict::Noise), 0.74);
-    // WARN new patterns (score 0.7) are now below the signal's threshold; ERROR ones still fire.
+    // WARN new patterns (score 0.7 once coming five a minute) are now below the signal's threshold;
+    // ERROR ones (0.9) still fire.
     e.observe_log("auth", 1, true, "a", 9, T0);
-    e.observe_log("auth", 2, true, "slow login <*>", 13, T0 + 20 * MIN);
+    for k in 0..5 {
+        e.observe_log("auth", 2, k == 0, "slow login <*>", 13, T0 + 20 * MIN + k);
+    }
     assert!(e.drain().is_empty());
-    e.observe_log("auth", 3, true, "login failed <*>", 17, T0 + 21 * MIN);
+    for k in 0..5 {
+        e.observe_log("auth", 3, k == 0, "login failed <*>", 17, T0 + 40 * MIN + k);
+    }
     let a = e.drain().pop().expect("error pattern still reported");
     assert!(
         a.explanation.ends_with("Sensitivity lowered after 2 noise verdicts."),

@@ -1,0 +1,360 @@
+//! The Prometheus HTTP API under `/prometheus/api/v1/`: what Grafana's Prometheus data
+//! source and `promtool query` call, answered from the metric store with Vigil's PromQL
+//! engine (`vigil-promql`). Parameters come in the query string or, for POST, a form body,
+//! as Prometheus takes them; errors are Prometheus' error JSON with its status codes.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Json, Response};
+use serde_json::{Value as Json_, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+use vigil_promql::{Error, Options, json as answer};
+
+use super::ApiState;
+use crate::storage::{PromView, QueryError};
+use crate::telemetry::EndpointLabel;
+use crate::timeutil::now_ms;
+
+/// The Prometheus version whose API (and PromQL semantics) Vigil answers as.
+const COMPATIBLE_VERSION: &str = "2.42.0";
+/// What a listing without `start` covers (Prometheus: all data; Vigil: this far back).
+const LISTING_WINDOW_MS: i64 = 6 * 3_600_000;
+
+/// The request's parameters: the query string, then a form body (POST), repeated keys kept.
+struct Params(Vec<(String, String)>);
+
+impl Params {
+    fn parse(uri: &Uri, headers: &HeaderMap, body: &Bytes) -> Result<Params, Error> {
+        let mut pairs: Vec<(String, String)> = form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
+        if !body.is_empty() {
+            let form = headers
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+            if !form {
+                return Err(Error::BadData(
+                    "a POST body must be application/x-www-form-urlencoded".into(),
+                ));
+            }
+            pairs.extend(form_urlencoded::parse(body).into_owned());
+        }
+        Ok(Params(pairs))
+    }
+
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, v)| k == key && !v.is_empty())
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn all(&self, key: &str) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    fn time(&self, key: &str, default: i64) -> Result<i64, Error> {
+        self.get(key).map_or(Ok(default), |v| parse_time(key, v))
+    }
+}
+
+/// A time parameter: float unix seconds or RFC 3339, as Prometheus takes it.
+fn parse_time(key: &str, value: &str) -> Result<i64, Error> {
+    if let Ok(seconds) = value.parse::<f64>()
+        && seconds.is_finite()
+        && seconds.abs() < 9.2e15
+    {
+        return Ok((seconds * 1000.0).round() as i64);
+    }
+    OffsetDateTime::parse(value, &Rfc3339)
+        .map(|t| i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX))
+        .map_err(|_| {
+            Error::BadData(format!(
+                "invalid parameter \"{key}\": cannot parse {value:?} to a valid timestamp"
+            ))
+        })
+}
+
+fn reply(result: Result<Json_, Error>) -> Response {
+    match result {
+        Ok(data) => Json(answer::success(data)).into_response(),
+        Err(e) => {
+            let status = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            (status, Json(answer::failure(&e))).into_response()
+        }
+    }
+}
+
+/// The engine's options for one request: the `timeout` parameter can shorten the default.
+fn options(params: &Params) -> Result<Options, Error> {
+    let mut opts = Options::default();
+    if let Some(t) = params.get("timeout") {
+        let ms = vigil_promql::parse_duration_ms(t)?;
+        if ms > 0 {
+            opts.timeout = opts.timeout.min(Duration::from_millis(ms.unsigned_abs()));
+        }
+    }
+    Ok(opts)
+}
+
+/// Runs `f` on a blocking thread against the store, timed under `endpoint`.
+async fn run<F>(state: &ApiState, endpoint: &'static str, f: F) -> Result<Json_, Error>
+where
+    F: FnOnce(&crate::storage::Store) -> Result<Json_, Error> + Send + 'static,
+{
+    let started = Instant::now();
+    let store = std::sync::Arc::clone(&state.store);
+    let result = tokio::task::spawn_blocking(move || f(&store))
+        .await
+        .map_err(|e| Error::Internal(format!("query task failed: {e}")))?;
+    state
+        .metrics
+        .query_seconds
+        .get_or_create(&EndpointLabel { endpoint })
+        .observe(started.elapsed().as_secs_f64());
+    result
+}
+
+fn storage_error(e: QueryError) -> Error {
+    match e {
+        QueryError::BadRequest(m) => Error::Execution(m),
+        other => Error::Internal(other.to_string()),
+    }
+}
+
+/// `GET|POST /prometheus/api/v1/query`.
+pub(super) async fn query(State(state): State<ApiState>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let result = async {
+        let params = Params::parse(&uri, &headers, &body)?;
+        let text = params
+            .get("query")
+            .ok_or_else(|| Error::BadData("invalid parameter \"query\": missing".into()))?
+            .to_string();
+        let t = params.time("time", now_ms())?;
+        let opts = options(&params)?;
+        run(&state, "prometheus_query", move |store| {
+            let value = vigil_promql::instant_query(&PromView(store), &text, t, &opts)?;
+            Ok(answer::instant_data(&value, t))
+        })
+        .await
+    }
+    .await;
+    reply(result)
+}
+
+/// `GET|POST /prometheus/api/v1/query_range`.
+pub(super) async fn query_range(State(state): State<ApiState>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let result = async {
+        let params = Params::parse(&uri, &headers, &body)?;
+        let text = params
+            .get("query")
+            .ok_or_else(|| Error::BadData("invalid parameter \"query\": missing".into()))?
+            .to_string();
+        let start = params
+            .get("start")
+            .ok_or_else(|| Error::BadData("invalid parameter \"start\": missing".into()))
+            .and_then(|v| parse_time("start", v))?;
+        let end = params
+            .get("end")
+            .ok_or_else(|| Error::BadData("invalid parameter \"end\": missing".into()))
+            .and_then(|v| parse_time("end", v))?;
+        let step = params
+            .get("step")
+            .ok_or_else(|| Error::BadData("invalid parameter \"step\": missing".into()))
+            .and_then(vigil_promql::parse_duration_ms)?;
+        let opts = options(&params)?;
+        run(&state, "prometheus_query_range", move |store| {
+            let series = vigil_promql::range_query(&PromView(store), &text, start, end, step, &opts)?;
+            Ok(answer::range_data(&series))
+        })
+        .await
+    }
+    .await;
+    reply(result)
+}
+
+/// `start`/`end` of a listing: the last hours by default.
+fn listing_range(params: &Params) -> Result<(i64, i64), Error> {
+    let end = params.time("end", now_ms())?;
+    let start = params.time("start", end - LISTING_WINDOW_MS)?;
+    if start > end {
+        return Err(Error::BadData("end timestamp must not be before start time".into()));
+    }
+    Ok((start.saturating_mul(1_000_000), end.saturating_mul(1_000_000)))
+}
+
+/// The label sets of the series matching any `match[]` selector.
+fn matching_series(
+    store: &crate::storage::Store,
+    selectors: &[String],
+    start_ns: i64,
+    end_ns: i64,
+) -> Result<BTreeSet<vigil_promql::Labels>, Error> {
+    let mut all = BTreeSet::new();
+    for selector in selectors {
+        for matchers in vigil_promql::selector_matchers(selector)? {
+            if matchers.iter().all(|m| m.is_match("")) {
+                return Err(Error::BadData(format!(
+                    "invalid parameter \"match[]\": {selector:?}: match[] must contain at least one non-empty matcher"
+                )));
+            }
+            for s in store
+                .prom_select(&matchers, start_ns, end_ns, false)
+                .map_err(storage_error)?
+            {
+                all.insert(s.labels);
+            }
+        }
+    }
+    Ok(all)
+}
+
+/// `GET|POST /prometheus/api/v1/series`.
+pub(super) async fn series(State(state): State<ApiState>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let result = async {
+        let params = Params::parse(&uri, &headers, &body)?;
+        let selectors: Vec<String> = params.all("match[]").into_iter().map(String::from).collect();
+        if selectors.is_empty() {
+            return Err(Error::BadData("no match[] parameter provided".into()));
+        }
+        let (start, end) = listing_range(&params)?;
+        run(&state, "prometheus_series", move |store| {
+            Ok(json!(matching_series(store, &selectors, start, end)?))
+        })
+        .await
+    }
+    .await;
+    reply(result)
+}
+
+/// `GET|POST /prometheus/api/v1/labels`.
+pub(super) async fn labels(State(state): State<ApiState>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+    let result = async {
+        let params = Params::parse(&uri, &headers, &body)?;
+        let selectors: Vec<String> = params.all("match[]").into_iter().map(String::from).collect();
+        let (start, end) = listing_range(&params)?;
+        run(&state, "prometheus_labels", move |store| {
+            let names: BTreeSet<String> = if selectors.is_empty() {
+                store.prom_label_names(start, end).map_err(storage_error)?
+            } else {
+                matching_series(store, &selectors, start, end)?
+                    .into_iter()
+                    .flat_map(|l| l.into_keys())
+                    .collect()
+            };
+            Ok(json!(names))
+        })
+        .await
+    }
+    .await;
+    reply(result)
+}
+
+/// `GET /prometheus/api/v1/label/{name}/values`.
+pub(super) async fn label_values(
+    State(state): State<ApiState>,
+    Path(name): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let result = async {
+        let params = Params::parse(&uri, &headers, &Bytes::new())?;
+        let selectors: Vec<String> = params.all("match[]").into_iter().map(String::from).collect();
+        let (start, end) = listing_range(&params)?;
+        run(&state, "prometheus_label_values", move |store| {
+            let values: BTreeSet<String> = if selectors.is_empty() {
+                store.prom_label_values(&name, start, end).map_err(storage_error)?
+            } else {
+                matching_series(store, &selectors, start, end)?
+                    .into_iter()
+                    .filter_map(|mut l| l.remove(&name))
+                    .collect()
+            };
+            Ok(json!(values))
+        })
+        .await
+    }
+    .await;
+    reply(result)
+}
+
+/// `GET /prometheus/api/v1/metadata`: each metric's type and unit (help texts are not kept).
+pub(super) async fn metadata(State(state): State<ApiState>, uri: Uri, headers: HeaderMap) -> Response {
+    let result = async {
+        let params = Params::parse(&uri, &headers, &Bytes::new())?;
+        let metric = params.get("metric").map(String::from);
+        let limit = match params.get("limit") {
+            Some(l) => l
+                .parse::<i64>()
+                .map_err(|_| Error::BadData(format!("invalid parameter \"limit\": {l:?}")))?,
+            None => -1,
+        };
+        let end = now_ms().saturating_mul(1_000_000);
+        let start = end - LISTING_WINDOW_MS * 1_000_000;
+        run(&state, "prometheus_metadata", move |store| {
+            let kinds = store.prom_metric_kinds(start, end).map_err(storage_error)?;
+            let mut out = serde_json::Map::new();
+            for (name, (kind, unit)) in kinds {
+                if metric.as_ref().is_some_and(|m| *m != name) {
+                    continue;
+                }
+                if limit >= 0 && out.len() as i64 >= limit {
+                    break;
+                }
+                out.insert(name, json!([{"type": kind, "help": "", "unit": unit}]));
+            }
+            Ok(Json_::Object(out))
+        })
+        .await
+    }
+    .await;
+    reply(result)
+}
+
+/// `GET /prometheus/api/v1/status/buildinfo`: the Prometheus version whose API this is.
+pub(super) async fn buildinfo() -> Response {
+    reply(Ok(json!({
+        "version": COMPATIBLE_VERSION,
+        "revision": format!("vigil-{}", env!("CARGO_PKG_VERSION")),
+        "branch": "",
+        "buildUser": "",
+        "buildDate": "",
+        "goVersion": "",
+    })))
+}
+
+/// `GET /prometheus/api/v1/rules` and `/alerts`: Vigil evaluates no Prometheus rules (its
+/// alerts are its incidents, under `/api/v1/alerts`), so the lists are empty.
+pub(super) async fn rules() -> Response {
+    reply(Ok(json!({"groups": []})))
+}
+
+pub(super) async fn alerts() -> Response {
+    reply(Ok(json!({"alerts": []})))
+}
+
+/// `GET|POST /prometheus/api/v1/query_exemplars`: none are stored for metrics.
+pub(super) async fn exemplars() -> Response {
+    reply(Ok(json!([])))
+}
+
+/// Anything else under `/prometheus/api/v1/`: Prometheus' 404 JSON.
+pub(super) async fn unknown() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(answer::failure(&Error::BadData(
+            "no such Prometheus API endpoint in Vigil".into(),
+        ))),
+    )
+        .into_response()
+}

@@ -1,0 +1,443 @@
+//! Evaluation: a query is planned (which series, over which times), its series are read
+//! once, and the expression is evaluated at each step from them.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+use std::time::{Instant, UNIX_EPOCH};
+
+use promql_parser::parser::{self, AtModifier, Expr, MatrixSelector, Offset, SubqueryExpr, VectorSelector};
+
+use crate::plan::{Needs, plan};
+use crate::value::{Error, Labels, Options, Sample, Series, Storage, Value, VectorElement, drop_name};
+
+/// Evaluates `query` at `t_ms` (Prometheus' `/api/v1/query`).
+pub fn instant_query(storage: &dyn Storage, query: &str, t_ms: i64, opts: &Options) -> Result<Value, Error> {
+    let expr = parse(query)?;
+    let q = Query::load(storage, &expr, t_ms, t_ms, opts)?;
+    let ev = Evaluator {
+        q: &q,
+        start: t_ms,
+        end: t_ms,
+        step: 1,
+    };
+    let value = ev.eval(&expr, t_ms)?;
+    q.check_deadline()?;
+    Ok(value)
+}
+
+/// Evaluates `query` at every `step_ms` from `start_ms` to `end_ms` (Prometheus'
+/// `/api/v1/query_range`): one series per label set, sorted by labels.
+pub fn range_query(
+    storage: &dyn Storage,
+    query: &str,
+    start_ms: i64,
+    end_ms: i64,
+    step_ms: i64,
+    opts: &Options,
+) -> Result<Vec<Series>, Error> {
+    if step_ms <= 0 {
+        return Err(Error::BadData(
+            "zero or negative query resolution step widths are not accepted. Try a positive integer".into(),
+        ));
+    }
+    if end_ms < start_ms {
+        return Err(Error::BadData("end timestamp must not be before start time".into()));
+    }
+    if (end_ms - start_ms) / step_ms + 1 > opts.max_steps {
+        return Err(Error::BadData(format!(
+            "exceeded maximum resolution of {} points per timeseries. Try decreasing the query resolution (?step=XX)",
+            opts.max_steps
+        )));
+    }
+    let expr = parse(query)?;
+    if let parser::value::ValueType::Matrix | parser::value::ValueType::String = expr.value_type() {
+        return Err(Error::BadData(format!(
+            "invalid expression type \"{}\" for range query, must be Scalar or instant Vector",
+            type_name(&expr)
+        )));
+    }
+    let q = Query::load(storage, &expr, start_ms, end_ms, opts)?;
+    let ev = Evaluator {
+        q: &q,
+        start: start_ms,
+        end: end_ms,
+        step: step_ms,
+    };
+    ev.range(&expr)
+}
+
+fn type_name(e: &Expr) -> &'static str {
+    match e.value_type() {
+        parser::value::ValueType::Vector => "instant vector",
+        parser::value::ValueType::Scalar => "scalar",
+        parser::value::ValueType::Matrix => "range vector",
+        parser::value::ValueType::String => "string",
+    }
+}
+
+fn parse(query: &str) -> Result<Expr, Error> {
+    if query.trim().is_empty() {
+        return Err(Error::BadData("invalid parameter \"query\": empty query".into()));
+    }
+    parser::parse(query).map_err(|e| Error::BadData(format!("invalid parameter \"query\": {e}")))
+}
+
+/// A subquery node (by address) and the range it was evaluated over.
+type SubqueryKey = (usize, i64, i64);
+
+/// One query's data and limits, shared by every evaluator it creates.
+pub(crate) struct Query<'a> {
+    pub(crate) opts: &'a Options,
+    deadline: Instant,
+    /// The query's own range, for `@ start()` and `@ end()`.
+    start: i64,
+    end: i64,
+    /// Series read for each selector (by the selector node's address).
+    data: HashMap<usize, Vec<Series>>,
+    /// Subqueries evaluated over an evaluator's whole range, by (node, range).
+    subqueries: RefCell<HashMap<SubqueryKey, Rc<Vec<Series>>>>,
+    samples: Cell<usize>,
+}
+
+impl<'a> Query<'a> {
+    fn load(storage: &dyn Storage, expr: &Expr, start: i64, end: i64, opts: &'a Options) -> Result<Query<'a>, Error> {
+        let mut q = Query {
+            opts,
+            deadline: Instant::now() + opts.timeout,
+            start,
+            end,
+            data: HashMap::new(),
+            subqueries: RefCell::new(HashMap::new()),
+            samples: Cell::new(0),
+        };
+        let mut needs: HashMap<usize, Needs<'_>> = HashMap::new();
+        plan(expr, start, end, &q, &mut needs);
+        for (node, need) in needs {
+            q.check_deadline()?;
+            let mut matchers = need.selector.matchers.matchers.clone();
+            if let Some(name) = &need.selector.name {
+                matchers.push(promql_parser::label::Matcher::new(
+                    promql_parser::label::MatchOp::Equal,
+                    crate::METRIC_NAME,
+                    name,
+                ));
+            }
+            let mut series = if need.selector.matchers.or_matchers.is_empty() {
+                storage.select(&matchers, need.start, need.end)?
+            } else {
+                // `{a="1" or b="2"}`: the union of each alternative, once per series.
+                let mut union: BTreeMap<Labels, Series> = BTreeMap::new();
+                for alternative in &need.selector.matchers.or_matchers {
+                    let mut m = alternative.clone();
+                    if let Some(name) = &need.selector.name {
+                        m.push(promql_parser::label::Matcher::new(
+                            promql_parser::label::MatchOp::Equal,
+                            crate::METRIC_NAME,
+                            name,
+                        ));
+                    }
+                    for s in storage.select(&m, need.start, need.end)? {
+                        union.entry(s.labels.clone()).or_insert(s);
+                    }
+                }
+                union.into_values().collect()
+            };
+            series.retain(|s| !s.samples.is_empty());
+            q.count(series.iter().map(|s| s.samples.len()).sum())?;
+            q.data.insert(node, series);
+        }
+        Ok(q)
+    }
+
+    /// Counts samples loaded or produced against the query's limit.
+    pub(crate) fn count(&self, n: usize) -> Result<(), Error> {
+        let total = self.samples.get().saturating_add(n);
+        self.samples.set(total);
+        if total > self.opts.max_samples {
+            return Err(Error::Execution(format!(
+                "query processing would load too many samples into memory in query execution (limit {})",
+                self.opts.max_samples
+            )));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn check_deadline(&self) -> Result<(), Error> {
+        if Instant::now() > self.deadline {
+            return Err(Error::Timeout(format!(
+                "query timed out in expression evaluation (timeout {:?})",
+                self.opts.timeout
+            )));
+        }
+        Ok(())
+    }
+
+    /// The time an `@` modifier pins evaluation to, unix ms.
+    pub(crate) fn at_ms(&self, at: &AtModifier) -> i64 {
+        match at {
+            AtModifier::Start => self.start,
+            AtModifier::End => self.end,
+            AtModifier::At(t) => match t.duration_since(UNIX_EPOCH) {
+                Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+                Err(e) => -i64::try_from(e.duration().as_millis()).unwrap_or(i64::MAX),
+            },
+        }
+    }
+}
+
+/// Milliseconds an `offset` moves a selector back in time (negative: forward).
+pub(crate) fn offset_ms(offset: &Option<Offset>) -> i64 {
+    match offset {
+        None => 0,
+        Some(Offset::Pos(d)) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+        Some(Offset::Neg(d)) => -i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+    }
+}
+
+pub(crate) fn duration_ms(d: &std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// A range vector at one evaluation time: each series' samples inside the window.
+pub(crate) struct Window {
+    pub(crate) series: Vec<Series>,
+    /// The window's edges, unix ms (both inclusive).
+    pub(crate) start: i64,
+    pub(crate) end: i64,
+    /// The range the expression asked for, ms.
+    pub(crate) range_ms: i64,
+}
+
+/// Evaluates expressions at times within `[start, end]`, stepping by `step` (subqueries
+/// inside evaluate over that range).
+pub(crate) struct Evaluator<'q, 'a> {
+    pub(crate) q: &'q Query<'a>,
+    pub(crate) start: i64,
+    pub(crate) end: i64,
+    pub(crate) step: i64,
+}
+
+impl Evaluator<'_, '_> {
+    /// The expression at every step of the evaluator's range, as series.
+    pub(crate) fn range(&self, e: &Expr) -> Result<Vec<Series>, Error> {
+        let mut out: BTreeMap<Labels, Vec<Sample>> = BTreeMap::new();
+        let mut t = self.start;
+        while t <= self.end {
+            self.q.check_deadline()?;
+            match self.eval(e, t)? {
+                Value::Scalar(v) => out.entry(Labels::new()).or_default().push(Sample { t, v }),
+                Value::Vector(elements) => {
+                    self.q.count(elements.len())?;
+                    for el in elements {
+                        out.entry(el.labels).or_default().push(Sample { t, v: el.v });
+                    }
+                }
+                other => {
+                    return Err(Error::Execution(format!(
+                        "expression evaluated to {} where an instant vector or scalar was expected",
+                        value_name(&other)
+                    )));
+                }
+            }
+            t += self.step;
+        }
+        Ok(out
+            .into_iter()
+            .map(|(labels, samples)| Series { labels, samples })
+            .collect())
+    }
+
+    /// The expression's value at `t`.
+    pub(crate) fn eval(&self, e: &Expr, t: i64) -> Result<Value, Error> {
+        match e {
+            Expr::NumberLiteral(n) => Ok(Value::Scalar(n.val)),
+            Expr::StringLiteral(s) => Ok(Value::String(s.val.clone())),
+            Expr::Paren(p) => self.eval(&p.expr, t),
+            Expr::Unary(u) => match self.eval(&u.expr, t)? {
+                Value::Scalar(v) => Ok(Value::Scalar(-v)),
+                Value::Vector(v) => Ok(Value::Vector(
+                    v.into_iter()
+                        .map(|el| VectorElement {
+                            labels: drop_name(el.labels),
+                            v: -el.v,
+                        })
+                        .collect(),
+                )),
+                other => Err(Error::Execution(format!(
+                    "unary minus applied to {}",
+                    value_name(&other)
+                ))),
+            },
+            Expr::VectorSelector(vs) => Ok(Value::Vector(self.instant_selector(vs, t))),
+            Expr::MatrixSelector(_) | Expr::Subquery(_) => Ok(Value::Matrix(self.window(e, t)?.series)),
+            Expr::Binary(b) => crate::binary::eval(self, b, t),
+            Expr::Aggregate(a) => crate::aggregate::eval(self, a, t),
+            Expr::Call(c) => crate::functions::call(self, c, t),
+            Expr::Extension(_) => Err(Error::Execution("extension expressions are not supported".into())),
+        }
+    }
+
+    /// Evaluates `e` expecting an instant vector.
+    pub(crate) fn vector(&self, e: &Expr, t: i64) -> Result<Vec<VectorElement>, Error> {
+        match self.eval(e, t)? {
+            Value::Vector(v) => Ok(v),
+            other => Err(Error::Execution(format!(
+                "expected an instant vector, got {}",
+                value_name(&other)
+            ))),
+        }
+    }
+
+    /// Evaluates `e` expecting a scalar.
+    pub(crate) fn scalar(&self, e: &Expr, t: i64) -> Result<f64, Error> {
+        match self.eval(e, t)? {
+            Value::Scalar(v) => Ok(v),
+            other => Err(Error::Execution(format!(
+                "expected a scalar, got {}",
+                value_name(&other)
+            ))),
+        }
+    }
+
+    /// Evaluates `e` expecting a string.
+    pub(crate) fn string(&self, e: &Expr, t: i64) -> Result<String, Error> {
+        match self.eval(e, t)? {
+            Value::String(s) => Ok(s),
+            other => Err(Error::Execution(format!(
+                "expected a string, got {}",
+                value_name(&other)
+            ))),
+        }
+    }
+
+    /// Each series' latest sample no older than the lookback delta.
+    fn instant_selector(&self, vs: &VectorSelector, t: i64) -> Vec<VectorElement> {
+        self.instant_samples(vs, t)
+            .into_iter()
+            .map(|(labels, s)| VectorElement { labels, v: s.v })
+            .collect()
+    }
+
+    /// As [`Self::instant_selector`], with each sample's own timestamp (for `timestamp()`).
+    pub(crate) fn instant_samples(&self, vs: &VectorSelector, t: i64) -> Vec<(Labels, Sample)> {
+        let at = vs.at.as_ref().map_or(t, |a| self.q.at_ms(a)) - offset_ms(&vs.offset);
+        let Some(series) = self.q.data.get(&node_id(vs)) else {
+            return Vec::new();
+        };
+        let lookback = self.q.opts.lookback_ms;
+        series
+            .iter()
+            .filter_map(|s| {
+                let i = s.samples.partition_point(|p| p.t <= at);
+                let last = s.samples.get(i.checked_sub(1)?)?;
+                (last.t >= at - lookback).then(|| (s.labels.clone(), *last))
+            })
+            .collect()
+    }
+
+    /// A range selector's or subquery's samples at `t`.
+    pub(crate) fn window(&self, e: &Expr, t: i64) -> Result<Window, Error> {
+        match e {
+            Expr::MatrixSelector(ms) => Ok(self.matrix_selector(ms, t)),
+            Expr::Subquery(sq) => self.subquery(sq, t),
+            Expr::Paren(p) => self.window(&p.expr, t),
+            other => Err(Error::Execution(format!(
+                "expected a range vector, got {}",
+                type_name(other)
+            ))),
+        }
+    }
+
+    fn matrix_selector(&self, ms: &MatrixSelector, t: i64) -> Window {
+        let vs = &ms.vs;
+        let range_ms = duration_ms(&ms.range);
+        let end = vs.at.as_ref().map_or(t, |a| self.q.at_ms(a)) - offset_ms(&vs.offset);
+        let start = end - range_ms;
+        let series = self
+            .q
+            .data
+            .get(&node_id(vs))
+            .map(|all| slice_windows(all, start, end))
+            .unwrap_or_default();
+        Window {
+            series,
+            start,
+            end,
+            range_ms,
+        }
+    }
+
+    fn subquery(&self, sq: &SubqueryExpr, t: i64) -> Result<Window, Error> {
+        let offset = offset_ms(&sq.offset);
+        let range_ms = duration_ms(&sq.range);
+        let step = sq
+            .step
+            .as_ref()
+            .map_or(self.q.opts.default_subquery_step_ms, duration_ms)
+            .max(1);
+        let (from, to) = match &sq.at {
+            Some(at) => {
+                let at = self.q.at_ms(at);
+                (at, at)
+            }
+            None => (self.start, self.end),
+        };
+        let key = (std::ptr::from_ref(sq) as usize, from, to);
+        let cached = self.q.subqueries.borrow().get(&key).cloned();
+        let inner = match cached {
+            Some(m) => m,
+            None => {
+                // Prometheus' alignment: the first multiple of the step at or after the
+                // earliest time any outer step needs.
+                let lo = from - offset - range_ms;
+                let aligned = lo.div_euclid(step) * step + if lo.rem_euclid(step) == 0 { 0 } else { step };
+                let sub = Evaluator {
+                    q: self.q,
+                    start: aligned,
+                    end: to - offset,
+                    step,
+                };
+                let m = Rc::new(sub.range(&sq.expr)?);
+                self.q.subqueries.borrow_mut().insert(key, Rc::clone(&m));
+                m
+            }
+        };
+        let end = sq.at.as_ref().map_or(t, |a| self.q.at_ms(a)) - offset;
+        let start = end - range_ms;
+        Ok(Window {
+            series: slice_windows(&inner, start, end),
+            start,
+            end,
+            range_ms,
+        })
+    }
+}
+
+/// The part of each series inside `[start, end]`; series with nothing there are left out.
+fn slice_windows(all: &[Series], start: i64, end: i64) -> Vec<Series> {
+    all.iter()
+        .filter_map(|s| {
+            let lo = s.samples.partition_point(|p| p.t < start);
+            let hi = s.samples.partition_point(|p| p.t <= end);
+            (hi > lo).then(|| Series {
+                labels: s.labels.clone(),
+                samples: s.samples[lo..hi].to_vec(),
+            })
+        })
+        .collect()
+}
+
+/// The identity of a selector node within one parsed query.
+pub(crate) fn node_id(vs: &VectorSelector) -> usize {
+    std::ptr::from_ref(vs) as usize
+}
+
+pub(crate) fn value_name(v: &Value) -> &'static str {
+    match v {
+        Value::Scalar(_) => "scalar",
+        Value::String(_) => "string",
+        Value::Vector(_) => "instant vector",
+        Value::Matrix(_) => "range vector",
+    }
+}
