@@ -14,7 +14,7 @@ use super::search::{QueryError, and, first_json, term_query, time_range};
 use crate::wal::Signal;
 
 /// Upper bound on points read for one query.
-const MAX_POINTS: usize = 5_000_000;
+pub(super) const MAX_POINTS: usize = 5_000_000;
 /// Upper bound on steps in one query's answer.
 const MAX_STEPS: i64 = 11_000;
 
@@ -180,7 +180,7 @@ pub(super) struct Scan {
 }
 
 impl Store {
-    fn metric_filter(&self, selector: &Selector, start_ns: i64, end_ns: i64) -> Box<dyn Query> {
+    pub(super) fn metric_filter(&self, selector: &Selector, start_ns: i64, end_ns: i64) -> Box<dyn Query> {
         let f = &self.schemas.metrics;
         let mut parts = vec![time_range(f.ts, start_ns, end_ns)];
         if let Some(name) = &selector.name {

@@ -9,8 +9,11 @@
 //! - Labels: `service.name` (with `service.namespace`, `namespace/name`) is `job`,
 //!   `service.instance.id` is `instance`; every other key is sanitised like names (a leading
 //!   digit gets `key_`), values of keys that collide joined with `;`.
-//! - OTLP histograms and summaries (one document per point, buckets stored as JSON) are not
-//!   served yet; remote-written `_bucket`/`_sum`/`_count` series are ordinary series and are.
+//! - OTLP histograms (cumulative, explicit buckets) are `_bucket` series with an `le` label
+//!   (cumulative counts, `+Inf` last), `_sum` and `_count`; summaries are the name with a
+//!   `quantile` label, `_sum` and `_count`. Their points are read from the stored documents
+//!   (buckets are kept as JSON), so they cost more per point than gauges and sums. Delta
+//!   and exponential histograms are not served.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -85,10 +88,63 @@ pub(crate) fn prom_name(name: &str, kind: &str, monotonic: bool) -> String {
 }
 
 /// The names a stored metric may have in Prometheus (its kind decides which).
-fn possible_names(stored: &str) -> [String; 2] {
+fn possible_names(stored: &str) -> [String; 5] {
     let base = sanitize_name(stored);
-    let total = format!("{base}_total");
-    [base, total]
+    ["", "_total", "_bucket", "_sum", "_count"].map(|suffix| format!("{base}{suffix}"))
+}
+
+/// One stored histogram or summary point, as read from its document.
+struct DistributionPoint {
+    ts_ms: i64,
+    count: f64,
+    sum: f64,
+    /// (upper bound, cumulative count) of a histogram; (quantile, value) of a summary.
+    parts: Vec<(f64, f64)>,
+}
+
+fn float(v: &Json) -> f64 {
+    v.as_f64().unwrap_or(f64::NAN)
+}
+
+/// The points of one histogram or summary document: cumulative buckets (`+Inf` last) or
+/// quantiles.
+fn distribution_point(kind: &str, ts_ms: i64, count: f64, sum: f64, detail: &Json) -> DistributionPoint {
+    let parts = if kind == "histogram" {
+        let bounds: Vec<f64> = detail["explicit_bounds"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(float)
+            .collect();
+        let counts: Vec<f64> = detail["bucket_counts"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(float)
+            .collect();
+        let mut running = 0.0;
+        counts
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                running += c;
+                (bounds.get(i).copied().unwrap_or(f64::INFINITY), running)
+            })
+            .collect()
+    } else {
+        detail["quantiles"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|q| (float(&q["quantile"]), float(&q["value"])))
+            .collect()
+    };
+    DistributionPoint {
+        ts_ms,
+        count,
+        sum,
+        parts,
+    }
 }
 
 /// The Prometheus label name of a stored label key.
@@ -152,6 +208,9 @@ fn term_filters(matchers: &[Matcher]) -> BTreeMap<String, String> {
             "job" if !m.value.contains('/') => {
                 terms.insert("service.name".to_string(), m.value.clone());
             }
+            // `namespace/name` is two stored keys: filtered after the search. Derived labels
+            // (made from an OTLP histogram's or summary's points) are not stored at all.
+            "job" | "le" | "quantile" => {}
             "instance" => {
                 terms.insert("service.instance.id".to_string(), m.value.clone());
             }
@@ -210,8 +269,19 @@ impl Store {
             for p in scan.points {
                 by_series.entry(p.series_id).or_default().push(p);
             }
+            let mut distributions = Vec::new();
             for (id, info) in scan.info {
-                if !matches!(info.kind.as_str(), "gauge" | "sum") {
+                let served = match info.kind.as_str() {
+                    "gauge" | "sum" => true,
+                    "histogram" => info.temporality == "cumulative",
+                    "summary" => true,
+                    _ => false,
+                };
+                if !served {
+                    continue;
+                }
+                if info.kind != "gauge" && info.kind != "sum" {
+                    distributions.push((id, info));
                     continue;
                 }
                 let mut labels = prom_labels(&info.labels);
@@ -237,8 +307,116 @@ impl Store {
                 }
                 out.push(Series { labels, samples });
             }
+            if !distributions.is_empty() {
+                out.extend(self.distribution_series(
+                    &selector,
+                    distributions,
+                    matchers,
+                    start_ns,
+                    end_ns,
+                    with_samples,
+                )?);
+            }
         }
         out.sort_by(|a, b| a.labels.cmp(&b.labels));
+        Ok(out)
+    }
+
+    /// Histogram and summary series as Prometheus' `_bucket`/quantile, `_sum` and `_count`
+    /// series, from their stored documents.
+    fn distribution_series(
+        &self,
+        selector: &Selector,
+        infos: Vec<(u64, super::metrics_query::SeriesInfo)>,
+        matchers: &[Matcher],
+        start_ns: i64,
+        end_ns: i64,
+        with_samples: bool,
+    ) -> Result<Vec<Series>, QueryError> {
+        let f = &self.schemas.metrics;
+        let wanted: HashMap<u64, super::metrics_query::SeriesInfo> = infos.into_iter().collect();
+        let mut points: HashMap<u64, Vec<DistributionPoint>> = HashMap::new();
+        // Read even for a listing: the bounds and quantiles are in the documents.
+        {
+            let query = self.metric_filter(selector, start_ns, end_ns);
+            let mut read = 0usize;
+            for partition in self.partitions.covering(Signal::Metrics, start_ns, end_ns) {
+                let searcher = partition.reader.searcher();
+                let docs = searcher.search(&query, &tantivy::collector::DocSetCollector)?;
+                read += docs.len();
+                if read > super::metrics_query::MAX_POINTS {
+                    return Err(QueryError::BadRequest(
+                        "the selection holds more samples than a query may read; narrow the selector or the time range"
+                            .into(),
+                    ));
+                }
+                for addr in docs {
+                    let doc: tantivy::TantivyDocument = searcher.doc(addr)?;
+                    let Some(id) = doc.get_first(f.series_id).and_then(|v| v.as_u64()) else {
+                        continue;
+                    };
+                    let Some(info) = wanted.get(&id) else { continue };
+                    let ts = doc.get_first(f.ts).and_then(|v| v.as_i64()).unwrap_or(0);
+                    let count = doc.get_first(f.count).and_then(|v| v.as_u64()).unwrap_or(0) as f64;
+                    let sum = doc.get_first(f.sum).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+                    let detail = super::search::first_json(&doc, f.detail);
+                    points.entry(id).or_default().push(distribution_point(
+                        &info.kind,
+                        ts.div_euclid(1_000_000),
+                        count,
+                        sum,
+                        &detail,
+                    ));
+                }
+            }
+        }
+        let mut out = Vec::new();
+        for (id, info) in &wanted {
+            let base = sanitize_name(&info.name);
+            let labels = prom_labels(&info.labels);
+            let mut series_points = points.remove(id).unwrap_or_default();
+            series_points.sort_by_key(|p| p.ts_ms);
+            series_points.dedup_by_key(|p| p.ts_ms);
+            let named = |name: String, extra: Option<(&str, String)>| {
+                let mut l = labels.clone();
+                l.insert(METRIC_NAME.into(), name);
+                if let Some((k, v)) = extra {
+                    l.insert(k.to_string(), v);
+                }
+                l
+            };
+            let mut add = |labels: Labels, value: &dyn Fn(&DistributionPoint) -> Option<f64>| {
+                if matches_all(matchers, &labels) {
+                    let samples = if with_samples {
+                        series_points
+                            .iter()
+                            .filter_map(|p| value(p).map(|v| Sample { t: p.ts_ms, v }))
+                            .collect()
+                    } else {
+                        Vec::new()
+                    };
+                    out.push(Series { labels, samples });
+                }
+            };
+            add(named(format!("{base}_count"), None), &|p| Some(p.count));
+            add(named(format!("{base}_sum"), None), &|p| Some(p.sum));
+            // Every bound or quantile any point of the series had (layouts rarely change).
+            let mut keys: Vec<f64> = series_points.iter().flat_map(|p| p.parts.iter().map(|x| x.0)).collect();
+            keys.sort_by(f64::total_cmp);
+            keys.dedup();
+            for key in keys {
+                let (name, label) = if info.kind == "histogram" {
+                    (format!("{base}_bucket"), "le")
+                } else {
+                    (base.clone(), "quantile")
+                };
+                let lookup = move |p: &DistributionPoint| p.parts.iter().find(|x| x.0 == key).map(|x| x.1);
+                add(
+                    named(name, Some((label, vigil_promql::json::format_value(key)))),
+                    &lookup,
+                );
+            }
+        }
         Ok(out)
     }
 
@@ -384,6 +562,8 @@ mod tests {
             m("http_method", MatchOp::Equal, "GET"),
             m("device", MatchOp::NotEqual, "lo"),
             m("cpu", MatchOp::Equal, ""),
+            m("le", MatchOp::Equal, "0.5"),
+            m("quantile", MatchOp::Equal, "0.99"),
             m(METRIC_NAME, MatchOp::Equal, "up"),
         ]);
         assert_eq!(
@@ -394,5 +574,8 @@ mod tests {
                 ("service.name".to_string(), "node".to_string()),
             ])
         );
+        // A namespaced job is no stored term at all (it used to become `job=shop/api`, and
+        // nothing matched).
+        assert!(term_filters(&[m("job", MatchOp::Equal, "shop/api")]).is_empty());
     }
 }
