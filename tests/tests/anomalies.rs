@@ -127,20 +127,27 @@ async fn latency_regression_and_new_error_pattern_become_anomalies_and_take_feed
     // takes over two seconds.
     let spans = regression_spans(base, 0..minutes, "POST /pay");
     post_spans(&client, &c, &spans).await?;
-    // Routine INFO logs all along, and one ERROR line never seen before near the end.
+    // Routine INFO logs all along, and an ERROR line never seen before near the end, five
+    // times in its minute (one line would be a one-off: a finding to look at, info).
     let mut records: Vec<_> = (0..minutes)
         .map(|m| log_record(base + m * MIN_NS + 1, &format!("payment accepted for order {m}"), &[]))
         .collect();
-    let mut error = log_record(
-        base + (minutes - 5) * MIN_NS + 7,
-        "card processor unreachable at 10.0.0.7:443",
-        &[],
-    );
-    error.severity_number = 17;
-    error.severity_text = "ERROR".into();
-    // This line comes from a process that sets no service.name (say, a sidecar): it carries
-    // the trace id of one of checkout's requests, which is how it is joined to checkout.
-    error.trace_id = spans[spans.len() - 1].trace_id.clone();
+    let errors: Vec<_> = (0..5u64)
+        .map(|k| {
+            let mut error = log_record(
+                base + (minutes - 5) * MIN_NS + 7 + k * 1_000_000_000,
+                "card processor unreachable at 10.0.0.7:443",
+                &[],
+            );
+            error.severity_number = 17;
+            error.severity_text = "ERROR".into();
+            // These lines come from a process that sets no service.name (say, a sidecar): they
+            // carry the trace id of one of checkout's requests, which is how they are joined
+            // to checkout.
+            error.trace_id = spans[spans.len() - 1].trace_id.clone();
+            error
+        })
+        .collect();
     records.sort_by_key(|r| r.time_unix_nano);
     post_protobuf(
         &client,
@@ -148,7 +155,7 @@ async fn latency_regression_and_new_error_pattern_become_anomalies_and_take_feed
         logs_request("checkout", records).encode_to_vec(),
     )
     .await?;
-    let mut anonymous = logs_request("ignored", vec![error]);
+    let mut anonymous = logs_request("ignored", errors);
     anonymous.resource_logs[0].resource = None;
     post_protobuf(&client, c.http_url("/v1/logs"), anonymous.encode_to_vec()).await?;
 
@@ -195,6 +202,7 @@ async fn latency_regression_and_new_error_pattern_become_anomalies_and_take_feed
 
     let text = new_pattern["explanation"].as_str().unwrap_or_default();
     assert!(text.contains("card processor unreachable at"), "{text}");
+    assert!(text.contains("(5 lines)"), "{text}");
     assert_eq!(new_pattern["severity"], "critical");
 
     // The detection thread reports itself on /metrics.
