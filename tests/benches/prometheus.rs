@@ -11,16 +11,15 @@
 //! BENCH_HOURS, default 6; samples every 15 s).
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use futures::StreamExt;
 use prost::Message;
 use serde_json::Value;
+use vigil_e2e::prometheus::{Label, PROMETHEUS, Sample, TimeSeries, WriteRequest, free_port, spawn};
 use vigil_e2e::{Collector, eventually, now_ns};
 
-const PROMETHEUS: &str = "/usr/bin/prometheus";
 const STEP_MS: i64 = 15_000;
 /// Samples of one series per request; with 200 series a request holds 2,000 samples, as
 /// Prometheus' own remote write sends them (`max_samples_per_send`).
@@ -28,48 +27,8 @@ const SAMPLES_PER_SERIES: usize = 10;
 const SERIES_PER_REQUEST: usize = 200;
 const CONCURRENCY: usize = 4;
 
-#[derive(Clone, PartialEq, Message)]
-struct WriteRequest {
-    #[prost(message, repeated, tag = "1")]
-    timeseries: Vec<TimeSeries>,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct TimeSeries {
-    #[prost(message, repeated, tag = "1")]
-    labels: Vec<Label>,
-    #[prost(message, repeated, tag = "2")]
-    samples: Vec<Sample>,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct Label {
-    #[prost(string, tag = "1")]
-    name: String,
-    #[prost(string, tag = "2")]
-    value: String,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct Sample {
-    #[prost(double, tag = "1")]
-    value: f64,
-    #[prost(int64, tag = "2")]
-    timestamp: i64,
-}
-
 fn env_usize(key: &str, default: usize) -> usize {
     std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-/// A child process killed on drop.
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// Counters of `series` request routes on 20 hosts, every 15 s from `start_ms`, as snappy
@@ -234,10 +193,6 @@ fn dir_bytes(path: &Path) -> u64 {
         .sum()
 }
 
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let series = env_usize("BENCH_SERIES", 1000);
@@ -259,20 +214,17 @@ async fn main() -> Result<()> {
     let port = free_port()?;
     let data = dir.path().join("prometheus-data");
     std::fs::write(dir.path().join("prometheus.yml"), "global:\n  scrape_interval: 1h\n")?;
-    let _prometheus = Daemon(
-        Command::new(PROMETHEUS)
-            .args([
-                format!("--config.file={}", dir.path().join("prometheus.yml").display()),
-                format!("--storage.tsdb.path={}", data.display()),
-                format!("--web.listen-address=127.0.0.1:{port}"),
-                "--web.enable-remote-write-receiver".into(),
-                "--web.enable-admin-api".into(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("prometheus.log"))?)
-            .spawn()
-            .context("cannot start prometheus (Debian package)")?,
-    );
+    let _prometheus = spawn(
+        PROMETHEUS,
+        &[
+            format!("--config.file={}", dir.path().join("prometheus.yml").display()),
+            format!("--storage.tsdb.path={}", data.display()),
+            format!("--web.listen-address=127.0.0.1:{port}"),
+            "--web.enable-remote-write-receiver".into(),
+            "--web.enable-admin-api".into(),
+        ],
+        &dir.path().join("prometheus.log"),
+    )?;
     let prometheus = format!("http://127.0.0.1:{port}");
     let vigil = Collector::start()?;
     let ours = vigil.api_url("/prometheus");

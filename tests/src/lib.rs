@@ -15,6 +15,7 @@ use anyhow::{Context, Result, anyhow, bail};
 pub mod agent;
 pub mod browser;
 pub mod otlp;
+pub mod prometheus;
 pub mod receiver;
 
 /// Builds the collector binary once per test process and returns its path.

@@ -4,73 +4,18 @@
 //! and the receiver must refuse what is not a remote-write body with a message saying why.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use prost::Message;
 use serde_json::Value;
+use vigil_e2e::prometheus::{
+    Daemon, Label, NODE_EXPORTER, PROMETHEUS, PROMTOOL, Sample, TimeSeries, WriteRequest, free_port, spawn,
+};
 use vigil_e2e::{Collector, Options, eventually, get_json};
 
-const PROMETHEUS: &str = "/usr/bin/prometheus";
-const NODE_EXPORTER: &str = "/usr/bin/prometheus-node-exporter";
 const INGEST_TOKEN: &str = "remote-write-token-0123456789";
-
-/// A child process killed on drop.
-struct Daemon(Child);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn spawn(program: &str, args: &[String], log: &Path) -> Result<Daemon> {
-    let child = Command::new(program)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log)?)
-        .spawn()
-        .with_context(|| format!("cannot start {program} (Debian package; .ci/run installs it)"))?;
-    Ok(Daemon(child))
-}
-
-/// The smallest remote-write 1.0 message the test sends by hand: `prometheus.WriteRequest`
-/// with one series.
-#[derive(Clone, PartialEq, Message)]
-struct WriteRequest {
-    #[prost(message, repeated, tag = "1")]
-    timeseries: Vec<TimeSeries>,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct TimeSeries {
-    #[prost(message, repeated, tag = "1")]
-    labels: Vec<Label>,
-    #[prost(message, repeated, tag = "2")]
-    samples: Vec<Sample>,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct Label {
-    #[prost(string, tag = "1")]
-    name: String,
-    #[prost(string, tag = "2")]
-    value: String,
-}
-
-#[derive(Clone, PartialEq, Message)]
-struct Sample {
-    #[prost(double, tag = "1")]
-    value: f64,
-    #[prost(int64, tag = "2")]
-    timestamp: i64,
-}
 
 async fn series(client: &reqwest::Client, c: &Collector, selector: &str) -> Result<Vec<Value>> {
     let url = reqwest::Url::parse_with_params(
@@ -272,8 +217,6 @@ async fn prometheus_remote_writes_node_exporter_metrics_into_vigil() -> Result<(
     assert_eq!(probe["points"], 3, "sent twice, stored once: {probe}");
     Ok(())
 }
-
-const PROMTOOL: &str = "/usr/bin/promtool";
 
 /// `promtool query <flags…> -o json <server> <expr>` (`flags[0]` is `instant` or `range`):
 /// the answer's result.

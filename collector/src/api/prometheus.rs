@@ -55,6 +55,12 @@ impl Params {
             .map(|(_, v)| v.as_str())
     }
 
+    /// A parameter the request must have.
+    fn required(&self, key: &str) -> Result<&str, Error> {
+        self.get(key)
+            .ok_or_else(|| Error::BadData(format!("invalid parameter \"{key}\": missing")))
+    }
+
     fn all(&self, key: &str) -> Vec<&str> {
         self.0
             .iter()
@@ -136,10 +142,7 @@ fn storage_error(e: QueryError) -> Error {
 pub(super) async fn query(State(state): State<ApiState>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     let result = async {
         let params = Params::parse(&uri, &headers, &body)?;
-        let text = params
-            .get("query")
-            .ok_or_else(|| Error::BadData("invalid parameter \"query\": missing".into()))?
-            .to_string();
+        let text = params.required("query")?.to_string();
         let t = params.time("time", now_ms())?;
         let opts = options(&params)?;
         run(&state, "prometheus_query", move |store| {
@@ -156,22 +159,10 @@ pub(super) async fn query(State(state): State<ApiState>, uri: Uri, headers: Head
 pub(super) async fn query_range(State(state): State<ApiState>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     let result = async {
         let params = Params::parse(&uri, &headers, &body)?;
-        let text = params
-            .get("query")
-            .ok_or_else(|| Error::BadData("invalid parameter \"query\": missing".into()))?
-            .to_string();
-        let start = params
-            .get("start")
-            .ok_or_else(|| Error::BadData("invalid parameter \"start\": missing".into()))
-            .and_then(|v| parse_time("start", v))?;
-        let end = params
-            .get("end")
-            .ok_or_else(|| Error::BadData("invalid parameter \"end\": missing".into()))
-            .and_then(|v| parse_time("end", v))?;
-        let step = params
-            .get("step")
-            .ok_or_else(|| Error::BadData("invalid parameter \"step\": missing".into()))
-            .and_then(vigil_promql::parse_duration_ms)?;
+        let text = params.required("query")?.to_string();
+        let start = parse_time("start", params.required("start")?)?;
+        let end = parse_time("end", params.required("end")?)?;
+        let step = vigil_promql::parse_duration_ms(params.required("step")?)?;
         let opts = options(&params)?;
         run(&state, "prometheus_query_range", move |store| {
             let series = vigil_promql::range_query(&PromView(store), &text, start, end, step, &opts)?;
