@@ -9,7 +9,7 @@ use std::time::{Instant, UNIX_EPOCH};
 use promql_parser::parser::{self, AtModifier, Expr, MatrixSelector, Offset, SubqueryExpr, VectorSelector};
 
 use crate::plan::{Needs, plan};
-use crate::value::{Error, Labels, Options, Sample, Series, Storage, Value, VectorElement, drop_name};
+use crate::value::{Error, Labels, Options, Sample, Series, Storage, Value, VectorElement, drop_name, is_stale};
 
 /// Evaluates `query` at `t_ms` (Prometheus' `/api/v1/query`).
 pub fn instant_query(storage: &dyn Storage, query: &str, t_ms: i64, opts: &Options) -> Result<Value, Error> {
@@ -331,7 +331,8 @@ impl Evaluator<'_, '_> {
             .filter_map(|s| {
                 let i = s.samples.partition_point(|p| p.t <= at);
                 let last = s.samples.get(i.checked_sub(1)?)?;
-                (last.t >= at - lookback).then(|| (s.labels.clone(), *last))
+                // A staleness marker ends the series: nothing to select after it.
+                (last.t >= at - lookback && !is_stale(last.v)).then(|| (s.labels.clone(), *last))
             })
             .collect()
     }
@@ -420,9 +421,10 @@ fn slice_windows(all: &[Series], start: i64, end: i64) -> Vec<Series> {
         .filter_map(|s| {
             let lo = s.samples.partition_point(|p| p.t < start);
             let hi = s.samples.partition_point(|p| p.t <= end);
-            (hi > lo).then(|| Series {
+            let samples: Vec<Sample> = s.samples[lo..hi].iter().copied().filter(|p| !is_stale(p.v)).collect();
+            (!samples.is_empty()).then(|| Series {
                 labels: s.labels.clone(),
-                samples: s.samples[lo..hi].to_vec(),
+                samples,
             })
         })
         .collect()

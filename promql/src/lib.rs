@@ -8,8 +8,9 @@
 //! delta (5 min, both ends inclusive); a range selector takes the samples in `[t - range,
 //! t]`; `rate`/`increase`/`delta` extrapolate to the window's edges as Prometheus does;
 //! subqueries without a step use the default evaluation interval (1 min), aligned to
-//! multiples of the step. Series stored without staleness markers stay visible for the
-//! lookback delta after their last sample.
+//! multiples of the step. A staleness marker ([`STALE_MARKER_BITS`]) ends a series: an
+//! instant selector whose latest sample is one finds nothing, and range windows leave
+//! markers out; a series that simply stops stays visible for the lookback delta.
 //!
 //! Entry points: [`instant_query`] and [`range_query`]; [`json`] writes answers in the
 //! Prometheus HTTP API's format.
@@ -29,7 +30,9 @@ mod tests;
 
 pub use eval::{instant_query, range_query};
 pub use promql_parser::label::{MatchOp, Matcher};
-pub use value::{Error, Labels, METRIC_NAME, Options, Sample, Series, Storage, Value, VectorElement};
+pub use value::{
+    Error, Labels, METRIC_NAME, Options, STALE_MARKER_BITS, Sample, Series, Storage, Value, VectorElement, is_stale,
+};
 
 /// The matchers of a series selector such as `match[]` of `/api/v1/series`: one set per
 /// `or` alternative, the metric name as a `__name__` matcher.

@@ -329,3 +329,38 @@ fn answers_are_written_as_the_prometheus_api_writes_them() {
     let e = json::failure(&Error::BadData("x".into()));
     assert_eq!(e["errorType"], "bad_data");
 }
+
+#[test]
+fn a_staleness_marker_ends_the_series() {
+    let stale = f64::from_bits(STALE_MARKER_BITS);
+    let store = Memory(vec![Series {
+        labels: labels(&[("__name__", "up"), ("job", "gone")]),
+        samples: vec![
+            Sample { t: T0, v: 1.0 },
+            Sample { t: T0 + 15_000, v: 1.0 },
+            Sample {
+                t: T0 + 30_000,
+                v: stale,
+            },
+        ],
+    }]);
+    let opts = Options::default();
+    let at = |q: &str, t: i64| instant_query(&store, q, t, &opts).expect("query");
+    assert_eq!(
+        at("up", T0 + 20_000),
+        Value::Vector(vec![VectorElement {
+            labels: labels(&[("__name__", "up"), ("job", "gone")]),
+            v: 1.0
+        }])
+    );
+    // Gone from the marker on, not five minutes later.
+    assert_eq!(at("up", T0 + 31_000), Value::Vector(Vec::new()));
+    // Range windows leave the marker out.
+    assert_eq!(
+        at("count_over_time(up[1m])", T0 + 40_000),
+        Value::Vector(vec![VectorElement {
+            labels: labels(&[("job", "gone")]),
+            v: 2.0
+        }])
+    );
+}

@@ -8,6 +8,16 @@ use promql_parser::label::Matcher;
 /// The label holding a series' metric name.
 pub const METRIC_NAME: &str = "__name__";
 
+/// The bits of Prometheus' staleness marker: a NaN no sample can have, written when a series
+/// ends (its target went away, it left the scrape). Stored as a sample's value, it ends the
+/// series there for selectors, as in Prometheus.
+pub const STALE_MARKER_BITS: u64 = 0x7ff0_0000_0000_0002;
+
+/// Whether `v` is a staleness marker.
+pub fn is_stale(v: f64) -> bool {
+    v.to_bits() == STALE_MARKER_BITS
+}
+
 /// A series' labels, `__name__` included, sorted by name.
 pub type Labels = BTreeMap<String, String>;
 

@@ -32,7 +32,7 @@ async fn series(client: &reqwest::Client, c: &Collector, selector: &str) -> Resu
 struct Scraped {
     exporter_port: u16,
     prometheus_port: u16,
-    _exporter: Daemon,
+    exporter: Option<Daemon>,
     _prometheus: Daemon,
 }
 
@@ -82,7 +82,7 @@ remote_write:
         Ok(Scraped {
             exporter_port,
             prometheus_port,
-            _exporter: exporter,
+            exporter: Some(exporter),
             _prometheus: prometheus,
         })
     }
@@ -103,7 +103,7 @@ async fn prometheus_remote_writes_node_exporter_metrics_into_vigil() -> Result<(
     // monotonic sums and gauges as gauges.
     let instance = format!("127.0.0.1:{exporter_port}");
     let selector = format!(r#"node_boot_time_seconds{{service.name="node",service.instance.id="{instance}"}}"#);
-    let boot = eventually(Duration::from_secs(60), "node_boot_time_seconds in Vigil", || {
+    let boot = eventually(Duration::from_secs(120), "node_boot_time_seconds in Vigil", || {
         let (client, vigil, selector) = (&client, &vigil, selector.as_str());
         async move { Ok(series(client, vigil, selector).await?.into_iter().next()) }
     })
@@ -305,7 +305,7 @@ fn difference(ours: &Value, theirs: &Value) -> Option<String> {
 async fn promtool_gets_the_same_answers_from_vigil_as_from_prometheus() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let vigil = Collector::start()?;
-    let scraped = Scraped::start(dir.path(), &vigil, None)?;
+    let mut scraped = Scraped::start(dir.path(), &vigil, None)?;
     let ours = vigil.api_url("/prometheus");
     let theirs = format!("http://127.0.0.1:{}", scraped.prometheus_port);
     let client = reqwest::Client::new();
@@ -401,6 +401,31 @@ async fn promtool_gets_the_same_answers_from_vigil_as_from_prometheus() -> Resul
         assert!(answer.iter().all(|(_, points)| points.len() >= 4), "{expr}: {answer:?}");
         assert!(!answer.is_empty(), "{expr}");
     }
+
+    // The exporter goes away: Prometheus marks its series stale at the next scrape and
+    // remote-writes the markers; Vigil ends the series there too (without the markers a
+    // series would linger for the five-minute lookback).
+    drop(scraped.exporter.take());
+    let now = reqwest::Url::parse_with_params(
+        &vigil.api_url("/prometheus/api/v1/query"),
+        &[("query", r#"node_load1{job="node"}"#)],
+    )?;
+    eventually(
+        Duration::from_secs(30),
+        "node_load1 ended by its staleness marker",
+        || {
+            let (client, url) = (&client, now.as_str());
+            async move {
+                let (status, body) = get_json(client, url).await?;
+                anyhow::ensure!(status == 200, "{body}");
+                Ok(body["data"]["result"]
+                    .as_array()
+                    .is_some_and(Vec::is_empty)
+                    .then_some(()))
+            }
+        },
+    )
+    .await?;
 
     // What Grafana asks to fill its pickers, and how a bad query is refused.
     let (status, names) = get_json(&client, &vigil.api_url("/prometheus/api/v1/label/__name__/values")).await?;

@@ -145,8 +145,9 @@ pub(crate) fn metric_inputs(req: &ExportMetricsServiceRequest) -> Vec<DetectorIn
         for sm in &rm.scope_metrics {
             for m in &sm.metrics {
                 match &m.data {
+                    // A point without a recorded value marks a series' end, not a value.
                     Some(Data::Gauge(g)) => {
-                        for p in &g.data_points {
+                        for p in g.data_points.iter().filter(|p| p.flags & 1 == 0) {
                             push(
                                 &m.name,
                                 &m.unit,
@@ -159,7 +160,7 @@ pub(crate) fn metric_inputs(req: &ExportMetricsServiceRequest) -> Vec<DetectorIn
                     }
                     Some(Data::Sum(s)) => {
                         let cumulative = s.is_monotonic && s.aggregation_temporality == 2;
-                        for p in &s.data_points {
+                        for p in s.data_points.iter().filter(|p| p.flags & 1 == 0) {
                             push(
                                 &m.name,
                                 &m.unit,

@@ -306,7 +306,13 @@ fn point_doc(
     (ts, doc)
 }
 
+/// A point's value; a point without a recorded value (a staleness marker) is stored as
+/// Prometheus' marker NaN, which ends the series for PromQL and which every other reader skips
+/// as non-finite.
 pub(crate) fn number_value(p: &NumberDataPoint) -> f64 {
+    if p.flags & 1 != 0 {
+        return f64::from_bits(vigil_promql::STALE_MARKER_BITS);
+    }
     match p.value {
         Some(number_data_point::Value::AsDouble(d)) => d,
         Some(number_data_point::Value::AsInt(i)) => i as f64,

@@ -294,6 +294,8 @@ impl Store {
                 continue;
             };
             points.sort_by_key(|p| p.ts);
+            // A staleness marker is the end of a series, not a value (nor a counter reset).
+            points.retain(|p| !vigil_promql::is_stale(p.value));
             let rate = q.rate && info.kind == "sum" && info.monotonic;
             let samples: Vec<(i64, f64)> = if rate && info.temporality == "cumulative" {
                 points

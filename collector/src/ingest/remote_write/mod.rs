@@ -9,8 +9,9 @@
 //! metadata Prometheus sends (every minute, in requests of their own) says it is a counter,
 //! or a histogram's or summary's `_bucket`/`_count`/`_sum`; without metadata, a `_total`
 //! name or a `_bucket` with an `le` label is one; everything else is a gauge (the spec's
-//! rule for unknown types). Staleness markers end a series in Prometheus' own store; here
-//! they are dropped (the points around them are what the detectors read).
+//! rule for unknown types). A staleness marker becomes what the OpenTelemetry Prometheus
+//! receiver makes of it: a point flagged `FLAG_NO_RECORDED_VALUE`; it is stored (it ends the
+//! series for PromQL, as in Prometheus) and the detectors skip it.
 //!
 //! Prometheus retries a failed request with the same body, so a retry is recognised by a
 //! hash of its compressed body and stored once. Answers: 204 when everything was stored;
@@ -45,7 +46,9 @@ use crate::wal::Signal;
 const MAX_KNOWN_FAMILIES: usize = 100_000;
 
 /// The bit pattern Prometheus writes as a staleness marker (a NaN no sample can have).
-const STALE_NAN: u64 = 0x7ff0_0000_0000_0002;
+const STALE_NAN: u64 = vigil_promql::STALE_MARKER_BITS;
+/// OTLP's `DataPointFlags.FLAG_NO_RECORDED_VALUE`.
+const NO_RECORDED_VALUE: u32 = 1;
 
 /// `prometheus.WriteRequest` (remote-write 1.0, `prompb/remote.proto`).
 #[derive(Clone, PartialEq, Message)]
@@ -207,7 +210,7 @@ async fn handle(rw: &RemoteWrite, headers: &HeaderMap, body: Body) -> Result<u64
     rw.families.learn(&request.metadata);
     let (otlp, _stale) = to_otlp(&request, &rw.families);
     if otlp.resource_metrics.is_empty() {
-        // Metadata alone, or only staleness markers: nothing to store.
+        // Metadata alone: nothing to store.
         return Ok(refused);
     }
     let accepted = ingest
@@ -246,7 +249,7 @@ fn string_kv(key: &str, value: &str) -> KeyValue {
 }
 
 /// The OTLP request for a WriteRequest, grouped by resource (job, instance) and metric name;
-/// also the number of staleness markers dropped.
+/// also the number of staleness markers among the points.
 pub(crate) fn to_otlp(request: &WriteRequest, families: &Families) -> (ExportMetricsServiceRequest, u64) {
     // resource (job, instance) → metric name → points
     type Points = (bool, Vec<NumberDataPoint>);
@@ -278,14 +281,13 @@ pub(crate) fn to_otlp(request: &WriteRequest, families: &Families) -> (ExportMet
             .or_insert_with(|| (cumulative, Vec::new()))
             .1;
         for s in &series.samples {
-            if s.value.to_bits() == STALE_NAN {
-                stale += 1;
-                continue;
-            }
+            let marker = s.value.to_bits() == STALE_NAN;
+            stale += u64::from(marker);
             points.push(NumberDataPoint {
                 attributes: attributes.clone(),
                 time_unix_nano: u64::try_from(s.timestamp).unwrap_or(0).saturating_mul(1_000_000),
                 value: Some(number_data_point::Value::AsDouble(s.value)),
+                flags: if marker { NO_RECORDED_VALUE } else { 0 },
                 ..Default::default()
             });
         }

@@ -146,7 +146,7 @@ fn metadata_decides_the_type_and_is_remembered_for_later_requests() {
 }
 
 #[test]
-fn staleness_markers_are_dropped_and_a_series_of_only_markers_sends_nothing() {
+fn staleness_markers_become_points_without_a_recorded_value() {
     let stale = f64::from_bits(STALE_NAN);
     let request = WriteRequest {
         timeseries: vec![
@@ -155,13 +155,25 @@ fn staleness_markers_are_dropped_and_a_series_of_only_markers_sends_nothing() {
         ],
         metadata: Vec::new(),
     };
-    let (otlp, dropped) = to_otlp(&request, &Families::default());
-    assert_eq!(dropped, 2);
-    assert_eq!(otlp.resource_metrics.len(), 1, "job b had nothing left");
-    let Some(metric::Data::Gauge(g)) = &otlp.resource_metrics[0].scope_metrics[0].metrics[0].data else {
-        panic!("gauge")
-    };
-    assert_eq!(g.data_points.len(), 1);
+    let (otlp, markers) = to_otlp(&request, &Families::default());
+    assert_eq!(markers, 2);
+    assert_eq!(otlp.resource_metrics.len(), 2, "a series that only ends is still sent");
+    let points: Vec<&NumberDataPoint> = otlp
+        .resource_metrics
+        .iter()
+        .flat_map(|rm| &rm.scope_metrics[0].metrics[0].data)
+        .flat_map(|d| match d {
+            metric::Data::Gauge(g) => g.data_points.iter(),
+            _ => panic!("gauge"),
+        })
+        .collect();
+    assert_eq!(points.len(), 3);
+    let flagged: Vec<i64> = points
+        .iter()
+        .filter(|p| p.flags == NO_RECORDED_VALUE)
+        .map(|p| (p.time_unix_nano / 1_000_000) as i64)
+        .collect();
+    assert_eq!(flagged, [2_000, 2_000]);
 }
 
 #[test]
