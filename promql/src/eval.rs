@@ -11,8 +11,22 @@ use promql_parser::parser::{self, AtModifier, Expr, MatrixSelector, Offset, Subq
 use crate::plan::{Needs, plan};
 use crate::value::{Error, Labels, Options, Sample, Series, Storage, Value, VectorElement, drop_name, is_stale};
 
+/// Times and durations are held within this many milliseconds of the epoch (about 3,000
+/// years): arithmetic on a few of them cannot overflow, whatever a query asks for.
+pub(crate) const MAX_ABS_MS: i64 = 100_000_000_000_000;
+
+fn check_time(name: &str, t_ms: i64) -> Result<(), Error> {
+    if !(-MAX_ABS_MS..=MAX_ABS_MS).contains(&t_ms) {
+        return Err(Error::BadData(format!(
+            "invalid parameter \"{name}\": {t_ms} ms is out of range"
+        )));
+    }
+    Ok(())
+}
+
 /// Evaluates `query` at `t_ms` (Prometheus' `/api/v1/query`).
 pub fn instant_query(storage: &dyn Storage, query: &str, t_ms: i64, opts: &Options) -> Result<Value, Error> {
+    check_time("time", t_ms)?;
     let expr = parse(query)?;
     let q = Query::load(storage, &expr, t_ms, t_ms, opts)?;
     let ev = Evaluator {
@@ -41,6 +55,8 @@ pub fn range_query(
             "zero or negative query resolution step widths are not accepted. Try a positive integer".into(),
         ));
     }
+    check_time("start", start_ms)?;
+    check_time("end", end_ms)?;
     if end_ms < start_ms {
         return Err(Error::BadData("end timestamp must not be before start time".into()));
     }
@@ -179,8 +195,8 @@ impl<'a> Query<'a> {
             AtModifier::Start => self.start,
             AtModifier::End => self.end,
             AtModifier::At(t) => match t.duration_since(UNIX_EPOCH) {
-                Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
-                Err(e) => -i64::try_from(e.duration().as_millis()).unwrap_or(i64::MAX),
+                Ok(d) => duration_ms(&d),
+                Err(e) => -duration_ms(&e.duration()),
             },
         }
     }
@@ -190,13 +206,14 @@ impl<'a> Query<'a> {
 pub(crate) fn offset_ms(offset: &Option<Offset>) -> i64 {
     match offset {
         None => 0,
-        Some(Offset::Pos(d)) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
-        Some(Offset::Neg(d)) => -i64::try_from(d.as_millis()).unwrap_or(i64::MAX),
+        Some(Offset::Pos(d)) => duration_ms(d),
+        Some(Offset::Neg(d)) => -duration_ms(d),
     }
 }
 
+/// A duration in milliseconds, at most [`MAX_ABS_MS`].
 pub(crate) fn duration_ms(d: &std::time::Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX).min(MAX_ABS_MS)
 }
 
 /// A range vector at one evaluation time: each series' samples inside the window.
@@ -225,6 +242,9 @@ impl Evaluator<'_, '_> {
         let mut t = self.start;
         while t <= self.end {
             self.q.check_deadline()?;
+            // Each step counts, answer or not: a subquery with a tiny step over a long range
+            // is bounded by the sample limit, not only by the timeout.
+            self.q.count(1)?;
             match self.eval(e, t)? {
                 Value::Scalar(v) => out.entry(Labels::new()).or_default().push(Sample { t, v }),
                 Value::Vector(elements) => {

@@ -61,12 +61,12 @@ pub fn selector_matchers(text: &str) -> Result<Vec<Vec<Matcher>>, Error> {
 pub fn parse_duration_ms(text: &str) -> Result<i64, Error> {
     let text = text.trim();
     if let Ok(seconds) = text.parse::<f64>() {
-        if !seconds.is_finite() || seconds.abs() > 9.2e15 {
+        if !seconds.is_finite() || seconds.abs() * 1000.0 > eval::MAX_ABS_MS as f64 {
             return Err(Error::BadData(format!("cannot parse {text:?} to a valid duration")));
         }
         return Ok((seconds * 1000.0).round() as i64);
     }
     promql_parser::util::parse_duration(text)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .map(|d| eval::duration_ms(&d))
         .map_err(|e| Error::BadData(format!("cannot parse {text:?} to a valid duration: {e}")))
 }

@@ -310,6 +310,23 @@ fn bad_queries_and_limits_say_what_is_wrong() {
         range_query(&store(), "up", T0, T0 + 86_400_000, 1, &Options::default()),
         Err(Error::BadData(_))
     ));
+    // Times and durations far out of range are refused or held in range, never overflow.
+    assert!(matches!(at("up", i64::MAX), Err(Error::BadData(_))));
+    assert!(matches!(
+        range_query(&store(), "up", i64::MIN, i64::MAX, i64::MAX, &Options::default()),
+        Err(Error::BadData(_))
+    ));
+    assert_eq!(at("up offset 100000000y", T0), Ok(Value::Vector(Vec::new())));
+    assert_eq!(at("up @ 1e15", T0), Ok(Value::Vector(Vec::new())));
+    assert!(at("max_over_time(up[100000000y:1d])", T0).is_ok());
+    let tight = Options {
+        max_samples: 1_000,
+        ..Options::default()
+    };
+    match instant_query(&store(), "max_over_time(nothing[1000y:1ms])", T0, &tight) {
+        Err(Error::Execution(m)) => assert!(m.contains("too many samples"), "{m}"),
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]

@@ -78,7 +78,7 @@ impl Params {
 fn parse_time(key: &str, value: &str) -> Result<i64, Error> {
     if let Ok(seconds) = value.parse::<f64>()
         && seconds.is_finite()
-        && seconds.abs() < 9.2e15
+        && seconds.abs() < 1e11
     {
         return Ok((seconds * 1000.0).round() as i64);
     }
