@@ -216,14 +216,85 @@ pub(crate) fn duration_ms(d: &std::time::Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX).min(MAX_ABS_MS)
 }
 
-/// A range vector at one evaluation time: each series' samples inside the window.
-pub(crate) struct Window {
-    pub(crate) series: Vec<Series>,
+/// Where a window's series live: a selector's data (read once for the query) or a
+/// subquery's result (cached for the evaluator's range).
+enum Source<'q> {
+    Selected(&'q [Series]),
+    Subquery(Rc<Vec<Series>>),
+}
+
+/// A range vector at one evaluation time: each series' samples inside the window, borrowed
+/// (a window is made at every step for every series: copying them was most of a range
+/// query's time).
+pub(crate) struct Window<'q> {
+    source: Source<'q>,
+    /// (series index, first sample, one past the last) of each series with samples inside.
+    parts: Vec<(usize, usize, usize)>,
     /// The window's edges, unix ms (both inclusive).
     pub(crate) start: i64,
     pub(crate) end: i64,
     /// The range the expression asked for, ms.
     pub(crate) range_ms: i64,
+}
+
+impl<'q> Window<'q> {
+    fn new(source: Source<'q>, start: i64, end: i64, range_ms: i64) -> Window<'q> {
+        let all: &[Series] = match &source {
+            Source::Selected(s) => s,
+            Source::Subquery(s) => s,
+        };
+        let parts = all
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| {
+                let lo = s.samples.partition_point(|p| p.t < start);
+                let hi = s.samples.partition_point(|p| p.t <= end);
+                // Staleness markers are not samples of a window.
+                s.samples[lo..hi].iter().any(|p| !is_stale(p.v)).then_some((i, lo, hi))
+            })
+            .collect();
+        Window {
+            source,
+            parts,
+            start,
+            end,
+            range_ms,
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.parts.is_empty()
+    }
+
+    /// Calls `f` with each series' labels and its samples in the window, markers left out.
+    pub(crate) fn for_each(&self, mut f: impl FnMut(&Labels, &[Sample])) {
+        let all: &[Series] = match &self.source {
+            Source::Selected(s) => s,
+            Source::Subquery(s) => s,
+        };
+        for &(i, lo, hi) in &self.parts {
+            let s = &all[i];
+            let samples = &s.samples[lo..hi];
+            if samples.iter().any(|p| is_stale(p.v)) {
+                let kept: Vec<Sample> = samples.iter().copied().filter(|p| !is_stale(p.v)).collect();
+                f(&s.labels, &kept);
+            } else {
+                f(&s.labels, samples);
+            }
+        }
+    }
+
+    /// The window as series (the answer to an instant query for a range vector).
+    pub(crate) fn into_matrix(self) -> Vec<Series> {
+        let mut out = Vec::with_capacity(self.parts.len());
+        self.for_each(|labels, samples| {
+            out.push(Series {
+                labels: labels.clone(),
+                samples: samples.to_vec(),
+            });
+        });
+        out
+    }
 }
 
 /// Evaluates expressions at times within `[start, end]`, stepping by `step` (subqueries
@@ -235,7 +306,7 @@ pub(crate) struct Evaluator<'q, 'a> {
     pub(crate) step: i64,
 }
 
-impl Evaluator<'_, '_> {
+impl<'q> Evaluator<'q, '_> {
     /// The expression at every step of the evaluator's range, as series.
     pub(crate) fn range(&self, e: &Expr) -> Result<Vec<Series>, Error> {
         let mut out: BTreeMap<Labels, Vec<Sample>> = BTreeMap::new();
@@ -290,7 +361,7 @@ impl Evaluator<'_, '_> {
                 ))),
             },
             Expr::VectorSelector(vs) => Ok(Value::Vector(self.instant_selector(vs, t))),
-            Expr::MatrixSelector(_) | Expr::Subquery(_) => Ok(Value::Matrix(self.window(e, t)?.series)),
+            Expr::MatrixSelector(_) | Expr::Subquery(_) => Ok(Value::Matrix(self.window(e, t)?.into_matrix())),
             Expr::Binary(b) => crate::binary::eval(self, b, t),
             Expr::Aggregate(a) => crate::aggregate::eval(self, a, t),
             Expr::Call(c) => crate::functions::call(self, c, t),
@@ -358,7 +429,7 @@ impl Evaluator<'_, '_> {
     }
 
     /// A range selector's or subquery's samples at `t`.
-    pub(crate) fn window(&self, e: &Expr, t: i64) -> Result<Window, Error> {
+    pub(crate) fn window(&self, e: &Expr, t: i64) -> Result<Window<'q>, Error> {
         match e {
             Expr::MatrixSelector(ms) => Ok(self.matrix_selector(ms, t)),
             Expr::Subquery(sq) => self.subquery(sq, t),
@@ -370,26 +441,17 @@ impl Evaluator<'_, '_> {
         }
     }
 
-    fn matrix_selector(&self, ms: &MatrixSelector, t: i64) -> Window {
+    fn matrix_selector(&self, ms: &MatrixSelector, t: i64) -> Window<'q> {
         let vs = &ms.vs;
         let range_ms = duration_ms(&ms.range);
         let end = vs.at.as_ref().map_or(t, |a| self.q.at_ms(a)) - offset_ms(&vs.offset);
         let start = end - range_ms;
-        let series = self
-            .q
-            .data
-            .get(&node_id(vs))
-            .map(|all| slice_windows(all, start, end))
-            .unwrap_or_default();
-        Window {
-            series,
-            start,
-            end,
-            range_ms,
-        }
+        let q: &'q Query<'_> = self.q;
+        let selected: &'q [Series] = q.data.get(&node_id(vs)).map_or(&[], Vec::as_slice);
+        Window::new(Source::Selected(selected), start, end, range_ms)
     }
 
-    fn subquery(&self, sq: &SubqueryExpr, t: i64) -> Result<Window, Error> {
+    fn subquery(&self, sq: &SubqueryExpr, t: i64) -> Result<Window<'q>, Error> {
         let offset = offset_ms(&sq.offset);
         let range_ms = duration_ms(&sq.range);
         let step = sq
@@ -426,28 +488,8 @@ impl Evaluator<'_, '_> {
         };
         let end = sq.at.as_ref().map_or(t, |a| self.q.at_ms(a)) - offset;
         let start = end - range_ms;
-        Ok(Window {
-            series: slice_windows(&inner, start, end),
-            start,
-            end,
-            range_ms,
-        })
+        Ok(Window::new(Source::Subquery(inner), start, end, range_ms))
     }
-}
-
-/// The part of each series inside `[start, end]`; series with nothing there are left out.
-fn slice_windows(all: &[Series], start: i64, end: i64) -> Vec<Series> {
-    all.iter()
-        .filter_map(|s| {
-            let lo = s.samples.partition_point(|p| p.t < start);
-            let hi = s.samples.partition_point(|p| p.t <= end);
-            let samples: Vec<Sample> = s.samples[lo..hi].iter().copied().filter(|p| !is_stale(p.v)).collect();
-            (!samples.is_empty()).then(|| Series {
-                labels: s.labels.clone(),
-                samples,
-            })
-        })
-        .collect()
 }
 
 /// The identity of a selector node within one parsed query.

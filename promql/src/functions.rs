@@ -76,7 +76,7 @@ pub(crate) fn call(ev: &Evaluator<'_, '_>, c: &Call, t: i64) -> Result<Value, Er
         }
         "absent_over_time" => {
             let w = ev.window(arg(0)?, t)?;
-            absent(w.series.is_empty(), arg(0)?)
+            absent(w.is_empty(), arg(0)?)
         }
         "absent" => {
             let v = ev.vector(arg(0)?, t)?;
@@ -204,21 +204,20 @@ fn over_range(
     e: &Expr,
     t: i64,
     drop_metric_name: bool,
-    f: impl Fn(&Window, &[Sample]) -> Option<f64>,
+    f: impl Fn(&Window<'_>, &[Sample]) -> Option<f64>,
 ) -> Result<Vec<VectorElement>, Error> {
     let w = ev.window(e, t)?;
-    Ok(w.series
-        .iter()
-        .filter_map(|s| {
-            let v = f(&w, &s.samples)?;
-            let labels = if drop_metric_name {
-                drop_name(s.labels.clone())
-            } else {
-                s.labels.clone()
-            };
-            Some(VectorElement { labels, v })
-        })
-        .collect())
+    let mut out = Vec::new();
+    w.for_each(|labels, samples| {
+        if let Some(v) = f(&w, samples) {
+            let mut labels = labels.clone();
+            if drop_metric_name {
+                labels.remove(METRIC_NAME);
+            }
+            out.push(VectorElement { labels, v });
+        }
+    });
+    Ok(out)
 }
 
 /// An element-wise function; the result has no metric name.
@@ -250,7 +249,7 @@ fn unique(v: &[VectorElement]) -> Result<(), Error> {
 /// Prometheus' `extrapolatedRate`: the change over the window, extrapolated to its edges
 /// (at most half an average sample interval past the first and last samples, and never
 /// below a counter's zero), per second for `rate`.
-fn extrapolated_rate(w: &Window, s: &[Sample], is_counter: bool, is_rate: bool) -> Option<f64> {
+fn extrapolated_rate(w: &Window<'_>, s: &[Sample], is_counter: bool, is_rate: bool) -> Option<f64> {
     if s.len() < 2 {
         return None;
     }
