@@ -57,7 +57,8 @@ fn is_comparison(op: TokenId) -> bool {
 
 /// Arithmetic drops the metric name: `a + b` is neither `a` nor `b`.
 fn drops_name(op: TokenId) -> bool {
-    matches!(op, T_ADD | T_SUB | T_MUL | T_DIV | T_POW | T_MOD | T_ATAN2)
+    // `atan2` keeps it in Prometheus 2.x.
+    matches!(op, T_ADD | T_SUB | T_MUL | T_DIV | T_POW | T_MOD)
 }
 
 /// The operator on two values: the result, and for comparisons whether it holds (the
@@ -177,6 +178,9 @@ fn vector_vector(
         VectorMatchCardinality::OneToMany(include) => (Card::OneToMany, Some(include)),
         VectorMatchCardinality::OneToOne | VectorMatchCardinality::ManyToMany => (Card::OneToOne, None),
     };
+    if l.is_empty() || r.is_empty() {
+        return Ok(Vec::new());
+    }
     // The "many" side is iterated, the "one" side looked up.
     let (many, one) = if card == Card::OneToMany { (r, l) } else { (l, r) };
     let mut one_side: HashMap<Vec<(String, String)>, VectorElement> = HashMap::new();
@@ -197,12 +201,6 @@ fn vector_vector(
     for el in many {
         let sig = signature(&el.labels, matching);
         let Some(other) = one_side.get(&sig) else { continue };
-        if card == Card::OneToOne && !matched.insert(sig.clone()) {
-            return Err(Error::Execution(format!(
-                "multiple matches for labels {}: many-to-one matching must be explicit (group_left/group_right)",
-                describe(&sig)
-            )));
-        }
         let (lv, rv) = if card == Card::OneToMany {
             (other.v, el.v)
         } else {
@@ -215,6 +213,13 @@ fn vector_vector(
         }
         if !keep {
             continue;
+        }
+        // As Prometheus: only what the operator kept counts as a match.
+        if card == Card::OneToOne && !matched.insert(sig.clone()) {
+            return Err(Error::Execution(format!(
+                "multiple matches for labels {}: many-to-one matching must be explicit (group_left/group_right)",
+                describe(&sig)
+            )));
         }
         let mut labels = result_labels(&el.labels, &other.labels, op, card, matching, include);
         if modifier.return_bool {

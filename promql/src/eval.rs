@@ -60,7 +60,7 @@ pub fn range_query(
     if end_ms < start_ms {
         return Err(Error::BadData("end timestamp must not be before start time".into()));
     }
-    if (end_ms - start_ms) / step_ms + 1 > opts.max_steps {
+    if (end_ms - start_ms) / step_ms > opts.max_steps {
         return Err(Error::BadData(format!(
             "exceeded maximum resolution of {} points per timeseries. Try decreasing the query resolution (?step=XX)",
             opts.max_steps
@@ -96,7 +96,14 @@ fn parse(query: &str) -> Result<Expr, Error> {
     if query.trim().is_empty() {
         return Err(Error::BadData("invalid parameter \"query\": empty query".into()));
     }
-    parser::parse(query).map_err(|e| Error::BadData(format!("invalid parameter \"query\": {e}")))
+    // The parser panics on some malformed numbers (`foo[1e400]`): bad input, not a crash.
+    match std::panic::catch_unwind(|| parser::parse(query)) {
+        Ok(parsed) => parsed.map_err(|e| Error::BadData(format!("invalid parameter \"query\": {e}"))),
+        Err(_) => Err(Error::BadData(
+            "invalid parameter \"query\": the expression could not be parsed (a number or duration out of range?)"
+                .into(),
+        )),
+    }
 }
 
 /// A subquery node (by address) and the range it was evaluated over.
@@ -347,14 +354,17 @@ impl<'q> Evaluator<'q, '_> {
             Expr::Paren(p) => self.eval(&p.expr, t),
             Expr::Unary(u) => match self.eval(&u.expr, t)? {
                 Value::Scalar(v) => Ok(Value::Scalar(-v)),
-                Value::Vector(v) => Ok(Value::Vector(
-                    v.into_iter()
+                Value::Vector(v) => {
+                    let negated: Vec<VectorElement> = v
+                        .into_iter()
                         .map(|el| VectorElement {
                             labels: drop_name(el.labels),
                             v: -el.v,
                         })
-                        .collect(),
-                )),
+                        .collect();
+                    crate::functions::unique(&negated)?;
+                    Ok(Value::Vector(negated))
+                }
                 other => Err(Error::Execution(format!(
                     "unary minus applied to {}",
                     value_name(&other)
@@ -362,7 +372,13 @@ impl<'q> Evaluator<'q, '_> {
             },
             Expr::VectorSelector(vs) => Ok(Value::Vector(self.instant_selector(vs, t))),
             Expr::MatrixSelector(_) | Expr::Subquery(_) => Ok(Value::Matrix(self.window(e, t)?.into_matrix())),
-            Expr::Binary(b) => crate::binary::eval(self, b, t),
+            Expr::Binary(b) => {
+                let v = crate::binary::eval(self, b, t)?;
+                if let Value::Vector(elements) = &v {
+                    crate::functions::unique(elements)?;
+                }
+                Ok(v)
+            }
             Expr::Aggregate(a) => crate::aggregate::eval(self, a, t),
             Expr::Call(c) => crate::functions::call(self, c, t),
             Expr::Extension(_) => Err(Error::Execution("extension expressions are not supported".into())),

@@ -127,18 +127,18 @@ pub(crate) fn call(ev: &Evaluator<'_, '_>, c: &Call, t: i64) -> Result<Value, Er
             if hi < lo {
                 Vec::new()
             } else {
-                map(ev, arg(0)?, t, |v| v.max(lo).min(hi))?
+                map(ev, arg(0)?, t, |v| go_min(go_max(v, lo), hi))?
             }
         }
         "clamp_min" => {
             let lo = ev.scalar(arg(1)?, t)?;
-            map(ev, arg(0)?, t, |v| v.max(lo))?
+            map(ev, arg(0)?, t, |v| go_max(v, lo))?
         }
         "clamp_max" => {
             let hi = ev.scalar(arg(1)?, t)?;
-            map(ev, arg(0)?, t, |v| v.min(hi))?
+            map(ev, arg(0)?, t, |v| go_min(v, hi))?
         }
-        "timestamp" => match arg(0)? {
+        "timestamp" => match unparen(arg(0)?) {
             Expr::VectorSelector(vs) => ev
                 .instant_samples(vs, t)
                 .into_iter()
@@ -194,6 +194,13 @@ pub(crate) fn call(ev: &Evaluator<'_, '_>, c: &Call, t: i64) -> Result<Value, Er
     Ok(Value::Vector(out))
 }
 
+fn unparen(mut e: &Expr) -> &Expr {
+    while let Expr::Paren(p) = e {
+        e = &p.expr;
+    }
+    e
+}
+
 fn values(s: &[Sample]) -> Vec<f64> {
     s.iter().map(|p| p.v).collect()
 }
@@ -234,7 +241,7 @@ fn map(ev: &Evaluator<'_, '_>, e: &Expr, t: i64, f: impl Fn(f64) -> f64) -> Resu
 
 /// A function's result must not hold two elements with the same labels (dropping the
 /// metric name can make `rate(a[1m]) or …` collide).
-fn unique(v: &[VectorElement]) -> Result<(), Error> {
+pub(crate) fn unique(v: &[VectorElement]) -> Result<(), Error> {
     let mut seen = std::collections::HashSet::new();
     for el in v {
         if !seen.insert(&el.labels) {
@@ -382,12 +389,26 @@ fn nan_first(a: &f64, b: &f64) -> std::cmp::Ordering {
     }
 }
 
+/// `sort`/`sort_desc`: NaN last either way, as Prometheus sorts.
 fn sorted(mut v: Vec<VectorElement>, descending: bool) -> Vec<VectorElement> {
     v.sort_by(|a, b| match (a.v.is_nan(), b.v.is_nan()) {
+        (true, true) => std::cmp::Ordering::Equal,
+        (true, false) => std::cmp::Ordering::Greater,
+        (false, true) => std::cmp::Ordering::Less,
         (false, false) if descending => b.v.total_cmp(&a.v),
-        _ => nan_first(&a.v, &b.v),
+        (false, false) => a.v.total_cmp(&b.v),
     });
     v
+}
+
+/// Go's `math.Max`: NaN wins (Rust's `f64::max` ignores it).
+fn go_max(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() { f64::NAN } else { a.max(b) }
+}
+
+/// Go's `math.Min`: NaN wins.
+fn go_min(a: f64, b: f64) -> f64 {
+    if a.is_nan() || b.is_nan() { f64::NAN } else { a.min(b) }
 }
 
 /// `absent(v)` / `absent_over_time(v[d])`: one element valued 1, labelled with the
@@ -403,17 +424,19 @@ fn absent(empty: bool, arg: &Expr) -> Vec<VectorElement> {
     };
     let mut labels = Labels::new();
     if let Some(vs) = selector {
-        let mut dropped = std::collections::HashSet::new();
+        // Prometheus: labels of equality matchers, unless the same label has another matcher
+        // of any kind; empty values name no label.
+        let mut count: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
         for m in &vs.matchers.matchers {
-            if m.name == METRIC_NAME {
-                continue;
-            }
-            if matches!(m.op, promql_parser::label::MatchOp::Equal) && !dropped.contains(&m.name) {
-                // Two equality matchers on one label cannot name a single value.
-                if labels.insert(m.name.clone(), m.value.clone()).is_some() {
-                    labels.remove(&m.name);
-                    dropped.insert(m.name.clone());
-                }
+            *count.entry(m.name.as_str()).or_default() += 1;
+        }
+        for m in &vs.matchers.matchers {
+            if m.name != METRIC_NAME
+                && matches!(m.op, promql_parser::label::MatchOp::Equal)
+                && count.get(m.name.as_str()) == Some(&1)
+                && !m.value.is_empty()
+            {
+                labels.insert(m.name.clone(), m.value.clone());
             }
         }
     }

@@ -381,3 +381,42 @@ fn a_staleness_marker_ends_the_series() {
         }])
     );
 }
+
+/// Findings of a review against Prometheus 2.42's engine, each a regression test.
+#[test]
+fn review_findings_answer_as_prometheus_does() {
+    let t = T0 + 300_000;
+    // Dropping the name may make two elements alike: an error, not two equal label sets.
+    match at(r#"{__name__=~"up|http_requests_total"} * 2"#, t) {
+        Err(Error::Execution(m)) => assert!(m.contains("same labelset"), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        at(r#"-{__name__=~"up|http_requests_total"}"#, t),
+        Err(Error::Execution(_))
+    ));
+    // A comparison filters before one-to-one matching counts a match: no element survives
+    // here, so no "multiple matches" error.
+    assert_eq!(at("up > on (job) limit", t), Ok(Value::Vector(Vec::new())));
+    // A number the parser cannot hold is bad input, not a crash.
+    assert!(matches!(at("up[1e400]", t), Err(Error::BadData(_))));
+    // NaN: clamp propagates it (Go's math.Max), sort puts it last.
+    assert!(one("clamp_min(vector(NaN), 0)", t).is_nan());
+    let sorted = vector(
+        "sort_desc(vector(NaN) or label_replace(vector(1), \"a\", \"b\", \"\", \"\"))",
+        t,
+    );
+    assert!(sorted[1].v.is_nan(), "{sorted:?}");
+    // timestamp() sees through parentheses.
+    assert_eq!(
+        one(r#"timestamp((up{instance="a"}))"#, T0 + 20_000),
+        (T0 + 15_000) as f64 / 1000.0
+    );
+    // absent(): a label with another matcher, or an empty value, names nothing.
+    assert_eq!(
+        vector(r#"absent(nope{job="a", job!="b", env=""})"#, t)[0].labels,
+        Labels::new()
+    );
+    // Exactly 11,000 steps is allowed.
+    assert!(range_query(&store(), "up", T0, T0 + 11_000, 1, &Options::default()).is_ok());
+}

@@ -274,6 +274,18 @@ async fn otlp_metrics_answer_promql_as_prometheus_series() -> Result<()> {
     assert_eq!(r.status().as_u16(), 400);
     let body: Value = r.json().await?;
     assert_eq!(body["errorType"], "bad_data", "{body}");
+    // A query nested 20,000 deep is answered, and the collector lives on (evaluation
+    // recurses: on a blocking thread's stack it aborted the process).
+    let deep = format!("{}1{}", "(".repeat(20_000), ")".repeat(20_000));
+    let r = client
+        .post(c.api_url("/prometheus/api/v1/query"))
+        .form(&[("query", deep.as_str())])
+        .send()
+        .await?;
+    assert_eq!(r.status().as_u16(), 200);
+    let body: Value = r.json().await?;
+    assert_eq!(body["data"]["result"][1], "1", "{body}");
+    assert_eq!(query(&client, &c, "vector(2)", t).await?[0]["value"][1], "2");
     // A range query too fine to answer is refused, saying how to fix it.
     let url = reqwest::Url::parse_with_params(
         &c.api_url("/prometheus/api/v1/query_range"),

@@ -24,6 +24,10 @@ use crate::timeutil::now_ms;
 const COMPATIBLE_VERSION: &str = "2.42.0";
 /// What a listing without `start` covers (Prometheus: all data; Vigil: this far back).
 const LISTING_WINDOW_MS: i64 = 6 * 3_600_000;
+/// The longest query text accepted (Grafana's longest dashboard queries are a few KiB).
+const MAX_QUERY_BYTES: usize = 64 * 1024;
+/// Stack of a query's thread: enough for a query of `MAX_QUERY_BYTES` nested all the way.
+const QUERY_STACK_BYTES: usize = 512 * 1024 * 1024;
 
 /// The request's parameters: the query string, then a form body (POST), repeated keys kept.
 struct Params(Vec<(String, String)>);
@@ -57,8 +61,16 @@ impl Params {
 
     /// A parameter the request must have.
     fn required(&self, key: &str) -> Result<&str, Error> {
-        self.get(key)
-            .ok_or_else(|| Error::BadData(format!("invalid parameter \"{key}\": missing")))
+        let value = self
+            .get(key)
+            .ok_or_else(|| Error::BadData(format!("invalid parameter \"{key}\": missing")))?;
+        if value.len() > MAX_QUERY_BYTES {
+            return Err(Error::BadData(format!(
+                "invalid parameter \"{key}\": {} bytes, at most {MAX_QUERY_BYTES}",
+                value.len()
+            )));
+        }
+        Ok(value)
     }
 
     fn all(&self, key: &str) -> Vec<&str> {
@@ -120,9 +132,22 @@ where
 {
     let started = Instant::now();
     let store = std::sync::Arc::clone(&state.store);
-    let result = tokio::task::spawn_blocking(move || f(&store))
-        .await
-        .map_err(|e| Error::Internal(format!("query task failed: {e}")))?;
+    // Parsing, evaluating and dropping an expression recurse as deep as it nests: a query of
+    // thousands of parentheses would overflow a blocking thread's 2 MiB stack and abort the
+    // process. Queries run on a thread of their own with room for the longest one accepted.
+    let result = tokio::task::spawn_blocking(move || {
+        std::thread::scope(|scope| {
+            std::thread::Builder::new()
+                .name("vigil-promql".into())
+                .stack_size(QUERY_STACK_BYTES)
+                .spawn_scoped(scope, || f(&store))
+                .map_err(|e| Error::Internal(format!("cannot start a query thread: {e}")))?
+                .join()
+                .map_err(|_| Error::Internal("the query failed (see the collector's log)".into()))?
+        })
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("query task failed: {e}")))?;
     state
         .metrics
         .query_seconds

@@ -253,13 +253,17 @@ impl Store {
             .collect();
         let labels = term_filters(matchers);
         let mut out = Vec::new();
+        // One budget for the whole selection, not one per metric name: a selector matching
+        // every name must stop at the cap too.
+        let mut read = 0usize;
         for name in names {
             let selector = Selector {
                 name: Some(name),
                 labels: labels.clone(),
             };
             let scan = self.scan(&selector, start_ns, end_ns)?;
-            if scan.truncated {
+            read += scan.points.len();
+            if scan.truncated || read > super::metrics_query::MAX_POINTS {
                 return Err(QueryError::BadRequest(
                     "the selection holds more samples than a query may read; narrow the selector or the time range"
                         .into(),
@@ -272,7 +276,10 @@ impl Store {
             let mut distributions = Vec::new();
             for (id, info) in scan.info {
                 let served = match info.kind.as_str() {
-                    "gauge" | "sum" => true,
+                    // Delta sums are not counters: their raw per-interval values would read
+                    // as a reset at every point (the compatibility spec drops them too).
+                    "sum" => info.temporality != "delta",
+                    "gauge" => true,
                     "histogram" => info.temporality == "cumulative",
                     "summary" => true,
                     _ => false,
