@@ -202,6 +202,7 @@ impl Engine {
     ) {
         let key = format!("lognew:{service}");
         let close_after = self.new_pattern_close_ms();
+        let reported_above = self.threshold(&key);
         let entry = self.tracked.entry(key.clone()).or_insert_with(|| Tracked {
             detector: SeriesDetector::new(),
             kind: DetectorKind::LogNewPattern,
@@ -224,8 +225,33 @@ impl Engine {
             new_pattern_burst: (0, 0),
         });
         entry.last_seen_ms = ts_ms;
-        let a = match entry.open.take() {
-            Some(mut a) if ts_ms - a.end_ms <= close_after => {
+        // A finding that is still a one-off (info) is over once an interval has passed without
+        // its lines: a new pattern after that starts a finding of its own, so a fault's burst
+        // is not dated from a background line minutes before it (the demo's error fault
+        // opened its incident four minutes early that way).
+        let interval = self.cfg.interval_ms;
+        let mut ended = None;
+        let open = entry.open.take().filter(|a| {
+            let takes_in = ts_ms - a.end_ms <= close_after && (a.score >= 0.7 || ts_ms - a.end_ms <= interval);
+            if !takes_in {
+                ended = Some(a.clone());
+            }
+            takes_in
+        });
+        if let Some(mut over) = ended {
+            over.open = false;
+            for p in entry.new_patterns.drain(..) {
+                self.new_pattern_owner.remove(&p);
+            }
+            if over.score >= reported_above {
+                self.updates.push(over);
+            }
+        }
+        let Some(entry) = self.tracked.get_mut(&key) else {
+            return;
+        };
+        let a = match open {
+            Some(mut a) => {
                 a.end_ms = a.end_ms.max(ts_ms);
                 a.observed += 1.0;
                 a

@@ -222,6 +222,35 @@ fn a_one_off_error_line_is_info_and_the_finding_closes() {
     assert!(e.drain().iter().all(|x| x.detector != DetectorKind::LogNewPattern));
 }
 
+/// A background one-off four minutes before a fault's burst is over: the burst is a finding
+/// of its own, dated by its own first line (it used to extend the one-off and date the
+/// demo's error incident four minutes before the fault).
+#[test]
+fn a_burst_after_a_one_off_is_dated_by_itself() {
+    let mut e = engine();
+    e.observe_log("pay", 1, true, "payment accepted", 9, T0);
+    e.observe_log("pay", 2, true, "upstream db failed on <*>", 17, T0 + 20 * MIN);
+    let one_off = e.drain().pop().expect("the one-off, as info");
+    assert_eq!(one_off.severity, Severity::Info);
+    let burst = T0 + 24 * MIN;
+    for k in 0..5 {
+        e.observe_log(
+            "pay",
+            3,
+            k == 0,
+            "error handling <*>: internal error",
+            17,
+            burst + k * 1_000,
+        );
+    }
+    let updates = e.drain();
+    let closed = updates.iter().find(|a| a.id == one_off.id).expect("the one-off closed");
+    assert!(!closed.open);
+    let fault = updates.iter().rev().find(|a| a.id != one_off.id).expect("the burst");
+    assert_eq!(fault.start_ms, burst);
+    assert_eq!(fault.severity, Severity::Critical);
+}
+
 #[test]
 fn noise_verdicts_raise_the_threshold_and_say_so() {
     let mut e = engine();
