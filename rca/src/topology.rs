@@ -17,6 +17,10 @@ const MAX_PENDING: usize = 50_000;
 /// Minutes of traffic an edge's figures cover.
 const WINDOW_MINUTES: usize = 15;
 const LAT_BUCKETS: usize = 96;
+/// An edge with no call for this long (event time) is forgotten by
+/// [`Topology::forget_idle`]: a call that was removed by a deploy stops linking its services,
+/// and a long-running collector's graph does not keep every edge it ever saw.
+const EDGE_IDLE_MS: i64 = 24 * 3_600_000;
 
 /// What the topology needs from one span.
 #[derive(Debug, Clone)]
@@ -124,8 +128,9 @@ pub struct Graph {
 
 /// The service dependency graph, learned from spans: parent and child spans of different
 /// services, and client spans naming their `peer.service`. The relations
-/// ([`Topology::near`], [`Topology::depends_on`], [`Topology::callees`]) use every edge ever
-/// seen; only [`Topology::graph`] is limited to recent traffic.
+/// ([`Topology::near`], [`Topology::depends_on`], [`Topology::callees`]) use every edge
+/// seen until [`Topology::forget_idle`] drops those silent for a day; [`Topology::graph`]
+/// shows only the last fifteen minutes' traffic.
 #[derive(Debug, Default)]
 pub struct Topology {
     span_service: HashMap<u64, u32>,
@@ -140,6 +145,8 @@ pub struct Topology {
     peer_spans: HashSet<u64>,
     /// Services that have sent spans (a peer named by a client span may never have).
     senders: HashSet<u32>,
+    /// Event time of the last [`Topology::forget_idle`] sweep.
+    swept_ms: i64,
 }
 
 impl Topology {
@@ -218,6 +225,19 @@ impl Topology {
                 None => {}
             }
         }
+    }
+
+    /// Forgets the edges with no call in the day before `now_ms` (event time,
+    /// as the caller's sources agree on it: a span stamped far in the future must not wipe
+    /// the graph, so the topology does not take its own clock from span times). Sweeps at
+    /// most once a minute of event time; services stay known.
+    pub fn forget_idle(&mut self, now_ms: i64) {
+        if now_ms.saturating_sub(self.swept_ms) < 60_000 {
+            return;
+        }
+        self.swept_ms = now_ms;
+        let horizon = now_ms.saturating_sub(EDGE_IDLE_MS);
+        self.edges.retain(|_, e| e.last_seen_ms >= horizon);
     }
 
     /// The graph as of `now_ms` (edges silent for longer than the window are left out).
@@ -431,5 +451,20 @@ mod tests {
         assert!(!t.near("payment", "frontend", 1));
         // The window moves on: an hour later the edges are gone from the graph.
         assert!(t.graph(t0 + 3_600_000).edges.is_empty());
+        // …but the relations keep them until they have been silent for a day.
+        t.forget_idle(t0 + 3_600_000);
+        assert!(t.depends_on("frontend", "payment"));
+        t.forget_idle(t0 + 99_000 + EDGE_IDLE_MS);
+        assert!(t.depends_on("frontend", "payment"), "the last call was under a day ago");
+        t.forget_idle(t0 + 99_000 + EDGE_IDLE_MS + 60_000);
+        assert!(
+            !t.depends_on("frontend", "payment"),
+            "an edge silent for a day is forgotten"
+        );
+        assert!(!t.near("payment", "frontend", 2));
+        // A call seen again draws the edge again.
+        t.observe(&span("frontend", 5_001, None, t0 + EDGE_IDLE_MS * 2, 0.3, false));
+        t.observe(&span("checkout", 5_002, Some(5_001), t0 + EDGE_IDLE_MS * 2, 0.2, false));
+        assert!(t.depends_on("frontend", "checkout"));
     }
 }

@@ -378,6 +378,8 @@ fn run(
                 // Event time as the sources agree on it: one host's fast clock must not
                 // carry the quiet-spell clock (and the correlator) ahead of everyone else.
                 p.latest_event_ms = p.latest_event_ms.max(state.engine.event_time());
+                // Calls silent for a day no longer relate their services.
+                topo.forget_idle(p.latest_event_ms);
                 clock.saw(p.latest_event_ms, crate::timeutil::now_ms());
             }
             Ok(Msg::Feedback { signal_key, verdict }) => {

@@ -11,13 +11,18 @@ use super::{Evidence, EvidenceKind, Input, MIN_STRENGTH, WindowLogLine};
 const WARN: i32 = 13;
 const ERROR: i32 = 17;
 
-/// The minutes holding any log line, in the baseline and in the window.
+/// The minutes holding any log line, in the baseline and in the window (others, such as
+/// the lead-in's, in neither).
 fn log_minutes(input: &Input) -> (BTreeSet<i64>, BTreeSet<i64>) {
-    input
-        .log_counts
-        .iter()
-        .map(|c| c.minute)
-        .partition(|&m| !input.minute_in_window(m))
+    let (mut baseline, mut window) = (BTreeSet::new(), BTreeSet::new());
+    for c in &input.log_counts {
+        if input.minute_in_window(c.minute) {
+            window.insert(c.minute);
+        } else if input.minute_in_baseline(c.minute) {
+            baseline.insert(c.minute);
+        }
+    }
+    (baseline, window)
 }
 
 /// Warning-or-worse patterns whose count in the window is far above what the baseline's
@@ -54,7 +59,7 @@ pub(crate) fn patterns(input: &Input, index: &TraceIndex<'_>) -> Vec<Evidence> {
         let key = (c.service.clone(), c.pattern_id, c.severity);
         if input.minute_in_window(c.minute) {
             *window.entry(key).or_default() += c.count;
-        } else {
+        } else if input.minute_in_baseline(c.minute) {
             *baseline.entry(key).or_default().entry(c.minute).or_default() += c.count;
         }
     }
@@ -133,7 +138,7 @@ pub(crate) fn patterns_stopped(input: &Input) -> Vec<Evidence> {
         let key = (c.service.clone(), c.pattern_id);
         if input.minute_in_window(c.minute) {
             *window.entry(key).or_default() += c.count;
-        } else {
+        } else if input.minute_in_baseline(c.minute) {
             *baseline.entry(key).or_default().entry(c.minute).or_default() += c.count;
         }
     }

@@ -178,6 +178,15 @@ impl Input {
         minute >= 0 && minute * 60_000 < self.window.len_ms()
     }
 
+    /// Whether bucket `minute` starts in the baseline. Minutes in neither range — the
+    /// lead-in, the gap between baseline and window — are neither: the lead-in's lines used
+    /// to be counted as baseline, so trouble already under way before the window raised the
+    /// baseline it was measured against.
+    pub(crate) fn minute_in_baseline(&self, minute: i64) -> bool {
+        let start = self.window.start_ms.saturating_add(minute.saturating_mul(60_000));
+        !self.minute_in_window(minute) && self.baseline.start_ms <= start && start < self.baseline.end_ms
+    }
+
     /// The lead-in `window` gets with `baseline`: the whole minutes just before the window,
     /// as many as the window is long (rounded up) where the gap after the baseline allows;
     /// `None` when the baseline ends less than a minute before the window, or after it.

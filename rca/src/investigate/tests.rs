@@ -381,6 +381,40 @@ fn trouble_already_under_way_before_the_window_is_not_what_began_in_it() {
 }
 
 #[test]
+fn the_lead_in_s_lines_are_not_the_baseline() {
+    // A short baseline (minutes 50..52) and a lead-in (57..60) in which payment already
+    // logs the error it logs in the window: compared with the baseline it is new. When the
+    // lead-in's minutes were counted as baseline (three of its five minutes), the pattern
+    // looked routine and the window's comparison found nothing.
+    let mut input = System::new().input_with_lead_in(Minute::normal(), Minute::normal());
+    input.baseline = TimeRange {
+        start_ms: 50 * MIN,
+        end_ms: 52 * MIN,
+    };
+    input.lead_in = Input::lead_in_for(WINDOW, input.baseline);
+    for m in [50, 51].into_iter().chain(57..60).chain(60..63) {
+        input.log_counts.push(log_count(m, "checkout", 22, 9, 10));
+        if m >= 57 {
+            input.log_counts.push(log_count(m, "payment", 31, 17, 20));
+        }
+    }
+    let evidence = gather(&input);
+    let e = evidence
+        .iter()
+        .find(|e| e.kind == EvidenceKind::LogPattern)
+        .unwrap_or_else(|| panic!("no log evidence: {evidence:#?}"));
+    assert_eq!(
+        (e.service.as_str(), e.pattern_id, e.new),
+        ("payment", Some(31), true),
+        "{e:#?}"
+    );
+    assert_eq!(e.before, 0.0, "{e:#?}");
+    // With the lead-in consulted, the error was already there: not what began.
+    let ranked = investigate(&input);
+    assert!(!services(&ranked).contains(&"payment"), "{ranked:#?}");
+}
+
+#[test]
 fn the_services_filter_keeps_only_those() {
     let mut input = System::new().input(Minute {
         payment_ms: 400.0,
