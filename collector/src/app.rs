@@ -176,6 +176,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnO
                 .context("cannot open the investigations store")?,
         ),
         patterns: Arc::clone(&patterns),
+        prom_queries: Arc::new(tokio::sync::Semaphore::new(config.api.max_concurrent_queries)),
     };
     let alerting_stop = CancellationToken::new();
     let alerting_task = tokio::spawn(Arc::clone(&alerts).run(alerting_stop.clone()));

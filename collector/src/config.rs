@@ -113,6 +113,9 @@ pub struct ApiConfig {
     pub external_url: Option<String>,
     /// Lifetime of the one-click acknowledge/resolve links in notifications.
     pub link_ttl_secs: u64,
+    /// PromQL queries and Prometheus listings evaluated at once (Prometheus'
+    /// `--query.max-concurrency`); more wait for a slot, up to their timeout.
+    pub max_concurrent_queries: usize,
 }
 
 impl Default for ApiConfig {
@@ -122,6 +125,7 @@ impl Default for ApiConfig {
             max_results: 10_000,
             external_url: None,
             link_ttl_secs: 86_400,
+            max_concurrent_queries: 8,
         }
     }
 }
@@ -347,6 +351,9 @@ impl Config {
         })?;
         if self.api.link_ttl_secs == 0 {
             return invalid("api.link_ttl_secs", "must be greater than 0".into());
+        }
+        if self.api.max_concurrent_queries == 0 {
+            return invalid("api.max_concurrent_queries", "must be greater than 0".into());
         }
         if let Err(message) = self.detect.allowed_lateness_ms() {
             return invalid("detect.allowed_lateness", message);

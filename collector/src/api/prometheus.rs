@@ -125,12 +125,33 @@ fn options(params: &Params) -> Result<Options, Error> {
     Ok(opts)
 }
 
-/// Runs `f` on a blocking thread against the store, timed under `endpoint`.
-async fn run<F>(state: &ApiState, endpoint: &'static str, f: F) -> Result<Json_, Error>
+/// A slot to evaluate in, waited for up to `timeout`: queries beyond
+/// `api.max_concurrent_queries` queue (as Prometheus' `--query.max-concurrency` makes them),
+/// so a dashboard's burst of panels neither fails nor runs unbounded threads and memory.
+async fn admit(
+    slots: &std::sync::Arc<tokio::sync::Semaphore>,
+    timeout: Duration,
+) -> Result<tokio::sync::OwnedSemaphorePermit, Error> {
+    match tokio::time::timeout(timeout, std::sync::Arc::clone(slots).acquire_owned()).await {
+        Ok(Ok(permit)) => Ok(permit),
+        Ok(Err(_)) => Err(Error::Internal("the collector is shutting down".into())),
+        Err(_) => Err(Error::Timeout(format!(
+            "query timed out waiting {:.1} s for one of the query slots, all busy \
+             (api.max_concurrent_queries)",
+            timeout.as_secs_f64()
+        ))),
+    }
+}
+
+/// Runs `f` on a blocking thread against the store once a query slot is free, timed under
+/// `endpoint`. The wait for the slot counts against `timeout`; `f` gets what is left.
+async fn run<F>(state: &ApiState, endpoint: &'static str, timeout: Duration, f: F) -> Result<Json_, Error>
 where
-    F: FnOnce(&crate::storage::Store) -> Result<Json_, Error> + Send + 'static,
+    F: FnOnce(&crate::storage::Store, Duration) -> Result<Json_, Error> + Send + 'static,
 {
     let started = Instant::now();
+    let _slot = admit(&state.prom_queries, timeout).await?;
+    let left = timeout.saturating_sub(started.elapsed());
     let store = std::sync::Arc::clone(&state.store);
     // Parsing, evaluating and dropping an expression recurse as deep as it nests: a query of
     // thousands of parentheses would overflow a blocking thread's 2 MiB stack and abort the
@@ -140,7 +161,7 @@ where
             std::thread::Builder::new()
                 .name("vigil-promql".into())
                 .stack_size(QUERY_STACK_BYTES)
-                .spawn_scoped(scope, || f(&store))
+                .spawn_scoped(scope, || f(&store, left))
                 .map_err(|e| Error::Internal(format!("cannot start a query thread: {e}")))?
                 .join()
                 .map_err(|_| Error::Internal("the query failed (see the collector's log)".into()))?
@@ -170,7 +191,8 @@ pub(super) async fn query(State(state): State<ApiState>, uri: Uri, headers: Head
         let text = params.required("query")?.to_string();
         let t = params.time("time", now_ms())?;
         let opts = options(&params)?;
-        run(&state, "prometheus_query", move |store| {
+        run(&state, "prometheus_query", opts.timeout, move |store, left| {
+            let opts = Options { timeout: left, ..opts };
             let value = vigil_promql::instant_query(&PromView(store), &text, t, &opts)?;
             Ok(answer::instant_data(&value, t))
         })
@@ -189,7 +211,8 @@ pub(super) async fn query_range(State(state): State<ApiState>, uri: Uri, headers
         let end = parse_time("end", params.required("end")?)?;
         let step = vigil_promql::parse_duration_ms(params.required("step")?)?;
         let opts = options(&params)?;
-        run(&state, "prometheus_query_range", move |store| {
+        run(&state, "prometheus_query_range", opts.timeout, move |store, left| {
+            let opts = Options { timeout: left, ..opts };
             let series = vigil_promql::range_query(&PromView(store), &text, start, end, step, &opts)?;
             Ok(answer::range_data(&series))
         })
@@ -244,9 +267,12 @@ pub(super) async fn series(State(state): State<ApiState>, uri: Uri, headers: Hea
             return Err(Error::BadData("no match[] parameter provided".into()));
         }
         let (start, end) = listing_range(&params)?;
-        run(&state, "prometheus_series", move |store| {
-            Ok(json!(matching_series(store, &selectors, start, end)?))
-        })
+        run(
+            &state,
+            "prometheus_series",
+            Options::default().timeout,
+            move |store, _| Ok(json!(matching_series(store, &selectors, start, end)?)),
+        )
         .await
     }
     .await;
@@ -259,17 +285,22 @@ pub(super) async fn labels(State(state): State<ApiState>, uri: Uri, headers: Hea
         let params = Params::parse(&uri, &headers, &body)?;
         let selectors: Vec<String> = params.all("match[]").into_iter().map(String::from).collect();
         let (start, end) = listing_range(&params)?;
-        run(&state, "prometheus_labels", move |store| {
-            let names: BTreeSet<String> = if selectors.is_empty() {
-                store.prom_label_names(start, end).map_err(storage_error)?
-            } else {
-                matching_series(store, &selectors, start, end)?
-                    .into_iter()
-                    .flat_map(|l| l.into_keys())
-                    .collect()
-            };
-            Ok(json!(names))
-        })
+        run(
+            &state,
+            "prometheus_labels",
+            Options::default().timeout,
+            move |store, _| {
+                let names: BTreeSet<String> = if selectors.is_empty() {
+                    store.prom_label_names(start, end).map_err(storage_error)?
+                } else {
+                    matching_series(store, &selectors, start, end)?
+                        .into_iter()
+                        .flat_map(|l| l.into_keys())
+                        .collect()
+                };
+                Ok(json!(names))
+            },
+        )
         .await
     }
     .await;
@@ -287,17 +318,22 @@ pub(super) async fn label_values(
         let params = Params::parse(&uri, &headers, &Bytes::new())?;
         let selectors: Vec<String> = params.all("match[]").into_iter().map(String::from).collect();
         let (start, end) = listing_range(&params)?;
-        run(&state, "prometheus_label_values", move |store| {
-            let values: BTreeSet<String> = if selectors.is_empty() {
-                store.prom_label_values(&name, start, end).map_err(storage_error)?
-            } else {
-                matching_series(store, &selectors, start, end)?
-                    .into_iter()
-                    .filter_map(|mut l| l.remove(&name))
-                    .collect()
-            };
-            Ok(json!(values))
-        })
+        run(
+            &state,
+            "prometheus_label_values",
+            Options::default().timeout,
+            move |store, _| {
+                let values: BTreeSet<String> = if selectors.is_empty() {
+                    store.prom_label_values(&name, start, end).map_err(storage_error)?
+                } else {
+                    matching_series(store, &selectors, start, end)?
+                        .into_iter()
+                        .filter_map(|mut l| l.remove(&name))
+                        .collect()
+                };
+                Ok(json!(values))
+            },
+        )
         .await
     }
     .await;
@@ -317,20 +353,25 @@ pub(super) async fn metadata(State(state): State<ApiState>, uri: Uri, headers: H
         };
         let end = now_ms().saturating_mul(1_000_000);
         let start = end - LISTING_WINDOW_MS * 1_000_000;
-        run(&state, "prometheus_metadata", move |store| {
-            let kinds = store.prom_metric_kinds(start, end).map_err(storage_error)?;
-            let mut out = serde_json::Map::new();
-            for (name, (kind, unit)) in kinds {
-                if metric.as_ref().is_some_and(|m| *m != name) {
-                    continue;
+        run(
+            &state,
+            "prometheus_metadata",
+            Options::default().timeout,
+            move |store, _| {
+                let kinds = store.prom_metric_kinds(start, end).map_err(storage_error)?;
+                let mut out = serde_json::Map::new();
+                for (name, (kind, unit)) in kinds {
+                    if metric.as_ref().is_some_and(|m| *m != name) {
+                        continue;
+                    }
+                    if limit >= 0 && out.len() as i64 >= limit {
+                        break;
+                    }
+                    out.insert(name, json!([{"type": kind, "help": "", "unit": unit}]));
                 }
-                if limit >= 0 && out.len() as i64 >= limit {
-                    break;
-                }
-                out.insert(name, json!([{"type": kind, "help": "", "unit": unit}]));
-            }
-            Ok(Json_::Object(out))
-        })
+                Ok(Json_::Object(out))
+            },
+        )
         .await
     }
     .await;
@@ -373,4 +414,29 @@ pub(super) async fn unknown() -> Response {
         ))),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_query_beyond_the_slots_waits_then_times_out_saying_why() {
+        let slots = Arc::new(tokio::sync::Semaphore::new(1));
+        let busy = admit(&slots, Duration::from_secs(1)).await.expect("a free slot");
+        let e = admit(&slots, Duration::from_millis(20))
+            .await
+            .expect_err("every slot is busy");
+        assert_eq!((e.error_type(), e.http_status()), ("timeout", 503), "{e}");
+        assert!(e.message().contains("api.max_concurrent_queries"), "{e}");
+        // A query waiting when a slot frees gets it.
+        let waiting = tokio::spawn({
+            let slots = Arc::clone(&slots);
+            async move { admit(&slots, Duration::from_secs(30)).await.map(|_| ()) }
+        });
+        drop(busy);
+        assert_eq!(waiting.await.expect("the waiting query"), Ok(()));
+    }
 }

@@ -153,6 +153,10 @@ pub struct Member {
     /// Zero where something was expected: the thing stopped.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub stopped: bool,
+    /// [`Anomaly::warming_up`]: its series was still learning its band; it may open an
+    /// incident only corroborated, never alone.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub warming_up: bool,
 }
 
 /// One root-cause candidate of an incident.
@@ -271,6 +275,7 @@ impl Correlator {
             explanation: a.explanation.clone(),
             traffic_drop: a.observed < a.expected && a.observed > 0.0,
             stopped: a.observed == 0.0 && a.expected > 0.0,
+            warming_up: a.warming_up,
         };
         let id = match self.of_anomaly.get(&a.id) {
             Some(id) => id.clone(),
@@ -281,9 +286,6 @@ impl Correlator {
                     id
                 }
                 None => {
-                    if a.warming_up {
-                        return;
-                    }
                     self.pending.insert(a.id.clone(), member);
                     let Some(group) = self.corroborated(&a.id, topo) else {
                         return;
@@ -363,7 +365,11 @@ impl Correlator {
         // Nezha day lone per-pod and per-node metrics of services that send no spans opened
         // 31 of 52 incidents, none of them a fault. A metric showing the thing stopped (a
         // zero where there was traffic) is the symptom itself.
-        let can_stand_alone = kind_family(me.detector) != "metrics" || me.stopped;
+        // A series still learning its band (before its first fit) has only a cold-start
+        // median and spread to go by: alone, its finding pages nobody. With another kind of
+        // signal or other services agreeing it may: gating those too kept every fault of the
+        // replayed Nezha day's first 96 minutes — half its faults — from any incident.
+        let can_stand_alone = (kind_family(me.detector) != "metrics" || me.stopped) && !me.warming_up;
         if can_stand_alone && me.score >= self.cfg.alone_score && me.end_ms - me.start_ms >= self.cfg.alone_sustained_ms
         {
             return Some(vec![me.clone()]);

@@ -276,16 +276,26 @@ fn metrics_of_several_services_moving_together_are_a_load_change_not_an_incident
 }
 
 #[test]
-fn findings_of_a_series_still_learning_open_nothing() {
+fn a_finding_of_a_series_still_learning_opens_nothing_alone() {
     let topo = topology();
     let mut c = Correlator::new(IncidentConfig::default());
-    for (id, kind) in [("a", DetectorKind::Metric), ("b", DetectorKind::LogErrorRate)] {
-        let mut a = anomaly(id, "payment", kind, 0, 1.0, true);
-        a.warming_up = true;
-        a.end_ms = a.start_ms + 10 * 60_000;
-        c.observe(&a, &topo);
-    }
-    assert!(c.drain().is_empty());
+    // Strong and lasting: once learned, it would page alone…
+    let mut a = anomaly("a", "payment", DetectorKind::LogErrorRate, 0, 1.0, true);
+    a.end_ms = a.start_ms + 10 * 60_000;
+    a.warming_up = true;
+    c.observe(&a, &topo);
+    assert!(c.drain().is_empty(), "a learning series paged alone");
+    let mut learned = Correlator::new(IncidentConfig::default());
+    a.warming_up = false;
+    learned.observe(&a, &topo);
+    assert_eq!(learned.drain().len(), 1);
+    // …while learning, it needs another kind of signal agreeing.
+    let mut b = anomaly("b", "payment", DetectorKind::TraceRed, 0, 0.9, true);
+    b.warming_up = true;
+    c.observe(&b, &topo);
+    let opened = c.drain();
+    assert_eq!(opened.len(), 1, "corroborated findings opened nothing");
+    assert_eq!(opened[0].timeline.len(), 2);
 }
 
 #[test]
