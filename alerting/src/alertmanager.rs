@@ -33,7 +33,7 @@ pub(crate) fn quote(s: &str) -> String {
 
 /// `name="value"`, `name!="value"`, `name=~"regex"`, `name!~"regex"`.
 pub(crate) fn matcher(m: &Matcher) -> String {
-    format!("{}{}{}", m.name, m.op.as_str(), quote(&m.value))
+    format!("{}{}{}", m.name(), m.op().as_str(), quote(m.value()))
 }
 
 /// `{a="1",b="2"}`: a route's matchers as Alertmanager's `Matchers.String()` writes them.

@@ -39,12 +39,11 @@ impl MatchOp {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(try_from = "MatcherSpec", into = "MatcherSpec")]
 pub struct Matcher {
-    /// The label's name.
-    pub name: String,
-    /// The comparison.
-    pub op: MatchOp,
-    /// The value or regular expression, as written.
-    pub value: String,
+    // Private, so the compiled `regex` always agrees with `op` and `value`: a field changed
+    // after construction would have matched by the old expression.
+    name: String,
+    op: MatchOp,
+    value: String,
     regex: Option<Regex>,
 }
 
@@ -143,6 +142,21 @@ impl Matcher {
             value: value.to_string(),
             regex,
         })
+    }
+
+    /// The label's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The comparison.
+    pub fn op(&self) -> MatchOp {
+        self.op
+    }
+
+    /// The value or regular expression, as written.
+    pub fn value(&self) -> &str {
+        &self.value
     }
 
     /// Whether `labels` satisfy the matcher (a missing label is the empty string).
@@ -266,8 +280,8 @@ mod tests {
     #[test]
     fn commas_and_escapes_inside_quotes_are_values() {
         let m = parse_matchers(r#"{msg="a, \"b\"", x=~"1|2"}"#).expect("valid");
-        assert_eq!(m[0].value, r#"a, "b""#);
-        assert_eq!(m[1].op, MatchOp::Regex);
+        assert_eq!(m[0].value(), r#"a, "b""#);
+        assert_eq!(m[1].op(), MatchOp::Regex);
     }
 
     #[test]
@@ -291,7 +305,7 @@ mod tests {
             r#"{"name":"host","value":"web-.*","isRegex":true,"isEqual":false}"#
         );
         let back: Matcher = serde_json::from_str(&json).expect("parses");
-        assert_eq!(back.op, MatchOp::NotRegex);
+        assert_eq!(back.op(), MatchOp::NotRegex);
         let bad: Result<Matcher, _> = serde_json::from_str(r#"{"name":"h","value":"(","isRegex":true}"#);
         assert!(
             bad.expect_err("bad regex")

@@ -139,14 +139,6 @@ pub enum LinkError {
     /// ([`verify_link`] does not know them).
     #[error("link was already used")]
     Replayed,
-    /// Signed for another purpose (a feed token used as an action link, or the reverse).
-    #[error("link is for {actual}, not {expected}")]
-    WrongPurpose {
-        /// What the caller wanted.
-        expected: &'static str,
-        /// What the token is for.
-        actual: &'static str,
-    },
 }
 
 /// A unique nonce for one link: derived from what the link is for, so the same notification
@@ -263,6 +255,22 @@ mod tests {
         assert_ne!(
             nonce_for("n1", "a", LinkAction::Ack),
             nonce_for("n2", "a", LinkAction::Ack)
+        );
+    }
+
+    #[test]
+    fn a_token_signed_for_one_purpose_opens_nothing_else() {
+        // What is signed keeps the purposes apart (feeds sign "ical-feed\0<schedule>", links
+        // their four fields), so no error of its own is needed for a token used elsewhere.
+        let feed = feed_token(b"k", "primary");
+        assert!(verify_feed_token(b"k", "primary", &feed));
+        assert_eq!(verify_link(b"k", &feed, 1_000), Err(LinkError::Malformed));
+        let link = sign_link(b"k", &ack_link());
+        let (_, link_sig) = link.rsplit_once('.').expect("signed");
+        assert!(!verify_feed_token(b"k", "primary", link_sig));
+        assert!(
+            !verify_feed_token(b"k", "secondary", &feed),
+            "one feed's token opens only it"
         );
     }
 

@@ -181,7 +181,7 @@ impl Alerting {
             "{} until {} ({})",
             s.matchers
                 .iter()
-                .map(|m| format!("{}{}{:?}", m.name, m.op.as_str(), m.value))
+                .map(|m| format!("{}{}{:?}", m.name(), m.op().as_str(), m.value()))
                 .collect::<Vec<_>>()
                 .join(","),
             s.ends_at_ms,

@@ -269,7 +269,11 @@ pub(super) async fn get_silences(State(state): State<ApiState>, RawQuery(q): Raw
         .silences()
         .into_iter()
         .filter(|s| {
-            let named: LabelSet = s.matchers.iter().map(|m| (m.name.clone(), m.value.clone())).collect();
+            let named: LabelSet = s
+                .matchers
+                .iter()
+                .map(|m| (m.name().to_string(), m.value().to_string()))
+                .collect();
             p.filter.iter().all(|m| m.matches(&named))
         })
         .collect();

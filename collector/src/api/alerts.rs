@@ -32,9 +32,7 @@ impl From<AlertServiceError> for ApiError {
             AlertServiceError::Link(LinkError::Expired) => ApiError::Gone(message),
             AlertServiceError::Link(LinkError::Replayed) => ApiError::Conflict(message),
             AlertServiceError::Link(LinkError::Malformed) => ApiError::BadRequest(message),
-            AlertServiceError::Link(LinkError::BadSignature | LinkError::WrongPurpose { .. }) => {
-                ApiError::Forbidden(message)
-            }
+            AlertServiceError::Link(LinkError::BadSignature) => ApiError::Forbidden(message),
             AlertServiceError::Store(_) => {
                 tracing::error!(error = %e, "alerting store failed");
                 ApiError::Internal(message)

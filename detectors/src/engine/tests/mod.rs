@@ -319,6 +319,13 @@ fn late_events_are_counted_not_scored_and_series_are_capped() {
     }
     assert!(e.stats().series <= 10);
     assert!(e.stats().series_evicted >= 40);
+    // New-pattern findings are held to the cap as well (they once went past it).
+    for i in 0..20u64 {
+        let service = format!("svc-{i}");
+        e.observe_log(&service, 1, true, "routine", 9, T0 + 20 * MIN);
+        e.observe_log(&service, 100 + i, true, "disk <*> failed", 17, T0 + 40 * MIN + i as i64);
+    }
+    assert!(e.stats().series <= 10, "{} series", e.stats().series);
 }
 
 #[test]
