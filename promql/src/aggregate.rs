@@ -38,7 +38,19 @@ pub(crate) fn eval(ev: &Evaluator<'_, '_>, a: &AggregateExpr, t: i64) -> Result<
         ));
     }
     let param = match (&a.param, op) {
-        (Some(p), T_TOPK | T_BOTTOMK | T_QUANTILE) => Some(ev.scalar(p, t)?),
+        (Some(p), T_TOPK | T_BOTTOMK) => {
+            let k = ev.scalar(p, t)?;
+            // Prometheus converts k to an int64 first, whatever the input: NaN, ±Inf and
+            // beyond ±2^63 are errors (checked against Prometheus 2.42), not "nothing kept".
+            if !(-9.223_372_036_854_776e18..=9.223_372_036_854_776e18).contains(&k) {
+                return Err(Error::Execution(format!(
+                    "Scalar value {} overflows int64",
+                    go_float(k)
+                )));
+            }
+            Some(k)
+        }
+        (Some(p), T_QUANTILE) => Some(ev.scalar(p, t)?),
         (None, T_TOPK | T_BOTTOMK | T_QUANTILE) => {
             return Err(Error::BadData(format!("{} needs a parameter", a.op)));
         }
@@ -72,8 +84,8 @@ pub(crate) fn eval(ev: &Evaluator<'_, '_>, a: &AggregateExpr, t: i64) -> Result<
             T_QUANTILE => out.push(single(quantile(param.unwrap_or(f64::NAN), values))),
             T_TOPK | T_BOTTOMK => {
                 let k = param.unwrap_or(0.0);
-                // Fewer than one (or NaN): nothing kept.
-                if k.is_nan() || k < 1.0 {
+                // Fewer than one: nothing kept.
+                if k < 1.0 {
                     continue;
                 }
                 let k = (k as usize).min(members.len());
@@ -94,6 +106,27 @@ pub(crate) fn eval(ev: &Evaluator<'_, '_>, a: &AggregateExpr, t: i64) -> Result<
         }
     }
     Ok(Value::Vector(out))
+}
+
+/// A float as Go's `%v` writes it (`'g'`, shortest): `NaN`, `+Inf`, `1e+20`, `100000` — the spelling
+/// of Prometheus' own error messages.
+fn go_float(v: f64) -> String {
+    if v.is_nan() {
+        return "NaN".into();
+    }
+    if v.is_infinite() {
+        return if v > 0.0 { "+Inf".into() } else { "-Inf".into() };
+    }
+    let exp10 = if v == 0.0 { 0 } else { v.abs().log10().floor() as i32 };
+    // Go's shortest 'g' switches to an exponent outside 1e-4 ≤ |v| < 1e6.
+    if !(-4..6).contains(&exp10) {
+        let text = format!("{v:e}");
+        if let Some((mantissa, exp)) = text.split_once('e') {
+            let (sign, digits) = exp.strip_prefix('-').map_or(("+", exp), |d| ("-", d));
+            return format!("{mantissa}e{sign}{digits:0>2}");
+        }
+    }
+    format!("{v}")
 }
 
 /// The labels of an element's group: `by` keeps the listed ones, `without` drops them and

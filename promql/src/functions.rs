@@ -450,14 +450,17 @@ fn histogram_quantile(q: f64, v: Vec<VectorElement>) -> Vec<VectorElement> {
         let Some(upper) = el.labels.get("le").and_then(|le| parse_bound(le)) else {
             continue;
         };
-        let mut key = drop_name(el.labels);
+        // Buckets are grouped by every label but `le` — the metric name too, so two
+        // histograms whose other labels agree are not merged into one (Prometheus then
+        // refuses the result: both answers would carry the same labels).
+        let mut key = el.labels;
         key.remove("le");
         groups.entry(key).or_default().push((upper, el.v));
     }
     groups
         .into_iter()
         .map(|(labels, buckets)| VectorElement {
-            labels,
+            labels: drop_name(labels),
             v: bucket_quantile(q, buckets),
         })
         .collect()

@@ -184,6 +184,25 @@ fn aggregations_group_by_and_without() {
 }
 
 #[test]
+fn topk_with_a_k_beyond_int64_is_an_error_as_in_prometheus() {
+    // Prometheus 2.42's answers (run against it): 422 "Scalar value NaN overflows int64",
+    // also for an empty input; a k below one keeps nothing.
+    let t = T0 + 300_000;
+    for (k, shown) in [("NaN", "NaN"), ("Inf", "+Inf"), ("-Inf", "-Inf"), ("1e20", "1e+20")] {
+        for query in [format!("topk({k}, up)"), format!("bottomk({k}, nonexistent)")] {
+            let e = at(&query, t).expect_err(&query);
+            assert_eq!(
+                (e.http_status(), e.message()),
+                (422, format!("Scalar value {shown} overflows int64").as_str()),
+                "{query}"
+            );
+        }
+    }
+    assert!(vector("topk(0.5, up)", t).is_empty());
+    assert_eq!(vector("topk(2.7, up)", t).len(), 2);
+}
+
+#[test]
 fn binary_operators_match_vectors_like_prometheus() {
     let t = T0 + 300_000;
     // One-to-one on all labels but the name.
@@ -226,6 +245,23 @@ fn histogram_quantile_interpolates_inside_the_bucket() {
     // Past the last finite bucket: its bound.
     assert!(close(one("histogram_quantile(0.99, lat_bucket)", T0 + 60_000), 0.5));
     assert!(one("histogram_quantile(2, lat_bucket)", T0 + 60_000).is_infinite());
+    // Two histograms whose labels agree but for the name are not merged: as in Prometheus
+    // 2.42 (run against it), both answers carry the same labels, which is an error.
+    let bucket = |v: u32, le: &str, name: &str| {
+        format!(
+            "label_replace(label_replace(vector({v}), \"le\", \"{le}\", \"\", \"\"), \"__name__\", \"{name}\", \"\", \"\")"
+        )
+    };
+    let a = format!("{} or {}", bucket(1, "1", "a_bucket"), bucket(2, "+Inf", "a_bucket"));
+    let b = format!("{} or {}", bucket(5, "1", "b_bucket"), bucket(5, "+Inf", "b_bucket"));
+    assert_eq!(one(&format!("histogram_quantile(0.5, {a})"), T0), 1.0);
+    let both = format!("histogram_quantile(0.5, ({a}) or on(__name__, le) ({b}))");
+    let e = at(&both, T0).expect_err("same labelset twice");
+    assert_eq!(
+        (e.http_status(), e.message()),
+        (422, "vector cannot contain metrics with the same labelset"),
+        "{both}"
+    );
 }
 
 #[test]

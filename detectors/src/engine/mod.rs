@@ -168,8 +168,8 @@ impl SignalFeedback {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct EngineStats {
     /// Signals tracked now (metric series, interval signals, peer members, new-pattern
-    /// signals), kept to about [`EngineConfig::max_series`] by eviction. A gauge; the rest
-    /// are counters.
+    /// signals), kept to at most [`EngineConfig::max_series`] by evicting the longest
+    /// silent. A gauge; the rest are counters.
     pub series: usize,
     /// Points scored since this engine was created (not restored with the state, so the
     /// counters start at 0 after a restart; export differences between two readings).
