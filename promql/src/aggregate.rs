@@ -42,7 +42,7 @@ pub(crate) fn eval(ev: &Evaluator<'_, '_>, a: &AggregateExpr, t: i64) -> Result<
             let k = ev.scalar(p, t)?;
             // Prometheus converts k to an int64 first, whatever the input: NaN, ±Inf and
             // beyond ±2^63 are errors (checked against Prometheus 2.42), not "nothing kept".
-            if !(-9.223_372_036_854_776e18..=9.223_372_036_854_776e18).contains(&k) {
+            if !(i64::MIN as f64..=i64::MAX as f64).contains(&k) {
                 return Err(Error::Execution(format!(
                     "Scalar value {} overflows int64",
                     go_float(k)

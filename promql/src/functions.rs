@@ -2,11 +2,18 @@
 //! interpolation, regression) so answers agree with a Prometheus server's.
 
 use promql_parser::parser::{Call, Expr};
-use regex::Regex;
 
-use crate::aggregate::{extreme, mean, valid_label_name, variance};
+use crate::aggregate::{extreme, mean, variance};
 use crate::eval::{Evaluator, Window};
 use crate::value::{Error, Labels, METRIC_NAME, Sample, Value, VectorElement, drop_name};
+
+mod calendar;
+mod histogram;
+mod labels;
+
+use calendar::date_part;
+use histogram::histogram_quantile;
+use labels::{label_join, label_replace};
 
 pub(crate) fn call(ev: &Evaluator<'_, '_>, c: &Call, t: i64) -> Result<Value, Error> {
     let name = c.func.name;
@@ -441,209 +448,4 @@ fn absent(empty: bool, arg: &Expr) -> Vec<VectorElement> {
         }
     }
     vec![VectorElement { labels, v: 1.0 }]
-}
-
-/// `histogram_quantile(φ, buckets)` over classic `le` buckets.
-fn histogram_quantile(q: f64, v: Vec<VectorElement>) -> Vec<VectorElement> {
-    let mut groups: std::collections::BTreeMap<Labels, Vec<(f64, f64)>> = std::collections::BTreeMap::new();
-    for el in v {
-        let Some(upper) = el.labels.get("le").and_then(|le| parse_bound(le)) else {
-            continue;
-        };
-        // Buckets are grouped by every label but `le` — the metric name too, so two
-        // histograms whose other labels agree are not merged into one (Prometheus then
-        // refuses the result: both answers would carry the same labels).
-        let mut key = el.labels;
-        key.remove("le");
-        groups.entry(key).or_default().push((upper, el.v));
-    }
-    groups
-        .into_iter()
-        .map(|(labels, buckets)| VectorElement {
-            labels: drop_name(labels),
-            v: bucket_quantile(q, buckets),
-        })
-        .collect()
-}
-
-fn parse_bound(le: &str) -> Option<f64> {
-    match le.trim() {
-        "+Inf" | "Inf" | "+inf" | "inf" => Some(f64::INFINITY),
-        "-Inf" | "-inf" => Some(f64::NEG_INFINITY),
-        other => other.parse().ok(),
-    }
-}
-
-/// Prometheus' `bucketQuantile`: the bucket holding the rank, interpolated linearly.
-fn bucket_quantile(q: f64, mut buckets: Vec<(f64, f64)>) -> f64 {
-    if q.is_nan() {
-        return f64::NAN;
-    }
-    if q < 0.0 {
-        return f64::NEG_INFINITY;
-    }
-    if q > 1.0 {
-        return f64::INFINITY;
-    }
-    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-    if buckets.last().is_none_or(|b| b.0 != f64::INFINITY) {
-        return f64::NAN;
-    }
-    // Buckets with the same bound (series that differ only in a dropped label) add up.
-    let mut merged: Vec<(f64, f64)> = Vec::with_capacity(buckets.len());
-    for (bound, count) in buckets {
-        match merged.last_mut() {
-            Some(last) if last.0 == bound => last.1 += count,
-            _ => merged.push((bound, count)),
-        }
-    }
-    // Counts must not fall with the bound (scrapes of buckets are not atomic).
-    let mut max = f64::NEG_INFINITY;
-    for b in &mut merged {
-        if b.1 > max {
-            max = b.1;
-        } else {
-            b.1 = max;
-        }
-    }
-    if merged.len() < 2 {
-        return f64::NAN;
-    }
-    let observations = merged[merged.len() - 1].1;
-    if observations == 0.0 {
-        return f64::NAN;
-    }
-    let mut rank = q * observations;
-    let b = merged[..merged.len() - 1]
-        .iter()
-        .position(|b| b.1 >= rank)
-        .unwrap_or(merged.len() - 1);
-    if b == merged.len() - 1 {
-        return merged[merged.len() - 2].0;
-    }
-    if b == 0 && merged[0].0 <= 0.0 {
-        return merged[0].0;
-    }
-    let (mut start, end, mut count) = (0.0, merged[b].0, merged[b].1);
-    if b > 0 {
-        start = merged[b - 1].0;
-        count -= merged[b - 1].1;
-        rank -= merged[b - 1].1;
-    }
-    start + (end - start) * (rank / count)
-}
-
-fn label_replace(ev: &Evaluator<'_, '_>, args: &[&Expr], t: i64) -> Result<Vec<VectorElement>, Error> {
-    let [v, dst, replacement, src, regex] = args else {
-        return Err(Error::BadData("label_replace needs 5 arguments".into()));
-    };
-    let (dst, replacement, src, pattern) = (
-        ev.string(dst, t)?,
-        ev.string(replacement, t)?,
-        ev.string(src, t)?,
-        ev.string(regex, t)?,
-    );
-    let re = Regex::new(&format!("^(?s:{pattern})$"))
-        .map_err(|e| Error::Execution(format!("invalid regular expression in label_replace(): {e}")))?;
-    if !valid_label_name(&dst) {
-        return Err(Error::Execution(format!(
-            "invalid destination label name in label_replace(): {dst}"
-        )));
-    }
-    let out: Vec<VectorElement> = ev
-        .vector(v, t)?
-        .into_iter()
-        .map(|mut el| {
-            let value = el.labels.get(&src).cloned().unwrap_or_default();
-            if let Some(caps) = re.captures(&value) {
-                let mut result = String::new();
-                caps.expand(&replacement, &mut result);
-                el.labels.remove(&dst);
-                if !result.is_empty() {
-                    el.labels.insert(dst.clone(), result);
-                }
-            }
-            el
-        })
-        .collect();
-    Ok(out)
-}
-
-fn label_join(ev: &Evaluator<'_, '_>, args: &[&Expr], t: i64) -> Result<Vec<VectorElement>, Error> {
-    let [v, dst, separator, sources @ ..] = args else {
-        return Err(Error::BadData("label_join needs at least 3 arguments".into()));
-    };
-    let (dst, separator) = (ev.string(dst, t)?, ev.string(separator, t)?);
-    if !valid_label_name(&dst) {
-        return Err(Error::Execution(format!(
-            "invalid destination label name in label_join(): {dst}"
-        )));
-    }
-    let sources: Vec<String> = sources.iter().map(|s| ev.string(s, t)).collect::<Result<_, _>>()?;
-    Ok(ev
-        .vector(v, t)?
-        .into_iter()
-        .map(|mut el| {
-            let joined = sources
-                .iter()
-                .map(|s| el.labels.get(s).cloned().unwrap_or_default())
-                .collect::<Vec<_>>()
-                .join(&separator);
-            el.labels.remove(&dst);
-            if !joined.is_empty() {
-                el.labels.insert(dst.clone(), joined);
-            }
-            el
-        })
-        .collect())
-}
-
-/// A calendar field of unix seconds `v`, in UTC.
-fn date_part(name: &str, v: f64) -> f64 {
-    if !v.is_finite() {
-        return f64::NAN;
-    }
-    let secs = v as i64;
-    let days = secs.div_euclid(86_400);
-    let of_day = secs.rem_euclid(86_400);
-    let (y, m, d) = civil_from_days(days);
-    match name {
-        "day_of_month" => d as f64,
-        // 1970-01-01 was a Thursday (4).
-        "day_of_week" => (days + 4).rem_euclid(7) as f64,
-        "day_of_year" => (days - days_from_civil(y, 1, 1) + 1) as f64,
-        "days_in_month" => {
-            let (ny, nm) = if m == 12 { (y + 1, 1) } else { (y, m + 1) };
-            (days_from_civil(ny, nm, 1) - days_from_civil(y, m, 1)) as f64
-        }
-        "hour" => (of_day / 3600) as f64,
-        "minute" => (of_day % 3600 / 60) as f64,
-        "month" => m as f64,
-        "year" => y as f64,
-        _ => f64::NAN,
-    }
-}
-
-/// Howard Hinnant's `civil_from_days`: (year, month, day) of days since 1970-01-01.
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
-
-/// Days since 1970-01-01 of a civil date (the inverse of [`civil_from_days`]).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = if m > 2 { m - 3 } else { m + 9 };
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }

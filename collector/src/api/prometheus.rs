@@ -177,6 +177,15 @@ where
     result
 }
 
+/// [`run`] for a listing (series, labels, metadata): Prometheus' default timeout, all of it
+/// for the listing once it has a slot.
+async fn run_listing<F>(state: &ApiState, endpoint: &'static str, f: F) -> Result<Json_, Error>
+where
+    F: FnOnce(&crate::storage::Store) -> Result<Json_, Error> + Send + 'static,
+{
+    run(state, endpoint, Options::default().timeout, move |store, _| f(store)).await
+}
+
 fn storage_error(e: QueryError) -> Error {
     match e {
         QueryError::BadRequest(m) => Error::Execution(m),
@@ -267,12 +276,9 @@ pub(super) async fn series(State(state): State<ApiState>, uri: Uri, headers: Hea
             return Err(Error::BadData("no match[] parameter provided".into()));
         }
         let (start, end) = listing_range(&params)?;
-        run(
-            &state,
-            "prometheus_series",
-            Options::default().timeout,
-            move |store, _| Ok(json!(matching_series(store, &selectors, start, end)?)),
-        )
+        run_listing(&state, "prometheus_series", move |store| {
+            Ok(json!(matching_series(store, &selectors, start, end)?))
+        })
         .await
     }
     .await;
@@ -285,22 +291,17 @@ pub(super) async fn labels(State(state): State<ApiState>, uri: Uri, headers: Hea
         let params = Params::parse(&uri, &headers, &body)?;
         let selectors: Vec<String> = params.all("match[]").into_iter().map(String::from).collect();
         let (start, end) = listing_range(&params)?;
-        run(
-            &state,
-            "prometheus_labels",
-            Options::default().timeout,
-            move |store, _| {
-                let names: BTreeSet<String> = if selectors.is_empty() {
-                    store.prom_label_names(start, end).map_err(storage_error)?
-                } else {
-                    matching_series(store, &selectors, start, end)?
-                        .into_iter()
-                        .flat_map(|l| l.into_keys())
-                        .collect()
-                };
-                Ok(json!(names))
-            },
-        )
+        run_listing(&state, "prometheus_labels", move |store| {
+            let names: BTreeSet<String> = if selectors.is_empty() {
+                store.prom_label_names(start, end).map_err(storage_error)?
+            } else {
+                matching_series(store, &selectors, start, end)?
+                    .into_iter()
+                    .flat_map(|l| l.into_keys())
+                    .collect()
+            };
+            Ok(json!(names))
+        })
         .await
     }
     .await;
@@ -318,22 +319,17 @@ pub(super) async fn label_values(
         let params = Params::parse(&uri, &headers, &Bytes::new())?;
         let selectors: Vec<String> = params.all("match[]").into_iter().map(String::from).collect();
         let (start, end) = listing_range(&params)?;
-        run(
-            &state,
-            "prometheus_label_values",
-            Options::default().timeout,
-            move |store, _| {
-                let values: BTreeSet<String> = if selectors.is_empty() {
-                    store.prom_label_values(&name, start, end).map_err(storage_error)?
-                } else {
-                    matching_series(store, &selectors, start, end)?
-                        .into_iter()
-                        .filter_map(|mut l| l.remove(&name))
-                        .collect()
-                };
-                Ok(json!(values))
-            },
-        )
+        run_listing(&state, "prometheus_label_values", move |store| {
+            let values: BTreeSet<String> = if selectors.is_empty() {
+                store.prom_label_values(&name, start, end).map_err(storage_error)?
+            } else {
+                matching_series(store, &selectors, start, end)?
+                    .into_iter()
+                    .filter_map(|mut l| l.remove(&name))
+                    .collect()
+            };
+            Ok(json!(values))
+        })
         .await
     }
     .await;
@@ -353,25 +349,20 @@ pub(super) async fn metadata(State(state): State<ApiState>, uri: Uri, headers: H
         };
         let end = now_ms().saturating_mul(1_000_000);
         let start = end - LISTING_WINDOW_MS * 1_000_000;
-        run(
-            &state,
-            "prometheus_metadata",
-            Options::default().timeout,
-            move |store, _| {
-                let kinds = store.prom_metric_kinds(start, end).map_err(storage_error)?;
-                let mut out = serde_json::Map::new();
-                for (name, (kind, unit)) in kinds {
-                    if metric.as_ref().is_some_and(|m| *m != name) {
-                        continue;
-                    }
-                    if limit >= 0 && out.len() as i64 >= limit {
-                        break;
-                    }
-                    out.insert(name, json!([{"type": kind, "help": "", "unit": unit}]));
+        run_listing(&state, "prometheus_metadata", move |store| {
+            let kinds = store.prom_metric_kinds(start, end).map_err(storage_error)?;
+            let mut out = serde_json::Map::new();
+            for (name, (kind, unit)) in kinds {
+                if metric.as_ref().is_some_and(|m| *m != name) {
+                    continue;
                 }
-                Ok(Json_::Object(out))
-            },
-        )
+                if limit >= 0 && out.len() as i64 >= limit {
+                    break;
+                }
+                out.insert(name, json!([{"type": kind, "help": "", "unit": unit}]));
+            }
+            Ok(Json_::Object(out))
+        })
         .await
     }
     .await;

@@ -203,10 +203,7 @@ impl Engine {
         let key = format!("lognew:{service}");
         let close_after = self.new_pattern_close_ms();
         let reported_above = self.threshold(&key);
-        // New-pattern findings are series too, under the same cap as every other.
-        if !self.tracked.contains_key(&key) && self.tracked.len() >= self.cfg.max_series {
-            self.evict_oldest();
-        }
+        self.make_room_for(&key);
         let entry = self.tracked.entry(key.clone()).or_insert_with(|| Tracked {
             detector: SeriesDetector::new(),
             kind: DetectorKind::LogNewPattern,

@@ -53,9 +53,7 @@ impl Engine {
         opens: Opens,
     ) {
         if !self.tracked.contains_key(key) {
-            if self.tracked.len() >= self.cfg.max_series {
-                self.evict_oldest();
-            }
+            self.make_room_for(key);
             self.tracked.insert(
                 key.to_string(),
                 Tracked {
@@ -196,6 +194,15 @@ impl Engine {
             } else {
                 t.open = Some(a);
             }
+        }
+    }
+
+    /// Before `key` is tracked: at the cap (`max_series`), the longest silent signal goes.
+    /// Every kind of tracked signal comes in through here (new-pattern findings once did not,
+    /// and went past the cap).
+    pub(super) fn make_room_for(&mut self, key: &str) {
+        if !self.tracked.contains_key(key) && self.tracked.len() >= self.cfg.max_series {
+            self.evict_oldest();
         }
     }
 

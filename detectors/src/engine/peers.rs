@@ -124,9 +124,7 @@ impl Engine {
             }
             for (key, signal, unit, point) in points {
                 if !self.tracked.contains_key(&key) {
-                    if self.tracked.len() >= self.cfg.max_series {
-                        self.evict_oldest();
-                    }
+                    self.make_room_for(&key);
                     self.tracked.insert(
                         key.clone(),
                         Tracked {
