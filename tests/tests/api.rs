@@ -351,3 +351,77 @@ async fn query_api_end_to_end() -> Result<()> {
     }
     Ok(())
 }
+
+/// Lines that start with a host name made of words (`web-alpha`) are one pattern per event, not
+/// one per host: the miner learns the host varies and merges the per-host patterns it began
+/// with. The API lists the merged pattern with every line counted, and searching by its id finds
+/// the lines stored under the ids merged into it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_name_before_every_line_makes_one_pattern_per_event() -> Result<()> {
+    let c = Collector::start()?;
+    let client = reqwest::Client::new();
+    let t0 = now_ns() - 600_000_000_000;
+    let hosts = ["web-alpha", "web-bravo", "api-charlie", "db-delta", "cache-echo"];
+    let events = ["started job", "stopped the job now", "job failed badly here"];
+    // Host by host, as a fleet's logs arrive: each host's first lines begin patterns of
+    // their own before the hosts prove to vary.
+    let mut records = Vec::new();
+    for (h, host) in hosts.iter().enumerate() {
+        for (e, event) in events.iter().enumerate() {
+            for k in 0..4u64 {
+                let i = (h * 12 + e * 4) as u64 + k;
+                records.push(log_record(t0 + i * 1_000_000_000, &format!("{host} {event} {i}"), &[]));
+            }
+        }
+    }
+    let body = logs_request("fleet", records).encode_to_vec();
+    assert_eq!(post(&client, &c, "/v1/logs", body).await?, 200);
+    let start = (t0 / 1_000_000 - 1000).to_string();
+    eventually(Duration::from_secs(10), "all 60 lines searchable", || async {
+        Ok((search_logs(&client, &c, &[("service", "fleet"), ("start", &start)])
+            .await?
+            .0
+            == 60)
+            .then_some(()))
+    })
+    .await?;
+
+    let url = reqwest::Url::parse_with_params(
+        &c.api_url("/api/v1/logs/patterns"),
+        &[("service", "fleet"), ("start", start.as_str())],
+    )?;
+    let (status, patterns) = get_json(&client, url.as_str()).await?;
+    assert_eq!(status, 200, "{patterns}");
+    let list = patterns["patterns"].as_array().cloned().unwrap_or_default();
+    let mut templates: Vec<&str> = list.iter().filter_map(|p| p["template"].as_str()).collect();
+    templates.sort_unstable();
+    assert_eq!(
+        templates,
+        vec![
+            "<*> job failed badly here <*>",
+            "<*> started job <*>",
+            "<*> stopped the job now <*>"
+        ],
+        "{patterns}"
+    );
+    for p in &list {
+        assert_eq!(p["count"], 20, "{p}");
+        let id = p["pattern_id"].as_u64().expect("id").to_string();
+        let (total, hits) = search_logs(&client, &c, &[("pattern", id.as_str()), ("start", &start)]).await?;
+        assert_eq!(total, 20, "{p}");
+        // The lines were stored under more than one id: the search found them all.
+        assert!(!hits.is_empty());
+    }
+    let stored: std::collections::BTreeSet<u64> = search_logs(
+        &client,
+        &c,
+        &[("service", "fleet"), ("start", &start), ("limit", "100")],
+    )
+    .await?
+    .1
+    .iter()
+    .filter_map(|h| h["pattern_id"].as_u64())
+    .collect();
+    assert!(stored.len() > 3, "lines kept the ids they were given: {stored:?}");
+    Ok(())
+}

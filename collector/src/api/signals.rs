@@ -20,12 +20,12 @@ pub(super) fn log_query(state: &ApiState, params: &HashMap<String, String>) -> R
         start_ns,
         end_ns,
         service: params.get("service").cloned(),
-        pattern: match params.get("pattern").filter(|p| !p.is_empty()) {
-            Some(p) => Some(
+        patterns: match params.get("pattern").filter(|p| !p.is_empty()) {
+            Some(p) => state.patterns.ids_of(
                 p.parse()
                     .map_err(|_| ApiError::bad(format!("pattern: {p:?} is not a pattern id")))?,
             ),
-            None => None,
+            None => Vec::new(),
         },
     })
 }
@@ -47,7 +47,7 @@ pub(super) async fn logs_patterns(State(state): State<ApiState>, Query(params): 
     let q = log_query(&state, &params)?;
     let limit = limit_param(&state, &params, 100)?;
     let catalog = Arc::clone(&state.patterns);
-    let describe = move |id| catalog.info(id).map(|p| (p.template, p.first_seen_ns));
+    let describe = move |id| catalog.info(id).map(|p| (p.id, p.template, p.first_seen_ns));
     let patterns = timed(&state, "logs_patterns", move |s| s.log_patterns(&q, limit, &describe)).await?;
     Ok(Json(json!({ "patterns": patterns })).into_response())
 }

@@ -286,7 +286,7 @@ fn fill_evidence(
                             start_ns: start.saturating_mul(1_000_000),
                             end_ns: end.saturating_mul(1_000_000) - 1,
                             service: Some(e.service.clone()),
-                            pattern: Some(pattern),
+                            patterns: patterns.ids_of(pattern),
                         };
                         e.samples = store
                             .search_logs(&q, 3)?

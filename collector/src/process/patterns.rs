@@ -19,6 +19,8 @@ pub(crate) struct PatternCatalog {
 
 /// What the API shows of a pattern: its template as it stands now, and when it was first seen.
 pub(crate) struct PatternInfo {
+    /// The id it goes by now (another than asked for when that one was merged into it).
+    pub id: u64,
     /// The template, variable parts as `<*>`.
     pub template: String,
     /// Event time of the pattern's first line, ns since the epoch.
@@ -56,9 +58,16 @@ impl PatternCatalog {
     pub(crate) fn info(&self, id: u64) -> Option<PatternInfo> {
         let miner = self.miner.lock().unwrap_or_else(|e| e.into_inner());
         miner.get(id).map(|p| PatternInfo {
+            id: p.id,
             template: p.template(),
             first_seen_ns: p.first_seen_ns,
         })
+    }
+
+    /// The ids log records of pattern `id` may carry: the id it goes by now and the ids
+    /// merged into it (the miner merges patterns found to differ only by a variable word).
+    pub(crate) fn ids_of(&self, id: u64) -> Vec<u64> {
+        self.miner.lock().unwrap_or_else(|e| e.into_inner()).ids_of(id)
     }
 
     /// Whether lines were mined since the last save.

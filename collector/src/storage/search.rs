@@ -43,8 +43,9 @@ pub(crate) struct LogQuery {
     pub start_ns: i64,
     pub end_ns: i64,
     pub service: Option<String>,
-    /// Only records of this log pattern.
-    pub pattern: Option<u64>,
+    /// Only records carrying one of these pattern ids (a pattern and the ids merged into it,
+    /// from the catalogue's `ids_of`); empty: every pattern.
+    pub patterns: Vec<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -89,11 +90,12 @@ pub(crate) fn term_query(field: Field, text: &str) -> Box<dyn Query> {
     ))
 }
 
-fn pattern_query(field: Field, pattern: u64) -> Box<dyn Query> {
-    Box::new(TermQuery::new(
-        Term::from_field_u64(field, pattern),
-        IndexRecordOption::Basic,
-    ))
+fn pattern_query(field: Field, ids: &[u64]) -> Box<dyn Query> {
+    let terms: Vec<Term> = ids.iter().map(|id| Term::from_field_u64(field, *id)).collect();
+    match terms.as_slice() {
+        [one] => Box::new(TermQuery::new(one.clone(), IndexRecordOption::Basic)),
+        _ => Box::new(tantivy::query::TermSetQuery::new(terms)),
+    }
 }
 
 pub(crate) fn time_range(field: Field, start_ns: i64, end_ns: i64) -> Box<dyn Query> {
@@ -152,8 +154,8 @@ impl Store {
         if let Some(service) = q.service.as_deref().filter(|s| !s.is_empty()) {
             parts.push(term_query(f.service, service));
         }
-        if let Some(pattern) = q.pattern {
-            parts.push(pattern_query(f.pattern_id, pattern));
+        if !q.patterns.is_empty() {
+            parts.push(pattern_query(f.pattern_id, &q.patterns));
         }
         Ok(parts)
     }
@@ -311,13 +313,14 @@ impl Store {
     /// Log patterns of the records matching `q`, most frequent first: counts in the
     /// range, the template as it stands now, when the pattern was first seen, whether
     /// that was inside the range ("new"), and the newest sample line.
-    /// `describe` gives a pattern's template and first sighting (ns), from the catalogue that
-    /// assigned the ids.
+    /// `describe` gives the id a pattern goes by now, its template and first sighting (ns),
+    /// from the catalogue that assigned the ids: records of patterns merged since count as
+    /// the pattern they became.
     pub(crate) fn log_patterns(
         &self,
         q: &LogQuery,
         limit: usize,
-        describe: &dyn Fn(u64) -> Option<(String, i64)>,
+        describe: &dyn Fn(u64) -> Option<(u64, String, i64)>,
     ) -> Result<Vec<PatternSummary>, QueryError> {
         let conditions = self.log_conditions(q)?;
         let query = self.in_range(&conditions, q.start_ns, q.end_ns);
@@ -328,15 +331,23 @@ impl Store {
                 *counts.entry(id).or_default() += n;
             }
         }
-        let mut ranked: Vec<(u64, u64)> = counts.into_iter().collect();
-        ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        // id now -> (count, ids seen, template, first sighting)
+        type Merged = (u64, Vec<u64>, Option<String>, Option<i64>);
+        let mut merged: HashMap<u64, Merged> = HashMap::new();
+        for (id, n) in counts {
+            let (now, template, first) = describe(id).map_or((id, None, None), |(now, t, s)| (now, Some(t), Some(s)));
+            let entry = merged.entry(now).or_insert((0, Vec::new(), template, first));
+            entry.0 += n;
+            entry.1.push(id);
+        }
+        let mut ranked: Vec<(u64, Merged)> = merged.into_iter().collect();
+        ranked.sort_by(|a, b| b.1.0.cmp(&a.1.0).then(a.0.cmp(&b.0)));
         ranked.truncate(limit);
         let mut out = Vec::with_capacity(ranked.len());
-        for (id, count) in ranked {
-            let (template, first_seen_ns) = describe(id).map_or((None, None), |(t, s)| (Some(t), Some(s)));
+        for (id, (count, ids, template, first_seen_ns)) in ranked {
             // The pattern's count is known: no second counting pass for its sample.
             let mut with_pattern: Vec<Box<dyn Query>> = conditions.iter().map(|c| c.box_clone()).collect();
-            with_pattern.push(pattern_query(self.schemas.logs.pattern_id, id));
+            with_pattern.push(pattern_query(self.schemas.logs.pattern_id, &ids));
             let sample = self
                 .newest_logs(&searchers, &with_pattern, q, count, 1)?
                 .into_iter()

@@ -143,7 +143,31 @@ pub struct PatternMiner {
     aliases: BTreeMap<u64, u64>,
     /// A bucket-picking word at a position -> the sibling keys (rests) it was seen beside,
     /// up to four: two prove the word does not belong to one kind of line.
-    spread: HashMap<u64, Vec<u64>>,
+    spread: HashMap<u64, WordSeen>,
+    /// A merge happened during this line: re-home once the line is done.
+    merged: bool,
+}
+
+/// What is known of one bucket-picking word at one position.
+#[derive(Debug, Default)]
+struct WordSeen {
+    /// Rests of line (sibling keys) it stood before.
+    rests: Vec<u64>,
+    /// Those of them where another word stood in its place too (same rest).
+    shared: Vec<u64>,
+    /// The other words it was exchanged for (hashes).
+    partners: Vec<u64>,
+}
+
+impl WordSeen {
+    /// Proven to vary: seen before `needed` rests, and exchanged for another word before two
+    /// of them (`key` counted as both when given — the group being settled holds the word and
+    /// another). Breadth alone is not proof: "slow query … table=payment" / "table=orders"
+    /// puts "slow" before many rests; exchange alone is not either: "GET"/"POST" share paths.
+    fn proven(&self, needed: usize, key: Option<u64>) -> bool {
+        let count = |list: &Vec<u64>| list.len() + usize::from(key.is_some_and(|k| !list.contains(&k)));
+        count(&self.rests) >= needed && count(&self.shared) >= 2 && self.partners.len() >= 2
+    }
 }
 
 /// Rests remembered per bucket-picking word: enough to wake every group a word is in when
@@ -199,6 +223,7 @@ impl PatternMiner {
             siblings: HashMap::new(),
             aliases: BTreeMap::new(),
             spread: HashMap::new(),
+            merged: false,
         }
     }
 
@@ -220,6 +245,16 @@ impl PatternMiner {
     /// Pattern `id`, or the pattern it was merged into, if that is still held (not evicted).
     pub fn get(&self, id: u64) -> Option<&Pattern> {
         self.patterns.get(&self.resolve(id))
+    }
+
+    /// Every id that stands for the pattern `id` goes by now: that id first, then the ids
+    /// merged into it (oldest first). Log records keep the id they were given, so finding a
+    /// pattern's records takes all of them.
+    pub fn ids_of(&self, id: u64) -> Vec<u64> {
+        let id = self.resolve(id);
+        let mut ids = vec![id];
+        ids.extend(self.aliases.keys().copied().filter(|a| self.resolve(*a) == id));
+        ids
     }
 
     /// The id pattern `id` goes by now: itself, or the pattern it was merged into.
@@ -282,6 +317,20 @@ impl PatternMiner {
 
     /// Assigns a line to a pattern, learning as it goes. `ts_ns` is the line's event time.
     pub fn add(&mut self, line: &str, ts_ns: i64) -> Assignment {
+        let a = self.add_line(line, ts_ns);
+        if !self.merged {
+            return a;
+        }
+        self.rehome();
+        self.merged = false;
+        let id = self.resolve(a.pattern_id);
+        Assignment {
+            pattern_id: id,
+            is_new: a.is_new && id == a.pattern_id,
+        }
+    }
+
+    fn add_line(&mut self, line: &str, ts_ns: i64) -> Assignment {
         let tokens = self.tokens(line);
         let bucket = self.bucket_of(&tokens);
         self.tick += 1;
@@ -349,9 +398,17 @@ impl PatternMiner {
     /// The pattern of `bucket` most similar to `tokens`, with its similarity: the fraction of
     /// the line's constant tokens it has (ties go to the more general pattern).
     fn best_in(&self, bucket: u64, tokens: &[Cow<'_, str>]) -> Option<(u64, f64)> {
+        self.best_in_except(bucket, tokens, 0)
+    }
+
+    /// [`PatternMiner::best_in`], pattern `except` left out.
+    fn best_in_except(&self, bucket: u64, tokens: &[Cow<'_, str>], except: u64) -> Option<(u64, f64)> {
         let constants = tokens.iter().filter(|t| t.as_ref() != WILDCARD).count();
         let mut best: Option<(u64, f64, usize)> = None;
         for id in self.buckets.get(&bucket)? {
+            if *id == except {
+                continue;
+            }
             let Some(p) = self.patterns.get(id) else { continue };
             if p.tokens.len() != tokens.len() {
                 continue;
@@ -392,7 +449,7 @@ impl PatternMiner {
         let proven = |at: usize, word: &str| {
             self.spread
                 .get(&positioned(word, at))
-                .is_some_and(|seen| seen.len() >= self.config.merge_spread)
+                .is_some_and(|seen| seen.proven(self.config.merge_spread, None))
         };
         let mut passed = None::<Vec<Cow<'a, str>>>;
         let mut constants = 0;
@@ -486,8 +543,9 @@ impl PatternMiner {
     }
 
     /// Files pattern `id` in the sibling index under its current tokens, and notes each of
-    /// its bucket-picking words as seen beside this rest. Returns the groups (key, position)
-    /// in which a word has just been seen beside a second rest: they may now merge.
+    /// its bucket-picking words as seen beside this rest (and beside another word there, if a
+    /// sibling holds one). Returns the groups (key, position) that may merge now that a word
+    /// proved to vary.
     fn file_siblings(&mut self, id: u64) -> Vec<(u64, usize)> {
         if self.config.merge_spread == 0 {
             return Vec::new();
@@ -495,17 +553,27 @@ impl PatternMiner {
         let Some(p) = self.patterns.get(&id) else {
             return Vec::new();
         };
-        let span = self.keyed_span(&p.tokens);
-        let sum = Self::sum_of(&p.tokens);
-        let spread = self.config.merge_spread;
+        let tokens = p.tokens.clone();
+        let span = self.keyed_span(&tokens);
+        let sum = Self::sum_of(&tokens);
         let mut keys = Vec::with_capacity(span);
         let mut woken = Vec::new();
-        for at in 0..span {
-            let key = Self::sibling_key(p.tokens.len(), at, sum, &p.tokens[at]);
+        for (at, word) in tokens.iter().enumerate().take(span) {
+            let key = Self::sibling_key(tokens.len(), at, sum, word);
             keys.push(key);
-            let word = &p.tokens[at];
-            if word != WILDCARD {
-                Self::note_word(&mut self.spread, spread, positioned(word, at), key, at, &mut woken);
+            if word == WILDCARD {
+                continue;
+            }
+            let others: Vec<String> = self
+                .siblings_at(&tokens, at, key, id)
+                .iter()
+                .map(|i| self.patterns[i].tokens[at].clone())
+                .filter(|w| w != word)
+                .collect();
+            let partners: Vec<&str> = others.iter().map(String::as_str).collect();
+            self.note_word(word, at, key, &partners, &mut woken);
+            for other in others.iter().filter(|w| *w != WILDCARD) {
+                self.note_word(other, at, key, &[word.as_str()], &mut woken);
             }
         }
         for key in &keys {
@@ -514,32 +582,39 @@ impl PatternMiner {
         if let Some(p) = self.patterns.get_mut(&id) {
             p.sibling_keys = keys;
         }
-        // Forgetting is safe (words prove their spread again); growing without bound is not.
+        // Forgetting is safe (words prove themselves again); growing without bound is not.
         if self.spread.len() > 4 * self.config.max_patterns.max(1) {
             self.spread.clear();
         }
         woken
     }
 
-    /// Notes that the word hashed `word` stood at `at` beside the rest `key`; when that makes
-    /// it proven to vary, the groups it is in are added to `woken`.
-    fn note_word(
-        spread: &mut HashMap<u64, Vec<u64>>,
-        needed: usize,
-        word: u64,
-        key: u64,
-        at: usize,
-        woken: &mut Vec<(u64, usize)>,
-    ) {
-        let seen = spread.entry(word).or_default();
-        if !seen.contains(&key) && seen.len() < SPREAD_KEPT {
-            seen.push(key);
-            if seen.len() == needed {
-                // The word has just proved to vary: every group it is in may merge.
-                woken.extend(seen.iter().map(|k| (*k, at)));
-            } else if seen.len() > needed {
-                woken.push((key, at));
+    /// Notes that `word` stood at `at` before the rest `key` (`shared`: with another word in
+    /// its place there too); when the word is proven to vary, the groups that may merge now
+    /// are added to `woken` (all of its groups when it has just become proven).
+    fn note_word(&mut self, word: &str, at: usize, key: u64, partners: &[&str], woken: &mut Vec<(u64, usize)>) {
+        let needed = self.config.merge_spread;
+        let seen = self.spread.entry(positioned(word, at)).or_default();
+        let was = seen.proven(needed, None);
+        if !seen.rests.contains(&key) && seen.rests.len() < SPREAD_KEPT {
+            seen.rests.push(key);
+        }
+        if !partners.is_empty() && !seen.shared.contains(&key) && seen.shared.len() < SPREAD_KEPT {
+            seen.shared.push(key);
+        }
+        for partner in partners {
+            let h = positioned(partner, at);
+            if !seen.partners.contains(&h) && seen.partners.len() < SPREAD_KEPT {
+                seen.partners.push(h);
             }
+        }
+        if !seen.proven(needed, None) {
+            return;
+        }
+        if was {
+            woken.push((key, at));
+        } else {
+            woken.extend(seen.rests.iter().map(|k| (*k, at)));
         }
     }
 
@@ -555,19 +630,20 @@ impl PatternMiner {
         }
     }
 
-    /// Whether `word` at `at` has been seen beside `merge_spread` rests, `key`'s counted.
-    fn spread_beyond(&self, word: &str, at: usize, key: u64) -> bool {
+    /// Whether `word` at `at` is proven to vary, counting the group of `key` (which holds it
+    /// and another word) as one more rest where it was exchanged.
+    fn proven_in(&self, word: &str, at: usize, key: u64) -> bool {
         self.spread
             .get(&positioned(word, at))
-            .is_some_and(|seen| seen.iter().filter(|k| **k != key).count() + 1 >= self.config.merge_spread)
+            .is_some_and(|seen| seen.proven(self.config.merge_spread, Some(key)))
     }
 
     /// The group filed under `key` (patterns equal to `reference` but at `at`) is merged into
     /// one with a wildcard there when two of its words at `at` (`extra` included, a line's
-    /// word not yet in a pattern) have each been seen before `merge_spread` different rests:
-    /// a host or program name turns up before every kind of line, while words that tell
-    /// events apart ("VM Started" / "VM Paused", "GET" / "POST") stay with a few. Returns
-    /// the group's pattern with a wildcard at `at`, if it has one now.
+    /// word not yet in a pattern) are proven to vary ([`WordSeen::proven`]): a host or
+    /// program name turns up before every kind of line, in place of the others, while words
+    /// that tell events apart ("VM Started" / "VM Paused", "GET" / "POST") stand before a few.
+    /// Returns the group's pattern with a wildcard at `at`, if it has one now.
     fn settle<S: AsRef<str>>(&mut self, reference: &[S], at: usize, key: u64, extra: Option<&str>) -> Option<u64> {
         let found = self.siblings_at(reference, at, key, 0);
         let wild = found
@@ -585,8 +661,8 @@ impl PatternMiner {
         if found.is_empty() {
             return None;
         }
-        let spread = words.iter().filter(|w| self.spread_beyond(w, at, key)).count();
-        (spread >= 2).then(|| self.merge(&found, at))
+        let proven = words.iter().filter(|w| self.proven_in(w, at, key)).count();
+        (proven >= 2).then(|| self.merge(&found, at))
     }
 
     /// Settles the groups a filing woke; returns what `id` goes by afterwards.
@@ -624,15 +700,13 @@ impl PatternMiner {
             self.lead_to(target, bucket);
             // The line's word stood beside this rest too: it may now prove to vary.
             let mut woken = Vec::new();
-            let needed = self.config.merge_spread;
-            Self::note_word(
-                &mut self.spread,
-                needed,
-                positioned(&tokens[at], at),
-                key,
-                at,
-                &mut woken,
-            );
+            let partners: Vec<String> = self
+                .siblings_at(tokens, at, key, 0)
+                .iter()
+                .map(|i| self.patterns[i].tokens[at].clone())
+                .collect();
+            let partners: Vec<&str> = partners.iter().map(String::as_str).collect();
+            self.note_word(&tokens[at], at, key, &partners, &mut woken);
             return Some(self.settle_woken(target, woken));
         }
         None
@@ -664,15 +738,30 @@ impl PatternMiner {
     /// Merges patterns equal but at position `at` into the oldest (lowest id), which gets a
     /// wildcard there; the others' ids become its aliases and their buckets lead to it.
     fn merge(&mut self, ids: &[u64], at: usize) -> u64 {
+        self.merge_into_oldest(ids, Some(at))
+    }
+
+    /// Merges patterns of one length into the oldest: every position where they disagree
+    /// (and `at`, if given) becomes a wildcard; the others' ids become its aliases and their
+    /// buckets lead to it.
+    fn merge_into_oldest(&mut self, ids: &[u64], at: Option<usize>) -> u64 {
         let Some(&survivor) = ids.iter().min() else {
             return 0;
         };
+        self.merged = true;
         self.unfile_siblings(survivor);
         for &id in ids.iter().filter(|id| **id != survivor) {
             self.unfile_siblings(id);
             let Some(gone) = self.patterns.remove(&id) else {
                 continue;
             };
+            if let Some(p) = self.patterns.get_mut(&survivor) {
+                for (a, b) in p.tokens.iter_mut().zip(&gone.tokens) {
+                    if a != b {
+                        *a = WILDCARD.to_string();
+                    }
+                }
+            }
             for b in std::iter::once(gone.bucket).chain(gone.also_in.iter().copied()) {
                 if let Some(list) = self.buckets.get_mut(&b) {
                     list.retain(|i| *i != id);
@@ -696,7 +785,9 @@ impl PatternMiner {
         }
         let old_bucket = match self.patterns.get_mut(&survivor) {
             Some(p) => {
-                p.tokens[at] = WILDCARD.to_string();
+                if let Some(t) = at.and_then(|at| p.tokens.get_mut(at)) {
+                    *t = WILDCARD.to_string();
+                }
                 p.bucket
             }
             None => return survivor,
@@ -720,6 +811,35 @@ impl PatternMiner {
         }
         self.file_siblings(survivor);
         survivor
+    }
+
+    /// After a merge: a pattern whose bucket was picked by words now proven to vary joins the
+    /// pattern its other words lead to, when it is as similar to it as a line would have to be
+    /// (a host's pattern started before the host proved to vary, whose other words kept it out
+    /// of every sibling group, would otherwise stay apart for good). Merges are rare, and so is
+    /// this pass over the patterns.
+    fn rehome(&mut self) {
+        let mut ids: Vec<u64> = self.patterns.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            let Some(p) = self.patterns.get(&id) else { continue };
+            let tokens: Vec<Cow<'_, str>> = p.tokens.iter().map(|t| Cow::Owned(t.clone())).collect();
+            let bucket = p.bucket;
+            let other = match self.pass_over_varying(&tokens) {
+                Some(passed) => self.bucket_of(&passed),
+                None => bucket,
+            };
+            let found = [bucket, other]
+                .into_iter()
+                .filter_map(|b| self.best_in_except(b, &tokens, id))
+                .max_by(|a, b| a.1.total_cmp(&b.1));
+            if let Some((target, sim)) = found
+                && sim >= self.config.similarity
+            {
+                let survivor = self.merge_into_oldest(&[target, id], None);
+                self.lead_to(survivor, bucket);
+            }
+        }
     }
 
     /// Makes bucket `b` lead to pattern `id` too.
@@ -899,18 +1019,43 @@ mod tests {
         // "VM Started" and "VM Paused" are different events, however many of the family
         // there are: their words never stand before other kinds of line.
         let mut m = PatternMiner::default();
-        let mut ids = std::collections::BTreeSet::new();
+        let mut ids = Vec::new();
         for i in 0..200 {
             let state = ["Started", "Paused", "Resumed", "Stopped"][i % 4];
             let a = m.add(
                 &format!("[instance: {i:08x}-77aa] VM {state} (Lifecycle Event)"),
                 i as i64,
             );
-            ids.insert(m.resolve(a.pattern_id));
+            ids.push(a.pattern_id);
         }
+        let ids: std::collections::BTreeSet<u64> = ids.iter().map(|id| m.resolve(*id)).collect();
         assert_eq!(
             ids.len(),
             4,
+            "{:?}",
+            m.patterns().map(Pattern::template).collect::<Vec<_>>()
+        );
+        assert!(m.patterns().all(|p| p.tokens.contains(&"VM".to_string())));
+
+        // Two words that take each other's place before several kinds of line ("instruction"
+        // and "data" cache, address, TLB) are a pair of events each time, not a variable: a
+        // host is exchanged for many.
+        let mut m = PatternMiner::default();
+        let mut ids = Vec::new();
+        for i in 0..300 {
+            let unit = ["instruction", "data"][i % 2];
+            let line = match (i / 2) % 3 {
+                0 => format!("{unit} cache parity error corrected at 0x{i:x}"),
+                1 => format!("{unit} address: 0x{i:08x}"),
+                _ => format!("{unit} TLB error interrupt {i}"),
+            };
+            let id = m.add(&line, i as i64).pattern_id;
+            ids.push(id);
+        }
+        let ids: std::collections::BTreeSet<u64> = ids.iter().map(|id| m.resolve(*id)).collect();
+        assert_eq!(
+            ids.len(),
+            6,
             "{:?}",
             m.patterns().map(Pattern::template).collect::<Vec<_>>()
         );
