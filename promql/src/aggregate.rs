@@ -10,6 +10,7 @@ use promql_parser::parser::{AggregateExpr, LabelModifier};
 use crate::eval::Evaluator;
 use crate::functions::quantile;
 use crate::json::format_value;
+use crate::numeric::{compensated_variance, running_mean};
 use crate::value::{Error, Labels, METRIC_NAME, Value, VectorElement};
 
 pub(crate) fn eval(ev: &Evaluator<'_, '_>, a: &AggregateExpr, t: i64) -> Result<Value, Error> {
@@ -74,13 +75,13 @@ pub(crate) fn eval(ev: &Evaluator<'_, '_>, a: &AggregateExpr, t: i64) -> Result<
         let single = |v: f64| VectorElement { labels: key.clone(), v };
         match op {
             T_SUM => out.push(single(values.iter().sum())),
-            T_AVG => out.push(single(mean(&values))),
+            T_AVG => out.push(single(running_mean(values.iter().copied()))),
             T_COUNT => out.push(single(values.len() as f64)),
             T_GROUP => out.push(single(1.0)),
             T_MIN => out.push(single(extreme(&values, |a, b| a < b))),
             T_MAX => out.push(single(extreme(&values, |a, b| a > b))),
-            T_STDVAR => out.push(single(variance(&values))),
-            T_STDDEV => out.push(single(variance(&values).sqrt())),
+            T_STDVAR => out.push(single(compensated_variance(values.iter().copied()))),
+            T_STDDEV => out.push(single(compensated_variance(values.iter().copied()).sqrt())),
             T_QUANTILE => out.push(single(quantile(param.unwrap_or(f64::NAN), values))),
             T_TOPK | T_BOTTOMK => {
                 let k = param.unwrap_or(0.0);
@@ -153,29 +154,10 @@ pub(crate) fn valid_label_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-pub(crate) fn mean(values: &[f64]) -> f64 {
-    if values.is_empty() {
-        return f64::NAN;
-    }
-    values.iter().sum::<f64>() / values.len() as f64
-}
-
 /// `min`/`max`: NaN only when every value is NaN.
 pub(crate) fn extreme(values: &[f64], better: impl Fn(f64, f64) -> bool) -> f64 {
     values
         .iter()
         .copied()
         .fold(f64::NAN, |acc, v| if acc.is_nan() || better(v, acc) { v } else { acc })
-}
-
-/// Population variance (Prometheus' `stdvar`), by Welford's method.
-pub(crate) fn variance(values: &[f64]) -> f64 {
-    let (mut n, mut mean, mut m2) = (0.0, 0.0, 0.0);
-    for &v in values {
-        n += 1.0;
-        let delta = v - mean;
-        mean += delta / n;
-        m2 += delta * (v - mean);
-    }
-    if n == 0.0 { f64::NAN } else { m2 / n }
 }

@@ -120,10 +120,24 @@ pub(crate) struct Query<'a> {
     data: HashMap<usize, Vec<Series>>,
     /// Subqueries evaluated over an evaluator's whole range, by (node, range).
     subqueries: RefCell<HashMap<SubqueryKey, Rc<Vec<Series>>>>,
+    /// `label_replace`'s regular expressions, compiled once per query rather than at every
+    /// step (its pattern is a string literal, so a query holds few).
+    regexes: RefCell<HashMap<String, Rc<regex::Regex>>>,
     samples: Cell<usize>,
 }
 
 impl<'a> Query<'a> {
+    /// `pattern` anchored and compiled, as `label_replace` matches it (whole value, `.` across
+    /// newlines); compiled once per query.
+    pub(crate) fn anchored_regex(&self, pattern: &str) -> Result<Rc<regex::Regex>, regex::Error> {
+        if let Some(re) = self.regexes.borrow().get(pattern) {
+            return Ok(Rc::clone(re));
+        }
+        let re = Rc::new(regex::Regex::new(&format!("^(?s:{pattern})$"))?);
+        self.regexes.borrow_mut().insert(pattern.to_string(), Rc::clone(&re));
+        Ok(re)
+    }
+
     fn load(storage: &dyn Storage, expr: &Expr, start: i64, end: i64, opts: &'a Options) -> Result<Query<'a>, Error> {
         let mut q = Query {
             opts,
@@ -132,6 +146,7 @@ impl<'a> Query<'a> {
             end,
             data: HashMap::new(),
             subqueries: RefCell::new(HashMap::new()),
+            regexes: RefCell::new(HashMap::new()),
             samples: Cell::new(0),
         };
         let mut needs: HashMap<usize, Needs<'_>> = HashMap::new();

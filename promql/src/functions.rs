@@ -3,8 +3,9 @@
 
 use promql_parser::parser::{Call, Expr};
 
-use crate::aggregate::{extreme, mean, variance};
+use crate::aggregate::extreme;
 use crate::eval::{Evaluator, Window};
+use crate::numeric::{compensated_variance, kahan_sum, kahan_sum_inc, running_mean};
 use crate::value::{Error, Labels, METRIC_NAME, Sample, Value, VectorElement, drop_name};
 
 mod calendar;
@@ -67,13 +68,17 @@ pub(crate) fn call(ev: &Evaluator<'_, '_>, c: &Call, t: i64) -> Result<Value, Er
             }
             over_range(ev, arg(0)?, t, true, |_, s| holt_winters(s, sf, tf))?
         }
-        "avg_over_time" => over_range(ev, arg(0)?, t, true, |_, s| Some(mean(&values(s))))?,
-        "sum_over_time" => over_range(ev, arg(0)?, t, true, |_, s| Some(s.iter().map(|p| p.v).sum()))?,
+        "avg_over_time" => over_range(ev, arg(0)?, t, true, |_, s| Some(running_mean(s.iter().map(|p| p.v))))?,
+        "sum_over_time" => over_range(ev, arg(0)?, t, true, |_, s| Some(kahan_sum(s.iter().map(|p| p.v))))?,
         "count_over_time" => over_range(ev, arg(0)?, t, true, |_, s| Some(s.len() as f64))?,
         "min_over_time" => over_range(ev, arg(0)?, t, true, |_, s| Some(extreme(&values(s), |a, b| a < b)))?,
         "max_over_time" => over_range(ev, arg(0)?, t, true, |_, s| Some(extreme(&values(s), |a, b| a > b)))?,
-        "stdvar_over_time" => over_range(ev, arg(0)?, t, true, |_, s| Some(variance(&values(s))))?,
-        "stddev_over_time" => over_range(ev, arg(0)?, t, true, |_, s| Some(variance(&values(s)).sqrt()))?,
+        "stdvar_over_time" => over_range(ev, arg(0)?, t, true, |_, s| {
+            Some(compensated_variance(s.iter().map(|p| p.v)))
+        })?,
+        "stddev_over_time" => over_range(ev, arg(0)?, t, true, |_, s| {
+            Some(compensated_variance(s.iter().map(|p| p.v)).sqrt())
+        })?,
         "present_over_time" => over_range(ev, arg(0)?, t, true, |_, _| Some(1.0))?,
         // The one range function that keeps the metric name.
         "last_over_time" => over_range(ev, arg(0)?, t, false, |_, s| s.last().map(|p| p.v))?,
@@ -334,15 +339,19 @@ fn linear_regression(s: &[Sample], intercept_ms: i64) -> (f64, f64) {
             (0.0, first)
         };
     }
-    let (mut n, mut sx, mut sy, mut sxy, mut sx2) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    // Compensated sums, as Prometheus keeps them: `deriv` of a large counter moving by
+    // fractions loses its slope to rounding otherwise (2.42 answers 0.006464646464646465 for
+    // 1e15 + 0.37·i a minute, a plain sum 0.007757575757575757).
+    let (mut n, mut sx, mut sy, mut sxy, mut sx2) = (0.0, (0.0, 0.0), (0.0, 0.0), (0.0, 0.0), (0.0, 0.0));
     for p in s {
         let x = (p.t - intercept_ms) as f64 / 1000.0;
         n += 1.0;
-        sx += x;
-        sy += p.v;
-        sxy += x * p.v;
-        sx2 += x * x;
+        sx = kahan_sum_inc(x, sx.0, sx.1);
+        sy = kahan_sum_inc(p.v, sy.0, sy.1);
+        sxy = kahan_sum_inc(x * p.v, sxy.0, sxy.1);
+        sx2 = kahan_sum_inc(x * x, sx2.0, sx2.1);
     }
+    let (sx, sy, sxy, sx2) = (sx.0 + sx.1, sy.0 + sy.1, sxy.0 + sxy.1, sx2.0 + sx2.1);
     let cov = sxy - sx * sy / n;
     let var = sx2 - sx * sx / n;
     let slope = cov / var;

@@ -22,6 +22,7 @@ mod binary;
 mod eval;
 mod functions;
 pub mod json;
+mod numeric;
 mod plan;
 mod value;
 

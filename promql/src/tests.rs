@@ -456,3 +456,51 @@ fn review_findings_answer_as_prometheus_does() {
     // Exactly 11,000 steps is allowed.
     assert!(range_query(&store(), "up", T0, T0 + 11_000, 1, &Options::default()).is_ok());
 }
+
+/// Answers to the last digit, as Prometheus 2.42 gives them for the same samples (`promtool
+/// test rules`): compensated sums in `sum_over_time`, `stddev`, `stddev_over_time` and `deriv`,
+/// compensated running means in `avg` and `avg_over_time`, a plain sum in `sum`.
+#[test]
+fn float_arithmetic_agrees_with_prometheus_to_the_last_digit() {
+    let s = Memory(
+        vec![
+            series(&[("__name__", "x")], 60, 4, |i| [1e100, 1.0, -1e100, 0.0][i as usize]),
+            series(&[("__name__", "z")], 60, 10, |i| (i + 1) as f64 / 10.0),
+            series(&[("__name__", "r")], 60, 11, |i| 1e15 + i as f64 * 0.37),
+            series(&[("__name__", "big"), ("a", "1")], 60, 1, |_| 1e308),
+            series(&[("__name__", "big"), ("a", "2")], 60, 1, |_| 1e308),
+            series(&[("__name__", "s"), ("a", "1")], 60, 1, |_| 1e100),
+            series(&[("__name__", "s"), ("a", "2")], 60, 1, |_| 1.0),
+            series(&[("__name__", "s"), ("a", "3")], 60, 1, |_| -1e100),
+        ]
+        .into_iter()
+        .chain((1..=10).map(|i| {
+            let name = format!("{i:02}");
+            series(&[("__name__", "tenth"), ("a", &name)], 60, 1, move |_| {
+                f64::from(i) / 10.0
+            })
+        }))
+        .collect(),
+    );
+    let one = |q: &str, t_ms: i64| match instant_query(&s, q, t_ms, &Options::default()) {
+        Ok(Value::Vector(v)) if v.len() == 1 => v[0].v,
+        other => panic!("{q}: {other:?}"),
+    };
+    assert_eq!(one("sum_over_time(x[3m])", T0 + 180_000), 1.0);
+    assert_eq!(one("avg_over_time(x[3m])", T0 + 180_000), 0.0);
+    assert_eq!(one("stdvar_over_time(x[3m])", T0 + 180_000), 5e199);
+    assert_eq!(one("stddev_over_time(z[10m])", T0 + 540_000), 0.287_228_132_326_901_4);
+    assert_eq!(one("avg_over_time(z[10m])", T0 + 540_000), 0.55);
+    assert_eq!(one("deriv(r[10m])", T0 + 600_000), 0.006_464_646_464_646_465);
+    assert_eq!(
+        one("predict_linear(r[10m], 0)", T0 + 600_000),
+        1.000_000_000_000_003_9e15
+    );
+    assert_eq!(one("avg(big)", T0), 1e308);
+    assert_eq!(one("sum(big)", T0), f64::INFINITY);
+    assert_eq!(one("sum(s)", T0), 0.0);
+    assert_eq!(one("avg(s)", T0), 0.0);
+    assert_eq!(one("stddev(s)", T0), 8.164_965_809_277_261e99);
+    assert_eq!(one("avg(tenth)", T0), 0.55);
+    assert_eq!(one("stddev(tenth)", T0), 0.287_228_132_326_901_4);
+}

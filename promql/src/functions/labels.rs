@@ -1,7 +1,6 @@
 //! `label_replace` and `label_join`.
 
 use promql_parser::parser::Expr;
-use regex::Regex;
 
 use crate::aggregate::valid_label_name;
 use crate::eval::Evaluator;
@@ -17,8 +16,9 @@ pub(super) fn label_replace(ev: &Evaluator<'_, '_>, args: &[&Expr], t: i64) -> R
         ev.string(src, t)?,
         ev.string(regex, t)?,
     );
-    let re = Regex::new(&format!("^(?s:{pattern})$"))
-        .map_err(|e| Error::Execution(format!("invalid regular expression in label_replace(): {e}")))?;
+    let re =
+        ev.q.anchored_regex(&pattern)
+            .map_err(|e| Error::Execution(format!("invalid regular expression in label_replace(): {e}")))?;
     if !valid_label_name(&dst) {
         return Err(Error::Execution(format!(
             "invalid destination label name in label_replace(): {dst}"
