@@ -55,6 +55,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnO
     let metrics = Arc::new(Metrics::default());
     let store = Arc::new(Store::open(&data_dir.join("index"), Arc::clone(&metrics))?);
     let patterns = Arc::new(PatternCatalog::open(data_dir.join("index").join("patterns.json")));
+    let metric_help = Arc::new(crate::process::MetricHelp::default());
     let dedup = BatchDedup::new(config.wal.dedup_window_secs, config.wal.dedup_max_ids);
     let dedup_path = data_dir.join("batch-ids");
     let loaded = dedup
@@ -104,7 +105,12 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnO
         Box::new(move |updates| bridge.on_incidents(updates)),
     )
     .with_context(|| format!("cannot open anomaly store in {}", data_dir.join("detect").display()))?;
-    let mut stage = crate::process::Stage::new(store.schemas.clone(), Arc::clone(&patterns), indexer);
+    let mut stage = crate::process::Stage::new(
+        store.schemas.clone(),
+        Arc::clone(&patterns),
+        Arc::clone(&metric_help),
+        indexer,
+    );
     stage.set_pipeline(pipeline.clone());
     let pipeline_stop = pipeline.clone();
 
@@ -176,6 +182,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnO
                 .context("cannot open the investigations store")?,
         ),
         patterns: Arc::clone(&patterns),
+        metric_help,
         prom_queries: Arc::new(tokio::sync::Semaphore::new(config.api.max_concurrent_queries)),
     };
     let alerting_stop = CancellationToken::new();

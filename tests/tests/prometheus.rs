@@ -448,6 +448,26 @@ async fn promtool_gets_the_same_answers_from_vigil_as_from_prometheus() -> Resul
             "{label}: {labels}"
         );
     }
+    // Help texts, as Grafana's metric browser shows them: the `# HELP` node-exporter wrote,
+    // carried by the metadata Prometheus remote-writes, the same from Vigil as from Prometheus.
+    let theirs_meta = format!(
+        "http://127.0.0.1:{}/api/v1/metadata?metric=node_load1",
+        scraped.prometheus_port
+    );
+    let (_, expected) = get_json(&client, &theirs_meta).await?;
+    let expected = expected["data"]["node_load1"][0]["help"].clone();
+    assert!(expected.as_str().is_some_and(|h| !h.is_empty()), "{expected}");
+    let ours_meta = vigil.api_url("/prometheus/api/v1/metadata?metric=node_load1");
+    eventually(Duration::from_secs(30), "node_load1's help text in Vigil", || {
+        let (client, url, expected) = (&client, ours_meta.as_str(), &expected);
+        async move {
+            let (status, meta) = get_json(client, url).await?;
+            anyhow::ensure!(status == 200, "{meta}");
+            anyhow::ensure!(meta["data"]["node_load1"][0]["type"] == "gauge", "{meta}");
+            Ok((meta["data"]["node_load1"][0]["help"] == *expected).then_some(()))
+        }
+    })
+    .await?;
     let url = reqwest::Url::parse_with_params(&vigil.api_url("/prometheus/api/v1/series"), &[("match[]", "up")])?;
     let (status, series) = get_json(&client, url.as_str()).await?;
     assert_eq!(status, 200, "{series}");

@@ -52,6 +52,8 @@ pub(crate) struct ApiState {
     pub investigations: Arc<crate::investigations::InvestigationStore>,
     /// The log pattern catalogue: templates and first sightings of the ids in the index.
     pub patterns: Arc<crate::process::PatternCatalog>,
+    /// Help texts of metrics, for the Prometheus `metadata` API.
+    pub metric_help: Arc<crate::process::MetricHelp>,
     /// Slots for PromQL queries and Prometheus listings (`api.max_concurrent_queries`).
     pub prom_queries: Arc<tokio::sync::Semaphore>,
 }

@@ -4,6 +4,7 @@
 //! as Prometheus takes them; errors are Prometheus' error JSON with its status codes.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
@@ -336,7 +337,8 @@ pub(super) async fn label_values(
     reply(result)
 }
 
-/// `GET /prometheus/api/v1/metadata`: each metric's type and unit (help texts are not kept).
+/// `GET /prometheus/api/v1/metadata`: each metric's type, help text (its OTLP description, or
+/// the `# HELP` remote write brought) and unit.
 pub(super) async fn metadata(State(state): State<ApiState>, uri: Uri, headers: HeaderMap) -> Response {
     let result = async {
         let params = Params::parse(&uri, &headers, &Bytes::new())?;
@@ -349,17 +351,19 @@ pub(super) async fn metadata(State(state): State<ApiState>, uri: Uri, headers: H
         };
         let end = now_ms().saturating_mul(1_000_000);
         let start = end - LISTING_WINDOW_MS * 1_000_000;
+        let help = Arc::clone(&state.metric_help);
         run_listing(&state, "prometheus_metadata", move |store| {
             let kinds = store.prom_metric_kinds(start, end).map_err(storage_error)?;
             let mut out = serde_json::Map::new();
-            for (name, (kind, unit)) in kinds {
+            for (name, kind) in kinds {
                 if metric.as_ref().is_some_and(|m| *m != name) {
                     continue;
                 }
                 if limit >= 0 && out.len() as i64 >= limit {
                     break;
                 }
-                out.insert(name, json!([{"type": kind, "help": "", "unit": unit}]));
+                let text = help.get(&kind.stored).unwrap_or_default();
+                out.insert(name, json!([{"type": kind.family, "help": text, "unit": kind.unit}]));
             }
             Ok(Json_::Object(out))
         })

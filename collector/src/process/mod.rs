@@ -9,6 +9,7 @@
 //! a second one.
 
 mod inputs;
+mod metric_help;
 mod patterns;
 
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use prost::Message;
 use inputs::{log_inputs, metric_inputs, span_inputs};
 
 use crate::pipeline::{DetectorInput, PipelineSender};
+pub(crate) use metric_help::MetricHelp;
 pub(crate) use patterns::PatternCatalog;
 
 use crate::storage::{Indexer, Schemas, TimedDocs, log_docs, metric_docs, span_docs};
@@ -73,6 +75,7 @@ pub(crate) struct Processed {
 pub(crate) fn process(
     schemas: &Schemas,
     patterns: &PatternCatalog,
+    help: &MetricHelp,
     payload: &Bytes,
     detect: bool,
 ) -> Result<Processed, String> {
@@ -107,6 +110,7 @@ pub(crate) fn process(
             span_docs(&schemas.spans, &r)
         }),
         Signal::Metrics => ExportMetricsServiceRequest::decode(batch.otlp.clone()).map(|r| {
+            help.learn(&r);
             if detect {
                 inputs = metric_inputs(&r);
             }
@@ -126,16 +130,23 @@ pub(crate) fn process(
 pub(crate) struct Stage {
     schemas: Schemas,
     patterns: Arc<PatternCatalog>,
+    help: Arc<MetricHelp>,
     last_pattern_save: Instant,
     indexer: Indexer,
     pipeline: Option<PipelineSender>,
 }
 
 impl Stage {
-    pub(crate) fn new(schemas: Schemas, patterns: Arc<PatternCatalog>, indexer: Indexer) -> Stage {
+    pub(crate) fn new(
+        schemas: Schemas,
+        patterns: Arc<PatternCatalog>,
+        help: Arc<MetricHelp>,
+        indexer: Indexer,
+    ) -> Stage {
         Stage {
             schemas,
             patterns,
+            help,
             last_pattern_save: Instant::now(),
             indexer,
             pipeline: None,
@@ -154,7 +165,13 @@ impl Stage {
 
     /// Processes entry `lsn` and hands it to both consumers.
     pub(crate) fn apply(&mut self, lsn: u64, payload: &Bytes) {
-        match process(&self.schemas, &self.patterns, payload, self.pipeline.is_some()) {
+        match process(
+            &self.schemas,
+            &self.patterns,
+            &self.help,
+            payload,
+            self.pipeline.is_some(),
+        ) {
             Ok(p) => {
                 if let Some(pipeline) = &self.pipeline {
                     pipeline.send(lsn, p.inputs);

@@ -35,6 +35,15 @@ const PROMETHEUS_SUFFIXES: [&str; 4] = ["_total", "_bucket", "_count", "_sum"];
 /// The store as a PromQL [`vigil_promql::Storage`].
 pub(crate) struct PromView<'a>(pub(crate) &'a Store);
 
+/// What the Prometheus `metadata` API says of a metric.
+pub(crate) struct MetricKind {
+    /// Prometheus' type: counter, gauge, histogram, summary or unknown.
+    pub(crate) family: &'static str,
+    pub(crate) unit: String,
+    /// The name it is stored under (its OTLP name), which its help text is kept by.
+    pub(crate) stored: String,
+}
+
 impl vigil_promql::Storage for PromView<'_> {
     fn select(&self, matchers: &[Matcher], start_ms: i64, end_ms: i64) -> Result<Vec<Series>, vigil_promql::Error> {
         let (start, end) = (start_ms.saturating_mul(1_000_000), end_ms.saturating_mul(1_000_000));
@@ -463,12 +472,13 @@ impl Store {
     }
 
     /// Every stored metric in `[start, end]` by Prometheus name, with its type
-    /// (`counter`, `gauge`, `histogram`, `summary`) and unit, read from one point of each.
+    /// (`counter`, `gauge`, `histogram`, `summary`), unit and stored (OTLP) name, read from
+    /// its newest point.
     pub(crate) fn prom_metric_kinds(
         &self,
         start_ns: i64,
         end_ns: i64,
-    ) -> Result<BTreeMap<String, (&'static str, String)>, QueryError> {
+    ) -> Result<BTreeMap<String, MetricKind>, QueryError> {
         let f = &self.schemas.metrics;
         let mut kinds = BTreeMap::new();
         for stored in self.metric_names(start_ns, end_ns, usize::MAX)? {
@@ -499,7 +509,10 @@ impl Store {
                 "summary" => "summary",
                 _ => "unknown",
             };
-            kinds.insert(prom_name(&stored, &kind, monotonic), (family, unit));
+            kinds.insert(
+                prom_name(&stored, &kind, monotonic),
+                MetricKind { family, unit, stored },
+            );
         }
         Ok(kinds)
     }

@@ -116,20 +116,41 @@ const HISTOGRAM: i32 = 3;
 const GAUGE_HISTOGRAM: i32 = 4;
 const SUMMARY: i32 = 5;
 
-/// What the receiver remembers between requests: metric family types from metadata.
+/// What the receiver remembers between requests: metric family types and help texts from
+/// metadata.
 #[derive(Default)]
 pub(crate) struct Families {
     types: Mutex<HashMap<String, i32>>,
+    help: Mutex<HashMap<String, String>>,
 }
 
 impl Families {
     fn learn(&self, metadata: &[MetricMetadata]) {
         let mut types = self.types.lock().unwrap_or_else(|e| e.into_inner());
+        let mut help = self.help.lock().unwrap_or_else(|e| e.into_inner());
         for m in metadata {
             if types.len() < MAX_KNOWN_FAMILIES || types.contains_key(&m.metric_family_name) {
                 types.insert(m.metric_family_name.clone(), m.r#type);
+                if !m.help.is_empty() {
+                    help.insert(m.metric_family_name.clone(), m.help.clone());
+                }
             }
         }
+    }
+
+    /// The `# HELP` text of the series `name`: its family's (`foo` for `foo_bucket`,
+    /// `foo_count` and `foo_sum` of a histogram or summary), if metadata brought one. It
+    /// travels as the OTLP metric's description.
+    fn help_of(&self, name: &str) -> String {
+        let help = self.help.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(text) = help.get(name) {
+            return text.clone();
+        }
+        ["_bucket", "_count", "_sum"]
+            .iter()
+            .filter_map(|suffix| name.strip_suffix(suffix))
+            .find_map(|family| help.get(family).cloned())
+            .unwrap_or_default()
     }
 
     /// Whether the series `name` (with label `le` or not) accumulates: a monotonic cumulative
@@ -311,6 +332,7 @@ pub(crate) fn to_otlp(request: &WriteRequest, families: &Families) -> (ExportMet
                 .into_iter()
                 .filter(|(_, (_, points))| !points.is_empty())
                 .map(|(name, (cumulative, data_points))| Metric {
+                    description: families.help_of(&name),
                     name,
                     data: Some(if cumulative {
                         metric::Data::Sum(Sum {

@@ -100,6 +100,7 @@ fn metadata_decides_the_type_and_is_remembered_for_later_requests() {
         MetricMetadata {
             r#type: SUMMARY,
             metric_family_name: "rpc_duration_seconds".into(),
+            help: "RPC latency.".into(),
             ..Default::default()
         },
         MetricMetadata {
@@ -143,6 +144,21 @@ fn metadata_decides_the_type_and_is_remembered_for_later_requests() {
     assert_eq!(kind(&otlp, "http_requests_total"), "counter");
     assert_eq!(kind(&otlp, "latency_bucket"), "counter");
     assert_eq!(kind(&otlp, "temperature_celsius"), "gauge");
+    // The family's help travels as the description of each of its series.
+    let description = |name: &str| {
+        otlp.resource_metrics
+            .iter()
+            .flat_map(|r| &r.scope_metrics)
+            .flat_map(|s| &s.metrics)
+            .find(|m| m.name == name)
+            .map(|m| m.description.clone())
+    };
+    assert_eq!(description("rpc_duration_seconds").as_deref(), Some("RPC latency."));
+    assert_eq!(
+        description("rpc_duration_seconds_count").as_deref(),
+        Some("RPC latency.")
+    );
+    assert_eq!(description("weird_name").as_deref(), Some(""));
 }
 
 #[test]
