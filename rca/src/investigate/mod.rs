@@ -386,6 +386,7 @@ fn gather_with(input: &Input, index: &traces::TraceIndex<'_>) -> Vec<Evidence> {
     out.extend(logs::patterns(input, index));
     out.extend(logs::patterns_stopped(input));
     out.extend(metrics::shifts(input));
+    traces::settle_waits(&mut out);
     if !input.services.is_empty() {
         out.retain(|e| input.services.iter().any(|s| s == &e.service));
     }

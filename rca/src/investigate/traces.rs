@@ -55,6 +55,26 @@ impl<'a> TraceIndex<'a> {
         }
     }
 
+    /// The service a span waited on: for a call into one other service — a span nested in
+    /// its own service's work (its parent is of the same service) whose children are all that
+    /// other service's — the time the call took beyond the callee's own span (the network,
+    /// and the queue the request sat in before the callee began its work) belongs to the
+    /// callee, not to the caller that made the call. A service starved of CPU shows that way:
+    /// its spans stay short, its callers' calls into it grow. A span that is the entry of its
+    /// service's work (a root, or called from another service) does its own work around the
+    /// calls it makes, and keeps its time.
+    pub(crate) fn waited_on(&self, i: usize) -> Option<&'a str> {
+        let s = &self.spans[i];
+        let nested = self
+            .lookup(&s.trace_id, &s.parent_span_id)
+            .is_some_and(|p| self.spans[p].service == s.service);
+        let callees = &self.child_services[i];
+        match callees.iter().next() {
+            Some(callee) if nested && callees.len() == 1 && *callee != s.service.as_str() => Some(callee),
+            _ => None,
+        }
+    }
+
     /// The operation as shown for the service it is charged to.
     pub(crate) fn charged_operation(&self, i: usize) -> String {
         let s = &self.spans[i];
@@ -132,24 +152,35 @@ fn active_minutes(input: &Input) -> (BTreeSet<i64>, BTreeSet<i64>) {
     (baseline, window)
 }
 
+/// How the operation of a call's wait is named, before the caller and its operation.
+const WAITING: &str = "calls from ";
+
 /// Operations whose median self time in the window is far above the medians the same
-/// operation had minute by minute in the baseline.
+/// operation had minute by minute in the baseline. The self time of a call into one other
+/// service is that service's wait ([`TraceIndex::waited_on`]).
 pub(crate) fn self_time(input: &Input, index: &TraceIndex<'_>) -> Vec<Evidence> {
     type Key<'a> = (&'a str, String);
     let mut baseline: HashMap<Key<'_>, BTreeMap<i64, Vec<f64>>> = HashMap::new();
     let mut window: HashMap<Key<'_>, Vec<(f64, usize)>> = HashMap::new();
     for (i, s) in input.spans.iter().enumerate() {
-        let key = (index.charged_service(i), index.charged_operation(i));
+        let own = (index.charged_service(i), index.charged_operation(i));
+        // A call's wait is evidence on both ends: a starved callee queues the request, a
+        // starved caller is late to read the answer. Other evidence decides between them.
+        let waited = index
+            .waited_on(i)
+            .map(|callee| (callee, format!("{WAITING}{} ({})", s.service, s.operation)));
         let ms = index.self_ns(i) as f64 / 1e6;
-        if input.window.contains_ns(s.start_ns) {
-            window.entry(key).or_default().push((ms, i));
-        } else if input.baseline.contains_ns(s.start_ns) {
-            baseline
-                .entry(key)
-                .or_default()
-                .entry(Input::minute_of(input.window, s.start_ns))
-                .or_default()
-                .push(ms);
+        for key in std::iter::once(own).chain(waited) {
+            if input.window.contains_ns(s.start_ns) {
+                window.entry(key).or_default().push((ms, i));
+            } else if input.baseline.contains_ns(s.start_ns) {
+                baseline
+                    .entry(key)
+                    .or_default()
+                    .entry(Input::minute_of(input.window, s.start_ns))
+                    .or_default()
+                    .push(ms);
+            }
         }
     }
     let mut out = Vec::new();
@@ -178,14 +209,23 @@ pub(crate) fn self_time(input: &Input, index: &TraceIndex<'_>) -> Vec<Evidence> 
                 break;
             }
         }
-        let sentence = format!(
-            "{} {}: its own time (without the calls it makes) was {} at the median over {} requests, against {} before",
-            key.0,
-            key.1,
-            fmt_ms(after),
-            spans.len(),
-            fmt_ms(before)
-        );
+        let sentence = match key.1.strip_prefix(WAITING) {
+            Some(caller) => format!(
+                "{}: calls into it from {caller} took {} at the median over {} requests beyond its own spans, against {} before (time on the network or queued before it began the work)",
+                key.0,
+                fmt_ms(after),
+                spans.len(),
+                fmt_ms(before)
+            ),
+            None => format!(
+                "{} {}: its own time (without the calls it makes) was {} at the median over {} requests, against {} before",
+                key.0,
+                key.1,
+                fmt_ms(after),
+                spans.len(),
+                fmt_ms(before)
+            ),
+        };
         out.push(Evidence {
             operation: Some(key.1.to_string()),
             samples,
@@ -201,6 +241,50 @@ pub(crate) fn self_time(input: &Input, index: &TraceIndex<'_>) -> Vec<Evidence> 
         });
     }
     out
+}
+
+/// The caller named in a callee's wait evidence.
+fn waiting_caller(e: &Evidence) -> Option<&str> {
+    if e.kind != EvidenceKind::SelfTime {
+        return None;
+    }
+    let rest = e.signal.strip_prefix(WAITING)?;
+    Some(rest.rsplit_once(" (").map_or(rest, |(caller, _)| caller))
+}
+
+/// Decides, for each call whose wait grew, which end it speaks against — the caller keeps
+/// its own evidence of the same spans either way. One caller waiting longer on several
+/// callees is the common factor (a starved caller is late to read every answer): the
+/// callees' copies are dropped. Several callers waiting longer on one callee point at it:
+/// kept. One caller and one callee: the wait only corroborates — kept for a callee that
+/// shows something else too (its CPU, its errors), dropped otherwise.
+pub(crate) fn settle_waits(evidence: &mut Vec<Evidence>) {
+    let mut callees_of: HashMap<String, BTreeSet<String>> = HashMap::new();
+    let mut callers_of: HashMap<String, BTreeSet<String>> = HashMap::new();
+    let mut other: HashSet<String> = HashSet::new();
+    for e in evidence.iter() {
+        match waiting_caller(e) {
+            Some(caller) => {
+                callees_of
+                    .entry(caller.to_string())
+                    .or_default()
+                    .insert(e.service.clone());
+                callers_of
+                    .entry(e.service.clone())
+                    .or_default()
+                    .insert(caller.to_string());
+            }
+            None => {
+                other.insert(e.service.clone());
+            }
+        }
+    }
+    evidence.retain(|e| {
+        let Some(caller) = waiting_caller(e) else { return true };
+        let fan_out = callees_of.get(caller).map_or(0, BTreeSet::len);
+        let fan_in = callers_of.get(&e.service).map_or(0, BTreeSet::len);
+        fan_in > fan_out || (fan_in == fan_out && other.contains(&e.service))
+    });
 }
 
 /// Operations where more requests failed than in the baseline, counting a failure only
