@@ -1,7 +1,9 @@
 //! Pattern-miner throughput on one core, against a baseline measured in the same run:
 //! the bare cost of splitting the same lines on whitespace and hashing every token.
 //!
-//! Run: `cargo bench -p vigil-detectors --bench patterns` (BENCH_LINES, default 2 M).
+//! Run: `cargo bench -p vigil-detectors --bench patterns` (BENCH_LINES, default 2 M;
+//! BENCH_WORD_HOSTS=N puts one of N host names made of words before every line, which the
+//! miner has to learn are variables: the path that merges patterns).
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -24,7 +26,7 @@ const TEMPLATES: [&str; 12] = [
     "slow query: SELECT * FROM items WHERE id = {} took {} ms",
 ];
 
-fn lines(n: usize) -> Vec<String> {
+fn lines(n: usize, hosts: u64) -> Vec<String> {
     let mut x: u64 = 0x2545_f491_4f6c_dd1d;
     let mut next = || {
         x ^= x << 13;
@@ -38,6 +40,19 @@ fn lines(n: usize) -> Vec<String> {
             while line.contains("{}") {
                 line = line.replacen("{}", &(next() % 1_000_000).to_string(), 1);
             }
+            if hosts > 0 {
+                // Letters only: "web-" and the host's number spelt in base 26.
+                let mut h = next() % hosts;
+                let mut name = String::from("web-");
+                loop {
+                    name.push((b'a' + (h % 26) as u8) as char);
+                    h /= 26;
+                    if h == 0 {
+                        break;
+                    }
+                }
+                line = format!("{name} {line}");
+            }
             line
         })
         .collect()
@@ -48,7 +63,11 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2_000_000);
-    let input = lines(n);
+    let hosts: u64 = std::env::var("BENCH_WORD_HOSTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let input = lines(n, hosts);
     let mb = input.iter().map(|l| l.len() + 1).sum::<usize>() as f64 / 1e6;
 
     let started = Instant::now();
@@ -80,5 +99,5 @@ fn main() {
         mb / mined,
         mined / baseline
     );
-    println!("  patterns: {}", miner.len());
+    println!("  patterns: {} (word hosts: {hosts})", miner.len());
 }

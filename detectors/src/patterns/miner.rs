@@ -141,11 +141,14 @@ pub struct PatternMiner {
     siblings: HashMap<u64, Vec<u64>>,
     /// Merged-away id -> the id it was merged into (bounded like the patterns).
     aliases: BTreeMap<u64, u64>,
-    /// A bucket-picking word at a position -> the sibling keys (rests) it was seen beside,
-    /// up to four: two prove the word does not belong to one kind of line.
+    /// A bucket-picking word at a position -> what is known of it ([`WordSeen`]).
     spread: HashMap<u64, WordSeen>,
-    /// A merge happened during this line: re-home once the line is done.
+    /// A merge happened since the last re-homing pass.
     merged: bool,
+    /// The line count ([`PatternMiner::tick`]) before which no re-homing pass runs: a pass
+    /// reads every pattern, so passes are spaced by as many lines as there are patterns
+    /// (constant work per line however often patterns merge).
+    rehome_at: u64,
 }
 
 /// What is known of one bucket-picking word at one position.
@@ -224,6 +227,7 @@ impl PatternMiner {
             aliases: BTreeMap::new(),
             spread: HashMap::new(),
             merged: false,
+            rehome_at: 0,
         }
     }
 
@@ -318,11 +322,12 @@ impl PatternMiner {
     /// Assigns a line to a pattern, learning as it goes. `ts_ns` is the line's event time.
     pub fn add(&mut self, line: &str, ts_ns: i64) -> Assignment {
         let a = self.add_line(line, ts_ns);
-        if !self.merged {
+        if !self.merged || self.tick < self.rehome_at {
             return a;
         }
         self.rehome();
         self.merged = false;
+        self.rehome_at = self.tick + self.patterns.len() as u64;
         let id = self.resolve(a.pattern_id);
         Assignment {
             pattern_id: id,
