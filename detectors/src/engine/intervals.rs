@@ -432,7 +432,7 @@ impl Engine {
                 name: format!("log pattern {pattern} \"{template}\""),
                 labels: BTreeMap::from([("pattern".to_string(), pattern.to_string())]),
             };
-            let opens = self.opens(DetectorKind::LogPatternRate, &key, 0);
+            let opens = self.opens(DetectorKind::LogPatternRate, &key, n, 1.0 / per_min);
             self.score_inner(
                 &key,
                 DetectorKind::LogPatternRate,
@@ -454,7 +454,7 @@ impl Engine {
                 name: "error logs".into(),
                 labels: BTreeMap::new(),
             };
-            let opens = self.opens(DetectorKind::LogErrorRate, &key, n);
+            let opens = self.opens(DetectorKind::LogErrorRate, &key, n, 1.0 / per_min);
             self.score_inner(
                 &key,
                 DetectorKind::LogErrorRate,
@@ -489,7 +489,7 @@ impl Engine {
                     name: format!("{what} of {service} {op}"),
                     labels: BTreeMap::from([("operation".to_string(), op.clone())]),
                 };
-                let opens = self.opens(DetectorKind::TraceRed, &key, red.errors);
+                let opens = self.opens(DetectorKind::TraceRed, &key, red.errors, red.requests as f64);
                 self.exemplars = match suffix {
                     "errors" => red.failing.clone(),
                     "p50" | "p95" | "p99" => red.slowest.iter().map(|(_, t)| t.clone()).collect(),
@@ -525,7 +525,7 @@ impl Engine {
         for key in silent {
             if let Some(t) = self.tracked.get(&key) {
                 let (kind, signal, unit) = (t.kind, t.signal.clone(), t.unit.clone());
-                let opens = self.opens(kind, &key, 0);
+                let opens = self.opens(kind, &key, 0, 0.0);
                 self.score_inner(&key, kind, signal, &unit, end, 0.0, true, false, opens);
             }
         }

@@ -9,11 +9,17 @@ impl Engine {
     /// the interval. Fewer errors than usual is good news: error rates and ratios open only
     /// when they rise, and only on enough errors (one error is thin evidence); so does the
     /// rate of a log pattern whose lines are warnings or errors.
-    pub(super) fn opens(&self, kind: DetectorKind, key: &str, errors: u64) -> Opens {
+    /// Which points of `key` may open a finding, for an interval holding `events` of it
+    /// (`per_value` of them per unit of its value).
+    pub(super) fn opens(&self, kind: DetectorKind, key: &str, events: u64, per_value: f64) -> Opens {
         let error_signal =
             kind == DetectorKind::LogErrorRate || (kind == DetectorKind::TraceRed && key.ends_with(":errors"));
         if error_signal {
-            return if errors >= MIN_ERRORS { Opens::Rise } else { Opens::No };
+            return if events >= MIN_ERRORS {
+                Opens::Rise { events, per_value }
+            } else {
+                Opens::No
+            };
         }
         // Keys are `lograte:{service}:{pattern}`.
         let warning_pattern = kind == DetectorKind::LogPatternRate
@@ -22,7 +28,11 @@ impl Engine {
                 .and_then(|(_, p)| p.parse::<u64>().ok())
                 .and_then(|p| self.pattern_severity.get(&p))
                 .is_some_and(|&s| s >= WARN_SEVERITY);
-        if warning_pattern { Opens::Rise } else { Opens::Any }
+        if warning_pattern {
+            Opens::Rise { events, per_value }
+        } else {
+            Opens::Any
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -113,7 +123,9 @@ impl Engine {
         let non_negative = matches!(t.unit.as_str(), "/s" | "/min" | "s" | "ratio");
         let may_open = match opens {
             Opens::Any => true,
-            Opens::Rise => point.value > point.expected,
+            Opens::Rise { events, per_value } => {
+                point.value > point.expected && chance::is_rare(events, point.upper.max(0.0) * per_value)
+            }
             Opens::No => false,
         };
         // `may_open` is false when the evidence is too thin to start a finding (one error

@@ -28,6 +28,7 @@ use crate::anomaly::{
 use crate::timeseries::peers::{PeerVerdict, peer_outliers};
 use crate::timeseries::{PointScore, SeriesConfig, SeriesDetector, Signal};
 
+mod chance;
 mod explain;
 mod intervals;
 mod lanes;
@@ -362,11 +363,17 @@ const MIN_ERRORS: u64 = 5;
 const WARN_SEVERITY: i32 = 13;
 
 /// Which points of a signal may open a finding (any may extend an open one).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 enum Opens {
     Any,
-    /// Only a value above the expected one: fewer errors than usual is good news.
-    Rise,
+    /// Only a value above the expected one (fewer errors than usual is good news) standing on
+    /// a count of `events` that chance would rarely give at the band's upper edge
+    /// ([`chance`]); `per_value` turns the signal's unit into events of this interval
+    /// (requests for a ratio, minutes per interval for a rate a minute).
+    Rise {
+        events: u64,
+        per_value: f64,
+    },
     /// None: the evidence is too thin (a single error in an interval).
     No,
 }

@@ -346,3 +346,34 @@ fn metric_points_with_bad_values_are_rejected_without_panic() {
     assert_eq!(e.stats().points_rejected, 3);
     assert_eq!(e.stats().points_scored, 2);
 }
+
+/// A service failing one or two requests of a hundred every minute: a minute with six is what
+/// chance gives now and then — beyond the band of the ratio, but not a finding (it opened the
+/// demo's error incident two minutes before the fault) — while twenty is one.
+#[test]
+fn a_few_errors_more_than_usual_are_chance_and_many_are_a_finding() {
+    let mut e = engine();
+    let errors_in = |m: i64| match m {
+        150 => 6,
+        170..=174 => 20,
+        _ => 1 + (m % 2) as u64,
+    };
+    for m in 0..185i64 {
+        let errors = errors_in(m);
+        for k in 0..100u64 {
+            let ts = T0 + m * MIN + (k as i64) * 600;
+            e.observe_span("cart", "GET /cart", ts, 0.05 + 0.01 * jitter(k), k < errors);
+        }
+    }
+    e.advance(T0 + 185 * MIN);
+    let ratio: Vec<Anomaly> = findings(&mut e)
+        .into_values()
+        .filter(|a| a.signal.key == "red:cart:GET /cart:errors" && a.score >= 0.5)
+        .collect();
+    let starts: Vec<i64> = ratio.iter().map(|a| (a.start_ms - T0) / MIN).collect();
+    assert_eq!(
+        starts,
+        vec![170],
+        "error-ratio findings began at minutes {starts:?}: {ratio:#?}"
+    );
+}

@@ -1,0 +1,90 @@
+//! How likely a count of events is by chance: the test that keeps a handful of errors in a
+//! quiet minute from opening a finding.
+//!
+//! A ratio or a per-minute rate learnt from history has a band, but the band says nothing of
+//! how many events a value stands on: 5 failures of 95 requests is 5.3 %, "beyond anything
+//! seen before" when the band ends at 3.3 %, and still what chance gives one minute in five
+//! when 3 a minute are usual. Counts of independent events are Poisson, so a count opens a
+//! finding only when at least that many would come by chance less than [`RARE`] of the time
+//! at the band's upper edge. With much traffic the band decides; with little, the count does.
+
+/// Chance below which a count is more than noise: one interval in a thousand.
+pub(super) const RARE: f64 = 1e-3;
+
+/// P(X ≥ `k`) for X ~ Poisson(`lambda`).
+pub(super) fn at_least(k: u64, lambda: f64) -> f64 {
+    if k == 0 {
+        return 1.0;
+    }
+    if !lambda.is_finite() || lambda <= 0.0 {
+        return if lambda.is_nan() || lambda > 0.0 { 1.0 } else { 0.0 };
+    }
+    if (k as f64) <= lambda {
+        // At or below the mean the tail holds about half the mass or more: never rare.
+        return 1.0;
+    }
+    // Sum the upper tail from k: its terms fall by λ/(i+1) < 1 each step, so it converges
+    // fast and, done in logs, neither e^-λ nor λ^k overflows.
+    let log_first = -lambda + k as f64 * lambda.ln() - ln_factorial(k);
+    let mut term = 1.0_f64;
+    let mut sum = 0.0_f64;
+    let mut i = k;
+    while term > 1e-12 * sum.max(1e-300) {
+        sum += term;
+        i += 1;
+        term *= lambda / i as f64;
+        if i - k > 100_000 {
+            break;
+        }
+    }
+    (log_first + sum.ln()).exp().min(1.0)
+}
+
+/// Whether `k` events are rarer than [`RARE`] where `lambda` are expected.
+pub(super) fn is_rare(k: u64, lambda: f64) -> bool {
+    at_least(k, lambda) < RARE
+}
+
+/// ln(k!): exact sums for small k, Stirling's series beyond (error below 1e-10 there).
+fn ln_factorial(k: u64) -> f64 {
+    if k < 64 {
+        return (2..=k).map(|i| (i as f64).ln()).sum();
+    }
+    let n = k as f64;
+    n * n.ln() - n + 0.5 * (2.0 * std::f64::consts::PI * n).ln() + 1.0 / (12.0 * n) - 1.0 / (360.0 * n.powi(3))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(got: f64, want: f64) -> bool {
+        (got - want).abs() <= 1e-6 * want.max(1e-300)
+    }
+
+    #[test]
+    fn poisson_tails_agree_with_direct_sums() {
+        // Reference values: 1 − Σ_{i<k} e^−λ λ^i / i!, summed in Python.
+        for (k, lambda, want) in [
+            (5, 3.1, 0.201_810_536_085_534),
+            (10, 3.1, 0.001_400_923_730_936_254),
+            (11, 3.1, 0.000_383_408_282_642_494_5),
+            (5, 1.43, 0.015_470_689_610_345_59),
+            (400, 330.0, 0.000_103_216_181_619_828_8),
+            (1000, 900.0, 0.000_549_902_265_711_945_1),
+            (30, 2.0, 5.855_318_609_378_531e-25),
+        ] {
+            let got = at_least(k, lambda);
+            assert!(close(got, want), "P(X ≥ {k} | λ = {lambda}) = {got}, want {want}");
+        }
+    }
+
+    #[test]
+    fn edges_are_certain_or_impossible() {
+        assert_eq!(at_least(0, 5.0), 1.0);
+        assert_eq!(at_least(3, 0.0), 0.0, "nothing expected: any count is news");
+        assert_eq!(at_least(3, 4.0), 1.0);
+        assert_eq!(at_least(3, f64::NAN), 1.0, "no band: not evidence");
+        assert!(!is_rare(5, 3.1) && is_rare(11, 3.1));
+    }
+}
