@@ -17,8 +17,9 @@ use crate::pipeline::IncidentStore;
 use crate::storage::Store;
 use crate::telemetry::Metrics;
 
-/// The window investigated: from a minute before the incident's first finding (its
-/// interval may have started late) to three minutes after it.
+/// The window investigated: from a minute before the incident's first symptom
+/// ([`Incident::symptom_start_ms`]: its interval may have started late) to three minutes
+/// after it.
 const BEFORE_MS: i64 = 60_000;
 const AFTER_MS: i64 = 180_000;
 /// How often incidents are looked at.
@@ -53,7 +54,7 @@ pub(crate) async fn run(
         let due: Vec<Incident> = incidents
             .query(0, i64::MAX, None, RECENT)
             .into_iter()
-            .filter(|i| i.start_ms + AFTER_MS <= event_ms)
+            .filter(|i| i.symptom_start_ms() + AFTER_MS <= event_ms)
             .filter(|i| kept.count_for_incident(&i.id) == 0 && !failed.contains(&i.id))
             .collect();
         for inc in due {
@@ -69,9 +70,10 @@ pub(crate) async fn run(
                 Arc::clone(&alerts),
             );
             let done = tokio::task::spawn_blocking(move || -> Result<(), String> {
+                let symptom_ms = inc.symptom_start_ms();
                 let request = Request {
-                    start: inc.start_ms - BEFORE_MS,
-                    end: inc.start_ms + AFTER_MS,
+                    start: symptom_ms - BEFORE_MS,
+                    end: symptom_ms + AFTER_MS,
                     baseline: None,
                     services: Vec::new(),
                     incident: Some(inc.id.clone()),

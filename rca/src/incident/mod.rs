@@ -218,6 +218,22 @@ impl Incident {
             Severity::from_score(peak.min(0.89))
         }
     }
+
+    /// When requests first went wrong: the earliest finding from logs or spans, or of a
+    /// metric showing the thing stopped; the incident's start when none is. Resource metrics
+    /// often move minutes before anyone feels trouble (load arriving, a pod settling) and
+    /// may pull the incident's start back with them when a symptom corroborates them;
+    /// what needs explaining is the symptom, so an investigation of the incident is
+    /// anchored here (on the replayed Nezha day, windows anchored at the start missed the
+    /// symptoms of most faults whose incidents began with such metrics).
+    pub fn symptom_start_ms(&self) -> i64 {
+        self.timeline
+            .iter()
+            .filter(|m| kind_family(m.detector) != "metrics" || m.stopped)
+            .map(|m| m.start_ms)
+            .min()
+            .unwrap_or(self.start_ms)
+    }
 }
 
 /// Joins anomalies into incidents and ranks their services. It has no clock of its own:

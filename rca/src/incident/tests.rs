@@ -467,3 +467,25 @@ fn one_failed_request_across_three_services_opens_nothing() {
     assert_eq!(opened.len(), 1);
     assert_eq!(opened[0].services, ["checkout", "frontend", "payment"]);
 }
+
+#[test]
+fn an_incident_is_investigated_from_its_first_symptom_not_its_first_metric() {
+    let topo = topology();
+    let mut c = Correlator::new(IncidentConfig::default());
+    // Pod metrics of payment move at 0 (load arriving); four minutes later its requests
+    // fail: one incident, dated from the metric, whose symptom began at 240 s.
+    c.observe(&anomaly("m", "payment", DetectorKind::Metric, 0, 0.8, true), &topo);
+    c.observe(&anomaly("e", "payment", DetectorKind::TraceRed, 240, 0.9, true), &topo);
+    let opened = c.drain();
+    assert_eq!(opened.len(), 1);
+    assert_eq!(opened[0].start_ms, T0);
+    assert_eq!(opened[0].symptom_start_ms(), T0 + 240_000);
+    // A metric showing the thing stopped is the symptom itself.
+    let mut stopped = opened[0].clone();
+    stopped
+        .timeline
+        .iter_mut()
+        .filter(|m| m.anomaly_id == "m")
+        .for_each(|m| m.stopped = true);
+    assert_eq!(stopped.symptom_start_ms(), T0);
+}
