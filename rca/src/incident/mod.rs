@@ -409,8 +409,13 @@ impl Correlator {
         let on_request_path = kinds.iter().any(|k| *k != "metrics");
         // Weak findings agreeing are still weak: one request that failed once logs a line
         // in every service on its path, and one odd point wobbles a few series. An incident
-        // needs at least one clear finding (a warning or worse).
-        let clear = group.iter().any(|m| m.score >= CLEAR_SCORE);
+        // needs at least one clear finding (a warning or worse), and a clear symptom: a CPU
+        // gauge a little past its band beside a one-off error line is a wobble and a blip
+        // (the demo paged a warning so during its warm-up); the metric may corroborate a
+        // symptom, not stand in for one.
+        let clear = group
+            .iter()
+            .any(|m| m.score >= CLEAR_SCORE && (kind_family(m.detector) != "metrics" || m.stopped));
         (clear && (kinds.len() >= 2 || (services.len() >= 3 && on_request_path))).then_some(group)
     }
 

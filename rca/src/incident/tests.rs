@@ -489,3 +489,25 @@ fn an_incident_is_investigated_from_its_first_symptom_not_its_first_metric() {
         .for_each(|m| m.stopped = true);
     assert_eq!(stopped.symptom_start_ms(), T0);
 }
+
+#[test]
+fn a_clear_metric_beside_a_weak_symptom_is_a_wobble_and_a_blip() {
+    let topo = topology();
+    // A one-off error line in checkout (weak) and frontend's CPU a little past its band
+    // (clear): two kinds of signal, but no clear symptom.
+    let mut c = Correlator::new(IncidentConfig::default());
+    c.observe(
+        &anomaly("log", "checkout", DetectorKind::LogNewPattern, 0, 0.6, true),
+        &topo,
+    );
+    c.observe(&anomaly("cpu", "frontend", DetectorKind::Metric, 30, 1.0, true), &topo);
+    assert!(c.drain().is_empty(), "a CPU wobble beside a blip paged");
+    // The same metric corroborating a clear symptom opens one.
+    c.observe(
+        &anomaly("err", "checkout", DetectorKind::TraceRed, 60, 0.8, true),
+        &topo,
+    );
+    let opened = c.drain();
+    assert_eq!(opened.len(), 1);
+    assert_eq!(opened[0].timeline.len(), 3);
+}
