@@ -68,7 +68,9 @@ pub struct IncidentConfig {
     /// Calls apart two services may be and still share an incident.
     pub max_hops: usize,
     /// A finding on a service not yet in an incident, starting this long after the incident
-    /// began, is a new fault, not more of it (a cascade reaches its services within minutes)…
+    /// began, is a new fault, not more of it (a cascade reaches its services within minutes;
+    /// the same span as [`IncidentConfig::corroboration_window_ms`], so what joins later is
+    /// what could have corroborated the opening)…
     pub max_spread_ms: i64,
     /// …and on a service already in it, after this long.
     pub max_join_age_ms: i64,
@@ -95,7 +97,7 @@ impl Default for IncidentConfig {
             join_window_ms: 10 * 60_000,
             resolve_after_ms: 5 * 60_000,
             max_hops: 2,
-            max_spread_ms: 10 * 60_000,
+            max_spread_ms: 5 * 60_000,
             max_join_age_ms: 30 * 60_000,
             max_quiet_join_ms: 2 * 60_000,
             corroboration_window_ms: 5 * 60_000,

@@ -511,3 +511,48 @@ fn a_clear_metric_beside_a_weak_symptom_is_a_wobble_and_a_blip() {
     assert_eq!(opened.len(), 1);
     assert_eq!(opened[0].timeline.len(), 3);
 }
+
+#[test]
+fn a_neighbour_going_wrong_minutes_into_an_incident_is_a_new_fault() {
+    let topo = topology();
+    let mut c = Correlator::new(IncidentConfig::default());
+    // payment fails for a quarter of an hour: logs and spans, still open.
+    let mut errors = anomaly("a", "payment", DetectorKind::LogErrorRate, 0, 0.9, true);
+    errors.end_ms = T0 + 15 * 60_000;
+    let mut spans = anomaly("b", "payment", DetectorKind::TraceRed, 0, 0.9, true);
+    spans.end_ms = T0 + 15 * 60_000;
+    c.observe(&errors, &topo);
+    c.observe(&spans, &topo);
+    let first = c.drain()[0].id.clone();
+    // Its caller slows three minutes in: the cascade, part of the same incident.
+    c.observe(
+        &anomaly("c", "checkout", DetectorKind::TraceRed, 3 * 60, 0.9, true),
+        &topo,
+    );
+    c.drain();
+    assert!(
+        c.incident(&first)
+            .is_some_and(|i| i.timeline.iter().any(|m| m.anomaly_id == "c"))
+    );
+    // frontend, two calls away and not yet in it, breaks seven minutes in — later than a
+    // cascade reaches its services and later than anything that could have corroborated
+    // the opening: a fault of its own, paged and ranked on its own.
+    c.observe(
+        &anomaly("d", "frontend", DetectorKind::LogErrorRate, 7 * 60, 0.9, true),
+        &topo,
+    );
+    c.observe(
+        &anomaly("e", "frontend", DetectorKind::TraceRed, 7 * 60, 0.9, true),
+        &topo,
+    );
+    let later = c.drain();
+    let own = later
+        .iter()
+        .find(|i| i.timeline.iter().any(|m| m.anomaly_id == "d"))
+        .unwrap_or_else(|| panic!("frontend opened an incident: {later:#?}"));
+    assert_ne!(own.id, first);
+    assert!(
+        c.incident(&first)
+            .is_some_and(|i| !i.services.iter().any(|s| s == "frontend"))
+    );
+}
