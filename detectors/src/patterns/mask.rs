@@ -14,7 +14,7 @@ pub const WILDCARD: &str = "<*>";
 pub fn is_variable(token: &str) -> bool {
     let bytes = token.as_bytes();
     if bytes.iter().any(u8::is_ascii_digit) {
-        return true;
+        return !is_source_location(token);
     }
     if token.contains("://") {
         return true;
@@ -30,6 +30,61 @@ pub fn is_variable(token: &str) -> bool {
     }
     // Long hex-only tokens without digits are rare but exist (e.g. "deadbeefcafe").
     bytes.len() >= 12 && bytes.iter().all(u8::is_ascii_hexdigit)
+}
+
+/// Source file extensions a logger's call site names (`Foo.java:42`, `handler.go:88`).
+const SOURCE_EXTENSIONS: [&str; 22] = [
+    "java", "kt", "scala", "groovy", "go", "py", "rb", "c", "cc", "cpp", "cxx", "h", "hpp", "rs", "js", "ts", "cs",
+    "php", "swift", "m", "ex", "erl",
+];
+
+/// Whether a token names the line of code that wrote the log line: `Foo.java:42`,
+/// `[ib_sm_sweep.c:1455]:`, `pkg/handler.go:88`, a stack frame's `(Foo.java:42)`, or
+/// logback's `%C{1}#%L` as `t.s.TravelServiceImpl#366`. Its digits are not a variable:
+/// each call site is its own log statement, so two lines that differ only there are two
+/// events (loghub's Thunderbird templates keep `[ib_sm_sweep.c:1455]` as written) — and a
+/// line that stops being written while its neighbours go on is what a failing method
+/// looks like from outside.
+fn is_source_location(token: &str) -> bool {
+    let core =
+        token.trim_matches(|c: char| matches!(c, '[' | ']' | '(' | ')' | '{' | '}' | '<' | '>' | ':' | ',' | ';'));
+    let Some((site, line)) = core.rsplit_once([':', '#']) else {
+        return false;
+    };
+    // The line, and perhaps a column after it (`main.go:42:7`).
+    let (site, line) = match site.rsplit_once(':') {
+        Some((file, first)) if core.as_bytes()[site.len()] == b':' && is_number(first) => (file, first),
+        _ => (site, line),
+    };
+    if !is_number(line) || site.is_empty() {
+        return false;
+    }
+    if core.as_bytes()[site.len()] == b'#' {
+        // A class: dotted, its last part a capitalised identifier.
+        let parts: Vec<&str> = site.split('.').collect();
+        let ident = |p: &str| {
+            let mut b = p.bytes();
+            b.next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == b'_' || c == b'$')
+                && b.all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'$')
+        };
+        return parts.len() >= 2
+            && parts.iter().all(|p| ident(p))
+            && parts.last().is_some_and(|p| p.as_bytes()[0].is_ascii_uppercase());
+    }
+    let Some((file, ext)) = site.rsplit_once('.') else {
+        return false;
+    };
+    let name = file.rsplit('/').next().unwrap_or(file);
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.' | b'$'))
+        && SOURCE_EXTENSIONS.contains(&ext)
+}
+
+fn is_number(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 6 && s.bytes().all(|b| b.is_ascii_digit())
 }
 
 fn is_windows_path(bytes: &[u8]) -> bool {
@@ -176,6 +231,33 @@ mod tests {
             r"domain\user",
         ] {
             assert!(!is_variable(c), "{c}");
+        }
+    }
+
+    #[test]
+    fn a_call_site_is_part_of_the_template_and_an_address_is_not() {
+        for site in [
+            "[ib_sm_sweep.c:1455]:",
+            "(TravelServiceImpl.java:372)",
+            "pkg/server/handler.go:88",
+            "main.go:42:7",
+            "t.s.TravelServiceImpl#366",
+            "v.s.i.VerifyCodeServiceImpl#129",
+            "worker.py:17",
+        ] {
+            assert!(!is_variable(site), "{site}");
+        }
+        for variable in [
+            "host.example.org:5070",
+            "10.251.73.220:50010",
+            "app.log:123",
+            "job#1234",
+            "Worker#3",
+            "12:01:01",
+            "a.b.C#12345678",
+            ".java:12",
+        ] {
+            assert!(is_variable(variable), "{variable}");
         }
     }
 
