@@ -208,3 +208,106 @@ pub(crate) fn patterns_stopped(input: &Input) -> Vec<Evidence> {
     }
     out
 }
+
+/// How closely a line must have kept step with its twin in the baseline: the summed
+/// per-minute difference from the fixed ratio, as a share of its lines.
+const TWIN_RESIDUAL: f64 = 0.1;
+/// A line that fell behind its twin to at most this share of what the twin implies.
+const FELL_TO: f64 = 0.5;
+/// Routine patterns of one service compared pairwise, at most (the busiest).
+const MAX_TWINS: usize = 200;
+
+/// Routine lines that fell behind their *twin*: the line of the same service that kept
+/// step with it every minute of the baseline (two statements of one code path — "route
+/// found", then "price computed"), so that the twin's count in the window says how many
+/// this one should have printed. A method that now throws part of the time shows exactly
+/// so: the statement before it goes on, the one after it is printed for only some
+/// requests. Where a line stopped outright, [`patterns_stopped`] says it already; where
+/// the service simply got less traffic, both twins fall together and nothing is said.
+pub(crate) fn patterns_fell_behind(input: &Input) -> Vec<Evidence> {
+    let (baseline_minutes, window_minutes) = log_minutes(input);
+    if window_minutes.is_empty() || baseline_minutes.len() < 3 {
+        return Vec::new();
+    }
+    // service -> pattern -> (baseline minute -> count, window total)
+    type Lines = (BTreeMap<i64, u64>, u64);
+    let mut services: HashMap<&str, HashMap<u64, Lines>> = HashMap::new();
+    for c in input.log_counts.iter().filter(|c| c.severity < WARN) {
+        let in_window = input.minute_in_window(c.minute);
+        if !in_window && !input.minute_in_baseline(c.minute) {
+            continue;
+        }
+        let lines = services
+            .entry(c.service.as_str())
+            .or_default()
+            .entry(c.pattern_id)
+            .or_default();
+        if in_window {
+            lines.1 += c.count;
+        } else {
+            *lines.0.entry(c.minute).or_default() += c.count;
+        }
+    }
+    let n = window_minutes.len() as f64;
+    let mut out = Vec::new();
+    for (service, patterns) in services {
+        // Routine: at least a line a minute in the typical baseline minute.
+        let mut routine: Vec<(u64, Vec<f64>, f64, u64)> = patterns
+            .into_iter()
+            .filter_map(|(id, (minutes, now))| {
+                let counts = per_minute(Some(&minutes), &baseline_minutes);
+                let total: f64 = counts.iter().sum();
+                (median(&counts) >= 1.0).then_some((id, counts, total, now))
+            })
+            .collect();
+        routine.sort_by(|a, b| b.2.total_cmp(&a.2).then(a.0.cmp(&b.0)));
+        routine.truncate(MAX_TWINS);
+        for (id, counts, total, now) in &routine {
+            let twin = routine
+                .iter()
+                .filter(|(other, ..)| other != id)
+                .map(|(other, twin_counts, twin_total, twin_now)| {
+                    let ratio = total / twin_total;
+                    let residual: f64 = counts
+                        .iter()
+                        .zip(twin_counts)
+                        .map(|(c, t)| (c - ratio * t).abs())
+                        .sum::<f64>()
+                        / total;
+                    (residual, *other, ratio, *twin_now)
+                })
+                .min_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            let Some((residual, other, ratio, twin_now)) = twin else {
+                continue;
+            };
+            if residual > TWIN_RESIDUAL {
+                continue;
+            }
+            let expected = ratio * twin_now as f64;
+            let seen = *now as f64;
+            if seen == 0.0 || seen > FELL_TO * expected {
+                continue; // stopped outright is patterns_stopped's to say
+            }
+            let strength = (expected - seen) / expected.sqrt();
+            if strength < MIN_STRENGTH {
+                continue;
+            }
+            let sentence = format!(
+                "{service}: a routine line printed {ratio:.2} times for each line of pattern {other} in the baseline, minute by minute, fell behind it: {seen:.0} in the window where its twin implies {expected:.0} — the code between them fails part of the time"
+            );
+            out.push(Evidence {
+                pattern_id: Some(*id),
+                ..Evidence::new(
+                    EvidenceKind::LogPatternStopped,
+                    service,
+                    format!("pattern {id}"),
+                    (total / baseline_minutes.len() as f64, seen / n),
+                    "lines/min",
+                    strength,
+                    sentence,
+                )
+            });
+        }
+    }
+    out
+}

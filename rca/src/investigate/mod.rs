@@ -9,7 +9,8 @@
 //! that grew or are new, a span's *self* time (its duration minus its children's, so a slow
 //! callee does not blame its callers), the share of requests that failed *where the failure
 //! started* (an error span or error line whose trace shows a failing call further down is
-//! propagating, not originating), requests that stopped — decides the ranking. **Resource
+//! propagating, not originating), routine lines that stopped or fell behind the line they
+//! kept step with, requests that stopped — decides the ranking. **Resource
 //! metrics** (CPU, memory, per-pod latency gauges…) corroborate a service the request path
 //! already points at, and speak alone only at half weight: on per-minute pod metrics some
 //! series of some service always wobbles, and taking the largest of hundreds of robust
@@ -385,6 +386,7 @@ fn gather_with(input: &Input, index: &traces::TraceIndex<'_>) -> Vec<Evidence> {
     out.extend(traces::requests_stopped(input));
     out.extend(logs::patterns(input, index));
     out.extend(logs::patterns_stopped(input));
+    out.extend(logs::patterns_fell_behind(input));
     out.extend(metrics::shifts(input));
     traces::settle_waits(&mut out);
     if !input.services.is_empty() {

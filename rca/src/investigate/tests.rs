@@ -624,3 +624,48 @@ fn a_calls_wait_speaks_against_the_end_it_has_in_common() {
     let ranked = investigate(&input);
     assert_eq!(services(&ranked)[0], "db", "{ranked:#?}");
 }
+
+#[test]
+fn a_line_that_fell_behind_its_twin_is_named() {
+    // payment prints "card checked" (21) and then "card charged" (23) for every request,
+    // and a routine line of its own (22) at another pace; checkout's line goes on. In the
+    // window "card charged" is printed for only a third of the requests: the code between
+    // them fails part of the time.
+    let lines = |charged_in_window: u64, checked_in_window: u64| {
+        let mut input = System::new().input(Minute::normal());
+        for m in (0..55).chain(60..63) {
+            let window = m >= 60;
+            let requests = 10 + (m % 4) as u64 * 3;
+            let checked = if window { checked_in_window } else { requests };
+            let charged = if window { charged_in_window } else { requests };
+            input.log_counts.push(log_count(m, "payment", 21, 9, checked));
+            input.log_counts.push(log_count(m, "payment", 23, 9, charged));
+            input
+                .log_counts
+                .push(log_count(m, "payment", 22, 9, 5 + (m % 3) as u64));
+            input.log_counts.push(log_count(m, "checkout", 31, 9, requests));
+        }
+        investigate(&input)
+    };
+    let ranked = lines(4, 12);
+    assert_eq!(services(&ranked), ["payment"], "{ranked:#?}");
+    let e = &ranked[0].evidence[0];
+    assert_eq!(
+        (e.kind, e.pattern_id),
+        (EvidenceKind::LogPatternStopped, Some(23)),
+        "{e:#?}"
+    );
+    assert!(e.sentence.contains("fell behind"), "{e:#?}");
+    // Both twins printed less (less traffic): nothing fell behind.
+    let ranked = lines(4, 4);
+    assert!(
+        ranked
+            .iter()
+            .flat_map(|c| &c.evidence)
+            .all(|e| !e.sentence.contains("fell behind")),
+        "{ranked:#?}"
+    );
+    // Nearly all of them still printed: a wobble, not a failure.
+    let ranked = lines(10, 12);
+    assert!(ranked.is_empty(), "{ranked:#?}");
+}
