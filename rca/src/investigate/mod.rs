@@ -383,7 +383,7 @@ fn gather_with(input: &Input, index: &traces::TraceIndex<'_>) -> Vec<Evidence> {
     let mut out = Vec::new();
     out.extend(traces::self_time(input, index));
     out.extend(traces::error_ratio(input, index));
-    out.extend(traces::requests_stopped(input));
+    out.extend(traces::requests_stopped(input, index));
     out.extend(logs::patterns(input, index));
     out.extend(logs::patterns_stopped(input));
     out.extend(logs::patterns_fell_behind(input));

@@ -31,6 +31,8 @@ struct Minute {
     payment_ms: f64,
     payment_fails: bool,
     payment_down: bool,
+    /// checkout no longer calls payment (and nothing fails).
+    payment_skipped: bool,
 }
 
 impl Minute {
@@ -116,7 +118,7 @@ impl System {
             } else {
                 c
             };
-            if !how.payment_down {
+            if !how.payment_down && !how.payment_skipped {
                 self.spans.push(SpanRow {
                     trace_id: trace,
                     span_id: p,
@@ -668,4 +670,33 @@ fn a_line_that_fell_behind_its_twin_is_named() {
     // Nearly all of them still printed: a wobble, not a failure.
     let ranked = lines(10, 12);
     assert!(ranked.is_empty(), "{ranked:#?}");
+}
+
+#[test]
+fn a_service_its_callers_stopped_calling_is_not_an_outage() {
+    let sentence = |ranked: &[Candidate]| {
+        ranked
+            .iter()
+            .flat_map(|c| &c.evidence)
+            .find(|e| e.kind == EvidenceKind::RequestsStopped && e.service == "payment")
+            .map(|e| (e.strength, e.sentence.clone()))
+    };
+    // Down: checkout's calls fail.
+    let down = investigate(&System::new().input(Minute {
+        payment_down: true,
+        ..Minute::normal()
+    }));
+    let (down_strength, said) = sentence(&down).unwrap_or_else(|| panic!("{down:#?}"));
+    assert!(said.contains("down or unreachable"), "{said}");
+    // Not called: checkout goes on without failing and without calling it.
+    let skipped = investigate(&System::new().input(Minute {
+        payment_skipped: true,
+        ..Minute::normal()
+    }));
+    let (skipped_strength, said) = sentence(&skipped).unwrap_or_else(|| panic!("{skipped:#?}"));
+    assert!(said.contains("stopped calling it"), "{said}");
+    assert!(
+        skipped_strength < down_strength,
+        "{skipped_strength} vs {down_strength}"
+    );
 }

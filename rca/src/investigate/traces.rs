@@ -7,6 +7,11 @@ use super::{Evidence, EvidenceKind, Input, MIN_STRENGTH, SpanRow};
 
 /// How far up a trace ancestors are followed (a cycle in bad data must not hang us).
 const MAX_DEPTH: usize = 256;
+/// OTLP severity number from which a line is an error.
+const ERROR_SEVERITY: i32 = 17;
+/// The weight of "served no requests" when its callers went on without failing: they
+/// stopped calling it, which is weaker evidence against it than an outage.
+const NOT_CALLED: f64 = 0.25;
 
 /// The spans of an investigation indexed by trace: parents, children, self times, and
 /// which spans sit above a failure in another service.
@@ -368,22 +373,42 @@ pub(crate) fn error_ratio(input: &Input, index: &TraceIndex<'_>) -> Vec<Evidence
 
 /// Services that served requests every baseline minute and none in the window, while
 /// others did: the service is down or unreachable.
-pub(crate) fn requests_stopped(input: &Input) -> Vec<Evidence> {
+pub(crate) fn requests_stopped(input: &Input, index: &TraceIndex<'_>) -> Vec<Evidence> {
     let (baseline_minutes, window_minutes) = active_minutes(input);
     if window_minutes.is_empty() || baseline_minutes.len() < 3 {
         return Vec::new();
     }
     let mut served: BTreeMap<&str, BTreeMap<i64, u64>> = BTreeMap::new();
     let mut in_window: HashSet<&str> = HashSet::new();
+    // Who called each service in the baseline, and who failed in the window (an error span,
+    // a client span that got no answer, or an error line).
+    let mut callers: HashMap<&str, BTreeSet<&str>> = HashMap::new();
+    let mut failed: HashSet<&str> = HashSet::new();
     for s in &input.spans {
         if input.window.contains_ns(s.start_ns) {
             in_window.insert(s.service.as_str());
+            if s.error {
+                failed.insert(s.service.as_str());
+            }
         } else if input.baseline.contains_ns(s.start_ns) {
             *served
                 .entry(s.service.as_str())
                 .or_default()
                 .entry(Input::minute_of(input.window, s.start_ns))
                 .or_default() += 1;
+            if let Some(p) = index.lookup(&s.trace_id, &s.parent_span_id)
+                && input.spans[p].service != s.service
+            {
+                callers
+                    .entry(s.service.as_str())
+                    .or_default()
+                    .insert(input.spans[p].service.as_str());
+            }
+        }
+    }
+    for l in &input.window_lines {
+        if l.severity >= ERROR_SEVERITY && input.window.contains_ns(l.ts_ns) {
+            failed.insert(l.service.as_str());
         }
     }
     let mut out = Vec::new();
@@ -397,16 +422,42 @@ pub(crate) fn requests_stopped(input: &Input) -> Vec<Evidence> {
         }
         // Poisson: seeing none where n·λ were expected has a z of about √(n·λ).
         let expected = before * window_minutes.len() as f64;
+        let strength = expected.sqrt().max(3.0);
+        // Its callers went on working and none of them failed: they stopped calling it.
+        // A service that is down makes its callers fail (refused connections, timeouts);
+        // one nobody calls any more is where a change upstream shows, not an outage.
+        let went_on: Vec<&str> = callers
+            .get(service)
+            .into_iter()
+            .flatten()
+            .copied()
+            .filter(|c| in_window.contains(c))
+            .collect();
+        let abandoned = !went_on.is_empty() && went_on.iter().all(|c| !failed.contains(c));
+        let (strength, sentence) = if abandoned {
+            (
+                (strength * NOT_CALLED).max(MIN_STRENGTH),
+                format!(
+                    "{service} served no requests in the window, against {before:.0} a minute before, and its callers ({}) went on without failing: they stopped calling it — a change upstream rather than an outage",
+                    went_on.join(", ")
+                ),
+            )
+        } else {
+            (
+                strength,
+                format!(
+                    "{service} served no requests in the window, against {before:.0} a minute before, while other services went on: it is down or unreachable"
+                ),
+            )
+        };
         out.push(Evidence::new(
             EvidenceKind::RequestsStopped,
             service,
             "requests".into(),
             (before, 0.0),
             "/min",
-            expected.sqrt().max(3.0),
-            format!(
-                "{service} served no requests in the window, against {before:.0} a minute before, while other services went on: it is down or unreachable"
-            ),
+            strength,
+            sentence,
         ));
     }
     out
