@@ -69,7 +69,6 @@ pub(crate) struct Metrics {
     pub detect_points: Counter,
     pub detect_points_rejected: Counter,
     pub detect_late_events: Counter,
-    pub detect_resumed_intervals: Counter,
     /// Event time the detectors have reached (unix seconds): what their intervals close on.
     pub detect_event_time: Gauge,
     pub detect_series_evicted: Counter,
@@ -105,7 +104,6 @@ impl Default for Metrics {
             detect_points: Counter::default(),
             detect_points_rejected: Counter::default(),
             detect_late_events: Counter::default(),
-            detect_resumed_intervals: Counter::default(),
             detect_event_time: Gauge::default(),
             detect_series_evicted: Counter::default(),
             anomaly_updates: Family::default(),
@@ -206,11 +204,6 @@ impl Default for Metrics {
                 "detect_late_events",
                 "Log records and spans that arrived after their interval was closed",
                 m.detect_late_events.clone(),
-            );
-            r.register(
-                "detect_resumed_intervals",
-                "Intervals left unjudged because their signal kind resumed after more than five silent intervals",
-                m.detect_resumed_intervals.clone(),
             );
             r.register(
                 "detect_event_time_seconds",

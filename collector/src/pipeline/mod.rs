@@ -441,9 +441,6 @@ fn run(
             .detect_late_events
             .inc_by(stats.late_events - reported.late_events);
         metrics
-            .detect_resumed_intervals
-            .inc_by(stats.resumed_intervals - reported.resumed_intervals);
-        metrics
             .detect_series_evicted
             .inc_by(stats.series_evicted - reported.series_evicted);
         reported = stats;

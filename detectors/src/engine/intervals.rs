@@ -420,25 +420,6 @@ impl Engine {
         if lane == Lane::Logs {
             self.close_quiet_new_patterns(end);
         }
-        // The first interval after the lane was silent for a while is not judged: it begins
-        // mid-interval (its counts are a fraction of a minute's), and what comes back after an
-        // outage of the sender — an agent or collector restarted, a partition healed, a
-        // recording resumed — is the resumption itself, not the system's behaviour. Judged,
-        // such a minute is "beyond anything seen" on every series at once (on the Nezha day
-        // each recorded episode's first minute opened an incident before its fault).
-        let busy = !bucket.patterns.is_empty() || !bucket.errors.is_empty() || !bucket.red.is_empty();
-        let state = &mut self.lanes[lane as usize];
-        let resumed = busy
-            && state
-                .last_busy_ms
-                .is_some_and(|last| start - last > RESUME_AFTER_INTERVALS * self.cfg.interval_ms);
-        if busy {
-            state.last_busy_ms = Some(start);
-        }
-        if resumed {
-            self.stats.resumed_intervals += 1;
-            return;
-        }
         let per_min = 60_000.0 / self.cfg.interval_ms as f64;
         let per_sec = 1000.0 / self.cfg.interval_ms as f64;
         let mut seen: Vec<String> = Vec::new();

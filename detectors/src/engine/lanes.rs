@@ -63,10 +63,6 @@ pub(super) struct LaneState {
     /// as just heard from).
     #[serde(skip)]
     pub(super) heard_wall_ms: i64,
-    /// Start of the latest closed interval that held any of the lane's own data: an
-    /// interval after a long silence is judged differently (see `close_interval`).
-    #[serde(default)]
-    pub(super) last_busy_ms: Option<i64>,
 }
 
 impl Default for LaneState {
@@ -76,7 +72,6 @@ impl Default for LaneState {
             watermark_ms: i64::MIN,
             buckets: BTreeMap::new(),
             heard_wall_ms: 0,
-            last_busy_ms: None,
         }
     }
 }

@@ -182,9 +182,6 @@ pub struct EngineStats {
     /// closed (past [`EngineConfig::lateness_ms`]): left out of the interval counts (a late
     /// log line still teaches its pattern and may still be a new-pattern finding).
     pub late_events: u64,
-    /// Intervals not judged because their lane resumed after a silence of more than
-    /// five intervals (a sender restarted, a partition healed, a recording resumed).
-    pub resumed_intervals: u64,
     /// Signals dropped to stay within [`EngineConfig::max_series`], least recently seen
     /// first; a dropped signal starts from nothing when it comes back.
     pub series_evicted: u64,
@@ -302,10 +299,6 @@ struct IntervalBucket {
     /// peer group key -> member -> last value in the interval.
     peers: HashMap<String, HashMap<String, f64>>,
 }
-
-/// A lane silent for more than this many intervals has its first interval back left
-/// unjudged (see `close_interval`).
-const RESUME_AFTER_INTERVALS: i64 = 5;
 
 /// Labels that name one member of a group of like things: the same metric on another host,
 /// pod or instance is a peer.

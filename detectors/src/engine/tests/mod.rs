@@ -377,29 +377,3 @@ fn a_few_errors_more_than_usual_are_chance_and_many_are_a_finding() {
         "error-ratio findings began at minutes {starts:?}: {ratio:#?}"
     );
 }
-
-#[test]
-fn the_first_minute_after_a_silence_is_not_judged() {
-    // Four hours of steady traffic, then nothing for twenty minutes (the sender was down),
-    // then it comes back in the middle of a minute at a fraction of the rate and slower
-    // than ever: the partial minute opens nothing. The same slowness a minute later does.
-    let mut e = engine();
-    pay_traffic(&mut e, 0, 240, |_, k| 0.2 + 0.1 * jitter(k));
-    for k in 0..5u64 {
-        let ts = T0 + 260 * MIN + 45_000 + (k as i64) * 3000;
-        e.observe_span("checkout", "POST /pay", ts, 2.5 + 0.1 * jitter(k), false);
-    }
-    e.advance(T0 + 261 * MIN + 2 * MIN); // past the interval and its allowed lateness
-    let resumed: Vec<Anomaly> = findings(&mut e).into_values().filter(|a| a.score >= 0.5).collect();
-    assert!(resumed.is_empty(), "the resumed partial minute opened {resumed:#?}");
-    assert_eq!(e.stats().resumed_intervals, 1);
-    pay_traffic(&mut e, 262, 3, |_, k| 2.5 + 0.1 * jitter(k));
-    e.advance(T0 + 268 * MIN);
-    let later: Vec<Anomaly> = findings(&mut e).into_values().filter(|a| a.score >= 0.5).collect();
-    assert!(
-        later
-            .iter()
-            .any(|a| a.signal.key == "red:checkout:POST /pay:p50" && a.start_ms == T0 + 262 * MIN),
-        "{later:#?}"
-    );
-}
