@@ -20,17 +20,35 @@ async fn fault_is_found(fault: &str, service: &str, seed: u64) -> Result<()> {
             let (client, url, wanted) = (client.clone(), url.clone(), wanted.clone());
             async move {
                 let (_, body) = get_json(&client, &url).await?;
-                Ok(body["incidents"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .find(|i| {
-                        i["services"]
-                            .as_array()
-                            .is_some_and(|s| s.iter().any(|x| x == wanted.as_str()))
-                            && i["candidates"][0]["service"] == wanted.as_str()
-                    })
-                    .cloned())
+                let incidents = body["incidents"].as_array().cloned().unwrap_or_default();
+                let found = incidents.iter().find(|i| {
+                    i["services"]
+                        .as_array()
+                        .is_some_and(|s| s.iter().any(|x| x == wanted.as_str()))
+                        && i["candidates"][0]["service"] == wanted.as_str()
+                });
+                match found {
+                    Some(i) => Ok(Some(i.clone())),
+                    // Say what there is, so a timeout shows how the incidents went wrong.
+                    None if !incidents.is_empty() => Err(anyhow::anyhow!(
+                        "open incidents, none led by {wanted}: {:?}",
+                        incidents
+                            .iter()
+                            .map(|i| (
+                                i["start_ms"].clone(),
+                                i["services"].clone(),
+                                i["candidates"]
+                                    .as_array()
+                                    .into_iter()
+                                    .flatten()
+                                    .take(3)
+                                    .map(|c| c["service"].clone())
+                                    .collect::<Vec<_>>()
+                            ))
+                            .collect::<Vec<_>>()
+                    )),
+                    None => Ok(None),
+                }
             }
         },
     )
