@@ -9,7 +9,7 @@ use super::{Evidence, EvidenceKind, Input, MIN_STRENGTH, WindowLogLine};
 
 /// OTLP severity numbers: WARN starts at 13, ERROR at 17.
 const WARN: i32 = 13;
-const ERROR: i32 = 17;
+pub(crate) const ERROR: i32 = 17;
 
 /// The minutes holding any log line, in the baseline and in the window (others, such as
 /// the lead-in's, in neither).
@@ -120,27 +120,15 @@ pub(crate) fn patterns(input: &Input, index: &TraceIndex<'_>) -> Vec<Evidence> {
 /// disappears. The expected count follows the service's own activity (its lines and spans),
 /// so a service that simply got less traffic does not qualify.
 pub(crate) fn patterns_stopped(input: &Input) -> Vec<Evidence> {
-    type Key = (String, u64);
     let (baseline_minutes, window_minutes) = log_minutes(input);
     // per service: minute -> activity (lines + spans)
     let mut activity: HashMap<&str, BTreeMap<i64, u64>> = HashMap::new();
-    let mut baseline: HashMap<Key, BTreeMap<i64, u64>> = HashMap::new();
-    let mut window: HashMap<Key, u64> = HashMap::new();
     for c in &input.log_counts {
         *activity
             .entry(c.service.as_str())
             .or_default()
             .entry(c.minute)
             .or_default() += c.count;
-        if c.severity >= WARN {
-            continue;
-        }
-        let key = (c.service.clone(), c.pattern_id);
-        if input.minute_in_window(c.minute) {
-            *window.entry(key).or_default() += c.count;
-        } else if input.minute_in_baseline(c.minute) {
-            *baseline.entry(key).or_default().entry(c.minute).or_default() += c.count;
-        }
     }
     for s in &input.spans {
         let minute = Input::minute_of(input.window, s.start_ns);
@@ -170,18 +158,18 @@ pub(crate) fn patterns_stopped(input: &Input) -> Vec<Evidence> {
         })
         .collect();
     let mut out = Vec::new();
-    for (key, minutes) in &baseline {
+    for (key, (minutes, now)) in &routine_lines(input) {
         let before = median(&per_minute(Some(minutes), &baseline_minutes));
         // Printed in most baseline minutes, at least one a minute: a routine line.
         if before < 1.0 {
             continue;
         }
-        let still = busy.get(key.0.as_str()).copied().unwrap_or(0.0);
+        let still = busy.get(key.0).copied().unwrap_or(0.0);
         if still < 0.5 {
             continue; // the service itself went quiet: that is other evidence
         }
         let expected = n * before * still.min(1.0);
-        let seen = window.get(key).copied().unwrap_or(0) as f64;
+        let seen = *now as f64;
         if seen > 0.2 * expected {
             continue;
         }
@@ -197,7 +185,7 @@ pub(crate) fn patterns_stopped(input: &Input) -> Vec<Evidence> {
             pattern_id: Some(key.1),
             ..Evidence::new(
                 EvidenceKind::LogPatternStopped,
-                &key.0,
+                key.0,
                 format!("pattern {}", key.1),
                 (before, seen / n),
                 "lines/min",
@@ -207,6 +195,28 @@ pub(crate) fn patterns_stopped(input: &Input) -> Vec<Evidence> {
         });
     }
     out
+}
+
+/// A routine pattern's lines: per baseline minute, and in the whole window.
+type RoutineCounts = (BTreeMap<i64, u64>, u64);
+
+/// Lines below WARN per (service, pattern), counted in the baseline's minutes and in the
+/// window — what [`patterns_stopped`] and [`patterns_fell_behind`] both judge.
+fn routine_lines(input: &Input) -> HashMap<(&str, u64), RoutineCounts> {
+    let mut lines: HashMap<(&str, u64), RoutineCounts> = HashMap::new();
+    for c in input.log_counts.iter().filter(|c| c.severity < WARN) {
+        let in_window = input.minute_in_window(c.minute);
+        if !in_window && !input.minute_in_baseline(c.minute) {
+            continue;
+        }
+        let counts = lines.entry((c.service.as_str(), c.pattern_id)).or_default();
+        if in_window {
+            counts.1 += c.count;
+        } else {
+            *counts.0.entry(c.minute).or_default() += c.count;
+        }
+    }
+    lines
 }
 
 /// How closely a line must have kept step with its twin in the baseline: the summed
@@ -229,24 +239,9 @@ pub(crate) fn patterns_fell_behind(input: &Input) -> Vec<Evidence> {
     if window_minutes.is_empty() || baseline_minutes.len() < 3 {
         return Vec::new();
     }
-    // service -> pattern -> (baseline minute -> count, window total)
-    type Lines = (BTreeMap<i64, u64>, u64);
-    let mut services: HashMap<&str, HashMap<u64, Lines>> = HashMap::new();
-    for c in input.log_counts.iter().filter(|c| c.severity < WARN) {
-        let in_window = input.minute_in_window(c.minute);
-        if !in_window && !input.minute_in_baseline(c.minute) {
-            continue;
-        }
-        let lines = services
-            .entry(c.service.as_str())
-            .or_default()
-            .entry(c.pattern_id)
-            .or_default();
-        if in_window {
-            lines.1 += c.count;
-        } else {
-            *lines.0.entry(c.minute).or_default() += c.count;
-        }
+    let mut services: HashMap<&str, Vec<(u64, RoutineCounts)>> = HashMap::new();
+    for ((service, pattern), lines) in routine_lines(input) {
+        services.entry(service).or_default().push((pattern, lines));
     }
     let n = window_minutes.len() as f64;
     let mut out = Vec::new();

@@ -2,13 +2,12 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
+use super::logs::ERROR;
 use super::stats::{median, per_minute, robust_rise};
 use super::{Evidence, EvidenceKind, Input, MIN_STRENGTH, SpanRow};
 
 /// How far up a trace ancestors are followed (a cycle in bad data must not hang us).
 const MAX_DEPTH: usize = 256;
-/// OTLP severity number from which a line is an error.
-const ERROR_SEVERITY: i32 = 17;
 /// The weight of "served no requests" when its callers went on without failing: they
 /// stopped calling it, which is weaker evidence against it than an outage.
 const NOT_CALLED: f64 = 0.25;
@@ -372,7 +371,8 @@ pub(crate) fn error_ratio(input: &Input, index: &TraceIndex<'_>) -> Vec<Evidence
 }
 
 /// Services that served requests every baseline minute and none in the window, while
-/// others did: the service is down or unreachable.
+/// others did: the service is down or unreachable — or, when the services that called it
+/// went on in the window without failing, no longer called.
 pub(crate) fn requests_stopped(input: &Input, index: &TraceIndex<'_>) -> Vec<Evidence> {
     let (baseline_minutes, window_minutes) = active_minutes(input);
     if window_minutes.is_empty() || baseline_minutes.len() < 3 {
@@ -380,9 +380,8 @@ pub(crate) fn requests_stopped(input: &Input, index: &TraceIndex<'_>) -> Vec<Evi
     }
     let mut served: BTreeMap<&str, BTreeMap<i64, u64>> = BTreeMap::new();
     let mut in_window: HashSet<&str> = HashSet::new();
-    // Who called each service in the baseline, and who failed in the window (an error span,
-    // a client span that got no answer, or an error line).
-    let mut callers: HashMap<&str, BTreeSet<&str>> = HashMap::new();
+    // Who failed in the window: an error span (a client span that got no answer is one), or
+    // an error line.
     let mut failed: HashSet<&str> = HashSet::new();
     for s in &input.spans {
         if input.window.contains_ns(s.start_ns) {
@@ -396,21 +395,15 @@ pub(crate) fn requests_stopped(input: &Input, index: &TraceIndex<'_>) -> Vec<Evi
                 .or_default()
                 .entry(Input::minute_of(input.window, s.start_ns))
                 .or_default() += 1;
-            if let Some(p) = index.lookup(&s.trace_id, &s.parent_span_id)
-                && input.spans[p].service != s.service
-            {
-                callers
-                    .entry(s.service.as_str())
-                    .or_default()
-                    .insert(input.spans[p].service.as_str());
-            }
         }
     }
     for l in &input.window_lines {
-        if l.severity >= ERROR_SEVERITY && input.window.contains_ns(l.ts_ns) {
+        if l.severity >= ERROR && input.window.contains_ns(l.ts_ns) {
             failed.insert(l.service.as_str());
         }
     }
+    // Who calls whom, read only when some service stopped.
+    let mut calls: Option<BTreeMap<String, BTreeSet<String>>> = None;
     let mut out = Vec::new();
     for (service, minutes) in served {
         if in_window.contains(service) {
@@ -426,12 +419,11 @@ pub(crate) fn requests_stopped(input: &Input, index: &TraceIndex<'_>) -> Vec<Evi
         // Its callers went on working and none of them failed: they stopped calling it.
         // A service that is down makes its callers fail (refused connections, timeouts);
         // one nobody calls any more is where a change upstream shows, not an outage.
-        let went_on: Vec<&str> = callers
-            .get(service)
-            .into_iter()
-            .flatten()
-            .copied()
-            .filter(|c| in_window.contains(c))
+        let went_on: Vec<&str> = calls
+            .get_or_insert_with(|| index.calls())
+            .iter()
+            .filter(|(caller, callees)| callees.contains(service) && in_window.contains(caller.as_str()))
+            .map(|(caller, _)| caller.as_str())
             .collect();
         let abandoned = !went_on.is_empty() && went_on.iter().all(|c| !failed.contains(c));
         let (strength, sentence) = if abandoned {
