@@ -1,0 +1,187 @@
+//! Log evidence: warning and error patterns, routine lines that stopped or fell behind.
+
+use super::*;
+
+#[test]
+fn error_lines_of_callers_above_a_failing_callee_are_propagation() {
+    let mut input = System::new().input(Minute::normal());
+    // In the window, payment logs an error on its span and checkout logs one on its own
+    // span of the same traces (what a caller prints when its call fails); no span status.
+    let mut lines = Vec::new();
+    let mut counts = Vec::new();
+    let window_spans: Vec<SpanRow> = input
+        .spans
+        .iter()
+        .filter(|s| WINDOW.contains_ns(s.start_ns))
+        .cloned()
+        .collect();
+    for s in &window_spans {
+        let (service, pattern) = match s.service.as_str() {
+            "payment" => ("payment", 7),
+            "checkout" => ("checkout", 8),
+            _ => continue,
+        };
+        lines.push(WindowLogLine {
+            ts_ns: s.start_ns,
+            service: service.into(),
+            pattern_id: pattern,
+            severity: 17,
+            trace_id: s.trace_id.clone(),
+            span_id: s.span_id.clone(),
+        });
+        counts.push(LogCount {
+            minute: Input::minute_of(WINDOW, s.start_ns),
+            service: service.into(),
+            pattern_id: pattern,
+            severity: 17,
+            count: 1,
+        });
+    }
+    // Routine info lines in every minute, the window's too.
+    for m in (0..55).chain(60..63) {
+        counts.push(log_count(m, "checkout", 1, 9, 10));
+    }
+    input.window_lines = lines;
+    input.log_counts = counts;
+    let ranked = investigate(&input);
+    assert_eq!(services(&ranked), ["payment"], "{ranked:#?}");
+    assert!(
+        ranked[0].reasons[0].contains("new error pattern"),
+        "{:?}",
+        ranked[0].reasons
+    );
+}
+
+#[test]
+fn a_pattern_present_all_along_is_not_news() {
+    let mut input = System::new().input(Minute::normal());
+    for m in (0..55).chain(60..63) {
+        input
+            .log_counts
+            .push(log_count(m, "checkout", 3, 17, 4 + (m % 3) as u64));
+    }
+    assert!(investigate(&input).is_empty());
+}
+
+#[test]
+fn the_lead_in_s_lines_are_not_the_baseline() {
+    // A short baseline (minutes 50..52) and a lead-in (57..60) in which payment already
+    // logs the error it logs in the window: compared with the baseline it is new. When the
+    // lead-in's minutes were counted as baseline (three of its five minutes), the pattern
+    // looked routine and the window's comparison found nothing.
+    let mut input = System::new().input_with_lead_in(Minute::normal(), Minute::normal());
+    input.baseline = TimeRange {
+        start_ms: 50 * MIN,
+        end_ms: 52 * MIN,
+    };
+    input.lead_in = Input::lead_in_for(WINDOW, input.baseline);
+    for m in [50, 51].into_iter().chain(57..60).chain(60..63) {
+        input.log_counts.push(log_count(m, "checkout", 22, 9, 10));
+        if m >= 57 {
+            input.log_counts.push(log_count(m, "payment", 31, 17, 20));
+        }
+    }
+    let evidence = gather(&input);
+    let e = evidence
+        .iter()
+        .find(|e| e.kind == EvidenceKind::LogPattern)
+        .unwrap_or_else(|| panic!("no log evidence: {evidence:#?}"));
+    assert_eq!(
+        (e.service.as_str(), e.pattern_id, e.new),
+        ("payment", Some(31), true),
+        "{e:#?}"
+    );
+    assert_eq!(e.before, 0.0, "{e:#?}");
+    // With the lead-in consulted, the error was already there: not what began.
+    let ranked = investigate(&input);
+    assert!(!services(&ranked).contains(&"payment"), "{ranked:#?}");
+}
+
+#[test]
+fn a_routine_line_that_stopped_while_the_service_kept_working_is_named() {
+    let mut input = System::new().input(Minute::normal());
+    for m in (0..55).chain(60..63) {
+        // payment prints "charged card" for every request, until the window; checkout's
+        // own routine line goes on.
+        for (service, pattern) in [("payment", 21), ("checkout", 22)] {
+            if service == "payment" && m >= 60 {
+                continue;
+            }
+            input.log_counts.push(log_count(m, service, pattern, 9, 10));
+        }
+    }
+    let ranked = investigate(&input);
+    assert_eq!(services(&ranked), ["payment"], "{ranked:#?}");
+    let e = &ranked[0].evidence[0];
+    assert_eq!(e.kind, EvidenceKind::LogPatternStopped);
+    assert_eq!(e.pattern_id, Some(21));
+    assert!(ranked[0].reasons[0].contains("no longer reached"));
+}
+
+#[test]
+fn a_service_with_less_traffic_is_not_missing_lines() {
+    let mut input = System::new().input(Minute::normal());
+    // Only a tenth of payment's lines in the window and none of its spans: it was idle,
+    // which is not a line that stopped while it kept working.
+    input
+        .spans
+        .retain(|s| !(s.service == "payment" && WINDOW.contains_ns(s.start_ns)));
+    for m in (0..55).chain(60..63) {
+        input
+            .log_counts
+            .push(log_count(m, "payment", 21, 9, if m >= 60 { 1 } else { 10 }));
+    }
+    let ranked = investigate(&input);
+    assert!(
+        ranked
+            .iter()
+            .flat_map(|c| &c.evidence)
+            .all(|e| e.kind != EvidenceKind::LogPatternStopped),
+        "{ranked:#?}"
+    );
+}
+
+#[test]
+fn a_line_that_fell_behind_its_twin_is_named() {
+    // payment prints "card checked" (21) and then "card charged" (23) for every request,
+    // and a routine line of its own (22) at another pace; checkout's line goes on. In the
+    // window "card charged" is printed for only a third of the requests: the code between
+    // them fails part of the time.
+    let lines = |charged_in_window: u64, checked_in_window: u64| {
+        let mut input = System::new().input(Minute::normal());
+        for m in (0..55).chain(60..63) {
+            let window = m >= 60;
+            let requests = 10 + (m % 4) as u64 * 3;
+            let checked = if window { checked_in_window } else { requests };
+            let charged = if window { charged_in_window } else { requests };
+            input.log_counts.push(log_count(m, "payment", 21, 9, checked));
+            input.log_counts.push(log_count(m, "payment", 23, 9, charged));
+            input
+                .log_counts
+                .push(log_count(m, "payment", 22, 9, 5 + (m % 3) as u64));
+            input.log_counts.push(log_count(m, "checkout", 31, 9, requests));
+        }
+        investigate(&input)
+    };
+    let ranked = lines(4, 12);
+    assert_eq!(services(&ranked), ["payment"], "{ranked:#?}");
+    let e = &ranked[0].evidence[0];
+    assert_eq!(
+        (e.kind, e.pattern_id),
+        (EvidenceKind::LogPatternStopped, Some(23)),
+        "{e:#?}"
+    );
+    assert!(e.sentence.contains("fell behind"), "{e:#?}");
+    // Both twins printed less (less traffic): nothing fell behind.
+    let ranked = lines(4, 4);
+    assert!(
+        ranked
+            .iter()
+            .flat_map(|c| &c.evidence)
+            .all(|e| !e.sentence.contains("fell behind")),
+        "{ranked:#?}"
+    );
+    // Nearly all of them still printed: a wobble, not a failure.
+    let ranked = lines(10, 12);
+    assert!(ranked.is_empty(), "{ranked:#?}");
+}
