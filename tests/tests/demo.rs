@@ -13,7 +13,7 @@ async fn fault_is_found(fault: &str, service: &str, seed: u64) -> Result<()> {
     let client = reqwest::Client::new();
     let url = c.api_url("/api/v1/incidents?status=open");
     let wanted = service.to_string();
-    let incident: Value = eventually(
+    let incident: Result<Value> = eventually(
         Duration::from_secs(240),
         &format!("an incident naming {service}"),
         || {
@@ -52,13 +52,30 @@ async fn fault_is_found(fault: &str, service: &str, seed: u64) -> Result<()> {
             }
         },
     )
-    .await
-    .map_err(|e| {
-        anyhow::anyhow!(
-            "{e}\n{}",
-            c.logs().lines().rev().take(20).collect::<Vec<_>>().join("\n")
-        )
-    })?;
+    .await;
+    let incident = match incident {
+        Ok(i) => i,
+        Err(e) => {
+            // What the detectors saw, so a timeout says whether the fault's data was late,
+            // found and not grouped, or not found at all.
+            let detect = match client.get(c.api_url("/metrics")).send().await {
+                Ok(r) => r.text().await.unwrap_or_default(),
+                Err(e) => e.to_string(),
+            };
+            let detect: Vec<&str> = detect
+                .lines()
+                .filter(|l| l.starts_with("vigil_detect_") || l.starts_with("vigil_anomaly"))
+                .collect();
+            let (_, findings) = get_json(&client, &c.api_url("/api/v1/anomalies?limit=20"))
+                .await
+                .unwrap_or_default();
+            anyhow::bail!(
+                "{e}\n{}\nfindings: {findings}\n{}",
+                detect.join("\n"),
+                c.logs().lines().rev().take(20).collect::<Vec<_>>().join("\n")
+            );
+        }
+    };
     let id = incident["id"].as_str().unwrap_or_default();
     assert!(
         incident["summary"]
