@@ -314,10 +314,10 @@ impl Engine {
         t.new_pattern_lines += 1;
         t.count_burst(ts_ms, self.cfg.interval_ms);
         t.last_seen_ms = t.last_seen_ms.max(ts_ms);
-        // Reported again when the score rises or once per interval, not for every line.
-        let reported_end = a.end_ms;
+        // Reported again when the score rises or once per interval (at its first line), not
+        // for every line — so what was reported says how long the lines have kept coming.
         a.end_ms = a.end_ms.max(ts_ms);
-        let due = a.end_ms - reported_end >= self.cfg.interval_ms;
+        let due = t.new_pattern_burst.1 == 1;
         self.report_new_patterns(&key, a, severity_number, "", due);
     }
 

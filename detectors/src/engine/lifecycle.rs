@@ -90,14 +90,7 @@ impl Engine {
         if seen {
             t.last_seen_ms = ts_ms;
         }
-        let cfg = match (t.kind, t.unit.as_str()) {
-            (DetectorKind::Metric | DetectorKind::MetricPeer, _) => &self.cfg.series,
-            (_, "s") => &self.cfg_latency,
-            (_, "/min") => &self.cfg_per_minute,
-            (_, "/s") => &self.cfg_per_second,
-            (_, "ratio") => &self.cfg_ratio,
-            _ => &self.cfg.series,
-        };
+        let cfg = self.series_cfgs.of(t.kind, &t.unit);
         let point = match t.detector.observe(cfg, ts_ms, value) {
             Ok(p) => p,
             Err(_) => {
@@ -106,10 +99,17 @@ impl Engine {
             }
         };
         self.stats.points_scored += 1;
-        self.apply_point(key, point, threshold, sentence, opens);
+        // A firing the count test called chance opened nothing, so nothing is to be damped.
+        if self.apply_point(key, point, threshold, sentence, opens)
+            && let Some(t) = self.tracked.get_mut(key)
+        {
+            t.detector.dismiss_firing(self.series_cfgs.of(t.kind, &t.unit));
+        }
     }
 
-    /// Opens, extends or closes the anomaly of `key` with one scored point.
+    /// Opens, extends or closes the anomaly of `key` with one scored point. Returns whether
+    /// the point scored enough to open a finding and the count test (`opens`) kept it from
+    /// doing so.
     pub(super) fn apply_point(
         &mut self,
         key: &str,
@@ -117,9 +117,11 @@ impl Engine {
         threshold: f64,
         sentence: Option<String>,
         opens: Opens,
-    ) {
+    ) -> bool {
         let ts_ms = point.timestamp_ms;
-        let Some(t) = self.tracked.get_mut(key) else { return };
+        let Some(t) = self.tracked.get_mut(key) else {
+            return false;
+        };
         let non_negative = matches!(t.unit.as_str(), "/s" | "/min" | "s" | "ratio");
         let may_open = match opens {
             Opens::Any => true,
@@ -131,6 +133,7 @@ impl Engine {
         // `may_open` is false when the evidence is too thin to start a finding (one error
         // in an interval), though it may still extend one.
         let strong = point.score >= threshold && (may_open || t.open.is_some());
+        let dismissed = point.score >= threshold && !strong;
         // An open anomaly lasts while the signal stays outside the band it was expected in
         // when the anomaly began — the detector adapts to a new level within minutes, but a
         // p99 that stays at 2 s is still the same incident — up to MAX_UNCONFIRMED_MS
@@ -207,6 +210,7 @@ impl Engine {
                 t.open = Some(a);
             }
         }
+        dismissed
     }
 
     /// Before `key` is tracked: at the cap (`max_series`), the longest silent signal goes.

@@ -326,16 +326,60 @@ struct PeerGroup {
     last_seen_ms: i64,
 }
 
+/// `EngineConfig::series` and its variants per unit: latency quantiles are quantised by
+/// histogram buckets (10 % relative floor); counts have Poisson noise; ratios get a
+/// 1-point floor.
+#[derive(Debug)]
+struct SeriesConfigs {
+    base: SeriesConfig,
+    latency: SeriesConfig,
+    per_minute: SeriesConfig,
+    per_second: SeriesConfig,
+    ratio: SeriesConfig,
+}
+
+impl SeriesConfigs {
+    fn new(base: &SeriesConfig, interval_s: f64) -> SeriesConfigs {
+        SeriesConfigs {
+            latency: SeriesConfig {
+                relative_floor: 0.1,
+                ..base.clone()
+            },
+            per_minute: SeriesConfig {
+                count_scale: interval_s / 60.0,
+                ..base.clone()
+            },
+            per_second: SeriesConfig {
+                count_scale: interval_s,
+                ..base.clone()
+            },
+            ratio: SeriesConfig {
+                absolute_floor: 0.01,
+                ..base.clone()
+            },
+            base: base.clone(),
+        }
+    }
+
+    /// The configuration a signal of `kind` measured in `unit` is scored with.
+    fn of(&self, kind: DetectorKind, unit: &str) -> &SeriesConfig {
+        match (kind, unit) {
+            (DetectorKind::Metric | DetectorKind::MetricPeer, _) => &self.base,
+            (_, "s") => &self.latency,
+            (_, "/min") => &self.per_minute,
+            (_, "/s") => &self.per_second,
+            (_, "ratio") => &self.ratio,
+            _ => &self.base,
+        }
+    }
+}
+
 /// The detection engine. See the module docs.
 #[derive(Debug)]
 pub struct Engine {
     cfg: EngineConfig,
-    /// Per-kind variants of `cfg.series`: latency quantiles are quantised by histogram
-    /// buckets (10 % relative floor); counts have Poisson noise; ratios get a 1-point floor.
-    cfg_latency: SeriesConfig,
-    cfg_per_minute: SeriesConfig,
-    cfg_per_second: SeriesConfig,
-    cfg_ratio: SeriesConfig,
+    /// The series configuration per kind of signal (see [`SeriesConfigs`]).
+    series_cfgs: SeriesConfigs,
     tracked: HashMap<String, Tracked>,
     /// Event time and open intervals per kind of signal (see [`lanes`]).
     lanes: [lanes::LaneState; 3],
@@ -394,22 +438,7 @@ impl Engine {
     pub fn new(cfg: EngineConfig) -> Engine {
         let interval_s = cfg.interval_ms as f64 / 1000.0;
         Engine {
-            cfg_latency: SeriesConfig {
-                relative_floor: 0.1,
-                ..cfg.series.clone()
-            },
-            cfg_per_minute: SeriesConfig {
-                count_scale: interval_s / 60.0,
-                ..cfg.series.clone()
-            },
-            cfg_per_second: SeriesConfig {
-                count_scale: interval_s,
-                ..cfg.series.clone()
-            },
-            cfg_ratio: SeriesConfig {
-                absolute_floor: 0.01,
-                ..cfg.series.clone()
-            },
+            series_cfgs: SeriesConfigs::new(&cfg.series, interval_s),
             cfg,
             tracked: HashMap::new(),
             lanes: Default::default(),

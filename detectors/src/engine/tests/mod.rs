@@ -203,6 +203,33 @@ fn new_error_patterns_are_findings_after_warm_up_and_grouped() {
 }
 
 #[test]
+fn a_new_pattern_that_keeps_coming_is_reported_as_still_coming() {
+    let mut e = engine();
+    e.observe_log("auth", 1, true, "user <*> logged in", 9, T0);
+    // Past warm-up, a new error line every ten seconds for ten minutes.
+    for k in 0..60 {
+        e.observe_log(
+            "auth",
+            2,
+            k == 0,
+            "upstream db failed on <*>",
+            17,
+            T0 + 20 * MIN + k * 10_000,
+        );
+    }
+    let latest = e.drain().pop().expect("the finding, reported");
+    assert!(latest.open);
+    // Reported at least once a minute: the last report is in the last minute of lines (the
+    // finding looked over 10 s after it began when only a minute-long gap re-reported it).
+    assert!(
+        latest.end_ms >= T0 + 29 * MIN,
+        "last reported end {} s after the first line",
+        (latest.end_ms - T0 - 20 * MIN) / 1000
+    );
+    assert!(latest.explanation.contains("(55 lines)"), "{}", latest.explanation);
+}
+
+#[test]
 fn a_one_off_error_line_is_info_and_the_finding_closes() {
     let mut e = engine();
     e.observe_log("auth", 1, true, "user <*> logged in", 9, T0);
@@ -374,6 +401,37 @@ fn a_few_errors_more_than_usual_are_chance_and_many_are_a_finding() {
     assert_eq!(
         starts,
         vec![170],
+        "error-ratio findings began at minutes {starts:?}: {ratio:#?}"
+    );
+}
+
+#[test]
+fn a_small_service_failing_for_minutes_is_a_finding() {
+    // The demo's checkout at night: 10–16 requests a minute, one failing every few minutes,
+    // then 40 % failing — 3 to 7 errors a minute, each minute alone within what chance gives
+    // one minute in a few hundred at the band's edge, the run of them far beyond it.
+    let mut e = engine();
+    let mut i = 0u64;
+    for m in 0..175i64 {
+        let requests = 10 + (jitter(m as u64 + 7_000) * 7.0) as u64;
+        for k in 0..requests {
+            i += 1;
+            let failing = if m >= 150 { jitter(i) < 0.4 } else { jitter(i) < 0.01 };
+            let ts = T0 + m * MIN + (k as i64) * (MIN / requests as i64);
+            e.observe_span("checkout", "POST /orders", ts, 0.05 + 0.01 * jitter(k), failing);
+        }
+    }
+    e.advance(T0 + 175 * MIN);
+    let ratio: Vec<Anomaly> = findings(&mut e)
+        .into_values()
+        .filter(|a| a.signal.key == "red:checkout:POST /orders:errors")
+        .collect();
+    let starts: Vec<(i64, f64)> = ratio.iter().map(|a| ((a.start_ms - T0) / MIN, a.score)).collect();
+    // Found within two minutes, and clear (a warning): a lone failure minutes before must not
+    // have damped the series' scores (it did, until a firing the count test called chance
+    // stopped arming the detector's cooldown).
+    assert!(
+        starts.len() == 1 && (150..=152).contains(&starts[0].0) && starts[0].1 >= 0.7,
         "error-ratio findings began at minutes {starts:?}: {ratio:#?}"
     );
 }
