@@ -205,6 +205,9 @@ impl Engine {
             if t.quiet >= self.cfg.close_after {
                 a.open = false;
                 t.onset_band = None;
+                // The series' cooldown guarded this finding; it does not outlive it (a
+                // service that fails again an hour later scored half, never a clear finding).
+                t.detector.end_cooldown();
                 self.updates.push(a);
             } else {
                 t.open = Some(a);

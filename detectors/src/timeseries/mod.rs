@@ -266,6 +266,12 @@ impl SeriesDetector {
         }
     }
 
+    /// The caller's finding on this series is over: the cooldown that kept it one finding
+    /// ends with it, so the series failing again later — a second fault — scores in full.
+    pub fn end_cooldown(&mut self) {
+        self.cooldown_left = 0;
+    }
+
     /// The estimated sampling step, once known.
     pub fn step_ms(&self) -> Option<i64> {
         self.spacing.step()

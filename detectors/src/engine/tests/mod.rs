@@ -435,3 +435,31 @@ fn a_small_service_failing_for_minutes_is_a_finding() {
         "error-ratio findings began at minutes {starts:?}: {ratio:#?}"
     );
 }
+
+#[test]
+fn a_service_that_fails_again_an_hour_later_is_a_clear_finding_again() {
+    // 100 requests a minute, one in a hundred failing; 30 % fail for five minutes at minute
+    // 150 and again at minute 210 — two faults, each of which a human would be paged for.
+    let mut e = engine();
+    for m in 0..230i64 {
+        let errors = if (150..155).contains(&m) || (210..215).contains(&m) {
+            30
+        } else {
+            m as u64 % 2
+        };
+        for k in 0..100u64 {
+            let ts = T0 + m * MIN + (k as i64) * 600;
+            e.observe_span("cart", "GET /cart", ts, 0.05 + 0.01 * jitter(k), k < errors);
+        }
+    }
+    e.advance(T0 + 230 * MIN);
+    let ratio: Vec<(i64, f64)> = findings(&mut e)
+        .into_values()
+        .filter(|a| a.signal.key == "red:cart:GET /cart:errors")
+        .map(|a| ((a.start_ms - T0) / MIN, a.score))
+        .collect();
+    assert!(
+        ratio.len() == 2 && ratio.iter().all(|&(_, score)| score >= 0.7),
+        "error-ratio findings (start minute, score): {ratio:?}"
+    );
+}
