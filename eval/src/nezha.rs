@@ -159,8 +159,9 @@ fn utc_seconds(text: &str) -> Option<i64> {
     crate::parse_civil_ms(text).map(|ms| ms.div_euclid(1000))
 }
 
-/// The replay's faults re-timed at each fault's `inject_time` (see the module docs).
-fn recorded_times(data: &Path, shifted: &serde_json::Value) -> Result<serde_json::Value, String> {
+/// The replay's faults re-timed at each fault's `inject_time` (see the module docs), and the
+/// replay's shift in seconds.
+fn recorded_times(data: &Path, shifted: &serde_json::Value) -> Result<(serde_json::Value, f64), String> {
     let days = std::fs::read_dir(data.join("rca_data")).map_err(|e| format!("{}: {e}", data.display()))?;
     let day = days
         .filter_map(Result::ok)
@@ -182,6 +183,7 @@ fn recorded_times(data: &Path, shifted: &serde_json::Value) -> Result<serde_json
         return Err("the replay printed a different number of faults than the list holds".into());
     }
     let mut out = Vec::new();
+    let mut replay_shift = 0.0;
     for (f, s) in listed.iter().zip(shifted) {
         let stamp: f64 = f["inject_timestamp"]
             .as_str()
@@ -189,11 +191,12 @@ fn recorded_times(data: &Path, shifted: &serde_json::Value) -> Result<serde_json
             .ok_or("bad inject_timestamp")?;
         let at = utc_seconds(f["inject_time"].as_str().ok_or("no inject_time")?).ok_or("bad inject_time")?;
         let shift = s["inject_unix"].as_f64().ok_or("bad inject_unix")? - stamp;
+        replay_shift = shift;
         let mut s = s.clone();
         s["inject_unix"] = serde_json::json!(at as f64 + shift);
         out.push(s);
     }
-    Ok(serde_json::Value::Array(out))
+    Ok((serde_json::Value::Array(out), replay_shift))
 }
 
 fn score(tools: &Path, faults: &Path, api: &str, extra: &[&str]) -> Result<String, String> {
@@ -259,7 +262,15 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
     let tool_faults = dir.join("faults.json");
     let recorded_faults = dir.join("faults-at-inject-time.json");
     std::fs::write(&tool_faults, &out.stdout).map_err(|e| e.to_string())?;
-    std::fs::write(&recorded_faults, recorded_times(&o.data, &faults)?.to_string()).map_err(|e| e.to_string())?;
+    let (recorded, shift) = recorded_times(&o.data, &faults)?;
+    std::fs::write(&recorded_faults, recorded.to_string()).map_err(|e| e.to_string())?;
+    // The replay shifts the day by "now" to the nanosecond, so the detectors' minute grid
+    // falls at a different second of the recording's minutes in every run, and the online
+    // figures move with it (a 3-minute episode spans 3 or 4 intervals): say where it fell.
+    eprintln!(
+        "the replay shifted the day by {shift:.0} s: the minute grid falls {:.0} s into the recording's minutes",
+        (-shift).rem_euclid(60.0)
+    );
 
     // The replay shifts the data to end 60 s before it started, so its last interval ends
     // by the replay's start. Once data stops, the detection thread's time (the gauge) is the
