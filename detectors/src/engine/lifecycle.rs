@@ -99,7 +99,8 @@ impl Engine {
             }
         };
         self.stats.points_scored += 1;
-        // A firing the count test called chance opened nothing, so nothing is to be damped.
+        // A firing that opened nothing (the count test called it chance, or feedback raised
+        // the signal's threshold above it) has nothing to keep one finding: nothing to damp.
         if self.apply_point(key, point, threshold, sentence, opens)
             && let Some(t) = self.tracked.get_mut(key)
         {
@@ -108,8 +109,7 @@ impl Engine {
     }
 
     /// Opens, extends or closes the anomaly of `key` with one scored point. Returns whether
-    /// the point scored enough to open a finding and the count test (`opens`) kept it from
-    /// doing so.
+    /// the point left the signal without a finding (none was open and it opened none).
     pub(super) fn apply_point(
         &mut self,
         key: &str,
@@ -133,7 +133,7 @@ impl Engine {
         // `may_open` is false when the evidence is too thin to start a finding (one error
         // in an interval), though it may still extend one.
         let strong = point.score >= threshold && (may_open || t.open.is_some());
-        let dismissed = point.score >= threshold && !strong;
+        let opened_nothing = t.open.is_none() && !strong;
         // An open anomaly lasts while the signal stays outside the band it was expected in
         // when the anomaly began — the detector adapts to a new level within minutes, but a
         // p99 that stays at 2 s is still the same incident — up to MAX_UNCONFIRMED_MS
@@ -213,7 +213,7 @@ impl Engine {
                 t.open = Some(a);
             }
         }
-        dismissed
+        opened_nothing
     }
 
     /// Before `key` is tracked: at the cap (`max_series`), the longest silent signal goes.

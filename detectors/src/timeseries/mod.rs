@@ -255,11 +255,11 @@ impl SeriesDetector {
         }
     }
 
-    /// The caller judged the firing score of the point just observed to be chance — a count
-    /// too small to mean anything, however far outside the band — so it does not damp the
-    /// points after it as a firing does. Without this a series of a quiet service, where a
-    /// lone failed request is "beyond anything seen" every few minutes, spends all its time
-    /// in the cooldown, and a real fault there scores half of what it should.
+    /// The caller raised nothing on the point just observed — e.g. it judged a firing score
+    /// chance, a count too small to mean anything however far outside the band — so, if the
+    /// point armed the cooldown, it does not damp the points after it. Without this a series
+    /// of a quiet service, where a lone failed request is "beyond anything seen" every few
+    /// minutes, spends all its time in the cooldown, and a real fault there scores half.
     pub fn dismiss_firing(&mut self, cfg: &SeriesConfig) {
         if cfg.cooldown > 0 && self.cooldown_left == cfg.cooldown {
             self.cooldown_left = 0;
