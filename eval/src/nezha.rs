@@ -17,8 +17,30 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub(crate) const USAGE: &str =
-    "vigil-eval nezha [--data DIR] [--tools DIR] [--collector PATH] [--as-recorded] [--window SECS] [--keep DIR]";
+pub(crate) const USAGE: &str = "vigil-eval nezha [--data DIR] [--tools DIR] [--collector PATH] [--as-recorded] [--window SECS] [--grid-phase SECS] [--keep DIR]";
+
+/// Runs `nezha_replay.py` (argv: tool, phase, then the tool's own arguments) with the clock it
+/// shifts the day by pinned to the latest second at or before now that puts the detectors'
+/// minute grid `phase` seconds into the recording's minutes. The tool ends the day
+/// `--end-offset` (60 s) before "now" by its last metric row; reading that row the same way
+/// here is the only thing repeated. Runs at one phase find the same intervals, so two runs
+/// of the same code give the same findings — what comparing two changes needs.
+const PINNED_REPLAY: &str = r#"
+import importlib.util, os, sys, time
+tool, phase = sys.argv[1], int(sys.argv[2])
+spec = importlib.util.spec_from_file_location("nezha_replay", tool)
+replay = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(replay)
+data = sys.argv[3]
+day = sorted(os.listdir(os.path.join(data, "rca_data")))[0]
+last = max(int(r["TimeStamp"]) for p in replay.files(data, "rca_data", day, "metric", "*_metric")
+           for r in replay.rows(p))
+now = int(time.time())
+pinned = now - (now - (60 + last - phase)) % 60
+replay.time.time = lambda: float(pinned)
+sys.argv = [tool] + sys.argv[3:]
+replay.main()
+"#;
 
 struct Options {
     data: PathBuf,
@@ -26,6 +48,9 @@ struct Options {
     collector: PathBuf,
     as_recorded: bool,
     window_secs: u64,
+    /// Where the detectors' minute grid is to fall in the recording's minutes (seconds,
+    /// 0–59); `None`: wherever the replay's "now" puts it.
+    grid_phase: Option<u32>,
     keep: Option<PathBuf>,
 }
 
@@ -37,6 +62,7 @@ fn options(args: &[String]) -> Result<Options, String> {
         collector: exe.with_file_name("vigil-collector"),
         as_recorded: false,
         window_secs: 180,
+        grid_phase: None,
         keep: None,
     };
     let mut it = args.iter();
@@ -49,6 +75,13 @@ fn options(args: &[String]) -> Result<Options, String> {
             "--keep" => o.keep = Some(value()?.into()),
             "--window" => o.window_secs = value()?.parse().map_err(|_| "--window takes seconds".to_string())?,
             "--as-recorded" => o.as_recorded = true,
+            "--grid-phase" => {
+                let phase: u32 = value()?.parse().map_err(|_| "--grid-phase takes seconds".to_string())?;
+                if phase >= 60 {
+                    return Err("--grid-phase is a second of the minute: 0 to 59".into());
+                }
+                o.grid_phase = Some(phase);
+            }
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
         }
     }
@@ -241,10 +274,16 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
     let mut replay = Command::new("python3");
-    replay
-        .arg(o.tools.join("nezha_replay.py"))
-        .arg(&o.data)
-        .arg(&collector.otlp_http);
+    match o.grid_phase {
+        // The shared tool, unchanged, with its clock pinned (see `PINNED_REPLAY`).
+        Some(phase) => replay
+            .arg("-c")
+            .arg(PINNED_REPLAY)
+            .arg(o.tools.join("nezha_replay.py"))
+            .arg(phase.to_string()),
+        None => replay.arg(o.tools.join("nezha_replay.py")),
+    };
+    replay.arg(&o.data).arg(&collector.otlp_http);
     if o.as_recorded {
         replay.arg("--as-recorded");
     }
