@@ -99,17 +99,10 @@ impl Engine {
             }
         };
         self.stats.points_scored += 1;
-        // A firing that opened nothing (the count test called it chance, or feedback raised
-        // the signal's threshold above it) has nothing to keep one finding: nothing to damp.
-        if self.apply_point(key, point, threshold, sentence, opens)
-            && let Some(t) = self.tracked.get_mut(key)
-        {
-            t.detector.dismiss_firing(self.series_cfgs.of(t.kind, &t.unit));
-        }
+        self.apply_point(key, point, threshold, sentence, opens);
     }
 
-    /// Opens, extends or closes the anomaly of `key` with one scored point. Returns whether
-    /// the point left the signal without a finding (none was open and it opened none).
+    /// Opens, extends or closes the anomaly of `key` with one scored point.
     pub(super) fn apply_point(
         &mut self,
         key: &str,
@@ -117,11 +110,9 @@ impl Engine {
         threshold: f64,
         sentence: Option<String>,
         opens: Opens,
-    ) -> bool {
+    ) {
         let ts_ms = point.timestamp_ms;
-        let Some(t) = self.tracked.get_mut(key) else {
-            return false;
-        };
+        let Some(t) = self.tracked.get_mut(key) else { return };
         let non_negative = matches!(t.unit.as_str(), "/s" | "/min" | "s" | "ratio");
         let may_open = match opens {
             Opens::Any => true,
@@ -133,7 +124,12 @@ impl Engine {
         // `may_open` is false when the evidence is too thin to start a finding (one error
         // in an interval), though it may still extend one.
         let strong = point.score >= threshold && (may_open || t.open.is_some());
-        let opened_nothing = t.open.is_none() && !strong;
+        if t.open.is_none() && !strong {
+            // A firing that opens nothing (the count test called it chance, or feedback
+            // raised the signal's threshold above it) has no finding to keep one: nothing for
+            // the series' cooldown to damp.
+            t.detector.dismiss_firing(self.series_cfgs.of(t.kind, &t.unit));
+        }
         // An open anomaly lasts while the signal stays outside the band it was expected in
         // when the anomaly began — the detector adapts to a new level within minutes, but a
         // p99 that stays at 2 s is still the same incident — up to MAX_UNCONFIRMED_MS
@@ -213,7 +209,6 @@ impl Engine {
                 t.open = Some(a);
             }
         }
-        opened_nothing
     }
 
     /// Before `key` is tracked: at the cap (`max_series`), the longest silent signal goes.
