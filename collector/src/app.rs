@@ -191,6 +191,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnO
         Arc::clone(&store),
         Arc::clone(&patterns),
         Arc::clone(&detection.incidents),
+        Arc::clone(&detection.settled),
         Arc::clone(&api_state.investigations),
         Arc::clone(&alerts),
         Arc::clone(&metrics),

@@ -69,8 +69,13 @@ pub(crate) struct Metrics {
     pub detect_points: Counter,
     pub detect_points_rejected: Counter,
     pub detect_late_events: Counter,
+    pub detect_intervals_graced: Counter,
     /// Event time the detectors have reached (unix seconds): what their intervals close on.
     pub detect_event_time: Gauge,
+    /// Event time up to which every kind of signal is final (unix seconds).
+    pub detect_settled_time: Gauge,
+    /// The last write-ahead log entry the detectors have applied.
+    pub detect_applied_lsn: Gauge,
     pub detect_series_evicted: Counter,
     pub anomaly_updates: Family<DetectorLabel, Counter>,
 }
@@ -104,6 +109,9 @@ impl Default for Metrics {
             detect_points: Counter::default(),
             detect_points_rejected: Counter::default(),
             detect_late_events: Counter::default(),
+            detect_intervals_graced: Counter::default(),
+            detect_settled_time: Gauge::default(),
+            detect_applied_lsn: Gauge::default(),
             detect_event_time: Gauge::default(),
             detect_series_evicted: Counter::default(),
             anomaly_updates: Family::default(),
@@ -204,6 +212,21 @@ impl Default for Metrics {
                 "detect_late_events",
                 "Log records and spans that arrived after their interval was closed",
                 m.detect_late_events.clone(),
+            );
+            r.register(
+                "detect_intervals_graced",
+                "Intervals of logs or spans left unscored: a kind of signal's first minute back after a silence longer than detect.allowed_lateness",
+                m.detect_intervals_graced.clone(),
+            );
+            r.register(
+                "detect_settled_time_seconds",
+                "Event time up to which every kind of signal is final (unix seconds): the slowest kind's event time minus detect.allowed_lateness; incidents are investigated once it passes their window",
+                m.detect_settled_time.clone(),
+            );
+            r.register(
+                "detect_applied_lsn",
+                "The last write-ahead log entry the detectors have applied",
+                m.detect_applied_lsn.clone(),
             );
             r.register(
                 "detect_event_time_seconds",

@@ -5,6 +5,7 @@
 //! signal — ranks the services far better. The incident keeps the correlator's ranking too
 //! (`correlated_candidates` in the API).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use vigil_rca::{Candidate, Incident};
 
 use super::{Investigation, InvestigationStore, Request};
-use crate::pipeline::IncidentStore;
+use crate::pipeline::{IncidentStore, Settled};
 use crate::storage::Store;
 use crate::telemetry::Metrics;
 
@@ -27,12 +28,21 @@ const TICK: Duration = Duration::from_secs(2);
 /// Incidents looked back on at each tick (the newest first).
 const RECENT: usize = 200;
 
-/// Investigates incidents whose first minutes the detectors have passed, one at a time,
-/// until `stop`.
+/// Investigates incidents whose first minutes are final and indexed, one at a time, until
+/// `stop`.
+///
+/// An incident is due once every kind of signal has settled past its window (event time:
+/// the data's own clock, so a replay at any speed investigates each incident when its
+/// minutes are in) and the indexes hold every write-ahead log entry detection had applied
+/// by then. Investigating as soon as the fastest kind had passed the window read whatever
+/// the last index commit happened to hold: two replays of the same day ranked the same
+/// incidents differently.
+#[allow(clippy::too_many_arguments)] // the shared stores it reads and writes, each once
 pub(crate) async fn run(
     store: Arc<Store>,
     patterns: Arc<crate::process::PatternCatalog>,
     incidents: Arc<IncidentStore>,
+    settled: Arc<std::sync::Mutex<Settled>>,
     kept: Arc<InvestigationStore>,
     alerts: Arc<crate::alerts::AlertService>,
     metrics: Arc<Metrics>,
@@ -41,6 +51,8 @@ pub(crate) async fn run(
     // Incidents whose investigation failed: tried once, not again every tick (the warning
     // says why); bounded like the incidents looked at.
     let mut failed: std::collections::VecDeque<String> = std::collections::VecDeque::new();
+    // Incidents whose window has settled, with the entry the indexes must hold first.
+    let mut waiting: HashMap<String, u64> = HashMap::new();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -48,16 +60,18 @@ pub(crate) async fn run(
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        // Event time the detectors have reached: the data's own clock, so a replay at
-        // any speed investigates each incident once its minutes are in.
-        let event_ms = metrics.detect_event_time.get().saturating_mul(1000);
-        let due: Vec<Incident> = incidents
-            .query(0, i64::MAX, None, RECENT)
+        let now = *settled.lock().unwrap_or_else(|e| e.into_inner());
+        let indexed = u64::try_from(metrics.indexed_lsn.get()).unwrap_or(0);
+        let recent = incidents.query(0, i64::MAX, None, RECENT);
+        waiting.retain(|id, _| recent.iter().any(|i| &i.id == id));
+        let due: Vec<Incident> = recent
             .into_iter()
-            .filter(|i| i.symptom_start_ms() + AFTER_MS <= event_ms)
+            .filter(|i| i.symptom_start_ms() + AFTER_MS <= now.event_ms)
             .filter(|i| kept.count_for_incident(&i.id) == 0 && !failed.contains(&i.id))
+            .filter(|i| *waiting.entry(i.id.clone()).or_insert(now.applied_lsn) <= indexed)
             .collect();
         for inc in due {
+            waiting.remove(&inc.id);
             if stop.is_cancelled() {
                 return;
             }

@@ -166,6 +166,17 @@ pub(crate) struct Detection {
     pub anomalies: Arc<AnomalyStore>,
     pub incidents: Arc<IncidentStore>,
     pub topology: Arc<std::sync::Mutex<Topology>>,
+    pub settled: Arc<std::sync::Mutex<Settled>>,
+}
+
+/// How far detection has got, read together: event time up to which every kind of signal is
+/// final ([`Engine::settled_time`]) and the last WAL entry applied when it got there. The
+/// data of a window that ends before `event_ms` came in entries up to `applied_lsn`, so once
+/// the indexes hold those, a search of the window reads what detection counted.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Settled {
+    pub event_ms: i64,
+    pub applied_lsn: u64,
 }
 
 /// A running detection thread.
@@ -204,6 +215,7 @@ pub(crate) fn start(
         anomalies: Arc::clone(&store),
         incidents: Arc::clone(&incidents),
         topology: Arc::new(std::sync::Mutex::new(Topology::new())),
+        settled: Arc::new(std::sync::Mutex::new(Settled::default())),
     };
     let thread_shared = shared.clone();
     let thread = std::thread::Builder::new().name("vigil-detect".into()).spawn(move || {
@@ -390,9 +402,11 @@ fn run(
             }
             Err(RecvTimeoutError::Timeout) => {
                 let wall_ms = crate::timeutil::now_ms();
-                // Each kind of signal moves on from its own latest event (the detectors'
-                // lanes); the clock here only dates the detection's progress.
-                state.engine.advance_quiet(wall_ms);
+                // A kind of signal quiet for the allowed lateness moves on from its own
+                // latest event (the detectors' lanes); a shorter pause — the indexer
+                // committing while the queue drained — moves nothing. The clock here only
+                // dates the detection's progress.
+                state.engine.set_wall_clock(wall_ms);
                 if let Some(event_now) = clock.idle(wall_ms) {
                     let settled = event_now.saturating_sub(state.engine.config().lateness_ms);
                     state.progress.latest_event_ms = state.progress.latest_event_ms.max(settled);
@@ -402,6 +416,17 @@ fn run(
         }
         if state.progress.latest_event_ms > 0 {
             metrics.detect_event_time.set(state.progress.latest_event_ms / 1000);
+        }
+        let settled = Settled {
+            event_ms: state.engine.settled_time(),
+            applied_lsn: state.progress.applied_lsn,
+        };
+        *shared.settled.lock().unwrap_or_else(|e| e.into_inner()) = settled;
+        metrics
+            .detect_applied_lsn
+            .set(i64::try_from(settled.applied_lsn).unwrap_or(i64::MAX));
+        if settled.event_ms > 0 {
+            metrics.detect_settled_time.set(settled.event_ms / 1000);
         }
         let updates = state.engine.drain();
         if !updates.is_empty() {
@@ -440,6 +465,9 @@ fn run(
         metrics
             .detect_late_events
             .inc_by(stats.late_events - reported.late_events);
+        metrics
+            .detect_intervals_graced
+            .inc_by(stats.intervals_graced - reported.intervals_graced);
         metrics
             .detect_series_evicted
             .inc_by(stats.series_evicted - reported.series_evicted);

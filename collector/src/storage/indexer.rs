@@ -53,6 +53,14 @@ fn now_ns() -> i64 {
 impl Indexer {
     pub(crate) fn new(store: Arc<Store>, options: IndexerOptions, dedup: Arc<BatchDedup>) -> Indexer {
         let next_commit = Instant::now() + options.commit_interval;
+        // What the partitions committed before a restart is searchable now: without this
+        // the gauge would read 0 until new data came, and whoever waits on it (the
+        // incidents' investigations) would wait on a quiet system for ever.
+        let committed = store.partitions.max_committed_lsn();
+        store
+            .metrics
+            .indexed_lsn
+            .set(i64::try_from(committed).unwrap_or(i64::MAX));
         Indexer {
             store,
             options,

@@ -9,7 +9,9 @@ impl Engine {
     /// Notes an event of `source` in `lane` and closes what the lane's agreed event time
     /// allows.
     pub(super) fn saw(&mut self, lane: Lane, source: &str, ts_ms: i64) {
+        let idle_after = self.cfg.lateness_ms;
         let state = &mut self.lanes[lane as usize];
+        state.note_resumption(source, ts_ms, idle_after);
         state.sources.saw(source, ts_ms);
         state.heard_wall_ms = self.wall_ms;
         let now = state.sources.event_time();
@@ -27,7 +29,10 @@ impl Engine {
 
     /// The wall clock, for telling a lane that went quiet from one that is merely behind
     /// (see `engine/lanes.rs`): a lane that had nothing for the allowed lateness of
-    /// wall time follows the wall clock from its own latest event.
+    /// wall time follows the wall clock from its own latest event. Called with every batch
+    /// and during quiet spells alike: a pause shorter than the lateness moves no lane, so a
+    /// stalled pipeline (a slow index commit holding back the next batch) closes nothing
+    /// early, and where intervals close never depends on how fast a replay ran.
     pub fn set_wall_clock(&mut self, wall_ms: i64) {
         self.wall_ms = wall_ms;
         for lane in Lane::ALL {
@@ -39,15 +44,6 @@ impl Engine {
             if state.heard_wall_ms.saturating_add(self.cfg.lateness_ms) <= wall_ms {
                 self.follow_wall_clock(lane, wall_ms);
             }
-        }
-    }
-
-    /// After a quiet spell (no data at all) at wall time `wall_ms`: every lane follows the
-    /// wall clock from its own latest event, so the last intervals close.
-    pub fn advance_quiet(&mut self, wall_ms: i64) {
-        self.set_wall_clock(wall_ms);
-        for lane in Lane::ALL {
-            self.follow_wall_clock(lane, wall_ms);
         }
     }
 
@@ -419,6 +415,11 @@ impl Engine {
         self.close_peers(end, bucket.peers);
         if lane == Lane::Logs {
             self.close_quiet_new_patterns(end);
+        }
+        if lane != Lane::Metrics && self.lanes[lane as usize].in_resumption_grace(start, self.cfg.interval_ms) {
+            // The first minute of a kind of signal coming back: not scored (lanes.rs).
+            self.stats.intervals_graced += 1;
+            return;
         }
         let per_min = 60_000.0 / self.cfg.interval_ms as f64;
         let per_sec = 1000.0 / self.cfg.interval_ms as f64;

@@ -182,6 +182,9 @@ pub struct EngineStats {
     /// closed (past [`EngineConfig::lateness_ms`]): left out of the interval counts (a late
     /// log line still teaches its pattern and may still be a new-pattern finding).
     pub late_events: u64,
+    /// Lane intervals left unscored because they held a kind of signal's first minute back
+    /// after a silence (see `engine/lanes.rs`).
+    pub intervals_graced: u64,
     /// Signals dropped to stay within [`EngineConfig::max_series`], least recently seen
     /// first; a dropped signal starts from nothing when it comes back.
     pub series_evicted: u64,
@@ -422,6 +425,29 @@ enum Opens {
     No,
 }
 
+/// Puts a batch of updates in an order that depends on nothing but the findings: by the end
+/// of each finding's first update in the batch, then its signal, every finding's updates
+/// together and in the order they were made. Closing an interval walks hash maps (patterns,
+/// operations, tracked signals), so the order the engine found things in changes from one
+/// process to the next — and the correlator, which joins findings in the order they come,
+/// made different incidents of identical findings in two replays of the same day.
+fn in_stable_order(updates: &mut [Anomaly]) {
+    if updates.len() < 2 {
+        return;
+    }
+    let mut first: HashMap<String, (i64, String)> = HashMap::new();
+    for a in updates.iter() {
+        first
+            .entry(a.id.clone())
+            .or_insert_with(|| (a.end_ms, a.signal.key.clone()));
+    }
+    // Stable: a finding's updates (same key) keep the order they were made in.
+    updates.sort_by_cached_key(|a| {
+        let (end, key) = &first[&a.id];
+        (*end, key.clone(), a.id.clone())
+    });
+}
+
 fn anomaly_id(key: &str, start_ms: i64) -> String {
     // FNV-1a: stable across runs and platforms, so replay yields the same ids.
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -498,7 +524,9 @@ impl Engine {
 
     /// Anomalies opened, extended or closed since the last call.
     pub fn drain(&mut self) -> Vec<Anomaly> {
-        std::mem::take(&mut self.updates)
+        let mut updates = std::mem::take(&mut self.updates);
+        in_stable_order(&mut updates);
+        updates
     }
 
     /// Event time as the sources agree on it: the newest time at least two of them have
@@ -510,6 +538,20 @@ impl Engine {
             .iter()
             .map(|l| l.sources.event_time())
             .max()
+            .unwrap_or(i64::MIN)
+    }
+
+    /// Event time up to which every kind of signal is final: the lowest watermark of the
+    /// lanes that have had data (each lane's event time minus the allowed lateness; what is
+    /// older arrives late). `i64::MIN` before any event. What reads the stored data of a
+    /// window — an incident's investigation — waits for this to pass the window's end, so it
+    /// reads what detection counted and not a part of it.
+    pub fn settled_time(&self) -> i64 {
+        self.lanes
+            .iter()
+            .filter(|l| l.has_data())
+            .map(|l| l.watermark_ms)
+            .min()
             .unwrap_or(i64::MIN)
     }
 

@@ -28,6 +28,11 @@ pub(crate) struct SourceClock {
 }
 
 impl SourceClock {
+    /// The newest event time of `source`, if it has been heard from.
+    pub(crate) fn latest_of(&self, source: &str) -> Option<i64> {
+        self.latest.get(source).copied()
+    }
+
     /// Notes an event of `source` at `ts_ms`.
     pub(crate) fn saw(&mut self, source: &str, ts_ms: i64) {
         match self.latest.get_mut(source) {

@@ -261,6 +261,19 @@ fn incident_id(first_anomaly: &str, start_ms: i64) -> String {
     format!("inc-{h:016x}")
 }
 
+/// Members by onset; ties by what they are (service, signal), never by anomaly id alone — an
+/// id hashes the start time, so ordering by it would make the same data replayed at another
+/// time come out differently.
+fn in_onset_order(x: &Member, y: &Member) -> std::cmp::Ordering {
+    (x.start_ms, &x.service, &x.signal, x.detector, &x.anomaly_id).cmp(&(
+        y.start_ms,
+        &y.service,
+        &y.signal,
+        y.detector,
+        &y.anomaly_id,
+    ))
+}
+
 fn kind_family(d: DetectorKind) -> &'static str {
     match d {
         DetectorKind::Metric | DetectorKind::MetricPeer => "metrics",
@@ -347,7 +360,17 @@ impl Correlator {
                 going_on && a.start_ms + self.cfg.join_window_ms >= i.start_ms && a.start_ms - i.start_ms <= max_age
             })
             .filter(|i| service == "unknown" || i.services.iter().any(|s| topo.near(s, service, self.cfg.max_hops)))
-            .max_by_key(|i| i.end_ms)
+            // Ties (findings end on interval boundaries) go by what the incidents hold, not by
+            // their ids: an id hashes the start time, so the same day replayed an hour later
+            // would pick the other incident.
+            .max_by(|x, y| {
+                (x.end_ms, x.start_ms, &x.services, x.timeline.len()).cmp(&(
+                    y.end_ms,
+                    y.start_ms,
+                    &y.services,
+                    y.timeline.len(),
+                ))
+            })
             .map(|i| i.id.clone())
     }
 
@@ -423,7 +446,7 @@ impl Correlator {
 
     /// Opens an incident holding `members` (taken out of the pending set).
     fn open_with(&mut self, members: Vec<Member>, topo: &Topology) {
-        let Some(first) = members.iter().min_by_key(|m| (m.start_ms, m.anomaly_id.clone())) else {
+        let Some(first) = members.iter().min_by(|x, y| in_onset_order(x, y)) else {
             return;
         };
         let id = incident_id(&first.anomaly_id, first.start_ms);

@@ -4,17 +4,13 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use vigil_detectors::format_time;
 
-use super::{Incident, Member, RankedService, SIMULTANEOUS_MS, kind_family, onset};
+use super::{Incident, Member, RankedService, SIMULTANEOUS_MS, in_onset_order, kind_family, onset};
 use crate::topology::Topology;
 
 /// After members were added or changed: the timeline in onset order, the services, the
 /// ranking and summary.
 pub(super) fn refresh(inc: &mut Incident, topo: &Topology) {
-    inc.timeline.sort_by(|x, y| {
-        x.start_ms
-            .cmp(&y.start_ms)
-            .then_with(|| x.anomaly_id.cmp(&y.anomaly_id))
-    });
+    inc.timeline.sort_by(in_onset_order);
     let services: BTreeSet<String> = inc.timeline.iter().map(|m| m.service.clone()).collect();
     inc.services = services.into_iter().collect();
     rank(inc, topo);

@@ -556,3 +556,37 @@ fn a_neighbour_going_wrong_minutes_into_an_incident_is_a_new_fault() {
             .is_some_and(|i| !i.services.iter().any(|s| s == "frontend"))
     );
 }
+
+#[test]
+fn the_same_findings_hours_later_make_the_same_incidents() {
+    // Two unrelated incidents end at the same moment and a finding with no service joins one
+    // of them. Which one must follow from the findings, not from incident ids (they hash the
+    // start time): a replay of the same day at another hour makes the same incidents.
+    let topo = topology();
+    let joined_by = |shift_ms: i64| {
+        let mut c = Correlator::new(IncidentConfig::default());
+        let at = |mut a: Anomaly| {
+            a.start_ms += shift_ms;
+            a.end_ms += shift_ms;
+            a
+        };
+        for (id, service) in [("c", "checkout"), ("i", "inventory")] {
+            let mut a = anomaly(id, service, DetectorKind::TraceRed, 0, 0.95, true);
+            a.end_ms = a.start_ms + 4 * 60_000;
+            c.observe(&at(a), &topo);
+        }
+        let mut u = anomaly("u", "unknown", DetectorKind::LogErrorRate, 60, 0.9, true);
+        u.signal.service = None;
+        c.observe(&at(u), &topo);
+        assert_eq!(c.incidents.len(), 2);
+        c.incidents
+            .values()
+            .find(|i| i.timeline.iter().any(|m| m.anomaly_id == "u"))
+            .map(|i| i.services.clone())
+    };
+    let first = joined_by(0);
+    assert!(first.is_some(), "the finding joined neither incident");
+    for k in 1..24 {
+        assert_eq!(joined_by(k * 3_600_000 + k * 7_919), first, "shifted by {k} h");
+    }
+}

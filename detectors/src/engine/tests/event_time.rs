@@ -15,6 +15,8 @@ fn one_host_with_a_fast_clock_does_not_make_everyone_else_late() {
         }
     }
     assert_eq!(e.stats().late_events, 0, "on-time spans dropped as late");
+    // Nothing was silent: the fast host being ahead is not traffic coming back.
+    assert_eq!(e.stats().intervals_graced, 0);
     // Intervals still close as the on-time sources move on.
     assert!(e.event_time() >= T0 + 29 * MIN, "{}", e.event_time());
     assert!(e.stats().points_scored > 0);
@@ -106,15 +108,72 @@ fn a_quiet_spell_moves_each_lane_from_its_own_latest_event() {
         lane_traffic(&mut e, m, m < 30, true);
     }
     // A second with no data at all: the logs, half an hour behind, stay behind…
-    e.advance_quiet(wall + 1000);
+    e.set_wall_clock(wall + 1000);
     for m in 30..60 {
         lane_traffic(&mut e, m, true, false);
     }
     assert_eq!(e.stats().late_events, 0, "the quiet spell made the held-back logs late");
     // …and a long quiet spell closes every lane's last intervals.
-    e.advance_quiet(wall + 10 * MIN);
+    e.set_wall_clock(wall + 10 * MIN);
     for key in ["lograte:cart:1", "red:checkout:POST /pay:rate"] {
         let last = e.tracked.get(key).map(|t| t.last_seen_ms);
         assert_eq!(last, Some(T0 + 59 * MIN), "{key}");
     }
+}
+
+#[test]
+fn a_pause_shorter_than_the_lateness_closes_nothing() {
+    // The pipeline stalls for 90 s (an index commit, a slow disk) with no batch reaching the
+    // detectors: no kind went quiet, so no interval may close early — where intervals close
+    // must not depend on how fast the data came (a replay at any speed, the same answers).
+    let wall = T0 + 1000 * MIN;
+    let mut e = engine();
+    e.set_wall_clock(wall);
+    for m in 0..10 {
+        lane_traffic(&mut e, m, true, true);
+    }
+    let last = |e: &Engine| {
+        ["lograte:cart:1", "red:checkout:POST /pay:rate"].map(|k| e.tracked.get(k).map(|t| t.last_seen_ms))
+    };
+    let before = last(&e);
+    e.set_wall_clock(wall + 90_000);
+    assert_eq!(last(&e), before, "a 90 s stall closed intervals");
+    // Quiet for longer than the lateness: the lanes are idle and their intervals close.
+    e.set_wall_clock(wall + 10 * MIN);
+    assert_eq!(last(&e), [Some(T0 + 9 * MIN); 2]);
+}
+
+#[test]
+fn a_kind_coming_back_after_a_silence_is_not_scored_for_its_first_minute() {
+    // Checkout's spans, then its first minute back ten times slower (a load test starting,
+    // cold caches), then steady again, and from minute 261 one request in four slow by 2.2 s.
+    // With twenty minutes of silence before the cold minute, that minute is not scored and the
+    // fault still is; without the silence, the same slow minute is a finding of its own.
+    let p99_starts = |silent_before: bool| {
+        let mut e = engine();
+        let steady = |_: i64, k: u64| 0.2 + 0.1 * jitter(k);
+        pay_traffic(&mut e, 0, if silent_before { 220 } else { 240 }, steady);
+        pay_traffic(&mut e, 240, 1, |_, k| 2.5 + 0.1 * jitter(k));
+        pay_traffic(&mut e, 241, 20, steady);
+        pay_traffic(&mut e, 261, 10, |m, k| {
+            steady(m, k) + if k % 4 == 0 { 2.2 } else { 0.0 }
+        });
+        e.advance(T0 + 273 * MIN);
+        let stats = e.stats();
+        let mut starts: Vec<i64> = findings(&mut e)
+            .values()
+            .filter(|a| a.signal.key == "red:checkout:POST /pay:p99")
+            .map(|a| (a.start_ms - T0) / MIN)
+            .collect();
+        starts.sort_unstable();
+        (starts, stats.intervals_graced)
+    };
+    assert_eq!(p99_starts(true), (vec![261], 1), "after a silence");
+    let (starts, graced) = p99_starts(false);
+    assert_eq!(graced, 0);
+    assert_eq!(
+        starts.first(),
+        Some(&240),
+        "without a silence the slow minute is a finding"
+    );
 }
