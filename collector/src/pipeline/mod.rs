@@ -6,13 +6,14 @@
 //! the WAL queue fills and ingest answers 503 — backpressure, never silent loss. Because the
 //! indexer feeds replayed WAL entries too, detection after a restart sees what the indexes
 //! had not yet committed. What the detectors have learned is saved at shutdown and every few
-//! minutes with the last WAL entry it includes ([`state_file`]); at start it is restored, and
+//! minutes with the last WAL entry it includes ([`saver`], [`state_file`]); at start it is restored, and
 //! of the replayed entries the detectors take only those after that one (the service graph
 //! and the joiner, which are not saved, take them all).
 
 mod clock;
 mod incidents;
 mod join;
+mod saver;
 mod state_file;
 mod store;
 
@@ -20,12 +21,12 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use vigil_detectors::DetectorKind;
 use vigil_detectors::{Engine, EngineConfig, EngineStats, MetricPoint, Verdict};
 
-use state_file::Progress;
+use saver::{Saver, State, restore_state};
 
 use crate::telemetry::{DetectorLabel, Metrics};
 
@@ -153,9 +154,6 @@ const QUEUE: usize = 64;
 /// How often event time is advanced when no data arrives (see [`clock`]), so the last
 /// interval of a quiet system still closes.
 const IDLE_TICK: Duration = Duration::from_secs(1);
-/// How often the detector state is saved while running (it is also saved at shutdown). A
-/// crash loses at most this much learning, never data: that is in the WAL and the indexes.
-const STATE_EVERY: Duration = Duration::from_secs(300);
 
 /// Called with every batch of incident updates, on the detection thread.
 pub(crate) type OnIncidents = Box<dyn Fn(&[Incident]) + Send>;
@@ -232,118 +230,6 @@ pub(crate) fn start(
         thread,
         applied_lsn,
     })
-}
-
-/// The detectors and how far into the WAL they have read.
-struct State {
-    engine: Engine,
-    progress: Progress,
-    path: std::path::PathBuf,
-}
-
-fn restore_state(engine: &mut Engine, path: &Path) -> Progress {
-    let cold = Progress {
-        latest_event_ms: i64::MIN,
-        ..Progress::default()
-    };
-    match state_file::load(path) {
-        Ok(Some(saved)) => {
-            let series = saved.engine.series();
-            match engine.restore_state(saved.engine) {
-                Ok(()) => {
-                    let applied_lsn = saved.progress.applied_lsn;
-                    tracing::info!(series, applied_lsn, "detector state restored");
-                    saved.progress
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "detector state not restored; detectors start cold");
-                    cold
-                }
-            }
-        }
-        Ok(None) => cold,
-        Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "unreadable detector state; detectors start cold");
-            cold
-        }
-    }
-}
-
-/// Saves the detector state: every [`STATE_EVERY`] with the fsync and rename on a helper
-/// thread (for 50,000 series the file is hundreds of megabytes, and the detection thread —
-/// which indexing waits on — should only pay for serialising it), and in full at shutdown.
-struct Saver {
-    /// The commit of the last periodic save, while it may still run.
-    pending: Option<std::thread::JoinHandle<()>>,
-    saved_at: Instant,
-}
-
-impl Saver {
-    fn new() -> Self {
-        Saver {
-            pending: None,
-            saved_at: Instant::now(),
-        }
-    }
-
-    /// Starts a periodic save when one is due and the previous one has been committed
-    /// (otherwise it is retried on the next turn of the loop).
-    fn tick(&mut self, state: &State) {
-        if self.saved_at.elapsed() < STATE_EVERY || self.pending.as_ref().is_some_and(|h| !h.is_finished()) {
-            return;
-        }
-        self.finish();
-        self.saved_at = Instant::now();
-        let written = match state_file::write(&state.engine, &state.progress, &state.path) {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::error!(path = %state.path.display(), error = %e, "could not save detector state");
-                return;
-            }
-        };
-        let series = state.engine.stats().series;
-        let write_ms = self.saved_at.elapsed().as_millis() as u64;
-        let path = state.path.clone();
-        let sync = std::thread::Builder::new()
-            .name("vigil-state-sync".into())
-            .spawn(move || {
-                let started = Instant::now();
-                match written.commit() {
-                    Ok(bytes) => {
-                        let sync_ms = started.elapsed().as_millis() as u64;
-                        tracing::debug!(series, bytes, write_ms, sync_ms, "detector state saved");
-                    }
-                    Err(e) => tracing::error!(path = %path.display(), error = %e, "could not save detector state"),
-                }
-            });
-        match sync {
-            Ok(handle) => self.pending = Some(handle),
-            Err(e) => tracing::error!(error = %e, "could not start the detector state sync thread"),
-        }
-    }
-
-    /// Waits for a periodic save still being committed.
-    fn finish(&mut self) {
-        if let Some(handle) = self.pending.take()
-            && handle.join().is_err()
-        {
-            tracing::error!("the detector state sync thread panicked");
-        }
-    }
-
-    /// At shutdown: lets a periodic save finish, then saves the final state in full.
-    fn at_shutdown(mut self, state: &State) {
-        self.finish();
-        let started = Instant::now();
-        match state_file::save(&state.engine, &state.progress, &state.path) {
-            Ok(bytes) => {
-                let series = state.engine.stats().series;
-                let elapsed_ms = started.elapsed().as_millis() as u64;
-                tracing::info!(series, bytes, elapsed_ms, "detector state saved");
-            }
-            Err(e) => tracing::error!(path = %state.path.display(), error = %e, "could not save detector state"),
-        }
-    }
 }
 
 fn run(
