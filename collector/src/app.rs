@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiState};
 use crate::auth::TokenCheck;
-use crate::config::Config;
-use crate::ingest::{self, Ingest};
+use crate::config::{Config, Role};
+use crate::ingest::{self, Durability, Ingest};
 use crate::process::PatternCatalog;
 use crate::server::{serve, tls_acceptor};
 use crate::storage::{Indexer, IndexerOptions, Store};
@@ -45,6 +45,12 @@ impl BoundAddrs {
 /// listeners are bound and the collector is ready.
 pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnOnce(BoundAddrs)) -> anyhow::Result<()> {
     config.validate()?;
+    // rustls needs one process-wide provider for outgoing requests (receivers, the NATS
+    // client, the query root's calls to workers).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    if config.cluster.role == Role::Ingest {
+        return run_ingest(config, shutdown, on_bound).await;
+    }
     let data_dir = config.data_dir.clone();
     std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create data_dir {}", data_dir.display()))?;
     let lock = File::create(data_dir.join("LOCK"))
@@ -75,8 +81,6 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnO
         Arc::clone(&dedup),
     );
 
-    // rustls needs one process-wide provider for outgoing requests (receivers).
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let external_url = config
         .api
         .external_url
@@ -153,11 +157,40 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnO
         .name("vigil-indexer".into())
         .spawn(move || stage.run(index_rx))?;
 
+    // A worker takes OTLP too, but publishes it to the stream like an ingest node: every
+    // record reaches the worker that owns its service's partition, and only through the
+    // stream. Its own log is fed by the partitions it consumes.
+    let worker_stop = CancellationToken::new();
+    let (durability, worker_task) = match config.cluster.role {
+        Role::Worker => {
+            let (client, js) =
+                crate::cluster::connect(&config.cluster, config.auth.nats_token.as_ref(), "vigil-worker").await?;
+            let stream = crate::cluster::ensure_stream(&js, &config.cluster, config.storage.retention_hours).await?;
+            let worker = crate::cluster::Worker::start(
+                &js,
+                stream,
+                &config.cluster,
+                &data_dir,
+                appender.clone(),
+                Arc::clone(&dedup),
+                Arc::clone(&metrics),
+            )
+            .await?;
+            let publisher =
+                crate::cluster::StreamPublisher::new(&client, js, config.cluster.clone(), Arc::clone(&metrics));
+            (Durability::Stream(Arc::new(publisher)), Some(worker))
+        }
+        _ => (Durability::Wal(appender.clone()), None),
+    };
+    let ingest_dedup = match config.cluster.role {
+        Role::Worker => BatchDedup::new(config.wal.dedup_window_secs, config.wal.dedup_max_ids),
+        _ => dedup,
+    };
     let ingest = Arc::new(Ingest::new(
         config.otlp.clone(),
         config.storage.retention_hours,
-        appender.clone(),
-        dedup,
+        durability,
+        ingest_dedup,
         Arc::clone(&metrics),
         TokenCheck::new(config.auth.ingest_token.as_ref()),
     ));
@@ -215,6 +248,17 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnO
     if config.api.external_url.is_none() {
         alerts.set_external_url(&format!("http://{}", bound.api));
     }
+    // A worker starts consuming once it can say where its API answers (the query root
+    // asks it there).
+    let worker_task = worker_task.map(|mut worker| {
+        let api = config
+            .api
+            .external_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", bound.api));
+        worker.advertise(api.trim_end_matches('/').to_string());
+        tokio::spawn(worker.run(worker_stop.clone()))
+    });
 
     // The UI calls the same API router in-process for its data.
     let api = api::router(api_state);
@@ -260,6 +304,11 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnO
     for server in servers {
         let _ = server.await;
     }
+    // A worker's consumers finish the appends they started and save their checkpoints.
+    worker_stop.cancel();
+    if let Some(task) = worker_task {
+        let _ = task.await;
+    }
     // Everything acknowledged is in the WAL; flush what is queued, then let the
     // indexer commit and exit.
     appender.close().await;
@@ -275,6 +324,119 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnO
     })
     .await?;
     drop(lock);
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+/// An ingest node: OTLP (and remote write) in, the stream out; no storage, no detection.
+/// Its API port answers `/metrics`, `/healthz`, `/readyz`, and the cluster's log search
+/// and histogram by asking the workers (`cluster::root`).
+async fn run_ingest(
+    config: Config,
+    shutdown: CancellationToken,
+    on_bound: impl FnOnce(BoundAddrs),
+) -> anyhow::Result<()> {
+    use axum::routing::get;
+
+    let metrics = Arc::new(Metrics::default());
+    let (client, js) =
+        crate::cluster::connect(&config.cluster, config.auth.nats_token.as_ref(), "vigil-ingest").await?;
+    crate::cluster::ensure_stream(&js, &config.cluster, config.storage.retention_hours).await?;
+    let root = Arc::new(crate::cluster::Root::new(
+        crate::cluster::open_bucket(&js, &config.cluster).await?,
+    )?);
+    let publisher = crate::cluster::StreamPublisher::new(&client, js, config.cluster.clone(), Arc::clone(&metrics));
+    let max_payload = client.server_info().max_payload;
+    if max_payload < config.otlp.max_decompressed_bytes {
+        tracing::warn!(
+            max_payload,
+            max_decompressed_bytes = config.otlp.max_decompressed_bytes,
+            "the NATS servers' max_payload is below otlp.max_decompressed_bytes: a batch of one service larger than max_payload is refused with 413"
+        );
+    }
+    let ingest = Arc::new(Ingest::new(
+        config.otlp.clone(),
+        config.storage.retention_hours,
+        Durability::Stream(Arc::new(publisher)),
+        BatchDedup::new(config.wal.dedup_window_secs, config.wal.dedup_max_ids),
+        Arc::clone(&metrics),
+        TokenCheck::new(config.auth.ingest_token.as_ref()),
+    ));
+    let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
+    let grpc_listener = TcpListener::bind(config.otlp.grpc_addr)
+        .await
+        .with_context(|| format!("cannot listen on {} (otlp.grpc_addr)", config.otlp.grpc_addr))?;
+    let http_listener = TcpListener::bind(config.otlp.http_addr)
+        .await
+        .with_context(|| format!("cannot listen on {} (otlp.http_addr)", config.otlp.http_addr))?;
+    let api_listener = TcpListener::bind(config.api.addr)
+        .await
+        .with_context(|| format!("cannot listen on {} (api.addr)", config.api.addr))?;
+    let bound = BoundAddrs {
+        otlp_grpc: grpc_listener.local_addr()?,
+        otlp_http: http_listener.local_addr()?,
+        api: api_listener.local_addr()?,
+    };
+    let ready = Arc::new(AtomicBool::new(true));
+    let probe = Arc::clone(&ready);
+    let self_metrics = Arc::clone(&metrics);
+    let api = axum::Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let ready = probe.load(Ordering::Acquire);
+                async move {
+                    if ready {
+                        (http::StatusCode::OK, "ready")
+                    } else {
+                        (http::StatusCode::SERVICE_UNAVAILABLE, "not ready")
+                    }
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let text = self_metrics.encode();
+                async move {
+                    (
+                        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+                        text,
+                    )
+                }
+            }),
+        )
+        .merge(crate::cluster::root_router(root));
+    let stop_accepting = CancellationToken::new();
+    let servers = [
+        tokio::spawn(serve(
+            "otlp_grpc",
+            grpc_listener,
+            ingest::grpc::routes(Arc::clone(&ingest)).into_axum_router(),
+            tls.clone(),
+            stop_accepting.clone(),
+        )),
+        tokio::spawn(serve(
+            "otlp_http",
+            http_listener,
+            ingest::http::router(Arc::clone(&ingest)),
+            tls.clone(),
+            stop_accepting.clone(),
+        )),
+        tokio::spawn(serve("api", api_listener, api, tls, stop_accepting.clone())),
+    ];
+    drop(ingest);
+    tracing::info!(otlp_grpc = %bound.otlp_grpc, otlp_http = %bound.otlp_http, api = %bound.api, "ingest node ready");
+    on_bound(bound);
+    shutdown.cancelled().await;
+    ready.store(false, Ordering::Release);
+    stop_accepting.cancel();
+    for server in servers {
+        let _ = server.await;
+    }
+    // Every acknowledged batch is in the stream already; only unacknowledged ones end here.
+    client.flush().await.ok();
     tracing::info!("shutdown complete");
     Ok(())
 }

@@ -30,6 +30,12 @@ pub(crate) struct Cli {
     /// Query API listen address.
     #[arg(long, env = "VIGIL_API_ADDR", global = true)]
     pub api_addr: Option<SocketAddr>,
+    /// Part of a cluster this process plays (single: everything in one process).
+    #[arg(long, env = "VIGIL_ROLE", value_enum, global = true)]
+    pub role: Option<crate::config::Role>,
+    /// NATS servers of a cluster role, comma-separated (`nats://127.0.0.1:4222,...`).
+    #[arg(long, env = "VIGIL_NATS", value_delimiter = ',', global = true)]
+    pub nats: Vec<String>,
     /// Log format on stderr.
     #[arg(long, env = "VIGIL_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"], global = true)]
     pub log_format: String,
@@ -86,12 +92,19 @@ impl Cli {
         if let Some(a) = self.api_addr {
             config.api.addr = a;
         }
+        if let Some(role) = self.role {
+            config.cluster.role = role;
+        }
+        if !self.nats.is_empty() {
+            config.cluster.nats_urls = self.nats.clone();
+        }
         // Tokens come from the environment only: flags would show in `ps`.
         for (var, slot) in [
             ("VIGIL_INGEST_TOKEN", &mut config.auth.ingest_token),
             ("VIGIL_API_TOKEN", &mut config.auth.api_token),
             ("VIGIL_RESPONDER_TOKEN", &mut config.auth.responder_token),
             ("VIGIL_VIEWER_TOKEN", &mut config.auth.viewer_token),
+            ("VIGIL_NATS_TOKEN", &mut config.auth.nats_token),
         ] {
             if let Ok(value) = std::env::var(var)
                 && !value.is_empty()

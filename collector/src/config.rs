@@ -43,6 +43,8 @@ pub struct Config {
     pub detect: DetectConfig,
     /// Routing tree, receivers, inhibition rules and escalation policies.
     pub alerting: vigil_alerting::AlertingConfig,
+    /// Scale-out on NATS JetStream (opt-in; the default is one process).
+    pub cluster: ClusterConfig,
 }
 
 impl Default for Config {
@@ -57,6 +59,7 @@ impl Default for Config {
             wal: WalConfig::default(),
             detect: DetectConfig::default(),
             alerting: vigil_alerting::AlertingConfig::default(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -149,6 +152,9 @@ pub struct AuthConfig {
     /// People (and tools) with their own token: what they do is recorded under their name,
     /// whatever a request body claims. Needs `api_token` (the UI calls the API with it).
     pub users: Vec<UserConfig>,
+    /// Token a cluster role presents to the NATS servers (`VIGIL_NATS_TOKEN`), when they ask
+    /// for one.
+    pub nats_token: Option<Secret>,
 }
 
 /// One personal token.
@@ -264,6 +270,110 @@ impl Default for WalConfig {
     }
 }
 
+/// What part of a cluster this process plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Everything in one process on embedded storage (the default).
+    Single,
+    /// Stateless intake: validates, publishes each batch to the JetStream stream, and
+    /// acknowledges once the stream has it.
+    Ingest,
+    /// Owns partitions of the stream through leases, indexes them and runs the detectors.
+    Worker,
+}
+
+/// Scale-out on NATS JetStream: the stream replaces the local write-ahead log as the place a
+/// batch is durable before it is acknowledged.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    pub role: Role,
+    /// NATS servers (`nats://host:port`), any of the cluster's; the client finds the rest.
+    pub nats_urls: Vec<String>,
+    /// Stream name; its subjects are `<stream lowercased>.p.<partition>`.
+    pub stream: String,
+    /// Partitions of the stream: a batch goes to hash(service.name) mod this. Fixed for a
+    /// stream's life (changing it moves services between partitions).
+    pub partitions: u32,
+    /// Copies JetStream keeps of each message (Raft); needs at least that many servers.
+    pub replicas: usize,
+    /// A worker's hold on a partition lapses this long after its last renewal.
+    pub lease_secs: u64,
+    /// How long the stream remembers a batch id, so that a retry through any ingest node
+    /// is stored once (JetStream's duplicate window).
+    pub dedup_window_secs: u64,
+    /// This worker's name in leases; stable across restarts (default: one generated into
+    /// the data dir on first start).
+    pub node_id: Option<String>,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            role: Role::Single,
+            nats_urls: Vec::new(),
+            stream: "VIGIL".into(),
+            partitions: 16,
+            replicas: 3,
+            lease_secs: 10,
+            dedup_window_secs: 600,
+            node_id: None,
+        }
+    }
+}
+
+impl ClusterConfig {
+    fn validate(&self) -> Result<(), (&'static str, String)> {
+        if self.role == Role::Single {
+            return Ok(());
+        }
+        if self.nats_urls.is_empty() {
+            return Err((
+                "cluster.nats_urls",
+                "a cluster role needs at least one NATS server (--nats)".into(),
+            ));
+        }
+        if self.stream.is_empty()
+            || !self
+                .stream
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err((
+                "cluster.stream",
+                format!("{:?} must be letters, digits, '_' or '-'", self.stream),
+            ));
+        }
+        if !(1..=1024).contains(&self.partitions) {
+            return Err(("cluster.partitions", format!("{} is outside 1..=1024", self.partitions)));
+        }
+        if !(1..=5).contains(&self.replicas) {
+            return Err((
+                "cluster.replicas",
+                format!("{} is outside 1..=5 (JetStream's limit)", self.replicas),
+            ));
+        }
+        if !(2..=300).contains(&self.lease_secs) {
+            return Err(("cluster.lease_secs", format!("{} is outside 2..=300", self.lease_secs)));
+        }
+        if self.dedup_window_secs == 0 {
+            return Err(("cluster.dedup_window_secs", "must be greater than 0".into()));
+        }
+        if let Some(id) = &self.node_id
+            && (id.is_empty()
+                || id.len() > 64
+                || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'))
+        {
+            return Err((
+                "cluster.node_id",
+                format!("{id:?} must be 1 to 64 letters, digits, '_' or '-'"),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A configuration problem, naming the key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -357,6 +467,9 @@ impl Config {
         }
         if let Err(message) = self.detect.allowed_lateness_ms() {
             return invalid("detect.allowed_lateness", message);
+        }
+        if let Err((key, message)) = self.cluster.validate() {
+            return invalid(key, message);
         }
         if self.wal.queue_len == 0 {
             return invalid("wal.queue_len", "must be greater than 0".into());
@@ -475,6 +588,20 @@ mod tests {
         let text = include_str!("../collector.example.toml");
         let config = Config::from_toml(text).expect("example parses");
         config.validate().expect("example is valid");
+    }
+
+    #[test]
+    fn cluster_errors_name_the_key() {
+        let config = Config::from_toml("[cluster]\nrole = \"worker\"\n").expect("parses");
+        let err = config.validate().expect_err("no servers").to_string();
+        assert!(err.contains("`cluster.nats_urls`"), "{err}");
+        let config =
+            Config::from_toml("[cluster]\nrole = \"ingest\"\nnats_urls = [\"nats://127.0.0.1:4222\"]\nreplicas = 7\n")
+                .expect("parses");
+        let err = config.validate().expect_err("too many replicas").to_string();
+        assert!(err.contains("`cluster.replicas`"), "{err}");
+        let err = Config::from_toml("[cluster]\nrole = \"leader\"\n").expect_err("unknown role");
+        assert!(err.contains("leader"), "{err}");
     }
 
     #[test]

@@ -16,6 +16,7 @@ mod api;
 mod app;
 mod auth;
 mod cli;
+mod cluster;
 mod config;
 mod demo;
 mod ingest;

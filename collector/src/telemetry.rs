@@ -78,6 +78,16 @@ pub(crate) struct Metrics {
     pub detect_applied_lsn: Gauge,
     pub detect_series_evicted: Counter,
     pub anomaly_updates: Family<DetectorLabel, Counter>,
+    /// Messages the stream acknowledged to this ingest node (cluster roles).
+    pub stream_published: Counter,
+    /// Of those, ones the stream already held (a retry within its duplicate window).
+    pub stream_duplicates: Counter,
+    /// Stream messages a worker made durable in its local write-ahead log.
+    pub stream_consumed: Counter,
+    /// Stream partitions this worker holds a lease on.
+    pub stream_partitions_owned: Gauge,
+    /// Leases this worker lost or gave up.
+    pub stream_leases_lost: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -115,6 +125,11 @@ impl Default for Metrics {
             detect_event_time: Gauge::default(),
             detect_series_evicted: Counter::default(),
             anomaly_updates: Family::default(),
+            stream_published: Counter::default(),
+            stream_duplicates: Counter::default(),
+            stream_consumed: Counter::default(),
+            stream_partitions_owned: Gauge::default(),
+            stream_leases_lost: Counter::default(),
         };
         if let Ok(mut r) = m.registry.lock() {
             r.register(
@@ -146,6 +161,31 @@ impl Default for Metrics {
                 "ingest_duplicate_batches",
                 "Batches whose x-vigil-batch-id was already stored and were not stored again",
                 m.duplicate_batches.clone(),
+            );
+            r.register(
+                "stream_published",
+                "Messages the JetStream stream acknowledged to this ingest node",
+                m.stream_published.clone(),
+            );
+            r.register(
+                "stream_duplicates",
+                "Published messages the stream already held (retries inside its duplicate window)",
+                m.stream_duplicates.clone(),
+            );
+            r.register(
+                "stream_consumed",
+                "Stream messages this worker made durable in its local write-ahead log",
+                m.stream_consumed.clone(),
+            );
+            r.register(
+                "stream_partitions_owned",
+                "Stream partitions this worker holds a lease on",
+                m.stream_partitions_owned.clone(),
+            );
+            r.register(
+                "stream_leases_lost",
+                "Partition leases this worker lost or released",
+                m.stream_leases_lost.clone(),
             );
             r.register(
                 "wal_appends",

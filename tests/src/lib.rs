@@ -14,6 +14,7 @@ use anyhow::{Context, Result, anyhow, bail};
 
 pub mod agent;
 pub mod browser;
+pub mod nats;
 pub mod otlp;
 pub mod prometheus;
 pub mod receiver;

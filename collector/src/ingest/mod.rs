@@ -15,4 +15,4 @@ mod service;
 mod tests;
 
 pub(crate) use error::IngestError;
-pub(crate) use service::Ingest;
+pub(crate) use service::{Durability, Ingest};

@@ -50,6 +50,40 @@ impl ExportRequest {
             ExportRequest::Metrics(r) => r.encode_to_vec(),
         }
     }
+
+    /// One encoded request per stream partition (by `service.name`).
+    fn encode_by_partition(self, partitions: u32) -> Vec<(u32, Vec<u8>)> {
+        use crate::cluster::{split_logs, split_metrics, split_traces};
+        match self {
+            ExportRequest::Logs(r) => split_logs(r, partitions)
+                .into_iter()
+                .map(|(p, r)| (p, r.encode_to_vec()))
+                .collect(),
+            ExportRequest::Traces(r) => split_traces(r, partitions)
+                .into_iter()
+                .map(|(p, r)| (p, r.encode_to_vec()))
+                .collect(),
+            ExportRequest::Metrics(r) => split_metrics(r, partitions)
+                .into_iter()
+                .map(|(p, r)| (p, r.encode_to_vec()))
+                .collect(),
+        }
+    }
+}
+
+/// Where an accepted batch is made durable before it is acknowledged.
+#[derive(Clone)]
+pub(crate) enum Durability {
+    /// This process's write-ahead log (one process).
+    Wal(WalAppender),
+    /// The cluster's replicated JetStream stream, one message per partition.
+    Stream(Arc<crate::cluster::StreamPublisher>),
+}
+
+/// A sanitized batch, encoded for its [`Durability`].
+enum Encoded {
+    Whole(Vec<u8>),
+    Parts(Vec<(u32, Vec<u8>)>),
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -84,7 +118,7 @@ const MAX_BATCH_ID_LEN: usize = 128;
 pub(crate) struct Ingest {
     otlp: OtlpConfig,
     retention_hours: u64,
-    wal: WalAppender,
+    durability: Durability,
     dedup: Arc<BatchDedup>,
     metrics: Arc<Metrics>,
     /// Admission control over decoded bytes being processed, in KiB permits.
@@ -96,7 +130,7 @@ impl Ingest {
     pub(crate) fn new(
         otlp: OtlpConfig,
         retention_hours: u64,
-        wal: WalAppender,
+        durability: Durability,
         dedup: Arc<BatchDedup>,
         metrics: Arc<Metrics>,
         token: TokenCheck,
@@ -105,7 +139,7 @@ impl Ingest {
         Ingest {
             otlp,
             retention_hours,
-            wal,
+            durability,
             dedup,
             metrics,
             in_flight: Arc::new(Semaphore::new(permits)),
@@ -158,13 +192,17 @@ impl Ingest {
 
         let limits = Limits::from_config(&self.otlp, self.retention_hours, crate::timeutil::now_ns());
         let message_limits = limits.clone();
+        let partitions = match &self.durability {
+            Durability::Wal(_) => None,
+            Durability::Stream(s) => Some(s.partitions()),
+        };
         // Sanitizing and re-encoding a big batch is CPU work: keep it off the reactor.
         let (report, encoded) = tokio::task::spawn_blocking(move || {
             let report = request.sanitize(&limits);
-            let encoded = if report.accepted() > 0 {
-                request.encode()
-            } else {
-                Vec::new()
+            let encoded = match partitions {
+                _ if report.accepted() == 0 => Encoded::Whole(Vec::new()),
+                None => Encoded::Whole(request.encode()),
+                Some(n) => Encoded::Parts(request.encode_by_partition(n)),
             };
             (report, encoded)
         })
@@ -190,19 +228,38 @@ impl Ingest {
             },
             None => None,
         };
-        let payload = WalBatch {
-            signal,
-            batch_id: batch_id.map(str::to_string),
-            otlp: Bytes::from(encoded),
-        }
-        .encode();
-        // The append and the claim's outcome run in a task of their own: when the client
-        // goes away mid-request its future is dropped, but once the WAL has taken the batch
-        // it is written all the same, so the id must still be marked stored — released
-        // instead, the client's retry would store the batch a second time.
-        let wal = self.wal.clone();
-        let appended = tokio::spawn(async move {
-            let result = wal.append(payload).await;
+        // The write and the claim's outcome run in a task of their own: when the client
+        // goes away mid-request its future is dropped, but once the log or the stream has
+        // taken the batch it is stored all the same, so the id must still be marked stored —
+        // released instead, the client's retry would store the batch a second time.
+        let durability = self.durability.clone();
+        let owned_id = batch_id.map(str::to_string);
+        let stored = tokio::spawn(async move {
+            let result = match (durability, encoded) {
+                (Durability::Wal(wal), Encoded::Whole(otlp)) => {
+                    let payload = WalBatch {
+                        signal,
+                        batch_id: owned_id,
+                        otlp: Bytes::from(otlp),
+                    }
+                    .encode();
+                    wal.append(payload).await.map(|_| ()).map_err(|e| match e {
+                        WalError::QueueFull => IngestError::Unavailable("write-ahead log queue is full".into()),
+                        WalError::Closed => IngestError::Unavailable("collector is shutting down".into()),
+                        other => IngestError::Unavailable(format!("could not make the batch durable: {other}")),
+                    })
+                }
+                (Durability::Stream(stream), Encoded::Parts(parts)) => stream
+                    .publish(signal, owned_id.as_deref(), parts)
+                    .await
+                    .map_err(|e| match e {
+                        crate::cluster::PublishError::TooLarge { .. } => IngestError::TooLarge(e.to_string()),
+                        crate::cluster::PublishError::Unavailable(_) => IngestError::Unavailable(e.to_string()),
+                    }),
+                _ => Err(IngestError::Internal(
+                    "batch encoded for another kind of storage".into(),
+                )),
+            };
             if result.is_ok()
                 && let Some(guard) = guard
             {
@@ -212,11 +269,7 @@ impl Ingest {
         })
         .await
         .map_err(|e| IngestError::Internal(format!("append task failed: {e}")))?;
-        appended.map_err(|e| match e {
-            WalError::QueueFull => IngestError::Unavailable("write-ahead log queue is full".into()),
-            WalError::Closed => IngestError::Unavailable("collector is shutting down".into()),
-            other => IngestError::Unavailable(format!("could not make the batch durable: {other}")),
-        })?;
+        stored?;
         self.metrics
             .records_accepted
             .get_or_create(&SignalLabel {
@@ -229,7 +282,10 @@ impl Ingest {
     /// Appends waiting for the WAL writer.
     #[cfg(test)]
     pub(crate) fn wal_queued(&self) -> usize {
-        self.wal.queued()
+        match &self.durability {
+            Durability::Wal(wal) => wal.queued(),
+            Durability::Stream(_) => 0,
+        }
     }
 
     fn record_report(&self, signal: Signal, report: &Report) {

@@ -76,7 +76,7 @@ fn ingest(
     let ingest = Ingest::new(
         otlp,
         24,
-        appender,
+        super::service::Durability::Wal(appender),
         BatchDedup::new(60, 100),
         Arc::clone(&metrics),
         TokenCheck::default(),

@@ -29,7 +29,7 @@ pub(crate) use metric_help::MetricHelp;
 pub(crate) use patterns::PatternCatalog;
 
 use crate::storage::{Indexer, Schemas, TimedDocs, log_docs, metric_docs, span_docs};
-use crate::wal::{Signal, WalBatch, WalEntry};
+use crate::wal::{Purge, Signal, WalBatch, WalEntry};
 
 /// How often the pattern catalogue is saved while lines keep coming (and at shutdown): a
 /// crash loses at most this much pattern learning, never log records.
@@ -165,6 +165,17 @@ impl Stage {
 
     /// Processes entry `lsn` and hands it to both consumers.
     pub(crate) fn apply(&mut self, lsn: u64, payload: &Bytes) {
+        if let Some(purge) = Purge::decode(payload) {
+            let doomed = |service: &str| crate::cluster::partition_of(service, purge.partitions) == purge.partition;
+            let suffix = format!("/p{}", purge.partition);
+            self.indexer.purge(lsn, &doomed, &|id: &str| id.ends_with(&suffix));
+            // The detectors keep what they learned of those services: their series go
+            // quiet here and are evicted as idle, as when a service is retired.
+            if let Some(pipeline) = &self.pipeline {
+                pipeline.send(lsn, Vec::new());
+            }
+            return;
+        }
         match process(
             &self.schemas,
             &self.patterns,

@@ -114,6 +114,71 @@ impl Indexer {
             .inc_by(added);
     }
 
+    /// Deletes the documents of every service `doomed` picks, from every partition, and
+    /// forgets the batch ids `forget` picks: entry `lsn` says this worker gave up the
+    /// stream partition those services hash to (its new owner answers for them now).
+    /// Applied in log order, so it deletes only what came before it — on a replay too.
+    pub(crate) fn purge(&mut self, lsn: u64, doomed: &dyn Fn(&str) -> bool, forget: &dyn Fn(&str) -> bool) {
+        // Documents still in a writer's buffer are deleted too, but their services can
+        // only be listed from committed segments: commit first.
+        self.commit();
+        self.last_applied_lsn = self.last_applied_lsn.max(lsn);
+        let forgotten = self.dedup.forget_matching(forget);
+        let mut deleted_services = 0usize;
+        for partition in self.store.partitions.all() {
+            if partition.committed_lsn() >= lsn {
+                continue;
+            }
+            let schemas = &self.store.schemas;
+            // Logs and spans name the service in a field; metric points carry it as the
+            // label pair `service.name=<name>`.
+            let (field, prefix) = match partition.signal {
+                Signal::Logs => (schemas.logs.service, ""),
+                Signal::Traces => (schemas.spans.service, ""),
+                Signal::Metrics => (schemas.metrics.label_pairs, "service.name="),
+            };
+            let terms = match doomed_terms(&partition, field, prefix, doomed) {
+                Ok(terms) => terms,
+                Err(e) => {
+                    tracing::error!(partition = %partition.dir.display(), error = %e, "could not list a partition's services to purge");
+                    continue;
+                }
+            };
+            if terms.is_empty() {
+                continue;
+            }
+            let mut writer = partition.writer.lock().unwrap_or_else(|e| e.into_inner());
+            if writer.is_none() {
+                match partition
+                    .index
+                    .writer_with_num_threads(1, self.options.writer_memory_bytes)
+                {
+                    Ok(w) => *writer = Some(w),
+                    Err(e) => {
+                        tracing::error!(partition = %partition.dir.display(), error = %e, "could not open a writer to purge");
+                        continue;
+                    }
+                }
+            }
+            if let Some(w) = writer.as_ref() {
+                for term in &terms {
+                    w.delete_term(tantivy::Term::from_field_text(field, term));
+                }
+            }
+            drop(writer);
+            deleted_services += terms.len();
+            let key = (partition.signal, partition.day);
+            self.last_write.insert(key, Instant::now());
+            self.dirty.entry(key).or_insert(partition);
+        }
+        tracing::info!(
+            lsn,
+            deleted_services,
+            forgotten_batch_ids = forgotten,
+            "purged a stream partition's services"
+        );
+    }
+
     fn add(&mut self, signal: Signal, day: i64, lsn: u64, doc: TantivyDocument) -> Result<(), String> {
         let key = (signal, day);
         let partition = match self.dirty.get(&key) {
@@ -320,6 +385,32 @@ impl Indexer {
     }
 }
 
+/// The terms of `field` (past `prefix`) that `doomed` picks, over a partition's segments.
+fn doomed_terms(
+    partition: &Partition,
+    field: tantivy::schema::Field,
+    prefix: &str,
+    doomed: &dyn Fn(&str) -> bool,
+) -> Result<std::collections::BTreeSet<String>, tantivy::TantivyError> {
+    let mut terms = std::collections::BTreeSet::new();
+    let searcher = partition.reader.searcher();
+    for segment in searcher.segment_readers() {
+        let inverted = segment.inverted_index(field)?;
+        let mut stream = inverted.terms().stream()?;
+        while stream.advance() {
+            let Ok(term) = std::str::from_utf8(stream.key()) else {
+                continue;
+            };
+            if let Some(service) = term.strip_prefix(prefix)
+                && doomed(service)
+            {
+                terms.insert(term.to_string());
+            }
+        }
+    }
+    Ok(terms)
+}
+
 fn commit_partition(partition: &Partition, payload: &str) -> Result<(), tantivy::TantivyError> {
     let mut guard = partition.writer.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(writer) = guard.as_mut() {
@@ -405,6 +496,81 @@ mod tests {
         indexer.commit();
         assert_eq!(doc_count(&indexer), 9, "entries 1 and 2 must not be indexed twice");
         assert_eq!(indexer.store.partitions.max_committed_lsn(), 3);
+    }
+
+    /// Applies, as entry `lsn`, `n` records of `service` (with a batch id).
+    fn apply_service_logs(indexer: &mut Indexer, lsn: u64, ts: u64, n: usize, service: &str, batch_id: &str) {
+        use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+        use opentelemetry_proto::tonic::resource::v1::Resource;
+        let request = ExportLogsServiceRequest {
+            resource_logs: vec![ResourceLogs {
+                resource: Some(Resource {
+                    attributes: vec![KeyValue {
+                        key: "service.name".into(),
+                        value: Some(AnyValue {
+                            value: Some(any_value::Value::StringValue(service.into())),
+                        }),
+                        ..KeyValue::default()
+                    }],
+                    ..Default::default()
+                }),
+                scope_logs: vec![ScopeLogs {
+                    log_records: (0..n)
+                        .map(|i| LogRecord {
+                            time_unix_nano: ts + i as u64,
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let docs = log_docs(&indexer.store.schemas.logs, &request, &mut |_, _| 0);
+        indexer.apply(lsn, Signal::Logs, Some(batch_id), docs);
+    }
+
+    #[test]
+    fn a_purge_deletes_its_services_and_ids_and_nothing_after_it() {
+        let dir = tempfile::tempdir().expect("dir");
+        let now = now_ns() as u64;
+        let doomed = |s: &str| s == "gone";
+        let forget = |id: &str| id.ends_with("/p3");
+        let run = |indexer: &mut Indexer| {
+            apply_service_logs(indexer, 1, now, 3, "kept", "a/p4");
+            apply_service_logs(indexer, 2, now, 2, "gone", "b/p3");
+            indexer.commit();
+            // Not committed when the purge comes: deleted all the same.
+            apply_service_logs(indexer, 3, now, 4, "gone", "c/p3");
+            indexer.purge(4, &doomed, &forget);
+            // The partition taken back and rebuilt: after the purge, so it stays.
+            apply_service_logs(indexer, 5, now, 5, "gone", "d/p3");
+            indexer.commit();
+        };
+        let mut indexer = setup(dir.path(), 0);
+        run(&mut indexer);
+        assert_eq!(doc_count(&indexer), 3 + 5, "the purge removed entries 2 and 3 only");
+        let dedup = Arc::clone(&indexer.dedup);
+        let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        runtime.block_on(async {
+            assert!(
+                matches!(dedup.claim("b/p3").await, crate::wal::Claim::New(_)),
+                "a purged partition's ids are forgotten"
+            );
+            assert!(
+                matches!(dedup.claim("a/p4").await, crate::wal::Claim::Duplicate),
+                "other partitions' ids stay"
+            );
+            assert!(
+                matches!(dedup.claim("d/p3").await, crate::wal::Claim::Duplicate),
+                "ids after the purge stay"
+            );
+        });
+        drop(indexer);
+        // A replay of the same log after a restart ends in the same place.
+        let mut indexer = setup(dir.path(), 0);
+        run(&mut indexer);
+        assert_eq!(doc_count(&indexer), 3 + 5);
     }
 
     #[test]

@@ -99,9 +99,69 @@ impl WalBatch {
     }
 }
 
+/// Signal code of a control entry: "forget a stream partition's services" (see [`Purge`]).
+const PURGE_CODE: u8 = 0x7f;
+
+/// A control entry in a worker's local log: the worker gave up a stream partition, so its
+/// indexes must no longer answer for the partition's services (the new owner does), and the
+/// batch ids remembered for it are forgotten. Written after the partition's last consumed
+/// entry, it applies in log order like any entry — on a replay too.
+///
+/// Layout: `| version: u8 | 0x7f | 0u16 | partition: u32 LE | partitions: u32 LE |`; an
+/// older reader sees an unknown signal and skips it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Purge {
+    pub partition: u32,
+    pub partitions: u32,
+}
+
+impl Purge {
+    pub(crate) fn encode(&self) -> Bytes {
+        let mut out = BytesMut::with_capacity(12);
+        out.put_u8(VERSION);
+        out.put_u8(PURGE_CODE);
+        out.put_u16_le(0);
+        out.put_u32_le(self.partition);
+        out.put_u32_le(self.partitions);
+        out.freeze()
+    }
+
+    /// The purge an entry is, if it is one.
+    pub(crate) fn decode(payload: &[u8]) -> Option<Purge> {
+        if payload.len() != 12 || payload[0] != VERSION || payload[1] != PURGE_CODE {
+            return None;
+        }
+        let word = |at: usize| u32::from_le_bytes([payload[at], payload[at + 1], payload[at + 2], payload[at + 3]]);
+        Some(Purge {
+            partition: word(4),
+            partitions: word(8),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_purge_is_told_apart_from_a_batch() {
+        let purge = Purge {
+            partition: 5,
+            partitions: 16,
+        };
+        let bytes = purge.encode();
+        assert_eq!(Purge::decode(&bytes), Some(purge));
+        assert!(
+            WalBatch::decode(&bytes).is_err(),
+            "a batch reader must not take it for data"
+        );
+        let batch = WalBatch {
+            signal: Signal::Logs,
+            batch_id: None,
+            otlp: Bytes::from_static(b"\x0a\x00\x0a\x00\x0a\x00\x0a\x00"),
+        };
+        assert_eq!(Purge::decode(&batch.encode()), None);
+    }
 
     #[test]
     fn round_trips_with_and_without_batch_id() {

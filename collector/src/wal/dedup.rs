@@ -110,6 +110,18 @@ impl BatchDedup {
         self.insert_done(&mut state, id, at);
     }
 
+    /// Forgets every stored id `doomed` picks (a worker gave the partition they belong to
+    /// up: were it to take the partition again, it must store those batches anew). Returns
+    /// how many were forgotten.
+    pub(crate) fn forget_matching(&self, doomed: impl Fn(&str) -> bool) -> usize {
+        let mut state = self.lock();
+        let before = state.done.len();
+        state.done.retain(|id, _| !doomed(id));
+        // Their places in `order` stay behind and are skipped when they come up: expiry
+        // only removes an id whose time still matches.
+        before - state.done.len()
+    }
+
     /// Claims `id`, waiting if another request is storing the same batch right now.
     pub(crate) async fn claim(self: &Arc<Self>, id: &str) -> Claim {
         loop {

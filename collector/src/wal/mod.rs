@@ -29,7 +29,7 @@ use std::thread::JoinHandle;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-pub(crate) use batch::{Signal, WalBatch};
+pub(crate) use batch::{Purge, Signal, WalBatch};
 pub(crate) use dedup::{BatchDedup, Claim};
 pub(crate) use segment::WalRecord;
 use segment::{ActiveSegment, Stop};

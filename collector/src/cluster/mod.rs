@@ -1,0 +1,120 @@
+//! Scale-out on NATS JetStream (opt-in, `cluster.role`). The stream takes the place the
+//! local write-ahead log has in a single process: an ingest node acknowledges a batch once
+//! the stream (replicated by Raft across the NATS servers) has it, and workers, each owning
+//! some partitions through leases in a JetStream key-value bucket, consume their partitions
+//! in order into their own storage and detectors. This is the shape of Mimir's and Loki's
+//! "ingest storage" on Kafka, and of Quickwit's sources with their checkpoints.
+
+mod checkpoint;
+mod lease;
+mod partition;
+mod publish;
+mod root;
+mod worker;
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, stream};
+
+use crate::config::{ClusterConfig, Secret};
+
+pub(crate) use lease::open_bucket;
+pub(crate) use partition::{partition_of, split_logs, split_metrics, split_traces};
+pub(crate) use publish::{PublishError, StreamPublisher};
+pub(crate) use root::{Root, router as root_router};
+pub(crate) use worker::Worker;
+
+/// The subject of one partition: `<stream lowercased>.p.<n>`.
+pub(crate) fn subject(config: &ClusterConfig, partition: u32) -> String {
+    format!("{}.p.{partition}", config.stream.to_ascii_lowercase())
+}
+
+/// Connects to the NATS servers: the client follows the cluster's other servers on its own
+/// and reconnects for as long as the process runs.
+pub(crate) async fn connect(
+    config: &ClusterConfig,
+    token: Option<&Secret>,
+    name: &str,
+) -> anyhow::Result<(async_nats::Client, jetstream::Context)> {
+    let mut options = async_nats::ConnectOptions::new()
+        .name(name)
+        .connection_timeout(Duration::from_secs(5))
+        .retry_on_initial_connect();
+    if let Some(token) = token {
+        options = options.token(token.expose().to_string());
+    }
+    let client = options
+        .connect(config.nats_urls.as_slice())
+        .await
+        .with_context(|| format!("cannot connect to NATS at {}", config.nats_urls.join(",")))?;
+    let js = jetstream::new(client.clone());
+    Ok((client, js))
+}
+
+/// How long start-up waits for JetStream: a cluster whose servers start together needs a
+/// few seconds to elect its meta leader, and a node may start before them.
+const STARTUP_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Runs `attempt` until it succeeds or [`STARTUP_PATIENCE`] has passed, backing off.
+pub(crate) async fn retry_while_starting<T, E: std::fmt::Display, F, Fut>(what: &str, mut attempt: F) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let deadline = tokio::time::Instant::now() + STARTUP_PATIENCE;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match attempt().await {
+            Ok(v) => return Ok(v),
+            Err(e) if tokio::time::Instant::now() + backoff < deadline => {
+                tracing::info!(error = %e, "waiting for {what}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Creates the stream when it does not exist yet; an existing one is used as it is (its
+/// partitions subjects must match: `cluster.partitions` is fixed for a stream's life).
+pub(crate) async fn ensure_stream(
+    js: &jetstream::Context,
+    config: &ClusterConfig,
+    retention_hours: u64,
+) -> anyhow::Result<stream::Stream> {
+    let wanted = stream::Config {
+        name: config.stream.clone(),
+        subjects: vec![format!("{}.p.*", config.stream.to_ascii_lowercase())],
+        num_replicas: config.replicas,
+        duplicate_window: Duration::from_secs(config.dedup_window_secs),
+        // The stream is the cluster's replicated log: it keeps what the indexes keep, so a
+        // worker taking over a partition can rebuild it (as a Kafka topic's retention does
+        // for Mimir's ingesters).
+        max_age: Duration::from_secs(retention_hours.saturating_mul(3600)),
+        storage: stream::StorageType::File,
+        ..stream::Config::default()
+    };
+    let mut stream = retry_while_starting("the JetStream stream", || js.get_or_create_stream(wanted.clone()))
+        .await
+        .with_context(|| format!("cannot create or open the JetStream stream {}", config.stream))?;
+    let info = stream.info().await.context("cannot read the stream's configuration")?;
+    if info.config.subjects != wanted.subjects {
+        anyhow::bail!(
+            "the JetStream stream {} takes subjects {:?}, not {:?}: another Vigil cluster (or another program) owns that name; set cluster.stream",
+            config.stream,
+            info.config.subjects,
+            wanted.subjects
+        );
+    }
+    if info.config.num_replicas != config.replicas {
+        tracing::warn!(
+            stream = %config.stream,
+            replicas = info.config.num_replicas,
+            configured = config.replicas,
+            "the stream exists with another replica count; using it as it is"
+        );
+    }
+    Ok(stream)
+}

@@ -1,0 +1,146 @@
+//! Real `nats-server` processes (Debian's `nats-server`, installed by `.ci/run`) forming a
+//! JetStream cluster on loopback, for the scale-out tests.
+
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::prometheus::free_port;
+
+/// One server of the cluster.
+struct Server {
+    name: String,
+    client_port: u16,
+    cluster_port: u16,
+    store: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+/// A JetStream cluster of real NATS servers.
+pub struct NatsCluster {
+    servers: Vec<Server>,
+    _dir: tempfile::TempDir,
+}
+
+impl NatsCluster {
+    /// Starts `n` servers routed to each other, and waits until each accepts clients.
+    pub fn start(n: usize) -> Result<NatsCluster> {
+        let dir = tempfile::tempdir()?;
+        let mut servers = Vec::new();
+        for i in 0..n {
+            servers.push(Server {
+                name: format!("n{i}"),
+                client_port: free_port()?,
+                cluster_port: free_port()?,
+                store: dir.path().join(format!("n{i}")),
+                log: dir.path().join(format!("n{i}.log")),
+                child: None,
+            });
+        }
+        let mut cluster = NatsCluster { servers, _dir: dir };
+        for i in 0..n {
+            cluster.spawn(i)?;
+        }
+        for i in 0..n {
+            cluster.wait_accepting(i)?;
+        }
+        Ok(cluster)
+    }
+
+    fn routes(&self) -> String {
+        self.servers
+            .iter()
+            .map(|s| format!("nats://127.0.0.1:{}", s.cluster_port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn spawn(&mut self, i: usize) -> Result<()> {
+        let routes = self.routes();
+        let alone = self.servers.len() == 1;
+        let s = &mut self.servers[i];
+        let log = std::fs::File::create(&s.log)?;
+        let mut command = Command::new("nats-server");
+        command
+            .args(["-a", "127.0.0.1", "-p", &s.client_port.to_string(), "-js"])
+            .arg("-sd")
+            .arg(&s.store)
+            .args(["--server_name", &s.name]);
+        // A single server runs JetStream standalone: a cluster of one never elects a leader.
+        if !alone {
+            command
+                .args(["--cluster_name", "vigil-test"])
+                .args(["--cluster", &format!("nats://127.0.0.1:{}", s.cluster_port)])
+                .args(["--routes", &routes]);
+        }
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("start nats-server (apt-get install nats-server)")?;
+        s.child = Some(child);
+        Ok(())
+    }
+
+    fn wait_accepting(&mut self, i: usize) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let port = self.servers[i].client_port;
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(child) = self.servers[i].child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                bail!("nats-server {i} exited ({status}): {}", self.log(i));
+            }
+            if Instant::now() > deadline {
+                bail!("nats-server {i} does not accept connections: {}", self.log(i));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// Client URLs of every server, comma-separated (the `--nats` flag).
+    pub fn urls(&self) -> String {
+        self.servers
+            .iter()
+            .map(|s| format!("nats://127.0.0.1:{}", s.client_port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// SIGKILL of server `i`.
+    pub fn kill(&mut self, i: usize) -> Result<()> {
+        if let Some(mut child) = self.servers[i].child.take() {
+            child.kill()?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Starts server `i` again on its ports and store.
+    pub fn restart(&mut self, i: usize) -> Result<()> {
+        self.spawn(i)?;
+        self.wait_accepting(i)
+    }
+
+    /// Server `i`'s log so far (for failure messages).
+    pub fn log(&self, i: usize) -> String {
+        std::fs::read_to_string(&self.servers[i].log).unwrap_or_default()
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for s in &mut self.servers {
+            if let Some(mut child) = s.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}

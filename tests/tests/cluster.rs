@@ -1,0 +1,245 @@
+//! Scale-out on NATS JetStream, with every part real: three `nats-server` processes in a
+//! JetStream cluster, two ingest nodes, two workers, and the official OpenTelemetry Python
+//! SDK sending. Mid-stream the test kill -9s a worker, then an ingest node, then a NATS
+//! server; at the end every acknowledged record is searchable exactly once through the query
+//! root, the surviving worker took the dead one's partitions within a lease period, and the
+//! killed worker, restarted on its data, takes its share back without duplicating anything.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, ensure};
+use vigil_e2e::nats::NatsCluster;
+use vigil_e2e::{Collector, Options, eventually, get_json};
+
+const PARTITIONS: u64 = 8;
+const LEASE_SECS: u64 = 4;
+const BATCHES: usize = 300;
+const RECORDS: usize = 8;
+
+fn role(role: &str, nats: &str, config: &Path, data_dir: Option<&Path>) -> Result<Collector> {
+    Collector::start_with(Options {
+        data_dir: data_dir.map(Path::to_path_buf),
+        args: vec![
+            "--role".into(),
+            role.into(),
+            "--nats".into(),
+            nats.into(),
+            "--config".into(),
+            config.display().to_string(),
+        ],
+        ..Options::default()
+    })
+}
+
+/// A worker's value of one of its own metrics (0 when absent).
+async fn metric(client: &reqwest::Client, c: &Collector, name: &str) -> Result<f64> {
+    let text = client.get(c.api_url("/metrics")).send().await?.text().await?;
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or(0.0))
+}
+
+/// Every record of the run through the query root: how often each (batch, record) is there.
+async fn records(client: &reqwest::Client, root: &Collector, run: &str) -> Result<(u64, BTreeMap<(i64, i64), usize>)> {
+    let url = reqwest::Url::parse_with_params(
+        &root.api_url("/api/v1/logs/search"),
+        &[("q", format!("attributes.run:{run}")), ("limit", "10000".to_string())],
+    )?;
+    let (status, body) = get_json(client, url.as_str()).await?;
+    ensure!(status == 200, "root search answered {status}: {body}");
+    let mut seen = BTreeMap::new();
+    for hit in body["hits"].as_array().into_iter().flatten() {
+        let key = (
+            hit["attributes"]["batch"].as_i64().unwrap_or(-1),
+            hit["attributes"]["record"].as_i64().unwrap_or(-1),
+        );
+        *seen.entry(key).or_insert(0) += 1;
+    }
+    Ok((body["total"].as_u64().unwrap_or(0), seen))
+}
+
+/// Waits until the root sees every record of the run exactly once (the workers catch up),
+/// failing with what it saw last.
+async fn exactly_once(client: &reqwest::Client, root: &Collector, run: &str) -> Result<()> {
+    let expected = (BATCHES * RECORDS) as u64;
+    eventually(Duration::from_secs(90), "every record exactly once", || async move {
+        let (total, seen) = records(client, root, run).await?;
+        ensure!(total == expected, "root total {total}, expected {expected}");
+        ensure!(
+            seen.len() == BATCHES * RECORDS,
+            "{} distinct records of {expected}",
+            seen.len()
+        );
+        let twice: Vec<_> = seen.iter().filter(|(_, n)| **n != 1).take(5).collect();
+        ensure!(twice.is_empty(), "records seen more than once: {twice:?}");
+        Ok(Some(()))
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_worker_an_ingest_node_and_a_nats_server_loses_and_duplicates_nothing() -> Result<()> {
+    vigil_e2e::init_tls();
+    let mut nats = NatsCluster::start(3)?;
+    let urls = nats.urls();
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("cluster.toml");
+    std::fs::write(
+        &config,
+        format!("[cluster]\npartitions = {PARTITIONS}\nreplicas = 3\nlease_secs = {LEASE_SECS}\n"),
+    )?;
+    let ingest = [
+        role("ingest", &urls, &config, None)?,
+        role("ingest", &urls, &config, None)?,
+    ];
+    let w1_dir = dir.path().join("w1");
+    let w1 = role("worker", &urls, &config, Some(&w1_dir))?;
+    let w2 = role("worker", &urls, &config, Some(&dir.path().join("w2")))?;
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
+
+    // Both workers hold their share before the load starts.
+    eventually(Duration::from_secs(60), "the workers to split the partitions", || {
+        let (client, w1, w2) = (&client, &w1, &w2);
+        async move {
+            let a = metric(client, w1, "vigil_stream_partitions_owned").await?;
+            let b = metric(client, w2, "vigil_stream_partitions_owned").await?;
+            Ok((a + b == PARTITIONS as f64 && a > 0.0 && b > 0.0).then_some(()))
+        }
+    })
+    .await?;
+
+    let run = format!("run{}", std::process::id());
+    let endpoints = ingest
+        .iter()
+        .map(|c| format!("http://{}", c.http))
+        .collect::<Vec<_>>()
+        .join(",");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("python/cluster_sender.py");
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let mut sender = Command::new(&python)
+        .arg(script)
+        .args(["--endpoints", &endpoints, "--run", &run])
+        .args([
+            "--batches",
+            &BATCHES.to_string(),
+            "--records",
+            &RECORDS.to_string(),
+            "--services",
+            "12",
+        ])
+        .args(["--pace-ms", "15"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("run {python} (pip install -r tests/python/requirements.txt)"))?;
+    let acked = Arc::new(AtomicUsize::new(0));
+    let stdout = sender.stdout.take().context("sender stdout")?;
+    let counter = Arc::clone(&acked);
+    let reader = std::thread::spawn(move || {
+        let mut summary = String::new();
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.starts_with("acked ") {
+                counter.fetch_add(1, Ordering::SeqCst);
+            } else {
+                summary = line;
+            }
+        }
+        summary
+    });
+    let reached = |n: usize| {
+        let acked = Arc::clone(&acked);
+        eventually(Duration::from_secs(120), "the sender to get further", move || {
+            let a = acked.load(Ordering::SeqCst);
+            async move { Ok((a >= n).then_some(())) }
+        })
+    };
+
+    // A worker dies: the other takes its partitions once its leases lapse.
+    reached(BATCHES / 5).await?;
+    let killed_at = Instant::now();
+    w1.kill()?;
+    let consumed_before = metric(&client, &w2, "vigil_stream_consumed_total").await?;
+    eventually(
+        Duration::from_secs(4 * LEASE_SECS),
+        "the surviving worker to hold every partition",
+        || {
+            let (client, w2) = (&client, &w2);
+            async move {
+                Ok((metric(client, w2, "vigil_stream_partitions_owned").await? == PARTITIONS as f64).then_some(()))
+            }
+        },
+    )
+    .await?;
+    let takeover = killed_at.elapsed();
+
+    // An ingest node dies: the sender's retries go to the other one.
+    reached(BATCHES / 2).await?;
+    let [first_ingest, second_ingest] = ingest;
+    first_ingest.kill()?;
+    // A NATS server dies: the stream keeps a quorum of two.
+    reached(BATCHES * 7 / 10).await?;
+    nats.kill(2)?;
+
+    let status = tokio::task::spawn_blocking(move || sender.wait()).await??;
+    let summary = reader.join().map_err(|_| anyhow::anyhow!("reader thread panicked"))?;
+    ensure!(status.success(), "the sender gave up: {summary}");
+    let summary: serde_json::Value = serde_json::from_str(&summary).context("sender summary")?;
+    let acked_batches: Vec<i64> = summary["acked"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(serde_json::Value::as_i64)
+        .collect();
+    assert_eq!(acked_batches.len(), BATCHES, "every batch is acknowledged in the end");
+    assert!(
+        summary["attempts"].as_u64().unwrap_or(0) > BATCHES as u64,
+        "the ingest node's death must have failed some attempts: {summary}"
+    );
+    // Detection resumed on the survivor: it consumed the dead worker's partitions.
+    assert!(
+        takeover <= Duration::from_secs(2 * LEASE_SECS + 2),
+        "takeover took {takeover:?} with {LEASE_SECS} s leases"
+    );
+    assert!(metric(&client, &w2, "vigil_stream_consumed_total").await? > consumed_before);
+
+    if let Err(e) = exactly_once(&client, &second_ingest, &run).await {
+        let (_, seen) = records(&client, &second_ingest, &run).await?;
+        let missing: Vec<usize> = (0..BATCHES).filter(|b| !seen.contains_key(&(*b as i64, 0))).collect();
+        let worker_log: String = w2
+            .logs()
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("partition"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        anyhow::bail!("after the kills: {e}; batches missing: {missing:?}\nsurviving worker:\n{worker_log}");
+    }
+
+    // The killed worker comes back on its data: it takes half the partitions back (its
+    // copy of the others is purged), and the root still sees each record once.
+    let w1 = role("worker", &urls, &config, Some(&w1_dir))?;
+    eventually(
+        Duration::from_secs(60),
+        "the restarted worker to take its share",
+        || {
+            let (client, w1, w2) = (&client, &w1, &w2);
+            async move {
+                let a = metric(client, w1, "vigil_stream_partitions_owned").await?;
+                let b = metric(client, w2, "vigil_stream_partitions_owned").await?;
+                Ok((a > 0.0 && a + b == PARTITIONS as f64).then_some(()))
+            }
+        },
+    )
+    .await?;
+    exactly_once(&client, &second_ingest, &run)
+        .await
+        .context("after the worker's return")?;
+    drop(w1);
+    Ok(())
+}
