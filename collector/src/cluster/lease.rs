@@ -52,6 +52,9 @@ async fn bounded<T, E>(
 pub(crate) struct Changes {
     pub acquired: Vec<u32>,
     pub lost: Vec<u32>,
+    /// The round got as far as taking its share (the bucket answered throughout): only then
+    /// does "not held" mean "someone else's".
+    pub complete: bool,
 }
 
 struct Held {
@@ -207,9 +210,18 @@ impl Leases {
                     h.renewed = Instant::now();
                 }
                 Err(Bounded::Failed(e)) if e.kind() == UpdateErrorKind::WrongLastRevision => {
-                    tracing::warn!(partition = p, "lease taken by another worker");
-                    self.held.remove(&p);
-                    changes.lost.push(p);
+                    // A renewal that timed out here may have landed there: still ours then.
+                    match bounded(patience, self.kv.entry(partition_key(p))).await {
+                        Ok(Some(entry)) if entry.value == me && entry.operation == Operation::Put => {
+                            h.revision = entry.revision;
+                            h.renewed = Instant::now();
+                        }
+                        _ => {
+                            tracing::warn!(partition = p, "lease taken by another worker");
+                            self.held.remove(&p);
+                            changes.lost.push(p);
+                        }
+                    }
                 }
                 // Not proven lost: keep it while the lease still runs by this clock.
                 Err(e) if h.renewed.elapsed() < self.lease => {
@@ -246,6 +258,7 @@ impl Leases {
         // Start looking at a node-dependent place, so workers starting together do not all
         // race for partition 0.
         let offset = super::partition_of(&self.node, self.partitions);
+        let mut answered = true;
         for i in 0..self.partitions {
             if self.held.len() >= share {
                 break;
@@ -255,6 +268,10 @@ impl Leases {
                 continue;
             }
             let taken = match bounded(patience, self.kv.entry(partition_key(p))).await {
+                Err(_) => {
+                    answered = false;
+                    None
+                }
                 Ok(None) => bounded(patience, self.kv.create(partition_key(p), me.clone()))
                     .await
                     .ok(),
@@ -282,6 +299,7 @@ impl Leases {
                 changes.acquired.push(p);
             }
         }
+        changes.complete = answered;
         changes
     }
 

@@ -1,7 +1,8 @@
-//! The query root of a cluster, as Quickwit's root searcher: a log search or histogram is
-//! asked of every live worker (each answers for the partitions it holds) and the answers
-//! merged — hits by time, newest first, cut to the limit; totals and bucket counts summed.
-//! `GET /api/v1/cluster` shows the workers and their partitions.
+//! The query root of a cluster, as Quickwit's root searcher: a query is asked of every live
+//! worker (each answers for the partitions it holds) and the answers merged — log hits by
+//! time, newest first, cut to the limit; totals, histogram buckets and services' counts
+//! summed; log patterns by template; metric names united; a trace's spans gathered from every
+//! worker. `GET /api/v1/cluster` shows the workers and their partitions.
 //!
 //! While a partition changes hands its new owner is still catching up and the old one has
 //! purged its copy: a query then sees less of that partition, never the same record twice.
@@ -12,7 +13,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::kv;
 use axum::Router;
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header::AUTHORIZATION};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
@@ -37,6 +38,10 @@ pub(crate) fn router(root: Arc<Root>) -> Router {
     Router::new()
         .route("/api/v1/logs/search", get(logs_search))
         .route("/api/v1/logs/histogram", get(logs_histogram))
+        .route("/api/v1/logs/patterns", get(logs_patterns))
+        .route("/api/v1/services", get(services))
+        .route("/api/v1/metrics/names", get(metric_names))
+        .route("/api/v1/traces/{trace_id}", get(trace))
         .route("/api/v1/cluster", get(cluster))
         .with_state(root)
 }
@@ -53,6 +58,18 @@ async fn fan_out(
     params: &HashMap<String, String>,
     headers: &HeaderMap,
 ) -> Result<Vec<Value>, Response> {
+    fan_out_with(root, path, params, headers, false).await
+}
+
+/// [`fan_out`]; with `missing_ok` a worker's 404 counts as an empty answer (a trace whose
+/// spans all live on other workers).
+async fn fan_out_with(
+    root: &Root,
+    path: &str,
+    params: &HashMap<String, String>,
+    headers: &HeaderMap,
+    missing_ok: bool,
+) -> Result<Vec<Value>, Response> {
     let members = members(root).await?;
     let query: String = form_urlencoded::Serializer::new(String::new())
         .extend_pairs(params.iter())
@@ -65,6 +82,9 @@ async fn fan_out(
         async move {
             let response = request.send().await.map_err(|e| format!("{api}: {e}"))?;
             let status = response.status();
+            if missing_ok && status == StatusCode::NOT_FOUND {
+                return Ok(Value::Null);
+            }
             let body: Value = response.json().await.map_err(|e| format!("{api}: {e}"))?;
             if status.is_success() {
                 Ok(body)
@@ -176,6 +196,132 @@ fn merge_histograms(bodies: Vec<Value>) -> Value {
     json!({ "interval_ms": interval, "buckets": buckets })
 }
 
+async fn logs_patterns(
+    State(root): State<Arc<Root>>,
+    headers: HeaderMap,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let limit: usize = params.get("limit").and_then(|l| l.parse().ok()).unwrap_or(100);
+    let params = pin_range(params);
+    match fan_out(&root, "/api/v1/logs/patterns", &params, &headers).await {
+        Ok(bodies) => Json(merge_patterns(bodies, limit)).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// Each worker mines its own patterns, so ids are its own: the same template from two workers
+/// is one pattern here (counts summed, the earliest first sighting, new only if new on every
+/// worker that has it, the busiest worker's id and sample).
+fn merge_patterns(bodies: Vec<Value>, limit: usize) -> Value {
+    let mut by_template: Vec<(String, Value)> = Vec::new();
+    for body in bodies {
+        for p in body["patterns"].as_array().into_iter().flatten() {
+            let key = match p["template"].as_str() {
+                Some(t) => t.to_string(),
+                None => format!("\u{0}{}", p["pattern_id"]),
+            };
+            match by_template.iter_mut().find(|(k, _)| *k == key) {
+                None => by_template.push((key, p.clone())),
+                Some((_, merged)) => {
+                    let (a, b) = (merged["count"].as_u64().unwrap_or(0), p["count"].as_u64().unwrap_or(0));
+                    if b > a {
+                        merged["pattern_id"] = p["pattern_id"].clone();
+                        merged["sample"] = p["sample"].clone();
+                    }
+                    merged["count"] = json!(a + b);
+                    merged["is_new"] =
+                        json!(merged["is_new"].as_bool().unwrap_or(false) && p["is_new"].as_bool().unwrap_or(false));
+                    if let (Some(x), Some(y)) = (merged["first_seen"].as_str(), p["first_seen"].as_str())
+                        && y < x
+                    {
+                        merged["first_seen"] = p["first_seen"].clone();
+                    }
+                }
+            }
+        }
+    }
+    let mut patterns: Vec<Value> = by_template.into_iter().map(|(_, p)| p).collect();
+    patterns.sort_by_key(|p| std::cmp::Reverse(p["count"].as_u64().unwrap_or(0)));
+    patterns.truncate(limit);
+    json!({ "patterns": patterns })
+}
+
+async fn services(
+    State(root): State<Arc<Root>>,
+    headers: HeaderMap,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let params = pin_range(params);
+    match fan_out(&root, "/api/v1/services", &params, &headers).await {
+        Ok(bodies) => Json(merge_services(bodies)).into_response(),
+        Err(r) => r,
+    }
+}
+
+/// A service's records live in one partition, so normally on one worker; summed all the same
+/// (during a hand-over both may hold part of it).
+fn merge_services(bodies: Vec<Value>) -> Value {
+    let mut by_name: std::collections::BTreeMap<String, (u64, u64)> = std::collections::BTreeMap::new();
+    for body in bodies {
+        for s in body["services"].as_array().into_iter().flatten() {
+            let entry = by_name
+                .entry(s["name"].as_str().unwrap_or_default().to_string())
+                .or_default();
+            entry.0 += s["spans"].as_u64().unwrap_or(0);
+            entry.1 += s["logs"].as_u64().unwrap_or(0);
+        }
+    }
+    let services: Vec<Value> = by_name
+        .into_iter()
+        .map(|(name, (spans, logs))| json!({ "name": name, "spans": spans, "logs": logs }))
+        .collect();
+    json!({ "services": services })
+}
+
+async fn metric_names(
+    State(root): State<Arc<Root>>,
+    headers: HeaderMap,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let limit: usize = params.get("limit").and_then(|l| l.parse().ok()).unwrap_or(1000);
+    let params = pin_range(params);
+    match fan_out(&root, "/api/v1/metrics/names", &params, &headers).await {
+        Ok(bodies) => {
+            let names: std::collections::BTreeSet<String> = bodies
+                .iter()
+                .flat_map(|b| b["names"].as_array().cloned().unwrap_or_default())
+                .filter_map(|n| n.as_str().map(str::to_string))
+                .collect();
+            let names: Vec<String> = names.into_iter().take(limit).collect();
+            Json(json!({ "names": names })).into_response()
+        }
+        Err(r) => r,
+    }
+}
+
+/// A trace crosses services, so its spans are spread over the workers: all of them, together.
+async fn trace(State(root): State<Arc<Root>>, headers: HeaderMap, Path(trace_id): Path<String>) -> Response {
+    let path = format!("/api/v1/traces/{}", trace_id.to_ascii_lowercase());
+    let bodies = match fan_out_with(&root, &path, &HashMap::new(), &headers, true).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let mut spans: Vec<Value> = bodies
+        .iter()
+        .flat_map(|b| b["spans"].as_array().cloned().unwrap_or_default())
+        .collect();
+    if spans.is_empty() {
+        return error(StatusCode::NOT_FOUND, format!("trace {trace_id} not found"));
+    }
+    spans.sort_by_key(|s| {
+        s["start_time_unix_nano"]
+            .as_str()
+            .and_then(|t| t.parse::<i128>().ok())
+            .unwrap_or(0)
+    });
+    Json(json!({ "trace_id": trace_id.to_ascii_lowercase(), "spans": spans })).into_response()
+}
+
 async fn cluster(State(root): State<Arc<Root>>) -> Response {
     match members(&root).await {
         Ok(members) => Json(json!({
@@ -200,6 +346,42 @@ mod tests {
         assert_eq!(merged["total"], 8);
         let times: Vec<i128> = merged["hits"].as_array().expect("hits").iter().map(time_of).collect();
         assert_eq!(times, vec![30, 20, 10]);
+    }
+
+    #[test]
+    fn patterns_merge_by_template_across_workers() {
+        let a = json!({ "patterns": [
+            {"pattern_id": 1, "template": "user <*> logged in", "count": 5, "is_new": false, "first_seen": "2026-01-02", "sample": "a"},
+            {"pattern_id": 2, "template": "disk full", "count": 1, "is_new": true, "first_seen": "2026-01-03", "sample": "d"},
+        ]});
+        let b = json!({ "patterns": [
+            {"pattern_id": 7, "template": "user <*> logged in", "count": 9, "is_new": true, "first_seen": "2026-01-01", "sample": "b"},
+        ]});
+        let merged = merge_patterns(vec![a, b], 10);
+        let first = &merged["patterns"][0];
+        assert_eq!(first["count"], 14);
+        assert_eq!(first["pattern_id"], 7, "the busiest worker's id and sample");
+        assert_eq!(first["sample"], "b");
+        assert_eq!(first["first_seen"], "2026-01-01");
+        assert_eq!(first["is_new"], false, "new only where new everywhere");
+        assert_eq!(merged["patterns"][1]["template"], "disk full");
+        assert_eq!(
+            merge_patterns(vec![merged.clone()], 1)["patterns"]
+                .as_array()
+                .map(Vec::len),
+            Some(1)
+        );
+    }
+
+    #[test]
+    fn services_add_up_by_name() {
+        let a = json!({ "services": [{"name": "cart", "spans": 3, "logs": 1}] });
+        let b =
+            json!({ "services": [{"name": "cart", "spans": 1, "logs": 0}, {"name": "api", "spans": 2, "logs": 2}] });
+        assert_eq!(
+            merge_services(vec![a, b]),
+            json!({ "services": [{"name": "api", "spans": 2, "logs": 2}, {"name": "cart", "spans": 4, "logs": 1}] })
+        );
     }
 
     #[test]

@@ -133,7 +133,7 @@ impl Worker {
                             purged.insert(p, lsn);
                         }
                     }
-                    if first {
+                    if first && changes.complete {
                         // What this worker held before a restart and did not get back is
                         // another's now (or will be): its copy must go.
                         first = false;
