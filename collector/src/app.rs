@@ -232,19 +232,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnO
     ));
 
     let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
-    let bind = |addr: SocketAddr, key: &'static str| async move {
-        TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr} ({key})"))
-    };
-    let grpc_listener = bind(config.otlp.grpc_addr, "otlp.grpc_addr").await?;
-    let http_listener = bind(config.otlp.http_addr, "otlp.http_addr").await?;
-    let api_listener = bind(config.api.addr, "api.addr").await?;
-    let bound = BoundAddrs {
-        otlp_grpc: grpc_listener.local_addr()?,
-        otlp_http: http_listener.local_addr()?,
-        api: api_listener.local_addr()?,
-    };
+    let (listeners, bound) = bind_listeners(&config).await?;
     if config.api.external_url.is_none() {
         alerts.set_external_url(&format!("http://{}", bound.api));
     }
@@ -263,29 +251,13 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnO
     // The UI calls the same API router in-process for its data.
     let api = api::router(api_state);
     let stop_accepting = CancellationToken::new();
-    let servers = [
-        tokio::spawn(serve(
-            "otlp_grpc",
-            grpc_listener,
-            ingest::grpc::routes(Arc::clone(&ingest)).into_axum_router(),
-            tls.clone(),
-            stop_accepting.clone(),
-        )),
-        tokio::spawn(serve(
-            "otlp_http",
-            http_listener,
-            ingest::http::router(Arc::clone(&ingest)),
-            tls.clone(),
-            stop_accepting.clone(),
-        )),
-        tokio::spawn(serve(
-            "api",
-            api_listener,
-            api.clone().merge(vigil_dashboards::router(api, ui_config(&config))),
-            tls,
-            stop_accepting.clone(),
-        )),
-    ];
+    let servers = spawn_servers(
+        listeners,
+        &ingest,
+        api.clone().merge(vigil_dashboards::router(api, ui_config(&config))),
+        tls,
+        &stop_accepting,
+    );
     drop(ingest);
     ready.store(true, Ordering::Release);
     tracing::info!(
@@ -328,6 +300,60 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnO
     Ok(())
 }
 
+/// The three bound listeners.
+struct Listeners {
+    grpc: TcpListener,
+    http: TcpListener,
+    api: TcpListener,
+}
+
+/// Binds the OTLP and API addresses; an error names the key of the address that failed.
+async fn bind_listeners(config: &Config) -> anyhow::Result<(Listeners, BoundAddrs)> {
+    let bind = |addr: SocketAddr, key: &'static str| async move {
+        TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} ({key})"))
+    };
+    let listeners = Listeners {
+        grpc: bind(config.otlp.grpc_addr, "otlp.grpc_addr").await?,
+        http: bind(config.otlp.http_addr, "otlp.http_addr").await?,
+        api: bind(config.api.addr, "api.addr").await?,
+    };
+    let bound = BoundAddrs {
+        otlp_grpc: listeners.grpc.local_addr()?,
+        otlp_http: listeners.http.local_addr()?,
+        api: listeners.api.local_addr()?,
+    };
+    Ok((listeners, bound))
+}
+
+/// Serves OTLP/gRPC and OTLP/HTTP (through `ingest`) and the API until `stop` is cancelled.
+fn spawn_servers(
+    listeners: Listeners,
+    ingest: &Arc<Ingest>,
+    api: axum::Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    stop: &CancellationToken,
+) -> [tokio::task::JoinHandle<()>; 3] {
+    [
+        tokio::spawn(serve(
+            "otlp_grpc",
+            listeners.grpc,
+            ingest::grpc::routes(Arc::clone(ingest)).into_axum_router(),
+            tls.clone(),
+            stop.clone(),
+        )),
+        tokio::spawn(serve(
+            "otlp_http",
+            listeners.http,
+            ingest::http::router(Arc::clone(ingest)),
+            tls.clone(),
+            stop.clone(),
+        )),
+        tokio::spawn(serve("api", listeners.api, api, tls, stop.clone())),
+    ]
+}
+
 /// An ingest node: OTLP (and remote write) in, the stream out; no storage, no detection.
 /// Its API port answers `/metrics`, `/healthz`, `/readyz`, and the cluster's log search
 /// and histogram by asking the workers (`cluster::root`).
@@ -363,20 +389,7 @@ async fn run_ingest(
         TokenCheck::new(config.auth.ingest_token.as_ref()),
     ));
     let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
-    let grpc_listener = TcpListener::bind(config.otlp.grpc_addr)
-        .await
-        .with_context(|| format!("cannot listen on {} (otlp.grpc_addr)", config.otlp.grpc_addr))?;
-    let http_listener = TcpListener::bind(config.otlp.http_addr)
-        .await
-        .with_context(|| format!("cannot listen on {} (otlp.http_addr)", config.otlp.http_addr))?;
-    let api_listener = TcpListener::bind(config.api.addr)
-        .await
-        .with_context(|| format!("cannot listen on {} (api.addr)", config.api.addr))?;
-    let bound = BoundAddrs {
-        otlp_grpc: grpc_listener.local_addr()?,
-        otlp_http: http_listener.local_addr()?,
-        api: api_listener.local_addr()?,
-    };
+    let (listeners, bound) = bind_listeners(&config).await?;
     let ready = Arc::new(AtomicBool::new(true));
     let probe = Arc::clone(&ready);
     let self_metrics = Arc::clone(&metrics);
@@ -409,23 +422,7 @@ async fn run_ingest(
         )
         .merge(crate::cluster::root_router(root));
     let stop_accepting = CancellationToken::new();
-    let servers = [
-        tokio::spawn(serve(
-            "otlp_grpc",
-            grpc_listener,
-            ingest::grpc::routes(Arc::clone(&ingest)).into_axum_router(),
-            tls.clone(),
-            stop_accepting.clone(),
-        )),
-        tokio::spawn(serve(
-            "otlp_http",
-            http_listener,
-            ingest::http::router(Arc::clone(&ingest)),
-            tls.clone(),
-            stop_accepting.clone(),
-        )),
-        tokio::spawn(serve("api", api_listener, api, tls, stop_accepting.clone())),
-    ];
+    let servers = spawn_servers(listeners, &ingest, api, tls, &stop_accepting);
     drop(ingest);
     tracing::info!(otlp_grpc = %bound.otlp_grpc, otlp_http = %bound.otlp_http, api = %bound.api, "ingest node ready");
     on_bound(bound);

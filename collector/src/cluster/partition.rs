@@ -67,23 +67,14 @@ pub(crate) fn split_metrics(
 
 #[cfg(test)]
 mod tests {
-    use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
     use opentelemetry_proto::tonic::logs::v1::ResourceLogs;
 
     use super::*;
+    use crate::storage::convert::service_resource;
 
     fn resource_logs(service: &str) -> ResourceLogs {
         ResourceLogs {
-            resource: Some(Resource {
-                attributes: vec![KeyValue {
-                    key: "service.name".into(),
-                    value: Some(AnyValue {
-                        value: Some(any_value::Value::StringValue(service.into())),
-                    }),
-                    ..KeyValue::default()
-                }],
-                ..Resource::default()
-            }),
+            resource: Some(service_resource(service)),
             ..ResourceLogs::default()
         }
     }

@@ -118,6 +118,20 @@ async fn members(root: &Root) -> Result<Vec<(super::lease::Member, Vec<u32>)>, R
     ))
 }
 
+/// Asks every worker (range pinned) and answers with `merge` of their answers.
+async fn gather(
+    root: &Root,
+    path: &str,
+    params: HashMap<String, String>,
+    headers: &HeaderMap,
+    merge: impl FnOnce(Vec<Value>) -> Value,
+) -> Response {
+    match fan_out(root, path, &pin_range(params), headers).await {
+        Ok(bodies) => Json(merge(bodies)).into_response(),
+        Err(r) => r,
+    }
+}
+
 /// Fixes the time range once, so every worker answers over the same one (and the same
 /// histogram grid), whatever its clock.
 fn pin_range(mut params: HashMap<String, String>) -> HashMap<String, String> {
@@ -134,12 +148,10 @@ async fn logs_search(
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
     let limit: usize = params.get("limit").and_then(|l| l.parse().ok()).unwrap_or(100);
-    let params = pin_range(params);
-    let bodies = match fan_out(&root, "/api/v1/logs/search", &params, &headers).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    Json(merge_search(bodies, limit)).into_response()
+    gather(&root, "/api/v1/logs/search", params, &headers, |b| {
+        merge_search(b, limit)
+    })
+    .await
 }
 
 fn time_of(hit: &Value) -> i128 {
@@ -166,16 +178,12 @@ async fn logs_histogram(
     headers: HeaderMap,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    let mut params = pin_range(params);
+    let mut params = params;
     let now_ms = crate::timeutil::now_ns() / 1_000_000;
     params
         .entry("start".into())
         .or_insert_with(|| now_ms.saturating_sub(3_600_000).to_string());
-    let bodies = match fan_out(&root, "/api/v1/logs/histogram", &params, &headers).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    Json(merge_histograms(bodies)).into_response()
+    gather(&root, "/api/v1/logs/histogram", params, &headers, merge_histograms).await
 }
 
 /// Adds the workers' counts bucket by bucket (the pinned range gives them one grid).
@@ -202,11 +210,10 @@ async fn logs_patterns(
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
     let limit: usize = params.get("limit").and_then(|l| l.parse().ok()).unwrap_or(100);
-    let params = pin_range(params);
-    match fan_out(&root, "/api/v1/logs/patterns", &params, &headers).await {
-        Ok(bodies) => Json(merge_patterns(bodies, limit)).into_response(),
-        Err(r) => r,
-    }
+    gather(&root, "/api/v1/logs/patterns", params, &headers, |b| {
+        merge_patterns(b, limit)
+    })
+    .await
 }
 
 /// Each worker mines its own patterns, so ids are its own: the same template from two workers
@@ -251,11 +258,7 @@ async fn services(
     headers: HeaderMap,
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
-    let params = pin_range(params);
-    match fan_out(&root, "/api/v1/services", &params, &headers).await {
-        Ok(bodies) => Json(merge_services(bodies)).into_response(),
-        Err(r) => r,
-    }
+    gather(&root, "/api/v1/services", params, &headers, merge_services).await
 }
 
 /// A service's records live in one partition, so normally on one worker; summed all the same
@@ -284,19 +287,15 @@ async fn metric_names(
     Query(params): Query<HashMap<String, String>>,
 ) -> Response {
     let limit: usize = params.get("limit").and_then(|l| l.parse().ok()).unwrap_or(1000);
-    let params = pin_range(params);
-    match fan_out(&root, "/api/v1/metrics/names", &params, &headers).await {
-        Ok(bodies) => {
-            let names: std::collections::BTreeSet<String> = bodies
-                .iter()
-                .flat_map(|b| b["names"].as_array().cloned().unwrap_or_default())
-                .filter_map(|n| n.as_str().map(str::to_string))
-                .collect();
-            let names: Vec<String> = names.into_iter().take(limit).collect();
-            Json(json!({ "names": names })).into_response()
-        }
-        Err(r) => r,
-    }
+    gather(&root, "/api/v1/metrics/names", params, &headers, |bodies| {
+        let names: std::collections::BTreeSet<String> = bodies
+            .iter()
+            .flat_map(|b| b["names"].as_array().cloned().unwrap_or_default())
+            .filter_map(|n| n.as_str().map(str::to_string))
+            .collect();
+        json!({ "names": names.into_iter().take(limit).collect::<Vec<_>>() })
+    })
+    .await
 }
 
 /// A trace crosses services, so its spans are spread over the workers: all of them, together.

@@ -49,6 +49,21 @@ pub(crate) fn string_attr<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&
         })
 }
 
+/// A resource naming `service` (tests).
+#[cfg(test)]
+pub(crate) fn service_resource(service: &str) -> Resource {
+    Resource {
+        attributes: vec![KeyValue {
+            key: "service.name".into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue(service.into())),
+            }),
+            ..KeyValue::default()
+        }],
+        ..Resource::default()
+    }
+}
+
 pub(crate) fn resource_attrs(resource: &Option<Resource>) -> &[KeyValue] {
     resource.as_ref().map_or(&[], |r| r.attributes.as_slice())
 }

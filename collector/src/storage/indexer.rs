@@ -500,20 +500,9 @@ mod tests {
 
     /// Applies, as entry `lsn`, `n` records of `service` (with a batch id).
     fn apply_service_logs(indexer: &mut Indexer, lsn: u64, ts: u64, n: usize, service: &str, batch_id: &str) {
-        use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
-        use opentelemetry_proto::tonic::resource::v1::Resource;
         let request = ExportLogsServiceRequest {
             resource_logs: vec![ResourceLogs {
-                resource: Some(Resource {
-                    attributes: vec![KeyValue {
-                        key: "service.name".into(),
-                        value: Some(AnyValue {
-                            value: Some(any_value::Value::StringValue(service.into())),
-                        }),
-                        ..KeyValue::default()
-                    }],
-                    ..Default::default()
-                }),
+                resource: Some(crate::storage::convert::service_resource(service)),
                 scope_logs: vec![ScopeLogs {
                     log_records: (0..n)
                         .map(|i| LogRecord {
