@@ -306,6 +306,12 @@ pub struct ClusterConfig {
     /// This worker's name in leases; stable across restarts (default: one generated into
     /// the data dir on first start).
     pub node_id: Option<String>,
+    /// PEM bundle of the CA(s) that signed the NATS servers' certificates: with it the
+    /// connection must be TLS, verified against it.
+    pub tls_ca_file: Option<PathBuf>,
+    /// Client certificate and key (PEM), for servers that verify their clients.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
 }
 
 impl Default for ClusterConfig {
@@ -319,6 +325,9 @@ impl Default for ClusterConfig {
             lease_secs: 10,
             dedup_window_secs: 600,
             node_id: None,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }

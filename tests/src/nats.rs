@@ -23,12 +23,23 @@ struct Server {
 /// A JetStream cluster of real NATS servers.
 pub struct NatsCluster {
     servers: Vec<Server>,
+    /// Certificate and key the servers present (TLS required), if any.
+    tls: Option<(PathBuf, PathBuf)>,
     _dir: tempfile::TempDir,
 }
 
 impl NatsCluster {
     /// Starts `n` servers routed to each other, and waits until each accepts clients.
     pub fn start(n: usize) -> Result<NatsCluster> {
+        NatsCluster::start_with(n, None)
+    }
+
+    /// One server that requires TLS with `cert` and `key` (PEM).
+    pub fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> Result<NatsCluster> {
+        NatsCluster::start_with(1, Some((cert.to_path_buf(), key.to_path_buf())))
+    }
+
+    fn start_with(n: usize, tls: Option<(PathBuf, PathBuf)>) -> Result<NatsCluster> {
         let dir = tempfile::tempdir()?;
         let mut servers = Vec::new();
         for i in 0..n {
@@ -41,7 +52,11 @@ impl NatsCluster {
                 child: None,
             });
         }
-        let mut cluster = NatsCluster { servers, _dir: dir };
+        let mut cluster = NatsCluster {
+            servers,
+            tls,
+            _dir: dir,
+        };
         for i in 0..n {
             cluster.spawn(i)?;
         }
@@ -62,6 +77,7 @@ impl NatsCluster {
     fn spawn(&mut self, i: usize) -> Result<()> {
         let routes = self.routes();
         let alone = self.servers.len() == 1;
+        let tls = self.tls.clone();
         let s = &mut self.servers[i];
         let log = std::fs::File::create(&s.log)?;
         let mut command = Command::new("nats-server");
@@ -70,6 +86,9 @@ impl NatsCluster {
             .arg("-sd")
             .arg(&s.store)
             .args(["--server_name", &s.name]);
+        if let Some((cert, key)) = &tls {
+            command.arg("--tls").arg("--tlscert").arg(cert).arg("--tlskey").arg(key);
+        }
         // A single server runs JetStream standalone: a cluster of one never elects a leader.
         if !alone {
             command

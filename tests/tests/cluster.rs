@@ -310,6 +310,47 @@ async fn killing_a_worker_an_ingest_node_and_a_nats_server_loses_and_duplicates_
     Ok(())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_and_workers_reach_the_stream_over_tls() -> Result<()> {
+    vigil_e2e::init_tls();
+    let dir = tempfile::tempdir()?;
+    let (cert, key) = vigil_e2e::make_cert(dir.path())?;
+    let nats = NatsCluster::start_tls(&cert, &key)?;
+    let config = dir.path().join("cluster.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[cluster]\nreplicas = 1\nlease_secs = {LEASE_SECS}\ntls_ca_file = {:?}\n",
+            cert.display().to_string()
+        ),
+    )?;
+    let ingest = role("ingest", &nats.urls(), &config, None)?;
+    let _worker = role("worker", &nats.urls(), &config, None)?;
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
+    let request = vigil_e2e::otlp::logs_request(
+        "tls-svc",
+        vec![vigil_e2e::otlp::log_record(
+            vigil_e2e::now_ns(),
+            "over tls",
+            &[("tls", 1)],
+        )],
+    );
+    post_protobuf(&client, ingest.http_url("/v1/logs"), request.encode_to_vec()).await?;
+    let url = ingest.api_url("/api/v1/logs/search?q=attributes.tls:1&limit=1");
+    eventually(
+        Duration::from_secs(60),
+        "the record through a TLS-only NATS server",
+        || {
+            let (client, url) = (&client, &url);
+            async move {
+                let (status, body) = get_json(client, url).await?;
+                Ok((status == 200 && body["total"] == 1).then_some(()))
+            }
+        },
+    )
+    .await
+}
+
 /// The stream's partition of a service: FNV-1a 64 of the name, mod the partitions (the
 /// mapping is part of the stream's format, fixed in `cluster/partition.rs`).
 fn partition_of(service: &str) -> u64 {

@@ -37,15 +37,26 @@ pub(crate) async fn connect(
     token: Option<&Secret>,
     name: &str,
 ) -> anyhow::Result<(async_nats::Client, jetstream::Context)> {
-    let mut options = async_nats::ConnectOptions::new()
-        .name(name)
-        .connection_timeout(Duration::from_secs(5))
-        .retry_on_initial_connect();
-    if let Some(token) = token {
-        options = options.token(token.expose().to_string());
-    }
-    let client = options
-        .connect(config.nats_urls.as_slice())
+    let options = || {
+        let mut options = async_nats::ConnectOptions::new()
+            .name(name)
+            .connection_timeout(Duration::from_secs(5));
+        if let Some(token) = token {
+            options = options.token(token.expose().to_string());
+        }
+        if let Some(ca) = &config.tls_ca_file {
+            options = options.add_root_certificates(ca.clone()).require_tls(true);
+        }
+        if let (Some(cert), Some(key)) = (&config.tls_cert_file, &config.tls_key_file) {
+            options = options
+                .add_client_certificate(cert.clone(), key.clone())
+                .require_tls(true);
+        }
+        options
+    };
+    // Not the client's own retry on the first connection: it would hide why it fails (a TLS
+    // error, a wrong token) behind a time-out. Once connected, the client reconnects itself.
+    let client = retry_while_starting("the NATS servers", || options().connect(config.nats_urls.as_slice()))
         .await
         .with_context(|| format!("cannot connect to NATS at {}", config.nats_urls.join(",")))?;
     let js = jetstream::new(client.clone());
