@@ -2,7 +2,8 @@
 //! worker (each answers for the partitions it holds) and the answers merged — log hits by
 //! time, newest first, cut to the limit; totals, histogram buckets and services' counts
 //! summed; log patterns by template; metric names united; a trace's spans gathered from every
-//! worker. `GET /api/v1/cluster` shows the workers and their partitions.
+//! worker; findings and incidents listed together, newest first (each worker still
+//! correlates its own services). `GET /api/v1/cluster` shows the workers and their partitions.
 //!
 //! While a partition changes hands its new owner is still catching up and the old one has
 //! purged its copy: a query then sees less of that partition, never the same record twice.
@@ -42,6 +43,9 @@ pub(crate) fn router(root: Arc<Root>) -> Router {
         .route("/api/v1/services", get(services))
         .route("/api/v1/metrics/names", get(metric_names))
         .route("/api/v1/traces/{trace_id}", get(trace))
+        .route("/api/v1/anomalies", get(anomalies))
+        .route("/api/v1/incidents", get(incidents))
+        .route("/api/v1/incidents/{id}", get(incident))
         .route("/api/v1/cluster", get(cluster))
         .with_state(root)
 }
@@ -321,6 +325,65 @@ async fn trace(State(root): State<Arc<Root>>, headers: HeaderMap, Path(trace_id)
     Json(json!({ "trace_id": trace_id.to_ascii_lowercase(), "spans": spans })).into_response()
 }
 
+async fn anomalies(
+    State(root): State<Arc<Root>>,
+    headers: HeaderMap,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let limit: usize = params.get("limit").and_then(|l| l.parse().ok()).unwrap_or(100);
+    gather(&root, "/api/v1/anomalies", params, &headers, |b| {
+        merge_newest_first(b, "anomalies", limit)
+    })
+    .await
+}
+
+/// Each worker correlates the services it holds (there is no cluster-wide correlator yet):
+/// the list is every worker's incidents together.
+async fn incidents(
+    State(root): State<Arc<Root>>,
+    headers: HeaderMap,
+    Query(params): Query<HashMap<String, String>>,
+) -> Response {
+    let limit: usize = params.get("limit").and_then(|l| l.parse().ok()).unwrap_or(100);
+    gather(&root, "/api/v1/incidents", params, &headers, |b| {
+        merge_newest_first(b, "incidents", limit)
+    })
+    .await
+}
+
+/// Every worker's `key` lists together, newest start first (as each worker orders its own),
+/// cut to `limit`.
+fn merge_newest_first(bodies: Vec<Value>, key: &str, limit: usize) -> Value {
+    let mut items: Vec<Value> = bodies
+        .iter()
+        .flat_map(|b| b[key].as_array().cloned().unwrap_or_default())
+        .collect();
+    items.sort_by(|a, b| {
+        let start = |v: &Value| v["start_ms"].as_i64().unwrap_or(0);
+        start(b)
+            .cmp(&start(a))
+            .then_with(|| a["id"].as_str().cmp(&b["id"].as_str()))
+    });
+    items.truncate(limit);
+    json!({ key: items })
+}
+
+/// The worker that made the incident answers; the others do not know it.
+async fn incident(State(root): State<Arc<Root>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+    let path = format!("/api/v1/incidents/{}", urlencode(&id));
+    match fan_out_with(&root, &path, &HashMap::new(), &headers, true).await {
+        Ok(bodies) => match bodies.into_iter().find(|b| !b.is_null()) {
+            Some(body) => Json(body).into_response(),
+            None => error(StatusCode::NOT_FOUND, format!("incident {id} not found")),
+        },
+        Err(r) => r,
+    }
+}
+
+fn urlencode(segment: &str) -> String {
+    form_urlencoded::byte_serialize(segment.as_bytes()).collect()
+}
+
 async fn cluster(State(root): State<Arc<Root>>) -> Response {
     match members(&root).await {
         Ok(members) => Json(json!({
@@ -369,6 +432,17 @@ mod tests {
                 .as_array()
                 .map(Vec::len),
             Some(1)
+        );
+    }
+
+    #[test]
+    fn findings_from_every_worker_come_newest_first() {
+        let a = json!({ "incidents": [{"id": "a2", "start_ms": 20}, {"id": "a1", "start_ms": 5}] });
+        let b = json!({ "incidents": [{"id": "b1", "start_ms": 10}] });
+        let merged = merge_newest_first(vec![a, b], "incidents", 2);
+        assert_eq!(
+            merged,
+            json!({ "incidents": [{"id": "a2", "start_ms": 20}, {"id": "b1", "start_ms": 10}] })
         );
     }
 
