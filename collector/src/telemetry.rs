@@ -88,6 +88,8 @@ pub(crate) struct Metrics {
     pub stream_partitions_owned: Gauge,
     /// Leases this worker lost or gave up.
     pub stream_leases_lost: Counter,
+    /// Partition consumers started again from their checkpoint after an error or a stall.
+    pub stream_consumer_restarts: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -130,6 +132,7 @@ impl Default for Metrics {
             stream_consumed: Counter::default(),
             stream_partitions_owned: Gauge::default(),
             stream_leases_lost: Counter::default(),
+            stream_consumer_restarts: Counter::default(),
         };
         if let Ok(mut r) = m.registry.lock() {
             r.register(
@@ -186,6 +189,11 @@ impl Default for Metrics {
                 "stream_leases_lost",
                 "Partition leases this worker lost or released",
                 m.stream_leases_lost.clone(),
+            );
+            r.register(
+                "stream_consumer_restarts",
+                "Partition consumers started again from their checkpoint after an error or a stall",
+                m.stream_consumer_restarts.clone(),
             );
             r.register(
                 "wal_appends",

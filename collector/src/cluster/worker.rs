@@ -231,6 +231,7 @@ async fn consume(partition: u32, sink: Sink, purged_at: u64, stop: CancellationT
         match consume_once(partition, &sink, &stop).await {
             Ok(()) => return,
             Err(e) => {
+                sink.metrics.stream_consumer_restarts.inc();
                 tracing::warn!(partition, error = %e, "partition consumer failed; resuming from its checkpoint");
                 tokio::select! {
                     _ = stop.cancelled() => return,
