@@ -355,15 +355,13 @@ fn spawn_servers(
 }
 
 /// An ingest node: OTLP (and remote write) in, the stream out; no storage, no detection.
-/// Its API port answers `/metrics`, `/healthz`, `/readyz`, and the cluster's log search
-/// and histogram by asking the workers (`cluster::root`).
+/// Its API port answers `/healthz`, `/readyz`, and — behind the API token, as on a single
+/// collector — `/metrics` and the cluster's queries by asking the workers (`cluster::root`).
 async fn run_ingest(
     config: Config,
     shutdown: CancellationToken,
     on_bound: impl FnOnce(BoundAddrs),
 ) -> anyhow::Result<()> {
-    use axum::routing::get;
-
     let metrics = Arc::new(Metrics::default());
     let (client, js) =
         crate::cluster::connect(&config.cluster, config.auth.nats_token.as_ref(), "vigil-ingest").await?;
@@ -391,36 +389,15 @@ async fn run_ingest(
     let tls = config.tls.as_ref().map(tls_acceptor).transpose()?;
     let (listeners, bound) = bind_listeners(&config).await?;
     let ready = Arc::new(AtomicBool::new(true));
-    let probe = Arc::clone(&ready);
-    let self_metrics = Arc::clone(&metrics);
-    let api = axum::Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route(
-            "/readyz",
-            get(move || {
-                let ready = probe.load(Ordering::Acquire);
-                async move {
-                    if ready {
-                        (http::StatusCode::OK, "ready")
-                    } else {
-                        (http::StatusCode::SERVICE_UNAVAILABLE, "not ready")
-                    }
-                }
-            }),
-        )
-        .route(
-            "/metrics",
-            get(move || {
-                let text = self_metrics.encode();
-                async move {
-                    (
-                        [(http::header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-                        text,
-                    )
-                }
-            }),
-        )
-        .merge(crate::cluster::root_router(root));
+    let api = api::node_router(
+        api::NodeState {
+            metrics: Arc::clone(&metrics),
+            ready: Arc::clone(&ready),
+            token: TokenCheck::new(config.auth.api_token.as_ref()),
+            users: Arc::new(crate::auth::Users::new(&config.auth.users)),
+        },
+        crate::cluster::root_router(root),
+    );
     let stop_accepting = CancellationToken::new();
     let servers = spawn_servers(listeners, &ingest, api, tls, &stop_accepting);
     drop(ingest);

@@ -351,6 +351,48 @@ async fn ingest_and_workers_reach_the_stream_over_tls() -> Result<()> {
     .await
 }
 
+/// An ingest node's API asks for the API token like a single collector's: its `/metrics`
+/// and every cluster query, not the probes. (It answered without one at first.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ingest_nodes_api_asks_for_the_token() -> Result<()> {
+    vigil_e2e::init_tls();
+    let nats = NatsCluster::start(1)?;
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("cluster.toml");
+    std::fs::write(&config, format!("[cluster]\nreplicas = 1\nlease_secs = {LEASE_SECS}\n"))?;
+    let token = "cluster-api-token-0123456789";
+    let ingest = Collector::start_with(Options {
+        args: [
+            "--role",
+            "ingest",
+            "--nats",
+            &nats.urls(),
+            "--config",
+            &config.display().to_string(),
+        ]
+        .map(String::from)
+        .to_vec(),
+        env: vec![("VIGIL_API_TOKEN".into(), token.into())],
+        ..Options::default()
+    })?;
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
+    for path in ["/metrics", "/api/v1/cluster", "/api/v1/logs/search?q=x"] {
+        let status = client.get(ingest.api_url(path)).send().await?.status().as_u16();
+        assert_eq!(status, 401, "{path} without the token");
+    }
+    let status = client
+        .get(ingest.api_url("/api/v1/cluster"))
+        .bearer_auth(token)
+        .send()
+        .await?
+        .status()
+        .as_u16();
+    assert_eq!(status, 200, "with the token");
+    let status = client.get(ingest.api_url("/healthz")).send().await?.status().as_u16();
+    assert_eq!(status, 200, "the probes need no token");
+    Ok(())
+}
+
 /// The stream's partition of a service: FNV-1a 64 of the name, mod the partitions (the
 /// mapping is part of the stream's format, fixed in `cluster/partition.rs`).
 fn partition_of(service: &str) -> u64 {

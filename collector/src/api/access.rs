@@ -6,14 +6,14 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 
-use super::{ApiError, ApiState};
+use super::{ApiError, ApiState, NodeState};
 use crate::auth::Identity;
 use crate::config::UserRole;
 
 /// The API token (admin), or a personal token whose role allows the request: a viewer
 /// reads, a responder also silences, an admin does everything. The identity found goes to
 /// the handlers, which record actions under it.
-pub(super) async fn require_token(State(state): State<ApiState>, mut request: Request, next: Next) -> Response {
+pub(super) async fn require_token(State(state): State<NodeState>, mut request: Request, next: Next) -> Response {
     let header = request.headers().get(AUTHORIZATION).map(|v| v.as_bytes());
     let identity = if state.token.check(header) {
         Some(Identity::shared("api", UserRole::Admin))

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{Query, State};
+use axum::extract::{FromRef, Query, State};
 use axum::http::StatusCode;
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
@@ -56,6 +56,46 @@ pub(crate) struct ApiState {
     pub metric_help: Arc<crate::process::MetricHelp>,
     /// Slots for PromQL queries and Prometheus listings (`api.max_concurrent_queries`).
     pub prom_queries: Arc<tokio::sync::Semaphore>,
+}
+
+/// What every node's API has, with or without storage (a cluster's ingest node has no
+/// more): the readiness flag and self-metrics for the probes and `/metrics`, and the tokens
+/// the API asks for.
+#[derive(Clone)]
+pub(crate) struct NodeState {
+    pub metrics: Arc<Metrics>,
+    pub ready: Arc<AtomicBool>,
+    pub token: TokenCheck,
+    pub users: Arc<crate::auth::Users>,
+}
+
+impl FromRef<ApiState> for NodeState {
+    fn from_ref(state: &ApiState) -> NodeState {
+        NodeState {
+            metrics: Arc::clone(&state.metrics),
+            ready: Arc::clone(&state.ready),
+            token: state.token.clone(),
+            users: Arc::clone(&state.users),
+        }
+    }
+}
+
+/// The API of a node without storage: the probes, and `/metrics` and `routes` behind the
+/// API token exactly as on a single collector.
+pub(crate) fn node_router(node: NodeState, routes: Router) -> Router {
+    let protected = routes
+        .merge(
+            Router::new()
+                .route("/metrics", get(self_metrics))
+                .with_state(node.clone()),
+        )
+        .route_layer(middleware::from_fn_with_state(node.clone(), access::require_token));
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(node)
+        .merge(protected)
+        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
 }
 
 type Params = Query<HashMap<String, String>>;
@@ -166,7 +206,7 @@ pub(crate) fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-async fn readyz(State(state): State<ApiState>) -> Response {
+async fn readyz(State(state): State<NodeState>) -> Response {
     if state.ready.load(Ordering::Acquire) {
         (StatusCode::OK, "ready").into_response()
     } else {
@@ -174,7 +214,7 @@ async fn readyz(State(state): State<ApiState>) -> Response {
     }
 }
 
-async fn self_metrics(State(state): State<ApiState>) -> Response {
+async fn self_metrics(State(state): State<NodeState>) -> Response {
     (
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         state.metrics.encode(),
