@@ -24,6 +24,10 @@ pub(crate) enum ApiError {
     Gone(String),
     /// Vigil failed, not the caller (500); logged where it happened.
     Internal(String),
+    /// Another node asked on the caller's behalf failed (502): a cluster's worker.
+    BadGateway(String),
+    /// Not now, try again (503): the cluster's membership could not be read.
+    Unavailable(String),
 }
 
 impl ApiError {
@@ -41,6 +45,8 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Gone(_) => StatusCode::GONE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -52,7 +58,9 @@ impl ApiError {
             | ApiError::NotFound(m)
             | ApiError::Conflict(m)
             | ApiError::Gone(m)
-            | ApiError::Internal(m) => m,
+            | ApiError::Internal(m)
+            | ApiError::BadGateway(m)
+            | ApiError::Unavailable(m) => m,
         }
     }
 }

@@ -16,11 +16,15 @@ use async_nats::jetstream::kv;
 use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header::AUTHORIZATION};
-use axum::response::{IntoResponse, Json, Response};
+use axum::response::Json;
 use axum::routing::get;
 use serde_json::{Value, json};
 
-use super::lease::cluster_view;
+use super::lease::{Member, cluster_view};
+use crate::api::ApiError;
+
+type Answer = Result<Json<Value>, ApiError>;
+type Params = Query<HashMap<String, String>>;
 
 /// Shared by the root's handlers.
 pub(crate) struct Root {
@@ -50,10 +54,6 @@ pub(crate) fn router(root: Arc<Root>) -> Router {
         .with_state(root)
 }
 
-fn error(status: StatusCode, message: String) -> Response {
-    (status, Json(json!({ "error": message }))).into_response()
-}
-
 /// The same request of every worker with an API. A worker that does not answer fails the
 /// query (502): a partial answer would pass for a whole one.
 async fn fan_out(
@@ -61,7 +61,7 @@ async fn fan_out(
     path: &str,
     params: &HashMap<String, String>,
     headers: &HeaderMap,
-) -> Result<Vec<Value>, Response> {
+) -> Result<Vec<Value>, ApiError> {
     fan_out_with(root, path, params, headers, false).await
 }
 
@@ -73,7 +73,7 @@ async fn fan_out_with(
     params: &HashMap<String, String>,
     headers: &HeaderMap,
     missing_ok: bool,
-) -> Result<Vec<Value>, Response> {
+) -> Result<Vec<Value>, ApiError> {
     let members = members(root).await?;
     let query: String = form_urlencoded::Serializer::new(String::new())
         .extend_pairs(params.iter())
@@ -100,14 +100,14 @@ async fn fan_out_with(
     let answers = futures::future::join_all(calls).await;
     let mut bodies = Vec::with_capacity(answers.len());
     for answer in answers {
-        bodies.push(answer.map_err(|e| error(StatusCode::BAD_GATEWAY, format!("a worker failed the query: {e}")))?);
+        bodies.push(answer.map_err(|e| ApiError::BadGateway(format!("a worker failed the query: {e}")))?);
     }
     Ok(bodies)
 }
 
 /// The workers, asking again when the stream's leader does not answer at once (a NATS
 /// server just died and its streams are electing new leaders).
-async fn members(root: &Root) -> Result<Vec<(super::lease::Member, Vec<u32>)>, Response> {
+async fn members(root: &Root) -> Result<Vec<(Member, Vec<u32>)>, ApiError> {
     let mut last = String::new();
     for _ in 0..4 {
         match tokio::time::timeout(Duration::from_secs(2), cluster_view(&root.kv)).await {
@@ -116,10 +116,9 @@ async fn members(root: &Root) -> Result<Vec<(super::lease::Member, Vec<u32>)>, R
             Err(_) => last = "no answer within 2 s".into(),
         }
     }
-    Err(error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        format!("cannot read the cluster's members: {last}"),
-    ))
+    Err(ApiError::Unavailable(format!(
+        "cannot read the cluster's members: {last}"
+    )))
 }
 
 /// Asks every worker (range pinned) and answers with `merge` of their answers.
@@ -129,11 +128,24 @@ async fn gather(
     params: HashMap<String, String>,
     headers: &HeaderMap,
     merge: impl FnOnce(Vec<Value>) -> Value,
-) -> Response {
-    match fan_out(root, path, &pin_range(params), headers).await {
-        Ok(bodies) => Json(merge(bodies)).into_response(),
-        Err(r) => r,
-    }
+) -> Answer {
+    Ok(Json(merge(fan_out(root, path, &pin_range(params), headers).await?)))
+}
+
+/// The `limit` asked for, or `default`: passed on to the workers as it is (each checks it),
+/// and the merged answer cut to it.
+fn limit(params: &HashMap<String, String>, default: usize) -> usize {
+    params.get("limit").and_then(|l| l.parse().ok()).unwrap_or(default)
+}
+
+/// A nanosecond timestamp field of an answer (the API writes them as decimal strings).
+fn nanos(value: &Value, field: &str) -> i128 {
+    value[field].as_str().and_then(|t| t.parse().ok()).unwrap_or(0)
+}
+
+/// `segment` made safe as one path segment of the URL a worker is asked.
+fn urlencode(segment: &str) -> String {
+    form_urlencoded::byte_serialize(segment.as_bytes()).collect()
 }
 
 /// Fixes the time range once, so every worker answers over the same one (and the same
@@ -146,20 +158,12 @@ fn pin_range(mut params: HashMap<String, String>) -> HashMap<String, String> {
     params
 }
 
-async fn logs_search(
-    State(root): State<Arc<Root>>,
-    headers: HeaderMap,
-    Query(params): Query<HashMap<String, String>>,
-) -> Response {
-    let limit: usize = params.get("limit").and_then(|l| l.parse().ok()).unwrap_or(100);
+async fn logs_search(State(root): State<Arc<Root>>, headers: HeaderMap, Query(params): Params) -> Answer {
+    let limit = limit(&params, 100);
     gather(&root, "/api/v1/logs/search", params, &headers, |b| {
         merge_search(b, limit)
     })
     .await
-}
-
-fn time_of(hit: &Value) -> i128 {
-    hit["time_unix_nano"].as_str().and_then(|t| t.parse().ok()).unwrap_or(0)
 }
 
 /// Sums the totals and keeps the newest `limit` hits of all answers.
@@ -172,16 +176,12 @@ fn merge_search(bodies: Vec<Value>, limit: usize) -> Value {
             hits.extend(h.iter().cloned());
         }
     }
-    hits.sort_by_key(|h| std::cmp::Reverse(time_of(h)));
+    hits.sort_by_key(|h| std::cmp::Reverse(nanos(h, "time_unix_nano")));
     hits.truncate(limit);
     json!({ "total": total, "hits": hits })
 }
 
-async fn logs_histogram(
-    State(root): State<Arc<Root>>,
-    headers: HeaderMap,
-    Query(params): Query<HashMap<String, String>>,
-) -> Response {
+async fn logs_histogram(State(root): State<Arc<Root>>, headers: HeaderMap, Query(params): Params) -> Answer {
     let mut params = params;
     let now_ms = crate::timeutil::now_ns() / 1_000_000;
     params
@@ -208,12 +208,8 @@ fn merge_histograms(bodies: Vec<Value>) -> Value {
     json!({ "interval_ms": interval, "buckets": buckets })
 }
 
-async fn logs_patterns(
-    State(root): State<Arc<Root>>,
-    headers: HeaderMap,
-    Query(params): Query<HashMap<String, String>>,
-) -> Response {
-    let limit: usize = params.get("limit").and_then(|l| l.parse().ok()).unwrap_or(100);
+async fn logs_patterns(State(root): State<Arc<Root>>, headers: HeaderMap, Query(params): Params) -> Answer {
+    let limit = limit(&params, 100);
     gather(&root, "/api/v1/logs/patterns", params, &headers, |b| {
         merge_patterns(b, limit)
     })
@@ -257,11 +253,7 @@ fn merge_patterns(bodies: Vec<Value>, limit: usize) -> Value {
     json!({ "patterns": patterns })
 }
 
-async fn services(
-    State(root): State<Arc<Root>>,
-    headers: HeaderMap,
-    Query(params): Query<HashMap<String, String>>,
-) -> Response {
+async fn services(State(root): State<Arc<Root>>, headers: HeaderMap, Query(params): Params) -> Answer {
     gather(&root, "/api/v1/services", params, &headers, merge_services).await
 }
 
@@ -285,12 +277,8 @@ fn merge_services(bodies: Vec<Value>) -> Value {
     json!({ "services": services })
 }
 
-async fn metric_names(
-    State(root): State<Arc<Root>>,
-    headers: HeaderMap,
-    Query(params): Query<HashMap<String, String>>,
-) -> Response {
-    let limit: usize = params.get("limit").and_then(|l| l.parse().ok()).unwrap_or(1000);
+async fn metric_names(State(root): State<Arc<Root>>, headers: HeaderMap, Query(params): Params) -> Answer {
+    let limit = limit(&params, 1000);
     gather(&root, "/api/v1/metrics/names", params, &headers, |bodies| {
         let names: std::collections::BTreeSet<String> = bodies
             .iter()
@@ -303,34 +291,23 @@ async fn metric_names(
 }
 
 /// A trace crosses services, so its spans are spread over the workers: all of them, together.
-async fn trace(State(root): State<Arc<Root>>, headers: HeaderMap, Path(trace_id): Path<String>) -> Response {
-    let path = format!("/api/v1/traces/{}", trace_id.to_ascii_lowercase());
-    let bodies = match fan_out_with(&root, &path, &HashMap::new(), &headers, true).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+async fn trace(State(root): State<Arc<Root>>, headers: HeaderMap, Path(trace_id): Path<String>) -> Answer {
+    let trace_id = trace_id.to_ascii_lowercase();
+    let path = format!("/api/v1/traces/{}", urlencode(&trace_id));
+    let bodies = fan_out_with(&root, &path, &HashMap::new(), &headers, true).await?;
     let mut spans: Vec<Value> = bodies
         .iter()
         .flat_map(|b| b["spans"].as_array().cloned().unwrap_or_default())
         .collect();
     if spans.is_empty() {
-        return error(StatusCode::NOT_FOUND, format!("trace {trace_id} not found"));
+        return Err(ApiError::NotFound(format!("trace {trace_id} not found")));
     }
-    spans.sort_by_key(|s| {
-        s["start_time_unix_nano"]
-            .as_str()
-            .and_then(|t| t.parse::<i128>().ok())
-            .unwrap_or(0)
-    });
-    Json(json!({ "trace_id": trace_id.to_ascii_lowercase(), "spans": spans })).into_response()
+    spans.sort_by_key(|s| nanos(s, "start_time_unix_nano"));
+    Ok(Json(json!({ "trace_id": trace_id, "spans": spans })))
 }
 
-async fn anomalies(
-    State(root): State<Arc<Root>>,
-    headers: HeaderMap,
-    Query(params): Query<HashMap<String, String>>,
-) -> Response {
-    let limit: usize = params.get("limit").and_then(|l| l.parse().ok()).unwrap_or(100);
+async fn anomalies(State(root): State<Arc<Root>>, headers: HeaderMap, Query(params): Params) -> Answer {
+    let limit = limit(&params, 100);
     gather(&root, "/api/v1/anomalies", params, &headers, |b| {
         merge_newest_first(b, "anomalies", limit)
     })
@@ -339,12 +316,8 @@ async fn anomalies(
 
 /// Each worker correlates the services it holds (there is no cluster-wide correlator yet):
 /// the list is every worker's incidents together.
-async fn incidents(
-    State(root): State<Arc<Root>>,
-    headers: HeaderMap,
-    Query(params): Query<HashMap<String, String>>,
-) -> Response {
-    let limit: usize = params.get("limit").and_then(|l| l.parse().ok()).unwrap_or(100);
+async fn incidents(State(root): State<Arc<Root>>, headers: HeaderMap, Query(params): Params) -> Answer {
+    let limit = limit(&params, 100);
     gather(&root, "/api/v1/incidents", params, &headers, |b| {
         merge_newest_first(b, "incidents", limit)
     })
@@ -369,31 +342,22 @@ fn merge_newest_first(bodies: Vec<Value>, key: &str, limit: usize) -> Value {
 }
 
 /// The worker that made the incident answers; the others do not know it.
-async fn incident(State(root): State<Arc<Root>>, headers: HeaderMap, Path(id): Path<String>) -> Response {
+async fn incident(State(root): State<Arc<Root>>, headers: HeaderMap, Path(id): Path<String>) -> Answer {
     let path = format!("/api/v1/incidents/{}", urlencode(&id));
-    match fan_out_with(&root, &path, &HashMap::new(), &headers, true).await {
-        Ok(bodies) => match bodies.into_iter().find(|b| !b.is_null()) {
-            Some(body) => Json(body).into_response(),
-            None => error(StatusCode::NOT_FOUND, format!("incident {id} not found")),
-        },
-        Err(r) => r,
+    let bodies = fan_out_with(&root, &path, &HashMap::new(), &headers, true).await?;
+    match bodies.into_iter().find(|b| !b.is_null()) {
+        Some(body) => Ok(Json(body)),
+        None => Err(ApiError::NotFound(format!("incident {id} not found"))),
     }
 }
 
-fn urlencode(segment: &str) -> String {
-    form_urlencoded::byte_serialize(segment.as_bytes()).collect()
-}
-
-async fn cluster(State(root): State<Arc<Root>>) -> Response {
-    match members(&root).await {
-        Ok(members) => Json(json!({
-            "workers": members.into_iter().map(|(m, partitions)| json!({
-                "node": m.node, "api": m.api, "partitions": partitions,
-            })).collect::<Vec<_>>(),
-        }))
-        .into_response(),
-        Err(response) => response,
-    }
+async fn cluster(State(root): State<Arc<Root>>) -> Answer {
+    let workers: Vec<Value> = members(&root)
+        .await?
+        .into_iter()
+        .map(|(m, partitions)| json!({ "node": m.node, "api": m.api, "partitions": partitions }))
+        .collect();
+    Ok(Json(json!({ "workers": workers })))
 }
 
 #[cfg(test)]
@@ -406,7 +370,12 @@ mod tests {
         let b = json!({ "total": 5, "hits": [{"time_unix_nano": "20"}, {"time_unix_nano": "5"}] });
         let merged = merge_search(vec![a, b], 3);
         assert_eq!(merged["total"], 8);
-        let times: Vec<i128> = merged["hits"].as_array().expect("hits").iter().map(time_of).collect();
+        let times: Vec<i128> = merged["hits"]
+            .as_array()
+            .expect("hits")
+            .iter()
+            .map(|h| nanos(h, "time_unix_nano"))
+            .collect();
         assert_eq!(times, vec![30, 20, 10]);
     }
 
