@@ -19,6 +19,7 @@ mod cli;
 mod cluster;
 mod config;
 mod demo;
+mod files;
 mod ingest;
 mod investigations;
 mod pipeline;

@@ -9,7 +9,6 @@
 //! their ids, which the local log's deduplication remembers across restarts.
 
 use std::collections::BTreeMap;
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -101,15 +100,7 @@ impl Checkpoints {
             s.dirty = false;
             serde_json::to_vec(&s.done).map_err(std::io::Error::other)?
         };
-        let tmp = self.path.with_extension("tmp");
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &self.path)?;
-        if let Some(dir) = self.path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
+        crate::files::write_atomically(&self.path, &bytes)
     }
 }
 

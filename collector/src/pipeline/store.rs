@@ -51,14 +51,6 @@ pub(crate) enum FeedbackError {
     Io(#[from] std::io::Error),
 }
 
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
-}
-
 impl AnomalyStore {
     pub(crate) fn open(dir: &Path) -> std::io::Result<AnomalyStore> {
         std::fs::create_dir_all(dir)?;
@@ -141,7 +133,7 @@ impl AnomalyStore {
             bytes.push(b'\n');
         }
         let path = self.dir.join("anomalies.jsonl");
-        write_atomically(&path, &bytes)?;
+        crate::files::write_atomically(&path, &bytes)?;
         inner.log = OpenOptions::new().append(true).open(&path)?;
         inner.log_lines = inner.anomalies.len();
         Ok(())
@@ -197,7 +189,7 @@ impl AnomalyStore {
             verdict,
         });
         let bytes = serde_json::to_vec_pretty(&inner.feedback).map_err(std::io::Error::other)?;
-        write_atomically(&self.dir.join("feedback.json"), &bytes)?;
+        crate::files::write_atomically(&self.dir.join("feedback.json"), &bytes)?;
         Ok((key, counts))
     }
 }

@@ -75,20 +75,12 @@ impl PatternCatalog {
         self.dirty.load(Ordering::Relaxed)
     }
 
-    /// Writes the snapshot atomically (temp file, fsync, rename).
+    /// Writes the snapshot atomically (`files::write_atomically`).
     pub(crate) fn save(&self) -> std::io::Result<()> {
         self.dirty.store(false, Ordering::Relaxed);
         let snapshot = self.miner.lock().unwrap_or_else(|e| e.into_inner()).snapshot();
         let bytes = serde_json::to_vec(&snapshot).map_err(std::io::Error::other);
-        let written = bytes.and_then(|bytes| {
-            let tmp = self.path.with_extension("tmp");
-            {
-                let mut f = std::fs::File::create(&tmp)?;
-                std::io::Write::write_all(&mut f, &bytes)?;
-                f.sync_all()?;
-            }
-            std::fs::rename(&tmp, &self.path)
-        });
+        let written = bytes.and_then(|bytes| crate::files::write_atomically(&self.path, &bytes));
         if written.is_err() {
             self.dirty.store(true, Ordering::Relaxed);
         }
