@@ -163,9 +163,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnO
     let worker_stop = CancellationToken::new();
     let (durability, worker_task) = match config.cluster.role {
         Role::Worker => {
-            let (client, js) =
-                crate::cluster::connect(&config.cluster, config.auth.nats_token.as_ref(), "vigil-worker").await?;
-            let stream = crate::cluster::ensure_stream(&js, &config.cluster, config.storage.retention_hours).await?;
+            let (client, js, stream) = crate::cluster::join(&config, "vigil-worker").await?;
             let worker = crate::cluster::Worker::start(
                 &js,
                 stream,
@@ -176,8 +174,13 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnO
                 Arc::clone(&metrics),
             )
             .await?;
-            let publisher =
-                crate::cluster::StreamPublisher::new(&client, js, config.cluster.clone(), Arc::clone(&metrics));
+            let publisher = crate::cluster::StreamPublisher::new(
+                &client,
+                js,
+                config.cluster.clone(),
+                config.otlp.max_decompressed_bytes,
+                Arc::clone(&metrics),
+            );
             (Durability::Stream(Arc::new(publisher)), Some(worker))
         }
         _ => (Durability::Wal(appender.clone()), None),
@@ -363,21 +366,17 @@ async fn run_ingest(
     on_bound: impl FnOnce(BoundAddrs),
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::default());
-    let (client, js) =
-        crate::cluster::connect(&config.cluster, config.auth.nats_token.as_ref(), "vigil-ingest").await?;
-    crate::cluster::ensure_stream(&js, &config.cluster, config.storage.retention_hours).await?;
+    let (client, js, _) = crate::cluster::join(&config, "vigil-ingest").await?;
     let root = Arc::new(crate::cluster::Root::new(
         crate::cluster::open_bucket(&js, &config.cluster).await?,
     )?);
-    let publisher = crate::cluster::StreamPublisher::new(&client, js, config.cluster.clone(), Arc::clone(&metrics));
-    let max_payload = client.server_info().max_payload;
-    if max_payload < config.otlp.max_decompressed_bytes {
-        tracing::warn!(
-            max_payload,
-            max_decompressed_bytes = config.otlp.max_decompressed_bytes,
-            "the NATS servers' max_payload is below otlp.max_decompressed_bytes: a batch of one service larger than max_payload is refused with 413"
-        );
-    }
+    let publisher = crate::cluster::StreamPublisher::new(
+        &client,
+        js,
+        config.cluster.clone(),
+        config.otlp.max_decompressed_bytes,
+        Arc::clone(&metrics),
+    );
     let ingest = Arc::new(Ingest::new(
         config.otlp.clone(),
         config.storage.retention_hours,

@@ -101,24 +101,29 @@ async fn keys_under(kv: &kv::Store, prefix: &str) -> anyhow::Result<Vec<String>>
         .collect())
 }
 
-/// The live workers and the partitions each holds, as the lease bucket says now.
-pub(crate) async fn cluster_view(kv: &kv::Store) -> anyhow::Result<Vec<(Member, Vec<u32>)>> {
-    let mut keys = keys_under(kv, "member.").await?;
-    keys.extend(keys_under(kv, "partition.").await?);
-    let mut members: Vec<(Member, Vec<u32>)> = Vec::new();
-    let mut owners: Vec<(u32, String)> = Vec::new();
-    for key in keys {
-        let Some(value) = kv.get(&key).await? else { continue };
-        if key.starts_with("member.") {
-            if let Ok(m) = serde_json::from_slice::<Member>(&value) {
-                members.push((m, Vec::new()));
-            }
-        } else if let Some(p) = key.strip_prefix("partition.").and_then(|p| p.parse().ok()) {
-            owners.push((p, String::from_utf8_lossy(&value).into_owned()));
+/// The workers with a live membership entry (a deleted one leaves a marker behind, which
+/// `get` does not return).
+async fn live_members(kv: &kv::Store) -> anyhow::Result<Vec<Member>> {
+    let mut members = Vec::new();
+    for key in keys_under(kv, "member.").await? {
+        if let Some(value) = kv.get(&key).await?
+            && let Ok(m) = serde_json::from_slice::<Member>(&value)
+        {
+            members.push(m);
         }
     }
-    for (p, owner) in owners {
-        if let Some((_, held)) = members.iter_mut().find(|(m, _)| m.node == owner) {
+    Ok(members)
+}
+
+/// The live workers and the partitions each holds, as the lease bucket says now.
+pub(crate) async fn cluster_view(kv: &kv::Store) -> anyhow::Result<Vec<(Member, Vec<u32>)>> {
+    let mut members: Vec<(Member, Vec<u32>)> = live_members(kv).await?.into_iter().map(|m| (m, Vec::new())).collect();
+    for key in keys_under(kv, "partition.").await? {
+        let Some(p) = key.strip_prefix("partition.").and_then(|p| p.parse().ok()) else {
+            continue;
+        };
+        let Some(owner) = kv.get(&key).await? else { continue };
+        if let Some((_, held)) = members.iter_mut().find(|(m, _)| m.node.as_bytes() == owner.as_ref()) {
             held.push(p);
         }
     }
@@ -162,6 +167,10 @@ pub(crate) async fn open_bucket(js: &jetstream::Context, config: &ClusterConfig)
         .with_context(|| format!("cannot open the lease bucket {bucket}"))
 }
 
+fn member_key(node: &str) -> String {
+    format!("member.{node}")
+}
+
 fn partition_key(p: u32) -> String {
     format!("partition.{p}")
 }
@@ -197,7 +206,7 @@ impl Leases {
         // Every call is bounded well inside the lease: a call stalled on a lost server must
         // not hold up the renewals after it.
         let patience = self.lease / 4;
-        let put = self.kv.put(format!("member.{}", self.node), self.member.clone());
+        let put = self.kv.put(member_key(&self.node), self.member.clone());
         if let Err(e) = bounded(patience, put).await {
             tracing::warn!(error = %e, "could not renew this worker's membership");
         }
@@ -234,8 +243,8 @@ impl Leases {
                 }
             }
         }
-        let members = match bounded(patience, self.members()).await {
-            Ok(n) => n.max(1),
+        let members = match bounded(patience, live_members(&self.kv)).await {
+            Ok(m) => (m.len() as u32).max(1),
             Err(e) => {
                 tracing::warn!(error = %e, "could not list the workers; not rebalancing");
                 return changes;
@@ -272,14 +281,16 @@ impl Leases {
                     answered = false;
                     None
                 }
-                Ok(None) => bounded(patience, self.kv.create(partition_key(p), me.clone()))
+                // Free: never taken, given up, or lapsed.
+                Ok(
+                    None
+                    | Some(kv::Entry {
+                        operation: Operation::Delete | Operation::Purge,
+                        ..
+                    }),
+                ) => bounded(patience, self.kv.create(partition_key(p), me.clone()))
                     .await
                     .ok(),
-                Ok(Some(e)) if matches!(e.operation, Operation::Delete | Operation::Purge) => {
-                    bounded(patience, self.kv.create(partition_key(p), me.clone()))
-                        .await
-                        .ok()
-                }
                 // Still ours from before a restart (the lease has not lapsed yet): adopt it.
                 Ok(Some(e)) if e.value == me => {
                     bounded(patience, self.kv.update(partition_key(p), me.clone(), e.revision))
@@ -303,24 +314,12 @@ impl Leases {
         changes
     }
 
-    /// Workers with a live membership entry (a deleted one leaves a marker behind, which
-    /// `get` does not return).
-    async fn members(&self) -> anyhow::Result<u32> {
-        let mut live = 0;
-        for key in keys_under(&self.kv, "member.").await? {
-            if self.kv.get(&key).await?.is_some() {
-                live += 1;
-            }
-        }
-        Ok(live)
-    }
-
     /// Gives every lease and the membership up (at shutdown), so others take over at once
     /// instead of after a lease period.
     pub(crate) async fn release_all(&mut self) {
         while let Some((p, h)) = self.held.pop_first() {
             let _ = self.kv.delete_expect_revision(partition_key(p), Some(h.revision)).await;
         }
-        let _ = self.kv.delete(format!("member.{}", self.node)).await;
+        let _ = self.kv.delete(member_key(&self.node)).await;
     }
 }

@@ -27,12 +27,27 @@ pub(crate) use worker::Worker;
 
 /// The subject of one partition: `<stream lowercased>.p.<n>`.
 pub(crate) fn subject(config: &ClusterConfig, partition: u32) -> String {
-    format!("{}.p.{partition}", config.stream.to_ascii_lowercase())
+    format!("{}{partition}", subject_prefix(config))
+}
+
+fn subject_prefix(config: &ClusterConfig) -> String {
+    format!("{}.p.", config.stream.to_ascii_lowercase())
+}
+
+/// Connects to the NATS servers and opens (or creates) the stream: what every cluster role
+/// does first.
+pub(crate) async fn join(
+    config: &crate::config::Config,
+    name: &str,
+) -> anyhow::Result<(async_nats::Client, jetstream::Context, stream::Stream)> {
+    let (client, js) = connect(&config.cluster, config.auth.nats_token.as_ref(), name).await?;
+    let stream = ensure_stream(&js, &config.cluster, config.storage.retention_hours).await?;
+    Ok((client, js, stream))
 }
 
 /// Connects to the NATS servers: the client follows the cluster's other servers on its own
 /// and reconnects for as long as the process runs.
-pub(crate) async fn connect(
+async fn connect(
     config: &ClusterConfig,
     token: Option<&Secret>,
     name: &str,
@@ -90,14 +105,14 @@ where
 
 /// Creates the stream when it does not exist yet; an existing one is used as it is (its
 /// partitions subjects must match: `cluster.partitions` is fixed for a stream's life).
-pub(crate) async fn ensure_stream(
+async fn ensure_stream(
     js: &jetstream::Context,
     config: &ClusterConfig,
     retention_hours: u64,
 ) -> anyhow::Result<stream::Stream> {
     let wanted = stream::Config {
         name: config.stream.clone(),
-        subjects: vec![format!("{}.p.*", config.stream.to_ascii_lowercase())],
+        subjects: vec![format!("{}*", subject_prefix(config))],
         num_replicas: config.replicas,
         duplicate_window: Duration::from_secs(config.dedup_window_secs),
         // The stream is the cluster's replicated log: it keeps what the indexes keep, so a

@@ -33,16 +33,27 @@ pub(crate) enum PublishError {
 }
 
 impl StreamPublisher {
+    /// `max_batch_bytes` is the largest decoded request ingest admits
+    /// (`otlp.max_decompressed_bytes`): the servers' `max_payload` below it is worth a warning.
     pub(crate) fn new(
         client: &async_nats::Client,
         js: jetstream::Context,
         config: ClusterConfig,
+        max_batch_bytes: usize,
         metrics: Arc<Metrics>,
     ) -> StreamPublisher {
+        let max_payload = client.server_info().max_payload;
+        if max_payload < max_batch_bytes {
+            tracing::warn!(
+                max_payload,
+                max_decompressed_bytes = max_batch_bytes,
+                "the NATS servers' max_payload is below otlp.max_decompressed_bytes: a batch of one service larger than max_payload is refused with 413"
+            );
+        }
         StreamPublisher {
             js,
             config,
-            max_payload: client.server_info().max_payload,
+            max_payload,
             metrics,
         }
     }

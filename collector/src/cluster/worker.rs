@@ -184,17 +184,12 @@ impl Worker {
             partitions: self.sink.config.partitions,
         }
         .encode();
-        let lsn = loop {
-            match self.sink.appender.append(purge.clone()).await {
-                Ok(lsn) => break lsn,
-                Err(WalError::QueueFull) if !shutdown.is_cancelled() => {
-                    tokio::time::sleep(Duration::from_millis(5)).await
-                }
-                Err(e) => {
-                    // Left as a reset checkpoint: the next start purges it again.
-                    tracing::error!(partition, error = %e, "could not write a partition's purge");
-                    return None;
-                }
+        let lsn = match append_when_room(&self.sink.appender, purge, shutdown).await {
+            Ok(lsn) => lsn,
+            Err(e) => {
+                // Left as a reset checkpoint: the next start purges it again.
+                tracing::error!(partition, error = %e, "could not write a partition's purge");
+                return None;
             }
         };
         self.sink.checkpoints.remove(partition);
@@ -277,10 +272,7 @@ async fn consume_once(partition: u32, sink: &Sink, stop: &CancellationToken) -> 
                 }
             }
             Some(done) = in_flight.next() => match done {
-                Ok(sequence) => {
-                    sink.checkpoints.advance(partition, sequence);
-                    sink.metrics.stream_consumed.inc();
-                }
+                Ok(sequence) => consumed(sink, partition, sequence),
                 Err(e) => {
                     failed = Some(e);
                     break;
@@ -312,10 +304,7 @@ async fn consume_once(partition: u32, sink: &Sink, stop: &CancellationToken) -> 
     let mut broken = failed.is_some();
     while let Some(done) = in_flight.next().await {
         match done {
-            Ok(sequence) if !broken => {
-                sink.checkpoints.advance(partition, sequence);
-                sink.metrics.stream_consumed.inc();
-            }
+            Ok(sequence) if !broken => consumed(sink, partition, sequence),
             Ok(_) => {}
             Err(e) => {
                 broken = true;
@@ -327,6 +316,12 @@ async fn consume_once(partition: u32, sink: &Sink, stop: &CancellationToken) -> 
         Some(e) => Err(e),
         None => Ok(()),
     }
+}
+
+/// A message (and everything before it in the partition) is durable locally.
+fn consumed(sink: &Sink, partition: u32, sequence: u64) {
+    sink.checkpoints.advance(partition, sequence);
+    sink.metrics.stream_consumed.inc();
 }
 
 /// Whether a quiet consumer is stuck: the partition holds messages past the checkpoint
@@ -355,6 +350,21 @@ async fn stalled(partition: u32, sink: &Sink) -> Option<anyhow::Error> {
     }
 }
 
+/// Appends to the local log, waiting for room while its queue is full (it is shared with the
+/// other partitions and the ingest path), unless `give_up` is cancelled.
+async fn append_when_room(
+    appender: &WalAppender,
+    payload: Bytes,
+    give_up: &CancellationToken,
+) -> Result<u64, WalError> {
+    loop {
+        match appender.append(payload.clone()).await {
+            Err(WalError::QueueFull) if !give_up.is_cancelled() => tokio::time::sleep(Duration::from_millis(5)).await,
+            done => return done,
+        }
+    }
+}
+
 /// Makes one message durable in the local log, unless its id says the log has it already
 /// (a redelivery after a crash left the checkpoint behind). Resolves to its sequence.
 async fn store(sequence: u64, payload: Bytes, sink: Sink) -> anyhow::Result<u64> {
@@ -376,14 +386,10 @@ async fn store(sequence: u64, payload: Bytes, sink: Sink) -> anyhow::Result<u64>
         },
         None => None,
     };
-    loop {
-        match sink.appender.append(payload.clone()).await {
-            Ok(_) => break,
-            // The writer's queue is shared with the other partitions: wait for room.
-            Err(WalError::QueueFull) => tokio::time::sleep(Duration::from_millis(5)).await,
-            Err(e) => return Err(anyhow::anyhow!("{e}")),
-        }
-    }
+    // Never given up for shutdown: what a consumer started is finished before the log closes.
+    append_when_room(&sink.appender, payload, &CancellationToken::new())
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     if let Some(guard) = guard {
         guard.stored(crate::timeutil::now_ns() / 1_000_000_000);
     }
