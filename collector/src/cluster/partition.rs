@@ -7,18 +7,13 @@ use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequ
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 
-use crate::storage::convert::{resource_attrs, string_attr};
+use crate::storage::convert::{fnv1a, resource_attrs, string_attr};
 
-/// The partition of a service. FNV-1a, written out: the mapping is part of the stream's
+/// The partition of a service: FNV-1a of its name. The mapping is part of the stream's
 /// format (every ingest node, of every version, must agree on it), which std's hasher does
 /// not promise.
 pub(crate) fn partition_of(service: &str, partitions: u32) -> u32 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in service.as_bytes() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    (h % u64::from(partitions.max(1))) as u32
+    (fnv1a(service.bytes()) % u64::from(partitions.max(1))) as u32
 }
 
 fn service(resource: &Option<Resource>) -> &str {

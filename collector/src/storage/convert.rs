@@ -225,17 +225,21 @@ pub(crate) const IDENTIFYING_RESOURCE_KEYS: [&str; 7] = [
     "container.name",
 ];
 
-/// FNV-1a: a stable 64-bit hash; series ids are persisted, so std's randomly
-/// seeded hasher will not do.
-fn fnv1a(parts: &[&str]) -> u64 {
+/// FNV-1a: a stable 64-bit hash for what is persisted or agreed between processes (series
+/// ids, stream partitions), where std's randomly seeded hasher will not do.
+pub(crate) fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for part in parts {
-        for b in part.bytes().chain(std::iter::once(0xff)) {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0000_0100_0000_01b3);
-        }
+    for b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
     h
+}
+
+/// [`fnv1a`] of several strings, each ended by 0xff (so `["ab", "c"]` and `["a", "bc"]`
+/// differ).
+fn fnv1a_parts(parts: &[&str]) -> u64 {
+    fnv1a(parts.iter().flat_map(|p| p.bytes().chain(std::iter::once(0xff))))
 }
 
 pub(crate) fn label_string(v: &Json) -> String {
@@ -252,7 +256,7 @@ pub(crate) fn series_id(name: &str, labels: &BTreeMap<String, String>) -> u64 {
         parts.push(k);
         parts.push(v);
     }
-    fnv1a(&parts)
+    fnv1a_parts(&parts)
 }
 
 struct PointCommon<'a> {
@@ -487,8 +491,8 @@ mod tests {
         assert_eq!(series_id("m", &a), series_id("m", &b));
         assert_ne!(series_id("m", &a), series_id("n", &a));
         // Pinned: ids are persisted in the indexes, a change would split every series.
-        assert_eq!(series_id("m", &a), fnv1a(&["m", "a", "1", "b", "2"]));
+        assert_eq!(series_id("m", &a), fnv1a_parts(&["m", "a", "1", "b", "2"]));
         // Separators keep ("ab","c") and ("a","bc") apart.
-        assert_ne!(fnv1a(&["ab", "c"]), fnv1a(&["a", "bc"]));
+        assert_ne!(fnv1a_parts(&["ab", "c"]), fnv1a_parts(&["a", "bc"]));
     }
 }
