@@ -205,6 +205,47 @@ impl AlertStore {
         Ok(())
     }
 
+    /// Replaces the state with `s` in one transaction: what a cluster's standby correlator
+    /// does with the active one's snapshot. The audit log and the delivery history are
+    /// history, not state: they are kept as they are.
+    pub fn replace(&self, s: &Snapshot) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        for def in [ALERTS, GROUPS, SILENCES, OUTBOX, SCHEDULES] {
+            tx.delete_table(def)?;
+            tx.open_table(def)?;
+        }
+        tx.delete_table(NONCES)?;
+        {
+            let mut t = tx.open_table(ALERTS)?;
+            for a in &s.alerts {
+                t.insert(a.id.as_str(), encode(a)?.as_slice())?;
+            }
+            let mut t = tx.open_table(GROUPS)?;
+            for g in &s.groups {
+                t.insert(g.key.as_str(), encode(g)?.as_slice())?;
+            }
+            let mut t = tx.open_table(SILENCES)?;
+            for x in &s.silences {
+                t.insert(x.id.as_str(), encode(x)?.as_slice())?;
+            }
+            let mut t = tx.open_table(OUTBOX)?;
+            for n in &s.outbox {
+                t.insert(n.id.as_str(), encode(n)?.as_slice())?;
+            }
+            let mut t = tx.open_table(SCHEDULES)?;
+            for x in &s.schedules {
+                t.insert(x.name.as_str(), encode(x)?.as_slice())?;
+            }
+            let mut t = tx.open_table(NONCES)?;
+            for (n, exp) in &s.nonces {
+                t.insert(n.as_str(), *exp)?;
+            }
+            tx.open_table(META)?.insert("seq", s.next_seq)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
     /// Audit entries with `seq > after`, oldest first, at most `limit`.
     pub fn audit(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
         let tx = self.db.begin_read()?;
@@ -273,6 +314,45 @@ mod tests {
         assert_eq!(seen, [("200 OK", 2), ("connection refused", 1)]);
         assert!(of_x.iter().all(|d| !d.alerts.contains(&y)), "X and Y group apart");
         assert_eq!(store.deliveries(|_| true, 3).expect("read").len(), 3);
+    }
+
+    /// A standby correlator installs the active one's snapshot: its own state goes, the
+    /// snapshot's comes, its history stays; the snapshot travels as JSON.
+    #[test]
+    fn a_snapshot_replaces_the_state_and_keeps_the_history() {
+        let t0 = 1_795_392_000_000;
+        let input = |name: &str| AlertInput {
+            labels: [("alertname".to_string(), name.to_string())].into(),
+            ..AlertInput::default()
+        };
+        let leader_dir = tempfile::tempdir().expect("tempdir");
+        let leader = AlertStore::open(&leader_dir.path().join("alerting.redb")).expect("open");
+        let mut a = Alerting::new(AlertingConfig::default()).expect("config");
+        let x = a.upsert(input("X"), t0);
+        a.ack(&x, "ana", t0 + 1_000).expect("ack");
+        leader.apply(&a.take_changes()).expect("apply");
+        let wire = serde_json::to_vec(&leader.load().expect("load")).expect("encode");
+
+        let standby_dir = tempfile::tempdir().expect("tempdir");
+        let standby = AlertStore::open(&standby_dir.path().join("alerting.redb")).expect("open");
+        let mut b = Alerting::new(AlertingConfig::default()).expect("config");
+        b.upsert(input("Stale"), t0);
+        standby.apply(&b.take_changes()).expect("apply");
+        let audit_before = standby.audit(0, 100).expect("audit").len();
+        assert!(audit_before > 0);
+
+        let snapshot: Snapshot = serde_json::from_slice(&wire).expect("decode");
+        standby.replace(&snapshot).expect("replace");
+        let now = standby.load().expect("load");
+        let ids: Vec<&str> = now.alerts.iter().map(|a| a.id.as_str()).collect();
+        assert_eq!(ids, [x.as_str()], "only the snapshot's alerts");
+        assert_eq!(now.alerts[0].acknowledged_by.as_deref(), Some("ana"));
+        assert_eq!(now.next_seq, snapshot.next_seq);
+        assert_eq!(
+            standby.audit(0, 100).expect("audit").len(),
+            audit_before,
+            "history kept"
+        );
     }
 
     #[test]

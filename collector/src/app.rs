@@ -81,6 +81,39 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnO
         Arc::clone(&dedup),
     );
 
+    // A worker and a correlator talk to the cluster from the start: the detection thread's
+    // findings leave through it (worker) or arrive through it (correlator).
+    let cluster = match config.cluster.role {
+        Role::Worker => Some(crate::cluster::join(&config, "vigil-worker").await?),
+        Role::Rca => Some(crate::cluster::join(&config, "vigil-rca").await?),
+        Role::Single | Role::Ingest => None,
+    };
+    let findings_stop = CancellationToken::new();
+    let mut findings_task = None;
+    let mut replicator = None;
+    let mode = match (&cluster, config.cluster.role) {
+        (Some((client, js, _)), Role::Worker) => {
+            crate::cluster::open_findings(js, &config.cluster).await?;
+            let node = crate::cluster::node_id(&config.cluster, &data_dir, "worker")?;
+            let (sink, rx) = tokio::sync::mpsc::channel(FINDINGS_QUEUE);
+            findings_task = Some(tokio::spawn(crate::cluster::publish_findings(
+                js.clone(),
+                crate::cluster::findings_subject(&config.cluster, &node),
+                client.server_info().max_payload,
+                rx,
+                Arc::clone(&metrics),
+                findings_stop.clone(),
+            )));
+            crate::pipeline::Mode::Publish { sink, node }
+        }
+        (Some((client, js, _)), Role::Rca) => {
+            let r = crate::cluster::Replicator::open(client, js, &config.cluster, Arc::clone(&metrics)).await?;
+            replicator = Some(Arc::clone(&r));
+            crate::pipeline::Mode::Correlate(r)
+        }
+        _ => crate::pipeline::Mode::Single,
+    };
+
     let external_url = config
         .api
         .external_url
@@ -93,6 +126,10 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnO
         config.api.link_ttl_secs,
     )
     .with_context(|| format!("cannot open alerting state in {}", data_dir.join("alerting").display()))?;
+    if let Some(r) = &replicator {
+        alerts.set_replica(Arc::clone(r) as Arc<dyn crate::alerts::Replica>);
+        r.set_alerts(&alerts);
+    }
     let bridge = Arc::clone(&alerts);
     let crate::pipeline::Started {
         sender: pipeline,
@@ -107,6 +144,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnO
             .map_err(|m| anyhow::anyhow!("detect.allowed_lateness: {m}"))?,
         Arc::clone(&metrics),
         Box::new(move |updates| bridge.on_incidents(updates)),
+        mode,
     )
     .with_context(|| format!("cannot open anomaly store in {}", data_dir.join("detect").display()))?;
     let mut stage = crate::process::Stage::new(
@@ -161,19 +199,24 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnO
     // record reaches the worker that owns its service's partition, and only through the
     // stream. Its own log is fed by the partitions it consumes.
     let worker_stop = CancellationToken::new();
-    let (durability, worker_task) = match config.cluster.role {
-        Role::Worker => {
-            let (client, js, stream) = crate::cluster::join(&config, "vigil-worker").await?;
-            let worker = crate::cluster::Worker::start(
-                &js,
-                stream,
-                &config.cluster,
-                &data_dir,
-                appender.clone(),
-                Arc::clone(&dedup),
-                Arc::clone(&metrics),
-            )
-            .await?;
+    let rca_js = cluster.as_ref().map(|(_, js, _)| js.clone());
+    let (durability, worker_task) = match cluster {
+        Some((client, js, stream)) => {
+            let worker = match config.cluster.role {
+                Role::Worker => Some(
+                    crate::cluster::Worker::start(
+                        &js,
+                        stream,
+                        &config.cluster,
+                        &data_dir,
+                        appender.clone(),
+                        Arc::clone(&dedup),
+                        Arc::clone(&metrics),
+                    )
+                    .await?,
+                ),
+                _ => None,
+            };
             let publisher = crate::cluster::StreamPublisher::new(
                 &client,
                 js,
@@ -181,14 +224,15 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnO
                 config.otlp.max_decompressed_bytes,
                 Arc::clone(&metrics),
             );
-            (Durability::Stream(Arc::new(publisher)), Some(worker))
+            (Durability::Stream(Arc::new(publisher)), worker)
         }
-        _ => (Durability::Wal(appender.clone()), None),
+        None => (Durability::Wal(appender.clone()), None),
     };
     let ingest_dedup = match config.cluster.role {
-        Role::Worker => BatchDedup::new(config.wal.dedup_window_secs, config.wal.dedup_max_ids),
-        _ => dedup,
+        Role::Worker | Role::Rca => BatchDedup::new(config.wal.dedup_window_secs, config.wal.dedup_max_ids),
+        Role::Single | Role::Ingest => dedup,
     };
+    let rca_pipeline = pipeline.clone();
     let ingest = Arc::new(Ingest::new(
         config.otlp.clone(),
         config.storage.retention_hours,
@@ -250,6 +294,32 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnO
         worker.advertise(api.trim_end_matches('/').to_string());
         tokio::spawn(worker.run(worker_stop.clone()))
     });
+    // A correlator follows the active one (or leads) once its API answers.
+    let rca_stop = CancellationToken::new();
+    let rca_task = match (replicator, rca_js) {
+        (Some(replicator), Some(js)) => {
+            let node = crate::cluster::node_id(&config.cluster, &data_dir, "rca")?;
+            let api = config
+                .api
+                .external_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{}", bound.api));
+            let rca = Arc::new(crate::cluster::RcaNode {
+                replicator,
+                js,
+                config: config.cluster.clone(),
+                node,
+                alerts: Arc::clone(&alerts),
+                incidents: Arc::clone(&detection.incidents),
+                pipeline: rca_pipeline,
+                metrics: Arc::clone(&metrics),
+            });
+            Some(tokio::spawn(
+                rca.run(api.trim_end_matches('/').to_string(), rca_stop.clone()),
+            ))
+        }
+        _ => None,
+    };
 
     // The UI calls the same API router in-process for its data.
     let api = api::router(api_state);
@@ -284,6 +354,13 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnO
     if let Some(task) = worker_task {
         let _ = task.await;
     }
+    // A leading correlator gives its lease up, so a standby takes over at once.
+    rca_stop.cancel();
+    if let Some(task) = rca_task
+        && let Ok(Err(e)) = task.await
+    {
+        tracing::warn!(error = %e, "the correlator stopped with an error");
+    }
     // Everything acknowledged is in the WAL; flush what is queued, then let the
     // indexer commit and exit.
     appender.close().await;
@@ -291,6 +368,8 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnO
     alerting_stop.cancel();
     let _ = alerting_task.await;
     let _ = investigator_task.await;
+    // Findings still queued are published unless the stream is out of reach.
+    findings_stop.cancel();
     tokio::task::spawn_blocking(move || {
         let _ = wal_thread.join();
         let _ = indexer_thread.join();
@@ -298,10 +377,16 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnO
         let _ = detect_thread.join();
     })
     .await?;
+    if let Some(task) = findings_task {
+        let _ = task.await;
+    }
     drop(lock);
     tracing::info!("shutdown complete");
     Ok(())
 }
+
+/// Findings messages queued between a worker's detection thread and their publisher.
+const FINDINGS_QUEUE: usize = 64;
 
 /// The three bound listeners.
 struct Listeners {

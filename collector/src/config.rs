@@ -279,8 +279,12 @@ pub enum Role {
     /// Stateless intake: validates, publishes each batch to the JetStream stream, and
     /// acknowledges once the stream has it.
     Ingest,
-    /// Owns partitions of the stream through leases, indexes them and runs the detectors.
+    /// Owns partitions of the stream through leases, indexes them and runs the detectors;
+    /// sends their findings to the correlator.
     Worker,
+    /// The correlator: one active (by lease) turns the workers' findings into incidents and
+    /// owns alerting; the others stand by with a replicated copy of its state.
+    Rca,
 }
 
 /// Scale-out on NATS JetStream: the stream replaces the local write-ahead log as the place a
@@ -303,6 +307,10 @@ pub struct ClusterConfig {
     /// How long the stream remembers a batch id, so that a retry through any ingest node
     /// is stored once (JetStream's duplicate window).
     pub dedup_window_secs: u64,
+    /// The active correlator snapshots its replicated state (and drops the log before it)
+    /// after this many records, so a new standby starts from the snapshot, not from the
+    /// log's beginning.
+    pub rca_snapshot_records: u64,
     /// This worker's name in leases; stable across restarts (default: one generated into
     /// the data dir on first start).
     pub node_id: Option<String>,
@@ -324,6 +332,7 @@ impl Default for ClusterConfig {
             replicas: 3,
             lease_secs: 10,
             dedup_window_secs: 600,
+            rca_snapshot_records: 1000,
             node_id: None,
             tls_ca_file: None,
             tls_cert_file: None,
@@ -368,6 +377,9 @@ impl ClusterConfig {
         }
         if self.dedup_window_secs == 0 {
             return Err(("cluster.dedup_window_secs", "must be greater than 0".into()));
+        }
+        if self.rca_snapshot_records == 0 {
+            return Err(("cluster.rca_snapshot_records", "must be greater than 0".into()));
         }
         if let Some(id) = &self.node_id
             && (id.is_empty()

@@ -90,6 +90,16 @@ pub(crate) struct Metrics {
     pub stream_leases_lost: Counter,
     /// Partition consumers started again from their checkpoint after an error or a stall.
     pub stream_consumer_restarts: Counter,
+    /// Findings messages this worker published for the cluster's correlator.
+    pub findings_published: Counter,
+    /// Findings messages this correlator read from the workers.
+    pub findings_consumed: Counter,
+    /// 1 while this process is the cluster's active correlator.
+    pub rca_leader: Gauge,
+    /// Snapshots of the correlator's replicated state this process wrote.
+    pub rca_snapshots: Counter,
+    /// Snapshots of the correlator's replicated state this process installed.
+    pub rca_snapshot_installs: Counter,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -133,6 +143,11 @@ impl Default for Metrics {
             stream_partitions_owned: Gauge::default(),
             stream_leases_lost: Counter::default(),
             stream_consumer_restarts: Counter::default(),
+            findings_published: Counter::default(),
+            findings_consumed: Counter::default(),
+            rca_leader: Gauge::default(),
+            rca_snapshots: Counter::default(),
+            rca_snapshot_installs: Counter::default(),
         };
         if let Ok(mut r) = m.registry.lock() {
             r.register(
@@ -194,6 +209,31 @@ impl Default for Metrics {
                 "stream_consumer_restarts",
                 "Partition consumers started again from their checkpoint after an error or a stall",
                 m.stream_consumer_restarts.clone(),
+            );
+            r.register(
+                "findings_published",
+                "Findings messages this worker published for the cluster's correlator",
+                m.findings_published.clone(),
+            );
+            r.register(
+                "findings_consumed",
+                "Findings messages this correlator read from the workers",
+                m.findings_consumed.clone(),
+            );
+            r.register(
+                "rca_leader",
+                "1 while this process is the cluster's active correlator",
+                m.rca_leader.clone(),
+            );
+            r.register(
+                "rca_snapshots",
+                "Snapshots of the correlator's replicated state this process wrote",
+                m.rca_snapshots.clone(),
+            );
+            r.register(
+                "rca_snapshot_installs",
+                "Snapshots of the correlator's replicated state this process installed",
+                m.rca_snapshot_installs.clone(),
             );
             r.register(
                 "wal_appends",

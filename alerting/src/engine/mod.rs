@@ -143,8 +143,10 @@ struct InhibitRule {
     equal: Vec<String>,
 }
 
-/// Everything that changed since the last [`Alerting::take_changes`], ready to persist.
-#[derive(Debug, Default)]
+/// Everything that changed since the last [`Alerting::take_changes`], ready to persist
+/// (or to replicate: a cluster's correlator ships them to its standby as JSON).
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Changes {
     /// Alerts changed or added.
     pub alerts: Vec<Alert>,
@@ -192,8 +194,10 @@ impl Changes {
     }
 }
 
-/// Persisted state to resume from.
-#[derive(Debug, Default)]
+/// Persisted state to resume from (and, in a cluster, what a correlator's snapshot of its
+/// replicated state carries).
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Snapshot {
     /// On-call schedules.
     pub schedules: Vec<Schedule>,

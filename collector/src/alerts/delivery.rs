@@ -7,6 +7,16 @@ impl AlertService {
     /// The delivery loop: advance timers, send what is due, record outcomes.
     pub(crate) async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         loop {
+            // A cluster's standby correlator sends nothing: the active one does, from the
+            // same (replicated) outbox.
+            if !self.leading() {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = self.wake.notified() => {}
+                    () = tokio::time::sleep(IDLE_WAKE) => {}
+                }
+                continue;
+            }
             // Store writes fsync: keep them off the async workers.
             let this = Arc::clone(&self);
             let ticked = tokio::task::spawn_blocking(move || {
@@ -28,7 +38,12 @@ impl AlertService {
                 let sends = due.into_iter().map(|n| {
                     let this = Arc::clone(&self);
                     async move {
-                        let result = this.send(&n).await;
+                        // Leadership may have moved since the batch was picked.
+                        let result = if this.leading() {
+                            this.send(&n).await
+                        } else {
+                            Err("not sent: this node stopped being the active correlator".to_string())
+                        };
                         (n, result)
                     }
                 });

@@ -44,8 +44,25 @@ const IDLE_WAKE: Duration = Duration::from_secs(1);
 /// An open incident's alert stays firing this long past its latest update.
 const INCIDENT_ALERT_TTL_MS: i64 = 60 * 60_000;
 
+/// The replicated log a cluster's correlator (`--role rca`) writes its alerting changes to
+/// before it applies them, so a standby holds the same alerts, silences and outbox, and a
+/// notification delivered before a failover is not sent again after it. None in one process.
+pub(crate) trait Replica: Send + Sync {
+    /// Whether this process may change alerting state and send notifications now.
+    fn leading(&self) -> bool;
+    /// Writes `changes` to the replicated log. An error means it may not have landed and
+    /// this process is no longer the leader: it stops changing anything.
+    fn append_alerting(&self, changes: &vigil_alerting::Changes) -> Result<(), String>;
+}
+
 pub(crate) struct AlertService {
     engine: Mutex<Alerting>,
+    /// Kept to rebuild the engine from the store ([`AlertService::reload`]).
+    config: AlertingConfig,
+    /// Set when the store changed under the engine (a standby applying the leader's
+    /// changes): the engine is rebuilt from the store at its next use.
+    stale: std::sync::atomic::AtomicBool,
+    replica: std::sync::OnceLock<Arc<dyn Replica>>,
     store: AlertStore,
     receivers: BTreeMap<String, ReceiverConfig>,
     client: reqwest::Client,
@@ -65,6 +82,14 @@ pub(crate) enum AlertServiceError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Link(#[from] LinkError),
+    /// A cluster's standby correlator: alerting state changes only on the active one.
+    #[error(
+        "this node is a standby correlator: alerting state changes only on the cluster's active correlator (GET /api/v1/cluster names it)"
+    )]
+    NotLeader,
+    /// The change could not be written to the cluster's replicated log.
+    #[error("the alerting change could not be replicated: {0}")]
+    Replication(String),
 }
 
 /// A secret from the environment, or one generated once and kept in `path` (0600).
@@ -113,7 +138,7 @@ impl AlertService {
             }
         }
         let receivers = cfg.receivers.iter().map(|r| (r.name.clone(), r.clone())).collect();
-        let mut engine = Alerting::new(cfg).map_err(|e| anyhow::anyhow!("alerting.{e}"))?;
+        let mut engine = Alerting::new(cfg.clone()).map_err(|e| anyhow::anyhow!("alerting.{e}"))?;
         engine.restore(store.load()?);
         let link_secret = load_or_create_secret("VIGIL_LINK_SECRET", &dir.join("link-secret"))?;
         let signing_secret = load_or_create_secret("VIGIL_WEBHOOK_SECRET", &dir.join("webhook-secret"))?;
@@ -123,6 +148,9 @@ impl AlertService {
             .build()?;
         Ok(Arc::new(AlertService {
             engine: Mutex::new(engine),
+            config: cfg,
+            stale: std::sync::atomic::AtomicBool::new(false),
+            replica: std::sync::OnceLock::new(),
             store,
             receivers,
             client,
@@ -144,14 +172,86 @@ impl AlertService {
     }
 
     fn lock(&self) -> MutexGuard<'_, Alerting> {
-        self.engine.lock().unwrap_or_else(|e| e.into_inner())
+        let mut engine = self.engine.lock().unwrap_or_else(|e| e.into_inner());
+        if self.stale.swap(false, std::sync::atomic::Ordering::AcqRel) {
+            match self.store.load() {
+                Ok(snapshot) => {
+                    // The configuration was accepted when the service opened.
+                    if let Ok(mut fresh) = Alerting::new(self.config.clone()) {
+                        fresh.restore(snapshot);
+                        *engine = fresh;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "could not reload the alerting state");
+                    self.stale.store(true, std::sync::atomic::Ordering::Release);
+                }
+            }
+        }
+        engine
     }
 
-    /// Runs `f` on the engine and persists what it changed before returning.
+    /// Makes this service write every change to `replica` before applying it, and change
+    /// nothing (nor send anything) while the replica says another process leads.
+    pub(crate) fn set_replica(&self, replica: Arc<dyn Replica>) {
+        let _ = self.replica.set(replica);
+    }
+
+    /// Whether this process sends notifications: always in one process; in a cluster, only
+    /// on the active correlator.
+    pub(crate) fn leading(&self) -> bool {
+        self.replica.get().is_none_or(|r| r.leading())
+    }
+
+    /// A standby's copy of a change the leader made: written to the store; the engine is
+    /// rebuilt from the store when next used.
+    pub(crate) fn apply_replicated(&self, changes: &vigil_alerting::Changes) -> Result<(), StoreError> {
+        self.store.apply(changes)?;
+        self.stale.store(true, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
+    /// A standby's copy of the leader's snapshot: the store's state replaced by it (history
+    /// kept); the engine is rebuilt from the store when next used.
+    pub(crate) fn install_replicated(&self, snapshot: &vigil_alerting::Snapshot) -> Result<(), StoreError> {
+        self.store.replace(snapshot)?;
+        self.stale.store(true, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
+    /// Runs `f` on the stored state with every change held off meanwhile (the engine's lock
+    /// is held): what the store holds is then exactly what the replicated log holds.
+    pub(crate) fn with_snapshot<T>(&self, f: impl FnOnce(vigil_alerting::Snapshot) -> T) -> Result<T, StoreError> {
+        let _no_changes = self.lock();
+        Ok(f(self.store.load()?))
+    }
+
+    /// Rebuilds the engine from the store: a correlator taking the lead starts from exactly
+    /// what was replicated, whatever its engine held before.
+    pub(crate) fn reload(&self) {
+        self.stale.store(true, std::sync::atomic::Ordering::Release);
+        drop(self.lock());
+        self.wake.notify_one();
+    }
+
+    /// Runs `f` on the engine and persists what it changed before returning (in a cluster,
+    /// replicated first).
     fn mutate<T>(&self, f: impl FnOnce(&mut Alerting, i64) -> T) -> Result<T, AlertServiceError> {
+        let replica = self.replica.get();
+        if replica.is_some_and(|r| !r.leading()) {
+            return Err(AlertServiceError::NotLeader);
+        }
         let mut engine = self.lock();
         let out = f(&mut engine, now_ms());
         let changes = engine.take_changes();
+        if let Some(r) = replica
+            && !changes.is_empty()
+            && let Err(e) = r.append_alerting(&changes)
+        {
+            // The engine now holds what the log may not: rebuilt from the store before use.
+            self.stale.store(true, std::sync::atomic::Ordering::Release);
+            return Err(AlertServiceError::Replication(e));
+        }
         self.store.apply(&changes)?;
         drop(engine);
         if !changes.is_empty() {

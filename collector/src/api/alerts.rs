@@ -33,6 +33,7 @@ impl From<AlertServiceError> for ApiError {
             AlertServiceError::Link(LinkError::Replayed) => ApiError::Conflict(message),
             AlertServiceError::Link(LinkError::Malformed) => ApiError::BadRequest(message),
             AlertServiceError::Link(LinkError::BadSignature) => ApiError::Forbidden(message),
+            AlertServiceError::NotLeader | AlertServiceError::Replication(_) => ApiError::Unavailable(message),
             AlertServiceError::Store(_) => {
                 tracing::error!(error = %e, "alerting store failed");
                 ApiError::Internal(message)

@@ -9,6 +9,7 @@ mod checkpoint;
 mod lease;
 mod partition;
 mod publish;
+mod rca;
 mod root;
 mod worker;
 
@@ -22,8 +23,9 @@ use crate::config::{ClusterConfig, Secret};
 pub(crate) use lease::open_bucket;
 pub(crate) use partition::{partition_of, split_logs, split_metrics, split_traces};
 pub(crate) use publish::{PublishError, StreamPublisher};
+pub(crate) use rca::{RcaNode, Replicator, findings_subject, open_findings, publish_findings};
 pub(crate) use root::{Root, router as root_router};
-pub(crate) use worker::Worker;
+pub(crate) use worker::{Worker, node_id};
 
 /// The subject of one partition: `<stream lowercased>.p.<n>`.
 pub(crate) fn subject(config: &ClusterConfig, partition: u32) -> String {

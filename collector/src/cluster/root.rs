@@ -2,8 +2,9 @@
 //! worker (each answers for the partitions it holds) and the answers merged — log hits by
 //! time, newest first, cut to the limit; totals, histogram buckets and services' counts
 //! summed; log patterns by template; metric names united; a trace's spans gathered from every
-//! worker; findings and incidents listed together, newest first (each worker still
-//! correlates its own services). `GET /api/v1/cluster` shows the workers and their partitions.
+//! worker; findings listed together, newest first. Incidents, alerts and silences belong to
+//! the cluster's active correlator (`--role rca`): those requests are passed to it as they
+//! are. `GET /api/v1/cluster` shows the workers, their partitions and the correlator.
 //!
 //! While a partition changes hands its new owner is still catching up and the old one has
 //! purged its copy: a query then sees less of that partition, never the same record twice.
@@ -15,9 +16,12 @@ use std::time::Duration;
 use async_nats::jetstream::kv;
 use axum::Router;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header::AUTHORIZATION};
+use axum::http::{
+    HeaderMap, StatusCode,
+    header::{AUTHORIZATION, CONTENT_TYPE},
+};
 use axum::response::Json;
-use axum::routing::get;
+use axum::routing::{any, get};
 use serde_json::{Value, json};
 
 use super::lease::{Member, cluster_view};
@@ -48,8 +52,12 @@ pub(crate) fn router(root: Arc<Root>) -> Router {
         .route("/api/v1/metrics/names", get(metric_names))
         .route("/api/v1/traces/{trace_id}", get(trace))
         .route("/api/v1/anomalies", get(anomalies))
-        .route("/api/v1/incidents", get(incidents))
-        .route("/api/v1/incidents/{id}", get(incident))
+        .route("/api/v1/incidents", any(to_correlator))
+        .route("/api/v1/incidents/{*rest}", any(to_correlator))
+        .route("/api/v1/alerts", any(to_correlator))
+        .route("/api/v1/alerts/{*rest}", any(to_correlator))
+        .route("/api/v1/silences", any(to_correlator))
+        .route("/api/v1/silences/{*rest}", any(to_correlator))
         .route("/api/v1/cluster", get(cluster))
         .with_state(root)
 }
@@ -314,16 +322,6 @@ async fn anomalies(State(root): State<Arc<Root>>, headers: HeaderMap, Query(para
     .await
 }
 
-/// Each worker correlates the services it holds (there is no cluster-wide correlator yet):
-/// the list is every worker's incidents together.
-async fn incidents(State(root): State<Arc<Root>>, headers: HeaderMap, Query(params): Params) -> Answer {
-    let limit = limit(&params, 100);
-    gather(&root, "/api/v1/incidents", params, &headers, |b| {
-        merge_newest_first(b, "incidents", limit)
-    })
-    .await
-}
-
 /// Every worker's `key` lists together, newest start first (as each worker orders its own),
 /// cut to `limit`.
 fn merge_newest_first(bodies: Vec<Value>, key: &str, limit: usize) -> Value {
@@ -341,14 +339,51 @@ fn merge_newest_first(bodies: Vec<Value>, key: &str, limit: usize) -> Value {
     json!({ key: items })
 }
 
-/// The worker that made the incident answers; the others do not know it.
-async fn incident(State(root): State<Arc<Root>>, headers: HeaderMap, Path(id): Path<String>) -> Answer {
-    let path = format!("/api/v1/incidents/{}", urlencode(&id));
-    let bodies = fan_out_with(&root, &path, &HashMap::new(), &headers, true).await?;
-    match bodies.into_iter().find(|b| !b.is_null()) {
-        Some(body) => Ok(Json(body)),
-        None => Err(ApiError::NotFound(format!("incident {id} not found"))),
+/// Largest request body passed on to the correlator (alert and silence bodies are small).
+const MAX_FORWARDED_BODY: usize = 4 << 20;
+
+/// Passes the request to the active correlator as it is (method, path, query, body, the
+/// caller's credentials) and its answer back as it is.
+async fn to_correlator(
+    State(root): State<Arc<Root>>,
+    request: axum::extract::Request,
+) -> Result<axum::response::Response, ApiError> {
+    let leader = tokio::time::timeout(Duration::from_secs(2), super::rca::leader(&root.kv))
+        .await
+        .map_err(|_| ApiError::Unavailable("cannot read the cluster's correlator: no answer within 2 s".into()))?
+        .map_err(|e| ApiError::Unavailable(format!("cannot read the cluster's correlator: {e}")))?;
+    let Some(api) = leader.and_then(|m| m.api) else {
+        return Err(ApiError::Unavailable(
+            "the cluster has no active correlator: start one with --role rca".into(),
+        ));
+    };
+    let (parts, body) = request.into_parts();
+    let target = parts.uri.path_and_query().map_or(parts.uri.path(), |p| p.as_str());
+    let body = axum::body::to_bytes(body, MAX_FORWARDED_BODY)
+        .await
+        .map_err(|e| ApiError::BadRequest(format!("cannot read the request body: {e}")))?;
+    let mut forward = root.http.request(parts.method, format!("{api}{target}")).body(body);
+    for name in [AUTHORIZATION, CONTENT_TYPE] {
+        if let Some(value) = parts.headers.get(&name) {
+            forward = forward.header(name, value.clone());
+        }
     }
+    let answer = forward
+        .send()
+        .await
+        .map_err(|e| ApiError::BadGateway(format!("the correlator at {api} failed: {e}")))?;
+    let status = answer.status();
+    let content_type = answer.headers().get(CONTENT_TYPE).cloned();
+    let bytes = answer
+        .bytes()
+        .await
+        .map_err(|e| ApiError::BadGateway(format!("the correlator at {api} failed: {e}")))?;
+    let mut response = axum::response::Response::new(axum::body::Body::from(bytes));
+    *response.status_mut() = status;
+    if let Some(ct) = content_type {
+        response.headers_mut().insert(CONTENT_TYPE, ct);
+    }
+    Ok(response)
 }
 
 async fn cluster(State(root): State<Arc<Root>>) -> Answer {
@@ -357,7 +392,13 @@ async fn cluster(State(root): State<Arc<Root>>) -> Answer {
         .into_iter()
         .map(|(m, partitions)| json!({ "node": m.node, "api": m.api, "partitions": partitions }))
         .collect();
-    Ok(Json(json!({ "workers": workers })))
+    let correlator = tokio::time::timeout(Duration::from_secs(2), super::rca::leader(&root.kv))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .flatten()
+        .map(|m| json!({ "node": m.node, "api": m.api }));
+    Ok(Json(json!({ "workers": workers, "correlator": correlator })))
 }
 
 #[cfg(test)]

@@ -39,7 +39,7 @@ const SAVE_EVERY: Duration = Duration::from_secs(1);
 
 /// This worker's stable name: `cluster.node_id`, or one generated into the data dir on the
 /// first start (a restarted worker must find its own leases and checkpoints again).
-pub(crate) fn node_id(config: &ClusterConfig, data_dir: &Path) -> anyhow::Result<String> {
+pub(crate) fn node_id(config: &ClusterConfig, data_dir: &Path, prefix: &str) -> anyhow::Result<String> {
     if let Some(id) = &config.node_id {
         return Ok(id.clone());
     }
@@ -53,7 +53,7 @@ pub(crate) fn node_id(config: &ClusterConfig, data_dir: &Path) -> anyhow::Result
     let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
     let seed = format!("{}:{}:{}", host.trim(), std::process::id(), crate::timeutil::now_ns());
     let digest = <sha2::Sha256 as sha2::Digest>::digest(seed.as_bytes());
-    let id = format!("worker-{}", hex::encode(&digest[..6]));
+    let id = format!("{prefix}-{}", hex::encode(&digest[..6]));
     std::fs::create_dir_all(path.parent().unwrap_or(data_dir))?;
     std::fs::write(&path, &id).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(id)
@@ -87,7 +87,7 @@ impl Worker {
         dedup: Arc<BatchDedup>,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Worker> {
-        let node = node_id(config, data_dir)?;
+        let node = node_id(config, data_dir, "worker")?;
         let dir = data_dir.join("cluster");
         std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
         let checkpoints = Arc::new(Checkpoints::open(&dir.join("checkpoints.json"))?);
@@ -339,6 +339,8 @@ async fn stalled(partition: u32, sink: &Sink) -> Option<anyhow::Error> {
             message.sequence
         )),
         Ok(Ok(_)) => None,
+        // An empty partition (or one whose messages all aged out): nothing to miss.
+        Ok(Err(e)) if e.kind() == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound => None,
         Ok(Err(e)) => {
             tracing::warn!(partition, error = %e, "could not read the partition's last sequence");
             None

@@ -19,6 +19,7 @@ struct Inner {
 
 pub(crate) struct IncidentStore {
     inner: Mutex<Inner>,
+    path: std::path::PathBuf,
 }
 
 impl IncidentStore {
@@ -39,6 +40,7 @@ impl IncidentStore {
         let log = OpenOptions::new().create(true).append(true).open(&path)?;
         Ok(IncidentStore {
             inner: Mutex::new(Inner { incidents, log }),
+            path,
         })
     }
 
@@ -71,6 +73,22 @@ impl IncidentStore {
                 inner.incidents.remove(&id);
             }
         }
+    }
+
+    /// Replaces every incident with `incidents` (a standby correlator installing the active
+    /// one's snapshot): the file is rewritten whole, atomically.
+    pub(crate) fn replace_all(&self, incidents: &[Incident]) -> std::io::Result<()> {
+        let mut inner = self.lock();
+        let path = self.path.clone();
+        let mut buf = Vec::new();
+        for i in incidents {
+            buf.extend_from_slice(&serde_json::to_vec(i).map_err(std::io::Error::other)?);
+            buf.push(b'\n');
+        }
+        crate::files::write_atomically(&path, &buf)?;
+        inner.log = OpenOptions::new().append(true).open(&path)?;
+        inner.incidents = incidents.iter().map(|i| (i.id.clone(), i.clone())).collect();
+        Ok(())
     }
 
     pub(crate) fn flush(&self) -> std::io::Result<()> {

@@ -11,6 +11,7 @@
 //! and the joiner, which are not saved, take them all).
 
 mod clock;
+mod findings;
 mod incidents;
 mod join;
 mod saver;
@@ -30,6 +31,9 @@ use saver::{Saver, State, restore_state};
 
 use crate::telemetry::{DetectorLabel, Metrics};
 
+#[cfg(test)]
+pub(crate) use findings::SpanFact;
+pub(crate) use findings::{Findings, FindingsSink, IncidentReplica};
 pub(crate) use incidents::IncidentStore;
 pub(crate) use store::{AnomalyStore, FeedbackError};
 use vigil_rca::{Correlator, Incident, IncidentConfig};
@@ -115,6 +119,12 @@ pub(crate) enum Msg {
     Seal {
         incident: String,
     },
+    /// A cluster correlator's input: what the workers found ([`Mode::Correlate`]).
+    Findings(Findings),
+    /// A cluster correlator took the lead: correlate from the replicated incidents on.
+    Lead,
+    /// A cluster correlator lost the lead: stop correlating.
+    Follow,
     /// Sent at shutdown after the indexer has applied everything.
     Stop,
 }
@@ -143,6 +153,17 @@ impl PipelineSender {
         let _ = self.0.send(Msg::Seal { incident });
     }
 
+    /// Hands the workers' findings to a cluster correlator's detection thread. Blocks while
+    /// it is behind.
+    pub(crate) fn findings(&self, findings: Findings) {
+        let _ = self.0.send(Msg::Findings(findings));
+    }
+
+    /// Tells a cluster correlator's detection thread whether it leads now.
+    pub(crate) fn set_leading(&self, leading: bool) {
+        let _ = self.0.send(if leading { Msg::Lead } else { Msg::Follow });
+    }
+
     /// Asks the detection thread to save and stop once it has drained its queue.
     pub(crate) fn stop(&self) {
         let _ = self.0.send(Msg::Stop);
@@ -157,6 +178,23 @@ const IDLE_TICK: Duration = Duration::from_secs(1);
 
 /// Called with every batch of incident updates, on the detection thread.
 pub(crate) type OnIncidents = Box<dyn Fn(&[Incident]) + Send>;
+
+/// What the detection thread does with what it finds, by the process's role.
+pub(crate) enum Mode {
+    /// One process: the detectors' findings go to the correlator here.
+    Single,
+    /// A cluster worker: the detectors run here; their findings, the spans' service links
+    /// and the event time go to the cluster's correlator, as `node`.
+    Publish { sink: FindingsSink, node: String },
+    /// A cluster correlator: no data of its own; the workers' [`Findings`] build the service
+    /// graph and, while this process leads, open and update incidents, each change written
+    /// to `replica` before it is kept.
+    Correlate(Arc<dyn IncidentReplica>),
+}
+
+/// How often a worker sends its findings at the least (an empty message carries its event
+/// time: the correlator's clock is the slowest worker's).
+const FINDINGS_EVERY: Duration = Duration::from_secs(1);
 
 /// What the detection thread shares with the API.
 #[derive(Clone)]
@@ -195,6 +233,7 @@ pub(crate) fn start(
     allowed_lateness_ms: i64,
     metrics: Arc<Metrics>,
     on_incidents: OnIncidents,
+    mode: Mode,
 ) -> std::io::Result<Started> {
     let store = Arc::new(AnomalyStore::open(data_dir)?);
     let incidents = Arc::new(IncidentStore::open(data_dir)?);
@@ -222,7 +261,7 @@ pub(crate) fn start(
             progress,
             path: state_path,
         };
-        run(state, correlator, rx, &thread_shared, &metrics, &on_incidents);
+        run(state, correlator, rx, &thread_shared, &metrics, &on_incidents, mode);
     })?;
     Ok(Started {
         sender: PipelineSender(tx),
@@ -232,6 +271,38 @@ pub(crate) fn start(
     })
 }
 
+/// A cluster worker's findings on their way out.
+struct Outbox {
+    sink: FindingsSink,
+    pending: Findings,
+    sent: std::time::Instant,
+}
+
+impl Outbox {
+    /// Sends what is pending when there is something, or when the correlator has not heard
+    /// from this worker for a while. Blocks while the publisher is behind.
+    fn flush(&mut self, event_ms: i64) {
+        if self.pending.is_empty() && self.sent.elapsed() < FINDINGS_EVERY {
+            return;
+        }
+        let next = Findings {
+            node: self.pending.node.clone(),
+            ..Findings::default()
+        };
+        let mut out = std::mem::replace(&mut self.pending, next);
+        out.event_ms = event_ms;
+        // Fails only when the publisher has stopped (shutdown).
+        let _ = self.sink.blocking_send(out);
+        self.sent = std::time::Instant::now();
+    }
+}
+
+/// The correlator of a cluster's correlator process: present only while it leads.
+struct Lead {
+    replica: Arc<dyn IncidentReplica>,
+    leading: bool,
+}
+
 fn run(
     mut state: State,
     mut correlator: Correlator,
@@ -239,7 +310,29 @@ fn run(
     shared: &Detection,
     metrics: &Metrics,
     on_incidents: &OnIncidents,
+    mode: Mode,
 ) {
+    let (mut outbox, mut lead) = match mode {
+        Mode::Single => (None, None),
+        Mode::Publish { sink, node } => (
+            Some(Outbox {
+                sink,
+                pending: Findings {
+                    node,
+                    ..Findings::default()
+                },
+                sent: std::time::Instant::now(),
+            }),
+            None,
+        ),
+        Mode::Correlate(replica) => (
+            None,
+            Some(Lead {
+                replica,
+                leading: false,
+            }),
+        ),
+    };
     let store = &shared.anomalies;
     let mut reported = EngineStats::default();
     let mut saver = Saver::new();
@@ -262,6 +355,7 @@ fn run(
                 // Wall time only tells a kind of signal that went quiet from one running
                 // behind (the detectors' lanes); event time still comes from the data.
                 state.engine.set_wall_clock(crate::timeutil::now_ms());
+                let mut spans_out = outbox.as_mut().map(|o| &mut o.pending.spans);
                 for input in inputs {
                     feed(
                         &mut state.engine,
@@ -270,6 +364,7 @@ fn run(
                         &mut p.counters,
                         input,
                         context_only,
+                        spans_out.as_deref_mut(),
                     );
                 }
                 p.applied_lsn = p.applied_lsn.max(lsn);
@@ -285,6 +380,48 @@ fn run(
             }
             Ok(Msg::Seal { incident }) => {
                 correlator.seal(&incident);
+            }
+            Ok(Msg::Findings(findings)) => {
+                let leading = lead.as_ref().is_some_and(|l| l.leading);
+                let mut topo = shared.topology.lock().unwrap_or_else(|e| e.into_inner());
+                for span in &findings.spans {
+                    topo.observe(&span.as_ref());
+                }
+                if leading {
+                    for a in &findings.anomalies {
+                        correlator.observe(a, &topo);
+                    }
+                }
+                let p = &mut state.progress;
+                p.latest_event_ms = p.latest_event_ms.max(findings.event_ms);
+                topo.forget_idle(p.latest_event_ms);
+                drop(topo);
+                if !findings.anomalies.is_empty() {
+                    store.upsert(findings.anomalies);
+                }
+            }
+            Ok(Msg::Lead) => {
+                if let Some(l) = lead.as_mut() {
+                    l.leading = true;
+                    correlator = take_lead(shared, state.progress.latest_event_ms);
+                    // Alerts for incidents whose alert the last leader may not have raised
+                    // before it died (raising is idempotent: one alert per incident).
+                    let open: Vec<Incident> = shared
+                        .incidents
+                        .all()
+                        .into_iter()
+                        .filter(|i| i.status == vigil_rca::IncidentStatus::Open)
+                        .collect();
+                    if !open.is_empty() {
+                        on_incidents(&open);
+                    }
+                }
+            }
+            Ok(Msg::Follow) => {
+                if let Some(l) = lead.as_mut() {
+                    l.leading = false;
+                    correlator = Correlator::new(IncidentConfig::default());
+                }
             }
             Err(RecvTimeoutError::Timeout) => {
                 let wall_ms = crate::timeutil::now_ms();
@@ -324,7 +461,11 @@ fn run(
                     })
                     .inc();
             }
-            {
+            if let Some(o) = outbox.as_mut() {
+                // A worker does not correlate: the cluster's correlator does, with every
+                // worker's findings.
+                o.pending.anomalies.extend(updates.iter().cloned());
+            } else {
                 let topo = shared.topology.lock().unwrap_or_else(|e| e.into_inner());
                 for a in &updates {
                     correlator.observe(a, &topo);
@@ -332,11 +473,40 @@ fn run(
             }
             store.upsert(updates);
         }
-        correlator.advance(state.progress.latest_event_ms);
-        let incidents = correlator.drain();
-        if !incidents.is_empty() {
-            shared.incidents.upsert(&incidents);
-            on_incidents(&incidents);
+        if let Some(o) = outbox.as_mut() {
+            o.flush(state.progress.latest_event_ms);
+        }
+        let correlating = match &lead {
+            None => outbox.is_none(),
+            Some(l) => l.leading,
+        };
+        if correlating {
+            correlator.advance(state.progress.latest_event_ms);
+            let incidents = correlator.drain();
+            if !incidents.is_empty() {
+                let kept = match lead.as_mut() {
+                    None => true,
+                    Some(l) => match l.replica.append_incidents(&incidents) {
+                        Ok(()) => true,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "incident changes not replicated; stepping down as correlator");
+                            l.leading = false;
+                            correlator = Correlator::new(IncidentConfig::default());
+                            false
+                        }
+                    },
+                };
+                if kept {
+                    shared.incidents.upsert(&incidents);
+                    on_incidents(&incidents);
+                }
+            }
+            // Here, between incident changes, the snapshot holds a consistent set.
+            if let Some(l) = lead.as_ref().filter(|l| l.leading)
+                && l.replica.snapshot_due()
+            {
+                l.replica.snapshot(shared.incidents.all());
+            }
         }
         let stats = state.engine.stats();
         metrics
@@ -368,6 +538,28 @@ fn run(
     tracing::info!(series = state.engine.stats().series, "detection stopped");
 }
 
+/// A correlator for a process taking the cluster's lead: the replicated incidents, then the
+/// findings of the last pending period again (those waiting for corroboration when the
+/// last leader stopped; the ones already in an incident change nothing).
+fn take_lead(shared: &Detection, event_ms: i64) -> Correlator {
+    let cfg = IncidentConfig::default();
+    let from = event_ms.saturating_sub(cfg.pending_ttl_ms);
+    let mut correlator = Correlator::new(cfg);
+    correlator.restore(shared.incidents.all());
+    let mut recent = shared.anomalies.query(from, i64::MAX, None, usize::MAX);
+    recent.sort_by(|a, b| (a.start_ms, &a.id).cmp(&(b.start_ms, &b.id)));
+    let topo = shared.topology.lock().unwrap_or_else(|e| e.into_inner());
+    for a in &recent {
+        correlator.observe(a, &topo);
+    }
+    tracing::info!(
+        incidents = shared.incidents.all().len(),
+        findings = recent.len(),
+        "took the lead as the cluster's correlator"
+    );
+    correlator
+}
+
 fn detector_name(kind: DetectorKind) -> &'static str {
     match kind {
         DetectorKind::Metric => "metric",
@@ -389,6 +581,7 @@ fn feed(
     counters: &mut state_file::Counters,
     input: DetectorInput,
     context_only: bool,
+    spans_out: Option<&mut Vec<findings::SpanFact>>,
 ) {
     match input {
         DetectorInput::Log {
@@ -441,6 +634,17 @@ fn feed(
             });
             if context_only {
                 return;
+            }
+            if let Some(out) = spans_out {
+                out.push(findings::SpanFact {
+                    service: service.clone(),
+                    span_id,
+                    parent_span_id,
+                    end_ms,
+                    duration_s,
+                    error,
+                    peer: peer.clone(),
+                });
             }
             if entry {
                 engine.observe_traced_span(&service, &operation, end_ms, duration_s, error, &trace_id);
