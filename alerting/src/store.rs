@@ -88,6 +88,59 @@ fn decode<T: DeserializeOwned>(table: &'static str, key: &str, bytes: &[u8]) -> 
     })
 }
 
+/// Writes one batch of changes into an open transaction.
+fn write(tx: &redb::WriteTransaction, ch: &Changes) -> Result<(), StoreError> {
+    let mut t = tx.open_table(ALERTS)?;
+    for a in &ch.alerts {
+        t.insert(a.id.as_str(), encode(a)?.as_slice())?;
+    }
+    for id in &ch.alerts_deleted {
+        t.remove(id.as_str())?;
+    }
+    let mut t = tx.open_table(GROUPS)?;
+    for g in &ch.groups {
+        t.insert(g.key.as_str(), encode(g)?.as_slice())?;
+    }
+    for k in &ch.groups_deleted {
+        t.remove(k.as_str())?;
+    }
+    let mut t = tx.open_table(SILENCES)?;
+    for s in &ch.silences {
+        t.insert(s.id.as_str(), encode(s)?.as_slice())?;
+    }
+    let mut t = tx.open_table(OUTBOX)?;
+    for n in &ch.outbox {
+        t.insert(n.id.as_str(), encode(n)?.as_slice())?;
+    }
+    for id in &ch.outbox_deleted {
+        t.remove(id.as_str())?;
+    }
+    let mut t = tx.open_table(NONCES)?;
+    for (n, exp) in &ch.nonces {
+        t.insert(n.as_str(), *exp)?;
+    }
+    let mut t = tx.open_table(AUDIT)?;
+    for e in &ch.audit {
+        t.insert(e.seq, encode(e)?.as_slice())?;
+    }
+    let mut t = tx.open_table(SCHEDULES)?;
+    for x in &ch.schedules {
+        t.insert(x.name.as_str(), encode(x)?.as_slice())?;
+    }
+    for name in &ch.schedules_deleted {
+        t.remove(name.as_str())?;
+    }
+    let mut t = tx.open_table(DELIVERIES)?;
+    for d in &ch.deliveries {
+        t.insert(d.seq, encode(d)?.as_slice())?;
+    }
+    while t.len()? > MAX_DELIVERIES {
+        t.pop_first()?;
+    }
+    tx.open_table(META)?.insert("seq", ch.next_seq)?;
+    Ok(())
+}
+
 impl AlertStore {
     /// Opens (or creates) the database at `path`.
     pub fn open(path: &Path) -> Result<AlertStore, StoreError> {
@@ -151,56 +204,7 @@ impl AlertStore {
             return Ok(());
         }
         let tx = self.db.begin_write()?;
-        {
-            let mut t = tx.open_table(ALERTS)?;
-            for a in &ch.alerts {
-                t.insert(a.id.as_str(), encode(a)?.as_slice())?;
-            }
-            for id in &ch.alerts_deleted {
-                t.remove(id.as_str())?;
-            }
-            let mut t = tx.open_table(GROUPS)?;
-            for g in &ch.groups {
-                t.insert(g.key.as_str(), encode(g)?.as_slice())?;
-            }
-            for k in &ch.groups_deleted {
-                t.remove(k.as_str())?;
-            }
-            let mut t = tx.open_table(SILENCES)?;
-            for s in &ch.silences {
-                t.insert(s.id.as_str(), encode(s)?.as_slice())?;
-            }
-            let mut t = tx.open_table(OUTBOX)?;
-            for n in &ch.outbox {
-                t.insert(n.id.as_str(), encode(n)?.as_slice())?;
-            }
-            for id in &ch.outbox_deleted {
-                t.remove(id.as_str())?;
-            }
-            let mut t = tx.open_table(NONCES)?;
-            for (n, exp) in &ch.nonces {
-                t.insert(n.as_str(), *exp)?;
-            }
-            let mut t = tx.open_table(AUDIT)?;
-            for e in &ch.audit {
-                t.insert(e.seq, encode(e)?.as_slice())?;
-            }
-            let mut t = tx.open_table(SCHEDULES)?;
-            for x in &ch.schedules {
-                t.insert(x.name.as_str(), encode(x)?.as_slice())?;
-            }
-            for name in &ch.schedules_deleted {
-                t.remove(name.as_str())?;
-            }
-            let mut t = tx.open_table(DELIVERIES)?;
-            for d in &ch.deliveries {
-                t.insert(d.seq, encode(d)?.as_slice())?;
-            }
-            while t.len()? > MAX_DELIVERIES {
-                t.pop_first()?;
-            }
-            tx.open_table(META)?.insert("seq", ch.next_seq)?;
-        }
+        write(&tx, ch)?;
         tx.commit()?;
         Ok(())
     }
@@ -212,36 +216,19 @@ impl AlertStore {
         let tx = self.db.begin_write()?;
         for def in [ALERTS, GROUPS, SILENCES, OUTBOX, SCHEDULES] {
             tx.delete_table(def)?;
-            tx.open_table(def)?;
         }
         tx.delete_table(NONCES)?;
-        {
-            let mut t = tx.open_table(ALERTS)?;
-            for a in &s.alerts {
-                t.insert(a.id.as_str(), encode(a)?.as_slice())?;
-            }
-            let mut t = tx.open_table(GROUPS)?;
-            for g in &s.groups {
-                t.insert(g.key.as_str(), encode(g)?.as_slice())?;
-            }
-            let mut t = tx.open_table(SILENCES)?;
-            for x in &s.silences {
-                t.insert(x.id.as_str(), encode(x)?.as_slice())?;
-            }
-            let mut t = tx.open_table(OUTBOX)?;
-            for n in &s.outbox {
-                t.insert(n.id.as_str(), encode(n)?.as_slice())?;
-            }
-            let mut t = tx.open_table(SCHEDULES)?;
-            for x in &s.schedules {
-                t.insert(x.name.as_str(), encode(x)?.as_slice())?;
-            }
-            let mut t = tx.open_table(NONCES)?;
-            for (n, exp) in &s.nonces {
-                t.insert(n.as_str(), *exp)?;
-            }
-            tx.open_table(META)?.insert("seq", s.next_seq)?;
-        }
+        let state = Changes {
+            alerts: s.alerts.clone(),
+            groups: s.groups.clone(),
+            silences: s.silences.clone(),
+            outbox: s.outbox.clone(),
+            nonces: s.nonces.clone(),
+            schedules: s.schedules.clone(),
+            next_seq: s.next_seq,
+            ..Changes::default()
+        };
+        write(&tx, &state)?;
         tx.commit()?;
         Ok(())
     }
@@ -336,7 +323,8 @@ mod tests {
         let standby_dir = tempfile::tempdir().expect("tempdir");
         let standby = AlertStore::open(&standby_dir.path().join("alerting.redb")).expect("open");
         let mut b = Alerting::new(AlertingConfig::default()).expect("config");
-        b.upsert(input("Stale"), t0);
+        let stale = b.upsert(input("Stale"), t0);
+        b.ack(&stale, "bo", t0 + 1_000).expect("ack");
         standby.apply(&b.take_changes()).expect("apply");
         let audit_before = standby.audit(0, 100).expect("audit").len();
         assert!(audit_before > 0);

@@ -107,6 +107,15 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnO
             crate::pipeline::Mode::Publish { sink, node }
         }
         (Some((client, js, _)), Role::Rca) => {
+            // Every correlator signs webhooks and one-click links with the same secrets, or a
+            // failover would break the receivers' signature checks and every link sent before.
+            for var in ["VIGIL_LINK_SECRET", "VIGIL_WEBHOOK_SECRET"] {
+                if !std::env::var(var).is_ok_and(|v| !v.is_empty()) {
+                    anyhow::bail!(
+                        "--role rca needs {var} set, the same on every correlator (a secret generated per node would change at each failover)"
+                    );
+                }
+            }
             let r = crate::cluster::Replicator::open(client, js, &config.cluster, Arc::clone(&metrics)).await?;
             replicator = Some(Arc::clone(&r));
             crate::pipeline::Mode::Correlate(r)

@@ -34,6 +34,11 @@ const RECORDS: usize = 8;
 fn role(role: &str, nats: &str, config: &Path, data_dir: Option<&Path>) -> Result<Collector> {
     Collector::start_with(Options {
         data_dir: data_dir.map(Path::to_path_buf),
+        // Correlators share their signing secrets (a failover must not change them).
+        env: vec![
+            ("VIGIL_LINK_SECRET".into(), "cluster-test-link-secret".into()),
+            ("VIGIL_WEBHOOK_SECRET".into(), "cluster-test-webhook-secret".into()),
+        ],
         args: vec![
             "--role".into(),
             role.into(),

@@ -38,16 +38,21 @@ impl AlertService {
                 let sends = due.into_iter().map(|n| {
                     let this = Arc::clone(&self);
                     async move {
-                        // Leadership may have moved since the batch was picked.
+                        // Leadership may have moved since the batch was picked: then it is
+                        // not sent, and not counted as an attempt either.
                         let result = if this.leading() {
-                            this.send(&n).await
+                            Some(this.send(&n).await)
                         } else {
-                            Err("not sent: this node stopped being the active correlator".to_string())
+                            None
                         };
                         (n, result)
                     }
                 });
-                let results = futures::future::join_all(sends).await;
+                let results: Vec<_> = futures::future::join_all(sends)
+                    .await
+                    .into_iter()
+                    .filter_map(|(n, r)| Some((n, r?)))
+                    .collect();
                 let this = Arc::clone(&self);
                 let saved = tokio::task::spawn_blocking(move || {
                     this.mutate(|e, now| {

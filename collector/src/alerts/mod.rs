@@ -48,11 +48,17 @@ const INCIDENT_ALERT_TTL_MS: i64 = 60 * 60_000;
 /// before it applies them, so a standby holds the same alerts, silences and outbox, and a
 /// notification delivered before a failover is not sent again after it. None in one process.
 pub(crate) trait Replica: Send + Sync {
-    /// Whether this process may change alerting state and send notifications now.
+    /// Whether this process may send notifications now: it leads, and its lease surely
+    /// still runs by its own clock.
     fn leading(&self) -> bool;
+    /// Whether this process may write to the replicated log: it leads (each write is fenced
+    /// by the log itself, so a lease running short does not make a write unsafe).
+    fn may_write(&self) -> bool;
     /// Writes `changes` to the replicated log. An error means it may not have landed and
     /// this process is no longer the leader: it stops changing anything.
     fn append_alerting(&self, changes: &vigil_alerting::Changes) -> Result<(), String>;
+    /// This process can no longer keep what it wrote (its own store failed): stop leading.
+    fn step_down(&self);
 }
 
 pub(crate) struct AlertService {
@@ -63,6 +69,10 @@ pub(crate) struct AlertService {
     /// changes): the engine is rebuilt from the store at its next use.
     stale: std::sync::atomic::AtomicBool,
     replica: std::sync::OnceLock<Arc<dyn Replica>>,
+    /// In a cluster, changes go one at a time through this lock, and the engine's lock is
+    /// not held while a change travels to the replicated log: readers (some on the
+    /// runtime's own threads, which drive that network call) never wait on the network.
+    commit: Mutex<()>,
     store: AlertStore,
     receivers: BTreeMap<String, ReceiverConfig>,
     client: reqwest::Client,
@@ -151,6 +161,7 @@ impl AlertService {
             config: cfg,
             stale: std::sync::atomic::AtomicBool::new(false),
             replica: std::sync::OnceLock::new(),
+            commit: Mutex::new(()),
             store,
             receivers,
             client,
@@ -222,7 +233,7 @@ impl AlertService {
     /// Runs `f` on the stored state with every change held off meanwhile (the engine's lock
     /// is held): what the store holds is then exactly what the replicated log holds.
     pub(crate) fn with_snapshot<T>(&self, f: impl FnOnce(vigil_alerting::Snapshot) -> T) -> Result<T, StoreError> {
-        let _no_changes = self.lock();
+        let _no_changes = self.commit.lock().unwrap_or_else(|e| e.into_inner());
         Ok(f(self.store.load()?))
     }
 
@@ -237,26 +248,42 @@ impl AlertService {
     /// Runs `f` on the engine and persists what it changed before returning (in a cluster,
     /// replicated first).
     fn mutate<T>(&self, f: impl FnOnce(&mut Alerting, i64) -> T) -> Result<T, AlertServiceError> {
-        let replica = self.replica.get();
-        if replica.is_some_and(|r| !r.leading()) {
+        let Some(replica) = self.replica.get() else {
+            let mut engine = self.lock();
+            let out = f(&mut engine, now_ms());
+            let changes = engine.take_changes();
+            self.store.apply(&changes)?;
+            drop(engine);
+            if !changes.is_empty() {
+                self.wake.notify_one();
+            }
+            return Ok(out);
+        };
+        let _one_at_a_time = self.commit.lock().unwrap_or_else(|e| e.into_inner());
+        if !replica.may_write() {
             return Err(AlertServiceError::NotLeader);
         }
-        let mut engine = self.lock();
-        let out = f(&mut engine, now_ms());
-        let changes = engine.take_changes();
-        if let Some(r) = replica
-            && !changes.is_empty()
-            && let Err(e) = r.append_alerting(&changes)
-        {
+        let (out, changes) = {
+            let mut engine = self.lock();
+            let out = f(&mut engine, now_ms());
+            (out, engine.take_changes())
+        };
+        if changes.is_empty() {
+            return Ok(out);
+        }
+        if let Err(e) = replica.append_alerting(&changes) {
             // The engine now holds what the log may not: rebuilt from the store before use.
             self.stale.store(true, std::sync::atomic::Ordering::Release);
             return Err(AlertServiceError::Replication(e));
         }
-        self.store.apply(&changes)?;
-        drop(engine);
-        if !changes.is_empty() {
-            self.wake.notify_one();
+        if let Err(e) = self.store.apply(&changes) {
+            // The log has it and this store does not: another correlator must lead (this
+            // one would snapshot from a store missing a logged change).
+            self.stale.store(true, std::sync::atomic::Ordering::Release);
+            replica.step_down();
+            return Err(e.into());
         }
+        self.wake.notify_one();
         Ok(out)
     }
 

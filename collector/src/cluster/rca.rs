@@ -48,12 +48,13 @@ use tokio::io::AsyncReadExt as _;
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 use vigil_alerting::Changes;
+use vigil_detectors::Anomaly;
 use vigil_rca::Incident;
 
 use super::lease::Member;
 use crate::alerts::{AlertService, Replica};
 use crate::config::ClusterConfig;
-use crate::pipeline::{Findings, IncidentReplica, IncidentStore, PipelineSender};
+use crate::pipeline::{Findings, IncidentReplica, IncidentStore, PipelineSender, SpanFact};
 
 /// The lease bucket's key naming the active correlator.
 pub(crate) const LEADER_KEY: &str = "rca.leader";
@@ -149,8 +150,17 @@ async fn open_state(js: &jetstream::Context, config: &ClusterConfig) -> anyhow::
 #[derive(Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 enum RecordRef<'a> {
-    Incidents { incidents: &'a [Incident] },
-    Alerting { changes: &'a Changes },
+    Incidents {
+        incidents: &'a [Incident],
+    },
+    Alerting {
+        changes: &'a Changes,
+    },
+    /// A correlator's first write when it takes the lead: a write the last leader still had
+    /// in flight lands before it (and is applied here first) or is fenced off after it.
+    Lead {
+        node: &'a str,
+    },
 }
 
 /// One record of the state log, as read.
@@ -159,6 +169,7 @@ enum RecordRef<'a> {
 enum Record {
     Incidents { incidents: Vec<Incident> },
     Alerting { changes: Box<Changes> },
+    Lead { node: String },
 }
 
 /// The active correlator's writer to the state log, and the one place that says whether this
@@ -216,6 +227,25 @@ impl Replicator {
         }))
     }
 
+    /// Publishes one record if the log's last record is still the last one this process
+    /// knows; resolves to the record's sequence.
+    async fn publish_fenced(&self, payload: Vec<u8>) -> Result<u64, String> {
+        let expected = self.applied.load(Ordering::Acquire);
+        let publish = PublishMessage::build()
+            .payload(Bytes::from(payload))
+            .expected_last_sequence(expected);
+        let ack = self
+            .js
+            .send_publish(self.subject.clone(), publish)
+            .await
+            .map_err(|e| e.to_string())?;
+        match tokio::time::timeout(self.patience, ack).await {
+            Ok(Ok(ack)) => Ok(ack.sequence),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no acknowledgement in time".to_string()),
+        }
+    }
+
     /// The alerting service whose state snapshots carry.
     pub(crate) fn set_alerts(&self, alerts: &Arc<AlertService>) {
         let _ = self.alerts.set(Arc::downgrade(alerts));
@@ -246,25 +276,11 @@ impl Replicator {
             ));
         }
         let _one_at_a_time = self.append.lock().unwrap_or_else(|e| e.into_inner());
-        if !self.leading() {
+        if !self.leading.load(Ordering::Acquire) {
             return Err("this process is not the active correlator".into());
         }
-        let expected = self.applied.load(Ordering::Acquire);
-        let publish = PublishMessage::build()
-            .payload(Bytes::from(payload))
-            .expected_last_sequence(expected);
-        let (js, subject, patience) = (self.js.clone(), self.subject.clone(), self.patience);
         // Callable from a plain thread, a blocking-pool thread or an async worker alike.
-        let written = tokio::task::block_in_place(|| {
-            self.handle.block_on(async move {
-                let ack = js.send_publish(subject, publish).await.map_err(|e| e.to_string())?;
-                match tokio::time::timeout(patience, ack).await {
-                    Ok(Ok(ack)) => Ok(ack.sequence),
-                    Ok(Err(e)) => Err(e.to_string()),
-                    Err(_) => Err("no acknowledgement in time".to_string()),
-                }
-            })
-        });
+        let written = tokio::task::block_in_place(|| self.handle.block_on(self.publish_fenced(payload)));
         match written {
             Ok(sequence) => {
                 self.applied.fetch_max(sequence, Ordering::AcqRel);
@@ -285,6 +301,14 @@ impl Replica for Replicator {
         self.leading.load(Ordering::Acquire) && self.valid()
     }
 
+    fn may_write(&self) -> bool {
+        self.leading.load(Ordering::Acquire)
+    }
+
+    fn step_down(&self) {
+        self.leading.store(false, Ordering::Release);
+    }
+
     fn append_alerting(&self, changes: &Changes) -> Result<(), String> {
         self.append_record(&RecordRef::Alerting { changes })
     }
@@ -302,50 +326,72 @@ impl IncidentReplica for Replicator {
         // Whatever happens, the next try is a full period away (no retry storm).
         self.snapshot_at
             .store(self.applied.load(Ordering::Acquire), Ordering::Release);
-        // Lock order as in every alerting change: the engine's, then the log's.
-        let written = alerts.with_snapshot(|alerting| {
+        // The state and the record it stands at are read with every change held off (the
+        // alerting changes' lock, then the log's, the order every change takes them); the
+        // writing happens after, holding nothing anyone waits on.
+        let captured = alerts.with_snapshot(|alerting| {
             let _one_at_a_time = self.append.lock().unwrap_or_else(|e| e.into_inner());
-            if !self.leading() {
-                return Err("not the active correlator".to_string());
+            (self.applied.load(Ordering::Acquire), alerting)
+        });
+        let (sequence, alerting) = match captured {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the alerting state for a snapshot");
+                return;
             }
-            let sequence = self.applied.load(Ordering::Acquire);
-            let body = serde_json::to_vec(&StateSnapshot {
-                sequence,
-                alerting,
-                incidents,
-            })
-            .map_err(|e| e.to_string())?;
-            let (snapshots, state) = (self.snapshots.clone(), self.state.clone());
-            tokio::task::block_in_place(|| {
-                self.handle.block_on(async move {
-                    tokio::time::timeout(SNAPSHOT_PATIENCE, snapshots.put(SNAPSHOT, &mut body.as_slice()))
-                        .await
-                        .map_err(|_| "writing the snapshot took too long".to_string())?
-                        .map_err(|e| format!("cannot write the snapshot: {e}"))?;
-                    // Only once the snapshot is whole: the log up to it goes.
-                    state
-                        .purge()
-                        .sequence(sequence + 1)
-                        .await
-                        .map_err(|e| format!("cannot purge the log: {e}"))?;
-                    Ok(sequence)
-                })
+        };
+        let body = match serde_json::to_vec(&StateSnapshot {
+            sequence,
+            alerting,
+            incidents,
+        }) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode a snapshot");
+                return;
+            }
+        };
+        let written = tokio::task::block_in_place(|| {
+            self.handle.block_on(async {
+                // A deposed leader must not replace a newer snapshot with its older one.
+                if !self.leading() {
+                    return Err("not the active correlator".to_string());
+                }
+                if let Ok(Ok(info)) = tokio::time::timeout(STALL_CHECK, self.snapshots.info(SNAPSHOT)).await
+                    && info.description.as_deref().and_then(|d| d.parse::<u64>().ok()) >= Some(sequence)
+                {
+                    return Err("a snapshot as new is there already".to_string());
+                }
+                let meta = jetstream::object_store::ObjectMetadata {
+                    name: SNAPSHOT.to_string(),
+                    description: Some(sequence.to_string()),
+                    ..Default::default()
+                };
+                tokio::time::timeout(SNAPSHOT_PATIENCE, self.snapshots.put(meta, &mut body.as_slice()))
+                    .await
+                    .map_err(|_| "writing the snapshot took too long".to_string())?
+                    .map_err(|e| format!("cannot write the snapshot: {e}"))?;
+                // Only once the snapshot is whole: the log up to it goes.
+                tokio::time::timeout(STALL_CHECK, self.state.purge().sequence(sequence + 1))
+                    .await
+                    .map_err(|_| "purging the log took too long".to_string())?
+                    .map_err(|e| format!("cannot purge the log: {e}"))?;
+                Ok(sequence)
             })
         });
         match written {
-            Ok(Ok(sequence)) => {
+            Ok(sequence) => {
                 self.metrics.rca_snapshots.inc();
                 tracing::info!(
                     sequence,
                     "snapshot of the correlator's state written; the log before it purged"
                 );
             }
-            Ok(Err(e)) => tracing::warn!(error = %e, "no snapshot of the correlator's state this time"),
-            Err(e) => tracing::warn!(error = %e, "cannot read the alerting state for a snapshot"),
+            Err(e) => tracing::warn!(error = %e, "no snapshot of the correlator's state this time"),
         }
     }
 
-    fn append_incidents(&self, incidents: &[Incident]) -> Result<(), String> {
+    fn append_incidents(&self, incidents: &[Incident]) -> Result<(), (usize, String)> {
         // Several records when one would not fit; an incident too large alone is logged
         // and left out of the log (the standby would miss its latest change) rather than
         // stopping correlation.
@@ -365,7 +411,7 @@ impl IncidentReplica for Replicator {
             match self.append_record(&RecordRef::Incidents {
                 incidents: &incidents[start..end],
             }) {
-                Err(e) if !self.leading() => return Err(e),
+                Err(e) if !self.may_write() => return Err((start, e)),
                 Err(e) => {
                     tracing::error!(incident = %incidents[start].id, error = %e, "incident change not replicated")
                 }
@@ -511,18 +557,37 @@ impl RcaNode {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        // The term record: fenced on the last record applied here, so a write the last
+        // leader still had in flight either landed before it (and the follower applies it
+        // before this process leads) or is refused after it.
+        let term = serde_json::to_vec(&RecordRef::Lead { node: &self.node }).unwrap_or_default();
+        match self.replicator.publish_fenced(term).await {
+            Ok(sequence) => {
+                self.replicator.applied.fetch_max(sequence, Ordering::AcqRel);
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "the state log moved on while taking the lead; catching up first");
+                return;
+            }
+        }
         self.replicator.leading.store(true, Ordering::Release);
-        self.alerts.reload();
-        let pipeline = self.pipeline.clone();
-        let _ = tokio::task::spawn_blocking(move || pipeline.set_leading(true)).await;
+        let (alerts, pipeline) = (Arc::clone(&self.alerts), self.pipeline.clone());
+        let _ = tokio::task::spawn_blocking(move || {
+            alerts.reload();
+            pipeline.set_leading(true);
+        })
+        .await;
         self.metrics.rca_leader.set(1);
         tracing::info!(state_sequence = last, node = %self.node, "leading as the cluster's correlator");
     }
 
     async fn follow_now(&self) {
-        self.alerts.reload();
-        let pipeline = self.pipeline.clone();
-        let _ = tokio::task::spawn_blocking(move || pipeline.set_leading(false)).await;
+        let (alerts, pipeline) = (Arc::clone(&self.alerts), self.pipeline.clone());
+        let _ = tokio::task::spawn_blocking(move || {
+            alerts.reload();
+            pipeline.set_leading(false);
+        })
+        .await;
         self.metrics.rca_leader.set(0);
     }
 
@@ -530,7 +595,11 @@ impl RcaNode {
     /// own records come back here too, already applied).
     async fn follow_state(self: Arc<Self>, stream: stream::Stream, stop: CancellationToken) {
         while !stop.is_cancelled() {
-            let followed = match self.install_snapshot_if_behind(&stream).await {
+            let installed = tokio::select! {
+                () = stop.cancelled() => return,
+                installed = self.install_snapshot_if_behind(&stream) => installed,
+            };
+            let followed = match installed {
                 Ok(()) => {
                     let from = self.replicator.applied.load(Ordering::Acquire) + 1;
                     self.follow_state_once(&stream, from, &stop).await
@@ -539,10 +608,7 @@ impl RcaNode {
             };
             if let Err(e) = followed {
                 tracing::warn!(error = %e, "following the correlator's state log again");
-                tokio::select! {
-                    () = stop.cancelled() => {}
-                    () = tokio::time::sleep(Duration::from_millis(200)) => {}
-                }
+                pause_before_retry(&stop).await;
             }
         }
     }
@@ -553,52 +619,31 @@ impl RcaNode {
         from: u64,
         stop: &CancellationToken,
     ) -> anyhow::Result<()> {
-        let consumer = stream
-            .create_consumer(OrderedConfig {
-                deliver_policy: DeliverPolicy::ByStartSequence { start_sequence: from },
-                ..OrderedConfig::default()
-            })
-            .await
-            .context("cannot create the state log's consumer")?;
-        let mut messages = consumer
-            .messages()
-            .await
-            .context("cannot start reading the state log")?;
-        let mut watchdog = tokio::time::interval(STALL_CHECK);
-        let mut last_message = Instant::now();
+        let mut reader = InOrder::open(stream, DeliverPolicy::ByStartSequence { start_sequence: from }).await?;
         loop {
-            tokio::select! {
-                biased;
-                () = stop.cancelled() => return Ok(()),
-                _ = watchdog.tick() => {
-                    if last_message.elapsed() >= STALL_CHECK
-                        && let Ok(Ok(info)) = tokio::time::timeout(STALL_CHECK, stream.get_info()).await
-                        && info.state.last_sequence > self.replicator.applied.load(Ordering::Acquire)
-                    {
-                        anyhow::bail!("the state log's consumer stalled");
-                    }
-                }
-                next = messages.next() => {
-                    let message = match next {
-                        Some(Ok(m)) => m,
-                        Some(Err(e)) => anyhow::bail!("{e}"),
-                        None => anyhow::bail!("the consumer ended"),
-                    };
-                    last_message = Instant::now();
-                    let sequence = message.info().map_err(|e| anyhow::anyhow!("{e}"))?.stream_sequence;
-                    let applied = self.replicator.applied.load(Ordering::Acquire);
-                    if sequence <= applied {
-                        continue;
-                    }
-                    if sequence > applied + 1 && !self.replicator.leading() {
-                        anyhow::bail!("records {} to {} were purged before this process read them", applied + 1, sequence - 1);
-                    }
-                    if !self.replicator.leading() {
-                        self.apply(message.payload.clone(), sequence).await;
-                    }
-                    self.replicator.applied.fetch_max(sequence, Ordering::AcqRel);
-                }
+            let wanted = self.replicator.applied.load(Ordering::Acquire) + 1;
+            let Some((sequence, payload)) = reader.next(wanted, stop).await? else {
+                return Ok(());
+            };
+            let applied = self.replicator.applied.load(Ordering::Acquire);
+            if sequence <= applied {
+                continue;
             }
+            if sequence > applied + 1 && !self.replicator.leading() {
+                anyhow::bail!(
+                    "records {} to {} were purged before this process read them",
+                    applied + 1,
+                    sequence - 1
+                );
+            }
+            if !self.replicator.leading.load(Ordering::Acquire) {
+                // Not applied, not passed: this copy stays behind (and this process does not
+                // lead) until the record applies.
+                self.apply(payload)
+                    .await
+                    .with_context(|| format!("cannot apply state record {sequence}"))?;
+            }
+            self.replicator.applied.fetch_max(sequence, Ordering::AcqRel);
         }
     }
 
@@ -645,29 +690,21 @@ impl RcaNode {
         Ok(())
     }
 
-    async fn apply(&self, payload: Bytes, sequence: u64) {
-        let record: Record = match serde_json::from_slice(&payload) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(sequence, error = %e, "skipping an unreadable state record");
-                return;
-            }
-        };
+    async fn apply(&self, payload: Bytes) -> anyhow::Result<()> {
+        let record: Record = serde_json::from_slice(&payload).context("the record does not decode")?;
         let (alerts, incidents) = (Arc::clone(&self.alerts), Arc::clone(&self.incidents));
-        let applied = tokio::task::spawn_blocking(move || match record {
+        tokio::task::spawn_blocking(move || match record {
             Record::Incidents { incidents: list } => {
                 incidents.upsert(&list);
+                anyhow::Ok(())
+            }
+            Record::Alerting { changes } => Ok(alerts.apply_replicated(&changes)?),
+            Record::Lead { node } => {
+                tracing::info!(node = %node, "a correlator took the lead");
                 Ok(())
             }
-            Record::Alerting { changes } => alerts.apply_replicated(&changes),
         })
-        .await;
-        if !matches!(applied, Ok(Ok(()))) {
-            tracing::error!(
-                sequence,
-                "could not apply a state record; this standby's copy is behind"
-            );
-        }
+        .await?
     }
 
     /// Reads every worker's findings into the detection thread: the service graph and the
@@ -679,10 +716,7 @@ impl RcaNode {
         while !stop.is_cancelled() {
             if let Err(e) = self.follow_findings_once(&stream, &mut next, &mut clocks, &stop).await {
                 tracing::warn!(error = %e, "following the workers' findings again");
-                tokio::select! {
-                    () = stop.cancelled() => {}
-                    () = tokio::time::sleep(Duration::from_millis(200)) => {}
-                }
+                pause_before_retry(&stop).await;
             }
         }
     }
@@ -698,52 +732,90 @@ impl RcaNode {
             0 => DeliverPolicy::All,
             n => DeliverPolicy::ByStartSequence { start_sequence: n },
         };
+        let mut reader = InOrder::open(stream, deliver_policy).await?;
+        while let Some((sequence, payload)) = reader.next((*next).max(1), stop).await? {
+            *next = sequence + 1;
+            let mut findings: Findings = match serde_json::from_slice(&payload) {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::error!(sequence, error = %e, "skipping unreadable findings");
+                    continue;
+                }
+            };
+            let clock = clocks.entry(findings.node.clone()).or_insert(i64::MIN);
+            *clock = (*clock).max(findings.event_ms);
+            findings.event_ms = clocks.values().copied().max().unwrap_or(i64::MIN);
+            self.metrics.findings_consumed.inc();
+            let pipeline = self.pipeline.clone();
+            // The detection thread's queue is bounded: waiting for room here holds the
+            // findings back, never drops them.
+            tokio::task::block_in_place(move || pipeline.findings(findings));
+        }
+        Ok(())
+    }
+}
+
+/// A short pause before a reader starts over (cut short by `stop`).
+async fn pause_before_retry(stop: &CancellationToken) {
+    tokio::select! {
+        () = stop.cancelled() => {}
+        () = tokio::time::sleep(Duration::from_millis(200)) => {}
+    }
+}
+
+/// A stream read in order by an ordered consumer. An ordered consumer lives on one NATS
+/// server and can go silent for good when that server dies (see the worker's), so one quiet
+/// for [`STALL_CHECK`] while the stream holds the sequence the reader wants next is given up
+/// as stalled: the caller starts another where it left off.
+struct InOrder<'a> {
+    stream: &'a stream::Stream,
+    messages: jetstream::consumer::pull::Ordered,
+    watchdog: tokio::time::Interval,
+    last_message: Instant,
+}
+
+impl<'a> InOrder<'a> {
+    async fn open(stream: &'a stream::Stream, deliver_policy: DeliverPolicy) -> anyhow::Result<InOrder<'a>> {
         let consumer = stream
             .create_consumer(OrderedConfig {
                 deliver_policy,
                 ..OrderedConfig::default()
             })
             .await
-            .context("cannot create the findings consumer")?;
-        let mut messages = consumer.messages().await.context("cannot start reading the findings")?;
-        let mut watchdog = tokio::time::interval(STALL_CHECK);
-        let mut last_message = Instant::now();
+            .context("cannot create a consumer")?;
+        let messages = consumer.messages().await.context("cannot start consuming")?;
+        Ok(InOrder {
+            stream,
+            messages,
+            watchdog: tokio::time::interval(STALL_CHECK),
+            last_message: Instant::now(),
+        })
+    }
+
+    /// The next message's sequence and payload; `None` once `stop` is cancelled. `wanted` is
+    /// the sequence the reader needs next (for the stall check).
+    async fn next(&mut self, wanted: u64, stop: &CancellationToken) -> anyhow::Result<Option<(u64, Bytes)>> {
         loop {
             tokio::select! {
                 biased;
-                () = stop.cancelled() => return Ok(()),
-                _ = watchdog.tick() => {
-                    if last_message.elapsed() >= STALL_CHECK
-                        && let Ok(Ok(info)) = tokio::time::timeout(STALL_CHECK, stream.get_info()).await
-                        && info.state.last_sequence >= (*next).max(info.state.first_sequence).max(1)
+                () = stop.cancelled() => return Ok(None),
+                _ = self.watchdog.tick() => {
+                    if self.last_message.elapsed() >= STALL_CHECK
+                        && let Ok(Ok(info)) = tokio::time::timeout(STALL_CHECK, self.stream.get_info()).await
+                        && info.state.last_sequence >= wanted.max(info.state.first_sequence)
                     {
-                        anyhow::bail!("the findings consumer stalled");
+                        anyhow::bail!("the consumer stalled");
                     }
                 }
-                message = messages.next() => {
-                    let message = match message {
+                next = self.messages.next() => {
+                    let message = match next {
                         Some(Ok(m)) => m,
                         Some(Err(e)) => anyhow::bail!("{e}"),
                         None => anyhow::bail!("the consumer ended"),
                     };
-                    last_message = Instant::now();
+                    self.last_message = Instant::now();
                     let sequence = message.info().map_err(|e| anyhow::anyhow!("{e}"))?.stream_sequence;
-                    *next = sequence + 1;
-                    let mut findings: Findings = match serde_json::from_slice(&message.payload) {
-                        Ok(f) => f,
-                        Err(e) => {
-                            tracing::error!(sequence, error = %e, "skipping unreadable findings");
-                            continue;
-                        }
-                    };
-                    let clock = clocks.entry(findings.node.clone()).or_insert(i64::MIN);
-                    *clock = (*clock).max(findings.event_ms);
-                    findings.event_ms = clocks.values().copied().max().unwrap_or(i64::MIN);
-                    self.metrics.findings_consumed.inc();
-                    let pipeline = self.pipeline.clone();
-                    // The detection thread's queue is bounded: waiting for room here holds
-                    // the findings back, never drops them.
-                    tokio::task::block_in_place(move || pipeline.findings(findings));
+                    return Ok(Some((sequence, message.payload.clone())));
                 }
             }
         }
@@ -779,6 +851,12 @@ pub(crate) async fn publish_findings(
                         .await
                         .map_err(|_| "no acknowledgement in time".to_string())
                         .and_then(|r| r.map_err(|e| e.to_string())),
+                    Err(e) if e.kind() == async_nats::jetstream::context::PublishErrorKind::MaxPayloadExceeded => {
+                        // One finding alone larger than the servers take: retrying cannot
+                        // help, and holding on would stop this worker's detection.
+                        tracing::error!(error = %e, bytes = payload.len(), "findings too large for the NATS servers' max_payload; dropped");
+                        break;
+                    }
                     Err(e) => Err(e.to_string()),
                 };
                 match sent {
@@ -805,6 +883,25 @@ pub(crate) async fn publish_findings(
     }
 }
 
+/// `batches` with every batch whose encoding (with room for the message's other fields)
+/// exceeds `max_payload` cut in halves until it fits or holds one item, order kept.
+fn halves<T: Serialize>(batches: Vec<Vec<T>>, max_payload: usize) -> Vec<Vec<T>> {
+    let mut out = Vec::new();
+    let mut pending: Vec<Vec<T>> = batches.into_iter().rev().collect();
+    while let Some(batch) = pending.pop() {
+        let size = serde_json::to_vec(&batch).map_or(0, |v| v.len());
+        if size + 256 > max_payload && batch.len() > 1 {
+            let mut first = batch;
+            let second = first.split_off(first.len() / 2);
+            pending.push(second);
+            pending.push(first);
+            continue;
+        }
+        out.push(batch);
+    }
+    out
+}
+
 /// Spans per findings message at most (about 60 bytes each on the wire).
 const SPANS_PER_MESSAGE: usize = 4_000;
 
@@ -817,33 +914,24 @@ fn split(findings: Findings, max_payload: usize) -> Vec<Findings> {
         anomalies,
         spans,
     } = findings;
-    let spans_per_message = SPANS_PER_MESSAGE.min((max_payload / 120).max(1));
-    let mut parts: Vec<Findings> = spans
-        .chunks(spans_per_message)
-        .map(|chunk| Findings {
-            node: node.clone(),
-            event_ms: i64::MIN,
-            anomalies: Vec::new(),
-            spans: chunk.to_vec(),
-        })
-        .collect();
-    let mut pending = vec![anomalies];
-    while let Some(batch) = pending.pop() {
-        let size = serde_json::to_vec(&batch).map_or(0, |v| v.len());
-        if size + 256 > max_payload && batch.len() > 1 {
-            let mut first = batch;
-            let second = first.split_off(first.len() / 2);
-            pending.push(second);
-            pending.push(first);
-            continue;
-        }
-        parts.push(Findings {
-            node: node.clone(),
-            event_ms: i64::MIN,
-            anomalies: batch,
-            spans: Vec::new(),
-        });
-    }
+    let part = |anomalies: Vec<Anomaly>, spans: Vec<SpanFact>| Findings {
+        node: node.clone(),
+        event_ms: i64::MIN,
+        anomalies,
+        spans,
+    };
+    let mut parts: Vec<Findings> = halves(
+        spans.chunks(SPANS_PER_MESSAGE).map(<[_]>::to_vec).collect(),
+        max_payload,
+    )
+    .into_iter()
+    .map(|chunk| part(Vec::new(), chunk))
+    .collect();
+    parts.extend(
+        halves(vec![anomalies], max_payload)
+            .into_iter()
+            .map(|batch| part(batch, Vec::new())),
+    );
     parts.retain(|p| !p.is_empty());
     match parts.last_mut() {
         Some(last) => last.event_ms = event_ms,
@@ -859,7 +947,6 @@ fn split(findings: Findings, max_payload: usize) -> Vec<Findings> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pipeline::SpanFact;
 
     fn span(i: u64) -> SpanFact {
         SpanFact {
@@ -922,7 +1009,12 @@ mod tests {
                 assert_eq!((changes.outbox_deleted, changes.next_seq), (vec!["n-1".to_string()], 9))
             }
             Record::Incidents { .. } => panic!("read back as incidents"),
+            Record::Lead { .. } => panic!("read back as a lead record"),
         }
+        let wire = serde_json::to_vec(&RecordRef::Lead { node: "rca-1" }).expect("round trip");
+        assert!(
+            matches!(serde_json::from_slice::<Record>(&wire).expect("round trip"), Record::Lead { node } if node == "rca-1")
+        );
         let wire = serde_json::to_vec(&RecordRef::Incidents { incidents: &[] }).expect("round trip");
         assert!(
             matches!(serde_json::from_slice::<Record>(&wire).expect("round trip"), Record::Incidents { incidents } if incidents.is_empty())

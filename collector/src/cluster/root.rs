@@ -58,6 +58,7 @@ pub(crate) fn router(root: Arc<Root>) -> Router {
         .route("/api/v1/alerts/{*rest}", any(to_correlator))
         .route("/api/v1/silences", any(to_correlator))
         .route("/api/v1/silences/{*rest}", any(to_correlator))
+        .route("/api/v1/actions/{*rest}", any(to_correlator))
         .route("/api/v1/cluster", get(cluster))
         .with_state(root)
 }

@@ -72,8 +72,9 @@ pub(crate) type FindingsSink = tokio::sync::mpsc::Sender<Findings>;
 /// them, so its standby can take over with the same incidents.
 pub(crate) trait IncidentReplica: Send + Sync {
     /// Writes the incidents to the replicated log; an error means this process is no longer
-    /// the leader (or cannot prove it is) and must stop correlating.
-    fn append_incidents(&self, incidents: &[Incident]) -> Result<(), String>;
+    /// the leader (or cannot prove it is) and must stop correlating. It says how many of the
+    /// incidents (a prefix) did reach the log before it stopped.
+    fn append_incidents(&self, incidents: &[Incident]) -> Result<(), (usize, String)>;
     /// Whether the log has grown enough since the last snapshot to take another.
     fn snapshot_due(&self) -> bool;
     /// Writes a snapshot of the replicated state (these incidents, and the alerting state)

@@ -31,9 +31,7 @@ use saver::{Saver, State, restore_state};
 
 use crate::telemetry::{DetectorLabel, Metrics};
 
-#[cfg(test)]
-pub(crate) use findings::SpanFact;
-pub(crate) use findings::{Findings, FindingsSink, IncidentReplica};
+pub(crate) use findings::{Findings, FindingsSink, IncidentReplica, SpanFact};
 pub(crate) use incidents::IncidentStore;
 pub(crate) use store::{AnomalyStore, FeedbackError};
 use vigil_rca::{Correlator, Incident, IncidentConfig};
@@ -150,7 +148,14 @@ impl PipelineSender {
     /// An incident a human has taken on (acknowledged, resolved or silenced) takes no new
     /// findings: a new fault opens its own incident.
     pub(crate) fn seal(&self, incident: String) {
-        let _ = self.0.send(Msg::Seal { incident });
+        // Called from request handlers: a full queue must not hold a runtime thread.
+        if let Err(std::sync::mpsc::TrySendError::Full(msg)) = self.0.try_send(Msg::Seal { incident }) {
+            let tx = self.0.clone();
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => drop(runtime.spawn_blocking(move || tx.send(msg))),
+                Err(_) => drop(tx.send(msg)),
+            }
+        }
     }
 
     /// Hands the workers' findings to a cluster correlator's detection thread. Blocks while
@@ -484,21 +489,21 @@ fn run(
             correlator.advance(state.progress.latest_event_ms);
             let incidents = correlator.drain();
             if !incidents.is_empty() {
-                let kept = match lead.as_mut() {
-                    None => true,
-                    Some(l) => match l.replica.append_incidents(&incidents) {
-                        Ok(()) => true,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "incident changes not replicated; stepping down as correlator");
+                match lead.as_mut().map(|l| l.replica.append_incidents(&incidents)) {
+                    None | Some(Ok(())) => {
+                        shared.incidents.upsert(&incidents);
+                        on_incidents(&incidents);
+                    }
+                    Some(Err((landed, e))) => {
+                        tracing::warn!(error = %e, "incident changes not replicated; stepping down as correlator");
+                        // What reached the log is kept here too (the log's followers skip
+                        // what this process wrote); the rest was never logged.
+                        shared.incidents.upsert(&incidents[..landed]);
+                        if let Some(l) = lead.as_mut() {
                             l.leading = false;
-                            correlator = Correlator::new(IncidentConfig::default());
-                            false
                         }
-                    },
-                };
-                if kept {
-                    shared.incidents.upsert(&incidents);
-                    on_incidents(&incidents);
+                        correlator = Correlator::new(IncidentConfig::default());
+                    }
                 }
             }
             // Here, between incident changes, the snapshot holds a consistent set.
