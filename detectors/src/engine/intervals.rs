@@ -13,6 +13,9 @@ impl Engine {
         let state = &mut self.lanes[lane as usize];
         state.note_resumption(source, ts_ms, idle_after);
         state.sources.saw(source, ts_ms);
+        if self.wall_ms > 0 {
+            state.sources.heard(source, self.wall_ms);
+        }
         state.heard_wall_ms = self.wall_ms;
         let now = state.sources.event_time();
         self.advance_lane(lane, now);
@@ -41,6 +44,12 @@ impl Engine {
                 // Restored (or not heard from since this engine started): as just heard.
                 state.heard_wall_ms = wall_ms;
             }
+            // A source that stopped leaves the agreement on event time (`engine/sources.rs`).
+            if state.sources.retire_idle(wall_ms, self.cfg.lateness_ms) {
+                let now = state.sources.event_time();
+                self.advance_lane(lane, now);
+            }
+            let state = &mut self.lanes[lane as usize];
             if state.heard_wall_ms.saturating_add(self.cfg.lateness_ms) <= wall_ms {
                 self.follow_wall_clock(lane, wall_ms);
             }

@@ -11,6 +11,12 @@
 //! the very first source a fresh collector hears from does move event time until a second
 //! source speaks (the sources are part of the saved detector state, so a restart does not
 //! reopen that window).
+//!
+//! With exactly two sources, one that stops would hold event time back for ever (nobody
+//! overtakes it): so when the caller gives wall time (a live collector, not a replay), a
+//! source among the two newest that has not been heard for the allowed lateness of wall time
+//! leaves the agreement, and the newest times among the sources still heard count instead.
+//! It rejoins when it speaks again.
 
 use std::collections::HashMap;
 
@@ -25,6 +31,10 @@ pub(crate) struct SourceClock {
     latest: HashMap<String, i64>,
     /// The two newest sources and their times, newest first.
     top: Vec<(String, i64)>,
+    /// Wall time each source was last heard at, when the caller gives it. Not saved: after
+    /// a restart every source counts as just heard.
+    #[serde(skip)]
+    heard: HashMap<String, i64>,
 }
 
 impl SourceClock {
@@ -56,6 +66,44 @@ impl SourceClock {
         self.top.truncate(2);
     }
 
+    /// Notes that `source` was heard at wall time `wall_ms`.
+    pub(crate) fn heard(&mut self, source: &str, wall_ms: i64) {
+        match self.heard.get_mut(source) {
+            Some(w) => *w = wall_ms,
+            None => {
+                self.heard.insert(source.to_string(), wall_ms);
+            }
+        }
+    }
+
+    /// Leaves the sources among the two newest that have not been heard for `idle_after` of
+    /// wall time out of the agreement: the newest among those still heard count instead.
+    /// Returns whether the agreement changed. Nothing is idle while nothing else is heard
+    /// (a quiet system is the lanes' business, see `engine/lanes.rs`).
+    pub(crate) fn retire_idle(&mut self, wall_ms: i64, idle_after: i64) -> bool {
+        let idle = |s: &str| {
+            self.heard
+                .get(s)
+                .is_some_and(|w| w.saturating_add(idle_after) <= wall_ms)
+        };
+        if self.top.len() < 2 || !self.top.iter().any(|(s, _)| idle(s)) {
+            return false;
+        }
+        let mut active: Vec<(String, i64)> = self
+            .latest
+            .iter()
+            .filter(|(s, _)| !idle(s))
+            .map(|(s, t)| (s.clone(), *t))
+            .collect();
+        if active.is_empty() {
+            return false;
+        }
+        active.sort_by_key(|(_, t)| std::cmp::Reverse(*t));
+        active.truncate(2);
+        self.top = active;
+        true
+    }
+
     /// Event time: the second newest source's time (the newest's, with one source);
     /// `i64::MIN` before any event.
     pub(crate) fn event_time(&self) -> i64 {
@@ -70,6 +118,7 @@ impl SourceClock {
         let oldest = self.latest.iter().min_by_key(|(_, t)| **t).map(|(s, _)| s.clone());
         if let Some(s) = oldest {
             self.latest.remove(&s);
+            self.heard.remove(&s);
         }
     }
 }
@@ -100,6 +149,44 @@ mod tests {
             clock.saw("payment", m * MIN + 500);
         }
         assert_eq!(clock.event_time(), 9 * MIN);
+    }
+
+    /// Two services, one of them stops (it crashed): with wall time given, once it has been
+    /// silent for the idle time the other's clock is event time; when it comes back it
+    /// rejoins. (Before, event time stayed at the stopped one's last event for good.)
+    #[test]
+    fn with_two_sources_one_that_stops_leaves_the_agreement_after_the_idle_time() {
+        let idle_after = 2 * MIN;
+        let wall0 = 1_800_000_000_000;
+        let mut clock = SourceClock::default();
+        for m in 0..5 {
+            for s in ["checkout", "payment"] {
+                clock.saw(s, m * MIN);
+                clock.heard(s, wall0 + m * 1_000);
+            }
+        }
+        // Checkout stops; payment goes on for ten more minutes of data within 30 s of wall time.
+        for m in 5..15 {
+            clock.saw("payment", m * MIN);
+            clock.heard("payment", wall0 + m * 1_000);
+        }
+        assert_eq!(clock.event_time(), 4 * MIN, "held back by the silent one");
+        assert!(!clock.retire_idle(wall0 + 30_000, idle_after), "not idle yet");
+        assert_eq!(clock.event_time(), 4 * MIN);
+        clock.heard("payment", wall0 + 200_000);
+        assert!(clock.retire_idle(wall0 + 200_000, idle_after));
+        assert_eq!(clock.event_time(), 14 * MIN, "payment alone is the clock");
+        // Checkout comes back: two sources agree again.
+        clock.saw("checkout", 15 * MIN);
+        clock.heard("checkout", wall0 + 201_000);
+        clock.saw("payment", 16 * MIN);
+        assert_eq!(clock.event_time(), 15 * MIN);
+        // Without wall time (a replay) nothing is ever retired.
+        let mut replay = SourceClock::default();
+        replay.saw("a", MIN);
+        replay.saw("b", 5 * MIN);
+        assert!(!replay.retire_idle(wall0, idle_after));
+        assert_eq!(replay.event_time(), MIN);
     }
 
     #[test]
