@@ -841,12 +841,20 @@ pub(crate) async fn publish_findings(
     metrics: Arc<crate::telemetry::Metrics>,
     stop: CancellationToken,
 ) {
+    // Each message carries an id, the same on every retry: one whose acknowledgement was
+    // lost but which landed is stored once (the stream's duplicate window), so the
+    // correlator does not count its spans twice.
+    let run = crate::timeutil::now_ns();
+    let mut sent_parts: u64 = 0;
     while let Some(findings) = rx.recv().await {
         for part in split(findings, max_payload) {
             let payload = Bytes::from(serde_json::to_vec(&part).unwrap_or_default());
+            sent_parts += 1;
+            let id = format!("{subject}/{run}/{sent_parts}");
             let mut backoff = Duration::from_millis(100);
             loop {
-                let sent = match js.publish(subject.clone(), payload.clone()).await {
+                let message = PublishMessage::build().payload(payload.clone()).message_id(&id);
+                let sent = match js.send_publish(subject.clone(), message).await {
                     Ok(ack) => tokio::time::timeout(Duration::from_secs(10), ack)
                         .await
                         .map_err(|_| "no acknowledgement in time".to_string())
