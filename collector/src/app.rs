@@ -226,13 +226,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnO
                 ),
                 _ => None,
             };
-            let publisher = crate::cluster::StreamPublisher::new(
-                &client,
-                js,
-                config.cluster.clone(),
-                config.otlp.max_decompressed_bytes,
-                Arc::clone(&metrics),
-            );
+            let publisher = crate::cluster::StreamPublisher::new(&client, js, &config, Arc::clone(&metrics));
             (Durability::Stream(Arc::new(publisher)), worker)
         }
         None => (Durability::Wal(appender.clone()), None),
@@ -464,13 +458,7 @@ async fn run_ingest(
     let root = Arc::new(crate::cluster::Root::new(
         crate::cluster::open_bucket(&js, &config.cluster).await?,
     )?);
-    let publisher = crate::cluster::StreamPublisher::new(
-        &client,
-        js,
-        config.cluster.clone(),
-        config.otlp.max_decompressed_bytes,
-        Arc::clone(&metrics),
-    );
+    let publisher = crate::cluster::StreamPublisher::new(&client, js, &config, Arc::clone(&metrics));
     let ingest = Arc::new(Ingest::new(
         config.otlp.clone(),
         config.storage.retention_hours,

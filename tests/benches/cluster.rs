@@ -19,7 +19,7 @@ use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use prost::Message;
 use vigil_e2e::nats::NatsCluster;
 use vigil_e2e::otlp::{log_record, logs_request};
-use vigil_e2e::{Collector, Options, now_ns};
+use vigil_e2e::{Collector, now_ns};
 
 const BATCH: usize = 500;
 const SERVICES: usize = 12;
@@ -135,21 +135,7 @@ async fn cluster(
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("cluster.toml");
     std::fs::write(&config, format!("[cluster]\nreplicas = {servers}\nlease_secs = 5\n"))?;
-    let start = |role: &str| {
-        Collector::start_with(Options {
-            args: [
-                "--role",
-                role,
-                "--nats",
-                &nats.urls(),
-                "--config",
-                &config.display().to_string(),
-            ]
-            .map(String::from)
-            .to_vec(),
-            ..Options::default()
-        })
-    };
+    let start = |role: &str| vigil_e2e::nats::start_role(role, &nats.urls(), &config, None);
     let ingest = start("ingest")?;
     let mut started_workers = Vec::new();
     for _ in 0..workers {

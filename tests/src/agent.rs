@@ -112,13 +112,7 @@ impl Agent {
             .await?
             .text()
             .await?;
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .find_map(|l| {
-                let (n, v) = l.split_once(' ')?;
-                (n == name || n == format!("{name}_total")).then(|| v.trim().parse().ok())?
-            })
-            .ok_or_else(|| anyhow!("{name} not in /metrics"))
+        crate::metric_value(&text, name).ok_or_else(|| anyhow!("{name} not in /metrics"))
     }
 
     /// SIGKILL: nothing flushed.

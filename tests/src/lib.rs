@@ -104,7 +104,21 @@ pub struct Options {
     pub http_addr: Option<SocketAddr>,
 }
 
+/// One counter or gauge from a Prometheus text exposition: `name`, or `name_total`.
+pub(crate) fn metric_value(text: &str, name: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (n, v) = l.split_once(' ')?;
+        (n == name || n == format!("{name}_total")).then(|| v.trim().parse().ok())?
+    })
+}
+
 impl Collector {
+    /// One counter or gauge from the collector's `/metrics`.
+    pub async fn metric(&self, client: &reqwest::Client, name: &str) -> Result<f64> {
+        let text = client.get(self.api_url("/metrics")).send().await?.text().await?;
+        metric_value(&text, name).ok_or_else(|| anyhow!("{name} not in /metrics"))
+    }
+
     pub fn start() -> Result<Collector> {
         Collector::start_with(Options::default())
     }

@@ -9,6 +9,38 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::prometheus::free_port;
+use crate::{Collector, Options};
+
+/// A collector in a cluster role (`--role`, `--nats`, `--config`), on `data_dir` when given,
+/// with the signing secrets every correlator must share (a failover must not change them).
+pub fn start_role(
+    role: &str,
+    nats: &str,
+    config: &std::path::Path,
+    data_dir: Option<&std::path::Path>,
+) -> Result<Collector> {
+    Collector::start_with(role_options(role, nats, config, data_dir))
+}
+
+/// The options [`start_role`] starts with, for a caller that adds its own.
+pub fn role_options(role: &str, nats: &str, config: &std::path::Path, data_dir: Option<&std::path::Path>) -> Options {
+    Options {
+        data_dir: data_dir.map(std::path::Path::to_path_buf),
+        env: vec![
+            ("VIGIL_LINK_SECRET".into(), "cluster-test-link-secret".into()),
+            ("VIGIL_WEBHOOK_SECRET".into(), "cluster-test-webhook-secret".into()),
+        ],
+        args: vec![
+            "--role".into(),
+            role.into(),
+            "--nats".into(),
+            nats.into(),
+            "--config".into(),
+            config.display().to_string(),
+        ],
+        ..Options::default()
+    }
+}
 
 /// One server of the cluster.
 struct Server {

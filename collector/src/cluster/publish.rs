@@ -38,10 +38,11 @@ impl StreamPublisher {
     pub(crate) fn new(
         client: &async_nats::Client,
         js: jetstream::Context,
-        config: ClusterConfig,
-        max_batch_bytes: usize,
+        config: &crate::config::Config,
         metrics: Arc<Metrics>,
     ) -> StreamPublisher {
+        let max_batch_bytes = config.otlp.max_decompressed_bytes;
+        let config = config.cluster.clone();
         let max_payload = client.server_info().max_payload;
         if max_payload < max_batch_bytes {
             tracing::warn!(

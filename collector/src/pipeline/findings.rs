@@ -4,6 +4,9 @@
 //! every worker, because a trace's spans — and so the edges of the service graph — are
 //! spread over the workers that own its services.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 use vigil_detectors::Anomaly;
 use vigil_rca::{Incident, SpanRef};
@@ -80,6 +83,55 @@ pub(crate) trait IncidentReplica: Send + Sync {
     /// Writes a snapshot of the replicated state (these incidents, and the alerting state)
     /// and drops the log before it. Called where no incident change can interleave.
     fn snapshot(&self, incidents: Vec<Incident>);
+}
+
+/// What the detection thread does with what it finds, by the process's role.
+pub(crate) enum Mode {
+    /// One process: the detectors' findings go to the correlator here.
+    Single,
+    /// A cluster worker: the detectors run here; their findings, the spans' service links
+    /// and the event time go to the cluster's correlator, as `node`.
+    Publish { sink: FindingsSink, node: String },
+    /// A cluster correlator: no data of its own; the workers' [`Findings`] build the service
+    /// graph and, while this process leads, open and update incidents, each change written
+    /// to `replica` before it is kept.
+    Correlate(Arc<dyn IncidentReplica>),
+}
+
+/// How often a worker sends its findings at the least (an empty message carries its event
+/// time: the correlator's clock is the furthest worker's).
+const FINDINGS_EVERY: Duration = Duration::from_secs(1);
+
+/// A cluster worker's findings on their way out.
+pub(super) struct Outbox {
+    pub(super) sink: FindingsSink,
+    pub(super) pending: Findings,
+    pub(super) sent: std::time::Instant,
+}
+
+impl Outbox {
+    /// Sends what is pending when there is something, or when the correlator has not heard
+    /// from this worker for a while. Blocks while the publisher is behind.
+    pub(super) fn flush(&mut self, event_ms: i64) {
+        if self.pending.is_empty() && self.sent.elapsed() < FINDINGS_EVERY {
+            return;
+        }
+        let next = Findings {
+            node: self.pending.node.clone(),
+            ..Findings::default()
+        };
+        let mut out = std::mem::replace(&mut self.pending, next);
+        out.event_ms = event_ms;
+        // Fails only when the publisher has stopped (shutdown).
+        let _ = self.sink.blocking_send(out);
+        self.sent = std::time::Instant::now();
+    }
+}
+
+/// The correlator of a cluster's correlator process: present only while it leads.
+pub(super) struct Lead {
+    pub(super) replica: Arc<dyn IncidentReplica>,
+    pub(super) leading: bool,
 }
 
 #[cfg(test)]
