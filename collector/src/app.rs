@@ -447,7 +447,8 @@ fn spawn_servers(
 
 /// An ingest node: OTLP (and remote write) in, the stream out; no storage, no detection.
 /// Its API port answers `/healthz`, `/readyz`, and — behind the API token, as on a single
-/// collector — `/metrics` and the cluster's queries by asking the workers (`cluster::root`).
+/// collector — `/metrics` and the cluster's queries by asking the workers and the
+/// correlator (`cluster::root`); the web UI on top of them.
 async fn run_ingest(
     config: Config,
     shutdown: CancellationToken,
@@ -457,6 +458,7 @@ async fn run_ingest(
     let (client, js, _) = crate::cluster::join(&config, "vigil-ingest").await?;
     let root = Arc::new(crate::cluster::Root::new(
         crate::cluster::open_bucket(&js, &config.cluster).await?,
+        config.api.max_concurrent_queries,
     )?);
     let publisher = crate::cluster::StreamPublisher::new(&client, js, &config, Arc::clone(&metrics));
     let ingest = Arc::new(Ingest::new(
@@ -479,6 +481,8 @@ async fn run_ingest(
         },
         crate::cluster::root_router(root),
     );
+    // The web UI asks the root in-process, so it shows the whole cluster.
+    let api = api.clone().merge(vigil_dashboards::router(api, ui_config(&config)));
     let stop_accepting = CancellationToken::new();
     let servers = spawn_servers(listeners, &ingest, api, tls, &stop_accepting);
     drop(ingest);

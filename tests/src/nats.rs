@@ -42,6 +42,28 @@ pub fn role_options(role: &str, nats: &str, config: &std::path::Path, data_dir: 
     }
 }
 
+/// The stream's partition of a service: FNV-1a 64 of the name, mod the partitions (the
+/// mapping is part of the stream's format, fixed in `collector/src/cluster/partition.rs`).
+pub fn partition_of(service: &str, partitions: u64) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in service.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h % partitions
+}
+
+/// The node holding `partition`, in the answer of `GET /api/v1/cluster`.
+pub fn owner(cluster: &serde_json::Value, partition: u64) -> Option<String> {
+    cluster["workers"].as_array()?.iter().find_map(|w| {
+        w["partitions"]
+            .as_array()?
+            .iter()
+            .any(|x| x.as_u64() == Some(partition))
+            .then(|| w["node"].as_str().unwrap_or_default().to_string())
+    })
+}
+
 /// One server of the cluster.
 struct Server {
     name: String,

@@ -20,7 +20,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prost::Message;
-use vigil_e2e::nats::{NatsCluster, role_options, start_role};
+use vigil_e2e::nats::{NatsCluster, owner, partition_of, role_options, start_role};
 use vigil_e2e::otlp::{kv, string_value};
 use vigil_e2e::{Collector, Options, eventually, get_json, post_protobuf};
 
@@ -226,20 +226,11 @@ async fn killing_a_worker_an_ingest_node_and_a_nats_server_loses_and_duplicates_
     // A trace crossing two services held by different workers comes back whole.
     let (status, view) = get_json(&client, &second_ingest.api_url("/api/v1/cluster")).await?;
     ensure!(status == 200, "cluster view: {view}");
-    let owner = |service: &str| -> Option<String> {
-        let p = partition_of(service);
-        view["workers"].as_array()?.iter().find_map(|w| {
-            w["partitions"]
-                .as_array()?
-                .iter()
-                .any(|x| x.as_u64() == Some(p))
-                .then(|| w["node"].as_str().unwrap_or_default().to_string())
-        })
-    };
+    let holder = |service: &str| owner(&view, partition_of(service, PARTITIONS));
     let caller = "cluster-svc-0".to_string();
     let callee = (1..100)
         .map(|i| format!("cluster-svc-{i}"))
-        .find(|s| owner(s).is_some() && owner(s) != owner(&caller))
+        .find(|s| holder(s).is_some() && holder(s) != holder(&caller))
         .context("no service on the other worker")?;
     let trace_id = [0x5au8; 16];
     let now = vigil_e2e::now_ns();
@@ -358,15 +349,4 @@ async fn an_ingest_nodes_api_asks_for_the_token() -> Result<()> {
     let status = client.get(ingest.api_url("/healthz")).send().await?.status().as_u16();
     assert_eq!(status, 200, "the probes need no token");
     Ok(())
-}
-
-/// The stream's partition of a service: FNV-1a 64 of the name, mod the partitions (the
-/// mapping is part of the stream's format, fixed in `cluster/partition.rs`).
-fn partition_of(service: &str) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in service.as_bytes() {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h % PARTITIONS
 }

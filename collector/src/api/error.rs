@@ -50,7 +50,7 @@ impl ApiError {
         }
     }
 
-    fn message(&self) -> &str {
+    pub(crate) fn message(&self) -> &str {
         match self {
             ApiError::BadRequest(m)
             | ApiError::Unauthorized(m)

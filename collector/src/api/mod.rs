@@ -7,7 +7,7 @@ mod error;
 mod findings;
 mod investigations;
 mod oncall;
-mod prometheus;
+pub(crate) mod prometheus;
 mod signals;
 
 pub(crate) use error::ApiError;
@@ -123,6 +123,7 @@ pub(crate) fn router(state: ApiState) -> Router {
         .route("/api/v1/metrics/names", get(signals::metric_names))
         .route("/api/v1/metrics/series", get(signals::metric_series))
         .route("/api/v1/metrics/query", get(signals::metric_query))
+        .route("/api/v1/metrics/samples", get(prometheus::samples))
         .route("/metrics", get(self_metrics))
         .route(
             "/prometheus/api/v1/query",

@@ -31,10 +31,10 @@ const MAX_QUERY_BYTES: usize = 64 * 1024;
 const QUERY_STACK_BYTES: usize = 512 * 1024 * 1024;
 
 /// The request's parameters: the query string, then a form body (POST), repeated keys kept.
-struct Params(Vec<(String, String)>);
+pub(crate) struct Params(Vec<(String, String)>);
 
 impl Params {
-    fn parse(uri: &Uri, headers: &HeaderMap, body: &Bytes) -> Result<Params, Error> {
+    pub(crate) fn parse(uri: &Uri, headers: &HeaderMap, body: &Bytes) -> Result<Params, Error> {
         let mut pairs: Vec<(String, String)> = form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
             .into_owned()
             .collect();
@@ -53,7 +53,7 @@ impl Params {
         Ok(Params(pairs))
     }
 
-    fn get(&self, key: &str) -> Option<&str> {
+    pub(crate) fn get(&self, key: &str) -> Option<&str> {
         self.0
             .iter()
             .find(|(k, v)| k == key && !v.is_empty())
@@ -61,7 +61,7 @@ impl Params {
     }
 
     /// A parameter the request must have.
-    fn required(&self, key: &str) -> Result<&str, Error> {
+    pub(crate) fn required(&self, key: &str) -> Result<&str, Error> {
         let value = self
             .get(key)
             .ok_or_else(|| Error::BadData(format!("invalid parameter \"{key}\": missing")))?;
@@ -74,7 +74,12 @@ impl Params {
         Ok(value)
     }
 
-    fn all(&self, key: &str) -> Vec<&str> {
+    /// Every parameter as it came, repeated keys kept.
+    pub(crate) fn pairs(&self) -> &[(String, String)] {
+        &self.0
+    }
+
+    pub(crate) fn all(&self, key: &str) -> Vec<&str> {
         self.0
             .iter()
             .filter(|(k, _)| k == key)
@@ -82,13 +87,13 @@ impl Params {
             .collect()
     }
 
-    fn time(&self, key: &str, default: i64) -> Result<i64, Error> {
+    pub(crate) fn time(&self, key: &str, default: i64) -> Result<i64, Error> {
         self.get(key).map_or(Ok(default), |v| parse_time(key, v))
     }
 }
 
 /// A time parameter: float unix seconds or RFC 3339, as Prometheus takes it.
-fn parse_time(key: &str, value: &str) -> Result<i64, Error> {
+pub(crate) fn parse_time(key: &str, value: &str) -> Result<i64, Error> {
     if let Ok(seconds) = value.parse::<f64>()
         && seconds.is_finite()
         && seconds.abs() < 1e11
@@ -104,7 +109,7 @@ fn parse_time(key: &str, value: &str) -> Result<i64, Error> {
         })
 }
 
-fn reply(result: Result<Json_, Error>) -> Response {
+pub(crate) fn reply(result: Result<Json_, Error>) -> Response {
     match result {
         Ok(data) => Json(answer::success(data)).into_response(),
         Err(e) => {
@@ -115,7 +120,7 @@ fn reply(result: Result<Json_, Error>) -> Response {
 }
 
 /// The engine's options for one request: the `timeout` parameter can shorten the default.
-fn options(params: &Params) -> Result<Options, Error> {
+pub(crate) fn options(params: &Params) -> Result<Options, Error> {
     let mut opts = Options::default();
     if let Some(t) = params.get("timeout") {
         let ms = vigil_promql::parse_duration_ms(t)?;
@@ -129,7 +134,7 @@ fn options(params: &Params) -> Result<Options, Error> {
 /// A slot to evaluate in, waited for up to `timeout`: queries beyond
 /// `api.max_concurrent_queries` queue (as Prometheus' `--query.max-concurrency` makes them),
 /// so a dashboard's burst of panels neither fails nor runs unbounded threads and memory.
-async fn admit(
+pub(crate) async fn admit(
     slots: &std::sync::Arc<tokio::sync::Semaphore>,
     timeout: Duration,
 ) -> Result<tokio::sync::OwnedSemaphorePermit, Error> {
@@ -154,28 +159,36 @@ where
     let _slot = admit(&state.prom_queries, timeout).await?;
     let left = timeout.saturating_sub(started.elapsed());
     let store = std::sync::Arc::clone(&state.store);
-    // Parsing, evaluating and dropping an expression recurse as deep as it nests: a query of
-    // thousands of parentheses would overflow a blocking thread's 2 MiB stack and abort the
-    // process. Queries run on a thread of their own with room for the longest one accepted.
-    let result = tokio::task::spawn_blocking(move || {
-        std::thread::scope(|scope| {
-            std::thread::Builder::new()
-                .name("vigil-promql".into())
-                .stack_size(QUERY_STACK_BYTES)
-                .spawn_scoped(scope, || f(&store, left))
-                .map_err(|e| Error::Internal(format!("cannot start a query thread: {e}")))?
-                .join()
-                .map_err(|_| Error::Internal("the query failed (see the collector's log)".into()))?
-        })
-    })
-    .await
-    .map_err(|e| Error::Internal(format!("query task failed: {e}")))?;
+    let result = on_query_thread(move || f(&store, left)).await;
     state
         .metrics
         .query_seconds
         .get_or_create(&EndpointLabel { endpoint })
         .observe(started.elapsed().as_secs_f64());
     result
+}
+
+/// Runs `f` on a thread of its own, off the reactor. Parsing, evaluating and dropping an
+/// expression recurse as deep as it nests: a query of thousands of parentheses would
+/// overflow a blocking thread's 2 MiB stack and abort the process, so the thread has room
+/// for the longest query accepted.
+pub(crate) async fn on_query_thread<F>(f: F) -> Result<Json_, Error>
+where
+    F: FnOnce() -> Result<Json_, Error> + Send + 'static,
+{
+    tokio::task::spawn_blocking(move || {
+        std::thread::scope(|scope| {
+            std::thread::Builder::new()
+                .name("vigil-promql".into())
+                .stack_size(QUERY_STACK_BYTES)
+                .spawn_scoped(scope, f)
+                .map_err(|e| Error::Internal(format!("cannot start a query thread: {e}")))?
+                .join()
+                .map_err(|_| Error::Internal("the query failed (see the collector's log)".into()))?
+        })
+    })
+    .await
+    .map_err(|e| Error::Internal(format!("query task failed: {e}")))?
 }
 
 /// [`run`] for a listing (series, labels, metadata): Prometheus' default timeout, all of it
@@ -232,8 +245,52 @@ pub(super) async fn query_range(State(state): State<ApiState>, uri: Uri, headers
     reply(result)
 }
 
+/// `GET /api/v1/metrics/samples?match=<selector>&start=<unix ms>&end=<unix ms>`: every series
+/// the selector matches, with its raw samples in `[start, end]` — staleness markers
+/// included — in [`answer::raw_series`]' form. A cluster's query root evaluates PromQL over
+/// what its workers answer here (`cluster::root::prometheus`).
+pub(super) async fn samples(State(state): State<ApiState>, uri: Uri, headers: HeaderMap) -> Response {
+    let result = async {
+        let params = Params::parse(&uri, &headers, &Bytes::new())?;
+        let selector = params.required("match")?.to_string();
+        let millis = |key: &str| -> Result<i64, Error> {
+            let text = params.required(key)?;
+            text.parse::<i64>().map_err(|_| {
+                Error::BadData(format!(
+                    "invalid parameter \"{key}\": {text:?} is not unix milliseconds"
+                ))
+            })
+        };
+        let (start, end) = (millis("start")?, millis("end")?);
+        if start > end {
+            return Err(Error::BadData("end timestamp must not be before start time".into()));
+        }
+        let sets = vigil_promql::selector_matchers(&selector)?;
+        run_listing(&state, "metrics_samples", move |store| {
+            let mut all: std::collections::BTreeMap<vigil_promql::Labels, vigil_promql::Series> = Default::default();
+            for matchers in sets {
+                for s in store
+                    .prom_select(
+                        &matchers,
+                        start.saturating_mul(1_000_000),
+                        end.saturating_mul(1_000_000),
+                        true,
+                    )
+                    .map_err(storage_error)?
+                {
+                    all.entry(s.labels.clone()).or_insert(s);
+                }
+            }
+            Ok(answer::raw_series(&all.into_values().collect::<Vec<_>>()))
+        })
+        .await
+    }
+    .await;
+    reply(result)
+}
+
 /// `start`/`end` of a listing: the last hours by default.
-fn listing_range(params: &Params) -> Result<(i64, i64), Error> {
+pub(crate) fn listing_range(params: &Params) -> Result<(i64, i64), Error> {
     let end = params.time("end", now_ms())?;
     let start = params.time("start", end - LISTING_WINDOW_MS)?;
     if start > end {
@@ -374,7 +431,7 @@ pub(super) async fn metadata(State(state): State<ApiState>, uri: Uri, headers: H
 }
 
 /// `GET /prometheus/api/v1/status/buildinfo`: the Prometheus version whose API this is.
-pub(super) async fn buildinfo() -> Response {
+pub(crate) async fn buildinfo() -> Response {
     reply(Ok(json!({
         "version": COMPATIBLE_VERSION,
         "revision": format!("vigil-{}", env!("CARGO_PKG_VERSION")),
@@ -387,21 +444,21 @@ pub(super) async fn buildinfo() -> Response {
 
 /// `GET /prometheus/api/v1/rules` and `/alerts`: Vigil evaluates no Prometheus rules (its
 /// alerts are its incidents, under `/api/v1/alerts`), so the lists are empty.
-pub(super) async fn rules() -> Response {
+pub(crate) async fn rules() -> Response {
     reply(Ok(json!({"groups": []})))
 }
 
-pub(super) async fn alerts() -> Response {
+pub(crate) async fn alerts() -> Response {
     reply(Ok(json!({"alerts": []})))
 }
 
 /// `GET|POST /prometheus/api/v1/query_exemplars`: none are stored for metrics.
-pub(super) async fn exemplars() -> Response {
+pub(crate) async fn exemplars() -> Response {
     reply(Ok(json!([])))
 }
 
 /// Anything else under `/prometheus/api/v1/`: Prometheus' 404 JSON.
-pub(super) async fn unknown() -> Response {
+pub(crate) async fn unknown() -> Response {
     (
         StatusCode::NOT_FOUND,
         Json(answer::failure(&Error::BadData(

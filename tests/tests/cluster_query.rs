@@ -1,0 +1,336 @@
+//! A cluster's query root answers as one collector would. A real `nats-server`, an ingest
+//! node, two workers and a correlator get the same OTLP metrics and spans as a single
+//! collector, for services held by both workers; then the same PromQL (instant and range:
+//! sums across services, rates, a histogram quantile, offsets, a subquery, `topk`), the same
+//! Prometheus listings and Vigil's own metric query, asked of the ingest node and of the
+//! single collector, must give the same answers. The ingest node's web UI shows the whole
+//! cluster: metrics of both workers' services, the correlator's service graph, incidents.
+
+use std::time::Duration;
+
+use anyhow::{Result, ensure};
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::metrics::v1::{
+    AggregationTemporality, Gauge, Histogram, HistogramDataPoint, Metric, NumberDataPoint, ResourceMetrics,
+    ScopeMetrics, Sum, metric::Data, number_data_point,
+};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use prost::Message;
+use serde_json::Value;
+use vigil_e2e::nats::{NatsCluster, owner, partition_of, start_role};
+use vigil_e2e::otlp::{kv, string_value};
+use vigil_e2e::{Collector, eventually, get_json, now_ns, post_protobuf};
+
+const PARTITIONS: u64 = 8;
+const STEP_NS: u64 = 15_000_000_000;
+const POINTS: u64 = 40;
+
+fn number(t: u64, v: f64) -> NumberDataPoint {
+    NumberDataPoint {
+        time_unix_nano: t,
+        value: Some(number_data_point::Value::AsDouble(v)),
+        ..Default::default()
+    }
+}
+
+/// Ten minutes of one service's metrics from `t0`: a counter, a gauge and a latency
+/// histogram, each service at its own rates so no two series tie.
+fn metrics(service: &str, k: u64, t0: u64) -> ResourceMetrics {
+    let times = || (0..POINTS).map(move |i| (i, t0 + i * STEP_NS));
+    let kf = k as f64 + 1.0;
+    let counter = Metric {
+        name: "q.requests".into(),
+        data: Some(Data::Sum(Sum {
+            aggregation_temporality: AggregationTemporality::Cumulative as i32,
+            is_monotonic: true,
+            data_points: times()
+                .map(|(i, t)| NumberDataPoint {
+                    start_time_unix_nano: t0,
+                    ..number(t, kf * (i * i) as f64)
+                })
+                .collect(),
+        })),
+        ..Default::default()
+    };
+    let gauge = Metric {
+        name: "q.inflight".into(),
+        data: Some(Data::Gauge(Gauge {
+            data_points: times()
+                .map(|(i, t)| number(t, kf * 10.0 + (i % 7) as f64 * 0.5))
+                .collect(),
+        })),
+        ..Default::default()
+    };
+    let histogram = Metric {
+        name: "q.latency".into(),
+        data: Some(Data::Histogram(Histogram {
+            aggregation_temporality: AggregationTemporality::Cumulative as i32,
+            data_points: times()
+                .map(|(i, t)| HistogramDataPoint {
+                    start_time_unix_nano: t0,
+                    time_unix_nano: t,
+                    count: 10 * i * (k + 1),
+                    sum: Some(i as f64 * kf),
+                    explicit_bounds: vec![0.1, 0.5, 1.0],
+                    bucket_counts: vec![(4 + k) * i, 3 * i, (2 + k) * i, i],
+                    ..Default::default()
+                })
+                .collect(),
+        })),
+        ..Default::default()
+    };
+    ResourceMetrics {
+        resource: Some(Resource {
+            attributes: vec![kv("service.name", string_value(service))],
+            ..Default::default()
+        }),
+        scope_metrics: vec![ScopeMetrics {
+            metrics: vec![counter, gauge, histogram],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// A call from `caller` to `callee`, so the correlator's service graph has an edge across
+/// the two workers.
+fn call(caller: &str, callee: &str, t: u64) -> ExportTraceServiceRequest {
+    let span = |service: &str, id: u8, parent: Option<u8>| ResourceSpans {
+        resource: Some(Resource {
+            attributes: vec![kv("service.name", string_value(service))],
+            ..Default::default()
+        }),
+        scope_spans: vec![ScopeSpans {
+            spans: vec![Span {
+                trace_id: vec![0x7c; 16],
+                span_id: vec![id; 8],
+                parent_span_id: parent.map(|p| vec![p; 8]).unwrap_or_default(),
+                name: format!("{service} op"),
+                kind: if parent.is_some() { 2 } else { 3 },
+                start_time_unix_nano: t,
+                end_time_unix_nano: t + 2_000_000,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    ExportTraceServiceRequest {
+        resource_spans: vec![span(caller, 1, None), span(callee, 2, Some(1))],
+    }
+}
+
+/// `path?params` of `c`'s API, as JSON.
+async fn ask(client: &reqwest::Client, c: &Collector, path: &str, params: &[(&str, String)]) -> Result<Value> {
+    let url = reqwest::Url::parse_with_params(&c.api_url(path), params)?;
+    let (status, body) = get_json(client, url.as_str()).await?;
+    ensure!(status == 200, "{url} answered {status}: {body}");
+    Ok(body)
+}
+
+/// An answer with the elements of an instant vector (or a list) in one order: the engine
+/// orders them by how its storage listed the series, which differs between the two.
+fn canonical(mut answer: Value) -> Value {
+    let data = &mut answer["data"];
+    let list = if data.get("result").is_some() {
+        &mut data["result"]
+    } else {
+        data
+    };
+    if let Value::Array(items) = list {
+        items.sort_by_cached_key(|v| v.to_string());
+    }
+    answer
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_query_root_answers_as_one_collector_would() -> Result<()> {
+    vigil_e2e::init_tls();
+    let nats = NatsCluster::start(1)?;
+    let urls = nats.urls();
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("cluster.toml");
+    std::fs::write(
+        &config,
+        format!("[cluster]\npartitions = {PARTITIONS}\nreplicas = 1\nlease_secs = 4\n"),
+    )?;
+    let ingest = start_role("ingest", &urls, &config, None)?;
+    let w1 = start_role("worker", &urls, &config, Some(&dir.path().join("w1")))?;
+    let w2 = start_role("worker", &urls, &config, Some(&dir.path().join("w2")))?;
+    let _rca = start_role("rca", &urls, &config, Some(&dir.path().join("rca")))?;
+    let single = Collector::start()?;
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
+
+    eventually(Duration::from_secs(60), "the workers to split the partitions", || {
+        let (client, w1, w2) = (&client, &w1, &w2);
+        async move {
+            let a = w1.metric(client, "vigil_stream_partitions_owned").await?;
+            let b = w2.metric(client, "vigil_stream_partitions_owned").await?;
+            Ok((a + b == PARTITIONS as f64 && a > 0.0 && b > 0.0).then_some(()))
+        }
+    })
+    .await?;
+    // Three services on each worker.
+    let view = ask(&client, &ingest, "/api/v1/cluster", &[]).await?;
+    let nodes: Vec<String> = view["workers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|w| w["node"].as_str().map(str::to_string))
+        .collect();
+    ensure!(nodes.len() == 2, "two workers: {view}");
+    let mut services: Vec<String> = Vec::new();
+    for node in &nodes {
+        services.extend(
+            (0..200)
+                .map(|i| format!("q-svc-{i}"))
+                .filter(|s| owner(&view, partition_of(s, PARTITIONS)).as_ref() == Some(node))
+                .take(3),
+        );
+    }
+    ensure!(services.len() == 6, "services for both workers: {services:?}");
+
+    let t0 = now_ns() - POINTS * STEP_NS - 60_000_000_000;
+    let request = ExportMetricsServiceRequest {
+        resource_metrics: services
+            .iter()
+            .enumerate()
+            .map(|(k, s)| metrics(s, k as u64, t0))
+            .collect(),
+    };
+    let spans = call(&services[0], &services[5], t0 + 20 * STEP_NS);
+    for c in [&ingest, &single] {
+        post_protobuf(&client, c.http_url("/v1/metrics"), request.encode_to_vec()).await?;
+        post_protobuf(&client, c.http_url("/v1/traces"), spans.encode_to_vec()).await?;
+    }
+
+    let in_range = |i: u64| format!("{:.3}", (t0 + i * STEP_NS) as f64 / 1e9);
+    let listing = [("match[]", r#"{__name__=~"q_.*"}"#.to_string()), ("start", in_range(0))];
+    // 6 services × (counter, gauge, 4 buckets, sum, count).
+    let expected = eventually(Duration::from_secs(60), "every series in the single collector", || {
+        let (client, single, listing) = (&client, &single, &listing);
+        async move {
+            let body = ask(client, single, "/prometheus/api/v1/series", listing).await?;
+            Ok((body["data"].as_array().map(Vec::len) == Some(6 * 8)).then_some(body))
+        }
+    })
+    .await?;
+    eventually(Duration::from_secs(60), "every series through the root", || {
+        let (client, ingest, listing, expected) = (&client, &ingest, &listing, &expected);
+        async move {
+            let got = ask(client, ingest, "/prometheus/api/v1/series", listing).await?;
+            Ok((canonical(got) == canonical(expected.clone())).then_some(()))
+        }
+    })
+    .await?;
+
+    let at = in_range(35);
+    let instant = [
+        "sum(rate(q_requests_total[2m]))",
+        "sum by (job) (rate(q_requests_total[2m]))",
+        "histogram_quantile(0.9, sum by (le) (rate(q_latency_bucket[2m])))",
+        "max_over_time(q_inflight[5m])",
+        "count(q_inflight > 25)",
+        "q_inflight offset 2m",
+        "q_inflight / scalar(sum(q_inflight))",
+        "max_over_time(sum(q_inflight)[5m:30s])",
+        "topk(2, q_inflight)",
+        "q_requests_total[1m]",
+    ];
+    for expr in instant {
+        let params = [("query", expr.to_string()), ("time", at.clone())];
+        let want = ask(&client, &single, "/prometheus/api/v1/query", &params).await?;
+        let got = ask(&client, &ingest, "/prometheus/api/v1/query", &params).await?;
+        ensure!(
+            !want["data"]["result"].as_array().is_some_and(Vec::is_empty),
+            "{expr}: the single collector's answer is empty: {want}"
+        );
+        assert_eq!(canonical(got), canonical(want), "{expr} at {at}");
+    }
+    for expr in [
+        "sum(rate(q_requests_total[1m]))",
+        "histogram_quantile(0.5, sum by (le, job) (rate(q_latency_bucket[1m])))",
+        "avg(q_inflight)",
+    ] {
+        let params = [
+            ("query", expr.to_string()),
+            ("start", in_range(5)),
+            ("end", in_range(39)),
+            ("step", "30".to_string()),
+        ];
+        let want = ask(&client, &single, "/prometheus/api/v1/query_range", &params).await?;
+        let got = ask(&client, &ingest, "/prometheus/api/v1/query_range", &params).await?;
+        ensure!(
+            want["data"]["result"].as_array().is_some_and(|r| !r.is_empty()),
+            "{expr}: {want}"
+        );
+        assert_eq!(got, want, "range {expr}");
+    }
+    for (path, params) in [
+        ("/prometheus/api/v1/labels", listing.to_vec()),
+        ("/prometheus/api/v1/label/job/values", listing.to_vec()),
+        ("/prometheus/api/v1/metadata", vec![]),
+    ] {
+        let want = ask(&client, &single, path, &params).await?;
+        let got = ask(&client, &ingest, path, &params).await?;
+        assert_eq!(canonical(got), canonical(want), "{path}");
+    }
+    let (status, bad) = get_json(
+        &client,
+        &ingest.api_url("/prometheus/api/v1/query?query=sum(rate(q_requests_total[2m])"),
+    )
+    .await?;
+    assert_eq!((status, bad["errorType"].as_str()), (400, Some("bad_data")), "{bad}");
+
+    // Vigil's own metric query: the same series on the same step grid.
+    let params = [
+        ("name", "q.inflight".to_string()),
+        ("start", ((t0 / 1_000_000) as i64).to_string()),
+        ("end", ((t0 + POINTS * STEP_NS) / 1_000_000).to_string()),
+        ("step", "60s".to_string()),
+    ];
+    let want = ask(&client, &single, "/api/v1/metrics/query", &params).await?;
+    let got = ask(&client, &ingest, "/api/v1/metrics/query", &params).await?;
+    assert_eq!(want["result"]["series"].as_array().map(Vec::len), Some(6), "{want}");
+    assert_eq!(got, want, "metric query");
+
+    // The UI on the ingest node: one chart with both workers' services, the correlator's
+    // graph with the edge across workers, the incidents page.
+    let page = |path: &str| {
+        let (client, url) = (client.clone(), ingest.api_url(path));
+        async move {
+            let response = client.get(&url).send().await?;
+            let status = response.status().as_u16();
+            let body = response.text().await?;
+            ensure!(status == 200, "{url} answered {status}: {body}");
+            Ok::<String, anyhow::Error>(body)
+        }
+    };
+    let chart = page("/ui/metrics?name=q.inflight&range=6h").await?;
+    for s in &services {
+        ensure!(chart.contains(s.as_str()), "{s} missing from the metrics page");
+    }
+    let (caller, callee) = (services[0].clone(), services[5].clone());
+    eventually(Duration::from_secs(60), "the correlator's edge across workers", || {
+        let (client, ingest, caller, callee) = (&client, &ingest, &caller, &callee);
+        async move {
+            let graph = ask(client, ingest, "/api/v1/services/graph", &[]).await?;
+            let edge = graph["edges"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|e| e["from"] == caller.as_str() && e["to"] == callee.as_str());
+            Ok(edge.then_some(()))
+        }
+    })
+    .await?;
+    let html = page("/ui/services").await?;
+    ensure!(
+        html.contains(caller.as_str()) && html.contains(callee.as_str()),
+        "the services page through the root"
+    );
+    page("/ui/incidents").await?;
+    Ok(())
+}
