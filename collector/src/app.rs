@@ -49,7 +49,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnO
     // client, the query root's calls to workers).
     let _ = rustls::crypto::ring::default_provider().install_default();
     if config.cluster.role == Role::Ingest {
-        return run_ingest(config, shutdown, on_bound).await;
+        return Box::pin(run_ingest(config, shutdown, on_bound)).await;
     }
     let data_dir = config.data_dir.clone();
     std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create data_dir {}", data_dir.display()))?;
@@ -246,6 +246,8 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnO
     ));
     let ready = Arc::new(AtomicBool::new(false));
     let users = Arc::new(crate::auth::Users::new(&config.auth.users));
+    let (investigation_reader, index_delay) =
+        Box::pin(investigation_reader(&config, rca_js.as_ref(), &store, &patterns)).await?;
     let api_state = ApiState {
         store: Arc::clone(&store),
         metrics: Arc::clone(&metrics),
@@ -264,6 +266,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnO
             crate::investigations::InvestigationStore::open(&data_dir.join("investigations"))
                 .context("cannot open the investigations store")?,
         ),
+        investigation_reader: Arc::clone(&investigation_reader),
         patterns: Arc::clone(&patterns),
         metric_help,
         prom_queries: Arc::new(tokio::sync::Semaphore::new(config.api.max_concurrent_queries)),
@@ -271,8 +274,8 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnO
     let alerting_stop = CancellationToken::new();
     let alerting_task = tokio::spawn(Arc::clone(&alerts).run(alerting_stop.clone()));
     let investigator_task = tokio::spawn(crate::investigations::incidents::run(
-        Arc::clone(&store),
-        Arc::clone(&patterns),
+        investigation_reader,
+        index_delay,
         Arc::clone(&detection.incidents),
         Arc::clone(&detection.settled),
         Arc::clone(&api_state.investigations),
@@ -443,6 +446,36 @@ fn spawn_servers(
         )),
         tokio::spawn(serve("api", listeners.api, api, tls, stop.clone())),
     ]
+}
+
+/// Where investigations read, and how long the incident investigator gives the indexes past
+/// a window's settling: a correlator reads the workers' indexes, whose commits it cannot
+/// see (it gives them a few commit intervals); anyone else reads its own.
+async fn investigation_reader(
+    config: &Config,
+    js: Option<&async_nats::jetstream::Context>,
+    store: &Arc<Store>,
+    patterns: &Arc<PatternCatalog>,
+) -> anyhow::Result<(Arc<dyn crate::investigations::Reader>, Duration)> {
+    match js {
+        Some(js) if config.cluster.role == Role::Rca => {
+            let root = crate::cluster::Root::new(
+                crate::cluster::open_bucket(js, &config.cluster).await?,
+                config.api.max_concurrent_queries,
+            )?;
+            let token = config.auth.api_token.as_ref().map(|t| t.expose());
+            let delay =
+                Duration::from_millis(config.storage.commit_interval_ms.saturating_mul(3)) + Duration::from_secs(2);
+            Ok((Arc::new(crate::cluster::WorkerRows::new(Arc::new(root), token)?), delay))
+        }
+        _ => Ok((
+            Arc::new(crate::investigations::Local {
+                store: Arc::clone(store),
+                patterns: Arc::clone(patterns),
+            }),
+            Duration::ZERO,
+        )),
+    }
 }
 
 /// An ingest node: OTLP (and remote write) in, the stream out; no storage, no detection.

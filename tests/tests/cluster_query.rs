@@ -9,23 +9,27 @@
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs};
 use opentelemetry_proto::tonic::metrics::v1::{
     AggregationTemporality, Gauge, Histogram, HistogramDataPoint, Metric, NumberDataPoint, ResourceMetrics,
     ScopeMetrics, Sum, metric::Data, number_data_point,
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
-use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
 use prost::Message;
 use serde_json::Value;
 use vigil_e2e::nats::{NatsCluster, owner, partition_of, start_role};
-use vigil_e2e::otlp::{kv, string_value};
+use vigil_e2e::otlp::{kv, log_record, string_value};
 use vigil_e2e::{Collector, eventually, get_json, now_ns, post_protobuf};
 
 const PARTITIONS: u64 = 8;
 const STEP_NS: u64 = 15_000_000_000;
 const POINTS: u64 = 40;
+/// The step from which one service fails.
+const FAULT_STEP: u64 = 28;
 
 fn number(t: u64, v: f64) -> NumberDataPoint {
     NumberDataPoint {
@@ -122,6 +126,77 @@ fn call(caller: &str, callee: &str, t: u64) -> ExportTraceServiceRequest {
     }
 }
 
+/// The services' own traffic over the ten minutes: one request a step each, quick and
+/// fine, and a routine log line; from step [`FAULT_STEP`] on, `faulty` answers slowly with
+/// errors and logs a new error line.
+fn traffic(services: &[String], faulty: &str, t0: u64) -> (ExportTraceServiceRequest, ExportLogsServiceRequest) {
+    let mut spans = Vec::new();
+    let mut logs = Vec::new();
+    for (k, service) in services.iter().enumerate() {
+        let broken = |i: u64| service == faulty && i >= FAULT_STEP;
+        let resource = Some(Resource {
+            attributes: vec![kv("service.name", string_value(service))],
+            ..Default::default()
+        });
+        spans.push(ResourceSpans {
+            resource: resource.clone(),
+            scope_spans: vec![ScopeSpans {
+                spans: (0..POINTS)
+                    .map(|i| {
+                        let start = t0 + i * STEP_NS + 1_000_000;
+                        Span {
+                            trace_id: [[k as u8 + 1; 8], i.to_be_bytes()].concat(),
+                            span_id: [k as u8 + 1, 0, 0, 0, 0, 0, 0, i as u8].to_vec(),
+                            name: "GET /api".into(),
+                            kind: 2,
+                            start_time_unix_nano: start,
+                            end_time_unix_nano: start
+                                + if broken(i) {
+                                    300_000_000
+                                } else {
+                                    2_000_000 + k as u64 * 10_000
+                                },
+                            status: broken(i).then(|| Status {
+                                code: 2,
+                                message: "timeout".into(),
+                            }),
+                            ..Default::default()
+                        }
+                    })
+                    .collect(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        let lines = (0..POINTS).flat_map(|i| {
+            let t = t0 + i * STEP_NS + 5_000_000;
+            let routine = log_record(t, &format!("served request {i} in 2 ms"), &[]);
+            let error = broken(i).then(|| LogRecord {
+                severity_number: 17,
+                severity_text: "ERROR".into(),
+                ..log_record(
+                    t + 1_000,
+                    &format!("backend timed out after 300 ms on attempt {i}"),
+                    &[],
+                )
+            });
+            std::iter::once(routine).chain(error)
+        });
+        logs.push(ResourceLogs {
+            resource,
+            scope_logs: vec![ScopeLogs {
+                log_records: lines.collect(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+    }
+    (
+        ExportTraceServiceRequest { resource_spans: spans },
+        ExportLogsServiceRequest { resource_logs: logs },
+    )
+}
+
 /// `path?params` of `c`'s API, as JSON.
 async fn ask(client: &reqwest::Client, c: &Collector, path: &str, params: &[(&str, String)]) -> Result<Value> {
     let url = reqwest::Url::parse_with_params(&c.api_url(path), params)?;
@@ -201,9 +276,13 @@ async fn the_query_root_answers_as_one_collector_would() -> Result<()> {
             .collect(),
     };
     let spans = call(&services[0], &services[5], t0 + 20 * STEP_NS);
+    let faulty = services[4].clone();
+    let (traces, logs) = traffic(&services, &faulty, t0);
     for c in [&ingest, &single] {
         post_protobuf(&client, c.http_url("/v1/metrics"), request.encode_to_vec()).await?;
         post_protobuf(&client, c.http_url("/v1/traces"), spans.encode_to_vec()).await?;
+        post_protobuf(&client, c.http_url("/v1/traces"), traces.encode_to_vec()).await?;
+        post_protobuf(&client, c.http_url("/v1/logs"), logs.encode_to_vec()).await?;
     }
 
     let in_range = |i: u64| format!("{:.3}", (t0 + i * STEP_NS) as f64 / 1e9);
@@ -295,6 +374,73 @@ async fn the_query_root_answers_as_one_collector_would() -> Result<()> {
     let got = ask(&client, &ingest, "/api/v1/metrics/query", &params).await?;
     assert_eq!(want["result"]["series"].as_array().map(Vec::len), Some(6), "{want}");
     assert_eq!(got, want, "metric query");
+
+    // An investigation through the ingest node is ranked by the correlator over both
+    // workers' rows: the same candidates, scores and filled-in log evidence as one collector.
+    let ms = |i: u64| ((t0 + i * STEP_NS) / 1_000_000) as i64;
+    let asked = serde_json::json!({
+        "start": ms(FAULT_STEP) - 30_000, "end": ms(POINTS),
+        "baseline": {"start": ms(0), "end": ms(FAULT_STEP - 4)},
+    });
+    let mut answers = Vec::new();
+    for c in [&single, &ingest] {
+        let response = client
+            .post(c.api_url("/api/v1/investigations"))
+            .json(&asked)
+            .send()
+            .await?;
+        let status = response.status().as_u16();
+        let body: Value = response.json().await?;
+        ensure!(status == 201, "investigation answered {status}: {body}");
+        answers.push(body);
+    }
+    let ranking = |inv: &Value| -> Vec<(String, String)> {
+        inv["candidates"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                (
+                    c["service"].as_str().unwrap_or_default().to_string(),
+                    format!("{:.9}", c["score"].as_f64().unwrap_or(f64::NAN)),
+                )
+            })
+            .collect()
+    };
+    let (want, got) = (&answers[0], &answers[1]);
+    assert_eq!(ranking(got), ranking(want), "the cluster's ranking");
+    assert_eq!(
+        ranking(want).first().map(|c| c.0.as_str()),
+        Some(faulty.as_str()),
+        "{want}"
+    );
+    // Pattern ids (and the signal and queries naming them) are each store's own.
+    let evidence = |inv: &Value| {
+        let mut e = inv["candidates"][0]["evidence"].clone();
+        for item in e.as_array_mut().into_iter().flatten() {
+            if let Some(fields) = item.as_object_mut()
+                && fields.remove("pattern_id").is_some()
+            {
+                fields.remove("query");
+                fields.remove("signal");
+            }
+        }
+        e
+    };
+    assert_eq!(evidence(got), evidence(want), "the top candidate's evidence");
+    ensure!(
+        evidence(got).to_string().contains("backend timed out after"),
+        "the new error line's template and samples, filled in by its worker: {}",
+        evidence(got)
+    );
+    let kept = ask(
+        &client,
+        &ingest,
+        &format!("/api/v1/investigations/{}", got["id"].as_str().unwrap_or_default()),
+        &[],
+    )
+    .await?;
+    assert_eq!(kept["candidates"], got["candidates"], "kept by the correlator");
 
     // The UI on the ingest node: one chart with both workers' services, the correlator's
     // graph with the edge across workers, the incidents page.

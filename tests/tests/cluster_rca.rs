@@ -202,6 +202,18 @@ async fn the_correlator_fails_over_without_paging_twice() -> Result<()> {
         async move { Ok((n > 0).then_some(())) }
     })
     .await?;
+    // The correlator investigates the incident's first minutes over the workers' indexes
+    // (it has none of its own) and ranks it by that.
+    let url = ingest.api_url(&format!("/api/v1/incidents/{a_id}"));
+    let investigated = eventually(Duration::from_secs(60), "the incident's investigation", || {
+        let (client, url) = (&client, &url);
+        async move {
+            let (_, body) = get_json(client, url).await?;
+            Ok(body["investigation"].is_string().then_some(body))
+        }
+    })
+    .await?;
+    assert_eq!(investigated["candidates"][0]["service"], "checkout", "{investigated}");
     let standby_url = rcas[standby]
         .as_ref()
         .context("standby")?

@@ -73,6 +73,7 @@ impl From<QueryError> for ApiError {
                 tracing::error!(error = %e, "query failed");
                 ApiError::Internal(format!("search failed: {e}"))
             }
+            QueryError::Worker(m) => ApiError::BadGateway(m),
         }
     }
 }

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Json, Response};
 use serde_json::json;
 
 use super::{ApiError, ApiState, Params, limit_param, timed};
-use crate::investigations::{self, Request};
+use crate::investigations::{self, Local, Read, Request};
 use crate::timeutil::now_ns;
 
 /// Runs an investigation and keeps it; answers it whole (201, with its location).
@@ -19,9 +19,9 @@ pub(super) async fn create(
 ) -> Result<Response, ApiError> {
     let Json(request) = body.map_err(|e| ApiError::bad(format!("invalid investigation request: {}", e.body_text())))?;
     let now_ms = i64::try_from(now_ns() / 1_000_000).unwrap_or(i64::MAX);
-    let patterns = Arc::clone(&state.patterns);
-    let inv = timed(&state, "investigations", move |store| {
-        investigations::run(store, &patterns, &request, now_ms)
+    let reader = Arc::clone(&state.investigation_reader);
+    let inv = timed(&state, "investigations", move |_| {
+        investigations::run(reader.as_ref(), &request, now_ms)
     })
     .await?;
     let kept = Arc::clone(&state.investigations);
@@ -35,6 +35,21 @@ pub(super) async fn create(
         })?;
     let location = format!("/api/v1/investigations/{}", inv.id);
     Ok((StatusCode::CREATED, [(http::header::LOCATION, location)], Json(inv)).into_response())
+}
+
+/// `POST /api/v1/investigations/read`: this collector's share of an investigation's rows,
+/// for a cluster's correlator that ranks over every worker's (`investigations::Read`).
+pub(super) async fn read(
+    State(state): State<ApiState>,
+    body: Result<Json<Read>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(read) = body.map_err(|e| ApiError::bad(format!("invalid read: {}", e.body_text())))?;
+    let local = Local {
+        store: Arc::clone(&state.store),
+        patterns: Arc::clone(&state.patterns),
+    };
+    let answer = timed(&state, "investigations_read", move |_| read.answer(&local)).await?;
+    Ok(Json(answer).into_response())
 }
 
 /// The newest first: id, window and the top candidates, without the evidence.

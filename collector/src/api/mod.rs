@@ -50,6 +50,8 @@ pub(crate) struct ApiState {
     /// Personal tokens (viewer, responder, admin), named in everything they do.
     pub users: Arc<crate::auth::Users>,
     pub investigations: Arc<crate::investigations::InvestigationStore>,
+    /// Where investigations read: this collector's indexes, or a correlator's workers.
+    pub investigation_reader: Arc<dyn crate::investigations::Reader>,
     /// The log pattern catalogue: templates and first sightings of the ids in the index.
     pub patterns: Arc<crate::process::PatternCatalog>,
     /// Help texts of metrics, for the Prometheus `metadata` API.
@@ -117,6 +119,7 @@ pub(crate) fn router(state: ApiState) -> Router {
             "/api/v1/investigations",
             get(investigations::list).post(investigations::create),
         )
+        .route("/api/v1/investigations/read", post(investigations::read))
         .route("/api/v1/investigations/{id}", get(investigations::get_one))
         .route("/api/v1/traces/{trace_id}", get(signals::trace))
         .route("/api/v1/services", get(signals::services))

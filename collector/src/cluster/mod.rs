@@ -6,6 +6,7 @@
 //! "ingest storage" on Kafka, and of Quickwit's sources with their checkpoints.
 
 mod checkpoint;
+mod investigate;
 mod lease;
 mod partition;
 mod publish;
@@ -20,6 +21,7 @@ use async_nats::jetstream::{self, stream};
 
 use crate::config::{ClusterConfig, Secret};
 
+pub(crate) use investigate::WorkerRows;
 pub(crate) use lease::open_bucket;
 pub(crate) use partition::{partition_of, split_logs, split_metrics, split_traces};
 pub(crate) use publish::{PublishError, StreamPublisher};

@@ -9,8 +9,8 @@
 
 use vigil_rca::TimeRange;
 
-use crate::storage::{QueryError, Store};
-use crate::wal::Signal;
+use super::Reader;
+use crate::storage::QueryError;
 
 const MINUTE: i64 = 60_000;
 /// Between the baseline's end and the window's start.
@@ -23,7 +23,7 @@ const ENOUGH_MINUTES: usize = 10;
 const MAX_BASELINE_SPANS: u64 = 300_000;
 
 /// The baseline for `window`, and why it was chosen, in words.
-pub(crate) fn choose_baseline(store: &Store, window: TimeRange) -> Result<(TimeRange, String), QueryError> {
+pub(crate) fn choose_baseline(reader: &dyn Reader, window: TimeRange) -> Result<(TimeRange, String), QueryError> {
     let end = window.start_ms - GUARD;
     let mut range = TimeRange {
         start_ms: end,
@@ -32,12 +32,12 @@ pub(crate) fn choose_baseline(store: &Store, window: TimeRange) -> Result<(TimeR
     let mut minutes = 0;
     for length in LENGTHS {
         range.start_ms = end - length;
-        minutes = store.active_minutes(range)?;
+        minutes = reader.active_minutes(range)?;
         if minutes >= ENOUGH_MINUTES {
             break;
         }
     }
-    let spans = store.count_in(Signal::Traces, range)?;
+    let spans = reader.span_count(range)?;
     let mut reason = format!(
         "the {} before the window, ending {} min before it ({minutes} minutes of it hold data)",
         describe(range.len_ms()),

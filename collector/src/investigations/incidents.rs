@@ -13,9 +13,8 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 use vigil_rca::{Candidate, Incident};
 
-use super::{Investigation, InvestigationStore, Request};
+use super::{Investigation, InvestigationStore, Reader, Request};
 use crate::pipeline::{IncidentStore, Settled};
-use crate::storage::Store;
 use crate::telemetry::Metrics;
 
 /// The window investigated: from a minute before the incident's first symptom
@@ -37,10 +36,13 @@ const RECENT: usize = 200;
 /// by then. Investigating as soon as the fastest kind had passed the window read whatever
 /// the last index commit happened to hold: two replays of the same day ranked the same
 /// incidents differently.
+///
+/// `index_delay` is how long after that to wait on top: a cluster's correlator reads the
+/// workers' indexes, whose commits it cannot see, so it gives them a few commit intervals.
 #[allow(clippy::too_many_arguments)] // the shared stores it reads and writes, each once
 pub(crate) async fn run(
-    store: Arc<Store>,
-    patterns: Arc<crate::process::PatternCatalog>,
+    reader: Arc<dyn Reader>,
+    index_delay: Duration,
     incidents: Arc<IncidentStore>,
     settled: Arc<std::sync::Mutex<Settled>>,
     kept: Arc<InvestigationStore>,
@@ -51,8 +53,9 @@ pub(crate) async fn run(
     // Incidents whose investigation failed: tried once, not again every tick (the warning
     // says why); bounded like the incidents looked at.
     let mut failed: std::collections::VecDeque<String> = std::collections::VecDeque::new();
-    // Incidents whose window has settled, with the entry the indexes must hold first.
-    let mut waiting: HashMap<String, u64> = HashMap::new();
+    // Incidents whose window has settled, with the entry the indexes must hold first and
+    // when it settled.
+    let mut waiting: HashMap<String, (u64, tokio::time::Instant)> = HashMap::new();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -68,7 +71,12 @@ pub(crate) async fn run(
             .into_iter()
             .filter(|i| i.symptom_start_ms() + AFTER_MS <= now.event_ms)
             .filter(|i| kept.count_for_incident(&i.id) == 0 && !failed.contains(&i.id))
-            .filter(|i| *waiting.entry(i.id.clone()).or_insert(now.applied_lsn) <= indexed)
+            .filter(|i| {
+                let (lsn, since) = *waiting
+                    .entry(i.id.clone())
+                    .or_insert((now.applied_lsn, tokio::time::Instant::now()));
+                lsn <= indexed && since.elapsed() >= index_delay
+            })
             .collect();
         for inc in due {
             waiting.remove(&inc.id);
@@ -77,12 +85,7 @@ pub(crate) async fn run(
             }
             let now_ms = i64::try_from(crate::timeutil::now_ns() / 1_000_000).unwrap_or(i64::MAX);
             let id = inc.id.clone();
-            let (s, p, k, a) = (
-                Arc::clone(&store),
-                Arc::clone(&patterns),
-                Arc::clone(&kept),
-                Arc::clone(&alerts),
-            );
+            let (r, k, a) = (Arc::clone(&reader), Arc::clone(&kept), Arc::clone(&alerts));
             let done = tokio::task::spawn_blocking(move || -> Result<(), String> {
                 let symptom_ms = inc.symptom_start_ms();
                 let request = Request {
@@ -95,7 +98,7 @@ pub(crate) async fn run(
                     // detection lags the onset: a lead-in would hold the onset itself.
                     lead_in: false,
                 };
-                let inv = super::run(&s, &p, &request, now_ms).map_err(|e| format!("{e:?}"))?;
+                let inv = super::run(r.as_ref(), &request, now_ms).map_err(|e| e.to_string())?;
                 // The incident's alert names the investigation's root cause from now on
                 // (same labels: the same alert, updated; no second page).
                 let ranked = ranked_by(&inc, &inv);

@@ -6,23 +6,22 @@
 
 mod baseline;
 pub(crate) mod incidents;
+mod read;
 mod store;
 
 use serde::{Deserialize, Serialize};
-use vigil_rca::{Candidate, EvidenceKind, Input, MetricSeries, TimeRange, investigate};
+use vigil_rca::{Candidate, EvidenceKind, Input, TimeRange, investigate};
 
-use crate::process::PatternCatalog;
-use crate::storage::{Agg, LogQuery, MetricQuery, QueryError, Selector, Store};
+use crate::storage::QueryError;
 
 pub(crate) use baseline::choose_baseline;
+pub(crate) use read::{Local, Read, Reader};
 pub(crate) use store::InvestigationStore;
 
 /// Rows read per range at most: an investigation must answer in seconds on a busy system
 /// (the baseline is shortened to fit before this is reached; see `baseline.rs`).
 const MAX_SPANS: usize = 400_000;
 const MAX_WARNING_LINES: usize = 100_000;
-/// Log-pattern evidence that gets its template and sample lines filled in.
-const MAX_FILLED: usize = 20;
 
 /// What was asked.
 #[derive(Debug, Clone, Deserialize)]
@@ -134,12 +133,7 @@ pub(crate) fn validate(r: &Request) -> Result<(), String> {
 }
 
 /// Runs an investigation against the stored data (blocking: call off the reactor).
-pub(crate) fn run(
-    store: &Store,
-    patterns: &PatternCatalog,
-    request: &Request,
-    now_ms: i64,
-) -> Result<Investigation, QueryError> {
+pub(crate) fn run(reader: &dyn Reader, request: &Request, now_ms: i64) -> Result<Investigation, QueryError> {
     validate(request).map_err(QueryError::BadRequest)?;
     let started = std::time::Instant::now();
     let window = TimeRange {
@@ -148,31 +142,31 @@ pub(crate) fn run(
     };
     let (baseline, baseline_reason) = match request.baseline {
         Some(b) => (TimeRange::from(b), "the baseline given with the request".to_string()),
-        None => choose_baseline(store, window)?,
+        None => choose_baseline(reader, window)?,
     };
     let mut notes = Vec::new();
     let lead_in = request.lead_in.then(|| Input::lead_in_for(window, baseline)).flatten();
-    let (mut spans, cut_window) = store.span_rows(window, MAX_SPANS)?;
+    let (mut spans, cut_window) = reader.span_rows(window, MAX_SPANS)?;
     let window_spans = spans.len();
-    let (baseline_spans, cut_baseline) = store.span_rows(baseline, MAX_SPANS)?;
+    let (baseline_spans, cut_baseline) = reader.span_rows(baseline, MAX_SPANS)?;
     let read_baseline_spans = baseline_spans.len();
     spans.extend(baseline_spans);
-    let mut log_counts = store.log_counts(window, window)?;
+    let mut log_counts = reader.log_counts(window, window)?;
     let window_log_lines: u64 = log_counts.iter().map(|c| c.count).sum();
-    let baseline_counts = store.log_counts(baseline, window)?;
+    let baseline_counts = reader.log_counts(baseline, window)?;
     let baseline_log_lines: u64 = baseline_counts.iter().map(|c| c.count).sum();
     log_counts.extend(baseline_counts);
-    let mut window_lines = store.warning_lines(window, MAX_WARNING_LINES)?;
+    let mut window_lines = reader.warning_lines(window, MAX_WARNING_LINES)?;
     let mut cut_lead_in = false;
     if let Some(lead_in) = lead_in {
-        let (lead_spans, cut) = store.span_rows(lead_in, MAX_SPANS)?;
+        let (lead_spans, cut) = reader.span_rows(lead_in, MAX_SPANS)?;
         spans.extend(lead_spans);
-        log_counts.extend(store.log_counts(lead_in, window)?);
-        let lines = store.warning_lines(lead_in, MAX_WARNING_LINES)?;
+        log_counts.extend(reader.log_counts(lead_in, window)?);
+        let lines = reader.warning_lines(lead_in, MAX_WARNING_LINES)?;
         cut_lead_in = cut || lines.len() >= MAX_WARNING_LINES;
         window_lines.extend(lines);
     }
-    let metrics = metric_series(store, window, baseline)?;
+    let metrics = reader.metric_series(window, baseline)?;
     let truncated = cut_window || cut_baseline || cut_lead_in || window_lines.len() >= MAX_WARNING_LINES;
     if truncated {
         notes.push(
@@ -204,7 +198,8 @@ pub(crate) fn run(
         lead_in,
     };
     let mut candidates = investigate(&input);
-    fill_evidence(store, patterns, window, &mut candidates)?;
+    reader.fill_logs(window, baseline, &mut candidates)?;
+    set_queries(window, &mut candidates);
     Ok(Investigation {
         id: investigation_id(request, now_ms),
         created_ms: now_ms,
@@ -221,106 +216,38 @@ pub(crate) fn run(
     })
 }
 
-/// Every stored series with a `service.name`, one mean per minute over both ranges.
-fn metric_series(store: &Store, window: TimeRange, baseline: TimeRange) -> Result<Vec<MetricSeries>, QueryError> {
-    let start = window.start_ms.min(baseline.start_ms);
-    let end = window.end_ms.max(baseline.end_ms);
-    // Steps aligned to the window's start, so no step straddles its edge.
-    let aligned = window.start_ms - (window.start_ms - start).div_euclid(60_000) * 60_000 - 60_000;
-    let result = store.metric_query(&MetricQuery {
-        selector: Selector::default(),
-        start_ns: aligned.saturating_mul(1_000_000),
-        end_ns: end.saturating_mul(1_000_000),
-        step_ns: 60_000_000_000,
-        agg: Agg::Avg,
-        rate: true,
-    })?;
-    let mut out = Vec::new();
-    for s in result.series {
-        let Some(labels) = s.info.labels.as_object() else {
-            continue;
-        };
-        let Some(service) = labels.get("service.name").and_then(|v| v.as_str()) else {
-            continue;
-        };
-        let shown: Vec<String> = labels
-            .iter()
-            .filter(|(k, _)| *k != "service.name")
-            .map(|(k, v)| format!("{k}={}", v.as_str().map_or_else(|| v.to_string(), |s| format!("{s:?}"))))
-            .collect();
-        out.push(MetricSeries {
-            service: service.to_string(),
-            name: s.info.name.clone(),
-            labels: shown.join(","),
-            unit: if s.rate {
-                format!("{}/s", s.info.unit)
-            } else {
-                s.info.unit.clone()
+/// The query behind every piece of evidence.
+fn set_queries(window: TimeRange, candidates: &mut [Candidate]) {
+    let (start, end) = (window.start_ms, window.end_ms);
+    for e in candidates.iter_mut().flat_map(|c| c.evidence.iter_mut()) {
+        let service = encode(&e.service);
+        e.query = Some(match e.kind {
+            EvidenceKind::LogPattern | EvidenceKind::LogPatternStopped => {
+                let pattern = e.pattern_id.unwrap_or(0);
+                format!("/api/v1/logs/search?service={service}&pattern={pattern}&start={start}&end={end}")
+            }
+            EvidenceKind::SelfTime | EvidenceKind::ErrorRatio => match e.samples.first() {
+                Some(trace) => format!("/api/v1/traces/{trace}"),
+                None => format!("/api/v1/services?start={start}&end={end}"),
             },
-            points: s.values,
+            EvidenceKind::RequestsStopped => format!("/api/v1/services?start={start}&end={end}"),
+            EvidenceKind::Metric => {
+                let selector = match e.signal.find('{') {
+                    Some(i) => format!(
+                        "{}{{service.name={:?},{}",
+                        &e.signal[..i],
+                        e.service,
+                        &e.signal[i + 1..]
+                    ),
+                    None => format!("{}{{service.name={:?}}}", e.signal, e.service),
+                };
+                format!(
+                    "/api/v1/metrics/query?query={}&start={start}&end={end}&step=60s",
+                    encode(&selector)
+                )
+            }
         });
     }
-    Ok(out)
-}
-
-/// Templates and sample lines for log patterns; the query behind every piece of evidence.
-fn fill_evidence(
-    store: &Store,
-    patterns: &PatternCatalog,
-    window: TimeRange,
-    candidates: &mut [Candidate],
-) -> Result<(), QueryError> {
-    let (start, end) = (window.start_ms, window.end_ms);
-    let mut filled = 0;
-    for c in candidates.iter_mut() {
-        for e in c.evidence.iter_mut() {
-            let service = encode(&e.service);
-            e.query = Some(match e.kind {
-                EvidenceKind::LogPattern | EvidenceKind::LogPatternStopped => {
-                    let pattern = e.pattern_id.unwrap_or(0);
-                    if filled < MAX_FILLED {
-                        filled += 1;
-                        e.template = patterns.info(pattern).map(|p| p.template);
-                        let q = LogQuery {
-                            query: String::new(),
-                            start_ns: start.saturating_mul(1_000_000),
-                            end_ns: end.saturating_mul(1_000_000) - 1,
-                            service: Some(e.service.clone()),
-                            patterns: patterns.ids_of(pattern),
-                        };
-                        e.samples = store
-                            .search_logs(&q, 3)?
-                            .hits
-                            .iter()
-                            .filter_map(|h| h.get("body").and_then(|b| b.as_str()).map(str::to_string))
-                            .collect();
-                    }
-                    format!("/api/v1/logs/search?service={service}&pattern={pattern}&start={start}&end={end}")
-                }
-                EvidenceKind::SelfTime | EvidenceKind::ErrorRatio => match e.samples.first() {
-                    Some(trace) => format!("/api/v1/traces/{trace}"),
-                    None => format!("/api/v1/services?start={start}&end={end}"),
-                },
-                EvidenceKind::RequestsStopped => format!("/api/v1/services?start={start}&end={end}"),
-                EvidenceKind::Metric => {
-                    let selector = match e.signal.find('{') {
-                        Some(i) => format!(
-                            "{}{{service.name={:?},{}",
-                            &e.signal[..i],
-                            e.service,
-                            &e.signal[i + 1..]
-                        ),
-                        None => format!("{}{{service.name={:?}}}", e.signal, e.service),
-                    };
-                    format!(
-                        "/api/v1/metrics/query?query={}&start={start}&end={end}&step=60s",
-                        encode(&selector)
-                    )
-                }
-            });
-        }
-    }
-    Ok(())
 }
 
 /// Percent-encodes a query-string value.

@@ -334,7 +334,16 @@ fn run(
             metrics.detect_event_time.set(state.progress.latest_event_ms / 1000);
         }
         let settled = Settled {
-            event_ms: state.engine.settled_time(),
+            // A correlator's own detectors see no data: the workers' event time, less the
+            // allowed lateness (what a worker holds final), is how far the cluster has got.
+            event_ms: if lead.is_some() {
+                state
+                    .progress
+                    .latest_event_ms
+                    .saturating_sub(state.engine.config().lateness_ms)
+            } else {
+                state.engine.settled_time()
+            },
             applied_lsn: state.progress.applied_lsn,
         };
         *shared.settled.lock().unwrap_or_else(|e| e.into_inner()) = settled;

@@ -23,6 +23,9 @@ pub(crate) enum QueryError {
     BadRequest(String),
     #[error("search failed: {0}")]
     Internal(tantivy::TantivyError),
+    /// A cluster's worker, asked for its share of the rows, failed or did not answer.
+    #[error("{0}")]
+    Worker(String),
 }
 
 impl From<tantivy::TantivyError> for QueryError {

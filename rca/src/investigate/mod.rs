@@ -57,7 +57,7 @@ impl TimeRange {
 }
 
 /// One stored span, as much of it as an investigation needs.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SpanRow {
     /// Trace id in hex (the collector stores lowercase). Ids are only compared as strings,
     /// so spans and [`WindowLogLine`]s must spell them alike.
@@ -85,7 +85,7 @@ pub struct SpanRow {
 
 /// Log records counted per service, pattern, severity and minute (read from columns,
 /// so a baseline of millions of lines costs no document reads).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LogCount {
     /// The minute, as [`Input::minute_of`] numbers it (aligned to the window's start).
     pub minute: i64,
@@ -102,7 +102,7 @@ pub struct LogCount {
 
 /// A warning-or-worse log line of the window with its trace context, so that a line
 /// whose trace shows a failure further down can be told apart from where it started.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WindowLogLine {
     /// Unix nanoseconds: lines of the window and of its lead-in travel together.
     pub ts_ns: i64,
@@ -121,7 +121,7 @@ pub struct WindowLogLine {
 }
 
 /// One metric series, already reduced to one value per step.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct MetricSeries {
     /// `service.name` of the series: the service its evidence counts for.
     pub service: String,

@@ -202,7 +202,12 @@ pub(crate) fn self_time(input: &Input, index: &TraceIndex<'_>) -> Vec<Evidence> 
         if strength < MIN_STRENGTH || after < 1.2 * before {
             continue;
         }
-        spans.sort_by(|a, b| b.0.total_cmp(&a.0));
+        // The slowest first, ties by trace id: the same rows in any order give the same
+        // samples (a cluster's workers send them in no particular order).
+        spans.sort_by(|a, b| {
+            b.0.total_cmp(&a.0)
+                .then_with(|| input.spans[a.1].trace_id.cmp(&input.spans[b.1].trace_id))
+        });
         let mut samples: Vec<String> = Vec::new();
         for (_, i) in &spans {
             let t = &input.spans[*i].trace_id;
@@ -342,9 +347,18 @@ pub(crate) fn error_ratio(input: &Input, index: &TraceIndex<'_>) -> Vec<Evidence
         if strength < MIN_STRENGTH {
             continue;
         }
-        let mut samples: Vec<String> = failed.iter().map(|&i| input.spans[i].trace_id.clone()).collect();
-        samples.dedup();
-        samples.truncate(3);
+        // The latest failures, ties by trace id: independent of the rows' order.
+        let mut latest: Vec<&SpanRow> = failed.iter().map(|&i| &input.spans[i]).collect();
+        latest.sort_by(|a, b| b.start_ns.cmp(&a.start_ns).then_with(|| a.trace_id.cmp(&b.trace_id)));
+        let mut samples: Vec<String> = Vec::new();
+        for span in latest {
+            if !samples.contains(&span.trace_id) {
+                samples.push(span.trace_id.clone());
+            }
+            if samples.len() == 3 {
+                break;
+            }
+        }
         let sentence = format!(
             "{} {}: {errors} of {requests} requests failed there ({:.1} %), against {:.1} % before; failures of its callees are not counted here",
             key.0,

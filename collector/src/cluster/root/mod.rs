@@ -6,7 +6,8 @@
 //! first. PromQL is evaluated here over the raw samples the workers send (`prometheus.rs`),
 //! so an aggregation across services on different workers is one answer. Incidents, alerts,
 //! silences, the service graph and the on-call state belong to the cluster's active
-//! correlator (`--role rca`): those requests are passed to it as they are.
+//! correlator (`--role rca`): those requests are passed to it as they are — investigations
+//! too, which the correlator ranks over every worker's rows (`cluster/investigate.rs`).
 //! `GET /api/v1/cluster` shows the workers, their partitions and the correlator. The web UI
 //! of an ingest node asks this router, so it shows the whole cluster.
 //!
@@ -24,7 +25,7 @@ use async_nats::jetstream::kv;
 use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::http::{
-    HeaderMap, Method, StatusCode,
+    HeaderMap, HeaderValue, Method, StatusCode,
     header::{AUTHORIZATION, CONTENT_TYPE},
 };
 use axum::response::Json;
@@ -79,6 +80,7 @@ pub(crate) fn router(root: Arc<Root>) -> Router {
     // notifications and their audit trail, on-call schedules, the Alertmanager API.
     for path in [
         "/api/v1/incidents",
+        "/api/v1/investigations",
         "/api/v1/services/graph",
         "/api/v1/alerts",
         "/api/v1/silences",
@@ -125,10 +127,44 @@ async fn fan_out_query(
     headers: &HeaderMap,
     missing_ok: bool,
 ) -> Result<Vec<Value>, ApiError> {
+    let mut forwarded = None;
+    if let Some(auth) = headers.get(AUTHORIZATION) {
+        forwarded = Some(auth.clone());
+    }
+    each_worker(root, forwarded, missing_ok, |http, api| {
+        http.get(format!("{api}{path}?{query}"))
+    })
+    .await
+}
+
+/// `body` POSTed as JSON to every worker with an API, with `authorization` if given; their
+/// answers, in no particular order.
+pub(crate) async fn post_to_workers(
+    root: &Root,
+    path: &str,
+    body: Vec<u8>,
+    authorization: Option<HeaderValue>,
+) -> Result<Vec<Value>, ApiError> {
+    let body = axum::body::Bytes::from(body);
+    each_worker(root, authorization, false, |http, api| {
+        http.post(format!("{api}{path}"))
+            .header(CONTENT_TYPE, "application/json")
+            .body(body.clone())
+    })
+    .await
+}
+
+/// The request `build` makes for each worker, sent to all at once; their JSON answers.
+async fn each_worker(
+    root: &Root,
+    authorization: Option<HeaderValue>,
+    missing_ok: bool,
+    build: impl Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
+) -> Result<Vec<Value>, ApiError> {
     let members = members(root).await?;
     let calls = members.iter().filter_map(|(m, _)| m.api.clone()).map(|api| {
-        let mut request = root.http.get(format!("{api}{path}?{query}"));
-        if let Some(auth) = headers.get(AUTHORIZATION) {
+        let mut request = build(&root.http, &api);
+        if let Some(auth) = &authorization {
             request = request.header(AUTHORIZATION, auth.clone());
         }
         async move {
