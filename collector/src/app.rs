@@ -88,6 +88,8 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnO
         Role::Rca => Some(crate::cluster::join(&config, "vigil-rca").await?),
         Role::Single | Role::Ingest => None,
     };
+    // A worker's partitions being rebuilt: their history's spans stay here.
+    let rebuilding = Arc::new(crate::cluster::Rebuilding::new(config.cluster.partitions));
     let findings_stop = CancellationToken::new();
     let mut findings_task = None;
     let mut replicator = None;
@@ -104,7 +106,11 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnO
                 Arc::clone(&metrics),
                 findings_stop.clone(),
             )));
-            crate::pipeline::Mode::Publish { sink, node }
+            crate::pipeline::Mode::Publish {
+                sink,
+                node,
+                rebuilding: Arc::clone(&rebuilding),
+            }
         }
         (Some((client, js, _)), Role::Rca) => {
             // Every correlator signs webhooks and one-click links with the same secrets, or a
@@ -221,6 +227,7 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnO
                         appender.clone(),
                         Arc::clone(&dedup),
                         Arc::clone(&metrics),
+                        Arc::clone(&rebuilding),
                     )
                     .await?,
                 ),

@@ -175,7 +175,8 @@ pub fn main() -> anyhow::Result<()> {
         let shutdown = CancellationToken::new();
         tokio::spawn(wait_for_signal(shutdown.clone()));
         let fleet_stop = shutdown.clone();
-        crate::app::run(config, shutdown, move |bound| {
+        // Boxed: the collector's whole state machine is too large to live on this stack.
+        Box::pin(crate::app::run(config, shutdown, move |bound| {
             // Tests and scripts read this line to learn the ports actually bound.
             println!("{}", bound.announcement());
             if let Some(opts) = demo {
@@ -198,7 +199,7 @@ pub fn main() -> anyhow::Result<()> {
                     }
                 });
             }
-        })
+        }))
         .await
     })
 }

@@ -94,6 +94,9 @@ pub(crate) struct Metrics {
     pub findings_published: Counter,
     /// Findings messages this correlator read from the workers.
     pub findings_consumed: Counter,
+    /// Spans of a partition's rebuilt history this worker kept from the correlator (the
+    /// partition's last owner sent them when they were live).
+    pub findings_history_spans: Counter,
     /// 1 while this process is the cluster's active correlator.
     pub rca_leader: Gauge,
     /// Snapshots of the correlator's replicated state this process wrote.
@@ -145,6 +148,7 @@ impl Default for Metrics {
             stream_consumer_restarts: Counter::default(),
             findings_published: Counter::default(),
             findings_consumed: Counter::default(),
+            findings_history_spans: Counter::default(),
             rca_leader: Gauge::default(),
             rca_snapshots: Counter::default(),
             rca_snapshot_installs: Counter::default(),
@@ -219,6 +223,11 @@ impl Default for Metrics {
                 "findings_consumed",
                 "Findings messages this correlator read from the workers",
                 m.findings_consumed.clone(),
+            );
+            r.register(
+                "findings_history_spans",
+                "Spans of a partition's rebuilt history this worker kept from the correlator (its last owner sent them)",
+                m.findings_history_spans.clone(),
             );
             r.register(
                 "rca_leader",

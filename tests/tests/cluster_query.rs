@@ -234,7 +234,7 @@ async fn the_query_root_answers_as_one_collector_would() -> Result<()> {
     let ingest = start_role("ingest", &urls, &config, None)?;
     let w1 = start_role("worker", &urls, &config, Some(&dir.path().join("w1")))?;
     let w2 = start_role("worker", &urls, &config, Some(&dir.path().join("w2")))?;
-    let _rca = start_role("rca", &urls, &config, Some(&dir.path().join("rca")))?;
+    let rca = start_role("rca", &urls, &config, Some(&dir.path().join("rca")))?;
     let single = Collector::start()?;
     let client = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
 
@@ -478,5 +478,69 @@ async fn the_query_root_answers_as_one_collector_would() -> Result<()> {
         "the services page through the root"
     );
     page("/ui/incidents").await?;
+
+    // The callee's worker dies; the other rebuilds its partitions from the stream, and
+    // keeps their history's spans from the correlator: the call is still counted once.
+    let calls = |graph: &Value| -> Option<u64> {
+        graph["edges"]
+            .as_array()?
+            .iter()
+            .find(|e| e["from"] == caller.as_str() && e["to"] == callee.as_str())?["calls"]
+            .as_u64()
+    };
+    let before = calls(&ask(&client, &ingest, "/api/v1/services/graph", &[]).await?);
+    assert_eq!(before, Some(1), "one call before the kill");
+    let holds_callee = |c: &Collector| {
+        let (client, url) = (client.clone(), c.api_url("/api/v1/services"));
+        let callee = callee.clone();
+        async move {
+            let (_, body) = get_json(&client, &url).await?;
+            Ok::<bool, anyhow::Error>(body.to_string().contains(&format!("\"{callee}\"")))
+        }
+    };
+    let (dead, survivor) = if holds_callee(&w1).await? { (w1, w2) } else { (w2, w1) };
+    let published_by_dead = dead.metric(&client, "vigil_findings_published").await?;
+    dead.kill()?;
+    let logs_of = |c: &Collector| {
+        let (client, url) = (
+            client.clone(),
+            c.api_url(&format!("/api/v1/logs/search?q=*&service={callee}&limit=1")),
+        );
+        async move { Ok::<Value, anyhow::Error>(get_json(&client, &url).await?.1["total"].clone()) }
+    };
+    let expected_logs = logs_of(&single).await?;
+    eventually(
+        Duration::from_secs(60),
+        "the survivor to rebuild the dead worker's partitions",
+        || {
+            let (logs_of, survivor, expected) = (&logs_of, &survivor, &expected_logs);
+            async move { Ok((logs_of(survivor).await? == *expected).then_some(())) }
+        },
+    )
+    .await?;
+    let rebuilt = survivor.metric(&client, "vigil_index_checkpoint_lsn").await?;
+    eventually(Duration::from_secs(60), "detection to pass the rebuilt history", || {
+        let (client, survivor) = (&client, &survivor);
+        async move { Ok((survivor.metric(client, "vigil_detect_applied_lsn").await? >= rebuilt).then_some(())) }
+    })
+    .await?;
+    let held = survivor.metric(&client, "vigil_findings_history_spans").await?;
+    ensure!(held > 0.0, "the rebuilt history's spans were held back");
+    // Every findings message sent so far (the survivor sends at least one a second, so two
+    // more carry whatever detection of the history let through) reaches the correlator.
+    let flushed = survivor.metric(&client, "vigil_findings_published").await? + 2.0;
+    eventually(Duration::from_secs(30), "the survivor to send its findings", || {
+        let (client, survivor) = (&client, &survivor);
+        async move { Ok((survivor.metric(client, "vigil_findings_published").await? >= flushed).then_some(())) }
+    })
+    .await?;
+    let sent = published_by_dead + flushed;
+    eventually(Duration::from_secs(30), "the correlator to read them", || {
+        let (client, rca) = (&client, &rca);
+        async move { Ok((rca.metric(client, "vigil_findings_consumed").await? >= sent).then_some(())) }
+    })
+    .await?;
+    let after = calls(&ask(&client, &ingest, "/api/v1/services/graph", &[]).await?);
+    assert_eq!(after, Some(1), "the call counted once after the rebuild");
     Ok(())
 }

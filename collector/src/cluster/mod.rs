@@ -11,6 +11,7 @@ mod lease;
 mod partition;
 mod publish;
 mod rca;
+mod rebuild;
 mod root;
 mod worker;
 
@@ -26,6 +27,7 @@ pub(crate) use lease::open_bucket;
 pub(crate) use partition::{partition_of, split_logs, split_metrics, split_traces};
 pub(crate) use publish::{PublishError, StreamPublisher};
 pub(crate) use rca::{RcaNode, Replicator, findings_subject, open_findings, publish_findings};
+pub(crate) use rebuild::Rebuilding;
 pub(crate) use root::{Root, router as root_router};
 pub(crate) use worker::{Worker, node_id};
 

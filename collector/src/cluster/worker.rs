@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::checkpoint::Checkpoints;
 use super::lease::Leases;
+use super::rebuild::Rebuilding;
 use crate::config::ClusterConfig;
 use crate::telemetry::Metrics;
 use crate::wal::{BatchDedup, Claim, Purge, WalAppender, WalBatch, WalError};
@@ -68,6 +69,8 @@ struct Sink {
     appender: WalAppender,
     dedup: Arc<BatchDedup>,
     metrics: Arc<Metrics>,
+    /// Partitions whose history is being rebuilt (their spans stay here).
+    rebuilding: Arc<Rebuilding>,
 }
 
 /// The lease holder and its partitions' consumers.
@@ -78,6 +81,7 @@ pub(crate) struct Worker {
 }
 
 impl Worker {
+    #[allow(clippy::too_many_arguments)] // the shared parts of the process it works with, each once
     pub(crate) async fn start(
         js: &jetstream::Context,
         stream: stream::Stream,
@@ -86,6 +90,7 @@ impl Worker {
         appender: WalAppender,
         dedup: Arc<BatchDedup>,
         metrics: Arc<Metrics>,
+        rebuilding: Arc<Rebuilding>,
     ) -> anyhow::Result<Worker> {
         let node = node_id(config, data_dir, "worker")?;
         let dir = data_dir.join("cluster");
@@ -102,6 +107,7 @@ impl Worker {
                 appender,
                 dedup,
                 metrics,
+                rebuilding,
             },
             lease: Duration::from_secs(config.lease_secs),
         })
@@ -125,6 +131,7 @@ impl Worker {
                     let changes = self.leases.tick().await;
                     for p in changes.lost {
                         self.sink.metrics.stream_leases_lost.inc();
+                        self.sink.rebuilding.stop(p);
                         if let Some((stop, task)) = consumers.remove(&p) {
                             stop.cancel();
                             let _ = task.await;
@@ -221,6 +228,20 @@ async fn consume(partition: u32, sink: Sink, purged_at: u64, stop: CancellationT
             _ = tokio::time::sleep(Duration::from_millis(50)) => {}
         }
     }
+    // What the stream holds of the partition now was sent to the correlator by whoever
+    // held it: its spans are history here. Unknown (the stream's leader does not answer),
+    // they are sent again rather than risk holding live ones back.
+    let subject = super::subject(&sink.config, partition);
+    match sink.stream.get_last_raw_message_by_subject(&subject).await {
+        Ok(last) if last.sequence > sink.checkpoints.get(partition) => {
+            sink.rebuilding.start(partition, last.sequence);
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {}
+        Err(e) => {
+            tracing::warn!(partition, error = %e, "cannot read the partition's last message; its history's spans go to the correlator again")
+        }
+    }
     let mut backoff = Duration::from_millis(200);
     while !stop.is_cancelled() {
         match consume_once(partition, &sink, &stop).await {
@@ -282,7 +303,7 @@ async fn consume_once(partition: u32, sink: &Sink, stop: &CancellationToken) -> 
                 Some(Ok(message)) => match message.info() {
                     Ok(info) => {
                         last_message = tokio::time::Instant::now();
-                        in_flight.push_back(store(info.stream_sequence, message.payload.clone(), sink.clone()));
+                        in_flight.push_back(store(partition, info.stream_sequence, message.payload.clone(), sink.clone()));
                     }
                     Err(e) => {
                         failed = Some(anyhow::anyhow!("a message without stream metadata: {e}"));
@@ -369,12 +390,13 @@ async fn append_when_room(
 
 /// Makes one message durable in the local log, unless its id says the log has it already
 /// (a redelivery after a crash left the checkpoint behind). Resolves to its sequence.
-async fn store(sequence: u64, payload: Bytes, sink: Sink) -> anyhow::Result<u64> {
+async fn store(partition: u32, sequence: u64, payload: Bytes, sink: Sink) -> anyhow::Result<u64> {
     let batch_id = match WalBatch::decode(&payload) {
         Ok(batch) => batch.batch_id,
         Err(e) => {
             // Nothing can ever read it; holding the partition up for it would stop the rest.
             tracing::error!(sequence, error = %e, "skipping an unreadable stream message");
+            sink.rebuilding.stored(partition, sequence, 0);
             return Ok(sequence);
         }
     };
@@ -382,6 +404,8 @@ async fn store(sequence: u64, payload: Bytes, sink: Sink) -> anyhow::Result<u64>
         Some(id) => match sink.dedup.claim(&id).await {
             Claim::Duplicate => {
                 sink.metrics.duplicate_batches.inc();
+                // In the log already, at an entry detection has passed or soon will.
+                sink.rebuilding.stored(partition, sequence, 0);
                 return Ok(sequence);
             }
             Claim::New(guard) => Some(guard),
@@ -389,9 +413,10 @@ async fn store(sequence: u64, payload: Bytes, sink: Sink) -> anyhow::Result<u64>
         None => None,
     };
     // Never given up for shutdown: what a consumer started is finished before the log closes.
-    append_when_room(&sink.appender, payload, &CancellationToken::new())
+    let entry = append_when_room(&sink.appender, payload, &CancellationToken::new())
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
+    sink.rebuilding.stored(partition, sequence, entry);
     if let Some(guard) = guard {
         guard.stored(crate::timeutil::now_ns() / 1_000_000_000);
     }

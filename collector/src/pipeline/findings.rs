@@ -91,7 +91,11 @@ pub(crate) enum Mode {
     Single,
     /// A cluster worker: the detectors run here; their findings, the spans' service links
     /// and the event time go to the cluster's correlator, as `node`.
-    Publish { sink: FindingsSink, node: String },
+    Publish {
+        sink: FindingsSink,
+        node: String,
+        rebuilding: Arc<crate::cluster::Rebuilding>,
+    },
     /// A cluster correlator: no data of its own; the workers' [`Findings`] build the service
     /// graph and, while this process leads, open and update incidents, each change written
     /// to `replica` before it is kept.
@@ -107,9 +111,23 @@ pub(super) struct Outbox {
     pub(super) sink: FindingsSink,
     pub(super) pending: Findings,
     pub(super) sent: std::time::Instant,
+    pub(super) rebuilding: Arc<crate::cluster::Rebuilding>,
 }
 
 impl Outbox {
+    /// Keeps back the spans from `from` on (those of local log entry `entry`) that belong to
+    /// a partition's rebuilt history: its last owner sent them. Says how many.
+    pub(super) fn hold_history(&mut self, from: usize, entry: u64) -> u64 {
+        let added = self.pending.spans.split_off(from.min(self.pending.spans.len()));
+        let before = added.len();
+        self.pending.spans.extend(
+            added
+                .into_iter()
+                .filter(|s| !self.rebuilding.is_history(&s.service, entry)),
+        );
+        (before - (self.pending.spans.len() - from)) as u64
+    }
+
     /// Sends what is pending when there is something, or when the correlator has not heard
     /// from this worker for a while. Blocks while the publisher is behind.
     pub(super) fn flush(&mut self, event_ms: i64) {

@@ -207,7 +207,7 @@ fn run(
 ) {
     let (mut outbox, mut lead) = match mode {
         Mode::Single => (None, None),
-        Mode::Publish { sink, node } => (
+        Mode::Publish { sink, node, rebuilding } => (
             Some(Outbox {
                 sink,
                 pending: Findings {
@@ -215,6 +215,7 @@ fn run(
                     ..Findings::default()
                 },
                 sent: std::time::Instant::now(),
+                rebuilding,
             }),
             None,
         ),
@@ -248,6 +249,7 @@ fn run(
                 // Wall time only tells a kind of signal that went quiet from one running
                 // behind (the detectors' lanes); event time still comes from the data.
                 state.engine.set_wall_clock(crate::timeutil::now_ms());
+                let spans_before = outbox.as_ref().map_or(0, |o| o.pending.spans.len());
                 let mut spans_out = outbox.as_mut().map(|o| &mut o.pending.spans);
                 for input in inputs {
                     feed(
@@ -259,6 +261,9 @@ fn run(
                         context_only,
                         spans_out.as_deref_mut(),
                     );
+                }
+                if let Some(o) = outbox.as_mut() {
+                    metrics.findings_history_spans.inc_by(o.hold_history(spans_before, lsn));
                 }
                 p.applied_lsn = p.applied_lsn.max(lsn);
                 // Event time as the sources agree on it: one host's fast clock must not
