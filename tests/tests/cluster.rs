@@ -223,6 +223,13 @@ async fn killing_a_worker_an_ingest_node_and_a_nats_server_loses_and_duplicates_
     exactly_once(&client, &second_ingest, &run)
         .await
         .context("after the worker's return")?;
+    // The survivor's detectors forgot the services it handed back: their silence there is
+    // no news (it would score them as falling to zero for an hour).
+    eventually(Duration::from_secs(30), "the survivor's detectors to forget", || {
+        let forgot = w2.logs().contains("detectors forgot a partition's services");
+        async move { Ok(forgot.then_some(())) }
+    })
+    .await?;
     // A trace crossing two services held by different workers comes back whole.
     let (status, view) = get_json(&client, &second_ingest.api_url("/api/v1/cluster")).await?;
     ensure!(status == 200, "cluster view: {view}");

@@ -231,16 +231,10 @@ async fn consume(partition: u32, sink: Sink, purged_at: u64, stop: CancellationT
     // What the stream holds of the partition now was sent to the correlator by whoever
     // held it: its spans are history here. Unknown (the stream's leader does not answer),
     // they are sent again rather than risk holding live ones back.
-    let subject = super::subject(&sink.config, partition);
-    match sink.stream.get_last_raw_message_by_subject(&subject).await {
-        Ok(last) if last.sequence > sink.checkpoints.get(partition) => {
-            sink.rebuilding.start(partition, last.sequence);
-        }
+    match last_sequence(partition, &sink).await {
+        Ok(Some(last)) if last > sink.checkpoints.get(partition) => sink.rebuilding.start(partition, last),
         Ok(_) => {}
-        Err(e) if e.kind() == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {}
-        Err(e) => {
-            tracing::warn!(partition, error = %e, "cannot read the partition's last message; its history's spans go to the correlator again")
-        }
+        Err(e) => tracing::warn!(partition, error = %e, "its history's spans go to the correlator again"),
     }
     let mut backoff = Duration::from_millis(200);
     while !stop.is_cancelled() {
@@ -351,25 +345,30 @@ fn consumed(sink: &Sink, partition: u32, sequence: u64) {
 /// far longer than a lease (or not happen while the recreation keeps failing) — so the
 /// worker checks for itself and starts a new consumer from its checkpoint.
 async fn stalled(partition: u32, sink: &Sink) -> Option<anyhow::Error> {
-    let subject = super::subject(&sink.config, partition);
-    let last = tokio::time::timeout(STALL_CHECK, sink.stream.get_last_raw_message_by_subject(&subject)).await;
     let done = sink.checkpoints.get(partition);
-    match last {
-        Ok(Ok(message)) if message.sequence > done => Some(anyhow::anyhow!(
-            "the consumer stalled: the stream holds sequence {} of this partition, the worker has {done}",
-            message.sequence
+    match last_sequence(partition, sink).await {
+        Ok(Some(last)) if last > done => Some(anyhow::anyhow!(
+            "the consumer stalled: the stream holds sequence {last} of this partition, the worker has {done}"
         )),
-        Ok(Ok(_)) => None,
-        // An empty partition (or one whose messages all aged out): nothing to miss.
-        Ok(Err(e)) if e.kind() == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound => None,
-        Ok(Err(e)) => {
-            tracing::warn!(partition, error = %e, "could not read the partition's last sequence");
+        Ok(_) => None,
+        Err(e) => {
+            tracing::warn!(partition, error = %e, "cannot tell whether the consumer stalled");
             None
         }
-        Err(_) => {
-            tracing::warn!(partition, "no answer for the partition's last sequence");
-            None
-        }
+    }
+}
+
+/// The stream sequence of the partition's last message; `None` for an empty partition (or
+/// one whose messages all aged out).
+async fn last_sequence(partition: u32, sink: &Sink) -> Result<Option<u64>, String> {
+    let subject = super::subject(&sink.config, partition);
+    match tokio::time::timeout(STALL_CHECK, sink.stream.get_last_raw_message_by_subject(&subject)).await {
+        Ok(Ok(message)) => Ok(Some(message.sequence)),
+        Ok(Err(e)) if e.kind() == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound => Ok(None),
+        Ok(Err(e)) => Err(format!("cannot read the partition's last message: {e}")),
+        Err(_) => Err(format!(
+            "no answer for the partition's last message within {STALL_CHECK:?}"
+        )),
     }
 }
 

@@ -15,17 +15,18 @@ mod findings;
 mod incidents;
 mod input;
 mod join;
+mod messages;
 mod saver;
 mod state_file;
 mod store;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Duration;
 
 use vigil_detectors::DetectorKind;
-use vigil_detectors::{Engine, EngineConfig, EngineStats, Verdict};
+use vigil_detectors::{Engine, EngineConfig, EngineStats};
 
 use saver::{Saver, State, restore_state};
 
@@ -36,81 +37,11 @@ use findings::{Lead, Outbox};
 pub(crate) use incidents::IncidentStore;
 pub(crate) use input::DetectorInput;
 use input::{feed, in_event_order};
+use messages::Msg;
+pub(crate) use messages::PipelineSender;
 pub(crate) use store::{AnomalyStore, FeedbackError};
 use vigil_rca::Topology;
 use vigil_rca::{Correlator, Incident, IncidentConfig};
-
-pub(crate) enum Msg {
-    /// The signals of the WAL entry `lsn`.
-    Inputs {
-        lsn: u64,
-        inputs: Vec<DetectorInput>,
-    },
-    Feedback {
-        signal_key: String,
-        verdict: Verdict,
-    },
-    /// A human acknowledged or silenced this incident's alert.
-    Seal {
-        incident: String,
-    },
-    /// A cluster correlator's input: what the workers found ([`Mode::Correlate`]).
-    Findings(Findings),
-    /// A cluster correlator took the lead: correlate from the replicated incidents on.
-    Lead,
-    /// A cluster correlator lost the lead: stop correlating.
-    Follow,
-    /// Sent at shutdown after the indexer has applied everything.
-    Stop,
-}
-
-/// The indexer's end of the channel.
-#[derive(Clone)]
-pub(crate) struct PipelineSender(SyncSender<Msg>);
-
-impl PipelineSender {
-    /// Sends the signals of WAL entry `lsn`. Blocks while the detection thread is behind
-    /// (bounded queue).
-    pub(crate) fn send(&self, lsn: u64, inputs: Vec<DetectorInput>) {
-        if !inputs.is_empty() {
-            // Fails only when the detection thread has stopped (shutdown).
-            let _ = self.0.send(Msg::Inputs { lsn, inputs });
-        }
-    }
-
-    pub(crate) fn feedback(&self, signal_key: String, verdict: Verdict) {
-        let _ = self.0.send(Msg::Feedback { signal_key, verdict });
-    }
-
-    /// An incident a human has taken on (acknowledged, resolved or silenced) takes no new
-    /// findings: a new fault opens its own incident.
-    pub(crate) fn seal(&self, incident: String) {
-        // Called from request handlers: a full queue must not hold a runtime thread.
-        if let Err(std::sync::mpsc::TrySendError::Full(msg)) = self.0.try_send(Msg::Seal { incident }) {
-            let tx = self.0.clone();
-            match tokio::runtime::Handle::try_current() {
-                Ok(runtime) => drop(runtime.spawn_blocking(move || tx.send(msg))),
-                Err(_) => drop(tx.send(msg)),
-            }
-        }
-    }
-
-    /// Hands the workers' findings to a cluster correlator's detection thread. Blocks while
-    /// it is behind.
-    pub(crate) fn findings(&self, findings: Findings) {
-        let _ = self.0.send(Msg::Findings(findings));
-    }
-
-    /// Tells a cluster correlator's detection thread whether it leads now.
-    pub(crate) fn set_leading(&self, leading: bool) {
-        let _ = self.0.send(if leading { Msg::Lead } else { Msg::Follow });
-    }
-
-    /// Asks the detection thread to save and stop once it has drained its queue.
-    pub(crate) fn stop(&self) {
-        let _ = self.0.send(Msg::Stop);
-    }
-}
 
 /// Queue length between the indexer and the detection thread, in WAL entries.
 const QUEUE: usize = 64;
@@ -272,6 +203,24 @@ fn run(
                 // Calls silent for a day no longer relate their services.
                 topo.forget_idle(p.latest_event_ms);
                 clock.saw(p.latest_event_ms, crate::timeutil::now_ms());
+            }
+            Ok(Msg::Forget {
+                lsn,
+                partition,
+                partitions,
+            }) => {
+                // A restored state that holds the entry has forgotten them already.
+                if lsn > restored_lsn {
+                    let forgotten = state
+                        .engine
+                        .forget_services(&|service| crate::cluster::partition_of(service, partitions) == partition);
+                    tracing::info!(
+                        partition,
+                        signals = forgotten,
+                        "detectors forgot a partition's services"
+                    );
+                }
+                state.progress.applied_lsn = state.progress.applied_lsn.max(lsn);
             }
             Ok(Msg::Feedback { signal_key, verdict }) => {
                 state.engine.feedback(&signal_key, verdict);

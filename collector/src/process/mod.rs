@@ -169,10 +169,9 @@ impl Stage {
             let doomed = |service: &str| crate::cluster::partition_of(service, purge.partitions) == purge.partition;
             let suffix = format!("/p{}", purge.partition);
             self.indexer.purge(lsn, &doomed, &|id: &str| id.ends_with(&suffix));
-            // The detectors keep what they learned of those services: their series go
-            // quiet here and are evicted as idle, as when a service is retired.
+            // The detectors forget those services: their silence here is no news.
             if let Some(pipeline) = &self.pipeline {
-                pipeline.send(lsn, Vec::new());
+                pipeline.forget(lsn, purge.partition, purge.partitions);
             }
             return;
         }

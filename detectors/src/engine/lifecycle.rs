@@ -220,6 +220,31 @@ impl Engine {
         }
     }
 
+    /// Forgets what was learned of the services `doomed` names: their signals, first
+    /// sightings and new-pattern holders; their open findings are closed (an update each).
+    /// A cluster worker that gave up their partition would otherwise score their silence as
+    /// zeros for an hour — rates "falling to zero" for services that merely moved to another
+    /// worker — and judge their history against stale bands were the partition to come back.
+    /// Returns how many signals went.
+    pub fn forget_services(&mut self, doomed: &dyn Fn(&str) -> bool) -> usize {
+        let keys: Vec<String> = self
+            .tracked
+            .iter()
+            .filter(|(_, t)| t.signal.service.as_deref().is_some_and(doomed))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in &keys {
+            if let Some(mut a) = self.tracked.remove(key).and_then(|t| t.open) {
+                a.open = false;
+                self.updates.push(a);
+            }
+        }
+        let tracked = &self.tracked;
+        self.new_pattern_owner.retain(|_, key| tracked.contains_key(key));
+        self.service_first_ms.retain(|service, _| !doomed(service));
+        keys.len()
+    }
+
     pub(super) fn evict_oldest(&mut self) {
         // Rare (only at the cap), so a scan is cheaper than keeping an order index.
         if let Some(key) = self

@@ -489,3 +489,51 @@ fn updates_come_out_in_an_order_that_depends_only_on_the_findings() {
         assert_eq!(run(), first);
     }
 }
+
+/// A service whose partition moved to another worker stops here: forgotten, its silence is
+/// no finding, and a finding it had open is closed.
+#[test]
+fn a_forgotten_service_is_not_scored_for_its_silence_and_its_findings_close() {
+    let run = |forget: bool| {
+        let mut e = engine();
+        let mut forgotten = 0;
+        for m in 0..240i64 {
+            if forget && m == 180 {
+                forgotten = e.forget_services(&|s| s == "web");
+            }
+            for k in 0..30 {
+                let ts = T0 + m * MIN + k * 2000;
+                // Two services go on (event time is the newest time two sources agree on).
+                e.observe_log("cart", 1, m == 0 && k == 0, "cart heartbeat", 9, ts);
+                e.observe_log("api", 3, m == 0 && k == 0, "api heartbeat", 9, ts + 300);
+                if m < 180 {
+                    e.observe_log("web", 2, m == 0 && k == 0, "web heartbeat", 9, ts + 500);
+                    if (170..180).contains(&m) {
+                        e.observe_log("web", 4, m == 170 && k == 0, "web upstream failed", 17, ts + 700);
+                    }
+                }
+            }
+        }
+        e.advance(T0 + 240 * MIN);
+        (findings(&mut e), forgotten)
+    };
+    let (kept, _) = run(false);
+    assert!(
+        kept.values()
+            .any(|a| a.signal.service.as_deref() == Some("web") && a.start_ms >= T0 + 180 * MIN),
+        "without forgetting, web's silence is scored: {:?}",
+        kept.values().map(|a| (&a.signal.key, a.start_ms)).collect::<Vec<_>>()
+    );
+    let (moved, forgotten) = run(true);
+    assert!(forgotten > 0);
+    let web: Vec<&Anomaly> = moved
+        .values()
+        .filter(|a| a.signal.service.as_deref() == Some("web"))
+        .collect();
+    assert!(web.iter().all(|a| a.start_ms < T0 + 180 * MIN), "{web:?}");
+    assert!(
+        web.iter().any(|a| a.signal.key == "logerr:web"),
+        "the error spike was found before the move"
+    );
+    assert!(web.iter().all(|a| !a.open), "web's findings are closed: {web:?}");
+}
