@@ -79,6 +79,8 @@ pub struct NatsCluster {
     servers: Vec<Server>,
     /// Certificate and key the servers present (TLS required), if any.
     tls: Option<(PathBuf, PathBuf)>,
+    /// A configuration file the servers read first (e.g. a smaller `max_payload`).
+    config: Option<PathBuf>,
     _dir: tempfile::TempDir,
 }
 
@@ -93,8 +95,24 @@ impl NatsCluster {
         NatsCluster::start_with(1, Some((cert.to_path_buf(), key.to_path_buf())))
     }
 
+    /// One server whose messages carry at most `bytes` (the default is 1 MiB).
+    pub fn start_with_max_payload(bytes: u32) -> Result<NatsCluster> {
+        NatsCluster::start_with_config(1, None, &format!("max_payload: {bytes}\n"))
+    }
+
     fn start_with(n: usize, tls: Option<(PathBuf, PathBuf)>) -> Result<NatsCluster> {
+        NatsCluster::start_with_config(n, tls, "")
+    }
+
+    fn start_with_config(n: usize, tls: Option<(PathBuf, PathBuf)>, config: &str) -> Result<NatsCluster> {
         let dir = tempfile::tempdir()?;
+        let config = if config.is_empty() {
+            None
+        } else {
+            let path = dir.path().join("nats.conf");
+            std::fs::write(&path, config)?;
+            Some(path)
+        };
         let mut servers = Vec::new();
         for i in 0..n {
             servers.push(Server {
@@ -109,6 +127,7 @@ impl NatsCluster {
         let mut cluster = NatsCluster {
             servers,
             tls,
+            config,
             _dir: dir,
         };
         for i in 0..n {
@@ -132,9 +151,14 @@ impl NatsCluster {
         let routes = self.routes();
         let alone = self.servers.len() == 1;
         let tls = self.tls.clone();
+        let config = self.config.clone();
         let s = &mut self.servers[i];
         let log = std::fs::File::create(&s.log)?;
         let mut command = Command::new("nats-server");
+        // The file first: the flags after it override what it says.
+        if let Some(config) = &config {
+            command.arg("-c").arg(config);
+        }
         command
             .args(["-a", "127.0.0.1", "-p", &s.client_port.to_string(), "-js"])
             .arg("-sd")

@@ -367,3 +367,89 @@ async fn the_correlator_fails_over_without_paging_twice() -> Result<()> {
     assert_eq!(late.metric(&client, "vigil_rca_snapshot_installs_total").await?, 1.0);
     Ok(())
 }
+
+/// A change larger than one NATS message (a batch of hundreds of alerts through the
+/// Alertmanager API, on servers taking 64 KiB a message) is written whole to the object
+/// store and named by a small log record: the leader goes on, and a standby applies it.
+/// (Refused before: alerting on the leader failed until such a change shrank.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_too_large_for_one_message_reaches_the_standby() -> Result<()> {
+    vigil_e2e::init_tls();
+    let nats = NatsCluster::start_with_max_payload(64 * 1024)?;
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("cluster.toml");
+    std::fs::write(&config, format!("[cluster]\nreplicas = 1\nlease_secs = {LEASE_SECS}\n"))?;
+    let urls = nats.urls();
+    let ingest = start_role("ingest", &urls, &config, None)?;
+    let rcas = [
+        start_role("rca", &urls, &config, Some(&dir.path().join("rca-a")))?,
+        start_role("rca", &urls, &config, Some(&dir.path().join("rca-b")))?,
+    ];
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
+    let leader = eventually(Duration::from_secs(60), "a correlator to lead", || {
+        let (client, ingest) = (&client, &ingest);
+        async move { correlator(client, ingest).await }
+    })
+    .await?;
+    let standby = rcas
+        .iter()
+        .find(|r| !leader.ends_with(&r.api.to_string()))
+        .context("the standby")?;
+
+    let alerts: Vec<serde_json::Value> = (0..300)
+        .map(|i| {
+            serde_json::json!({
+                "labels": {"alertname": "DiskFull", "instance": format!("node-{i}"), "severity": "warning"},
+                "annotations": {"description": format!("{} on node-{i}", "the disk is almost full; ".repeat(20))},
+            })
+        })
+        .collect();
+    let body = serde_json::to_vec(&alerts)?;
+    assert!(
+        body.len() > 128 * 1024,
+        "the batch must not fit one message: {} bytes",
+        body.len()
+    );
+    let response = client
+        .post(ingest.api_url("/api/v2/alerts"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await?;
+    let status = response.status().as_u16();
+    let answer = response.text().await?;
+    ensure!(status == 200, "posting the batch answered {status}: {answer}");
+    let count = |c: &Collector| {
+        let (client, url) = (client.clone(), c.api_url("/api/v1/alerts?limit=1000"));
+        async move {
+            let (_, body) = get_json(&client, &url).await?;
+            Ok::<usize, anyhow::Error>(body["alerts"].as_array().map_or(0, |a| {
+                a.iter().filter(|x| x["labels"]["alertname"] == "DiskFull").count()
+            }))
+        }
+    };
+    eventually(Duration::from_secs(60), "the standby to hold the whole batch", || {
+        let count = &count;
+        async move { Ok((count(standby).await? == 300).then_some(())) }
+    })
+    .await?;
+    // The leader still leads and still takes changes.
+    assert_eq!(correlator(&client, &ingest).await?.as_deref(), Some(leader.as_str()));
+    let silence = serde_json::json!({
+        "matchers": [{"name": "alertname", "value": "DiskFull", "isRegex": false}],
+        "startsAt": "2026-01-01T00:00:00Z", "endsAt": "2099-01-01T00:00:00Z",
+        "createdBy": "test", "comment": "after the large change",
+    });
+    let response = client
+        .post(ingest.api_url("/api/v2/silences"))
+        .json(&silence)
+        .send()
+        .await?;
+    let status = response.status().as_u16();
+    ensure!(
+        status == 200,
+        "a change after the large one answered {status}: {}",
+        response.text().await?
+    );
+    Ok(())
+}

@@ -76,11 +76,15 @@ fn truncation_drops_only_checkpointed_closed_segments() {
     let (wal, _) = reopen(dir.path(), small_segments());
     let payloads: Vec<Vec<u8>> = (0..40).map(|_| vec![7u8; 60]).collect();
     let (_, _, truncator) = append_all(wal, &payloads);
-    let deleted = truncator.truncate(20).expect("truncate");
+    // The first segment closes after the group that takes it past 256 bytes: at worst three
+    // records (the writer woke for the first ones) and then a whole group of 18 (1,024
+    // bytes of 60-byte payloads), so it ends at record 21 or before. A checkpoint at 20
+    // failed now and then, when it ended at 21.
+    let deleted = truncator.truncate(25).expect("truncate");
     assert!(deleted > 0, "small segments must have rolled");
     let (_, replayed) = reopen(dir.path(), small_segments());
     let first = replayed.first().map(|r| r.lsn).unwrap_or(0);
-    assert!(first <= 21, "records above the checkpoint must survive, first={first}");
+    assert!(first <= 26, "records above the checkpoint must survive, first={first}");
     assert_eq!(replayed.last().map(|r| r.lsn), Some(40));
 }
 

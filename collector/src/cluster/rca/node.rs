@@ -294,7 +294,20 @@ impl RcaNode {
     }
 
     async fn apply(&self, payload: Bytes) -> anyhow::Result<()> {
-        let record: Record = serde_json::from_slice(&payload).context("the record does not decode")?;
+        let mut record: Record = serde_json::from_slice(&payload).context("the record does not decode")?;
+        if let Record::Stored { object } = &record {
+            // Too large for one message: kept whole in the object store.
+            let mut body = Vec::new();
+            tokio::time::timeout(SNAPSHOT_PATIENCE, async {
+                let mut stored = self.replicator.snapshots.get(object).await?;
+                stored.read_to_end(&mut body).await?;
+                anyhow::Ok(())
+            })
+            .await
+            .map_err(|_| anyhow::anyhow!("reading the large record {object} took too long"))?
+            .with_context(|| format!("cannot read the large record {object}"))?;
+            record = serde_json::from_slice(&body).context("the large record does not decode")?;
+        }
         let (alerts, incidents) = (Arc::clone(&self.alerts), Arc::clone(&self.incidents));
         tokio::task::spawn_blocking(move || match record {
             Record::Incidents { incidents: list } => {
@@ -306,6 +319,7 @@ impl RcaNode {
                 tracing::info!(node = %node, "a correlator took the lead");
                 Ok(())
             }
+            Record::Stored { object } => anyhow::bail!("the large record {object} names another"),
         })
         .await?
     }

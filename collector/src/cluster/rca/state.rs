@@ -69,6 +69,10 @@ pub(super) enum RecordRef<'a> {
     Lead {
         node: &'a str,
     },
+    /// A record too large for one message, kept whole in the object store under `object`.
+    Stored {
+        object: &'a str,
+    },
 }
 
 /// One record of the state log, as read.
@@ -78,6 +82,26 @@ pub(super) enum Record {
     Incidents { incidents: Vec<Incident> },
     Alerting { changes: Box<Changes> },
     Lead { node: String },
+    Stored { object: String },
+}
+
+/// Room left in a message for its headers when deciding whether a record fits.
+const HEADROOM: usize = 4 * 1024;
+/// Names of records kept in the object store start with this, then the log sequence they
+/// were written to follow.
+const STORED_PREFIX: &str = "record-";
+
+/// The object name of a record written after log record `after`: ordered by it, unique
+/// per write (a deposed leader's attempt at the same place leaves a name of its own).
+fn stored_name(after: u64) -> String {
+    static WRITES: AtomicU64 = AtomicU64::new(0);
+    let write = WRITES.fetch_add(1, Ordering::Relaxed);
+    format!("{STORED_PREFIX}{after:020}-{}-{write}", crate::timeutil::now_ns())
+}
+
+/// The log record a stored record's object was written after, from its name.
+pub(super) fn stored_after(name: &str) -> Option<u64> {
+    name.strip_prefix(STORED_PREFIX)?.split('-').next()?.parse().ok()
 }
 
 /// The active correlator's writer to the state log, and the one place that says whether this
@@ -173,22 +197,37 @@ impl Replicator {
     /// Appends one record, fenced on the last one this process knows. Runs the publish on the
     /// runtime and waits for it: the callers (the detection thread, alerting's store writes)
     /// are synchronous, off the async workers.
+    ///
+    /// A record too large for one message (a change to a group of thousands of alerts) is
+    /// written whole to the object store first and the log gets a small record naming it,
+    /// fenced like any other: the log's order and fencing stay in the stream.
     fn append_record(&self, record: &RecordRef<'_>) -> Result<(), String> {
         let payload = serde_json::to_vec(record).map_err(|e| format!("cannot encode a state record: {e}"))?;
-        if payload.len() > self.max_payload {
-            // Nothing was written and nothing would be: refuse this change, keep the lead.
-            return Err(format!(
-                "a state record of {} bytes is more than the NATS servers' max_payload ({}); raise max_payload",
-                payload.len(),
-                self.max_payload
-            ));
-        }
         let _one_at_a_time = self.append.lock().unwrap_or_else(|e| e.into_inner());
         if !self.leading.load(Ordering::Acquire) {
             return Err("this process is not the active correlator".into());
         }
         // Callable from a plain thread, a blocking-pool thread or an async worker alike.
-        let written = tokio::task::block_in_place(|| self.handle.block_on(self.publish_fenced(payload)));
+        let written = tokio::task::block_in_place(|| {
+            self.handle.block_on(async {
+                if payload.len() + HEADROOM <= self.max_payload {
+                    return self.publish_fenced(payload).await;
+                }
+                let name = stored_name(self.applied.load(Ordering::Acquire));
+                let meta = jetstream::object_store::ObjectMetadata {
+                    name: name.clone(),
+                    chunk_size: Some(self.chunk_size()),
+                    ..Default::default()
+                };
+                tokio::time::timeout(SNAPSHOT_PATIENCE, self.snapshots.put(meta, &mut payload.as_slice()))
+                    .await
+                    .map_err(|_| "writing a large record took too long".to_string())?
+                    .map_err(|e| format!("cannot write a large record: {e}"))?;
+                let pointer = serde_json::to_vec(&RecordRef::Stored { object: &name })
+                    .map_err(|e| format!("cannot encode a state record: {e}"))?;
+                self.publish_fenced(pointer).await
+            })
+        });
         match written {
             Ok(sequence) => {
                 self.applied.fetch_max(sequence, Ordering::AcqRel);
@@ -200,6 +239,40 @@ impl Replicator {
                 self.step_down();
                 Err(format!("state log write failed ({e}); no longer the active correlator"))
             }
+        }
+    }
+}
+
+impl Replicator {
+    /// Object chunks that fit the servers' messages (the store's default, 128 KiB, is more
+    /// than servers configured below it take).
+    fn chunk_size(&self) -> usize {
+        self.max_payload.saturating_sub(HEADROOM).clamp(1024, 128 * 1024)
+    }
+
+    /// Deletes the large records whose log records the purge up to `sequence` took (and any
+    /// a deposed leader left behind): the snapshot holds what they said.
+    fn drop_stored_before(&self, sequence: u64) {
+        let dropped = tokio::task::block_in_place(|| {
+            self.handle.block_on(async {
+                let mut names = Vec::new();
+                let mut list = self.snapshots.list().await.map_err(|e| e.to_string())?;
+                while let Some(info) = futures::StreamExt::next(&mut list).await {
+                    let info = info.map_err(|e| e.to_string())?;
+                    if stored_after(&info.name).is_some_and(|after| after < sequence) {
+                        names.push(info.name);
+                    }
+                }
+                for name in &names {
+                    self.snapshots.delete(name).await.map_err(|e| e.to_string())?;
+                }
+                Ok::<usize, String>(names.len())
+            })
+        });
+        match dropped {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(records = n, "large records the snapshot covers deleted"),
+            Err(e) => tracing::warn!(error = %e, "cannot delete the large records the snapshot covers; next time"),
         }
     }
 }
@@ -273,6 +346,7 @@ impl IncidentReplica for Replicator {
                 let meta = jetstream::object_store::ObjectMetadata {
                     name: SNAPSHOT.to_string(),
                     description: Some(sequence.to_string()),
+                    chunk_size: Some(self.chunk_size()),
                     ..Default::default()
                 };
                 tokio::time::timeout(SNAPSHOT_PATIENCE, self.snapshots.put(meta, &mut body.as_slice()))
@@ -289,6 +363,7 @@ impl IncidentReplica for Replicator {
         });
         match written {
             Ok(sequence) => {
+                self.drop_stored_before(sequence);
                 self.metrics.rca_snapshots.inc();
                 tracing::info!(
                     sequence,
@@ -347,8 +422,7 @@ mod tests {
             Record::Alerting { changes } => {
                 assert_eq!((changes.outbox_deleted, changes.next_seq), (vec!["n-1".to_string()], 9))
             }
-            Record::Incidents { .. } => panic!("read back as incidents"),
-            Record::Lead { .. } => panic!("read back as a lead record"),
+            _ => panic!("read back as another kind of record"),
         }
         let wire = serde_json::to_vec(&RecordRef::Lead { node: "rca-1" }).expect("round trip");
         assert!(
@@ -358,5 +432,19 @@ mod tests {
         assert!(
             matches!(serde_json::from_slice::<Record>(&wire).expect("round trip"), Record::Incidents { incidents } if incidents.is_empty())
         );
+        let name = stored_name(41);
+        let wire = serde_json::to_vec(&RecordRef::Stored { object: &name }).expect("round trip");
+        assert!(
+            matches!(serde_json::from_slice::<Record>(&wire).expect("round trip"), Record::Stored { object } if object == name)
+        );
+    }
+
+    #[test]
+    fn a_large_record_is_named_by_where_it_was_written_and_sorts_so() {
+        let (a, b) = (stored_name(9), stored_name(10));
+        assert_eq!((stored_after(&a), stored_after(&b)), (Some(9), Some(10)));
+        assert!(a < b, "names sort in log order: {a} {b}");
+        assert_ne!(stored_name(9), stored_name(9), "each write its own object");
+        assert_eq!(stored_after(SNAPSHOT), None, "the snapshot is never taken for one");
     }
 }
