@@ -1,11 +1,13 @@
 //! Scale-out on NATS JetStream, with every part real: three `nats-server` processes in a
-//! JetStream cluster, two ingest nodes, two workers, and the official OpenTelemetry Python
-//! SDK sending. Mid-stream the test kill -9s a worker, then an ingest node, then a NATS
-//! server; at the end every acknowledged record is searchable exactly once through the query
-//! root, the surviving worker took the dead one's partitions within a lease period, and the
-//! killed worker, restarted on its data, takes its share back without duplicating anything;
-//! a trace whose services live on different workers comes back whole through the root.
-//! The correlator's failover is `cluster_rca.rs`.
+//! JetStream cluster, two ingest nodes, two workers, two correlators, a webhook receiver,
+//! and the official OpenTelemetry Python SDK sending. Mid-stream the test kill -9s a worker,
+//! then an ingest node, then a NATS server, then the active correlator; at the end every
+//! acknowledged record is searchable exactly once through the query root, the surviving
+//! worker took the dead one's partitions and the standby correlator the lead within a lease
+//! period, no alert was paged twice, and the killed worker, restarted on its data, takes its
+//! share back without duplicating anything; a trace whose services live on different
+//! workers comes back whole through the root. Incidents paged across a correlator's
+//! failover are `cluster_rca.rs`.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -67,16 +69,51 @@ async fn exactly_once(client: &reqwest::Client, root: &Collector, run: &str) -> 
     .await
 }
 
+/// The API of the cluster's active correlator, as the root names it.
+async fn leading_correlator(client: &reqwest::Client, root: &Collector) -> Result<Option<String>> {
+    let (status, view) = get_json(client, &root.api_url("/api/v1/cluster")).await?;
+    ensure!(status == 200, "cluster view: {view}");
+    Ok(view["correlator"]["api"].as_str().map(str::to_string))
+}
+
+/// An alert named `name`, through the root's Alertmanager API.
+async fn post_alert(client: &reqwest::Client, root: &Collector, name: &str) -> Result<()> {
+    let alert = serde_json::json!([{"labels": {"alertname": name, "severity": "critical"}}]);
+    let response = client.post(root.api_url("/api/v2/alerts")).json(&alert).send().await?;
+    let status = response.status().as_u16();
+    ensure!(
+        status == 200,
+        "posting {name} answered {status}: {}",
+        response.text().await?
+    );
+    Ok(())
+}
+
+/// Successful deliveries saying the group of alert `name` fires.
+fn pages(hook: &vigil_e2e::receiver::Receiver, name: &str) -> Vec<vigil_e2e::receiver::Captured> {
+    hook.captured()
+        .into_iter()
+        .filter(|c| c.status == 200 && c.json["groupLabels"]["alertname"] == name && c.json["status"] == "firing")
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killing_a_worker_an_ingest_node_and_a_nats_server_loses_and_duplicates_nothing() -> Result<()> {
+async fn killing_a_worker_an_ingest_node_a_nats_server_and_the_correlator_loses_and_duplicates_nothing() -> Result<()> {
     vigil_e2e::init_tls();
     let mut nats = NatsCluster::start(3)?;
     let urls = nats.urls();
+    let hook = vigil_e2e::receiver::Receiver::start().await?;
     let dir = tempfile::tempdir()?;
     let config = dir.path().join("cluster.toml");
     std::fs::write(
         &config,
-        format!("[cluster]\npartitions = {PARTITIONS}\nreplicas = 3\nlease_secs = {LEASE_SECS}\n"),
+        format!(
+            "[cluster]\npartitions = {PARTITIONS}\nreplicas = 3\nlease_secs = {LEASE_SECS}\n\
+             [alerting.route]\nreceiver = \"hook\"\ngroup_by = [\"alertname\"]\ngroup_wait_secs = 1\n\
+             group_interval_secs = 1\nrepeat_interval_secs = 3600\n\
+             [[alerting.receivers]]\nname = \"hook\"\nurl = \"{}\"\n",
+            hook.url("/hook")
+        ),
     )?;
     let ingest = [
         start_role("ingest", &urls, &config, None)?,
@@ -85,7 +122,25 @@ async fn killing_a_worker_an_ingest_node_and_a_nats_server_loses_and_duplicates_
     let w1_dir = dir.path().join("w1");
     let w1 = start_role("worker", &urls, &config, Some(&w1_dir))?;
     let w2 = start_role("worker", &urls, &config, Some(&dir.path().join("w2")))?;
+    let mut correlators = vec![
+        start_role("rca", &urls, &config, Some(&dir.path().join("rca1")))?,
+        start_role("rca", &urls, &config, Some(&dir.path().join("rca2")))?,
+    ];
     let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
+
+    // The correlator pages an alert before the load: it must never page it again, across
+    // every kill below, the correlator's own included.
+    let first_leader = eventually(Duration::from_secs(60), "a correlator to lead", || {
+        let (client, root) = (&client, &ingest[0]);
+        async move { leading_correlator(client, root).await }
+    })
+    .await?;
+    post_alert(&client, &ingest[0], "BeforeTheKills").await?;
+    eventually(Duration::from_secs(60), "the page of the first alert", || {
+        let n = pages(&hook, "BeforeTheKills").len();
+        async move { Ok((n > 0).then_some(())) }
+    })
+    .await?;
 
     // Both workers hold their share before the load starts.
     eventually(Duration::from_secs(60), "the workers to split the partitions", || {
@@ -170,6 +225,28 @@ async fn killing_a_worker_an_ingest_node_and_a_nats_server_loses_and_duplicates_
     reached(BATCHES * 7 / 10).await?;
     nats.kill(2)?;
 
+    // The active correlator dies: the standby takes the lease and pages what comes next,
+    // and nothing it was told was paged already.
+    let dead = correlators
+        .iter()
+        .position(|c| format!("http://{}", c.api) == first_leader)
+        .context("the leading correlator")?;
+    let killed_at = Instant::now();
+    correlators.remove(dead).kill()?;
+    let new_leader = eventually(Duration::from_secs(4 * LEASE_SECS + 10), "the standby to lead", || {
+        let (client, root, old) = (&client, &second_ingest, &first_leader);
+        async move { Ok(leading_correlator(client, root).await?.filter(|l| l != old)) }
+    })
+    .await?;
+    let correlator_takeover = killed_at.elapsed();
+    ensure!(new_leader == format!("http://{}", correlators[0].api), "{new_leader}");
+    post_alert(&client, &second_ingest, "AfterTheKills").await?;
+    eventually(Duration::from_secs(60), "the page of the second alert", || {
+        let n = pages(&hook, "AfterTheKills").len();
+        async move { Ok((n > 0).then_some(())) }
+    })
+    .await?;
+
     let status = tokio::task::spawn_blocking(move || sender.wait()).await??;
     let summary = reader.join().map_err(|_| anyhow::anyhow!("reader thread panicked"))?;
     ensure!(status.success(), "the sender gave up: {summary}");
@@ -191,6 +268,12 @@ async fn killing_a_worker_an_ingest_node_and_a_nats_server_loses_and_duplicates_
         "takeover took {takeover:?} with {LEASE_SECS} s leases"
     );
     assert!(w2.metric(&client, "vigil_stream_consumed_total").await? > consumed_before);
+    assert!(
+        correlator_takeover <= Duration::from_secs(2 * LEASE_SECS + 4),
+        "the correlator's takeover took {correlator_takeover:?}"
+    );
+    assert_eq!(pages(&hook, "BeforeTheKills").len(), 1, "the first alert paged once");
+    assert_eq!(pages(&hook, "AfterTheKills").len(), 1, "the second alert paged once");
 
     if let Err(e) = exactly_once(&client, &second_ingest, &run).await {
         let (_, seen) = records(&client, &second_ingest, &run).await?;

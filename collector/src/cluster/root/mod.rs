@@ -382,31 +382,53 @@ async fn to_correlator(
     State(root): State<Arc<Root>>,
     request: axum::extract::Request,
 ) -> Result<axum::response::Response, ApiError> {
-    let leader = tokio::time::timeout(Duration::from_secs(2), super::rca::leader(&root.kv))
-        .await
-        .map_err(|_| ApiError::Unavailable("cannot read the cluster's correlator: no answer within 2 s".into()))?
-        .map_err(|e| ApiError::Unavailable(format!("cannot read the cluster's correlator: {e}")))?;
-    let Some(api) = leader.and_then(|m| m.api) else {
-        return Err(ApiError::Unavailable(
-            "the cluster has no active correlator: start one with --role rca".into(),
-        ));
-    };
     let (parts, body) = request.into_parts();
     let target = parts.uri.path_and_query().map_or(parts.uri.path(), |p| p.as_str());
     let body = axum::body::to_bytes(body, MAX_FORWARDED_BODY)
         .await
         .map_err(|e| ApiError::BadRequest(format!("cannot read the request body: {e}")))?;
-    let mut forward = root.http.request(parts.method, format!("{api}{target}")).body(body);
-    for name in [AUTHORIZATION, CONTENT_TYPE] {
-        if let Some(value) = parts.headers.get(&name) {
-            forward = forward.header(name, value.clone());
+    // A correlator that has just taken the lease still catches up before it takes changes
+    // (it answers 503 meanwhile): a change is asked again for a few seconds, so a failover
+    // does not reach the caller.
+    let deadline = tokio::time::Instant::now() + TAKEOVER_PATIENCE;
+    loop {
+        let api = correlator_api(&root).await?;
+        let mut forward = root
+            .http
+            .request(parts.method.clone(), format!("{api}{target}"))
+            .body(body.clone());
+        for name in [AUTHORIZATION, CONTENT_TYPE] {
+            if let Some(value) = parts.headers.get(&name) {
+                forward = forward.header(name, value.clone());
+            }
         }
+        let answer = forward
+            .send()
+            .await
+            .map_err(|e| ApiError::BadGateway(format!("the correlator at {api} failed: {e}")))?;
+        if answer.status() == StatusCode::SERVICE_UNAVAILABLE
+            && parts.method != Method::GET
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            continue;
+        }
+        return relay(answer, &api).await;
     }
-    let answer = forward
-        .send()
+}
+
+/// How long a change is asked again of a correlator that answers it is not ready.
+const TAKEOVER_PATIENCE: Duration = Duration::from_secs(10);
+
+/// The active correlator's API, as the lease names it.
+async fn correlator_api(root: &Root) -> Result<String, ApiError> {
+    let leader = tokio::time::timeout(Duration::from_secs(2), super::rca::leader(&root.kv))
         .await
-        .map_err(|e| ApiError::BadGateway(format!("the correlator at {api} failed: {e}")))?;
-    relay(answer, &api).await
+        .map_err(|_| ApiError::Unavailable("cannot read the cluster's correlator: no answer within 2 s".into()))?
+        .map_err(|e| ApiError::Unavailable(format!("cannot read the cluster's correlator: {e}")))?;
+    leader
+        .and_then(|m| m.api)
+        .ok_or_else(|| ApiError::Unavailable("the cluster has no active correlator: start one with --role rca".into()))
 }
 
 /// Another node's answer passed back as it is: status, content type, body.
