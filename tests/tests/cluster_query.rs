@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -168,7 +168,10 @@ fn traffic(services: &[String], faulty: &str, t0: u64) -> (ExportTraceServiceReq
             }],
             ..Default::default()
         });
-        let lines = (0..POINTS).flat_map(|i| {
+        // The second worker's services log a line of their own first, so the two workers'
+        // pattern ids for the shared routine line differ.
+        let warmed = (k >= 3).then(|| log_record(t0, &format!("cache warmed for {service}"), &[]));
+        let lines = warmed.into_iter().chain((0..POINTS).flat_map(|i| {
             let t = t0 + i * STEP_NS + 5_000_000;
             let routine = log_record(t, &format!("served request {i} in 2 ms"), &[]);
             let error = broken(i).then(|| LogRecord {
@@ -181,7 +184,7 @@ fn traffic(services: &[String], faulty: &str, t0: u64) -> (ExportTraceServiceReq
                 )
             });
             std::iter::once(routine).chain(error)
-        });
+        }));
         logs.push(ResourceLogs {
             resource,
             scope_logs: vec![ScopeLogs {
@@ -375,6 +378,33 @@ async fn the_query_root_answers_as_one_collector_would() -> Result<()> {
     assert_eq!(want["result"]["series"].as_array().map(Vec::len), Some(6), "{want}");
     assert_eq!(got, want, "metric query");
 
+    // One template logged on both workers is one pattern at the root; its id there finds
+    // the template's lines on both (each worker's own ids would not).
+    let logged = [
+        ("start", ((t0 / 1_000_000) as i64).to_string()),
+        ("end", ((t0 + POINTS * STEP_NS) / 1_000_000).to_string()),
+        ("limit", "1000".to_string()),
+    ];
+    let routine = |answer: &Value| -> Option<u64> {
+        answer["patterns"]
+            .as_array()?
+            .iter()
+            .find(|p| p["template"].as_str().is_some_and(|t| t.starts_with("served request")))?["pattern_id"]
+            .as_u64()
+    };
+    let single_id = routine(&ask(&client, &single, "/api/v1/logs/patterns", &logged).await?).context("single")?;
+    let root_patterns = ask(&client, &ingest, "/api/v1/logs/patterns", &logged).await?;
+    let root_id = routine(&root_patterns).context("root")?;
+    let by_pattern = |id: u64| {
+        let mut params = logged.to_vec();
+        params.push(("pattern", id.to_string()));
+        params
+    };
+    let lines = ask(&client, &single, "/api/v1/logs/search", &by_pattern(single_id)).await?["total"].clone();
+    assert_eq!(lines, serde_json::json!(6 * POINTS), "every service's routine line");
+    let through_root = ask(&client, &ingest, "/api/v1/logs/search", &by_pattern(root_id)).await?["total"].clone();
+    assert_eq!(through_root, lines, "the root's pattern finds it on both workers");
+
     // An investigation through the ingest node is ranked by the correlator over both
     // workers' rows: the same candidates, scores and filled-in log evidence as one collector.
     let ms = |i: u64| ((t0 + i * STEP_NS) / 1_000_000) as i64;
@@ -478,6 +508,11 @@ async fn the_query_root_answers_as_one_collector_would() -> Result<()> {
         "the services page through the root"
     );
     page("/ui/incidents").await?;
+    let filtered = page(&format!("/ui/logs?pattern={root_id}&range=6h")).await?;
+    ensure!(
+        filtered.contains("served request"),
+        "the UI's pattern filter through the root"
+    );
 
     // The callee's worker dies; the other rebuilds its partitions from the stream, and
     // keeps their history's spans from the correlator: the call is still counted once.

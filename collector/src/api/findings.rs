@@ -68,7 +68,7 @@ pub(super) async fn incident(State(state): State<ApiState>, Path(id): Path<Strin
                 start_ns: window.0.saturating_mul(1_000_000),
                 end_ns: window.1.saturating_mul(1_000_000),
                 service: None,
-                patterns: state.patterns.ids_of(p),
+                patterns: Some(state.patterns.ids_of(p)),
             };
             if let Ok(hits) = timed(&state, "incident_samples", move |s| s.search_logs(&q, 3)).await {
                 samples = hits.hits;

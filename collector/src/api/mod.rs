@@ -109,6 +109,7 @@ pub(crate) fn router(state: ApiState) -> Router {
         .route("/api/v1/logs/search", get(signals::logs_search))
         .route("/api/v1/logs/histogram", get(signals::logs_histogram))
         .route("/api/v1/logs/patterns", get(signals::logs_patterns))
+        .route("/api/v1/logs/patterns/{id}", get(signals::log_pattern))
         .route("/api/v1/anomalies", get(findings::anomalies))
         .route("/api/v1/anomalies/{id}", get(findings::anomaly))
         .route("/api/v1/anomalies/{id}/feedback", post(findings::anomaly_feedback))

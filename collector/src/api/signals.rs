@@ -20,14 +20,41 @@ pub(super) fn log_query(state: &ApiState, params: &HashMap<String, String>) -> R
         start_ns,
         end_ns,
         service: params.get("service").cloned(),
-        patterns: match params.get("pattern").filter(|p| !p.is_empty()) {
-            Some(p) => state.patterns.ids_of(
-                p.parse()
-                    .map_err(|_| ApiError::bad(format!("pattern: {p:?} is not a pattern id")))?,
+        patterns: match (
+            params.get("pattern").filter(|p| !p.is_empty()),
+            params.get("template").filter(|t| !t.is_empty()),
+        ) {
+            (Some(_), Some(_)) => return Err(ApiError::bad("give pattern or template, not both")),
+            (Some(p), None) => Some(
+                state.patterns.ids_of(
+                    p.parse()
+                        .map_err(|_| ApiError::bad(format!("pattern: {p:?} is not a pattern id")))?,
+                ),
             ),
-            None => Vec::new(),
+            // The template as the patterns listing shows it: a cluster's query root filters by
+            // it, pattern ids being each worker's own.
+            (None, Some(t)) => Some(state.patterns.ids_with_template(t)),
+            (None, None) => None,
         },
     })
+}
+
+/// `GET /api/v1/logs/patterns/{id}`: one pattern as the catalogue holds it (template and
+/// first sighting), without reading the indexes.
+pub(super) async fn log_pattern(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let id: u64 = id
+        .parse()
+        .map_err(|_| ApiError::bad(format!("{id:?} is not a pattern id")))?;
+    let info = state
+        .patterns
+        .info(id)
+        .ok_or_else(|| ApiError::NotFound(format!("no pattern {id} (never seen, or evicted from the miner)")))?;
+    Ok(Json(json!({
+        "pattern_id": info.id,
+        "template": info.template,
+        "first_seen": crate::timeutil::format_ns(info.first_seen_ns),
+    }))
+    .into_response())
 }
 
 pub(super) async fn logs_search(State(state): State<ApiState>, Query(params): Params) -> Result<Response, ApiError> {

@@ -184,7 +184,7 @@ impl Reader for Local {
                     start_ns: start_ms.saturating_mul(1_000_000),
                     end_ns: end_ms.saturating_mul(1_000_000) - 1,
                     service: Some(e.service.clone()),
-                    patterns: self.patterns.ids_of(pattern),
+                    patterns: Some(self.patterns.ids_of(pattern)),
                 };
                 self.store.search_logs(&q, limit)
             };

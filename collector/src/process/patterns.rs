@@ -70,6 +70,18 @@ impl PatternCatalog {
         self.miner.lock().unwrap_or_else(|e| e.into_inner()).ids_of(id)
     }
 
+    /// Every id log records of the patterns whose template is `template` may carry (none
+    /// when no pattern has it now).
+    pub(crate) fn ids_with_template(&self, template: &str) -> Vec<u64> {
+        let miner = self.miner.lock().unwrap_or_else(|e| e.into_inner());
+        let held: Vec<u64> = miner
+            .patterns()
+            .filter(|p| p.template() == template)
+            .map(|p| p.id)
+            .collect();
+        held.into_iter().flat_map(|id| miner.ids_of(id)).collect()
+    }
+
     /// Whether lines were mined since the last save.
     pub(crate) fn is_dirty(&self) -> bool {
         self.dirty.load(Ordering::Relaxed)
@@ -110,5 +122,17 @@ mod tests {
 
         std::fs::write(&path, b"{not json").expect("write");
         assert!(PatternCatalog::open(path).info(id).is_none());
+    }
+
+    #[test]
+    fn a_template_names_every_id_its_lines_carry_and_nothing_else() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let catalog = PatternCatalog::open(dir.path().join("patterns.json"));
+        let id = catalog.feed().add("user 42 logged in", 1).pattern_id;
+        catalog.feed().add("user 43 logged in", 2);
+        catalog.feed().add("disk sda full", 3);
+        let template = catalog.info(id).expect("known").template;
+        assert_eq!(catalog.ids_with_template(&template), catalog.ids_of(id));
+        assert!(catalog.ids_with_template("no such template").is_empty());
     }
 }

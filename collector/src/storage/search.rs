@@ -47,8 +47,8 @@ pub(crate) struct LogQuery {
     pub end_ns: i64,
     pub service: Option<String>,
     /// Only records carrying one of these pattern ids (a pattern and the ids merged into it,
-    /// from the catalogue's `ids_of`); empty: every pattern.
-    pub patterns: Vec<u64>,
+    /// from the catalogue's `ids_of`; none at all matches nothing); `None`: every pattern.
+    pub patterns: Option<Vec<u64>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -157,8 +157,8 @@ impl Store {
         if let Some(service) = q.service.as_deref().filter(|s| !s.is_empty()) {
             parts.push(term_query(f.service, service));
         }
-        if !q.patterns.is_empty() {
-            parts.push(pattern_query(f.pattern_id, &q.patterns));
+        if let Some(patterns) = &q.patterns {
+            parts.push(pattern_query(f.pattern_id, patterns));
         }
         Ok(parts)
     }

@@ -14,6 +14,7 @@
 //! While a partition changes hands its new owner is still catching up and the old one has
 //! purged its copy: a query then sees less of that partition, never the same record twice.
 
+mod logs;
 mod merge;
 mod prometheus;
 
@@ -34,10 +35,7 @@ use serde_json::{Value, json};
 
 use super::lease::{Member, cluster_view};
 use crate::api::ApiError;
-use merge::{
-    merge_histograms, merge_metric_query, merge_metric_series, merge_newest_first, merge_patterns, merge_search,
-    merge_services, nanos,
-};
+use merge::{merge_metric_query, merge_metric_series, merge_newest_first, merge_services, nanos};
 
 type Answer = Result<Json<Value>, ApiError>;
 type Params = Query<HashMap<String, String>>;
@@ -64,9 +62,9 @@ impl Root {
 
 pub(crate) fn router(root: Arc<Root>) -> Router {
     let mut router = Router::new()
-        .route("/api/v1/logs/search", get(logs_search))
-        .route("/api/v1/logs/histogram", get(logs_histogram))
-        .route("/api/v1/logs/patterns", get(logs_patterns))
+        .route("/api/v1/logs/search", get(logs::search))
+        .route("/api/v1/logs/histogram", get(logs::histogram))
+        .route("/api/v1/logs/patterns", get(logs::patterns))
         .route("/api/v1/services", get(services))
         .route("/api/v1/metrics/names", get(metric_names))
         .route("/api/v1/metrics/series", get(metric_series))
@@ -161,26 +159,40 @@ async fn each_worker(
     missing_ok: bool,
     build: impl Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
 ) -> Result<Vec<Value>, ApiError> {
+    let named = each_worker_named(root, authorization, missing_ok, build).await?;
+    Ok(named.into_iter().map(|(_, body)| body).collect())
+}
+
+/// [`each_worker`], each answer with the node that gave it.
+async fn each_worker_named(
+    root: &Root,
+    authorization: Option<HeaderValue>,
+    missing_ok: bool,
+    build: impl Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
+) -> Result<Vec<(String, Value)>, ApiError> {
     let members = members(root).await?;
-    let calls = members.iter().filter_map(|(m, _)| m.api.clone()).map(|api| {
-        let mut request = build(&root.http, &api);
-        if let Some(auth) = &authorization {
-            request = request.header(AUTHORIZATION, auth.clone());
-        }
-        async move {
-            let response = request.send().await.map_err(|e| format!("{api}: {e}"))?;
-            let status = response.status();
-            if missing_ok && status == StatusCode::NOT_FOUND {
-                return Ok(Value::Null);
+    let calls = members
+        .iter()
+        .filter_map(|(m, _)| Some((m.node.clone(), m.api.clone()?)))
+        .map(|(node, api)| {
+            let mut request = build(&root.http, &api);
+            if let Some(auth) = &authorization {
+                request = request.header(AUTHORIZATION, auth.clone());
             }
-            let body: Value = response.json().await.map_err(|e| format!("{api}: {e}"))?;
-            if status.is_success() {
-                Ok(body)
-            } else {
-                Err(format!("{api} answered {status}: {body}"))
+            async move {
+                let response = request.send().await.map_err(|e| format!("{api}: {e}"))?;
+                let status = response.status();
+                if missing_ok && status == StatusCode::NOT_FOUND {
+                    return Ok((node, Value::Null));
+                }
+                let body: Value = response.json().await.map_err(|e| format!("{api}: {e}"))?;
+                if status.is_success() {
+                    Ok((node, body))
+                } else {
+                    Err(format!("{api} answered {status}: {body}"))
+                }
             }
-        }
-    });
+        });
     let answers = futures::future::join_all(calls).await;
     let mut bodies = Vec::with_capacity(answers.len());
     for answer in answers {
@@ -235,31 +247,6 @@ fn pin_range(mut params: HashMap<String, String>) -> HashMap<String, String> {
         .entry("end".into())
         .or_insert_with(|| (now_ms + 3_600_000).to_string());
     params
-}
-
-async fn logs_search(State(root): State<Arc<Root>>, headers: HeaderMap, Query(params): Params) -> Answer {
-    let limit = limit(&params, 100);
-    gather(&root, "/api/v1/logs/search", params, &headers, |b| {
-        merge_search(b, limit)
-    })
-    .await
-}
-
-async fn logs_histogram(State(root): State<Arc<Root>>, headers: HeaderMap, Query(params): Params) -> Answer {
-    let mut params = params;
-    let now_ms = crate::timeutil::now_ns() / 1_000_000;
-    params
-        .entry("start".into())
-        .or_insert_with(|| now_ms.saturating_sub(3_600_000).to_string());
-    gather(&root, "/api/v1/logs/histogram", params, &headers, merge_histograms).await
-}
-
-async fn logs_patterns(State(root): State<Arc<Root>>, headers: HeaderMap, Query(params): Params) -> Answer {
-    let limit = limit(&params, 100);
-    gather(&root, "/api/v1/logs/patterns", params, &headers, |b| {
-        merge_patterns(b, limit)
-    })
-    .await
 }
 
 async fn services(State(root): State<Arc<Root>>, headers: HeaderMap, Query(params): Params) -> Answer {
