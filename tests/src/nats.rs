@@ -64,6 +64,22 @@ pub fn owner(cluster: &serde_json::Value, partition: u64) -> Option<String> {
     })
 }
 
+/// Waits until `workers` hold all `partitions` between them, each some.
+pub async fn partitions_split(client: &reqwest::Client, workers: &[&Collector], partitions: u64) -> Result<()> {
+    crate::eventually(
+        Duration::from_secs(60),
+        "the workers to split the partitions",
+        || async move {
+            let mut held = Vec::new();
+            for w in workers {
+                held.push(w.metric(client, "vigil_stream_partitions_owned").await?);
+            }
+            Ok((held.iter().sum::<f64>() == partitions as f64 && held.iter().all(|h| *h > 0.0)).then_some(()))
+        },
+    )
+    .await
+}
+
 /// One server of the cluster.
 struct Server {
     name: String,

@@ -22,7 +22,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prost::Message;
-use vigil_e2e::nats::{NatsCluster, owner, partition_of, role_options, start_role};
+use vigil_e2e::nats::{NatsCluster, owner, partition_of, partitions_split, role_options, start_role};
 use vigil_e2e::otlp::{kv, string_value};
 use vigil_e2e::{Collector, Options, eventually, get_json, post_protobuf};
 
@@ -143,15 +143,7 @@ async fn killing_a_worker_an_ingest_node_a_nats_server_and_the_correlator_loses_
     .await?;
 
     // Both workers hold their share before the load starts.
-    eventually(Duration::from_secs(60), "the workers to split the partitions", || {
-        let (client, w1, w2) = (&client, &w1, &w2);
-        async move {
-            let a = w1.metric(client, "vigil_stream_partitions_owned").await?;
-            let b = w2.metric(client, "vigil_stream_partitions_owned").await?;
-            Ok((a + b == PARTITIONS as f64 && a > 0.0 && b > 0.0).then_some(()))
-        }
-    })
-    .await?;
+    partitions_split(&client, &[&w1, &w2], PARTITIONS).await?;
 
     let run = format!("run{}", std::process::id());
     let endpoints = ingest

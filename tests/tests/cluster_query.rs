@@ -21,7 +21,7 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
 use prost::Message;
 use serde_json::Value;
-use vigil_e2e::nats::{NatsCluster, owner, partition_of, start_role};
+use vigil_e2e::nats::{NatsCluster, owner, partition_of, partitions_split, start_role};
 use vigil_e2e::otlp::{kv, log_record, string_value};
 use vigil_e2e::{Collector, eventually, get_json, now_ns, post_protobuf};
 
@@ -241,15 +241,7 @@ async fn the_query_root_answers_as_one_collector_would() -> Result<()> {
     let single = Collector::start()?;
     let client = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
 
-    eventually(Duration::from_secs(60), "the workers to split the partitions", || {
-        let (client, w1, w2) = (&client, &w1, &w2);
-        async move {
-            let a = w1.metric(client, "vigil_stream_partitions_owned").await?;
-            let b = w2.metric(client, "vigil_stream_partitions_owned").await?;
-            Ok((a + b == PARTITIONS as f64 && a > 0.0 && b > 0.0).then_some(()))
-        }
-    })
-    .await?;
+    partitions_split(&client, &[&w1, &w2], PARTITIONS).await?;
     // Three services on each worker.
     let view = ask(&client, &ingest, "/api/v1/cluster", &[]).await?;
     let nodes: Vec<String> = view["workers"]

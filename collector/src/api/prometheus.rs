@@ -207,13 +207,27 @@ fn storage_error(e: QueryError) -> Error {
     }
 }
 
+/// What an instant query asks: the expression, the time, the engine's options.
+pub(crate) fn instant_request(params: &Params) -> Result<(String, i64, Options), Error> {
+    let text = params.required("query")?.to_string();
+    let t = params.time("time", now_ms())?;
+    Ok((text, t, options(params)?))
+}
+
+/// What a range query asks: the expression, start, end and step, the engine's options.
+pub(crate) fn range_request(params: &Params) -> Result<(String, i64, i64, i64, Options), Error> {
+    let text = params.required("query")?.to_string();
+    let start = parse_time("start", params.required("start")?)?;
+    let end = parse_time("end", params.required("end")?)?;
+    let step = vigil_promql::parse_duration_ms(params.required("step")?)?;
+    Ok((text, start, end, step, options(params)?))
+}
+
 /// `GET|POST /prometheus/api/v1/query`.
 pub(super) async fn query(State(state): State<ApiState>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     let result = async {
         let params = Params::parse(&uri, &headers, &body)?;
-        let text = params.required("query")?.to_string();
-        let t = params.time("time", now_ms())?;
-        let opts = options(&params)?;
+        let (text, t, opts) = instant_request(&params)?;
         run(&state, "prometheus_query", opts.timeout, move |store, left| {
             let opts = Options { timeout: left, ..opts };
             let value = vigil_promql::instant_query(&PromView(store), &text, t, &opts)?;
@@ -229,11 +243,7 @@ pub(super) async fn query(State(state): State<ApiState>, uri: Uri, headers: Head
 pub(super) async fn query_range(State(state): State<ApiState>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     let result = async {
         let params = Params::parse(&uri, &headers, &body)?;
-        let text = params.required("query")?.to_string();
-        let start = parse_time("start", params.required("start")?)?;
-        let end = parse_time("end", params.required("end")?)?;
-        let step = vigil_promql::parse_duration_ms(params.required("step")?)?;
-        let opts = options(&params)?;
+        let (text, start, end, step, opts) = range_request(&params)?;
         run(&state, "prometheus_query_range", opts.timeout, move |store, left| {
             let opts = Options { timeout: left, ..opts };
             let series = vigil_promql::range_query(&PromView(store), &text, start, end, step, &opts)?;

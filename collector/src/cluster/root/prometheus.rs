@@ -22,7 +22,7 @@ use vigil_promql::{Error, Labels, Matcher, Options, Series, Storage, json as ans
 
 use super::{Root, fan_out_query};
 use crate::api::prometheus::{
-    Params, admit, alerts, buildinfo, exemplars, on_query_thread, options, parse_time, reply, rules, unknown,
+    Params, admit, alerts, buildinfo, exemplars, instant_request, on_query_thread, range_request, reply, rules, unknown,
 };
 use crate::timeutil::now_ms;
 
@@ -137,9 +137,7 @@ where
 async fn query(State(root): State<Arc<Root>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     let result = async {
         let params = Params::parse(&uri, &headers, &body)?;
-        let text = params.required("query")?.to_string();
-        let t = params.time("time", now_ms())?;
-        let opts = options(&params)?;
+        let (text, t, opts) = instant_request(&params)?;
         evaluate(&root, &headers, opts, move |storage, opts| {
             let value = vigil_promql::instant_query(storage, &text, t, opts)?;
             Ok(answer::instant_data(&value, t))
@@ -154,11 +152,7 @@ async fn query(State(root): State<Arc<Root>>, uri: Uri, headers: HeaderMap, body
 async fn query_range(State(root): State<Arc<Root>>, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     let result = async {
         let params = Params::parse(&uri, &headers, &body)?;
-        let text = params.required("query")?.to_string();
-        let start = parse_time("start", params.required("start")?)?;
-        let end = parse_time("end", params.required("end")?)?;
-        let step = vigil_promql::parse_duration_ms(params.required("step")?)?;
-        let opts = options(&params)?;
+        let (text, start, end, step, opts) = range_request(&params)?;
         evaluate(&root, &headers, opts, move |storage, opts| {
             let series = vigil_promql::range_query(storage, &text, start, end, step, opts)?;
             Ok(answer::range_data(&series))
