@@ -17,41 +17,64 @@ use std::sync::Mutex;
 enum Until {
     /// The consumer has not stored this stream sequence yet.
     Sequence(u64),
-    /// Stored as this local log entry: detection has not passed it yet.
+    /// Stored by this local log entry: detection has not passed it yet.
     Entry(u64),
+}
+
+/// One partition being rebuilt.
+#[derive(Debug, Clone, Copy)]
+struct Rebuild {
+    until: Until,
+    /// Spans that ended before this (unix ms) are history: the last owner, alive then, sent
+    /// them. Later ones it may not have sent (it was dying, or behind): they go, at the risk
+    /// of counting a few seconds of calls twice rather than losing them.
+    cutoff_ms: i64,
+    /// The highest local log entry a message of the partition was stored as so far (appends
+    /// of one consumer may land out of order).
+    max_entry: u64,
 }
 
 /// Shared by a worker's partition consumers (which start and end rebuilds) and its detection
 /// thread (which keeps the history's spans back).
 pub(crate) struct Rebuilding {
     partitions: u32,
-    until: Mutex<HashMap<u32, Until>>,
+    rebuilds: Mutex<HashMap<u32, Rebuild>>,
 }
 
 impl Rebuilding {
     pub(crate) fn new(partitions: u32) -> Rebuilding {
         Rebuilding {
             partitions,
-            until: Mutex::new(HashMap::new()),
+            rebuilds: Mutex::new(HashMap::new()),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Until>> {
-        self.until.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u32, Rebuild>> {
+        self.rebuilds.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A consumer takes `partition`, whose last message in the stream is `last_sequence`.
-    pub(crate) fn start(&self, partition: u32, last_sequence: u64) {
-        self.lock().insert(partition, Until::Sequence(last_sequence));
+    /// A consumer takes `partition`, whose last message in the stream is `last_sequence`;
+    /// spans ending before `cutoff_ms` were sent by the last owner.
+    pub(crate) fn start(&self, partition: u32, last_sequence: u64, cutoff_ms: i64) {
+        self.lock().insert(
+            partition,
+            Rebuild {
+                until: Until::Sequence(last_sequence),
+                cutoff_ms,
+                max_entry: 0,
+            },
+        );
     }
 
-    /// The consumer stored message `sequence` of `partition` as local log entry `entry`.
-    pub(crate) fn stored(&self, partition: u32, sequence: u64, entry: u64) {
-        let mut until = self.lock();
-        if let Some(u) = until.get_mut(&partition)
-            && matches!(*u, Until::Sequence(last) if sequence >= last)
-        {
-            *u = Until::Entry(entry);
+    /// The consumer stored message `sequence` of `partition` as local log entry `entry`
+    /// (`None`: the log had it already, or it was unreadable).
+    pub(crate) fn stored(&self, partition: u32, sequence: u64, entry: Option<u64>) {
+        let mut rebuilds = self.lock();
+        if let Some(r) = rebuilds.get_mut(&partition) {
+            r.max_entry = r.max_entry.max(entry.unwrap_or(0));
+            if matches!(r.until, Until::Sequence(last) if sequence >= last) {
+                r.until = Until::Entry(r.max_entry);
+            }
         }
     }
 
@@ -60,20 +83,23 @@ impl Rebuilding {
         self.lock().remove(&partition);
     }
 
-    /// Whether a span of `service` in local log entry `entry` is rebuilt history. Partitions
-    /// whose history detection has passed are forgotten on the way.
-    pub(crate) fn is_history(&self, service: &str, entry: u64) -> bool {
-        let mut until = self.lock();
-        if until.is_empty() {
+    /// Whether a span of `service` that ended at `end_ms`, in local log entry `entry`, is
+    /// rebuilt history. Partitions whose history detection has passed are forgotten on the
+    /// way.
+    pub(crate) fn is_history(&self, service: &str, entry: u64, end_ms: i64) -> bool {
+        let mut rebuilds = self.lock();
+        if rebuilds.is_empty() {
             return false;
         }
-        until.retain(|_, u| !matches!(*u, Until::Entry(last) if entry > last));
+        rebuilds.retain(|_, r| !matches!(r.until, Until::Entry(last) if entry > last));
         let partition = super::partition_of(service, self.partitions);
-        match until.get(&partition) {
-            Some(Until::Sequence(_)) => true,
-            Some(Until::Entry(last)) => entry <= *last,
-            None => false,
-        }
+        rebuilds.get(&partition).is_some_and(|r| {
+            end_ms < r.cutoff_ms
+                && match r.until {
+                    Until::Sequence(_) => true,
+                    Until::Entry(last) => entry <= last,
+                }
+        })
     }
 }
 
@@ -90,20 +116,27 @@ mod tests {
             .map(|i| format!("svc-{i}"))
             .find(|s| super::super::partition_of(s, 8) != p)
             .expect("a service of another partition");
-        assert!(!rebuilding.is_history(service, 1), "nothing rebuilt yet");
-        rebuilding.start(p, 40);
-        assert!(rebuilding.is_history(service, 5));
-        assert!(!rebuilding.is_history(&other, 5), "other partitions are live");
-        rebuilding.stored(p, 39, 70);
-        assert!(rebuilding.is_history(service, 71), "message 40 is not stored yet");
-        rebuilding.stored(p, 40, 75);
-        assert!(rebuilding.is_history(service, 75), "up to the entry holding message 40");
-        assert!(!rebuilding.is_history(service, 76), "live after it");
-        assert!(!rebuilding.is_history(service, 75), "and forgotten once passed");
-        rebuilding.start(p, 90);
+        let (old, recent) = (1_000, 9_000);
+        assert!(!rebuilding.is_history(service, 1, old), "nothing rebuilt yet");
+        rebuilding.start(p, 40, 5_000);
+        assert!(rebuilding.is_history(service, 5, old));
+        assert!(!rebuilding.is_history(service, 5, recent), "maybe never sent: it goes");
+        assert!(!rebuilding.is_history(&other, 5, old), "other partitions are live");
+        rebuilding.stored(p, 38, Some(76));
+        rebuilding.stored(p, 39, Some(70));
+        assert!(rebuilding.is_history(service, 77, old), "message 40 is not stored yet");
+        // The last message was in the log already: the hold ends after everything stored.
+        rebuilding.stored(p, 40, None);
+        assert!(
+            rebuilding.is_history(service, 76, old),
+            "up to the highest entry stored"
+        );
+        assert!(!rebuilding.is_history(service, 77, old), "live after it");
+        assert!(!rebuilding.is_history(service, 76, old), "and forgotten once passed");
+        rebuilding.start(p, 90, 5_000);
         rebuilding.stop(p);
         assert!(
-            !rebuilding.is_history(service, 80),
+            !rebuilding.is_history(service, 80, old),
             "a partition given up rebuilds nothing"
         );
     }

@@ -232,7 +232,13 @@ async fn consume(partition: u32, sink: Sink, purged_at: u64, stop: CancellationT
     // held it: its spans are history here. Unknown (the stream's leader does not answer),
     // they are sent again rather than risk holding live ones back.
     match last_sequence(partition, &sink).await {
-        Ok(Some(last)) if last > sink.checkpoints.get(partition) => sink.rebuilding.start(partition, last),
+        Ok(Some(last)) if last > sink.checkpoints.get(partition) => {
+            // The last owner sent what ended before it could have stopped (its lease runs out
+            // a lease period after its last renewal): older spans are history.
+            let lease_ms = i64::try_from(sink.config.lease_secs.saturating_mul(2_000)).unwrap_or(i64::MAX);
+            let cutoff = crate::timeutil::now_ms().saturating_sub(lease_ms);
+            sink.rebuilding.start(partition, last, cutoff);
+        }
         Ok(_) => {}
         Err(e) => tracing::warn!(partition, error = %e, "its history's spans go to the correlator again"),
     }
@@ -395,7 +401,7 @@ async fn store(partition: u32, sequence: u64, payload: Bytes, sink: Sink) -> any
         Err(e) => {
             // Nothing can ever read it; holding the partition up for it would stop the rest.
             tracing::error!(sequence, error = %e, "skipping an unreadable stream message");
-            sink.rebuilding.stored(partition, sequence, 0);
+            sink.rebuilding.stored(partition, sequence, None);
             return Ok(sequence);
         }
     };
@@ -404,7 +410,7 @@ async fn store(partition: u32, sequence: u64, payload: Bytes, sink: Sink) -> any
             Claim::Duplicate => {
                 sink.metrics.duplicate_batches.inc();
                 // In the log already, at an entry detection has passed or soon will.
-                sink.rebuilding.stored(partition, sequence, 0);
+                sink.rebuilding.stored(partition, sequence, None);
                 return Ok(sequence);
             }
             Claim::New(guard) => Some(guard),
@@ -415,7 +421,7 @@ async fn store(partition: u32, sequence: u64, payload: Bytes, sink: Sink) -> any
     let entry = append_when_room(&sink.appender, payload, &CancellationToken::new())
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    sink.rebuilding.stored(partition, sequence, entry);
+    sink.rebuilding.stored(partition, sequence, Some(entry));
     if let Some(guard) = guard {
         guard.stored(crate::timeutil::now_ns() / 1_000_000_000);
     }

@@ -26,6 +26,8 @@ const AFTER_MS: i64 = 180_000;
 const TICK: Duration = Duration::from_secs(2);
 /// Incidents looked back on at each tick (the newest first).
 const RECENT: usize = 200;
+/// Tries of an investigation a cluster's worker failed (one a tick: a lease period or so).
+const WORKER_TRIES: u32 = 10;
 
 /// Investigates incidents whose first minutes are final and indexed, one at a time, until
 /// `stop`.
@@ -53,6 +55,8 @@ pub(crate) async fn run(
     // Incidents whose investigation failed: tried once, not again every tick (the warning
     // says why); bounded like the incidents looked at.
     let mut failed: std::collections::VecDeque<String> = std::collections::VecDeque::new();
+    // Incidents whose investigation a cluster's worker failed, with the tries so far.
+    let mut retried: HashMap<String, u32> = HashMap::new();
     // Incidents whose window has settled, with the entry the indexes must hold first and
     // when it settled.
     let mut waiting: HashMap<String, (u64, tokio::time::Instant)> = HashMap::new();
@@ -67,6 +71,7 @@ pub(crate) async fn run(
         let indexed = u64::try_from(metrics.indexed_lsn.get()).unwrap_or(0);
         let recent = incidents.query(0, i64::MAX, None, RECENT);
         waiting.retain(|id, _| recent.iter().any(|i| &i.id == id));
+        retried.retain(|id, _| recent.iter().any(|i| &i.id == id));
         let due: Vec<Incident> = recent
             .into_iter()
             .filter(|i| i.symptom_start_ms() + AFTER_MS <= now.event_ms)
@@ -86,7 +91,7 @@ pub(crate) async fn run(
             let now_ms = i64::try_from(crate::timeutil::now_ns() / 1_000_000).unwrap_or(i64::MAX);
             let id = inc.id.clone();
             let (r, k, a) = (Arc::clone(&reader), Arc::clone(&kept), Arc::clone(&alerts));
-            let done = tokio::task::spawn_blocking(move || -> Result<(), String> {
+            let done = tokio::task::spawn_blocking(move || -> Result<(), (bool, String)> {
                 let symptom_ms = inc.symptom_start_ms();
                 let request = Request {
                     start: symptom_ms - BEFORE_MS,
@@ -98,22 +103,32 @@ pub(crate) async fn run(
                     // detection lags the onset: a lead-in would hold the onset itself.
                     lead_in: false,
                 };
-                let inv = super::run(r.as_ref(), &request, now_ms).map_err(|e| e.to_string())?;
+                // A cluster's worker that did not answer (it just died, its partitions are
+                // moving) is worth asking again; anything else would fail the same way.
+                let inv = super::run(r.as_ref(), &request, now_ms)
+                    .map_err(|e| (matches!(e, crate::storage::QueryError::Worker(_)), e.to_string()))?;
                 // The incident's alert names the investigation's root cause from now on
                 // (same labels: the same alert, updated; no second page).
                 let ranked = ranked_by(&inc, &inv);
-                k.add(inv).map_err(|e| e.to_string())?;
+                k.add(inv).map_err(|e| (false, e.to_string()))?;
                 if let Some(ranked) = ranked {
                     a.on_incidents(&[ranked]);
                 }
                 Ok(())
             })
             .await;
-            let error = match done {
+            let (again, error) = match done {
                 Ok(Ok(())) => continue,
                 Ok(Err(e)) => e,
-                Err(e) => e.to_string(),
+                Err(e) => (false, e.to_string()),
             };
+            let tries = retried.entry(id.clone()).or_insert(0);
+            *tries += 1;
+            if again && *tries < WORKER_TRIES {
+                tracing::info!(incident = %id, error = %error, "investigating an incident again soon");
+                continue;
+            }
+            retried.remove(&id);
             tracing::warn!(incident = %id, error = %error, "could not investigate an incident");
             failed.push_back(id);
             if failed.len() > RECENT {

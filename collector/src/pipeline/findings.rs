@@ -123,7 +123,7 @@ impl Outbox {
         self.pending.spans.extend(
             added
                 .into_iter()
-                .filter(|s| !self.rebuilding.is_history(&s.service, entry)),
+                .filter(|s| !self.rebuilding.is_history(&s.service, entry, s.end_ms)),
         );
         (before - (self.pending.spans.len() - from)) as u64
     }

@@ -250,30 +250,39 @@ impl Replicator {
         self.max_payload.saturating_sub(HEADROOM).clamp(1024, 128 * 1024)
     }
 
-    /// Deletes the large records whose log records the purge up to `sequence` took (and any
-    /// a deposed leader left behind): the snapshot holds what they said.
+    /// Deletes, in the background, the large records whose log records the purge up to
+    /// `sequence` took (and any a deposed leader left behind): the snapshot holds what they
+    /// said. Best effort, bounded in time: whatever is left goes at the next snapshot.
     fn drop_stored_before(&self, sequence: u64) {
-        let dropped = tokio::task::block_in_place(|| {
-            self.handle.block_on(async {
+        let store = self.snapshots.clone();
+        self.handle.spawn(async move {
+            let listed = tokio::time::timeout(STALL_CHECK, async {
                 let mut names = Vec::new();
-                let mut list = self.snapshots.list().await.map_err(|e| e.to_string())?;
+                let mut list = store.list().await.map_err(|e| e.to_string())?;
                 while let Some(info) = futures::StreamExt::next(&mut list).await {
                     let info = info.map_err(|e| e.to_string())?;
                     if stored_after(&info.name).is_some_and(|after| after < sequence) {
                         names.push(info.name);
                     }
                 }
-                for name in &names {
-                    self.snapshots.delete(name).await.map_err(|e| e.to_string())?;
-                }
-                Ok::<usize, String>(names.len())
+                Ok::<Vec<String>, String>(names)
             })
+            .await;
+            let names = match listed {
+                Ok(Ok(names)) => names,
+                Ok(Err(e)) => return tracing::warn!(error = %e, "cannot list the large records; next snapshot"),
+                Err(_) => return tracing::warn!("listing the large records took too long; next snapshot"),
+            };
+            for name in &names {
+                match tokio::time::timeout(STALL_CHECK, store.delete(name)).await {
+                    Ok(Ok(())) => tracing::debug!(object = %name, "large record the snapshot covers deleted"),
+                    Ok(Err(e)) => {
+                        tracing::warn!(object = %name, error = %e, "cannot delete a large record; next snapshot")
+                    }
+                    Err(_) => tracing::warn!(object = %name, "deleting a large record took too long; next snapshot"),
+                }
+            }
         });
-        match dropped {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(records = n, "large records the snapshot covers deleted"),
-            Err(e) => tracing::warn!(error = %e, "cannot delete the large records the snapshot covers; next time"),
-        }
     }
 }
 

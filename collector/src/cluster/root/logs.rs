@@ -19,6 +19,7 @@ use serde_json::Value;
 use super::merge::{merge_histograms, merge_patterns, merge_search};
 use super::{Answer, Params, Root, each_worker_named, gather, limit, members, pin_range};
 use crate::api::ApiError;
+use crate::cluster::lease::Member;
 
 /// Bits of a root pattern id below the node's tag.
 const TAG_SHIFT: u32 = 48;
@@ -48,15 +49,25 @@ async fn resolve_pattern(
         return Ok(());
     }
     let members = members(root).await?;
-    let api = members
+    let tagged: Vec<&Member> = members
         .iter()
-        .find(|(m, _)| tag(&m.node) == node_tag)
-        .and_then(|(m, _)| m.api.clone())
-        .ok_or_else(|| {
-            ApiError::NotFound(format!(
-                "pattern {id} was named by a worker no longer in the cluster: list the patterns again"
-            ))
-        })?;
+        .map(|(m, _)| m)
+        .filter(|m| tag(&m.node) == node_tag)
+        .collect();
+    let api = match tagged.as_slice() {
+        [one] => one.api.clone(),
+        [] => None,
+        _ => {
+            return Err(ApiError::Conflict(format!(
+                "pattern {id}: two workers' names share its tag; filter by template= instead"
+            )));
+        }
+    }
+    .ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "pattern {id} was named by a worker no longer in the cluster: list the patterns again"
+        ))
+    })?;
     let local = id & ((1 << TAG_SHIFT) - 1);
     let mut request = root.http.get(format!("{api}/api/v1/logs/patterns/{local}"));
     if let Some(auth) = headers.get(AUTHORIZATION) {

@@ -319,10 +319,14 @@ async fn anomaly_feedback(
         if let Some(auth) = headers.get(AUTHORIZATION) {
             request = request.header(AUTHORIZATION, auth.clone());
         }
-        let answer = request
-            .send()
-            .await
-            .map_err(|e| ApiError::BadGateway(format!("a worker failed the request: {api}: {e}")))?;
+        let answer = match request.send().await {
+            Ok(answer) => answer,
+            // Another worker may know the finding: a dead one does not stop the verdict.
+            Err(e) => {
+                tracing::warn!(worker = %api, error = %e, "a worker did not take a verdict");
+                continue;
+            }
+        };
         if answer.status() == StatusCode::NOT_FOUND {
             continue;
         }
@@ -389,14 +393,18 @@ async fn to_correlator(
                 forward = forward.header(name, value.clone());
             }
         }
-        let answer = forward
-            .send()
-            .await
-            .map_err(|e| ApiError::BadGateway(format!("the correlator at {api} failed: {e}")))?;
-        if answer.status() == StatusCode::SERVICE_UNAVAILABLE
-            && parts.method != Method::GET
-            && tokio::time::Instant::now() < deadline
-        {
+        let again = tokio::time::Instant::now() < deadline;
+        let answer = match forward.send().await {
+            Ok(answer) => answer,
+            // The lease still names a correlator that died: the request never left, so it
+            // is asked again (of the next leader once the lease moves), changes included.
+            Err(e) if e.is_connect() && again => {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                continue;
+            }
+            Err(e) => return Err(ApiError::BadGateway(format!("the correlator at {api} failed: {e}"))),
+        };
+        if answer.status() == StatusCode::SERVICE_UNAVAILABLE && parts.method != Method::GET && again {
             tokio::time::sleep(Duration::from_millis(250)).await;
             continue;
         }

@@ -83,8 +83,13 @@ impl Storage for Workers {
 }
 
 /// `{m1,m2,..}`: matchers written back as a selector, which reads back to the same matchers.
+/// A set that matches the empty value everywhere (one alternative of `{a="" or b="x"}`) is
+/// not a selector on its own: it gets `__name__=~".+"`, which every series matches.
 fn selector_text(matchers: &[Matcher]) -> String {
-    let inner: Vec<String> = matchers.iter().map(ToString::to_string).collect();
+    let mut inner: Vec<String> = matchers.iter().map(ToString::to_string).collect();
+    if matchers.iter().all(|m| m.is_match("")) {
+        inner.push(format!("{}=~\".+\"", vigil_promql::METRIC_NAME));
+    }
     format!("{{{}}}", inner.join(","))
 }
 
@@ -284,6 +289,10 @@ mod tests {
         assert_eq!(show(&again[0]), show(&sets[0]));
         assert!(again[0][1].is_match("web.v2") && !again[0][1].is_match("webxv2"));
         assert!(again[0][2].is_match("/a b") && !again[0][2].is_match("/a \"b\""));
+        // An alternative matching the empty value everywhere still reads as a selector.
+        let sets = vigil_promql::selector_matchers(r#"{a="" or b="x"}"#).expect("parses");
+        let alone = vigil_promql::selector_matchers(&selector_text(&sets[0])).expect("a selector on its own");
+        assert_eq!(alone[0].len(), 2, "{:?}", selector_text(&sets[0]));
     }
 
     #[test]
