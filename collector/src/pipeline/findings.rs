@@ -25,6 +25,10 @@ pub(crate) struct Findings {
     /// Spans as the service graph needs them.
     #[serde(default)]
     pub spans: Vec<SpanFact>,
+    /// Set by the correlator reading the message (never sent): the slowest live worker's
+    /// event time, up to which the whole cluster has got.
+    #[serde(skip)]
+    pub settled_ms: i64,
 }
 
 impl Findings {

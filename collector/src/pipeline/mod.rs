@@ -170,6 +170,8 @@ fn run(
     let mut joiner = join::Joiner::default();
     // Entries up to here are in the restored state already (replay sends them again).
     let restored_lsn = state.progress.applied_lsn;
+    // A correlator: how far the slowest live worker has got (see `cluster/rca/clocks.rs`).
+    let mut cluster_settled_ms = i64::MIN;
     loop {
         match rx.recv_timeout(IDLE_TICK) {
             Ok(Msg::Inputs { lsn, mut inputs }) => {
@@ -239,6 +241,7 @@ fn run(
                         correlator.observe(a, &topo);
                     }
                 }
+                cluster_settled_ms = cluster_settled_ms.max(findings.settled_ms);
                 let p = &mut state.progress;
                 p.latest_event_ms = p.latest_event_ms.max(findings.event_ms);
                 topo.forget_idle(p.latest_event_ms);
@@ -288,13 +291,11 @@ fn run(
             metrics.detect_event_time.set(state.progress.latest_event_ms / 1000);
         }
         let settled = Settled {
-            // A correlator's own detectors see no data: the workers' event time, less the
-            // allowed lateness (what a worker holds final), is how far the cluster has got.
+            // A correlator's own detectors see no data: the slowest live worker's event
+            // time, less the allowed lateness (what a worker holds final), is how far the
+            // cluster has got.
             event_ms: if lead.is_some() {
-                state
-                    .progress
-                    .latest_event_ms
-                    .saturating_sub(state.engine.config().lateness_ms)
+                cluster_settled_ms.saturating_sub(state.engine.config().lateness_ms)
             } else {
                 state.engine.settled_time()
             },

@@ -103,12 +103,14 @@ fn split(findings: Findings, max_payload: usize) -> Vec<Findings> {
         event_ms,
         anomalies,
         spans,
+        ..
     } = findings;
     let part = |anomalies: Vec<Anomaly>, spans: Vec<SpanFact>| Findings {
         node: node.clone(),
         event_ms: i64::MIN,
         anomalies,
         spans,
+        settled_ms: i64::MIN,
     };
     let mut parts: Vec<Findings> = halves(
         spans.chunks(SPANS_PER_MESSAGE).map(<[_]>::to_vec).collect(),
@@ -157,6 +159,7 @@ mod tests {
             event_ms: 42,
             anomalies: Vec::new(),
             spans: (0..10_000).map(span).collect(),
+            ..Findings::default()
         };
         let parts = split(findings, 1 << 20);
         assert_eq!(parts.len(), 3);

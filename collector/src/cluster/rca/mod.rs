@@ -27,6 +27,7 @@
 //! logged) is sent again with the same idempotency key — at least once, as Alertmanager's
 //! cluster does, never silently dropped.
 
+mod clocks;
 mod findings;
 mod node;
 mod state;

@@ -1,7 +1,6 @@
 //! A correlator process: the lease loop, and the readers of the state log and the
 //! workers' findings.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -23,6 +22,7 @@ use crate::cluster::lease::Member;
 use crate::config::ClusterConfig;
 use crate::pipeline::{Findings, IncidentStore, PipelineSender};
 
+use super::clocks::WorkerClocks;
 use super::state::{Record, RecordRef, SNAPSHOT, SNAPSHOT_PATIENCE, StateSnapshot};
 use super::{LEADER_KEY, Replicator, STALL_CHECK, open_findings, open_state};
 
@@ -326,10 +326,12 @@ impl RcaNode {
 
     /// Reads every worker's findings into the detection thread: the service graph and the
     /// anomalies always, the correlator while leading. The correlator's clock is the
-    /// furthest worker's event time.
+    /// furthest worker's event time; what the cluster holds final, the slowest live one's.
     async fn follow_findings(self: Arc<Self>, stream: stream::Stream, stop: CancellationToken) {
         let mut next = 0u64;
-        let mut clocks: HashMap<String, i64> = HashMap::new();
+        // A worker sends at least once a second; one silent for three lease periods has
+        // died or left, and its partitions are another's.
+        let mut clocks = WorkerClocks::new(Duration::from_secs(self.config.lease_secs.max(1) * 3));
         while !stop.is_cancelled() {
             if let Err(e) = self.follow_findings_once(&stream, &mut next, &mut clocks, &stop).await {
                 tracing::warn!(error = %e, "following the workers' findings again");
@@ -342,7 +344,7 @@ impl RcaNode {
         &self,
         stream: &stream::Stream,
         next: &mut u64,
-        clocks: &mut HashMap<String, i64>,
+        clocks: &mut WorkerClocks,
         stop: &CancellationToken,
     ) -> anyhow::Result<()> {
         let deliver_policy = match *next {
@@ -359,9 +361,10 @@ impl RcaNode {
                     continue;
                 }
             };
-            let clock = clocks.entry(findings.node.clone()).or_insert(i64::MIN);
-            *clock = (*clock).max(findings.event_ms);
-            findings.event_ms = clocks.values().copied().max().unwrap_or(i64::MIN);
+            let now = std::time::Instant::now();
+            clocks.heard(&findings.node, findings.event_ms, now);
+            findings.event_ms = clocks.furthest();
+            findings.settled_ms = clocks.slowest_live(now);
             self.metrics.findings_consumed.inc();
             let pipeline = self.pipeline.clone();
             // The detection thread's queue is bounded: waiting for room here holds the
