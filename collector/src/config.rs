@@ -320,6 +320,10 @@ pub struct ClusterConfig {
     /// Client certificate and key (PEM), for servers that verify their clients.
     pub tls_cert_file: Option<PathBuf>,
     pub tls_key_file: Option<PathBuf>,
+    /// How this node proves who it is to servers that use NATS' own authentication: a
+    /// credentials file (`.creds`: a user JWT and its nkey seed, as `nsc` writes them) or a
+    /// file holding just a user's nkey seed (`SU…`). Read at start; never logged.
+    pub credentials_file: Option<PathBuf>,
 }
 
 impl Default for ClusterConfig {
@@ -337,6 +341,7 @@ impl Default for ClusterConfig {
             tls_ca_file: None,
             tls_cert_file: None,
             tls_key_file: None,
+            credentials_file: None,
         }
     }
 }

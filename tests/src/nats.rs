@@ -111,6 +111,15 @@ impl NatsCluster {
         NatsCluster::start_with(1, Some((cert.to_path_buf(), key.to_path_buf())))
     }
 
+    /// One server that lets in only the user of nkey `public_key` (`U…`).
+    pub fn start_with_nkey_user(public_key: &str) -> Result<NatsCluster> {
+        NatsCluster::start_with_config(
+            1,
+            None,
+            &format!("authorization {{\n  users = [ {{ nkey: \"{public_key}\" }} ]\n}}\n"),
+        )
+    }
+
     /// One server whose messages carry at most `bytes` (the default is 1 MiB).
     pub fn start_with_max_payload(bytes: u32) -> Result<NatsCluster> {
         NatsCluster::start_with_config(1, None, &format!("max_payload: {bytes}\n"))

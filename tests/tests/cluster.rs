@@ -401,6 +401,66 @@ async fn ingest_and_workers_reach_the_stream_over_tls() -> Result<()> {
     .await
 }
 
+/// Servers that let in only an nkey user: ingest node and worker log in with the user's
+/// seed from `cluster.credentials_file`, and a record goes through; without it the servers
+/// refuse the connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingest_and_workers_log_in_with_an_nkey() -> Result<()> {
+    vigil_e2e::init_tls();
+    let user = nkeys::KeyPair::new_user();
+    let nats = NatsCluster::start_with_nkey_user(&user.public_key())?;
+    let dir = tempfile::tempdir()?;
+    let seed = dir.path().join("vigil.nk");
+    std::fs::write(&seed, user.seed()?)?;
+    let config = dir.path().join("cluster.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[cluster]\nreplicas = 1\nlease_secs = {LEASE_SECS}\ncredentials_file = {:?}\n",
+            seed.display().to_string()
+        ),
+    )?;
+    let ingest = start_role("ingest", &nats.urls(), &config, None)?;
+    let _worker = start_role("worker", &nats.urls(), &config, None)?;
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
+    let request = vigil_e2e::otlp::logs_request(
+        "nkey-svc",
+        vec![vigil_e2e::otlp::log_record(
+            vigil_e2e::now_ns(),
+            "as an nkey user",
+            &[("nkey", 1)],
+        )],
+    );
+    post_protobuf(&client, ingest.http_url("/v1/logs"), request.encode_to_vec()).await?;
+    let url = ingest.api_url("/api/v1/logs/search?q=attributes.nkey:1&limit=1");
+    eventually(
+        Duration::from_secs(60),
+        "the record through an nkey-only NATS server",
+        || {
+            let (client, url) = (&client, &url);
+            async move {
+                let (status, body) = get_json(client, url).await?;
+                Ok((status == 200 && body["total"] == 1).then_some(()))
+            }
+        },
+    )
+    .await?;
+    // The server really asks: a connection without the seed is refused.
+    let refused = {
+        use std::io::{Read, Write};
+        let mut socket = std::net::TcpStream::connect(nats.urls().trim_start_matches("nats://"))?;
+        socket.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut info = [0u8; 4096];
+        let _ = socket.read(&mut info)?;
+        socket.write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\nPING\r\n")?;
+        let mut answer = [0u8; 512];
+        let n = socket.read(&mut answer)?;
+        String::from_utf8_lossy(&answer[..n]).contains("Authorization Violation")
+    };
+    ensure!(refused, "a connection without credentials must be refused");
+    Ok(())
+}
+
 /// An ingest node's API asks for the API token like a single collector's: its `/metrics`
 /// and every cluster query, not the probes. (It answered without one at first.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

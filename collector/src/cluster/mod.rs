@@ -58,13 +58,27 @@ async fn connect(
     token: Option<&Secret>,
     name: &str,
 ) -> anyhow::Result<(async_nats::Client, jetstream::Context)> {
-    let options = || {
+    let credentials = match &config.credentials_file {
+        Some(path) => Some(NatsCredentials::read(path)?),
+        None => None,
+    };
+    if credentials.is_some() && token.is_some() {
+        anyhow::bail!("cluster.credentials_file and VIGIL_NATS_TOKEN: NATS takes one way to log in; give one");
+    }
+    let options = || -> anyhow::Result<async_nats::ConnectOptions> {
         let mut options = async_nats::ConnectOptions::new()
             .name(name)
             .connection_timeout(Duration::from_secs(5));
         if let Some(token) = token {
             options = options.token(token.expose().to_string());
         }
+        options = match &credentials {
+            Some(NatsCredentials::Creds(text)) => options
+                .credentials(text)
+                .context("cluster.credentials_file: not a NATS credentials file")?,
+            Some(NatsCredentials::Seed(seed)) => options.nkey(seed.clone()),
+            None => options,
+        };
         if let Some(ca) = &config.tls_ca_file {
             options = options.add_root_certificates(ca.clone()).require_tls(true);
         }
@@ -73,15 +87,51 @@ async fn connect(
                 .add_client_certificate(cert.clone(), key.clone())
                 .require_tls(true);
         }
-        options
+        Ok(options)
     };
+    options()?;
     // Not the client's own retry on the first connection: it would hide why it fails (a TLS
     // error, a wrong token) behind a time-out. Once connected, the client reconnects itself.
-    let client = retry_while_starting("the NATS servers", || options().connect(config.nats_urls.as_slice()))
-        .await
-        .with_context(|| format!("cannot connect to NATS at {}", config.nats_urls.join(",")))?;
+    let client = retry_while_starting("the NATS servers", || async {
+        let options = options().map_err(|e| e.to_string())?;
+        options
+            .connect(config.nats_urls.as_slice())
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!(e))
+    .with_context(|| format!("cannot connect to NATS at {}", config.nats_urls.join(",")))?;
     let js = jetstream::new(client.clone());
     Ok((client, js))
+}
+
+/// What `cluster.credentials_file` holds.
+enum NatsCredentials {
+    /// A `.creds` file: a user JWT and its nkey seed.
+    Creds(String),
+    /// A user's nkey seed alone.
+    Seed(String),
+}
+
+impl NatsCredentials {
+    fn read(path: &std::path::Path) -> anyhow::Result<NatsCredentials> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cluster.credentials_file: cannot read {}", path.display()))?;
+        NatsCredentials::parse(&text).with_context(|| format!("cluster.credentials_file: {}", path.display()))
+    }
+
+    fn parse(text: &str) -> anyhow::Result<NatsCredentials> {
+        if text.contains("-----BEGIN NATS USER JWT-----") {
+            return Ok(NatsCredentials::Creds(text.to_string()));
+        }
+        let seed = text.trim();
+        // A user seed: base32, starting "SU" (the seed of a user key pair).
+        if seed.starts_with("SU") && seed.len() > 50 && seed.bytes().all(|b| b.is_ascii_alphanumeric()) {
+            return Ok(NatsCredentials::Seed(seed.to_string()));
+        }
+        anyhow::bail!("neither a NATS credentials file (a user JWT and seed) nor a user's nkey seed (SU…)")
+    }
 }
 
 /// How long start-up waits for JetStream: a cluster whose servers start together needs a
@@ -149,4 +199,23 @@ async fn ensure_stream(
         );
     }
     Ok(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_credentials_file_is_a_creds_file_or_a_user_seed_and_nothing_else() {
+        let seed = "SUAMLK2ZNL35WSMW37E7UD4VZ7ELPKW7DHC3BWBSD2GCZ7IUQQXZIORRBU";
+        assert!(matches!(NatsCredentials::parse(&format!("{seed}\n")), Ok(NatsCredentials::Seed(s)) if s == seed));
+        let creds = "-----BEGIN NATS USER JWT-----\neyJ0eXAi\n------END NATS USER JWT------\n";
+        assert!(matches!(NatsCredentials::parse(creds), Ok(NatsCredentials::Creds(_))));
+        let err = NatsCredentials::parse("hunter2")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("nkey seed"), "{err}");
+        assert!(!err.contains("hunter2"), "the file's text is never repeated: {err}");
+    }
 }
