@@ -64,6 +64,23 @@ pub fn owner(cluster: &serde_json::Value, partition: u64) -> Option<String> {
     })
 }
 
+/// The `[alerting]` sections that send every page to `hook_url` at once, grouped by the
+/// alert label `group_by`, never repeated within a test.
+pub fn alerting_to(hook_url: &str, group_by: &str) -> String {
+    format!(
+        "[alerting.route]\nreceiver = \"hook\"\ngroup_by = [\"{group_by}\"]\ngroup_wait_secs = 1\n\
+         group_interval_secs = 1\nrepeat_interval_secs = 3600\n\
+         [[alerting.receivers]]\nname = \"hook\"\nurl = \"{hook_url}\"\n"
+    )
+}
+
+/// The API address of the cluster's active correlator, as the query root names it.
+pub async fn correlator(client: &reqwest::Client, root: &Collector) -> Result<Option<String>> {
+    let (status, view) = crate::get_json(client, &root.api_url("/api/v1/cluster")).await?;
+    anyhow::ensure!(status == 200, "cluster view: {view}");
+    Ok(view["correlator"]["api"].as_str().map(str::to_string))
+}
+
 /// Waits until `workers` hold all `partitions` between them, each some.
 pub async fn partitions_split(client: &reqwest::Client, workers: &[&Collector], partitions: u64) -> Result<()> {
     crate::eventually(

@@ -130,9 +130,21 @@ impl Receiver {
 
     /// Successful deliveries whose webhook group label `alertname` is `name`.
     pub fn delivered_for(&self, name: &str) -> Vec<Captured> {
+        self.delivered_where("alertname", name)
+    }
+
+    /// Successful deliveries saying the group whose label `label` is `value` fires.
+    pub fn firing(&self, label: &str, value: &str) -> Vec<Captured> {
+        self.delivered_where(label, value)
+            .into_iter()
+            .filter(|c| c.json["status"] == "firing")
+            .collect()
+    }
+
+    fn delivered_where(&self, label: &str, value: &str) -> Vec<Captured> {
         self.captured()
             .into_iter()
-            .filter(|c| c.status == 200 && c.json["groupLabels"]["alertname"] == name)
+            .filter(|c| c.status == 200 && c.json["groupLabels"][label] == value)
             .collect()
     }
 }

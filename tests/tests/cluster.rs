@@ -22,7 +22,9 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prost::Message;
-use vigil_e2e::nats::{NatsCluster, owner, partition_of, partitions_split, role_options, start_role};
+use vigil_e2e::nats::{
+    NatsCluster, alerting_to, correlator, owner, partition_of, partitions_split, role_options, start_role,
+};
 use vigil_e2e::otlp::{kv, string_value};
 use vigil_e2e::{Collector, Options, eventually, get_json, post_protobuf};
 
@@ -69,13 +71,6 @@ async fn exactly_once(client: &reqwest::Client, root: &Collector, run: &str) -> 
     .await
 }
 
-/// The API of the cluster's active correlator, as the root names it.
-async fn leading_correlator(client: &reqwest::Client, root: &Collector) -> Result<Option<String>> {
-    let (status, view) = get_json(client, &root.api_url("/api/v1/cluster")).await?;
-    ensure!(status == 200, "cluster view: {view}");
-    Ok(view["correlator"]["api"].as_str().map(str::to_string))
-}
-
 /// An alert named `name`, through the root's Alertmanager API.
 async fn post_alert(client: &reqwest::Client, root: &Collector, name: &str) -> Result<()> {
     let alert = serde_json::json!([{"labels": {"alertname": name, "severity": "critical"}}]);
@@ -89,14 +84,6 @@ async fn post_alert(client: &reqwest::Client, root: &Collector, name: &str) -> R
     Ok(())
 }
 
-/// Successful deliveries saying the group of alert `name` fires.
-fn pages(hook: &vigil_e2e::receiver::Receiver, name: &str) -> Vec<vigil_e2e::receiver::Captured> {
-    hook.captured()
-        .into_iter()
-        .filter(|c| c.status == 200 && c.json["groupLabels"]["alertname"] == name && c.json["status"] == "firing")
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_a_worker_an_ingest_node_a_nats_server_and_the_correlator_loses_and_duplicates_nothing() -> Result<()> {
     vigil_e2e::init_tls();
@@ -108,11 +95,8 @@ async fn killing_a_worker_an_ingest_node_a_nats_server_and_the_correlator_loses_
     std::fs::write(
         &config,
         format!(
-            "[cluster]\npartitions = {PARTITIONS}\nreplicas = 3\nlease_secs = {LEASE_SECS}\n\
-             [alerting.route]\nreceiver = \"hook\"\ngroup_by = [\"alertname\"]\ngroup_wait_secs = 1\n\
-             group_interval_secs = 1\nrepeat_interval_secs = 3600\n\
-             [[alerting.receivers]]\nname = \"hook\"\nurl = \"{}\"\n",
-            hook.url("/hook")
+            "[cluster]\npartitions = {PARTITIONS}\nreplicas = 3\nlease_secs = {LEASE_SECS}\n{}",
+            alerting_to(&hook.url("/hook"), "alertname")
         ),
     )?;
     let ingest = [
@@ -132,12 +116,12 @@ async fn killing_a_worker_an_ingest_node_a_nats_server_and_the_correlator_loses_
     // every kill below, the correlator's own included.
     let first_leader = eventually(Duration::from_secs(60), "a correlator to lead", || {
         let (client, root) = (&client, &ingest[0]);
-        async move { leading_correlator(client, root).await }
+        async move { correlator(client, root).await }
     })
     .await?;
     post_alert(&client, &ingest[0], "BeforeTheKills").await?;
     eventually(Duration::from_secs(60), "the page of the first alert", || {
-        let n = pages(&hook, "BeforeTheKills").len();
+        let n = hook.firing("alertname", "BeforeTheKills").len();
         async move { Ok((n > 0).then_some(())) }
     })
     .await?;
@@ -227,14 +211,14 @@ async fn killing_a_worker_an_ingest_node_a_nats_server_and_the_correlator_loses_
     correlators.remove(dead).kill()?;
     let new_leader = eventually(Duration::from_secs(4 * LEASE_SECS + 10), "the standby to lead", || {
         let (client, root, old) = (&client, &second_ingest, &first_leader);
-        async move { Ok(leading_correlator(client, root).await?.filter(|l| l != old)) }
+        async move { Ok(correlator(client, root).await?.filter(|l| l != old)) }
     })
     .await?;
     let correlator_takeover = killed_at.elapsed();
     ensure!(new_leader == format!("http://{}", correlators[0].api), "{new_leader}");
     post_alert(&client, &second_ingest, "AfterTheKills").await?;
     eventually(Duration::from_secs(60), "the page of the second alert", || {
-        let n = pages(&hook, "AfterTheKills").len();
+        let n = hook.firing("alertname", "AfterTheKills").len();
         async move { Ok((n > 0).then_some(())) }
     })
     .await?;
@@ -264,8 +248,16 @@ async fn killing_a_worker_an_ingest_node_a_nats_server_and_the_correlator_loses_
         correlator_takeover <= Duration::from_secs(2 * LEASE_SECS + 4),
         "the correlator's takeover took {correlator_takeover:?}"
     );
-    assert_eq!(pages(&hook, "BeforeTheKills").len(), 1, "the first alert paged once");
-    assert_eq!(pages(&hook, "AfterTheKills").len(), 1, "the second alert paged once");
+    assert_eq!(
+        hook.firing("alertname", "BeforeTheKills").len(),
+        1,
+        "the first alert paged once"
+    );
+    assert_eq!(
+        hook.firing("alertname", "AfterTheKills").len(),
+        1,
+        "the second alert paged once"
+    );
 
     if let Err(e) = exactly_once(&client, &second_ingest, &run).await {
         let (_, seen) = records(&client, &second_ingest, &run).await?;
@@ -376,28 +368,30 @@ async fn ingest_and_workers_reach_the_stream_over_tls() -> Result<()> {
     )?;
     let ingest = start_role("ingest", &nats.urls(), &config, None)?;
     let _worker = start_role("worker", &nats.urls(), &config, None)?;
+    one_record_through(&ingest, "tls", "a TLS-only NATS server").await
+}
+
+/// A log record with attribute `attribute` = 1, sent to `ingest`, becomes searchable through
+/// it (the stream, a worker and the query root all reached over `how`).
+async fn one_record_through(ingest: &Collector, attribute: &str, how: &str) -> Result<()> {
     let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
     let request = vigil_e2e::otlp::logs_request(
-        "tls-svc",
+        &format!("{attribute}-svc"),
         vec![vigil_e2e::otlp::log_record(
             vigil_e2e::now_ns(),
-            "over tls",
-            &[("tls", 1)],
+            "one record",
+            &[(attribute, 1)],
         )],
     );
     post_protobuf(&client, ingest.http_url("/v1/logs"), request.encode_to_vec()).await?;
-    let url = ingest.api_url("/api/v1/logs/search?q=attributes.tls:1&limit=1");
-    eventually(
-        Duration::from_secs(60),
-        "the record through a TLS-only NATS server",
-        || {
-            let (client, url) = (&client, &url);
-            async move {
-                let (status, body) = get_json(client, url).await?;
-                Ok((status == 200 && body["total"] == 1).then_some(()))
-            }
-        },
-    )
+    let url = ingest.api_url(&format!("/api/v1/logs/search?q=attributes.{attribute}:1&limit=1"));
+    eventually(Duration::from_secs(60), &format!("the record through {how}"), || {
+        let (client, url) = (&client, &url);
+        async move {
+            let (status, body) = get_json(client, url).await?;
+            Ok((status == 200 && body["total"] == 1).then_some(()))
+        }
+    })
     .await
 }
 
@@ -422,29 +416,7 @@ async fn ingest_and_workers_log_in_with_an_nkey() -> Result<()> {
     )?;
     let ingest = start_role("ingest", &nats.urls(), &config, None)?;
     let _worker = start_role("worker", &nats.urls(), &config, None)?;
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
-    let request = vigil_e2e::otlp::logs_request(
-        "nkey-svc",
-        vec![vigil_e2e::otlp::log_record(
-            vigil_e2e::now_ns(),
-            "as an nkey user",
-            &[("nkey", 1)],
-        )],
-    );
-    post_protobuf(&client, ingest.http_url("/v1/logs"), request.encode_to_vec()).await?;
-    let url = ingest.api_url("/api/v1/logs/search?q=attributes.nkey:1&limit=1");
-    eventually(
-        Duration::from_secs(60),
-        "the record through an nkey-only NATS server",
-        || {
-            let (client, url) = (&client, &url);
-            async move {
-                let (status, body) = get_json(client, url).await?;
-                Ok((status == 200 && body["total"] == 1).then_some(()))
-            }
-        },
-    )
-    .await?;
+    one_record_through(&ingest, "nkey", "an nkey-only NATS server").await?;
     // The server really asks: a connection without the seed is refused.
     let refused = {
         use std::io::{Read, Write};

@@ -12,7 +12,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 use prost::Message;
-use vigil_e2e::nats::{NatsCluster, start_role};
+use vigil_e2e::nats::{NatsCluster, alerting_to, correlator, start_role};
 use vigil_e2e::otlp::{kv, string_value};
 use vigil_e2e::{Collector, eventually, get_json, post_protobuf};
 
@@ -101,13 +101,6 @@ async fn send_traffic(
     Ok(())
 }
 
-/// The API address of the cluster's active correlator, as the root names it.
-async fn correlator(client: &reqwest::Client, root: &Collector) -> Result<Option<String>> {
-    let (status, view) = get_json(client, &root.api_url("/api/v1/cluster")).await?;
-    ensure!(status == 200, "cluster view: {view}");
-    Ok(view["correlator"]["api"].as_str().map(str::to_string))
-}
-
 /// The incident whose first candidate is `service`, through the root, once there is one.
 async fn incident_on(client: &reqwest::Client, root: &Collector, service: &str) -> Result<serde_json::Value> {
     let url = root.api_url("/api/v1/incidents");
@@ -128,14 +121,6 @@ async fn incident_on(client: &reqwest::Client, root: &Collector, service: &str) 
     .with_context(|| format!("no incident on {service}"))
 }
 
-/// Successful webhook deliveries saying the alert of incident `id` fires.
-fn notified(hook: &vigil_e2e::receiver::Receiver, id: &str) -> Vec<vigil_e2e::receiver::Captured> {
-    hook.captured()
-        .into_iter()
-        .filter(|c| c.status == 200 && c.json["groupLabels"]["incident"] == id && c.json["status"] == "firing")
-        .collect()
-}
-
 /// The correlator (`--role rca`): one active, one standby, a worker and an ingest node on a
 /// three-server JetStream cluster. A fault becomes an incident on the active correlator,
 /// pages once, and reaches the standby through the replicated log; the active one is
@@ -153,11 +138,8 @@ async fn the_correlator_fails_over_without_paging_twice() -> Result<()> {
         &config,
         format!(
             "[cluster]\npartitions = {PARTITIONS}\nreplicas = 3\nlease_secs = {LEASE_SECS}\n\
-             rca_snapshot_records = 4\n\
-             [alerting.route]\nreceiver = \"hook\"\ngroup_by = [\"incident\"]\ngroup_wait_secs = 1\n\
-             group_interval_secs = 1\nrepeat_interval_secs = 3600\n\
-             [[alerting.receivers]]\nname = \"hook\"\nurl = \"{}\"\n",
-            hook.url("/hook")
+             rca_snapshot_records = 4\n{}",
+            alerting_to(&hook.url("/hook"), "incident")
         ),
     )?;
     let ingest = start_role("ingest", &urls, &config, None)?;
@@ -198,7 +180,7 @@ async fn the_correlator_fails_over_without_paging_twice() -> Result<()> {
     let a = incident_on(&client, &ingest, "checkout").await?;
     let a_id = a["id"].as_str().unwrap_or_default().to_string();
     eventually(Duration::from_secs(60), "the page for the first incident", || {
-        let n = notified(&hook, &a_id).len();
+        let n = hook.firing("incident", &a_id).len();
         async move { Ok((n > 0).then_some(())) }
     })
     .await?;
@@ -294,7 +276,7 @@ async fn the_correlator_fails_over_without_paging_twice() -> Result<()> {
     let b_id = b["id"].as_str().unwrap_or_default().to_string();
     ensure!(b_id != a_id, "the second fault opened its own incident");
     eventually(Duration::from_secs(60), "the page for the second incident", || {
-        let n = notified(&hook, &b_id).len();
+        let n = hook.firing("incident", &b_id).len();
         async move { Ok((n > 0).then_some(())) }
     })
     .await?;
@@ -329,8 +311,12 @@ async fn the_correlator_fails_over_without_paging_twice() -> Result<()> {
         keys.len(),
         "a notification was delivered twice: {keys:?}"
     );
-    assert_eq!(notified(&hook, &a_id).len(), 1, "the first incident paged once");
-    assert_eq!(notified(&hook, &b_id).len(), 1, "the second incident paged once");
+    assert_eq!(hook.firing("incident", &a_id).len(), 1, "the first incident paged once");
+    assert_eq!(
+        hook.firing("incident", &b_id).len(),
+        1,
+        "the second incident paged once"
+    );
     assert!(
         takeover <= Duration::from_secs(2 * LEASE_SECS + 4),
         "takeover took {takeover:?} with {LEASE_SECS} s leases"

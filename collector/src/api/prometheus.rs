@@ -87,13 +87,13 @@ impl Params {
             .collect()
     }
 
-    pub(crate) fn time(&self, key: &str, default: i64) -> Result<i64, Error> {
+    fn time(&self, key: &str, default: i64) -> Result<i64, Error> {
         self.get(key).map_or(Ok(default), |v| parse_time(key, v))
     }
 }
 
 /// A time parameter: float unix seconds or RFC 3339, as Prometheus takes it.
-pub(crate) fn parse_time(key: &str, value: &str) -> Result<i64, Error> {
+fn parse_time(key: &str, value: &str) -> Result<i64, Error> {
     if let Ok(seconds) = value.parse::<f64>()
         && seconds.is_finite()
         && seconds.abs() < 1e11
@@ -120,7 +120,7 @@ pub(crate) fn reply(result: Result<Json_, Error>) -> Response {
 }
 
 /// The engine's options for one request: the `timeout` parameter can shorten the default.
-pub(crate) fn options(params: &Params) -> Result<Options, Error> {
+fn options(params: &Params) -> Result<Options, Error> {
     let mut opts = Options::default();
     if let Some(t) = params.get("timeout") {
         let ms = vigil_promql::parse_duration_ms(t)?;
@@ -300,7 +300,7 @@ pub(super) async fn samples(State(state): State<ApiState>, uri: Uri, headers: He
 }
 
 /// `start`/`end` of a listing: the last hours by default.
-pub(crate) fn listing_range(params: &Params) -> Result<(i64, i64), Error> {
+fn listing_range(params: &Params) -> Result<(i64, i64), Error> {
     let end = params.time("end", now_ms())?;
     let start = params.time("start", end - LISTING_WINDOW_MS)?;
     if start > end {

@@ -83,29 +83,52 @@ impl Rebuilding {
         self.lock().remove(&partition);
     }
 
-    /// Whether a span of `service` that ended at `end_ms`, in local log entry `entry`, is
-    /// rebuilt history. Partitions whose history detection has passed are forgotten on the
-    /// way.
-    pub(crate) fn is_history(&self, service: &str, entry: u64, end_ms: i64) -> bool {
+    /// Drops the spans from index `from` on (those of local log entry `entry`) that are
+    /// rebuilt history (`service_and_end` gives a span's service and end, unix ms); says how
+    /// many. Partitions whose history detection has passed are forgotten on the way. One
+    /// lock per entry, and nothing more while no partition is being rebuilt.
+    pub(crate) fn drop_history<T>(
+        &self,
+        entry: u64,
+        spans: &mut Vec<T>,
+        from: usize,
+        service_and_end: impl Fn(&T) -> (&str, i64),
+    ) -> u64 {
         let mut rebuilds = self.lock();
         if rebuilds.is_empty() {
-            return false;
+            return 0;
         }
         rebuilds.retain(|_, r| !matches!(r.until, Until::Entry(last) if entry > last));
-        let partition = super::partition_of(service, self.partitions);
-        rebuilds.get(&partition).is_some_and(|r| {
-            end_ms < r.cutoff_ms
-                && match r.until {
-                    Until::Sequence(_) => true,
-                    Until::Entry(last) => entry <= last,
-                }
-        })
+        let mut added = spans.split_off(from.min(spans.len()));
+        let before = added.len();
+        added.retain(|span| {
+            let (service, end_ms) = service_and_end(span);
+            let partition = super::partition_of(service, self.partitions);
+            !rebuilds.get(&partition).is_some_and(|r| {
+                end_ms < r.cutoff_ms
+                    && match r.until {
+                        Until::Sequence(_) => true,
+                        Until::Entry(last) => entry <= last,
+                    }
+            })
+        });
+        let held = (before - added.len()) as u64;
+        spans.append(&mut added);
+        held
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Rebuilding {
+        /// Whether one span is history, through the one entry point.
+        fn is_history(&self, service: &str, entry: u64, end_ms: i64) -> bool {
+            let mut spans = vec![(service.to_string(), end_ms)];
+            self.drop_history(entry, &mut spans, 0, |(s, end)| (s.as_str(), *end)) == 1
+        }
+    }
 
     #[test]
     fn history_ends_with_the_entry_of_the_last_message_at_takeover() {

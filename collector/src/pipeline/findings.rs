@@ -122,14 +122,8 @@ impl Outbox {
     /// Keeps back the spans from `from` on (those of local log entry `entry`) that belong to
     /// a partition's rebuilt history: its last owner sent them. Says how many.
     pub(super) fn hold_history(&mut self, from: usize, entry: u64) -> u64 {
-        let added = self.pending.spans.split_off(from.min(self.pending.spans.len()));
-        let before = added.len();
-        self.pending.spans.extend(
-            added
-                .into_iter()
-                .filter(|s| !self.rebuilding.is_history(&s.service, entry, s.end_ms)),
-        );
-        (before - (self.pending.spans.len() - from)) as u64
+        self.rebuilding
+            .drop_history(entry, &mut self.pending.spans, from, |s| (s.service.as_str(), s.end_ms))
     }
 
     /// Sends what is pending when there is something, or when the correlator has not heard
