@@ -12,7 +12,11 @@
 //!
 //! `vigil-eval nezha` replays the Nezha Train-Ticket day into a fresh collector and prints
 //! the scores of its incidents and of its investigations (see `nezha.rs`).
+//!
+//! `vigil-eval investigations DIR` ranks saved investigation inputs and scores them (see
+//! `investigations.rs`).
 
+mod investigations;
 mod loghub;
 mod nezha;
 
@@ -308,6 +312,7 @@ fn main() -> ExitCode {
         Some("rca") => rca(&args[1..]).map_err(io::Error::other),
         Some("nezha") => nezha::run(&args[1..]).map_err(io::Error::other),
         Some("loghub") => loghub::run(&args[1..]).map_err(io::Error::other),
+        Some("investigations") => investigations::run(&args[1..]).map_err(io::Error::other),
         _ => {
             eprintln!(
                 "usage: vigil-eval patterns < messages.txt\n       vigil-eval nab --data DIR --out RESULTS\n       vigil-eval rca --case DIR | --all ROOT\n       {}\n       {}",

@@ -300,8 +300,10 @@ pub struct Evidence {
     /// Unit of `before` and `after`: `ms` (self time), `%` (error share, 0–100),
     /// `lines/min` (log patterns), `/min` (requests), or the metric's own (may be empty).
     pub unit: String,
-    /// How many baseline wobbles the change is: robust σ, or Poisson σ for counts; at
-    /// least 3 (weaker changes are dropped), metrics capped at 50. With a lead-in, only the
+    /// How many baseline wobbles the change is: robust σ, or Poisson σ for counts; for
+    /// self time never more than the rank test's z of the window's requests against the
+    /// baseline's (so a shift seen on five requests cannot weigh like one seen on five
+    /// hundred); at least 3 (weaker changes are dropped), metrics capped at 50. With a lead-in, only the
     /// rise since the lead-in counts.
     pub strength: f64,
     /// Absent from the baseline: a log pattern it never printed, or an error share that was
@@ -321,6 +323,11 @@ pub struct Evidence {
     /// The API query that shows the data behind this evidence (filled by the collector).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub query: Option<String>,
+    /// The size of the shift before the sample-size cap, where one applied: the onset
+    /// comparison measures a rise since the lead-in by it (a shift that grew tenfold still
+    /// grew, though the cap reads both alike). Not sent: only the ranking here uses it.
+    #[serde(skip)]
+    pub(crate) uncapped: Option<f64>,
 }
 
 impl Evidence {
@@ -351,6 +358,7 @@ impl Evidence {
             template: None,
             samples: Vec::new(),
             query: None,
+            uncapped: None,
         }
     }
 }

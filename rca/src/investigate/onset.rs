@@ -15,18 +15,23 @@ use super::{Evidence, EvidenceKind, MIN_STRENGTH, TimeRange};
 /// Keeps the evidence whose strength rose past the lead-in's by at least
 /// [`MIN_STRENGTH`], with the lead-in's strength taken off and said in its sentence.
 pub(crate) fn keep_what_began(window: Vec<Evidence>, lead_in: &[Evidence], range: TimeRange) -> Vec<Evidence> {
-    let before: HashMap<(EvidenceKind, &str, &str), f64> = lead_in
+    let before: HashMap<(EvidenceKind, &str, &str), &Evidence> = lead_in
         .iter()
-        .map(|e| ((e.kind, e.service.as_str(), e.signal.as_str()), e.strength))
+        .map(|e| ((e.kind, e.service.as_str(), e.signal.as_str()), e))
         .collect();
     let minutes = range.len_ms() / 60_000;
     window
         .into_iter()
         .filter_map(|mut e| {
-            let Some(&already) = before.get(&(e.kind, e.service.as_str(), e.signal.as_str())) else {
+            let Some(earlier) = before.get(&(e.kind, e.service.as_str(), e.signal.as_str())) else {
                 return Some(e);
             };
-            let began = e.strength - already;
+            let already = earlier.strength;
+            // A capped shift rose by its uncapped size, and counts no more than its cap.
+            let began = match (e.uncapped, earlier.uncapped) {
+                (Some(now), Some(then)) => (now - then).min(e.strength),
+                _ => e.strength - already,
+            };
             if began < MIN_STRENGTH {
                 return None;
             }

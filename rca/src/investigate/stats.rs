@@ -53,6 +53,37 @@ pub(crate) fn robust_rise(x: f64, baseline: &[f64], floor: f64) -> f64 {
     (x - m) / mad_sigma(baseline, m).max(floor).max(f64::MIN_POSITIVE)
 }
 
+/// How far `window` lies above `baseline` by rank, as a normal z-score (Mann–Whitney U,
+/// ties sharing their mean rank): unlike a shift of medians it grows with the evidence,
+/// so five slow requests can never weigh like five hundred. 0 when either side is empty.
+pub(crate) fn rank_rise(window: &[f64], baseline: &[f64]) -> f64 {
+    let (n1, n2) = (window.len() as f64, baseline.len() as f64);
+    if window.is_empty() || baseline.is_empty() {
+        return 0.0;
+    }
+    let mut all: Vec<(f64, bool)> = window
+        .iter()
+        .map(|&v| (v, true))
+        .chain(baseline.iter().map(|&v| (v, false)))
+        .collect();
+    all.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut rank_sum = 0.0;
+    let mut i = 0;
+    while i < all.len() {
+        let mut j = i;
+        while j + 1 < all.len() && all[j + 1].0 == all[i].0 {
+            j += 1;
+        }
+        let mean_rank = (i + j) as f64 / 2.0 + 1.0;
+        rank_sum += all[i..=j].iter().filter(|x| x.1).count() as f64 * mean_rank;
+        i = j + 1;
+    }
+    let u = rank_sum - n1 * (n1 + 1.0) / 2.0;
+    let mean = n1 * n2 / 2.0;
+    let sd = (n1 * n2 * (n1 + n2 + 1.0) / 12.0).sqrt();
+    (u - mean) / sd
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -64,6 +95,25 @@ mod tests {
         assert!(median(&[]).is_nan());
         assert_eq!(quantile(&[1.0, 2.0, 3.0, 4.0, 5.0], 0.25), 2.0);
         assert_eq!(quantile(&[1.0, 2.0, 3.0, 4.0, 5.0], 0.9), 4.6);
+    }
+
+    #[test]
+    fn a_rank_rise_grows_with_the_number_of_requests() {
+        let baseline: Vec<f64> = (0..500).map(|i| 1.0 + f64::from(i % 10) * 0.1).collect();
+        // All slower than every baseline request: the z-score a sample of n can reach
+        // is about √(3n), however far the values moved.
+        let five = rank_rise(&[100.0; 5], &baseline);
+        let fifty = rank_rise(&[100.0; 50], &baseline);
+        assert!((3.5..4.0).contains(&five), "{five}");
+        assert!((11.5..12.5).contains(&fifty), "{fifty}");
+        assert_eq!(rank_rise(&[100.0; 5], &baseline), rank_rise(&[1e9; 5], &baseline));
+        // The same values as the baseline's: no rise; faster ones: a fall.
+        assert!(rank_rise(&baseline[..50], &baseline).abs() < 1.0);
+        assert!(rank_rise(&[0.5; 20], &baseline) < -5.0);
+        // Ties share their rank: identical values on both sides are no evidence.
+        assert_eq!(rank_rise(&[2.0; 10], &[2.0; 100]), 0.0);
+        assert_eq!(rank_rise(&[], &baseline), 0.0);
+        assert_eq!(rank_rise(&[1.0], &[]), 0.0);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use super::logs::ERROR;
-use super::stats::{median, per_minute, robust_rise};
+use super::stats::{median, per_minute, rank_rise, robust_rise};
 use super::{Evidence, EvidenceKind, Input, MIN_STRENGTH, SpanRow};
 
 /// How far up a trace ancestors are followed (a cycle in bad data must not hang us).
@@ -198,7 +198,15 @@ pub(crate) fn self_time(input: &Input, index: &TraceIndex<'_>) -> Vec<Evidence> 
         let after = median(&spans.iter().map(|s| s.0).collect::<Vec<_>>());
         // A tenth of the usual value or a millisecond: timer resolution and GC pauses
         // move a sub-millisecond operation by more than its MAD.
-        let strength = robust_rise(after, &medians, (0.1 * before).max(1.0));
+        // How far the median moved, but no further than the requests can show: per-minute
+        // medians of a rare operation wobble little in a quiet baseline, and five slow
+        // requests then read as a 60 σ shift that outranked every other service. The rank
+        // test's z grows with the requests seen (about √(3n) at most), so a shift counts
+        // only as far as both its size and its sample support it.
+        let baseline_requests: Vec<f64> = minutes.values().flatten().copied().collect();
+        let window_requests: Vec<f64> = spans.iter().map(|s| s.0).collect();
+        let shift = robust_rise(after, &medians, (0.1 * before).max(1.0));
+        let strength = shift.min(rank_rise(&window_requests, &baseline_requests));
         if strength < MIN_STRENGTH || after < 1.2 * before {
             continue;
         }
@@ -238,6 +246,7 @@ pub(crate) fn self_time(input: &Input, index: &TraceIndex<'_>) -> Vec<Evidence> 
         out.push(Evidence {
             operation: Some(key.1.to_string()),
             samples,
+            uncapped: Some(shift),
             ..Evidence::new(
                 EvidenceKind::SelfTime,
                 key.0,

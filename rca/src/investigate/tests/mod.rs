@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use super::*;
 
 mod logs;
+mod samples;
 mod waits;
 
 const MIN: i64 = 60_000;
