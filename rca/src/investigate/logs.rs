@@ -113,6 +113,38 @@ pub(crate) fn patterns(input: &Input, index: &TraceIndex<'_>) -> Vec<Evidence> {
     out
 }
 
+/// One warning or error pattern that grew in several services at once is one trouble seen
+/// several times — an exception logged again by every caller it passes through (Spring's
+/// `dispatcherServlet` line, the same in every service), or one shared cause felt by all —
+/// not independent evidence against each: its strength is shared among them, so that it
+/// cannot put any one of them above a service with evidence of its own. Shares below the
+/// weakest evidence kept are dropped. (Where traces show the failure's path, the lines
+/// above it were already left out by [`patterns`].)
+pub(crate) fn share_patterns_grown_in_several(evidence: &mut Vec<Evidence>) {
+    let mut services: HashMap<u64, BTreeSet<&str>> = HashMap::new();
+    for e in evidence.iter().filter(|e| e.kind == EvidenceKind::LogPattern) {
+        if let Some(p) = e.pattern_id {
+            services.entry(p).or_default().insert(e.service.as_str());
+        }
+    }
+    let shared: HashMap<u64, usize> = services
+        .into_iter()
+        .filter(|(_, s)| s.len() > 1)
+        .map(|(p, s)| (p, s.len()))
+        .collect();
+    if shared.is_empty() {
+        return;
+    }
+    for e in evidence.iter_mut().filter(|e| e.kind == EvidenceKind::LogPattern) {
+        if let Some(&k) = e.pattern_id.and_then(|p| shared.get(&p)) {
+            e.strength /= k as f64;
+            e.sentence
+                .push_str(&format!(" (the same pattern grew in {k} services at once: a share of it counts)"));
+        }
+    }
+    evidence.retain(|e| e.strength >= MIN_STRENGTH);
+}
+
 /// Routine lines (below WARN) that a service printed every minute of the baseline and
 /// stopped printing although it kept working: the code path that prints them is no longer
 /// reached — something now fails or returns early before it. A failure injected into a

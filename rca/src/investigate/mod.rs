@@ -397,6 +397,7 @@ fn gather_with(input: &Input, index: &traces::TraceIndex<'_>) -> Vec<Evidence> {
     out.extend(logs::patterns_fell_behind(input));
     out.extend(metrics::shifts(input));
     traces::settle_waits(&mut out);
+    logs::share_patterns_grown_in_several(&mut out);
     if !input.services.is_empty() {
         out.retain(|e| input.services.iter().any(|s| s == &e.service));
     }

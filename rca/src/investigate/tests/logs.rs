@@ -185,3 +185,38 @@ fn a_line_that_fell_behind_its_twin_is_named() {
     let ranked = lines(10, 12);
     assert!(ranked.is_empty(), "{ranked:#?}");
 }
+
+#[test]
+fn one_pattern_grown_in_several_services_is_shared_among_them() {
+    // Routine lines in every minute; in the window, one error template (7) appears in
+    // frontend, checkout and cart at 20 lines a minute each, without trace context — what
+    // a framework's "request failed" line looks like, logged again by every caller — while
+    // payment logs an error of its own (9) at 12 a minute.
+    let mut input = System::new().input(Minute::normal());
+    for m in (0..55).chain(60..63) {
+        for service in ["frontend", "checkout", "cart", "payment"] {
+            input.log_counts.push(log_count(m, service, 1, 9, 10));
+        }
+    }
+    for m in 60..63 {
+        for service in ["frontend", "checkout", "cart"] {
+            input.log_counts.push(log_count(m, service, 7, 17, 20));
+        }
+        input.log_counts.push(log_count(m, "payment", 9, 17, 12));
+    }
+    let ranked = investigate(&input);
+    assert_eq!(services(&ranked)[0], "payment", "{ranked:#?}");
+    let shared = ranked.iter().find(|c| c.service == "cart").expect("cart keeps its share");
+    assert!(
+        shared.evidence[0].sentence.contains("grew in 3 services"),
+        "{:?}",
+        shared.evidence[0]
+    );
+    // In one service alone, the same lines are that service's own evidence.
+    let mut alone = System::new().input(Minute::normal());
+    for m in 60..63 {
+        alone.log_counts.push(log_count(m, "cart", 7, 17, 20));
+        alone.log_counts.push(log_count(m, "payment", 9, 17, 12));
+    }
+    assert_eq!(services(&investigate(&alone))[0], "cart");
+}
