@@ -310,6 +310,12 @@ pub struct Evidence {
     /// 0 there.
     #[serde(default)]
     pub new: bool,
+    /// Already as far from the baseline in the lead-in (the minutes just before the window):
+    /// trouble under way before the window rather than what began in it. Such evidence
+    /// ranks its service only when nothing else on the request path does (see
+    /// [`rank_candidates`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ongoing: bool,
     /// One sentence a person can check.
     pub sentence: String,
     /// The log pattern's template (filled by the collector).
@@ -354,6 +360,7 @@ impl Evidence {
             unit: unit.to_string(),
             strength,
             new: false,
+            ongoing: false,
             sentence,
             template: None,
             samples: Vec::new(),
@@ -369,8 +376,9 @@ pub struct Candidate {
     /// The service, as [`Evidence::service`] names it.
     pub service: String,
     /// In [0, 1): `1 − e^(−raw/10)` of the raw strength (10 σ reads 0.63, 30 σ 0.95);
-    /// comparable within one investigation. A service with metric evidence only always
-    /// scores below every service whose requests changed.
+    /// comparable within one investigation. A service whose requests' only change was
+    /// already under way before the window scores below every service whose requests
+    /// changed in it, and one with metric evidence only below both.
     pub score: f64,
     /// Why it ranks where it does, one checkable sentence each: its strongest request-path
     /// findings (up to three; for a metric-only service, up to two metric findings), then
@@ -406,7 +414,8 @@ fn gather_with(input: &Input, index: &traces::TraceIndex<'_>) -> Vec<Evidence> {
 }
 
 /// Ranks the services of `input`, most likely cause first. With a lead-in, evidence
-/// already as strong in the lead-in is dropped and the rest keeps only its rise; the call
+/// already as strong in the lead-in is marked [`Evidence::ongoing`] (request path) or
+/// dropped (metrics), and the rest keeps only its rise; the call
 /// graph for demoting callers comes from the spans given. Services without evidence are not
 /// listed.
 pub fn investigate(input: &Input) -> Vec<Candidate> {

@@ -13,7 +13,9 @@ use std::collections::HashMap;
 use super::{Evidence, EvidenceKind, MIN_STRENGTH, TimeRange};
 
 /// Keeps the evidence whose strength rose past the lead-in's by at least
-/// [`MIN_STRENGTH`], with the lead-in's strength taken off and said in its sentence.
+/// [`MIN_STRENGTH`], with the lead-in's strength taken off and said in its sentence; other
+/// request-path evidence is kept whole and marked [`Evidence::ongoing`], other metric
+/// evidence dropped.
 pub(crate) fn keep_what_began(window: Vec<Evidence>, lead_in: &[Evidence], range: TimeRange) -> Vec<Evidence> {
     let before: HashMap<(EvidenceKind, &str, &str), &Evidence> = lead_in
         .iter()
@@ -33,7 +35,19 @@ pub(crate) fn keep_what_began(window: Vec<Evidence>, lead_in: &[Evidence], range
                 _ => e.strength - already,
             };
             if began < MIN_STRENGTH {
-                return None;
+                // Under way before the window: context, not what began in it. A request-path
+                // change is kept, marked, for the service it is the only news of — the
+                // engineer's start is rough, and a fault whose first minute fell just before
+                // it, or that never ended since the last time, still names its service; a
+                // resource metric is not (on its own it already ranks last).
+                if !e.kind.on_request_path() {
+                    return None;
+                }
+                e.ongoing = true;
+                e.sentence.push_str(&format!(
+                    " (already {already:.1} σ from the baseline in the {minutes} minutes before: under way before the window began)"
+                ));
+                return Some(e);
             }
             e.strength = began;
             e.sentence.push_str(&format!(

@@ -19,12 +19,17 @@ const MAX_EVIDENCE: usize = 10;
 /// of some idle service always makes a "new" jump (windows without any fault show them at
 /// the top), and such a hint must not outrank a request path that broke, however weakly.
 /// Among themselves they keep the order of their strength.
-const METRIC_ALONE_CEILING: f64 = MIN_STRENGTH * CALLER_DEMOTION;
+/// Below them, in the lower half of the band under the request path, come services with
+/// metric evidence only; in its upper half those whose only request-path evidence was
+/// already under way before the window ([`Evidence::ongoing`]): a broken request path that
+/// did not break in the window still says more about the service than a pod's gauge.
+const METRIC_ALONE_CEILING: f64 = MIN_STRENGTH * CALLER_DEMOTION / 2.0;
 
-/// A metric-only service's score: grows with the strength, never reaches the ceiling
-/// (not even in floating point: 500 σ is 0.98 of it).
-fn metric_alone(strength: f64) -> f64 {
-    METRIC_ALONE_CEILING * strength / (strength + 10.0)
+/// A score in one tier below the request path: grows with the strength from `floor`,
+/// never reaches `floor + METRIC_ALONE_CEILING` (not even in floating point: 500 σ is 0.98
+/// of the way).
+fn below_the_path(floor: f64, strength: f64) -> f64 {
+    floor + METRIC_ALONE_CEILING * strength / (strength + 10.0)
 }
 
 /// Ranks services by their evidence (strongest first within each). `calls` maps each
@@ -37,15 +42,16 @@ pub fn rank_candidates(mut evidence: Vec<Evidence>, calls: &BTreeMap<String, BTr
     }
     let stopped: BTreeSet<&str> = by_service
         .iter()
-        .filter(|(_, ev)| ev.iter().any(|e| e.kind == EvidenceKind::RequestsStopped))
+        .filter(|(_, ev)| ev.iter().any(|e| e.kind == EvidenceKind::RequestsStopped && !e.ongoing))
         .map(|(s, _)| s.as_str())
         .collect();
-    // The strongest request-path evidence of each service and its family.
+    // The strongest request-path evidence of each service that began in the window, and
+    // its family.
     let path_best: BTreeMap<&str, (f64, u8)> = by_service
         .iter()
         .filter_map(|(s, ev)| {
             ev.iter()
-                .find(|e| e.kind.on_request_path())
+                .find(|e| e.kind.on_request_path() && !e.ongoing)
                 .map(|e| (s.as_str(), (e.strength, e.kind.family())))
         })
         .collect();
@@ -59,10 +65,11 @@ pub fn rank_candidates(mut evidence: Vec<Evidence>, calls: &BTreeMap<String, BTr
             .map_or(0.0, |e| e.strength);
         let mut reasons: Vec<String> = ev
             .iter()
-            .filter(|e| e.kind.on_request_path())
+            .filter(|e| e.kind.on_request_path() && !e.ongoing)
             .take(3)
             .map(|e| e.sentence.clone())
             .collect();
+        let ongoing = ev.iter().find(|e| e.ongoing).map_or(0.0, |e| e.strength);
         let mut raw = if path > 0.0 {
             if metric > 0.0
                 && let Some(m) = ev.iter().find(|e| !e.kind.on_request_path())
@@ -70,10 +77,17 @@ pub fn rank_candidates(mut evidence: Vec<Evidence>, calls: &BTreeMap<String, BTr
                 reasons.push(format!("Corroborated by a resource metric: {}", m.sentence));
             }
             path + METRIC_CORROBORATION * metric.min(path)
+        } else if ongoing > 0.0 {
+            reasons.extend(ev.iter().filter(|e| e.ongoing).take(2).map(|e| e.sentence.clone()));
+            reasons.push(
+                "Its requests were already in this trouble before the window; nothing else began in it on this service."
+                    .into(),
+            );
+            below_the_path(METRIC_ALONE_CEILING, ongoing)
         } else {
             reasons.extend(ev.iter().take(2).map(|e| e.sentence.clone()));
             reasons.push("Only resource metrics moved; no request of this service looked different.".into());
-            metric_alone(metric)
+            below_the_path(0.0, metric)
         };
         if let Some(&(strength, family)) = path_best.get(service.as_str()) {
             let suffering_from: Vec<&str> = calls

@@ -312,9 +312,27 @@ fn trouble_already_under_way_before_the_window_is_not_what_began_in_it() {
     // Without a lead-in, both changes look equally new…
     let blind = investigate(&System::new().input(window));
     assert_eq!(services(&blind)[0], "payment", "{blind:#?}");
-    // …with it, payment was as slow before the window: checkout is what began.
+    // …with it, payment was as slow before the window: checkout is what began. Payment is
+    // still listed after it, its evidence marked as under way before the window.
     let ranked = investigate(&System::new().input_with_lead_in(slow_payment, window));
-    assert_eq!(services(&ranked), ["checkout"], "{ranked:#?}");
+    assert_eq!(services(&ranked), ["checkout", "payment"], "{ranked:#?}");
+    assert!(ranked[1].evidence.iter().all(|e| e.ongoing), "{ranked:#?}");
+    assert!(ranked[1].reasons.iter().any(|r| r.contains("before the window")), "{ranked:#?}");
+    // Below the request path, above a service whose only news is a resource metric.
+    let mut with_metric = System::new().input_with_lead_in(slow_payment, window);
+    with_metric.metrics.push(MetricSeries {
+        service: "db".into(),
+        name: "cpu".into(),
+        labels: String::new(),
+        unit: "%".into(),
+        points: (0..63)
+            .filter(|m| !(55..60).contains(m))
+            .map(|m| (m * MIN, if m >= 60 { 95.0 } else { 10.0 + (m % 3) as f64 }))
+            .collect(),
+    });
+    let ranked = investigate(&with_metric);
+    assert_eq!(services(&ranked), ["checkout", "payment", "db"], "{ranked:#?}");
+    assert!(ranked[1].score < ranked[0].score / 2.0 && ranked[2].score < ranked[1].score);
     // A change that grew further in the window keeps the rise since, and says so.
     let worse = Minute {
         payment_ms: 4000.0,
