@@ -29,7 +29,11 @@ fn load(path: &Path) -> Result<(Input, String, String), String> {
         window_lines: rows::<WindowLogLine>(&v, "window_lines")?,
         metrics: rows::<MetricSeries>(&v, "metrics")?,
         services: Vec::new(),
-        lead_in: if v["lead_in"].is_null() { None } else { Some(range(&v["lead_in"])?) },
+        lead_in: if v["lead_in"].is_null() {
+            None
+        } else {
+            Some(range(&v["lead_in"])?)
+        },
     };
     let truth = v["service"].as_str().unwrap_or_default().to_string();
     let kind = v["type"].as_str().unwrap_or_default().to_string();
@@ -68,7 +72,12 @@ pub(crate) fn run(args: &[String]) -> Result<(), String> {
             for c in ranked.iter().take(rank.map_or(4, |r| r + 2)) {
                 println!("    {} {:.3}", c.service, c.score);
                 for e in c.evidence.iter().take(4) {
-                    println!("      {:?} {:.1} {}", e.kind, e.strength, e.sentence.chars().take(200).collect::<String>());
+                    println!(
+                        "      {:?} {:.1} {}",
+                        e.kind,
+                        e.strength,
+                        e.sentence.chars().take(200).collect::<String>()
+                    );
                 }
             }
         }

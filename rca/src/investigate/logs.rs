@@ -138,8 +138,9 @@ pub(crate) fn share_patterns_grown_in_several(evidence: &mut Vec<Evidence>) {
     for e in evidence.iter_mut().filter(|e| e.kind == EvidenceKind::LogPattern) {
         if let Some(&k) = e.pattern_id.and_then(|p| shared.get(&p)) {
             e.strength /= k as f64;
-            e.sentence
-                .push_str(&format!(" (the same pattern grew in {k} services at once: a share of it counts)"));
+            e.sentence.push_str(&format!(
+                " (the same pattern grew in {k} services at once: a share of it counts)"
+            ));
         }
     }
     evidence.retain(|e| e.strength >= MIN_STRENGTH);

@@ -209,7 +209,10 @@ fn one_pattern_grown_in_several_services_is_shared_among_them() {
     }
     let ranked = investigate(&input);
     assert_eq!(services(&ranked)[0], "payment", "{ranked:#?}");
-    let shared = ranked.iter().find(|c| c.service == "cart").expect("cart keeps its share");
+    let shared = ranked
+        .iter()
+        .find(|c| c.service == "cart")
+        .expect("cart keeps its share");
     assert!(
         shared.evidence[0].sentence.contains("grew in 3 services"),
         "{:?}",

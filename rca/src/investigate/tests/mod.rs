@@ -317,7 +317,10 @@ fn trouble_already_under_way_before_the_window_is_not_what_began_in_it() {
     let ranked = investigate(&System::new().input_with_lead_in(slow_payment, window));
     assert_eq!(services(&ranked), ["checkout", "payment"], "{ranked:#?}");
     assert!(ranked[1].evidence.iter().all(|e| e.ongoing), "{ranked:#?}");
-    assert!(ranked[1].reasons.iter().any(|r| r.contains("before the window")), "{ranked:#?}");
+    assert!(
+        ranked[1].reasons.iter().any(|r| r.contains("before the window")),
+        "{ranked:#?}"
+    );
     // Below the request path, above a service whose only news is a resource metric.
     let mut with_metric = System::new().input_with_lead_in(slow_payment, window);
     with_metric.metrics.push(MetricSeries {
