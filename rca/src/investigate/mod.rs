@@ -303,8 +303,10 @@ pub struct Evidence {
     /// How many baseline wobbles the change is: robust σ, or Poisson σ for counts; for
     /// self time never more than the rank test's z of the window's requests against the
     /// baseline's (so a shift seen on five requests cannot weigh like one seen on five
-    /// hundred); at least 3 (weaker changes are dropped), metrics capped at 50. With a lead-in, only the
-    /// rise since the lead-in counts.
+    /// hundred); at least 3 (weaker changes are dropped), metrics capped at 50; shared
+    /// among the services when one log pattern grew in several. With a lead-in, only the
+    /// rise since the lead-in counts ([`Evidence::ongoing`] evidence, which did not rise,
+    /// keeps its whole strength).
     pub strength: f64,
     /// Absent from the baseline: a log pattern it never printed, or an error share that was
     /// 0 there.
@@ -381,10 +383,12 @@ pub struct Candidate {
     /// changed in it, and one with metric evidence only below both.
     pub score: f64,
     /// Why it ranks where it does, one checkable sentence each: its strongest request-path
-    /// findings (up to three; for a metric-only service, up to two metric findings), then
-    /// notes on corroboration and on callees in trouble.
+    /// findings that began in the window (up to three; for a service with none, up to two
+    /// findings under way before it, else up to two metric findings), then notes on
+    /// corroboration and on callees in trouble.
     pub reasons: Vec<String>,
-    /// The changes found on it, strongest first, at most ten.
+    /// The changes found on it, at most ten: what began in the window first, then what was
+    /// under way before it, each strongest first.
     pub evidence: Vec<Evidence>,
 }
 
@@ -392,7 +396,7 @@ pub struct Candidate {
 /// [`Input::services`] when it names any. The lead-in is not consulted here (see
 /// [`investigate`]).
 pub fn gather(input: &Input) -> Vec<Evidence> {
-    gather_with(input, &traces::TraceIndex::new(&input.spans))
+    finish(gather_with(input, &traces::TraceIndex::new(&input.spans)))
 }
 
 fn gather_with(input: &Input, index: &traces::TraceIndex<'_>) -> Vec<Evidence> {
@@ -405,12 +409,31 @@ fn gather_with(input: &Input, index: &traces::TraceIndex<'_>) -> Vec<Evidence> {
     out.extend(logs::patterns_fell_behind(input));
     out.extend(metrics::shifts(input));
     traces::settle_waits(&mut out);
-    logs::share_patterns_grown_in_several(&mut out);
     if !input.services.is_empty() {
         out.retain(|e| input.services.iter().any(|s| s == &e.service));
     }
-    out.sort_by(|a, b| b.strength.total_cmp(&a.strength));
     out
+}
+
+/// What is left to do once each signal's strength is final (after the onset comparison,
+/// which compares the undivided strengths of both ranges): share the patterns grown in
+/// several services, drop what fell below [`MIN_STRENGTH`] (a self-time shift's cap can put
+/// it there; the lead-in keeps such shifts to compare with), strongest first — ties by
+/// kind, service and signal, so the same rows give the same order.
+fn finish(mut evidence: Vec<Evidence>) -> Vec<Evidence> {
+    logs::share_patterns_grown_in_several(&mut evidence);
+    evidence.retain(|e| e.strength >= MIN_STRENGTH);
+    evidence.sort_by(strongest_first);
+    evidence
+}
+
+/// Evidence order: strongest first; ties by kind, service and signal.
+pub(crate) fn strongest_first(a: &Evidence, b: &Evidence) -> std::cmp::Ordering {
+    b.strength
+        .total_cmp(&a.strength)
+        .then_with(|| (a.kind as u8).cmp(&(b.kind as u8)))
+        .then_with(|| a.service.cmp(&b.service))
+        .then_with(|| a.signal.cmp(&b.signal))
 }
 
 /// Ranks the services of `input`, most likely cause first. With a lead-in, evidence
@@ -427,7 +450,7 @@ pub fn investigate(input: &Input) -> Vec<Candidate> {
         let before_index = traces::TraceIndex::new(&before.spans);
         evidence = onset::keep_what_began(evidence, &gather_with(&before, &before_index), lead_in);
     }
-    rank_candidates(evidence, &index.calls())
+    rank_candidates(finish(evidence), &index.calls())
 }
 
 #[cfg(test)]

@@ -5,7 +5,8 @@
 //! service still recovering from an earlier fault), not the start of what is being
 //! investigated. Each piece of evidence is therefore compared with the same signal in the
 //! lead-in (the whole minutes just before the window, measured against the same baseline)
-//! and keeps only the part of its strength that is new: BARO and the change-point RCA
+//! and keeps only the part of its strength that is new (request-path evidence with no new
+//! part is kept whole, marked ongoing, and ranks below everything that began): BARO and the change-point RCA
 //! methods rank by the *onset* of a shift for the same reason.
 
 use std::collections::HashMap;
@@ -28,11 +29,10 @@ pub(crate) fn keep_what_began(window: Vec<Evidence>, lead_in: &[Evidence], range
             let Some(earlier) = before.get(&(e.kind, e.service.as_str(), e.signal.as_str())) else {
                 return Some(e);
             };
-            let already = earlier.strength;
             // A capped shift rose by its uncapped size, and counts no more than its cap.
-            let began = match (e.uncapped, earlier.uncapped) {
-                (Some(now), Some(then)) => (now - then).min(e.strength),
-                _ => e.strength - already,
+            let (began, already) = match (e.uncapped, earlier.uncapped) {
+                (Some(now), Some(then)) => ((now - then).min(e.strength), then),
+                _ => (e.strength - earlier.strength, earlier.strength),
             };
             if began < MIN_STRENGTH {
                 // Under way before the window: context, not what began in it. A request-path

@@ -35,7 +35,8 @@ fn below_the_path(floor: f64, strength: f64) -> f64 {
 /// Ranks services by their evidence (strongest first within each). `calls` maps each
 /// caller to the services it calls.
 pub fn rank_candidates(mut evidence: Vec<Evidence>, calls: &BTreeMap<String, BTreeSet<String>>) -> Vec<Candidate> {
-    evidence.sort_by(|a, b| b.strength.total_cmp(&a.strength));
+    // What began in the window first, then what was under way before it; strongest first.
+    evidence.sort_by(|a, b| a.ongoing.cmp(&b.ongoing).then_with(|| super::strongest_first(a, b)));
     let mut by_service: BTreeMap<String, Vec<Evidence>> = BTreeMap::new();
     for e in evidence {
         by_service.entry(e.service.clone()).or_default().push(e);
@@ -80,7 +81,7 @@ pub fn rank_candidates(mut evidence: Vec<Evidence>, calls: &BTreeMap<String, BTr
         } else if ongoing > 0.0 {
             reasons.extend(ev.iter().filter(|e| e.ongoing).take(2).map(|e| e.sentence.clone()));
             reasons.push(
-                "Its requests were already in this trouble before the window; nothing else began in it on this service."
+                "Its requests were already in this trouble before the window; nothing else on its request path began in it."
                     .into(),
             );
             below_the_path(METRIC_ALONE_CEILING, ongoing)

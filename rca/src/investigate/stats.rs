@@ -54,8 +54,10 @@ pub(crate) fn robust_rise(x: f64, baseline: &[f64], floor: f64) -> f64 {
 }
 
 /// How far `window` lies above `baseline` by rank, as a normal z-score (Mann–Whitney U,
-/// ties sharing their mean rank): unlike a shift of medians it grows with the evidence,
-/// so five slow requests can never weigh like five hundred. 0 when either side is empty.
+/// ties sharing their mean rank, the spread corrected for them): unlike a shift of medians
+/// it grows with the evidence, so five slow requests can never weigh like five hundred — at
+/// most √(3·n₁·n₂/(n₁+n₂+1)), which is below 3 for three requests, whatever the baseline.
+/// 0 when either side is empty or every value is the same.
 pub(crate) fn rank_rise(window: &[f64], baseline: &[f64]) -> f64 {
     let (n1, n2) = (window.len() as f64, baseline.len() as f64);
     if window.is_empty() || baseline.is_empty() {
@@ -68,6 +70,8 @@ pub(crate) fn rank_rise(window: &[f64], baseline: &[f64]) -> f64 {
         .collect();
     all.sort_by(|a, b| a.0.total_cmp(&b.0));
     let mut rank_sum = 0.0;
+    // Σ (t³ − t) over groups of t tied values: ties shrink the statistic's spread.
+    let mut ties = 0.0;
     let mut i = 0;
     while i < all.len() {
         let mut j = i;
@@ -76,12 +80,17 @@ pub(crate) fn rank_rise(window: &[f64], baseline: &[f64]) -> f64 {
         }
         let mean_rank = (i + j) as f64 / 2.0 + 1.0;
         rank_sum += all[i..=j].iter().filter(|x| x.1).count() as f64 * mean_rank;
+        let t = (j - i + 1) as f64;
+        ties += t * t * t - t;
         i = j + 1;
     }
+    let n = n1 + n2;
     let u = rank_sum - n1 * (n1 + 1.0) / 2.0;
-    let mean = n1 * n2 / 2.0;
-    let sd = (n1 * n2 * (n1 + n2 + 1.0) / 12.0).sqrt();
-    (u - mean) / sd
+    let variance = n1 * n2 / 12.0 * ((n + 1.0) - ties / (n * (n - 1.0)));
+    if variance <= 0.0 {
+        return 0.0; // every value the same: no evidence either way
+    }
+    (u - n1 * n2 / 2.0) / variance.sqrt()
 }
 
 #[cfg(test)]
@@ -112,6 +121,12 @@ mod tests {
         assert!(rank_rise(&[0.5; 20], &baseline) < -5.0);
         // Ties share their rank: identical values on both sides are no evidence.
         assert_eq!(rank_rise(&[2.0; 10], &[2.0; 100]), 0.0);
+        // Three requests can never reach 3 σ, however large a baseline of distinct values.
+        let large: Vec<f64> = (0..100_000).map(|i| f64::from(i) * 1e-5).collect();
+        assert!(rank_rise(&[100.0; 3], &large) < 3.0);
+        // Ties in the baseline narrow the spread: the same rise reads stronger.
+        let tied: Vec<f64> = (0..500).map(|i| f64::from(i % 2)).collect();
+        assert!(rank_rise(&[100.0; 5], &tied) > five, "{five}");
         assert_eq!(rank_rise(&[], &baseline), 0.0);
         assert_eq!(rank_rise(&[1.0], &[]), 0.0);
     }

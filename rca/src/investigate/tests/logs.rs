@@ -226,3 +226,30 @@ fn one_pattern_grown_in_several_services_is_shared_among_them() {
     }
     assert_eq!(services(&investigate(&alone))[0], "cart");
 }
+
+#[test]
+fn a_shared_pattern_is_compared_with_the_lead_in_before_it_is_shared() {
+    // frontend printed error 7 at 12 a minute in the lead-in, alone; in the window at 40 a
+    // minute, and so did checkout and cart. frontend's rise is real: compared undivided it
+    // began in the window. (Shared first, its third of the window fell below the lead-in's
+    // whole and it read as already under way.)
+    let mut input = System::new().input_with_lead_in(Minute::normal(), Minute::normal());
+    for m in (0..55).chain(57..63) {
+        for service in ["frontend", "checkout", "cart"] {
+            input.log_counts.push(log_count(m, service, 1, 9, 10));
+        }
+    }
+    for m in 57..60 {
+        input.log_counts.push(log_count(m, "frontend", 7, 17, 12));
+    }
+    for m in 60..63 {
+        for service in ["frontend", "checkout", "cart"] {
+            input.log_counts.push(log_count(m, service, 7, 17, 40));
+        }
+    }
+    let ranked = investigate(&input);
+    let frontend = ranked.iter().find(|c| c.service == "frontend").expect("listed");
+    let e = &frontend.evidence[0];
+    assert_eq!((e.kind, e.ongoing), (EvidenceKind::LogPattern, false), "{frontend:#?}");
+    assert!(e.sentence.contains("grew in 3 services"), "{e:#?}");
+}
