@@ -117,10 +117,10 @@ pub(crate) fn patterns(input: &Input, index: &TraceIndex<'_>) -> Vec<Evidence> {
 /// several times — an exception logged again by every caller it passes through (Spring's
 /// `dispatcherServlet` line, the same in every service), or one shared cause felt by all —
 /// not independent evidence against each: its strength is shared among them, so that it
-/// cannot put any one of them above a service with evidence of its own. Shares below the
-/// weakest evidence kept are dropped. (Where traces show the failure's path, the lines
-/// above it were already left out by [`patterns`].)
-pub(crate) fn share_patterns_grown_in_several(evidence: &mut Vec<Evidence>) {
+/// cannot put any one of them above a service with evidence of its own (shares that fall
+/// below the minimum are dropped with the rest, by the caller). (Where traces show the
+/// failure's path, the lines above it were already left out by [`patterns`].)
+pub(crate) fn share_patterns_grown_in_several(evidence: &mut [Evidence]) {
     let mut services: HashMap<u64, BTreeSet<&str>> = HashMap::new();
     for e in evidence.iter().filter(|e| e.kind == EvidenceKind::LogPattern) {
         if let Some(p) = e.pattern_id {
@@ -143,7 +143,6 @@ pub(crate) fn share_patterns_grown_in_several(evidence: &mut Vec<Evidence>) {
             ));
         }
     }
-    evidence.retain(|e| e.strength >= MIN_STRENGTH);
 }
 
 /// Routine lines (below WARN) that a service printed every minute of the baseline and

@@ -370,6 +370,11 @@ impl Evidence {
             uncapped: None,
         }
     }
+
+    /// Request-path evidence of a change that began in the window: what decides a ranking.
+    pub(crate) fn began_on_request_path(&self) -> bool {
+        self.kind.on_request_path() && !self.ongoing
+    }
 }
 
 /// A ranked service.

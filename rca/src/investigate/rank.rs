@@ -52,7 +52,7 @@ pub fn rank_candidates(mut evidence: Vec<Evidence>, calls: &BTreeMap<String, BTr
         .iter()
         .filter_map(|(s, ev)| {
             ev.iter()
-                .find(|e| e.kind.on_request_path() && !e.ongoing)
+                .find(|e| e.began_on_request_path())
                 .map(|e| (s.as_str(), (e.strength, e.kind.family())))
         })
         .collect();
@@ -66,7 +66,7 @@ pub fn rank_candidates(mut evidence: Vec<Evidence>, calls: &BTreeMap<String, BTr
             .map_or(0.0, |e| e.strength);
         let mut reasons: Vec<String> = ev
             .iter()
-            .filter(|e| e.kind.on_request_path() && !e.ongoing)
+            .filter(|e| e.began_on_request_path())
             .take(3)
             .map(|e| e.sentence.clone())
             .collect();

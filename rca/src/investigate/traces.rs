@@ -195,9 +195,17 @@ pub(crate) fn self_time(input: &Input, index: &TraceIndex<'_>) -> Vec<Evidence> 
         }
         let medians: Vec<f64> = minutes.values().map(|v| median(v)).collect();
         let before = median(&medians);
-        let after = median(&spans.iter().map(|s| s.0).collect::<Vec<_>>());
+        let window_requests: Vec<f64> = spans.iter().map(|s| s.0).collect();
+        let after = median(&window_requests);
         // A tenth of the usual value or a millisecond: timer resolution and GC pauses
         // move a sub-millisecond operation by more than its MAD.
+        let shift = robust_rise(after, &medians, (0.1 * before).max(1.0));
+        // Kept while the shift itself is strong enough, even if the cap below is not: the
+        // lead-in has fewer requests, and its shift must be there to compare the window's
+        // with. What stays below the minimum once compared is dropped (`finish`).
+        if shift < MIN_STRENGTH || after < 1.2 * before {
+            continue;
+        }
         // How far the median moved, but no further than the requests can show: per-minute
         // medians of a rare operation wobble little in a quiet baseline, and five slow
         // requests then read as a 60 σ shift that outranked every other service. The rank
@@ -205,15 +213,7 @@ pub(crate) fn self_time(input: &Input, index: &TraceIndex<'_>) -> Vec<Evidence> 
         // a much larger baseline: 3.9 for five, 9.5 for thirty), so a shift counts
         // only as far as both its size and its sample support it.
         let baseline_requests: Vec<f64> = minutes.values().flatten().copied().collect();
-        let window_requests: Vec<f64> = spans.iter().map(|s| s.0).collect();
-        let shift = robust_rise(after, &medians, (0.1 * before).max(1.0));
         let strength = shift.min(rank_rise(&window_requests, &baseline_requests));
-        // Kept while the shift itself is strong enough, even if the cap is not: the lead-in
-        // has fewer requests, and its shift must be there to compare the window's with.
-        // What stays below the minimum once compared is dropped (`finish`).
-        if shift < MIN_STRENGTH || after < 1.2 * before {
-            continue;
-        }
         // The slowest first, ties by trace id: the same rows in any order give the same
         // samples (a cluster's workers send them in no particular order).
         spans.sort_by(|a, b| {
