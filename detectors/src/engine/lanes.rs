@@ -31,7 +31,7 @@
 //! the 804 span findings and 118 of the 139 log-rate findings fell within a minute of an
 //! episode's start, and incidents opened there, before the fault.)
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -42,6 +42,10 @@ use crate::anomaly::DetectorKind;
 /// Intervals a lane keeps open at most; beyond it the oldest are closed (a lane far behind
 /// the others is bounded in memory even when no wall clock says it is idle).
 pub(super) const MAX_OPEN_INTERVALS: usize = 1440;
+
+/// Resumptions remembered at most (each is pruned once every interval overlapping its first
+/// minute has closed; this bounds a lane flapping faster than its intervals close).
+const MAX_RESUMPTIONS: usize = 64;
 
 /// A kind of signal with a clock of its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,6 +82,14 @@ pub(super) struct LaneState {
     /// lateness (`i64::MIN`: none yet).
     #[serde(default = "never")]
     pub(super) resumed_ms: i64,
+    /// Every resumption whose first minute an open interval may still overlap, oldest first.
+    /// The latest alone is not enough: data that stops again within the lateness (a
+    /// three-minute episode) leaves its first minute's intervals open until the next
+    /// episode's first event moves the lane's clock — and judged against that resumption
+    /// they were scored (on the replayed Nezha day, a burst of findings 20 s into every
+    /// episode, before its fault). Pruned as intervals close; bounded.
+    #[serde(default)]
+    pub(super) resumptions: VecDeque<i64>,
 }
 
 fn never() -> i64 {
@@ -92,6 +104,7 @@ impl Default for LaneState {
             buckets: BTreeMap::new(),
             heard_wall_ms: 0,
             resumed_ms: i64::MIN,
+            resumptions: VecDeque::new(),
         }
     }
 }
@@ -112,15 +125,28 @@ impl LaneState {
             && self.sources.latest_of(source).is_some_and(silent)
         {
             self.resumed_ms = ts_ms;
+            if self.resumptions.len() >= MAX_RESUMPTIONS {
+                self.resumptions.pop_front();
+            }
+            self.resumptions.push_back(ts_ms);
         }
     }
 
     /// Whether the interval starting at `start` overlaps the lane's first `interval_ms` of
-    /// data after its latest silence.
-    pub(super) fn in_resumption_grace(&self, start: i64, interval_ms: i64) -> bool {
-        self.resumed_ms != i64::MIN
-            && start < self.resumed_ms.saturating_add(interval_ms)
-            && start.saturating_add(interval_ms) > self.resumed_ms
+    /// data after any silence. Intervals close in order of their start, so resumptions
+    /// whose first minute ended before this one began are forgotten here.
+    pub(super) fn in_resumption_grace(&mut self, start: i64, interval_ms: i64) -> bool {
+        while self
+            .resumptions
+            .front()
+            .is_some_and(|r| r.saturating_add(interval_ms) <= start)
+        {
+            self.resumptions.pop_front();
+        }
+        let overlaps =
+            |r: i64| r != i64::MIN && start < r.saturating_add(interval_ms) && start.saturating_add(interval_ms) > r;
+        // `resumed_ms` too: a state saved before `resumptions` existed holds only it.
+        overlaps(self.resumed_ms) || self.resumptions.iter().any(|r| overlaps(*r))
     }
 
     /// Whether any event has reached this lane.

@@ -177,3 +177,34 @@ fn a_kind_coming_back_after_a_silence_is_not_scored_for_its_first_minute() {
         "without a silence the slow minute is a finding"
     );
 }
+
+#[test]
+fn short_episodes_are_not_scored_for_their_first_minute_either() {
+    // Traffic in three-minute episodes half a minute off the interval grid (a load generator
+    // run in episodes, as on the recorded Nezha day), each episode's first minute ten times
+    // slower. An episode ends within the lateness of its first minute, so that minute's
+    // second interval is still open when the next episode comes back — it must be judged
+    // against the resumption it belongs to, not the next one (it was scored: a finding at
+    // every episode's start, before any fault).
+    let mut e = engine();
+    let steady = |_: i64, k: u64| 0.2 + 0.1 * jitter(k);
+    pay_traffic(&mut e, 0, 200, steady);
+    for episode_start in [220, 230] {
+        for m in episode_start..episode_start + 3 {
+            for k in 0..20u64 {
+                let ts = T0 + m * MIN + 30_000 + (k as i64) * 3000;
+                let cold = m == episode_start;
+                let latency = if cold { 2.5 + 0.1 * jitter(k) } else { steady(m, k) };
+                e.observe_span("checkout", "POST /pay", ts, latency, false);
+            }
+        }
+    }
+    e.advance(T0 + 240 * MIN);
+    let slow: Vec<i64> = findings(&mut e)
+        .values()
+        .filter(|a| a.signal.key.starts_with("red:checkout:POST /pay:p"))
+        .map(|a| (a.start_ms - T0) / MIN)
+        .collect();
+    assert_eq!(slow, Vec::<i64>::new(), "an episode's cold first minute was scored");
+    assert_eq!(e.stats().intervals_graced, 4, "two intervals overlap each first minute");
+}
