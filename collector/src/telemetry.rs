@@ -312,7 +312,7 @@ impl Default for Metrics {
             );
             r.register(
                 "detect_intervals_graced",
-                "Intervals of logs or spans left unscored: a kind of signal's first minute back after a silence longer than detect.allowed_lateness",
+                "Intervals of logs or spans left unscored as holding part of a minute: a kind of signal's first minute back after a silence longer than detect.allowed_lateness, or the one in which it stopped",
                 m.detect_intervals_graced.clone(),
             );
             r.register(

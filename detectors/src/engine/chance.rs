@@ -45,6 +45,46 @@ pub(super) fn is_rare(k: u64, lambda: f64) -> bool {
     at_least(k, lambda) < RARE
 }
 
+/// Intervals a count must have come in, each too many for a zero to be chance, before its
+/// stopping is news to a series that has not learned its band yet.
+pub(super) const ROUTINE_INTERVALS: usize = 5;
+
+/// What a count that stopped had shown: the band its last intervals drew, and how likely a
+/// zero was at their lowest.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct Stopped {
+    pub(super) lowest: f64,
+    pub(super) median: f64,
+    pub(super) highest: f64,
+    /// P(no event in an interval) at the lowest count, as a Poisson rate.
+    pub(super) chance: f64,
+}
+
+/// Whether a zero now, after `recent` (the series' last values, oldest first, `per_value`
+/// events per unit of value), says the thing stopped — judged without a learned band: the
+/// count came in each of the last [`ROUTINE_INTERVALS`] intervals, at least often enough each
+/// time that no events at all would be rarer than [`RARE`] (about seven a minute). A line
+/// logged for every request stops when the code path does (an exception thrown before it);
+/// a series learns its band over dozens of points, and where logs and spans come in short
+/// episodes (the recorded Nezha day: one or two scored minutes every eight) that takes
+/// hours — a routine line stopping is plain long before.
+pub(super) fn stopped(recent: &[f64], per_value: f64) -> Option<Stopped> {
+    let last = recent.get(recent.len().checked_sub(ROUTINE_INTERVALS)?..)?;
+    let lowest = last.iter().copied().fold(f64::INFINITY, f64::min) * per_value;
+    let chance = (-lowest).exp();
+    if !(lowest.is_finite() && chance < RARE) {
+        return None;
+    }
+    let mut sorted = last.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    Some(Stopped {
+        lowest: sorted[0],
+        median: sorted[sorted.len() / 2],
+        highest: sorted[sorted.len() - 1],
+        chance,
+    })
+}
+
 /// ln(k!): exact sums for small k, Stirling's series beyond (error below 1e-10 there).
 fn ln_factorial(k: u64) -> f64 {
     if k < 64 {
@@ -77,6 +117,21 @@ mod tests {
             let got = at_least(k, lambda);
             assert!(close(got, want), "P(X ≥ {k} | λ = {lambda}) = {got}, want {want}");
         }
+    }
+
+    #[test]
+    fn a_count_that_came_often_every_interval_has_stopped_at_a_zero() {
+        let steady = [19.0, 17.0, 21.0, 18.0, 20.0];
+        let s = stopped(&steady, 1.0).expect("19 a minute, then none");
+        assert_eq!((s.lowest, s.median, s.highest), (17.0, 19.0, 21.0));
+        assert!(s.chance < 1e-7, "{}", s.chance);
+        // Too few intervals, one without the line, or too few lines for a zero to be rare.
+        assert_eq!(stopped(&steady[1..], 1.0), None);
+        assert_eq!(stopped(&[19.0, 0.0, 21.0, 18.0, 20.0], 1.0), None);
+        assert_eq!(stopped(&[5.0, 6.0, 5.0, 6.0, 5.0], 1.0), None);
+        // A rate per second counts its events over the interval: 0.2/s is 12 a minute.
+        assert!(stopped(&[0.2; 5], 60.0).is_some());
+        assert_eq!(stopped(&[0.1; 5], 60.0), None, "6 a minute: a zero is 1 in 400");
     }
 
     #[test]

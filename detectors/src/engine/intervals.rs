@@ -1,6 +1,5 @@
-//! Logs and spans in event-time intervals: event time across sources, the buckets, new
-//! patterns, and closing an interval into per-signal points (pattern and error-log rates,
-//! request rate, error ratio, latency quantiles).
+//! Logs and spans in event-time intervals: event time across sources, the buckets, and new
+//! patterns (closing an interval into points is `closing.rs`).
 
 use super::lanes::{Lane, MAX_OPEN_INTERVALS};
 use super::*;
@@ -388,7 +387,7 @@ impl Engine {
 
     /// Closes the new-pattern findings whose latest line is more than the closing gap before
     /// `end` (event time of the logs lane): an incident holding one can resolve.
-    fn close_quiet_new_patterns(&mut self, end: i64) {
+    pub(super) fn close_quiet_new_patterns(&mut self, end: i64) {
         let gap = self.new_pattern_close_ms();
         let threshold_of = |e: &Engine, k: &str| e.threshold(k);
         let mut closed = Vec::new();
@@ -413,130 +412,6 @@ impl Engine {
                 // Only findings that were reported are closed where anyone can see it.
                 Some((key, a)) if a.score >= threshold_of(self, &key) => self.updates.push(a),
                 Some(_) => {}
-            }
-        }
-    }
-
-    pub(super) fn close_interval(&mut self, lane: Lane, start: i64, bucket: IntervalBucket) {
-        // An interval's aggregates are stamped with its start, so "since 10:02:00" is when the
-        // behaviour began, comparable with per-event findings (new log patterns) inside it.
-        let end = start;
-        self.close_peers(end, bucket.peers);
-        if lane == Lane::Logs {
-            self.close_quiet_new_patterns(end);
-        }
-        if lane != Lane::Metrics && self.lanes[lane as usize].in_resumption_grace(start, self.cfg.interval_ms) {
-            // The first minute of a kind of signal coming back: not scored (lanes.rs).
-            self.stats.intervals_graced += 1;
-            return;
-        }
-        let per_min = 60_000.0 / self.cfg.interval_ms as f64;
-        let per_sec = 1000.0 / self.cfg.interval_ms as f64;
-        let mut seen: Vec<String> = Vec::new();
-        for ((service, pattern), n) in bucket.patterns {
-            let key = format!("lograte:{service}:{pattern}");
-            let template = self.pattern_templates.get(&pattern).cloned().unwrap_or_default();
-            let signal = SignalRef {
-                key: key.clone(),
-                service: Some(service.clone()),
-                name: format!("log pattern {pattern} \"{template}\""),
-                labels: BTreeMap::from([("pattern".to_string(), pattern.to_string())]),
-            };
-            let opens = self.opens(DetectorKind::LogPatternRate, &key, n, 1.0 / per_min);
-            self.score_inner(
-                &key,
-                DetectorKind::LogPatternRate,
-                signal,
-                "/min",
-                end,
-                n as f64 * per_min,
-                true,
-                true,
-                opens,
-            );
-            seen.push(key);
-        }
-        for (service, n) in bucket.errors {
-            let key = format!("logerr:{service}");
-            let signal = SignalRef {
-                key: key.clone(),
-                service: Some(service.clone()),
-                name: "error logs".into(),
-                labels: BTreeMap::new(),
-            };
-            let opens = self.opens(DetectorKind::LogErrorRate, &key, n, 1.0 / per_min);
-            self.score_inner(
-                &key,
-                DetectorKind::LogErrorRate,
-                signal,
-                "/min",
-                end,
-                n as f64 * per_min,
-                true,
-                true,
-                opens,
-            );
-            seen.push(key);
-        }
-        for ((service, op), red) in bucket.red {
-            let mut series = vec![("rate", "request rate", "/s", red.requests as f64 * per_sec)];
-            if red.requests >= self.cfg.min_requests {
-                series.push((
-                    "errors",
-                    "error ratio",
-                    "ratio",
-                    red.errors as f64 / red.requests as f64,
-                ));
-                series.push(("p50", "p50 latency", "s", red.quantile(0.50)));
-                series.push(("p95", "p95 latency", "s", red.quantile(0.95)));
-                series.push(("p99", "p99 latency", "s", red.quantile(0.99)));
-            }
-            for (suffix, what, unit, value) in series {
-                let key = format!("red:{service}:{op}:{suffix}");
-                let signal = SignalRef {
-                    key: key.clone(),
-                    service: Some(service.clone()),
-                    name: format!("{what} of {service} {op}"),
-                    labels: BTreeMap::from([("operation".to_string(), op.clone())]),
-                };
-                let opens = self.opens(DetectorKind::TraceRed, &key, red.errors, red.requests as f64);
-                self.exemplars = match suffix {
-                    "errors" => red.failing.clone(),
-                    "p50" | "p95" | "p99" => red.slowest.iter().map(|(_, t)| t.clone()).collect(),
-                    _ => Vec::new(),
-                };
-                self.score_inner(
-                    &key,
-                    DetectorKind::TraceRed,
-                    signal,
-                    unit,
-                    end,
-                    value,
-                    suffix == "rate",
-                    true,
-                    opens,
-                );
-                seen.push(key);
-            }
-        }
-        // Counts that did not appear are zeros: a pattern or endpoint going silent is news.
-        seen.sort_unstable();
-        let silent: Vec<String> = self
-            .tracked
-            .iter()
-            .filter(|(k, t)| {
-                t.interval_series
-                    && lane.scores(t.kind)
-                    && end - t.last_seen_ms <= self.cfg.zero_fill_intervals * self.cfg.interval_ms
-                    && seen.binary_search(k).is_err()
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in silent {
-            if let Some(t) = self.tracked.get(&key) {
-                let (kind, signal, unit) = (t.kind, t.signal.clone(), t.unit.clone());
-                let opens = self.opens(kind, &key, 0, 0.0);
-                self.score_inner(&key, kind, signal, &unit, end, 0.0, true, false, opens);
             }
         }
     }

@@ -11,8 +11,8 @@
 //!
 //! Two rules keep the lanes honest with each other:
 //! - An interval any lane has data for is opened (empty) in every other lane that has had
-//!   data and not yet closed it, so a kind that went silent everywhere is scored as zeros
-//!   there — as it was when one clock closed all kinds together.
+//!   data and not yet closed it, so a kind that went silent everywhere is scored there — as
+//!   one signal, the lane's volume, not as zeros of each series (`closing.rs`).
 //! - A lane that had nothing for the allowed lateness of *wall* time is idle (Flink's
 //!   idleness): it follows the wall clock from its own latest event, so a kind that stopped
 //!   does not keep its intervals open for ever — never jumping to another lane's time,
@@ -26,7 +26,8 @@
 //! data: the intervals overlapping its first minute back hold a part of a minute, a load
 //! that is ramping up, cold caches and JIT — every rate and latency "beyond anything seen",
 //! and nothing that a person should be paged for. A fault that is there when traffic comes
-//! back is still found a minute later; a kind that *stops* is scored as zeros as before.
+//! back is still found a minute later. The interval in which a kind stops is not scored
+//! either (`closing.rs`): it too holds part of a minute.
 //! (On the replayed Nezha day, whose load generator runs in three-minute episodes, 465 of
 //! the 804 span findings and 118 of the 139 log-rate findings fell within a minute of an
 //! episode's start, and incidents opened there, before the fault.)
@@ -90,6 +91,14 @@ pub(super) struct LaneState {
     /// episode, before its fault). Pruned as intervals close; bounded.
     #[serde(default)]
     pub(super) resumptions: VecDeque<i64>,
+    /// Start of the run of closed intervals without an event of this lane that the latest
+    /// closed interval belongs to (`i64::MIN`: it held events).
+    #[serde(default = "never")]
+    pub(super) silent_since: i64,
+    /// The longest such run that has ended, in milliseconds: a silence no longer than the
+    /// lane has had before (the night, the pause between load runs) is not news.
+    #[serde(default)]
+    pub(super) longest_silence_ms: i64,
 }
 
 fn never() -> i64 {
@@ -105,6 +114,8 @@ impl Default for LaneState {
             heard_wall_ms: 0,
             resumed_ms: i64::MIN,
             resumptions: VecDeque::new(),
+            silent_since: i64::MIN,
+            longest_silence_ms: 0,
         }
     }
 }
@@ -147,6 +158,22 @@ impl LaneState {
             |r: i64| r != i64::MIN && start < r.saturating_add(interval_ms) && start.saturating_add(interval_ms) > r;
         // `resumed_ms` too: a state saved before `resumptions` existed holds only it.
         overlaps(self.resumed_ms) || self.resumptions.iter().any(|r| overlaps(*r))
+    }
+
+    /// Notes a closed interval starting at `start`, `silent` when it held no event; returns
+    /// whether the silence it is part of has now lasted longer than any before it.
+    pub(super) fn note_closed(&mut self, start: i64, silent: bool, interval_ms: i64) -> bool {
+        if !silent {
+            if self.silent_since != i64::MIN {
+                self.longest_silence_ms = self.longest_silence_ms.max(start - self.silent_since);
+                self.silent_since = i64::MIN;
+            }
+            return false;
+        }
+        if self.silent_since == i64::MIN {
+            self.silent_since = start;
+        }
+        start + interval_ms - self.silent_since > self.longest_silence_ms
     }
 
     /// Whether any event has reached this lane.

@@ -90,14 +90,36 @@ impl Engine {
         if seen {
             t.last_seen_ms = ts_ms;
         }
+        // A zero-filled count still learning its band: judged by chance alone (chance.rs).
+        let stopped = (!seen && value == 0.0 && t.interval_series && !t.detector.has_learned())
+            .then(|| events_per_value(&t.unit, self.cfg.interval_ms))
+            .flatten()
+            .and_then(|per_value| {
+                let recent = t.detector.recent_observed(chance::ROUTINE_INTERVALS);
+                chance::stopped(&recent, per_value).map(|s| (s, per_value))
+            });
         let cfg = self.series_cfgs.of(t.kind, &t.unit);
-        let point = match t.detector.observe(cfg, ts_ms, value) {
+        let mut point = match t.detector.observe(cfg, ts_ms, value) {
             Ok(p) => p,
             Err(_) => {
                 self.stats.points_rejected += 1;
                 return;
             }
         };
+        if let Some((s, per_value)) = stopped
+            && point.score < 1.0 - s.chance
+        {
+            point = PointScore {
+                expected: s.median,
+                lower: s.lowest,
+                upper: s.highest,
+                z: -(s.median * per_value).sqrt(),
+                score: 1.0 - s.chance,
+                signal: Signal::Breakout,
+                since_ms: None,
+                ..point
+            };
+        }
         self.stats.points_scored += 1;
         self.apply_point(key, point, threshold, sentence, opens);
     }
@@ -256,5 +278,15 @@ impl Engine {
             self.tracked.remove(&key);
             self.stats.series_evicted += 1;
         }
+    }
+}
+
+/// Events one unit of a count signal's value stands for in an interval of `interval_ms`
+/// (`None` for what is not a count: latencies, ratios, gauges).
+fn events_per_value(unit: &str, interval_ms: i64) -> Option<f64> {
+    match unit {
+        "/min" => Some(interval_ms as f64 / 60_000.0),
+        "/s" => Some(interval_ms as f64 / 1000.0),
+        _ => None,
     }
 }

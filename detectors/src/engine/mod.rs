@@ -11,7 +11,8 @@
 //! No clocks, no I/O: the caller advances time with [`Engine::advance`] and collects
 //! finished or updated anomalies with [`Engine::drain`].
 //!
-//! One file per job: `intervals.rs` (event time, buckets, new patterns, closing an interval),
+//! One file per job: `intervals.rs` (event time, buckets, new patterns), `closing.rs`
+//! (an interval into points, and what an empty or cut-short one says),
 //! `peers.rs` (fleet members against each other), `lifecycle.rs` (scores into findings),
 //! `explain.rs` (what a finding shows), `sources.rs` (event time across clocks), `lanes.rs`
 //! (an event time per kind of signal), `state.rs`
@@ -29,6 +30,7 @@ use crate::timeseries::peers::{PeerVerdict, peer_outliers};
 use crate::timeseries::{PointScore, SeriesConfig, SeriesDetector, Signal};
 
 mod chance;
+mod closing;
 mod explain;
 mod intervals;
 mod lanes;
@@ -182,8 +184,9 @@ pub struct EngineStats {
     /// closed (past [`EngineConfig::lateness_ms`]): left out of the interval counts (a late
     /// log line still teaches its pattern and may still be a new-pattern finding).
     pub late_events: u64,
-    /// Lane intervals left unscored because they held a kind of signal's first minute back
-    /// after a silence (see `engine/lanes.rs`).
+    /// Lane intervals left unscored because they held part of a minute of a kind of signal:
+    /// its first minute back after a silence (see `engine/lanes.rs`), or the one in which it
+    /// stopped (see `engine/closing.rs`).
     pub intervals_graced: u64,
     /// Signals dropped to stay within [`EngineConfig::max_series`], least recently seen
     /// first; a dropped signal starts from nothing when it comes back.

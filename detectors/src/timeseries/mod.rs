@@ -247,6 +247,30 @@ impl SeriesDetector {
             .map(|&v| f64::from(v))
     }
 
+    /// The last `n` values the series was given, oldest first: as [`SeriesDetector::recent`]
+    /// without the values that filled its gaps (the expected value stands there, and a run
+    /// of it would hide what the series really did). Runs of filled points older than the
+    /// last 16 are not known, and count as given.
+    pub fn recent_observed(&self, n: usize) -> Vec<f64> {
+        let first_idx = self.next_idx - self.history.len() as u64;
+        let filled = |idx: u64| {
+            self.filled
+                .iter()
+                .any(|&(start, len)| (start..start + len).contains(&idx))
+        };
+        let mut out: Vec<f64> = self
+            .history
+            .iter()
+            .enumerate()
+            .rev()
+            .filter(|(i, _)| !filled(first_idx + *i as u64))
+            .take(n)
+            .map(|(_, &v)| f64::from(v))
+            .collect();
+        out.reverse();
+        out
+    }
+
     /// Drops the oldest history beyond `len` points (a restored state under a smaller
     /// configured `history`).
     pub(crate) fn trim_history(&mut self, len: usize) {

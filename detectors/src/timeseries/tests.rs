@@ -477,3 +477,19 @@ fn the_daily_phase_survives_an_outage_of_several_days() {
     assert!(scores[5 * DAY..].iter().all(|p| p.seasonal), "the season is kept");
     assert_day_learned(&scores);
 }
+
+#[test]
+fn recent_observed_values_leave_out_what_filled_the_gaps() {
+    let cfg = SeriesConfig::default();
+    let mut det = SeriesDetector::new();
+    for i in 0..10 {
+        det.observe(&cfg, i * STEP, 20.0).expect("accepted");
+    }
+    det.observe(&cfg, 10 * STEP, 0.0).expect("accepted");
+    // Five steps missing: filled with what was expected there (20), not given.
+    det.observe(&cfg, 16 * STEP, 7.0).expect("accepted");
+    assert_eq!(det.points(), 17);
+    assert_eq!(det.recent(3).collect::<Vec<_>>(), [20.0, 20.0, 7.0]);
+    assert_eq!(det.recent_observed(3), [20.0, 0.0, 7.0]);
+    assert_eq!(det.recent_observed(100).len(), 12);
+}

@@ -189,6 +189,10 @@ pub(crate) fn patterns_stopped(input: &Input) -> Vec<Evidence> {
             (*service, if typical > 0.0 { now as f64 / n / typical } else { 0.0 })
         })
         .collect();
+    let typical: HashMap<&str, f64> = activity
+        .iter()
+        .map(|(service, minutes)| (*service, median(&per_minute(Some(minutes), &baseline_minutes))))
+        .collect();
     let mut out = Vec::new();
     for (key, (minutes, now)) in &routine_lines(input) {
         let before = median(&per_minute(Some(minutes), &baseline_minutes));
@@ -197,40 +201,91 @@ pub(crate) fn patterns_stopped(input: &Input) -> Vec<Evidence> {
             continue;
         }
         let still = busy.get(key.0).copied().unwrap_or(0.0);
-        if still < 0.5 {
-            continue; // the service itself went quiet: that is other evidence
-        }
+        let now_total: u64 = now.values().sum();
         let expected = n * before * still.min(1.0);
-        let seen = *now as f64;
-        if seen > 0.2 * expected {
+        let seen = now_total as f64;
+        // The service went quiet itself (that is other evidence), or the line did not stop
+        // over the window as a whole: it may have stopped partway through.
+        let whole = still >= 0.5 && seen <= 0.2 * expected;
+        let strength = if whole {
+            (expected - seen) / expected.sqrt()
+        } else {
+            0.0
+        };
+        if strength >= MIN_STRENGTH {
+            let sentence = format!(
+                "{}: a routine line it printed {before:.1} times a minute stopped ({seen:.0} in the window) while the service kept working: the code that prints it is no longer reached",
+                key.0
+            );
+            out.push(stopped_evidence(key, (before, seen / n), strength, sentence));
             continue;
         }
-        let strength = (expected - seen) / expected.sqrt();
-        if strength < MIN_STRENGTH {
-            continue;
+        let activity = activity.get(key.0);
+        let typical = typical.get(key.0).copied().unwrap_or(0.0);
+        if let Some(e) = stopped_partway(key, before, now, &window_minutes, activity, typical) {
+            out.push(e);
         }
-        let sentence = format!(
-            "{}: a routine line it printed {before:.1} times a minute stopped ({seen:.0} in the window) while the service kept working: the code that prints it is no longer reached",
-            key.0
-        );
-        out.push(Evidence {
-            pattern_id: Some(key.1),
-            ..Evidence::new(
-                EvidenceKind::LogPatternStopped,
-                key.0,
-                format!("pattern {}", key.1),
-                (before, seen / n),
-                "lines/min",
-                strength,
-                sentence,
-            )
-        });
     }
     out
 }
 
-/// A routine pattern's lines: per baseline minute, and in the whole window.
-type RoutineCounts = (BTreeMap<i64, u64>, u64);
+/// A routine line that stopped partway through the window: printed in its first minutes,
+/// then in none of the minutes after its last line although the service kept working in
+/// them. An incident's window starts a little before its first symptom, and a fault
+/// injected a minute into it leaves the line's count over the whole window at a half — no
+/// stop. The lines due after it are what its baseline rate gives for each of those minutes,
+/// scaled down to how busy the service was in it (a minute the traffic ended in owes few),
+/// and no line at all where many were due is no chance.
+fn stopped_partway(
+    key: &(&str, u64),
+    before: f64,
+    now: &BTreeMap<i64, u64>,
+    window_minutes: &BTreeSet<i64>,
+    activity: Option<&BTreeMap<i64, u64>>,
+    typical: f64,
+) -> Option<Evidence> {
+    let last = now.iter().filter(|(_, c)| **c > 0).map(|(m, _)| *m).max()?;
+    if typical <= 0.0 {
+        return None;
+    }
+    let after: Vec<f64> = window_minutes
+        .range(last + 1..)
+        .map(|m| activity.and_then(|a| a.get(m)).copied().unwrap_or(0) as f64 / typical)
+        .collect();
+    if after.is_empty() || after.iter().sum::<f64>() < 0.5 * after.len() as f64 {
+        return None; // the service itself went quiet after the line did
+    }
+    let due: f64 = after.iter().map(|busy| before * busy.min(1.0)).sum();
+    let strength = due.sqrt();
+    if strength < MIN_STRENGTH {
+        return None;
+    }
+    let k = after.len();
+    let sentence = format!(
+        "{}: a routine line it printed {before:.1} times a minute stopped partway through the window: none in its last {k} minute{} while the service kept working ({due:.0} were due): the code that prints it is no longer reached",
+        key.0,
+        if k == 1 { "" } else { "s" }
+    );
+    Some(stopped_evidence(key, (before, 0.0), strength, sentence))
+}
+
+fn stopped_evidence(key: &(&str, u64), values: (f64, f64), strength: f64, sentence: String) -> Evidence {
+    Evidence {
+        pattern_id: Some(key.1),
+        ..Evidence::new(
+            EvidenceKind::LogPatternStopped,
+            key.0,
+            format!("pattern {}", key.1),
+            values,
+            "lines/min",
+            strength,
+            sentence,
+        )
+    }
+}
+
+/// A routine pattern's lines: per baseline minute, and per window minute.
+type RoutineCounts = (BTreeMap<i64, u64>, BTreeMap<i64, u64>);
 
 /// Lines below WARN per (service, pattern), counted in the baseline's minutes and in the
 /// window — what [`patterns_stopped`] and [`patterns_fell_behind`] both judge.
@@ -243,7 +298,7 @@ fn routine_lines(input: &Input) -> HashMap<(&str, u64), RoutineCounts> {
         }
         let counts = lines.entry((c.service.as_str(), c.pattern_id)).or_default();
         if in_window {
-            counts.1 += c.count;
+            *counts.1.entry(c.minute).or_default() += c.count;
         } else {
             *counts.0.entry(c.minute).or_default() += c.count;
         }
@@ -284,7 +339,7 @@ pub(crate) fn patterns_fell_behind(input: &Input) -> Vec<Evidence> {
             .filter_map(|(id, (minutes, now))| {
                 let counts = per_minute(Some(&minutes), &baseline_minutes);
                 let total: f64 = counts.iter().sum();
-                (median(&counts) >= 1.0).then_some((id, counts, total, now))
+                (median(&counts) >= 1.0).then_some((id, counts, total, now.values().sum()))
             })
             .collect();
         routine.sort_by(|a, b| b.2.total_cmp(&a.2).then(a.0.cmp(&b.0)));

@@ -122,6 +122,52 @@ fn a_routine_line_that_stopped_while_the_service_kept_working_is_named() {
 }
 
 #[test]
+fn a_routine_line_that_stopped_partway_through_the_window_is_named() {
+    // payment prints "charged card" 20 times a minute, and in the window's first minute
+    // still (an incident's window starts before the fault); then none, while its other
+    // line goes on. Over the whole window that is a third of the usual count, not a stop.
+    // The same, but payment falling silent altogether after the first minute, is no line
+    // that stopped while the service kept working.
+    let investigated = |service_goes_on: bool| {
+        let mut input = System::new().input(Minute::normal());
+        if !service_goes_on {
+            input
+                .spans
+                .retain(|s| !(s.service == "payment" && s.start_ns >= 61 * MIN * 1_000_000));
+        }
+        for m in (0..55).chain(60..63) {
+            if m <= 60 {
+                input.log_counts.push(log_count(m, "payment", 21, 9, 20));
+            }
+            // At a pace of its own: no twin to fall behind (`patterns_fell_behind`).
+            if m <= 60 || service_goes_on {
+                input
+                    .log_counts
+                    .push(log_count(m, "payment", 22, 9, 14 + (m % 4) as u64 * 4));
+            }
+            input.log_counts.push(log_count(m, "checkout", 31, 9, 10));
+        }
+        investigate(&input)
+    };
+    let ranked = investigated(true);
+    assert_eq!(services(&ranked), ["payment"], "{ranked:#?}");
+    let e = &ranked[0].evidence[0];
+    assert_eq!(
+        (e.kind, e.pattern_id),
+        (EvidenceKind::LogPatternStopped, Some(21)),
+        "{e:#?}"
+    );
+    assert!(e.sentence.contains("partway"), "{e:#?}");
+    assert!(
+        investigated(false)
+            .iter()
+            .flat_map(|c| &c.evidence)
+            .all(|e| e.kind != EvidenceKind::LogPatternStopped),
+        "a service gone quiet has no line that stopped on its own"
+    );
+}
+
+#[test]
 fn a_service_with_less_traffic_is_not_missing_lines() {
     let mut input = System::new().input(Minute::normal());
     // Only a tenth of payment's lines in the window and none of its spans: it was idle,
