@@ -45,44 +45,62 @@ pub(super) fn is_rare(k: u64, lambda: f64) -> bool {
     at_least(k, lambda) < RARE
 }
 
-/// Intervals a count must have come in, each too many for a zero to be chance, before its
-/// stopping is news to a series that has not learned its band yet.
+/// Intervals a count must have been observed in before a series that has not learned its
+/// band yet is judged by chance alone ([`stopped`], [`rose`]).
 pub(super) const ROUTINE_INTERVALS: usize = 5;
 
-/// What a count that stopped had shown: the band its last intervals drew, and how likely a
-/// zero was at their lowest.
+/// What a count's last [`ROUTINE_INTERVALS`] intervals showed — the band they draw — and how
+/// likely the interval judged against them was by chance.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub(super) struct Stopped {
+pub(super) struct ColdBand {
     pub(super) lowest: f64,
     pub(super) median: f64,
     pub(super) highest: f64,
-    /// P(no event in an interval) at the lowest count, as a Poisson rate.
     pub(super) chance: f64,
 }
 
-/// Whether a zero now, after `recent` (the series' last values, oldest first, `per_value`
-/// events per unit of value), says the thing stopped — judged without a learned band: the
-/// count came in each of the last [`ROUTINE_INTERVALS`] intervals, at least often enough each
-/// time that no events at all would be rarer than [`RARE`] (about seven a minute). A line
-/// logged for every request stops when the code path does (an exception thrown before it);
-/// a series learns its band over dozens of points, and where logs and spans come in short
-/// episodes (the recorded Nezha day: one or two scored minutes every eight) that takes
-/// hours — a routine line stopping is plain long before.
-pub(super) fn stopped(recent: &[f64], per_value: f64) -> Option<Stopped> {
-    let last = recent.get(recent.len().checked_sub(ROUTINE_INTERVALS)?..)?;
+impl ColdBand {
+    fn of(last: &[f64], chance: f64) -> ColdBand {
+        let mut sorted = last.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        ColdBand {
+            lowest: sorted[0],
+            median: sorted[sorted.len() / 2],
+            highest: sorted[sorted.len() - 1],
+            chance,
+        }
+    }
+}
+
+/// The last [`ROUTINE_INTERVALS`] of `recent` (oldest first), if it holds that many.
+fn last_intervals(recent: &[f64]) -> Option<&[f64]> {
+    recent.get(recent.len().checked_sub(ROUTINE_INTERVALS)?..)
+}
+
+/// Whether a zero now, after `recent` (the series' last observed values, oldest first,
+/// `per_value` events per unit of value), says the thing stopped — judged without a learned
+/// band: the count came in each of the last [`ROUTINE_INTERVALS`] intervals, at least so
+/// often each time that no event at all would be rarer than [`RARE`] (about seven a minute).
+/// A line logged for every request stops when the code path does (an exception thrown
+/// before it); a series learns its band over dozens of points, and where logs and spans come
+/// in short episodes (the recorded Nezha day: one or two scored minutes every eight) that
+/// takes hours — a routine line stopping is plain long before.
+pub(super) fn stopped(recent: &[f64], per_value: f64) -> Option<ColdBand> {
+    let last = last_intervals(recent)?;
     let lowest = last.iter().copied().fold(f64::INFINITY, f64::min) * per_value;
     let chance = (-lowest).exp();
-    if !(lowest.is_finite() && chance < RARE) {
-        return None;
-    }
-    let mut sorted = last.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    Some(Stopped {
-        lowest: sorted[0],
-        median: sorted[sorted.len() / 2],
-        highest: sorted[sorted.len() - 1],
-        chance,
-    })
+    (lowest.is_finite() && chance < RARE).then(|| ColdBand::of(last, chance))
+}
+
+/// Whether `events` now (the count an error rate or ratio stands on), after `recent`, is
+/// beyond chance — judged without a learned band, against the highest of the last
+/// [`ROUTINE_INTERVALS`] intervals as a Poisson rate (none at all there: any count is news;
+/// the caller asks for enough events first, as for every error finding).
+pub(super) fn rose(recent: &[f64], events: u64, per_value: f64) -> Option<ColdBand> {
+    let last = last_intervals(recent)?;
+    let highest = last.iter().copied().fold(f64::NEG_INFINITY, f64::max) * per_value;
+    let chance = at_least(events, highest.max(0.0));
+    (highest.is_finite() && chance < RARE).then(|| ColdBand::of(last, chance))
 }
 
 /// ln(k!): exact sums for small k, Stirling's series beyond (error below 1e-10 there).
@@ -132,6 +150,20 @@ mod tests {
         // A rate per second counts its events over the interval: 0.2/s is 12 a minute.
         assert!(stopped(&[0.2; 5], 60.0).is_some());
         assert_eq!(stopped(&[0.1; 5], 60.0), None, "6 a minute: a zero is 1 in 400");
+    }
+
+    #[test]
+    fn errors_beyond_what_the_last_intervals_had_have_risen() {
+        let quiet = [0.0, 1.0, 0.0, 2.0, 0.0];
+        let r = rose(&quiet, 12, 1.0).expect("12 errors where at most 2 came");
+        assert_eq!((r.lowest, r.median, r.highest), (0.0, 0.0, 2.0));
+        assert!(r.chance < 1e-5, "{}", r.chance);
+        assert_eq!(rose(&quiet, 5, 1.0), None, "5 where 2 came: 1 in 20");
+        assert_eq!(rose(&quiet[1..], 12, 1.0), None, "four intervals are too few");
+        assert!(rose(&[0.0; 5], 5, 1.0).is_some(), "none before: any count is news");
+        // A ratio stands on its requests: 2 % of 100 is 2 errors a time.
+        assert_eq!(rose(&[0.02; 5], 4, 100.0), None);
+        assert!(rose(&[0.02; 5], 12, 100.0).is_some());
     }
 
     #[test]

@@ -90,14 +90,22 @@ impl Engine {
         if seen {
             t.last_seen_ms = ts_ms;
         }
-        // A zero-filled count still learning its band: judged by chance alone (chance.rs).
-        let stopped = (!seen && value == 0.0 && t.interval_series && !t.detector.has_learned())
-            .then(|| events_per_value(&t.unit, self.cfg.interval_ms))
-            .flatten()
-            .and_then(|per_value| {
-                let recent = t.detector.recent_observed(chance::ROUTINE_INTERVALS);
-                chance::stopped(&recent, per_value).map(|s| (s, per_value))
-            });
+        // A count still learning its band is judged by chance alone (chance.rs): a zero
+        // where it came often every time, or more errors than its last intervals make
+        // likely. Without it, a series that gets a point every few minutes stays blind for
+        // hours.
+        // (Only interval signals are zero-filled or rise on a count.)
+        let cold = if !t.detector.has_learned() {
+            let recent = t.detector.recent_observed(chance::ROUTINE_INTERVALS);
+            match opens {
+                Opens::Rise { events, per_value } => chance::rose(&recent, events, per_value).map(|b| (b, per_value)),
+                _ if !seen && value == 0.0 => events_per_value(&t.unit, self.cfg.interval_ms)
+                    .and_then(|per_value| chance::stopped(&recent, per_value).map(|b| (b, per_value))),
+                _ => None,
+            }
+        } else {
+            None
+        };
         let cfg = self.series_cfgs.of(t.kind, &t.unit);
         let mut point = match t.detector.observe(cfg, ts_ms, value) {
             Ok(p) => p,
@@ -106,15 +114,16 @@ impl Engine {
                 return;
             }
         };
-        if let Some((s, per_value)) = stopped
-            && point.score < 1.0 - s.chance
+        if let Some((band, per_value)) = cold
+            && point.score < 1.0 - band.chance
         {
+            let sigma = (band.median * per_value).max(1.0).sqrt();
             point = PointScore {
-                expected: s.median,
-                lower: s.lowest,
-                upper: s.highest,
-                z: -(s.median * per_value).sqrt(),
-                score: 1.0 - s.chance,
+                expected: band.median,
+                lower: band.lowest,
+                upper: band.highest,
+                z: (value - band.median) * per_value / sigma,
+                score: 1.0 - band.chance,
                 signal: Signal::Breakout,
                 since_ms: None,
                 ..point

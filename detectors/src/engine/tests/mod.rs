@@ -406,6 +406,38 @@ fn a_few_errors_more_than_usual_are_chance_and_many_are_a_finding() {
 }
 
 #[test]
+fn errors_beyond_chance_are_a_finding_before_the_band_is_learned() {
+    // Twenty minutes of cart's requests, one or two failing some minutes, then twelve
+    // failing in minute 20: the ratio's series has 20 points, far from a learned band (its
+    // detector scores nothing yet), but twelve errors where at most two came is no chance —
+    // a finding, marked as still learning. Four would be.
+    let failing_in = |spike: u64| {
+        let mut e = engine();
+        for m in 0..24i64 {
+            let errors = if m == 20 {
+                spike
+            } else {
+                (m % 3 == 0) as u64 + (m % 7 == 0) as u64
+            };
+            for k in 0..100u64 {
+                let ts = T0 + m * MIN + (k as i64) * 600;
+                e.observe_span("cart", "GET /cart", ts, 0.05 + 0.01 * jitter(k), k < errors);
+            }
+        }
+        e.advance(T0 + 24 * MIN);
+        findings(&mut e)
+            .into_values()
+            .filter(|a| a.signal.key == "red:cart:GET /cart:errors")
+            .collect::<Vec<_>>()
+    };
+    let found = failing_in(12);
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert_eq!(found[0].start_ms, T0 + 20 * MIN);
+    assert!(found[0].warming_up && found[0].score > 0.99, "{found:#?}");
+    assert_eq!(failing_in(4), Vec::new());
+}
+
+#[test]
 fn a_small_service_failing_for_minutes_is_a_finding() {
     // The demo's checkout at night: 10–16 requests a minute, one failing every few minutes,
     // then 40 % failing — 3 to 7 errors a minute, each minute alone within what chance gives
