@@ -14,9 +14,9 @@
 //! news.) A service that stops while others go on is scored as zeros as before.
 //!
 //! The interval in which a lane stops (nothing from it for the allowed lateness after it)
-//! holds part of a minute: every rate in it "drops", and it is not scored either — as the first minute back
-//! after a silence is not (`lanes.rs`). A whole lane stopping is still found, a minute later,
-//! by its volume.
+//! holds part of a minute: every rate in it "drops", and it is not scored either, as the
+//! first minute back after a silence is not (`lanes.rs`). A whole lane stopping is still
+//! found, a minute later, by its volume.
 
 use super::lanes::Lane;
 use super::*;

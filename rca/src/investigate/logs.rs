@@ -55,9 +55,12 @@ pub(crate) fn patterns(input: &Input, index: &TraceIndex<'_>) -> Vec<Evidence> {
     let (baseline_minutes, window_minutes) = log_minutes(input);
     let mut baseline: HashMap<Key, BTreeMap<i64, u64>> = HashMap::new();
     let mut window: HashMap<Key, u64> = HashMap::new();
+    let mut first_minute: HashMap<Key, i64> = HashMap::new();
     for c in input.log_counts.iter().filter(|c| c.severity >= WARN) {
         let key = (c.service.clone(), c.pattern_id, c.severity);
         if input.minute_in_window(c.minute) {
+            let first = first_minute.entry(key.clone()).or_insert(c.minute);
+            *first = (*first).min(c.minute);
             *window.entry(key).or_default() += c.count;
         } else if input.minute_in_baseline(c.minute) {
             *baseline.entry(key).or_default().entry(c.minute).or_default() += c.count;
@@ -99,6 +102,7 @@ pub(crate) fn patterns(input: &Input, index: &TraceIndex<'_>) -> Vec<Evidence> {
         out.push(Evidence {
             pattern_id: Some(key.1),
             new: seen_before == 0,
+            first_minute: first_minute.get(&key).copied(),
             ..Evidence::new(
                 EvidenceKind::LogPattern,
                 &key.0,
@@ -119,29 +123,52 @@ pub(crate) fn patterns(input: &Input, index: &TraceIndex<'_>) -> Vec<Evidence> {
 /// not independent evidence against each: its strength is shared among them, so that it
 /// cannot put any one of them above a service with evidence of its own (shares that fall
 /// below the minimum are dropped with the rest, by the caller). (Where traces show the
-/// failure's path, the lines above it were already left out by [`patterns`].)
+/// failure's path, the lines above it were already left out by [`patterns`].) A service
+/// that printed it a minute or more before any other is where it started — an exception is
+/// logged by the callee that threw it before its callers log it again — and keeps its
+/// strength whole.
 pub(crate) fn share_patterns_grown_in_several(evidence: &mut [Evidence]) {
-    let mut services: HashMap<u64, BTreeSet<&str>> = HashMap::new();
+    let mut services: HashMap<u64, BTreeMap<&str, Option<i64>>> = HashMap::new();
     for e in evidence.iter().filter(|e| e.kind == EvidenceKind::LogPattern) {
         if let Some(p) = e.pattern_id {
-            services.entry(p).or_default().insert(e.service.as_str());
+            services
+                .entry(p)
+                .or_default()
+                .insert(e.service.as_str(), e.first_minute);
         }
     }
-    let shared: HashMap<u64, usize> = services
+    // pattern -> (services sharing it, the one that printed it first alone).
+    let shared: HashMap<u64, (usize, Option<String>)> = services
         .into_iter()
         .filter(|(_, s)| s.len() > 1)
-        .map(|(p, s)| (p, s.len()))
+        .map(|(p, s)| {
+            let mut firsts: Vec<(i64, &str)> = s.iter().filter_map(|(svc, m)| m.map(|m| (m, *svc))).collect();
+            firsts.sort_unstable();
+            let first_alone = match firsts.as_slice() {
+                [(m0, svc), (m1, _), ..] if m0 < m1 && firsts.len() == s.len() => Some(svc.to_string()),
+                _ => None,
+            };
+            (p, (s.len(), first_alone))
+        })
         .collect();
     if shared.is_empty() {
         return;
     }
     for e in evidence.iter_mut().filter(|e| e.kind == EvidenceKind::LogPattern) {
-        if let Some(&k) = e.pattern_id.and_then(|p| shared.get(&p)) {
-            e.strength /= k as f64;
+        let Some((k, first)) = e.pattern_id.and_then(|p| shared.get(&p)) else {
+            continue;
+        };
+        if first.as_deref() == Some(e.service.as_str()) {
             e.sentence.push_str(&format!(
-                " (the same pattern grew in {k} services at once: a share of it counts)"
+                " (the same pattern grew in {} other services, all after it had begun here)",
+                k - 1
             ));
+            continue;
         }
+        e.strength /= *k as f64;
+        e.sentence.push_str(&format!(
+            " (the same pattern grew in {k} services at once: a share of it counts)"
+        ));
     }
 }
 

@@ -336,6 +336,10 @@ pub struct Evidence {
     /// grew, though the cap reads both alike). Not sent: only the ranking here uses it.
     #[serde(skip)]
     pub(crate) uncapped: Option<f64>,
+    /// For [`EvidenceKind::LogPattern`]: the first minute of the window (from its start) with
+    /// lines of the pattern — who printed a shared pattern first. Not sent.
+    #[serde(skip)]
+    pub(crate) first_minute: Option<i64>,
 }
 
 impl Evidence {
@@ -368,6 +372,7 @@ impl Evidence {
             samples: Vec::new(),
             query: None,
             uncapped: None,
+            first_minute: None,
         }
     }
 

@@ -274,6 +274,41 @@ fn one_pattern_grown_in_several_services_is_shared_among_them() {
 }
 
 #[test]
+fn the_service_that_printed_a_shared_pattern_first_keeps_it_whole() {
+    // Error 7 appears in cart at the window's first minute, and from the next one in
+    // frontend and checkout too (the exception cart threw, logged again by its callers as it
+    // reaches them); payment logs an error of its own. Cart is where it started: its lines
+    // are not shared with the callers that followed, and it ranks above payment.
+    let mut input = System::new().input(Minute::normal());
+    for m in (0..55).chain(60..63) {
+        for service in ["frontend", "checkout", "cart", "payment"] {
+            input.log_counts.push(log_count(m, service, 1, 9, 10));
+        }
+    }
+    for m in 60..63 {
+        input.log_counts.push(log_count(m, "cart", 7, 17, 20));
+        if m > 60 {
+            for service in ["frontend", "checkout"] {
+                input.log_counts.push(log_count(m, service, 7, 17, 20));
+            }
+        }
+        input.log_counts.push(log_count(m, "payment", 9, 17, 12));
+    }
+    let ranked = investigate(&input);
+    assert_eq!(services(&ranked)[0], "cart", "{ranked:#?}");
+    assert!(
+        ranked[0].evidence[0].sentence.contains("all after it had begun here"),
+        "{:?}",
+        ranked[0].evidence[0]
+    );
+    let frontend = ranked.iter().find(|c| c.service == "frontend");
+    assert!(
+        frontend.is_none_or(|c| c.evidence[0].sentence.contains("a share of it counts")),
+        "{frontend:#?}"
+    );
+}
+
+#[test]
 fn a_shared_pattern_is_compared_with_the_lead_in_before_it_is_shared() {
     // frontend printed error 7 at 12 a minute in the lead-in, alone; in the window at 40 a
     // minute, and so did checkout and cart. frontend's rise is real: compared undivided it
