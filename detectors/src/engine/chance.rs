@@ -94,12 +94,13 @@ pub(super) fn stopped(recent: &[f64], per_value: f64) -> Option<ColdBand> {
 
 /// Whether `events` now (the count an error rate or ratio stands on), after `recent`, is
 /// beyond chance — judged without a learned band, against the highest of the last
-/// [`ROUTINE_INTERVALS`] intervals as a Poisson rate (none at all there: any count is news;
-/// the caller asks for enough events first, as for every error finding).
+/// [`ROUTINE_INTERVALS`] intervals as a Poisson rate, and at least one event an interval
+/// (none in five intervals does not make one impossible: six or more are news then). The
+/// caller asks for enough events first, as for every error finding.
 pub(super) fn rose(recent: &[f64], events: u64, per_value: f64) -> Option<ColdBand> {
     let last = last_intervals(recent)?;
     let highest = last.iter().copied().fold(f64::NEG_INFINITY, f64::max) * per_value;
-    let chance = at_least(events, highest.max(0.0));
+    let chance = at_least(events, highest.max(1.0));
     (highest.is_finite() && chance < RARE).then(|| ColdBand::of(last, chance))
 }
 
@@ -160,7 +161,8 @@ mod tests {
         assert!(r.chance < 1e-5, "{}", r.chance);
         assert_eq!(rose(&quiet, 5, 1.0), None, "5 where 2 came: 1 in 20");
         assert_eq!(rose(&quiet[1..], 12, 1.0), None, "four intervals are too few");
-        assert!(rose(&[0.0; 5], 5, 1.0).is_some(), "none before: any count is news");
+        assert_eq!(rose(&[0.0; 5], 5, 1.0), None, "none before is not none possible");
+        assert!(rose(&[0.0; 5], 6, 1.0).is_some());
         // A ratio stands on its requests: 2 % of 100 is 2 errors a time.
         assert_eq!(rose(&[0.02; 5], 4, 100.0), None);
         assert!(rose(&[0.02; 5], 12, 100.0).is_some());

@@ -98,7 +98,11 @@ impl Engine {
         let cold = if !t.detector.has_learned() {
             let recent = t.detector.recent_observed(chance::ROUTINE_INTERVALS);
             match opens {
-                Opens::Rise { events, per_value } => chance::rose(&recent, events, per_value).map(|b| (b, per_value)),
+                // Enough events first, as an error finding needs (a warning pattern's rate
+                // opens on a rise without that floor once its band is learned).
+                Opens::Rise { events, per_value } if events >= MIN_ERRORS => {
+                    chance::rose(&recent, events, per_value).map(|b| (b, per_value))
+                }
                 _ if !seen && value == 0.0 => events_per_value(&t.unit, self.cfg.interval_ms)
                     .and_then(|per_value| chance::stopped(&recent, per_value).map(|b| (b, per_value))),
                 _ => None,

@@ -438,6 +438,54 @@ fn errors_beyond_chance_are_a_finding_before_the_band_is_learned() {
 }
 
 #[test]
+fn an_error_line_a_minute_is_no_rise_before_the_band_is_learned() {
+    // Payment's error pattern once at minute 2, then none for seven minutes (its series
+    // zero-filled while the rest of the logs go on), then one line a minute — the demo's
+    // background errors during its warm-up, which opened a critical incident when the
+    // chance test took five empty intervals for "no error possible". Eight a minute is a
+    // rise.
+    let rising = |per_minute: u64| {
+        let mut e = engine();
+        for m in 0..16i64 {
+            for k in 0..10i64 {
+                e.observe_log(
+                    "checkout",
+                    1,
+                    m == 0 && k == 0,
+                    "order <*> placed",
+                    9,
+                    T0 + m * MIN + k * 6000,
+                );
+            }
+            let errors = match m {
+                2 => 1,
+                10.. => per_minute,
+                _ => 0,
+            };
+            for k in 0..errors as i64 {
+                e.observe_log(
+                    "payment",
+                    9,
+                    m == 2 && k == 0,
+                    "upstream database failed: <*>",
+                    17,
+                    T0 + m * MIN + 500 + k * 100,
+                );
+            }
+        }
+        e.advance(T0 + 16 * MIN);
+        findings(&mut e)
+            .into_values()
+            .filter(|a| a.signal.key == "lograte:payment:9")
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(rising(1), Vec::new());
+    let found = rising(8);
+    assert_eq!(found.len(), 1, "{found:#?}");
+    assert!(found[0].warming_up, "{found:#?}");
+}
+
+#[test]
 fn a_small_service_failing_for_minutes_is_a_finding() {
     // The demo's checkout at night: 10–16 requests a minute, one failing every few minutes,
     // then 40 % failing — 3 to 7 errors a minute, each minute alone within what chance gives
