@@ -150,7 +150,6 @@ impl Engine {
     /// Scores every pattern, error-log and operation series counted in the interval, adding
     /// their keys to `seen`.
     fn score_bucket(&mut self, end: i64, bucket: IntervalBucket, seen: &mut Vec<String>) {
-        let per_min = 60_000.0 / self.cfg.interval_ms as f64;
         let per_sec = 1000.0 / self.cfg.interval_ms as f64;
         for ((service, pattern), n) in bucket.patterns {
             let key = format!("lograte:{service}:{pattern}");
@@ -161,19 +160,7 @@ impl Engine {
                 name: format!("log pattern {pattern} \"{template}\""),
                 labels: BTreeMap::from([("pattern".to_string(), pattern.to_string())]),
             };
-            let opens = self.opens(DetectorKind::LogPatternRate, &key, n, 1.0 / per_min);
-            self.score_inner(
-                &key,
-                DetectorKind::LogPatternRate,
-                signal,
-                "/min",
-                end,
-                n as f64 * per_min,
-                true,
-                true,
-                opens,
-            );
-            seen.push(key);
+            self.score_count(key, DetectorKind::LogPatternRate, signal, n, end, seen);
         }
         for (service, n) in bucket.errors {
             let key = format!("logerr:{service}");
@@ -183,19 +170,7 @@ impl Engine {
                 name: "error logs".into(),
                 labels: BTreeMap::new(),
             };
-            let opens = self.opens(DetectorKind::LogErrorRate, &key, n, 1.0 / per_min);
-            self.score_inner(
-                &key,
-                DetectorKind::LogErrorRate,
-                signal,
-                "/min",
-                end,
-                n as f64 * per_min,
-                true,
-                true,
-                opens,
-            );
-            seen.push(key);
+            self.score_count(key, DetectorKind::LogErrorRate, signal, n, end, seen);
         }
         for ((service, op), red) in bucket.red {
             let mut series = vec![("rate", "request rate", "/s", red.requests as f64 * per_sec)];
@@ -238,5 +213,22 @@ impl Engine {
                 seen.push(key);
             }
         }
+    }
+
+    /// Scores `n` lines of a log series in the interval ending at `end` as a rate a minute,
+    /// adding its key to `seen`.
+    fn score_count(
+        &mut self,
+        key: String,
+        kind: DetectorKind,
+        signal: SignalRef,
+        n: u64,
+        end: i64,
+        seen: &mut Vec<String>,
+    ) {
+        let per_min = 60_000.0 / self.cfg.interval_ms as f64;
+        let opens = self.opens(kind, &key, n, 1.0 / per_min);
+        self.score_inner(&key, kind, signal, "/min", end, n as f64 * per_min, true, true, opens);
+        seen.push(key);
     }
 }

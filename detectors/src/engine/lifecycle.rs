@@ -91,10 +91,9 @@ impl Engine {
             t.last_seen_ms = ts_ms;
         }
         // A count still learning its band is judged by chance alone (chance.rs): a zero
-        // where it came often every time, or more errors than its last intervals make
-        // likely. Without it, a series that gets a point every few minutes stays blind for
-        // hours.
-        // (Only interval signals are zero-filled or rise on a count.)
+        // where it came often every time (only interval signals are zero-filled), or more
+        // errors than its last intervals make likely (only they open on a count's rise).
+        // Without it, a series that gets a point every few minutes stays blind for hours.
         let cold = if !t.detector.has_learned() {
             let recent = t.detector.recent_observed(chance::ROUTINE_INTERVALS);
             match opens {
