@@ -60,21 +60,18 @@ pub(super) struct ColdBand {
 }
 
 impl ColdBand {
-    fn of(last: &[f64], chance: f64) -> ColdBand {
-        let mut sorted = last.to_vec();
+    /// The band the last [`ROUTINE_INTERVALS`] of `recent` (oldest first) draw, if it holds
+    /// that many; its chance is left for the test that judges against it.
+    fn of_last(recent: &[f64]) -> Option<ColdBand> {
+        let mut sorted = recent.get(recent.len().checked_sub(ROUTINE_INTERVALS)?..)?.to_vec();
         sorted.sort_by(f64::total_cmp);
-        ColdBand {
+        Some(ColdBand {
             lowest: sorted[0],
             median: sorted[sorted.len() / 2],
             highest: sorted[sorted.len() - 1],
-            chance,
-        }
+            chance: 1.0,
+        })
     }
-}
-
-/// The last [`ROUTINE_INTERVALS`] of `recent` (oldest first), if it holds that many.
-fn last_intervals(recent: &[f64]) -> Option<&[f64]> {
-    recent.get(recent.len().checked_sub(ROUTINE_INTERVALS)?..)
 }
 
 /// Whether a zero now, after `recent` (the series' last observed values, oldest first,
@@ -86,10 +83,10 @@ fn last_intervals(recent: &[f64]) -> Option<&[f64]> {
 /// in short episodes (the recorded Nezha day: one or two scored minutes every eight) that
 /// takes hours — a routine line stopping is plain long before.
 pub(super) fn stopped(recent: &[f64], per_value: f64) -> Option<ColdBand> {
-    let last = last_intervals(recent)?;
-    let lowest = last.iter().copied().fold(f64::INFINITY, f64::min) * per_value;
+    let band = ColdBand::of_last(recent)?;
+    let lowest = band.lowest * per_value;
     let chance = (-lowest).exp();
-    (lowest.is_finite() && chance < RARE).then(|| ColdBand::of(last, chance))
+    (lowest.is_finite() && chance < RARE).then_some(ColdBand { chance, ..band })
 }
 
 /// Whether `events` now (the count an error rate or ratio stands on), after `recent`, is
@@ -98,10 +95,10 @@ pub(super) fn stopped(recent: &[f64], per_value: f64) -> Option<ColdBand> {
 /// (none in five intervals does not make one impossible: six or more are news then). The
 /// caller asks for enough events first, as for every error finding.
 pub(super) fn rose(recent: &[f64], events: u64, per_value: f64) -> Option<ColdBand> {
-    let last = last_intervals(recent)?;
-    let highest = last.iter().copied().fold(f64::NEG_INFINITY, f64::max) * per_value;
+    let band = ColdBand::of_last(recent)?;
+    let highest = band.highest * per_value;
     let chance = at_least(events, highest.max(1.0));
-    (highest.is_finite() && chance < RARE).then(|| ColdBand::of(last, chance))
+    (highest.is_finite() && chance < RARE).then_some(ColdBand { chance, ..band })
 }
 
 /// ln(k!): exact sums for small k, Stirling's series beyond (error below 1e-10 there).

@@ -22,24 +22,18 @@ use super::lanes::Lane;
 use super::*;
 
 impl Engine {
-    pub(super) fn close_interval(&mut self, lane: Lane, start: i64, bucket: IntervalBucket) {
+    pub(super) fn close_interval(&mut self, lane: Lane, start: i64, mut bucket: IntervalBucket) {
         // An interval's aggregates are stamped with its start, so "since 10:02:00" is when the
         // behaviour began, comparable with per-event findings (new log patterns) inside it.
         let end = start;
-        let IntervalBucket {
-            patterns,
-            errors,
-            red,
-            peers,
-        } = bucket;
-        self.close_peers(end, peers);
+        self.close_peers(end, std::mem::take(&mut bucket.peers));
         if lane == Lane::Metrics {
             return;
         }
         if lane == Lane::Logs {
             self.close_quiet_new_patterns(end);
         }
-        let silent = patterns.is_empty() && errors.is_empty() && red.is_empty();
+        let silent = !bucket.has_events();
         let longest_silence = self.lanes[lane as usize].note_closed(start, silent, self.cfg.interval_ms);
         if self.lanes[lane as usize].in_resumption_grace(start, self.cfg.interval_ms) {
             // The first minute of a kind of signal coming back: not scored (lanes.rs).
@@ -52,23 +46,14 @@ impl Engine {
             return;
         }
         let volume = match lane {
-            Lane::Logs => patterns.values().sum::<u64>(),
-            _ => red.values().map(|r| r.requests).sum::<u64>(),
+            Lane::Logs => bucket.patterns.values().sum::<u64>(),
+            _ => bucket.red.values().map(|r| r.requests).sum::<u64>(),
         };
         let mut seen = vec![self.score_lane_volume(lane, end, volume, longest_silence)];
         if silent {
             return;
         }
-        self.score_bucket(
-            end,
-            IntervalBucket {
-                patterns,
-                errors,
-                red,
-                peers: HashMap::new(),
-            },
-            &mut seen,
-        );
+        self.score_bucket(end, bucket, &mut seen);
         // Counts that did not appear are zeros: a pattern or endpoint going silent while the
         // rest of its lane goes on is news.
         seen.sort_unstable();
@@ -101,7 +86,7 @@ impl Engine {
         self.lanes[lane as usize]
             .buckets
             .range(from..from.saturating_add(len))
-            .all(|(_, b)| b.patterns.is_empty() && b.red.is_empty())
+            .all(|(_, b)| !b.has_events())
     }
 
     /// Scores the lane's volume — log lines a minute, or requests a second, of all services

@@ -306,6 +306,14 @@ struct IntervalBucket {
     peers: HashMap<String, HashMap<String, f64>>,
 }
 
+impl IntervalBucket {
+    /// Whether its lane counted any log line or span in it (other lanes open it empty, and
+    /// an error count comes only with its line's pattern count).
+    fn has_events(&self) -> bool {
+        !self.patterns.is_empty() || !self.red.is_empty()
+    }
+}
+
 /// Labels that name one member of a group of like things: the same metric on another host,
 /// pod or instance is a peer.
 const MEMBER_LABELS: [&str; 5] = [

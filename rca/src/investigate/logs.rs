@@ -203,22 +203,21 @@ pub(crate) fn patterns_stopped(input: &Input) -> Vec<Evidence> {
         return Vec::new();
     }
     let n = window_minutes.len() as f64;
-    // How busy each service was in the window, relative to its typical baseline minute.
+    // Each service's typical baseline minute, and how busy it was in the window relative to it.
+    let typical: HashMap<&str, f64> = activity
+        .iter()
+        .map(|(service, minutes)| (*service, median(&per_minute(Some(minutes), &baseline_minutes))))
+        .collect();
     let busy: HashMap<&str, f64> = activity
         .iter()
         .map(|(service, minutes)| {
-            let before = per_minute(Some(minutes), &baseline_minutes);
             let now: u64 = window_minutes
                 .iter()
                 .map(|m| minutes.get(m).copied().unwrap_or(0))
                 .sum();
-            let typical = median(&before);
+            let typical = typical[service];
             (*service, if typical > 0.0 { now as f64 / n / typical } else { 0.0 })
         })
-        .collect();
-    let typical: HashMap<&str, f64> = activity
-        .iter()
-        .map(|(service, minutes)| (*service, median(&per_minute(Some(minutes), &baseline_minutes))))
         .collect();
     let mut out = Vec::new();
     for (key, (minutes, now)) in &routine_lines(input) {
@@ -231,21 +230,18 @@ pub(crate) fn patterns_stopped(input: &Input) -> Vec<Evidence> {
         let now_total: u64 = now.values().sum();
         let expected = n * before * still.min(1.0);
         let seen = now_total as f64;
-        // The service went quiet itself (that is other evidence), or the line did not stop
-        // over the window as a whole: it may have stopped partway through.
-        let whole = still >= 0.5 && seen <= 0.2 * expected;
-        let strength = if whole {
-            (expected - seen) / expected.sqrt()
-        } else {
-            0.0
-        };
-        if strength >= MIN_STRENGTH {
-            let sentence = format!(
-                "{}: a routine line it printed {before:.1} times a minute stopped ({seen:.0} in the window) while the service kept working: the code that prints it is no longer reached",
-                key.0
-            );
-            out.push(stopped_evidence(key, (before, seen / n), strength, sentence));
-            continue;
+        // Unless the service went quiet itself (that is other evidence) or the line did not
+        // stop over the window as a whole — it may have stopped partway through.
+        if still >= 0.5 && seen <= 0.2 * expected {
+            let strength = (expected - seen) / expected.sqrt();
+            if strength >= MIN_STRENGTH {
+                let sentence = format!(
+                    "{}: a routine line it printed {before:.1} times a minute stopped ({seen:.0} in the window) while the service kept working: the code that prints it is no longer reached",
+                    key.0
+                );
+                out.push(stopped_evidence(key, (before, seen / n), strength, sentence));
+                continue;
+            }
         }
         let activity = activity.get(key.0);
         let typical = typical.get(key.0).copied().unwrap_or(0.0);
@@ -296,6 +292,8 @@ fn stopped_partway(
     Some(stopped_evidence(key, (before, 0.0), strength, sentence))
 }
 
+/// Evidence that a routine line of `key` (service, pattern) stopped or fell behind:
+/// `values` is (before, after) in lines a minute.
 fn stopped_evidence(key: &(&str, u64), values: (f64, f64), strength: f64, sentence: String) -> Evidence {
     Evidence {
         pattern_id: Some(key.1),
@@ -404,18 +402,12 @@ pub(crate) fn patterns_fell_behind(input: &Input) -> Vec<Evidence> {
             let sentence = format!(
                 "{service}: a routine line printed {ratio:.2} times for each line of pattern {other} in the baseline, minute by minute, fell behind it: {seen:.0} in the window where its twin implies {expected:.0} — the code between them fails part of the time"
             );
-            out.push(Evidence {
-                pattern_id: Some(*id),
-                ..Evidence::new(
-                    EvidenceKind::LogPatternStopped,
-                    service,
-                    format!("pattern {id}"),
-                    (total / baseline_minutes.len() as f64, seen / n),
-                    "lines/min",
-                    strength,
-                    sentence,
-                )
-            });
+            out.push(stopped_evidence(
+                &(service, *id),
+                (total / baseline_minutes.len() as f64, seen / n),
+                strength,
+                sentence,
+            ));
         }
     }
     out
