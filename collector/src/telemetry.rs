@@ -64,6 +64,9 @@ pub(crate) struct Metrics {
     pub indexed_lsn: Gauge,
     pub partitions: Gauge,
     pub partitions_dropped: Family<KindLabel, Counter>,
+    pub tsdb_series: Gauge,
+    pub tsdb_chunks: Gauge,
+    pub tsdb_head_samples: Gauge,
     pub query_seconds: Family<EndpointLabel, Histogram, fn() -> Histogram>,
     pub detect_series: Gauge,
     pub detect_points: Counter,
@@ -129,6 +132,9 @@ impl Default for Metrics {
             indexed_lsn: Gauge::default(),
             partitions: Gauge::default(),
             partitions_dropped: Family::default(),
+            tsdb_series: Gauge::default(),
+            tsdb_chunks: Gauge::default(),
+            tsdb_head_samples: Gauge::default(),
             query_seconds: Family::new_with_constructor(latency_histogram),
             detect_series: Gauge::default(),
             detect_points: Counter::default(),
@@ -284,6 +290,21 @@ impl Default for Metrics {
                 "retention_partitions_dropped",
                 "Partitions deleted by retention, by cause (age, disk)",
                 m.partitions_dropped.clone(),
+            );
+            r.register(
+                "tsdb_series",
+                "Series in the time-series store (gauges and sums), summed over its day blocks",
+                m.tsdb_series.clone(),
+            );
+            r.register(
+                "tsdb_chunks",
+                "Sealed compressed chunks in the time-series store",
+                m.tsdb_chunks.clone(),
+            );
+            r.register(
+                "tsdb_head_samples",
+                "Samples in the time-series store's open heads (in memory and in their snapshots)",
+                m.tsdb_head_samples.clone(),
             );
             r.register(
                 "query_seconds",

@@ -159,15 +159,19 @@ async fn query_api_end_to_end() -> Result<()> {
 
     let start = ((t0 - s) / 1_000_000).to_string();
     let end = ((t0 + 120 * s) / 1_000_000).to_string();
-    // The metrics were acknowledged last; the WAL hands entries to the indexer in
-    // order, so once they are searchable everything before them is too.
+    // Metric samples are queryable as soon as the indexer applies them (the time-series
+    // store's heads are in memory); documents, at the next index commit, which makes every
+    // entry applied before it searchable at once. The span was acknowledged after the logs,
+    // so once it is found and the samples are there, everything is.
     let series_url = reqwest::Url::parse_with_params(
         &c.api_url("/api/v1/metrics/series"),
         &[("match", r#"{service.name="payment"}"#), ("start", start.as_str())],
     )?;
+    let trace_url = c.api_url(&format!("/api/v1/traces/{}", "07".repeat(16)));
     eventually(Duration::from_secs(10), "all data", || async {
         let (_, series) = get_json(&client, series_url.as_str()).await?;
-        Ok((series["series"].as_array().map(Vec::len) == Some(2)).then_some(()))
+        let (trace_status, _) = get_json(&client, &trace_url).await?;
+        Ok((series["series"].as_array().map(Vec::len) == Some(2) && trace_status == 200).then_some(()))
     })
     .await?;
 

@@ -150,11 +150,15 @@ async fn otlp_metrics_answer_promql_as_prometheus_series() -> Result<()> {
     // The 17th point (i = 16) is 240 s in; a 1 min window ending there holds i = 12..=16.
     let t = (t0 / 1_000_000) as f64 / 1000.0 + 240.0;
     let counter = r#"http_server_request_count_total{job="shop/checkout", instance="pod-1"}"#;
-    let raw = eventually(Duration::from_secs(10), "the counter, indexed", || {
+    // Gauges and sums are queryable once applied (the time-series store), histograms and
+    // summaries at the next index commit (documents): wait for both.
+    let raw = eventually(Duration::from_secs(10), "the counter and the histogram, stored", || {
         let (client, c) = (&client, &c);
         async move {
             let r = query(client, c, counter, t).await?;
-            Ok(r.as_array().is_some_and(|a| !a.is_empty()).then_some(r))
+            let h = query(client, c, "http_server_duration_count", t).await?;
+            let found = |v: &Value| v.as_array().is_some_and(|a| !a.is_empty());
+            Ok((found(&r) && found(&h)).then_some(r))
         }
     })
     .await?;

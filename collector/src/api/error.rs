@@ -73,6 +73,10 @@ impl From<QueryError> for ApiError {
                 tracing::error!(error = %e, "query failed");
                 ApiError::Internal(format!("search failed: {e}"))
             }
+            QueryError::Samples(e) => {
+                tracing::error!(error = %e, "query failed");
+                ApiError::Internal(format!("reading metric samples failed: {e}"))
+            }
             QueryError::Worker(m) => ApiError::BadGateway(m),
         }
     }

@@ -28,7 +28,7 @@ use crate::pipeline::{DetectorInput, PipelineSender};
 pub(crate) use metric_help::MetricHelp;
 pub(crate) use patterns::PatternCatalog;
 
-use crate::storage::{Indexer, Schemas, TimedDocs, log_docs, metric_docs, span_docs};
+use crate::storage::{Indexer, MetricSample, Schemas, TimedDocs, log_docs, metric_docs, span_docs};
 use crate::wal::{Purge, Signal, WalBatch, WalEntry};
 
 /// How often the pattern catalogue is saved while lines keep coming (and at shutdown): a
@@ -66,6 +66,8 @@ pub(crate) struct Processed {
     pub signal: Signal,
     pub batch_id: Option<String>,
     pub docs: TimedDocs,
+    /// Gauge and sum points, for the time-series store.
+    pub samples: Vec<MetricSample>,
     pub inputs: Vec<DetectorInput>,
 }
 
@@ -81,6 +83,7 @@ pub(crate) fn process(
 ) -> Result<Processed, String> {
     let batch = WalBatch::decode(payload).map_err(|e| format!("undecodable write-ahead log entry: {e}"))?;
     let mut inputs = Vec::new();
+    let mut samples = Vec::new();
     let docs = match batch.signal {
         Signal::Logs => ExportLogsServiceRequest::decode(batch.otlp.clone()).map(|r| {
             let mut miner = patterns.feed();
@@ -114,7 +117,9 @@ pub(crate) fn process(
             if detect {
                 inputs = metric_inputs(&r);
             }
-            metric_docs(&schemas.metrics, &r)
+            let (docs, numbers) = metric_docs(&schemas.metrics, &r);
+            samples = numbers;
+            docs
         }),
     }
     .map_err(|e| format!("write-ahead log entry with an undecodable OTLP body: {e}"))?;
@@ -122,6 +127,7 @@ pub(crate) fn process(
         signal: batch.signal,
         batch_id: batch.batch_id,
         docs,
+        samples,
         inputs,
     })
 }
@@ -186,7 +192,8 @@ impl Stage {
                 if let Some(pipeline) = &self.pipeline {
                     pipeline.send(lsn, p.inputs);
                 }
-                self.indexer.apply(lsn, p.signal, p.batch_id.as_deref(), p.docs);
+                self.indexer
+                    .apply(lsn, p.signal, p.batch_id.as_deref(), p.docs, p.samples);
             }
             Err(e) => {
                 tracing::error!(lsn, error = %e, "skipping a write-ahead log entry");

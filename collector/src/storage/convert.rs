@@ -14,6 +14,7 @@ use serde_json::{Map, Value as Json, json};
 use tantivy::TantivyDocument;
 use tantivy::schema::OwnedValue;
 
+use super::samples::{MetricSample, NumberMetric, number_samples};
 use super::schema::{LogFields, MetricFields, SpanFields};
 
 /// Renders an OTLP value as JSON: maps become objects, bytes become base64 like in
@@ -290,10 +291,7 @@ fn point_doc(
     count_sum: Option<(u64, f64)>,
     detail: Option<Map<String, Json>>,
 ) -> (i64, TantivyDocument) {
-    let mut labels = c.resource_labels.clone();
-    for (k, v) in attributes_to_json(attributes) {
-        labels.insert(k, label_string(&v));
-    }
+    let labels = super::samples::point_labels(c.resource_labels, attributes);
     let ts = to_i64(time);
     let mut doc = TantivyDocument::default();
     doc.add_text(f.name, c.name);
@@ -339,22 +337,6 @@ pub(crate) fn number_value(p: &NumberDataPoint) -> f64 {
     }
 }
 
-/// Gauge and sum points: one document each, the value as is.
-fn number_docs(f: &MetricFields, c: &PointCommon<'_>, points: &[NumberDataPoint], out: &mut TimedDocs) {
-    for p in points {
-        out.push(point_doc(
-            f,
-            c,
-            &p.attributes,
-            p.start_time_unix_nano,
-            p.time_unix_nano,
-            number_value(p),
-            None,
-            None,
-        ));
-    }
-}
-
 pub(crate) fn mean(count: u64, sum: f64) -> f64 {
     if count == 0 { 0.0 } else { sum / count as f64 }
 }
@@ -363,8 +345,11 @@ fn f64_json(v: f64) -> Json {
     serde_json::Number::from_f64(v).map_or(Json::Null, Json::Number)
 }
 
-pub(crate) fn metric_docs(f: &MetricFields, req: &ExportMetricsServiceRequest) -> TimedDocs {
+/// A metric request's points: gauges and sums as samples for the time-series store,
+/// histograms and summaries as documents of the metric index.
+pub(crate) fn metric_docs(f: &MetricFields, req: &ExportMetricsServiceRequest) -> (TimedDocs, Vec<MetricSample>) {
     let mut out = Vec::new();
+    let mut samples = Vec::new();
     for rm in &req.resource_metrics {
         let rattrs = resource_attrs(&rm.resource);
         let resource = attributes_to_json(rattrs);
@@ -383,13 +368,19 @@ pub(crate) fn metric_docs(f: &MetricFields, req: &ExportMetricsServiceRequest) -
                     resource_labels: &resource_labels,
                     resource: &resource,
                 };
+                let number = |kind, temporality, monotonic| NumberMetric {
+                    name: &m.name,
+                    unit: &m.unit,
+                    kind,
+                    temporality,
+                    monotonic,
+                    resource_labels: &resource_labels,
+                };
                 match &m.data {
-                    Some(Data::Gauge(g)) => number_docs(f, &c, &g.data_points, &mut out),
+                    Some(Data::Gauge(g)) => number_samples(&number("gauge", "", false), &g.data_points, &mut samples),
                     Some(Data::Sum(s)) => {
-                        c.kind = "sum";
-                        c.temporality = temporality_name(s.aggregation_temporality);
-                        c.monotonic = s.is_monotonic;
-                        number_docs(f, &c, &s.data_points, &mut out);
+                        let metric = number("sum", temporality_name(s.aggregation_temporality), s.is_monotonic);
+                        number_samples(&metric, &s.data_points, &mut samples);
                     }
                     Some(Data::Histogram(h)) => {
                         c.kind = "histogram";
@@ -477,7 +468,7 @@ pub(crate) fn metric_docs(f: &MetricFields, req: &ExportMetricsServiceRequest) -
             }
         }
     }
-    out
+    (out, samples)
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tantivy::TantivyDocument;
 
 use super::partition::{NANOS_PER_DAY, Partition, day_of, payload_for};
-use super::{Store, TimedDocs};
+use super::{MetricSample, Store, StoreError, TimedDocs};
 use crate::telemetry::{KindLabel, SignalLabel};
 use crate::wal::{BatchDedup, Signal, WalTruncator};
 
@@ -22,6 +22,12 @@ use crate::wal::{BatchDedup, Signal, WalTruncator};
 const IDLE_WRITER: Duration = Duration::from_secs(120);
 /// How often retention runs.
 const RETENTION_EVERY: Duration = Duration::from_secs(60);
+/// How often the time-series store's open heads are written to their snapshots: the WAL
+/// keeps about this much of the samples not yet in chunks (and what came with them).
+const SNAPSHOT_EVERY: Duration = Duration::from_secs(60);
+/// A series with no sample for this long has its head sealed: it went quiet (a pod gone),
+/// and its half-filled head would otherwise be held and snapshotted for ever.
+const IDLE_HEAD: Duration = Duration::from_secs(3600);
 
 pub(crate) struct IndexerOptions {
     pub commit_interval: Duration,
@@ -41,9 +47,14 @@ pub(crate) struct Indexer {
     last_write: HashMap<(Signal, i64), Instant>,
     last_applied_lsn: u64,
     last_checkpoint: u64,
-    /// Patterns learned since the last snapshot.
+    /// The first entry whose samples the time-series store failed to take (a full disk):
+    /// the WAL keeps it, and the replay at the next start puts them in.
+    samples_failed_at: Option<u64>,
+    /// The last applied entry once a snapshot interval, to tell which heads went idle.
+    lsn_marks: std::collections::VecDeque<(Instant, u64)>,
     next_commit: Instant,
     next_retention: Instant,
+    next_snapshot: Instant,
 }
 
 fn now_ns() -> i64 {
@@ -70,8 +81,11 @@ impl Indexer {
             last_write: HashMap::new(),
             last_applied_lsn: 0,
             last_checkpoint: 0,
+            samples_failed_at: None,
+            lsn_marks: std::collections::VecDeque::new(),
             next_commit,
             next_retention: Instant::now(),
+            next_snapshot: Instant::now() + SNAPSHOT_EVERY,
         }
     }
 
@@ -85,8 +99,16 @@ impl Indexer {
     }
 
     /// Adds the documents of one WAL entry to their partitions, skipping partitions
-    /// that already committed this LSN (replay after a crash).
-    pub(crate) fn apply(&mut self, lsn: u64, signal: Signal, batch_id: Option<&str>, docs: TimedDocs) {
+    /// that already committed this LSN (replay after a crash), and its samples to the
+    /// time-series store, which skips those it holds.
+    pub(crate) fn apply(
+        &mut self,
+        lsn: u64,
+        signal: Signal,
+        batch_id: Option<&str>,
+        docs: TimedDocs,
+        samples: Vec<MetricSample>,
+    ) {
         self.last_applied_lsn = self.last_applied_lsn.max(lsn);
         if let Some(id) = batch_id {
             self.dedup
@@ -104,6 +126,20 @@ impl Indexer {
                 continue;
             }
             added += 1;
+        }
+        let oldest_kept_ms = oldest_kept.div_euclid(1_000_000);
+        for sample in samples.iter().filter(|s| s.t_ms >= oldest_kept_ms) {
+            match self.store.tsdb.append(lsn, &sample.labels, sample.t_ms, sample.value) {
+                Ok(true) => added += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    self.store.metrics.index_commit_errors.inc();
+                    if self.samples_failed_at.is_none() {
+                        tracing::error!(lsn, error = %e, "could not store metric samples; the WAL keeps them for the next start");
+                    }
+                    self.samples_failed_at = Some(self.samples_failed_at.map_or(lsn, |f| f.min(lsn)));
+                }
+            }
         }
         self.store
             .metrics
@@ -124,6 +160,11 @@ impl Indexer {
         self.commit();
         self.last_applied_lsn = self.last_applied_lsn.max(lsn);
         let forgotten = self.dedup.forget_matching(forget);
+        let by_service = |labels: &vigil_tsdb::Labels| labels.get("service.name").is_some_and(doomed);
+        if let Err(e) = self.store.tsdb.delete(lsn, &by_service) {
+            tracing::error!(lsn, error = %e, "could not purge a stream partition's metric samples");
+            self.samples_failed_at = Some(self.samples_failed_at.map_or(lsn, |f| f.min(lsn)));
+        }
         let mut deleted_services = 0usize;
         for partition in self.store.partitions.all() {
             if partition.committed_lsn() >= lsn {
@@ -212,6 +253,11 @@ impl Indexer {
     /// Commits every dirty partition. On full success the WAL may drop what is now
     /// held by the indexes.
     pub(crate) fn commit(&mut self) {
+        if let Err(e) = self.store.tsdb.sync() {
+            self.store.metrics.index_commit_errors.inc();
+            tracing::error!(error = %e, "time-series store sync failed; will retry");
+            return;
+        }
         if self.dirty.is_empty() {
             self.advance_checkpoint();
             return;
@@ -249,16 +295,23 @@ impl Indexer {
         }
     }
 
+    /// Everything applied is searchable now; the WAL may drop what is also durable, which
+    /// for samples still in the time-series store's open heads waits for their snapshot.
     fn advance_checkpoint(&mut self) {
-        let checkpoint = self.last_applied_lsn;
-        if checkpoint == self.last_checkpoint {
-            return;
-        }
-        self.last_checkpoint = checkpoint;
+        let applied = self.last_applied_lsn;
         self.store
             .metrics
             .indexed_lsn
-            .set(i64::try_from(checkpoint).unwrap_or(i64::MAX));
+            .set(i64::try_from(applied).unwrap_or(i64::MAX));
+        let floor = [self.store.tsdb.wal_floor(), self.samples_failed_at]
+            .into_iter()
+            .flatten()
+            .min();
+        let checkpoint = floor.map_or(applied, |f| applied.min(f.saturating_sub(1)));
+        if checkpoint <= self.last_checkpoint {
+            return;
+        }
+        self.last_checkpoint = checkpoint;
         let Some(truncator) = &self.truncator else {
             return;
         };
@@ -307,16 +360,31 @@ impl Indexer {
         let metrics = &store.metrics;
         for p in partitions.all() {
             if (p.day + 1).saturating_mul(NANOS_PER_DAY) <= cutoff {
-                self.drop(p.signal, p.day, "age");
+                self.drop(Some(p.signal), p.day, "age");
+            }
+        }
+        // A day is past retention when all of it is: the days before the cutoff's.
+        let first_kept = cutoff.div_euclid(NANOS_PER_DAY);
+        for (day, _) in store.tsdb.day_bytes() {
+            if day < first_kept {
+                self.drop(None, day, "age");
             }
         }
         if self.options.max_disk_bytes > 0 {
             let today = day_of(now);
-            // Sizes are read once: each is a directory listing.
-            let mut sized: Vec<(i64, Signal, u64)> = partitions
+            // Sizes are read once: each is a directory listing. `None` is the time-series
+            // store's block of that day.
+            let mut sized: Vec<(i64, Option<Signal>, u64)> = partitions
                 .all()
                 .iter()
-                .map(|p| (p.day, p.signal, p.disk_bytes()))
+                .map(|p| (p.day, Some(p.signal), p.disk_bytes()))
+                .chain(
+                    store
+                        .tsdb
+                        .day_bytes()
+                        .into_iter()
+                        .map(|(day, bytes)| (day, None, bytes)),
+                )
                 .collect();
             sized.sort_by_key(|(day, _, _)| *day);
             let mut total: u64 = sized.iter().map(|(_, _, bytes)| bytes).sum();
@@ -331,12 +399,20 @@ impl Indexer {
         metrics.partitions.set(partitions.len() as i64);
     }
 
-    fn drop(&mut self, signal: Signal, day: i64, cause: &'static str) {
-        self.dirty.remove(&(signal, day));
-        self.last_write.remove(&(signal, day));
-        match self.store.partitions.drop_partition(signal, day) {
+    /// Deletes one day of `signal`'s index, or with `None` of the time-series store.
+    fn drop(&mut self, signal: Option<Signal>, day: i64, cause: &'static str) {
+        let dropped = match signal {
+            Some(signal) => {
+                self.dirty.remove(&(signal, day));
+                self.last_write.remove(&(signal, day));
+                self.store.partitions.drop_partition(signal, day)
+            }
+            None => self.store.tsdb.drop_day(day).map(|_| ()).map_err(StoreError::from),
+        };
+        match dropped {
             Ok(()) => {
-                tracing::info!(signal = signal.as_str(), day, cause, "retention deleted a partition");
+                let signal = signal.map_or("metric samples", Signal::as_str);
+                tracing::info!(signal, day, cause, "retention deleted a partition");
                 self.store
                     .metrics
                     .partitions_dropped
@@ -364,11 +440,45 @@ impl Indexer {
             self.enforce_retention();
             self.next_retention = now + RETENTION_EVERY;
         }
+        if now >= self.next_snapshot {
+            self.snapshot_samples();
+            self.next_snapshot = now + SNAPSHOT_EVERY;
+        }
+    }
+
+    /// Seals the heads of series quiet for [`IDLE_HEAD`] and snapshots the others, so the
+    /// WAL need keep only what came since.
+    fn snapshot_samples(&mut self) {
+        let now = Instant::now();
+        self.lsn_marks.push_back((now, self.last_applied_lsn));
+        let mut idle_before = None;
+        while let Some(&(at, lsn)) = self.lsn_marks.front() {
+            if now.duration_since(at) < IDLE_HEAD {
+                break;
+            }
+            idle_before = Some(lsn);
+            self.lsn_marks.pop_front();
+        }
+        let tsdb = &self.store.tsdb;
+        let sealed = idle_before.map_or(Ok(0), |lsn| tsdb.seal_idle_heads(lsn));
+        if let Err(e) = sealed.and_then(|_| tsdb.snapshot_heads(self.last_applied_lsn)) {
+            self.store.metrics.index_commit_errors.inc();
+            tracing::error!(error = %e, "could not snapshot the time-series store's heads; the WAL keeps their samples");
+        }
+        let stats = tsdb.stats();
+        let m = &self.store.metrics;
+        m.tsdb_series.set(i64::try_from(stats.series).unwrap_or(i64::MAX));
+        m.tsdb_chunks.set(i64::try_from(stats.chunks).unwrap_or(i64::MAX));
+        m.tsdb_head_samples
+            .set(i64::try_from(stats.head_samples).unwrap_or(i64::MAX));
     }
 
     /// At shutdown: commits what is left, saves the batch-id table and waits for merges.
     pub(crate) fn finish(mut self) {
         self.commit();
+        // The heads' snapshot at shutdown: the next start replays nothing for them.
+        self.snapshot_samples();
+        self.advance_checkpoint();
         if let Err(e) = self
             .dedup
             .save(&self.options.dedup_path, crate::timeutil::now_ns() / 1_000_000_000)
@@ -445,6 +555,86 @@ mod tests {
         )
     }
 
+    /// Applies, as entry `lsn`, one sample of gauge `up` at `t_ms`.
+    fn apply_sample(indexer: &mut Indexer, lsn: u64, t_ms: i64) {
+        let sample = MetricSample {
+            labels: vigil_tsdb::Labels::new([("__name__", "up"), ("__kind__", "gauge")]),
+            t_ms,
+            value: lsn as f64,
+        };
+        indexer.apply(lsn, Signal::Metrics, None, Vec::new(), vec![sample]);
+    }
+
+    fn stored_samples(store: &Store) -> usize {
+        let all = store.tsdb.select(&[], i64::MIN, i64::MAX, usize::MAX).expect("select");
+        all.series.iter().map(|s| s.samples.len()).sum()
+    }
+
+    #[test]
+    fn samples_in_open_heads_hold_the_wal_back_until_their_snapshot() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut indexer = setup(dir.path(), 0);
+        let now_ms = now_ns() / 1_000_000;
+        apply_logs(&mut indexer, 1, now_ns() as u64, 3);
+        apply_sample(&mut indexer, 2, now_ms);
+        apply_logs(&mut indexer, 3, now_ns() as u64, 3);
+        indexer.commit();
+        // Everything applied is searchable; the WAL must keep entry 2 on.
+        assert_eq!(indexer.store.metrics.indexed_lsn.get(), 3);
+        assert_eq!(indexer.last_checkpoint, 1);
+        indexer.snapshot_samples();
+        indexer.commit();
+        assert_eq!(indexer.last_checkpoint, 3);
+        assert_eq!(indexer.store.metrics.tsdb_head_samples.get(), 1);
+    }
+
+    #[test]
+    fn a_clean_stop_snapshots_the_heads_and_a_restart_finds_every_sample() {
+        let dir = tempfile::tempdir().expect("dir");
+        let now_ms = now_ns() / 1_000_000;
+        let mut indexer = setup(dir.path(), 0);
+        for lsn in 1..=5 {
+            apply_sample(&mut indexer, lsn, now_ms + lsn as i64);
+        }
+        indexer.finish();
+        let mut indexer = setup(dir.path(), 0);
+        assert_eq!(stored_samples(&indexer.store), 5);
+        // Nothing to replay, and a replay of the old entries would add nothing.
+        for lsn in 1..=5 {
+            apply_sample(&mut indexer, lsn, now_ms + lsn as i64);
+        }
+        assert_eq!(stored_samples(&indexer.store), 5);
+        assert_eq!(indexer.store.tsdb.stats().head_samples, 5);
+    }
+
+    #[test]
+    fn a_purge_deletes_its_services_metric_samples_too() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut indexer = setup(dir.path(), 0);
+        let now_ms = now_ns() / 1_000_000;
+        let sample = |service: &str, t_ms: i64| MetricSample {
+            labels: vigil_tsdb::Labels::new([("__name__", "up"), ("service.name", service)]),
+            t_ms,
+            value: 1.0,
+        };
+        let both = vec![sample("gone", now_ms), sample("kept", now_ms)];
+        indexer.apply(1, Signal::Metrics, None, Vec::new(), both);
+        indexer.purge(2, &|service| service == "gone", &|_| false);
+        indexer.apply(3, Signal::Metrics, None, Vec::new(), vec![sample("gone", now_ms + 1)]);
+        let all = indexer
+            .store
+            .tsdb
+            .select(&[], i64::MIN, i64::MAX, usize::MAX)
+            .expect("select");
+        let left: Vec<(Option<&str>, usize)> = all
+            .series
+            .iter()
+            .map(|s| (s.labels.get("service.name"), s.samples.len()))
+            .collect();
+        // What came after the purge stays: the service may come back to this worker.
+        assert_eq!(left, vec![(Some("gone"), 1), (Some("kept"), 1)]);
+    }
+
     /// Applies, as entry `lsn`, a log request of `n` records from `ts`.
     fn apply_logs(indexer: &mut Indexer, lsn: u64, ts: u64, n: usize) {
         let request = ExportLogsServiceRequest {
@@ -463,7 +653,7 @@ mod tests {
             }],
         };
         let docs = log_docs(&indexer.store.schemas.logs, &request, &mut |_, _| 0);
-        indexer.apply(lsn, Signal::Logs, None, docs);
+        indexer.apply(lsn, Signal::Logs, None, docs, Vec::new());
     }
 
     fn doc_count(indexer: &Indexer) -> u64 {
@@ -516,7 +706,7 @@ mod tests {
             }],
         };
         let docs = log_docs(&indexer.store.schemas.logs, &request, &mut |_, _| 0);
-        indexer.apply(lsn, Signal::Logs, Some(batch_id), docs);
+        indexer.apply(lsn, Signal::Logs, Some(batch_id), docs, Vec::new());
     }
 
     #[test]
@@ -574,13 +764,24 @@ mod tests {
         for day in [today - 2, today - 1, today] {
             partitions.get_or_open(Signal::Traces, day).expect("partition");
         }
+        // Samples, each in its day's block of the time-series store.
+        let labels = vigil_tsdb::Labels::new([("__name__", "up")]);
+        for (lsn, day) in [(1, today - 10), (2, today - 1), (3, today)] {
+            let t_ms = day * 86_400_000 + 1;
+            indexer.store.tsdb.append(lsn, &labels, t_ms, 1.0).expect("append");
+        }
+        let sample_days = |indexer: &Indexer| -> Vec<i64> {
+            indexer.store.tsdb.day_bytes().into_iter().map(|(day, _)| day).collect()
+        };
         indexer.enforce_retention();
         assert!(!old_dir.exists(), "a partition past retention must be deleted");
         assert_eq!(indexer.store.partitions.len(), 3);
+        assert_eq!(sample_days(&indexer), vec![today - 1, today]);
 
         indexer.options.max_disk_bytes = 1;
         indexer.enforce_retention();
         let left: Vec<i64> = indexer.store.partitions.all().iter().map(|p| p.day).collect();
         assert_eq!(left, vec![today], "over the disk budget everything but today goes");
+        assert_eq!(sample_days(&indexer), vec![today]);
     }
 }

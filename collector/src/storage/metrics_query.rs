@@ -219,7 +219,30 @@ impl Store {
             }
             scan.points.extend(points);
         }
+        self.scan_samples(selector, start_ns, end_ns, &mut scan)?;
         Ok(scan)
+    }
+
+    /// Adds the gauge and sum samples of the time-series store to `scan`.
+    fn scan_samples(&self, selector: &Selector, start_ns: i64, end_ns: i64, scan: &mut Scan) -> Result<(), QueryError> {
+        let (start_ms, end_ms) = super::samples::ms_range(start_ns, end_ns);
+        let budget = MAX_POINTS.saturating_sub(scan.points.len());
+        let selection = self
+            .tsdb
+            .select(&super::samples::selector_matchers(selector), start_ms, end_ms, budget)?;
+        scan.truncated |= selection.truncated;
+        for series in selection.series {
+            let (series_id, mut info) = super::samples::series_info(&series.labels);
+            info.points = series.samples.len() as u64;
+            scan.info.insert(series_id, info);
+            scan.points
+                .extend(series.samples.into_iter().map(|(t, value)| RawPoint {
+                    series_id,
+                    ts: t.saturating_mul(1_000_000),
+                    value,
+                }));
+        }
+        Ok(())
     }
 
     fn series_info(&self, searcher: &Searcher, series_id: u64, addr: DocAddress) -> Result<SeriesInfo, QueryError> {
@@ -239,9 +262,11 @@ impl Store {
     }
 
     /// Metric names stored in the partitions covering `[start, end]`, sorted, at most
-    /// `limit`. Read from the term dictionaries, so it costs nothing per point.
+    /// `limit`. Read from the term dictionaries and the time-series store's label index, so
+    /// it costs nothing per point.
     pub(crate) fn metric_names(&self, start_ns: i64, end_ns: i64, limit: usize) -> Result<Vec<String>, QueryError> {
-        let mut names = std::collections::BTreeSet::new();
+        let (start_ms, end_ms) = super::samples::ms_range(start_ns, end_ns);
+        let mut names = self.tsdb.label_values(super::samples::NAME, start_ms, end_ms);
         for partition in self.partitions.covering(Signal::Metrics, start_ns, end_ns) {
             let searcher = partition.reader.searcher();
             for segment in searcher.segment_readers() {

@@ -1,5 +1,6 @@
-//! Storage: tantivy indexes partitioned by signal and UTC day, fed by the indexer
-//! thread from the write-ahead log, read by the query API.
+//! Storage: tantivy indexes partitioned by signal and UTC day, and the time-series store
+//! (`vigil-tsdb`) for gauge and sum samples, fed by the indexer thread from the write-ahead
+//! log, read by the query API.
 
 mod collectors;
 pub(crate) mod convert;
@@ -8,6 +9,7 @@ mod investigate;
 mod metrics_query;
 mod partition;
 mod prom;
+mod samples;
 mod schema;
 mod search;
 
@@ -20,6 +22,7 @@ pub(crate) use indexer::{Indexer, IndexerOptions};
 pub(crate) use metrics_query::{Agg, MetricQuery, Selector, parse_label_list};
 pub(crate) use partition::{Partitions, StoreError};
 pub(crate) use prom::PromView;
+pub(crate) use samples::MetricSample;
 pub use schema::LogFields;
 pub(crate) use schema::Schemas;
 pub(crate) use search::{LogQuery, QueryError};
@@ -31,6 +34,8 @@ use crate::wal::Signal;
 pub(crate) struct Store {
     pub schemas: Schemas,
     pub partitions: Partitions,
+    /// Gauge and sum samples, under `<dir>/tsdb/<day number>/`.
+    pub tsdb: vigil_tsdb::Tsdb,
     pub metrics: Arc<Metrics>,
 }
 
@@ -47,9 +52,18 @@ impl Store {
             ],
         )?;
         metrics.partitions.set(partitions.len() as i64);
+        let tsdb = vigil_tsdb::Tsdb::open(&dir.join("tsdb"))?;
+        let cut = tsdb.recovered_cut_bytes();
+        if cut > 0 {
+            tracing::warn!(
+                bytes = cut,
+                "cut torn records off the time-series store's files (a crash); the WAL replay restores them"
+            );
+        }
         Ok(Store {
             schemas,
             partitions,
+            tsdb,
             metrics,
         })
     }

@@ -46,6 +46,8 @@ pub(crate) enum StoreError {
     },
     #[error("I/O error on {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    #[error("time-series store: {0}")]
+    Samples(#[from] vigil_tsdb::Error),
 }
 
 /// One open partition.

@@ -481,10 +481,23 @@ impl Store {
     ) -> Result<BTreeMap<String, MetricKind>, QueryError> {
         let f = &self.schemas.metrics;
         let mut kinds = BTreeMap::new();
+        let (start_ms, end_ms) = super::samples::ms_range(start_ns, end_ns);
         for stored in self.metric_names(start_ns, end_ns, usize::MAX)? {
             let query = term_query(f.name, &stored);
-            let mut found = None;
+            let name = vigil_tsdb::Matcher::Equal(super::samples::NAME.into(), stored.clone());
+            let mut found = self
+                .tsdb
+                .series_labels(&[name], start_ms, end_ms)
+                .first()
+                .map(|labels| {
+                    let (_, info) = super::samples::series_info(labels);
+                    (info.kind, info.monotonic, info.unit)
+                });
+            // Histograms and summaries are documents of the metric index.
             for partition in self.partitions.covering(Signal::Metrics, start_ns, end_ns) {
+                if found.is_some() {
+                    break;
+                }
                 let searcher = partition.reader.searcher();
                 if let Some((_, addr)) = searcher
                     .search(
@@ -519,6 +532,15 @@ impl Store {
 
     /// Calls `f(key, value)` for every stored `key=value` label term in `[start, end]`.
     fn for_each_label_pair(&self, start_ns: i64, end_ns: i64, mut f: impl FnMut(&str, &str)) -> Result<(), QueryError> {
+        let (start_ms, end_ms) = super::samples::ms_range(start_ns, end_ns);
+        for key in self.tsdb.label_names(start_ms, end_ms) {
+            if super::samples::is_reserved(&key) {
+                continue;
+            }
+            for value in self.tsdb.label_values(&key, start_ms, end_ms) {
+                f(&key, &value);
+            }
+        }
         for partition in self.partitions.covering(Signal::Metrics, start_ns, end_ns) {
             let searcher = partition.reader.searcher();
             for segment in searcher.segment_readers() {

@@ -23,6 +23,8 @@ pub(crate) enum QueryError {
     BadRequest(String),
     #[error("search failed: {0}")]
     Internal(tantivy::TantivyError),
+    #[error("time-series store: {0}")]
+    Samples(#[from] vigil_tsdb::Error),
     /// A cluster's worker, asked for its share of the rows, failed or did not answer.
     #[error("{0}")]
     Worker(String),

@@ -1,0 +1,291 @@
+//! The store: one block per UTC day, a sample going to the block of its own timestamp's
+//! day, and selections that read every block a range touches and join each series' days.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use crate::block::{self, Block};
+use crate::{Error, Labels, Matcher, Sample};
+
+const MS_PER_DAY: i64 = 86_400_000;
+
+/// A series and its samples in a selected range, in time order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SeriesSamples {
+    pub labels: Labels,
+    pub samples: Vec<Sample>,
+}
+
+/// A selection's series; `truncated` when it held more samples than it could read, in
+/// which case `series` is empty.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Selection {
+    pub series: Vec<SeriesSamples>,
+    pub truncated: bool,
+}
+
+/// What the store holds, for `/metrics`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Stats {
+    pub blocks: usize,
+    /// Series summed over the blocks (a series present on two days counts twice).
+    pub series: usize,
+    pub chunks: usize,
+    pub chunk_samples: usize,
+    pub head_samples: usize,
+}
+
+pub struct Tsdb {
+    root: PathBuf,
+    /// Blocks by day since the epoch. A block's mutex is held by one append or one
+    /// selection's index walk at a time; chunk bytes are read after it is released.
+    blocks: RwLock<BTreeMap<i64, Arc<Mutex<Block>>>>,
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter_map(|e| e.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn day_of(t_ms: i64) -> i64 {
+    t_ms.div_euclid(MS_PER_DAY)
+}
+
+fn lock(block: &Mutex<Block>) -> std::sync::MutexGuard<'_, Block> {
+    block.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Tsdb {
+    /// Opens the blocks under `root` (directories named by their day number), cutting
+    /// any torn tail a crash left.
+    pub fn open(root: &Path) -> Result<Tsdb, Error> {
+        std::fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
+        let mut blocks = BTreeMap::new();
+        for entry in std::fs::read_dir(root).map_err(|e| Error::io(root, e))? {
+            let entry = entry.map_err(|e| Error::io(root, e))?;
+            let Some(day) = entry.file_name().to_str().and_then(|n| n.parse::<i64>().ok()) else {
+                continue;
+            };
+            blocks.insert(day, Arc::new(Mutex::new(Block::open(&entry.path())?)));
+        }
+        Ok(Tsdb {
+            root: root.to_path_buf(),
+            blocks: RwLock::new(blocks),
+        })
+    }
+
+    fn block(&self, day: i64) -> Result<Arc<Mutex<Block>>, Error> {
+        if let Some(b) = self.read().get(&day) {
+            return Ok(Arc::clone(b));
+        }
+        let mut blocks = self.blocks.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(b) = blocks.get(&day) {
+            return Ok(Arc::clone(b));
+        }
+        let block = Arc::new(Mutex::new(Block::open(&self.root.join(day.to_string()))?));
+        blocks.insert(day, Arc::clone(&block));
+        Ok(block)
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, BTreeMap<i64, Arc<Mutex<Block>>>> {
+        self.blocks.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn blocks_in(&self, start: i64, end: i64) -> Vec<Arc<Mutex<Block>>> {
+        if start > end {
+            return Vec::new();
+        }
+        self.read()
+            .range(day_of(start)..=day_of(end))
+            .map(|(_, b)| Arc::clone(b))
+            .collect()
+    }
+
+    /// Stores sample `(t, v)` of series `labels`, carried by WAL entry `lsn`. Returns false
+    /// when the sample is already in a sealed chunk (the entry is being replayed). Entries
+    /// must come in LSN order, as the WAL hands them out.
+    pub fn append(&self, lsn: u64, labels: &Labels, t: i64, v: f64) -> Result<bool, Error> {
+        let block = self.block(day_of(t))?;
+        let mut block = lock(&block);
+        block.append(lsn, labels, t, v)
+    }
+
+    /// Seals the heads whose newest sample came in a WAL entry before `lsn`: series that
+    /// went quiet, whose heads would otherwise be held in memory and snapshotted for ever.
+    pub fn seal_idle_heads(&self, lsn: u64) -> Result<usize, Error> {
+        self.seal_heads(&|_, last| last < lsn)
+    }
+
+    /// Seals every open head (a benchmark's end, a test; the collector snapshots instead).
+    pub fn seal_all_heads(&self) -> Result<usize, Error> {
+        self.seal_heads(&|_, _| true)
+    }
+
+    fn seal_heads(&self, pick: &dyn Fn(u64, u64) -> bool) -> Result<usize, Error> {
+        let mut sealed = 0;
+        for block in self.read().values() {
+            sealed += lock(block).seal_heads(pick)?;
+        }
+        Ok(sealed)
+    }
+
+    /// Deletes, as WAL entry `lsn`, every series older than it that `doomed` picks, in
+    /// every block. Its samples from before `lsn` stay deleted on a replay; samples after it
+    /// make a new series. Returns how many series went.
+    pub fn delete(&self, lsn: u64, doomed: &dyn Fn(&Labels) -> bool) -> Result<usize, Error> {
+        let mut deleted = 0;
+        for block in self.read().values() {
+            deleted += lock(block).delete(lsn, doomed)?;
+        }
+        Ok(deleted)
+    }
+
+    /// Syncs every block and writes its open heads to its snapshot, as of WAL entry
+    /// `applied` (every entry up to it applied). Afterwards [`Tsdb::wal_floor`] no longer
+    /// needs the entries those heads came in.
+    pub fn snapshot_heads(&self, applied: u64) -> Result<(), Error> {
+        for block in self.read().values() {
+            lock(block).snapshot(applied)?;
+        }
+        Ok(())
+    }
+
+    /// Flushes every block written since its last sync.
+    pub fn sync(&self) -> Result<(), Error> {
+        for block in self.read().values() {
+            lock(block).sync()?;
+        }
+        Ok(())
+    }
+
+    /// The lowest WAL entry with a sample not yet durable here: the WAL must keep it and
+    /// every later one. `None` when everything appended is durable.
+    pub fn wal_floor(&self) -> Option<u64> {
+        self.read().values().filter_map(|b| lock(b).wal_floor()).min()
+    }
+
+    /// Every series matching `matchers` with a sample in `[start, end]` (milliseconds,
+    /// inclusive), sorted by labels, reading at most `limit` samples: past it the selection
+    /// stops and says it is truncated.
+    pub fn select(&self, matchers: &[Matcher], start: i64, end: i64, limit: usize) -> Result<Selection, Error> {
+        let mut out: BTreeMap<Labels, Vec<Sample>> = BTreeMap::new();
+        let mut read = 0usize;
+        for block in self.blocks_in(start, end) {
+            let (file, found, dir) = {
+                let b = lock(&block);
+                let (file, found) = b.find(matchers, start, end);
+                (file, found, b.dir().to_path_buf())
+            };
+            for f in found {
+                let samples = block::read_samples(&file, &f, start, end).map_err(|e| Error::io(&dir, e))?;
+                read += samples.len();
+                if read > limit {
+                    return Ok(Selection {
+                        series: Vec::new(),
+                        truncated: true,
+                    });
+                }
+                if !samples.is_empty() {
+                    // Blocks come in day order and hold disjoint days: appending keeps order.
+                    out.entry(f.labels).or_default().extend(samples);
+                }
+            }
+        }
+        Ok(Selection {
+            series: out
+                .into_iter()
+                .map(|(labels, samples)| SeriesSamples { labels, samples })
+                .collect(),
+            truncated: false,
+        })
+    }
+
+    /// The labels of every series matching `matchers` with a chunk or head overlapping
+    /// `[start, end]`, without reading samples (a chunk that overlaps the range may still
+    /// hold no sample inside it), sorted.
+    pub fn series_labels(&self, matchers: &[Matcher], start: i64, end: i64) -> Vec<Labels> {
+        let mut out = BTreeSet::new();
+        for block in self.blocks_in(start, end) {
+            out.extend(lock(&block).find(matchers, start, end).1.into_iter().map(|f| f.labels));
+        }
+        out.into_iter().collect()
+    }
+
+    /// Label names of the blocks `[start, end]` touches.
+    pub fn label_names(&self, start: i64, end: i64) -> BTreeSet<String> {
+        self.blocks_in(start, end)
+            .iter()
+            .flat_map(|b| lock(b).label_names())
+            .collect()
+    }
+
+    /// Values of label `name` in the blocks `[start, end]` touches.
+    pub fn label_values(&self, name: &str, start: i64, end: i64) -> BTreeSet<String> {
+        self.blocks_in(start, end)
+            .iter()
+            .flat_map(|b| lock(b).label_values(name))
+            .collect()
+    }
+
+    /// Deletes the blocks of days before `day` (retention). Returns how many went.
+    pub fn drop_days_before(&self, day: i64) -> Result<usize, Error> {
+        let doomed: Vec<(i64, Arc<Mutex<Block>>)> = {
+            let mut blocks = self.blocks.write().unwrap_or_else(|p| p.into_inner());
+            let kept = blocks.split_off(&day);
+            std::mem::replace(&mut *blocks, kept).into_iter().collect()
+        };
+        for (_, block) in &doomed {
+            let dir = lock(block).dir().to_path_buf();
+            std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        }
+        Ok(doomed.len())
+    }
+
+    /// Each block's day and bytes on disk, oldest first (for a disk budget).
+    pub fn day_bytes(&self) -> Vec<(i64, u64)> {
+        let dirs: Vec<(i64, PathBuf)> = self
+            .read()
+            .iter()
+            .map(|(day, b)| (*day, lock(b).dir().to_path_buf()))
+            .collect();
+        dirs.into_iter().map(|(day, dir)| (day, dir_bytes(&dir))).collect()
+    }
+
+    /// Deletes one day's block.
+    pub fn drop_day(&self, day: i64) -> Result<bool, Error> {
+        let removed = self.blocks.write().unwrap_or_else(|p| p.into_inner()).remove(&day);
+        let Some(block) = removed else {
+            return Ok(false);
+        };
+        let dir = lock(&block).dir().to_path_buf();
+        std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        Ok(true)
+    }
+
+    pub fn stats(&self) -> Stats {
+        let mut stats = Stats::default();
+        for block in self.read().values() {
+            let (series, chunks, sealed, head) = lock(block).counts();
+            stats.blocks += 1;
+            stats.series += series;
+            stats.chunks += chunks;
+            stats.chunk_samples += sealed;
+            stats.head_samples += head;
+        }
+        stats
+    }
+
+    /// Bytes torn tails cost when the blocks were opened (0 after a clean shutdown).
+    pub fn recovered_cut_bytes(&self) -> u64 {
+        self.read().values().map(|b| lock(b).recovered_cut_bytes).sum()
+    }
+}
