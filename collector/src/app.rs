@@ -181,9 +181,14 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnO
             queue_len: config.wal.queue_len,
             ..WalOptions::default()
         },
-        // New LSNs must stay above everything the indexes and the detector state hold, or
-        // fresh entries would be taken for ones already seen.
-        store.partitions.max_committed_lsn().max(detected_lsn) + 1,
+        // New LSNs must stay above everything the indexes, the time-series store and the
+        // detector state hold, or fresh entries would be taken for ones already seen.
+        store
+            .partitions
+            .max_committed_lsn()
+            .max(store.tsdb.max_lsn())
+            .max(detected_lsn)
+            + 1,
         |record| {
             replayed += 1;
             stage.apply(record.lsn, &Bytes::from(record.payload));

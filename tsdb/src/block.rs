@@ -48,7 +48,7 @@ struct Series {
 
 pub(crate) struct Block {
     dir: PathBuf,
-    series_file: File,
+    series_file: Arc<File>,
     series_end: u64,
     chunks_file: Arc<File>,
     chunks_end: u64,
@@ -60,6 +60,13 @@ pub(crate) struct Block {
     postings: Postings,
     /// Written since the last sync: the files need flushing.
     dirty: bool,
+    /// Counts writes to either file and changes to the heads, so that a sync or a snapshot
+    /// done outside the lock knows whether anything came in meanwhile.
+    generation: u64,
+    /// An fsync failed: the kernel may have dropped the pages it could not write, and a
+    /// second fsync would report success for data that is not on disk. Every later sync
+    /// fails, so the WAL keeps everything from here to the restart, whose replay restores it.
+    sync_failed: bool,
     /// The lowest WAL entry with a sample in a chunk, or a deletion, not yet synced.
     unsynced_floor: Option<u64>,
     /// Every head sample of entries up to this one is in `heads.snap`.
@@ -68,6 +75,24 @@ pub(crate) struct Block {
     changed: bool,
     /// Bytes cut off torn tails when the block was opened.
     pub(crate) recovered_cut_bytes: u64,
+}
+
+/// An open head copied for a snapshot: series id, first and last WAL entry, samples.
+pub(crate) type HeadCopy = (u32, u64, u64, Vec<Sample>);
+
+/// The files to fsync, and the block's generation when the sync began.
+pub(crate) struct SyncJob {
+    series: Arc<File>,
+    chunks: Arc<File>,
+    generation: u64,
+}
+
+impl SyncJob {
+    /// Flushes both files, series first: a chunk on disk always has its series.
+    pub(crate) fn run(&self) -> std::io::Result<()> {
+        self.series.sync_data()?;
+        self.chunks.sync_data()
+    }
 }
 
 /// What a selection read from one block: each series' labels and the chunks and head
@@ -98,11 +123,23 @@ impl Block {
         let chunks_path = dir.join(CHUNKS_FILE);
         let mut series_file = open_append(&series_path)?;
         let mut chunks_file = open_append(&chunks_path)?;
-        let series_read = record::recover(&mut series_file).map_err(|e| Error::io(&series_path, e))?;
-        let chunks_read = record::recover(&mut chunks_file).map_err(|e| Error::io(&chunks_path, e))?;
+        // A record that does not read, or names a series not (yet) on disk, is where a crash
+        // cut the file: the WAL still holds what it and everything after it carried.
+        let mut known = 0u32;
+        let mut series_ok = |p: &[u8]| match layout::parse_series(p) {
+            Some(SeriesRecord::Series { id, .. }) if id == known => {
+                known += 1;
+                true
+            }
+            Some(SeriesRecord::Deletion { id, .. }) => id < known,
+            _ => false,
+        };
+        let series_read = record::recover(&mut series_file, &mut series_ok).map_err(|e| Error::io(&series_path, e))?;
+        let mut chunk_ok = |p: &[u8]| layout::parse_chunk(p).is_some_and(|c| c.id < known);
+        let chunks_read = record::recover(&mut chunks_file, &mut chunk_ok).map_err(|e| Error::io(&chunks_path, e))?;
         let mut block = Block {
             dir: dir.to_path_buf(),
-            series_file,
+            series_file: Arc::new(series_file),
             series_end: series_read.end,
             chunks_file: Arc::new(chunks_file),
             chunks_end: chunks_read.end,
@@ -111,6 +148,8 @@ impl Block {
             purged_at: HashMap::new(),
             postings: Postings::default(),
             dirty: false,
+            generation: 0,
+            sync_failed: false,
             unsynced_floor: None,
             snapshot_lsn: 0,
             changed: false,
@@ -209,6 +248,7 @@ impl Block {
                 record::append(&self.series_file, &mut self.series_end, &payload)
                     .map_err(|e| Error::io(&self.dir.join(SERIES_FILE), e))?;
                 self.dirty = true;
+                self.generation += 1;
                 self.add_series(labels.clone(), lsn)
             }
         };
@@ -217,15 +257,18 @@ impl Block {
             return Ok(false);
         }
         if series.head.full_before(lsn) {
-            self.seal(id)?;
+            let mid_entry = series.head.last_lsn() == Some(lsn);
+            self.seal(id, mid_entry)?;
         }
         self.series[id as usize].head.insert(lsn, t, v);
         self.changed = true;
+        self.generation += 1;
         Ok(true)
     }
 
-    fn seal(&mut self, id: u32) -> Result<(), Error> {
-        let Some(sealed) = self.series[id as usize].head.seal() else {
+    fn seal(&mut self, id: u32, mid_entry: bool) -> Result<(), Error> {
+        // The head keeps its samples until the chunk is written: a failed write loses none.
+        let Some(sealed) = self.series[id as usize].head.seal(mid_entry) else {
             return Ok(());
         };
         let mut payload = layout::chunk_header(id, sealed.complete_lsn, sealed.min_t, sealed.max_t);
@@ -234,6 +277,7 @@ impl Block {
         let at = record::append(&self.chunks_file, &mut self.chunks_end, &payload)
             .map_err(|e| Error::io(&self.dir.join(CHUNKS_FILE), e))?;
         let series = &mut self.series[id as usize];
+        series.head.clear();
         series.chunks.push(ChunkMeta {
             offset: at + header as u64,
             len: sealed.bytes.len() as u32,
@@ -244,6 +288,7 @@ impl Block {
         series.complete_lsn = series.complete_lsn.max(sealed.complete_lsn);
         self.dirty = true;
         self.changed = true;
+        self.generation += 1;
         lower(&mut self.unsynced_floor, sealed.first_lsn);
         Ok(())
     }
@@ -258,7 +303,7 @@ impl Block {
             })
             .collect();
         for &id in &picked {
-            self.seal(id)?;
+            self.seal(id, false)?;
         }
         Ok(picked.len())
     }
@@ -285,42 +330,79 @@ impl Block {
         if !picked.is_empty() {
             self.dirty = true;
             self.changed = true;
+            self.generation += 1;
             lower(&mut self.unsynced_floor, lsn);
         }
         Ok(picked.len())
     }
 
-    /// Flushes both files to disk, series first.
-    pub(crate) fn sync(&mut self) -> Result<(), Error> {
-        if !self.dirty {
-            return Ok(());
+    /// What a sync needs, taken under the block's lock so that the fsyncs run outside it
+    /// (queries of today's block would wait on them otherwise): `None` when nothing was
+    /// written since the last sync.
+    pub(crate) fn begin_sync(&self) -> Result<Option<SyncJob>, Error> {
+        if self.sync_failed {
+            return Err(Error::io(&self.dir, std::io::Error::other("an earlier fsync failed")));
         }
-        self.series_file
-            .sync_data()
-            .map_err(|e| Error::io(&self.dir.join(SERIES_FILE), e))?;
-        self.chunks_file
-            .sync_data()
-            .map_err(|e| Error::io(&self.dir.join(CHUNKS_FILE), e))?;
-        self.dirty = false;
-        self.unsynced_floor = None;
+        Ok(self.dirty.then(|| SyncJob {
+            series: Arc::clone(&self.series_file),
+            chunks: Arc::clone(&self.chunks_file),
+            generation: self.generation,
+        }))
+    }
+
+    /// Records the outcome of a sync begun with `begin_sync`.
+    pub(crate) fn end_sync(&mut self, job: &SyncJob, result: std::io::Result<()>) -> Result<(), Error> {
+        if let Err(e) = result {
+            self.sync_failed = true;
+            return Err(Error::io(&self.dir, e));
+        }
+        // Whatever was written meanwhile still needs its own sync.
+        if self.generation == job.generation {
+            self.dirty = false;
+            self.unsynced_floor = None;
+        }
         Ok(())
     }
 
-    /// Syncs, then writes every open head to `heads.snap` as of WAL entry `applied` (every
-    /// entry up to it applied). Does nothing when no head changed since the last one.
-    pub(crate) fn snapshot(&mut self, applied: u64) -> Result<(), Error> {
+    /// The open heads to snapshot (id, first and last LSN, samples), copied under the lock;
+    /// `None` when no head changed since the last snapshot.
+    pub(crate) fn heads_to_snapshot(&self) -> Option<(u64, Vec<HeadCopy>)> {
         if !self.changed {
-            return Ok(());
+            return None;
         }
-        self.sync()?;
-        let heads = self.series.iter().enumerate().filter_map(|(id, s)| {
-            let (first, last) = (s.head.first_lsn()?, s.head.last_lsn()?);
-            Some((id as u32, first, last, s.head.samples()))
-        });
-        snapshot::write(&self.dir, applied, heads)?;
+        let heads = self
+            .series
+            .iter()
+            .enumerate()
+            .filter_map(|(id, s)| {
+                Some((
+                    id as u32,
+                    s.head.first_lsn()?,
+                    s.head.last_lsn()?,
+                    s.head.samples().to_vec(),
+                ))
+            })
+            .collect();
+        Some((self.generation, heads))
+    }
+
+    /// Records a snapshot written as of entry `applied` from the heads of `generation`.
+    pub(crate) fn snapshot_written(&mut self, applied: u64, generation: u64) {
         self.snapshot_lsn = self.snapshot_lsn.max(applied);
-        self.changed = false;
-        Ok(())
+        if self.generation == generation {
+            self.changed = false;
+        }
+    }
+
+    /// The largest WAL entry this block has seen (so that a WAL started afresh never hands
+    /// out a number the block would take for one it holds).
+    pub(crate) fn max_lsn(&self) -> u64 {
+        let series = self.series.iter().map(|s| {
+            let head = s.head.last_lsn().unwrap_or(0);
+            s.complete_lsn.max(s.created_lsn).max(head)
+        });
+        let purges = self.purged_at.values().copied();
+        series.chain(purges).fold(self.snapshot_lsn, u64::max)
     }
 
     /// The lowest WAL entry some of whose samples (or a deletion) are not yet durable here.

@@ -71,24 +71,28 @@ impl Head {
         }
     }
 
-    /// Encodes the samples into a chunk and empties the head.
-    pub(crate) fn seal(&mut self) -> Option<Sealed> {
+    /// Encodes the samples into a chunk; the head keeps them until [`Head::clear`], called
+    /// once the chunk is written. `mid_entry`: the head is sealed while samples of its last
+    /// WAL entry may still come (it reached [`chunk::MAX_SAMPLES`]), so it is complete only
+    /// up to the entry before.
+    pub(crate) fn seal(&self, mid_entry: bool) -> Option<Sealed> {
         let (&(min_t, _), &(max_t, _)) = (self.samples.first()?, self.samples.last()?);
-        // A head that filled up inside one entry is complete only up to the entry before.
-        let complete_lsn = if self.samples.len() >= chunk::MAX_SAMPLES {
+        let complete_lsn = if mid_entry {
             self.last_lsn.saturating_sub(1)
         } else {
             self.last_lsn
         };
-        let sealed = Sealed {
+        Some(Sealed {
             bytes: chunk::encode(&self.samples),
             min_t,
             max_t,
             complete_lsn,
             first_lsn: self.first_lsn,
-        };
+        })
+    }
+
+    pub(crate) fn clear(&mut self) {
         self.samples.clear();
-        Some(sealed)
     }
 
     /// The samples within `[start, end]`.
@@ -117,7 +121,9 @@ mod tests {
         assert_eq!(h.within(i64::MIN, i64::MAX), &[(1000, 1.0), (2000, 2.5), (3000, 3.0)]);
         assert_eq!(h.within(1500, 3000), &[(2000, 2.5), (3000, 3.0)]);
         assert!(h.within(4000, 5000).is_empty());
-        let sealed = h.seal().expect("sealed");
+        let sealed = h.seal(false).expect("sealed");
+        assert_eq!(h.len(), 3, "kept until the chunk is written");
+        h.clear();
         assert_eq!(
             (sealed.min_t, sealed.max_t, sealed.first_lsn, sealed.complete_lsn),
             (1000, 3000, 5, 7)
@@ -137,5 +143,11 @@ mod tests {
         }
         assert!(!h.full_before(1), "the rest of entry 1 goes in the same chunk");
         assert!(h.full_before(2));
+        assert_eq!(h.seal(false).map(|s| s.complete_lsn), Some(1));
+        assert_eq!(
+            h.seal(true).map(|s| s.complete_lsn),
+            Some(0),
+            "entry 1 may have more samples"
+        );
     }
 }

@@ -41,20 +41,22 @@ pub(crate) struct Recovered {
     pub cut_bytes: u64,
 }
 
-/// The whole records at the start of `bytes` and where they end.
-pub(crate) fn split(bytes: &[u8]) -> (Vec<(u64, Vec<u8>)>, usize) {
+/// The whole records at the start of `bytes` that `valid` accepts, and where they end.
+/// An empty record ends them too: no payload is empty, and a file whose size grew before
+/// its data was written (a crash on some filesystems) reads as zeros, whose checksum is 0.
+pub(crate) fn split(bytes: &[u8], valid: &mut dyn FnMut(&[u8]) -> bool) -> (Vec<(u64, Vec<u8>)>, usize) {
     let mut records = Vec::new();
     let mut at = 0usize;
     while let Some(header) = bytes.get(at..at + HEADER) {
         let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
         let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-        if len > MAX_PAYLOAD {
+        if len == 0 || len > MAX_PAYLOAD {
             break;
         }
         let Some(payload) = bytes.get(at + HEADER..at + HEADER + len) else {
             break;
         };
-        if crc32fast::hash(payload) != crc {
+        if crc32fast::hash(payload) != crc || !valid(payload) {
             break;
         }
         records.push(((at + HEADER) as u64, payload.to_vec()));
@@ -63,12 +65,13 @@ pub(crate) fn split(bytes: &[u8]) -> (Vec<(u64, Vec<u8>)>, usize) {
     (records, at)
 }
 
-/// Reads every whole record of `file` and truncates it after the last one.
-pub(crate) fn recover(file: &mut File) -> std::io::Result<Recovered> {
+/// Reads every whole record of `file` that `valid` accepts (in order: a record it refuses
+/// is treated as torn, and so is all that follows) and truncates the file after the last.
+pub(crate) fn recover(file: &mut File, valid: &mut dyn FnMut(&[u8]) -> bool) -> std::io::Result<Recovered> {
     let mut bytes = Vec::new();
     file.seek(SeekFrom::Start(0))?;
     file.read_to_end(&mut bytes)?;
-    let (records, at) = split(&bytes);
+    let (records, at) = split(&bytes, valid);
     let cut_bytes = (bytes.len() - at) as u64;
     if cut_bytes > 0 {
         file.set_len(at as u64)?;
@@ -133,32 +136,42 @@ mod tests {
 
     #[test]
     fn whole_records_read_back_at_their_offsets() {
-        let (mut f, offsets) = file_with(&[b"one", b"", b"three"]);
-        let got = recover(f.as_file_mut()).expect("recover");
+        let (mut f, offsets) = file_with(&[b"one", b"2", b"three"]);
+        let got = recover(f.as_file_mut(), &mut |_| true).expect("recover");
         assert_eq!(got.cut_bytes, 0);
         let payloads: Vec<&[u8]> = got.records.iter().map(|(_, p)| p.as_slice()).collect();
-        assert_eq!(payloads, vec![&b"one"[..], b"", b"three"]);
+        assert_eq!(payloads, vec![&b"one"[..], b"2", b"three"]);
         assert_eq!(got.records.iter().map(|r| r.0).collect::<Vec<_>>(), offsets);
     }
 
     #[test]
-    fn a_torn_or_corrupt_tail_is_cut_and_the_file_appends_after_the_last_whole_record() {
-        for damage in ["torn", "flipped"] {
+    fn a_torn_corrupt_zeroed_or_refused_tail_is_cut_and_the_file_appends_after_the_last_whole_record() {
+        for damage in ["torn", "flipped", "zeroed", "refused"] {
             let (mut f, _) = file_with(&[b"kept", b"lost record"]);
             let len = f.as_file().metadata().expect("meta").len();
+            let mut valid = |p: &[u8]| damage != "refused" || p == b"kept";
             match damage {
                 "torn" => f.as_file().set_len(len - 3).expect("truncate"),
-                _ => {
+                "flipped" => {
                     use std::os::unix::fs::FileExt;
                     f.as_file().write_all_at(b"X", len - 1).expect("flip");
                 }
+                "zeroed" => f.as_file().set_len(len + 64).expect("grow"),
+                _ => {}
             }
-            let got = recover(f.as_file_mut()).expect("recover");
+            if damage == "zeroed" {
+                // The grown tail reads as zeros: an empty record whose checksum is 0.
+                let got = recover(f.as_file_mut(), &mut valid).expect("recover");
+                assert_eq!(got.records.len(), 2, "{damage}");
+                assert_eq!(got.cut_bytes, 64, "{damage}");
+                continue;
+            }
+            let got = recover(f.as_file_mut(), &mut valid).expect("recover");
             assert_eq!(got.records.len(), 1, "{damage}");
             assert!(got.cut_bytes > 0, "{damage}");
             let mut end = got.end;
             append(f.as_file(), &mut end, b"after").expect("append");
-            let again = recover(f.as_file_mut()).expect("recover");
+            let again = recover(f.as_file_mut(), &mut |_| true).expect("recover");
             let payloads: Vec<&[u8]> = again.records.iter().map(|(_, p)| p.as_slice()).collect();
             assert_eq!(payloads, vec![&b"kept"[..], b"after"], "{damage}");
         }

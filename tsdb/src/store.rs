@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::block::{self, Block};
+use crate::snapshot;
 use crate::{Error, Labels, Matcher, Sample};
 
 const MS_PER_DAY: i64 = 86_400_000;
@@ -64,6 +65,24 @@ fn lock(block: &Mutex<Block>) -> std::sync::MutexGuard<'_, Block> {
     block.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+fn sync_block(block: &Mutex<Block>) -> Result<(), Error> {
+    let Some(job) = lock(block).begin_sync()? else {
+        return Ok(());
+    };
+    let result = job.run();
+    lock(block).end_sync(&job, result)
+}
+
+/// A block being deleted is renamed first: a crash midway leaves a directory that is not a
+/// day, which the next open removes, never a day with some of its files.
+const DELETING: &str = ".deleting";
+
+fn sync_dir(dir: &Path) -> Result<(), Error> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(dir, e))
+}
+
 impl Tsdb {
     /// Opens the blocks under `root` (directories named by their day number), cutting
     /// any torn tail a crash left.
@@ -72,6 +91,11 @@ impl Tsdb {
         let mut blocks = BTreeMap::new();
         for entry in std::fs::read_dir(root).map_err(|e| Error::io(root, e))? {
             let entry = entry.map_err(|e| Error::io(root, e))?;
+            if entry.file_name().to_str().is_some_and(|n| n.ends_with(DELETING)) {
+                let path = entry.path();
+                std::fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
+                continue;
+            }
             let Some(day) = entry.file_name().to_str().and_then(|n| n.parse::<i64>().ok()) else {
                 continue;
             };
@@ -92,6 +116,8 @@ impl Tsdb {
             return Ok(Arc::clone(b));
         }
         let block = Arc::new(Mutex::new(Block::open(&self.root.join(day.to_string()))?));
+        // The new directory's name is durable only once its parent is.
+        sync_dir(&self.root)?;
         blocks.insert(day, Arc::clone(&block));
         Ok(block)
     }
@@ -149,22 +175,41 @@ impl Tsdb {
         Ok(deleted)
     }
 
-    /// Syncs every block and writes its open heads to its snapshot, as of WAL entry
-    /// `applied` (every entry up to it applied). Afterwards [`Tsdb::wal_floor`] no longer
-    /// needs the entries those heads came in.
-    pub fn snapshot_heads(&self, applied: u64) -> Result<(), Error> {
+    /// Flushes every block written since its last sync. The fsyncs run without the
+    /// blocks' locks, so queries do not wait on them. A failed fsync fails every later sync
+    /// too (the WAL then keeps everything until the restart replays it).
+    pub fn sync(&self) -> Result<(), Error> {
         for block in self.read().values() {
-            lock(block).snapshot(applied)?;
+            sync_block(block)?;
         }
         Ok(())
     }
 
-    /// Flushes every block written since its last sync.
-    pub fn sync(&self) -> Result<(), Error> {
+    /// Syncs every block and writes its open heads to its snapshot, as of WAL entry
+    /// `applied` (every entry up to it applied). Afterwards [`Tsdb::wal_floor`] no longer
+    /// needs the entries those heads came in. The heads are copied under the block's lock
+    /// and written without it.
+    pub fn snapshot_heads(&self, applied: u64) -> Result<(), Error> {
         for block in self.read().values() {
-            lock(block).sync()?;
+            sync_block(block)?;
+            let (taken, dir) = {
+                let b = lock(block);
+                (b.heads_to_snapshot(), b.dir().to_path_buf())
+            };
+            let Some((generation, heads)) = taken else { continue };
+            let heads = heads
+                .iter()
+                .map(|(id, first, last, samples)| (*id, *first, *last, samples.as_slice()));
+            snapshot::write(&dir, applied, heads)?;
+            lock(block).snapshot_written(applied, generation);
         }
         Ok(())
+    }
+
+    /// The largest WAL entry the store has seen: a WAL started afresh (its directory lost)
+    /// must hand out larger ones, or the store would skip them as already held.
+    pub fn max_lsn(&self) -> u64 {
+        self.read().values().map(|b| lock(b).max_lsn()).max().unwrap_or(0)
     }
 
     /// The lowest WAL entry with a sample not yet durable here: the WAL must keep it and
@@ -245,7 +290,7 @@ impl Tsdb {
         };
         for (_, block) in &doomed {
             let dir = lock(block).dir().to_path_buf();
-            std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+            self.delete_dir(&dir)?;
         }
         Ok(doomed.len())
     }
@@ -267,8 +312,17 @@ impl Tsdb {
             return Ok(false);
         };
         let dir = lock(&block).dir().to_path_buf();
-        std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        self.delete_dir(&dir)?;
         Ok(true)
+    }
+
+    fn delete_dir(&self, dir: &Path) -> Result<(), Error> {
+        let mut doomed = dir.as_os_str().to_owned();
+        doomed.push(DELETING);
+        let doomed = PathBuf::from(doomed);
+        std::fs::rename(dir, &doomed).map_err(|e| Error::io(dir, e))?;
+        sync_dir(&self.root)?;
+        std::fs::remove_dir_all(&doomed).map_err(|e| Error::io(&doomed, e))
     }
 
     pub fn stats(&self) -> Stats {

@@ -314,3 +314,86 @@ fn the_floor_rises_as_heads_are_snapshotted_sealed_and_synced() {
     db.append(5, &cpu("b", "idle"), 2_000, 1.0).expect("append");
     assert_eq!(db.wal_floor(), Some(5), "only what came after the snapshot");
 }
+
+#[test]
+fn a_chunk_whose_series_record_was_lost_is_cut_like_a_torn_tail() {
+    let dir = tempfile::tempdir().expect("dir");
+    {
+        let db = Tsdb::open(dir.path()).expect("open");
+        for lsn in 1..=130u64 {
+            db.append(lsn, &cpu("a", "idle"), lsn as i64 * 1000, 1.0)
+                .expect("append");
+        }
+        assert_eq!(db.stats().chunks, 1);
+    }
+    // A crash before any sync: the chunk file reached the disk, the series file did not.
+    let series = dir.path().join("0").join("series.log");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&series)
+        .expect("open")
+        .set_len(0)
+        .expect("cut");
+    let db = Tsdb::open(dir.path()).expect("a block missing a series still opens");
+    assert!(db.recovered_cut_bytes() > 0);
+    assert_eq!(
+        db.stats(),
+        vigil_tsdb::Stats {
+            blocks: 1,
+            ..Default::default()
+        }
+    );
+    // The WAL was kept (nothing was synced): the replay puts everything back.
+    for lsn in 1..=130u64 {
+        assert!(
+            db.append(lsn, &cpu("a", "idle"), lsn as i64 * 1000, 1.0)
+                .expect("append")
+        );
+    }
+    assert_eq!(stored(&db).values().map(BTreeMap::len).sum::<usize>(), 130);
+}
+
+#[test]
+fn a_block_half_deleted_by_a_crash_is_removed_at_the_next_open() {
+    let dir = tempfile::tempdir().expect("dir");
+    let leftover = dir.path().join("7.deleting");
+    std::fs::create_dir_all(&leftover).expect("dir");
+    std::fs::write(leftover.join("chunks.log"), b"partial").expect("write");
+    let db = Tsdb::open(dir.path()).expect("open");
+    assert!(!leftover.exists());
+    assert_eq!(db.stats().blocks, 0);
+    db.append(1, &cpu("a", "idle"), 7 * DAY, 1.0).expect("append");
+    assert_eq!(db.drop_days_before(8).expect("drop"), 1);
+    assert_eq!(std::fs::read_dir(dir.path()).expect("ls").count(), 0);
+}
+
+#[test]
+fn a_head_filled_to_the_brim_by_one_entry_is_complete_up_to_that_entry() {
+    let dir = tempfile::tempdir().expect("dir");
+    let db = Tsdb::open(dir.path()).expect("open");
+    let s = cpu("a", "idle");
+    let brim = vigil_tsdb::chunk::MAX_SAMPLES as i64;
+    for t in 0..brim {
+        db.append(1, &s, t, 0.0).expect("append");
+    }
+    // The next entry seals the full head between entries: entry 1 is whole in the chunk.
+    db.append(2, &s, brim, 0.0).expect("append");
+    assert!(
+        !db.append(1, &s, 0, 0.0).expect("append"),
+        "a replay of entry 1 is skipped"
+    );
+    assert_eq!(db.stats().chunk_samples + db.stats().head_samples, brim as usize + 1);
+}
+
+#[test]
+fn the_largest_lsn_seen_survives_a_restart() {
+    let dir = tempfile::tempdir().expect("dir");
+    {
+        let db = Tsdb::open(dir.path()).expect("open");
+        db.append(41, &cpu("a", "idle"), 1_000, 1.0).expect("append");
+        db.delete(42, &|_| false).expect("delete");
+        assert_eq!(db.max_lsn(), 41);
+        db.snapshot_heads(42).expect("snapshot");
+    }
+    assert_eq!(Tsdb::open(dir.path()).expect("open").max_lsn(), 42);
+}

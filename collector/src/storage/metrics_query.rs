@@ -1,6 +1,6 @@
 //! Metric series listing and range queries with per-step aggregation.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::Serialize;
 use serde_json::Value as Json;
@@ -233,14 +233,33 @@ impl Store {
         scan.truncated |= selection.truncated;
         for series in selection.series {
             let (series_id, mut info) = super::samples::series_info(&series.labels);
-            info.points = series.samples.len() as u64;
-            scan.info.insert(series_id, info);
+            // A series with documents too: gauges stored before the time-series store came
+            // (an upgraded data directory), whose WAL replay also fills the store. A sample
+            // at a millisecond the documents have is the same point.
+            let documented: HashSet<i64> = if scan.info.contains_key(&series_id) {
+                scan.points
+                    .iter()
+                    .filter(|p| p.series_id == series_id)
+                    .map(|p| p.ts.div_euclid(1_000_000))
+                    .collect()
+            } else {
+                HashSet::new()
+            };
+            let before = scan.points.len();
             scan.points
-                .extend(series.samples.into_iter().map(|(t, value)| RawPoint {
-                    series_id,
-                    ts: t.saturating_mul(1_000_000),
-                    value,
-                }));
+                .extend(
+                    series
+                        .samples
+                        .into_iter()
+                        .filter(|(t, _)| !documented.contains(t))
+                        .map(|(t, value)| RawPoint {
+                            series_id,
+                            ts: t.saturating_mul(1_000_000),
+                            value,
+                        }),
+                );
+            info.points = (scan.points.len() - before + documented.len()) as u64;
+            scan.info.insert(series_id, info);
         }
         Ok(())
     }
