@@ -11,7 +11,6 @@
 //! Run: `cargo bench -p vigil-e2e --bench prometheus` (env: BENCH_SERIES, default 1000;
 //! BENCH_HOURS, default 6; samples every 15 s).
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -19,7 +18,7 @@ use futures::StreamExt;
 use prost::Message;
 use serde_json::Value;
 use vigil_e2e::prometheus::{Label, PROMETHEUS, Sample, TimeSeries, WriteRequest, free_port, spawn};
-use vigil_e2e::{Collector, Options, eventually, now_ns};
+use vigil_e2e::{Collector, Options, dir_bytes, eventually, now_ns, until_ready};
 
 const STEP_MS: i64 = 15_000;
 /// Samples of one series per request; with 200 series a request holds 2,000 samples, as
@@ -183,17 +182,6 @@ async fn range_p50(
     Ok((times[times.len() / 2], n))
 }
 
-fn dir_bytes(path: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(path) else { return 0 };
-    entries
-        .flatten()
-        .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
-            _ => e.metadata().map(|m| m.len()).unwrap_or(0),
-        })
-        .sum()
-}
-
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let series = env_usize("BENCH_SERIES", 1000);
@@ -233,16 +221,7 @@ async fn main() -> Result<()> {
     })?;
     let ours = vigil.api_url("/prometheus");
     let client = reqwest::Client::new();
-    eventually(Duration::from_secs(60), "prometheus ready", || async {
-        Ok(client
-            .get(format!("{prometheus}/-/ready"))
-            .send()
-            .await
-            .ok()
-            .filter(|r| r.status().is_success())
-            .map(|_| ()))
-    })
-    .await?;
+    until_ready(&client, &format!("{prometheus}/-/ready"), Duration::from_secs(60)).await?;
 
     // (a) ingest, one after the other so each has both cores.
     let mut ingest = Vec::new();

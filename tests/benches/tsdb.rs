@@ -12,29 +12,14 @@
 //! Run: `cargo bench -p vigil-e2e --bench tsdb`.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use serde_json::Value;
-use vigil_e2e::eventually;
+use vigil_e2e::{dir_bytes, until_ready};
 
 use vigil_e2e::prometheus::{NODE_EXPORTER, PROMETHEUS, free_port, spawn};
 use vigil_tsdb::{Labels, Matcher, Tsdb};
-
-fn dir_bytes(path: &Path) -> u64 {
-    std::fs::read_dir(path)
-        .map(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .map(|e| match e.file_type() {
-                    Ok(t) if t.is_dir() => dir_bytes(&e.path()),
-                    _ => e.metadata().map(|m| m.len()).unwrap_or(0),
-                })
-                .sum()
-        })
-        .unwrap_or(0)
-}
 
 type Scrapes = BTreeMap<i64, Vec<(Labels, f64)>>;
 
@@ -95,16 +80,7 @@ async fn main() -> Result<()> {
     )?;
     let base = format!("http://127.0.0.1:{port}");
     let client = reqwest::Client::new();
-    eventually(Duration::from_secs(60), "prometheus ready", || async {
-        Ok(client
-            .get(format!("{base}/-/ready"))
-            .send()
-            .await
-            .ok()
-            .filter(|r| r.status().is_success())
-            .map(|_| ()))
-    })
-    .await?;
+    until_ready(&client, &format!("{base}/-/ready"), Duration::from_secs(60)).await?;
     println!("scraping node-exporter and prometheus every second for {seconds} s");
     // Not synchronisation: this is how long the data takes to be made.
     tokio::time::sleep(Duration::from_secs(seconds)).await;

@@ -315,6 +315,33 @@ where
 
 /// GET a JSON API path; returns the status and the parsed body.
 /// POSTs an OTLP protobuf body; an error unless the collector answers 2xx.
+/// Waits until `GET url` answers 2xx (a daemon's readiness endpoint, such as Prometheus' or
+/// Alertmanager's `/-/ready`).
+pub async fn until_ready(client: &reqwest::Client, url: &str, timeout: Duration) -> Result<()> {
+    eventually(timeout, url, || async {
+        Ok(client
+            .get(url)
+            .send()
+            .await
+            .ok()
+            .filter(|r| r.status().is_success())
+            .map(|_| ()))
+    })
+    .await
+}
+
+/// Bytes of every file under `path`, recursively.
+pub fn dir_bytes(path: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+            _ => e.metadata().map(|m| m.len()).unwrap_or(0),
+        })
+        .sum()
+}
+
 pub async fn post_protobuf(client: &reqwest::Client, url: String, body: Vec<u8>) -> Result<()> {
     let status = client
         .post(url)

@@ -85,19 +85,7 @@ async fn start_alertmanager(dir: &Path) -> Result<Alertmanager> {
     };
     let client = reqwest::Client::new();
     let ready = format!("{}/-/ready", am.url);
-    eventually(Duration::from_secs(30), "alertmanager ready", || {
-        let (client, ready) = (client.clone(), ready.clone());
-        async move {
-            Ok(client
-                .get(&ready)
-                .send()
-                .await
-                .ok()
-                .filter(|r| r.status().is_success())
-                .map(|_| ()))
-        }
-    })
-    .await?;
+    vigil_e2e::until_ready(&client, &ready, Duration::from_secs(30)).await?;
     Ok(am)
 }
 

@@ -11,7 +11,6 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -19,6 +18,7 @@ use crate::chunk::{self, Sample};
 use crate::head::Head;
 use crate::layout::{self, SeriesRecord};
 use crate::postings::Postings;
+use crate::read::Found;
 use crate::{Error, Labels, Matcher, record, snapshot};
 
 const SERIES_FILE: &str = "series.log";
@@ -27,8 +27,8 @@ const CHUNKS_FILE: &str = "chunks.log";
 /// Where a sealed chunk lies and what it covers.
 #[derive(Clone, Copy)]
 pub(crate) struct ChunkMeta {
-    offset: u64,
-    len: u32,
+    pub(crate) offset: u64,
+    pub(crate) len: u32,
     /// Samples in the chunk (its header's count).
     count: u16,
     min_t: i64,
@@ -93,14 +93,6 @@ impl SyncJob {
         self.series.sync_data()?;
         self.chunks.sync_data()
     }
-}
-
-/// What a selection read from one block: each series' labels and the chunks and head
-/// samples that overlap the range, to be decoded without the block's lock.
-pub(crate) struct Found {
-    pub labels: Labels,
-    pub chunks: Vec<ChunkMeta>,
-    pub head: Vec<Sample>,
 }
 
 fn open_append(path: &Path) -> Result<File, Error> {
@@ -470,38 +462,4 @@ impl Block {
     pub(crate) fn dir(&self) -> &Path {
         &self.dir
     }
-}
-
-/// The samples of `found` within `[start, end]`, in time order: chunks decoded from
-/// `file`, then the head. Chunks that overlap (late writes sealed after the chunk they
-/// belong in) are merged, the later write winning a shared timestamp.
-pub(crate) fn read_samples(file: &File, found: &Found, start: i64, end: i64) -> std::io::Result<Vec<Sample>> {
-    let mut out: Vec<Sample> = Vec::new();
-    let mut sorted = true;
-    let mut buf = Vec::new();
-    for c in &found.chunks {
-        buf.resize(c.len as usize, 0);
-        file.read_exact_at(&mut buf, c.offset)?;
-        for s in chunk::decode(&buf).filter(|s| s.0 >= start && s.0 <= end) {
-            sorted &= out.last().is_none_or(|l| l.0 < s.0);
-            out.push(s);
-        }
-    }
-    for &s in &found.head {
-        sorted &= out.last().is_none_or(|l| l.0 < s.0);
-        out.push(s);
-    }
-    if !sorted {
-        // Stable: among equal timestamps the later write stays last, and is kept.
-        out.sort_by_key(|s| s.0);
-        let mut merged: Vec<Sample> = Vec::with_capacity(out.len());
-        for s in out {
-            match merged.last_mut() {
-                Some(last) if last.0 == s.0 => *last = s,
-                _ => merged.push(s),
-            }
-        }
-        out = merged;
-    }
-    Ok(out)
 }

@@ -22,6 +22,7 @@ pub mod chunk;
 mod head;
 mod layout;
 mod postings;
+mod read;
 mod record;
 mod snapshot;
 mod store;

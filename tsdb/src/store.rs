@@ -5,7 +5,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
-use crate::block::{self, Block};
+use crate::block::Block;
+use crate::read;
 use crate::snapshot;
 use crate::{Error, Labels, Matcher, Sample};
 
@@ -231,7 +232,7 @@ impl Tsdb {
                 (file, found, b.dir().to_path_buf())
             };
             for f in found {
-                let samples = block::read_samples(&file, &f, start, end).map_err(|e| Error::io(&dir, e))?;
+                let samples = read::read_samples(&file, &f, start, end).map_err(|e| Error::io(&dir, e))?;
                 read += samples.len();
                 if read > limit {
                     return Ok(Selection {

@@ -192,7 +192,17 @@ impl Store {
         and(parts)
     }
 
-    pub(super) fn scan(&self, selector: &Selector, start_ns: i64, end_ns: i64) -> Result<Scan, QueryError> {
+    /// Points and series of `selector` in `[start_ns, end_ns]`. `with_samples: false` is for
+    /// listings: the time-series store's series are named from its label index without a
+    /// sample read (a series whose chunk overlaps the range is listed even if no sample of it
+    /// falls inside, as Prometheus' index-based listings do).
+    pub(super) fn scan(
+        &self,
+        selector: &Selector,
+        start_ns: i64,
+        end_ns: i64,
+        with_samples: bool,
+    ) -> Result<Scan, QueryError> {
         if start_ns > end_ns {
             return Err(QueryError::BadRequest("start is after end".into()));
         }
@@ -219,7 +229,16 @@ impl Store {
             }
             scan.points.extend(points);
         }
-        self.scan_samples(selector, start_ns, end_ns, &mut scan)?;
+        if with_samples {
+            self.scan_samples(selector, start_ns, end_ns, &mut scan)?;
+        } else {
+            let (start_ms, end_ms) = super::samples::ms_range(start_ns, end_ns);
+            let matchers = super::samples::selector_matchers(selector);
+            for labels in self.tsdb.series_labels(&matchers, start_ms, end_ms) {
+                let (series_id, info) = super::samples::series_info(&labels);
+                scan.info.entry(series_id).or_insert(info);
+            }
+        }
         Ok(scan)
     }
 
@@ -307,7 +326,7 @@ impl Store {
         end_ns: i64,
         limit: usize,
     ) -> Result<Vec<SeriesInfo>, QueryError> {
-        let scan = self.scan(selector, start_ns, end_ns)?;
+        let scan = self.scan(selector, start_ns, end_ns, true)?;
         let mut series: Vec<SeriesInfo> = scan.info.into_values().collect();
         series.sort_by(|a, b| (&a.name, a.labels.to_string()).cmp(&(&b.name, b.labels.to_string())));
         series.truncate(limit);
@@ -327,7 +346,7 @@ impl Store {
                 "{steps} steps requested; at most {MAX_STEPS} (raise step)"
             )));
         }
-        let scan = self.scan(&q.selector, q.start_ns, q.end_ns)?;
+        let scan = self.scan(&q.selector, q.start_ns, q.end_ns, true)?;
         let mut by_series: HashMap<u64, Vec<RawPoint>> = HashMap::new();
         for p in scan.points {
             by_series.entry(p.series_id).or_default().push(p);

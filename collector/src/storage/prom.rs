@@ -270,7 +270,7 @@ impl Store {
                 name: Some(name),
                 labels: labels.clone(),
             };
-            let scan = self.scan(&selector, start_ns, end_ns)?;
+            let scan = self.scan(&selector, start_ns, end_ns, with_samples)?;
             read += scan.points.len();
             if scan.truncated || read > super::metrics_query::MAX_POINTS {
                 return Err(QueryError::BadRequest(
