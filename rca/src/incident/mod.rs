@@ -438,9 +438,15 @@ impl Correlator {
         // gauge a little past its band beside a one-off error line is a wobble and a blip
         // (the demo paged a warning so during its warm-up); the metric may corroborate a
         // symptom, not stand in for one.
-        let clear = group
+        // A series still learning its band is measured against a cold-start spread: its
+        // "beyond anything seen" is clear only with another clear finding beside it, not a
+        // one-off line (the demo's warm-up paged a p50 blip in one service beside the first
+        // background error line of another).
+        let clear: Vec<&Member> = group
             .iter()
-            .any(|m| m.score >= CLEAR_SCORE && (kind_family(m.detector) != "metrics" || m.stopped));
+            .filter(|m| m.score >= CLEAR_SCORE && (kind_family(m.detector) != "metrics" || m.stopped))
+            .collect();
+        let clear = clear.iter().any(|m| !m.warming_up) || clear.len() >= 2;
         (clear && (kinds.len() >= 2 || (services.len() >= 3 && on_request_path))).then_some(group)
     }
 

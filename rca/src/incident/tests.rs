@@ -299,6 +299,31 @@ fn a_finding_of_a_series_still_learning_opens_nothing_alone() {
 }
 
 #[test]
+fn a_learning_series_clear_finding_beside_a_one_off_line_is_a_blip() {
+    let topo = topology();
+    let mut c = Correlator::new(IncidentConfig::default());
+    // payment's p50 past the cold-start spread while its band is still being learned, and
+    // checkout's first background error line (new, weak): nothing clear enough to page.
+    let mut latency = anomaly("p50", "payment", DetectorKind::TraceRed, 45, 1.0, true);
+    latency.warming_up = true;
+    c.observe(
+        &anomaly("line", "checkout", DetectorKind::LogNewPattern, 0, 0.6, true),
+        &topo,
+    );
+    c.observe(&latency, &topo);
+    assert!(c.drain().is_empty(), "a learning blip beside a one-off line paged");
+    // The same latency once its band is learned is a clear symptom.
+    let mut learned = Correlator::new(IncidentConfig::default());
+    latency.warming_up = false;
+    learned.observe(
+        &anomaly("line", "checkout", DetectorKind::LogNewPattern, 0, 0.6, true),
+        &topo,
+    );
+    learned.observe(&latency, &topo);
+    assert_eq!(learned.drain().len(), 1);
+}
+
+#[test]
 fn a_sealed_or_old_incident_takes_no_new_fault() {
     let topo = topology();
     let mut c = Correlator::new(IncidentConfig::default());
