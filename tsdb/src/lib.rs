@@ -13,7 +13,7 @@
 //!
 //! It does no background work of its own: the caller syncs ([`Tsdb::sync`]), snapshots
 //! ([`Tsdb::snapshot_heads`]), seals the heads of series gone quiet
-//! ([`Tsdb::seal_idle_heads`]) and drops old days ([`Tsdb::drop_days_before`]) on its own
+//! ([`Tsdb::seal_idle_heads`]) and drops old days ([`Tsdb::drop_day`]) on its own
 //! schedule, as the collector's indexer does for the tantivy indexes.
 
 mod bits;

@@ -85,6 +85,13 @@ pub(crate) fn recover(file: &mut File, valid: &mut dyn FnMut(&[u8]) -> bool) -> 
     })
 }
 
+/// Makes a new, renamed or removed entry of `dir` durable: it is only once the directory is.
+pub(crate) fn sync_dir(dir: &std::path::Path) -> Result<(), crate::Error> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| crate::Error::io(dir, e))
+}
+
 /// Unsigned LEB128 varints for the payloads.
 pub(crate) fn put_uvarint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {

@@ -39,10 +39,7 @@ pub(crate) fn write<'a>(
     drop(out);
     file.sync_all().map_err(io)?;
     std::fs::rename(&temp, dir.join(FILE)).map_err(io)?;
-    // The rename is durable only once the directory is.
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(dir, e))
+    record::sync_dir(dir)
 }
 
 /// The last snapshot: the entry it was taken at and its heads; `None` when there is none.

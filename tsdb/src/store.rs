@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use crate::block::Block;
 use crate::read;
+use crate::record::sync_dir;
 use crate::snapshot;
 use crate::{Error, Labels, Matcher, Sample};
 
@@ -77,12 +78,6 @@ fn sync_block(block: &Mutex<Block>) -> Result<(), Error> {
 /// A block being deleted is renamed first: a crash midway leaves a directory that is not a
 /// day, which the next open removes, never a day with some of its files.
 const DELETING: &str = ".deleting";
-
-fn sync_dir(dir: &Path) -> Result<(), Error> {
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| Error::io(dir, e))
-}
 
 impl Tsdb {
     /// Opens the blocks under `root` (directories named by their day number), cutting
@@ -282,18 +277,9 @@ impl Tsdb {
             .collect()
     }
 
-    /// Deletes the blocks of days before `day` (retention). Returns how many went.
-    pub fn drop_days_before(&self, day: i64) -> Result<usize, Error> {
-        let doomed: Vec<(i64, Arc<Mutex<Block>>)> = {
-            let mut blocks = self.blocks.write().unwrap_or_else(|p| p.into_inner());
-            let kept = blocks.split_off(&day);
-            std::mem::replace(&mut *blocks, kept).into_iter().collect()
-        };
-        for (_, block) in &doomed {
-            let dir = lock(block).dir().to_path_buf();
-            self.delete_dir(&dir)?;
-        }
-        Ok(doomed.len())
+    /// The days the store holds a block of, oldest first.
+    pub fn days(&self) -> Vec<i64> {
+        self.read().keys().copied().collect()
     }
 
     /// Each block's day and bytes on disk, oldest first (for a disk budget).
@@ -306,7 +292,7 @@ impl Tsdb {
         dirs.into_iter().map(|(day, dir)| (day, dir_bytes(&dir))).collect()
     }
 
-    /// Deletes one day's block.
+    /// Deletes one day's block (retention: by age, or the oldest within a disk budget).
     pub fn drop_day(&self, day: i64) -> Result<bool, Error> {
         let removed = self.blocks.write().unwrap_or_else(|p| p.into_inner()).remove(&day);
         let Some(block) = removed else {

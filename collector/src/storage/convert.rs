@@ -14,7 +14,7 @@ use serde_json::{Map, Value as Json, json};
 use tantivy::TantivyDocument;
 use tantivy::schema::OwnedValue;
 
-use super::samples::{MetricSample, NumberMetric, number_samples};
+use super::samples::{MetricSample, number_samples};
 use super::schema::{LogFields, MetricFields, SpanFields};
 
 /// Renders an OTLP value as JSON: maps become objects, bytes become base64 like in
@@ -260,14 +260,15 @@ pub(crate) fn series_id(name: &str, labels: &BTreeMap<String, String>) -> u64 {
     fnv1a_parts(&parts)
 }
 
-struct PointCommon<'a> {
-    name: &'a str,
-    unit: &'a str,
-    kind: &'static str,
-    temporality: &'static str,
-    monotonic: bool,
-    resource_labels: &'a BTreeMap<String, String>,
-    resource: &'a Map<String, Json>,
+/// What every point of one OTLP metric shares.
+pub(super) struct PointCommon<'a> {
+    pub(super) name: &'a str,
+    pub(super) unit: &'a str,
+    pub(super) kind: &'static str,
+    pub(super) temporality: &'static str,
+    pub(super) monotonic: bool,
+    pub(super) resource_labels: &'a BTreeMap<String, String>,
+    pub(super) resource: &'a Map<String, Json>,
 }
 
 fn temporality_name(t: i32) -> &'static str {
@@ -368,19 +369,13 @@ pub(crate) fn metric_docs(f: &MetricFields, req: &ExportMetricsServiceRequest) -
                     resource_labels: &resource_labels,
                     resource: &resource,
                 };
-                let number = |kind, temporality, monotonic| NumberMetric {
-                    name: &m.name,
-                    unit: &m.unit,
-                    kind,
-                    temporality,
-                    monotonic,
-                    resource_labels: &resource_labels,
-                };
                 match &m.data {
-                    Some(Data::Gauge(g)) => number_samples(&number("gauge", "", false), &g.data_points, &mut samples),
+                    Some(Data::Gauge(g)) => number_samples(&c, &g.data_points, &mut samples),
                     Some(Data::Sum(s)) => {
-                        let metric = number("sum", temporality_name(s.aggregation_temporality), s.is_monotonic);
-                        number_samples(&metric, &s.data_points, &mut samples);
+                        c.kind = "sum";
+                        c.temporality = temporality_name(s.aggregation_temporality);
+                        c.monotonic = s.is_monotonic;
+                        number_samples(&c, &s.data_points, &mut samples);
                     }
                     Some(Data::Histogram(h)) => {
                         c.kind = "histogram";

@@ -229,26 +229,31 @@ impl Store {
             }
             scan.points.extend(points);
         }
-        if with_samples {
-            self.scan_samples(selector, start_ns, end_ns, &mut scan)?;
-        } else {
-            let (start_ms, end_ms) = super::samples::ms_range(start_ns, end_ns);
-            let matchers = super::samples::selector_matchers(selector);
+        self.scan_samples(selector, start_ns, end_ns, with_samples, &mut scan)?;
+        Ok(scan)
+    }
+
+    /// Adds the gauge and sum series of the time-series store to `scan`, with their samples
+    /// unless `with_samples` is false.
+    fn scan_samples(
+        &self,
+        selector: &Selector,
+        start_ns: i64,
+        end_ns: i64,
+        with_samples: bool,
+        scan: &mut Scan,
+    ) -> Result<(), QueryError> {
+        let (start_ms, end_ms) = super::samples::ms_range(start_ns, end_ns);
+        let matchers = super::samples::selector_matchers(selector);
+        if !with_samples {
             for labels in self.tsdb.series_labels(&matchers, start_ms, end_ms) {
                 let (series_id, info) = super::samples::series_info(&labels);
                 scan.info.entry(series_id).or_insert(info);
             }
+            return Ok(());
         }
-        Ok(scan)
-    }
-
-    /// Adds the gauge and sum samples of the time-series store to `scan`.
-    fn scan_samples(&self, selector: &Selector, start_ns: i64, end_ns: i64, scan: &mut Scan) -> Result<(), QueryError> {
-        let (start_ms, end_ms) = super::samples::ms_range(start_ns, end_ns);
         let budget = MAX_POINTS.saturating_sub(scan.points.len());
-        let selection = self
-            .tsdb
-            .select(&super::samples::selector_matchers(selector), start_ms, end_ms, budget)?;
+        let selection = self.tsdb.select(&matchers, start_ms, end_ms, budget)?;
         scan.truncated |= selection.truncated;
         for series in selection.series {
             let (series_id, mut info) = super::samples::series_info(&series.labels);

@@ -14,7 +14,7 @@ use opentelemetry_proto::tonic::metrics::v1::NumberDataPoint;
 use serde_json::{Map, Value as Json};
 use vigil_tsdb::{Labels, Matcher};
 
-use super::convert::{attributes_to_json, label_string, number_value};
+use super::convert::{PointCommon, attributes_to_json, label_string, number_value};
 use super::metrics_query::{Selector, SeriesInfo};
 
 /// The stored (OTLP) metric name.
@@ -36,16 +36,6 @@ pub(crate) struct MetricSample {
     pub value: f64,
 }
 
-/// What every point of one OTLP metric shares.
-pub(crate) struct NumberMetric<'a> {
-    pub name: &'a str,
-    pub unit: &'a str,
-    pub kind: &'static str,
-    pub temporality: &'static str,
-    pub monotonic: bool,
-    pub resource_labels: &'a BTreeMap<String, String>,
-}
-
 /// A point's labels: the resource's identifying keys, then its own attributes.
 pub(crate) fn point_labels(
     resource_labels: &BTreeMap<String, String>,
@@ -58,7 +48,9 @@ pub(crate) fn point_labels(
     labels
 }
 
-pub(crate) fn number_samples(m: &NumberMetric<'_>, points: &[NumberDataPoint], out: &mut Vec<MetricSample>) {
+/// Gauge or sum points of one metric as samples: its name and what it is as the series'
+/// reserved labels.
+pub(super) fn number_samples(m: &PointCommon<'_>, points: &[NumberDataPoint], out: &mut Vec<MetricSample>) {
     for p in points {
         let mut pairs: Vec<(String, String)> = point_labels(m.resource_labels, &p.attributes)
             .into_iter()
@@ -132,14 +124,15 @@ mod tests {
 
     #[test]
     fn a_point_is_a_sample_whose_series_keeps_its_kind_and_reads_back_as_stored() {
-        let resource = BTreeMap::from([("service.name".to_string(), "api".to_string())]);
-        let metric = NumberMetric {
+        let resource_labels = BTreeMap::from([("service.name".to_string(), "api".to_string())]);
+        let metric = PointCommon {
             name: "http.requests",
             unit: "1",
             kind: "sum",
             temporality: "cumulative",
             monotonic: true,
-            resource_labels: &resource,
+            resource_labels: &resource_labels,
+            resource: &Map::new(),
         };
         let point = NumberDataPoint {
             time_unix_nano: 1_700_000_000_123_456_789,

@@ -25,7 +25,7 @@ impl Indexer {
         }
         // A day is past retention when all of it is: the days before the cutoff's.
         let first_kept = cutoff.div_euclid(NANOS_PER_DAY);
-        for (day, _) in store.tsdb.day_bytes() {
+        for day in store.tsdb.days() {
             if day < first_kept {
                 self.drop(None, day, "age");
             }

@@ -238,8 +238,7 @@ fn retention_drops_partitions_by_age_then_by_disk_budget() {
         let t_ms = day * 86_400_000 + 1;
         indexer.store.tsdb.append(lsn, &labels, t_ms, 1.0).expect("append");
     }
-    let sample_days =
-        |indexer: &Indexer| -> Vec<i64> { indexer.store.tsdb.day_bytes().into_iter().map(|(day, _)| day).collect() };
+    let sample_days = |indexer: &Indexer| -> Vec<i64> { indexer.store.tsdb.days() };
     indexer.enforce_retention();
     assert!(!old_dir.exists(), "a partition past retention must be deleted");
     assert_eq!(indexer.store.partitions.len(), 3);
