@@ -14,6 +14,8 @@ use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use foldhash::quality::RandomState;
+
 use crate::chunk::{self, Sample};
 use crate::head::Head;
 use crate::layout::{self, SeriesRecord};
@@ -54,9 +56,9 @@ pub(crate) struct Block {
     chunks_end: u64,
     series: Vec<Series>,
     /// Live series by labels (a deleted series' labels name a new series if they return).
-    ids: HashMap<Labels, u32>,
+    ids: HashMap<Labels, u32, RandomState>,
     /// The last purge of each deleted label set: its samples from before it stay deleted.
-    purged_at: HashMap<Labels, u64>,
+    purged_at: HashMap<Labels, u64, RandomState>,
     postings: Postings,
     /// Written since the last sync: the files need flushing.
     dirty: bool,
@@ -136,8 +138,8 @@ impl Block {
             chunks_file: Arc::new(chunks_file),
             chunks_end: chunks_read.end,
             series: Vec::new(),
-            ids: HashMap::new(),
-            purged_at: HashMap::new(),
+            ids: HashMap::default(),
+            purged_at: HashMap::default(),
             postings: Postings::default(),
             dirty: false,
             generation: 0,

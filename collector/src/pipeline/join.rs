@@ -23,11 +23,19 @@ impl Joiner {
         if service.is_empty() || service == "unknown_service" {
             return;
         }
+        // Every metric point comes through here: a place already known costs no copy.
         for (map, key) in [(&mut self.by_host, host), (&mut self.by_pod, pod)] {
-            if let Some(k) = key.filter(|k| !k.is_empty())
-                && (map.len() < MAX_PLACES || map.contains_key(k))
-            {
-                map.insert(k.to_string(), service.to_string());
+            let Some(k) = key.filter(|k| !k.is_empty()) else {
+                continue;
+            };
+            let room = map.len() < MAX_PLACES;
+            match map.get_mut(k) {
+                Some(known) if known == service => {}
+                Some(known) => *known = service.to_string(),
+                None if room => {
+                    map.insert(k.to_string(), service.to_string());
+                }
+                None => {}
             }
         }
         if let Some(t) = trace.filter(|t| !t.is_empty())

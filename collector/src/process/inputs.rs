@@ -15,7 +15,7 @@ use crate::storage::convert::{
     IDENTIFYING_RESOURCE_KEYS, attributes_to_json, label_string, mean, number_value, resource_attrs, string_attr,
     to_i64,
 };
-use crate::storage::series_id;
+use crate::storage::{point_labels, series_id};
 
 /// Who sent a resource's records: its service (`unknown_service` when unnamed, to be joined
 /// by host or pod later), host and pod.
@@ -127,10 +127,7 @@ pub(crate) fn metric_inputs(req: &ExportMetricsServiceRequest) -> Vec<DetectorIn
             .filter_map(|k| resource.get(*k).map(|v| (k.to_string(), label_string(v))))
             .collect();
         let mut push = |name: &str, unit: &str, attrs: &[KeyValue], time: u64, value: f64, cumulative: bool| {
-            let mut labels = resource_labels.clone();
-            for (k, v) in attributes_to_json(attrs) {
-                labels.insert(k, label_string(&v));
-            }
+            let labels = point_labels(&resource_labels, attrs);
             out.push(DetectorInput::Metric {
                 series_id: series_id(name, &labels),
                 name: name.to_string(),

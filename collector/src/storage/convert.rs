@@ -250,6 +250,15 @@ pub(crate) fn label_string(v: &Json) -> String {
     }
 }
 
+/// An attribute's value as a label value, as [`label_string`] gives it, without making a
+/// JSON value first for the common case, a string (this runs for every metric point).
+pub(crate) fn attribute_label(value: Option<&AnyValue>) -> String {
+    match value.and_then(|v| v.value.as_ref()) {
+        Some(any_value::Value::StringValue(s)) => s.clone(),
+        _ => label_string(&value.map_or(Json::Null, any_value_to_json)),
+    }
+}
+
 /// The series identity of a point: name plus sorted labels.
 pub(crate) fn series_id(name: &str, labels: &BTreeMap<String, String>) -> u64 {
     let mut parts: Vec<&str> = vec![name];

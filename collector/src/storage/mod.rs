@@ -22,7 +22,7 @@ pub(crate) use indexer::{Indexer, IndexerOptions};
 pub(crate) use metrics_query::{Agg, MetricQuery, Selector, parse_label_list};
 pub(crate) use partition::{Partitions, StoreError};
 pub(crate) use prom::PromView;
-pub(crate) use samples::MetricSample;
+pub(crate) use samples::{MetricSample, point_labels};
 pub use schema::LogFields;
 pub(crate) use schema::Schemas;
 pub(crate) use search::{LogQuery, QueryError};

@@ -14,7 +14,7 @@ use opentelemetry_proto::tonic::metrics::v1::NumberDataPoint;
 use serde_json::{Map, Value as Json};
 use vigil_tsdb::{Labels, Matcher};
 
-use super::convert::{PointCommon, attributes_to_json, label_string, number_value};
+use super::convert::{PointCommon, attribute_label, number_value};
 use super::metrics_query::{Selector, SeriesInfo};
 
 /// The stored (OTLP) metric name.
@@ -42,8 +42,8 @@ pub(crate) fn point_labels(
     attributes: &[KeyValue],
 ) -> BTreeMap<String, String> {
     let mut labels = resource_labels.clone();
-    for (k, v) in attributes_to_json(attributes) {
-        labels.insert(k, label_string(&v));
+    for kv in attributes {
+        labels.insert(kv.key.clone(), attribute_label(kv.value.as_ref()));
     }
     labels
 }
@@ -52,8 +52,17 @@ pub(crate) fn point_labels(
 /// reserved labels.
 pub(super) fn number_samples(m: &PointCommon<'_>, points: &[NumberDataPoint], out: &mut Vec<MetricSample>) {
     for p in points {
-        let mut pairs: Vec<(String, String)> = point_labels(m.resource_labels, &p.attributes)
-            .into_iter()
+        // Resource labels first: a point's own attribute of the same name wins, as in
+        // `point_labels` (`Labels::new` keeps the last of two pairs with one name).
+        let mut pairs: Vec<(String, String)> = m
+            .resource_labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .chain(
+                p.attributes
+                    .iter()
+                    .map(|kv| (kv.key.clone(), attribute_label(kv.value.as_ref()))),
+            )
             .filter(|(k, _)| !is_reserved(k))
             .collect();
         pairs.push((NAME.into(), m.name.into()));

@@ -72,7 +72,7 @@ impl Engine {
             if let Some(t) = self.tracked.get(&key) {
                 let (kind, signal, unit) = (t.kind, t.signal.clone(), t.unit.clone());
                 let opens = self.opens(kind, &key, 0, 0.0);
-                self.score_inner(&key, kind, signal, &unit, end, 0.0, true, false, opens);
+                self.score_inner(&key, kind, move || signal, &unit, end, 0.0, true, false, opens);
             }
         }
     }
@@ -121,7 +121,7 @@ impl Engine {
         self.score_inner(
             key,
             kind,
-            signal,
+            move || signal,
             unit,
             end,
             events as f64 * per_value,
@@ -187,7 +187,7 @@ impl Engine {
                 self.score_inner(
                     &key,
                     DetectorKind::TraceRed,
-                    signal,
+                    move || signal,
                     unit,
                     end,
                     value,
@@ -213,7 +213,17 @@ impl Engine {
     ) {
         let per_min = 60_000.0 / self.cfg.interval_ms as f64;
         let opens = self.opens(kind, &key, n, 1.0 / per_min);
-        self.score_inner(&key, kind, signal, "/min", end, n as f64 * per_min, true, true, opens);
+        self.score_inner(
+            &key,
+            kind,
+            move || signal,
+            "/min",
+            end,
+            n as f64 * per_min,
+            true,
+            true,
+            opens,
+        );
         seen.push(key);
     }
 }

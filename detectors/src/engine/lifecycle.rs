@@ -40,7 +40,7 @@ impl Engine {
         &mut self,
         key: &str,
         kind: DetectorKind,
-        signal: SignalRef,
+        signal: impl FnOnce() -> SignalRef,
         unit: &str,
         ts_ms: i64,
         value: f64,
@@ -49,12 +49,14 @@ impl Engine {
         self.score_inner(key, kind, signal, unit, ts_ms, value, interval_series, true, Opens::Any);
     }
 
+    /// `signal` names the series the first time `key` is seen (it is made only then: a
+    /// metric's labels would otherwise be copied at every point).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn score_inner(
         &mut self,
         key: &str,
         kind: DetectorKind,
-        signal: SignalRef,
+        signal: impl FnOnce() -> SignalRef,
         unit: &str,
         ts_ms: i64,
         value: f64,
@@ -69,7 +71,7 @@ impl Engine {
                 Tracked {
                     detector: SeriesDetector::new(),
                     kind,
-                    signal,
+                    signal: signal(),
                     unit: unit.to_string(),
                     last_seen_ms: ts_ms,
                     open: None,

@@ -573,7 +573,7 @@ impl Engine {
     /// [`Engine::drain`].
     pub fn observe_metric(&mut self, m: &MetricPoint<'_>) {
         let key = format!("metric:{}", m.key);
-        let signal = SignalRef {
+        let signal = || SignalRef {
             key: key.clone(),
             service: m.service.map(str::to_string),
             name: m.name.to_string(),

@@ -10,18 +10,25 @@ impl Engine {
         if !m.value.is_finite() {
             return;
         }
-        let Some((member_label, member)) = MEMBER_LABELS
-            .iter()
-            .find_map(|l| m.labels.get(*l).map(|v| (l.to_string(), v.clone())))
-        else {
+        let Some((member_label, member)) = MEMBER_LABELS.iter().find_map(|l| m.labels.get(*l).map(|v| (*l, v))) else {
             return;
         };
-        let mut labels = m.labels.clone();
-        labels.remove(&member_label);
-        let group_key = {
-            let parts: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            format!("{}{{{}}}/{member_label}", m.name, parts.join(","))
-        };
+        // `name{k=v,...}/member_label`, the other labels in order; built in one string
+        // because this runs for every metric point.
+        let others = || m.labels.iter().filter(|(k, _)| k.as_str() != member_label);
+        let mut group_key = String::with_capacity(m.name.len() + member_label.len() + 64);
+        group_key.push_str(m.name);
+        group_key.push('{');
+        for (i, (k, v)) in others().enumerate() {
+            if i > 0 {
+                group_key.push(',');
+            }
+            group_key.push_str(k);
+            group_key.push('=');
+            group_key.push_str(v);
+        }
+        group_key.push_str("}/");
+        group_key.push_str(member_label);
         if !self.peer_groups.contains_key(&group_key) {
             if self.peer_groups.len() >= self.cfg.max_series / 10 {
                 return;
@@ -32,15 +39,15 @@ impl Engine {
                     name: m.name.to_string(),
                     service: m.service.map(str::to_string),
                     unit: m.unit.to_string(),
-                    labels,
-                    member_label,
+                    labels: others().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                    member_label: member_label.to_string(),
                     members: BTreeMap::new(),
                     last_seen_ms: m.ts_ms,
                 },
             );
         }
         if let Some(b) = self.bucket_for(super::lanes::Lane::Metrics, m.ts_ms) {
-            b.peers.entry(group_key).or_default().insert(member, m.value);
+            b.peers.entry(group_key).or_default().insert(member.clone(), m.value);
         }
     }
 
