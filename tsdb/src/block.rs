@@ -465,3 +465,6 @@ impl Block {
         &self.dir
     }
 }
+
+#[cfg(test)]
+mod seal_tests;
