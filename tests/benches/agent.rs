@@ -125,10 +125,7 @@ async fn sink(grpc: bool) -> Result<(std::net::SocketAddr, Arc<AtomicU64>)> {
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() -> Result<()> {
     vigil_e2e::init_tls();
-    let mib: u64 = std::env::var("AGENT_BENCH_MIB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(256);
+    let mib: u64 = vigil_e2e::env_or("AGENT_BENCH_MIB", 256);
     let gzip = std::env::var("AGENT_BENCH_GZIP").map_or(true, |v| v != "false");
     let tmp = tempfile::tempdir()?;
     let data = tmp.path().join("data");

@@ -20,7 +20,7 @@ use futures::StreamExt;
 use prost::Message;
 use serde_json::Value;
 use vigil_e2e::prometheus::{Label, PROMETHEUS, Sample, TimeSeries, WriteRequest, free_port, spawn};
-use vigil_e2e::{Collector, Options, dir_bytes, eventually, now_ns, until_ready};
+use vigil_e2e::{Collector, Options, dir_bytes, env_or, eventually, now_ns, until_ready};
 
 const STEP_MS: i64 = 15_000;
 /// Samples of one series per request; with 200 series a request holds 2,000 samples, as
@@ -28,10 +28,6 @@ const STEP_MS: i64 = 15_000;
 const SAMPLES_PER_SERIES: usize = 10;
 const SERIES_PER_REQUEST: usize = 200;
 const CONCURRENCY: usize = 4;
-
-fn env_usize(key: &str, default: usize) -> usize {
-    std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
 
 /// Counters of `series` request routes on 20 hosts, every 15 s from `start_ms`, as snappy
 /// remote-write bodies in rounds: each round holds the next samples of every series (one
@@ -189,8 +185,8 @@ async fn range_p50(
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
-    let series = env_usize("BENCH_SERIES", 1000);
-    let hours = env_usize("BENCH_HOURS", 6);
+    let series = env_or("BENCH_SERIES", 1000);
+    let hours = env_or("BENCH_HOURS", 6);
     let points = hours * 3600 * 1000 / STEP_MS as usize;
     let total = (series * points) as f64;
     let now_ms = i64::try_from(now_ns() / 1_000_000)?;

@@ -48,10 +48,7 @@ fn samples_of(matrix: &Value) -> Result<(Scrapes, usize)> {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     vigil_e2e::init_tls();
-    let seconds: u64 = std::env::var("BENCH_SECONDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(600);
+    let seconds: u64 = vigil_e2e::env_or("BENCH_SECONDS", 600);
     let dir = tempfile::tempdir()?;
     let exporter_port = free_port()?;
     let _exporter = spawn(

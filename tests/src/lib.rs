@@ -330,6 +330,12 @@ pub async fn until_ready(client: &reqwest::Client, url: &str, timeout: Duration)
     .await
 }
 
+/// A benchmark's setting from the environment: `key` parsed, or `default` when it is unset
+/// or does not parse.
+pub fn env_or<T: std::str::FromStr>(key: &str, default: T) -> T {
+    std::env::var(key).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
 /// Bytes of every file under `path`, recursively.
 pub fn dir_bytes(path: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(path) else { return 0 };

@@ -42,10 +42,16 @@ pub(crate) fn point_labels(
     attributes: &[KeyValue],
 ) -> BTreeMap<String, String> {
     let mut labels = resource_labels.clone();
-    for kv in attributes {
-        labels.insert(kv.key.clone(), attribute_label(kv.value.as_ref()));
-    }
+    // `extend` inserts pair by pair: an attribute overrides a resource label of its name.
+    labels.extend(attribute_pairs(attributes));
     labels
+}
+
+/// A point's own attributes as label pairs, in their order.
+fn attribute_pairs(attributes: &[KeyValue]) -> impl Iterator<Item = (String, String)> + '_ {
+    attributes
+        .iter()
+        .map(|kv| (kv.key.clone(), attribute_label(kv.value.as_ref())))
 }
 
 /// Gauge or sum points of one metric as samples: its name and what it is as the series'
@@ -58,11 +64,7 @@ pub(super) fn number_samples(m: &PointCommon<'_>, points: &[NumberDataPoint], ou
             .resource_labels
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
-            .chain(
-                p.attributes
-                    .iter()
-                    .map(|kv| (kv.key.clone(), attribute_label(kv.value.as_ref()))),
-            )
+            .chain(attribute_pairs(&p.attributes))
             .filter(|(k, _)| !is_reserved(k))
             .collect();
         pairs.push((NAME.into(), m.name.into()));
