@@ -132,7 +132,7 @@ fn go_float(v: f64) -> String {
 
 /// The labels of an element's group: `by` keeps the listed ones, `without` drops them and
 /// the metric name; no modifier groups everything together.
-fn group_labels(labels: &Labels, modifier: Option<&LabelModifier>) -> Labels {
+pub(crate) fn group_labels(labels: &Labels, modifier: Option<&LabelModifier>) -> Labels {
     match modifier {
         Some(LabelModifier::Include(by)) => labels
             .iter()

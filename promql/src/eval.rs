@@ -9,6 +9,7 @@ use std::time::{Instant, UNIX_EPOCH};
 use promql_parser::parser::{self, AtModifier, Expr, MatrixSelector, Offset, SubqueryExpr, VectorSelector};
 
 use crate::plan::{Needs, plan};
+use crate::stream::{Steps, aggregate_id, call_id};
 use crate::value::{Error, Labels, Options, Sample, Series, Storage, Value, VectorElement, drop_name, is_stale};
 
 /// Times and durations are held within this many milliseconds of the epoch (about 3,000
@@ -28,7 +29,7 @@ fn check_time(name: &str, t_ms: i64) -> Result<(), Error> {
 pub fn instant_query(storage: &dyn Storage, query: &str, t_ms: i64, opts: &Options) -> Result<Value, Error> {
     check_time("time", t_ms)?;
     let expr = parse(query)?;
-    let q = Query::load(storage, &expr, t_ms, t_ms, opts)?;
+    let q = Query::load(storage, &expr, t_ms, t_ms, opts, None)?;
     let ev = Evaluator {
         q: &q,
         start: t_ms,
@@ -49,6 +50,20 @@ pub fn range_query(
     end_ms: i64,
     step_ms: i64,
     opts: &Options,
+) -> Result<Vec<Series>, Error> {
+    range_query_with(storage, query, start_ms, end_ms, step_ms, opts, true)
+}
+
+/// [`range_query`], with the series-major evaluation of range functions ([`crate::stream`])
+/// or without (the tests compare the two).
+pub(crate) fn range_query_with(
+    storage: &dyn Storage,
+    query: &str,
+    start_ms: i64,
+    end_ms: i64,
+    step_ms: i64,
+    opts: &Options,
+    series_major: bool,
 ) -> Result<Vec<Series>, Error> {
     if step_ms <= 0 {
         return Err(Error::BadData(
@@ -73,7 +88,12 @@ pub fn range_query(
             type_name(&expr)
         )));
     }
-    let q = Query::load(storage, &expr, start_ms, end_ms, opts)?;
+    let steps = series_major.then_some(Steps {
+        start: start_ms,
+        end: end_ms,
+        step: step_ms,
+    });
+    let q = Query::load(storage, &expr, start_ms, end_ms, opts, steps)?;
     let ev = Evaluator {
         q: &q,
         start: start_ms,
@@ -124,6 +144,9 @@ pub(crate) struct Query<'a> {
     /// step (its pattern is a string literal, so a query holds few).
     regexes: RefCell<HashMap<String, Rc<regex::Regex>>>,
     samples: Cell<usize>,
+    /// Nodes evaluated series by series over a range query's steps (by the node's address):
+    /// their value at every step.
+    precomputed: HashMap<usize, Vec<Series>>,
 }
 
 impl<'a> Query<'a> {
@@ -138,7 +161,16 @@ impl<'a> Query<'a> {
         Ok(re)
     }
 
-    fn load(storage: &dyn Storage, expr: &Expr, start: i64, end: i64, opts: &'a Options) -> Result<Query<'a>, Error> {
+    /// Reads what `expr` needs over `[start, end]`; with `steps`, what can be is evaluated
+    /// series by series first.
+    fn load(
+        storage: &dyn Storage,
+        expr: &Expr,
+        start: i64,
+        end: i64,
+        opts: &'a Options,
+        steps: Option<Steps>,
+    ) -> Result<Query<'a>, Error> {
         let mut q = Query {
             opts,
             deadline: Instant::now() + opts.timeout,
@@ -148,7 +180,11 @@ impl<'a> Query<'a> {
             subqueries: RefCell::new(HashMap::new()),
             regexes: RefCell::new(HashMap::new()),
             samples: Cell::new(0),
+            precomputed: HashMap::new(),
         };
+        if let Some(steps) = steps {
+            q.precomputed = crate::stream::precompute(storage, expr, steps, &q)?;
+        }
         let mut needs: HashMap<usize, Needs<'_>> = HashMap::new();
         plan(expr, start, end, &q, &mut needs);
         for (node, need) in needs {
@@ -193,12 +229,40 @@ impl<'a> Query<'a> {
         let total = self.samples.get().saturating_add(n);
         self.samples.set(total);
         if total > self.opts.max_samples {
-            return Err(Error::Execution(format!(
-                "query processing would load too many samples into memory in query execution (limit {})",
-                self.opts.max_samples
-            )));
+            return Err(too_many_samples(self.opts.max_samples));
         }
         Ok(())
+    }
+
+    /// Whether `n` more samples may be held for a moment (one series being read) without
+    /// passing the limit; they are not counted.
+    pub(crate) fn check_held(&self, n: usize) -> Result<(), Error> {
+        if self.samples.get().saturating_add(n) > self.opts.max_samples {
+            return Err(too_many_samples(self.opts.max_samples));
+        }
+        Ok(())
+    }
+
+    /// Whether a node was evaluated series by series.
+    pub(crate) fn is_precomputed(&self, node: usize) -> bool {
+        self.precomputed.contains_key(&node)
+    }
+
+    /// A node evaluated series by series: its value at `t`, or `None` when it was not.
+    fn precomputed_at(&self, node: usize, t: i64) -> Option<Value> {
+        let series = self.precomputed.get(&node)?;
+        Some(Value::Vector(
+            series
+                .iter()
+                .filter_map(|s| {
+                    let i = s.samples.binary_search_by_key(&t, |p| p.t).ok()?;
+                    Some(VectorElement {
+                        labels: s.labels.clone(),
+                        v: s.samples[i].v,
+                    })
+                })
+                .collect(),
+        ))
     }
 
     pub(crate) fn check_deadline(&self) -> Result<(), Error> {
@@ -222,6 +286,12 @@ impl<'a> Query<'a> {
             },
         }
     }
+}
+
+fn too_many_samples(limit: usize) -> Error {
+    Error::Execution(format!(
+        "query processing would load too many samples into memory in query execution (limit {limit})"
+    ))
 }
 
 /// Milliseconds an `offset` moves a selector back in time (negative: forward).
@@ -255,12 +325,10 @@ pub(crate) struct Window<'q> {
     /// The window's edges, unix ms (both inclusive).
     pub(crate) start: i64,
     pub(crate) end: i64,
-    /// The range the expression asked for, ms.
-    pub(crate) range_ms: i64,
 }
 
 impl<'q> Window<'q> {
-    fn new(source: Source<'q>, start: i64, end: i64, range_ms: i64) -> Window<'q> {
+    fn new(source: Source<'q>, start: i64, end: i64) -> Window<'q> {
         let all: &[Series] = match &source {
             Source::Selected(s) => s,
             Source::Subquery(s) => s,
@@ -280,7 +348,6 @@ impl<'q> Window<'q> {
             parts,
             start,
             end,
-            range_ms,
         }
     }
 
@@ -394,8 +461,14 @@ impl<'q> Evaluator<'q, '_> {
                 }
                 Ok(v)
             }
-            Expr::Aggregate(a) => crate::aggregate::eval(self, a, t),
-            Expr::Call(c) => crate::functions::call(self, c, t),
+            Expr::Aggregate(a) => match self.q.precomputed_at(aggregate_id(a), t) {
+                Some(v) => Ok(v),
+                None => crate::aggregate::eval(self, a, t),
+            },
+            Expr::Call(c) => match self.q.precomputed_at(call_id(c), t) {
+                Some(v) => Ok(v),
+                None => crate::functions::call(self, c, t),
+            },
             Expr::Extension(_) => Err(Error::Execution("extension expressions are not supported".into())),
         }
     }
@@ -479,7 +552,7 @@ impl<'q> Evaluator<'q, '_> {
         let start = end - range_ms;
         let q: &'q Query<'_> = self.q;
         let selected: &'q [Series] = q.data.get(&node_id(vs)).map_or(&[], Vec::as_slice);
-        Window::new(Source::Selected(selected), start, end, range_ms)
+        Window::new(Source::Selected(selected), start, end)
     }
 
     fn subquery(&self, sq: &SubqueryExpr, t: i64) -> Result<Window<'q>, Error> {
@@ -519,7 +592,7 @@ impl<'q> Evaluator<'q, '_> {
         };
         let end = sq.at.as_ref().map_or(t, |a| self.q.at_ms(a)) - offset;
         let start = end - range_ms;
-        Ok(Window::new(Source::Subquery(inner), start, end, range_ms))
+        Ok(Window::new(Source::Subquery(inner), start, end))
     }
 }
 

@@ -3,14 +3,13 @@
 
 use promql_parser::parser::{Call, Expr};
 
-use crate::aggregate::extreme;
 use crate::eval::{Evaluator, Window};
-use crate::numeric::{compensated_variance, kahan_sum, kahan_sum_inc, running_mean};
 use crate::value::{Error, Labels, METRIC_NAME, Sample, Value, VectorElement, drop_name};
 
 mod calendar;
 mod histogram;
 mod labels;
+pub(crate) mod range;
 
 use calendar::date_part;
 use histogram::histogram_quantile;
@@ -26,65 +25,10 @@ pub(crate) fn call(ev: &Evaluator<'_, '_>, c: &Call, t: i64) -> Result<Value, Er
     };
     let out = match name {
         // Over a range of samples.
-        "rate" => over_range(ev, arg(0)?, t, true, |w, s| extrapolated_rate(w, s, true, true))?,
-        "increase" => over_range(ev, arg(0)?, t, true, |w, s| extrapolated_rate(w, s, true, false))?,
-        "delta" => over_range(ev, arg(0)?, t, true, |w, s| extrapolated_rate(w, s, false, false))?,
-        "irate" => over_range(ev, arg(0)?, t, true, |_, s| instant_value(s, true))?,
-        "idelta" => over_range(ev, arg(0)?, t, true, |_, s| instant_value(s, false))?,
-        "changes" => over_range(ev, arg(0)?, t, true, |_, s| {
-            Some(
-                s.windows(2)
-                    .filter(|w| w[0].v != w[1].v && !(w[0].v.is_nan() && w[1].v.is_nan()))
-                    .count() as f64,
-            )
-        })?,
-        "resets" => over_range(ev, arg(0)?, t, true, |_, s| {
-            Some(s.windows(2).filter(|w| w[1].v < w[0].v).count() as f64)
-        })?,
-        "deriv" => over_range(ev, arg(0)?, t, true, |_, s| {
-            (s.len() >= 2).then(|| linear_regression(s, s[0].t).0)
-        })?,
-        "predict_linear" => {
-            let seconds = ev.scalar(arg(1)?, t)?;
-            over_range(ev, arg(0)?, t, true, |_, s| {
-                (s.len() >= 2).then(|| {
-                    let (slope, intercept) = linear_regression(s, t);
-                    intercept + slope * seconds
-                })
-            })?
-        }
-        "holt_winters" => {
-            let sf = ev.scalar(arg(1)?, t)?;
-            let tf = ev.scalar(arg(2)?, t)?;
-            if !(sf > 0.0 && sf < 1.0) {
-                return Err(Error::Execution(format!(
-                    "invalid smoothing factor. Expected: 0 < sf < 1, got: {sf}"
-                )));
-            }
-            if !(tf > 0.0 && tf < 1.0) {
-                return Err(Error::Execution(format!(
-                    "invalid trend factor. Expected: 0 < tf < 1, got: {tf}"
-                )));
-            }
-            over_range(ev, arg(0)?, t, true, |_, s| holt_winters(s, sf, tf))?
-        }
-        "avg_over_time" => over_range(ev, arg(0)?, t, true, |_, s| Some(running_mean(s.iter().map(|p| p.v))))?,
-        "sum_over_time" => over_range(ev, arg(0)?, t, true, |_, s| Some(kahan_sum(s.iter().map(|p| p.v))))?,
-        "count_over_time" => over_range(ev, arg(0)?, t, true, |_, s| Some(s.len() as f64))?,
-        "min_over_time" => over_range(ev, arg(0)?, t, true, |_, s| Some(extreme(&values(s), |a, b| a < b)))?,
-        "max_over_time" => over_range(ev, arg(0)?, t, true, |_, s| Some(extreme(&values(s), |a, b| a > b)))?,
-        "stdvar_over_time" => over_range(ev, arg(0)?, t, true, |_, s| {
-            Some(compensated_variance(s.iter().map(|p| p.v)))
-        })?,
-        "stddev_over_time" => over_range(ev, arg(0)?, t, true, |_, s| {
-            Some(compensated_variance(s.iter().map(|p| p.v)).sqrt())
-        })?,
-        "present_over_time" => over_range(ev, arg(0)?, t, true, |_, _| Some(1.0))?,
-        // The one range function that keeps the metric name.
-        "last_over_time" => over_range(ev, arg(0)?, t, false, |_, s| s.last().map(|p| p.v))?,
-        "quantile_over_time" => {
-            let q = ev.scalar(arg(0)?, t)?;
-            over_range(ev, arg(1)?, t, true, |_, s| Some(quantile(q, values(s))))?
+        _ if range::RangeOp::named(name) => {
+            let (op, matrix) = range::RangeOp::of_call(ev, name, &args, t)?;
+            let keeps_name = op.keeps_name();
+            over_range(ev, matrix, t, !keeps_name, |w, s| op.apply(w.start, w.end, t, s))?
         }
         "absent_over_time" => {
             let w = ev.window(arg(0)?, t)?;
@@ -213,10 +157,6 @@ fn unparen(mut e: &Expr) -> &Expr {
     e
 }
 
-fn values(s: &[Sample]) -> Vec<f64> {
-    s.iter().map(|p| p.v).collect()
-}
-
 /// A range function applied to each series of its argument's window.
 fn over_range(
     ev: &Evaluator<'_, '_>,
@@ -263,117 +203,6 @@ pub(crate) fn unique(v: &[VectorElement]) -> Result<(), Error> {
         }
     }
     Ok(())
-}
-
-/// Prometheus' `extrapolatedRate`: the change over the window, extrapolated to its edges
-/// (at most half an average sample interval past the first and last samples, and never
-/// below a counter's zero), per second for `rate`.
-fn extrapolated_rate(w: &Window<'_>, s: &[Sample], is_counter: bool, is_rate: bool) -> Option<f64> {
-    if s.len() < 2 {
-        return None;
-    }
-    let (first, last) = (s[0], s[s.len() - 1]);
-    let mut result = last.v - first.v;
-    if is_counter {
-        let mut previous = 0.0;
-        for p in s {
-            if p.v < previous {
-                result += previous;
-            }
-            previous = p.v;
-        }
-    }
-    let mut to_start = (first.t - w.start) as f64 / 1000.0;
-    let to_end = (w.end - last.t) as f64 / 1000.0;
-    let sampled = (last.t - first.t) as f64 / 1000.0;
-    let average_gap = sampled / (s.len() - 1) as f64;
-    if is_counter && result > 0.0 && first.v >= 0.0 {
-        let to_zero = sampled * (first.v / result);
-        if to_zero < to_start {
-            to_start = to_zero;
-        }
-    }
-    let threshold = average_gap * 1.1;
-    let mut interval = sampled;
-    interval += if to_start < threshold {
-        to_start
-    } else {
-        average_gap / 2.0
-    };
-    interval += if to_end < threshold { to_end } else { average_gap / 2.0 };
-    result *= interval / sampled;
-    if is_rate {
-        result /= w.range_ms as f64 / 1000.0;
-    }
-    Some(result)
-}
-
-/// `irate`/`idelta`: from the last two samples.
-fn instant_value(s: &[Sample], is_rate: bool) -> Option<f64> {
-    if s.len() < 2 {
-        return None;
-    }
-    let (previous, last) = (s[s.len() - 2], s[s.len() - 1]);
-    let mut result = if is_rate && last.v < previous.v {
-        last.v
-    } else {
-        last.v - previous.v
-    };
-    let interval = last.t - previous.t;
-    if interval == 0 {
-        return None;
-    }
-    if is_rate {
-        result /= interval as f64 / 1000.0;
-    }
-    Some(result)
-}
-
-/// Least-squares slope (per second) and intercept at `intercept_ms`.
-fn linear_regression(s: &[Sample], intercept_ms: i64) -> (f64, f64) {
-    let first = s[0].v;
-    if s.iter().all(|p| p.v == first) {
-        return if first.is_infinite() {
-            (f64::NAN, f64::NAN)
-        } else {
-            (0.0, first)
-        };
-    }
-    // Compensated sums, as Prometheus keeps them: `deriv` of a large counter moving by
-    // fractions loses its slope to rounding otherwise (2.42 answers 0.006464646464646465 for
-    // 1e15 + 0.37·i a minute, a plain sum 0.007757575757575757).
-    let (mut n, mut sx, mut sy, mut sxy, mut sx2) = (0.0, (0.0, 0.0), (0.0, 0.0), (0.0, 0.0), (0.0, 0.0));
-    for p in s {
-        let x = (p.t - intercept_ms) as f64 / 1000.0;
-        n += 1.0;
-        sx = kahan_sum_inc(x, sx.0, sx.1);
-        sy = kahan_sum_inc(p.v, sy.0, sy.1);
-        sxy = kahan_sum_inc(x * p.v, sxy.0, sxy.1);
-        sx2 = kahan_sum_inc(x * x, sx2.0, sx2.1);
-    }
-    let (sx, sy, sxy, sx2) = (sx.0 + sx.1, sy.0 + sy.1, sxy.0 + sxy.1, sx2.0 + sx2.1);
-    let cov = sxy - sx * sy / n;
-    let var = sx2 - sx * sx / n;
-    let slope = cov / var;
-    (slope, sy / n - slope * sx / n)
-}
-
-fn holt_winters(s: &[Sample], sf: f64, tf: f64) -> Option<f64> {
-    if s.len() < 2 {
-        return None;
-    }
-    let (mut s0, mut s1) = (0.0, s[0].v);
-    let mut b = s[1].v - s[0].v;
-    for (i, p) in s.iter().enumerate().skip(1) {
-        let x = sf * p.v;
-        if i > 1 {
-            b = tf * (s1 - s0) + (1.0 - tf) * b;
-        }
-        let y = (1.0 - sf) * (s1 + b);
-        s0 = s1;
-        s1 = x + y;
-    }
-    Some(s1)
 }
 
 /// Prometheus' `quantile`: linear interpolation between the closest ranks.

@@ -24,8 +24,11 @@ mod functions;
 pub mod json;
 mod numeric;
 mod plan;
+mod stream;
 mod value;
 
+#[cfg(test)]
+mod stream_tests;
 #[cfg(test)]
 mod tests;
 

@@ -32,27 +32,44 @@ pub(crate) fn kahan_sum(values: impl IntoIterator<Item = f64>) -> f64 {
 /// so, unless a NaN or an infinity of the other sign comes (`Inf - Inf` would otherwise make
 /// every later mean NaN). NaN for no values.
 pub(crate) fn running_mean(values: impl IntoIterator<Item = f64>) -> f64 {
-    let (mut mean, mut c, mut count) = (0.0f64, 0.0f64, 0.0f64);
-    let mut any = false;
+    let mut mean = RunningMean::default();
     for v in values {
-        any = true;
-        count += 1.0;
-        if mean.is_infinite() {
-            if v.is_infinite() && (mean > 0.0) == (v > 0.0) {
-                continue;
+        mean.push(v);
+    }
+    mean.value()
+}
+
+/// [`running_mean`] one value at a time (`avg` evaluated series by series).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct RunningMean {
+    mean: f64,
+    c: f64,
+    count: f64,
+}
+
+impl RunningMean {
+    pub(crate) fn push(&mut self, v: f64) {
+        self.count += 1.0;
+        if self.mean.is_infinite() {
+            if v.is_infinite() && (self.mean > 0.0) == (v > 0.0) {
+                return;
             }
             if !v.is_infinite() && !v.is_nan() {
-                continue;
+                return;
             }
         }
-        (mean, c) = kahan_sum_inc(v / count - mean / count, mean, c);
+        (self.mean, self.c) = kahan_sum_inc(v / self.count - self.mean / self.count, self.mean, self.c);
     }
-    if !any {
-        f64::NAN
-    } else if mean.is_infinite() {
-        mean
-    } else {
-        mean + c
+
+    /// The mean so far; NaN before the first value.
+    pub(crate) fn value(&self) -> f64 {
+        if self.count == 0.0 {
+            f64::NAN
+        } else if self.mean.is_infinite() {
+            self.mean
+        } else {
+            self.mean + self.c
+        }
     }
 }
 

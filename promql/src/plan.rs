@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use promql_parser::parser::{Expr, VectorSelector};
 
 use crate::eval::{Query, duration_ms, node_id, offset_ms};
+use crate::stream::{aggregate_id, call_id};
 
 /// One selector and the times it is read over, unix ms (both inclusive).
 pub(crate) struct Needs<'e> {
@@ -33,6 +34,9 @@ pub(crate) fn plan<'e>(e: &'e Expr, start: i64, end: i64, q: &Query<'_>, out: &m
             plan(&b.lhs, start, end, q, out);
             plan(&b.rhs, start, end, q, out);
         }
+        // Evaluated series by series before the steps: read there.
+        Expr::Aggregate(a) if q.is_precomputed(aggregate_id(a)) => {}
+        Expr::Call(c) if q.is_precomputed(call_id(c)) => {}
         Expr::Aggregate(a) => {
             plan(&a.expr, start, end, q, out);
             if let Some(p) = &a.param {

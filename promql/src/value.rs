@@ -68,6 +68,24 @@ pub trait Storage {
     /// matches), with its samples in `[start_ms, end_ms]` sorted by time and one per
     /// timestamp; series without samples there may be left out.
     fn select(&self, matchers: &[Matcher], start_ms: i64, end_ms: i64) -> Result<Vec<Series>, Error>;
+
+    /// As [`Storage::select`], handing the series to `f` one at a time, so that a caller
+    /// that reduces each series as it comes need not hold them all. A storage that can read
+    /// series one by one should; this default selects them all first.
+    fn select_each(
+        &self,
+        matchers: &[Matcher],
+        start_ms: i64,
+        end_ms: i64,
+        f: &mut dyn FnMut(Series) -> Result<(), Error>,
+    ) -> Result<(), Error> {
+        for series in self.select(matchers, start_ms, end_ms)? {
+            if !series.samples.is_empty() {
+                f(series)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Limits and defaults of one query.

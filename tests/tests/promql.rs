@@ -232,6 +232,30 @@ async fn otlp_metrics_answer_promql_as_prometheus_series() -> Result<()> {
         .unwrap_or_default();
     assert_eq!(values.len(), 5, "{range}");
     assert!(values.iter().all(|v| v[1] == "0.6666666666666666"), "{range}");
+    // The histogram's median over the same steps, its buckets read series by series from
+    // their documents: at every step what the instant query answers there.
+    let median_expr = "histogram_quantile(0.5, sum by (le) (rate(http_server_duration_bucket[1m])))";
+    let url = reqwest::Url::parse_with_params(
+        &c.api_url("/prometheus/api/v1/query_range"),
+        &[
+            ("query", median_expr),
+            ("start", &(t - 120.0).to_string()),
+            ("end", &t.to_string()),
+            ("step", "30s"),
+        ],
+    )?;
+    let (status, range) = get_json(&client, url.as_str()).await?;
+    assert_eq!(status, 200, "{range}");
+    let medians = range["data"]["result"][0]["values"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(medians.len(), 5, "{range}");
+    for step in &medians {
+        let at = step[0].as_f64().context("a step time")?;
+        let instant = query(&client, &c, median_expr, at).await?;
+        assert_eq!(instant[0]["value"][1], step[1], "at {at}: {instant} against {range}");
+    }
 
     // What Grafana fills its pickers with.
     let (_, names) = get_json(&client, &c.api_url("/prometheus/api/v1/label/__name__/values")).await?;

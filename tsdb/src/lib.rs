@@ -31,6 +31,7 @@ use std::path::{Path, PathBuf};
 
 pub use chunk::Sample;
 pub use head::CHUNK_SAMPLES;
+pub use read::{Planned, PlannedSeries};
 pub use store::{Selection, SeriesSamples, Stats, Tsdb};
 
 /// A series' labels, sorted by name, names unique; the metric name is `__name__`.

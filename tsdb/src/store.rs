@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::block::Block;
-use crate::read;
+use crate::read::Planned;
 use crate::record::sync_dir;
 use crate::snapshot;
 use crate::{Error, Labels, Matcher, Sample};
@@ -218,36 +218,45 @@ impl Tsdb {
     /// inclusive), sorted by labels, reading at most `limit` samples: past it the selection
     /// stops and says it is truncated.
     pub fn select(&self, matchers: &[Matcher], start: i64, end: i64, limit: usize) -> Result<Selection, Error> {
-        let mut out: BTreeMap<Labels, Vec<Sample>> = BTreeMap::new();
+        let planned = self.plan(matchers, start, end);
+        let mut series = Vec::with_capacity(planned.series().len());
         let mut read = 0usize;
-        for block in self.blocks_in(start, end) {
-            let (file, found, dir) = {
-                let b = lock(&block);
-                let (file, found) = b.find(matchers, start, end);
-                (file, found, b.dir().to_path_buf())
-            };
-            for f in found {
-                let samples = read::read_samples(&file, &f, start, end).map_err(|e| Error::io(&dir, e))?;
-                read += samples.len();
-                if read > limit {
-                    return Ok(Selection {
-                        series: Vec::new(),
-                        truncated: true,
-                    });
-                }
-                if !samples.is_empty() {
-                    // Blocks come in day order and hold disjoint days: appending keeps order.
-                    out.entry(f.labels).or_default().extend(samples);
-                }
+        for s in planned.series() {
+            let samples = planned.read(s, start, end)?;
+            read += samples.len();
+            if read > limit {
+                return Ok(Selection {
+                    series: Vec::new(),
+                    truncated: true,
+                });
+            }
+            if !samples.is_empty() {
+                series.push(SeriesSamples {
+                    labels: s.labels.clone(),
+                    samples,
+                });
             }
         }
         Ok(Selection {
-            series: out
-                .into_iter()
-                .map(|(labels, samples)| SeriesSamples { labels, samples })
-                .collect(),
+            series,
             truncated: false,
         })
+    }
+
+    /// Every series matching `matchers` with a chunk or head sample overlapping `[start,
+    /// end]`, from the label index, sorted by labels; their samples are read one series at a
+    /// time with [`Planned::read`].
+    pub fn plan(&self, matchers: &[Matcher], start: i64, end: i64) -> Planned {
+        let found = self
+            .blocks_in(start, end)
+            .iter()
+            .map(|block| {
+                let b = lock(block);
+                let (file, found) = b.find(matchers, start, end);
+                (file, b.dir().to_path_buf(), found)
+            })
+            .collect();
+        Planned::new(found)
     }
 
     /// The labels of every series matching `matchers` with a chunk or head overlapping

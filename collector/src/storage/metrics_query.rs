@@ -203,6 +203,14 @@ impl Store {
         end_ns: i64,
         with_samples: bool,
     ) -> Result<Scan, QueryError> {
+        let mut scan = self.scan_documents(selector, start_ns, end_ns)?;
+        self.scan_samples(selector, start_ns, end_ns, with_samples, &mut scan)?;
+        Ok(scan)
+    }
+
+    /// The part of [`Store::scan`] kept as documents in the metric index: histograms,
+    /// summaries, and gauges and sums written before the time-series store.
+    pub(super) fn scan_documents(&self, selector: &Selector, start_ns: i64, end_ns: i64) -> Result<Scan, QueryError> {
         if start_ns > end_ns {
             return Err(QueryError::BadRequest("start is after end".into()));
         }
@@ -229,7 +237,6 @@ impl Store {
             }
             scan.points.extend(points);
         }
-        self.scan_samples(selector, start_ns, end_ns, with_samples, &mut scan)?;
         Ok(scan)
     }
 

@@ -47,10 +47,20 @@ pub(crate) struct MetricKind {
 impl vigil_promql::Storage for PromView<'_> {
     fn select(&self, matchers: &[Matcher], start_ms: i64, end_ms: i64) -> Result<Vec<Series>, vigil_promql::Error> {
         let (start, end) = (start_ms.saturating_mul(1_000_000), end_ms.saturating_mul(1_000_000));
-        self.0.prom_select(matchers, start, end, true).map_err(|e| match e {
-            QueryError::BadRequest(m) => vigil_promql::Error::Execution(m),
-            other => vigil_promql::Error::Internal(other.to_string()),
-        })
+        self.0
+            .prom_select(matchers, start, end, true)
+            .map_err(super::prom_each::promql_error)
+    }
+
+    fn select_each(
+        &self,
+        matchers: &[Matcher],
+        start_ms: i64,
+        end_ms: i64,
+        f: &mut dyn FnMut(Series) -> Result<(), vigil_promql::Error>,
+    ) -> Result<(), vigil_promql::Error> {
+        let (start, end) = (start_ms.saturating_mul(1_000_000), end_ms.saturating_mul(1_000_000));
+        self.0.prom_select_each(matchers, start, end, f)
     }
 }
 
@@ -206,7 +216,7 @@ fn prom_labels(stored: &Json) -> Labels {
 
 /// Label equality matchers that can narrow the index search: stored keys that map to the
 /// Prometheus name one way only (no `_`, which may stand for a `.`).
-fn term_filters(matchers: &[Matcher]) -> BTreeMap<String, String> {
+pub(super) fn term_filters(matchers: &[Matcher]) -> BTreeMap<String, String> {
     let mut terms = BTreeMap::new();
     for m in matchers {
         if !matches!(m.op, MatchOp::Equal) || m.value.is_empty() {
@@ -232,7 +242,33 @@ fn term_filters(matchers: &[Matcher]) -> BTreeMap<String, String> {
     terms
 }
 
-fn matches_all(matchers: &[Matcher], labels: &Labels) -> bool {
+/// Whether Prometheus is served a stored series of this kind.
+pub(super) fn served(info: &super::metrics_query::SeriesInfo) -> bool {
+    match info.kind.as_str() {
+        // Delta sums are not counters: their raw per-interval values would read as a reset
+        // at every point (the compatibility spec drops them too).
+        "sum" => info.temporality != "delta",
+        "gauge" | "summary" => true,
+        "histogram" => info.temporality == "cumulative",
+        _ => false,
+    }
+}
+
+/// The Prometheus labels of a stored gauge or sum, `__name__` included.
+pub(super) fn series_labels(info: &super::metrics_query::SeriesInfo) -> Labels {
+    let mut labels = prom_labels(&info.labels);
+    labels.insert(METRIC_NAME.into(), prom_name(&info.name, &info.kind, info.monotonic));
+    labels
+}
+
+/// A selection past the read cap: refused rather than answered with part of it.
+pub(super) fn too_many_samples() -> QueryError {
+    QueryError::BadRequest(
+        "the selection holds more samples than a query may read; narrow the selector or the time range".into(),
+    )
+}
+
+pub(super) fn matches_all(matchers: &[Matcher], labels: &Labels) -> bool {
     matchers
         .iter()
         .all(|m| m.is_match(labels.get(&m.name).map_or("", String::as_str)))
@@ -249,7 +285,30 @@ impl Store {
         end_ns: i64,
         with_samples: bool,
     ) -> Result<Vec<Series>, QueryError> {
-        let names: Vec<String> = self
+        let labels = term_filters(matchers);
+        let mut out = Vec::new();
+        // One budget for the whole selection, not one per metric name: a selector matching
+        // every name must stop at the cap too.
+        let mut read = 0usize;
+        for name in self.prom_names(matchers, start_ns, end_ns)? {
+            let selector = Selector {
+                name: Some(name),
+                labels: labels.clone(),
+            };
+            out.extend(self.prom_select_name(&selector, matchers, start_ns, end_ns, with_samples, &mut read)?);
+        }
+        out.sort_by(|a, b| a.labels.cmp(&b.labels));
+        Ok(out)
+    }
+
+    /// The stored metric names whose Prometheus names the `__name__` matchers accept.
+    pub(super) fn prom_names(
+        &self,
+        matchers: &[Matcher],
+        start_ns: i64,
+        end_ns: i64,
+    ) -> Result<Vec<String>, QueryError> {
+        Ok(self
             .metric_names(start_ns, end_ns, usize::MAX)?
             .into_iter()
             .filter(|stored| {
@@ -259,88 +318,70 @@ impl Store {
                     .filter(|m| m.name == METRIC_NAME)
                     .all(|m| candidates.iter().any(|c| m.is_match(c)))
             })
-            .collect();
-        let labels = term_filters(matchers);
+            .collect())
+    }
+
+    /// [`Store::prom_select`] for the one stored name of `selector`, its samples counted
+    /// into `read`.
+    pub(super) fn prom_select_name(
+        &self,
+        selector: &Selector,
+        matchers: &[Matcher],
+        start_ns: i64,
+        end_ns: i64,
+        with_samples: bool,
+        read: &mut usize,
+    ) -> Result<Vec<Series>, QueryError> {
         let mut out = Vec::new();
-        // One budget for the whole selection, not one per metric name: a selector matching
-        // every name must stop at the cap too.
-        let mut read = 0usize;
-        for name in names {
-            let selector = Selector {
-                name: Some(name),
-                labels: labels.clone(),
-            };
-            let scan = self.scan(&selector, start_ns, end_ns, with_samples)?;
-            read += scan.points.len();
-            if scan.truncated || read > super::metrics_query::MAX_POINTS {
-                return Err(QueryError::BadRequest(
-                    "the selection holds more samples than a query may read; narrow the selector or the time range"
-                        .into(),
-                ));
+        let scan = self.scan(selector, start_ns, end_ns, with_samples)?;
+        *read += scan.points.len();
+        if scan.truncated || *read > super::metrics_query::MAX_POINTS {
+            return Err(too_many_samples());
+        }
+        let mut by_series: HashMap<u64, Vec<RawPoint>> = HashMap::new();
+        for p in scan.points {
+            by_series.entry(p.series_id).or_default().push(p);
+        }
+        let mut distributions = Vec::new();
+        for (id, info) in scan.info {
+            if !served(&info) {
+                continue;
             }
-            let mut by_series: HashMap<u64, Vec<RawPoint>> = HashMap::new();
-            for p in scan.points {
-                by_series.entry(p.series_id).or_default().push(p);
+            if info.kind != "gauge" && info.kind != "sum" {
+                distributions.push((id, info));
+                continue;
             }
-            let mut distributions = Vec::new();
-            for (id, info) in scan.info {
-                let served = match info.kind.as_str() {
-                    // Delta sums are not counters: their raw per-interval values would read
-                    // as a reset at every point (the compatibility spec drops them too).
-                    "sum" => info.temporality != "delta",
-                    "gauge" => true,
-                    "histogram" => info.temporality == "cumulative",
-                    "summary" => true,
-                    _ => false,
-                };
-                if !served {
-                    continue;
-                }
-                if info.kind != "gauge" && info.kind != "sum" {
-                    distributions.push((id, info));
-                    continue;
-                }
-                let mut labels = prom_labels(&info.labels);
-                labels.insert(METRIC_NAME.into(), prom_name(&info.name, &info.kind, info.monotonic));
-                if !matches_all(matchers, &labels) {
-                    continue;
-                }
-                let mut points = by_series.remove(&id).unwrap_or_default();
-                points.sort_by_key(|p| p.ts);
-                let mut samples: Vec<Sample> = Vec::with_capacity(if with_samples { points.len() } else { 0 });
-                if with_samples {
-                    for p in points {
-                        let s = Sample {
-                            t: p.ts.div_euclid(1_000_000),
-                            v: p.value,
-                        };
-                        // One sample per millisecond: a resent point replaces the earlier.
-                        match samples.last_mut() {
-                            Some(last) if last.t == s.t => *last = s,
-                            _ => samples.push(s),
-                        }
+            let labels = series_labels(&info);
+            if !matches_all(matchers, &labels) {
+                continue;
+            }
+            let mut points = by_series.remove(&id).unwrap_or_default();
+            points.sort_by_key(|p| p.ts);
+            let mut samples: Vec<Sample> = Vec::with_capacity(if with_samples { points.len() } else { 0 });
+            if with_samples {
+                for p in points {
+                    let s = Sample {
+                        t: p.ts.div_euclid(1_000_000),
+                        v: p.value,
+                    };
+                    // One sample per millisecond: a resent point replaces the earlier.
+                    match samples.last_mut() {
+                        Some(last) if last.t == s.t => *last = s,
+                        _ => samples.push(s),
                     }
                 }
-                out.push(Series { labels, samples });
             }
-            if !distributions.is_empty() {
-                out.extend(self.distribution_series(
-                    &selector,
-                    distributions,
-                    matchers,
-                    start_ns,
-                    end_ns,
-                    with_samples,
-                )?);
-            }
+            out.push(Series { labels, samples });
         }
-        out.sort_by(|a, b| a.labels.cmp(&b.labels));
+        if !distributions.is_empty() {
+            out.extend(self.distribution_series(selector, distributions, matchers, start_ns, end_ns, with_samples)?);
+        }
         Ok(out)
     }
 
     /// Histogram and summary series as Prometheus' `_bucket`/quantile, `_sum` and `_count`
     /// series, from their stored documents.
-    fn distribution_series(
+    pub(super) fn distribution_series(
         &self,
         selector: &Selector,
         infos: Vec<(u64, super::metrics_query::SeriesInfo)>,
@@ -361,10 +402,7 @@ impl Store {
                 let docs = searcher.search(&query, &tantivy::collector::DocSetCollector)?;
                 read += docs.len();
                 if read > super::metrics_query::MAX_POINTS {
-                    return Err(QueryError::BadRequest(
-                        "the selection holds more samples than a query may read; narrow the selector or the time range"
-                            .into(),
-                    ));
+                    return Err(too_many_samples());
                 }
                 for addr in docs {
                     let doc: tantivy::TantivyDocument = searcher.doc(addr)?;
