@@ -29,7 +29,13 @@ fn check_time(name: &str, t_ms: i64) -> Result<(), Error> {
 pub fn instant_query(storage: &dyn Storage, query: &str, t_ms: i64, opts: &Options) -> Result<Value, Error> {
     check_time("time", t_ms)?;
     let expr = parse(query)?;
-    let q = Query::load(storage, &expr, t_ms, t_ms, opts, None)?;
+    // One step: a range function over many series is read series by series here too.
+    let steps = Steps {
+        start: t_ms,
+        end: t_ms,
+        step: 1,
+    };
+    let q = Query::load(storage, &expr, t_ms, t_ms, opts, Some(steps))?;
     let ev = Evaluator {
         q: &q,
         start: t_ms,

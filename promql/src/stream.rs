@@ -12,15 +12,16 @@
 //! so does this.
 //!
 //! Taken: a range function whose scalar arguments are literals, over a range selector
-//! without `@` or `or`, optionally under `sum`, `avg`, `count`, `min`, `max` or `group`, not
-//! inside a subquery (whose steps differ from the query's). Everything else is evaluated
-//! step by step, as before.
+//! without `@` or `or`, optionally under `sum`, `avg`, `count`, `min`, `max` or `group`; and
+//! an instant selector (no `@`, no `or`) under one of those aggregations (`sum by (mode)
+//! (node_memory_…)`); never inside a subquery (whose steps differ from the query's).
+//! Everything else is evaluated step by step, as before.
 
 use std::collections::{BTreeMap, HashMap};
 
 use promql_parser::label::{MatchOp, Matcher};
 use promql_parser::parser::token::{T_AVG, T_COUNT, T_GROUP, T_MAX, T_MIN, T_SUM};
-use promql_parser::parser::{AggregateExpr, Call, Expr, LabelModifier, MatrixSelector};
+use promql_parser::parser::{AggregateExpr, Call, Expr, LabelModifier, MatrixSelector, VectorSelector};
 
 use crate::aggregate::group_labels;
 use crate::eval::{Query, duration_ms, offset_ms};
@@ -46,13 +47,39 @@ impl Steps {
     }
 }
 
-/// A node evaluated series by series: a range function, maybe under an aggregation.
+/// A node evaluated series by series: a range function, maybe under an aggregation, or an
+/// instant selector under one.
 struct Target<'e> {
     /// The node whose values are computed (the call, or the aggregation above it).
     node: usize,
-    op: RangeOp,
-    selector: &'e MatrixSelector,
+    input: Input<'e>,
     aggregation: Option<(u16, Option<&'e LabelModifier>)>,
+}
+
+/// What each series' value at a step is made from.
+#[derive(Clone, Copy)]
+enum Input<'e> {
+    /// A range function of the samples in `[t − range, t]`.
+    Range(RangeOp, &'e MatrixSelector),
+    /// The latest sample no older than the lookback delta, unless it is a staleness marker.
+    Instant(&'e VectorSelector),
+}
+
+impl Input<'_> {
+    fn selector(&self) -> &VectorSelector {
+        match self {
+            Input::Range(_, ms) => &ms.vs,
+            Input::Instant(vs) => vs,
+        }
+    }
+
+    /// Whether its value keeps the metric name (until an aggregation drops it).
+    fn keeps_name(&self) -> bool {
+        match self {
+            Input::Range(op, _) => op.keeps_name(),
+            Input::Instant(_) => true,
+        }
+    }
 }
 
 /// The address of a call or aggregation node, by which its values are found.
@@ -75,11 +102,25 @@ fn unparen(mut e: &Expr) -> &Expr {
 /// `c` as a range function over a plain range selector with literal scalar arguments. An
 /// invalid literal (holt_winters' factors) is left to the step-by-step evaluator, which
 /// reports it.
-fn range_call(c: &Call) -> Option<(RangeOp, &MatrixSelector)> {
+fn range_call(c: &Call) -> Option<Input<'_>> {
     let args: Vec<&Expr> = c.args.args.iter().map(|a| a.as_ref()).collect();
     let (op, matrix) = RangeOp::constant_call(c.func.name, &args)?;
     match unparen(matrix) {
-        Expr::MatrixSelector(ms) if ms.vs.at.is_none() && ms.vs.matchers.or_matchers.is_empty() => Some((op, ms)),
+        Expr::MatrixSelector(ms) if plain(&ms.vs) => Some(Input::Range(op, ms)),
+        _ => None,
+    }
+}
+
+/// A selector read the same way at every step, one series at a time: no `@`, no `or`.
+fn plain(vs: &VectorSelector) -> bool {
+    vs.at.is_none() && vs.matchers.or_matchers.is_empty()
+}
+
+/// What an aggregation's argument is made from, when it is evaluated series by series.
+fn aggregated(e: &Expr) -> Option<Input<'_>> {
+    match unparen(e) {
+        Expr::Call(c) => range_call(c),
+        Expr::VectorSelector(vs) if plain(vs) => Some(Input::Instant(vs)),
         _ => None,
     }
 }
@@ -91,13 +132,11 @@ fn targets<'e>(e: &'e Expr, out: &mut Vec<Target<'e>>) {
             let op = a.op.id();
             if a.param.is_none()
                 && [T_SUM, T_AVG, T_COUNT, T_MIN, T_MAX, T_GROUP].contains(&op)
-                && let Expr::Call(c) = unparen(&a.expr)
-                && let Some((range, selector)) = range_call(c)
+                && let Some(input) = aggregated(&a.expr)
             {
                 out.push(Target {
                     node: aggregate_id(a),
-                    op: range,
-                    selector,
+                    input,
                     aggregation: Some((op, a.modifier.as_ref())),
                 });
                 return;
@@ -108,11 +147,10 @@ fn targets<'e>(e: &'e Expr, out: &mut Vec<Target<'e>>) {
             }
         }
         Expr::Call(c) => {
-            if let Some((op, selector)) = range_call(c) {
+            if let Some(input) = range_call(c) {
                 out.push(Target {
                     node: call_id(c),
-                    op,
-                    selector,
+                    input,
                     aggregation: None,
                 });
                 return;
@@ -164,8 +202,12 @@ struct Cell {
 }
 
 fn evaluate(storage: &dyn Storage, target: &Target<'_>, steps: Steps, q: &Query<'_>) -> Result<Vec<Series>, Error> {
-    let vs = &target.selector.vs;
-    let range_ms = duration_ms(&target.selector.range);
+    let vs = target.input.selector();
+    // How far back of each step a series' samples count.
+    let back_ms = match target.input {
+        Input::Range(_, ms) => duration_ms(&ms.range),
+        Input::Instant(_) => q.opts.lookback_ms,
+    };
     let offset = offset_ms(&vs.offset);
     let mut matchers = vs.matchers.matchers.clone();
     if let Some(name) = &vs.name {
@@ -180,39 +222,18 @@ fn evaluate(storage: &dyn Storage, target: &Target<'_>, steps: Steps, q: &Query<
     let mut scratch: Vec<Sample> = Vec::new();
     storage.select_each(
         &matchers,
-        steps.start - offset - range_ms,
+        steps.start - offset - back_ms,
         steps.end - offset,
         &mut |series: Series| {
             q.check_deadline()?;
             q.check_held(series.samples.len())?;
-            let any_stale = series.samples.iter().any(|p| is_stale(p.v));
-            let (mut lo, mut hi) = (0, 0);
             let s = &series.samples;
-            for (i, slot) in values.iter_mut().enumerate() {
-                let end = steps.time(i) - offset;
-                let start = end - range_ms;
-                while lo < s.len() && s[lo].t < start {
-                    lo += 1;
-                }
-                hi = hi.max(lo);
-                while hi < s.len() && s[hi].t <= end {
-                    hi += 1;
-                }
-                let window: &[Sample] = if any_stale {
-                    scratch.clear();
-                    scratch.extend(s[lo..hi].iter().copied().filter(|p| !is_stale(p.v)));
-                    &scratch
-                } else {
-                    &s[lo..hi]
-                };
-                *slot = if window.is_empty() {
-                    None
-                } else {
-                    target.op.apply(start, end, steps.time(i), window)
-                };
+            match target.input {
+                Input::Range(op, _) => range_values(op, s, steps, offset, back_ms, &mut values, &mut scratch),
+                Input::Instant(_) => instant_values(s, steps, offset, back_ms, &mut values),
             }
             let mut labels = series.labels;
-            if !target.op.keeps_name() {
+            if !target.input.keeps_name() {
                 labels.remove(METRIC_NAME);
             }
             seen.check(&labels, &values)?;
@@ -267,6 +288,61 @@ fn evaluate(storage: &dyn Storage, target: &Target<'_>, steps: Steps, q: &Query<
         })
         .filter(|s| !s.samples.is_empty())
         .collect())
+}
+
+/// `op` of the samples of `s` in each step's window `[t − offset − range_ms, t − offset]`,
+/// staleness markers left out; `None` where the window holds no sample.
+fn range_values(
+    op: RangeOp,
+    s: &[Sample],
+    steps: Steps,
+    offset: i64,
+    range_ms: i64,
+    values: &mut [Option<f64>],
+    scratch: &mut Vec<Sample>,
+) {
+    let any_stale = s.iter().any(|p| is_stale(p.v));
+    let (mut lo, mut hi) = (0, 0);
+    for (i, slot) in values.iter_mut().enumerate() {
+        let end = steps.time(i) - offset;
+        let start = end - range_ms;
+        while lo < s.len() && s[lo].t < start {
+            lo += 1;
+        }
+        hi = hi.max(lo);
+        while hi < s.len() && s[hi].t <= end {
+            hi += 1;
+        }
+        let window: &[Sample] = if any_stale {
+            scratch.clear();
+            scratch.extend(s[lo..hi].iter().copied().filter(|p| !is_stale(p.v)));
+            scratch
+        } else {
+            &s[lo..hi]
+        };
+        *slot = if window.is_empty() {
+            None
+        } else {
+            op.apply(start, end, steps.time(i), window)
+        };
+    }
+}
+
+/// Each step's instant-selector value: the latest sample at or before `t − offset`, if no
+/// older than `lookback_ms` and not a staleness marker (which ends the series).
+fn instant_values(s: &[Sample], steps: Steps, offset: i64, lookback_ms: i64, values: &mut [Option<f64>]) {
+    let mut hi = 0;
+    for (i, slot) in values.iter_mut().enumerate() {
+        let at = steps.time(i) - offset;
+        while hi < s.len() && s[hi].t <= at {
+            hi += 1;
+        }
+        *slot = hi
+            .checked_sub(1)
+            .map(|last| s[last])
+            .filter(|last| last.t >= at - lookback_ms && !is_stale(last.v))
+            .map(|last| last.v);
+    }
 }
 
 /// Adds one member's value to an aggregation's cell, as the step-by-step `aggregate::eval`

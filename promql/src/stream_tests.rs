@@ -170,41 +170,54 @@ fn difference(a: &Result<Vec<Series>, Error>, b: &Result<Vec<Series>, Error>) ->
     }
 }
 
+/// Queries over [`data`]: every range function, each aggregation taken series by series, and
+/// shapes that are not (topk, a subquery, `@`, a comparison), errors included.
+const QUERIES: &[&str] = &[
+    "rate(req_total[5m])",
+    "increase(req_total[1m])",
+    "sum by (instance) (rate(req_total[5m]))",
+    "sum without (route) (irate(req_total[2m]))",
+    "avg(delta(temp[3m]))",
+    "max by (route) (resets(req_total[10m] offset 2m))",
+    "min(changes(temp[5m]))",
+    "count(deriv(req_total[5m]))",
+    "group by (instance) (idelta(req_total[1m]))",
+    "predict_linear(req_total[5m], 300)",
+    "holt_winters(temp[10m], 0.3, 0.6)",
+    "quantile_over_time(0.9, temp[10m])",
+    "avg_over_time(temp[4m])",
+    "sum_over_time(temp[4m]) / count_over_time(temp[4m])",
+    "stddev_over_time(temp[5m]) + stdvar_over_time(temp[5m])",
+    "min_over_time(temp[2m]) - max_over_time(temp[2m])",
+    "present_over_time(temp[1m])",
+    "last_over_time(temp[1m])",
+    "sum(rate({__name__=~\"old_total|new_total\"}[5m]))",
+    "rate({__name__=~\"old_total|new_total\"}[5m])",
+    "rate({__name__=~\"old_total|new_total\"}[1h])",
+    "topk(3, rate(req_total[5m]))",
+    "sum(rate(req_total[5m])) by (route) > 1",
+    "rate(nothing_here[5m])",
+    "sum by (instance) (req_total)",
+    "avg(temp offset 1m)",
+    "count without (route) (req_total)",
+    "max(temp)",
+    "min by (route) (req_total)",
+    "group({__name__=~\"old_total|new_total\"})",
+    "sum({__name__=~\"old_total|new_total\"}) by (instance)",
+    "sum(temp @ start())",
+    "sum(temp) / count(temp)",
+    "sum(rate(req_total[5m] @ end()))",
+    "max_over_time(rate(req_total[1m])[5m:30s])",
+    "holt_winters(temp[10m], 1.5, 0.6)",
+];
+
 #[test]
 fn series_major_answers_equal_step_by_step_ones_to_the_bit() {
     let store = data();
     let opts = Options::default();
     let (start, end) = (T0 + 10 * 60_000, T0 + 239 * STEP);
     let mut taken = 0;
-    for query in [
-        "rate(req_total[5m])",
-        "increase(req_total[1m])",
-        "sum by (instance) (rate(req_total[5m]))",
-        "sum without (route) (irate(req_total[2m]))",
-        "avg(delta(temp[3m]))",
-        "max by (route) (resets(req_total[10m] offset 2m))",
-        "min(changes(temp[5m]))",
-        "count(deriv(req_total[5m]))",
-        "group by (instance) (idelta(req_total[1m]))",
-        "predict_linear(req_total[5m], 300)",
-        "holt_winters(temp[10m], 0.3, 0.6)",
-        "quantile_over_time(0.9, temp[10m])",
-        "avg_over_time(temp[4m])",
-        "sum_over_time(temp[4m]) / count_over_time(temp[4m])",
-        "stddev_over_time(temp[5m]) + stdvar_over_time(temp[5m])",
-        "min_over_time(temp[2m]) - max_over_time(temp[2m])",
-        "present_over_time(temp[1m])",
-        "last_over_time(temp[1m])",
-        "sum(rate({__name__=~\"old_total|new_total\"}[5m]))",
-        "rate({__name__=~\"old_total|new_total\"}[5m])",
-        "rate({__name__=~\"old_total|new_total\"}[1h])",
-        "topk(3, rate(req_total[5m]))",
-        "sum(rate(req_total[5m])) by (route) > 1",
-        "rate(nothing_here[5m])",
-        "sum(rate(req_total[5m] @ end()))",
-        "max_over_time(rate(req_total[1m])[5m:30s])",
-        "holt_winters(temp[10m], 1.5, 0.6)",
-    ] {
+    for query in QUERIES {
         for step in [15_000, 60_000, 7_000] {
             let fast = range_query_with(&store, query, start, end, step, &opts, true);
             let slow = range_query_with(&store, query, start, end, step, &opts, false);
@@ -215,7 +228,38 @@ fn series_major_answers_equal_step_by_step_ones_to_the_bit() {
         }
     }
     // The comparison means something only if most queries answer.
-    assert!(taken >= 60, "only {taken} answers");
+    assert!(taken >= 80, "only {taken} answers");
+}
+
+#[test]
+fn instant_answers_equal_a_one_step_range_evaluated_step_by_step() {
+    let store = data();
+    let opts = Options::default();
+    let mut answered = 0;
+    for query in QUERIES {
+        for t in [T0 + 10 * 60_000, T0 + 100 * STEP + 30_000, T0 + 239 * STEP] {
+            let instant = instant_query(&store, query, t, &opts).map(|v| match v {
+                Value::Vector(elements) => {
+                    let mut series: Vec<Series> = elements
+                        .into_iter()
+                        .map(|el| Series {
+                            labels: el.labels,
+                            samples: vec![Sample { t, v: el.v }],
+                        })
+                        .collect();
+                    series.sort_by(|a, b| a.labels.cmp(&b.labels));
+                    series
+                }
+                other => panic!("{query}: {other:?}"),
+            });
+            let slow = range_query_with(&store, query, t, t, 1, &opts, false);
+            if let Some(d) = difference(&instant, &slow) {
+                panic!("{query} at {t}: instant against step by step: {d}");
+            }
+            answered += usize::from(instant.is_ok_and(|s| !s.is_empty()));
+        }
+    }
+    assert!(answered >= 70, "only {answered} non-empty answers");
 }
 
 #[test]

@@ -381,6 +381,7 @@ async fn promtool_gets_the_same_answers_from_vigil_as_from_prometheus() -> Resul
         "node_load1",
         "sum by (mode) (rate(node_cpu_seconds_total[10s]))",
         "rate(node_network_receive_bytes_total[10s])",
+        "count by (cpu) (node_cpu_seconds_total)",
     ] {
         let flags = [
             "range".to_string(),

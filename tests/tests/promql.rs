@@ -130,6 +130,32 @@ async fn query(client: &reqwest::Client, c: &Collector, expr: &str, t_s: f64) ->
     Ok(body["data"]["result"].clone())
 }
 
+/// A range query's answer at every 30 s of the two minutes before `t_s`, and its first
+/// series' values.
+async fn last_two_minutes(
+    client: &reqwest::Client,
+    c: &Collector,
+    expr: &str,
+    t_s: f64,
+) -> Result<(Value, Vec<Value>)> {
+    let url = reqwest::Url::parse_with_params(
+        &c.api_url("/prometheus/api/v1/query_range"),
+        &[
+            ("query", expr),
+            ("start", &(t_s - 120.0).to_string()),
+            ("end", &t_s.to_string()),
+            ("step", "30s"),
+        ],
+    )?;
+    let (status, range) = get_json(client, url.as_str()).await?;
+    anyhow::ensure!(status == 200, "{expr}: {status} {range}");
+    let values = range["data"]["result"][0]["values"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    Ok((range, values))
+}
+
 /// The one value of an instant vector.
 fn one(result: &Value) -> Result<f64> {
     let items = result.as_array().context("a vector")?;
@@ -215,41 +241,13 @@ async fn otlp_metrics_answer_promql_as_prometheus_series() -> Result<()> {
     assert_eq!(one(&gauge)?, 1016.0);
 
     // A range query: the counter's rate at every 30 s of the last two minutes.
-    let url = reqwest::Url::parse_with_params(
-        &c.api_url("/prometheus/api/v1/query_range"),
-        &[
-            ("query", format!("rate({counter}[1m])").as_str()),
-            ("start", &(t - 120.0).to_string()),
-            ("end", &t.to_string()),
-            ("step", "30s"),
-        ],
-    )?;
-    let (status, range) = get_json(&client, url.as_str()).await?;
-    assert_eq!(status, 200, "{range}");
-    let values = range["data"]["result"][0]["values"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
+    let (range, values) = last_two_minutes(&client, &c, &format!("rate({counter}[1m])"), t).await?;
     assert_eq!(values.len(), 5, "{range}");
     assert!(values.iter().all(|v| v[1] == "0.6666666666666666"), "{range}");
     // The histogram's median over the same steps, its buckets read series by series from
     // their documents: at every step what the instant query answers there.
     let median_expr = "histogram_quantile(0.5, sum by (le) (rate(http_server_duration_bucket[1m])))";
-    let url = reqwest::Url::parse_with_params(
-        &c.api_url("/prometheus/api/v1/query_range"),
-        &[
-            ("query", median_expr),
-            ("start", &(t - 120.0).to_string()),
-            ("end", &t.to_string()),
-            ("step", "30s"),
-        ],
-    )?;
-    let (status, range) = get_json(&client, url.as_str()).await?;
-    assert_eq!(status, 200, "{range}");
-    let medians = range["data"]["result"][0]["values"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default();
+    let (range, medians) = last_two_minutes(&client, &c, median_expr, t).await?;
     assert_eq!(medians.len(), 5, "{range}");
     for step in &medians {
         let at = step[0].as_f64().context("a step time")?;

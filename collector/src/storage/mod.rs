@@ -9,7 +9,7 @@ mod investigate;
 mod metrics_query;
 mod partition;
 mod prom;
-mod prom_each;
+mod prom_select;
 mod samples;
 mod schema;
 mod search;
