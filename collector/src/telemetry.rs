@@ -80,6 +80,11 @@ pub(crate) struct Metrics {
     /// The last write-ahead log entry the detectors have applied.
     pub detect_applied_lsn: Gauge,
     pub detect_series_evicted: Counter,
+    /// Incidents whose first minutes have settled and that are not investigated yet.
+    pub investigations_due: Gauge,
+    /// The settled event time the incident investigations last finished a pass at (unix
+    /// seconds).
+    pub investigations_settled_time: Gauge,
     pub anomaly_updates: Family<DetectorLabel, Counter>,
     /// Messages the stream acknowledged to this ingest node (cluster roles).
     pub stream_published: Counter,
@@ -145,6 +150,8 @@ impl Default for Metrics {
             detect_applied_lsn: Gauge::default(),
             detect_event_time: Gauge::default(),
             detect_series_evicted: Counter::default(),
+            investigations_due: Gauge::default(),
+            investigations_settled_time: Gauge::default(),
             anomaly_updates: Family::default(),
             stream_published: Counter::default(),
             stream_duplicates: Counter::default(),
@@ -345,6 +352,16 @@ impl Default for Metrics {
                 "detect_applied_lsn",
                 "The last write-ahead log entry the detectors have applied",
                 m.detect_applied_lsn.clone(),
+            );
+            r.register(
+                "investigations_due",
+                "Incidents whose first minutes have settled and that are not investigated yet (waiting for the indexes, or queued)",
+                m.investigations_due.clone(),
+            );
+            r.register(
+                "investigations_settled_time_seconds",
+                "The settled event time (unix seconds) at which the incident investigations last finished a pass: with investigations_due at 0, every incident whose window ended by then is investigated (or failed, with a warning)",
+                m.investigations_settled_time.clone(),
             );
             r.register(
                 "detect_event_time_seconds",

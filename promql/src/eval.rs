@@ -458,7 +458,10 @@ impl<'q> Evaluator<'q, '_> {
                     value_name(&other)
                 ))),
             },
-            Expr::VectorSelector(vs) => Ok(Value::Vector(self.instant_selector(vs, t))),
+            Expr::VectorSelector(vs) => match self.q.precomputed_at(node_id(vs), t) {
+                Some(v) => Ok(v),
+                None => Ok(Value::Vector(self.instant_selector(vs, t))),
+            },
             Expr::MatrixSelector(_) | Expr::Subquery(_) => Ok(Value::Matrix(self.window(e, t)?.into_matrix())),
             Expr::Binary(b) => {
                 let v = crate::binary::eval(self, b, t)?;

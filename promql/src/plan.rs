@@ -18,6 +18,7 @@ pub(crate) struct Needs<'e> {
 /// Walks `e`, evaluated at times within `[start, end]`, noting what each selector reads.
 pub(crate) fn plan<'e>(e: &'e Expr, start: i64, end: i64, q: &Query<'_>, out: &mut HashMap<usize, Needs<'e>>) {
     match e {
+        Expr::VectorSelector(vs) if q.is_precomputed(node_id(vs)) => {}
         Expr::VectorSelector(vs) => note(vs, start, end, q.opts.lookback_ms, q, out),
         Expr::MatrixSelector(ms) => note(&ms.vs, start, end, duration_ms(&ms.range), q, out),
         Expr::Subquery(sq) => {

@@ -13,9 +13,9 @@
 //!
 //! Taken: a range function whose scalar arguments are literals, over a range selector
 //! without `@` or `or`, optionally under `sum`, `avg`, `count`, `min`, `max` or `group`; and
-//! an instant selector (no `@`, no `or`) under one of those aggregations (`sum by (mode)
-//! (node_memory_…)`); never inside a subquery (whose steps differ from the query's).
-//! Everything else is evaluated step by step, as before.
+//! an instant selector (no `@`, no `or`), alone (`a / b`) or under one of those aggregations
+//! (`sum by (mode) (node_memory_…)`); never inside a subquery (whose steps differ from the
+//! query's) or `timestamp()`. Everything else is evaluated step by step, as before.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -24,7 +24,7 @@ use promql_parser::parser::token::{T_AVG, T_COUNT, T_GROUP, T_MAX, T_MIN, T_SUM}
 use promql_parser::parser::{AggregateExpr, Call, Expr, LabelModifier, MatrixSelector, VectorSelector};
 
 use crate::aggregate::group_labels;
-use crate::eval::{Query, duration_ms, offset_ms};
+use crate::eval::{Query, duration_ms, node_id, offset_ms};
 use crate::functions::range::RangeOp;
 use crate::numeric::RunningMean;
 use crate::value::{Error, Labels, METRIC_NAME, Sample, Series, Storage, is_stale};
@@ -155,6 +155,10 @@ fn targets<'e>(e: &'e Expr, out: &mut Vec<Target<'e>>) {
                 });
                 return;
             }
+            // `timestamp(x)` reads its selector's samples, times and all.
+            if c.func.name == "timestamp" {
+                return;
+            }
             for arg in &c.args.args {
                 targets(arg, out);
             }
@@ -165,6 +169,11 @@ fn targets<'e>(e: &'e Expr, out: &mut Vec<Target<'e>>) {
             targets(&b.lhs, out);
             targets(&b.rhs, out);
         }
+        Expr::VectorSelector(vs) if plain(vs) => out.push(Target {
+            node: node_id(vs),
+            input: Input::Instant(vs),
+            aggregation: None,
+        }),
         // A subquery's inner steps are not the query's: evaluated step by step.
         Expr::Subquery(_)
         | Expr::VectorSelector(_)

@@ -77,6 +77,26 @@ async fn fault_is_found(fault: &str, service: &str, seed: u64) -> Result<()> {
         }
     };
     let id = incident["id"].as_str().unwrap_or_default();
+    // The investigations say how far they have got, for whoever waits on them (the Nezha
+    // harness): a pass finished past the incident's start, nothing left to investigate.
+    let start_s = incident["start_ms"].as_f64().unwrap_or(f64::MAX) / 1000.0;
+    eventually(
+        Duration::from_secs(60),
+        "the investigations' pass past the incident",
+        || {
+            let (client, url) = (client.clone(), c.api_url("/metrics"));
+            async move {
+                let text = client.get(url).send().await?.text().await?;
+                let value = |name: &str| {
+                    text.lines()
+                        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok())
+                };
+                let at = value("vigil_investigations_settled_time_seconds").unwrap_or(0.0);
+                Ok((at > start_s && value("vigil_investigations_due") == Some(0.0)).then_some(()))
+            }
+        },
+    )
+    .await?;
     assert!(
         incident["summary"]
             .as_str()
