@@ -444,12 +444,24 @@ impl Block {
         (Arc::clone(&self.chunks_file), found)
     }
 
+    /// Label names of the block's live series (a purged series' labels are not listed).
     pub(crate) fn label_names(&self) -> Vec<String> {
-        self.postings.names().map(str::to_string).collect()
+        self.postings.names(|id| self.live(id)).map(str::to_string).collect()
     }
 
+    /// Values of label `name` among the block's live series.
     pub(crate) fn label_values(&self, name: &str) -> Vec<String> {
-        self.postings.values(name).into_iter().map(str::to_string).collect()
+        self.postings
+            .values(name, |id| self.live(id))
+            .into_iter()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Whether series `id` is not deleted (checked only in a block that ever purged one:
+    /// the listings of every query's metric names pass here).
+    fn live(&self, id: u32) -> bool {
+        self.purged_at.is_empty() || self.series.get(id as usize).is_some_and(|s| !s.deleted)
     }
 
     /// Live series, their sealed chunks, samples in them, and head samples.

@@ -48,14 +48,25 @@ impl Postings {
         best.unwrap_or_else(|| (0..self.count).collect())
     }
 
-    pub(crate) fn names(&self) -> impl Iterator<Item = &str> {
-        self.by_label.keys().map(String::as_str)
+    /// Label names some series for which `live` holds carries.
+    pub(crate) fn names(&self, live: impl Fn(u32) -> bool) -> impl Iterator<Item = &str> {
+        self.by_label
+            .iter()
+            .filter(move |(_, values)| values.values().flatten().any(|&id| live(id)))
+            .map(|(name, _)| name.as_str())
     }
 
-    pub(crate) fn values(&self, name: &str) -> BTreeSet<&str> {
+    /// Values of label `name` that some series for which `live` holds carries.
+    pub(crate) fn values(&self, name: &str, live: impl Fn(u32) -> bool) -> BTreeSet<&str> {
         self.by_label
             .get(name)
-            .map(|values| values.keys().map(String::as_str).collect())
+            .map(|values| {
+                values
+                    .iter()
+                    .filter(|(_, ids)| ids.iter().any(|&id| live(id)))
+                    .map(|(value, _)| value.as_str())
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }
@@ -93,8 +104,12 @@ mod tests {
     #[test]
     fn names_and_values_list_what_was_indexed() {
         let p = index();
-        assert_eq!(p.names().collect::<Vec<_>>(), vec!["__name__", "host", "mode"]);
-        assert_eq!(p.values("mode").into_iter().collect::<Vec<_>>(), vec!["idle", "user"]);
-        assert!(p.values("nope").is_empty());
+        let all = |_| true;
+        assert_eq!(p.names(all).collect::<Vec<_>>(), vec!["__name__", "host", "mode"]);
+        assert_eq!(
+            p.values("mode", all).into_iter().collect::<Vec<_>>(),
+            vec!["idle", "user"]
+        );
+        assert!(p.values("nope", all).is_empty());
     }
 }

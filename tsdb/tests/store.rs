@@ -302,6 +302,32 @@ fn a_purge_replayed_after_a_crash_deletes_only_what_came_before_it() {
 }
 
 #[test]
+fn a_purged_series_leaves_the_label_listings() {
+    let dir = tempfile::tempdir().expect("dir");
+    let db = Tsdb::open(dir.path()).expect("open");
+    db.append(1, &cpu("h1", "idle"), 1_000, 1.0).expect("append");
+    db.append(2, &cpu("h2", "user"), 1_000, 1.0).expect("append");
+    let gone = Labels::new([("__name__", "gone_total"), ("tenant", "acme")]);
+    db.append(3, &gone, 1_000, 1.0).expect("append");
+    assert!(db.label_names(0, 2_000).contains("tenant"));
+    db.delete(4, &|l: &Labels| {
+        l.get("host") == Some("h2") || l.get("tenant") == Some("acme")
+    })
+    .expect("delete");
+    let hosts: Vec<String> = db.label_values("host", 0, 2_000).into_iter().collect();
+    assert_eq!(hosts, ["h1"]);
+    let modes: Vec<String> = db.label_values("mode", 0, 2_000).into_iter().collect();
+    assert_eq!(modes, ["idle"]);
+    let names: Vec<String> = db.label_values("__name__", 0, 2_000).into_iter().collect();
+    assert_eq!(names, ["cpu_seconds_total"]);
+    assert!(!db.label_names(0, 2_000).contains("tenant"));
+    // The same labels written again after the purge are a live series, listed again.
+    db.append(5, &cpu("h2", "user"), 1_500, 2.0).expect("append");
+    let hosts: Vec<String> = db.label_values("host", 0, 2_000).into_iter().collect();
+    assert_eq!(hosts, ["h1", "h2"]);
+}
+
+#[test]
 fn the_floor_rises_as_heads_are_snapshotted_sealed_and_synced() {
     let dir = tempfile::tempdir().expect("dir");
     let db = Tsdb::open(dir.path()).expect("open");
