@@ -288,6 +288,12 @@ impl Store {
         let labels = term_filters(matchers);
         let (start_ms, end_ms) = samples::ms_range(start_ns, end_ns);
         let mut read = 0usize;
+        // Every series' labels first, then the series in label order, as `prom_select`
+        // sorts them: an aggregation adds its members in that order, and a float sum in
+        // another order can differ in its last bit from the same query over a whole
+        // selection (a cluster's root answers that way).
+        let mut plans: Vec<vigil_tsdb::Planned> = Vec::new();
+        let mut pending: Vec<(Labels, Pending)> = Vec::new();
         for name in self.prom_names(matchers, start_ns, end_ns).map_err(promql_error)? {
             let selector = Selector {
                 name: Some(name),
@@ -303,9 +309,7 @@ impl Store {
                 let whole = self
                     .prom_select_name(&selector, matchers, start_ns, end_ns, true, &mut read)
                     .map_err(promql_error)?;
-                for series in whole.into_iter().filter(|s| !s.samples.is_empty()) {
-                    f(series)?;
-                }
+                pending.extend(whole.into_iter().map(|s| (s.labels.clone(), Pending::Read(s))));
                 continue;
             }
             let distributions: Vec<_> = documents.info.into_iter().filter(|(_, i)| served(i)).collect();
@@ -313,38 +317,50 @@ impl Store {
                 let series = self
                     .distribution_series(&selector, distributions, matchers, start_ns, end_ns, true)
                     .map_err(promql_error)?;
-                for s in series.into_iter().filter(|s| !s.samples.is_empty()) {
-                    f(s)?;
-                }
+                pending.extend(series.into_iter().map(|s| (s.labels.clone(), Pending::Read(s))));
             }
             let planned = self.tsdb.plan(&samples::selector_matchers(&selector), start_ms, end_ms);
-            let mut wanted: Vec<(Labels, &vigil_tsdb::PlannedSeries)> = planned
-                .series()
-                .iter()
-                .filter_map(|s| {
-                    let (_, info) = samples::series_info(&s.labels);
-                    if !served(&info) {
-                        return None;
-                    }
-                    let labels = series_labels(&info);
-                    matches_all(matchers, &labels).then_some((labels, s))
-                })
-                .collect();
-            wanted.sort_by(|a, b| a.0.cmp(&b.0));
-            for (labels, s) in wanted {
-                let samples: Vec<Sample> = planned
-                    .read(s, start_ms, end_ms)
-                    .map_err(|e| promql_error(e.into()))?
-                    .into_iter()
-                    .map(|(t, v)| Sample { t, v })
-                    .collect();
-                if !samples.is_empty() {
-                    f(Series { labels, samples })?;
+            let plan = plans.len();
+            for (index, s) in planned.series().iter().enumerate() {
+                let (_, info) = samples::series_info(&s.labels);
+                if !served(&info) {
+                    continue;
                 }
+                let labels = series_labels(&info);
+                if matches_all(matchers, &labels) {
+                    pending.push((labels, Pending::Stored { plan, index }));
+                }
+            }
+            plans.push(planned);
+        }
+        pending.sort_by(|a, b| a.0.cmp(&b.0));
+        for (labels, source) in pending {
+            let series = match source {
+                Pending::Read(series) => series,
+                Pending::Stored { plan, index } => {
+                    let planned = &plans[plan];
+                    let samples = planned
+                        .read(&planned.series()[index], start_ms, end_ms)
+                        .map_err(|e| promql_error(e.into()))?
+                        .into_iter()
+                        .map(|(t, v)| Sample { t, v })
+                        .collect();
+                    Series { labels, samples }
+                }
+            };
+            if !series.samples.is_empty() {
+                f(series)?;
             }
         }
         Ok(())
     }
+}
+
+/// A series of a selection handed over one at a time: read already (documents), or still
+/// in the time-series store (read when its turn comes).
+enum Pending {
+    Read(Series),
+    Stored { plan: usize, index: usize },
 }
 
 /// A selection past the read cap: refused rather than answered with part of it.
