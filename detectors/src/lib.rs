@@ -23,8 +23,8 @@ pub use anomaly::{
     format_value,
 };
 pub use engine::{
-    Engine, EngineConfig, EngineState, EngineStateRef, EngineStats, MetricPoint, STATE_VERSION, SignalFeedback,
-    Verdict, VersionMismatch,
+    Engine, EngineConfig, EngineState, EngineStateRef, EngineStats, LaneProgress, MetricPoint, STATE_VERSION,
+    SignalFeedback, Verdict, VersionMismatch,
 };
 pub use patterns::{Assignment, MinerConfig, MinerSnapshot, Pattern, PatternMiner, WILDCARD, is_variable};
 pub use timeseries::{PointScore, Rejected, SeriesConfig, SeriesDetector, Signal};

@@ -32,9 +32,10 @@ const WORKER_TRIES: u32 = 10;
 /// Investigates incidents whose first minutes are final and indexed, one at a time, until
 /// `stop`.
 ///
-/// An incident is due once every kind of signal has settled past its window (event time:
-/// the data's own clock, so a replay at any speed investigates each incident when its
-/// minutes are in) and the indexes hold every write-ahead log entry detection had applied
+/// An incident is due once every kind of signal has settled past its window, or went quiet
+/// before it (event time: the data's own clock, so a replay at any speed investigates each
+/// incident when its minutes are in; a kind whose data ended hours before the others' holds
+/// nothing of the window and keeps nothing waiting) and the indexes hold every write-ahead log entry detection had applied
 /// by then. Investigating as soon as the fastest kind had passed the window read whatever
 /// the last index commit happened to hold: two replays of the same day ranked the same
 /// incidents differently.
@@ -67,14 +68,14 @@ pub(crate) async fn run(
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let now = *settled.lock().unwrap_or_else(|e| e.into_inner());
+        let now = settled.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let indexed = u64::try_from(metrics.indexed_lsn.get()).unwrap_or(0);
         let recent = incidents.query(0, i64::MAX, None, RECENT);
         waiting.retain(|id, _| recent.iter().any(|i| &i.id == id));
         retried.retain(|id, _| recent.iter().any(|i| &i.id == id));
         let settled: Vec<Incident> = recent
             .into_iter()
-            .filter(|i| i.symptom_start_ms() + AFTER_MS <= now.event_ms)
+            .filter(|i| now.covers(i.symptom_start_ms() - BEFORE_MS, i.symptom_start_ms() + AFTER_MS))
             .filter(|i| kept.count_for_incident(&i.id) == 0 && !failed.contains(&i.id))
             .collect();
         let mut pending = settled.len();

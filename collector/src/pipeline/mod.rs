@@ -65,10 +65,25 @@ pub(crate) struct Detection {
 /// final ([`Engine::settled_time`]) and the last WAL entry applied when it got there. The
 /// data of a window that ends before `event_ms` came in entries up to `applied_lsn`, so once
 /// the indexes hold those, a search of the window reads what detection counted.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Settled {
     pub event_ms: i64,
     pub applied_lsn: u64,
+    /// Each kind of signal's progress (none on a cluster's correlator, whose detectors see
+    /// no data: `event_ms` alone says how far the cluster has got).
+    pub lanes: Vec<vigil_detectors::LaneProgress>,
+}
+
+impl Settled {
+    /// Whether every kind of signal's data of `[start_ms, end_ms]` is in: each kind is final
+    /// past the end, or went quiet before the window began. A kind that ended hours before
+    /// the others (a replay, a backfill) holds nothing later and keeps nothing waiting.
+    pub(crate) fn covers(&self, start_ms: i64, end_ms: i64) -> bool {
+        if self.lanes.is_empty() {
+            return end_ms <= self.event_ms;
+        }
+        self.lanes.iter().all(|l| l.settled_for(start_ms, end_ms))
+    }
 }
 
 /// A running detection thread.
@@ -300,14 +315,19 @@ fn run(
                 state.engine.settled_time()
             },
             applied_lsn: state.progress.applied_lsn,
+            lanes: if lead.is_some() {
+                Vec::new()
+            } else {
+                state.engine.lane_progress()
+            },
         };
-        *shared.settled.lock().unwrap_or_else(|e| e.into_inner()) = settled;
         metrics
             .detect_applied_lsn
             .set(i64::try_from(settled.applied_lsn).unwrap_or(i64::MAX));
         if settled.event_ms > 0 {
             metrics.detect_settled_time.set(settled.event_ms / 1000);
         }
+        *shared.settled.lock().unwrap_or_else(|e| e.into_inner()) = settled;
         let updates = state.engine.drain();
         if !updates.is_empty() {
             for a in &updates {

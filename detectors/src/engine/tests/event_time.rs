@@ -210,6 +210,32 @@ fn a_quiet_spell_moves_each_lane_from_its_own_latest_event() {
 }
 
 #[test]
+fn a_kind_that_ended_hours_early_holds_no_later_window_back() {
+    // A replay: logs for the first hour only, spans for five. Once the logs have been quiet
+    // for the lateness, a window after their end is settled by the spans alone, though the
+    // logs' clock (which follows the wall clock from their own last event) stays hours
+    // behind; a window the logs had data in still waits for their clock.
+    let wall = T0 + 10_000 * MIN;
+    let mut e = engine();
+    e.set_wall_clock(wall);
+    for m in 0..300 {
+        lane_traffic(&mut e, m, m < 60, true);
+    }
+    let settled = |e: &Engine, start: i64, end: i64| e.lane_progress().iter().all(|l| l.settled_for(start, end));
+    let late_window = (T0 + 200 * MIN, T0 + 204 * MIN);
+    let early_window = (T0 + 58 * MIN, T0 + 62 * MIN);
+    assert_eq!(e.lane_progress().len(), 2, "{:?}", e.lane_progress());
+    assert!(e.settled_time() < T0 + 60 * MIN, "the logs hold the settled time back");
+    // Within the lateness nothing is known to be quiet: the logs may only be delayed.
+    e.set_wall_clock(wall + 60_000);
+    assert!(!settled(&e, late_window.0, late_window.1));
+    e.set_wall_clock(wall + 3 * MIN);
+    assert!(settled(&e, late_window.0, late_window.1), "{:?}", e.lane_progress());
+    assert!(!settled(&e, early_window.0, early_window.1), "{:?}", e.lane_progress());
+    assert!(e.settled_time() < T0 + 64 * MIN);
+}
+
+#[test]
 fn a_pause_shorter_than_the_lateness_closes_nothing() {
     // The pipeline stalls for 90 s (an index commit, a slow disk) with no batch reaching the
     // detectors: no kind went quiet, so no interval may close early — where intervals close
