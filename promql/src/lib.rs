@@ -24,6 +24,7 @@ mod functions;
 pub mod json;
 mod numeric;
 mod plan;
+mod query;
 mod stream;
 mod value;
 

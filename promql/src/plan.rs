@@ -5,7 +5,8 @@ use std::collections::HashMap;
 
 use promql_parser::parser::{Expr, VectorSelector};
 
-use crate::eval::{Query, duration_ms, node_id, offset_ms};
+use crate::eval::{duration_ms, node_id, offset_ms};
+use crate::query::Query;
 use crate::stream::{aggregate_id, call_id};
 
 /// One selector and the times it is read over, unix ms (both inclusive).

@@ -19,14 +19,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use promql_parser::label::{MatchOp, Matcher};
 use promql_parser::parser::token::{T_AVG, T_COUNT, T_GROUP, T_MAX, T_MIN, T_SUM};
 use promql_parser::parser::{AggregateExpr, Call, Expr, LabelModifier, MatrixSelector, VectorSelector};
 
 use crate::aggregate::group_labels;
-use crate::eval::{Query, duration_ms, node_id, offset_ms};
+use crate::eval::{duration_ms, node_id, offset_ms};
 use crate::functions::range::RangeOp;
 use crate::numeric::RunningMean;
+use crate::query::{Query, named};
 use crate::value::{Error, Labels, METRIC_NAME, Sample, Series, Storage, is_stale};
 
 /// The steps of a range query, unix ms.
@@ -218,10 +218,7 @@ fn evaluate(storage: &dyn Storage, target: &Target<'_>, steps: Steps, q: &Query<
         Input::Instant(_) => q.opts.lookback_ms,
     };
     let offset = offset_ms(&vs.offset);
-    let mut matchers = vs.matchers.matchers.clone();
-    if let Some(name) = &vs.name {
-        matchers.push(Matcher::new(MatchOp::Equal, METRIC_NAME, name));
-    }
+    let matchers = named(&vs.matchers.matchers, &vs.name);
     let n = steps.count();
     let mut seen = Collisions::default();
     // A bare function: its series; under an aggregation: one row of cells per group.
@@ -242,10 +239,11 @@ fn evaluate(storage: &dyn Storage, target: &Target<'_>, steps: Steps, q: &Query<
                 Input::Instant(_) => instant_values(s, steps, offset, back_ms, &mut values),
             }
             let mut labels = series.labels;
+            // The storage's label sets are unique: only dropping the name can make two equal.
             if !target.input.keeps_name() {
                 labels.remove(METRIC_NAME);
+                seen.check(&labels, &values)?;
             }
-            seen.check(&labels, &values)?;
             match target.aggregation {
                 None => {
                     let samples: Vec<Sample> = values

@@ -263,11 +263,8 @@ impl Tsdb {
     /// `[start, end]`, without reading samples (a chunk that overlaps the range may still
     /// hold no sample inside it), sorted.
     pub fn series_labels(&self, matchers: &[Matcher], start: i64, end: i64) -> Vec<Labels> {
-        let mut out = BTreeSet::new();
-        for block in self.blocks_in(start, end) {
-            out.extend(lock(&block).find(matchers, start, end).1.into_iter().map(|f| f.labels));
-        }
-        out.into_iter().collect()
+        let planned = self.plan(matchers, start, end);
+        planned.series().iter().map(|s| s.labels.clone()).collect()
     }
 
     /// Label names of the blocks `[start, end]` touches.

@@ -35,8 +35,8 @@ const WORKER_TRIES: u32 = 10;
 /// An incident is due once every kind of signal has settled past its window, or went quiet
 /// before it (event time: the data's own clock, so a replay at any speed investigates each
 /// incident when its minutes are in; a kind whose data ended hours before the others' holds
-/// nothing of the window and keeps nothing waiting) and the indexes hold every write-ahead log entry detection had applied
-/// by then. Investigating as soon as the fastest kind had passed the window read whatever
+/// nothing of the window and keeps nothing waiting) and the indexes hold every write-ahead
+/// log entry detection had applied by then. Investigating as soon as the fastest kind had passed the window read whatever
 /// the last index commit happened to hold: two replays of the same day ranked the same
 /// incidents differently.
 ///

@@ -40,6 +40,7 @@ mod sources;
 mod state;
 
 use explain::{context_before, explain, push_evidence, set_observation, truncate};
+pub use lanes::LaneProgress;
 pub use state::{EngineState, EngineStateRef, STATE_VERSION, VersionMismatch};
 
 /// An anomaly kept open only because its signal is still outside its onset band closes
@@ -164,25 +165,6 @@ impl SignalFeedback {
                 plural(r, "real")
             )),
         }
-    }
-}
-
-/// One kind of signal's progress ([`Engine::lane_progress`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LaneProgress {
-    /// Event time up to which its intervals are final.
-    pub watermark_ms: i64,
-    /// Its latest event.
-    pub latest_event_ms: i64,
-    /// Nothing of it heard for the allowed lateness of wall time.
-    pub quiet: bool,
-}
-
-impl LaneProgress {
-    /// Whether everything of this kind in `[start_ms, end_ms]` is in: its intervals are
-    /// final past the end, or it went quiet before the window began.
-    pub fn settled_for(&self, start_ms: i64, end_ms: i64) -> bool {
-        self.watermark_ms >= end_ms || (self.quiet && self.latest_event_ms < start_ms)
     }
 }
 
@@ -583,23 +565,6 @@ impl Engine {
             .map(|l| l.watermark_ms)
             .min()
             .unwrap_or(i64::MIN)
-    }
-
-    /// Each kind of signal that has had data: how far it is final, its latest event, and
-    /// whether it has gone quiet (nothing heard for the allowed lateness of wall time). A
-    /// window after a quiet kind's latest event holds nothing of that kind and will not,
-    /// however far behind the kind's clock is: a replay whose logs end hours before its
-    /// metrics need not wait hours for the logs' clock to catch up.
-    pub fn lane_progress(&self) -> Vec<LaneProgress> {
-        self.lanes
-            .iter()
-            .filter(|l| l.has_data())
-            .map(|l| LaneProgress {
-                watermark_ms: l.watermark_ms,
-                latest_event_ms: l.sources.event_time(),
-                quiet: self.wall_ms > 0 && l.heard_wall_ms.saturating_add(self.cfg.lateness_ms) <= self.wall_ms,
-            })
-            .collect()
     }
 
     /// Scores one metric point on its series right away (no interval, no lateness: only a
