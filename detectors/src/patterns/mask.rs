@@ -197,9 +197,166 @@ pub(crate) fn constant_prefix(token: &str) -> Option<usize> {
     (plain && is_variable(rest)).then_some(at + 1)
 }
 
+/// Punctuation that glues a value to the words around it without a space: a call's or an
+/// index's brackets (`took(25)`, `slots[3]`, `<id>7</id>`), a field separator (`a|25|b`,
+/// `x;y`) and quotes. Not `=` and `:` (keys, see [`constant_prefix`]), not `.`, `-`, `_`,
+/// `/` or `\` (inside names, versions, hosts and paths), and not `,`: a list's length
+/// varies, and each item would become a token of its own.
+const GLUE: &[u8] = b"()[]{}<>|;\"'";
+
+/// The template of a token in which punctuation glues a value to the words around it:
+/// `took(25)` → `took(<*>`, `len:|1893|time:|0.24` → `len:|<*>|time:|<*>`,
+/// `[line=15]` → `[line=<*>]`. Without it the digit makes the whole token a variable, and
+/// the word that names the value, the one that tells two events apart, is lost.
+///
+/// What is kept: the token's leading name, and keys (`time:`, `line=<*>`). Everything else
+/// from a variable on, up to the next key, is one wildcard: a value's own punctuation
+/// (`LOCAL(0),`, `(10.0.0.1,)`) varies with the value and must not split the event.
+/// `None` when the token has no digit or no gluing punctuation, or is a URL, a path or a
+/// source location (those stay whole); the wildcard when nothing is kept.
+pub(crate) fn glued_template(token: &str) -> Option<String> {
+    let bytes = token.as_bytes();
+    if !bytes.iter().any(u8::is_ascii_digit) || !bytes.iter().any(|b| GLUE.contains(b)) {
+        return None;
+    }
+    if token.contains("://") || is_source_location(token) || bytes.first() == Some(&b'/') || is_windows_path(bytes) {
+        return None;
+    }
+    let mut out = String::with_capacity(token.len());
+    let mut kept_any = false;
+    let mut in_value = false;
+    let mut leading = true;
+    let mut value_end = "";
+    for part in token.split_inclusive(|c: char| c.is_ascii() && GLUE.contains(&(c as u8))) {
+        // `split_inclusive` leaves the separator at the end of each part but the last.
+        let (segment, glue) = match part.as_bytes().last() {
+            Some(b) if GLUE.contains(b) => part.split_at(part.len() - 1),
+            _ => (part, ""),
+        };
+        let kept = if segment.is_empty() {
+            None
+        } else if let Some(at) = constant_prefix(segment) {
+            Some((&segment[..at], true))
+        } else if is_key(segment) || (leading && !is_variable(segment)) {
+            Some((segment, false))
+        } else {
+            in_value = true;
+            None
+        };
+        leading &= segment.is_empty();
+        match kept {
+            Some((text, valued)) => {
+                if in_value {
+                    // The value ends at the punctuation just before the key.
+                    out.push_str(WILDCARD);
+                    out.push_str(value_end);
+                    in_value = false;
+                }
+                out.push_str(text);
+                if valued {
+                    out.push_str(WILDCARD);
+                }
+                out.push_str(glue);
+                kept_any = true;
+            }
+            None if !in_value => out.push_str(glue),
+            None => value_end = glue,
+        }
+    }
+    if in_value {
+        out.push_str(WILDCARD);
+    }
+    Some(if kept_any { out } else { WILDCARD.to_string() })
+}
+
+/// A key written before its value: a plain word ending in `:` or `=` (`time:`, `len=`).
+fn is_key(segment: &str) -> bool {
+    let Some(word) = segment.strip_suffix([':', '=']) else {
+        return false;
+    };
+    !word.is_empty()
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphabetic() || b == b'_' || b == b'-' || b == b'.')
+}
+
+/// A `key=value` field (`table=orders`, `size=<*>`): its value is a word on one line and
+/// another word on the next, so the token is not a word of the template's own.
+fn is_assignment(token: &str) -> bool {
+    token.split_once('=').is_some_and(|(key, value)| {
+        !key.is_empty()
+            && !value.is_empty()
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphabetic() || b == b'_' || b == b'-' || b == b'.')
+    })
+}
+
+/// The part of a token that picks its line's bucket, if any. A variable and a `key=value`
+/// field pick none: their values differ from line to line of one event. Nor does a token
+/// with something glued to a name (`chdir(<*>`, `chdir(pwd)`, `LOCAL(<*>`): whether the
+/// glued part is a value or a word differs between lines of one event (`chdir(pwd)` beside
+/// `chdir(/p/t800)`), and a line never looks in another bucket than its own; the
+/// similarity compares such tokens instead. A bracketed word (`[INFO]`) or a call site
+/// (`[sweep.c:1455]:`) picks whole.
+pub(crate) fn bucket_word(token: &str) -> Option<&str> {
+    if token == WILDCARD || is_assignment(token) {
+        return None;
+    }
+    let bytes = token.as_bytes();
+    let Some(at) = bytes.iter().skip(1).position(|b| GLUE.contains(b)).map(|p| p + 1) else {
+        return Some(token);
+    };
+    let glued = token.contains(WILDCARD) || bytes[at + 1..].iter().any(u8::is_ascii_alphanumeric);
+    (!glued).then_some(token)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_value_glued_to_a_name_keeps_the_name() {
+        for (token, template) in [
+            ("took(25)", "took(<*>"),
+            ("chdir(/p/gb2/t800)", "chdir(<*>"),
+            ("len:|1893|time:|0.24", "len:|<*>|time:|<*>"),
+            ("[line=15]", "[line=<*>]"),
+            ("\"GET(/v2/54fa/servers)", "\"GET(<*>"),
+            // The value's own punctuation is part of the value.
+            ("to(LOCAL(0),)", "to(<*>"),
+            ("to(10.100.20.250,)", "to(<*>"),
+        ] {
+            assert_eq!(glued_template(token).as_deref(), Some(template), "{token}");
+        }
+        // Nothing but values and punctuation: one wildcard, as before.
+        for token in ["(25)", "[req-00af31]", "(10.0.0.1:80)", "\"HTTP/1.1\""] {
+            assert_eq!(glued_template(token).as_deref(), Some(WILDCARD), "{token}");
+        }
+        // Not glued: no digit, no gluing punctuation, or a URL, path or call site kept whole.
+        for token in [
+            "chdir(pwd)",
+            "[INFO]",
+            "size=25",
+            "http://x/a(1)",
+            "/var/log(1)",
+            "[sweep.c:1455]:",
+            "C:\\x(1)",
+        ] {
+            assert_eq!(glued_template(token), None, "{token}");
+        }
+    }
+
+    #[test]
+    fn what_is_glued_to_a_name_picks_no_bucket() {
+        assert_eq!(bucket_word("[INFO]"), Some("[INFO]"));
+        assert_eq!(bucket_word("[sweep.c:1455]:"), Some("[sweep.c:1455]:"));
+        assert_eq!(bucket_word("failed:"), Some("failed:"));
+        // A word or a value glued on: the lines of one event must share a bucket.
+        for token in [WILDCARD, "chdir(<*>", "chdir(pwd)", "[<*>]", "table=orders", "size=<*>"] {
+            assert_eq!(bucket_word(token), None, "{token}");
+        }
+    }
 
     #[test]
     fn variables_are_recognised() {

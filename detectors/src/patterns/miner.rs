@@ -1,6 +1,7 @@
 //! Online log template mining in the Drain family.
 //!
-//! Each line is split on whitespace and its variable tokens masked ([`super::mask`]).
+//! Each line is split on whitespace and its variable tokens masked ([`super::mask`]); a
+//! value glued to a word by punctuation (`took(25)`) is masked inside its token.
 //! Lines are bucketed by token count and their first constant tokens (Drain's fixed-depth
 //! prefix tree, flattened into one hash map); within a bucket the line joins the most
 //! similar pattern if enough positions agree, turning disagreeing positions into
@@ -18,7 +19,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use super::mask::{WILDCARD, constant_prefix, is_calendar_word, is_variable, mask_dates};
+use super::mask::{WILDCARD, bucket_word, constant_prefix, glued_template, is_calendar_word, is_variable, mask_dates};
 
 /// Tuning of the miner. The defaults are what the product runs with.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -196,6 +197,9 @@ fn fnv(h: &mut u64, bytes: &[u8]) {
 
 /// Masks one token: a variable becomes the wildcard, `key=value` keeps its key.
 fn normalize(token: &str) -> Cow<'_, str> {
+    if let Some(template) = glued_template(token) {
+        return Cow::Owned(template);
+    }
     if let Some(at) = constant_prefix(token) {
         return Cow::Owned(format!("{}{WILDCARD}", &token[..at]));
     }
@@ -311,7 +315,7 @@ impl PatternMiner {
         fnv(&mut h, &(tokens.len() as u64).to_le_bytes());
         for t in tokens
             .iter()
-            .filter(|t| t.as_ref() != WILDCARD)
+            .filter_map(|t| bucket_word(t))
             .take(self.config.prefix_depth)
         {
             fnv(&mut h, t.as_bytes());
