@@ -351,7 +351,17 @@ impl Correlator {
                 // of (a one-minute error burst must not absorb the fault five minutes
                 // later), however long the incident stays open for a slow metric.
                 let going_on = i.timeline.iter().any(|m| self.active_at(m, a.start_ms));
-                let in_it = i.services.iter().any(|s| s == service);
+                // A service is in the incident once its requests or logs were: a resource
+                // metric of it that moved alongside (a pod's memory, a latency gauge) does not
+                // say it is in the trouble, and its own fault minutes later must not be
+                // absorbed as more of it. On the Nezha day food-service's memory moved with
+                // basic-service's fault, and food's own fault 13 minutes later joined that
+                // incident instead of paging. A metric finding joins by any membership.
+                let own_kind_counts = kind_family(a.detector) == "metrics";
+                let in_it = i
+                    .timeline
+                    .iter()
+                    .any(|m| m.service == service && (own_kind_counts || kind_family(m.detector) != "metrics"));
                 let max_age = if in_it {
                     self.cfg.max_join_age_ms
                 } else {

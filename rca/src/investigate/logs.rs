@@ -74,17 +74,25 @@ pub(crate) fn patterns(input: &Input, index: &TraceIndex<'_>) -> Vec<Evidence> {
             continue;
         }
         let minutes = baseline.get(&key);
+        let seen_before: u64 = minutes.map_or(0, |b| b.values().sum());
         let counts = per_minute(minutes, &baseline_minutes);
         let per_minute = if counts.is_empty() { vec![0.0] } else { counts };
         let before = median(&per_minute);
         let sigma = mad_sigma(&per_minute, before);
+        // A pattern the baseline never had is measured over the minutes since its first
+        // line: the quiet minutes before it say nothing of it, and a window begun a minute
+        // earlier (an incident's starts a minute before its first symptom) must not make
+        // the same new error weaker.
+        let n = match first_minute.get(&key) {
+            Some(&first) if seen_before == 0 => window_minutes.range(first..).count().max(1) as f64,
+            _ => n,
+        };
         // Counts: at least Poisson noise, and a bursty baseline's own spread.
         let variance = (sigma * sigma).max(before).max(1.0);
         let strength = (count as f64 - n * before) / (n * variance).sqrt();
         if strength < MIN_STRENGTH {
             continue;
         }
-        let seen_before: u64 = minutes.map_or(0, |b| b.values().sum());
         let level = if key.2 >= ERROR { "error" } else { "warning" };
         let sentence = if seen_before == 0 {
             format!(

@@ -390,6 +390,50 @@ fn a_neighbour_going_wrong_minutes_into_an_incident_is_a_new_fault() {
 }
 
 #[test]
+fn a_service_whose_metrics_moved_in_an_incident_is_not_yet_part_of_it() {
+    let topo = topology();
+    let build = |early: DetectorKind| {
+        let mut c = Correlator::new(IncidentConfig::default());
+        // payment fails for a quarter of an hour, logs and spans, still open; checkout's
+        // finding a minute in is the cascade.
+        for (id, kind) in [("a", DetectorKind::LogErrorRate), ("b", DetectorKind::TraceRed)] {
+            let mut f = anomaly(id, "payment", kind, 0, 0.9, true);
+            f.end_ms = T0 + 15 * 60_000;
+            c.observe(&f, &topo);
+        }
+        let mut early = anomaly("c", "checkout", early, 60, 0.9, true);
+        early.end_ms = T0 + 2 * 60_000;
+        c.observe(&early, &topo);
+        let first = c.drain()[0].id.clone();
+        // Checkout's own requests fail ten minutes in.
+        c.observe(
+            &anomaly("d", "checkout", DetectorKind::LogErrorRate, 10 * 60, 0.9, true),
+            &topo,
+        );
+        c.observe(
+            &anomaly("e", "checkout", DetectorKind::TraceRed, 10 * 60, 0.9, true),
+            &topo,
+        );
+        let joined = c
+            .incident(&first)
+            .is_some_and(|i| i.timeline.iter().any(|m| m.anomaly_id == "d"));
+        (joined, c.drain())
+    };
+    // Only its CPU had moved: the failure ten minutes later is a fault of its own.
+    let (joined, later) = build(DetectorKind::Metric);
+    assert!(!joined, "joined the older incident: {later:#?}");
+    assert!(
+        later
+            .iter()
+            .any(|i| i.timeline.iter().any(|m| m.anomaly_id == "d") && i.timeline.iter().all(|m| m.anomaly_id != "a")),
+        "checkout's failure opened an incident of its own: {later:#?}"
+    );
+    // Its requests had slowed with payment's: the same failure is more of the incident.
+    let (joined, _) = build(DetectorKind::TraceRed);
+    assert!(joined, "a service in the incident by its requests stays in it");
+}
+
+#[test]
 fn the_same_findings_hours_later_make_the_same_incidents() {
     // Two unrelated incidents end at the same moment and a finding with no service joins one
     // of them. Which one must follow from the findings, not from incident ids (they hash the

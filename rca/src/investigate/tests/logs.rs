@@ -53,6 +53,24 @@ fn error_lines_of_callers_above_a_failing_callee_are_propagation() {
 }
 
 #[test]
+fn a_new_error_is_measured_from_its_first_line() {
+    // Five lines of an error payment never printed before, all in the window's last minute;
+    // routine lines in every minute. Over the window's three minutes five lines are a weak
+    // rate (2.9 σ); from the minute the error began they are not, and the quiet minutes
+    // before it (a window begun earlier) say nothing of it.
+    let mut input = System::new().input(Minute::normal());
+    for m in (0..55).chain(60..63) {
+        input.log_counts.push(log_count(m, "checkout", 1, 9, 10));
+    }
+    input.log_counts.push(log_count(62, "payment", 7, 17, 5));
+    let ranked = investigate(&input);
+    assert_eq!(services(&ranked), ["payment"], "{ranked:#?}");
+    let evidence = &ranked[0].evidence[0];
+    assert!(evidence.sentence.contains("new error pattern"), "{evidence:?}");
+    assert!(evidence.strength >= 5.0 - 1e-9, "{evidence:?}");
+}
+
+#[test]
 fn a_pattern_present_all_along_is_not_news() {
     let mut input = System::new().input(Minute::normal());
     for m in (0..55).chain(60..63) {
