@@ -4,6 +4,8 @@
 //! Hand-written scanners instead of regexes: the miner sees every log line, and one
 //! pass over each token's bytes is all this needs.
 
+use std::borrow::Cow;
+
 /// The wildcard that stands for a variable in templates.
 pub const WILDCARD: &str = "<*>";
 
@@ -204,6 +206,21 @@ pub(crate) fn constant_prefix(token: &str) -> Option<usize> {
 /// varies, and each item would become a token of its own.
 const GLUE: &[u8] = b"()[]{}<>|;\"'";
 
+/// [`GLUE`] as a byte table: the miner asks this of every byte of every token.
+const IS_GLUE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < GLUE.len() {
+        table[GLUE[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
+
+fn is_glue(b: u8) -> bool {
+    IS_GLUE[b as usize]
+}
+
 /// The template of a token in which punctuation glues a value to the words around it:
 /// `took(25)` → `took(<*>`, `len:|1893|time:|0.24` → `len:|<*>|time:|<*>`,
 /// `[line=15]` → `[line=<*>]`. Without it the digit makes the whole token a variable, and
@@ -214,50 +231,63 @@ const GLUE: &[u8] = b"()[]{}<>|;\"'";
 /// (`LOCAL(0),`, `(10.0.0.1,)`) varies with the value and must not split the event.
 /// `None` when the token has no digit or no gluing punctuation, or is a URL, a path or a
 /// source location (those stay whole); the wildcard when nothing is kept.
-pub(crate) fn glued_template(token: &str) -> Option<String> {
+pub(crate) fn glued_template(token: &str) -> Option<Cow<'static, str>> {
     let bytes = token.as_bytes();
-    if !bytes.iter().any(u8::is_ascii_digit) || !bytes.iter().any(|b| GLUE.contains(b)) {
+    if !bytes.iter().any(|&b| is_glue(b)) || !bytes.iter().any(u8::is_ascii_digit) {
         return None;
     }
     if token.contains("://") || is_source_location(token) || bytes.first() == Some(&b'/') || is_windows_path(bytes) {
         return None;
     }
-    let mut out = String::with_capacity(token.len());
-    let mut kept_any = false;
-    let mut in_value = false;
-    let mut leading = true;
-    let mut value_end = "";
-    for part in token.split_inclusive(|c: char| c.is_ascii() && GLUE.contains(&(c as u8))) {
-        // `split_inclusive` leaves the separator at the end of each part but the last.
-        let (segment, glue) = match part.as_bytes().last() {
-            Some(b) if GLUE.contains(b) => part.split_at(part.len() - 1),
-            _ => (part, ""),
-        };
-        let kept = if segment.is_empty() {
-            None
-        } else if let Some(at) = constant_prefix(segment) {
-            Some((&segment[..at], true))
+    // Most such tokens are a value in brackets (`123)`, `(uid=7)`: one wildcard); only a
+    // token with something to keep pays for building its template.
+    let kept = |segment: &str, leading: bool| -> Option<(usize, bool)> {
+        if let Some(at) = constant_prefix(segment) {
+            Some((at, true))
         } else if is_key(segment) || (leading && !is_variable(segment)) {
-            Some((segment, false))
+            Some((segment.len(), false))
         } else {
-            in_value = true;
             None
+        }
+    };
+    let mut leading = true;
+    let mut any_kept = false;
+    for (segment, _) in glued_parts(token) {
+        if !segment.is_empty() {
+            any_kept |= kept(segment, leading).is_some();
+            leading = false;
+        }
+    }
+    if !any_kept {
+        return Some(Cow::Borrowed(WILDCARD));
+    }
+    let mut out = String::with_capacity(token.len());
+    let mut in_value = false;
+    let mut value_end = "";
+    let mut leading = true;
+    for (segment, glue) in glued_parts(token) {
+        let keep = if segment.is_empty() {
+            None
+        } else {
+            kept(segment, leading)
         };
+        if keep.is_none() && !segment.is_empty() {
+            in_value = true;
+        }
         leading &= segment.is_empty();
-        match kept {
-            Some((text, valued)) => {
+        match keep {
+            Some((len, valued)) => {
                 if in_value {
                     // The value ends at the punctuation just before the key.
                     out.push_str(WILDCARD);
                     out.push_str(value_end);
                     in_value = false;
                 }
-                out.push_str(text);
+                out.push_str(&segment[..len]);
                 if valued {
                     out.push_str(WILDCARD);
                 }
                 out.push_str(glue);
-                kept_any = true;
             }
             None if !in_value => out.push_str(glue),
             None => value_end = glue,
@@ -266,7 +296,18 @@ pub(crate) fn glued_template(token: &str) -> Option<String> {
     if in_value {
         out.push_str(WILDCARD);
     }
-    Some(if kept_any { out } else { WILDCARD.to_string() })
+    Some(Cow::Owned(out))
+}
+
+/// A token's parts between gluing punctuation, each with the punctuation after it (empty
+/// for the last).
+fn glued_parts(token: &str) -> impl Iterator<Item = (&str, &str)> {
+    token
+        .split_inclusive(|c: char| c.is_ascii() && is_glue(c as u8))
+        .map(|part| match part.as_bytes().last() {
+            Some(&b) if is_glue(b) => part.split_at(part.len() - 1),
+            _ => (part, ""),
+        })
 }
 
 /// A key written before its value: a plain word ending in `:` or `=` (`time:`, `len=`).
@@ -304,7 +345,7 @@ pub(crate) fn bucket_word(token: &str) -> Option<&str> {
         return None;
     }
     let bytes = token.as_bytes();
-    let Some(at) = bytes.iter().skip(1).position(|b| GLUE.contains(b)).map(|p| p + 1) else {
+    let Some(at) = bytes.iter().skip(1).position(|&b| is_glue(b)).map(|p| p + 1) else {
         return Some(token);
     };
     let glued = token.contains(WILDCARD) || bytes[at + 1..].iter().any(u8::is_ascii_alphanumeric);

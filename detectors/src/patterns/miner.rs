@@ -198,7 +198,7 @@ fn fnv(h: &mut u64, bytes: &[u8]) {
 /// Masks one token: a variable becomes the wildcard, `key=value` keeps its key.
 fn normalize(token: &str) -> Cow<'_, str> {
     if let Some(template) = glued_template(token) {
-        return Cow::Owned(template);
+        return template;
     }
     if let Some(at) = constant_prefix(token) {
         return Cow::Owned(format!("{}{WILDCARD}", &token[..at]));
