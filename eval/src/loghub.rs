@@ -6,7 +6,8 @@
 //!   `key: value`, numbers in brackets, Unix paths written the Windows way, a ctime date in
 //!   front, values glued to the word before them (`took(25)`) or between pipes
 //!   (`took|25|ms`) — and scored again. A miner whose
-//!   structure depends on the line's format loses GA here; the bar is 0.02.
+//!   structure depends on the line's format loses GA here; the bar is 0.02 (not met by the
+//!   last two).
 //! - **leave one set out**: for each of the miner's tuning constants, the value that scores
 //!   best on the *other* sets is chosen, and the held-out set is scored with it. The gap
 //!   between that and the in-sample score says how much the defaults owe to the set scored.
@@ -508,16 +509,17 @@ mod tests {
         (lines, truth)
     }
 
-    /// How many of [`TRANSFORMS`], from the first, meet the issue's bar (GA within 0.02 of the
-    /// set as given) on the suite's corpus. The last two glue a value to the words around it
-    /// without a space; the miner keeps the name (`took(<*>`), but a glued token does not pick
-    /// its line's bucket, so the few words left can (`pod(<*> in namespace payment`), and the
-    /// loghub sets lose more there (ARCHITECTURE.md, "Log patterns").
-    const WITHIN_BAR: usize = 7;
+    /// The rewrites that do not meet the issue's bar (GA within 0.02 of the set as given) on
+    /// the suite's corpus: they glue a value to the words around it without a space. The
+    /// miner keeps the name (`took(<*>`), but a glued token does not pick its line's bucket,
+    /// so the few words left can (`pod(<*> in namespace payment`), and the loghub sets lose
+    /// more there (ARCHITECTURE.md, "Log patterns"). They are held to 0.93 instead.
+    const BELOW_BAR: [&str; 2] = ["word(value)", "a|value|b"];
 
     /// The metamorphic check of the issue on log patterns, on lines the miner was never tuned
     /// on: rewriting every line into another format (a host:port, request id or ctime date in
-    /// front, `key: value`, bracketed numbers, Windows paths) must not cost more than 0.02 GA.
+    /// front, `key: value`, bracketed numbers, Windows paths) must not cost more than 0.02 GA;
+    /// the two glued-value rewrites ([`BELOW_BAR`]) must keep 0.93.
     /// `vigil-eval loghub` runs the same rewrites over the loghub sets.
     #[test]
     fn a_change_of_format_does_not_change_the_patterns() {
@@ -525,13 +527,13 @@ mod tests {
         let config = MinerConfig::default();
         let plain = grouping_accuracy(&truth, &mine(&lines, &config));
         assert!(plain >= 0.95, "GA {plain:.3} on the plain corpus");
-        for (k, (name, rewrite)) in TRANSFORMS.iter().enumerate() {
+        for (name, rewrite) in TRANSFORMS {
             let mut rng = Rng(7);
             let rewritten: Vec<String> = lines.iter().map(|l| rewrite(l, &mut rng)).collect();
             assert_ne!(rewritten, lines, "{name} changed nothing");
             let ga = grouping_accuracy(&truth, &mine(&rewritten, &config));
             // Glued values: 0.81 and 0.85 when the whole token was a wildcard, 0.96 now.
-            let bar = if k < WITHIN_BAR { plain - 0.02 } else { 0.93 };
+            let bar = if BELOW_BAR.contains(name) { 0.93 } else { plain - 0.02 };
             assert!(ga >= bar, "{name}: GA {ga:.3} against {plain:.3} before the rewrite");
         }
     }

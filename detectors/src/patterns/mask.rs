@@ -226,9 +226,10 @@ fn is_glue(b: u8) -> bool {
 /// `[line=15]` → `[line=<*>]`. Without it the digit makes the whole token a variable, and
 /// the word that names the value, the one that tells two events apart, is lost.
 ///
-/// What is kept: the token's leading name, and keys (`time:`, `line=<*>`). Everything else
-/// from a variable on, up to the next key, is one wildcard: a value's own punctuation
-/// (`LOCAL(0),`, `(10.0.0.1,)`) varies with the value and must not split the event.
+/// What is kept: the token's leading name, keys (`time:`, `line=<*>`) and call sites
+/// (`Foo.java:42`). Everything else, from the first part not kept up to the next kept one,
+/// is one wildcard: a value's own punctuation (`LOCAL(0),`, `(10.0.0.1,)`) varies with the
+/// value and must not split the event.
 /// `None` when the token has no digit or no gluing punctuation, or is a URL, a path or a
 /// source location (those stay whole); the wildcard when nothing is kept.
 pub(crate) fn glued_template(token: &str) -> Option<Cow<'static, str>> {
@@ -242,7 +243,10 @@ pub(crate) fn glued_template(token: &str) -> Option<Cow<'static, str>> {
     // Most such tokens are a value in brackets (`123)`, `(uid=7)`: one wildcard); only a
     // token with something to keep pays for building its template.
     let kept = |segment: &str, leading: bool| -> Option<(usize, bool)> {
-        if let Some(at) = constant_prefix(segment) {
+        if is_source_location(segment) {
+            // A call site names its log statement: `bar(Foo.java:42)` stays whole.
+            Some((segment.len(), false))
+        } else if let Some(at) = constant_prefix(segment) {
             Some((at, true))
         } else if is_key(segment) || (leading && !is_variable(segment)) {
             Some((segment.len(), false))
@@ -333,23 +337,26 @@ fn is_assignment(token: &str) -> bool {
     })
 }
 
-/// The part of a token that picks its line's bucket, if any. A variable and a `key=value`
-/// field pick none: their values differ from line to line of one event. Nor does a token
-/// with something glued to a name (`chdir(<*>`, `chdir(pwd)`, `LOCAL(<*>`): whether the
-/// glued part is a value or a word differs between lines of one event (`chdir(pwd)` beside
-/// `chdir(/p/t800)`), and a line never looks in another bucket than its own; the
-/// similarity compares such tokens instead. A bracketed word (`[INFO]`) or a call site
-/// (`[sweep.c:1455]:`) picks whole.
-pub(crate) fn bucket_word(token: &str) -> Option<&str> {
+/// Whether a token picks its line's bucket. A variable and a `key=value` field do not:
+/// their values differ from line to line of one event. Nor does a token with a value glued
+/// on (`took(<*>`, `LOCAL(<*>`) or a word in brackets after a name (`chdir(pwd)`): whether
+/// the glued part is a value or a word differs between lines of one event (`chdir(pwd)`
+/// beside `chdir(/p/t800)`), and a line never looks in another bucket than its own; the
+/// similarity compares such tokens instead. A bracketed word (`[INFO]`), a call site
+/// (`[sweep.c:1455]:`), a contraction (`Couldn't`) or a generic type (`List<String>`) picks.
+pub(crate) fn picks_bucket(token: &str) -> bool {
     if token == WILDCARD || is_assignment(token) {
-        return None;
+        return false;
     }
+    if token.contains(WILDCARD) {
+        return false;
+    }
+    // A name, then an opening bracket or a field separator, then a word: `chdir(pwd)`.
     let bytes = token.as_bytes();
-    let Some(at) = bytes.iter().skip(1).position(|&b| is_glue(b)).map(|p| p + 1) else {
-        return Some(token);
-    };
-    let glued = token.contains(WILDCARD) || bytes[at + 1..].iter().any(u8::is_ascii_alphanumeric);
-    (!glued).then_some(token)
+    match bytes.iter().skip(1).position(|b| b"([{|;".contains(b)) {
+        Some(p) => !bytes[p + 2..].iter().any(u8::is_ascii_alphanumeric),
+        None => true,
+    }
 }
 
 #[cfg(test)]
@@ -367,6 +374,8 @@ mod tests {
             // The value's own punctuation is part of the value.
             ("to(LOCAL(0),)", "to(<*>"),
             ("to(10.100.20.250,)", "to(<*>"),
+            // A call site stays whole, as it does alone.
+            ("bar(Foo.java:42)", "bar(Foo.java:42)"),
         ] {
             assert_eq!(glued_template(token).as_deref(), Some(template), "{token}");
         }
@@ -390,12 +399,27 @@ mod tests {
 
     #[test]
     fn what_is_glued_to_a_name_picks_no_bucket() {
-        assert_eq!(bucket_word("[INFO]"), Some("[INFO]"));
-        assert_eq!(bucket_word("[sweep.c:1455]:"), Some("[sweep.c:1455]:"));
-        assert_eq!(bucket_word("failed:"), Some("failed:"));
+        for token in [
+            "[INFO]",
+            "[sweep.c:1455]:",
+            "failed:",
+            "Couldn't",
+            "List<String>",
+            "(main)",
+        ] {
+            assert!(picks_bucket(token), "{token}");
+        }
         // A word or a value glued on: the lines of one event must share a bucket.
-        for token in [WILDCARD, "chdir(<*>", "chdir(pwd)", "[<*>]", "table=orders", "size=<*>"] {
-            assert_eq!(bucket_word(token), None, "{token}");
+        for token in [
+            WILDCARD,
+            "chdir(<*>",
+            "chdir(pwd)",
+            "[<*>]",
+            "table=orders",
+            "size=<*>",
+            "a|b",
+        ] {
+            assert!(!picks_bucket(token), "{token}");
         }
     }
 

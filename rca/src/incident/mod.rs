@@ -2,8 +2,9 @@
 //!
 //! An anomaly joins the open incident that is still going on when it starts — one of the
 //! incident's findings active then, give or take two minutes (for a resource metric, which
-//! may stay shifted for hours: its onset) — within ten minutes of the incident's start (half
-//! an hour for a service already in it), on a service that is the same as, or within two
+//! may stay shifted for hours: its onset) — within five minutes of the incident's start (half
+//! an hour for a service already in it by its requests or logs; a resource metric that moved
+//! alongside does not make it a member), on a service that is the same as, or within two
 //! calls of, a service already in it — unless a human has acknowledged or silenced that
 //! incident (it is sealed: a new fault gets its own). Trouble that was over does not take
 //! in a new fault, however long the incident stays open. Otherwise
@@ -72,7 +73,8 @@ pub struct IncidentConfig {
     /// the same span as [`IncidentConfig::corroboration_window_ms`], so what joins later is
     /// what could have corroborated the opening)…
     pub max_spread_ms: i64,
-    /// …and on a service already in it, after this long.
+    /// …and on a service already in it by a request-path finding (spans, logs; for a
+    /// metric finding, by any finding), after this long.
     pub max_join_age_ms: i64,
     /// A finding joins an incident only while it is going on: one of its findings active
     /// (for a resource metric: starting) no more than this long before the new one starts.
