@@ -193,10 +193,13 @@ pub(crate) fn constant_prefix(token: &str) -> Option<usize> {
     if key.is_empty() || rest.is_empty() {
         return None;
     }
-    let plain = key
-        .bytes()
-        .all(|b| b.is_ascii_alphabetic() || b == b'_' || b == b'-' || b == b'.');
-    (plain && is_variable(rest)).then_some(at + 1)
+    (is_plain_key(key) && is_variable(rest)).then_some(at + 1)
+}
+
+/// A key's name: letters, `_`, `-` and `.` (`status`, `http.method`, `retry-after`).
+fn is_plain_key(word: &str) -> bool {
+    word.bytes()
+        .all(|b| b.is_ascii_alphabetic() || b == b'_' || b == b'-' || b == b'.')
 }
 
 /// Punctuation that glues a value to the words around it without a space: a call's or an
@@ -319,22 +322,15 @@ fn is_key(segment: &str) -> bool {
     let Some(word) = segment.strip_suffix([':', '=']) else {
         return false;
     };
-    !word.is_empty()
-        && word
-            .bytes()
-            .all(|b| b.is_ascii_alphabetic() || b == b'_' || b == b'-' || b == b'.')
+    !word.is_empty() && is_plain_key(word)
 }
 
 /// A `key=value` field (`table=orders`, `size=<*>`): its value is a word on one line and
 /// another word on the next, so the token is not a word of the template's own.
 fn is_assignment(token: &str) -> bool {
-    token.split_once('=').is_some_and(|(key, value)| {
-        !key.is_empty()
-            && !value.is_empty()
-            && key
-                .bytes()
-                .all(|b| b.is_ascii_alphabetic() || b == b'_' || b == b'-' || b == b'.')
-    })
+    token
+        .split_once('=')
+        .is_some_and(|(key, value)| !key.is_empty() && !value.is_empty() && is_plain_key(key))
 }
 
 /// Whether a token picks its line's bucket. A variable and a `key=value` field do not:
@@ -345,10 +341,8 @@ fn is_assignment(token: &str) -> bool {
 /// similarity compares such tokens instead. A bracketed word (`[INFO]`), a call site
 /// (`[sweep.c:1455]:`), a contraction (`Couldn't`) or a generic type (`List<String>`) picks.
 pub(crate) fn picks_bucket(token: &str) -> bool {
-    if token == WILDCARD || is_assignment(token) {
-        return false;
-    }
-    if token.contains(WILDCARD) {
+    // The wildcard itself, or a value glued on (`took(<*>`).
+    if token.contains(WILDCARD) || is_assignment(token) {
         return false;
     }
     // A name, then an opening bracket or a field separator, then a word: `chdir(pwd)`.
@@ -357,6 +351,33 @@ pub(crate) fn picks_bucket(token: &str) -> bool {
         Some(p) => !bytes[p + 2..].iter().any(u8::is_ascii_alphanumeric),
         None => true,
     }
+}
+
+/// The values a raw token holds at its template token's wildcards: `key=<*>` gives what
+/// follows the key, `len:|<*>|time:|<*>` the two values between the literal parts. A token
+/// that does not fit its template (the pattern generalised past it) is one value, whole.
+pub(crate) fn values_in(template: &str, raw: &str) -> Vec<String> {
+    let mut pieces = template.split(WILDCARD);
+    let first = pieces.next().unwrap_or("");
+    let Some(mut rest) = raw.strip_prefix(first) else {
+        return vec![raw.to_string()];
+    };
+    let literals: Vec<&str> = pieces.collect();
+    let mut values = Vec::with_capacity(literals.len());
+    for (k, literal) in literals.iter().enumerate() {
+        if k + 1 == literals.len() {
+            values.push(rest.strip_suffix(literal).unwrap_or(rest).to_string());
+        } else {
+            match rest.find(literal).filter(|_| !literal.is_empty()) {
+                Some(at) => {
+                    values.push(rest[..at].to_string());
+                    rest = &rest[at + literal.len()..];
+                }
+                None => return vec![raw.to_string()],
+            }
+        }
+    }
+    values
 }
 
 #[cfg(test)]
@@ -395,6 +416,18 @@ mod tests {
         ] {
             assert_eq!(glued_template(token), None, "{token}");
         }
+    }
+
+    #[test]
+    fn a_raw_token_gives_the_values_at_its_template_s_wildcards() {
+        assert_eq!(values_in("status=<*>", "status=500"), ["500"]);
+        assert_eq!(values_in("len:|<*>|time:|<*>", "len:|7|time:|0.5"), ["7", "0.5"]);
+        assert_eq!(values_in("[line=<*>]", "[line=15]"), ["15"]);
+        assert_eq!(
+            values_in("took(<*>", "slept(3)"),
+            ["slept(3)"],
+            "not its template: whole"
+        );
     }
 
     #[test]

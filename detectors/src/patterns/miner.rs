@@ -19,7 +19,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
-use super::mask::{WILDCARD, constant_prefix, glued_template, is_calendar_word, is_variable, mask_dates, picks_bucket};
+use super::mask::{
+    WILDCARD, constant_prefix, glued_template, is_calendar_word, is_variable, mask_dates, picks_bucket, values_in,
+};
 
 /// Tuning of the miner. The defaults are what the product runs with.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -193,33 +195,6 @@ fn fnv(h: &mut u64, bytes: &[u8]) {
         *h ^= u64::from(b);
         *h = h.wrapping_mul(0x0000_0100_0000_01b3);
     }
-}
-
-/// The values a raw token holds at its template token's wildcards: `key=<*>` gives what
-/// follows the key, `len:|<*>|time:|<*>` the two values between the literal parts. A token
-/// that does not fit its template (the pattern generalised past it) is one value, whole.
-fn values_in(template: &str, raw: &str) -> Vec<String> {
-    let mut pieces = template.split(WILDCARD);
-    let first = pieces.next().unwrap_or("");
-    let Some(mut rest) = raw.strip_prefix(first) else {
-        return vec![raw.to_string()];
-    };
-    let literals: Vec<&str> = pieces.collect();
-    let mut values = Vec::with_capacity(literals.len());
-    for (k, literal) in literals.iter().enumerate() {
-        if k + 1 == literals.len() {
-            values.push(rest.strip_suffix(literal).unwrap_or(rest).to_string());
-        } else {
-            match rest.find(literal).filter(|_| !literal.is_empty()) {
-                Some(at) => {
-                    values.push(rest[..at].to_string());
-                    rest = &rest[at + literal.len()..];
-                }
-                None => return vec![raw.to_string()],
-            }
-        }
-    }
-    values
 }
 
 /// Masks one token: a variable becomes the wildcard, `key=value` keeps its key.
@@ -1175,12 +1150,6 @@ mod tests {
             m.parameters(a.pattern_id, "fetched len:|7|time:|0.5 took(3)"),
             // The last wildcard of a token takes the rest of it, closing bracket included.
             Some(vec!["7".into(), "0.5".into(), "3)".into()])
-        );
-        assert_eq!(values_in("[line=<*>]", "[line=15]"), ["15"]);
-        assert_eq!(
-            values_in("took(<*>", "slept(3)"),
-            ["slept(3)"],
-            "not its template: whole"
         );
     }
 
