@@ -4,17 +4,16 @@
 //! incident's findings active then, give or take two minutes (for a resource metric, which
 //! may stay shifted for hours: its onset) — within five minutes of the incident's start (half
 //! an hour for a service already in it by its requests or logs; a resource metric that moved
-//! alongside does not make it a member), on a service that is the same as, or within two
-//! calls of, a service already in it — unless a human has acknowledged or silenced that
-//! incident (it is sealed: a new fault gets its own). Trouble that was over does not take
-//! in a new fault, however long the incident stays open. Otherwise
-//! it may open a new incident, but only once it is corroborated: findings of two signal kinds
-//! (metrics, logs, traces), or of three services with at least one log or trace finding among
-//! them (metrics of many services moving together is a change of load), that started within
-//! five minutes of each other on related services, at least one of them clear (score ≥ 0.7);
-//! or one strong finding (score ≥ 0.9) that
-//! lasted three minutes — never a resource metric alone (page on symptoms, not causes),
-//! unless it shows the thing stopped.
+//! alongside makes it a member only for more of its metrics, and only around that onset), on
+//! a service that is the same as, or within two calls of, a service already in it — unless a
+//! human has acknowledged or silenced that incident (it is sealed: a new fault gets its own).
+//! Trouble that was over does not take in a new fault, however long the incident stays open.
+//! Otherwise it may open a new incident, but only once it is corroborated: findings of two
+//! signal kinds (metrics, logs, traces), or of three services with at least one log or trace
+//! finding among them (metrics of many services moving together is a change of load), that
+//! started within five minutes of each other on related services, at least one of them clear
+//! (score ≥ 0.7); or one strong finding (score ≥ 0.9) that lasted three minutes — never a
+//! resource metric alone (page on symptoms, not causes), unless it shows the thing stopped.
 //! Until then it waits (pending, fifteen minutes at most). One wobbling series is a finding
 //! to look at, not a page; a finding of a series still learning its band opens nothing. An
 //! incident resolves when all its anomalies have closed and stayed closed for the resolve
@@ -74,7 +73,8 @@ pub struct IncidentConfig {
     /// what could have corroborated the opening)…
     pub max_spread_ms: i64,
     /// …and on a service already in it by a request-path finding (spans, logs; for a
-    /// metric finding, by any finding), after this long.
+    /// metric finding, also by a metric onset of it within
+    /// [`IncidentConfig::max_quiet_join_ms`]), after this long.
     pub max_join_age_ms: i64,
     /// A finding joins an incident only while it is going on: one of its findings active
     /// (for a resource metric: starting) no more than this long before the new one starts.
@@ -187,7 +187,13 @@ pub struct Incident {
     pub id: String,
     /// Open or resolved; see [`IncidentStatus`].
     pub status: IncidentStatus,
-    /// Event time of the earliest member's start, unix ms.
+    /// Event time its trouble began, unix ms: its first symptom
+    /// ([`Incident::symptom_start_ms`]), or its earliest member when it has none. Resource
+    /// metrics that moved before the symptom stay in the timeline, before the start: a
+    /// pod's memory creeping up four minutes earlier is context, not when the incident
+    /// began (on the replayed Nezha day such metrics, corroborated by the next fault's
+    /// symptoms, dated that fault's incident minutes before it was injected, into the
+    /// previous fault's minutes).
     pub start_ms: i64,
     /// Latest activity (the largest member `end_ms`) so far, unix ms.
     pub end_ms: i64,
@@ -231,13 +237,25 @@ impl Incident {
     /// anchored here (on the replayed Nezha day, windows anchored at the start missed the
     /// symptoms of most faults whose incidents began with such metrics).
     pub fn symptom_start_ms(&self) -> i64 {
-        self.timeline
-            .iter()
-            .filter(|m| kind_family(m.detector) != "metrics" || m.stopped)
-            .map(|m| m.start_ms)
-            .min()
-            .unwrap_or(self.start_ms)
+        first_symptom_ms(&self.timeline).unwrap_or(self.start_ms)
     }
+
+    /// Dates the incident from its timeline ([`Incident::start_ms`]) after members changed.
+    fn date(&mut self) {
+        let earliest = self.timeline.iter().map(|m| m.start_ms).min();
+        if let Some(start) = first_symptom_ms(&self.timeline).or(earliest) {
+            self.start_ms = start;
+        }
+    }
+}
+
+/// The earliest finding from logs or spans, or of a metric showing the thing stopped.
+fn first_symptom_ms(timeline: &[Member]) -> Option<i64> {
+    timeline
+        .iter()
+        .filter(|m| !is_resource_metric(m.detector) || m.stopped)
+        .map(|m| m.start_ms)
+        .min()
 }
 
 /// Joins anomalies into incidents and ranks their services. It has no clock of its own:
@@ -274,6 +292,12 @@ fn in_onset_order(x: &Member, y: &Member) -> std::cmp::Ordering {
         y.detector,
         &y.anomaly_id,
     ))
+}
+
+/// A resource metric (CPU, memory, a latency gauge): a symptom judged by its onset, which
+/// alone pages nobody, unlike a service's requests and logs.
+fn is_resource_metric(d: DetectorKind) -> bool {
+    kind_family(d) == "metrics"
 }
 
 fn kind_family(d: DetectorKind) -> &'static str {
@@ -333,7 +357,7 @@ impl Correlator {
                 Some(m) => *m = member,
                 None => inc.timeline.push(member),
             }
-            inc.start_ms = inc.start_ms.min(a.start_ms);
+            inc.date();
             inc.end_ms = inc.end_ms.max(a.end_ms);
             inc.status = IncidentStatus::Open;
             refresh(inc, topo);
@@ -358,12 +382,22 @@ impl Correlator {
                 // say it is in the trouble, and its own fault minutes later must not be
                 // absorbed as more of it. On the Nezha day food-service's memory moved with
                 // basic-service's fault, and food's own fault 13 minutes later joined that
-                // incident instead of paging. A metric finding joins by any membership.
-                let own_kind_counts = kind_family(a.detector) == "metrics";
-                let in_it = i
-                    .timeline
-                    .iter()
-                    .any(|m| m.service == service && (own_kind_counts || kind_family(m.detector) != "metrics"));
+                // incident instead of paging. A metric finding joins by a metric membership
+                // only while that onset is recent: a resource metric is judged by its onset,
+                // and the same service's metrics moving again a quarter of an hour later are
+                // a new event (on the Nezha day auth's latency gauges, in an incident since
+                // its first minutes, moved again with verification-code's fault fifteen
+                // minutes on, and the log finding that fault left had nothing left to open
+                // an incident with).
+                let new_is_metric = is_resource_metric(a.detector);
+                let in_it = i.timeline.iter().any(|m| {
+                    m.service == service
+                        && if is_resource_metric(m.detector) {
+                            new_is_metric && self.active_at(m, a.start_ms)
+                        } else {
+                            true
+                        }
+                });
                 let max_age = if in_it {
                     self.cfg.max_join_age_ms
                 } else {
@@ -392,7 +426,7 @@ impl Correlator {
     /// (memory after a restart: hours), so only its onset counts as activity.
     fn active_at(&self, m: &Member, t_ms: i64) -> bool {
         let gap = self.cfg.max_quiet_join_ms;
-        let last = if kind_family(m.detector) == "metrics" {
+        let last = if is_resource_metric(m.detector) {
             m.start_ms
         } else {
             m.end_ms
@@ -403,7 +437,7 @@ impl Correlator {
     /// Whether request-path finding `m` was over (its latest activity more than the quiet
     /// gap past) when `later` started. Resource metrics are judged by their onsets only.
     fn over_before(&self, m: &Member, later: &Member) -> bool {
-        kind_family(m.detector) != "metrics" && m.end_ms + self.cfg.max_quiet_join_ms < later.start_ms
+        !is_resource_metric(m.detector) && m.end_ms + self.cfg.max_quiet_join_ms < later.start_ms
     }
 
     /// The pending findings that, with `id`, make an incident: started close together on
@@ -422,7 +456,7 @@ impl Correlator {
         // median and spread to go by: alone, its finding pages nobody. With another kind of
         // signal or other services agreeing it may: gating those too kept every fault of the
         // replayed Nezha day's first 96 minutes — half its faults — from any incident.
-        let can_stand_alone = (kind_family(me.detector) != "metrics" || me.stopped) && !me.warming_up;
+        let can_stand_alone = (!is_resource_metric(me.detector) || me.stopped) && !me.warming_up;
         if can_stand_alone && me.score >= self.cfg.alone_score && me.end_ms - me.start_ms >= self.cfg.alone_sustained_ms
         {
             return Some(vec![me.clone()]);
@@ -456,7 +490,7 @@ impl Correlator {
         // background error line of another).
         let clear: Vec<&Member> = group
             .iter()
-            .filter(|m| m.score >= CLEAR_SCORE && (kind_family(m.detector) != "metrics" || m.stopped))
+            .filter(|m| m.score >= CLEAR_SCORE && (!is_resource_metric(m.detector) || m.stopped))
             .collect();
         let clear = clear.iter().any(|m| !m.warming_up) || clear.len() >= 2;
         (clear && (kinds.len() >= 2 || (services.len() >= 3 && on_request_path))).then_some(group)
@@ -482,10 +516,10 @@ impl Correlator {
         for m in members {
             self.pending.remove(&m.anomaly_id);
             self.of_anomaly.insert(m.anomaly_id.clone(), id.clone());
-            inc.start_ms = inc.start_ms.min(m.start_ms);
             inc.end_ms = inc.end_ms.max(m.end_ms);
             inc.timeline.push(m);
         }
+        inc.date();
         refresh(&mut inc, topo);
         self.incidents.insert(id.clone(), inc);
         self.updated.insert(id);

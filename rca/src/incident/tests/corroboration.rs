@@ -14,7 +14,11 @@ fn one_wobbling_series_is_not_an_incident_until_something_agrees() {
     let opened = c.drain();
     assert_eq!(opened.len(), 1);
     assert_eq!(opened[0].timeline.len(), 2);
-    assert_eq!(opened[0].start_ms, T0, "the incident starts at its first finding");
+    assert_eq!(
+        opened[0].start_ms,
+        T0 + 180_000,
+        "the incident starts at its first symptom, the metric before it in its timeline"
+    );
     // Uncorroborated findings are dropped after a while and never open anything.
     c.observe(&anomaly("x", "inventory", DetectorKind::Metric, 7200, 0.8, true), &topo);
     c.advance(T0 + 7_200_000 + 60_000 + 15 * 60_000);

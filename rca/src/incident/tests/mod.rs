@@ -323,17 +323,27 @@ fn a_fault_after_trouble_that_was_over_is_a_new_incident() {
 }
 
 #[test]
-fn an_incident_is_investigated_from_its_first_symptom_not_its_first_metric() {
+fn an_incident_is_dated_and_investigated_from_its_first_symptom_not_its_first_metric() {
     let topo = topology();
     let mut c = Correlator::new(IncidentConfig::default());
     // Pod metrics of payment move at 0 (load arriving); four minutes later its requests
-    // fail: one incident, dated from the metric, whose symptom began at 240 s.
+    // fail: one incident, which began with that symptom at 240 s, the metric before it.
     c.observe(&anomaly("m", "payment", DetectorKind::Metric, 0, 0.8, true), &topo);
     c.observe(&anomaly("e", "payment", DetectorKind::TraceRed, 240, 0.9, true), &topo);
     let opened = c.drain();
     assert_eq!(opened.len(), 1);
-    assert_eq!(opened[0].start_ms, T0);
+    assert_eq!(opened[0].start_ms, T0 + 240_000);
     assert_eq!(opened[0].symptom_start_ms(), T0 + 240_000);
+    assert_eq!(
+        opened[0].timeline[0].anomaly_id, "m",
+        "the metric stays in the timeline"
+    );
+    // An earlier symptom joining later moves the start back.
+    c.observe(
+        &anomaly("l", "payment", DetectorKind::LogErrorRate, 120, 0.9, true),
+        &topo,
+    );
+    assert_eq!(c.incident(&opened[0].id).map(|i| i.start_ms), Some(T0 + 120_000));
     // A metric showing the thing stopped is the symptom itself.
     let mut stopped = opened[0].clone();
     stopped
@@ -431,6 +441,56 @@ fn a_service_whose_metrics_moved_in_an_incident_is_not_yet_part_of_it() {
     // Its requests had slowed with payment's: the same failure is more of the incident.
     let (joined, _) = build(DetectorKind::TraceRed);
     assert!(joined, "a service in the incident by its requests stays in it");
+}
+
+#[test]
+fn a_resource_metric_moving_again_later_is_a_new_event() {
+    // Payment fails for a quarter of an hour; frontend's latency gauge moves with it a
+    // minute in. Ten minutes later checkout logs something new and frontend's gauge moves
+    // again: that is checkout's fault, and frontend's second move belongs with it, not with
+    // payment's incident through the first one.
+    let topo = topology();
+    let mut c = Correlator::new(IncidentConfig::default());
+    for (id, kind) in [("a", DetectorKind::LogErrorRate), ("b", DetectorKind::TraceRed)] {
+        let mut f = anomaly(id, "payment", kind, 0, 0.9, true);
+        f.end_ms = T0 + 15 * 60_000;
+        c.observe(&f, &topo);
+    }
+    c.observe(&anomaly("c", "frontend", DetectorKind::Metric, 60, 0.9, false), &topo);
+    let first = c.drain()[0].id.clone();
+    assert!(
+        c.incident(&first)
+            .is_some_and(|i| i.timeline.iter().any(|m| m.anomaly_id == "c"))
+    );
+    c.observe(
+        &anomaly("d", "checkout", DetectorKind::LogNewPattern, 10 * 60, 0.9, true),
+        &topo,
+    );
+    c.observe(
+        &anomaly("e", "frontend", DetectorKind::Metric, 10 * 60 + 30, 0.9, true),
+        &topo,
+    );
+    // Its gauge again within the quiet gap of that onset is the same event.
+    c.observe(
+        &anomaly("f", "frontend", DetectorKind::Metric, 11 * 60, 0.9, true),
+        &topo,
+    );
+    let old = c.incident(&first).expect("payment's incident");
+    assert!(
+        old.timeline.iter().all(|m| m.anomaly_id != "e" && m.anomaly_id != "f"),
+        "frontend's later move joined payment's incident: {old:#?}"
+    );
+    let later = c.drain();
+    let own = later
+        .iter()
+        .find(|i| i.id != first && i.timeline.iter().any(|m| m.anomaly_id == "d"))
+        .unwrap_or_else(|| panic!("checkout's finding opened no incident: {later:#?}"));
+    assert!(
+        ["e", "f"]
+            .iter()
+            .all(|id| own.timeline.iter().any(|m| m.anomaly_id == *id)),
+        "frontend's gauge corroborates checkout's fault: {own:#?}"
+    );
 }
 
 #[test]
