@@ -258,6 +258,20 @@ fn ctime_prefix(line: &str, rng: &mut Rng) -> String {
     )
 }
 
+/// The line as the message of a logfmt logger (Go's `slog`, logrus, Loki's own lines):
+/// `ts=2024-03-05T14:02:11.123Z level=info msg="…"`. Every line starts with the same keys,
+/// the quote glues itself to the message's first and last words.
+fn logfmt(line: &str, rng: &mut Rng) -> String {
+    format!(
+        "ts=2024-03-{:02}T{:02}:{:02}:{:02}.{:03}Z level=info msg=\"{line}\"",
+        rng.below(28) + 1,
+        rng.below(24),
+        rng.below(60),
+        rng.below(60),
+        rng.below(1000)
+    )
+}
+
 const TRANSFORMS: &[(&str, Transform)] = &[
     ("host:port", host_port),
     ("request id", request_id),
@@ -268,6 +282,7 @@ const TRANSFORMS: &[(&str, Transform)] = &[
     ("ctime date", ctime_prefix),
     ("word(value)", glued_values),
     ("a|value|b", piped_values),
+    ("logfmt", logfmt),
 ];
 
 /// The constants tuned by leave-one-set-out, each with the values tried (the default among
@@ -556,6 +571,9 @@ mod tests {
         assert_eq!(glued_values("25 then 7 8", &mut rng), "25 then(7) 8");
         assert_eq!(piped_values("took 25 ms then x", &mut rng), "took|25|ms then x");
         assert!(host_port("x", &mut rng).ends_with(" x"));
+        let structured = logfmt("took 25 ms", &mut rng);
+        assert!(structured.starts_with("ts=2024-03-"), "{structured}");
+        assert!(structured.ends_with(" level=info msg=\"took 25 ms\""), "{structured}");
         let dated = ctime_prefix("x", &mut rng);
         assert_eq!(dated.split_whitespace().count(), 6, "{dated}");
         assert!(dated.ends_with(" 2024 x"), "{dated}");

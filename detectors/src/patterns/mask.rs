@@ -326,11 +326,19 @@ fn is_key(segment: &str) -> bool {
 }
 
 /// A `key=value` field (`table=orders`, `size=<*>`): its value is a word on one line and
-/// another word on the next, so the token is not a word of the template's own.
+/// another word on the next, so the token is not a word of the template's own. Not the
+/// message of a structured line (`msg=started`, `message="disk`): like the first words of a
+/// plain line, it names the event, and in logfmt every other field is shared by all events.
 fn is_assignment(token: &str) -> bool {
     token
         .split_once('=')
-        .is_some_and(|(key, value)| !key.is_empty() && !value.is_empty() && is_plain_key(key))
+        .is_some_and(|(key, value)| !key.is_empty() && !value.is_empty() && is_plain_key(key) && !is_message_key(key))
+}
+
+/// The keys structured loggers write the message under: `msg` (Go's `slog`, logrus, go-kit,
+/// Loki), `message` (JSON loggers, Elastic's ECS) and `event` (structlog).
+fn is_message_key(key: &str) -> bool {
+    ["msg", "message", "event"].iter().any(|k| key.eq_ignore_ascii_case(k))
 }
 
 /// Whether a token picks its line's bucket. A variable and a `key=value` field do not:
@@ -439,6 +447,8 @@ mod tests {
             "Couldn't",
             "List<String>",
             "(main)",
+            "msg=started",
+            "message=\"disk",
         ] {
             assert!(picks_bucket(token), "{token}");
         }
@@ -450,6 +460,7 @@ mod tests {
             "[<*>]",
             "table=orders",
             "size=<*>",
+            "msg=<*>",
             "a|b",
         ] {
             assert!(!picks_bucket(token), "{token}");
