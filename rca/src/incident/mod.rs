@@ -487,12 +487,16 @@ impl Correlator {
         // A series still learning its band is measured against a cold-start spread: its
         // "beyond anything seen" is clear only with another clear finding beside it, not a
         // one-off line (the demo's warm-up paged a p50 blip in one service beside the first
-        // background error line of another).
+        // background error line of another) — or once it has lasted as long as a finding
+        // alone must (a rule's `for:`): a blip is over by then. On the replayed Nezha day
+        // route-service's routine line, from a series still learning, fell for 17 minutes
+        // with its fault while travel's latency gauge moved, and paged nobody.
+        let sustained = |m: &Member| m.end_ms - m.start_ms >= self.cfg.alone_sustained_ms;
         let clear: Vec<&Member> = group
             .iter()
             .filter(|m| m.score >= CLEAR_SCORE && (!is_resource_metric(m.detector) || m.stopped))
             .collect();
-        let clear = clear.iter().any(|m| !m.warming_up) || clear.len() >= 2;
+        let clear = clear.iter().any(|m| !m.warming_up || sustained(m)) || clear.len() >= 2;
         (clear && (kinds.len() >= 2 || (services.len() >= 3 && on_request_path))).then_some(group)
     }
 

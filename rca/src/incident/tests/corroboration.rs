@@ -90,6 +90,18 @@ fn a_learning_series_clear_finding_beside_a_one_off_line_is_a_blip() {
     );
     learned.observe(&latency, &topo);
     assert_eq!(learned.drain().len(), 1);
+    // Still learning, but past its spread for three minutes (a rule's `for:`): no blip.
+    let mut sustained = Correlator::new(IncidentConfig::default());
+    latency.warming_up = true;
+    sustained.observe(
+        &anomaly("line", "checkout", DetectorKind::LogNewPattern, 0, 0.6, true),
+        &topo,
+    );
+    sustained.observe(&latency, &topo);
+    assert!(sustained.drain().is_empty(), "paged before three minutes");
+    latency.end_ms = latency.start_ms + 3 * 60_000;
+    sustained.observe(&latency, &topo);
+    assert_eq!(sustained.drain().len(), 1, "three minutes past its spread is no blip");
 }
 
 #[test]
