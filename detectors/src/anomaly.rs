@@ -110,8 +110,8 @@ pub struct Anomaly {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub evidence: Vec<EvidencePoint>,
     /// The series had not yet learned its band when this finding began (before its first
-    /// fit): shown, but it opens no incident — everything looks unusual to a detector
-    /// that has seen too little.
+    /// fit): shown, but it opens no incident alone — everything looks unusual to a detector
+    /// that has seen too little; with other findings agreeing it may (see the correlator).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub warming_up: bool,
 }

@@ -259,7 +259,10 @@ pub(crate) fn candidate_head(rank: usize, service: &str, score: f64, signal: &st
 }
 
 fn timeline(members: &[Member], start_ms: i64, end_ms: i64) -> Markup {
-    let from = start_ms - 120_000;
+    // From before the earliest finding: resource metrics that moved before the first
+    // symptom (the incident's start) stay in its timeline as context.
+    let first = members.iter().map(|m| m.start_ms).min().unwrap_or(start_ms);
+    let from = first.min(start_ms) - 120_000;
     let to = end_ms.max(start_ms + 60_000) + 60_000;
     let mut by_service: BTreeMap<&str, Vec<&Member>> = BTreeMap::new();
     for m in members {

@@ -335,8 +335,9 @@ fn is_assignment(token: &str) -> bool {
         .is_some_and(|(key, value)| !key.is_empty() && !value.is_empty() && is_plain_key(key) && !is_message_key(key))
 }
 
-/// The keys structured loggers write the message under: `msg` (Go's `slog`, logrus, go-kit,
-/// Loki), `message` (JSON loggers, Elastic's ECS) and `event` (structlog).
+/// The keys `key=value` loggers write the message under: `msg` (Go's `slog`, logrus, go-kit,
+/// Prometheus and Loki), `message` (other logfmt formatters) and `event` (structlog's
+/// key-value renderer). JSON lines (`"message":"…"`) are not split on `=` and do not get here.
 fn is_message_key(key: &str) -> bool {
     ["msg", "message", "event"].iter().any(|k| key.eq_ignore_ascii_case(k))
 }

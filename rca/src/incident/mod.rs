@@ -15,9 +15,11 @@
 //! (score ≥ 0.7); or one strong finding (score ≥ 0.9) that lasted three minutes — never a
 //! resource metric alone (page on symptoms, not causes), unless it shows the thing stopped.
 //! Until then it waits (pending, fifteen minutes at most). One wobbling series is a finding
-//! to look at, not a page; a finding of a series still learning its band opens nothing. An
-//! incident resolves when all its anomalies have closed and stayed closed for the resolve
-//! delay.
+//! to look at, not a page; a finding of a series still learning its band opens nothing alone,
+//! and is clear only beside another clear finding or once it has lasted three minutes. An
+//! incident is dated by its first symptom (the metrics that moved before it stay in its
+//! timeline), and resolves when all its anomalies have closed and stayed closed for the
+//! resolve delay.
 //!
 //! Candidates are the incident's services, ranked by a weighted sum of four checkable facts:
 //! topology (0.35: others that call it degraded too — the most downstream anomalous service
@@ -83,7 +85,8 @@ pub struct IncidentConfig {
     pub corroboration_window_ms: i64,
     /// A finding alone opens an incident when at least this strong…
     pub alone_score: f64,
-    /// …and it has lasted this long (one odd point is not an outage).
+    /// …and it has lasted this long (one odd point is not an outage). A finding of a series
+    /// still learning its band that lasted this long is clear enough to corroborate.
     pub alone_sustained_ms: i64,
     /// Uncorroborated findings are forgotten (as incident material) after this long.
     pub pending_ttl_ms: i64,
@@ -182,7 +185,7 @@ pub struct RankedService {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Incident {
     /// `inc-` and 16 hex digits hashed from the earliest member's anomaly id and start when
-    /// the incident opened; never changes afterwards (an earlier finding joining later moves
+    /// the incident opened; never changes afterwards (an earlier symptom joining later moves
     /// `start_ms`, not the id). What alert labels and URLs carry.
     pub id: String,
     /// Open or resolved; see [`IncidentStatus`].
@@ -231,21 +234,20 @@ impl Incident {
 
     /// When requests first went wrong: the earliest finding from logs or spans, or of a
     /// metric showing the thing stopped; the incident's start when none is. Resource metrics
-    /// often move minutes before anyone feels trouble (load arriving, a pod settling) and
-    /// may pull the incident's start back with them when a symptom corroborates them;
-    /// what needs explaining is the symptom, so an investigation of the incident is
-    /// anchored here (on the replayed Nezha day, windows anchored at the start missed the
-    /// symptoms of most faults whose incidents began with such metrics).
+    /// often move minutes before anyone feels trouble (load arriving, a pod settling), and a
+    /// symptom corroborates them into its incident; what needs explaining is the symptom,
+    /// so an investigation of the incident is anchored here (on the replayed Nezha day,
+    /// windows anchored at the earliest finding missed the symptoms of most faults whose
+    /// incidents began with such metrics), and the incident is dated here.
     pub fn symptom_start_ms(&self) -> i64 {
         first_symptom_ms(&self.timeline).unwrap_or(self.start_ms)
     }
 
-    /// Dates the incident from its timeline ([`Incident::start_ms`]) after members changed.
-    fn date(&mut self) {
+    /// When its timeline says the incident began ([`Incident::start_ms`]): the first
+    /// symptom, or the earliest member when it has none.
+    fn dated_start(&self) -> i64 {
         let earliest = self.timeline.iter().map(|m| m.start_ms).min();
-        if let Some(start) = first_symptom_ms(&self.timeline).or(earliest) {
-            self.start_ms = start;
-        }
+        first_symptom_ms(&self.timeline).or(earliest).unwrap_or(self.start_ms)
     }
 }
 
@@ -294,8 +296,9 @@ fn in_onset_order(x: &Member, y: &Member) -> std::cmp::Ordering {
     ))
 }
 
-/// A resource metric (CPU, memory, a latency gauge): a symptom judged by its onset, which
-/// alone pages nobody, unlike a service's requests and logs.
+/// A metric finding (a pod's CPU or memory, a latency gauge; of one series or against its
+/// peers): judged by its onset, and alone it pages nobody unless it shows the thing stopped —
+/// unlike a service's requests and logs, which are the symptoms.
 fn is_resource_metric(d: DetectorKind) -> bool {
     kind_family(d) == "metrics"
 }
@@ -357,7 +360,10 @@ impl Correlator {
                 Some(m) => *m = member,
                 None => inc.timeline.push(member),
             }
-            inc.date();
+            // An earlier symptom joining moves the start back; nothing moves it later (a
+            // metric that showed the thing stopped may read otherwise at a later peak), so
+            // the alert's `startsAt` and what joins by age stay put.
+            inc.start_ms = inc.start_ms.min(inc.dated_start());
             inc.end_ms = inc.end_ms.max(a.end_ms);
             inc.status = IncidentStatus::Open;
             refresh(inc, topo);
@@ -392,7 +398,7 @@ impl Correlator {
                 let new_is_metric = is_resource_metric(a.detector);
                 let in_it = i.timeline.iter().any(|m| {
                     m.service == service
-                        && if is_resource_metric(m.detector) {
+                        && if is_resource_metric(m.detector) && !m.stopped {
                             new_is_metric && self.active_at(m, a.start_ms)
                         } else {
                             true
@@ -477,7 +483,7 @@ impl Correlator {
         // Resource metrics of several services moving together is what a change of load
         // looks like (traffic came or went); requests that slowed or failed, or logs, are
         // what make it trouble.
-        let on_request_path = kinds.iter().any(|k| *k != "metrics");
+        let on_request_path = group.iter().any(|m| !is_resource_metric(m.detector));
         // Weak findings agreeing are still weak: one request that failed once logs a line
         // in every service on its path, and one odd point wobbles a few series. An incident
         // needs at least one clear finding (a warning or worse), and a clear symptom: a CPU
@@ -523,7 +529,7 @@ impl Correlator {
             inc.end_ms = inc.end_ms.max(m.end_ms);
             inc.timeline.push(m);
         }
-        inc.date();
+        inc.start_ms = inc.dated_start();
         refresh(&mut inc, topo);
         self.incidents.insert(id.clone(), inc);
         self.updated.insert(id);

@@ -35,7 +35,7 @@ impl WordSeen {
 const SPREAD_KEPT: usize = 16;
 
 /// A token's hash mixed with its position, for sums over a line (splitmix64's finaliser).
-pub(super) fn positioned(token: &str, at: usize) -> u64 {
+fn positioned(token: &str, at: usize) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     fnv(&mut h, token.as_bytes());
     let mut z = h ^ (at as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
@@ -94,7 +94,7 @@ impl PatternMiner {
 
     /// How many leading positions pick a bucket: up to and including the
     /// `prefix_depth`-th constant token (variables before it included). Deliberately wider
-    /// than [`picks_bucket`]: a value glued to a name (`LOCAL(<*>`) picks no bucket but is
+    /// than [`picks_bucket`](super::picks_bucket): a value glued to a name (`LOCAL(<*>`) picks no bucket but is
     /// still filed in the sibling index, which is what rejoins it with its event (the same
     /// rule here cost Thunderbird 0.962 → 0.678 at similarity 0.8).
     fn keyed_span<S: AsRef<str>>(&self, tokens: &[S]) -> usize {

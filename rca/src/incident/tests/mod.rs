@@ -352,6 +352,18 @@ fn an_incident_is_dated_and_investigated_from_its_first_symptom_not_its_first_me
         .filter(|m| m.anomaly_id == "m")
         .for_each(|m| m.stopped = true);
     assert_eq!(stopped.symptom_start_ms(), T0);
+    // Dated by a stopped metric, the incident keeps its start when a later reading of that
+    // metric no longer shows it stopped: the alert's `startsAt` does not move.
+    let mut c = Correlator::new(IncidentConfig::default());
+    let mut gone = anomaly("m", "payment", DetectorKind::Metric, 0, 0.95, true);
+    (gone.observed, gone.expected) = (0.0, 5.0);
+    c.observe(&gone, &topo);
+    c.observe(&anomaly("e", "checkout", DetectorKind::TraceRed, 240, 0.9, true), &topo);
+    let id = c.drain()[0].id.clone();
+    assert_eq!(c.incident(&id).map(|i| i.start_ms), Some(T0));
+    gone.observed = 2.0;
+    c.observe(&gone, &topo);
+    assert_eq!(c.incident(&id).map(|i| i.start_ms), Some(T0), "the start moved later");
 }
 
 #[test]
@@ -461,6 +473,22 @@ fn a_resource_metric_moving_again_later_is_a_new_event() {
     assert!(
         c.incident(&first)
             .is_some_and(|i| i.timeline.iter().any(|m| m.anomaly_id == "c"))
+    );
+    // Its gauges moving on within two minutes of an onset are the same event, however old
+    // the incident: four minutes in (near it, young enough to join anyway), then past five.
+    c.observe(
+        &anomaly("c2", "frontend", DetectorKind::Metric, 4 * 60, 0.9, false),
+        &topo,
+    );
+    c.observe(
+        &anomaly("c3", "frontend", DetectorKind::Metric, 5 * 60 + 30, 0.9, false),
+        &topo,
+    );
+    assert!(
+        c.incident(&first).is_some_and(|i| ["c2", "c3"]
+            .iter()
+            .all(|id| i.timeline.iter().any(|m| m.anomaly_id == *id))),
+        "a gauge moving on from a recent onset left the incident"
     );
     c.observe(
         &anomaly("d", "checkout", DetectorKind::LogNewPattern, 10 * 60, 0.9, true),
