@@ -76,6 +76,8 @@ pub async fn run(config: Config, shutdown: CancellationToken, on_bound: impl FnO
                 .unwrap_or(i64::MAX / 4)
                 .saturating_mul(3_600_000_000_000),
             max_disk_bytes: config.storage.max_disk_bytes,
+            downsampling: crate::config::downsampling::levels(&config.storage.downsampling)
+                .map_err(|(key, message)| anyhow::anyhow!("{key}: {message}"))?,
             dedup_path,
         },
         Arc::clone(&dedup),

@@ -8,6 +8,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub(crate) mod downsampling;
+
+pub(crate) use downsampling::DownsamplingLevel;
+
 /// A value that must never appear in logs or `Debug` output.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -201,6 +205,9 @@ pub struct StorageConfig {
     pub max_disk_bytes: u64,
     /// Indexing memory budget per open partition writer, in MiB (tantivy needs >= 15).
     pub writer_memory_mb: usize,
+    /// Old days of metric samples kept at a coarser step (`[[storage.downsampling]]`,
+    /// `after = "2d"`, `step = "5m"`); none by default.
+    pub downsampling: Vec<DownsamplingLevel>,
 }
 
 impl Default for StorageConfig {
@@ -210,6 +217,7 @@ impl Default for StorageConfig {
             retention_hours: 7 * 24,
             max_disk_bytes: 0,
             writer_memory_mb: 64,
+            downsampling: Vec::new(),
         }
     }
 }
@@ -474,6 +482,9 @@ impl Config {
         }
         if self.storage.retention_hours == 0 {
             return invalid("storage.retention_hours", "must be at least 1".into());
+        }
+        if let Err((key, message)) = downsampling::levels(&self.storage.downsampling) {
+            return invalid(&key, message);
         }
         if self.storage.writer_memory_mb < 15 {
             return invalid(

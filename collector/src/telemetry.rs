@@ -67,6 +67,7 @@ pub(crate) struct Metrics {
     pub tsdb_series: Gauge,
     pub tsdb_chunks: Gauge,
     pub tsdb_head_samples: Gauge,
+    pub tsdb_days_downsampled: Counter,
     pub query_seconds: Family<EndpointLabel, Histogram, fn() -> Histogram>,
     pub detect_series: Gauge,
     pub detect_points: Counter,
@@ -140,6 +141,7 @@ impl Default for Metrics {
             tsdb_series: Gauge::default(),
             tsdb_chunks: Gauge::default(),
             tsdb_head_samples: Gauge::default(),
+            tsdb_days_downsampled: Counter::default(),
             query_seconds: Family::new_with_constructor(latency_histogram),
             detect_series: Gauge::default(),
             detect_points: Counter::default(),
@@ -297,6 +299,11 @@ impl Default for Metrics {
                 "retention_partitions_dropped",
                 "Partitions deleted by retention, by cause (age, disk)",
                 m.partitions_dropped.clone(),
+            );
+            r.register(
+                "tsdb_days_downsampled",
+                "Days of metric samples rewritten at a coarser step ([[storage.downsampling]])",
+                m.tsdb_days_downsampled.clone(),
             );
             r.register(
                 "tsdb_series",

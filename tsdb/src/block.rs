@@ -77,6 +77,11 @@ pub(crate) struct Block {
     changed: bool,
     /// Bytes cut off torn tails when the block was opened.
     pub(crate) recovered_cut_bytes: u64,
+    /// The step the block was downsampled to (`rewrite.rs`), `None` at full resolution.
+    pub(crate) resolution_ms: Option<i64>,
+    /// Replaced by its rewrite: a writer that waited for its lock looks the day up again
+    /// (`Tsdb::append`), and the walks over the blocks pass it by.
+    pub(crate) retired: bool,
 }
 
 /// An open head copied for a snapshot: series id, first and last WAL entry, samples.
@@ -148,6 +153,8 @@ impl Block {
             snapshot_lsn: 0,
             changed: false,
             recovered_cut_bytes: series_read.cut_bytes + chunks_read.cut_bytes,
+            resolution_ms: rewrite::read_resolution(dir)?,
+            retired: false,
         };
         let corrupt = |path: &Path, what| Error::corrupt(path, what);
         for (_, payload) in &series_read.records {
@@ -478,5 +485,8 @@ impl Block {
     }
 }
 
+mod rewrite;
 #[cfg(test)]
 mod seal_tests;
+
+pub(crate) use rewrite::{RESOLUTION_FILE, last_per_step};

@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 pub use chunk::Sample;
 pub use head::CHUNK_SAMPLES;
 pub use read::{Planned, PlannedSeries};
-pub use store::{Selection, SeriesSamples, Stats, Tsdb};
+pub use store::{Downsampled, Selection, SeriesSamples, Stats, Tsdb};
 
 /// A series' labels, sorted by name, names unique; the metric name is `__name__`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

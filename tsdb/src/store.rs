@@ -11,6 +11,10 @@ use crate::record::sync_dir;
 use crate::snapshot;
 use crate::{Error, Labels, Matcher, Sample};
 
+mod downsample;
+
+pub use downsample::Downsampled;
+
 const MS_PER_DAY: i64 = 86_400_000;
 
 /// A series and its samples in a selected range, in time order.
@@ -63,12 +67,19 @@ fn day_of(t_ms: i64) -> i64 {
     t_ms.div_euclid(MS_PER_DAY)
 }
 
-fn lock(block: &Mutex<Block>) -> std::sync::MutexGuard<'_, Block> {
+pub(crate) fn lock(block: &Mutex<Block>) -> std::sync::MutexGuard<'_, Block> {
     block.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn sync_block(block: &Mutex<Block>) -> Result<(), Error> {
-    let Some(job) = lock(block).begin_sync()? else {
+    let job = {
+        let b = lock(block);
+        if b.retired {
+            return Ok(());
+        }
+        b.begin_sync()?
+    };
+    let Some(job) = job else {
         return Ok(());
     };
     let result = job.run();
@@ -81,17 +92,30 @@ const DELETING: &str = ".deleting";
 
 impl Tsdb {
     /// Opens the blocks under `root` (directories named by their day number), cutting
-    /// any torn tail a crash left.
+    /// any torn tail a crash left, and finishing or undoing what a crash interrupted: a
+    /// deletion, a downsampling's swap (`store/downsample.rs`).
     pub fn open(root: &Path) -> Result<Tsdb, Error> {
         std::fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
+        let names = |root: &Path| -> Result<Vec<String>, Error> {
+            let mut names = Vec::new();
+            for entry in std::fs::read_dir(root).map_err(|e| Error::io(root, e))? {
+                let entry = entry.map_err(|e| Error::io(root, e))?;
+                names.extend(entry.file_name().to_str().map(str::to_string));
+            }
+            Ok(names)
+        };
+        for name in names(root)? {
+            if name.ends_with(DELETING) {
+                let path = root.join(&name);
+                std::fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
+            }
+        }
+        for name in names(root)? {
+            downsample::recover_rewrite(root, &name)?;
+        }
         let mut blocks = BTreeMap::new();
         for entry in std::fs::read_dir(root).map_err(|e| Error::io(root, e))? {
             let entry = entry.map_err(|e| Error::io(root, e))?;
-            if entry.file_name().to_str().is_some_and(|n| n.ends_with(DELETING)) {
-                let path = entry.path();
-                std::fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
-                continue;
-            }
             let Some(day) = entry.file_name().to_str().and_then(|n| n.parse::<i64>().ok()) else {
                 continue;
             };
@@ -136,9 +160,17 @@ impl Tsdb {
     /// when the sample is already in a sealed chunk (the entry is being replayed). Entries
     /// must come in LSN order, as the WAL hands them out.
     pub fn append(&self, lsn: u64, labels: &Labels, t: i64, v: f64) -> Result<bool, Error> {
-        let block = self.block(day_of(t))?;
-        let mut block = lock(&block);
-        block.append(lsn, labels, t, v)
+        loop {
+            let block = self.block(day_of(t))?;
+            let mut block = lock(&block);
+            if block.retired {
+                // Downsampled meanwhile: the map holds the rewrite in a moment.
+                drop(block);
+                std::thread::yield_now();
+                continue;
+            }
+            return block.append(lsn, labels, t, v);
+        }
     }
 
     /// Seals the heads whose newest sample came in a WAL entry before `lsn`: series that
@@ -155,7 +187,10 @@ impl Tsdb {
     fn seal_heads(&self, pick: &dyn Fn(u64, u64) -> bool) -> Result<usize, Error> {
         let mut sealed = 0;
         for block in self.read().values() {
-            sealed += lock(block).seal_heads(pick)?;
+            let mut b = lock(block);
+            if !b.retired {
+                sealed += b.seal_heads(pick)?;
+            }
         }
         Ok(sealed)
     }
@@ -166,7 +201,10 @@ impl Tsdb {
     pub fn delete(&self, lsn: u64, doomed: &dyn Fn(&Labels) -> bool) -> Result<usize, Error> {
         let mut deleted = 0;
         for block in self.read().values() {
-            deleted += lock(block).delete(lsn, doomed)?;
+            let mut b = lock(block);
+            if !b.retired {
+                deleted += b.delete(lsn, doomed)?;
+            }
         }
         Ok(deleted)
     }
@@ -190,6 +228,9 @@ impl Tsdb {
             sync_block(block)?;
             let (taken, dir) = {
                 let b = lock(block);
+                if b.retired {
+                    continue;
+                }
                 (b.heads_to_snapshot(), b.dir().to_path_buf())
             };
             let Some((generation, heads)) = taken else { continue };

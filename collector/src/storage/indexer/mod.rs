@@ -34,6 +34,8 @@ pub(crate) struct IndexerOptions {
     pub writer_memory_bytes: usize,
     pub retention_ns: i64,
     pub max_disk_bytes: u64,
+    /// Validated `[[storage.downsampling]]` levels, finest first.
+    pub downsampling: Vec<crate::config::downsampling::Level>,
     pub dedup_path: PathBuf,
 }
 
@@ -365,6 +367,7 @@ impl Indexer {
         }
         if now >= self.next_retention {
             self.enforce_retention();
+            self.downsample_one_day();
             self.next_retention = now + RETENTION_EVERY;
         }
         if now >= self.next_snapshot {
@@ -463,6 +466,7 @@ fn commit_partition(partition: &Partition, payload: &str) -> Result<(), tantivy:
     Ok(())
 }
 
+mod downsample;
 mod retention;
 #[cfg(test)]
 mod tests;

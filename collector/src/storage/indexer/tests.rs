@@ -16,6 +16,7 @@ fn setup(dir: &std::path::Path, max_disk_bytes: u64) -> Indexer {
             writer_memory_bytes: 15_000_000,
             retention_ns: 7 * NANOS_PER_DAY,
             max_disk_bytes,
+            downsampling: Vec::new(),
             dedup_path: dir.join("batch-ids"),
         },
         BatchDedup::new(60, 100),
@@ -249,4 +250,45 @@ fn retention_drops_partitions_by_age_then_by_disk_budget() {
     let left: Vec<i64> = indexer.store.partitions.all().iter().map(|p| p.day).collect();
     assert_eq!(left, vec![today], "over the disk budget everything but today goes");
     assert_eq!(sample_days(&indexer), vec![today]);
+}
+
+#[test]
+fn old_days_are_downsampled_one_a_tick_to_the_coarsest_level_they_are_old_enough_for() {
+    use crate::config::downsampling::{DownsamplingLevel, levels};
+    let dir = tempfile::tempdir().expect("dir");
+    let today = day_of(now_ns());
+    let mut indexer = setup(dir.path(), 0);
+    assert!(
+        !indexer.downsample_one_day(),
+        "no levels configured: nothing is rewritten"
+    );
+    let level = |after: &str, step: &str| DownsamplingLevel {
+        after: after.into(),
+        step: step.into(),
+    };
+    indexer.options.downsampling = levels(&[level("1d", "5m"), level("2d", "1h")]).expect("levels");
+    // A sample a minute over four days. Today's block and yesterday's (ended less than a
+    // day ago) stay whole; the day before ended a day ago (5 m); the one before that, two (1 h).
+    let labels = vigil_tsdb::Labels::new([("__name__", "up")]);
+    let mut lsn = 0;
+    for day in today - 3..=today {
+        for minute in 0..1_440 {
+            lsn += 1;
+            let t_ms = day * 86_400_000 + minute * 60_000;
+            indexer.store.tsdb.append(lsn, &labels, t_ms, 1.0).expect("append");
+        }
+    }
+    assert!(indexer.downsample_one_day());
+    assert_eq!(
+        indexer.store.tsdb.resolution(today - 3),
+        Some(3_600_000),
+        "the oldest first"
+    );
+    assert_eq!(indexer.store.tsdb.resolution(today - 2), None, "one day a tick");
+    assert!(indexer.downsample_one_day());
+    assert!(!indexer.downsample_one_day(), "nothing left to do");
+    let resolutions: Vec<Option<i64>> = (today - 3..=today).map(|d| indexer.store.tsdb.resolution(d)).collect();
+    assert_eq!(resolutions, vec![Some(3_600_000), Some(300_000), None, None]);
+    assert_eq!(stored_samples(&indexer.store), 24 + 288 + 2 * 1_440);
+    assert_eq!(indexer.store.metrics.tsdb_days_downsampled.get(), 2);
 }

@@ -1,0 +1,119 @@
+//! Downsampling: an old day rewritten keeping the last sample of every step of each series
+//! (`block/rewrite.rs`), then swapped in for the original so that a crash at any point
+//! leaves the day whole — the original, or the rewrite.
+//!
+//! The swap: the rewrite is written complete under `<day>.rewriting` (its resolution file
+//! last), the original renamed to `<day>.deleting`, the rewrite renamed to `<day>`, each
+//! rename made durable before the next. [`Tsdb::open`] removes a `.deleting` directory, puts
+//! a complete `.rewriting` one in place when its day is missing (the crash fell between the
+//! renames), and removes it otherwise (the crash fell before the swap: the original stands,
+//! and the next pass rewrites it again).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use super::{DELETING, Tsdb, lock};
+use crate::Error;
+use crate::block::{Block, RESOLUTION_FILE, last_per_step};
+use crate::record::sync_dir;
+
+/// The suffix of a rewrite not yet swapped in.
+pub(super) const REWRITING: &str = ".rewriting";
+
+/// What rewriting one day did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Downsampled {
+    pub series: usize,
+    pub samples_before: usize,
+    pub samples_after: usize,
+}
+
+/// At open: what to do with a directory named `<day>.rewriting` under `root`.
+pub(super) fn recover_rewrite(root: &Path, name: &str) -> Result<(), Error> {
+    let Some(day) = name.strip_suffix(REWRITING) else {
+        return Ok(());
+    };
+    let path = root.join(name);
+    let target = root.join(day);
+    if path.join(RESOLUTION_FILE).exists() && !target.exists() {
+        std::fs::rename(&path, &target).map_err(|e| Error::io(&path, e))?;
+    } else {
+        std::fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
+    }
+    sync_dir(root)
+}
+
+fn with_suffix(dir: &Path, suffix: &str) -> PathBuf {
+    let mut name = dir.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+impl Tsdb {
+    /// The step day `day` was downsampled to; `None` when it is at full resolution or
+    /// absent.
+    pub fn resolution(&self, day: i64) -> Option<i64> {
+        let block = self.read().get(&day).cloned()?;
+        lock(&block).resolution_ms
+    }
+
+    /// Rewrites day `day` keeping, of each live series, the last sample of every `step_ms`
+    /// (aligned to the epoch). Nothing is done (`None`) when the day is absent or already at
+    /// that step or a coarser one. The day's block stays locked during the rewrite: its
+    /// queries and late writes wait (on an old day, both are rare), and a write that waited
+    /// goes to the rewritten block. Call it from the thread that appends (the collector's
+    /// indexer), as purges are.
+    pub fn downsample_day(&self, day: i64, step_ms: i64) -> Result<Option<Downsampled>, Error> {
+        if step_ms <= 0 {
+            return Ok(None);
+        }
+        let Some(block) = self.read().get(&day).cloned() else {
+            return Ok(None);
+        };
+        let mut old = lock(&block);
+        if old.retired || old.resolution_ms.is_some_and(|r| r >= step_ms) {
+            return Ok(None);
+        }
+        let contents = old.contents()?;
+        let dir = old.dir().to_path_buf();
+        let staged = with_suffix(&dir, REWRITING);
+        if staged.exists() {
+            std::fs::remove_dir_all(&staged).map_err(|e| Error::io(&staged, e))?;
+        }
+        let mut done = Downsampled {
+            series: contents.series.len(),
+            samples_before: 0,
+            samples_after: 0,
+        };
+        {
+            let mut new = Block::open(&staged)?;
+            for copied in &contents.series {
+                let kept = last_per_step(&copied.samples, step_ms);
+                done.samples_before += copied.samples.len();
+                done.samples_after += kept.len();
+                new.write_copy(copied, &kept)?;
+            }
+            for (labels, lsn) in &contents.purges {
+                new.write_purge(labels, *lsn)?;
+            }
+            new.finish_rewrite(step_ms, contents.snapshot_lsn)?;
+        }
+        sync_dir(&self.root)?;
+        let doomed = with_suffix(&dir, DELETING);
+        std::fs::rename(&dir, &doomed).map_err(|e| Error::io(&dir, e))?;
+        sync_dir(&self.root)?;
+        std::fs::rename(&staged, &dir).map_err(|e| Error::io(&staged, e))?;
+        sync_dir(&self.root)?;
+        let rewritten = Arc::new(Mutex::new(Block::open(&dir)?));
+        old.retired = true;
+        drop(old);
+        // The map's lock is taken only after the old block's is released: the other
+        // walks over the blocks hold the map's lock while they take a block's.
+        self.blocks
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(day, rewritten);
+        std::fs::remove_dir_all(&doomed).map_err(|e| Error::io(&doomed, e))?;
+        Ok(Some(done))
+    }
+}
