@@ -52,17 +52,18 @@ pub(crate) fn last_per_step(samples: &[Sample], step: i64) -> Vec<Sample> {
     out
 }
 
-/// One live series of a block as a rewrite copies it.
+/// One live series of a block as a rewrite copies it: where its samples are, read one
+/// series at a time ([`Block::read_copied`]) so a rewrite holds one series' samples, not
+/// the day's.
 pub(crate) struct Copied {
-    pub(crate) labels: Labels,
     pub(crate) created_lsn: u64,
     /// The newest WAL entry the original held of it, in a chunk or in its head.
     pub(crate) held_lsn: u64,
-    pub(crate) samples: Vec<Sample>,
+    pub(crate) found: Found,
 }
 
-/// What a block holds, for a rewrite: its live series with every sample, its purges, and
-/// the entry its heads snapshot was taken at.
+/// What a block holds, for a rewrite: its live series, its purges, and the entry its heads
+/// snapshot was taken at.
 pub(crate) struct Contents {
     pub(crate) series: Vec<Copied>,
     pub(crate) purges: Vec<(Labels, u64)>,
@@ -72,28 +73,32 @@ pub(crate) struct Contents {
 impl Block {
     /// Everything a rewrite copies. The caller holds the block's lock throughout the
     /// rewrite, so nothing is appended between this read and the swap.
-    pub(crate) fn contents(&self) -> Result<Contents, Error> {
-        let mut series = Vec::new();
-        for s in self.series.iter().filter(|s| !s.deleted) {
-            let found = Found {
-                labels: s.labels.clone(),
-                chunks: s.chunks.clone(),
-                head: s.head.samples().to_vec(),
-            };
-            let samples = read_samples(&self.chunks_file, &found, i64::MIN, i64::MAX)
-                .map_err(|e| Error::io(&self.dir.join(CHUNKS_FILE), e))?;
-            series.push(Copied {
-                labels: found.labels,
+    pub(crate) fn contents(&self) -> Contents {
+        let series = self
+            .series
+            .iter()
+            .filter(|s| !s.deleted)
+            .map(|s| Copied {
                 created_lsn: s.created_lsn,
                 held_lsn: s.complete_lsn.max(s.head.last_lsn().unwrap_or(0)),
-                samples,
-            });
-        }
-        Ok(Contents {
+                found: Found {
+                    labels: s.labels.clone(),
+                    chunks: s.chunks.clone(),
+                    head: s.head.samples().to_vec(),
+                },
+            })
+            .collect();
+        Contents {
             series,
             purges: self.purged_at.iter().map(|(l, &lsn)| (l.clone(), lsn)).collect(),
             snapshot_lsn: self.snapshot_lsn,
-        })
+        }
+    }
+
+    /// Every sample of a series of [`Block::contents`], in time order.
+    pub(crate) fn read_copied(&self, copied: &Copied) -> Result<Vec<Sample>, Error> {
+        read_samples(&self.chunks_file, &copied.found, i64::MIN, i64::MAX)
+            .map_err(|e| Error::io(&self.dir.join(CHUNKS_FILE), e))
     }
 
     /// Writes `copied` into this new block with `samples` (its samples, downsampled) in
@@ -103,10 +108,11 @@ impl Block {
             return Ok(());
         }
         let id = self.series.len() as u32;
-        let record = layout::series(id, copied.created_lsn, &copied.labels);
+        let labels = &copied.found.labels;
+        let record = layout::series(id, copied.created_lsn, labels);
         record::append(&self.series_file, &mut self.series_end, &record)
             .map_err(|e| Error::io(&self.dir.join(SERIES_FILE), e))?;
-        self.add_series(copied.labels.clone(), copied.created_lsn);
+        self.add_series(labels.clone(), copied.created_lsn);
         for part in samples.chunks(CHUNK_SAMPLES) {
             let (min_t, max_t) = (part[0].0, part[part.len() - 1].0);
             let bytes = chunk::encode(part);

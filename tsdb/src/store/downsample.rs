@@ -74,7 +74,7 @@ impl Tsdb {
         if old.retired || old.resolution_ms.is_some_and(|r| r >= step_ms) {
             return Ok(None);
         }
-        let contents = old.contents()?;
+        let contents = old.contents();
         let dir = old.dir().to_path_buf();
         let staged = with_suffix(&dir, REWRITING);
         if staged.exists() {
@@ -88,8 +88,9 @@ impl Tsdb {
         {
             let mut new = Block::open(&staged)?;
             for copied in &contents.series {
-                let kept = last_per_step(&copied.samples, step_ms);
-                done.samples_before += copied.samples.len();
+                let samples = old.read_copied(copied)?;
+                let kept = last_per_step(&samples, step_ms);
+                done.samples_before += samples.len();
                 done.samples_after += kept.len();
                 new.write_copy(copied, &kept)?;
             }
