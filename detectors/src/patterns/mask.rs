@@ -329,10 +329,30 @@ fn is_key(segment: &str) -> bool {
 /// another word on the next, so the token is not a word of the template's own. Not the
 /// message of a structured line (`msg=started`, `message="disk`): like the first words of a
 /// plain line, it names the event, and in logfmt every other field is shared by all events.
-fn is_assignment(token: &str) -> bool {
+pub(crate) fn is_assignment(token: &str) -> bool {
     token
         .split_once('=')
         .is_some_and(|(key, value)| !key.is_empty() && !value.is_empty() && is_plain_key(key) && !is_message_key(key))
+}
+
+/// Whether a line is a structured one with a message field (`msg=…`, `message="…`): its
+/// other `key=value` fields (`ts=…`, `level=info`, `caller=…`) are then its envelope, which
+/// the miner's similarity leaves out. A logger writes the same envelope on every line, so
+/// two lines sharing it says nothing of whether they are one event; counted, it lifts two
+/// events whose messages share four of six words to six of eight, over the bar. The
+/// message is the event, as a plain line is.
+pub(crate) fn has_message_field(tokens: &[Cow<'_, str>]) -> bool {
+    tokens.iter().any(|t| message_value(t).is_some())
+}
+
+/// The value of a structured line's message field (`msg=started` → `started`,
+/// `msg="<*>` → `<*>`), without its opening quote; `None` for any other token. The key is
+/// on every line of the logger, so a message field whose first word is a value is no
+/// constant of the event, as that value alone on a plain line is not.
+pub(crate) fn message_value(token: &str) -> Option<&str> {
+    let (key, value) = token.split_once('=')?;
+    let value = value.strip_prefix('"').unwrap_or(value);
+    (!value.is_empty() && is_message_key(key)).then_some(value)
 }
 
 /// The keys `key=value` loggers write the message under: `msg` (Go's `slog`, logrus, go-kit,

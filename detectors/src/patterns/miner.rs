@@ -20,7 +20,8 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 
 use super::mask::{
-    WILDCARD, constant_prefix, glued_template, is_calendar_word, is_variable, mask_dates, picks_bucket, values_in,
+    WILDCARD, constant_prefix, glued_template, has_message_field, is_assignment, is_calendar_word, is_variable,
+    mask_dates, message_value, picks_bucket, values_in,
 };
 
 mod varying;
@@ -378,7 +379,11 @@ impl PatternMiner {
 
     /// [`PatternMiner::best_in`], pattern `except` left out.
     fn best_in_except(&self, bucket: u64, tokens: &[Cow<'_, str>], except: u64) -> Option<(u64, f64)> {
-        let constants = tokens.iter().filter(|t| t.as_ref() != WILDCARD).count();
+        // A structured line's envelope does not count (`has_message_field`).
+        let structured = has_message_field(tokens);
+        let envelope = |t: &str| is_assignment(t) || message_value(t) == Some(WILDCARD);
+        let counts = |t: &str| t != WILDCARD && !(structured && envelope(t));
+        let constants = tokens.iter().filter(|t| counts(t)).count();
         let mut best: Option<(u64, f64, usize)> = None;
         for id in self.buckets.get(&bucket)? {
             if *id == except {
@@ -391,7 +396,7 @@ impl PatternMiner {
             let (equal, wild) = p.tokens.iter().zip(tokens).fold((0usize, 0usize), |(e, w), (a, b)| {
                 if a == WILDCARD {
                     (e, w + 1)
-                } else if a == b.as_ref() {
+                } else if a == b.as_ref() && counts(b) {
                     (e + 1, w)
                 } else {
                     (e, w)
