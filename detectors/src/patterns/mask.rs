@@ -306,6 +306,23 @@ pub(crate) fn glued_template(token: &str) -> Option<Cow<'static, str>> {
     Some(Cow::Owned(out))
 }
 
+/// The name a glued template leads with (`took(<*>` → `took`, `"GET(<*>` → `GET`): a word
+/// of letters, after any opening quotes or brackets, that gluing punctuation follows. `None`
+/// for a token without one (a key, `len:|<*>`, is not a name here: its value follows it on
+/// every line anyway). Whether the glued part is a word or a value differs between lines of
+/// one event, so such a token picks no bucket; its name does not differ, and two lines whose
+/// names differ at one place are two events (see the miner's `best_in_except`).
+pub(crate) fn glued_name(token: &str) -> Option<&str> {
+    // One pass over the bytes, most tokens leaving at their first: the miner asks this of
+    // every token of every line.
+    let bytes = token.as_bytes();
+    let start = bytes.iter().position(|&b| !is_glue(b))?;
+    let len = bytes[start..].iter().position(|b| !b.is_ascii_alphabetic())?;
+    let rest = &token[start + len..];
+    // A bracketed word (`[LNKD]`, `(root)`) is a constant the similarity compares.
+    (len > 0 && is_glue(rest.as_bytes()[0]) && rest.contains(WILDCARD)).then(|| &token[start..start + len])
+}
+
 /// A token's parts between gluing punctuation, each with the punctuation after it (empty
 /// for the last).
 fn glued_parts(token: &str) -> impl Iterator<Item = (&str, &str)> {
@@ -457,6 +474,16 @@ mod tests {
             ["slept(3)"],
             "not its template: whole"
         );
+    }
+
+    #[test]
+    fn a_glued_template_names_what_it_leads_with() {
+        assert_eq!(glued_name("took(<*>"), Some("took"));
+        assert_eq!(glued_name("\"GET(<*>"), Some("GET"));
+        assert_eq!(glued_name("[line=<*>]"), None, "a key, not a name");
+        assert_eq!(glued_name("len:|<*>|time:|<*>"), None);
+        assert_eq!(glued_name("[LNKD]"), None, "a bracketed word is a constant");
+        assert_eq!(glued_name("<*>"), None);
     }
 
     #[test]

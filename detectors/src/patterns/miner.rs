@@ -20,10 +20,10 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 
 use super::mask::{
-    WILDCARD, constant_prefix, glued_template, has_message_field, is_assignment, is_calendar_word, is_variable,
-    mask_dates, message_value, picks_bucket, values_in,
+    WILDCARD, constant_prefix, glued_template, is_calendar_word, is_variable, mask_dates, picks_bucket, values_in,
 };
 
+mod similarity;
 mod varying;
 use varying::WordSeen;
 
@@ -369,55 +369,6 @@ impl PatternMiner {
             pattern_id: id,
             is_new: id == self.next_id - 1,
         }
-    }
-
-    /// The pattern of `bucket` most similar to `tokens`, with its similarity: the fraction of
-    /// the line's constant tokens it has (ties go to the more general pattern).
-    fn best_in(&self, bucket: u64, tokens: &[Cow<'_, str>]) -> Option<(u64, f64)> {
-        self.best_in_except(bucket, tokens, 0)
-    }
-
-    /// [`PatternMiner::best_in`], pattern `except` left out.
-    fn best_in_except(&self, bucket: u64, tokens: &[Cow<'_, str>], except: u64) -> Option<(u64, f64)> {
-        // A structured line's envelope does not count (`has_message_field`).
-        let structured = has_message_field(tokens);
-        let envelope = |t: &str| is_assignment(t) || message_value(t) == Some(WILDCARD);
-        let counts = |t: &str| t != WILDCARD && !(structured && envelope(t));
-        let constants = tokens.iter().filter(|t| counts(t)).count();
-        let mut best: Option<(u64, f64, usize)> = None;
-        for id in self.buckets.get(&bucket)? {
-            if *id == except {
-                continue;
-            }
-            let Some(p) = self.patterns.get(id) else { continue };
-            if p.tokens.len() != tokens.len() {
-                continue;
-            }
-            let (equal, wild) = p.tokens.iter().zip(tokens).fold((0usize, 0usize), |(e, w), (a, b)| {
-                if a == WILDCARD {
-                    (e, w + 1)
-                } else if a == b.as_ref() && counts(b) {
-                    (e + 1, w)
-                } else {
-                    (e, w)
-                }
-            });
-            // Over the line's constant tokens only: a line that is mostly
-            // parameters (an access log) must still match its pattern.
-            let sim = if constants == 0 {
-                1.0
-            } else {
-                equal as f64 / constants as f64
-            };
-            let better = match best {
-                None => true,
-                Some((_, s, w)) => sim > s || (sim == s && wild > w),
-            };
-            if better {
-                best = Some((*id, sim, wild));
-            }
-        }
-        best.map(|(id, sim, _)| (id, sim))
     }
 
     /// Evicts the least recently seen pattern. A hit only bumps the pattern's own
