@@ -347,6 +347,12 @@ impl Tsdb {
         };
         let dir = lock(&block).dir().to_path_buf();
         self.delete_dir(&dir)?;
+        // A rewrite of the day left by a failed downsampling would be put in place at the
+        // next open.
+        let staged = downsample::staged_dir(&dir);
+        if staged.exists() {
+            std::fs::remove_dir_all(&staged).map_err(|e| Error::io(&staged, e))?;
+        }
         Ok(true)
     }
 

@@ -218,3 +218,50 @@ fn a_crash_before_the_swap_keeps_the_original_and_drops_the_unfinished_rewrite()
     assert!(db.downsample_day(7, FIVE_MINUTES).expect("downsample").is_some());
     assert_five_minute_day(&db);
 }
+
+#[test]
+fn a_series_written_again_after_its_purge_stays_live_and_purgeable_after_the_rewrite() {
+    let dir = tempfile::tempdir().expect("dir");
+    let db = Tsdb::open(dir.path()).expect("open");
+    let sample = |db: &Tsdb, n: i64| db.append(n as u64 + 1, &series("a"), 7 * DAY + n * SCRAPE, n as f64);
+    for n in 0..10 {
+        sample(&db, n).expect("append");
+    }
+    db.delete(11, &|l: &Labels| l.get("instance") == Some("a"))
+        .expect("purge");
+    for n in 11..20 {
+        sample(&db, n).expect("append again");
+    }
+    db.downsample_day(7, FIVE_MINUTES)
+        .expect("downsample")
+        .expect("rewritten");
+    drop(db);
+    let db = Tsdb::open(dir.path()).expect("reopen");
+    // The series written after the purge, one sample per five minutes; the purged one gone.
+    assert_eq!(day_samples(&db, 7)["a"], vec![(7 * DAY + 19 * SCRAPE, 19.0)]);
+    for n in 0..20 {
+        assert!(!sample(&db, n).expect("replay"), "entry {} is held or purged", n + 1);
+    }
+    assert_eq!(db.stats().series, 1, "no second series of the same labels");
+    // And a later purge reaches it.
+    db.delete(40, &|l: &Labels| l.get("instance") == Some("a"))
+        .expect("purge again");
+    assert!(day_samples(&db, 7).is_empty());
+}
+
+#[test]
+fn the_rewritten_day_takes_writes_and_snapshots_them_where_a_restart_reads_them() {
+    let dir = tempfile::tempdir().expect("dir");
+    let db = Tsdb::open(dir.path()).expect("open");
+    let last = fill(&db);
+    db.downsample_day(7, FIVE_MINUTES)
+        .expect("downsample")
+        .expect("rewritten");
+    assert!(db.append(last + 1, &series("late"), 7 * DAY + 5, 9.0).expect("late"));
+    db.snapshot_heads(last + 1).expect("snapshot");
+    drop(db);
+    let db = Tsdb::open(dir.path()).expect("reopen");
+    let day = day_samples(&db, 7);
+    assert_eq!(day["late"], vec![(7 * DAY + 5, 9.0)]);
+    assert_eq!(day["a"].len() as i64, DAY / FIVE_MINUTES);
+}

@@ -119,7 +119,8 @@ pub(crate) fn reply(result: Result<Json_, Error>) -> Response {
     }
 }
 
-/// The engine's options for one request: the `timeout` parameter can shorten the default.
+/// The engine's options for one request: the `timeout` parameter can shorten the default,
+/// and `lookback_delta` (as Prometheus takes it) replaces the 5 min lookback.
 fn options(params: &Params) -> Result<Options, Error> {
     let mut opts = Options::default();
     if let Some(t) = params.get("timeout") {
@@ -128,7 +129,27 @@ fn options(params: &Params) -> Result<Options, Error> {
             opts.timeout = opts.timeout.min(Duration::from_millis(ms.unsigned_abs()));
         }
     }
+    if let Some(d) = params.get("lookback_delta") {
+        let ms = vigil_promql::parse_duration_ms(d)?;
+        if ms <= 0 {
+            return Err(Error::BadData(format!(
+                "invalid parameter \"lookback_delta\": {d:?} is not positive"
+            )));
+        }
+        opts.lookback_ms = ms;
+    }
     Ok(opts)
+}
+
+/// The lookback for a query reading `[start, end]`: widened to the step of the coarsest
+/// downsampled day it reads (`[[storage.downsampling]]`), so that an instant selector finds
+/// that day's samples, one a step, as it finds raw ones within five minutes. On the raw
+/// days read alongside, a series that stopped then stays visible that much longer.
+fn lookback_for(store: &crate::storage::Store, opts: &Options, start: i64, end: i64) -> i64 {
+    let coarsest = store
+        .tsdb
+        .coarsest_resolution(start.saturating_sub(opts.lookback_ms), end);
+    coarsest.map_or(opts.lookback_ms, |step| opts.lookback_ms.max(step))
 }
 
 /// A slot to evaluate in, waited for up to `timeout`: queries beyond
@@ -229,7 +250,12 @@ pub(super) async fn query(State(state): State<ApiState>, uri: Uri, headers: Head
         let params = Params::parse(&uri, &headers, &body)?;
         let (text, t, opts) = instant_request(&params)?;
         run(&state, "prometheus_query", opts.timeout, move |store, left| {
-            let opts = Options { timeout: left, ..opts };
+            let lookback_ms = lookback_for(store, &opts, t, t);
+            let opts = Options {
+                timeout: left,
+                lookback_ms,
+                ..opts
+            };
             let value = vigil_promql::instant_query(&PromView(store), &text, t, &opts)?;
             Ok(answer::instant_data(&value, t))
         })
@@ -245,7 +271,12 @@ pub(super) async fn query_range(State(state): State<ApiState>, uri: Uri, headers
         let params = Params::parse(&uri, &headers, &body)?;
         let (text, start, end, step, opts) = range_request(&params)?;
         run(&state, "prometheus_query_range", opts.timeout, move |store, left| {
-            let opts = Options { timeout: left, ..opts };
+            let lookback_ms = lookback_for(store, &opts, start, end);
+            let opts = Options {
+                timeout: left,
+                lookback_ms,
+                ..opts
+            };
             let series = vigil_promql::range_query(&PromView(store), &text, start, end, step, &opts)?;
             Ok(answer::range_data(&series))
         })
@@ -483,6 +514,52 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
+
+    #[test]
+    fn a_downsampled_day_widens_the_lookback_and_lookback_delta_sets_it() {
+        const HOUR: i64 = 3_600_000;
+        let dir = tempfile::tempdir().expect("dir");
+        let store =
+            crate::storage::Store::open(dir.path(), Arc::new(crate::telemetry::Metrics::default())).expect("store");
+        let labels = vigil_tsdb::Labels::new([("__name__", "up"), ("__kind__", "gauge")]);
+        let day = 20_000 * 24 * HOUR;
+        for n in 0..(24 * 240) {
+            store
+                .tsdb
+                .append(n as u64 + 1, &labels, day + n * 15_000, 1.0)
+                .expect("append");
+        }
+        let found = |opts: &Options, t: i64| match vigil_promql::instant_query(&PromView(&store), "up", t, opts) {
+            Ok(vigil_promql::Value::Vector(v)) => v.len(),
+            other => panic!("{other:?}"),
+        };
+        let noon = day + 12 * HOUR + 30 * 60_000;
+        let raw = Options::default();
+        assert_eq!(lookback_for(&store, &raw, noon, noon), 5 * 60_000);
+        assert_eq!(found(&raw, noon), 1);
+
+        store.tsdb.downsample_day(20_000, HOUR).expect("downsample");
+        // Half an hour after the last hourly sample: out of five minutes' reach.
+        assert_eq!(found(&raw, noon), 0);
+        let widened = Options {
+            lookback_ms: lookback_for(&store, &raw, noon, noon),
+            ..Options::default()
+        };
+        assert_eq!(widened.lookback_ms, HOUR);
+        assert_eq!(found(&widened, noon), 1);
+
+        let uri: Uri = "/prometheus/api/v1/query?query=up&lookback_delta=2h"
+            .parse()
+            .expect("uri");
+        let params = Params::parse(&uri, &HeaderMap::new(), &Bytes::new()).expect("params");
+        assert_eq!(options(&params).expect("options").lookback_ms, 2 * HOUR);
+        let uri: Uri = "/prometheus/api/v1/query?query=up&lookback_delta=-1m"
+            .parse()
+            .expect("uri");
+        let params = Params::parse(&uri, &HeaderMap::new(), &Bytes::new()).expect("params");
+        let e = options(&params).expect_err("a negative lookback");
+        assert_eq!(e.http_status(), 400, "{e}");
+    }
 
     #[tokio::test]
     async fn a_query_beyond_the_slots_waits_then_times_out_saying_why() {

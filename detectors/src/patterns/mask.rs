@@ -355,9 +355,12 @@ pub(crate) fn is_assignment(token: &str) -> bool {
 /// Whether a line is a structured one with a message field (`msg=…`, `message="…`): its
 /// other `key=value` fields (`ts=…`, `level=info`, `caller=…`) are then its envelope, which
 /// the miner's similarity leaves out. A logger writes the same envelope on every line, so
-/// two lines sharing it says nothing of whether they are one event; counted, it lifts two
-/// events whose messages share four of six words to six of eight, over the bar. The
-/// message is the event, as a plain line is.
+/// two lines sharing it says nothing of whether they are one event; counted (with the
+/// message key glued to a value, `msg="<*>`), it lifts two events whose messages share four
+/// of six constants to seven of nine, over the bar. The message is the event, as a plain
+/// line is. Any token with a message key (`msg=`, `message=`, `event=`, any case) makes the
+/// line structured, and then every other `key=value` token is left out, those inside the
+/// quoted message too.
 pub(crate) fn has_message_field(tokens: &[Cow<'_, str>]) -> bool {
     tokens.iter().any(|t| message_value(t).is_some())
 }

@@ -148,6 +148,17 @@ impl Block {
         Ok(())
     }
 
+    /// The rewrite's directory was renamed to `dir`: its open files are the same.
+    pub(crate) fn moved_to(&mut self, dir: &Path) {
+        self.dir = dir.to_path_buf();
+    }
+
+    /// Fails every later sync of this block: its files may no longer be where a restart
+    /// reads them, so the WAL must keep what they hold until then.
+    pub(crate) fn fail_syncs(&mut self) {
+        self.sync_failed = true;
+    }
+
     /// Makes this new block durable and complete: both files synced, an empty heads
     /// snapshot as of the original's (`applied`), and last the resolution file naming
     /// `step`, synced with the directory.

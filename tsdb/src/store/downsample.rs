@@ -43,6 +43,11 @@ pub(super) fn recover_rewrite(root: &Path, name: &str) -> Result<(), Error> {
     sync_dir(root)
 }
 
+/// Where the rewrite of the block in `dir` is staged.
+pub(super) fn staged_dir(dir: &Path) -> PathBuf {
+    with_suffix(dir, REWRITING)
+}
+
 fn with_suffix(dir: &Path, suffix: &str) -> PathBuf {
     let mut name = dir.as_os_str().to_owned();
     name.push(suffix);
@@ -57,12 +62,25 @@ impl Tsdb {
         lock(&block).resolution_ms
     }
 
+    /// The coarsest step among the downsampled days `[start, end]` (ms) touches; `None`
+    /// when all are at full resolution.
+    pub fn coarsest_resolution(&self, start: i64, end: i64) -> Option<i64> {
+        self.blocks_in(start, end)
+            .iter()
+            .filter_map(|b| lock(b).resolution_ms)
+            .max()
+    }
+
     /// Rewrites day `day` keeping, of each live series, the last sample of every `step_ms`
     /// (aligned to the epoch). Nothing is done (`None`) when the day is absent or already at
     /// that step or a coarser one. The day's block stays locked during the rewrite: its
     /// queries and late writes wait (on an old day, both are rare), and a write that waited
-    /// goes to the rewritten block. Call it from the thread that appends (the collector's
-    /// indexer), as purges are.
+    /// goes to the rewritten block; samples written into the day afterwards stay at full
+    /// resolution. Call it from the thread that appends and purges (the collector's
+    /// indexer): a purge or a snapshot walking the blocks on another thread meanwhile
+    /// could pass the day by. On an error the original stays in use (and if it cannot be
+    /// put back in place, its syncs fail from then on, so the WAL keeps its samples until
+    /// the restart).
     pub fn downsample_day(&self, day: i64, step_ms: i64) -> Result<Option<Downsampled>, Error> {
         if step_ms <= 0 {
             return Ok(None);
@@ -74,38 +92,38 @@ impl Tsdb {
         if old.retired || old.resolution_ms.is_some_and(|r| r >= step_ms) {
             return Ok(None);
         }
-        let contents = old.contents();
         let dir = old.dir().to_path_buf();
-        let staged = with_suffix(&dir, REWRITING);
-        if staged.exists() {
-            std::fs::remove_dir_all(&staged).map_err(|e| Error::io(&staged, e))?;
-        }
-        let mut done = Downsampled {
-            series: contents.series.len(),
-            samples_before: 0,
-            samples_after: 0,
+        let staged = staged_dir(&dir);
+        let (new, done) = match self.write_rewrite(&old, &staged, step_ms) {
+            Ok(written) => written,
+            Err(e) => {
+                // A complete rewrite left behind would be put in place at the next open,
+                // even after retention dropped the day.
+                let _ = std::fs::remove_dir_all(&staged);
+                return Err(e);
+            }
         };
-        {
-            let mut new = Block::open(&staged)?;
-            for copied in &contents.series {
-                let samples = old.read_copied(copied)?;
-                let kept = last_per_step(&samples, step_ms);
-                done.samples_before += samples.len();
-                done.samples_after += kept.len();
-                new.write_copy(copied, &kept)?;
-            }
-            for (labels, lsn) in &contents.purges {
-                new.write_purge(labels, *lsn)?;
-            }
-            new.finish_rewrite(step_ms, contents.snapshot_lsn)?;
-        }
-        sync_dir(&self.root)?;
         let doomed = with_suffix(&dir, DELETING);
-        std::fs::rename(&dir, &doomed).map_err(|e| Error::io(&dir, e))?;
-        sync_dir(&self.root)?;
-        std::fs::rename(&staged, &dir).map_err(|e| Error::io(&staged, e))?;
-        sync_dir(&self.root)?;
-        let rewritten = Arc::new(Mutex::new(Block::open(&dir)?));
+        if let Err(e) = std::fs::rename(&dir, &doomed) {
+            drop(new);
+            let _ = std::fs::remove_dir_all(&staged);
+            return Err(Error::io(&dir, e));
+        }
+        let swapped = sync_dir(&self.root)
+            .and_then(|()| std::fs::rename(&staged, &dir).map_err(|e| Error::io(&staged, e)))
+            .and_then(|()| sync_dir(&self.root));
+        if let Err(e) = swapped {
+            let restored = std::fs::rename(&doomed, &dir)
+                .map_err(|e| Error::io(&doomed, e))
+                .and_then(|()| sync_dir(&self.root));
+            if restored.is_err() {
+                old.fail_syncs();
+            }
+            return Err(e);
+        }
+        // The rewrite's open files followed the rename; only its directory's name changed.
+        let mut new = new;
+        new.moved_to(&dir);
         old.retired = true;
         drop(old);
         // The map's lock is taken only after the old block's is released: the other
@@ -113,8 +131,38 @@ impl Tsdb {
         self.blocks
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(day, rewritten);
-        std::fs::remove_dir_all(&doomed).map_err(|e| Error::io(&doomed, e))?;
+            .insert(day, Arc::new(Mutex::new(new)));
+        // Done: a directory left here is removed at the next open.
+        let _ = std::fs::remove_dir_all(&doomed);
         Ok(Some(done))
+    }
+
+    /// Writes the rewrite of `old` at `step_ms` under `staged`, complete and durable.
+    fn write_rewrite(&self, old: &Block, staged: &Path, step_ms: i64) -> Result<(Block, Downsampled), Error> {
+        if staged.exists() {
+            std::fs::remove_dir_all(staged).map_err(|e| Error::io(staged, e))?;
+        }
+        let contents = old.contents();
+        let mut done = Downsampled {
+            series: contents.series.len(),
+            samples_before: 0,
+            samples_after: 0,
+        };
+        let mut new = Block::open(staged)?;
+        // Purges first: a label set purged and then written again is a live series, which
+        // must come after its purge, as in the original.
+        for (labels, lsn) in &contents.purges {
+            new.write_purge(labels, *lsn)?;
+        }
+        for copied in &contents.series {
+            let samples = old.read_copied(copied)?;
+            let kept = last_per_step(&samples, step_ms);
+            done.samples_before += samples.len();
+            done.samples_after += kept.len();
+            new.write_copy(copied, &kept)?;
+        }
+        new.finish_rewrite(step_ms, contents.snapshot_lsn)?;
+        sync_dir(&self.root)?;
+        Ok((new, done))
     }
 }

@@ -4,25 +4,31 @@
 //! block for a few seconds, and ingest waits meanwhile, so the pauses stay short and
 //! spread out.
 
-use super::{Indexer, now_ns};
+use super::Indexer;
 use crate::config::downsampling::step_for;
 use crate::storage::partition::{NANOS_PER_DAY, day_of};
 
 impl Indexer {
-    /// Rewrites the oldest day (never today) whose resolution is finer than its level's
-    /// step. Returns whether one was rewritten.
-    pub(crate) fn downsample_one_day(&mut self) -> bool {
-        if self.options.downsampling.is_empty() {
+    /// Rewrites the oldest day (never today, none that failed before) whose resolution is
+    /// finer than its level's step by `now`. Returns whether one was rewritten. Not while a
+    /// sample the store failed to take waits in the WAL for the restart's replay: a rewrite
+    /// marks each series complete up to its newest entry, and the replay would pass it by.
+    pub(crate) fn downsample_one_day(&mut self, now: i64) -> bool {
+        if self.options.downsampling.is_empty() || self.samples_failed_at.is_some() {
             return false;
         }
-        let now = now_ns();
         let today = day_of(now);
         let tsdb = &self.store.tsdb;
-        let due = tsdb.days().into_iter().filter(|&day| day < today).find_map(|day| {
-            let day_end = (day + 1).saturating_mul(NANOS_PER_DAY);
-            let step = step_for(&self.options.downsampling, day_end, now)?;
-            (tsdb.resolution(day).is_none_or(|r| r < step)).then_some((day, step))
-        });
+        let failed = &self.downsample_failed;
+        let due = tsdb
+            .days()
+            .into_iter()
+            .filter(|&day| day < today && !failed.contains(&day))
+            .find_map(|day| {
+                let day_end = (day + 1).saturating_mul(NANOS_PER_DAY);
+                let step = step_for(&self.options.downsampling, day_end, now)?;
+                (tsdb.resolution(day).is_none_or(|r| r < step)).then_some((day, step))
+            });
         let Some((day, step_ms)) = due else {
             return false;
         };
@@ -41,8 +47,9 @@ impl Indexer {
             }
             Ok(None) => false,
             Err(e) => {
+                self.downsample_failed.insert(day);
                 self.store.metrics.index_commit_errors.inc();
-                tracing::error!(error = %e, day, "could not downsample a day of metric samples; it stays as it was");
+                tracing::error!(error = %e, day, "could not downsample a day of metric samples; it stays as it was until the next start");
                 false
             }
         }

@@ -52,6 +52,9 @@ pub(crate) struct Indexer {
     /// The first entry whose samples the time-series store failed to take (a full disk):
     /// the WAL keeps it, and the replay at the next start puts them in.
     samples_failed_at: Option<u64>,
+    /// Days whose downsampling failed since the start: passed by until the next start, so
+    /// one bad day does not hold the others back.
+    downsample_failed: std::collections::BTreeSet<i64>,
     /// The last applied entry once a snapshot interval, to tell which heads went idle.
     lsn_marks: std::collections::VecDeque<(Instant, u64)>,
     next_commit: Instant,
@@ -84,6 +87,7 @@ impl Indexer {
             last_applied_lsn: 0,
             last_checkpoint: 0,
             samples_failed_at: None,
+            downsample_failed: std::collections::BTreeSet::new(),
             lsn_marks: std::collections::VecDeque::new(),
             next_commit,
             next_retention: Instant::now(),
@@ -367,7 +371,7 @@ impl Indexer {
         }
         if now >= self.next_retention {
             self.enforce_retention();
-            self.downsample_one_day();
+            self.downsample_one_day(now_ns());
             self.next_retention = now + RETENTION_EVERY;
         }
         if now >= self.next_snapshot {

@@ -256,10 +256,12 @@ fn retention_drops_partitions_by_age_then_by_disk_budget() {
 fn old_days_are_downsampled_one_a_tick_to_the_coarsest_level_they_are_old_enough_for() {
     use crate::config::downsampling::{DownsamplingLevel, levels};
     let dir = tempfile::tempdir().expect("dir");
+    // A fixed "now", mid-day: the test does not depend on the wall clock's day.
     let today = day_of(now_ns());
+    let now = today * NANOS_PER_DAY + NANOS_PER_DAY / 2;
     let mut indexer = setup(dir.path(), 0);
     assert!(
-        !indexer.downsample_one_day(),
+        !indexer.downsample_one_day(now),
         "no levels configured: nothing is rewritten"
     );
     let level = |after: &str, step: &str| DownsamplingLevel {
@@ -278,15 +280,15 @@ fn old_days_are_downsampled_one_a_tick_to_the_coarsest_level_they_are_old_enough
             indexer.store.tsdb.append(lsn, &labels, t_ms, 1.0).expect("append");
         }
     }
-    assert!(indexer.downsample_one_day());
+    assert!(indexer.downsample_one_day(now));
     assert_eq!(
         indexer.store.tsdb.resolution(today - 3),
         Some(3_600_000),
         "the oldest first"
     );
     assert_eq!(indexer.store.tsdb.resolution(today - 2), None, "one day a tick");
-    assert!(indexer.downsample_one_day());
-    assert!(!indexer.downsample_one_day(), "nothing left to do");
+    assert!(indexer.downsample_one_day(now));
+    assert!(!indexer.downsample_one_day(now), "nothing left to do");
     let resolutions: Vec<Option<i64>> = (today - 3..=today).map(|d| indexer.store.tsdb.resolution(d)).collect();
     assert_eq!(resolutions, vec![Some(3_600_000), Some(300_000), None, None]);
     assert_eq!(stored_samples(&indexer.store), 24 + 288 + 2 * 1_440);
