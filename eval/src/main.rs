@@ -280,6 +280,8 @@ fn nab(args: &[String]) -> Result<(), String> {
     Ok(())
 }
 
+/// `vigil-eval patterns`: one line of stdin in, one `id<TAB>template` line out, as
+/// `../shared/tools/loghub_ga.py --cmd` reads them.
 fn patterns() -> io::Result<()> {
     let mut miner = PatternMiner::default();
     let mut ids = Vec::new();
@@ -297,11 +299,22 @@ fn patterns() -> io::Result<()> {
         i += 1;
     }
     let mut out = BufWriter::new(io::stdout().lock());
-    for id in ids {
+    write_patterns(&miner, &ids, &mut out)?;
+    out.flush()
+}
+
+/// Each line's pattern as the miner knows it at the end: one merged since the line was read
+/// (a position that turned out to vary, such as a host name of words) counts as the pattern
+/// it was merged into, as the collector's catalogue shows it and as `vigil-eval loghub`
+/// scores it. Printing the id a line got when it was read scored such a set as if every
+/// merge had failed (the word-host rewrite of OpenStack: 0.28 instead of 0.96).
+fn write_patterns(miner: &PatternMiner, ids: &[u64], out: &mut impl Write) -> io::Result<()> {
+    for &id in ids {
+        let id = miner.resolve(id);
         let template = miner.get(id).map(|p| p.template()).unwrap_or_default();
         writeln!(out, "{id}\t{template}")?;
     }
-    out.flush()
+    Ok(())
 }
 
 fn main() -> ExitCode {
@@ -328,5 +341,48 @@ fn main() -> ExitCode {
             eprintln!("vigil-eval: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns_prints_the_pattern_a_line_was_merged_into() {
+        // A host name of words before each line: every host starts its own pattern, until
+        // the position is seen to vary (a host before three kinds of line, exchanged for
+        // others) and they merge. Each event must print one id.
+        let hosts: Vec<String> = ["web", "api", "db", "cache"]
+            .iter()
+            .flat_map(|r| ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot"].map(|n| format!("{r}-{n}")))
+            .collect();
+        let mut miner = PatternMiner::default();
+        let mut ids = Vec::new();
+        let events = [
+            "connection accepted from peer",
+            "session closed by client",
+            "cache warmed in background",
+            "request queue drained fully",
+        ];
+        for i in 0..200 {
+            let line = format!("{} {}", hosts[(i * 7 / 4) % hosts.len()], events[i % 4]);
+            ids.push(miner.add(&line, i as i64).pattern_id);
+        }
+        let mut out = Vec::new();
+        write_patterns(&miner, &ids, &mut out).expect("write");
+        let printed: Vec<String> = String::from_utf8(out)
+            .expect("utf-8")
+            .lines()
+            .map(|l| l.split('\t').next().unwrap_or_default().to_string())
+            .collect();
+        assert_eq!(printed.len(), 200);
+        for e in 0..4 {
+            assert!(
+                printed.iter().skip(e).step_by(4).all(|id| *id == printed[e]),
+                "event {e}: {printed:?}"
+            );
+        }
+        assert_ne!(printed[0], printed[1]);
     }
 }
