@@ -265,3 +265,21 @@ fn the_rewritten_day_takes_writes_and_snapshots_them_where_a_restart_reads_them(
     assert_eq!(day["late"], vec![(7 * DAY + 5, 9.0)]);
     assert_eq!(day["a"].len() as i64, DAY / FIVE_MINUTES);
 }
+
+#[test]
+fn dropping_a_day_drops_a_rewrite_of_it_left_staged_too() {
+    let dir = tempfile::tempdir().expect("dir");
+    let db = Tsdb::open(dir.path()).expect("open");
+    fill(&db);
+    db.seal_all_heads().expect("seal");
+    db.sync().expect("sync");
+    // A complete rewrite a failure left behind (the resolution file is written last).
+    let staged = dir.path().join("7.rewriting");
+    copy_dir(&dir.path().join("7"), &staged);
+    std::fs::write(staged.join("resolution"), b"300000").expect("write");
+    assert!(db.drop_day(7).expect("drop"));
+    assert!(!staged.exists());
+    drop(db);
+    let db = Tsdb::open(dir.path()).expect("reopen");
+    assert_eq!(db.days(), vec![8], "retention's drop stands");
+}

@@ -130,26 +130,33 @@ fn options(params: &Params) -> Result<Options, Error> {
         }
     }
     if let Some(d) = params.get("lookback_delta") {
-        let ms = vigil_promql::parse_duration_ms(d)?;
-        if ms <= 0 {
+        let ms = vigil_promql::parse_duration_ms(d)
+            .map_err(|e| Error::BadData(format!("invalid parameter \"lookback_delta\": {e}")))?;
+        if ms < 0 {
             return Err(Error::BadData(format!(
-                "invalid parameter \"lookback_delta\": {d:?} is not positive"
+                "invalid parameter \"lookback_delta\": {d:?} is negative"
             )));
         }
-        opts.lookback_ms = ms;
+        // 0 is the default, as Prometheus takes it.
+        if ms > 0 {
+            opts.lookback_ms = ms;
+        }
     }
     Ok(opts)
 }
 
-/// The lookback for a query reading `[start, end]`: widened to the step of the coarsest
-/// downsampled day it reads (`[[storage.downsampling]]`), so that an instant selector finds
-/// that day's samples, one a step, as it finds raw ones within five minutes. On the raw
-/// days read alongside, a series that stopped then stays visible that much longer.
+/// The lookback for a query evaluated over `[start, end]`: widened by the step of the
+/// coarsest downsampled day in that range (`[[storage.downsampling]]`), so that an instant
+/// selector finds that day's samples, one a step (and a scrape's jitter), as it finds raw
+/// ones within five minutes. On the raw days read alongside, a series that stopped then
+/// stays visible that much longer. Only the evaluation range is looked at: a selector with
+/// an `offset`, an `@` or under a subquery that reaches a downsampled day outside it keeps
+/// the plain lookback.
 fn lookback_for(store: &crate::storage::Store, opts: &Options, start: i64, end: i64) -> i64 {
     let coarsest = store
         .tsdb
         .coarsest_resolution(start.saturating_sub(opts.lookback_ms), end);
-    coarsest.map_or(opts.lookback_ms, |step| opts.lookback_ms.max(step))
+    coarsest.map_or(opts.lookback_ms, |step| opts.lookback_ms.saturating_add(step))
 }
 
 /// A slot to evaluate in, waited for up to `timeout`: queries beyond
@@ -545,7 +552,7 @@ mod tests {
             lookback_ms: lookback_for(&store, &raw, noon, noon),
             ..Options::default()
         };
-        assert_eq!(widened.lookback_ms, HOUR);
+        assert_eq!(widened.lookback_ms, HOUR + 5 * 60_000);
         assert_eq!(found(&widened, noon), 1);
 
         let uri: Uri = "/prometheus/api/v1/query?query=up&lookback_delta=2h"
@@ -553,12 +560,24 @@ mod tests {
             .expect("uri");
         let params = Params::parse(&uri, &HeaderMap::new(), &Bytes::new()).expect("params");
         assert_eq!(options(&params).expect("options").lookback_ms, 2 * HOUR);
-        let uri: Uri = "/prometheus/api/v1/query?query=up&lookback_delta=-1m"
+        for bad in ["-1m", "soon"] {
+            let uri: Uri = format!("/prometheus/api/v1/query?query=up&lookback_delta={bad}")
+                .parse()
+                .expect("uri");
+            let params = Params::parse(&uri, &HeaderMap::new(), &Bytes::new()).expect("params");
+            let e = options(&params).expect_err("a bad lookback");
+            assert_eq!(e.http_status(), 400, "{e}");
+            assert!(e.message().contains("lookback_delta"), "{e}");
+        }
+        let uri: Uri = "/prometheus/api/v1/query?query=up&lookback_delta=0"
             .parse()
             .expect("uri");
         let params = Params::parse(&uri, &HeaderMap::new(), &Bytes::new()).expect("params");
-        let e = options(&params).expect_err("a negative lookback");
-        assert_eq!(e.http_status(), 400, "{e}");
+        assert_eq!(
+            options(&params).expect("options").lookback_ms,
+            5 * 60_000,
+            "0 is the default"
+        );
     }
 
     #[tokio::test]

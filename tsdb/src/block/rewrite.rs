@@ -159,6 +159,11 @@ impl Block {
         self.sync_failed = true;
     }
 
+    /// Whether an fsync of this block failed (see `Block::begin_sync`).
+    pub(crate) fn syncs_failed(&self) -> bool {
+        self.sync_failed
+    }
+
     /// Makes this new block durable and complete: both files synced, an empty heads
     /// snapshot as of the original's (`applied`), and last the resolution file naming
     /// `step`, synced with the directory.

@@ -78,9 +78,11 @@ impl Tsdb {
     /// goes to the rewritten block; samples written into the day afterwards stay at full
     /// resolution. Call it from the thread that appends and purges (the collector's
     /// indexer): a purge or a snapshot walking the blocks on another thread meanwhile
-    /// could pass the day by. On an error the original stays in use (and if it cannot be
-    /// put back in place, its syncs fail from then on, so the WAL keeps its samples until
-    /// the restart).
+    /// could pass the day by. A day whose syncs failed is refused. On an error before the
+    /// rewrite is in place the original stays in use; once the original was moved aside,
+    /// its syncs fail from then on (so the WAL keeps what is written until the restart,
+    /// whose open finishes or undoes the swap). Once the rewrite is in place it is used,
+    /// and if that could not be made durable its syncs fail instead.
     pub fn downsample_day(&self, day: i64, step_ms: i64) -> Result<Option<Downsampled>, Error> {
         if step_ms <= 0 {
             return Ok(None);
@@ -92,9 +94,14 @@ impl Tsdb {
         if old.retired || old.resolution_ms.is_some_and(|r| r >= step_ms) {
             return Ok(None);
         }
+        if old.syncs_failed() {
+            // Its pages may not be on disk, and only the WAL's replay at the next start
+            // restores them: a rewrite now would mark them complete.
+            return Err(Error::io(old.dir(), std::io::Error::other("an earlier fsync failed")));
+        }
         let dir = old.dir().to_path_buf();
         let staged = staged_dir(&dir);
-        let (new, done) = match self.write_rewrite(&old, &staged, step_ms) {
+        let (mut new, done) = match self.write_rewrite(&old, &staged, step_ms) {
             Ok(written) => written,
             Err(e) => {
                 // A complete rewrite left behind would be put in place at the next open,
@@ -109,21 +116,29 @@ impl Tsdb {
             let _ = std::fs::remove_dir_all(&staged);
             return Err(Error::io(&dir, e));
         }
-        let swapped = sync_dir(&self.root)
-            .and_then(|()| std::fs::rename(&staged, &dir).map_err(|e| Error::io(&staged, e)))
-            .and_then(|()| sync_dir(&self.root));
-        if let Err(e) = swapped {
-            let restored = std::fs::rename(&doomed, &dir)
-                .map_err(|e| Error::io(&doomed, e))
-                .and_then(|()| sync_dir(&self.root));
-            if restored.is_err() {
-                old.fail_syncs();
+        let moved_in =
+            sync_dir(&self.root).and_then(|()| std::fs::rename(&staged, &dir).map_err(|e| Error::io(&staged, e)));
+        if let Err(e) = moved_in {
+            // The day has no block under its name: put the original back. Until a restart
+            // the original's syncs fail either way (a crash before the rename back is durable
+            // would bring up the rewrite, without what was written since), so the WAL keeps
+            // everything written from here.
+            old.fail_syncs();
+            if std::fs::rename(&doomed, &dir).is_ok() {
+                let _ = sync_dir(&self.root);
+                let _ = std::fs::remove_dir_all(&staged);
             }
             return Err(e);
         }
-        // The rewrite's open files followed the rename; only its directory's name changed.
-        let mut new = new;
+        // The rewrite is in place. Its open files followed the rename; only its directory's
+        // name changed.
         new.moved_to(&dir);
+        let durable = sync_dir(&self.root);
+        if durable.is_err() {
+            // A crash could still bring back the original's name: keep everything written
+            // into the rewrite in the WAL until the restart.
+            new.fail_syncs();
+        }
         old.retired = true;
         drop(old);
         // The map's lock is taken only after the old block's is released: the other
@@ -132,9 +147,9 @@ impl Tsdb {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(day, Arc::new(Mutex::new(new)));
-        // Done: a directory left here is removed at the next open.
+        // A directory left here is removed at the next open.
         let _ = std::fs::remove_dir_all(&doomed);
-        Ok(Some(done))
+        durable.map(|()| Some(done))
     }
 
     /// Writes the rewrite of `old` at `step_ms` under `staged`, complete and durable.

@@ -280,6 +280,10 @@ fn old_days_are_downsampled_one_a_tick_to_the_coarsest_level_they_are_old_enough
             indexer.store.tsdb.append(lsn, &labels, t_ms, 1.0).expect("append");
         }
     }
+    // Not while a sample the store failed to take waits in the WAL for the replay.
+    indexer.samples_failed_at = Some(1);
+    assert!(!indexer.downsample_one_day(now));
+    indexer.samples_failed_at = None;
     assert!(indexer.downsample_one_day(now));
     assert_eq!(
         indexer.store.tsdb.resolution(today - 3),
