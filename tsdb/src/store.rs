@@ -71,19 +71,29 @@ pub(crate) fn lock(block: &Mutex<Block>) -> std::sync::MutexGuard<'_, Block> {
     block.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The block locked, unless a downsampling replaced it (`Block::retired`): the map holds
+/// its rewrite in a moment, and a walk over the map passes it by.
+fn lock_live(block: &Mutex<Block>) -> Option<std::sync::MutexGuard<'_, Block>> {
+    Some(lock(block)).filter(|b| !b.retired)
+}
+
 fn sync_block(block: &Mutex<Block>) -> Result<(), Error> {
-    let job = {
-        let b = lock(block);
-        if b.retired {
-            return Ok(());
-        }
-        b.begin_sync()?
+    let job = match lock_live(block) {
+        Some(b) => b.begin_sync()?,
+        None => None,
     };
     let Some(job) = job else {
         return Ok(());
     };
     let result = job.run();
     lock(block).end_sync(&job, result)
+}
+
+/// `dir` with `suffix` on its last component (`7` → `7.deleting`).
+fn with_suffix(dir: &Path, suffix: &str) -> PathBuf {
+    let mut name = dir.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
 }
 
 /// A block being deleted is renamed first: a crash midway leaves a directory that is not a
@@ -96,22 +106,18 @@ impl Tsdb {
     /// deletion, a downsampling's swap (`store/downsample.rs`).
     pub fn open(root: &Path) -> Result<Tsdb, Error> {
         std::fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
-        let names = |root: &Path| -> Result<Vec<String>, Error> {
-            let mut names = Vec::new();
-            for entry in std::fs::read_dir(root).map_err(|e| Error::io(root, e))? {
-                let entry = entry.map_err(|e| Error::io(root, e))?;
-                names.extend(entry.file_name().to_str().map(str::to_string));
-            }
-            Ok(names)
-        };
-        for name in names(root)? {
-            if name.ends_with(DELETING) {
-                let path = root.join(&name);
-                std::fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
-            }
+        let mut names = Vec::new();
+        for entry in std::fs::read_dir(root).map_err(|e| Error::io(root, e))? {
+            let entry = entry.map_err(|e| Error::io(root, e))?;
+            names.extend(entry.file_name().to_str().map(str::to_string));
         }
-        for name in names(root)? {
-            downsample::recover_rewrite(root, &name)?;
+        for name in &names {
+            if name.ends_with(DELETING) {
+                let path = root.join(name);
+                std::fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
+            } else {
+                downsample::recover_rewrite(root, name)?;
+            }
         }
         let mut blocks = BTreeMap::new();
         for entry in std::fs::read_dir(root).map_err(|e| Error::io(root, e))? {
@@ -162,14 +168,11 @@ impl Tsdb {
     pub fn append(&self, lsn: u64, labels: &Labels, t: i64, v: f64) -> Result<bool, Error> {
         loop {
             let block = self.block(day_of(t))?;
-            let mut block = lock(&block);
-            if block.retired {
-                // Downsampled meanwhile: the map holds the rewrite in a moment.
-                drop(block);
-                std::thread::yield_now();
-                continue;
+            if let Some(mut live) = lock_live(&block) {
+                return live.append(lsn, labels, t, v);
             }
-            return block.append(lsn, labels, t, v);
+            // Downsampled meanwhile: the map holds the rewrite in a moment.
+            std::thread::yield_now();
         }
     }
 
@@ -187,8 +190,7 @@ impl Tsdb {
     fn seal_heads(&self, pick: &dyn Fn(u64, u64) -> bool) -> Result<usize, Error> {
         let mut sealed = 0;
         for block in self.read().values() {
-            let mut b = lock(block);
-            if !b.retired {
+            if let Some(mut b) = lock_live(block) {
                 sealed += b.seal_heads(pick)?;
             }
         }
@@ -201,8 +203,7 @@ impl Tsdb {
     pub fn delete(&self, lsn: u64, doomed: &dyn Fn(&Labels) -> bool) -> Result<usize, Error> {
         let mut deleted = 0;
         for block in self.read().values() {
-            let mut b = lock(block);
-            if !b.retired {
+            if let Some(mut b) = lock_live(block) {
                 deleted += b.delete(lsn, doomed)?;
             }
         }
@@ -226,12 +227,8 @@ impl Tsdb {
     pub fn snapshot_heads(&self, applied: u64) -> Result<(), Error> {
         for block in self.read().values() {
             sync_block(block)?;
-            let (taken, dir) = {
-                let b = lock(block);
-                if b.retired {
-                    continue;
-                }
-                (b.heads_to_snapshot(), b.dir().to_path_buf())
+            let Some((taken, dir)) = lock_live(block).map(|b| (b.heads_to_snapshot(), b.dir().to_path_buf())) else {
+                continue;
             };
             let Some((generation, heads)) = taken else { continue };
             let heads = heads
@@ -357,9 +354,7 @@ impl Tsdb {
     }
 
     fn delete_dir(&self, dir: &Path) -> Result<(), Error> {
-        let mut doomed = dir.as_os_str().to_owned();
-        doomed.push(DELETING);
-        let doomed = PathBuf::from(doomed);
+        let doomed = with_suffix(dir, DELETING);
         std::fs::rename(dir, &doomed).map_err(|e| Error::io(dir, e))?;
         sync_dir(&self.root)?;
         std::fs::remove_dir_all(&doomed).map_err(|e| Error::io(&doomed, e))

@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use super::{DELETING, Tsdb, lock};
+use super::{DELETING, Tsdb, lock, with_suffix};
 use crate::Error;
 use crate::block::{Block, RESOLUTION_FILE, last_per_step};
 use crate::record::sync_dir;
@@ -46,12 +46,6 @@ pub(super) fn recover_rewrite(root: &Path, name: &str) -> Result<(), Error> {
 /// Where the rewrite of the block in `dir` is staged.
 pub(super) fn staged_dir(dir: &Path) -> PathBuf {
     with_suffix(dir, REWRITING)
-}
-
-fn with_suffix(dir: &Path, suffix: &str) -> PathBuf {
-    let mut name = dir.as_os_str().to_owned();
-    name.push(suffix);
-    PathBuf::from(name)
 }
 
 impl Tsdb {
